@@ -1,0 +1,67 @@
+//! Atomic file saves: write a temporary file beside the target, fsync it, rename it over the
+//! target, fsync the folder. A crash at any point leaves either the old file or the new one,
+//! never a torn mix; the temporary is removed on error.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The temporary path used while saving `path` (hidden, unique per process and call).
+fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".to_owned());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+}
+
+/// Atomically replace `path` with `bytes`. The parent folder must exist.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Atomically replace `path` with whatever `fill` writes into the temporary file.
+pub fn write_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        fill(&mut f)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        sync_parent(path);
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Atomically copy `from` to `to` (same guarantees as `write_atomic`).
+pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
+    let mut src = File::open(from)?;
+    write_atomic_with(to, |f| io::copy(&mut src, f).map(|_| ()))
+}
+
+/// Make the rename durable by syncing the folder entry (best effort: not every platform or
+/// file system allows opening a folder).
+fn sync_parent(path: &Path) {
+    if let Some(parent) = path.parent() {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        if let Ok(dir) = File::open(parent) {
+            let _ = dir.sync_all();
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! mriloop: review, correct and train a multi-task brain-MRI network in one native app.
+//!
+//! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
+//! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
+//! synthetic projects; the CLI and app sit on top.
+
+pub mod atomic;
+pub mod bench;
+pub mod phantom;
+pub mod project;
+pub mod volume;

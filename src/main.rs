@@ -1,0 +1,251 @@
+//! `mriloop`: the command line. A thin layer over the library; errors are reported here once.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mriloop::project::{nnunet, InputForm, Project};
+use mriloop::volume::{read_header, read_volume};
+use mriloop::{bench, phantom};
+use std::path::PathBuf;
+
+/// Review, correct and train a multi-task brain-MRI network in one native app.
+#[derive(Parser)]
+#[command(name = "mriloop", version, about, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a ready project of synthetic brain cases (deterministic from the seed).
+    Phantom {
+        /// Project folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of cases.
+        #[arg(long, default_value_t = 10)]
+        cases: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Input form: multi-sequence 3D, single 2D slices, or a 4D BOLD time series.
+        #[arg(long, value_enum, default_value_t = Form::ThreeD)]
+        form: Form,
+        /// Nominal voxels per axis (field of view: this many mm in 3D/2D, 3 mm each in 4D).
+        #[arg(long, default_value_t = 64)]
+        grid: usize,
+        /// Time points of a 4D case.
+        #[arg(long, default_value_t = 100)]
+        frames: usize,
+    },
+    /// Describe a NIfTI file: dims, spacing, affine, datatype, orientation, intensity range.
+    Info {
+        /// A .nii or .nii.gz file.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an nnU-Net v2 raw dataset as a new project.
+    Import {
+        /// The dataset folder (holding dataset.json, imagesTr, labelsTr).
+        dataset: PathBuf,
+        /// Project folder to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Export a project as an nnU-Net v2 raw dataset (classes go to classes.csv beside it).
+    Export {
+        /// The project folder.
+        project: PathBuf,
+        /// Dataset folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run a benchmark and print `bench:` lines.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_enum)]
+        which: BenchKind,
+        /// Volume edge length.
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        /// Repetitions (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Form {
+    #[value(name = "3d")]
+    ThreeD,
+    #[value(name = "2d")]
+    TwoD,
+    #[value(name = "4d")]
+    FourD,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchKind {
+    /// Open a size³ f32 .nii.gz, beside nibabel.
+    Io,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Phantom {
+            out,
+            cases,
+            seed,
+            form,
+            grid,
+            frames,
+        } => {
+            if grid < 8 {
+                bail!("--grid must be at least 8");
+            }
+            let cfg = phantom::PhantomConfig {
+                cases,
+                seed,
+                form: match form {
+                    Form::ThreeD => InputForm::Volume3d,
+                    Form::TwoD => InputForm::Slice2d,
+                    Form::FourD => InputForm::TimeSeries4d,
+                },
+                grid,
+                frames,
+            };
+            let bar = indicatif::ProgressBar::new(cases as u64);
+            let project =
+                phantom::generate_project(&out, &cfg, |done, _| bar.set_position(done as u64))?;
+            bar.finish_and_clear();
+            println!(
+                "wrote {} cases to {}",
+                project.manifest.cases.len(),
+                project.manifest_path().display()
+            );
+        }
+        Command::Info { file, json } => info(&file, json)?,
+        Command::Import { dataset, out } => {
+            let p = nnunet::import_nnunet(&dataset, &out)?;
+            println!(
+                "imported {} cases into {}",
+                p.manifest.cases.len(),
+                p.root().display()
+            );
+        }
+        Command::Export { project, out } => {
+            let p = Project::open(&project)?;
+            let s = nnunet::export_nnunet(&p, &out)?;
+            println!(
+                "exported {} training and {} test cases to {}",
+                s.training,
+                s.test,
+                out.display()
+            );
+        }
+        Command::Bench {
+            which,
+            size,
+            repeats,
+        } => match which {
+            BenchKind::Io => {
+                let dir =
+                    std::env::temp_dir().join(format!("mriloop-bench-{}", std::process::id()));
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+                let result = bench::io(&dir, size, repeats);
+                let _ = std::fs::remove_dir_all(&dir);
+                let (figures, note) = result?;
+                for f in &figures {
+                    println!("{f}");
+                }
+                if let [ours, theirs] = figures.as_slice() {
+                    println!(
+                        "bench: nifti_load_ratio_vs_nibabel_{size} = {:.2} x",
+                        ours.value / theirs.value
+                    );
+                }
+                if let Some(n) = note {
+                    println!("note: {n}");
+                }
+            }
+        },
+    }
+    Ok(())
+}
+
+fn info(file: &std::path::Path, json: bool) -> Result<()> {
+    let h = read_header(file)?;
+    let vol = read_volume(file)?;
+    let spacing = h.affine.spacing_mm();
+    let range = vol.range();
+    let dims: Vec<usize> = h.dims[..h.ndim.clamp(3, 4)].to_vec();
+    if json {
+        let v = serde_json::json!({
+            "file": file.display().to_string(),
+            "nifti_version": h.version,
+            "dims": dims,
+            "spacing": spacing,
+            "affine": h.affine.rows(),
+            "datatype": h.datatype.name(),
+            "orientation": h.orientation_code(),
+            "qform_code": h.geometry.qform_code,
+            "sform_code": h.geometry.sform_code,
+            "scl_slope": h.scl_slope,
+            "scl_inter": h.scl_inter,
+            "time_step_s": if h.dims[3] > 1 { Some(h.time_step_s()) } else { None },
+            "range": range.map(|(a, b)| [a, b]),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("file:        {}", file.display());
+    println!(
+        "format:      NIfTI-{} ({}-endian)",
+        h.version,
+        if h.big_endian { "big" } else { "little" }
+    );
+    let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    println!("dims:        {}", d.join(" × "));
+    print!(
+        "spacing:     {:.4} × {:.4} × {:.4} mm",
+        spacing[0], spacing[1], spacing[2]
+    );
+    if h.dims[3] > 1 {
+        print!(", {:.4} s per frame", h.time_step_s());
+    }
+    println!();
+    print!("datatype:    {}", h.datatype.name());
+    if h.is_scaled() {
+        print!(
+            " (scaled: slope {}, inter {} → float32)",
+            h.scl_slope, h.scl_inter
+        );
+    }
+    println!();
+    println!("orientation: {}", h.orientation_code());
+    let source = if h.geometry.sform_code > 0 {
+        "sform"
+    } else if h.geometry.qform_code > 0 {
+        "qform"
+    } else {
+        "spacing only"
+    };
+    println!(
+        "affine:      voxel → world mm, from the {source} (qform_code {}, sform_code {})",
+        h.geometry.qform_code, h.geometry.sform_code
+    );
+    for row in h.affine.rows().iter().take(3) {
+        println!(
+            "             [{:10.4} {:10.4} {:10.4} {:10.4}]",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+    match range {
+        Some((lo, hi)) => println!("range:       {lo} .. {hi}"),
+        None => println!("range:       (all NaN)"),
+    }
+    Ok(())
+}
