@@ -1,0 +1,312 @@
+//! Volume model and NIfTI I/O: affines, reorientation, round trips, byte orders, NIfTI-2, scaling.
+
+mod common;
+
+use common::{gz, i16_data, H1, H2};
+use glam::{DMat3, DQuat, DVec3};
+use mriloop::phantom::{self, PhantomConfig};
+use mriloop::volume::{
+    read_header, read_volume, reorient_to_ras, write_volume, Affine, AnyVolume, AxisMap, Volume,
+    Voxel,
+};
+
+/// Oblique, anisotropic affines in every storage orientation (signed axis permutations).
+fn oblique_affines() -> Vec<Affine> {
+    let perms = [
+        [0, 1, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [0, 2, 1],
+        [1, 0, 2],
+        [2, 1, 0],
+    ];
+    let mut out = Vec::new();
+    for (n, perm) in perms.iter().enumerate() {
+        for flips in 0..8u32 {
+            let spacing = [0.7 + 0.1 * n as f64, 1.0, 3.0 - 0.2 * flips as f64];
+            let cols: Vec<DVec3> = (0..3)
+                .map(|a| {
+                    let mut e = DVec3::ZERO;
+                    e[perm[a]] = if flips & (1 << a) != 0 {
+                        -spacing[a]
+                    } else {
+                        spacing[a]
+                    };
+                    e
+                })
+                .collect();
+            let tilt = DMat3::from_quat(DQuat::from_axis_angle(
+                DVec3::new(1.0, 2.0, 0.5 + n as f64).normalize(),
+                (5.0 + 2.0 * flips as f64).to_radians(),
+            ));
+            let linear = tilt * DMat3::from_cols(cols[0], cols[1], cols[2]);
+            out.push(Affine::from_linear_translation(
+                linear,
+                DVec3::new(-90.0 + n as f64, 120.5, -33.25 * flips as f64),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn affine_world_voxel_world_round_trip_for_oblique_affines() {
+    for a in oblique_affines() {
+        let inv = a.inverse().expect("oblique affines are invertible");
+        for p in [
+            DVec3::new(0.0, 0.0, 0.0),
+            DVec3::new(10.5, -3.25, 47.0),
+            DVec3::new(-100.0, 80.0, 12.0),
+        ] {
+            let v = inv.vox_to_mm(p);
+            let back = a.vox_to_mm(v);
+            assert!((back - p).length() < 1e-9, "{p} -> {v} -> {back}");
+        }
+        // qform decomposition of a rigid (orthogonal) affine gives the same matrix back.
+        let q = a.to_qform().expect("orthogonal");
+        let b = Affine::from_qform(q.quatern_bcd, q.offset_mm, q.spacing_mm, q.qfac);
+        assert!(
+            a.max_abs_diff(&b) < 1e-9,
+            "qform round trip: {a:?} vs {b:?}"
+        );
+    }
+    let singular = Affine::from_rows3([
+        [1.0, 0.0, 0.0, 0.0],
+        [2.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 1.0, 0.0],
+    ]);
+    assert!(singular.inverse().is_none());
+}
+
+#[test]
+fn orientation_codes_match_nibabel_conventions() {
+    assert_eq!(
+        Affine::from_spacing([1.0, 1.0, 1.0]).orientation_code(),
+        "RAS"
+    );
+    assert_eq!(
+        Affine::from_spacing([-1.0, -1.0, 1.0]).orientation_code(),
+        "LPS"
+    );
+    // Sagittal storage: axis 0 runs posterior, axis 1 inferior, axis 2 right.
+    let pir = Affine::from_linear_translation(
+        DMat3::from_cols(
+            DVec3::new(0.0, -1.0, 0.0),
+            DVec3::new(0.0, 0.0, -1.0),
+            DVec3::new(1.0, 0.0, 0.0),
+        ),
+        DVec3::ZERO,
+    );
+    assert_eq!(pir.orientation_code(), "PIR");
+}
+
+fn numbered_volume(dims: [usize; 4], affine: Affine) -> Volume<i32> {
+    let n: usize = dims.iter().product();
+    Volume::new(dims, affine, (0..n as i32).collect()).unwrap()
+}
+
+#[test]
+fn reorientation_keeps_every_voxel_at_its_world_position_and_undoes_exactly() {
+    for (n, affine) in oblique_affines().into_iter().enumerate() {
+        let dims = [5 + n % 3, 4, 6, 1 + n % 2];
+        let vol = numbered_volume(dims, affine);
+        let (ras, record) = reorient_to_ras(&vol);
+        assert_eq!(ras.affine().orientation_code(), "RAS", "affine {n}");
+        assert_eq!(AxisMap::nearest_ras(ras.affine()), AxisMap::identity());
+        let src_inv = vol.affine().inverse().unwrap();
+        let [dx, dy, dz, dt] = ras.dims();
+        for t in 0..dt {
+            for k in 0..dz {
+                for j in 0..dy {
+                    for i in 0..dx {
+                        let world = ras
+                            .affine()
+                            .vox_to_mm(DVec3::new(i as f64, j as f64, k as f64));
+                        let s = src_inv.vox_to_mm(world).round();
+                        let src_idx = vol.linear_index(s.x as usize, s.y as usize, s.z as usize, t);
+                        assert_eq!(
+                            ras.data()[ras.linear_index(i, j, k, t)],
+                            vol.data()[src_idx]
+                        );
+                    }
+                }
+            }
+        }
+        let back = record.restore(&ras).unwrap();
+        assert_eq!(back, vol, "restore gives the original volume exactly");
+    }
+}
+
+#[test]
+fn reorient_then_save_gives_back_the_original_file_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Phantom files (oblique, random storage orientation) written by mriloop.
+    let cfg = PhantomConfig {
+        cases: 3,
+        seed: 11,
+        grid: 24,
+        ..PhantomConfig::default()
+    };
+    let project = phantom::generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    for case in &project.manifest.cases {
+        for rel in [
+            case.sequences[0].path.as_str(),
+            case.reference_mask.as_deref().unwrap(),
+        ] {
+            let path = project.resolve(rel);
+            let original = std::fs::read(&path).unwrap();
+            let out = dir.path().join("again.nii.gz");
+            match read_volume(&path).unwrap() {
+                AnyVolume::I16(v) => save_after_round_trip(&v, &out),
+                AnyVolume::U8(v) => save_after_round_trip(&v, &out),
+                other => panic!("unexpected type {:?}", other.datatype()),
+            }
+            assert_eq!(std::fs::read(&out).unwrap(), original, "{rel}");
+        }
+    }
+    // A foreign file whose qform and sform disagree: both come back as stored.
+    let mut h = H1::new([6, 5, 4], 4, 16);
+    h.quatern = [0.1, -0.2, 0.3, 12.0, -7.5, 3.25];
+    h.pixdim[0] = -1.0;
+    let mut bytes = h.bytes(true);
+    bytes.extend(i16_data(120, true));
+    let foreign = dir.path().join("foreign_be.nii");
+    std::fs::write(&foreign, &bytes).unwrap();
+    let AnyVolume::I16(v) = read_volume(&foreign).unwrap() else {
+        panic!("int16 expected")
+    };
+    let out = dir.path().join("foreign_again.nii");
+    save_after_round_trip(&v, &out);
+    let h0 = read_header(&foreign).unwrap();
+    let h1 = read_header(&out).unwrap();
+    assert_eq!(h0.geometry, h1.geometry);
+    assert_eq!(h0.affine, h1.affine);
+    assert_eq!(read_volume(&out).unwrap(), AnyVolume::I16(v));
+}
+
+fn save_after_round_trip<T: Voxel>(v: &Volume<T>, out: &std::path::Path) {
+    let (ras, record) = reorient_to_ras(v);
+    let restored = record.restore(&ras).unwrap();
+    write_volume(out, &restored).unwrap();
+}
+
+fn round_trip<T: Voxel + std::fmt::Debug>(
+    dir: &std::path::Path,
+    name: &str,
+    values: Vec<T>,
+    dims: [usize; 4],
+) -> AnyVolume {
+    let affine = oblique_affines()[17];
+    let mut v = Volume::new(dims, affine, values).unwrap();
+    v.set_time_step_s(2.5);
+    let path = dir.join(name);
+    write_volume(&path, &v).unwrap();
+    let back = read_volume(&path).unwrap();
+    assert_eq!(back.dims(), dims, "{name}");
+    assert!(back.affine().max_abs_diff(&affine) < 1e-4, "{name}: affine");
+    if dims[3] > 1 {
+        assert_eq!(back.time_step_s(), 2.5);
+    }
+    back
+}
+
+#[test]
+fn write_read_round_trip_for_every_datatype() {
+    let dir = tempfile::tempdir().unwrap();
+    for (dims, ext) in [
+        ([7, 5, 3, 1], "nii.gz"),
+        ([4, 3, 2, 5], "nii.gz"),
+        ([7, 5, 3, 1], "nii"),
+    ] {
+        let n: usize = dims.iter().product();
+        let u8s: Vec<u8> = (0..n).map(|i| (i * 7 % 256) as u8).collect();
+        let i16s: Vec<i16> = (0..n)
+            .map(|i| (i as i16).wrapping_mul(311).wrapping_sub(20000))
+            .collect();
+        let u16s: Vec<u16> = (0..n).map(|i| (i as u16).wrapping_mul(977)).collect();
+        let i32s: Vec<i32> = (0..n).map(|i| i as i32 * -100_003).collect();
+        let f32s: Vec<f32> = (0..n).map(|i| i as f32 * 0.37 - 1.5e-3).collect();
+        match round_trip(dir.path(), &format!("u8.{ext}"), u8s.clone(), dims) {
+            AnyVolume::U8(v) => assert_eq!(v.data(), &u8s[..]),
+            o => panic!("{:?}", o.datatype()),
+        }
+        match round_trip(dir.path(), &format!("i16.{ext}"), i16s.clone(), dims) {
+            AnyVolume::I16(v) => assert_eq!(v.data(), &i16s[..]),
+            o => panic!("{:?}", o.datatype()),
+        }
+        match round_trip(dir.path(), &format!("u16.{ext}"), u16s.clone(), dims) {
+            AnyVolume::U16(v) => assert_eq!(v.data(), &u16s[..]),
+            o => panic!("{:?}", o.datatype()),
+        }
+        match round_trip(dir.path(), &format!("i32.{ext}"), i32s.clone(), dims) {
+            AnyVolume::I32(v) => assert_eq!(v.data(), &i32s[..]),
+            o => panic!("{:?}", o.datatype()),
+        }
+        match round_trip(dir.path(), &format!("f32.{ext}"), f32s.clone(), dims) {
+            AnyVolume::F32(v) => assert_eq!(v.data(), &f32s[..]),
+            o => panic!("{:?}", o.datatype()),
+        }
+    }
+}
+
+#[test]
+fn big_endian_nifti1_and_nifti2_read_with_their_affines() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected: Vec<i16> = (0..60).map(|i: i16| i * 3 - 7).collect();
+    for big in [false, true] {
+        let h = H1::new([5, 4, 3], 4, 16);
+        let mut b = h.bytes(big);
+        b.extend(i16_data(60, big));
+        let p = dir.path().join(format!("n1_{big}.nii"));
+        std::fs::write(&p, &b).unwrap();
+        let pz = dir.path().join(format!("n1_{big}.nii.gz"));
+        std::fs::write(&pz, gz(&b)).unwrap();
+        for path in [&p, &pz] {
+            let AnyVolume::I16(v) = read_volume(path).unwrap() else {
+                panic!("int16 expected")
+            };
+            assert_eq!(v.data(), &expected[..]);
+            let want = Affine::from_rows3(h.srow.map(|r| r.map(|x| x as f64)));
+            assert_eq!(*v.affine(), want, "sform wins over qform");
+            assert_eq!(read_header(path).unwrap().big_endian, big);
+        }
+
+        let h2 = H2::new([5, 4, 3], 4, 16);
+        let mut b2 = h2.bytes(big);
+        b2.extend(i16_data(60, big));
+        let p2 = dir.path().join(format!("n2_{big}.nii"));
+        std::fs::write(&p2, &b2).unwrap();
+        let hdr = read_header(&p2).unwrap();
+        assert_eq!(hdr.version, 2);
+        assert_eq!(hdr.orientation_code(), "ASL");
+        let AnyVolume::I16(v) = read_volume(&p2).unwrap() else {
+            panic!("int16 expected")
+        };
+        assert_eq!(v.data(), &expected[..]);
+        assert_eq!(*v.affine(), Affine::from_rows3(h2.srow));
+    }
+}
+
+#[test]
+fn scaling_is_applied_and_yields_float() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = H1::new([4, 3, 2], 4, 16);
+    h.scl_slope = 0.5;
+    h.scl_inter = 100.0;
+    let mut b = h.bytes(false);
+    b.extend(i16_data(24, false));
+    let p = dir.path().join("scaled.nii.gz");
+    std::fs::write(&p, gz(&b)).unwrap();
+    let AnyVolume::F32(v) = read_volume(&p).unwrap() else {
+        panic!("scaled data reads as float32")
+    };
+    for (i, x) in v.data().iter().enumerate() {
+        assert_eq!(*x, (i as f32 * 3.0 - 7.0) * 0.5 + 100.0);
+    }
+    // Slope 0 means "no scaling" in NIfTI: the type is kept.
+    h.scl_slope = 0.0;
+    let mut b = h.bytes(false);
+    b.extend(i16_data(24, false));
+    std::fs::write(&p, gz(&b)).unwrap();
+    assert!(matches!(read_volume(&p).unwrap(), AnyVolume::I16(_)));
+}
