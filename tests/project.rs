@@ -1,0 +1,349 @@
+//! Projects, the phantom generator and nnU-Net exchange.
+
+use mriloop::phantom::{self, PhantomConfig, LABEL_HABENULA_L, LABEL_HABENULA_R};
+use mriloop::project::{
+    nnunet, Case, InputForm, LabelTable, Manifest, Project, ProjectError, SequenceName,
+    MANIFEST_FILE,
+};
+use mriloop::volume::{read_header, read_volume, AnyVolume};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every file under `dir`, by relative path, with its bytes.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn small(cases: usize, seed: u64) -> PhantomConfig {
+    PhantomConfig {
+        cases,
+        seed,
+        grid: 32,
+        ..PhantomConfig::default()
+    }
+}
+
+#[test]
+fn phantom_is_deterministic_per_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    let c = dir.path().join("c");
+    phantom::generate_project(&a, &small(2, 5), |_, _| {}).unwrap();
+    phantom::generate_project(&b, &small(2, 5), |_, _| {}).unwrap();
+    phantom::generate_project(&c, &small(2, 6), |_, _| {}).unwrap();
+    let (ta, tb, tc) = (tree(&a), tree(&b), tree(&c));
+    assert_eq!(
+        ta.len(),
+        1 + 2 * 7,
+        "manifest + 6 sequences and a mask per case"
+    );
+    assert_eq!(ta, tb, "same seed, same bytes");
+    let t1 = "cases/phantom_000/T1.nii.gz";
+    assert_ne!(ta[t1], tc[t1], "another seed, another case");
+    // A case does not depend on how many cases are generated.
+    let one = dir.path().join("one");
+    phantom::generate_project(&one, &small(1, 5), |_, _| {}).unwrap();
+    assert_eq!(tree(&one)[t1], ta[t1]);
+}
+
+#[test]
+fn tiny_structure_is_20_to_40_mm3_per_side_and_class_is_learnable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = small(8, 3);
+    let project = phantom::generate_project(dir.path(), &cfg, |_, _| {}).unwrap();
+    let mut by_class: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for case in &project.manifest.cases {
+        let mask = project.load_reference_mask(case).unwrap().unwrap();
+        let voxel = mask.voxel_volume_mm3();
+        let count = |label| mask.data().iter().filter(|v| **v == label).count() as f64 * voxel;
+        let (left, right) = (count(LABEL_HABENULA_L), count(LABEL_HABENULA_R));
+        for (side, v) in [("left", left), ("right", right)] {
+            assert!((20.0..=40.0).contains(&v), "{} {side}: {v:.1} mm³", case.id);
+        }
+        let lesion_voxels = mask.data().iter().filter(|v| **v >= 3).count();
+        let class = case.class_label.clone().unwrap();
+        if class == "patient" {
+            assert!(lesion_voxels > 0, "{}: every patient has lesions", case.id);
+        }
+        by_class.entry(class).or_default().extend([left, right]);
+        // All sequences share the mask's grid (co-registered).
+        for s in &case.sequences {
+            let h = read_header(&project.resolve(&s.path)).unwrap();
+            assert_eq!(h.dims[..3], mask.dims()[..3]);
+            assert_eq!(h.affine, *mask.affine());
+        }
+    }
+    let mean = |c: &str| {
+        let v = &by_class[c];
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(
+        by_class.len() == 2,
+        "both classes occur in 8 cases: {by_class:?}"
+    );
+    assert!(
+        mean("patient") + 3.0 < mean("control"),
+        "patients have a smaller tiny structure"
+    );
+}
+
+#[test]
+fn phantom_contrasts_follow_the_sequences_physics() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = phantom::generate_project(dir.path(), &small(1, 9), |_, _| {}).unwrap();
+    let case = &project.manifest.cases[0];
+    let mask = project.load_reference_mask(case).unwrap().unwrap();
+    let t1 = project
+        .load_sequence(case, &SequenceName::T1)
+        .unwrap()
+        .to_f32();
+    let t2 = project
+        .load_sequence(case, &SequenceName::T2)
+        .unwrap()
+        .to_f32();
+    let flair = project
+        .load_sequence(case, &SequenceName::Flair)
+        .unwrap()
+        .to_f32();
+    // The ventricles (CSF) sit where T2 is brightest inside the head; check T1 and FLAIR are dark there
+    // relative to the head's median.
+    let n = t1.data().len();
+    let mut idx: Vec<usize> = (0..n).filter(|i| t1.data()[*i] > 100.0).collect();
+    idx.sort_by(|a, b| t2.data()[*b].total_cmp(&t2.data()[*a]));
+    let csf = &idx[..idx.len() / 50];
+    let median = |v: &[f32], ids: &[usize]| {
+        let mut x: Vec<f32> = ids.iter().map(|i| v[*i]).collect();
+        x.sort_by(|a, b| a.total_cmp(b));
+        x[x.len() / 2]
+    };
+    let head: Vec<usize> = (0..n)
+        .filter(|i| t1.data()[*i] > 100.0 || t2.data()[*i] > 100.0)
+        .collect();
+    assert!(
+        median(t1.data(), csf) < 0.5 * median(t1.data(), &head),
+        "CSF dark on T1"
+    );
+    assert!(
+        median(flair.data(), csf) < 0.5 * median(flair.data(), &head),
+        "CSF dark on FLAIR"
+    );
+    assert!(mask.data().iter().any(|v| *v == LABEL_HABENULA_L));
+    let AnyVolume::F32(_) = project.load_sequence(case, &SequenceName::Adc).unwrap() else {
+        panic!("ADC is a float map")
+    };
+}
+
+#[test]
+fn phantom_2d_and_4d_variants() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg2 = PhantomConfig {
+        form: InputForm::Slice2d,
+        ..small(2, 4)
+    };
+    let p2 = phantom::generate_project(&dir.path().join("2d"), &cfg2, |_, _| {}).unwrap();
+    for case in &p2.manifest.cases {
+        assert_eq!(case.form, InputForm::Slice2d);
+        let mask = p2.load_reference_mask(case).unwrap().unwrap();
+        assert_eq!(mask.dims()[2], 1, "single slice");
+        assert!(mask
+            .data()
+            .iter()
+            .any(|v| *v == LABEL_HABENULA_L || *v == LABEL_HABENULA_R));
+    }
+    let cfg4 = PhantomConfig {
+        form: InputForm::TimeSeries4d,
+        grid: 12,
+        frames: 30,
+        ..small(1, 4)
+    };
+    let p4 = phantom::generate_project(&dir.path().join("4d"), &cfg4, |_, _| {}).unwrap();
+    let case = &p4.manifest.cases[0];
+    let bold = p4.load_sequence(case, &SequenceName::Bold).unwrap();
+    assert_eq!(bold.dims(), [12, 12, 12, 30]);
+    assert_eq!(bold.time_step_s(), 2.0);
+    let spacing = bold.affine().spacing_mm();
+    assert!(
+        spacing.iter().all(|s| (s - 3.0).abs() < 1e-4),
+        "{spacing:?}"
+    );
+}
+
+#[test]
+fn manifest_round_trips_and_rejects_unsafe_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Manifest::new("test");
+    m.classes = vec!["control".into(), "patient".into()];
+    m.labels = phantom::label_table();
+    let mut case = Case::new("c1", InputForm::Volume3d);
+    case.class_label = Some("patient".into());
+    case.predicted_class = Some(vec![0.25, 0.75]);
+    m.cases.push(case);
+    let p = Project::create(dir.path(), m.clone()).unwrap();
+    let reopened = Project::open(dir.path()).unwrap();
+    assert_eq!(reopened.manifest, m);
+    assert!(std::fs::read_dir(dir.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains(".tmp")));
+
+    let bad_cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        (
+            "path escapes",
+            Box::new(|m| m.cases[0].reference_mask = Some("../../etc/passwd".into())),
+        ),
+        (
+            "absolute path",
+            Box::new(|m| m.cases[0].reference_mask = Some("/etc/passwd".into())),
+        ),
+        ("bad id", Box::new(|m| m.cases[0].id = "../x".into())),
+        (
+            "duplicate id",
+            Box::new(|m| m.cases.push(m.cases[0].clone())),
+        ),
+        (
+            "unknown class",
+            Box::new(|m| m.cases[0].class_label = Some("alien".into())),
+        ),
+        (
+            "probabilities",
+            Box::new(|m| m.cases[0].predicted_class = Some(vec![1.0])),
+        ),
+        ("future schema", Box::new(|m| m.schema_version = 99)),
+    ];
+    for (what, edit) in bad_cases {
+        let mut bad = m.clone();
+        edit(&mut bad);
+        let json = serde_json::to_string(&bad).unwrap();
+        std::fs::write(dir.path().join(MANIFEST_FILE), json).unwrap();
+        let err = Project::open(dir.path()).expect_err(what);
+        assert!(matches!(err, ProjectError::Invalid { .. }), "{what}: {err}");
+        assert!(
+            err.to_string().contains(MANIFEST_FILE),
+            "{what}: names the file: {err}"
+        );
+    }
+    std::fs::write(dir.path().join(MANIFEST_FILE), "{ not json").unwrap();
+    assert!(Project::open(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains(MANIFEST_FILE));
+    p.save().unwrap();
+    assert_eq!(
+        Project::open(dir.path()).unwrap().manifest,
+        m,
+        "save rewrites a valid manifest"
+    );
+}
+
+#[test]
+fn itksnap_label_file_round_trip() {
+    let table = phantom::label_table();
+    let text = table.to_itksnap();
+    assert_eq!(LabelTable::from_itksnap(&text).unwrap(), table);
+    let foreign = "# comment\n    0     0    0    0        0  0  0    \"Clear Label\"\n   12   10   20   30     0.5  1  1    \"my label\"\n";
+    let t = LabelTable::from_itksnap(foreign).unwrap();
+    assert_eq!(t.get(12).unwrap().name, "my label");
+    assert_eq!(t.get(12).unwrap().color, [10, 20, 30]);
+    assert!(LabelTable::from_itksnap("1 2 3 \"x\"").is_err());
+    assert!(LabelTable::from_itksnap("300 0 0 0 1 1 1 \"x\"").is_err());
+}
+
+#[test]
+fn nnunet_import_export_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let project =
+        phantom::generate_project(&dir.path().join("p"), &small(3, 8), |_, _| {}).unwrap();
+    // Leave one case unlabelled so imagesTs is exercised.
+    let mut m = project.manifest.clone();
+    m.cases[2].reference_mask = None;
+    let project = Project::create(project.root(), m).unwrap();
+    let ds1 = dir.path().join("Dataset001_Phantom");
+    let summary = nnunet::export_nnunet(&project, &ds1).unwrap();
+    assert_eq!((summary.training, summary.test), (2, 1));
+    let files = tree(&ds1);
+    assert!(files.contains_key("imagesTr/phantom_000_0000.nii.gz"));
+    assert!(files.contains_key("imagesTr/phantom_000_0005.nii.gz"));
+    assert!(files.contains_key("labelsTr/phantom_000.nii.gz"));
+    assert!(files.contains_key("imagesTs/phantom_002_0000.nii.gz"));
+    let ds: serde_json::Value = serde_json::from_slice(&files["dataset.json"]).unwrap();
+    assert_eq!(ds["channel_names"]["3"], "Gd-T1");
+    assert_eq!(ds["labels"]["habenula_R"], 2);
+    assert_eq!(ds["numTraining"], 2);
+
+    let imported = nnunet::import_nnunet(&ds1, &dir.path().join("p2")).unwrap();
+    assert_eq!(imported.manifest.cases.len(), 3);
+    assert_eq!(imported.manifest.sequences, project.manifest.sequences);
+    assert_eq!(imported.manifest.labels, project.manifest.labels);
+    assert_eq!(imported.manifest.classes, project.manifest.classes);
+    for (a, b) in imported.manifest.cases.iter().zip(&project.manifest.cases) {
+        assert_eq!(a.class_label, b.class_label);
+        assert_eq!(a.reference_mask.is_some(), b.reference_mask.is_some());
+        let va = read_volume(&imported.resolve(&a.sequences[0].path)).unwrap();
+        let vb = read_volume(&project.resolve(&b.sequences[0].path)).unwrap();
+        assert_eq!(va, vb);
+    }
+    let ds2 = dir.path().join("again");
+    nnunet::export_nnunet(&imported, &ds2).unwrap();
+    assert_eq!(
+        tree(&ds2),
+        files,
+        "import → export gives back the dataset byte for byte"
+    );
+}
+
+#[test]
+fn nnunet_import_reports_bad_datasets_by_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = dir.path().join("ds");
+    std::fs::create_dir_all(ds.join("imagesTr")).unwrap();
+    let write_json =
+        |v: serde_json::Value| std::fs::write(ds.join("dataset.json"), v.to_string()).unwrap();
+    write_json(
+        serde_json::json!({"channel_names": {"0": "T1", "2": "T2"}, "labels": {"background": 0}}),
+    );
+    let e = nnunet::import_nnunet(&ds, &dir.path().join("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dataset.json") && e.contains("without gaps"),
+        "{e}"
+    );
+    write_json(
+        serde_json::json!({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": [1, 2]}}),
+    );
+    let e = nnunet::import_nnunet(&ds, &dir.path().join("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("region-based"), "{e}");
+    write_json(
+        serde_json::json!({"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}),
+    );
+    std::fs::write(ds.join("imagesTr/case1_0000.nii.gz"), b"junk").unwrap();
+    let e = nnunet::import_nnunet(&ds, &dir.path().join("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("lacks channel"), "{e}");
+    std::fs::write(ds.join("imagesTr/case1_0001.nii.gz"), b"junk").unwrap();
+    let e = nnunet::import_nnunet(&ds, &dir.path().join("p"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("case1_000") && e.contains("not a NIfTI file"),
+        "a bad image is named: {e}"
+    );
+}
