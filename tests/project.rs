@@ -141,7 +141,7 @@ fn phantom_contrasts_follow_the_sequences_physics() {
         median(flair.data(), csf) < 0.5 * median(flair.data(), &head),
         "CSF dark on FLAIR"
     );
-    assert!(mask.data().iter().any(|v| *v == LABEL_HABENULA_L));
+    assert!(mask.data().contains(&LABEL_HABENULA_L));
     let AnyVolume::F32(_) = project.load_sequence(case, &SequenceName::Adc).unwrap() else {
         panic!("ADC is a float map")
     };
@@ -182,6 +182,9 @@ fn phantom_2d_and_4d_variants() {
     );
 }
 
+/// A change that makes a manifest invalid.
+type ManifestEdit = Box<dyn Fn(&mut Manifest)>;
+
 #[test]
 fn manifest_round_trips_and_rejects_unsafe_content() {
     let dir = tempfile::tempdir().unwrap();
@@ -201,7 +204,7 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
         .to_string_lossy()
         .contains(".tmp")));
 
-    let bad_cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+    let bad_cases: Vec<(&str, ManifestEdit)> = vec![
         (
             "path escapes",
             Box::new(|m| m.cases[0].reference_mask = Some("../../etc/passwd".into())),
