@@ -5,7 +5,7 @@ use mriloop::project::{
     nnunet, Case, InputForm, LabelTable, Manifest, Project, ProjectError, SequenceName,
     MANIFEST_FILE,
 };
-use mriloop::volume::{read_header, read_volume, AnyVolume};
+use mriloop::volume::{read_header, read_volume};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -142,9 +142,17 @@ fn phantom_contrasts_follow_the_sequences_physics() {
         "CSF dark on FLAIR"
     );
     assert!(mask.data().contains(&LABEL_HABENULA_L));
-    let AnyVolume::F32(_) = project.load_sequence(case, &SequenceName::Adc).unwrap() else {
-        panic!("ADC is a float map")
-    };
+    // ADC (10⁻⁶ mm²/s): free water (CSF) diffuses fast, about 3000.
+    let adc = project
+        .load_sequence(case, &SequenceName::Adc)
+        .unwrap()
+        .to_f32();
+    let csf_adc = median(adc.data(), csf);
+    assert!(
+        csf_adc > 2.0 * median(adc.data(), &head),
+        "CSF bright on ADC: {csf_adc}"
+    );
+    assert!(csf_adc < 3300.0, "free water tops out near 3000: {csf_adc}");
 }
 
 #[test]
@@ -349,4 +357,21 @@ fn nnunet_import_reports_bad_datasets_by_file() {
         e.contains("case1_000") && e.contains("not a NIfTI file"),
         "a bad image is named: {e}"
     );
+}
+
+#[test]
+fn built_in_demo_case_opens() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    let project = Project::open(&demo).unwrap();
+    assert_eq!(project.manifest.cases.len(), 1);
+    let case = &project.manifest.cases[0];
+    assert_eq!(case.sequences.len(), 6);
+    let mask = project.load_reference_mask(case).unwrap().unwrap();
+    for s in &case.sequences {
+        let v = read_volume(&project.resolve(&s.path)).unwrap();
+        assert_eq!(v.dims()[..3], mask.dims()[..3], "{}", s.name);
+    }
+    for label in 1..=5 {
+        assert!(mask.data().contains(&label), "the demo shows label {label}");
+    }
 }

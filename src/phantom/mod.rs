@@ -104,19 +104,10 @@ pub struct PhantomCase {
     pub id: String,
     /// Whether it is a patient.
     pub patient: bool,
-    /// Sequences (magnitude images as i16; ADC as f32 in 10⁻³ mm²/s; BOLD as i16 4D).
-    pub images: Vec<(SequenceName, PhantomImage)>,
+    /// Sequences as int16: magnitude images; ADC in 10⁻⁶ mm²/s (as scanners store it); BOLD 4D.
+    pub images: Vec<(SequenceName, Volume<i16>)>,
     /// Reference label mask (absent for 4D).
     pub mask: Option<Volume<u8>>,
-}
-
-/// A generated image in its stored type.
-#[derive(Debug, Clone)]
-pub enum PhantomImage {
-    /// Magnitude image.
-    I16(Volume<i16>),
-    /// Quantitative map.
-    F32(Volume<f32>),
 }
 
 /// The voxel grid of a case and the head's pose in it.
@@ -481,11 +472,15 @@ fn generate_3d(
         blur(&mut img, grid.dims, 0.5);
         let bias = bias_field(rng);
         if name == SequenceName::Adc {
+            // A computed map: Gaussian noise, no bias field; 10⁻³ → 10⁻⁶ mm²/s.
             let data = img
                 .iter()
-                .map(|v| (*v as f64 + 0.03 * rng.sample::<f64, _>(StandardNormal)).max(0.0) as f32)
+                .map(|v| {
+                    let adc = *v as f64 + 0.03 * rng.sample::<f64, _>(StandardNormal);
+                    (1000.0 * adc).round().clamp(0.0, i16::MAX as f64) as i16
+                })
                 .collect();
-            images.push((name, PhantomImage::F32(volume(&grid, data)?)));
+            images.push((name, volume(&grid, data)?));
         } else {
             let sigma = 20.0;
             let data = img
@@ -498,7 +493,7 @@ fn generate_3d(
                         .clamp(0.0, i16::MAX as f64) as i16
                 })
                 .collect();
-            images.push((name, PhantomImage::I16(volume(&grid, data)?)));
+            images.push((name, volume(&grid, data)?));
         }
     }
     Ok(PhantomCase {
@@ -541,15 +536,7 @@ fn to_single_slices(case: PhantomCase) -> Result<PhantomCase, VolumeError> {
     let images = case
         .images
         .into_iter()
-        .map(|(name, img)| {
-            Ok((
-                name,
-                match img {
-                    PhantomImage::I16(v) => PhantomImage::I16(cut(&v, k, affine)?),
-                    PhantomImage::F32(v) => PhantomImage::F32(cut(&v, k, affine)?),
-                },
-            ))
-        })
+        .map(|(name, img)| Ok((name, cut(&img, k, affine)?)))
         .collect::<Result<_, VolumeError>>()?;
     Ok(PhantomCase {
         id: case.id,
@@ -661,7 +648,7 @@ fn generate_4d(
     Ok(PhantomCase {
         id,
         patient,
-        images: vec![(SequenceName::Bold, PhantomImage::I16(bold))],
+        images: vec![(SequenceName::Bold, bold)],
         mask: None,
     })
 }
@@ -681,10 +668,7 @@ pub fn write_case(root: &Path, case: &PhantomCase, form: InputForm) -> Result<Ca
     let mut record = Case::new(case.id.clone(), form);
     for (name, img) in &case.images {
         let rel = format!("{rel_dir}/{}.nii.gz", name.as_str());
-        match img {
-            PhantomImage::I16(v) => write(root, &rel, v)?,
-            PhantomImage::F32(v) => write(root, &rel, v)?,
-        }
+        write(root, &rel, img)?;
         record.sequences.push(SequenceFile {
             name: name.clone(),
             path: rel,
@@ -709,7 +693,7 @@ pub fn generate_project(
         path: out.to_path_buf(),
         source: e,
     })?;
-    let mut manifest = Manifest::new(format!("phantom (seed {}, {:?})", cfg.seed, cfg.form));
+    let mut manifest = Manifest::new(format!("phantom {} (seed {})", cfg.form.as_str(), cfg.seed));
     manifest.classes = CLASSES.iter().map(|c| c.to_string()).collect();
     manifest.sequences = match cfg.form {
         InputForm::TimeSeries4d => vec![SequenceName::Bold],

@@ -145,6 +145,17 @@ pub enum InputForm {
     TimeSeries4d,
 }
 
+impl InputForm {
+    /// The short name used in manifests and on the command line: `3d`, `2d`, `4d`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Volume3d => "3d",
+            Self::Slice2d => "2d",
+            Self::TimeSeries4d => "4d",
+        }
+    }
+}
+
 /// Where a case stands in review.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
