@@ -16,7 +16,7 @@ use super::{Affine, AnyVolume, StoredGeometry, Volume, VolumeError, Voxel};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Largest voxel payload mriloop accepts (bytes): 16 GiB.
 pub const MAX_DATA_BYTES: u64 = 16 << 30;
@@ -1014,32 +1014,4 @@ fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
         .map_err(|e| io::Error::other(format!("gzip compression failed: {e}")))?;
     out.truncate(n);
     Ok(out)
-}
-
-/// Path helper for callers: whether a file name looks like NIfTI (`.nii` or `.nii.gz`).
-pub fn is_nifti_name(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    name.ends_with(".nii") || name.ends_with(".nii.gz")
-}
-
-/// The file stem without `.nii`/`.nii.gz`.
-pub fn nifti_stem(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_string_lossy().into_owned();
-    let lower = name.to_ascii_lowercase();
-    let cut = if lower.ends_with(".nii.gz") {
-        7
-    } else if lower.ends_with(".nii") {
-        4
-    } else {
-        return None;
-    };
-    Some(name[..name.len() - cut].to_owned())
-}
-
-/// For callers building paths: a `PathBuf` for `dir/stem.nii.gz`.
-pub fn nii_gz_path(dir: &Path, stem: &str) -> PathBuf {
-    dir.join(format!("{stem}.nii.gz"))
 }

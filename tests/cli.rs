@@ -1,0 +1,91 @@
+//! The `mriloop` command line, run as a user would.
+
+use std::path::Path;
+use std::process::Command;
+
+fn mriloop(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(args)
+        .output()
+        .expect("mriloop runs")
+}
+
+#[test]
+fn phantom_then_info_json_reports_the_stored_geometry() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p");
+    let run = mriloop(&[
+        "phantom",
+        "--out",
+        out.to_str().unwrap(),
+        "--cases",
+        "2",
+        "--seed",
+        "3",
+        "--grid",
+        "20",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let file = out.join("cases/phantom_001/T2.nii.gz");
+    let run = mriloop(&["info", "--json", file.to_str().unwrap()]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let h = mriloop::volume::read_header(&file).unwrap();
+    assert_eq!(v["dims"], serde_json::json!(h.dims[..3]));
+    assert_eq!(v["datatype"], "int16");
+    assert_eq!(v["affine"], serde_json::json!(h.affine.rows()));
+    assert_eq!(v["spacing"], serde_json::json!(h.affine.spacing_mm()));
+    assert_eq!(v["orientation"], h.orientation_code());
+    let text = mriloop(&["info", file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("orientation:"));
+}
+
+#[test]
+fn a_bad_file_fails_cleanly_with_its_name() {
+    let bad =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/malformed/huge_dims_30000.nii");
+    let run = mriloop(&["info", bad.to_str().unwrap()]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("huge_dims_30000.nii") && err.contains("more than mriloop accepts"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn nnunet_export_and_import_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    let ds = dir.path().join("Dataset002_Phantom");
+    let p2 = dir.path().join("p2");
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    assert!(
+        mriloop(&["phantom", "--out", &s(&p), "--cases", "2", "--grid", "16"])
+            .status
+            .success()
+    );
+    let run = mriloop(&["export", &s(&p), "--out", &s(&ds)]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("exported 2 training"));
+    let run = mriloop(&["import", &s(&ds), "--out", &s(&p2)]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(p2.join("mriloop.json").exists());
+}
