@@ -721,12 +721,12 @@ impl RawHeader {
 /// Types convert as: int8 → i16; uint32, (u)int64, float64 → f32; a scaled file
 /// (`scl_slope` ≠ 0 and not the identity) → f32 with `slope · value + inter` applied.
 pub fn read_volume(path: &Path) -> Result<AnyVolume, VolumeError> {
-    let (header, data) = read_raw(path)?;
-    decode(&header, data).map_err(|p| nifti_err(path, p))
+    let (header, data, start) = read_raw(path)?;
+    decode(&header, data, start).map_err(|p| nifti_err(path, p))
 }
 
-/// Read the header and the voxel bytes (file byte order).
-fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>), VolumeError> {
+/// Read the header and a buffer holding the voxel bytes (file byte order) from `start` on.
+fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>, usize), VolumeError> {
     let mut file = File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut head = Vec::with_capacity(NIFTI2_HEADER_BYTES);
@@ -743,7 +743,7 @@ fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>), VolumeError> {
         file.seek(SeekFrom::Start(header.vox_offset))
             .map_err(|e| io_err(path, e))?;
         file.read_exact(&mut data).map_err(|e| io_err(path, e))?;
-        return Ok((header, data));
+        return Ok((header, data, 0));
     }
     // Gzip: the compressed file is read whole (its size is real, not claimed).
     let mut compressed = head;
@@ -766,8 +766,8 @@ fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>), VolumeError> {
         let mut d = libdeflater::Decompressor::new();
         if let Ok(n) = d.gzip_decompress(&compressed, &mut out) {
             if n as u64 == total {
-                out.drain(..header.vox_offset as usize);
-                return Ok((header, out));
+                let start = header.vox_offset as usize;
+                return Ok((header, out, start));
             }
         }
         // Not a single clean member of exactly that size: fall back to streaming.
@@ -800,11 +800,12 @@ fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>), VolumeError> {
             },
         ));
     }
-    Ok((header, data))
+    Ok((header, data, 0))
 }
 
 /// Turn raw voxel bytes into a typed volume (byte swap, widening, scaling).
-fn decode(h: &NiftiHeaderInfo, mut bytes: Vec<u8>) -> Result<AnyVolume, NiftiProblem> {
+fn decode(h: &NiftiHeaderInfo, mut buf: Vec<u8>, start: usize) -> Result<AnyVolume, NiftiProblem> {
+    let bytes = &mut buf[start..];
     let size = h.datatype.size_bytes();
     if h.big_endian && size > 1 {
         for c in bytes.chunks_exact_mut(size) {
@@ -846,7 +847,10 @@ fn decode(h: &NiftiHeaderInfo, mut bytes: Vec<u8>) -> Result<AnyVolume, NiftiPro
         }
     }
     let vol = match (h.datatype, scaled) {
-        (Datatype::U8, false) => AnyVolume::U8(volume_of(h, bytes)),
+        (Datatype::U8, false) => {
+            buf.drain(..start);
+            AnyVolume::U8(volume_of(h, buf))
+        }
         (Datatype::I16, false) => AnyVolume::I16(volume_of(h, cast::<i16>(&bytes))),
         (Datatype::I8, false) => AnyVolume::I16(volume_of(
             h,
