@@ -851,41 +851,41 @@ fn decode(h: &NiftiHeaderInfo, mut buf: Vec<u8>, start: usize) -> Result<AnyVolu
             buf.drain(..start);
             AnyVolume::U8(volume_of(h, buf))
         }
-        (Datatype::I16, false) => AnyVolume::I16(volume_of(h, cast::<i16>(&bytes))),
+        (Datatype::I16, false) => AnyVolume::I16(volume_of(h, cast::<i16>(bytes))),
         (Datatype::I8, false) => AnyVolume::I16(volume_of(
             h,
-            cast::<i8>(&bytes).into_iter().map(i16::from).collect(),
+            cast::<i8>(bytes).into_iter().map(i16::from).collect(),
         )),
-        (Datatype::U16, false) => AnyVolume::U16(volume_of(h, cast::<u16>(&bytes))),
-        (Datatype::I32, false) => AnyVolume::I32(volume_of(h, cast::<i32>(&bytes))),
-        (Datatype::F32, false) => AnyVolume::F32(volume_of(h, cast::<f32>(&bytes))),
+        (Datatype::U16, false) => AnyVolume::U16(volume_of(h, cast::<u16>(bytes))),
+        (Datatype::I32, false) => AnyVolume::I32(volume_of(h, cast::<i32>(bytes))),
+        (Datatype::F32, false) => AnyVolume::F32(volume_of(h, cast::<f32>(bytes))),
         (Datatype::F32, true) => AnyVolume::F32(volume_of(
             h,
-            cast::<f32>(&bytes)
+            cast::<f32>(bytes)
                 .into_iter()
                 .map(|x| (x as f64 * slope + inter) as f32)
                 .collect(),
         )),
         (Datatype::U8, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<u8>(&bytes, slope, inter, true)))
+            AnyVolume::F32(volume_of(h, to_f32::<u8>(bytes, slope, inter, true)))
         }
         (Datatype::I8, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i8>(&bytes, slope, inter, true)))
+            AnyVolume::F32(volume_of(h, to_f32::<i8>(bytes, slope, inter, true)))
         }
         (Datatype::I16, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i16>(&bytes, slope, inter, true)))
+            AnyVolume::F32(volume_of(h, to_f32::<i16>(bytes, slope, inter, true)))
         }
         (Datatype::U16, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<u16>(&bytes, slope, inter, true)))
+            AnyVolume::F32(volume_of(h, to_f32::<u16>(bytes, slope, inter, true)))
         }
         (Datatype::I32, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i32>(&bytes, slope, inter, true)))
+            AnyVolume::F32(volume_of(h, to_f32::<i32>(bytes, slope, inter, true)))
         }
-        (Datatype::U32, s) => AnyVolume::F32(volume_of(h, to_f32::<u32>(&bytes, slope, inter, s))),
-        (Datatype::F64, s) => AnyVolume::F32(volume_of(h, to_f32::<f64>(&bytes, slope, inter, s))),
+        (Datatype::U32, s) => AnyVolume::F32(volume_of(h, to_f32::<u32>(bytes, slope, inter, s))),
+        (Datatype::F64, s) => AnyVolume::F32(volume_of(h, to_f32::<f64>(bytes, slope, inter, s))),
         (Datatype::I64, s) => AnyVolume::F32(volume_of(
             h,
-            cast::<i64>(&bytes)
+            cast::<i64>(bytes)
                 .into_iter()
                 .map(|x| {
                     if s {
@@ -898,7 +898,7 @@ fn decode(h: &NiftiHeaderInfo, mut buf: Vec<u8>, start: usize) -> Result<AnyVolu
         )),
         (Datatype::U64, s) => AnyVolume::F32(volume_of(
             h,
-            cast::<u64>(&bytes)
+            cast::<u64>(bytes)
                 .into_iter()
                 .map(|x| {
                     if s {
@@ -997,7 +997,7 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
         }
     }
     let out = if is_gz_name(path) {
-        gzip(&bytes).map_err(|e| io_err(path, e))?
+        gzip(bytes).map_err(|e| io_err(path, e))?
     } else {
         bytes
     };
