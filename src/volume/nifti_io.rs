@@ -997,7 +997,7 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
         }
     }
     let out = if is_gz_name(path) {
-        gzip(bytes).map_err(|e| io_err(path, e))?
+        gzip(&bytes).map_err(|e| io_err(path, e))?
     } else {
         bytes
     };
