@@ -259,6 +259,16 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
         m,
         "save rewrites a valid manifest"
     );
+    let again = Project::create(dir.path(), m.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        again.contains("already exists"),
+        "create never overwrites a project: {again}"
+    );
+    let e = phantom::generate_project(dir.path(), &small(1, 1), |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+    assert!(!dir.path().join("cases").exists(), "nothing was written");
 }
 
 #[test]
@@ -280,9 +290,9 @@ fn nnunet_import_export_round_trip() {
     let project =
         phantom::generate_project(&dir.path().join("p"), &small(3, 8), |_, _| {}).unwrap();
     // Leave one case unlabelled so imagesTs is exercised.
-    let mut m = project.manifest.clone();
-    m.cases[2].reference_mask = None;
-    let project = Project::create(project.root(), m).unwrap();
+    let mut project = project;
+    project.manifest.cases[2].reference_mask = None;
+    project.save().unwrap();
     let ds1 = dir.path().join("Dataset001_Phantom");
     let summary = nnunet::export_nnunet(&project, &ds1).unwrap();
     assert_eq!((summary.training, summary.test), (2, 1));

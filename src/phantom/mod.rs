@@ -689,6 +689,7 @@ pub fn generate_project(
     cfg: &PhantomConfig,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Project, ProjectError> {
+    Project::ensure_new(out)?;
     std::fs::create_dir_all(out).map_err(|e| crate::project::ProjectError::Io {
         path: out.to_path_buf(),
         source: e,

@@ -371,8 +371,21 @@ pub struct Project {
 }
 
 impl Project {
-    /// Create a project folder (if needed) and write its manifest.
+    /// Refuse to make a new project where one already is (its files would be overwritten).
+    pub fn ensure_new(root: &Path) -> Result<(), ProjectError> {
+        let manifest = root.join(MANIFEST_FILE);
+        if manifest.exists() {
+            return Err(invalid(
+                &manifest,
+                "a project already exists in this folder; choose a new folder",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Create a project folder (if needed) and write its manifest; refuses an existing project.
     pub fn create(root: &Path, manifest: Manifest) -> Result<Self, ProjectError> {
+        Self::ensure_new(root)?;
         std::fs::create_dir_all(root).map_err(|e| io_err(root, e))?;
         let p = Self {
             root: root.to_path_buf(),

@@ -331,6 +331,7 @@ fn read_classes_csv(path: &Path) -> Result<BTreeMap<String, String>, ProjectErro
 /// `cases/<id>/<sequence>.nii.gz` and labels to `cases/<id>/reference.nii.gz`; every file's
 /// header is validated and each case's channels and label must share one grid.
 pub fn import_nnunet(dataset: &Path, project_dir: &Path) -> Result<Project, ProjectError> {
+    Project::ensure_new(project_dir)?;
     let ds_path = dataset.join("dataset.json");
     let ds = parse_dataset_json(&ds_path)?;
     let n = ds.channels.len();
