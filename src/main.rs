@@ -73,6 +73,10 @@ enum Command {
         /// Repetitions (the median is reported).
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+        /// io: the file to open; generated there (and kept) if it does not exist. Default: a
+        /// generated file in a temporary folder, removed afterwards.
+        #[arg(long)]
+        file: Option<PathBuf>,
     },
 }
 
@@ -149,14 +153,21 @@ fn main() -> Result<()> {
             which,
             size,
             repeats,
+            file,
         } => match which {
             BenchKind::Io => {
                 let dir =
                     std::env::temp_dir().join(format!("mriloop-bench-{}", std::process::id()));
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                let result = bench::io(&dir, size, repeats);
-                let _ = std::fs::remove_dir_all(&dir);
+                let result = match file {
+                    Some(path) => bench::io(&path, size, repeats),
+                    None => {
+                        std::fs::create_dir_all(&dir)
+                            .with_context(|| format!("creating {}", dir.display()))?;
+                        let r = bench::io(&dir.join(format!("bench_{size}.nii.gz")), size, repeats);
+                        let _ = std::fs::remove_dir_all(&dir);
+                        r
+                    }
+                };
                 let (figures, note) = result?;
                 for f in &figures {
                     println!("{f}");
