@@ -61,7 +61,7 @@ pub fn io(
     let note = match Command::new("python3")
         .arg("-c")
         .arg(&script)
-        .arg(&path)
+        .arg(path)
         .output()
     {
         Ok(out) if out.status.success() => {

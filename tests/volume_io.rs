@@ -310,3 +310,43 @@ fn scaling_is_applied_and_yields_float() {
     std::fs::write(&p, gz(&b)).unwrap();
     assert!(matches!(read_volume(&p).unwrap(), AnyVolume::I16(_)));
 }
+
+#[test]
+fn written_gzip_is_blocked_plain_gzip_and_damage_is_caught() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    // Several 64 KiB blocks, the header straddling the first.
+    let dims = [61, 67, 23, 1];
+    let n: usize = dims.iter().product();
+    let values: Vec<f32> = (0..n).map(|i| (i as f32 * 0.731).sin() * 1000.0).collect();
+    let vol = Volume::new(dims, oblique_affines()[3], values.clone()).unwrap();
+    let path = dir.path().join("blocks.nii.gz");
+    write_volume(&path, &vol).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    // Any gzip reader sees one stream: header then the voxels.
+    let mut plain = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut plain)
+        .unwrap();
+    assert_eq!(plain.len(), 352 + 4 * n);
+    assert_eq!(&plain[352..356], &values[0].to_le_bytes());
+    let AnyVolume::F32(back) = read_volume(&path).unwrap() else {
+        panic!("float32 expected")
+    };
+    assert_eq!(back.data(), &values[..]);
+    // The same stream as one ordinary gzip member reads the same.
+    let single = dir.path().join("single.nii.gz");
+    std::fs::write(&single, gz(&plain)).unwrap();
+    assert_eq!(read_volume(&single).unwrap(), AnyVolume::F32(back));
+    // A flipped byte inside a later block is reported, with the file's name.
+    let mut damaged = bytes.clone();
+    let at = bytes.len() - 20_000;
+    damaged[at] ^= 0x55;
+    let bad = dir.path().join("damaged.nii.gz");
+    std::fs::write(&bad, &damaged).unwrap();
+    let err = read_volume(&bad).unwrap_err().to_string();
+    assert!(
+        err.contains("damaged.nii.gz") && err.contains("corrupt gzip"),
+        "{err}"
+    );
+}

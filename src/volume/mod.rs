@@ -5,6 +5,7 @@
 //! the GPU, the UI or projects.
 
 mod affine;
+mod bgzf;
 pub mod nifti_io;
 mod reorient;
 

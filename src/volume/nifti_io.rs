@@ -721,12 +721,76 @@ impl RawHeader {
 /// Types convert as: int8 → i16; uint32, (u)int64, float64 → f32; a scaled file
 /// (`scl_slope` ≠ 0 and not the identity) → f32 with `slope · value + inter` applied.
 pub fn read_volume(path: &Path) -> Result<AnyVolume, VolumeError> {
-    let (header, data, start) = read_raw(path)?;
-    decode(&header, data, start).map_err(|p| nifti_err(path, p))
+    let (header, stored) = read_stored(path)?;
+    Ok(decode(&header, stored))
 }
 
-/// Read the header and a buffer holding the voxel bytes (file byte order) from `start` on.
-fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>, usize), VolumeError> {
+/// Voxel values as stored in the file (file byte order), one variant per stored type.
+enum Stored {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    U16(Vec<u16>),
+    I32(Vec<i32>),
+    U32(Vec<u32>),
+    I64(Vec<i64>),
+    U64(Vec<u64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+macro_rules! each_stored {
+    ($self:expr, $v:ident => $body:expr) => {
+        match $self {
+            Stored::U8($v) => $body,
+            Stored::I8($v) => $body,
+            Stored::I16($v) => $body,
+            Stored::U16($v) => $body,
+            Stored::I32($v) => $body,
+            Stored::U32($v) => $body,
+            Stored::I64($v) => $body,
+            Stored::U64($v) => $body,
+            Stored::F32($v) => $body,
+            Stored::F64($v) => $body,
+        }
+    };
+}
+
+impl Stored {
+    /// A zeroed buffer of `n` values. Callers size it from a validated header only where the
+    /// file's real size already backs it.
+    fn zeroed(datatype: Datatype, n: usize) -> Self {
+        match datatype {
+            Datatype::U8 => Self::U8(vec![0; n]),
+            Datatype::I8 => Self::I8(vec![0; n]),
+            Datatype::I16 => Self::I16(vec![0; n]),
+            Datatype::U16 => Self::U16(vec![0; n]),
+            Datatype::I32 => Self::I32(vec![0; n]),
+            Datatype::U32 => Self::U32(vec![0; n]),
+            Datatype::I64 => Self::I64(vec![0; n]),
+            Datatype::U64 => Self::U64(vec![0; n]),
+            Datatype::F32 => Self::F32(vec![0.0; n]),
+            Datatype::F64 => Self::F64(vec![0.0; n]),
+        }
+    }
+
+    /// Copy from raw bytes (whole values only).
+    fn from_bytes(datatype: Datatype, bytes: &[u8]) -> Self {
+        let mut s = Self::zeroed(datatype, bytes.len() / datatype.size_bytes());
+        let dst = s.bytes_mut();
+        let n = dst.len();
+        dst.copy_from_slice(&bytes[..n]);
+        s
+    }
+
+    /// The values' bytes, to fill or byte-swap in place.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        each_stored!(self, v => bytemuck::cast_slice_mut(v.as_mut_slice()))
+    }
+}
+
+/// Read the header and the stored voxel values.
+fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
     let mut file = File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut head = Vec::with_capacity(NIFTI2_HEADER_BYTES);
@@ -736,41 +800,67 @@ fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>, usize), VolumeErro
         .map_err(|e| io_err(path, e))?;
     if !is_gzip(&head) {
         let header = parse_header(path, &head, len, false)?;
-        let n = header.data_bytes() as usize;
-        // Validated above: vox_offset + n ≤ file length, so this allocation is backed by the file.
-        let mut data = vec![0u8; n];
+        let n = header.dims.iter().product::<usize>();
+        // Validated: vox_offset + data ≤ file length, so this allocation is backed by the file.
+        let mut stored = Stored::zeroed(header.datatype, n);
         use std::io::{Seek, SeekFrom};
         file.seek(SeekFrom::Start(header.vox_offset))
             .map_err(|e| io_err(path, e))?;
-        file.read_exact(&mut data).map_err(|e| io_err(path, e))?;
-        return Ok((header, data, 0));
+        file.read_exact(stored.bytes_mut())
+            .map_err(|e| io_err(path, e))?;
+        return Ok((header, stored));
     }
     // Gzip: the compressed file is read whole (its size is real, not claimed).
     let mut compressed = head;
+    // The file's real size (not a header claim) sizes the buffer: one read, no regrowth.
+    compressed.reserve_exact(
+        usize::try_from(len)
+            .unwrap_or(0)
+            .saturating_sub(compressed.len()),
+    );
     file.read_to_end(&mut compressed)
         .map_err(|e| io_err(path, e))?;
     let hdr_bytes = gz_header_bytes(path, compressed.as_slice())?;
     let header = parse_header(path, &hdr_bytes, len, true)?;
     let need = header.data_bytes();
     let total = header.vox_offset + need;
-    let isize_trailer = compressed.len().checked_sub(4).map(|at| {
-        u32::from_le_bytes([
-            compressed[at],
-            compressed[at + 1],
-            compressed[at + 2],
-            compressed[at + 3],
-        ])
-    });
-    if isize_trailer == Some(total as u32) && total <= len.saturating_mul(FAST_PATH_RATIO) {
-        let mut out = vec![0u8; total as usize];
-        let mut d = libdeflater::Decompressor::new();
-        if let Ok(n) = d.gzip_decompress(&compressed, &mut out) {
-            if n as u64 == total {
-                let start = header.vox_offset as usize;
-                return Ok((header, out, start));
+    let backed = total <= len.saturating_mul(FAST_PATH_RATIO);
+    if backed {
+        // mriloop's own files (BGZF): decoded on all cores straight into the final buffer.
+        let n = header.dims.iter().product::<usize>();
+        let mut stored = Stored::zeroed(header.datatype, n);
+        match super::bgzf::decompress_into(
+            &compressed,
+            header.vox_offset as usize,
+            stored.bytes_mut(),
+        ) {
+            super::bgzf::Inflated::Done => return Ok((header, stored)),
+            super::bgzf::Inflated::Corrupt(e) => {
+                return Err(nifti_err(path, NiftiProblem::CorruptGzip(e)))
+            }
+            super::bgzf::Inflated::NotBgzf => {}
+        }
+        // One gzip member whose trailer says the size the header claims: one-shot decode.
+        let isize_trailer = compressed.len().checked_sub(4).map(|at| {
+            u32::from_le_bytes([
+                compressed[at],
+                compressed[at + 1],
+                compressed[at + 2],
+                compressed[at + 3],
+            ])
+        });
+        if isize_trailer == Some(total as u32) {
+            let mut out = vec![0u8; total as usize];
+            let mut d = libdeflater::Decompressor::new();
+            if let Ok(n) = d.gzip_decompress(&compressed, &mut out) {
+                if n as u64 == total {
+                    let data = &out[header.vox_offset as usize..];
+                    let stored = Stored::from_bytes(header.datatype, data);
+                    return Ok((header, stored));
+                }
             }
         }
-        // Not a single clean member of exactly that size: fall back to streaming.
+        // Anything else (several members, trailing data, damage): the streaming path decides.
     }
     let mut stream = flate2::read::MultiGzDecoder::new(compressed.as_slice());
     let gz_fail = |e: io::Error| nifti_err(path, NiftiProblem::CorruptGzip(e.to_string()));
@@ -800,15 +890,15 @@ fn read_raw(path: &Path) -> Result<(NiftiHeaderInfo, Vec<u8>, usize), VolumeErro
             },
         ));
     }
-    Ok((header, data, 0))
+    let stored = Stored::from_bytes(header.datatype, &data);
+    Ok((header, stored))
 }
 
-/// Turn raw voxel bytes into a typed volume (byte swap, widening, scaling).
-fn decode(h: &NiftiHeaderInfo, mut buf: Vec<u8>, start: usize) -> Result<AnyVolume, NiftiProblem> {
-    let bytes = &mut buf[start..];
+/// Turn stored values into a volume: byte swap in place, then keep the type, widen, or scale.
+fn decode(h: &NiftiHeaderInfo, mut stored: Stored) -> AnyVolume {
     let size = h.datatype.size_bytes();
     if h.big_endian && size > 1 {
-        for c in bytes.chunks_exact_mut(size) {
+        for c in stored.bytes_mut().chunks_exact_mut(size) {
             c.reverse();
         }
     }
@@ -821,96 +911,40 @@ fn decode(h: &NiftiHeaderInfo, mut buf: Vec<u8>, start: usize) -> Result<AnyVolu
             data,
         )
     }
-    let slope = h.scl_slope;
-    let inter = h.scl_inter;
+    let (slope, inter) = (h.scl_slope, h.scl_inter);
     let scaled = h.is_scaled();
-    fn cast<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
-        let n = bytes.len() / std::mem::size_of::<T>();
-        let mut v: Vec<T> = vec![T::zeroed(); n];
-        bytemuck::cast_slice_mut::<T, u8>(&mut v)
-            .copy_from_slice(&bytes[..n * std::mem::size_of::<T>()]);
-        v
-    }
-    fn to_f32<T: bytemuck::Pod + Into<f64>>(
-        bytes: &[u8],
-        slope: f64,
-        inter: f64,
-        scaled: bool,
-    ) -> Vec<f32> {
-        let v: Vec<T> = cast(bytes);
+    let to_f32 = |x: f64| {
         if scaled {
-            v.into_iter()
-                .map(|x| (x.into() * slope + inter) as f32)
-                .collect()
+            (x * slope + inter) as f32
         } else {
-            v.into_iter().map(|x| x.into() as f32).collect()
+            x as f32
+        }
+    };
+    match (stored, scaled) {
+        (Stored::U8(v), false) => AnyVolume::U8(volume_of(h, v)),
+        (Stored::I16(v), false) => AnyVolume::I16(volume_of(h, v)),
+        (Stored::I8(v), false) => {
+            AnyVolume::I16(volume_of(h, v.into_iter().map(i16::from).collect()))
+        }
+        (Stored::U16(v), false) => AnyVolume::U16(volume_of(h, v)),
+        (Stored::I32(v), false) => AnyVolume::I32(volume_of(h, v)),
+        (Stored::F32(v), false) => AnyVolume::F32(volume_of(h, v)),
+        (Stored::I64(v), _) => AnyVolume::F32(volume_of(
+            h,
+            v.into_iter().map(|x| to_f32(x as f64)).collect(),
+        )),
+        (Stored::U64(v), _) => AnyVolume::F32(volume_of(
+            h,
+            v.into_iter().map(|x| to_f32(x as f64)).collect(),
+        )),
+        (other, _) => {
+            // The macro expands once per stored type; for f64 the cast is the identity.
+            #[allow(clippy::unnecessary_cast)]
+            let values: Vec<f32> =
+                each_stored!(other, v => v.into_iter().map(|x| to_f32(x as f64)).collect());
+            AnyVolume::F32(volume_of(h, values))
         }
     }
-    let vol = match (h.datatype, scaled) {
-        (Datatype::U8, false) => {
-            buf.drain(..start);
-            AnyVolume::U8(volume_of(h, buf))
-        }
-        (Datatype::I16, false) => AnyVolume::I16(volume_of(h, cast::<i16>(bytes))),
-        (Datatype::I8, false) => AnyVolume::I16(volume_of(
-            h,
-            cast::<i8>(bytes).into_iter().map(i16::from).collect(),
-        )),
-        (Datatype::U16, false) => AnyVolume::U16(volume_of(h, cast::<u16>(bytes))),
-        (Datatype::I32, false) => AnyVolume::I32(volume_of(h, cast::<i32>(bytes))),
-        (Datatype::F32, false) => AnyVolume::F32(volume_of(h, cast::<f32>(bytes))),
-        (Datatype::F32, true) => AnyVolume::F32(volume_of(
-            h,
-            cast::<f32>(bytes)
-                .into_iter()
-                .map(|x| (x as f64 * slope + inter) as f32)
-                .collect(),
-        )),
-        (Datatype::U8, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<u8>(bytes, slope, inter, true)))
-        }
-        (Datatype::I8, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i8>(bytes, slope, inter, true)))
-        }
-        (Datatype::I16, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i16>(bytes, slope, inter, true)))
-        }
-        (Datatype::U16, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<u16>(bytes, slope, inter, true)))
-        }
-        (Datatype::I32, true) => {
-            AnyVolume::F32(volume_of(h, to_f32::<i32>(bytes, slope, inter, true)))
-        }
-        (Datatype::U32, s) => AnyVolume::F32(volume_of(h, to_f32::<u32>(bytes, slope, inter, s))),
-        (Datatype::F64, s) => AnyVolume::F32(volume_of(h, to_f32::<f64>(bytes, slope, inter, s))),
-        (Datatype::I64, s) => AnyVolume::F32(volume_of(
-            h,
-            cast::<i64>(bytes)
-                .into_iter()
-                .map(|x| {
-                    if s {
-                        (x as f64 * slope + inter) as f32
-                    } else {
-                        x as f32
-                    }
-                })
-                .collect(),
-        )),
-        (Datatype::U64, s) => AnyVolume::F32(volume_of(
-            h,
-            cast::<u64>(bytes)
-                .into_iter()
-                .map(|x| {
-                    if s {
-                        (x as f64 * slope + inter) as f32
-                    } else {
-                        x as f32
-                    }
-                })
-                .collect(),
-        )),
-    };
-    Ok(vol)
 }
 
 /// Serialise a NIfTI-1 header (little-endian, 348 bytes + 4 bytes of empty extension flag).
@@ -971,7 +1005,8 @@ fn header_bytes(
     b
 }
 
-/// Write `vol` as NIfTI-1 to `path` atomically; gzip-compressed when `path` ends in `.gz`.
+/// Write `vol` as NIfTI-1 to `path` atomically; gzip-compressed (BGZF, see `bgzf`) when `path`
+/// ends in `.gz`.
 ///
 /// A volume still in its file layout keeps its stored qform/sform exactly; any other volume gets
 /// an sform holding its affine and a qform holding its rigid part.
@@ -997,7 +1032,7 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
         }
     }
     let out = if is_gz_name(path) {
-        gzip(&bytes).map_err(|e| io_err(path, e))?
+        super::bgzf::compress(&bytes).map_err(|e| io_err(path, io::Error::other(e)))?
     } else {
         bytes
     };
@@ -1007,15 +1042,4 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
 fn is_gz_name(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
-}
-
-/// Gzip a buffer in one shot (libdeflate, level 6).
-fn gzip(bytes: &[u8]) -> io::Result<Vec<u8>> {
-    let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
-    let mut out = vec![0u8; c.gzip_compress_bound(bytes.len())];
-    let n = c
-        .gzip_compress(bytes, &mut out)
-        .map_err(|e| io::Error::other(format!("gzip compression failed: {e}")))?;
-    out.truncate(n);
-    Ok(out)
 }
