@@ -350,3 +350,22 @@ fn written_gzip_is_blocked_plain_gzip_and_damage_is_caught() {
         "{err}"
     );
 }
+
+#[test]
+fn voxel_data_at_an_unaligned_offset_reads_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = H1::new([5, 4, 3], 4, 16);
+    h.vox_offset = 355.0;
+    let mut b = h.bytes(false);
+    b.extend([7u8, 7, 7]);
+    b.extend(i16_data(60, false));
+    let expected: Vec<i16> = (0..60).map(|i: i16| i * 3 - 7).collect();
+    for (name, bytes) in [("odd.nii", b.clone()), ("odd.nii.gz", gz(&b))] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let AnyVolume::I16(v) = read_volume(&p).unwrap() else {
+            panic!("int16 expected")
+        };
+        assert_eq!(v.data(), &expected[..], "{name}");
+    }
+}

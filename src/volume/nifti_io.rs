@@ -783,6 +783,13 @@ impl Stored {
         s
     }
 
+    /// Remove the first `k` values.
+    fn drop_front(&mut self, k: usize) {
+        each_stored!(self, v => {
+            v.drain(..k);
+        })
+    }
+
     /// The values' bytes, to fill or byte-swap in place.
     fn bytes_mut(&mut self) -> &mut [u8] {
         each_stored!(self, v => bytemuck::cast_slice_mut(v.as_mut_slice()))
@@ -850,14 +857,25 @@ fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
             ])
         });
         if isize_trailer == Some(total as u32) {
-            let mut out = vec![0u8; total as usize];
+            // Decode header and voxels together into the typed buffer, then shift the voxels
+            // down over the header (a move, cheaper than a fresh copy) when it is whole values.
+            let size = header.datatype.size_bytes() as u64;
+            let (pre, whole) = (
+                header.vox_offset.div_ceil(size),
+                header.vox_offset % size == 0,
+            );
+            let n = header.dims.iter().product::<usize>();
+            let mut stored = Stored::zeroed(header.datatype, n + pre as usize);
             let mut d = libdeflater::Decompressor::new();
-            if let Ok(n) = d.gzip_decompress(&compressed, &mut out) {
-                if n as u64 == total {
-                    let data = &out[header.vox_offset as usize..];
-                    let stored = Stored::from_bytes(header.datatype, data);
-                    return Ok((header, stored));
+            let decoded = d.gzip_decompress(&compressed, &mut stored.bytes_mut()[..total as usize]);
+            if decoded.is_ok_and(|got| got as u64 == total) {
+                if whole {
+                    stored.drop_front(pre as usize);
+                } else {
+                    let data = &stored.bytes_mut()[header.vox_offset as usize..total as usize];
+                    stored = Stored::from_bytes(header.datatype, data);
                 }
+                return Ok((header, stored));
             }
         }
         // Anything else (several members, trailing data, damage): the streaming path decides.
