@@ -89,3 +89,152 @@ pub fn io(
     };
     Ok((figures, note))
 }
+
+/// Redraw benchmark on the default wgpu adapter (lavapipe where there is no GPU): a `size`³
+/// image with a mask overlay, three views (axial, coronal, sagittal) tiled across a 1920×1080
+/// target, the cursor moving one slice per frame; frames per second over `frames` frames. Then
+/// the time to write a 32³ mask sub-box beside rewriting the whole mask texture (median of
+/// `repeats`), each waited for on the GPU. Returns the figures and the adapter's name.
+pub fn render(
+    size: usize,
+    frames: usize,
+    repeats: usize,
+) -> Result<(Vec<Figure>, String), crate::render::RenderError> {
+    use crate::render::{
+        wait_idle, CaseTextures, Colormap, GpuContext, OffscreenTarget, Orientation, SlicePipeline,
+        SlicePlane, SliceStyle, ViewKey, ViewSlots, OFFSCREEN_FORMAT,
+    };
+    use crate::volume::Affine;
+    use glam::DVec3;
+    let bad = |e: VolumeError| crate::render::RenderError::NoDevice(e.to_string());
+    let gpu = GpuContext::headless()?;
+    let n = size.max(8);
+    let affine = Affine::from_spacing([1.0, 1.0, 1.0]);
+    let c = n as f32 / 2.0;
+    let mut image = Volume::filled([n, n, n, 1], affine, 0.0f32).map_err(bad)?;
+    let mut mask = Volume::filled([n, n, n, 1], affine, 0u8).map_err(bad)?;
+    for k in 0..n {
+        for j in 0..n {
+            for i in 0..n {
+                let (x, y, z) = (i as f32 - c, j as f32 - c, k as f32 - c);
+                let r = (x * x + y * y + z * z).sqrt() / c;
+                let at = image.linear_index(i, j, k, 0);
+                image.data_mut()[at] = if r < 0.9 {
+                    600.0 + 300.0 * (x * 0.2).sin() * (y * 0.15).cos()
+                } else {
+                    20.0
+                };
+                if r < 0.2 {
+                    mask.data_mut()[at] = 1 + (i % 3) as u8;
+                }
+            }
+        }
+    }
+    let mut colours = [[0u8; 4]; 256];
+    colours[1] = [255, 0, 0, 255];
+    colours[2] = [0, 255, 0, 255];
+    colours[3] = [0, 0, 255, 255];
+    let textures = CaseTextures::upload(
+        &gpu.device,
+        &gpu.queue,
+        &[&image],
+        Some(&mask),
+        None,
+        &colours,
+    )?;
+    let pipeline = SlicePipeline::new(&gpu.device, OFFSCREEN_FORMAT);
+    let target_size = [1920u32, 1080u32];
+    let target = OffscreenTarget::new(&gpu.device, target_size);
+    let mut slots = ViewSlots::default();
+    let key = ViewKey {
+        base: 0,
+        blend: None,
+    };
+    let view_w = target_size[0] as f32 / 3.0;
+    let half = [
+        n as f64 * 0.5 * view_w as f64 / target_size[1] as f64,
+        n as f64 * 0.5,
+    ];
+    let mut draw = |frame: usize| -> Result<(), crate::render::RenderError> {
+        let cursor = DVec3::splat(c as f64) + DVec3::splat((frame % 32) as f64 - 16.0);
+        let style = SliceStyle {
+            window_low: 0.0,
+            window_high: 1000.0,
+            colormap: Colormap::Grey,
+            linear: true,
+            reference_opacity: 0.5,
+            reference_outline: false,
+            predicted_opacity: 0.0,
+            crosshair_mm: Some(cursor),
+            blend: None,
+        };
+        for (slot, o) in Orientation::ALL.into_iter().enumerate() {
+            let plane = SlicePlane::new(o, cursor, half);
+            let b = slots
+                .get_or_create(&gpu.device, &pipeline, &textures, slot, key)
+                .ok_or_else(|| crate::render::RenderError::NoDevice("no image".into()))?;
+            if let Some(u) = b.uniform(&plane, &style, [view_w, target_size[1] as f32]) {
+                b.prepare(&gpu.queue, &u);
+            }
+        }
+        let views: Vec<_> = (0..3)
+            .filter_map(|slot| {
+                slots.get(slot).map(|b| {
+                    (
+                        b,
+                        [slot as f32 * view_w, 0.0, view_w, target_size[1] as f32],
+                    )
+                })
+            })
+            .collect();
+        target.draw(&gpu.device, &gpu.queue, &pipeline, &views);
+        wait_idle(&gpu.device)
+    };
+    for f in 0..3 {
+        draw(f)?;
+    }
+    let t = Instant::now();
+    let frames = frames.max(1);
+    for f in 0..frames {
+        draw(f)?;
+    }
+    let fps = frames as f64 / t.elapsed().as_secs_f64();
+
+    let labels = textures
+        .reference()
+        .ok_or_else(|| crate::render::RenderError::NoDevice("no mask".into()))?;
+    let time_box = |min: [usize; 3], max: [usize; 3]| -> Result<f64, crate::render::RenderError> {
+        let mut times = Vec::new();
+        for _ in 0..repeats.max(1) {
+            wait_idle(&gpu.device)?;
+            let t = Instant::now();
+            labels.update_sub_box(&gpu.queue, &mask, min, max)?;
+            gpu.queue.submit([]);
+            wait_idle(&gpu.device)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(median(times))
+    };
+    let b = 32.min(n);
+    let lo = (n - b) / 2;
+    let sub_ms = time_box([lo; 3], [lo + b; 3])?;
+    let full_ms = time_box([0; 3], [n; 3])?;
+    let fig = |name: String, value: f64, unit: &str| Figure {
+        name,
+        value,
+        unit: unit.into(),
+    };
+    Ok((
+        vec![
+            fig(format!("render_fps_{n}"), fps, "fps"),
+            fig("subbox_update_ms_32".into(), sub_ms, "ms"),
+            fig(format!("full_mask_upload_ms_{n}"), full_ms, "ms"),
+            fig(
+                "subbox_vs_full_upload_speedup".into(),
+                full_ms / sub_ms.max(1e-9),
+                "x",
+            ),
+        ],
+        format!("{} ({:?})", gpu.adapter_info.name, gpu.adapter_info.backend),
+    ))
+}

@@ -2,10 +2,13 @@
 //!
 //! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
 //! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
-//! synthetic projects; the CLI and app sit on top.
+//! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `app` (the
+//! eframe review window) and the CLI sit on top.
 
+pub mod app;
 pub mod atomic;
 pub mod bench;
 pub mod phantom;
 pub mod project;
+pub mod render;
 pub mod volume;

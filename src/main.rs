@@ -4,19 +4,28 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use mriloop::project::{nnunet, InputForm, Project};
 use mriloop::volume::{read_header, read_volume};
-use mriloop::{bench, phantom};
+use mriloop::{app, bench, phantom};
 use std::path::PathBuf;
 
 /// Review, correct and train a multi-task brain-MRI network in one native app.
 #[derive(Parser)]
-#[command(name = "mriloop", version, about, arg_required_else_help = true)]
+#[command(name = "mriloop", version, about)]
 struct Cli {
+    /// With no command, the review window opens on the built-in demo case.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Open the review window on a project folder, or on loose NIfTI files (first = main image).
+    Open {
+        /// A project folder (or its mriloop.json), or one or more .nii/.nii.gz images.
+        paths: Vec<PathBuf>,
+        /// A label file to show as the mask over loose images (ITK-SNAP's -s).
+        #[arg(long, visible_alias = "seg")]
+        mask: Option<PathBuf>,
+    },
     /// Write a ready project of synthetic brain cases (deterministic from the seed).
     Phantom {
         /// Project folder to create.
@@ -94,10 +103,32 @@ enum Form {
 enum BenchKind {
     /// Open a size³ f32 .nii.gz, beside nibabel.
     Io,
+    /// Redraw three views of a size³ volume with overlay at 1920×1080; mask sub-box vs full upload.
+    Render,
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
+    let Some(command) = Cli::parse().command else {
+        return app::run(app::Startup::Project(app::demo_project_dir()));
+    };
+    match command {
+        Command::Open { paths, mask } => {
+            let startup = match paths.as_slice() {
+                [] => app::Startup::Project(app::demo_project_dir()),
+                [one]
+                    if mask.is_none()
+                        && (one.is_dir()
+                            || one.file_name().is_some_and(|n| n == "mriloop.json")) =>
+                {
+                    app::Startup::Project(one.clone())
+                }
+                _ => app::Startup::Files {
+                    images: paths,
+                    mask,
+                },
+            };
+            app::run(startup)?;
+        }
         Command::Phantom {
             out,
             cases,
@@ -181,6 +212,14 @@ fn main() -> Result<()> {
                 if let Some(n) = note {
                     println!("note: {n}");
                 }
+            }
+            BenchKind::Render => {
+                let (figures, adapter) = bench::render(size, 60, repeats)?;
+                println!("adapter: {adapter}");
+                for f in &figures {
+                    println!("{f}");
+                }
+                println!("reference: goal render_fps >= 30 on lavapipe at 256 (>= 60 on a GPU at 512); sub-box >= 20 x faster than a full upload");
             }
         },
     }

@@ -1,0 +1,95 @@
+//! The one bridge between egui and the render layer: an egui-wgpu paint callback per view.
+//! The GPU side (`ViewerGpu`: pipeline, the open case's textures, per-view bindings) lives in
+//! egui-wgpu's callback resources; each frame a view's callback carries only its slot, what it
+//! samples and its uniform block.
+//!
+//! Invariants: textures are uploaded once per opened case (`ViewerGpu::set_case`); a callback
+//! whose case generation is stale draws nothing.
+
+use crate::render::{CaseTextures, SlicePipeline, SliceUniform, ViewKey, ViewSlots};
+use egui_wgpu::{CallbackResources, CallbackTrait, ScreenDescriptor};
+
+/// GPU resources of the viewer, stored in egui-wgpu's callback resources.
+pub struct ViewerGpu {
+    pipeline: SlicePipeline,
+    case: Option<CaseTextures>,
+    slots: ViewSlots,
+    generation: u64,
+}
+
+impl ViewerGpu {
+    /// Build the pipeline for egui's target format.
+    pub fn new(device: &wgpu::Device, target: wgpu::TextureFormat) -> Self {
+        Self {
+            pipeline: SlicePipeline::new(device, target),
+            case: None,
+            slots: ViewSlots::default(),
+            generation: 0,
+        }
+    }
+
+    /// Show a newly uploaded case; returns its generation number.
+    pub fn set_case(&mut self, textures: CaseTextures) -> u64 {
+        self.case = Some(textures);
+        self.slots = ViewSlots::default();
+        self.generation += 1;
+        self.generation
+    }
+
+    /// The open case's textures (for sub-box updates and colours).
+    pub fn case(&self) -> Option<&CaseTextures> {
+        self.case.as_ref()
+    }
+}
+
+/// One view's draw for this frame.
+pub struct SliceCallback {
+    /// The case generation it was computed for.
+    pub generation: u64,
+    /// The view's slot (unique among the views of a frame).
+    pub slot: usize,
+    /// What it samples.
+    pub key: ViewKey,
+    /// Its uniform block.
+    pub uniform: SliceUniform,
+}
+
+impl CallbackTrait for SliceCallback {
+    fn prepare(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        _screen: &ScreenDescriptor,
+        _encoder: &mut wgpu::CommandEncoder,
+        resources: &mut CallbackResources,
+    ) -> Vec<wgpu::CommandBuffer> {
+        if let Some(gpu) = resources.get_mut::<ViewerGpu>() {
+            if gpu.generation == self.generation {
+                if let Some(case) = gpu.case.as_ref() {
+                    if let Some(b) =
+                        gpu.slots
+                            .get_or_create(device, &gpu.pipeline, case, self.slot, self.key)
+                    {
+                        b.prepare(queue, &self.uniform);
+                    }
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    fn paint(
+        &self,
+        _info: egui::PaintCallbackInfo,
+        pass: &mut wgpu::RenderPass<'static>,
+        resources: &CallbackResources,
+    ) {
+        if let Some(gpu) = resources.get::<ViewerGpu>() {
+            if gpu.generation == self.generation {
+                if let Some(b) = gpu.slots.get(self.slot) {
+                    b.draw(&gpu.pipeline, pass);
+                }
+            }
+        }
+    }
+}

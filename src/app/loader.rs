@@ -1,0 +1,277 @@
+//! Loading off the UI thread: a case's volumes (sequences as f32, masks as u8 labels) and the
+//! worklist's per-case statistics (Dice of predicted vs reference, labelled volume). Each job is
+//! a thread reporting through a channel; the UI polls it once per frame and never waits.
+//!
+//! Invariants: every error names the file and the problem; a job never panics the UI; a 4D
+//! sequence shows its first frame.
+
+use crate::project::{Case, Project, SequenceName};
+use crate::volume::{read_volume, AnyVolume, Volume};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+/// Where a case's files are (absolute paths), whatever they came from: a project or loose files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseSource {
+    /// Shown as the case's name.
+    pub case_id: String,
+    /// The co-registered sequences, in display order.
+    pub sequences: Vec<(SequenceName, PathBuf)>,
+    /// The reference (corrected) label mask.
+    pub reference: Option<PathBuf>,
+    /// The predicted label mask.
+    pub predicted: Option<PathBuf>,
+}
+
+impl CaseSource {
+    /// The files of a project's case.
+    pub fn from_project(project: &Project, case: &Case) -> Self {
+        Self {
+            case_id: case.id.clone(),
+            sequences: case
+                .sequences
+                .iter()
+                .map(|s| (s.name.clone(), project.resolve(&s.path)))
+                .collect(),
+            reference: case.reference_mask.as_deref().map(|p| project.resolve(p)),
+            predicted: case.predicted_mask.as_deref().map(|p| project.resolve(p)),
+        }
+    }
+
+    /// Loose files: images named after their file names, and an optional label file.
+    pub fn from_files(images: &[PathBuf], mask: Option<PathBuf>) -> Self {
+        let name_of = |p: &Path| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| p.display().to_string());
+            name.trim_end_matches(".gz")
+                .trim_end_matches(".nii")
+                .to_string()
+        };
+        Self {
+            case_id: images
+                .first()
+                .map(|p| name_of(p))
+                .unwrap_or_else(|| "files".into()),
+            sequences: images
+                .iter()
+                .map(|p| (SequenceName::from(name_of(p)), p.clone()))
+                .collect(),
+            reference: mask,
+            predicted: None,
+        }
+    }
+
+    /// Number of files to read.
+    pub fn file_count(&self) -> usize {
+        self.sequences.len()
+            + usize::from(self.reference.is_some())
+            + usize::from(self.predicted.is_some())
+    }
+}
+
+/// One loaded sequence.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    /// Which sequence.
+    pub name: SequenceName,
+    /// Its intensities (first frame of a 4D file).
+    pub volume: Volume<f32>,
+}
+
+/// A loaded case, ready to display.
+#[derive(Debug, Clone)]
+pub struct LoadedCase {
+    /// The case's name.
+    pub case_id: String,
+    /// The sequences (at least one).
+    pub images: Vec<LoadedImage>,
+    /// The reference mask.
+    pub reference: Option<Volume<u8>>,
+    /// The predicted mask.
+    pub predicted: Option<Volume<u8>>,
+}
+
+/// What a loading job reports.
+#[derive(Debug)]
+pub enum LoadMessage {
+    /// `done` of `total` files read; `file` is being read next.
+    Progress {
+        /// Files read.
+        done: usize,
+        /// Files in all.
+        total: usize,
+        /// The file being read.
+        file: PathBuf,
+    },
+    /// Everything loaded.
+    Done(Box<LoadedCase>),
+    /// A file could not be used: the message names it and the problem.
+    Failed(String),
+}
+
+/// Read a label mask: uint8, or integer values 0..=255 in another integer or float type.
+pub fn read_mask(path: &Path) -> Result<Volume<u8>, String> {
+    let any = read_volume(path).map_err(|e| e.to_string())?;
+    match any {
+        AnyVolume::U8(v) => Ok(first_frame(v)),
+        other => {
+            let f = other.to_f32();
+            if f.data()
+                .iter()
+                .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
+            {
+                Ok(first_frame(f.map(|v| v as u8)))
+            } else {
+                Err(format!(
+                    "{}: a label mask must hold whole numbers 0–255; this {} file does not",
+                    path.display(),
+                    other.datatype().name()
+                ))
+            }
+        }
+    }
+}
+
+fn first_frame<T: Copy>(v: Volume<T>) -> Volume<T> {
+    if v.dims()[3] > 1 {
+        v.frame(0).unwrap_or(v)
+    } else {
+        v
+    }
+}
+
+fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, String> {
+    if source.sequences.is_empty() {
+        return Err(format!("case {} has no image to show", source.case_id));
+    }
+    let total = source.file_count();
+    let mut done = 0;
+    let progress = |file: &Path, done: &mut usize| {
+        let _ = tx.send(LoadMessage::Progress {
+            done: *done,
+            total,
+            file: file.to_path_buf(),
+        });
+        *done += 1;
+    };
+    let mut images = Vec::with_capacity(source.sequences.len());
+    for (name, path) in &source.sequences {
+        progress(path, &mut done);
+        let any = read_volume(path).map_err(|e| e.to_string())?;
+        images.push(LoadedImage {
+            name: name.clone(),
+            volume: first_frame(any.to_f32()),
+        });
+    }
+    let mut mask = |p: &Option<PathBuf>| -> Result<Option<Volume<u8>>, String> {
+        match p {
+            Some(path) => {
+                progress(path, &mut done);
+                read_mask(path).map(Some)
+            }
+            None => Ok(None),
+        }
+    };
+    let reference = mask(&source.reference)?;
+    let predicted = mask(&source.predicted)?;
+    Ok(LoadedCase {
+        case_id: source.case_id.clone(),
+        images,
+        reference,
+        predicted,
+    })
+}
+
+/// Start loading a case in a background thread; `wake` is called after each message (e.g. to
+/// request a repaint).
+pub fn spawn_load(source: CaseSource, wake: impl Fn() + Send + 'static) -> Receiver<LoadMessage> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let msg = match load(&source, &tx) {
+            Ok(case) => LoadMessage::Done(Box::new(case)),
+            Err(e) => LoadMessage::Failed(e),
+        };
+        let _ = tx.send(msg);
+        wake();
+    });
+    rx
+}
+
+/// Per-case numbers for the worklist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CaseStats {
+    /// The case.
+    pub case_id: String,
+    /// Dice of predicted vs reference foreground (all labels > 0), when both masks exist.
+    pub dice: Option<f64>,
+    /// Labelled volume of the reference mask (else the predicted one), in mm³.
+    pub volume_mm3: Option<f64>,
+    /// A file that could not be read, named with its problem.
+    pub error: Option<String>,
+}
+
+/// Dice of two masks' foregrounds (voxels > 0), on the same grid; `None` if the grids differ
+/// or both are empty.
+pub fn foreground_dice(a: &Volume<u8>, b: &Volume<u8>) -> Option<f64> {
+    if a.dims3() != b.dims3() {
+        return None;
+    }
+    let (mut both, mut na, mut nb) = (0u64, 0u64, 0u64);
+    for (x, y) in a.data().iter().zip(b.data()) {
+        let (x, y) = (*x > 0, *y > 0);
+        na += u64::from(x);
+        nb += u64::from(y);
+        both += u64::from(x && y);
+    }
+    (na + nb > 0).then(|| 2.0 * both as f64 / (na + nb) as f64)
+}
+
+/// Labelled (non-zero) volume of a mask in mm³.
+pub fn labelled_volume_mm3(mask: &Volume<u8>) -> f64 {
+    mask.data().iter().filter(|v| **v > 0).count() as f64 * mask.voxel_volume_mm3()
+}
+
+fn stats_of(project: &Project, case: &Case) -> CaseStats {
+    let read = |rel: &Option<String>| -> Result<Option<Volume<u8>>, String> {
+        rel.as_deref()
+            .map(|r| read_mask(&project.resolve(r)))
+            .transpose()
+    };
+    let both = read(&case.reference_mask).and_then(|r| Ok((r, read(&case.predicted_mask)?)));
+    match both {
+        Ok((reference, predicted)) => CaseStats {
+            case_id: case.id.clone(),
+            dice: match (&reference, &predicted) {
+                (Some(r), Some(p)) => foreground_dice(r, p),
+                _ => None,
+            },
+            volume_mm3: reference
+                .as_ref()
+                .or(predicted.as_ref())
+                .map(labelled_volume_mm3),
+            error: None,
+        },
+        Err(e) => CaseStats {
+            case_id: case.id.clone(),
+            dice: None,
+            volume_mm3: None,
+            error: Some(e),
+        },
+    }
+}
+
+/// Compute every case's statistics in a background thread, one message per case.
+pub fn spawn_stats(project: Project, wake: impl Fn() + Send + 'static) -> Receiver<CaseStats> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for case in &project.manifest.cases {
+            if tx.send(stats_of(&project, case)).is_err() {
+                return;
+            }
+            wake();
+        }
+    });
+    rx
+}

@@ -1,0 +1,762 @@
+//! The eframe app: the review window. Panels read state and emit `Command`s; `MriloopApp::apply`
+//! is the one place that changes state, once per frame, so undo, autosave and tests see every
+//! change. Loading runs in background threads (`loader`); the GPU side is reached only through
+//! the paint-callback bridge (`bridge`).
+//!
+//! Invariants: the UI thread never reads a file or waits on a thread; a failed load leaves the
+//! previous case open and shows a dialog naming the file and the problem.
+
+mod bridge;
+mod loader;
+mod panels;
+mod state;
+mod views;
+
+pub use bridge::{SliceCallback, ViewerGpu};
+pub use loader::{
+    foreground_dice, labelled_volume_mm3, read_mask, spawn_load, spawn_stats, CaseSource,
+    CaseStats, LoadMessage, LoadedCase, LoadedImage,
+};
+pub use state::{
+    IntensitySample, Layout, OverlayStyle, SequenceDisplay, ViewZoom, ViewerState, WindowPreset,
+    WorldBox, MAX_SIDE_BY_SIDE,
+};
+pub use views::ViewCell;
+
+use crate::project::{LabelTable, Project, ReviewStatus};
+use crate::render::{CaseTextures, Colormap, GridInfo, ImageTexture, Orientation};
+use glam::DVec3;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+/// What to open when the app starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Startup {
+    /// Nothing: an empty window with File → Open.
+    Empty,
+    /// A project folder (or its `mriloop.json`); its first case is opened.
+    Project(PathBuf),
+    /// Loose NIfTI files: images (first = main) and an optional label file.
+    Files {
+        /// Image files.
+        images: Vec<PathBuf>,
+        /// Label file.
+        mask: Option<PathBuf>,
+    },
+}
+
+/// The built-in demo project (a phantom case shipped in `assets/demo`).
+pub fn demo_project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
+}
+
+/// Worklist columns to sort by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortKey {
+    /// Project order.
+    Case,
+    /// Review status.
+    Status,
+    /// Predicted-vs-reference Dice.
+    Dice,
+    /// Labelled volume.
+    Volume,
+    /// Probability of the predicted class.
+    Confidence,
+}
+
+/// Every change the UI can ask for. Applied by `MriloopApp::apply`, once per frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Move the shared cursor (world mm).
+    SetCursor(DVec3),
+    /// Step a view's slice.
+    StepSlice(Orientation, i32),
+    /// Multiply a view's zoom.
+    Zoom(Orientation, f64),
+    /// Move a view's centre by mm along screen right and up.
+    Pan(Orientation, [f64; 2]),
+    /// Reset zoom and pan of every view and centre the cursor.
+    ResetView,
+    /// Set a sequence's window (intensities shown black and white).
+    SetWindow {
+        /// Sequence index.
+        seq: usize,
+        /// Low end.
+        low: f32,
+        /// High end.
+        high: f32,
+    },
+    /// Apply a window preset to a sequence.
+    WindowPreset(usize, WindowPreset),
+    /// Set a sequence's colour map.
+    SetColormap(usize, Colormap),
+    /// Trilinear (true) or nearest sampling.
+    SetLinear(bool),
+    /// Reference overlay opacity.
+    SetReferenceOpacity(f32),
+    /// Reference overlay as outlines.
+    SetReferenceOutline(bool),
+    /// Predicted overlay opacity.
+    SetPredictedOpacity(f32),
+    /// Show one sequence alone.
+    ShowSequence(usize),
+    /// Add or remove a sequence from the side-by-side set.
+    ToggleSideBySide(usize),
+    /// Blend a sequence over the shown ones (None: no blend), with an opacity.
+    SetBlend(Option<(usize, f32)>),
+    /// Change the layout.
+    SetLayout(Layout),
+    /// Open case `i` of the project.
+    OpenCase(usize),
+    /// Open the next (+1) or previous (-1) unreviewed case in worklist order.
+    NextUnreviewed(i32),
+    /// Open a project folder.
+    OpenProject(PathBuf),
+    /// Open loose files.
+    OpenFiles {
+        /// Image files.
+        images: Vec<PathBuf>,
+        /// Label file.
+        mask: Option<PathBuf>,
+    },
+    /// Ask for a project folder with a file dialog.
+    OpenProjectDialog,
+    /// Ask for image files with a file dialog.
+    OpenFilesDialog,
+    /// Sort the worklist (a second click on the same key reverses it).
+    SortWorklist(SortKey),
+    /// Show only cases with this status (None: all).
+    FilterStatus(Option<ReviewStatus>),
+    /// Show only cases whose id contains this text.
+    FilterText(String),
+    /// Close the error dialog.
+    DismissError,
+}
+
+/// A case being loaded.
+struct Loading {
+    rx: Receiver<LoadMessage>,
+    case_index: Option<usize>,
+    /// Loose files: on success the project (if any) is closed.
+    loose_files: bool,
+    done: usize,
+    total: usize,
+    file: Option<PathBuf>,
+}
+
+/// The open case: its volumes on the CPU (values under the cursor, later edits) and the view.
+pub struct OpenCase {
+    /// The loaded volumes.
+    pub loaded: LoadedCase,
+    /// What the views show.
+    pub viewer: ViewerState,
+    /// Index in the project, if it came from one.
+    pub case_index: Option<usize>,
+    /// Each image's grid and the intensity range its texture was normalised by.
+    pub image_grids: Vec<GridInfo>,
+    /// The masks' grid.
+    pub labels_grid: GridInfo,
+    generation: u64,
+}
+
+/// Worklist sorting and filtering.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorklistView {
+    /// Sort column.
+    pub sort: SortKey,
+    /// Reverse order.
+    pub descending: bool,
+    /// Status filter.
+    pub status: Option<ReviewStatus>,
+    /// Case id filter.
+    pub text: String,
+}
+
+/// The review window.
+pub struct MriloopApp {
+    project: Option<Project>,
+    labels: LabelTable,
+    open: Option<OpenCase>,
+    loading: Option<Loading>,
+    stats: HashMap<String, CaseStats>,
+    stats_rx: Option<Receiver<CaseStats>>,
+    worklist: WorklistView,
+    error: Option<String>,
+    commands: Vec<Command>,
+    dialog_rx: Option<Receiver<Command>>,
+    cells: Vec<ViewCell>,
+    render_state: Option<egui_wgpu::RenderState>,
+    ctx: egui::Context,
+}
+
+impl MriloopApp {
+    /// Create the app; `startup` says what to open first (in the background).
+    pub fn new(cc: &eframe::CreationContext<'_>, startup: Startup) -> Self {
+        let render_state = cc.wgpu_render_state.clone();
+        if let Some(rs) = &render_state {
+            let gpu = ViewerGpu::new(&rs.device, rs.target_format);
+            rs.renderer.write().callback_resources.insert(gpu);
+        }
+        let mut app = Self {
+            project: None,
+            labels: LabelTable::default(),
+            open: None,
+            loading: None,
+            stats: HashMap::new(),
+            stats_rx: None,
+            worklist: WorklistView {
+                sort: SortKey::Case,
+                descending: false,
+                status: None,
+                text: String::new(),
+            },
+            error: None,
+            commands: Vec::new(),
+            dialog_rx: None,
+            cells: Vec::new(),
+            render_state,
+            ctx: cc.egui_ctx.clone(),
+        };
+        if app.render_state.is_none() {
+            app.error = Some("no wgpu device: mriloop needs a GPU or Mesa's Vulkan driver".into());
+        }
+        match startup {
+            Startup::Empty => {}
+            Startup::Project(p) => app.commands.push(Command::OpenProject(p)),
+            Startup::Files { images, mask } => {
+                app.commands.push(Command::OpenFiles { images, mask })
+            }
+        }
+        app
+    }
+
+    /// Queue a command (applied at the start of the next frame).
+    pub fn push(&mut self, cmd: Command) {
+        self.commands.push(cmd);
+    }
+
+    /// The open case, once loaded.
+    pub fn open_case(&self) -> Option<&OpenCase> {
+        self.open.as_ref()
+    }
+
+    /// The open project.
+    pub fn project(&self) -> Option<&Project> {
+        self.project.as_ref()
+    }
+
+    /// Whether a case is being loaded.
+    pub fn is_loading(&self) -> bool {
+        self.loading.is_some()
+    }
+
+    /// The error shown, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// Worklist statistics computed so far, by case id.
+    pub fn stats(&self) -> &HashMap<String, CaseStats> {
+        &self.stats
+    }
+
+    /// The views drawn in the last frame, with their rectangles and planes.
+    pub fn view_cells(&self) -> &[ViewCell] {
+        &self.cells
+    }
+
+    /// The project's label table (empty for loose files).
+    pub fn labels(&self) -> &LabelTable {
+        &self.labels
+    }
+
+    fn wake(&self) -> impl Fn() + Send + 'static {
+        let ctx = self.ctx.clone();
+        move || ctx.request_repaint()
+    }
+
+    fn start_loading(&mut self, source: CaseSource, case_index: Option<usize>) {
+        let total = source.file_count();
+        self.loading = Some(Loading {
+            rx: spawn_load(source, self.wake()),
+            case_index,
+            loose_files: case_index.is_none(),
+            done: 0,
+            total,
+            file: None,
+        });
+    }
+
+    /// Project case indices in worklist order (sorted and filtered).
+    pub fn worklist_order(&self) -> Vec<usize> {
+        let Some(project) = &self.project else {
+            return Vec::new();
+        };
+        let cases = &project.manifest.cases;
+        let mut order: Vec<usize> = (0..cases.len())
+            .filter(|i| {
+                let c = &cases[*i];
+                self.worklist.status.is_none_or(|s| c.review == s)
+                    && (self.worklist.text.is_empty() || c.id.contains(&self.worklist.text))
+            })
+            .collect();
+        let key = |i: &usize| -> f64 {
+            let c = &cases[*i];
+            let st = self.stats.get(&c.id);
+            match self.worklist.sort {
+                SortKey::Case => *i as f64,
+                SortKey::Status => match c.review {
+                    ReviewStatus::Unreviewed => 0.0,
+                    ReviewStatus::InProgress => 1.0,
+                    ReviewStatus::Reviewed => 2.0,
+                },
+                SortKey::Dice => st.and_then(|s| s.dice).unwrap_or(-1.0),
+                SortKey::Volume => st.and_then(|s| s.volume_mm3).unwrap_or(-1.0),
+                SortKey::Confidence => c
+                    .predicted_class
+                    .as_ref()
+                    .and_then(|p| p.iter().copied().reduce(f32::max))
+                    .map_or(-1.0, f64::from),
+            }
+        };
+        order.sort_by(|a, b| key(a).total_cmp(&key(b)).then(a.cmp(b)));
+        if self.worklist.descending {
+            order.reverse();
+        }
+        order
+    }
+
+    /// Apply every queued command; the one place state changes.
+    fn apply_all(&mut self) {
+        let cmds = std::mem::take(&mut self.commands);
+        for cmd in cmds {
+            self.apply(cmd);
+        }
+    }
+
+    /// Apply one command.
+    pub fn apply(&mut self, cmd: Command) {
+        if let Some(v) = self.open.as_mut().map(|o| &mut o.viewer) {
+            let seq_ok = |s: usize| s < v.display.len();
+            match &cmd {
+                Command::SetCursor(p) => return v.set_cursor(*p),
+                Command::StepSlice(o, n) => return v.step_slice(*o, *n),
+                Command::Zoom(o, f) => return v.zoom_by(*o, *f),
+                Command::Pan(o, d) => {
+                    let z = v.view_zoom_mut(*o);
+                    z.pan_mm[0] += d[0];
+                    z.pan_mm[1] += d[1];
+                    return;
+                }
+                Command::ResetView => {
+                    v.zoom = [ViewZoom::default(); 3];
+                    v.cursor_mm = v.world_box.centre_mm();
+                    return;
+                }
+                Command::SetWindow { seq, low, high } if seq_ok(*seq) => {
+                    let d = &mut v.display[*seq];
+                    d.window_low = *low;
+                    d.window_high = if high > low { *high } else { low + 1e-3 };
+                    return;
+                }
+                Command::WindowPreset(seq, p) if seq_ok(*seq) => {
+                    return v.display[*seq].apply_preset(*p);
+                }
+                Command::SetColormap(seq, c) if seq_ok(*seq) => {
+                    v.display[*seq].colormap = *c;
+                    return;
+                }
+                Command::SetLinear(b) => {
+                    v.linear = *b;
+                    return;
+                }
+                Command::SetReferenceOpacity(a) => {
+                    v.overlay.reference_opacity = a.clamp(0.0, 1.0);
+                    return;
+                }
+                Command::SetReferenceOutline(b) => {
+                    v.overlay.reference_outline = *b;
+                    return;
+                }
+                Command::SetPredictedOpacity(a) => {
+                    v.overlay.predicted_opacity = a.clamp(0.0, 1.0);
+                    return;
+                }
+                Command::ShowSequence(s) if seq_ok(*s) => {
+                    v.shown = vec![*s];
+                    return;
+                }
+                Command::ToggleSideBySide(s) => return v.toggle_side_by_side(*s),
+                Command::SetBlend(b) => {
+                    v.blend = b
+                        .filter(|(s, _)| seq_ok(*s))
+                        .map(|(s, a)| (s, a.clamp(0.0, 1.0)));
+                    return;
+                }
+                Command::SetLayout(l) => {
+                    v.layout = *l;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        match cmd {
+            Command::OpenCase(i) => {
+                if let Some(p) = &self.project {
+                    if let Some(case) = p.manifest.cases.get(i) {
+                        let source = CaseSource::from_project(p, case);
+                        self.start_loading(source, Some(i));
+                    }
+                }
+            }
+            Command::NextUnreviewed(dir) => {
+                if let Some(i) = self.next_unreviewed(dir) {
+                    self.apply(Command::OpenCase(i));
+                }
+            }
+            Command::OpenProject(path) => match Project::open(&path) {
+                Ok(p) => {
+                    self.labels = p.manifest.labels.clone();
+                    self.stats.clear();
+                    self.stats_rx = Some(spawn_stats(p.clone(), self.wake()));
+                    let first = self.first_case_of(&p);
+                    self.project = Some(p);
+                    if let Some(i) = first {
+                        self.apply(Command::OpenCase(i));
+                    }
+                }
+                Err(e) => self.error = Some(e.to_string()),
+            },
+            Command::OpenFiles { images, mask } => {
+                if images.is_empty() {
+                    self.error = Some("no image file given".into());
+                } else {
+                    self.start_loading(CaseSource::from_files(&images, mask), None);
+                }
+            }
+            Command::OpenProjectDialog => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let wake = self.wake();
+                std::thread::spawn(move || {
+                    if let Some(dir) = rfd::FileDialog::new()
+                        .set_title("Open an mriloop project folder")
+                        .pick_folder()
+                    {
+                        let _ = tx.send(Command::OpenProject(dir));
+                    }
+                    wake();
+                });
+                self.dialog_rx = Some(rx);
+            }
+            Command::OpenFilesDialog => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let wake = self.wake();
+                std::thread::spawn(move || {
+                    if let Some(files) = rfd::FileDialog::new()
+                        .set_title("Open NIfTI images (a label file is recognised by its name)")
+                        .add_filter("NIfTI", &["nii", "gz"])
+                        .pick_files()
+                    {
+                        let (masks, images): (Vec<PathBuf>, Vec<PathBuf>) =
+                            files.into_iter().partition(|p| looks_like_mask(p));
+                        let _ = tx.send(Command::OpenFiles {
+                            images,
+                            mask: masks.into_iter().next(),
+                        });
+                    }
+                    wake();
+                });
+                self.dialog_rx = Some(rx);
+            }
+            Command::SortWorklist(k) => {
+                if self.worklist.sort == k {
+                    self.worklist.descending = !self.worklist.descending;
+                } else {
+                    self.worklist.sort = k;
+                    self.worklist.descending = false;
+                }
+            }
+            Command::FilterStatus(s) => self.worklist.status = s,
+            Command::FilterText(t) => self.worklist.text = t,
+            Command::DismissError => self.error = None,
+            // Viewer commands with no case open (or naming a missing sequence) do nothing.
+            _ => {}
+        }
+    }
+
+    fn first_case_of(&self, p: &Project) -> Option<usize> {
+        let cases = &p.manifest.cases;
+        cases
+            .iter()
+            .position(|c| c.review != ReviewStatus::Reviewed)
+            .or((!cases.is_empty()).then_some(0))
+    }
+
+    /// The next (`dir` > 0) or previous unreviewed case after the open one, in worklist order.
+    fn next_unreviewed(&self, dir: i32) -> Option<usize> {
+        let p = self.project.as_ref()?;
+        let order = self.worklist_order();
+        let current = self
+            .loading
+            .as_ref()
+            .and_then(|l| l.case_index)
+            .or(self.open.as_ref().and_then(|o| o.case_index));
+        let pos = current.and_then(|c| order.iter().position(|i| *i == c));
+        let n = order.len() as i64;
+        for step in 1..=n {
+            let at = match pos {
+                Some(p) => (p as i64 + step * i64::from(dir.signum())).rem_euclid(n),
+                None => step - 1,
+            };
+            let i = order[at as usize];
+            if p.manifest.cases[i].review != ReviewStatus::Reviewed && Some(i) != current {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Receive from background jobs (never waits).
+    fn poll_jobs(&mut self) {
+        if let Some(rx) = &self.dialog_rx {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    self.dialog_rx = None;
+                    self.commands.push(cmd);
+                }
+                Err(TryRecvError::Disconnected) => self.dialog_rx = None,
+                Err(TryRecvError::Empty) => {}
+            }
+        }
+        if let Some(rx) = &self.stats_rx {
+            loop {
+                match rx.try_recv() {
+                    Ok(s) => {
+                        self.stats.insert(s.case_id.clone(), s);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.stats_rx = None;
+                        break;
+                    }
+                }
+            }
+        }
+        let mut finished = None;
+        if let Some(l) = &mut self.loading {
+            loop {
+                match l.rx.try_recv() {
+                    Ok(LoadMessage::Progress { done, total, file }) => {
+                        l.done = done;
+                        l.total = total;
+                        l.file = Some(file);
+                    }
+                    Ok(LoadMessage::Done(case)) => {
+                        finished = Some(Ok((case, l.case_index, l.loose_files)));
+                        break;
+                    }
+                    Ok(LoadMessage::Failed(e)) => {
+                        finished = Some(Err(e));
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        finished = Some(Err("the loading thread stopped unexpectedly".into()));
+                        break;
+                    }
+                }
+            }
+        }
+        match finished {
+            Some(Ok((case, index, loose_files))) => {
+                self.loading = None;
+                if loose_files {
+                    self.project = None;
+                    self.labels = LabelTable::default();
+                    self.stats.clear();
+                    self.stats_rx = None;
+                }
+                self.show_case(*case, index);
+            }
+            Some(Err(e)) => {
+                self.loading = None;
+                self.error = Some(e);
+            }
+            None => {}
+        }
+    }
+
+    /// Label colours for the GPU lookup table.
+    fn label_colours(&self) -> [[u8; 4]; 256] {
+        let mut colours = [[0u8; 4]; 256];
+        for (v, c) in colours.iter_mut().enumerate().skip(1) {
+            let [r, g, b] = match self.labels.get(v as u8) {
+                Some(l) => l.color,
+                None => crate::project::default_color(v as u8),
+            };
+            *c = [r, g, b, 255];
+        }
+        colours
+    }
+
+    /// Upload a loaded case to the GPU and show it.
+    fn show_case(&mut self, loaded: LoadedCase, case_index: Option<usize>) {
+        let Some(rs) = &self.render_state else {
+            self.error = Some("no wgpu device to show the case on".into());
+            return;
+        };
+        let Some(first) = loaded.images.first() else {
+            self.error = Some(format!("case {} has no image", loaded.case_id));
+            return;
+        };
+        let images: Vec<_> = loaded.images.iter().map(|i| &i.volume).collect();
+        let textures = match CaseTextures::upload(
+            &rs.device,
+            &rs.queue,
+            &images,
+            loaded.reference.as_ref(),
+            loaded.predicted.as_ref(),
+            &self.label_colours(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                self.error = Some(format!("case {}: {e}", loaded.case_id));
+                return;
+            }
+        };
+        let generation = {
+            let mut renderer = rs.renderer.write();
+            match renderer.callback_resources.get_mut::<ViewerGpu>() {
+                Some(gpu) => gpu.set_case(textures),
+                None => return,
+            }
+        };
+        let display = loaded
+            .images
+            .iter()
+            .map(|i| {
+                let cmap = if i.name.as_str().eq_ignore_ascii_case("ADC") {
+                    Colormap::Diverging
+                } else {
+                    Colormap::Grey
+                };
+                SequenceDisplay::new(i.volume.data(), cmap)
+            })
+            .collect();
+        let viewer = ViewerState::new(first.volume.affine(), first.volume.dims3(), display);
+        // Keep the view settings of the previous case where they still apply (same sequences).
+        let viewer = match &self.open {
+            Some(prev) if prev.viewer.display.len() == viewer.display.len() => ViewerState {
+                layout: prev.viewer.layout,
+                shown: prev.viewer.shown.clone(),
+                blend: prev.viewer.blend,
+                linear: prev.viewer.linear,
+                overlay: prev.viewer.overlay,
+                ..viewer
+            },
+            _ => viewer,
+        };
+        let image_grids: Vec<GridInfo> = loaded
+            .images
+            .iter()
+            .map(|i| GridInfo {
+                affine: *i.volume.affine(),
+                dims: i.volume.dims3(),
+                value_range: ImageTexture::range_of(&i.volume.data()[..i.volume.frame_len()]),
+            })
+            .collect();
+        let labels_grid = match loaded.reference.as_ref().or(loaded.predicted.as_ref()) {
+            Some(m) => GridInfo {
+                affine: *m.affine(),
+                dims: m.dims3(),
+                value_range: (0.0, 1.0),
+            },
+            None => GridInfo {
+                dims: [1, 1, 1],
+                ..image_grids[0]
+            },
+        };
+        self.open = Some(OpenCase {
+            loaded,
+            viewer,
+            case_index,
+            image_grids,
+            labels_grid,
+            generation,
+        });
+    }
+
+    fn handle_keys(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        let (next, prev) = ctx.input(|i| {
+            (
+                i.key_pressed(egui::Key::N) && !i.modifiers.shift,
+                i.key_pressed(egui::Key::N) && i.modifiers.shift,
+            )
+        });
+        if next {
+            self.commands.push(Command::NextUnreviewed(1));
+        }
+        if prev {
+            self.commands.push(Command::NextUnreviewed(-1));
+        }
+    }
+}
+
+/// Whether a file name says it holds labels (`seg`, `mask`, `label`).
+pub fn looks_like_mask(path: &std::path::Path) -> bool {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    ["seg", "mask", "label"].iter().any(|w| name.contains(w))
+}
+
+impl eframe::App for MriloopApp {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let ctx = ui.ctx().clone();
+        self.poll_jobs();
+        self.apply_all();
+        self.handle_keys(&ctx);
+        let title = match (&self.open, &self.project) {
+            (Some(o), Some(p)) => format!("mriloop — {} — {}", p.manifest.name, o.loaded.case_id),
+            (Some(o), None) => format!("mriloop — {}", o.loaded.case_id),
+            _ => "mriloop".to_string(),
+        };
+        ctx.send_viewport_cmd(egui::ViewportCommand::Title(title));
+        let mut out = Vec::new();
+        panels::menu_bar(ui, self, &mut out);
+        panels::status_bar(ui, self);
+        if self.project.is_some() {
+            panels::worklist(ui, self, &mut out);
+        }
+        panels::side_panel(ui, self, &mut out);
+        self.cells = views::central(ui, self, &mut out);
+        panels::error_dialog(&ctx, self, &mut out);
+        self.commands.extend(out);
+        if self.loading.is_some() || self.stats_rx.is_some() || !self.commands.is_empty() {
+            ctx.request_repaint();
+        }
+    }
+}
+
+/// Open the review window (blocks until it is closed).
+pub fn run(startup: Startup) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_title("mriloop")
+            .with_inner_size([1400.0, 900.0]),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "mriloop",
+        options,
+        Box::new(move |cc| Ok(Box::new(MriloopApp::new(cc, startup)))),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
+}

@@ -1,0 +1,466 @@
+//! The panels around the views: menu bar, status bar (cursor in voxels and mm, every
+//! sequence's value and the label under it), worklist, display settings, predicted class, and
+//! the error dialog. Each reads the app's state and emits commands; none changes state.
+
+use super::{Command, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
+use crate::project::ReviewStatus;
+use crate::render::{Colormap, Orientation};
+use egui::{Color32, RichText};
+
+/// File and View menus.
+pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    egui::Panel::top("menu").show(ui, |ui| {
+        egui::MenuBar::new().ui(ui, |ui| {
+            ui.menu_button("File", |ui| {
+                if ui.button("Open project…").clicked() {
+                    out.push(Command::OpenProjectDialog);
+                }
+                if ui.button("Open images…").clicked() {
+                    out.push(Command::OpenFilesDialog);
+                }
+                if ui.button("Open demo case").clicked() {
+                    out.push(Command::OpenProject(super::demo_project_dir()));
+                }
+                ui.separator();
+                if ui.button("Quit").clicked() {
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+                }
+            });
+            ui.menu_button("View", |ui| {
+                if ui.button("Three views").clicked() {
+                    out.push(Command::SetLayout(Layout::TriPlanar));
+                }
+                for o in Orientation::ALL {
+                    if ui.button(format!("{o:?} only")).clicked() {
+                        out.push(Command::SetLayout(Layout::Single(o)));
+                    }
+                }
+                ui.separator();
+                if ui.button("Reset zoom and cursor").clicked() {
+                    out.push(Command::ResetView);
+                }
+            });
+            if app.project.is_some() {
+                ui.separator();
+                if ui
+                    .button("< Prev unreviewed")
+                    .on_hover_text("Shift+N")
+                    .clicked()
+                {
+                    out.push(Command::NextUnreviewed(-1));
+                }
+                if ui.button("Next unreviewed >").on_hover_text("N").clicked() {
+                    out.push(Command::NextUnreviewed(1));
+                }
+            }
+        });
+    });
+}
+
+/// Cursor position, values under it, and loading progress.
+pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
+    egui::Panel::bottom("status").show(ui, |ui| {
+        ui.horizontal_wrapped(|ui| {
+            if let Some(l) = &app.loading {
+                ui.spinner();
+                let frac = if l.total > 0 {
+                    l.done as f32 / l.total as f32
+                } else {
+                    0.0
+                };
+                ui.add(egui::ProgressBar::new(frac).desired_width(120.0));
+                if let Some(f) = &l.file {
+                    ui.label(format!("reading {}", f.display()));
+                }
+                ui.separator();
+            }
+            let Some(open) = &app.open else {
+                ui.label("no case open");
+                return;
+            };
+            let p = open.viewer.cursor_mm;
+            if let Some(first) = open.loaded.images.first() {
+                if let Some(vox) = first.volume.affine().mm_to_vox(p) {
+                    ui.label(format!("voxel [{:.0}, {:.0}, {:.0}]", vox.x, vox.y, vox.z));
+                }
+            }
+            ui.label(format!("RAS [{:.1}, {:.1}, {:.1}] mm", p.x, p.y, p.z));
+            for img in &open.loaded.images {
+                let v =
+                    value_at(&img.volume, p).map_or_else(|| "—".to_string(), |v| format!("{v:.4}"));
+                ui.label(format!("{} {v}", img.name));
+            }
+            for (what, mask) in [
+                ("label", &open.loaded.reference),
+                ("predicted", &open.loaded.predicted),
+            ] {
+                if let Some(m) = mask {
+                    let name = match value_at(m, p) {
+                        Some(0) => "background".to_string(),
+                        Some(v) => app.labels.name_of(v),
+                        None => "—".to_string(),
+                    };
+                    ui.label(format!("{what}: {name}"));
+                }
+            }
+        });
+    });
+}
+
+/// An intensity as a person reads it: whole numbers without decimals, others to 4 significant
+/// digits.
+fn format_value(v: f32) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e7 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The voxel value nearest a world point, if inside the grid.
+pub fn value_at<T: Copy>(vol: &crate::volume::Volume<T>, pos_mm: glam::DVec3) -> Option<T> {
+    let vox = vol.affine().mm_to_vox(pos_mm)?.round();
+    if vox.min_element() < 0.0 {
+        return None;
+    }
+    vol.get([vox.x as usize, vox.y as usize, vox.z as usize])
+}
+
+fn status_text(s: ReviewStatus) -> (&'static str, Color32) {
+    match s {
+        ReviewStatus::Unreviewed => ("unreviewed", Color32::from_gray(160)),
+        ReviewStatus::InProgress => ("in progress", Color32::from_rgb(230, 180, 60)),
+        ReviewStatus::Reviewed => ("reviewed", Color32::from_rgb(90, 200, 90)),
+    }
+}
+
+/// The project's cases: status, class (reference vs predicted), Dice, volume; sortable and
+/// filterable; a click opens a case.
+pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let Some(project) = &app.project else { return };
+    egui::Panel::left("worklist")
+        .default_size(300.0)
+        .resizable(true)
+        .show(ui, |ui| {
+            ui.heading("Worklist");
+            ui.horizontal(|ui| {
+                let mut text = app.worklist.text.clone();
+                if ui
+                    .add(egui::TextEdit::singleline(&mut text).hint_text("filter by id"))
+                    .changed()
+                {
+                    out.push(Command::FilterText(text));
+                }
+                let label = app.worklist.status.map_or("all", |s| status_text(s).0);
+                egui::ComboBox::new("status filter", "status")
+                    .selected_text(label)
+                    .show_ui(ui, |ui| {
+                        if ui
+                            .selectable_label(app.worklist.status.is_none(), "all")
+                            .clicked()
+                        {
+                            out.push(Command::FilterStatus(None));
+                        }
+                        for s in [
+                            ReviewStatus::Unreviewed,
+                            ReviewStatus::InProgress,
+                            ReviewStatus::Reviewed,
+                        ] {
+                            if ui
+                                .selectable_label(app.worklist.status == Some(s), status_text(s).0)
+                                .clicked()
+                            {
+                                out.push(Command::FilterStatus(Some(s)));
+                            }
+                        }
+                    });
+            });
+            let open_index = app
+                .open
+                .as_ref()
+                .and_then(|o| o.case_index)
+                .filter(|_| app.loading.is_none())
+                .or(app.loading.as_ref().and_then(|l| l.case_index));
+            let classes = &project.manifest.classes;
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                egui::Grid::new("worklist grid")
+                    .striped(true)
+                    .num_columns(5)
+                    .show(ui, |ui| {
+                        for (key, name) in [
+                            (SortKey::Case, "case"),
+                            (SortKey::Status, "status"),
+                            (SortKey::Confidence, "class ref / pred"),
+                            (SortKey::Dice, "Dice"),
+                            (SortKey::Volume, "mm³"),
+                        ] {
+                            let arrow = match (app.worklist.sort == key, app.worklist.descending) {
+                                (true, false) => " ^",
+                                (true, true) => " v",
+                                _ => "",
+                            };
+                            if ui
+                                .add(
+                                    egui::Button::new(
+                                        RichText::new(format!("{name}{arrow}")).strong(),
+                                    )
+                                    .frame(false),
+                                )
+                                .clicked()
+                            {
+                                out.push(Command::SortWorklist(key));
+                            }
+                        }
+                        ui.end_row();
+                        for i in app.worklist_order() {
+                            let case = &project.manifest.cases[i];
+                            if ui
+                                .selectable_label(open_index == Some(i), &case.id)
+                                .clicked()
+                            {
+                                out.push(Command::OpenCase(i));
+                            }
+                            let (st, colour) = status_text(case.review);
+                            ui.label(RichText::new(st).color(colour));
+                            let reference = case.class_label.as_deref().unwrap_or("—");
+                            let predicted = case
+                                .predicted_class
+                                .as_ref()
+                                .and_then(|p| {
+                                    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(
+                                        |(k, prob)| {
+                                            let name = classes.get(k).map_or("?", String::as_str);
+                                            format!("{name} {:.0}%", prob * 100.0)
+                                        },
+                                    )
+                                })
+                                .unwrap_or_else(|| "—".into());
+                            ui.label(format!("{reference} / {predicted}"));
+                            let stats = app.stats.get(&case.id);
+                            match stats.and_then(|s| s.error.as_ref()) {
+                                Some(e) => {
+                                    ui.label(RichText::new("error").color(Color32::RED))
+                                        .on_hover_text(e);
+                                }
+                                None => {
+                                    ui.label(
+                                        stats
+                                            .and_then(|s| s.dice)
+                                            .map_or("—".into(), |d| format!("{d:.3}")),
+                                    );
+                                }
+                            }
+                            ui.label(
+                                stats
+                                    .and_then(|s| s.volume_mm3)
+                                    .map_or("—".into(), |v| format!("{v:.0}")),
+                            );
+                            ui.end_row();
+                        }
+                    });
+            });
+        });
+}
+
+/// Display settings, overlays, and the open case's class.
+pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let Some(open) = &app.open else { return };
+    let v = &open.viewer;
+    egui::Panel::right("display")
+        .default_size(280.0)
+        .resizable(true)
+        .show(ui, |ui| {
+            egui::ScrollArea::vertical().show(ui, |ui| {
+                class_panel(ui, app);
+                ui.separator();
+                ui.heading("Sequences");
+                ui.label("Tick up to four to show side by side; \"only\" shows one alone.");
+                for (s, img) in open.loaded.images.iter().enumerate() {
+                    ui.horizontal(|ui| {
+                        let shown = v.shown.contains(&s);
+                        let mut tick = shown;
+                        let can_add = shown || v.shown.len() < MAX_SIDE_BY_SIDE;
+                        if ui
+                            .add_enabled(can_add, egui::Checkbox::new(&mut tick, img.name.as_str()))
+                            .changed()
+                        {
+                            out.push(Command::ToggleSideBySide(s));
+                        }
+                        if ui.small_button("only").clicked() {
+                            out.push(Command::ShowSequence(s));
+                        }
+                    });
+                }
+                ui.horizontal(|ui| {
+                    let names: Vec<&str> =
+                        open.loaded.images.iter().map(|i| i.name.as_str()).collect();
+                    let current = v
+                        .blend
+                        .map_or("none", |(b, _)| names.get(b).copied().unwrap_or("?"));
+                    egui::ComboBox::new("blend", "blend over")
+                        .selected_text(current)
+                        .show_ui(ui, |ui| {
+                            if ui.selectable_label(v.blend.is_none(), "none").clicked() {
+                                out.push(Command::SetBlend(None));
+                            }
+                            for (s, n) in names.iter().enumerate() {
+                                if ui
+                                    .selectable_label(v.blend.map(|b| b.0) == Some(s), *n)
+                                    .clicked()
+                                {
+                                    let a = v.blend.map_or(0.5, |b| b.1);
+                                    out.push(Command::SetBlend(Some((s, a))));
+                                }
+                            }
+                        });
+                    if let Some((b, mut a)) = v.blend {
+                        if ui.add(egui::Slider::new(&mut a, 0.0..=1.0)).changed() {
+                            out.push(Command::SetBlend(Some((b, a))));
+                        }
+                    }
+                });
+                ui.separator();
+                ui.heading("Window");
+                let mut linear = v.linear;
+                if ui
+                    .checkbox(&mut linear, "Trilinear interpolation")
+                    .changed()
+                {
+                    out.push(Command::SetLinear(linear));
+                }
+                for &s in v.shown.iter().chain(v.blend.as_ref().map(|b| &b.0)) {
+                    let (Some(d), Some(img)) = (v.display.get(s), open.loaded.images.get(s)) else {
+                        continue;
+                    };
+                    ui.label(RichText::new(img.name.as_str()).strong());
+                    ui.horizontal(|ui| {
+                        let (mut lo, mut hi) = (d.window_low, d.window_high);
+                        let speed = ((hi - lo).abs() * 0.005).max(1e-4);
+                        let a = ui.add(egui::DragValue::new(&mut lo).speed(speed).prefix("low "));
+                        let b = ui.add(egui::DragValue::new(&mut hi).speed(speed).prefix("high "));
+                        if a.changed() || b.changed() {
+                            out.push(Command::SetWindow {
+                                seq: s,
+                                low: lo,
+                                high: hi,
+                            });
+                        }
+                    });
+                    ui.horizontal(|ui| {
+                        for p in WindowPreset::ALL {
+                            if ui.small_button(p.name()).clicked() {
+                                out.push(Command::WindowPreset(s, p));
+                            }
+                        }
+                        egui::ComboBox::new(("cmap", s), "map")
+                            .selected_text(d.colormap.name())
+                            .show_ui(ui, |ui| {
+                                for c in Colormap::ALL {
+                                    if ui.selectable_label(d.colormap == c, c.name()).clicked() {
+                                        out.push(Command::SetColormap(s, c));
+                                    }
+                                }
+                            });
+                    });
+                }
+                ui.label(
+                    RichText::new("Right-drag in a view: window (left-right) and level (up-down)")
+                        .small(),
+                );
+                ui.separator();
+                ui.heading("Masks");
+                let mut o = v.overlay;
+                if open.loaded.reference.is_some() {
+                    if ui
+                        .add(
+                            egui::Slider::new(&mut o.reference_opacity, 0.0..=1.0)
+                                .text("reference"),
+                        )
+                        .changed()
+                    {
+                        out.push(Command::SetReferenceOpacity(o.reference_opacity));
+                    }
+                    if ui
+                        .checkbox(&mut o.reference_outline, "outline only")
+                        .changed()
+                    {
+                        out.push(Command::SetReferenceOutline(o.reference_outline));
+                    }
+                }
+                if open.loaded.predicted.is_some()
+                    && ui
+                        .add(
+                            egui::Slider::new(&mut o.predicted_opacity, 0.0..=1.0)
+                                .text("predicted (outline)"),
+                        )
+                        .changed()
+                {
+                    out.push(Command::SetPredictedOpacity(o.predicted_opacity));
+                }
+                for l in app.labels.labels() {
+                    ui.horizontal(|ui| {
+                        let [r, g, b] = l.color;
+                        let (rect, _) =
+                            ui.allocate_exact_size(egui::vec2(12.0, 12.0), egui::Sense::hover());
+                        ui.painter()
+                            .rect_filled(rect, 2.0, Color32::from_rgb(r, g, b));
+                        ui.label(format!("{} {}", l.value, l.name));
+                    });
+                }
+            });
+        });
+}
+
+/// The open case's class: the reference label and the predicted probabilities as bars.
+fn class_panel(ui: &mut egui::Ui, app: &MriloopApp) {
+    ui.heading("Class");
+    let (Some(project), Some(i)) = (&app.project, app.open.as_ref().and_then(|o| o.case_index))
+    else {
+        ui.label("no project class list for loose files");
+        return;
+    };
+    let Some(case) = project.manifest.cases.get(i) else {
+        return;
+    };
+    ui.label(format!(
+        "reference: {}",
+        case.class_label.as_deref().unwrap_or("not set")
+    ));
+    match &case.predicted_class {
+        Some(probs) => {
+            ui.label("predicted:");
+            let best = probs
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(k, _)| k);
+            for (k, name) in project.manifest.classes.iter().enumerate() {
+                let p = probs.get(k).copied().unwrap_or(0.0);
+                let bar = egui::ProgressBar::new(p.clamp(0.0, 1.0))
+                    .text(format!("{name} {:.1}%", p * 100.0))
+                    .fill(if best == Some(k) {
+                        Color32::from_rgb(70, 130, 200)
+                    } else {
+                        Color32::from_gray(90)
+                    });
+                ui.add(bar);
+            }
+        }
+        None => {
+            ui.label("predicted: none yet (train or run the network)");
+        }
+    }
+}
+
+/// A modal naming the file and the problem of the last failure.
+pub fn error_dialog(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command>) {
+    let Some(e) = &app.error else { return };
+    egui::Modal::new(egui::Id::unique("error dialog")).show(ctx, |ui| {
+        ui.set_max_width(520.0);
+        ui.heading("Cannot open");
+        ui.label(e);
+        if ui.button("OK").clicked() {
+            out.push(Command::DismissError);
+        }
+    });
+}

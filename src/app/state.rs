@@ -1,0 +1,364 @@
+//! Viewer state with no GPU and no egui: the shared cursor in world millimetres, each view's
+//! zoom and pan, the layout, and per-sequence display settings. Every view's `SlicePlane` is
+//! computed here from the grid of the case, so tests can predict where a world point is drawn.
+//!
+//! Invariants: the cursor is in world mm (RAS+); every view's plane passes through the cursor
+//! along its normal; display settings are kept per sequence, in the case's sequence order.
+
+use crate::render::{Colormap, Orientation, SlicePlane};
+use crate::volume::Affine;
+use glam::DVec3;
+
+/// The world-space box a grid covers: the corners of its outer voxel faces, mapped by its affine.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WorldBox {
+    /// Lowest R, A, S of the box (mm).
+    pub min_mm: DVec3,
+    /// Highest R, A, S (mm).
+    pub max_mm: DVec3,
+}
+
+impl WorldBox {
+    /// The axis-aligned world box around a grid of `dims` voxels under `affine`.
+    pub fn of_grid(affine: &Affine, dims: [usize; 3]) -> Self {
+        let mut min_mm = DVec3::splat(f64::INFINITY);
+        let mut max_mm = DVec3::splat(f64::NEG_INFINITY);
+        for c in 0..8 {
+            let corner = DVec3::new(
+                if c & 1 == 0 {
+                    -0.5
+                } else {
+                    dims[0] as f64 - 0.5
+                },
+                if c & 2 == 0 {
+                    -0.5
+                } else {
+                    dims[1] as f64 - 0.5
+                },
+                if c & 4 == 0 {
+                    -0.5
+                } else {
+                    dims[2] as f64 - 0.5
+                },
+            );
+            let p = affine.vox_to_mm(corner);
+            min_mm = min_mm.min(p);
+            max_mm = max_mm.max(p);
+        }
+        Self { min_mm, max_mm }
+    }
+
+    /// Centre of the box (mm).
+    pub fn centre_mm(&self) -> DVec3 {
+        (self.min_mm + self.max_mm) * 0.5
+    }
+
+    /// Whether a world point lies in the box.
+    pub fn contains(&self, pos_mm: DVec3) -> bool {
+        pos_mm.cmpge(self.min_mm).all() && pos_mm.cmple(self.max_mm).all()
+    }
+}
+
+/// How the central area is split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Axial, coronal and sagittal side by side, one row per shown sequence.
+    TriPlanar,
+    /// One large view, one column per shown sequence.
+    Single(Orientation),
+}
+
+/// Named window presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowPreset {
+    /// The full intensity range of the volume.
+    Full,
+    /// 1st to 99th percentile: ignores noise and a few hot voxels.
+    Robust,
+    /// 2nd to 60th percentile: brings out dark and mid-grey tissue.
+    Soft,
+}
+
+impl WindowPreset {
+    /// All presets, for menus.
+    pub const ALL: [WindowPreset; 3] =
+        [WindowPreset::Full, WindowPreset::Robust, WindowPreset::Soft];
+
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowPreset::Full => "full range",
+            WindowPreset::Robust => "1–99 %",
+            WindowPreset::Soft => "2–60 %",
+        }
+    }
+
+    /// The percentiles (0..1) of the window's low and high ends.
+    pub fn percentiles(self) -> (f64, f64) {
+        match self {
+            WindowPreset::Full => (0.0, 1.0),
+            WindowPreset::Robust => (0.01, 0.99),
+            WindowPreset::Soft => (0.02, 0.60),
+        }
+    }
+}
+
+/// Sorted intensities sampled from a volume, for percentile windows and histograms.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IntensitySample {
+    sorted: Vec<f32>,
+}
+
+impl IntensitySample {
+    /// Sample at most `max_samples` finite values evenly from `values`, sorted.
+    pub fn new(values: &[f32], max_samples: usize) -> Self {
+        let stride = (values.len() / max_samples.max(1)).max(1);
+        let mut sorted: Vec<f32> = values
+            .iter()
+            .step_by(stride)
+            .copied()
+            .filter(|v| v.is_finite())
+            .collect();
+        sorted.sort_by(f32::total_cmp);
+        Self { sorted }
+    }
+
+    /// The value at percentile `p` (0..1); 0 when empty.
+    pub fn percentile(&self, p: f64) -> f32 {
+        if self.sorted.is_empty() {
+            return 0.0;
+        }
+        let i = (p.clamp(0.0, 1.0) * (self.sorted.len() - 1) as f64).round() as usize;
+        self.sorted[i]
+    }
+}
+
+/// Display settings of one sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceDisplay {
+    /// Intensity shown black.
+    pub window_low: f32,
+    /// Intensity shown white.
+    pub window_high: f32,
+    /// Colour map.
+    pub colormap: Colormap,
+    /// Sampled intensities for presets.
+    pub sample: IntensitySample,
+}
+
+impl SequenceDisplay {
+    /// Settings for a volume's values: grey, robust window (diverging for ADC-like maps is the
+    /// caller's choice).
+    pub fn new(values: &[f32], colormap: Colormap) -> Self {
+        let sample = IntensitySample::new(values, 200_000);
+        let mut d = Self {
+            window_low: 0.0,
+            window_high: 1.0,
+            colormap,
+            sample,
+        };
+        d.apply_preset(WindowPreset::Robust);
+        d
+    }
+
+    /// Set the window from a preset.
+    pub fn apply_preset(&mut self, preset: WindowPreset) {
+        let (lo, hi) = preset.percentiles();
+        self.window_low = self.sample.percentile(lo);
+        self.window_high = self.sample.percentile(hi);
+        if self.window_high <= self.window_low {
+            self.window_high = self.window_low + 1.0;
+        }
+    }
+
+    /// Window centre (level) and width.
+    pub fn level_width(&self) -> (f32, f32) {
+        (
+            0.5 * (self.window_low + self.window_high),
+            self.window_high - self.window_low,
+        )
+    }
+
+    /// Set the window from level and width (width kept positive).
+    pub fn set_level_width(&mut self, level: f32, width: f32) {
+        let w = width.max(1e-6);
+        self.window_low = level - 0.5 * w;
+        self.window_high = level + 0.5 * w;
+    }
+}
+
+/// Zoom and in-plane pan of one orientation's views (shared by every sequence shown).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewZoom {
+    /// 1 fits the case's world box; 2 shows half as many mm.
+    pub zoom: f64,
+    /// Offset of the view centre from the box centre, in mm along screen right and up.
+    pub pan_mm: [f64; 2],
+}
+
+impl Default for ViewZoom {
+    fn default() -> Self {
+        Self {
+            zoom: 1.0,
+            pan_mm: [0.0, 0.0],
+        }
+    }
+}
+
+/// Overlay settings for the two masks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OverlayStyle {
+    /// Reference mask opacity (0 hides it).
+    pub reference_opacity: f32,
+    /// Draw the reference as outlines only.
+    pub reference_outline: bool,
+    /// Predicted mask opacity (always outlined, so both stay readable).
+    pub predicted_opacity: f32,
+}
+
+impl Default for OverlayStyle {
+    fn default() -> Self {
+        Self {
+            reference_opacity: 0.5,
+            reference_outline: false,
+            predicted_opacity: 0.9,
+        }
+    }
+}
+
+/// What the viewer shows and where it looks, for one open case.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewerState {
+    /// The world box of the case (its first sequence's grid).
+    pub world_box: WorldBox,
+    /// Slice step along R, A, S (mm): the voxel size along each world axis.
+    pub step_mm: DVec3,
+    /// The shared cursor (world mm).
+    pub cursor_mm: DVec3,
+    /// Zoom and pan per orientation (axial, coronal, sagittal).
+    pub zoom: [ViewZoom; 3],
+    /// The layout.
+    pub layout: Layout,
+    /// Sequences shown side by side (indices into the case's sequences; 1 to 4, first is main).
+    pub shown: Vec<usize>,
+    /// A sequence blended over each shown one, with its opacity.
+    pub blend: Option<(usize, f32)>,
+    /// Display settings per sequence.
+    pub display: Vec<SequenceDisplay>,
+    /// Trilinear (true) or nearest-voxel sampling.
+    pub linear: bool,
+    /// Mask overlays.
+    pub overlay: OverlayStyle,
+}
+
+/// Most sequences shown side by side.
+pub const MAX_SIDE_BY_SIDE: usize = 4;
+
+fn orientation_index(o: Orientation) -> usize {
+    match o {
+        Orientation::Axial => 0,
+        Orientation::Coronal => 1,
+        Orientation::Sagittal => 2,
+    }
+}
+
+impl ViewerState {
+    /// State for a case whose first sequence has this grid; `display` per sequence.
+    pub fn new(affine: &Affine, dims: [usize; 3], display: Vec<SequenceDisplay>) -> Self {
+        let world_box = WorldBox::of_grid(affine, dims);
+        let lin = affine.linear();
+        // The step along world axis a is the extent of one voxel along it, taken from the voxel
+        // axis closest to it.
+        let mut step = [1.0f64; 3];
+        for (a, s) in step.iter_mut().enumerate() {
+            let mut best = (0.0, 1.0);
+            for j in 0..3 {
+                let col = lin.col(j);
+                let len = col.length();
+                if len > 0.0 {
+                    let cos = (col[a] / len).abs();
+                    if cos > best.0 {
+                        best = (cos, len);
+                    }
+                }
+            }
+            *s = best.1;
+        }
+        Self {
+            world_box,
+            step_mm: DVec3::from_array(step),
+            cursor_mm: world_box.centre_mm(),
+            zoom: [ViewZoom::default(); 3],
+            layout: Layout::TriPlanar,
+            shown: vec![0],
+            blend: None,
+            display,
+            linear: false,
+            overlay: OverlayStyle::default(),
+        }
+    }
+
+    /// Zoom and pan of an orientation.
+    pub fn view_zoom(&self, o: Orientation) -> &ViewZoom {
+        &self.zoom[orientation_index(o)]
+    }
+
+    /// Zoom and pan of an orientation, to change.
+    pub fn view_zoom_mut(&mut self, o: Orientation) -> &mut ViewZoom {
+        &mut self.zoom[orientation_index(o)]
+    }
+
+    /// The plane of a view of `o` whose rectangle has aspect `width / height`: it fits the
+    /// world box at zoom 1, keeps square pixels in mm and passes through the cursor.
+    pub fn plane(&self, o: Orientation, aspect: f64) -> SlicePlane {
+        let (right, up, normal) = o.axes();
+        let size = self.world_box.max_mm - self.world_box.min_mm;
+        let ext_right = size.dot(right).abs();
+        let ext_up = size.dot(up).abs();
+        let aspect = if aspect.is_finite() && aspect > 0.0 {
+            aspect
+        } else {
+            1.0
+        };
+        let z = self.view_zoom(o);
+        let half_h = 0.5 * 1.04 * ext_up.max(ext_right / aspect).max(1e-3) / z.zoom.max(1e-3);
+        let half_w = half_h * aspect;
+        let mut centre = self.world_box.centre_mm() + right * z.pan_mm[0] + up * z.pan_mm[1];
+        centre += normal * (self.cursor_mm - centre).dot(normal);
+        SlicePlane {
+            centre_mm: centre,
+            right,
+            up,
+            half_extent_mm: [half_w, half_h],
+        }
+    }
+
+    /// Move the cursor `steps` slices along a view's normal, kept inside the world box.
+    pub fn step_slice(&mut self, o: Orientation, steps: i32) {
+        let a = o.normal_axis();
+        let v = self.cursor_mm[a] + steps as f64 * self.step_mm[a];
+        self.cursor_mm[a] = v.clamp(self.world_box.min_mm[a], self.world_box.max_mm[a]);
+    }
+
+    /// Set the cursor, clamped to the world box.
+    pub fn set_cursor(&mut self, pos_mm: DVec3) {
+        self.cursor_mm = pos_mm.clamp(self.world_box.min_mm, self.world_box.max_mm);
+    }
+
+    /// Multiply an orientation's zoom (kept within 0.25..64).
+    pub fn zoom_by(&mut self, o: Orientation, factor: f64) {
+        let z = self.view_zoom_mut(o);
+        z.zoom = (z.zoom * factor).clamp(0.25, 64.0);
+    }
+
+    /// Show `seq` alone, or add/remove it from the side-by-side set.
+    pub fn toggle_side_by_side(&mut self, seq: usize) {
+        if let Some(i) = self.shown.iter().position(|s| *s == seq) {
+            if self.shown.len() > 1 {
+                self.shown.remove(i);
+            }
+        } else if self.shown.len() < MAX_SIDE_BY_SIDE && seq < self.display.len() {
+            self.shown.push(seq);
+        }
+    }
+}

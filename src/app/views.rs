@@ -1,0 +1,319 @@
+//! The central area: a grid of slice views (one row per shown sequence in the tri-planar
+//! layout, one column per sequence in the single-view layout). Each view is drawn by a paint
+//! callback and turns pointer input into commands: left click/drag moves the cursor, right drag
+//! changes window/level, middle drag pans, wheel steps slices (Ctrl+wheel zooms), arrow keys and
+//! Page Up/Down step the hovered view.
+
+use super::bridge::SliceCallback;
+use super::{Command, Layout, MriloopApp};
+use crate::render::{BlendStyle, Orientation, SlicePlane, SliceStyle, ViewKey};
+use egui::{Color32, Pos2, Rect, Sense, Vec2};
+
+/// One view drawn in a frame: where it is on screen and what it shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewCell {
+    /// The image area in points.
+    pub rect: Rect,
+    /// Its orientation.
+    pub orientation: Orientation,
+    /// The sequence shown (index into the case's sequences).
+    pub seq: usize,
+    /// The world plane shown.
+    pub plane: SlicePlane,
+}
+
+impl ViewCell {
+    /// The screen position (points) of a world point projected onto the view.
+    pub fn pos_of_mm(&self, pos_mm: glam::DVec3) -> Pos2 {
+        let n = self.plane.mm_to_ndc(pos_mm);
+        Pos2::new(
+            self.rect.left() + ((n[0] + 1.0) * 0.5) as f32 * self.rect.width(),
+            self.rect.top() + ((1.0 - n[1]) * 0.5) as f32 * self.rect.height(),
+        )
+    }
+
+    /// The world position (mm) under a screen position.
+    pub fn mm_at(&self, pos: Pos2) -> glam::DVec3 {
+        let x = (pos.x - self.rect.left()) / self.rect.width() * 2.0 - 1.0;
+        let y = 1.0 - (pos.y - self.rect.top()) / self.rect.height() * 2.0;
+        self.plane.ndc_to_mm([x as f64, y as f64])
+    }
+}
+
+fn orientation_name(o: Orientation) -> &'static str {
+    match o {
+        Orientation::Axial => "axial",
+        Orientation::Coronal => "coronal",
+        Orientation::Sagittal => "sagittal",
+    }
+}
+
+/// Draw the central area; returns the views drawn.
+pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> Vec<ViewCell> {
+    let mut cells = Vec::new();
+    egui::CentralPanel::default()
+        .frame(egui::Frame::NONE.fill(Color32::from_gray(12)))
+        .show(ui, |ui| {
+            let Some(open) = &app.open else {
+                ui.centered_and_justified(|ui| {
+                    if app.loading.is_some() {
+                        ui.spinner();
+                    } else {
+                        ui.label("File → Open a project or NIfTI files");
+                    }
+                });
+                return;
+            };
+            let v = &open.viewer;
+            let area = ui.available_rect_before_wrap();
+            // One sequence: the classic 2×2 (axial, sagittal / coronal, case summary); several:
+            // one row of three views per sequence; a single orientation: one column each.
+            let (rows, cols, grid): (usize, usize, Vec<(Orientation, usize)>) = match v.layout {
+                Layout::TriPlanar if v.shown.len() == 1 => (
+                    2,
+                    2,
+                    [
+                        Orientation::Axial,
+                        Orientation::Sagittal,
+                        Orientation::Coronal,
+                    ]
+                    .map(|o| (o, v.shown[0]))
+                    .to_vec(),
+                ),
+                Layout::TriPlanar => (
+                    v.shown.len(),
+                    3,
+                    v.shown
+                        .iter()
+                        .flat_map(|s| Orientation::ALL.map(|o| (o, *s)))
+                        .collect(),
+                ),
+                Layout::Single(o) => (1, v.shown.len(), v.shown.iter().map(|s| (o, *s)).collect()),
+            };
+            let cell_size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
+            if rows * cols > grid.len() {
+                let corner = Rect::from_min_size(
+                    area.min
+                        + Vec2::new(
+                            (cols - 1) as f32 * cell_size.x,
+                            (rows - 1) as f32 * cell_size.y,
+                        ),
+                    cell_size,
+                )
+                .shrink(8.0);
+                summary(ui, app, corner);
+            }
+            let header = 16.0;
+            for (slot, (o, seq)) in grid.into_iter().enumerate() {
+                let (r, c) = (slot / cols, slot % cols);
+                let outer = Rect::from_min_size(
+                    area.min + Vec2::new(c as f32 * cell_size.x, r as f32 * cell_size.y),
+                    cell_size,
+                )
+                .shrink(1.0);
+                let rect = Rect::from_min_max(outer.min + Vec2::new(0.0, header), outer.max);
+                if rect.width() < 4.0 || rect.height() < 4.0 {
+                    continue;
+                }
+                let plane = v.plane(o, (rect.width() / rect.height()) as f64);
+                let cell = ViewCell {
+                    rect,
+                    orientation: o,
+                    seq,
+                    plane,
+                };
+                let name = open
+                    .loaded
+                    .images
+                    .get(seq)
+                    .map(|i| i.name.to_string())
+                    .unwrap_or_default();
+                let a = o.normal_axis();
+                ui.painter().text(
+                    outer.min + Vec2::new(4.0, 1.0),
+                    egui::Align2::LEFT_TOP,
+                    format!(
+                        "{} · {name} · {}={:.1} mm",
+                        orientation_name(o),
+                        ["R", "A", "S"][a],
+                        v.cursor_mm[a]
+                    ),
+                    egui::FontId::proportional(12.0),
+                    Color32::from_gray(200),
+                );
+                draw_view(ui, app, &cell, slot);
+                interact(ui, app, &cell, slot, out);
+                cells.push(cell);
+            }
+        });
+    cells
+}
+
+/// The case's summary in the free cell of the 2×2 layout.
+fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
+    let Some(open) = &app.open else { return };
+    let mut lines = vec![format!("case {}", open.loaded.case_id)];
+    let first = &open.loaded.images[0].volume;
+    let [nx, ny, nz] = first.dims3();
+    let sp = first.spacing_mm();
+    lines.push(format!(
+        "{nx} × {ny} × {nz} voxels, {:.2} × {:.2} × {:.2} mm, {}",
+        sp[0],
+        sp[1],
+        sp[2],
+        first.affine().orientation_code()
+    ));
+    let names: Vec<&str> = open.loaded.images.iter().map(|i| i.name.as_str()).collect();
+    lines.push(format!("sequences: {}", names.join(", ")));
+    if let Some(m) = &open.loaded.reference {
+        lines.push(format!(
+            "reference mask: {:.0} mm³ labelled",
+            super::labelled_volume_mm3(m)
+        ));
+    }
+    if let (Some(r), Some(p)) = (&open.loaded.reference, &open.loaded.predicted) {
+        if let Some(d) = super::foreground_dice(r, p) {
+            lines.push(format!("Dice predicted vs reference: {d:.3}"));
+        }
+    }
+    ui.painter().text(
+        rect.min,
+        egui::Align2::LEFT_TOP,
+        lines.join("\n"),
+        egui::FontId::proportional(13.0),
+        Color32::from_gray(180),
+    );
+}
+
+fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
+    let Some(open) = &app.open else { return };
+    let v = &open.viewer;
+    let Some(d) = v.display.get(cell.seq) else {
+        return;
+    };
+    let blend = v.blend.filter(|(b, _)| *b != cell.seq);
+    let style = SliceStyle {
+        window_low: d.window_low,
+        window_high: d.window_high,
+        colormap: d.colormap,
+        linear: v.linear,
+        reference_opacity: v.overlay.reference_opacity,
+        reference_outline: v.overlay.reference_outline,
+        predicted_opacity: v.overlay.predicted_opacity,
+        crosshair_mm: Some(v.cursor_mm),
+        blend: blend.and_then(|(b, opacity)| {
+            v.display.get(b).map(|bd| BlendStyle {
+                window_low: bd.window_low,
+                window_high: bd.window_high,
+                colormap: bd.colormap,
+                opacity,
+            })
+        }),
+    };
+    let ppp = ui.ctx().pixels_per_point();
+    let viewport_px = [cell.rect.width() * ppp, cell.rect.height() * ppp];
+    let Some(image) = open.image_grids.get(cell.seq) else {
+        return;
+    };
+    let grids = crate::render::ViewGrids {
+        image: *image,
+        blend: blend.and_then(|(b, _)| open.image_grids.get(b).copied()),
+        labels: open.labels_grid,
+        has_reference: open.loaded.reference.is_some(),
+        has_predicted: open.loaded.predicted.is_some(),
+    };
+    let uniform = crate::render::SliceUniform::for_view(&cell.plane, &style, viewport_px, &grids);
+    let Some(uniform) = uniform else { return };
+    ui.painter().add(egui_wgpu::Callback::new_paint_callback(
+        cell.rect,
+        SliceCallback {
+            generation: open.generation,
+            slot,
+            key: ViewKey {
+                base: cell.seq,
+                blend: blend.map(|(b, _)| b),
+            },
+            uniform,
+        },
+    ));
+}
+
+fn interact(
+    ui: &mut egui::Ui,
+    app: &MriloopApp,
+    cell: &ViewCell,
+    slot: usize,
+    out: &mut Vec<Command>,
+) {
+    let Some(open) = &app.open else { return };
+    let v = &open.viewer;
+    let id = ui.scope_id().with(("view", slot));
+    let resp = ui.interact(cell.rect, id, Sense::click_and_drag());
+    let o = cell.orientation;
+    let pointer_down = ui.input(|i| i.pointer.primary_down());
+    if let Some(pos) = resp.interact_pointer_pos() {
+        if (resp.is_pointer_button_down_on() && pointer_down) || resp.clicked() {
+            out.push(Command::SetCursor(cell.mm_at(pos)));
+        }
+    }
+    if resp.dragged_by(egui::PointerButton::Secondary) {
+        if let Some(d) = v.display.get(cell.seq) {
+            let delta = resp.drag_delta();
+            let (level, width) = d.level_width();
+            let width = width * (delta.x * 0.01).exp();
+            let level = level - delta.y * width * 0.005;
+            out.push(Command::SetWindow {
+                seq: cell.seq,
+                low: level - 0.5 * width,
+                high: level + 0.5 * width,
+            });
+        }
+    }
+    if resp.dragged_by(egui::PointerButton::Middle) {
+        let delta = resp.drag_delta();
+        let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
+        out.push(Command::Pan(
+            o,
+            [
+                -delta.x as f64 * mm_per_point,
+                delta.y as f64 * mm_per_point,
+            ],
+        ));
+    }
+    if resp.hovered() {
+        let (wheel, zoom, keys) = ui.input(|i| {
+            let mut wheel = 0.0f32;
+            for e in &i.events {
+                if let egui::Event::MouseWheel {
+                    delta, modifiers, ..
+                } = e
+                {
+                    if !modifiers.ctrl && !modifiers.command {
+                        wheel += delta.y.signum();
+                    }
+                }
+            }
+            let mut keys = 0i32;
+            for (k, n) in [
+                (egui::Key::ArrowUp, 1),
+                (egui::Key::ArrowDown, -1),
+                (egui::Key::PageUp, 5),
+                (egui::Key::PageDown, -5),
+            ] {
+                if i.key_pressed(k) {
+                    keys += n;
+                }
+            }
+            (wheel, i.zoom_delta(), keys)
+        });
+        if wheel != 0.0 {
+            out.push(Command::StepSlice(o, wheel as i32));
+        }
+        if keys != 0 {
+            out.push(Command::StepSlice(o, keys));
+        }
+        if (zoom - 1.0).abs() > 1e-4 {
+            out.push(Command::Zoom(o, zoom as f64));
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! GPU rendering of volume slices with wgpu and WGSL. Knows nothing of egui or projects.
+//!
+//! Long-lived parts (`SlicePipeline`, textures) are apart from per-view draw data
+//! (`SliceBindings`, one uniform buffer per view). Volumes are uploaded once as 3D textures;
+//! slices are sampled on the GPU for any plane; a mask edit rewrites only its sub-box.
+
+mod plane;
+mod scene;
+mod slice;
+mod texture;
+
+pub use plane::{Orientation, SlicePlane};
+pub use scene::{CaseTextures, ViewKey, ViewSlots};
+pub use slice::{
+    wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, SliceBindings, SlicePipeline,
+    SliceSources, SliceStyle, SliceUniform, ViewGrids, OFFSCREEN_FORMAT,
+};
+pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
+
+/// A wgpu device and queue, e.g. for headless rendering in tests and benchmarks.
+pub struct GpuContext {
+    /// The device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// What the adapter is (name, backend), for reports.
+    pub adapter_info: wgpu::AdapterInfo,
+}
+
+impl GpuContext {
+    /// Open the default adapter without a window (on a machine with no GPU, Mesa's lavapipe).
+    pub fn headless() -> Result<Self, RenderError> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter =
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+                .map_err(|e| RenderError::NoDevice(e.to_string()))?;
+        let mut limits = wgpu::Limits::default().using_resolution(adapter.limits());
+        limits.max_texture_dimension_3d = adapter.limits().max_texture_dimension_3d;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("mriloop headless"),
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .map_err(|e| RenderError::NoDevice(e.to_string()))?;
+        Ok(Self {
+            device,
+            queue,
+            adapter_info: adapter.get_info(),
+        })
+    }
+}
