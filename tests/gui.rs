@@ -363,9 +363,7 @@ fn worklist_dice_next_unreviewed_and_predicted_overlay() {
         let colours: Vec<[u8; 3]> = app.labels().labels().iter().map(|l| l.color).collect();
         (open.loaded.predicted.clone().unwrap(), colours)
     };
-    let v = (1..=255u8)
-        .find_map(|l| pred.data().iter().any(|x| *x == l).then_some(l))
-        .unwrap();
+    let v = (1..=255u8).find(|l| pred.data().contains(l)).unwrap();
     let at = {
         let idx = pred.data().iter().position(|x| *x == v).unwrap();
         let [nx, ny, _] = pred.dims3();

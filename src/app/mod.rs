@@ -186,6 +186,7 @@ pub struct MriloopApp {
     error: Option<String>,
     commands: Vec<Command>,
     dialog_rx: Option<Receiver<Command>>,
+    project_rx: Option<Receiver<Result<Project, String>>>,
     cells: Vec<ViewCell>,
     render_state: Option<egui_wgpu::RenderState>,
     ctx: egui::Context,
@@ -215,6 +216,7 @@ impl MriloopApp {
             error: None,
             commands: Vec::new(),
             dialog_rx: None,
+            project_rx: None,
             cells: Vec::new(),
             render_state,
             ctx: cc.egui_ctx.clone(),
@@ -247,9 +249,9 @@ impl MriloopApp {
         self.project.as_ref()
     }
 
-    /// Whether a case is being loaded.
+    /// Whether a project or case is being loaded.
     pub fn is_loading(&self) -> bool {
-        self.loading.is_some()
+        self.loading.is_some() || self.project_rx.is_some()
     }
 
     /// The error shown, if any.
@@ -416,19 +418,15 @@ impl MriloopApp {
                     self.apply(Command::OpenCase(i));
                 }
             }
-            Command::OpenProject(path) => match Project::open(&path) {
-                Ok(p) => {
-                    self.labels = p.manifest.labels.clone();
-                    self.stats.clear();
-                    self.stats_rx = Some(spawn_stats(p.clone(), self.wake()));
-                    let first = self.first_case_of(&p);
-                    self.project = Some(p);
-                    if let Some(i) = first {
-                        self.apply(Command::OpenCase(i));
-                    }
-                }
-                Err(e) => self.error = Some(e.to_string()),
-            },
+            Command::OpenProject(path) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let wake = self.wake();
+                std::thread::spawn(move || {
+                    let _ = tx.send(Project::open(&path).map_err(|e| e.to_string()));
+                    wake();
+                });
+                self.project_rx = Some(rx);
+            }
             Command::OpenFiles { images, mask } => {
                 if images.is_empty() {
                     self.error = Some("no image file given".into());
@@ -486,6 +484,18 @@ impl MriloopApp {
         }
     }
 
+    /// A project was read: show its worklist, start its statistics, open its first case.
+    fn project_opened(&mut self, p: Project) {
+        self.labels = p.manifest.labels.clone();
+        self.stats.clear();
+        self.stats_rx = Some(spawn_stats(p.clone(), self.wake()));
+        let first = self.first_case_of(&p);
+        self.project = Some(p);
+        if let Some(i) = first {
+            self.apply(Command::OpenCase(i));
+        }
+    }
+
     fn first_case_of(&self, p: &Project) -> Option<usize> {
         let cases = &p.manifest.cases;
         cases
@@ -520,6 +530,22 @@ impl MriloopApp {
 
     /// Receive from background jobs (never waits).
     fn poll_jobs(&mut self) {
+        if let Some(rx) = &self.project_rx {
+            match rx.try_recv() {
+                Ok(result) => {
+                    self.project_rx = None;
+                    match result {
+                        Ok(p) => self.project_opened(p),
+                        Err(e) => self.error = Some(e),
+                    }
+                }
+                Err(TryRecvError::Disconnected) => {
+                    self.project_rx = None;
+                    self.error = Some("the thread opening the project stopped unexpectedly".into());
+                }
+                Err(TryRecvError::Empty) => {}
+            }
+        }
         if let Some(rx) = &self.dialog_rx {
             match rx.try_recv() {
                 Ok(cmd) => {
@@ -738,7 +764,7 @@ impl eframe::App for MriloopApp {
         self.cells = views::central(ui, self, &mut out);
         panels::error_dialog(&ctx, self, &mut out);
         self.commands.extend(out);
-        if self.loading.is_some() || self.stats_rx.is_some() || !self.commands.is_empty() {
+        if self.is_loading() || self.stats_rx.is_some() || !self.commands.is_empty() {
             ctx.request_repaint();
         }
     }

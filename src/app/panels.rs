@@ -86,8 +86,7 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
             }
             ui.label(format!("RAS [{:.1}, {:.1}, {:.1}] mm", p.x, p.y, p.z));
             for img in &open.loaded.images {
-                let v =
-                    value_at(&img.volume, p).map_or_else(|| "—".to_string(), |v| format!("{v:.4}"));
+                let v = value_at(&img.volume, p).map_or_else(|| "—".to_string(), format_value);
                 ui.label(format!("{} {v}", img.name));
             }
             for (what, mask) in [

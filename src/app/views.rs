@@ -56,7 +56,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
         .show(ui, |ui| {
             let Some(open) = &app.open else {
                 ui.centered_and_justified(|ui| {
-                    if app.loading.is_some() {
+                    if app.is_loading() {
                         ui.spinner();
                     } else {
                         ui.label("File → Open a project or NIfTI files");
