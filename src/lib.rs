@@ -8,6 +8,7 @@
 pub mod app;
 pub mod atomic;
 pub mod bench;
+pub mod edit;
 pub mod phantom;
 pub mod project;
 pub mod render;
