@@ -71,6 +71,28 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Scripted editing session on one case, committing each step through the journal and
+    /// printing `committed N` (used by the crash-recovery test).
+    #[command(hide = true)]
+    EditScript {
+        /// The project folder.
+        project: PathBuf,
+        /// The case id.
+        #[arg(long)]
+        case: String,
+        /// Steps to run.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Seed of the script.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Save every this many steps (0: never).
+        #[arg(long, default_value_t = 0)]
+        save_every: usize,
+        /// Pause between steps (ms).
+        #[arg(long, default_value_t = 10)]
+        pause_ms: u64,
+    },
     /// Run a benchmark and print `bench:` lines.
     Bench {
         /// Which benchmark.
@@ -162,6 +184,29 @@ fn main() -> Result<()> {
             );
         }
         Command::Info { file, json } => info(&file, json)?,
+        Command::EditScript {
+            project,
+            case,
+            steps,
+            seed,
+            save_every,
+            pause_ms,
+        } => {
+            use std::io::Write;
+            mriloop::project::script::run_edit_script(
+                &project,
+                &case,
+                steps,
+                seed,
+                save_every,
+                pause_ms,
+                |n| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "committed {n}");
+                    let _ = out.flush();
+                },
+            )?;
+        }
         Command::Import { dataset, out } => {
             let p = nnunet::import_nnunet(&dataset, &out)?;
             println!(

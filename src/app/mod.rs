@@ -312,7 +312,8 @@ impl MriloopApp {
                 SortKey::Status => match c.review {
                     ReviewStatus::Unreviewed => 0.0,
                     ReviewStatus::InProgress => 1.0,
-                    ReviewStatus::Reviewed => 2.0,
+                    ReviewStatus::NeedsSecondLook => 2.0,
+                    ReviewStatus::Reviewed => 3.0,
                 },
                 SortKey::Dice => st.and_then(|s| s.dice).unwrap_or(-1.0),
                 SortKey::Volume => st.and_then(|s| s.volume_mm3).unwrap_or(-1.0),

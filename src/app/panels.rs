@@ -130,6 +130,7 @@ fn status_text(s: ReviewStatus) -> (&'static str, Color32) {
         ReviewStatus::Unreviewed => ("unreviewed", Color32::from_gray(160)),
         ReviewStatus::InProgress => ("in progress", Color32::from_rgb(230, 180, 60)),
         ReviewStatus::Reviewed => ("reviewed", Color32::from_rgb(90, 200, 90)),
+        ReviewStatus::NeedsSecondLook => ("second look", Color32::from_rgb(220, 110, 220)),
     }
 }
 
@@ -160,11 +161,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                         {
                             out.push(Command::FilterStatus(None));
                         }
-                        for s in [
-                            ReviewStatus::Unreviewed,
-                            ReviewStatus::InProgress,
-                            ReviewStatus::Reviewed,
-                        ] {
+                        for s in ReviewStatus::ALL {
                             if ui
                                 .selectable_label(app.worklist.status == Some(s), status_text(s).0)
                                 .clicked()

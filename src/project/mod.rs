@@ -10,8 +10,11 @@
 //! manifest is relative and stays inside the project folder; class labels are among the project's
 //! classes; predicted class probabilities have one finite entry per class. Every save is atomic.
 
+pub mod journal;
 mod labels;
 pub mod nnunet;
+pub mod script;
+pub mod store;
 
 pub use labels::{default_color, Label, LabelTable};
 
@@ -167,6 +170,33 @@ pub enum ReviewStatus {
     InProgress,
     /// Mask and class confirmed by an expert.
     Reviewed,
+    /// Reviewed, but someone else should look again.
+    NeedsSecondLook,
+}
+
+impl ReviewStatus {
+    /// Every status, in workflow order.
+    pub const ALL: [ReviewStatus; 4] = [
+        ReviewStatus::Unreviewed,
+        ReviewStatus::InProgress,
+        ReviewStatus::Reviewed,
+        ReviewStatus::NeedsSecondLook,
+    ];
+
+    /// The manifest's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Unreviewed => "unreviewed",
+            ReviewStatus::InProgress => "in_progress",
+            ReviewStatus::Reviewed => "reviewed",
+            ReviewStatus::NeedsSecondLook => "needs_second_look",
+        }
+    }
+
+    /// The status of a manifest name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
 }
 
 /// One sequence file of a case.
@@ -206,6 +236,9 @@ pub struct Case {
     /// Review status.
     #[serde(default)]
     pub review: ReviewStatus,
+    /// The reviewer's free-text note.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 impl Case {
@@ -221,6 +254,7 @@ impl Case {
             class_label: None,
             predicted_class: None,
             review: ReviewStatus::Unreviewed,
+            note: String::new(),
         }
     }
 

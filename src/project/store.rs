@@ -1,0 +1,225 @@
+//! `CaseStore`: the persistence worker of one open case. A background thread appends each
+//! committed edit to the case's journal (fsync'd), and on request saves the mask and the
+//! manifest atomically and then empties the journal. Messages are handled in order, so a save
+//! covers exactly the edits sent before it and the journal keeps every later one.
+//!
+//! Invariants: the UI thread only sends messages (never waits, except `close` at exit); a failed
+//! save leaves the previous files and the journal as they were and reports the file and problem.
+
+use super::{journal, Project, ProjectError};
+use crate::edit::Edit;
+use crate::volume::{write_volume, Volume};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::thread::JoinHandle;
+
+/// What to save: the project's manifest and, if it changed, the case's reference mask.
+pub struct SaveJob {
+    /// The project (its manifest is written).
+    pub project: Project,
+    /// The mask and the file to write it to.
+    pub mask: Option<(PathBuf, Volume<u8>)>,
+}
+
+enum StoreMsg {
+    Append(Vec<u8>, Option<Sender<()>>),
+    Save(Box<SaveJob>, Option<Sender<()>>),
+}
+
+/// What the worker reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreEvent {
+    /// The mask and manifest were saved and the journal emptied.
+    Saved,
+    /// Something could not be written: the message names the file and the problem.
+    Failed(String),
+}
+
+/// The persistence worker of one case.
+pub struct CaseStore {
+    tx: Option<Sender<StoreMsg>>,
+    events: Receiver<StoreEvent>,
+    handle: Option<JoinHandle<()>>,
+}
+
+struct Worker {
+    journal_path: PathBuf,
+    file: Option<File>,
+    events: Sender<StoreEvent>,
+}
+
+impl Worker {
+    fn append(&mut self, record: &[u8]) -> Result<(), String> {
+        let path = &self.journal_path;
+        let err =
+            |e: std::io::Error| format!("{}: cannot write the edit journal: {e}", path.display());
+        if self.file.is_none() {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(err)?;
+            if f.metadata().map_err(err)?.len() == 0 {
+                f.write_all(journal::JOURNAL_MAGIC).map_err(err)?;
+            }
+            self.file = Some(f);
+        }
+        if let Some(f) = &mut self.file {
+            f.write_all(record).map_err(err)?;
+            f.sync_data().map_err(err)?;
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, job: &SaveJob) -> Result<(), String> {
+        if let Some((path, mask)) = &job.mask {
+            write_volume(path, mask).map_err(|e| e.to_string())?;
+        }
+        job.project.save().map_err(|e| e.to_string())?;
+        self.file = None;
+        match std::fs::remove_file(&self.journal_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!(
+                "{}: saved, but cannot empty the journal: {e}",
+                self.journal_path.display()
+            )),
+        }
+    }
+
+    fn run(mut self, rx: Receiver<StoreMsg>) {
+        for msg in rx {
+            let (result, ack) = match msg {
+                StoreMsg::Append(record, ack) => (self.append(&record), ack),
+                StoreMsg::Save(job, ack) => {
+                    let r = self.save(&job);
+                    if r.is_ok() {
+                        let _ = self.events.send(StoreEvent::Saved);
+                    }
+                    (r, ack)
+                }
+            };
+            if let Err(e) = result {
+                let _ = self.events.send(StoreEvent::Failed(e));
+            }
+            if let Some(a) = ack {
+                let _ = a.send(());
+            }
+        }
+    }
+}
+
+impl CaseStore {
+    /// Start the worker of a case whose journal is at `journal_path`.
+    pub fn open(journal_path: &Path) -> Self {
+        let (tx, rx) = channel();
+        let (etx, events) = channel();
+        let worker = Worker {
+            journal_path: journal_path.to_path_buf(),
+            file: None,
+            events: etx,
+        };
+        let handle = std::thread::spawn(move || worker.run(rx));
+        Self {
+            tx: Some(tx),
+            events,
+            handle: Some(handle),
+        }
+    }
+
+    fn send(&self, msg: StoreMsg) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(msg);
+        }
+    }
+
+    /// Append an edit to the journal (returns at once).
+    pub fn append(&self, edit: &Edit) {
+        self.send(StoreMsg::Append(journal::frame_record(edit), None));
+    }
+
+    /// Append an edit and wait until it is on disk (scripts and tests).
+    pub fn append_and_wait(&self, edit: &Edit) {
+        let (ack, done) = channel();
+        self.send(StoreMsg::Append(journal::frame_record(edit), Some(ack)));
+        let _ = done.recv();
+    }
+
+    /// Save the mask and manifest, then empty the journal (returns at once).
+    pub fn save(&self, job: SaveJob) {
+        self.send(StoreMsg::Save(Box::new(job), None));
+    }
+
+    /// Save and wait until done.
+    pub fn save_and_wait(&self, job: SaveJob) {
+        let (ack, done) = channel();
+        self.send(StoreMsg::Save(Box::new(job), Some(ack)));
+        let _ = done.recv();
+    }
+
+    /// Events so far (never waits).
+    pub fn poll(&self) -> Vec<StoreEvent> {
+        self.events.try_iter().collect()
+    }
+
+    /// Finish every queued message and stop the worker; returns the last events.
+    pub fn close(mut self) -> Vec<StoreEvent> {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.events.try_iter().collect()
+    }
+}
+
+impl Drop for CaseStore {
+    fn drop(&mut self) {
+        // Let the worker finish what was queued (it exits when the channel closes); do not wait.
+        self.tx = None;
+    }
+}
+
+/// What opening a case's edits found: its mask (as saved, with the journal replayed) and the
+/// record edits replayed onto the case.
+pub struct Recovered {
+    /// Edits replayed from the journal.
+    pub edits: usize,
+    /// Why the journal's reading stopped early, if it did.
+    pub problem: Option<String>,
+}
+
+/// Replay a case's journal onto its loaded mask and its record in `project`.
+pub fn recover(
+    project: &mut Project,
+    case_index: usize,
+    mask: &mut Volume<u8>,
+) -> Result<Recovered, ProjectError> {
+    let Some(case) = project.manifest.cases.get(case_index) else {
+        return Ok(Recovered {
+            edits: 0,
+            problem: None,
+        });
+    };
+    let path = journal::journal_path(project, &case.id);
+    let contents = journal::read_journal(&path)?;
+    let skipped = journal::replay_mask(&contents.edits, mask);
+    if let Some(case) = project.manifest.cases.get_mut(case_index) {
+        for e in &contents.edits {
+            journal::apply_record(case, e, true);
+        }
+    }
+    let problem = match (contents.stopped, skipped) {
+        (Some(p), _) => Some(format!("{}: {p}", path.display())),
+        (None, 0) => None,
+        (None, n) => Some(format!(
+            "{}: {n} edits did not fit the mask and were skipped",
+            path.display()
+        )),
+    };
+    Ok(Recovered {
+        edits: contents.edits.len(),
+        problem,
+    })
+}
