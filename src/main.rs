@@ -131,12 +131,12 @@ enum BenchKind {
 
 fn main() -> Result<()> {
     let Some(command) = Cli::parse().command else {
-        return app::run(app::Startup::Project(app::demo_project_dir()));
+        return app::run(app::Startup::Project(demo()?));
     };
     match command {
         Command::Open { paths, mask } => {
             let startup = match paths.as_slice() {
-                [] => app::Startup::Project(app::demo_project_dir()),
+                [] => app::Startup::Project(demo()?),
                 [one]
                     if mask.is_none()
                         && (one.is_dir()
@@ -269,6 +269,13 @@ fn main() -> Result<()> {
         },
     }
     Ok(())
+}
+
+/// The user's writable copy of the built-in demo project (made on first use).
+fn demo() -> Result<PathBuf> {
+    let dir = app::user_demo_dir();
+    app::demo_project_copy(&dir)
+        .with_context(|| format!("cannot copy the demo project to {}", dir.display()))
 }
 
 fn info(file: &std::path::Path, json: bool) -> Result<()> {

@@ -21,6 +21,8 @@ pub struct CaseSource {
     pub reference: Option<PathBuf>,
     /// The predicted label mask.
     pub predicted: Option<PathBuf>,
+    /// The case's edit journal, replayed after loading (project cases).
+    pub journal: Option<PathBuf>,
 }
 
 impl CaseSource {
@@ -35,6 +37,7 @@ impl CaseSource {
                 .collect(),
             reference: case.reference_mask.as_deref().map(|p| project.resolve(p)),
             predicted: case.predicted_mask.as_deref().map(|p| project.resolve(p)),
+            journal: Some(crate::project::journal::journal_path(project, &case.id)),
         }
     }
 
@@ -60,6 +63,7 @@ impl CaseSource {
                 .collect(),
             reference: mask,
             predicted: None,
+            journal: None,
         }
     }
 
@@ -87,10 +91,24 @@ pub struct LoadedCase {
     pub case_id: String,
     /// The sequences (at least one).
     pub images: Vec<LoadedImage>,
-    /// The reference mask.
+    /// The reference mask (an empty one on the first image's grid when the case had none).
     pub reference: Option<Volume<u8>>,
+    /// Whether the reference mask was read from a file (false: made empty here).
+    pub reference_on_disk: bool,
     /// The predicted mask.
     pub predicted: Option<Volume<u8>>,
+    /// Edits recovered from the journal (already applied to the reference mask; record edits
+    /// are for the caller to apply to the case).
+    pub recovered: Option<Recovered>,
+}
+
+/// What the journal held when the case was opened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recovered {
+    /// All edits replayed (mask and record).
+    pub edits: Vec<crate::edit::Edit>,
+    /// Why reading stopped early or edits were skipped.
+    pub problem: Option<String>,
 }
 
 /// What a loading job reports.
@@ -176,19 +194,46 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
     };
     let reference = mask(&source.reference)?;
     let predicted = mask(&source.predicted)?;
+    let reference_on_disk = reference.is_some();
+    let mut reference = match reference {
+        Some(r) => r,
+        None => {
+            let first = &images[0].volume;
+            let [nx, ny, nz] = first.dims3();
+            Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8).map_err(|e| e.to_string())?
+        }
+    };
+    let recovered = match &source.journal {
+        Some(path) => {
+            let (edits, problem) = crate::project::journal::replay_file(path, &mut reference)
+                .map_err(|e| e.to_string())?;
+            (!edits.is_empty() || problem.is_some()).then_some(Recovered { edits, problem })
+        }
+        None => None,
+    };
     Ok(LoadedCase {
         case_id: source.case_id.clone(),
         images,
-        reference,
+        reference: Some(reference),
+        reference_on_disk,
         predicted,
+        recovered,
     })
 }
 
-/// Start loading a case in a background thread; `wake` is called after each message (e.g. to
-/// request a repaint).
-pub fn spawn_load(source: CaseSource, wake: impl Fn() + Send + 'static) -> Receiver<LoadMessage> {
+/// Start loading a case in a background thread, once the stores in `wait_for` have stopped;
+/// `wake` is called after each message (e.g. to request a repaint).
+pub fn spawn_load(
+    source: CaseSource,
+    wait_for: Vec<crate::project::store::ExitSignal>,
+    wake: impl Fn() + Send + 'static,
+) -> Receiver<LoadMessage> {
     let (tx, rx) = channel();
     std::thread::spawn(move || {
+        // Saves of a case being closed finish before any file is read again.
+        for s in &wait_for {
+            s.wait();
+        }
         let msg = match load(&source, &tx) {
             Ok(case) => LoadMessage::Done(Box::new(case)),
             Err(e) => LoadMessage::Failed(e),

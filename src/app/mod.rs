@@ -7,15 +7,20 @@
 //! previous case open and shows a dialog naming the file and the problem.
 
 mod bridge;
+mod edit_panel;
+mod editing;
 mod loader;
 mod panels;
 mod state;
 mod views;
 
 pub use bridge::{SliceCallback, ViewerGpu};
+pub use editing::{
+    step_along, CaseEdits, EditCommand, Tool, ToolState, AUTOSAVE_EVERY, AUTOSAVE_IDLE,
+};
 pub use loader::{
     foreground_dice, labelled_volume_mm3, read_mask, spawn_load, spawn_stats, CaseSource,
-    CaseStats, LoadMessage, LoadedCase, LoadedImage,
+    CaseStats, LoadMessage, LoadedCase, LoadedImage, Recovered,
 };
 pub use state::{
     IntensitySample, Layout, OverlayStyle, SequenceDisplay, ViewZoom, ViewerState, WindowPreset,
@@ -46,9 +51,72 @@ pub enum Startup {
     },
 }
 
-/// The built-in demo project (a phantom case shipped in `assets/demo`).
+/// The built-in demo project as shipped in `assets/demo` (read-only use: tests, reference).
 pub fn demo_project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
+}
+
+/// The demo project's files, built into the binary so it runs from anywhere.
+const DEMO_FILES: &[(&str, &[u8])] = &[
+    (
+        "mriloop.json",
+        include_bytes!("../../assets/demo/mriloop.json"),
+    ),
+    (
+        "cases/phantom_000/T1.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/T1.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/T2.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/T2.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/FLAIR.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/FLAIR.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/Gd-T1.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/Gd-T1.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/DWI.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/DWI.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/ADC.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/ADC.nii.gz"),
+    ),
+    (
+        "cases/phantom_000/reference.nii.gz",
+        include_bytes!("../../assets/demo/cases/phantom_000/reference.nii.gz"),
+    ),
+];
+
+/// A writable copy of the demo project in `dir` (made from the built-in files if it is not
+/// there yet), so corrections to the demo never touch the shipped files.
+pub fn demo_project_copy(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    if dir.join(crate::project::MANIFEST_FILE).exists() {
+        return Ok(dir.to_path_buf());
+    }
+    // Case files first, the manifest last: a half-made copy is never taken for a project.
+    for (rel, bytes) in DEMO_FILES.iter().rev() {
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        crate::atomic::write_atomic(&path, bytes)?;
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// Where the user's copy of the demo lives: `$XDG_DATA_HOME/mriloop/demo`, else
+/// `~/.local/share/mriloop/demo`, else a folder in the temporary directory.
+pub fn user_demo_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("mriloop").join("demo")
 }
 
 /// Worklist columns to sort by.
@@ -133,11 +201,18 @@ pub enum Command {
     FilterText(String),
     /// Close the error dialog.
     DismissError,
+    /// Close the information dialog.
+    DismissInfo,
+    /// Show or hide the shortcuts panel.
+    ToggleHelp,
+    /// A correction (tools, masks, class, status, note, undo).
+    Edit(EditCommand),
 }
 
 /// A case being loaded.
 struct Loading {
     rx: Receiver<LoadMessage>,
+    source: CaseSource,
     case_index: Option<usize>,
     /// Loose files: on success the project (if any) is closed.
     loose_files: bool,
@@ -158,6 +233,8 @@ pub struct OpenCase {
     pub image_grids: Vec<GridInfo>,
     /// The masks' grid.
     pub labels_grid: GridInfo,
+    /// Undo, the stroke in progress, and saving.
+    pub edits: CaseEdits,
     generation: u64,
 }
 
@@ -190,6 +267,13 @@ pub struct MriloopApp {
     cells: Vec<ViewCell>,
     render_state: Option<egui_wgpu::RenderState>,
     ctx: egui::Context,
+    tools: ToolState,
+    info: Option<String>,
+    notice: Option<String>,
+    notices_tx: std::sync::mpsc::Sender<Result<String, String>>,
+    notices_rx: Receiver<Result<String, String>>,
+    closing_stores: Vec<crate::project::store::CaseStore>,
+    show_help: bool,
 }
 
 impl MriloopApp {
@@ -200,6 +284,7 @@ impl MriloopApp {
             let gpu = ViewerGpu::new(&rs.device, rs.target_format);
             rs.renderer.write().callback_resources.insert(gpu);
         }
+        let (notices_tx, notices_rx) = std::sync::mpsc::channel();
         let mut app = Self {
             project: None,
             labels: LabelTable::default(),
@@ -220,6 +305,13 @@ impl MriloopApp {
             cells: Vec::new(),
             render_state,
             ctx: cc.egui_ctx.clone(),
+            tools: ToolState::default(),
+            info: None,
+            notice: None,
+            notices_tx,
+            notices_rx,
+            closing_stores: Vec::new(),
+            show_help: false,
         };
         if app.render_state.is_none() {
             app.error = Some("no wgpu device: mriloop needs a GPU or Mesa's Vulkan driver".into());
@@ -279,10 +371,26 @@ impl MriloopApp {
         move || ctx.request_repaint()
     }
 
+    /// The information shown in a dialog (e.g. what was recovered from a journal).
+    pub fn info(&self) -> Option<&str> {
+        self.info.as_deref()
+    }
+
+    /// The tool settings.
+    pub fn tools(&self) -> &ToolState {
+        &self.tools
+    }
+
     fn start_loading(&mut self, source: CaseSource, case_index: Option<usize>) {
         let total = source.file_count();
+        let wait_for = self
+            .closing_stores
+            .iter()
+            .map(|s| s.exit_signal())
+            .collect();
         self.loading = Some(Loading {
-            rx: spawn_load(source, self.wake()),
+            rx: spawn_load(source.clone(), wait_for, self.wake()),
+            source,
             case_index,
             loose_files: case_index.is_none(),
             done: 0,
@@ -480,6 +588,9 @@ impl MriloopApp {
             Command::FilterStatus(s) => self.worklist.status = s,
             Command::FilterText(t) => self.worklist.text = t,
             Command::DismissError => self.error = None,
+            Command::DismissInfo => self.info = None,
+            Command::ToggleHelp => self.show_help = !self.show_help,
+            Command::Edit(e) => self.apply_edit(e),
             // Viewer commands with no case open (or naming a missing sequence) do nothing.
             _ => {}
         }
@@ -487,6 +598,8 @@ impl MriloopApp {
 
     /// A project was read: show its worklist, start its statistics, open its first case.
     fn project_opened(&mut self, p: Project) {
+        // The open case is saved into the project it came from before that is replaced.
+        self.close_case(false);
         self.labels = p.manifest.labels.clone();
         self.stats.clear();
         self.stats_rx = Some(spawn_stats(p.clone(), self.wake()));
@@ -581,7 +694,7 @@ impl MriloopApp {
                         l.file = Some(file);
                     }
                     Ok(LoadMessage::Done(case)) => {
-                        finished = Some(Ok((case, l.case_index, l.loose_files)));
+                        finished = Some(Ok((case, l.case_index, l.loose_files, l.source.clone())));
                         break;
                     }
                     Ok(LoadMessage::Failed(e)) => {
@@ -597,15 +710,16 @@ impl MriloopApp {
             }
         }
         match finished {
-            Some(Ok((case, index, loose_files))) => {
+            Some(Ok((case, index, loose_files, source))) => {
                 self.loading = None;
+                self.close_case(false);
                 if loose_files {
                     self.project = None;
                     self.labels = LabelTable::default();
                     self.stats.clear();
                     self.stats_rx = None;
                 }
-                self.show_case(*case, index);
+                self.show_case(*case, index, &source);
             }
             Some(Err(e)) => {
                 self.loading = None;
@@ -615,21 +729,13 @@ impl MriloopApp {
         }
     }
 
-    /// Label colours for the GPU lookup table.
-    fn label_colours(&self) -> [[u8; 4]; 256] {
-        let mut colours = [[0u8; 4]; 256];
-        for (v, c) in colours.iter_mut().enumerate().skip(1) {
-            let [r, g, b] = match self.labels.get(v as u8) {
-                Some(l) => l.color,
-                None => crate::project::default_color(v as u8),
-            };
-            *c = [r, g, b, 255];
-        }
-        colours
-    }
-
     /// Upload a loaded case to the GPU and show it.
-    fn show_case(&mut self, loaded: LoadedCase, case_index: Option<usize>) {
+    fn show_case(
+        &mut self,
+        mut loaded: LoadedCase,
+        case_index: Option<usize>,
+        source: &CaseSource,
+    ) {
         let Some(rs) = &self.render_state else {
             self.error = Some("no wgpu device to show the case on".into());
             return;
@@ -645,7 +751,7 @@ impl MriloopApp {
             &images,
             loaded.reference.as_ref(),
             loaded.predicted.as_ref(),
-            &self.label_colours(),
+            &self.overlay_colours(),
         ) {
             Ok(t) => t,
             Err(e) => {
@@ -705,12 +811,68 @@ impl MriloopApp {
                 ..image_grids[0]
             },
         };
+        let mut edits = match (&self.project, case_index) {
+            (Some(p), Some(i)) => {
+                let id = &loaded.case_id;
+                let rel = p
+                    .manifest
+                    .cases
+                    .get(i)
+                    .and_then(|c| c.reference_mask.clone())
+                    .unwrap_or_else(|| format!("{}/reference.nii.gz", Project::case_dir_rel(id)));
+                let store = crate::project::store::CaseStore::open(
+                    &crate::project::journal::journal_path(p, id),
+                );
+                CaseEdits::new(Some(store), Some(rel), None)
+            }
+            _ => {
+                let path = source.reference.clone().or_else(|| {
+                    source.sequences.first().map(|(_, p)| {
+                        let name = p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
+                        p.with_file_name(format!("{stem}_mask.nii.gz"))
+                    })
+                });
+                CaseEdits::new(None, None, path)
+            }
+        };
+        if let Some(rec) = loaded.recovered.take() {
+            let n_mask = rec
+                .edits
+                .iter()
+                .filter(|e| matches!(e, crate::edit::Edit::Mask(_)))
+                .count();
+            let n_record = rec.edits.len() - n_mask;
+            if let (Some(p), Some(i)) = (self.project.as_mut(), case_index) {
+                if let Some(case) = p.manifest.cases.get_mut(i) {
+                    for e in &rec.edits {
+                        crate::project::journal::apply_record(case, e, true);
+                    }
+                }
+            }
+            let mut msg = format!(
+                "Case {}: recovered {} unsaved edits from its journal ({n_mask} to the mask, \
+                 {n_record} to the class, status or note). They are shown now and will be saved.",
+                loaded.case_id,
+                rec.edits.len()
+            );
+            if let Some(p) = rec.problem {
+                msg.push_str(&format!("\n\nThe journal's end could not be read: {p}"));
+            }
+            self.info = Some(msg);
+            edits.dirty = true;
+            edits.mask_dirty = n_mask > 0;
+        }
         self.open = Some(OpenCase {
             loaded,
             viewer,
             case_index,
             image_grids,
             labels_grid,
+            edits,
             generation,
         });
     }
@@ -719,20 +881,149 @@ impl MriloopApp {
         if ctx.egui_wants_keyboard_input() {
             return;
         }
-        let (next, prev) = ctx.input(|i| {
-            (
-                i.key_pressed(egui::Key::N) && !i.modifiers.shift,
-                i.key_pressed(egui::Key::N) && i.modifiers.shift,
-            )
+        use egui::Key;
+        let classes: Vec<String> = self
+            .project
+            .as_ref()
+            .map(|p| p.manifest.classes.clone())
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        ctx.input(|i| {
+            let m = i.modifiers;
+            let plain = !m.command && !m.alt && !m.shift;
+            let edit = |e| Command::Edit(e);
+            if m.command && i.key_pressed(Key::Z) {
+                out.push(edit(if m.shift {
+                    EditCommand::Redo
+                } else {
+                    EditCommand::Undo
+                }));
+            }
+            if m.command && i.key_pressed(Key::Y) {
+                out.push(edit(EditCommand::Redo));
+            }
+            if m.command && i.key_pressed(Key::S) {
+                out.push(edit(EditCommand::Save));
+            }
+            if i.key_pressed(Key::N) && !m.command {
+                out.push(Command::NextUnreviewed(if m.shift { -1 } else { 1 }));
+            }
+            if i.key_pressed(Key::F1) {
+                out.push(Command::ToggleHelp);
+            }
+            if i.key_pressed(Key::Enter) {
+                out.push(edit(EditCommand::ClosePolygon));
+            }
+            if i.key_pressed(Key::Escape) {
+                out.push(edit(EditCommand::CancelPolygon));
+            }
+            if !plain {
+                return;
+            }
+            let digits = [
+                Key::Num1,
+                Key::Num2,
+                Key::Num3,
+                Key::Num4,
+                Key::Num5,
+                Key::Num6,
+                Key::Num7,
+                Key::Num8,
+                Key::Num9,
+            ];
+            for (k, key) in digits.iter().enumerate() {
+                if i.key_pressed(*key) {
+                    if let Some(c) = classes.get(k) {
+                        out.push(edit(EditCommand::SetClass(Some(c.clone()))));
+                    }
+                }
+            }
+            for (key, tool) in [
+                (Key::C, Tool::Navigate),
+                (Key::B, Tool::Brush),
+                (Key::E, Tool::Eraser),
+                (Key::F, Tool::Fill),
+                (Key::P, Tool::Polygon),
+            ] {
+                if i.key_pressed(key) {
+                    out.push(edit(EditCommand::SetTool(tool)));
+                }
+            }
+            let r = self.tools.radius_mm;
+            if i.key_pressed(Key::Plus) || i.key_pressed(Key::Equals) {
+                out.push(edit(EditCommand::SetRadius(r + 0.5)));
+            }
+            if i.key_pressed(Key::Minus) {
+                out.push(edit(EditCommand::SetRadius(r - 0.5)));
+            }
+            if i.key_pressed(Key::R) {
+                out.push(edit(EditCommand::SetStatus(ReviewStatus::Reviewed)));
+            }
+            if i.key_pressed(Key::L) {
+                out.push(edit(EditCommand::SetStatus(ReviewStatus::NeedsSecondLook)));
+            }
+            if i.key_pressed(Key::A) {
+                let o = self
+                    .open
+                    .as_ref()
+                    .map_or(0.0, |o| o.viewer.overlay.reference_opacity);
+                out.push(Command::SetReferenceOpacity(if o > 0.0 {
+                    0.0
+                } else {
+                    0.5
+                }));
+            }
         });
-        if next {
-            self.commands.push(Command::NextUnreviewed(1));
-        }
-        if prev {
-            self.commands.push(Command::NextUnreviewed(-1));
+        self.commands.extend(out);
+    }
+
+    fn poll_notices(&mut self) {
+        while let Ok(n) = self.notices_rx.try_recv() {
+            match n {
+                Ok(msg) => self.notice = Some(msg),
+                Err(e) => self.error = Some(e),
+            }
         }
     }
+
+    /// The last notice (e.g. a save), shown in the status bar.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
 }
+
+/// Keyboard and mouse shortcuts, as listed in the Help panel (F1).
+pub const SHORTCUTS: &[(&str, &str)] = &[
+    (
+        "C / B / E / F / P",
+        "cursor, brush, eraser, fill, polygon tool",
+    ),
+    (
+        "left drag",
+        "move the cursor, or paint with the brush and eraser",
+    ),
+    ("+ / -", "brush radius ± 0.5 mm"),
+    (
+        "Enter / Esc",
+        "fill / drop the polygon (double click also fills)",
+    ),
+    ("Ctrl+Z, Ctrl+Y or Ctrl+Shift+Z", "undo, redo"),
+    (
+        "1 – 9",
+        "set the case's class (the project's class list, in order)",
+    ),
+    ("R / L", "mark reviewed / needs a second look"),
+    ("A", "show or hide the reference overlay"),
+    ("N / Shift+N", "next / previous unreviewed case"),
+    (
+        "wheel, ↑ ↓, Page Up/Down",
+        "step slices in the view under the pointer",
+    ),
+    ("Ctrl+wheel, middle drag", "zoom, pan"),
+    ("right drag", "window (left-right) and level (up-down)"),
+    ("Ctrl+S", "save now (autosave runs when idle)"),
+    ("F1", "this list"),
+];
 
 /// Whether a file name says it holds labels (`seg`, `mask`, `label`).
 pub fn looks_like_mask(path: &std::path::Path) -> bool {
@@ -747,7 +1038,9 @@ impl eframe::App for MriloopApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.poll_jobs();
+        self.poll_notices();
         self.apply_all();
+        self.autosave_tick();
         self.handle_keys(&ctx);
         let title = match (&self.open, &self.project) {
             (Some(o), Some(p)) => format!("mriloop — {} — {}", p.manifest.name, o.loaded.case_id),
@@ -764,9 +1057,27 @@ impl eframe::App for MriloopApp {
         panels::side_panel(ui, self, &mut out);
         self.cells = views::central(ui, self, &mut out);
         panels::error_dialog(&ctx, self, &mut out);
+        panels::info_dialog(&ctx, self, &mut out);
+        if self.show_help {
+            panels::help_window(&ctx, &mut out);
+        }
         self.commands.extend(out);
-        if self.is_loading() || self.stats_rx.is_some() || !self.commands.is_empty() {
+        if self.is_loading()
+            || self.stats_rx.is_some()
+            || !self.commands.is_empty()
+            || !self.closing_stores.is_empty()
+        {
             ctx.request_repaint();
+        } else if self.open.as_ref().is_some_and(|o| o.edits.dirty) {
+            ctx.request_repaint_after(std::time::Duration::from_millis(500));
+        }
+    }
+
+    fn on_exit(&mut self) {
+        self.close_case(true);
+        for mut s in self.closing_stores.drain(..) {
+            s.finish();
+            s.exit_signal().wait();
         }
     }
 }

@@ -2,7 +2,7 @@
 //! sequence's value and the label under it), worklist, display settings, predicted class, and
 //! the error dialog. Each reads the app's state and emits commands; none changes state.
 
-use super::{Command, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
+use super::{Command, EditCommand, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
 use crate::project::ReviewStatus;
 use crate::render::{Colormap, Orientation};
 use egui::{Color32, RichText};
@@ -26,6 +26,28 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                     ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             });
+            ui.menu_button("Edit", |ui| {
+                let depth = app
+                    .open
+                    .as_ref()
+                    .map(|o| (o.edits.undo.undo_depth(), o.edits.undo.redo_depth()));
+                let (u, r) = depth.unwrap_or((0, 0));
+                if ui
+                    .add_enabled(u > 0, egui::Button::new(format!("Undo ({u})")))
+                    .clicked()
+                {
+                    out.push(Command::Edit(EditCommand::Undo));
+                }
+                if ui
+                    .add_enabled(r > 0, egui::Button::new(format!("Redo ({r})")))
+                    .clicked()
+                {
+                    out.push(Command::Edit(EditCommand::Redo));
+                }
+                if ui.button("Save now").clicked() {
+                    out.push(Command::Edit(EditCommand::Save));
+                }
+            });
             ui.menu_button("View", |ui| {
                 if ui.button("Three views").clicked() {
                     out.push(Command::SetLayout(Layout::TriPlanar));
@@ -40,6 +62,9 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                     out.push(Command::ResetView);
                 }
             });
+            if ui.button("Help").clicked() {
+                out.push(Command::ToggleHelp);
+            }
             if app.project.is_some() {
                 ui.separator();
                 if ui
@@ -74,10 +99,22 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
                 }
                 ui.separator();
             }
+            if let Some(n) = app.notice() {
+                ui.label(n);
+                ui.separator();
+            }
             let Some(open) = &app.open else {
                 ui.label("no case open");
                 return;
             };
+            let e = &open.edits;
+            ui.label(format!(
+                "undo {} · redo {}{}",
+                e.undo.undo_depth(),
+                e.undo.redo_depth(),
+                if e.dirty { " · unsaved" } else { " · saved" }
+            ));
+            ui.separator();
             let p = open.viewer.cursor_mm;
             if let Some(first) = open.loaded.images.first() {
                 if let Some(vox) = first.volume.affine().mm_to_vox(p) {
@@ -268,6 +305,9 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 class_panel(ui, app);
+                super::edit_panel::review_panel(ui, app, out);
+                ui.separator();
+                super::edit_panel::tools_panel(ui, app, out);
                 ui.separator();
                 ui.heading("Sequences");
                 ui.label("Tick up to four to show side by side; \"only\" shows one alone.");
@@ -393,16 +433,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 {
                     out.push(Command::SetPredictedOpacity(o.predicted_opacity));
                 }
-                for l in app.labels.labels() {
-                    ui.horizontal(|ui| {
-                        let [r, g, b] = l.color;
-                        let (rect, _) =
-                            ui.allocate_exact_size(egui::vec2(12.0, 12.0), egui::Sense::hover());
-                        ui.painter()
-                            .rect_filled(rect, 2.0, Color32::from_rgb(r, g, b));
-                        ui.label(format!("{} {}", l.value, l.name));
-                    });
-                }
+                super::edit_panel::labels_panel(ui, app, out);
             });
         });
 }
@@ -459,4 +490,37 @@ pub fn error_dialog(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command
             out.push(Command::DismissError);
         }
     });
+}
+
+/// A modal with information for the user (e.g. edits recovered from a journal).
+pub fn info_dialog(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command>) {
+    let Some(text) = app.info() else { return };
+    egui::Modal::new(egui::Id::unique("info dialog")).show(ctx, |ui| {
+        ui.set_max_width(520.0);
+        ui.heading("Recovered");
+        ui.label(text);
+        if ui.button("OK").clicked() {
+            out.push(Command::DismissInfo);
+        }
+    });
+}
+
+/// The shortcuts list (F1).
+pub fn help_window(ctx: &egui::Context, out: &mut Vec<Command>) {
+    let mut open = true;
+    egui::Window::new("Shortcuts")
+        .open(&mut open)
+        .resizable(false)
+        .show(ctx, |ui| {
+            egui::Grid::new("shortcuts").striped(true).show(ui, |ui| {
+                for (keys, what) in super::SHORTCUTS {
+                    ui.label(RichText::new(*keys).strong());
+                    ui.label(*what);
+                    ui.end_row();
+                }
+            });
+        });
+    if !open {
+        out.push(Command::ToggleHelp);
+    }
 }

@@ -5,7 +5,7 @@
 //! Page Up/Down step the hovered view.
 
 use super::bridge::SliceCallback;
-use super::{Command, Layout, MriloopApp};
+use super::{Command, EditCommand, Layout, MriloopApp, Tool};
 use crate::render::{BlendStyle, Orientation, SlicePlane, SliceStyle, ViewKey};
 use egui::{Color32, Pos2, Rect, Sense, Vec2};
 
@@ -250,11 +250,64 @@ fn interact(
     let id = ui.scope_id().with(("view", slot));
     let resp = ui.interact(cell.rect, id, Sense::click_and_drag());
     let o = cell.orientation;
-    let pointer_down = ui.input(|i| i.pointer.primary_down());
+    let (pointer_down, released) =
+        ui.input(|i| (i.pointer.primary_down(), i.pointer.primary_released()));
+    let tool = app.tools.tool;
+    let pressed_here = resp.is_pointer_button_down_on() && pointer_down;
     if let Some(pos) = resp.interact_pointer_pos() {
-        if (resp.is_pointer_button_down_on() && pointer_down) || resp.clicked() {
-            out.push(Command::SetCursor(cell.mm_at(pos)));
+        let at = cell.mm_at(pos);
+        match tool {
+            Tool::Navigate => {
+                if pressed_here || resp.clicked() {
+                    out.push(Command::SetCursor(at));
+                }
+            }
+            Tool::Brush | Tool::Eraser => {
+                if pressed_here {
+                    out.push(Command::Edit(EditCommand::Dab(o, at)));
+                }
+            }
+            Tool::Fill => {
+                if resp.clicked() {
+                    out.push(Command::Edit(EditCommand::Fill(o, at, cell.seq)));
+                }
+            }
+            Tool::Polygon => {
+                if resp.double_clicked() {
+                    out.push(Command::Edit(EditCommand::ClosePolygon));
+                } else if resp.clicked() {
+                    out.push(Command::Edit(EditCommand::PolygonPoint(o, at)));
+                }
+            }
         }
+    }
+    if released && matches!(tool, Tool::Brush | Tool::Eraser) {
+        out.push(Command::Edit(EditCommand::EndStroke));
+    }
+    // Brush outline under the pointer; polygon so far.
+    let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
+    if let (Some(pos), true) = (resp.hover_pos(), matches!(tool, Tool::Brush | Tool::Eraser)) {
+        let r = (app.tools.radius_mm / mm_per_point) as f32;
+        ui.painter().with_clip_rect(cell.rect).circle_stroke(
+            pos,
+            r.max(1.0),
+            egui::Stroke::new(1.0, Color32::from_rgb(255, 220, 80)),
+        );
+    }
+    if tool == Tool::Polygon && app.tools.polygon_view == Some(o) && !app.tools.polygon.is_empty() {
+        let pts: Vec<Pos2> = app
+            .tools
+            .polygon
+            .iter()
+            .map(|p| cell.pos_of_mm(*p))
+            .chain(resp.hover_pos())
+            .collect();
+        ui.painter()
+            .with_clip_rect(cell.rect)
+            .add(egui::Shape::line(
+                pts,
+                egui::Stroke::new(1.5, Color32::from_rgb(255, 220, 80)),
+            ));
     }
     if resp.dragged_by(egui::PointerButton::Secondary) {
         if let Some(d) = v.display.get(cell.seq) {
@@ -271,7 +324,6 @@ fn interact(
     }
     if resp.dragged_by(egui::PointerButton::Middle) {
         let delta = resp.drag_delta();
-        let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
         out.push(Command::Pan(
             o,
             [

@@ -312,3 +312,23 @@ pub fn apply_record(case: &mut super::Case, edit: &Edit, forward: bool) {
 pub fn journal_path(project: &super::Project, case_id: &str) -> PathBuf {
     project.resolve(&journal_rel(case_id))
 }
+
+/// Read the journal at `path` and replay its mask edits onto `mask`. Returns every edit read
+/// (record edits are for the caller to apply to the case) and, if reading stopped early or edits
+/// did not fit, why (naming the file).
+pub fn replay_file(
+    path: &Path,
+    mask: &mut Volume<u8>,
+) -> Result<(Vec<Edit>, Option<String>), super::ProjectError> {
+    let contents = read_journal(path)?;
+    let skipped = replay_mask(&contents.edits, mask);
+    let problem = match (contents.stopped, skipped) {
+        (Some(p), _) => Some(format!("{}: {p}", path.display())),
+        (None, 0) => None,
+        (None, n) => Some(format!(
+            "{}: {n} edits did not fit the mask and were skipped",
+            path.display()
+        )),
+    };
+    Ok((contents.edits, problem))
+}

@@ -13,7 +13,41 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+/// Set when a store's worker has finished every queued message and stopped; another thread
+/// (e.g. one loading the same case again) can wait for it.
+#[derive(Clone, Default)]
+pub struct ExitSignal(Arc<(Mutex<bool>, Condvar)>);
+
+impl ExitSignal {
+    fn set(&self) {
+        let (lock, cv) = &*self.0;
+        if let Ok(mut done) = lock.lock() {
+            *done = true;
+        }
+        cv.notify_all();
+    }
+
+    /// Wait until the worker has stopped.
+    pub fn wait(&self) {
+        let (lock, cv) = &*self.0;
+        if let Ok(mut done) = lock.lock() {
+            while !*done {
+                match cv.wait(done) {
+                    Ok(d) => done = d,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+
+    /// Whether the worker has stopped.
+    pub fn is_set(&self) -> bool {
+        self.0 .0.lock().map(|d| *d).unwrap_or(true)
+    }
+}
 
 /// What to save: the project's manifest and, if it changed, the case's reference mask.
 pub struct SaveJob {
@@ -42,6 +76,7 @@ pub struct CaseStore {
     tx: Option<Sender<StoreMsg>>,
     events: Receiver<StoreEvent>,
     handle: Option<JoinHandle<()>>,
+    exit: ExitSignal,
 }
 
 struct Worker {
@@ -121,12 +156,33 @@ impl CaseStore {
             file: None,
             events: etx,
         };
-        let handle = std::thread::spawn(move || worker.run(rx));
+        let exit = ExitSignal::default();
+        let signal = exit.clone();
+        let handle = std::thread::spawn(move || {
+            worker.run(rx);
+            signal.set();
+        });
         Self {
             tx: Some(tx),
             events,
             handle: Some(handle),
+            exit,
         }
+    }
+
+    /// Stop taking messages; the worker finishes what is queued, then stops (returns at once).
+    pub fn finish(&mut self) {
+        self.tx = None;
+    }
+
+    /// Whether the worker has stopped (after `finish`).
+    pub fn is_finished(&self) -> bool {
+        self.exit.is_set()
+    }
+
+    /// A signal set when the worker stops.
+    pub fn exit_signal(&self) -> ExitSignal {
+        self.exit.clone()
     }
 
     fn send(&self, msg: StoreMsg) {
@@ -203,23 +259,14 @@ pub fn recover(
         });
     };
     let path = journal::journal_path(project, &case.id);
-    let contents = journal::read_journal(&path)?;
-    let skipped = journal::replay_mask(&contents.edits, mask);
+    let (edits, problem) = journal::replay_file(&path, mask)?;
     if let Some(case) = project.manifest.cases.get_mut(case_index) {
-        for e in &contents.edits {
+        for e in &edits {
             journal::apply_record(case, e, true);
         }
     }
-    let problem = match (contents.stopped, skipped) {
-        (Some(p), _) => Some(format!("{}: {p}", path.display())),
-        (None, 0) => None,
-        (None, n) => Some(format!(
-            "{}: {n} edits did not fit the mask and were skipped",
-            path.display()
-        )),
-    };
     Ok(Recovered {
-        edits: contents.edits.len(),
+        edits: edits.len(),
         problem,
     })
 }

@@ -1,0 +1,770 @@
+//! Correcting a case in the app: the active tool and its settings, and the edit commands'
+//! application (brush strokes, fills, polygons, morphology, accepting the prediction, class /
+//! status / note, undo and redo). Every change goes through `MriloopApp::commit`, which pushes it
+//! on the undo stack, appends it to the case's journal and uploads only the changed sub-box of
+//! the mask texture; autosave writes the files atomically and empties the journal.
+//!
+//! Invariants: a brush drag is one undo step (committed on release); the in-progress stroke is
+//! already on screen and in the CPU mask, and is the only thing a crash can lose.
+
+use super::bridge::ViewerGpu;
+use super::{MriloopApp, OpenCase};
+use crate::edit::tools::{
+    accept_prediction, brush_dab, flood_fill, interpolate_slices, morphology, polygon_fill,
+    replace_label, Brush, BrushShape, BrushSpace, EditPlane, ImageRef, Morphology, PaintRules,
+};
+use crate::edit::{Edit, MaskDelta, RecordField, UndoStack, VoxelBox};
+use crate::project::store::{CaseStore, SaveJob, StoreEvent};
+use crate::project::{journal, Label, ReviewStatus};
+use crate::render::Orientation;
+use glam::DVec3;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Autosave after this long without an edit…
+pub const AUTOSAVE_IDLE: Duration = Duration::from_secs(2);
+/// …and at most this often.
+pub const AUTOSAVE_EVERY: Duration = Duration::from_secs(30);
+
+/// What a left click or drag in a view does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// Move the cursor (crosshair mode).
+    Navigate,
+    /// Paint the active label.
+    Brush,
+    /// Erase (paint background).
+    Eraser,
+    /// Flood fill from the clicked voxel.
+    Fill,
+    /// Click polygon vertices; Enter or double click fills it.
+    Polygon,
+}
+
+impl Tool {
+    /// All tools, for the toolbar.
+    pub const ALL: [Tool; 5] = [
+        Tool::Navigate,
+        Tool::Brush,
+        Tool::Eraser,
+        Tool::Fill,
+        Tool::Polygon,
+    ];
+
+    /// Display name with its key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::Navigate => "Cursor (C)",
+            Tool::Brush => "Brush (B)",
+            Tool::Eraser => "Eraser (E)",
+            Tool::Fill => "Fill (F)",
+            Tool::Polygon => "Polygon (P)",
+        }
+    }
+}
+
+/// The active tool and its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolState {
+    /// Active tool.
+    pub tool: Tool,
+    /// Brush footprint.
+    pub shape: BrushShape,
+    /// Brush radius (mm).
+    pub radius_mm: f64,
+    /// 3D brush / fill (else in the view's slice).
+    pub in_3d: bool,
+    /// Label painted.
+    pub label: u8,
+    /// Paint-over rules and locks.
+    pub rules: PaintRules,
+    /// Flood fill tolerance (intensity units of the shown sequence).
+    pub tolerance: f32,
+    /// Polygon vertices so far (world mm) and the view they were clicked in.
+    pub polygon: Vec<DVec3>,
+    /// The orientation of the polygon's view.
+    pub polygon_view: Option<Orientation>,
+    /// Labels hidden from the overlay.
+    pub hidden: [bool; 256],
+}
+
+impl Default for ToolState {
+    fn default() -> Self {
+        Self {
+            tool: Tool::Navigate,
+            shape: BrushShape::Round,
+            radius_mm: 2.0,
+            in_3d: false,
+            label: 1,
+            rules: PaintRules::default(),
+            tolerance: 50.0,
+            polygon: Vec::new(),
+            polygon_view: None,
+            hidden: [false; 256],
+        }
+    }
+}
+
+/// Edit commands (applied by `MriloopApp::apply_edit`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EditCommand {
+    /// Choose the tool.
+    SetTool(Tool),
+    /// Brush radius (mm).
+    SetRadius(f64),
+    /// Brush footprint.
+    SetShape(BrushShape),
+    /// 3D brush and fill.
+    Set3d(bool),
+    /// Label painted.
+    SetLabel(u8),
+    /// Paint only over this label (None: anywhere).
+    SetPaintOver(Option<u8>),
+    /// Paint only where the shown sequence is in this range.
+    SetIntensityRange(Option<(f32, f32)>),
+    /// Lock a label against painting.
+    SetLocked(u8, bool),
+    /// Hide a label from the overlay.
+    SetHidden(u8, bool),
+    /// Flood fill tolerance.
+    SetTolerance(f32),
+    /// A brush or eraser dab at a world point, in a view (part of the current stroke).
+    Dab(Orientation, DVec3),
+    /// The mouse was released: the stroke becomes one undo step.
+    EndStroke,
+    /// Flood fill from a world point in a view, reading the sequence shown there.
+    Fill(Orientation, DVec3, usize),
+    /// Add a polygon vertex.
+    PolygonPoint(Orientation, DVec3),
+    /// Fill the polygon.
+    ClosePolygon,
+    /// Drop the polygon.
+    CancelPolygon,
+    /// Undo the last step.
+    Undo,
+    /// Redo.
+    Redo,
+    /// Set the reference class (None: unset).
+    SetClass(Option<String>),
+    /// Set the review status.
+    SetStatus(ReviewStatus),
+    /// Set the note.
+    SetNote(String),
+    /// Copy the prediction into the reference (all labels or one).
+    AcceptPrediction(Option<u8>),
+    /// Morphology on a label.
+    Morph(u8, Morphology),
+    /// Replace label a by b (b = 0 clears a).
+    Replace(u8, u8),
+    /// Interpolate a label between annotated slices of a view's orientation.
+    Interpolate(u8, Orientation),
+    /// Add a label (next free value).
+    AddLabel,
+    /// Rename a label.
+    RenameLabel(u8, String),
+    /// Recolour a label.
+    RecolourLabel(u8, [u8; 3]),
+    /// Save now.
+    Save,
+}
+
+/// Per-case editing state kept with the open case.
+pub struct CaseEdits {
+    /// Undo/redo of this case.
+    pub undo: UndoStack,
+    /// Deltas of the stroke in progress.
+    pub stroke: Vec<MaskDelta>,
+    /// Last dab of the stroke (world mm), to fill gaps of a fast drag.
+    pub last_dab: Option<DVec3>,
+    /// Unsaved changes.
+    pub dirty: bool,
+    /// Whether the mask changed since the last save.
+    pub mask_dirty: bool,
+    /// Last change.
+    pub last_change: Instant,
+    /// Last save.
+    pub last_save: Instant,
+    /// The persistence worker (project cases).
+    pub store: Option<CaseStore>,
+    /// Where the reference mask is saved: project-relative (project cases).
+    pub reference_rel: Option<String>,
+    /// Where the reference mask is saved for loose files.
+    pub loose_mask_path: Option<PathBuf>,
+}
+
+impl CaseEdits {
+    /// Fresh state.
+    pub fn new(
+        store: Option<CaseStore>,
+        reference_rel: Option<String>,
+        loose: Option<PathBuf>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            undo: UndoStack::default(),
+            stroke: Vec::new(),
+            last_dab: None,
+            dirty: false,
+            mask_dirty: false,
+            last_change: now,
+            last_save: now,
+            store,
+            reference_rel,
+            loose_mask_path: loose,
+        }
+    }
+}
+
+/// The voxel extent of a grid along world axis `axis` (from the voxel axis closest to it).
+pub fn step_along(affine: &crate::volume::Affine, axis: usize) -> f64 {
+    let lin = affine.linear();
+    let mut best = (0.0, 1.0);
+    for j in 0..3 {
+        let col = lin.col(j);
+        let len = col.length();
+        if len > 0.0 {
+            let cos = (col[axis] / len).abs();
+            if cos > best.0 {
+                best = (cos, len);
+            }
+        }
+    }
+    best.1
+}
+
+fn edit_plane(open: &OpenCase, o: Orientation) -> Option<EditPlane> {
+    let mask = open.loaded.reference.as_ref()?;
+    let (right, up, normal) = o.axes();
+    let cursor = open.viewer.cursor_mm;
+    Some(EditPlane {
+        origin_mm: normal * cursor.dot(normal),
+        right,
+        up,
+        thickness_mm: step_along(mask.affine(), o.normal_axis()),
+    })
+}
+
+/// The mask voxel axis most aligned with a view's normal.
+fn voxel_axis_of(open: &OpenCase, o: Orientation) -> usize {
+    let Some(mask) = open.loaded.reference.as_ref() else {
+        return 2;
+    };
+    let (_, _, n) = o.axes();
+    let lin = mask.affine().linear();
+    (0..3)
+        .max_by(|a, b| {
+            let ca = lin.col(*a).normalize_or_zero().dot(n).abs();
+            let cb = lin.col(*b).normalize_or_zero().dot(n).abs();
+            ca.total_cmp(&cb)
+        })
+        .unwrap_or(2)
+}
+
+impl MriloopApp {
+    /// Label colours for the GPU table, with hidden labels transparent.
+    pub(super) fn overlay_colours(&self) -> [[u8; 4]; 256] {
+        let mut colours = [[0u8; 4]; 256];
+        for (v, c) in colours.iter_mut().enumerate().skip(1) {
+            let [r, g, b] = match self.labels.get(v as u8) {
+                Some(l) => l.color,
+                None => crate::project::default_color(v as u8),
+            };
+            *c = [r, g, b, if self.tools.hidden[v] { 0 } else { 255 }];
+        }
+        colours
+    }
+
+    fn push_colours(&self) {
+        if let Some(rs) = &self.render_state {
+            let renderer = rs.renderer.read();
+            if let Some(case) = renderer
+                .callback_resources
+                .get::<ViewerGpu>()
+                .and_then(|g| g.case())
+            {
+                case.set_colours(&rs.queue, &self.overlay_colours());
+            }
+        }
+    }
+
+    /// Upload the voxels of `region` of the reference mask to the GPU (only that box).
+    fn upload_region(&self, region: VoxelBox) {
+        let (Some(rs), Some(open)) = (&self.render_state, &self.open) else {
+            return;
+        };
+        let Some(mask) = open.loaded.reference.as_ref() else {
+            return;
+        };
+        let region = region.clamp_to(mask.dims3());
+        if region.is_empty() {
+            return;
+        }
+        let renderer = rs.renderer.read();
+        if let Some(tex) = renderer
+            .callback_resources
+            .get::<ViewerGpu>()
+            .and_then(|g| g.case())
+            .and_then(|c| c.reference())
+        {
+            if let Err(e) = tex.update_sub_box(&rs.queue, mask, region.min, region.max) {
+                drop(renderer);
+                log_error(&e.to_string());
+            }
+        }
+    }
+
+    /// Record a finished step: undo stack, journal, dirty flags.
+    fn commit(&mut self, edit: Edit) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if let Some(store) = &open.edits.store {
+            store.append(&edit);
+        }
+        if matches!(edit, Edit::Mask(_)) {
+            open.edits.mask_dirty = true;
+        }
+        open.edits.dirty = true;
+        open.edits.last_change = Instant::now();
+        open.edits.undo.push(edit);
+    }
+
+    fn record_edit(&mut self, field: RecordField, after: String) {
+        let (Some(project), Some(open)) = (self.project.as_mut(), self.open.as_ref()) else {
+            return;
+        };
+        let Some(case) = open
+            .case_index
+            .and_then(|i| project.manifest.cases.get_mut(i))
+        else {
+            return;
+        };
+        let before = match field {
+            RecordField::ClassLabel => case.class_label.clone().unwrap_or_default(),
+            RecordField::Status => case.review.as_str().to_string(),
+            RecordField::Note => case.note.clone(),
+        };
+        if before == after {
+            return;
+        }
+        let edit = Edit::Record {
+            field,
+            before,
+            after,
+        };
+        journal::apply_record(case, &edit, true);
+        self.commit(edit);
+    }
+
+    fn apply_mask_delta(&mut self, delta: Option<MaskDelta>, as_stroke: bool) {
+        let Some(delta) = delta else { return };
+        self.upload_region(delta.region);
+        if as_stroke {
+            if let Some(open) = self.open.as_mut() {
+                open.edits.stroke.push(delta);
+            }
+        } else {
+            self.commit(Edit::Mask(vec![delta]));
+        }
+    }
+
+    fn end_stroke(&mut self) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        open.edits.last_dab = None;
+        let stroke = std::mem::take(&mut open.edits.stroke);
+        if !stroke.is_empty() {
+            self.commit(Edit::Mask(stroke));
+        }
+    }
+
+    fn dab(&mut self, o: Orientation, at_mm: DVec3) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let Some(plane) = edit_plane(open, o) else {
+            return;
+        };
+        let t = &self.tools;
+        let brush = Brush {
+            shape: t.shape,
+            radius_mm: t.radius_mm,
+            space: if t.in_3d {
+                let (r, u, n) = o.axes();
+                BrushSpace::Volume { axes: [r, u, n] }
+            } else {
+                BrushSpace::Plane(plane)
+            },
+            value: if t.tool == Tool::Eraser { 0 } else { t.label },
+        };
+        let seq = open.viewer.shown.first().copied().unwrap_or(0);
+        // Dabs along the segment from the last one, half a radius apart, so a fast drag leaves
+        // no gaps.
+        let from = open.edits.last_dab.unwrap_or(at_mm);
+        let spacing = (t.radius_mm * 0.5).max(0.25);
+        let n = ((at_mm - from).length() / spacing).ceil().max(1.0) as usize;
+        let mut deltas = Vec::new();
+        let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
+        let Some(mask) = mask else { return };
+        let image = images
+            .get(seq)
+            .map(|i| ImageRef::new(&i.volume, mask.affine()));
+        for k in 1..=n {
+            let p = from.lerp(at_mm, k as f64 / n as f64);
+            deltas.extend(brush_dab(mask, &brush, p, &t.rules, image));
+        }
+        open.edits.last_dab = Some(at_mm);
+        for d in deltas {
+            self.apply_mask_delta(Some(d), true);
+        }
+    }
+
+    fn undo_redo(&mut self, forward: bool) {
+        self.end_stroke();
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let edit = if forward {
+            open.edits.undo.redo().cloned()
+        } else {
+            open.edits.undo.undo().cloned()
+        };
+        let Some(edit) = edit else { return };
+        if let Some(mask) = open.loaded.reference.as_mut() {
+            edit.apply_to_mask(mask, forward);
+        }
+        // The journal records effects: an undo is appended as the reverse change.
+        let effect = match (&edit, forward) {
+            (_, true) => edit.clone(),
+            (Edit::Mask(d), false) => Edit::Mask(
+                d.iter()
+                    .rev()
+                    .map(|x| MaskDelta {
+                        region: x.region,
+                        before: x.after.clone(),
+                        after: x.before.clone(),
+                    })
+                    .collect(),
+            ),
+            (
+                Edit::Record {
+                    field,
+                    before,
+                    after,
+                },
+                false,
+            ) => Edit::Record {
+                field: *field,
+                before: after.clone(),
+                after: before.clone(),
+            },
+        };
+        if let Some(store) = &open.edits.store {
+            store.append(&effect);
+        }
+        open.edits.dirty = true;
+        open.edits.mask_dirty |= matches!(edit, Edit::Mask(_));
+        open.edits.last_change = Instant::now();
+        if let (Some(p), Some(i)) = (self.project.as_mut(), open.case_index) {
+            if let Some(case) = p.manifest.cases.get_mut(i) {
+                journal::apply_record(case, &edit, forward);
+            }
+        }
+        if let Some(region) = edit.region() {
+            self.upload_region(region);
+        }
+    }
+
+    /// Apply one edit command.
+    pub(super) fn apply_edit(&mut self, cmd: EditCommand) {
+        let t = &mut self.tools;
+        match cmd {
+            EditCommand::SetTool(tool) => {
+                self.end_stroke();
+                self.tools.tool = tool;
+                self.tools.polygon.clear();
+            }
+            EditCommand::SetRadius(r) => t.radius_mm = r.clamp(0.1, 50.0),
+            EditCommand::SetShape(s) => t.shape = s,
+            EditCommand::Set3d(b) => t.in_3d = b,
+            EditCommand::SetLabel(l) => t.label = l.max(1),
+            EditCommand::SetPaintOver(l) => t.rules.only_over = l,
+            EditCommand::SetIntensityRange(r) => t.rules.intensity = r,
+            EditCommand::SetLocked(l, b) => t.rules.locked[l as usize] = b,
+            EditCommand::SetHidden(l, b) => {
+                t.hidden[l as usize] = b;
+                self.push_colours();
+            }
+            EditCommand::SetTolerance(x) => t.tolerance = x.max(0.0),
+            EditCommand::Dab(o, p) => self.dab(o, p),
+            EditCommand::EndStroke => self.end_stroke(),
+            EditCommand::Fill(o, p, seq) => {
+                let in_3d = self.tools.in_3d;
+                let (tol, label, rules) = (
+                    self.tools.tolerance,
+                    self.tools.label,
+                    self.tools.rules.clone(),
+                );
+                let Some(open) = self.open.as_mut() else {
+                    return;
+                };
+                let plane = edit_plane(open, o);
+                let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
+                let (Some(mask), Some(img)) = (mask, images.get(seq)) else {
+                    return;
+                };
+                let Some(seed) = mask.affine().mm_to_vox(p).map(|v| v.round()) else {
+                    return;
+                };
+                if seed.min_element() < 0.0 {
+                    return;
+                }
+                let seed = [seed.x as usize, seed.y as usize, seed.z as usize];
+                let image = ImageRef::new(&img.volume, mask.affine());
+                let plane = if in_3d { None } else { plane };
+                let d = flood_fill(mask, image, seed, tol, plane.as_ref(), label, &rules);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::PolygonPoint(o, p) => {
+                if t.polygon_view != Some(o) {
+                    t.polygon.clear();
+                    t.polygon_view = Some(o);
+                }
+                t.polygon.push(p);
+            }
+            EditCommand::CancelPolygon => t.polygon.clear(),
+            EditCommand::ClosePolygon => {
+                let vertices = std::mem::take(&mut self.tools.polygon);
+                let (label, rules) = (self.tools.label, self.tools.rules.clone());
+                let Some(o) = self.tools.polygon_view else {
+                    return;
+                };
+                let Some(open) = self.open.as_mut() else {
+                    return;
+                };
+                let Some(plane) = edit_plane(open, o) else {
+                    return;
+                };
+                let Some(mask) = open.loaded.reference.as_mut() else {
+                    return;
+                };
+                let d = polygon_fill(mask, &plane, &vertices, label, &rules, None);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::Undo => self.undo_redo(false),
+            EditCommand::Redo => self.undo_redo(true),
+            EditCommand::SetClass(c) => {
+                self.record_edit(RecordField::ClassLabel, c.unwrap_or_default())
+            }
+            EditCommand::SetStatus(s) => self.record_edit(RecordField::Status, s.as_str().into()),
+            EditCommand::SetNote(n) => self.record_edit(RecordField::Note, n),
+            EditCommand::AcceptPrediction(label) => {
+                let rules = self.tools.rules.clone();
+                let Some(open) = self.open.as_mut() else {
+                    return;
+                };
+                let (pred, mask) = (&open.loaded.predicted, open.loaded.reference.as_mut());
+                let (Some(pred), Some(mask)) = (pred, mask) else {
+                    return;
+                };
+                let d = accept_prediction(mask, pred, label, &rules);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::Morph(label, op) => {
+                let rules = self.tools.rules.clone();
+                let Some(mask) = self.open.as_mut().and_then(|o| o.loaded.reference.as_mut())
+                else {
+                    return;
+                };
+                let d = morphology(mask, label, op, &rules);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::Replace(a, b) => {
+                let rules = self.tools.rules.clone();
+                let Some(mask) = self.open.as_mut().and_then(|o| o.loaded.reference.as_mut())
+                else {
+                    return;
+                };
+                let d = replace_label(mask, a, b, &rules);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::Interpolate(label, o) => {
+                let rules = self.tools.rules.clone();
+                let Some(open) = self.open.as_mut() else {
+                    return;
+                };
+                let axis = voxel_axis_of(open, o);
+                let Some(mask) = open.loaded.reference.as_mut() else {
+                    return;
+                };
+                let d = interpolate_slices(mask, label, axis, &rules);
+                self.apply_mask_delta(d, false);
+            }
+            EditCommand::AddLabel => {
+                let used: Vec<u8> = self.labels.labels().iter().map(|l| l.value).collect();
+                if let Some(v) = (1..=255u8).find(|v| !used.contains(v)) {
+                    let mut labels = self.labels.labels().to_vec();
+                    labels.push(Label {
+                        value: v,
+                        name: format!("label {v}"),
+                        color: crate::project::default_color(v),
+                    });
+                    self.set_labels(labels);
+                    self.tools.label = v;
+                }
+            }
+            EditCommand::RenameLabel(v, name) => {
+                let mut labels = self.labels.labels().to_vec();
+                if let Some(l) = labels.iter_mut().find(|l| l.value == v) {
+                    l.name = name;
+                }
+                self.set_labels(labels);
+            }
+            EditCommand::RecolourLabel(v, c) => {
+                let mut labels = self.labels.labels().to_vec();
+                if let Some(l) = labels.iter_mut().find(|l| l.value == v) {
+                    l.color = c;
+                }
+                self.set_labels(labels);
+            }
+            EditCommand::Save => self.save_now(),
+        }
+    }
+
+    fn set_labels(&mut self, labels: Vec<Label>) {
+        if let Ok(table) = crate::project::LabelTable::new(labels) {
+            self.labels = table.clone();
+            if let Some(p) = self.project.as_mut() {
+                p.manifest.labels = table;
+            }
+            if let Some(open) = self.open.as_mut() {
+                open.edits.dirty = true;
+                open.edits.last_change = Instant::now();
+            }
+            self.push_colours();
+        }
+    }
+
+    /// Save the open case now (mask if changed, manifest), off the UI thread.
+    pub(super) fn save_now(&mut self) {
+        self.end_stroke();
+        let project = self.project.clone();
+        let wake = self.wake();
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if !open.edits.dirty {
+            return;
+        }
+        let mask = open
+            .loaded
+            .reference
+            .clone()
+            .filter(|_| open.edits.mask_dirty);
+        match (&open.edits.store, project) {
+            (Some(store), Some(mut project)) => {
+                let mask_job = match (&open.edits.reference_rel, mask) {
+                    (Some(rel), Some(m)) => {
+                        if let Some(case) = open
+                            .case_index
+                            .and_then(|i| project.manifest.cases.get_mut(i))
+                        {
+                            case.reference_mask = Some(rel.clone());
+                        }
+                        Some((project.resolve(rel), m))
+                    }
+                    _ => None,
+                };
+                if let Some(p) = self.project.as_mut() {
+                    p.manifest = project.manifest.clone();
+                }
+                store.save(SaveJob {
+                    project,
+                    mask: mask_job,
+                });
+            }
+            _ => {
+                // Loose files: write the mask beside the image, in the background.
+                if let (Some(path), Some(m)) = (&open.edits.loose_mask_path, mask) {
+                    let path = path.clone();
+                    let tx = self.notices_tx.clone();
+                    std::thread::spawn(move || {
+                        let msg = match crate::volume::write_volume(&path, &m) {
+                            Ok(()) => Ok(format!("saved {}", path.display())),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        let _ = tx.send(msg);
+                        wake();
+                    });
+                }
+            }
+        }
+        open.edits.dirty = false;
+        open.edits.mask_dirty = false;
+        open.edits.last_save = Instant::now();
+    }
+
+    /// Autosave when idle, and read the persistence workers' reports.
+    pub(super) fn autosave_tick(&mut self) {
+        let mut failures = Vec::new();
+        let stores = self
+            .open
+            .as_ref()
+            .and_then(|o| o.edits.store.as_ref())
+            .into_iter()
+            .chain(self.closing_stores.iter());
+        for store in stores {
+            for e in store.poll() {
+                if let StoreEvent::Failed(msg) = e {
+                    failures.push(msg);
+                }
+            }
+        }
+        self.closing_stores.retain(|s| !s.is_finished());
+        for msg in failures {
+            log_error(&msg);
+            self.error = Some(format!(
+                "Saving failed; your edits are kept in the journal.\n{msg}"
+            ));
+            if let Some(o) = self.open.as_mut() {
+                o.edits.dirty = true;
+                o.edits.mask_dirty = true;
+            }
+        }
+        let Some(open) = self.open.as_ref() else {
+            return;
+        };
+        let e = &open.edits;
+        if e.dirty
+            && e.stroke.is_empty()
+            && e.last_change.elapsed() >= AUTOSAVE_IDLE
+            && e.last_save.elapsed() >= AUTOSAVE_EVERY
+        {
+            self.save_now();
+        }
+    }
+
+    /// Save the open case and let its worker finish in the background (case switch); with
+    /// `wait`, wait until it has (exit).
+    pub(super) fn close_case(&mut self, wait: bool) {
+        self.save_now();
+        let Some(mut store) = self.open.as_mut().and_then(|o| o.edits.store.take()) else {
+            return;
+        };
+        if wait {
+            for e in store.close() {
+                if let StoreEvent::Failed(msg) = e {
+                    log_error(&msg);
+                }
+            }
+        } else {
+            store.finish();
+            self.closing_stores.push(store);
+        }
+    }
+}
+
+fn log_error(msg: &str) {
+    eprintln!("mriloop: {msg}");
+}

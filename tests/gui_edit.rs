@@ -1,0 +1,288 @@
+//! Correcting in the window, headless (egui_kittest through wgpu on lavapipe): painting with the
+//! mouse changes the mask and the pixels, Ctrl+Z restores both, a class key updates the
+//! worklist, edits reach the journal and a save writes the mask and empties it; reopening after
+//! an unsaved session recovers the edits and says so.
+
+use egui::{Event, Modifiers, PointerButton, Pos2};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use mriloop::app::{Command, EditCommand, MriloopApp, Startup, Tool, ViewCell};
+use mriloop::project::journal;
+use mriloop::render::Orientation;
+use std::path::Path;
+use std::time::Duration;
+
+fn demo_copy(dir: &Path) -> std::path::PathBuf {
+    let root = mriloop::app::demo_project_copy(&dir.join("demo")).unwrap();
+    // The copy is byte-for-byte the shipped demo.
+    let shipped = mriloop::app::demo_project_dir();
+    for f in ["mriloop.json", "cases/phantom_000/T1.nii.gz"] {
+        assert_eq!(
+            std::fs::read(root.join(f)).unwrap(),
+            std::fs::read(shipped.join(f)).unwrap()
+        );
+    }
+    root
+}
+
+fn open(root: &Path) -> Harness<'static, MriloopApp> {
+    let root = root.to_path_buf();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .wgpu()
+        .build_eframe(move |cc| MriloopApp::new(cc, Startup::Project(root)));
+    for _ in 0..2000 {
+        h.step();
+        if h.state().open_case().is_some() && !h.state().is_loading() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(h.state().open_case().is_some(), "{:?}", h.state().error());
+    h.step();
+    h.step();
+    h
+}
+
+fn axial(h: &Harness<'_, MriloopApp>) -> ViewCell {
+    h.state()
+        .view_cells()
+        .iter()
+        .find(|c| c.orientation == Orientation::Axial)
+        .cloned()
+        .unwrap()
+}
+
+fn mask_of(h: &Harness<'_, MriloopApp>) -> Vec<u8> {
+    h.state()
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .as_ref()
+        .unwrap()
+        .data()
+        .to_vec()
+}
+
+fn px(img: &image::RgbaImage, p: Pos2) -> [u8; 3] {
+    let v = img.get_pixel(p.x as u32, p.y as u32).0;
+    [v[0], v[1], v[2]]
+}
+
+fn button(h: &Harness<'_, MriloopApp>, pos: Pos2, pressed: bool) {
+    h.event(Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed,
+        modifiers: Modifiers::NONE,
+    });
+}
+
+#[test]
+fn painting_changes_mask_and_pixels_and_ctrl_z_restores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = demo_copy(dir.path());
+    let mut h = open(&root);
+    h.state_mut().push(Command::SetReferenceOpacity(1.0));
+    h.step();
+    h.key_press(egui::Key::B);
+    h.step();
+    h.step();
+    assert_eq!(h.state().tools().tool, Tool::Brush);
+    assert_eq!(
+        h.state()
+            .open_case()
+            .unwrap()
+            .viewer
+            .overlay
+            .reference_opacity,
+        1.0
+    );
+    let colour = h.state().labels().get(1).unwrap().color;
+    let before_mask = mask_of(&h);
+    let before_img = h.render().unwrap();
+    let cell = axial(&h);
+    let cursor = h.state().open_case().unwrap().viewer.cursor_mm;
+    // A short drag 10–14 mm to the screen right of the cursor, inside the head.
+    let a = cell.pos_of_mm(cursor + cell.plane.right * 10.0 + cell.plane.up * 6.0);
+    let b = cell.pos_of_mm(cursor + cell.plane.right * 14.0 + cell.plane.up * 6.0);
+    h.event(Event::PointerMoved(a));
+    button(&h, a, true);
+    h.step();
+    for k in 1..=4 {
+        h.event(Event::PointerMoved(a.lerp(b, k as f32 / 4.0)));
+        h.step();
+    }
+    button(&h, b, false);
+    h.step();
+    // Move the pointer away so the brush outline is not drawn over the pixels checked.
+    h.event(Event::PointerGone);
+    h.step();
+    h.step();
+    let after_mask = mask_of(&h);
+    let painted = after_mask
+        .iter()
+        .zip(&before_mask)
+        .filter(|(x, y)| x != y)
+        .count();
+    assert!(painted > 20, "the drag painted {painted} voxels");
+    let app = h.state();
+    let open = app.open_case().unwrap();
+    assert_eq!(open.edits.undo.undo_depth(), 1, "one drag is one undo step");
+    let mid = a.lerp(b, 0.5) + egui::vec2(0.0, 1.0);
+    let img = h.render().unwrap();
+    assert_eq!(px(&img, mid), colour, "the painted label shows on screen");
+    assert_ne!(px(&before_img, mid), colour);
+    // The edit is in the journal (written off the UI thread within moments).
+    let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
+    let mut records = 0;
+    for _ in 0..200 {
+        records = journal::read_journal(&jpath).unwrap().edits.len();
+        if records > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(records, 1);
+    // Ctrl+Z restores mask and pixels.
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    h.step();
+    assert_eq!(
+        mask_of(&h),
+        before_mask,
+        "undo restores the mask bit-for-bit"
+    );
+    let img = h.render().unwrap();
+    assert_eq!(px(&img, mid), px(&before_img, mid), "and the pixels");
+    // Ctrl+Y redoes it.
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Y);
+    h.step();
+    h.step();
+    assert_eq!(mask_of(&h), after_mask);
+}
+
+#[test]
+fn a_class_key_updates_the_worklist_and_a_save_writes_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = demo_copy(dir.path());
+    let mut h = open(&root);
+    assert!(h.query_by_label("patient / —").is_some());
+    h.key_press(egui::Key::Num1);
+    h.step();
+    h.step();
+    h.step();
+    let case = &h.state().project().unwrap().manifest.cases[0];
+    assert_eq!(case.class_label.as_deref(), Some("control"));
+    assert!(
+        h.query_by_label("control / —").is_some(),
+        "the worklist shows the new class"
+    );
+    h.key_press(egui::Key::R);
+    h.step();
+    h.step();
+    // Paint with a command (3D brush), then save.
+    let c = h.state().open_case().unwrap().viewer.cursor_mm;
+    for cmd in [
+        EditCommand::SetTool(Tool::Brush),
+        EditCommand::Set3d(true),
+        EditCommand::SetLabel(3),
+        EditCommand::SetRadius(2.0),
+        EditCommand::Dab(Orientation::Axial, c),
+        EditCommand::EndStroke,
+        EditCommand::Save,
+    ] {
+        h.state_mut().push(Command::Edit(cmd));
+    }
+    h.step();
+    h.step();
+    let mask = h
+        .state()
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .clone()
+        .unwrap();
+    let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
+    for _ in 0..300 {
+        if !jpath.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        h.step();
+    }
+    assert!(!jpath.exists(), "the save emptied the journal");
+    let p = mriloop::project::Project::open(&root).unwrap();
+    let saved = p
+        .load_reference_mask(&p.manifest.cases[0])
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        saved.data(),
+        mask.data(),
+        "the mask on disk is the edited one"
+    );
+    assert_eq!(saved.affine(), mask.affine());
+    assert_eq!(p.manifest.cases[0].class_label.as_deref(), Some("control"));
+    assert_eq!(p.manifest.cases[0].review.as_str(), "reviewed");
+}
+
+#[test]
+fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = demo_copy(dir.path());
+    let edited = {
+        let mut h = open(&root);
+        let c = h.state().open_case().unwrap().viewer.cursor_mm;
+        for cmd in [
+            EditCommand::SetTool(Tool::Brush),
+            EditCommand::Set3d(true),
+            EditCommand::SetRadius(3.0),
+            EditCommand::Dab(Orientation::Axial, c),
+            EditCommand::EndStroke,
+            EditCommand::SetNote("left Hb unclear".into()),
+        ] {
+            h.state_mut().push(Command::Edit(cmd));
+        }
+        h.step();
+        h.step();
+        let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
+        for _ in 0..300 {
+            if journal::read_journal(&jpath).unwrap().edits.len() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let m = h
+            .state()
+            .open_case()
+            .unwrap()
+            .loaded
+            .reference
+            .clone()
+            .unwrap();
+        // The harness is dropped without saving, as a crash would leave it.
+        std::mem::forget(h);
+        m
+    };
+    let h = open(&root);
+    let app = h.state();
+    let info = app.info().expect("the user is told what was recovered");
+    assert!(info.contains("recovered 2 unsaved edits"), "{info}");
+    assert_eq!(
+        app.open_case()
+            .unwrap()
+            .loaded
+            .reference
+            .as_ref()
+            .unwrap()
+            .data(),
+        edited.data()
+    );
+    assert_eq!(
+        app.project().unwrap().manifest.cases[0].note,
+        "left Hb unclear"
+    );
+}
