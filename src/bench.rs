@@ -238,3 +238,68 @@ pub fn render(
         format!("{} ({:?})", gpu.adapter_info.name, gpu.adapter_info.backend),
     ))
 }
+
+/// Brush latency on the default wgpu adapter: from a brush event (a 2D round dab of `radius_mm`
+/// in an axial slice of a `size`³ 1 mm mask) to the mask texture updated on the GPU (the dab's
+/// sub-box written and the GPU idle), median of `repeats` dabs at moving positions; beside the
+/// time to rewrite the whole mask texture. Returns the figures and the adapter's name.
+pub fn edit(
+    size: usize,
+    radius_mm: f64,
+    repeats: usize,
+) -> Result<(Vec<Figure>, String), crate::render::RenderError> {
+    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
+    use crate::render::{wait_idle, GpuContext, LabelTexture};
+    use crate::volume::Affine;
+    use glam::DVec3;
+    let gpu = GpuContext::headless()?;
+    let n = size.max(16);
+    let mut mask = Volume::filled([n, n, n, 1], Affine::from_spacing([1.0; 3]), 0u8)
+        .map_err(|e| crate::render::RenderError::NoDevice(e.to_string()))?;
+    let texture = LabelTexture::upload(&gpu.device, &gpu.queue, &mask)?;
+    wait_idle(&gpu.device)?;
+    let rules = PaintRules::default();
+    let c = n as f64 / 2.0;
+    let mut dab_ms = Vec::new();
+    for k in 0..repeats.max(1) {
+        let at = DVec3::new(c + (k % 20) as f64 - 10.0, c + (k % 7) as f64, c);
+        let brush = Brush {
+            shape: BrushShape::Round,
+            radius_mm,
+            space: BrushSpace::Plane(EditPlane {
+                origin_mm: at,
+                right: DVec3::NEG_X,
+                up: DVec3::Y,
+                thickness_mm: 1.0,
+            }),
+            value: 1 + (k % 3) as u8,
+        };
+        let t = Instant::now();
+        if let Some(d) = brush_dab(&mut mask, &brush, at, &rules, None) {
+            texture.update_sub_box(&gpu.queue, &mask, d.region.min, d.region.max)?;
+        }
+        gpu.queue.submit([]);
+        wait_idle(&gpu.device)?;
+        dab_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut full_ms = Vec::new();
+    for _ in 0..repeats.clamp(1, 5) {
+        let t = Instant::now();
+        texture.update_sub_box(&gpu.queue, &mask, [0; 3], [n; 3])?;
+        gpu.queue.submit([]);
+        wait_idle(&gpu.device)?;
+        full_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let fig = |name: String, value: f64, unit: &str| Figure {
+        name,
+        value,
+        unit: unit.into(),
+    };
+    Ok((
+        vec![
+            fig("brush_to_texture_ms".into(), median(dab_ms), "ms"),
+            fig(format!("full_mask_upload_ms_{n}"), median(full_ms), "ms"),
+        ],
+        format!("{} ({:?})", gpu.adapter_info.name, gpu.adapter_info.backend),
+    ))
+}

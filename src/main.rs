@@ -127,6 +127,8 @@ enum BenchKind {
     Io,
     /// Redraw three views of a size³ volume with overlay at 1920×1080; mask sub-box vs full upload.
     Render,
+    /// Brush event to mask texture updated (5 mm radius, size³ mask), beside a full upload.
+    Edit,
 }
 
 fn main() -> Result<()> {
@@ -265,6 +267,14 @@ fn main() -> Result<()> {
                     println!("{f}");
                 }
                 println!("reference: goal render_fps >= 30 on lavapipe at 256 (>= 60 on a GPU at 512); sub-box >= 20 x faster than a full upload");
+            }
+            BenchKind::Edit => {
+                let (figures, adapter) = bench::edit(size, 5.0, repeats.max(20))?;
+                println!("adapter: {adapter}");
+                for f in &figures {
+                    println!("{f}");
+                }
+                println!("reference: goal brush_to_texture_ms < 16 ms on lavapipe (a 60 Hz frame)");
             }
         },
     }
