@@ -24,6 +24,15 @@ impl std::fmt::Display for Figure {
     }
 }
 
+/// A figure from its parts.
+fn fig(name: String, value: f64, unit: &str) -> Figure {
+    Figure {
+        name,
+        value,
+        unit: unit.into(),
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -219,11 +228,6 @@ pub fn render(
     let lo = (n - b) / 2;
     let sub_ms = time_box([lo; 3], [lo + b; 3])?;
     let full_ms = time_box([0; 3], [n; 3])?;
-    let fig = |name: String, value: f64, unit: &str| Figure {
-        name,
-        value,
-        unit: unit.into(),
-    };
     Ok((
         vec![
             fig(format!("render_fps_{n}"), fps, "fps"),
@@ -290,11 +294,6 @@ pub fn edit(
         wait_idle(&gpu.device)?;
         full_ms.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    let fig = |name: String, value: f64, unit: &str| Figure {
-        name,
-        value,
-        unit: unit.into(),
-    };
     Ok((
         vec![
             fig("brush_to_texture_ms".into(), median(dab_ms), "ms"),

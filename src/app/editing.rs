@@ -8,7 +8,7 @@
 //! already on screen and in the CPU mask, and is the only thing a crash can lose.
 
 use super::bridge::ViewerGpu;
-use super::{MriloopApp, OpenCase};
+use super::{step_along, MriloopApp, OpenCase};
 use crate::edit::tools::{
     accept_prediction, brush_dab, flood_fill, interpolate_slices, morphology, polygon_fill,
     replace_label, Brush, BrushShape, BrushSpace, EditPlane, ImageRef, Morphology, PaintRules,
@@ -213,23 +213,6 @@ impl CaseEdits {
             loose_mask_path: loose,
         }
     }
-}
-
-/// The voxel extent of a grid along world axis `axis` (from the voxel axis closest to it).
-pub fn step_along(affine: &crate::volume::Affine, axis: usize) -> f64 {
-    let lin = affine.linear();
-    let mut best = (0.0, 1.0);
-    for j in 0..3 {
-        let col = lin.col(j);
-        let len = col.length();
-        if len > 0.0 {
-            let cos = (col[axis] / len).abs();
-            if cos > best.0 {
-                best = (cos, len);
-            }
-        }
-    }
-    best.1
 }
 
 fn edit_plane(open: &OpenCase, o: Orientation) -> Option<EditPlane> {

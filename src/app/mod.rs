@@ -15,16 +15,14 @@ mod state;
 mod views;
 
 pub use bridge::{SliceCallback, ViewerGpu};
-pub use editing::{
-    step_along, CaseEdits, EditCommand, Tool, ToolState, AUTOSAVE_EVERY, AUTOSAVE_IDLE,
-};
+pub use editing::{CaseEdits, EditCommand, Tool, ToolState, AUTOSAVE_EVERY, AUTOSAVE_IDLE};
 pub use loader::{
     foreground_dice, labelled_volume_mm3, read_mask, spawn_load, spawn_stats, CaseSource,
     CaseStats, LoadMessage, LoadedCase, LoadedImage, Recovered,
 };
 pub use state::{
-    IntensitySample, Layout, OverlayStyle, SequenceDisplay, ViewZoom, ViewerState, WindowPreset,
-    WorldBox, MAX_SIDE_BY_SIDE,
+    step_along, IntensitySample, Layout, OverlayStyle, SequenceDisplay, ViewZoom, ViewerState,
+    WindowPreset, WorldBox, MAX_SIDE_BY_SIDE,
 };
 pub use views::ViewCell;
 
@@ -515,6 +513,12 @@ impl MriloopApp {
         }
         match cmd {
             Command::OpenCase(i) => {
+                // The open case is already in memory (and its journal may be mid-write).
+                let already_open = self.loading.is_none()
+                    && self.open.as_ref().is_some_and(|o| o.case_index == Some(i));
+                if already_open {
+                    return;
+                }
                 if let Some(p) = &self.project {
                     if let Some(case) = p.manifest.cases.get(i) {
                         let source = CaseSource::from_project(p, case);

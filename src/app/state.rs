@@ -266,24 +266,7 @@ impl ViewerState {
     /// State for a case whose first sequence has this grid; `display` per sequence.
     pub fn new(affine: &Affine, dims: [usize; 3], display: Vec<SequenceDisplay>) -> Self {
         let world_box = WorldBox::of_grid(affine, dims);
-        let lin = affine.linear();
-        // The step along world axis a is the extent of one voxel along it, taken from the voxel
-        // axis closest to it.
-        let mut step = [1.0f64; 3];
-        for (a, s) in step.iter_mut().enumerate() {
-            let mut best = (0.0, 1.0);
-            for j in 0..3 {
-                let col = lin.col(j);
-                let len = col.length();
-                if len > 0.0 {
-                    let cos = (col[a] / len).abs();
-                    if cos > best.0 {
-                        best = (cos, len);
-                    }
-                }
-            }
-            *s = best.1;
-        }
+        let step = [0, 1, 2].map(|a| step_along(affine, a));
         Self {
             world_box,
             step_mm: DVec3::from_array(step),
@@ -361,4 +344,22 @@ impl ViewerState {
             self.shown.push(seq);
         }
     }
+}
+
+/// The extent of one voxel of a grid along world axis `axis` (0 = R, 1 = A, 2 = S), taken from
+/// the voxel axis closest to it: the slice step of a view whose normal is that axis.
+pub fn step_along(affine: &Affine, axis: usize) -> f64 {
+    let lin = affine.linear();
+    let mut best = (0.0, 1.0);
+    for j in 0..3 {
+        let col = lin.col(j);
+        let len = col.length();
+        if len > 0.0 {
+            let cos = (col[axis] / len).abs();
+            if cos > best.0 {
+                best = (cos, len);
+            }
+        }
+    }
+    best.1
 }
