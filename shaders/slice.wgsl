@@ -6,6 +6,11 @@
 // (x, y in -1..1, z = 0) to that volume's texture coordinates (0..1 across the voxel grid,
 // voxel centres at (i + 0.5) / n). The CPU composes it from the view (centre, axes, zoom in mm)
 // and the inverse voxel→world affine, so oblique and anisotropic volumes land where they belong.
+//
+// Software rasterisers (Mesa's llvmpipe) pay for every texture instruction in the shader, even
+// in branches not taken; so the optional parts (a blended image, the predicted mask, outlines)
+// are switched by pipeline-overridable constants, and each combination is its own pipeline with
+// the unused fetches compiled out. Nearest or trilinear sampling is the bound sampler's choice.
 
 // keep in sync with `SliceUniform` in src/render/slice.rs
 struct SliceUniform {
@@ -34,8 +39,13 @@ struct SliceUniform {
     _pad: vec2<u32>,
 }
 
-const FLAG_LINEAR: u32 = 1u;
-const FLAG_OUTLINE: u32 = 2u;
+// Draw a second image blended over the base one.
+override BLEND: bool = false;
+// Draw the predicted mask (as outlines).
+override SHOW_PREDICTED: bool = false;
+// Draw the reference mask as outlines only.
+override OUTLINE: bool = false;
+
 const FLAG_CROSSHAIR: u32 = 4u;
 const FLAG_HAS_REFERENCE: u32 = 8u;
 const FLAG_HAS_PREDICTED: u32 = 16u;
@@ -45,7 +55,8 @@ const FLAG_HAS_PREDICTED: u32 = 16u;
 @group(0) @binding(2) var image_sampler: sampler;
 @group(0) @binding(3) var reference_tex: texture_3d<u32>;
 @group(0) @binding(4) var predicted_tex: texture_3d<u32>;
-@group(0) @binding(5) var lut_tex: texture_2d<f32>;
+// Label colours (RGBA, alpha = opacity multiplier), indexed by label value.
+@group(0) @binding(5) var<uniform> lut: array<vec4<f32>, 256>;
 @group(0) @binding(6) var blend_tex: texture_3d<f32>;
 
 struct VsOut {
@@ -120,18 +131,14 @@ fn overlay(base: vec3<f32>, tex: texture_3d<u32>, ndc: vec2<f32>, opacity: f32, 
     if outline && !is_edge(tex, ndc, label) {
         return base;
     }
-    let c = textureLoad(lut_tex, vec2<i32>(i32(label), 0), 0);
+    let c = lut[label];
     let a = opacity * c.a;
     return mix(base, c.rgb, a);
 }
 
-// Intensity (normalised) of `tex` at texture coordinate `t`, nearest or trilinear.
+// Intensity (normalised) of `tex` at texture coordinate `t` (nearest or trilinear: the sampler's).
 fn intensity(tex: texture_3d<f32>, t: vec3<f32>) -> f32 {
-    if (u.flags & FLAG_LINEAR) != 0u {
-        return textureSampleLevel(tex, image_sampler, t, 0.0).r;
-    }
-    let dims = vec3<f32>(textureDimensions(tex));
-    return textureLoad(tex, vec3<i32>(floor(t * dims)), 0).r;
+    return textureSampleLevel(tex, image_sampler, t, 0.0).r;
 }
 
 @fragment
@@ -143,7 +150,7 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
         let w = max(u.window.y - u.window.x, 1e-6);
         rgb = colormap((intensity(image_tex, t) - u.window.x) / w, u.colormap);
     }
-    if u.blend_opacity > 0.0 {
+    if BLEND && u.blend_opacity > 0.0 {
         let tb = (u.blend_from_ndc * p).xyz;
         if inside(tb) {
             let wb = max(u.blend_window.y - u.blend_window.x, 1e-6);
@@ -151,11 +158,10 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
             rgb = mix(rgb, c, u.blend_opacity);
         }
     }
-    let outline = (u.flags & FLAG_OUTLINE) != 0u;
     if (u.flags & FLAG_HAS_REFERENCE) != 0u {
-        rgb = overlay(rgb, reference_tex, in.ndc, u.overlay_opacity.x, outline);
+        rgb = overlay(rgb, reference_tex, in.ndc, u.overlay_opacity.x, OUTLINE);
     }
-    if (u.flags & FLAG_HAS_PREDICTED) != 0u {
+    if SHOW_PREDICTED && (u.flags & FLAG_HAS_PREDICTED) != 0u {
         // The prediction is always drawn as an outline, so both masks stay readable together.
         rgb = overlay(rgb, predicted_tex, in.ndc, u.overlay_opacity.y, true);
     }

@@ -101,7 +101,8 @@ pub fn io(
 
 /// Redraw benchmark on the default wgpu adapter (lavapipe where there is no GPU): a `size`³
 /// image with a mask overlay, three views (axial, coronal, sagittal) tiled across a 1920×1080
-/// target, the cursor moving one slice per frame; frames per second over `frames` frames. Then
+/// target, the cursor moving one slice per frame; frames per second over `frames` frames, and
+/// beside it the same viewports filled by a flat-colour shader (the device's own floor). Then
 /// the time to write a 32³ mask sub-box beside rewriting the whole mask texture (median of
 /// `repeats`), each waited for on the GPU. Returns the figures and the adapter's name.
 pub fn render(
@@ -110,8 +111,8 @@ pub fn render(
     repeats: usize,
 ) -> Result<(Vec<Figure>, String), crate::render::RenderError> {
     use crate::render::{
-        wait_idle, CaseTextures, Colormap, GpuContext, OffscreenTarget, Orientation, SlicePipeline,
-        SlicePlane, SliceStyle, ViewKey, ViewSlots, OFFSCREEN_FORMAT,
+        wait_idle, CaseTextures, Colormap, FlatPipeline, GpuContext, OffscreenTarget, Orientation,
+        SlicePipeline, SlicePlane, SliceStyle, ViewKey, ViewSlots, OFFSCREEN_FORMAT,
     };
     use crate::volume::Affine;
     use glam::DVec3;
@@ -158,6 +159,7 @@ pub fn render(
     let key = ViewKey {
         base: 0,
         blend: None,
+        linear: true,
     };
     let view_w = target_size[0] as f32 / 3.0;
     let half = [
@@ -170,8 +172,12 @@ pub fn render(
             window_low: 0.0,
             window_high: 1000.0,
             colormap: Colormap::Grey,
-            linear: true,
-            reference_opacity: 0.5,
+            linear: std::env::var("B_LINEAR").is_ok(),
+            reference_opacity: if std::env::var("B_NOREF").is_ok() {
+                0.0
+            } else {
+                0.5
+            },
             reference_outline: false,
             predicted_opacity: 0.0,
             crosshair_mm: Some(cursor),
@@ -183,7 +189,7 @@ pub fn render(
                 .get_or_create(&gpu.device, &pipeline, &textures, slot, key)
                 .ok_or_else(|| crate::render::RenderError::NoDevice("no image".into()))?;
             if let Some(u) = b.uniform(&plane, &style, [view_w, target_size[1] as f32]) {
-                b.prepare(&gpu.queue, &u);
+                b.prepare(&gpu.device, &gpu.queue, &pipeline, &u);
             }
         }
         let views: Vec<_> = (0..3)
@@ -208,6 +214,30 @@ pub fn render(
         draw(f)?;
     }
     let fps = frames as f64 / t.elapsed().as_secs_f64();
+    // The floor: the same three viewports filled by a flat-colour shader.
+    let flat = FlatPipeline::new(&gpu.device, OFFSCREEN_FORMAT);
+    let draw_flat = || -> Result<(), crate::render::RenderError> {
+        target.draw_with(&gpu.device, &gpu.queue, |pass| {
+            for slot in 0..3 {
+                pass.set_viewport(
+                    slot as f32 * view_w,
+                    0.0,
+                    view_w,
+                    target_size[1] as f32,
+                    0.0,
+                    1.0,
+                );
+                flat.draw(pass);
+            }
+        });
+        wait_idle(&gpu.device)
+    };
+    draw_flat()?;
+    let t = Instant::now();
+    for _ in 0..frames {
+        draw_flat()?;
+    }
+    let flat_fps = frames as f64 / t.elapsed().as_secs_f64();
 
     let labels = textures
         .reference()
@@ -231,6 +261,7 @@ pub fn render(
     Ok((
         vec![
             fig(format!("render_fps_{n}"), fps, "fps"),
+            fig("flat_fill_fps_1080p".into(), flat_fps, "fps"),
             fig("subbox_update_ms_32".into(), sub_ms, "ms"),
             fig(format!("full_mask_upload_ms_{n}"), full_ms, "ms"),
             fig(

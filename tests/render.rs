@@ -103,18 +103,31 @@ fn scene(affine: Affine) -> Scene {
 
 impl Scene {
     fn render(&self, plane: &SlicePlane, style: &SliceStyle, with_mask: bool) -> Vec<u8> {
+        self.render_with(plane, style, with_mask, false)
+    }
+
+    /// Render with the mask as reference (and, if `as_predicted`, also as the prediction) and
+    /// the image blended over itself when the style asks for a blend.
+    fn render_with(
+        &self,
+        plane: &SlicePlane,
+        style: &SliceStyle,
+        with_mask: bool,
+        as_predicted: bool,
+    ) -> Vec<u8> {
         let b = SliceBindings::new(
             &self.gpu.device,
             &self.pipeline,
             SliceSources {
                 image: &self.image,
                 image_affine: self.affine,
-                blend: None,
+                blend: style.blend.map(|_| (&self.image, self.affine)),
                 reference: with_mask.then_some(&self.labels),
-                predicted: None,
+                predicted: as_predicted.then_some(&self.labels),
                 empty_labels: &self.empty,
                 labels_affine: self.affine,
                 lut: &self.lut,
+                linear: style.linear,
             },
         );
         let u = b
@@ -304,4 +317,51 @@ fn sub_box_update_changes_only_that_region() {
         .labels
         .update_sub_box(&s.gpu.queue, &mask, [39, 0, 0], [41, 1, 1])
         .is_err());
+}
+
+#[test]
+fn outlines_colour_only_the_edge_and_the_prediction_is_outlined() {
+    let s = scene(Affine::from_spacing([1.0, 1.0, 1.0]));
+    let centre = s.block_centre_mm();
+    // 12 mm across 96 px: 8 px per voxel, the 3-voxel block is 24 px wide.
+    let plane = SlicePlane::new(Orientation::Axial, centre, [6.0, 6.0]);
+    let mut st = style();
+    st.reference_opacity = 1.0;
+    st.reference_outline = true;
+    let px = s.render(&plane, &st, true);
+    let inside = rgb(&px, pixel_of(&plane, centre));
+    assert!(inside[0] > 240 && inside[1] > 240, "the block's inside is not painted: {inside:?}");
+    let edge = pixel_of(&plane, centre + plane.right * 1.5 - plane.right * 0.06);
+    assert_eq!(rgb(&px, edge), [255, 0, 0], "its edge is");
+    // The prediction alone (reference hidden) is drawn as an outline too.
+    st.reference_opacity = 0.0;
+    st.reference_outline = false;
+    st.predicted_opacity = 1.0;
+    let px = s.render_with(&plane, &st, false, true);
+    assert_eq!(rgb(&px, edge), [255, 0, 0]);
+    let inside = rgb(&px, pixel_of(&plane, centre));
+    assert!(inside[0] > 240 && inside[1] > 240);
+}
+
+#[test]
+fn a_blended_image_mixes_with_its_own_window_and_colour_map() {
+    let s = scene(Affine::from_spacing([1.0, 1.0, 1.0]));
+    let centre = s.block_centre_mm();
+    let plane = SlicePlane::new(Orientation::Axial, centre, [24.0, 24.0]);
+    let bg = pixel_of(&plane, centre + plane.right * 6.0);
+    let mut st = style();
+    st.window_low = 0.0;
+    st.window_high = 200.0;
+    // The same image over itself, windowed 0..100 (background 100 → 1.0) in the hot map
+    // (1.0 → white), at half opacity: grey 127.5 mixed with white.
+    st.blend = Some(mriloop::render::BlendStyle {
+        window_low: 0.0,
+        window_high: 100.0,
+        colormap: Colormap::Hot,
+        opacity: 0.5,
+    });
+    let v = rgb(&s.render(&plane, &st, false), bg);
+    for c in v {
+        assert!((f64::from(c) - 191.25).abs() <= 2.0, "{v:?}");
+    }
 }

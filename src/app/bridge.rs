@@ -70,7 +70,7 @@ impl CallbackTrait for SliceCallback {
                         gpu.slots
                             .get_or_create(device, &gpu.pipeline, case, self.slot, self.key)
                     {
-                        b.prepare(queue, &self.uniform);
+                        b.prepare(device, queue, &gpu.pipeline, &self.uniform);
                     }
                 }
             }

@@ -232,6 +232,7 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
             key: ViewKey {
                 base: cell.seq,
                 blend: blend.map(|(b, _)| b),
+                linear: v.linear,
             },
             uniform,
         },

@@ -4,16 +4,18 @@
 //! (`SliceBindings`, one uniform buffer per view). Volumes are uploaded once as 3D textures;
 //! slices are sampled on the GPU for any plane; a mask edit rewrites only its sub-box.
 
+mod flat;
 mod plane;
 mod scene;
 mod slice;
 mod texture;
 
+pub use flat::FlatPipeline;
 pub use plane::{Orientation, SlicePlane};
 pub use scene::{CaseTextures, ViewKey, ViewSlots};
 pub use slice::{
-    wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, SliceBindings, SlicePipeline,
-    SliceSources, SliceStyle, SliceUniform, ViewGrids, OFFSCREEN_FORMAT,
+    wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, PipelineVariant, SliceBindings,
+    SlicePipeline, SliceSources, SliceStyle, SliceUniform, ViewGrids, OFFSCREEN_FORMAT,
 };
 pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
 

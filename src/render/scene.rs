@@ -78,8 +78,14 @@ impl CaseTextures {
         self.lut.update(queue, colours);
     }
 
-    /// The sources of a view of image `base` with image `blend` over it (indices checked).
-    pub fn sources(&self, base: usize, blend: Option<usize>) -> Option<SliceSources<'_>> {
+    /// The sources of a view of image `base` with image `blend` over it (indices checked),
+    /// sampled trilinearly or not.
+    pub fn sources(
+        &self,
+        base: usize,
+        blend: Option<usize>,
+        linear: bool,
+    ) -> Option<SliceSources<'_>> {
         let (image, image_affine) = self.images.get(base)?;
         let blend = match blend {
             Some(b) => Some(self.images.get(b).map(|(t, a)| (t, *a))?),
@@ -94,17 +100,20 @@ impl CaseTextures {
             empty_labels: &self.empty,
             labels_affine: self.labels_affine,
             lut: &self.lut,
+            linear,
         })
     }
 }
 
-/// What one view slot samples: its base image and the image blended over it.
+/// What one view slot samples: its base image, the image blended over it, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ViewKey {
     /// Index of the base image.
     pub base: usize,
     /// Index of the blended image.
     pub blend: Option<usize>,
+    /// Trilinear (true) or nearest-voxel sampling.
+    pub linear: bool,
 }
 
 /// Per-view bindings, by slot number (each view drawn in a frame has its own slot, so each has
@@ -127,7 +136,7 @@ impl ViewSlots {
     ) -> Option<&SliceBindings> {
         let stale = self.slots.get(&slot).is_none_or(|(k, _)| *k != key);
         if stale {
-            let sources = textures.sources(key.base, key.blend)?;
+            let sources = textures.sources(key.base, key.blend, key.linear)?;
             self.slots
                 .insert(slot, (key, SliceBindings::new(device, pipeline, sources)));
         }

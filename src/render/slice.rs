@@ -209,13 +209,51 @@ pub struct SliceSources<'a> {
     pub labels_affine: Affine,
     /// Label colours.
     pub lut: &'a LabelLut,
+    /// Trilinear (true) or nearest-voxel sampling of the images.
+    pub linear: bool,
 }
 
-/// The long-lived pipeline, layout and sampler.
+/// Which optional parts a pipeline variant draws (bits: 1 blend, 2 predicted mask, 4 reference
+/// outlines); each is compiled with the others' texture fetches left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PipelineVariant(u8);
+
+impl PipelineVariant {
+    /// The variant a uniform block needs.
+    pub fn of(uniform: &SliceUniform) -> Self {
+        let mut bits = 0;
+        if uniform.blend_opacity > 0.0 {
+            bits |= 1;
+        }
+        if uniform.flags & FLAG_HAS_PREDICTED != 0 && uniform.overlay_opacity[1] > 0.0 {
+            bits |= 2;
+        }
+        if uniform.flags & FLAG_OUTLINE != 0 {
+            bits |= 4;
+        }
+        Self(bits)
+    }
+
+    fn constants(self) -> [(&'static str, f64); 3] {
+        let on = |b: u8| if self.0 & b != 0 { 1.0 } else { 0.0 };
+        [
+            ("BLEND", on(1)),
+            ("SHOW_PREDICTED", on(2)),
+            ("OUTLINE", on(4)),
+        ]
+    }
+}
+
+/// The long-lived part of slice drawing: bind group layout, samplers, and the pipeline
+/// variants, each compiled when first needed.
 pub struct SlicePipeline {
-    pipeline: wgpu::RenderPipeline,
+    shader: wgpu::ShaderModule,
     layout: wgpu::BindGroupLayout,
-    sampler: wgpu::Sampler,
+    pipeline_layout: wgpu::PipelineLayout,
+    target: wgpu::TextureFormat,
+    nearest: wgpu::Sampler,
+    trilinear: wgpu::Sampler,
+    variants: std::sync::RwLock<[Option<wgpu::RenderPipeline>; 8]>,
 }
 
 fn texture_entry(
@@ -265,11 +303,16 @@ impl SlicePipeline {
                 },
                 texture_entry(3, wgpu::TextureSampleType::Uint, d3),
                 texture_entry(4, wgpu::TextureSampleType::Uint, d3),
-                texture_entry(
-                    5,
-                    wgpu::TextureSampleType::Float { filterable: false },
-                    wgpu::TextureViewDimension::D2,
-                ),
+                wgpu::BindGroupLayoutEntry {
+                    binding: 5,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
                 texture_entry(6, wgpu::TextureSampleType::Float { filterable: true }, d3),
             ],
         });
@@ -278,24 +321,54 @@ impl SlicePipeline {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
+        let sampler = |filter, label| {
+            device.create_sampler(&wgpu::SamplerDescriptor {
+                label: Some(label),
+                mag_filter: filter,
+                min_filter: filter,
+                ..Default::default()
+            })
+        };
+        Self {
+            nearest: sampler(wgpu::FilterMode::Nearest, "mriloop nearest"),
+            trilinear: sampler(wgpu::FilterMode::Linear, "mriloop trilinear"),
+            shader,
+            layout,
+            pipeline_layout,
+            target,
+            variants: Default::default(),
+        }
+    }
+
+    /// Compile a variant if it is not yet (call before drawing with it).
+    pub fn ensure(&self, device: &wgpu::Device, variant: PipelineVariant) {
+        let i = variant.0 as usize & 7;
+        if self.variants.read().map(|v| v[i].is_some()).unwrap_or(true) {
+            return;
+        }
+        let constants = variant.constants();
+        let options = wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            zero_initialize_workgroup_memory: false,
+        };
         let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
             label: Some("mriloop slice"),
-            layout: Some(&pipeline_layout),
+            layout: Some(&self.pipeline_layout),
             vertex: wgpu::VertexState {
-                module: &shader,
+                module: &self.shader,
                 entry_point: Some("vs_main"),
-                compilation_options: Default::default(),
+                compilation_options: options.clone(),
                 buffers: &[],
             },
             primitive: wgpu::PrimitiveState::default(),
             depth_stencil: None,
             multisample: wgpu::MultisampleState::default(),
             fragment: Some(wgpu::FragmentState {
-                module: &shader,
+                module: &self.shader,
                 entry_point: Some("fs_main"),
-                compilation_options: Default::default(),
+                compilation_options: options,
                 targets: &[Some(wgpu::ColorTargetState {
-                    format: target,
+                    format: self.target,
                     blend: None,
                     write_mask: wgpu::ColorWrites::ALL,
                 })],
@@ -303,22 +376,17 @@ impl SlicePipeline {
             multiview_mask: None,
             cache: None,
         });
-        let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
-            label: Some("mriloop trilinear"),
-            mag_filter: wgpu::FilterMode::Linear,
-            min_filter: wgpu::FilterMode::Linear,
-            ..Default::default()
-        });
-        Self {
-            pipeline,
-            layout,
-            sampler,
+        if let Ok(mut v) = self.variants.write() {
+            v[i] = Some(pipeline);
         }
     }
 
-    /// The pipeline, to set on a render pass.
-    pub fn pipeline(&self) -> &wgpu::RenderPipeline {
-        &self.pipeline
+    /// A compiled variant.
+    pub fn variant(&self, variant: PipelineVariant) -> Option<wgpu::RenderPipeline> {
+        self.variants
+            .read()
+            .ok()
+            .and_then(|v| v[variant.0 as usize & 7].clone())
     }
 }
 
@@ -355,6 +423,7 @@ pub struct SliceBindings {
     uniform: wgpu::Buffer,
     bind_group: wgpu::BindGroup,
     grids: ViewGrids,
+    variant: std::sync::atomic::AtomicU8,
 }
 
 impl SliceBindings {
@@ -384,11 +453,18 @@ impl SliceBindings {
                 tex(1, src.image.view()),
                 wgpu::BindGroupEntry {
                     binding: 2,
-                    resource: wgpu::BindingResource::Sampler(&pipeline.sampler),
+                    resource: wgpu::BindingResource::Sampler(if src.linear {
+                        &pipeline.trilinear
+                    } else {
+                        &pipeline.nearest
+                    }),
                 },
                 tex(3, reference_view),
                 tex(4, predicted_view),
-                tex(5, src.lut.view()),
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: src.lut.buffer().as_entire_binding(),
+                },
                 tex(6, blend_view),
             ],
         });
@@ -416,6 +492,7 @@ impl SliceBindings {
             uniform,
             bind_group,
             grids,
+            variant: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -434,14 +511,29 @@ impl SliceBindings {
         SliceUniform::for_view(plane, style, viewport_px, &self.grids)
     }
 
-    /// Write this frame's uniform block.
-    pub fn prepare(&self, queue: &wgpu::Queue, uniform: &SliceUniform) {
+    /// Write this frame's uniform block and compile the pipeline variant it needs.
+    pub fn prepare(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        pipeline: &SlicePipeline,
+        uniform: &SliceUniform,
+    ) {
+        let variant = PipelineVariant::of(uniform);
+        pipeline.ensure(device, variant);
+        self.variant
+            .store(variant.0, std::sync::atomic::Ordering::Relaxed);
         queue.write_buffer(&self.uniform, 0, bytemuck::bytes_of(uniform));
     }
 
-    /// Draw into a render pass whose viewport is the view's rectangle.
+    /// Draw into a render pass whose viewport is the view's rectangle (with the pipeline variant
+    /// `prepare` chose).
     pub fn draw(&self, pipeline: &SlicePipeline, pass: &mut wgpu::RenderPass<'_>) {
-        pass.set_pipeline(&pipeline.pipeline);
+        let variant = PipelineVariant(self.variant.load(std::sync::atomic::Ordering::Relaxed));
+        let Some(p) = pipeline.variant(variant) else {
+            return;
+        };
+        pass.set_pipeline(&p);
         pass.set_bind_group(0, &self.bind_group, &[]);
         pass.draw(0..3, 0..1);
     }
@@ -456,7 +548,7 @@ impl SliceBindings {
         uniform: &SliceUniform,
         size: [u32; 2],
     ) -> Result<Vec<u8>, RenderError> {
-        self.prepare(queue, uniform);
+        self.prepare(device, queue, pipeline, uniform);
         let target = OffscreenTarget::new(device, size);
         target.draw(
             device,
@@ -510,6 +602,21 @@ impl OffscreenTarget {
         pipeline: &SlicePipeline,
         views: &[(&SliceBindings, [f32; 4])],
     ) {
+        self.draw_with(device, queue, |pass| {
+            for (bindings, [x, y, w, h]) in views {
+                pass.set_viewport(*x, *y, *w, *h, 0.0, 1.0);
+                bindings.draw(pipeline, pass);
+            }
+        });
+    }
+
+    /// Clear the target and record draws with `record` into one render pass; submits the work.
+    pub fn draw_with(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        record: impl FnOnce(&mut wgpu::RenderPass<'_>),
+    ) {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         {
             let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
@@ -528,10 +635,7 @@ impl OffscreenTarget {
                 occlusion_query_set: None,
                 multiview_mask: None,
             });
-            for (bindings, [x, y, w, h]) in views {
-                pass.set_viewport(*x, *y, *w, *h, 0.0, 1.0);
-                bindings.draw(pipeline, &mut pass);
-            }
+            record(&mut pass);
         }
         queue.submit([encoder.finish()]);
     }

@@ -281,58 +281,35 @@ impl LabelTexture {
     }
 }
 
-/// The colour of every label value (RGBA, alpha = opacity multiplier; value 0 unused).
+/// The colour of every label value (RGBA, alpha = opacity multiplier; value 0 unused), as a
+/// uniform buffer of 256 `vec4<f32>` (read without a texture fetch).
 pub struct LabelLut {
-    texture: wgpu::Texture,
-    view: wgpu::TextureView,
+    buffer: wgpu::Buffer,
 }
 
 impl LabelLut {
     /// Create with all labels transparent.
     pub fn new(device: &wgpu::Device) -> Self {
-        let texture = device.create_texture(&wgpu::TextureDescriptor {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("mriloop label colours"),
-            size: wgpu::Extent3d {
-                width: 256,
-                height: 1,
-                depth_or_array_layers: 1,
-            },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: wgpu::TextureFormat::Rgba8Unorm,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-            view_formats: &[],
+            size: 256 * 16,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
         });
-        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
-        Self { texture, view }
+        Self { buffer }
     }
 
-    /// Set all 256 colours.
+    /// Set all 256 colours (sRGB bytes, as shown).
     pub fn update(&self, queue: &wgpu::Queue, colours: &[[u8; 4]; 256]) {
-        queue.write_texture(
-            wgpu::TexelCopyTextureInfo {
-                texture: &self.texture,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            bytemuck::cast_slice(colours),
-            wgpu::TexelCopyBufferLayout {
-                offset: 0,
-                bytes_per_row: Some(256 * 4),
-                rows_per_image: Some(1),
-            },
-            wgpu::Extent3d {
-                width: 256,
-                height: 1,
-                depth_or_array_layers: 1,
-            },
-        );
+        let floats: Vec<[f32; 4]> = colours
+            .iter()
+            .map(|c| c.map(|v| f32::from(v) / 255.0))
+            .collect();
+        queue.write_buffer(&self.buffer, 0, bytemuck::cast_slice(&floats));
     }
 
-    /// The texture view to bind.
-    pub fn view(&self) -> &wgpu::TextureView {
-        &self.view
+    /// The buffer to bind.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
     }
 }

@@ -1,0 +1,58 @@
+//! `FlatPipeline` (`shaders/flat.wgsl`): a flat colour over a viewport, the cheapest full-view
+//! draw. Benchmarks draw it at the size of the slice views to measure the device's own cost per
+//! pixel, the floor under any slice shader.
+
+/// The WGSL source of the flat shader.
+pub const FLAT_SHADER_SOURCE: &str = include_str!("../../shaders/flat.wgsl");
+
+/// A pipeline drawing a flat colour over the viewport (no bindings).
+pub struct FlatPipeline {
+    pipeline: wgpu::RenderPipeline,
+}
+
+impl FlatPipeline {
+    /// Build for a colour target format.
+    pub fn new(device: &wgpu::Device, target: wgpu::TextureFormat) -> Self {
+        let shader = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("mriloop flat"),
+            source: wgpu::ShaderSource::Wgsl(FLAT_SHADER_SOURCE.into()),
+        });
+        let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("mriloop flat"),
+            bind_group_layouts: &[],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("mriloop flat"),
+            layout: Some(&layout),
+            vertex: wgpu::VertexState {
+                module: &shader,
+                entry_point: Some("vs_main"),
+                compilation_options: Default::default(),
+                buffers: &[],
+            },
+            primitive: wgpu::PrimitiveState::default(),
+            depth_stencil: None,
+            multisample: wgpu::MultisampleState::default(),
+            fragment: Some(wgpu::FragmentState {
+                module: &shader,
+                entry_point: Some("fs_main"),
+                compilation_options: Default::default(),
+                targets: &[Some(wgpu::ColorTargetState {
+                    format: target,
+                    blend: None,
+                    write_mask: wgpu::ColorWrites::ALL,
+                })],
+            }),
+            multiview_mask: None,
+            cache: None,
+        });
+        Self { pipeline }
+    }
+
+    /// Draw over the pass's current viewport.
+    pub fn draw(&self, pass: &mut wgpu::RenderPass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.draw(0..3, 0..1);
+    }
+}
