@@ -243,6 +243,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
             EditCommand::Dab(Orientation::Axial, c),
             EditCommand::EndStroke,
             EditCommand::SetNote("left Hb unclear".into()),
+            EditCommand::RenameLabel(1, "Hb_left".into()),
         ] {
             h.state_mut().push(Command::Edit(cmd));
         }
@@ -250,7 +251,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
         h.step();
         let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
         for _ in 0..300 {
-            if journal::read_journal(&jpath).unwrap().edits.len() == 2 {
+            if journal::read_journal(&jpath).unwrap().edits.len() == 3 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -270,7 +271,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
     let h = open(&root);
     let app = h.state();
     let info = app.info().expect("the user is told what was recovered");
-    assert!(info.contains("recovered 2 unsaved edits"), "{info}");
+    assert!(info.contains("recovered 3 unsaved edits"), "{info}");
     assert_eq!(
         app.open_case()
             .unwrap()

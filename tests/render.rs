@@ -330,7 +330,10 @@ fn outlines_colour_only_the_edge_and_the_prediction_is_outlined() {
     st.reference_outline = true;
     let px = s.render(&plane, &st, true);
     let inside = rgb(&px, pixel_of(&plane, centre));
-    assert!(inside[0] > 240 && inside[1] > 240, "the block's inside is not painted: {inside:?}");
+    assert!(
+        inside[0] > 240 && inside[1] > 240,
+        "the block's inside is not painted: {inside:?}"
+    );
     let edge = pixel_of(&plane, centre + plane.right * 1.5 - plane.right * 0.06);
     assert_eq!(rgb(&px, edge), [255, 0, 0], "its edge is");
     // The prediction alone (reference hidden) is drawn as an outline too.

@@ -326,6 +326,7 @@ impl MriloopApp {
             RecordField::ClassLabel => case.class_label.clone().unwrap_or_default(),
             RecordField::Status => case.review.as_str().to_string(),
             RecordField::Note => case.note.clone(),
+            RecordField::Labels => return,
         };
         if before == after {
             return;
@@ -454,6 +455,7 @@ impl MriloopApp {
                 journal::apply_record(case, &edit, forward);
             }
         }
+        self.apply_labels_edit(&edit, forward);
         if let Some(region) = edit.region() {
             self.upload_region(region);
         }
@@ -615,16 +617,37 @@ impl MriloopApp {
         }
     }
 
+    /// Change the label table through the edit path (undoable, journaled).
     fn set_labels(&mut self, labels: Vec<Label>) {
-        if let Ok(table) = crate::project::LabelTable::new(labels) {
-            self.labels = table.clone();
+        let Ok(table) = crate::project::LabelTable::new(labels) else {
+            return;
+        };
+        let json = |t: &crate::project::LabelTable| serde_json::to_string(t).unwrap_or_default();
+        let edit = Edit::Record {
+            field: RecordField::Labels,
+            before: json(&self.labels),
+            after: json(&table),
+        };
+        self.apply_labels_edit(&edit, true);
+        self.commit(edit);
+    }
+
+    /// Apply a label-table record edit forward or backward to the project and the overlay.
+    fn apply_labels_edit(&mut self, edit: &Edit, forward: bool) {
+        let Edit::Record {
+            field: RecordField::Labels,
+            before,
+            after,
+        } = edit
+        else {
+            return;
+        };
+        let value = if forward { after } else { before };
+        if let Ok(table) = serde_json::from_str::<crate::project::LabelTable>(value) {
             if let Some(p) = self.project.as_mut() {
-                p.manifest.labels = table;
+                journal::apply_project_record(&mut p.manifest, edit, forward);
             }
-            if let Some(open) = self.open.as_mut() {
-                open.edits.dirty = true;
-                open.edits.last_change = Instant::now();
-            }
+            self.labels = table;
             self.push_colours();
         }
     }

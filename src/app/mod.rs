@@ -748,6 +748,13 @@ impl MriloopApp {
             self.error = Some(format!("case {} has no image", loaded.case_id));
             return;
         };
+        // A label table recovered from the journal is in force before the colours go up.
+        if let (Some(rec), Some(p)) = (&loaded.recovered, self.project.as_mut()) {
+            for e in &rec.edits {
+                crate::project::journal::apply_project_record(&mut p.manifest, e, true);
+            }
+            self.labels = p.manifest.labels.clone();
+        }
         let images: Vec<_> = loaded.images.iter().map(|i| &i.volume).collect();
         let textures = match CaseTextures::upload(
             &rs.device,
@@ -859,7 +866,7 @@ impl MriloopApp {
             }
             let mut msg = format!(
                 "Case {}: recovered {} unsaved edits from its journal ({n_mask} to the mask, \
-                 {n_record} to the class, status or note). They are shown now and will be saved.",
+                 {n_record} to the class, status, note or labels). They are shown now and will be saved.",
                 loaded.case_id,
                 rec.edits.len()
             );

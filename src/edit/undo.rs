@@ -24,6 +24,8 @@ pub enum RecordField {
     Status,
     /// The free-text note.
     Note,
+    /// The project's label table (names, colours), as JSON.
+    Labels,
 }
 
 /// One undoable step.

@@ -5,7 +5,8 @@
 //! Format (little-endian): the magic `MRLJ1\n`, then records `[len u32][crc32 u32][payload]`.
 //! A payload is an edit: tag 1 = mask step (`n u32`, then per delta the box `min[3] max[3]`
 //! as u32 and the before and after runs, each `n u32` + `(count u32, value u8)*`), tag 2 =
-//! record change (`field u8`, before and after as `len u32` + UTF-8).
+//! record change (`field u8`: 1 class, 2 status, 3 note, 4 label table as JSON;
+//! before and after as `len u32` + UTF-8).
 //!
 //! Invariants: a journal is untrusted input: lengths are checked against the bytes left before
 //! anything is allocated; reading stops at the first torn or corrupt record (a crash mid-write)
@@ -48,6 +49,7 @@ fn field_code(f: RecordField) -> u8 {
         RecordField::ClassLabel => 1,
         RecordField::Status => 2,
         RecordField::Note => 3,
+        RecordField::Labels => 4,
     }
 }
 
@@ -182,6 +184,7 @@ pub fn decode_edit(payload: &[u8]) -> Result<Edit, String> {
                 1 => RecordField::ClassLabel,
                 2 => RecordField::Status,
                 3 => RecordField::Note,
+                4 => RecordField::Labels,
                 f => return Err(format!("unknown record field {f}")),
             };
             Edit::Record {
@@ -305,6 +308,25 @@ pub fn apply_record(case: &mut super::Case, edit: &Edit, forward: bool) {
             }
         }
         RecordField::Note => case.note = value.clone(),
+        RecordField::Labels => {}
+    }
+}
+
+/// Apply a project-level record edit (the label table) forward or backward to a manifest;
+/// a value that is not a valid label table is ignored.
+pub fn apply_project_record(manifest: &mut super::Manifest, edit: &Edit, forward: bool) {
+    if let Edit::Record {
+        field: RecordField::Labels,
+        before,
+        after,
+    } = edit
+    {
+        let value = if forward { after } else { before };
+        if let Ok(table) = serde_json::from_str::<super::LabelTable>(value) {
+            if table.check().is_ok() {
+                manifest.labels = table;
+            }
+        }
     }
 }
 

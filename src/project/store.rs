@@ -260,8 +260,9 @@ pub fn recover(
     };
     let path = journal::journal_path(project, &case.id);
     let (edits, problem) = journal::replay_file(&path, mask)?;
-    if let Some(case) = project.manifest.cases.get_mut(case_index) {
-        for e in &edits {
+    for e in &edits {
+        journal::apply_project_record(&mut project.manifest, e, true);
+        if let Some(case) = project.manifest.cases.get_mut(case_index) {
             journal::apply_record(case, e, true);
         }
     }
