@@ -9,6 +9,7 @@ pub mod app;
 pub mod atomic;
 pub mod bench;
 pub mod edit;
+pub mod model;
 pub mod phantom;
 pub mod project;
 pub mod render;

@@ -1,0 +1,193 @@
+//! The multi-task network: a residual U-Net whose bottleneck also feeds a classification head.
+//! One design serves the research's three input forms: 3D multi-sequence volumes (channels =
+//! sequences), single 2D slices (the same network with in-plane 1×3×3 kernels and in-plane
+//! striding on a depth-1 volume), and 4D time series (a learned 1×1×1 projection of the time
+//! points to feature channels, feeding the same 3D U-Net).
+//!
+//! Invariants: spatial sizes along strided axes must be multiples of `2^depth`; the segmentation
+//! output has the input's spatial size; class logits are `[N, num_classes]`.
+
+use burn::nn::conv::{Conv3d, Conv3dConfig, ConvTranspose3d, ConvTranspose3dConfig};
+use burn::nn::pool::{AdaptiveAvgPool3d, AdaptiveAvgPool3dConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig3d,
+};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+/// Configuration of the multi-task residual U-Net.
+#[derive(Config, Debug, PartialEq)]
+pub struct MultiTaskUNetConfig {
+    /// Input channels: sequences (3D, 2D) or feature channels after the temporal encoder (4D).
+    pub in_channels: usize,
+    /// Segmentation labels including background (label 0).
+    pub num_labels: usize,
+    /// Case-level classes.
+    pub num_classes: usize,
+    /// Channels of the first level (doubling at each level down).
+    #[config(default = 8)]
+    pub base_channels: usize,
+    /// Number of downsamplings.
+    #[config(default = 3)]
+    pub depth: usize,
+    /// 3 for volumes, 2 for single slices (depth-1 volumes, in-plane kernels).
+    #[config(default = 3)]
+    pub spatial_dims: usize,
+    /// Time points of a 4D input (0: not 4D). The input is then `[N, T, D, H, W]`.
+    #[config(default = 0)]
+    pub time_points: usize,
+    /// Dropout before the classification layer.
+    #[config(default = 0.2)]
+    pub dropout: f64,
+}
+
+/// conv–norm–ReLU ×2 with a 1×1×1 projection on the skip path when channels change.
+#[derive(Module, Debug)]
+pub struct ResidualBlock {
+    conv1: Conv3d,
+    norm1: InstanceNorm,
+    conv2: Conv3d,
+    norm2: InstanceNorm,
+    skip: Option<Conv3d>,
+}
+
+impl ResidualBlock {
+    fn new(
+        device: &Device,
+        c_in: usize,
+        c_out: usize,
+        kernel: [usize; 3],
+        pad: [usize; 3],
+    ) -> Self {
+        let conv = |a, b| {
+            Conv3dConfig::new([a, b], kernel)
+                .with_padding(PaddingConfig3d::Explicit(pad[0], pad[1], pad[2]))
+                .init(device)
+        };
+        Self {
+            conv1: conv(c_in, c_out),
+            norm1: InstanceNormConfig::new(c_out).init(device),
+            conv2: conv(c_out, c_out),
+            norm2: InstanceNormConfig::new(c_out).init(device),
+            skip: (c_in != c_out).then(|| Conv3dConfig::new([c_in, c_out], [1, 1, 1]).init(device)),
+        }
+    }
+
+    /// `[N, C_in, D, H, W]` → `[N, C_out, D, H, W]`.
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let h = relu(self.norm1.forward(self.conv1.forward(x.clone())));
+        let h = self.norm2.forward(self.conv2.forward(h));
+        let skip = match &self.skip {
+            Some(s) => s.forward(x),
+            None => x,
+        };
+        relu(h + skip)
+    }
+}
+
+/// The network.
+#[derive(Module, Debug)]
+pub struct MultiTaskUNet {
+    temporal: Option<Conv3d>,
+    stem: ResidualBlock,
+    downs: Vec<Conv3d>,
+    encoders: Vec<ResidualBlock>,
+    ups: Vec<ConvTranspose3d>,
+    decoders: Vec<ResidualBlock>,
+    seg_head: Conv3d,
+    pool: AdaptiveAvgPool3d,
+    dropout: Dropout,
+    class_head: Linear,
+}
+
+impl MultiTaskUNetConfig {
+    /// Build the network on `device` (an autodiff device to train it).
+    pub fn init(&self, device: &Device) -> MultiTaskUNet {
+        let flat = self.spatial_dims == 2;
+        let kernel = if flat { [1, 3, 3] } else { [3, 3, 3] };
+        let pad = if flat { [0, 1, 1] } else { [1, 1, 1] };
+        let stride = if flat { [1, 2, 2] } else { [2, 2, 2] };
+        let ch = |l: usize| self.base_channels << l;
+        let temporal = (self.time_points > 0).then(|| {
+            Conv3dConfig::new([self.time_points, self.in_channels], [1, 1, 1]).init(device)
+        });
+        let stem = ResidualBlock::new(device, self.in_channels, ch(0), kernel, pad);
+        let mut downs = Vec::new();
+        let mut encoders = Vec::new();
+        let mut ups = Vec::new();
+        let mut decoders = Vec::new();
+        for l in 1..=self.depth {
+            downs.push(
+                Conv3dConfig::new([ch(l - 1), ch(l)], kernel)
+                    .with_stride(stride)
+                    .with_padding(PaddingConfig3d::Explicit(pad[0], pad[1], pad[2]))
+                    .init(device),
+            );
+            encoders.push(ResidualBlock::new(device, ch(l), ch(l), kernel, pad));
+        }
+        for l in (1..=self.depth).rev() {
+            ups.push(
+                ConvTranspose3dConfig::new([ch(l), ch(l - 1)], stride)
+                    .with_stride(stride)
+                    .init(device),
+            );
+            decoders.push(ResidualBlock::new(
+                device,
+                2 * ch(l - 1),
+                ch(l - 1),
+                kernel,
+                pad,
+            ));
+        }
+        MultiTaskUNet {
+            temporal,
+            stem,
+            downs,
+            encoders,
+            ups,
+            decoders,
+            seg_head: Conv3dConfig::new([ch(0), self.num_labels], [1, 1, 1]).init(device),
+            pool: AdaptiveAvgPool3dConfig::new([1, 1, 1]).init(),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            class_head: LinearConfig::new(ch(self.depth), self.num_classes).init(device),
+        }
+    }
+
+    /// How much each strided axis must be divisible by: `[D, H, W]`.
+    pub fn size_multiple(&self) -> [usize; 3] {
+        let m = 1 << self.depth;
+        if self.spatial_dims == 2 {
+            [1, m, m]
+        } else {
+            [m, m, m]
+        }
+    }
+}
+
+impl MultiTaskUNet {
+    /// `x`: `[N, C, D, H, W]` (4D: `[N, T, D, H, W]`) → segmentation logits
+    /// `[N, num_labels, D, H, W]` and class logits `[N, num_classes]`.
+    pub fn forward(&self, x: Tensor<5>) -> (Tensor<5>, Tensor<2>) {
+        let x = match &self.temporal {
+            Some(t) => relu(t.forward(x)),
+            None => x,
+        };
+        let mut h = self.stem.forward(x);
+        let mut skips = Vec::with_capacity(self.downs.len());
+        for (down, enc) in self.downs.iter().zip(&self.encoders) {
+            skips.push(h.clone());
+            h = enc.forward(relu(down.forward(h)));
+        }
+        let bottleneck = h.clone();
+        for (up, dec) in self.ups.iter().zip(&self.decoders) {
+            let skip = skips.pop().unwrap_or_else(|| h.clone());
+            let u = up.forward(h);
+            h = dec.forward(Tensor::cat(vec![u, skip], 1));
+        }
+        let seg = self.seg_head.forward(h);
+        let pooled = self.pool.forward(bottleneck);
+        let [n, c, _, _, _] = pooled.dims();
+        let feat = self.dropout.forward(pooled.reshape([n, c]));
+        (seg, self.class_head.forward(feat))
+    }
+}

@@ -1,0 +1,246 @@
+//! Joint training of segmentation and classification: the losses (soft Dice + cross-entropy for
+//! the mask, cross-entropy for the class, weighted), one optimisation step, and a training loop
+//! that reports through a channel of events and stops when asked.
+//!
+//! Invariants: the loop never prints; it sends `TrainEvent`s and checks its stop flag every step.
+//! Checkpoints are written with their config beside them.
+
+use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+
+/// Which tasks the loss trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TaskMode {
+    /// Segmentation and classification together.
+    Joint,
+    /// Segmentation only.
+    SegmentationOnly,
+    /// Classification only.
+    ClassificationOnly,
+}
+
+/// Training settings.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainingConfig {
+    /// The network.
+    pub model: MultiTaskUNetConfig,
+    /// Tasks trained.
+    #[config(default = "TaskMode::Joint")]
+    pub mode: TaskMode,
+    /// Weight of the classification loss in the joint loss.
+    #[config(default = 0.5)]
+    pub class_weight: f64,
+    /// Adam learning rate.
+    #[config(default = 2e-3)]
+    pub learning_rate: f64,
+    /// Optimisation steps.
+    #[config(default = 200)]
+    pub steps: usize,
+    /// Seed of weights and sampling.
+    #[config(default = 1)]
+    pub seed: u64,
+}
+
+/// A batch: images `[N, C, D, H, W]`, label masks `[N, D, H, W]`, classes `[N]`.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Images.
+    pub images: Tensor<5>,
+    /// Label masks (integer labels).
+    pub masks: Tensor<4, Int>,
+    /// Class indices.
+    pub classes: Tensor<1, Int>,
+}
+
+/// The loss terms of one step (host values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossTerms {
+    /// Weighted total.
+    pub total: f64,
+    /// Soft Dice loss (1 − mean foreground Dice).
+    pub dice: f64,
+    /// Voxel cross-entropy.
+    pub seg_ce: f64,
+    /// Class cross-entropy.
+    pub class_ce: f64,
+}
+
+/// Soft Dice loss over the foreground labels (1..K): 1 − their mean soft Dice.
+/// `logits`: `[N, K, D, H, W]`; `masks`: `[N, D, H, W]`.
+pub fn soft_dice_loss(logits: Tensor<5>, masks: Tensor<4, Int>) -> Tensor<1> {
+    let [_, k, _, _, _] = logits.dims();
+    let probs = softmax(logits, 1);
+    let onehot: Tensor<5> = masks.one_hot::<5>(k).float().permute([0, 4, 1, 2, 3]);
+    let inter = (probs.clone() * onehot.clone()).sum_dims(&[0, 2, 3, 4]);
+    let denom = probs.sum_dims(&[0, 2, 3, 4]) + onehot.sum_dims(&[0, 2, 3, 4]);
+    let dice = inter.mul_scalar(2.0).add_scalar(1e-5) / denom.add_scalar(1e-5);
+    let fg = dice.slice([0..1, 1..k, 0..1, 0..1, 0..1]);
+    fg.mean().neg().add_scalar(1.0)
+}
+
+/// Voxel-wise cross-entropy. `logits`: `[N, K, D, H, W]`; `masks`: `[N, D, H, W]`.
+pub fn voxel_cross_entropy(logits: Tensor<5>, masks: Tensor<4, Int>) -> Tensor<1> {
+    let [n, k, d, h, w] = logits.dims();
+    let device = logits.device();
+    let flat = logits.permute([0, 2, 3, 4, 1]).reshape([n * d * h * w, k]);
+    CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(flat, masks.reshape([n * d * h * w]))
+}
+
+/// The weighted loss of a batch and its terms.
+pub fn batch_loss(
+    model: &MultiTaskUNet,
+    batch: &Batch,
+    mode: TaskMode,
+    class_weight: f64,
+) -> (Tensor<1>, LossTerms) {
+    let (seg, cls) = model.forward(batch.images.clone());
+    let device = seg.device();
+    let dice = soft_dice_loss(seg.clone(), batch.masks.clone());
+    let seg_ce = voxel_cross_entropy(seg, batch.masks.clone());
+    let class_ce = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(cls, batch.classes.clone());
+    let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
+    let terms = LossTerms {
+        total: 0.0,
+        dice: value(&dice),
+        seg_ce: value(&seg_ce),
+        class_ce: value(&class_ce),
+    };
+    let total = match mode {
+        TaskMode::Joint => dice + seg_ce + class_ce.mul_scalar(class_weight),
+        TaskMode::SegmentationOnly => dice + seg_ce,
+        TaskMode::ClassificationOnly => class_ce,
+    };
+    let t = value(&total);
+    (total, LossTerms { total: t, ..terms })
+}
+
+/// One optimisation step on a batch; returns the updated model and the loss terms.
+pub fn train_step(
+    model: MultiTaskUNet,
+    optim: &mut ModuleOptimizer,
+    batch: &Batch,
+    config: &TrainingConfig,
+) -> (MultiTaskUNet, LossTerms) {
+    let (loss, terms) = batch_loss(&model, batch, config.mode, config.class_weight);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let model = optim.step(config.learning_rate, model, grads);
+    (model, terms)
+}
+
+/// What a training run reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainEvent {
+    /// A step finished.
+    Step {
+        /// Step number (from 1).
+        step: usize,
+        /// Its loss terms.
+        loss: LossTerms,
+    },
+    /// A checkpoint was written (the folder).
+    Checkpoint(String),
+    /// Training stopped (all steps done, or asked to stop).
+    Finished {
+        /// Steps done.
+        steps: usize,
+        /// Whether it was asked to stop early.
+        cancelled: bool,
+    },
+    /// Training failed; the message says why.
+    Failed(String),
+}
+
+/// Train from `batches` (called with the step number, returning a batch on the training
+/// device) for `config.steps` steps, sending events; stops early when `stop` is set.
+pub fn train(
+    config: &TrainingConfig,
+    device: &Device,
+    mut batches: impl FnMut(usize) -> Batch,
+    events: &Sender<TrainEvent>,
+    stop: &AtomicBool,
+) -> MultiTaskUNet {
+    let ad = device.clone().autodiff();
+    ad.seed(config.seed);
+    let mut model = config.model.init(&ad);
+    let mut optim = AdamConfig::new().init();
+    let mut done = 0;
+    for step in 1..=config.steps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let batch = batches(step);
+        let (m, loss) = train_step(model, &mut optim, &batch, config);
+        model = m;
+        done = step;
+        let _ = events.send(TrainEvent::Step { step, loss });
+    }
+    let _ = events.send(TrainEvent::Finished {
+        steps: done,
+        cancelled: done < config.steps,
+    });
+    model
+}
+
+/// Errors saving or loading a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file could not be written or read.
+    #[error("{path}: {problem}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        problem: String,
+    },
+}
+
+/// Save a checkpoint: `config.json` and `model.bpk` in `dir`.
+pub fn save_checkpoint(
+    dir: &Path,
+    config: &TrainingConfig,
+    model: &MultiTaskUNet,
+) -> Result<(), CheckpointError> {
+    let err = |p: &Path, e: String| CheckpointError::File {
+        path: p.display().to_string(),
+        problem: e,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e.to_string()))?;
+    let cfg = dir.join("config.json");
+    config.save(&cfg).map_err(|e| err(&cfg, e.to_string()))?;
+    let weights = dir.join("model.bpk");
+    model
+        .clone()
+        .valid()
+        .save_file(&weights)
+        .map_err(|e| err(&weights, e.to_string()))
+}
+
+/// Load a checkpoint saved by `save_checkpoint` onto `device` (for inference).
+pub fn load_checkpoint(
+    dir: &Path,
+    device: &Device,
+) -> Result<(TrainingConfig, MultiTaskUNet), CheckpointError> {
+    let err = |p: &Path, e: String| CheckpointError::File {
+        path: p.display().to_string(),
+        problem: e,
+    };
+    let cfg_path = dir.join("config.json");
+    let config = TrainingConfig::load(&cfg_path).map_err(|e| err(&cfg_path, e.to_string()))?;
+    let weights = dir.join("model.bpk");
+    let model = config
+        .model
+        .init(device)
+        .try_load_file(&weights)
+        .map_err(|e| err(&weights, e.to_string()))?;
+    Ok((config, model))
+}

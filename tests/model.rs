@@ -1,0 +1,173 @@
+//! The multi-task network on burn's CPU backend (flex), at small sizes: output shapes for the
+//! three input forms, a training step changes the weights, the joint loss falls on a tiny
+//! synthetic task, and a checkpoint reloads to identical predictions.
+
+use burn::prelude::*;
+use burn::tensor::{Distribution, Int, TensorData};
+use mriloop::model::{
+    batch_loss, load_checkpoint, save_checkpoint, train, Batch, MultiTaskUNetConfig, TaskMode,
+    TrainEvent, TrainingConfig,
+};
+use std::sync::atomic::AtomicBool;
+
+fn cpu() -> Device {
+    Device::flex()
+}
+
+fn small(in_channels: usize) -> MultiTaskUNetConfig {
+    MultiTaskUNetConfig::new(in_channels, 3, 2)
+        .with_base_channels(4)
+        .with_depth(2)
+}
+
+#[test]
+fn output_shapes_for_the_three_input_forms() {
+    let d = cpu();
+    // 3D multi-sequence: two sequences.
+    let m = small(2).init(&d);
+    let x = Tensor::<5>::random([2, 2, 8, 12, 16], Distribution::Normal(0.0, 1.0), &d);
+    let (seg, cls) = m.forward(x);
+    assert_eq!(seg.dims(), [2, 3, 8, 12, 16]);
+    assert_eq!(cls.dims(), [2, 2]);
+    // 2D single slices: depth-1 volumes, in-plane kernels.
+    let cfg = small(1).with_spatial_dims(2);
+    assert_eq!(cfg.size_multiple(), [1, 4, 4]);
+    let (seg, cls) = cfg.init(&d).forward(Tensor::<5>::random(
+        [3, 1, 1, 16, 20],
+        Distribution::Default,
+        &d,
+    ));
+    assert_eq!(seg.dims(), [3, 3, 1, 16, 20]);
+    assert_eq!(cls.dims(), [3, 2]);
+    // 4D: 12 time points projected to 4 feature channels.
+    let cfg = small(4).with_time_points(12);
+    let (seg, cls) = cfg.init(&d).forward(Tensor::<5>::random(
+        [1, 12, 8, 8, 8],
+        Distribution::Default,
+        &d,
+    ));
+    assert_eq!(seg.dims(), [1, 3, 8, 8, 8]);
+    assert_eq!(cls.dims(), [1, 2]);
+}
+
+/// A tiny task: a bright cube (label 1) in noise, present with a second, dimmer cube (label 2)
+/// only in class-1 samples.
+fn batch(step: usize, device: &Device) -> Batch {
+    let n = 2;
+    let s = 12;
+    let mut img = vec![0f32; n * s * s * s];
+    let mut mask = vec![0i32; n * s * s * s];
+    let mut classes = vec![0i32; n];
+    let mut seed = step as u64 * 7919 + 1;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+    };
+    for (b, class_of) in classes.iter_mut().enumerate() {
+        let class = (step + b) % 2;
+        *class_of = class as i32;
+        let o = 2 + (step + 3 * b) % 4;
+        for z in 0..s {
+            for y in 0..s {
+                for x in 0..s {
+                    let i = ((b * s + z) * s + y) * s + x;
+                    img[i] = 0.3 * rnd();
+                    let inside = |lo: usize, w: usize| {
+                        (lo..lo + w).contains(&x)
+                            && (lo..lo + w).contains(&y)
+                            && (lo..lo + w).contains(&z)
+                    };
+                    if inside(o, 4) {
+                        img[i] += 1.5;
+                        mask[i] = 1;
+                    } else if class == 1 && inside(o + 5, 2) {
+                        img[i] += 0.8;
+                        mask[i] = 2;
+                    }
+                }
+            }
+        }
+    }
+    Batch {
+        images: Tensor::from_data(TensorData::new(img, [n, 1, s, s, s]), device),
+        masks: Tensor::<4, Int>::from_data(TensorData::new(mask, [n, s, s, s]), device),
+        classes: Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), device),
+    }
+}
+
+fn config(steps: usize) -> TrainingConfig {
+    TrainingConfig::new(
+        MultiTaskUNetConfig::new(1, 3, 2)
+            .with_base_channels(4)
+            .with_depth(2)
+            .with_dropout(0.0),
+    )
+    .with_steps(steps)
+    .with_learning_rate(1e-2)
+}
+
+#[test]
+fn the_joint_loss_falls_by_a_large_factor_and_a_step_changes_the_weights() {
+    let d = cpu();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = AtomicBool::new(false);
+    let cfg = config(60);
+    let model = train(&cfg, &d, |s| batch(s, &d.clone().autodiff()), &tx, &stop);
+    let losses: Vec<f64> = rx
+        .try_iter()
+        .filter_map(|e| match e {
+            TrainEvent::Step { loss, .. } => Some(loss.total),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(losses.len(), 60);
+    let first = losses[..3].iter().sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(
+        last < first / 4.0,
+        "joint loss fell from {first:.3} to {last:.3}"
+    );
+    // One more step changes the weights: the same input predicts differently.
+    let probe = batch(999, &d);
+    let cfg1 = config(1);
+    let (tx1, _rx1) = std::sync::mpsc::channel();
+    let untrained = cfg1.model.init(&d);
+    let after_one = train(&cfg1, &d, |s| batch(s, &d.clone().autodiff()), &tx1, &stop);
+    let a = untrained.forward(probe.images.clone()).0;
+    let b = after_one.valid().forward(probe.images.clone()).0;
+    let diff: f32 = (a - b).abs().sum().into_scalar();
+    assert!(diff > 0.0, "one step changed the weights");
+    drop(model);
+}
+
+#[test]
+fn a_checkpoint_reloads_to_identical_predictions() {
+    let d = cpu();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let cfg = config(3).with_mode(TaskMode::Joint);
+    let model = train(
+        &cfg,
+        &d,
+        |s| batch(s, &d.clone().autodiff()),
+        &tx,
+        &AtomicBool::new(false),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(dir.path(), &cfg, &model).unwrap();
+    let (cfg2, reloaded) = load_checkpoint(dir.path(), &d).unwrap();
+    assert_eq!(cfg2, cfg);
+    let x = batch(5, &d);
+    let (s1, c1) = model.valid().forward(x.images.clone());
+    let (s2, c2) = reloaded.forward(x.images.clone());
+    let ds: f32 = (s1 - s2).abs().max().into_scalar();
+    let dc: f32 = (c1 - c2).abs().max().into_scalar();
+    assert_eq!((ds, dc), (0.0, 0.0));
+    // Single-task modes weight only their own loss.
+    let (l, t) = batch_loss(&reloaded, &x, TaskMode::ClassificationOnly, 0.5);
+    let v: f32 = l.into_scalar();
+    assert!((f64::from(v) - t.class_ce).abs() < 1e-5);
+    let e = load_checkpoint(&dir.path().join("missing"), &d).unwrap_err();
+    assert!(e.to_string().contains("config.json"), "{e}");
+}
