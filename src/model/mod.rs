@@ -1,13 +1,18 @@
 //! The multi-task network in burn, following burn's own example layout: `model` (the residual
-//! U-Net with its classification head), `training` (losses, steps, the training loop and
-//! checkpoints). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
+//! U-Net with its classification head), `data` (samples from a project, augmented patches),
+//! `training` (losses, steps, the training loop and checkpoints), `inference` (sliding window
+//! over whole volumes). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
 //! `wgpu` on the GPU.
 
+pub mod data;
+pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod training;
 
+pub use data::{load_samples, zscore_in_head, AugmentConfig, PatchSampler, Sample};
+pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use training::{
     batch_loss, load_checkpoint, save_checkpoint, soft_dice_loss, train, train_step,

@@ -1,0 +1,259 @@
+//! Training data from a mriloop project: each usable case (a reference mask and a class label)
+//! becomes a `Sample` (its sequences as channels, z-scored inside the head, and its mask), and
+//! `PatchSampler` draws random patches with foreground oversampling (a third of patches are
+//! centred on a labelled voxel, as nnU-Net does, so a tiny structure is seen) and augmentation
+//! (flips, intensity scale/shift, gamma, noise), deterministically from a seed.
+//!
+//! Invariants: all sequences of a sample share the mask's grid (checked when loading); patches
+//! are taken inside the volume (zero-padded where the volume is smaller than the patch).
+
+use crate::project::{Project, ProjectError};
+use crate::volume::Volume;
+use burn::prelude::*;
+use burn::tensor::{Int, TensorData};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::training::Batch;
+
+/// One case ready for training.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Case id.
+    pub case_id: String,
+    /// Normalised channels, each `dims` voxels, i fastest.
+    pub channels: Vec<Vec<f32>>,
+    /// Label mask on the same grid.
+    pub mask: Vec<u8>,
+    /// Grid size `[nx, ny, nz]`.
+    pub dims: [usize; 3],
+    /// Class index in the project's class list.
+    pub class: usize,
+    /// Linear indices of labelled voxels (for foreground oversampling).
+    pub foreground: Vec<usize>,
+}
+
+/// Z-score normalisation inside the head: mean and standard deviation of the non-zero voxels.
+pub fn zscore_in_head(values: &[f32]) -> Vec<f32> {
+    let inside: Vec<f64> = values
+        .iter()
+        .filter(|v| **v != 0.0 && v.is_finite())
+        .map(|v| f64::from(*v))
+        .collect();
+    let n = inside.len().max(1) as f64;
+    let mean = inside.iter().sum::<f64>() / n;
+    let var = inside.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+    let sd = var.sqrt().max(1e-6);
+    values
+        .iter()
+        .map(|v| {
+            if v.is_finite() {
+                ((f64::from(*v) - mean) / sd) as f32
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+impl Sample {
+    /// Build from volumes on one grid.
+    pub fn new(
+        case_id: &str,
+        sequences: &[Volume<f32>],
+        mask: &Volume<u8>,
+        class: usize,
+    ) -> Result<Self, String> {
+        let dims = mask.dims3();
+        if let Some(bad) = sequences.iter().find(|s| s.dims3() != dims) {
+            return Err(format!(
+                "case {case_id}: a sequence has dims {:?}, the mask {dims:?}",
+                bad.dims3()
+            ));
+        }
+        let mask_data = mask.data()[..mask.frame_len()].to_vec();
+        let foreground = mask_data
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0)
+            .map(|(i, _)| i)
+            .collect();
+        Ok(Self {
+            case_id: case_id.to_string(),
+            channels: sequences
+                .iter()
+                .map(|s| zscore_in_head(&s.data()[..s.frame_len()]))
+                .collect(),
+            mask: mask_data,
+            dims,
+            class,
+            foreground,
+        })
+    }
+}
+
+/// Load the project's cases that have a reference mask and a class label, with the sequences
+/// named in `sequences` (in that order) as channels.
+pub fn load_samples(
+    project: &Project,
+    sequences: &[crate::project::SequenceName],
+) -> Result<Vec<Sample>, ProjectError> {
+    let classes = &project.manifest.classes;
+    let mut out = Vec::new();
+    for case in &project.manifest.cases {
+        let (Some(label), Some(_)) = (&case.class_label, &case.reference_mask) else {
+            continue;
+        };
+        let Some(class) = classes.iter().position(|c| c == label) else {
+            continue;
+        };
+        let Some(mask) = project.load_reference_mask(case)? else {
+            continue;
+        };
+        let vols = sequences
+            .iter()
+            .map(|s| Ok(project.load_sequence(case, s)?.to_f32()))
+            .collect::<Result<Vec<_>, ProjectError>>()?;
+        let sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
+            crate::project::ProjectError::Invalid {
+                path: project.manifest_path(),
+                problem: e,
+            }
+        })?;
+        out.push(sample);
+    }
+    Ok(out)
+}
+
+/// Augmentation settings.
+#[derive(Config, Debug, PartialEq)]
+pub struct AugmentConfig {
+    /// Mirror along x (left–right) with probability 0.5.
+    #[config(default = true)]
+    pub flip_x: bool,
+    /// Intensity scale range (± fraction).
+    #[config(default = 0.1)]
+    pub scale: f32,
+    /// Intensity shift range (± z-score units).
+    #[config(default = 0.1)]
+    pub shift: f32,
+    /// Gamma range (± around 1), applied to min–max normalised values.
+    #[config(default = 0.2)]
+    pub gamma: f32,
+    /// Gaussian noise standard deviation (z-score units).
+    #[config(default = 0.05)]
+    pub noise: f32,
+}
+
+/// Draws augmented patches deterministically from a seed.
+pub struct PatchSampler {
+    rng: ChaCha8Rng,
+    /// Patch size `[px, py, pz]`.
+    pub patch: [usize; 3],
+    /// Augmentation.
+    pub augment: AugmentConfig,
+}
+
+impl PatchSampler {
+    /// A sampler of `patch`-sized patches.
+    pub fn new(seed: u64, patch: [usize; 3], augment: AugmentConfig) -> Self {
+        Self {
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            patch,
+            augment,
+        }
+    }
+
+    /// One patch of `sample`: channels `[C][px·py·pz]` (i fastest) and its labels.
+    pub fn patch(&mut self, sample: &Sample) -> (Vec<Vec<f32>>, Vec<i32>) {
+        let [nx, ny, nz] = sample.dims;
+        let p = self.patch;
+        // A third of patches are centred on a labelled voxel.
+        let centre = if !sample.foreground.is_empty() && self.rng.random_range(0..3) == 0 {
+            let f = sample.foreground[self.rng.random_range(0..sample.foreground.len())];
+            [f % nx, (f / nx) % ny, f / (nx * ny)]
+        } else {
+            [
+                self.rng.random_range(0..nx),
+                self.rng.random_range(0..ny),
+                self.rng.random_range(0..nz),
+            ]
+        };
+        let origin = [0, 1, 2].map(|a| {
+            let n = [nx, ny, nz][a] as i64;
+            let lo = centre[a] as i64 - p[a] as i64 / 2;
+            lo.clamp((n - p[a] as i64).min(0), (n - p[a] as i64).max(0))
+        });
+        let flip = self.augment.flip_x && self.rng.random_range(0..2) == 1;
+        let len = p[0] * p[1] * p[2];
+        let mut labels = vec![0i32; len];
+        let mut channels = vec![vec![0f32; len]; sample.channels.len()];
+        for k in 0..p[2] {
+            for j in 0..p[1] {
+                for i in 0..p[0] {
+                    let src = [
+                        origin[0] + i as i64,
+                        origin[1] + j as i64,
+                        origin[2] + k as i64,
+                    ];
+                    if (0..3).any(|a| src[a] < 0 || src[a] >= [nx, ny, nz][a] as i64) {
+                        continue;
+                    }
+                    let si = src[0] as usize + nx * (src[1] as usize + ny * src[2] as usize);
+                    let di = if flip { p[0] - 1 - i } else { i } + p[0] * (j + p[1] * k);
+                    labels[di] = i32::from(sample.mask[si]);
+                    for (c, ch) in channels.iter_mut().enumerate() {
+                        ch[di] = sample.channels[c][si];
+                    }
+                }
+            }
+        }
+        let a = &self.augment;
+        for ch in &mut channels {
+            let scale = 1.0 + self.rng.random_range(-a.scale..=a.scale);
+            let shift = self.rng.random_range(-a.shift..=a.shift);
+            let gamma = 1.0 + self.rng.random_range(-a.gamma..=a.gamma);
+            let (lo, hi) = ch
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| {
+                    (l.min(*v), h.max(*v))
+                });
+            let range = (hi - lo).max(1e-6);
+            for v in ch.iter_mut() {
+                let g = ((*v - lo) / range).powf(gamma) * range + lo;
+                let noise = a.noise * (self.rng.random_range(-1.0f32..1.0) * 1.732);
+                *v = g * scale + shift + noise;
+            }
+        }
+        (channels, labels)
+    }
+
+    /// A batch of `n` patches from random samples, on `device`.
+    pub fn batch(&mut self, samples: &[Sample], n: usize, device: &Device) -> Batch {
+        let p = self.patch;
+        let c = samples.first().map_or(1, |s| s.channels.len());
+        let mut images = Vec::with_capacity(n * c * p[0] * p[1] * p[2]);
+        let mut masks = Vec::with_capacity(n * p[0] * p[1] * p[2]);
+        let mut classes = Vec::with_capacity(n);
+        for _ in 0..n {
+            if samples.is_empty() {
+                break;
+            }
+            let s = &samples[self.rng.random_range(0..samples.len())];
+            let (ch, lab) = self.patch(s);
+            ch.into_iter().for_each(|x| images.extend(x));
+            masks.extend(lab);
+            classes.push(s.class as i32);
+        }
+        let n = classes.len();
+        // Patches are i fastest; tensors are [N, C, D=z, H=y, W=x], which is the same order.
+        Batch {
+            images: Tensor::from_data(TensorData::new(images, [n, c, p[2], p[1], p[0]]), device),
+            masks: Tensor::<4, Int>::from_data(
+                TensorData::new(masks, [n, p[2], p[1], p[0]]),
+                device,
+            ),
+            classes: Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), device),
+        }
+    }
+}
