@@ -1,10 +1,11 @@
 //! `mriloop`: the command line. A thin layer over the library; errors are reported here once.
 
 use anyhow::{bail, Context, Result};
+use burn::config::Config as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use mriloop::project::{nnunet, InputForm, Project};
 use mriloop::volume::{read_header, read_volume};
-use mriloop::{app, bench, phantom};
+use mriloop::{app, bench, model, phantom};
 use std::path::PathBuf;
 
 /// Review, correct and train a multi-task brain-MRI network in one native app.
@@ -70,6 +71,77 @@ enum Command {
         /// Dataset folder to write.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Train the multi-task network on a project's cases (reference mask + class), validating
+    /// on held-out cases after every epoch; writes OUT/best and OUT/last checkpoints.
+    Train {
+        /// The project folder.
+        project: PathBuf,
+        /// A fit configuration (JSON, as written to OUT/fit.json); flags below are ignored then.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where checkpoints go (default PROJECT/model).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Epochs.
+        #[arg(long, default_value_t = 20)]
+        epochs: usize,
+        /// Steps per epoch.
+        #[arg(long, default_value_t = 50)]
+        steps_per_epoch: usize,
+        /// Input sequences, comma-separated (default: the project's first two).
+        #[arg(long, value_delimiter = ',')]
+        sequences: Vec<String>,
+        /// Patch edge (voxels).
+        #[arg(long, default_value_t = 32)]
+        patch: usize,
+        /// Patches per batch.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Channels of the first level.
+        #[arg(long, default_value_t = 8)]
+        base_channels: usize,
+        /// Tasks: joint, seg or class.
+        #[arg(long, default_value = "joint")]
+        mode: String,
+        /// Learning rate.
+        #[arg(long, default_value_t = 2e-3)]
+        lr: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// cpu, gpu or auto (a hardware GPU if present).
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// Predict every case of a project with a trained model (mask, probability, class).
+    Predict {
+        /// The project folder.
+        project: PathBuf,
+        /// A checkpoint folder (config.json + model.bpk).
+        #[arg(long)]
+        model: PathBuf,
+        /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        backend: String,
+    },
+    /// Evaluate a model on a project's cases with reference masks: per-case and cohort Dice,
+    /// volume error, class AUC (`metric:` lines), optionally as CSV.
+    Eval {
+        /// The project folder.
+        project: PathBuf,
+        /// A checkpoint folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Only the cases held out from training (listed in the model's ../validation.txt).
+        #[arg(long)]
+        held_out: bool,
+        /// Write per-case figures to this CSV file.
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// cpu, gpu or auto.
+        #[arg(long, default_value = "auto")]
+        backend: String,
     },
     /// Scripted editing session on one case, committing each step through the journal and
     /// printing `committed N` (used by the crash-recovery test).
@@ -186,6 +258,105 @@ fn main() -> Result<()> {
             );
         }
         Command::Info { file, json } => info(&file, json)?,
+        Command::Train {
+            project,
+            config,
+            out,
+            epochs,
+            steps_per_epoch,
+            sequences,
+            patch,
+            batch,
+            base_channels,
+            mode,
+            lr,
+            seed,
+            backend,
+        } => {
+            let p = Project::open(&project)?;
+            let fit_config = match config {
+                Some(path) => model::FitConfig::load(&path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                None => {
+                    let sequences = if sequences.is_empty() {
+                        p.manifest
+                            .sequences
+                            .iter()
+                            .take(2)
+                            .map(|s| s.to_string())
+                            .collect()
+                    } else {
+                        sequences
+                    };
+                    let num_labels = 1 + p
+                        .manifest
+                        .labels
+                        .labels()
+                        .iter()
+                        .map(|l| l.value as usize)
+                        .max()
+                        .unwrap_or(1);
+                    let mut label_names = vec!["background".to_string(); num_labels];
+                    for l in p.manifest.labels.labels() {
+                        label_names[l.value as usize] = l.name.clone();
+                    }
+                    let net = model::MultiTaskUNetConfig::new(
+                        sequences.len(),
+                        num_labels,
+                        p.manifest.classes.len().max(2),
+                    )
+                    .with_base_channels(base_channels);
+                    let mode = match mode.as_str() {
+                        "seg" => model::TaskMode::SegmentationOnly,
+                        "class" => model::TaskMode::ClassificationOnly,
+                        "joint" => model::TaskMode::Joint,
+                        m => bail!("--mode must be joint, seg or class, not {m}"),
+                    };
+                    let training = model::TrainingConfig::new(net)
+                        .with_mode(mode)
+                        .with_learning_rate(lr)
+                        .with_seed(seed)
+                        .with_sequences(sequences)
+                        .with_label_names(label_names)
+                        .with_class_names(p.manifest.classes.clone());
+                    model::FitConfig::new(training)
+                        .with_epochs(epochs)
+                        .with_steps_per_epoch(steps_per_epoch)
+                        .with_batch_size(batch)
+                        .with_patch([patch; 3])
+                }
+            };
+            train_cli(
+                &p,
+                &fit_config,
+                out.unwrap_or_else(|| project.join("model")),
+                &backend,
+            )?;
+        }
+        Command::Predict {
+            project,
+            model: dir,
+            backend,
+        } => {
+            let (device, about) = model::choose_device(&backend);
+            eprintln!("running on {about}");
+            let (cfg, net) = model::load_checkpoint(&dir, &device)?;
+            let mut p = Project::open(&project)?;
+            let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
+            let window = window_of(&cfg);
+            let n = model::predict_project(&mut p, &net, &cfg, window, &device, |d, _| {
+                bar.set_position(d as u64)
+            })?;
+            bar.finish_and_clear();
+            println!("predicted {n} cases into {}", p.root().display());
+        }
+        Command::Eval {
+            project,
+            model: dir,
+            held_out,
+            csv,
+            backend,
+        } => eval_cli(&project, &dir, held_out, csv, &backend)?,
         Command::EditScript {
             project,
             case,
@@ -278,6 +449,207 @@ fn main() -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+/// The sliding window of a model: the patch it was trained on, else 64³ rounded to its multiple.
+fn window_of(cfg: &model::TrainingConfig) -> [usize; 3] {
+    let m = cfg.model.size_multiple();
+    [0, 1, 2].map(|a| 64usize.div_ceil(m[a].max(1)) * m[a].max(1))
+}
+
+fn train_cli(
+    project: &Project,
+    config: &model::FitConfig,
+    out: PathBuf,
+    backend: &str,
+) -> Result<()> {
+    use std::sync::atomic::AtomicBool;
+    let (device, about) = model::choose_device(backend);
+    eprintln!("training on {about}");
+    let names: Vec<mriloop::project::SequenceName> = config
+        .training
+        .sequences
+        .iter()
+        .map(|s| mriloop::project::SequenceName::from(s.clone()))
+        .collect();
+    let samples = model::load_samples(project, &names)?;
+    if samples.len() < 2 {
+        bail!(
+            "{}: training needs at least two cases with a reference mask and a class; found {}",
+            project.manifest_path().display(),
+            samples.len()
+        );
+    }
+    let (train, val) =
+        model::split_by_case(samples, config.validation_fraction, config.training.seed);
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    config
+        .save(out.join("fit.json"))
+        .with_context(|| format!("writing {}", out.join("fit.json").display()))?;
+    let ids: Vec<String> = val.iter().map(|s| s.case_id.clone()).collect();
+    mriloop::atomic::write_atomic(
+        &out.join("validation.txt"),
+        (ids.join("\n") + "\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", out.join("validation.txt").display()))?;
+    eprintln!(
+        "{} training cases, {} validation cases ({})",
+        train.len(),
+        val.len(),
+        ids.join(", ")
+    );
+    let total = (config.epochs * config.steps_per_epoch) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = AtomicBool::new(false);
+    let labels = config.training.label_names.clone();
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| model::fit(config, train, &val, &device, &out, &tx, &stop));
+        drop(tx.clone());
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(model::FitEvent::Train(model::TrainEvent::Step { step, loss })) => {
+                    bar.set_position(step as u64);
+                    bar.set_message(format!("loss {:.3}", loss.total));
+                }
+                Ok(model::FitEvent::Epoch(e)) => {
+                    let dice: Vec<String> = e
+                        .validation
+                        .dice
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(l, d)| {
+                            d.map(|d| {
+                                let name = labels
+                                    .get(l + 1)
+                                    .cloned()
+                                    .unwrap_or_else(|| format!("label{}", l + 1));
+                                format!("{name} {d:.3}")
+                            })
+                        })
+                        .collect();
+                    let line = format!(
+                        "epoch {:>3}: train loss {:.4}; validation Dice {}; class accuracy {:.3}, AUC {}{}",
+                        e.epoch,
+                        e.train_loss,
+                        dice.join(", "),
+                        e.validation.class_accuracy,
+                        e.validation.class_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+                        if e.best { " (best)" } else { "" }
+                    );
+                    // A hidden bar (output not a terminal) drops println: print plainly then.
+                    if bar.is_hidden() {
+                        println!("{line}");
+                    } else {
+                        bar.println(line);
+                    }
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if worker.is_finished() {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        worker.join()
+    });
+    bar.finish_and_clear();
+    let result = result.map_err(|_| anyhow::anyhow!("the training thread panicked"))??;
+    println!(
+        "trained {} epochs; best checkpoint {}, last {}",
+        result.epochs.len(),
+        result.best.display(),
+        result.last.display()
+    );
+    Ok(())
+}
+
+fn eval_cli(
+    project: &std::path::Path,
+    dir: &std::path::Path,
+    held_out: bool,
+    csv: Option<PathBuf>,
+    backend: &str,
+) -> Result<()> {
+    let (device, about) = model::choose_device(backend);
+    eprintln!("evaluating on {about}");
+    let (cfg, net) = model::load_checkpoint(dir, &device)?;
+    let p = Project::open(project)?;
+    let only: Option<Vec<String>> = if held_out {
+        let list = dir
+            .parent()
+            .map(|d| d.join("validation.txt"))
+            .ok_or_else(|| anyhow::anyhow!("{}: no parent folder", dir.display()))?;
+        let text = std::fs::read_to_string(&list)
+            .with_context(|| format!("reading the held-out list {}", list.display()))?;
+        Some(
+            text.lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect(),
+        )
+    } else {
+        None
+    };
+    let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
+    let (cases, cohort) = model::evaluate_project(
+        &p,
+        &net,
+        &cfg,
+        window_of(&cfg),
+        &device,
+        only.as_deref(),
+        |d, n| {
+            bar.set_length(n as u64);
+            bar.set_position(d as u64)
+        },
+    )?;
+    bar.finish_and_clear();
+    let name = |l: usize| {
+        cfg.label_names
+            .get(l + 1)
+            .cloned()
+            .unwrap_or_else(|| format!("label{}", l + 1))
+    };
+    let mut rows = vec![String::from(
+        "case,label,dice,volume_error_mm3,class,p_predicted",
+    )];
+    for c in &cases {
+        let class = c.class.map_or(String::new(), |k| k.to_string());
+        let pmax = c.class_probabilities.iter().copied().fold(0.0f32, f32::max);
+        for (l, d) in c.dice.iter().enumerate() {
+            rows.push(format!(
+                "{},{},{},{:.1},{class},{pmax:.4}",
+                c.case_id,
+                name(l),
+                d.map_or(String::new(), |d| format!("{d:.4}")),
+                c.volume_error_mm3[l]
+            ));
+        }
+    }
+    if let Some(path) = csv {
+        mriloop::atomic::write_atomic(&path, (rows.join("\n") + "\n").as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("evaluated {} cases", cases.len());
+    for (l, d) in cohort.dice.iter().enumerate() {
+        if let Some(d) = d {
+            println!("metric: dice_{} = {d:.4}", name(l));
+        }
+    }
+    if let Some(a) = cohort.class_auc {
+        println!("metric: class_auc = {a:.4}");
+    }
+    println!("metric: class_accuracy = {:.4}", cohort.class_accuracy);
     Ok(())
 }
 

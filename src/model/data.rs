@@ -164,6 +164,11 @@ impl PatchSampler {
         }
     }
 
+    /// A random index below `n` (which sample to draw a patch from).
+    pub fn pick(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n.max(1))
+    }
+
     /// One patch of `sample`: channels `[C][px·py·pz]` (i fastest) and its labels.
     pub fn patch(&mut self, sample: &Sample) -> (Vec<Vec<f32>>, Vec<i32>) {
         let [nx, ny, nz] = sample.dims;
@@ -239,7 +244,7 @@ impl PatchSampler {
             if samples.is_empty() {
                 break;
             }
-            let s = &samples[self.rng.random_range(0..samples.len())];
+            let s = &samples[self.pick(samples.len())];
             let (ch, lab) = self.patch(s);
             ch.into_iter().for_each(|x| images.extend(x));
             masks.extend(lab);

@@ -1,17 +1,28 @@
 //! The multi-task network in burn, following burn's own example layout: `model` (the residual
 //! U-Net with its classification head), `data` (samples from a project, augmented patches),
-//! `training` (losses, steps, the training loop and checkpoints), `inference` (sliding window
-//! over whole volumes). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
+//! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
+//! validation by case, best/last checkpoints, early stop), `inference` (sliding window
+//! over whole volumes), `apply` (predicting and evaluating a project, choosing the device). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
 //! `wgpu` on the GPU.
 
+pub mod apply;
 pub mod data;
+pub mod fit;
 pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod training;
 
+pub use apply::{
+    case_channels, choose_device, evaluate_project, predict_case, predict_project, CaseEvaluation,
+    CohortEvaluation,
+};
 pub use data::{load_samples, zscore_in_head, AugmentConfig, PatchSampler, Sample};
+pub use fit::{
+    auc, dice_of, fit, split_by_case, validate, EpochSummary, FitConfig, FitEvent, FitResult,
+    Metrics,
+};
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use training::{

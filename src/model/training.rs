@@ -45,6 +45,15 @@ pub struct TrainingConfig {
     /// Seed of weights and sampling.
     #[config(default = 1)]
     pub seed: u64,
+    /// The sequences fed as input channels, in order (e.g. `["T1", "T2"]`).
+    #[config(default = "Vec::new()")]
+    pub sequences: Vec<String>,
+    /// Label names (index = label value; 0 = background), for reports.
+    #[config(default = "Vec::new()")]
+    pub label_names: Vec<String>,
+    /// Class names, in the network's output order.
+    #[config(default = "Vec::new()")]
+    pub class_names: Vec<String>,
 }
 
 /// A batch: images `[N, C, D, H, W]`, label masks `[N, D, H, W]`, classes `[N]`.

@@ -1,0 +1,408 @@
+//! Fitting on a project: training by epochs on augmented patches drawn by a loader thread,
+//! validation by case after every epoch (sliding-window Dice per label, class accuracy and AUC),
+//! best and last checkpoints, early stop, and cancellation at any step. Reports through the
+//! same channel of `TrainEvent`s as `train`, plus `Epoch` summaries; never prints.
+//!
+//! Invariants: the validation cases are never trained on; the split is by case and fixed by the
+//! seed; the best checkpoint is the one with the highest validation score (mean foreground Dice
+//! plus class AUC, each weighted by the tasks trained).
+
+use super::data::{AugmentConfig, PatchSampler, Sample};
+use super::inference::predict_volume;
+use super::model::MultiTaskUNet;
+use super::training::{save_checkpoint, train_step, Batch, TaskMode, TrainingConfig};
+use crate::volume::Affine;
+use burn::optim::AdamConfig;
+use burn::prelude::*;
+use burn::tensor::{Int, TensorData};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Sender};
+
+/// Settings of a fit beyond the network and loss.
+#[derive(Config, Debug, PartialEq)]
+pub struct FitConfig {
+    /// Network, loss, learning rate, seed (its `steps` is unused: epochs × steps per epoch).
+    pub training: TrainingConfig,
+    /// Epochs.
+    #[config(default = 20)]
+    pub epochs: usize,
+    /// Optimisation steps per epoch.
+    #[config(default = 50)]
+    pub steps_per_epoch: usize,
+    /// Patches per batch.
+    #[config(default = 2)]
+    pub batch_size: usize,
+    /// Patch size `[x, y, z]` (multiples of the network's size multiple).
+    #[config(default = "[32, 32, 32]")]
+    pub patch: [usize; 3],
+    /// Fraction of cases held out for validation.
+    #[config(default = 0.2)]
+    pub validation_fraction: f64,
+    /// Stop after this many epochs without a better validation score (0: never).
+    #[config(default = 0)]
+    pub patience: usize,
+    /// Augmentation.
+    #[config(default = "AugmentConfig::new()")]
+    pub augment: AugmentConfig,
+}
+
+/// Validation figures of one epoch.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Metrics {
+    /// Mean Dice per foreground label (index 0 = label 1) over validation cases where the label
+    /// is present in the reference.
+    pub dice: Vec<Option<f64>>,
+    /// Class accuracy.
+    pub class_accuracy: f64,
+    /// Class AUC (one-vs-rest, averaged over classes); `None` with a single class present.
+    pub class_auc: Option<f64>,
+}
+
+impl Metrics {
+    /// Mean of the per-label Dice values present.
+    pub fn mean_dice(&self) -> f64 {
+        let v: Vec<f64> = self.dice.iter().flatten().copied().collect();
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    }
+}
+
+/// One epoch's summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochSummary {
+    /// Epoch number (from 1).
+    pub epoch: usize,
+    /// Mean training loss of the epoch.
+    pub train_loss: f64,
+    /// Validation figures.
+    pub validation: Metrics,
+    /// Whether this epoch's checkpoint is the best so far.
+    pub best: bool,
+}
+
+/// Dice of one label between two masks.
+pub fn dice_of(reference: &[u8], predicted: &[u8], label: u8) -> Option<f64> {
+    let (mut both, mut a, mut b) = (0u64, 0u64, 0u64);
+    for (r, p) in reference.iter().zip(predicted) {
+        let (x, y) = (*r == label, *p == label);
+        a += u64::from(x);
+        b += u64::from(y);
+        both += u64::from(x && y);
+    }
+    (a > 0).then(|| 2.0 * both as f64 / (a + b) as f64)
+}
+
+/// Area under the ROC curve of `scores` for `positive` cases (Mann–Whitney, ties count half);
+/// `None` when one side is empty.
+pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let pos: Vec<f64> = scores
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| **p)
+        .map(|(s, _)| *s)
+        .collect();
+    let neg: Vec<f64> = scores
+        .iter()
+        .zip(positive)
+        .filter(|(_, p)| !**p)
+        .map(|(s, _)| *s)
+        .collect();
+    if pos.is_empty() || neg.is_empty() {
+        return None;
+    }
+    let mut wins = 0.0;
+    for p in &pos {
+        for n in &neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    Some(wins / (pos.len() * neg.len()) as f64)
+}
+
+/// Validate: predict every sample whole and compare.
+pub fn validate(
+    model: &MultiTaskUNet,
+    samples: &[Sample],
+    num_labels: usize,
+    window: [usize; 3],
+    device: &Device,
+) -> Metrics {
+    let mut dice_sum = vec![(0.0, 0usize); num_labels.saturating_sub(1)];
+    let mut probs: Vec<Vec<f32>> = Vec::new();
+    let mut truth = Vec::new();
+    for s in samples {
+        let Ok(p) = predict_volume(
+            model,
+            &s.channels,
+            s.dims,
+            Affine::identity(),
+            window,
+            0.5,
+            device,
+        ) else {
+            continue;
+        };
+        for (l, acc) in dice_sum.iter_mut().enumerate() {
+            if let Some(d) = dice_of(&s.mask, p.mask.data(), (l + 1) as u8) {
+                acc.0 += d;
+                acc.1 += 1;
+            }
+        }
+        probs.push(p.class_probabilities);
+        truth.push(s.class);
+    }
+    let classes = probs.first().map_or(0, Vec::len);
+    let correct = probs
+        .iter()
+        .zip(&truth)
+        .filter(|(p, t)| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(k, _)| k)
+                == Some(**t)
+        })
+        .count();
+    let aucs: Vec<f64> = (0..classes)
+        .filter_map(|k| {
+            let scores: Vec<f64> = probs.iter().map(|p| f64::from(p[k])).collect();
+            let pos: Vec<bool> = truth.iter().map(|t| *t == k).collect();
+            auc(&scores, &pos)
+        })
+        .collect();
+    Metrics {
+        dice: dice_sum
+            .into_iter()
+            .map(|(s, n)| (n > 0).then(|| s / n as f64))
+            .collect(),
+        class_accuracy: correct as f64 / truth.len().max(1) as f64,
+        class_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
+    }
+}
+
+/// Split samples by case into training and validation, fixed by the seed.
+pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+    let n_val =
+        ((samples.len() as f64 * fraction).round() as usize).min(samples.len().saturating_sub(1));
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let mut state = seed.wrapping_add(0x9E3779B97F4A7C15);
+    order.sort_by_key(|i| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(*i as u64);
+        (state >> 11) ^ (*i as u64).wrapping_mul(0x9E3779B97F4A7C15)
+    });
+    let val_ids: Vec<usize> = order[..n_val].to_vec();
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (i, s) in samples.into_iter().enumerate() {
+        if val_ids.contains(&i) {
+            val.push(s);
+        } else {
+            train.push(s);
+        }
+    }
+    (train, val)
+}
+
+/// Host-side batch made by the loader thread.
+struct HostBatch {
+    images: Vec<f32>,
+    masks: Vec<i32>,
+    classes: Vec<i32>,
+    n: usize,
+    c: usize,
+    patch: [usize; 3],
+}
+
+impl HostBatch {
+    fn into_batch(self, device: &Device) -> Batch {
+        let [px, py, pz] = self.patch;
+        Batch {
+            images: Tensor::from_data(
+                TensorData::new(self.images, [self.n, self.c, pz, py, px]),
+                device,
+            ),
+            masks: Tensor::<4, Int>::from_data(
+                TensorData::new(self.masks, [self.n, pz, py, px]),
+                device,
+            ),
+            classes: Tensor::<1, Int>::from_data(TensorData::new(self.classes, [self.n]), device),
+        }
+    }
+}
+
+/// What `fit` produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitResult {
+    /// Every epoch's summary.
+    pub epochs: Vec<EpochSummary>,
+    /// Folder of the best checkpoint.
+    pub best: PathBuf,
+    /// Folder of the last checkpoint.
+    pub last: PathBuf,
+    /// Whether it was stopped before the last epoch (cancel or early stop).
+    pub stopped_early: bool,
+}
+
+/// Events of a fit: step-level `TrainEvent`s and epoch summaries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitEvent {
+    /// A training step or checkpoint.
+    Train(super::training::TrainEvent),
+    /// An epoch finished and was validated.
+    Epoch(EpochSummary),
+}
+
+/// Fit on `train` samples, validating on `val` after each epoch, writing `out/best` and
+/// `out/last`. `stop` cancels at the next step.
+pub fn fit(
+    config: &FitConfig,
+    train: Vec<Sample>,
+    val: &[Sample],
+    device: &Device,
+    out: &std::path::Path,
+    events: &Sender<FitEvent>,
+    stop: &AtomicBool,
+) -> Result<FitResult, super::training::CheckpointError> {
+    let t = &config.training;
+    let ad = device.clone().autodiff();
+    ad.seed(t.seed);
+    let mut model = t.model.init(&ad);
+    let mut optim = AdamConfig::new().init();
+    let total = config.epochs * config.steps_per_epoch;
+    // The loader thread draws patches ahead of the training thread.
+    let (tx, rx) = sync_channel::<HostBatch>(4);
+    let loader_stop = std::sync::Arc::new(AtomicBool::new(false));
+    let loader = {
+        let (patch, n, seed, augment) = (
+            config.patch,
+            config.batch_size,
+            t.seed,
+            config.augment.clone(),
+        );
+        let halt = loader_stop.clone();
+        std::thread::spawn(move || {
+            let mut sampler = PatchSampler::new(seed, patch, augment);
+            let c = train.first().map_or(1, |s| s.channels.len());
+            for _ in 0..total {
+                if halt.load(Ordering::Relaxed) || train.is_empty() {
+                    return;
+                }
+                let mut images = Vec::new();
+                let mut masks = Vec::new();
+                let mut classes = Vec::new();
+                for _ in 0..n {
+                    let s = &train[sampler.pick(train.len())];
+                    let (ch, lab) = sampler.patch(s);
+                    ch.into_iter().for_each(|x| images.extend(x));
+                    masks.extend(lab);
+                    classes.push(s.class as i32);
+                }
+                let hb = HostBatch {
+                    images,
+                    masks,
+                    classes,
+                    n,
+                    c,
+                    patch,
+                };
+                if tx.send(hb).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let best_dir = out.join("best");
+    let last_dir = out.join("last");
+    let mut summaries = Vec::new();
+    let mut best_score = f64::NEG_INFINITY;
+    let mut since_best = 0;
+    let mut stopped_early = false;
+    let mut step = 0;
+    'epochs: for epoch in 1..=config.epochs {
+        let mut loss_sum = 0.0;
+        let mut steps = 0;
+        for _ in 0..config.steps_per_epoch {
+            if stop.load(Ordering::Relaxed) {
+                stopped_early = true;
+                break 'epochs;
+            }
+            let Ok(hb) = rx.recv() else {
+                stopped_early = true;
+                break 'epochs;
+            };
+            let batch = hb.into_batch(&ad);
+            let (m, loss) = train_step(model, &mut optim, &batch, t);
+            model = m;
+            step += 1;
+            steps += 1;
+            loss_sum += loss.total;
+            let _ = events.send(FitEvent::Train(super::training::TrainEvent::Step {
+                step,
+                loss,
+            }));
+        }
+        let valid = model.valid();
+        let window = config.patch;
+        let validation = validate(&valid, val, t.model.num_labels, window, device);
+        let w_seg = if t.mode == TaskMode::ClassificationOnly {
+            0.0
+        } else {
+            1.0
+        };
+        let w_cls = if t.mode == TaskMode::SegmentationOnly {
+            0.0
+        } else {
+            1.0
+        };
+        let score = w_seg * validation.mean_dice()
+            + w_cls * validation.class_auc.unwrap_or(validation.class_accuracy);
+        let best = score > best_score;
+        save_checkpoint(&last_dir, t, &model)?;
+        if best {
+            best_score = score;
+            since_best = 0;
+            save_checkpoint(&best_dir, t, &model)?;
+            let _ = events.send(FitEvent::Train(super::training::TrainEvent::Checkpoint(
+                best_dir.display().to_string(),
+            )));
+        } else {
+            since_best += 1;
+        }
+        let summary = EpochSummary {
+            epoch,
+            train_loss: loss_sum / steps.max(1) as f64,
+            validation,
+            best,
+        };
+        let _ = events.send(FitEvent::Epoch(summary.clone()));
+        summaries.push(summary);
+        if config.patience > 0 && since_best >= config.patience {
+            stopped_early = true;
+            break;
+        }
+    }
+    loader_stop.store(true, Ordering::Relaxed);
+    drop(rx);
+    let _ = loader.join();
+    let _ = events.send(FitEvent::Train(super::training::TrainEvent::Finished {
+        steps: step,
+        cancelled: stopped_early,
+    }));
+    Ok(FitResult {
+        epochs: summaries,
+        best: best_dir,
+        last: last_dir,
+        stopped_early,
+    })
+}
