@@ -98,6 +98,9 @@ enum Command {
         /// Patches per batch.
         #[arg(long, default_value_t = 2)]
         batch: usize,
+        /// Edge of the centre crop the class is learned and predicted from (whole head).
+        #[arg(long, default_value_t = 64)]
+        class_window: usize,
         /// Channels of the first level.
         #[arg(long, default_value_t = 8)]
         base_channels: usize,
@@ -267,6 +270,7 @@ fn main() -> Result<()> {
             sequences,
             patch,
             batch,
+            class_window,
             base_channels,
             mode,
             lr,
@@ -318,7 +322,9 @@ fn main() -> Result<()> {
                         .with_seed(seed)
                         .with_sequences(sequences)
                         .with_label_names(label_names)
-                        .with_class_names(p.manifest.classes.clone());
+                        .with_class_names(p.manifest.classes.clone())
+                        .with_window([patch; 3])
+                        .with_class_window([class_window; 3]);
                     model::FitConfig::new(training)
                         .with_epochs(epochs)
                         .with_steps_per_epoch(steps_per_epoch)
@@ -343,8 +349,7 @@ fn main() -> Result<()> {
             let (cfg, net) = model::load_checkpoint(&dir, &device)?;
             let mut p = Project::open(&project)?;
             let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
-            let window = window_of(&cfg);
-            let n = model::predict_project(&mut p, &net, &cfg, window, &device, |d, _| {
+            let n = model::predict_project(&mut p, &net, &cfg, &device, |d, _| {
                 bar.set_position(d as u64)
             })?;
             bar.finish_and_clear();
@@ -450,12 +455,6 @@ fn main() -> Result<()> {
         },
     }
     Ok(())
-}
-
-/// The sliding window of a model: the patch it was trained on, else 64³ rounded to its multiple.
-fn window_of(cfg: &model::TrainingConfig) -> [usize; 3] {
-    let m = cfg.model.size_multiple();
-    [0, 1, 2].map(|a| 64usize.div_ceil(m[a].max(1)) * m[a].max(1))
 }
 
 fn train_cli(
@@ -601,18 +600,11 @@ fn eval_cli(
         None
     };
     let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
-    let (cases, cohort) = model::evaluate_project(
-        &p,
-        &net,
-        &cfg,
-        window_of(&cfg),
-        &device,
-        only.as_deref(),
-        |d, n| {
+    let (cases, cohort) =
+        model::evaluate_project(&p, &net, &cfg, &device, only.as_deref(), |d, n| {
             bar.set_length(n as u64);
             bar.set_position(d as u64)
-        },
-    )?;
+        })?;
     bar.finish_and_clear();
     let name = |l: usize| {
         cfg.label_names

@@ -189,7 +189,17 @@ fn sliding_window_inference_returns_the_cases_exact_grid_and_affine() {
     let channels: Vec<Vec<f32>> = (0..2)
         .map(|c| (0..n).map(|i| ((i * (c + 3)) % 17) as f32 / 17.0).collect())
         .collect();
-    let p = predict_volume(&model, &channels, dims, affine, [8, 8, 8], 0.5, &d).unwrap();
+    let p = predict_volume(
+        &model,
+        &channels,
+        dims,
+        affine,
+        [8, 8, 8],
+        [8, 8, 8],
+        0.5,
+        &d,
+    )
+    .unwrap();
     assert_eq!(p.mask.dims3(), dims);
     assert_eq!(p.mask.affine(), &affine);
     assert_eq!(p.foreground.dims3(), dims);

@@ -73,7 +73,6 @@ pub fn predict_case(
     case: &Case,
     model: &MultiTaskUNet,
     config: &TrainingConfig,
-    window: [usize; 3],
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
     let (channels, first) = case_channels(project, case, config)?;
@@ -82,7 +81,8 @@ pub fn predict_case(
         &channels,
         first.dims3(),
         *first.affine(),
-        window,
+        config.window,
+        config.class_window,
         0.5,
         device,
     )?)
@@ -95,14 +95,13 @@ pub fn predict_project(
     project: &mut Project,
     model: &MultiTaskUNet,
     config: &TrainingConfig,
-    window: [usize; 3],
     device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<usize, ProjectError> {
     let total = project.manifest.cases.len();
     for i in 0..total {
         let case = project.manifest.cases[i].clone();
-        let p = predict_case(project, &case, model, config, window, device)?;
+        let p = predict_case(project, &case, model, config, device)?;
         let dir = Project::case_dir_rel(&case.id);
         let mask_rel = format!("{dir}/predicted.nii.gz");
         let prob_rel = format!("{dir}/predicted_prob.nii.gz");
@@ -151,7 +150,6 @@ pub fn evaluate_project(
     project: &Project,
     model: &MultiTaskUNet,
     config: &TrainingConfig,
-    window: [usize; 3],
     device: &Device,
     only: Option<&[String]>,
     mut progress: impl FnMut(usize, usize),
@@ -169,7 +167,7 @@ pub fn evaluate_project(
         let Some(reference) = project.load_reference_mask(case)? else {
             continue;
         };
-        let p = predict_case(project, case, model, config, window, device)?;
+        let p = predict_case(project, case, model, config, device)?;
         let vox = reference.voxel_volume_mm3();
         let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
         out.push(CaseEvaluation {

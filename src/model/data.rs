@@ -31,6 +31,8 @@ pub struct Sample {
     pub class: usize,
     /// Linear indices of labelled voxels (for foreground oversampling).
     pub foreground: Vec<usize>,
+    /// The same, grouped by label value, so a rare label is picked as often as a common one.
+    pub foreground_by_label: Vec<(u8, Vec<usize>)>,
 }
 
 /// Z-score normalisation inside the head: mean and standard deviation of the non-zero voxels.
@@ -78,8 +80,18 @@ impl Sample {
             .filter(|(_, v)| **v > 0)
             .map(|(i, _)| i)
             .collect();
+        let mut by_label: Vec<(u8, Vec<usize>)> = Vec::new();
+        for &i in &foreground {
+            let l = mask_data[i];
+            match by_label.iter_mut().find(|(v, _)| *v == l) {
+                Some((_, list)) => list.push(i),
+                None => by_label.push((l, vec![i])),
+            }
+        }
+        by_label.sort_by_key(|(l, _)| *l);
         Ok(Self {
             case_id: case_id.to_string(),
+            foreground_by_label: by_label,
             channels: sequences
                 .iter()
                 .map(|s| zscore_in_head(&s.data()[..s.frame_len()]))
@@ -173,9 +185,12 @@ impl PatchSampler {
     pub fn patch(&mut self, sample: &Sample) -> (Vec<Vec<f32>>, Vec<i32>) {
         let [nx, ny, nz] = sample.dims;
         let p = self.patch;
-        // A third of patches are centred on a labelled voxel.
-        let centre = if !sample.foreground.is_empty() && self.rng.random_range(0..3) == 0 {
-            let f = sample.foreground[self.rng.random_range(0..sample.foreground.len())];
+        // A third of patches are centred on a labelled voxel, of a label picked uniformly among
+        // those present (a tiny structure is seen as often as a large lesion).
+        let labels = &sample.foreground_by_label;
+        let centre = if !labels.is_empty() && self.rng.random_range(0..3) == 0 {
+            let (_, voxels) = &labels[self.rng.random_range(0..labels.len())];
+            let f = voxels[self.rng.random_range(0..voxels.len())];
             [f % nx, (f / nx) % ny, f / (nx * ny)]
         } else {
             [
@@ -184,6 +199,23 @@ impl PatchSampler {
                 self.rng.random_range(0..nz),
             ]
         };
+        self.crop_at(sample, centre, p)
+    }
+
+    /// A patch of `size` around the volume's centre (whole-volume context, for the class).
+    pub fn centre_crop(&mut self, sample: &Sample, size: [usize; 3]) -> (Vec<Vec<f32>>, Vec<i32>) {
+        let [nx, ny, nz] = sample.dims;
+        self.crop_at(sample, [nx / 2, ny / 2, nz / 2], size)
+    }
+
+    /// An augmented patch of `p` voxels centred (as far as the volume allows) on `centre`.
+    fn crop_at(
+        &mut self,
+        sample: &Sample,
+        centre: [usize; 3],
+        p: [usize; 3],
+    ) -> (Vec<Vec<f32>>, Vec<i32>) {
+        let [nx, ny, nz] = sample.dims;
         let origin = [0, 1, 2].map(|a| {
             let n = [nx, ny, nz][a] as i64;
             let lo = centre[a] as i64 - p[a] as i64 / 2;

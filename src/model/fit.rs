@@ -45,6 +45,11 @@ pub struct FitConfig {
     /// Augmentation.
     #[config(default = "AugmentConfig::new()")]
     pub augment: AugmentConfig,
+    /// Every this many steps, a classification step on whole-head centre crops (the class
+    /// depends on the whole image, which a small patch does not show); 0: never. Patch steps
+    /// then train the segmentation only.
+    #[config(default = 3)]
+    pub class_every: usize,
 }
 
 /// Validation figures of one epoch.
@@ -129,15 +134,14 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(wins / (pos.len() * neg.len()) as f64)
 }
 
-/// Validate: predict every sample whole and compare.
+/// Validate: predict every sample whole (the config's windows) and compare.
 pub fn validate(
     model: &MultiTaskUNet,
     samples: &[Sample],
-    num_labels: usize,
-    window: [usize; 3],
+    config: &TrainingConfig,
     device: &Device,
 ) -> Metrics {
-    let mut dice_sum = vec![(0.0, 0usize); num_labels.saturating_sub(1)];
+    let mut dice_sum = vec![(0.0, 0usize); config.model.num_labels.saturating_sub(1)];
     let mut probs: Vec<Vec<f32>> = Vec::new();
     let mut truth = Vec::new();
     for s in samples {
@@ -146,7 +150,8 @@ pub fn validate(
             &s.channels,
             s.dims,
             Affine::identity(),
-            window,
+            config.window,
+            config.class_window,
             0.5,
             device,
         ) else {
@@ -216,6 +221,8 @@ pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sam
 
 /// Host-side batch made by the loader thread.
 struct HostBatch {
+    /// A whole-head classification batch (else a segmentation patch batch).
+    class_step: bool,
     images: Vec<f32>,
     masks: Vec<i32>,
     classes: Vec<i32>,
@@ -290,31 +297,44 @@ pub fn fit(
             t.seed,
             config.augment.clone(),
         );
+        let class_window = t.class_window;
+        let class_every = match t.mode {
+            TaskMode::SegmentationOnly => 0,
+            TaskMode::ClassificationOnly => 1,
+            TaskMode::Joint => config.class_every,
+        };
         let halt = loader_stop.clone();
         std::thread::spawn(move || {
             let mut sampler = PatchSampler::new(seed, patch, augment);
             let c = train.first().map_or(1, |s| s.channels.len());
-            for _ in 0..total {
+            for step in 1..=total {
                 if halt.load(Ordering::Relaxed) || train.is_empty() {
                     return;
                 }
+                let class_step = class_every > 0 && step % class_every == 0;
+                let size = if class_step { class_window } else { patch };
                 let mut images = Vec::new();
                 let mut masks = Vec::new();
                 let mut classes = Vec::new();
                 for _ in 0..n {
                     let s = &train[sampler.pick(train.len())];
-                    let (ch, lab) = sampler.patch(s);
+                    let (ch, lab) = if class_step {
+                        sampler.centre_crop(s, size)
+                    } else {
+                        sampler.patch(s)
+                    };
                     ch.into_iter().for_each(|x| images.extend(x));
                     masks.extend(lab);
                     classes.push(s.class as i32);
                 }
                 let hb = HostBatch {
+                    class_step,
                     images,
                     masks,
                     classes,
                     n,
                     c,
-                    patch,
+                    patch: size,
                 };
                 if tx.send(hb).is_err() {
                     return;
@@ -341,8 +361,16 @@ pub fn fit(
                 stopped_early = true;
                 break 'epochs;
             };
+            let class_step = hb.class_step;
             let batch = hb.into_batch(&ad);
-            let (m, loss) = train_step(model, &mut optim, &batch, t);
+            // With whole-head class steps, patch steps train the segmentation only.
+            let mode = match (t.mode, class_step, config.class_every > 0) {
+                (TaskMode::Joint, true, _) => TaskMode::ClassificationOnly,
+                (TaskMode::Joint, false, true) => TaskMode::SegmentationOnly,
+                (m, _, _) => m,
+            };
+            let step_config = TrainingConfig { mode, ..t.clone() };
+            let (m, loss) = train_step(model, &mut optim, &batch, &step_config);
             model = m;
             step += 1;
             steps += 1;
@@ -353,8 +381,7 @@ pub fn fit(
             }));
         }
         let valid = model.valid();
-        let window = config.patch;
-        let validation = validate(&valid, val, t.model.num_labels, window, device);
+        let validation = validate(&valid, val, t, device);
         let w_seg = if t.mode == TaskMode::ClassificationOnly {
             0.0
         } else {

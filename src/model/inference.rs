@@ -1,6 +1,7 @@
 //! Sliding-window inference over a whole volume: overlapping windows, each prediction weighted by
 //! a Gaussian centred on its window (edges count less), summed and normalised; the label is the
-//! arg-max, on the case's exact grid and affine. Class probabilities are the mean over windows.
+//! arg-max, on the case's exact grid and affine. The class comes from one centre crop of the
+//! whole head, as it was trained.
 //!
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
 //! zero-padded; windows never read outside the volume.
@@ -18,7 +19,7 @@ pub struct Prediction {
     pub mask: Volume<u8>,
     /// Probability of any foreground label (1 − p(background)).
     pub foreground: Volume<f32>,
-    /// Class probabilities (mean over windows).
+    /// Class probabilities (from the centre crop).
     pub class_probabilities: Vec<f32>,
 }
 
@@ -42,56 +43,100 @@ fn gaussian(window: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The voxels of a `[wx, wy, wz]` box at `origin` (may stick out: zero-filled), as one
+/// `[1, C, wz, wy, wx]` tensor.
+fn window_tensor(
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    origin: [i64; 3],
+    window: [usize; 3],
+    device: &Device,
+) -> Tensor<5> {
+    let [nx, ny, nz] = dims;
+    let [wx, wy, wz] = window;
+    let c = channels.len();
+    let mut input = vec![0f32; c * wx * wy * wz];
+    for (ci, ch) in channels.iter().enumerate() {
+        for k in 0..wz {
+            let z = origin[2] + k as i64;
+            if z < 0 || z >= nz as i64 {
+                continue;
+            }
+            for j in 0..wy {
+                let y = origin[1] + j as i64;
+                if y < 0 || y >= ny as i64 {
+                    continue;
+                }
+                for i in 0..wx {
+                    let x = origin[0] + i as i64;
+                    if x < 0 || x >= nx as i64 {
+                        continue;
+                    }
+                    let src = x as usize + nx * (y as usize + ny * z as usize);
+                    input[((ci * wz + k) * wy + j) * wx + i] = ch[src];
+                }
+            }
+        }
+    }
+    Tensor::<5>::from_data(TensorData::new(input, [1, c, wz, wy, wx]), device)
+}
+
+/// Class probabilities from the `class_window` centre crop of a volume (whole-head context, as
+/// trained).
+pub fn classify_volume(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    class_window: [usize; 3],
+    device: &Device,
+) -> Result<Vec<f32>, VolumeError> {
+    let origin = [0, 1, 2].map(|a| dims[a] as i64 / 2 - class_window[a] as i64 / 2);
+    let x = window_tensor(channels, dims, origin, class_window, device);
+    let (_, cls) = model.forward(x);
+    softmax(cls, 1)
+        .try_into_vec_as::<f32>()
+        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
+}
+
 /// Predict a volume given as channels (`[C][nx·ny·nz]`, i fastest, already normalised) on the
-/// grid `dims` with `affine`, with windows of `window` voxels `[wx, wy, wz]` overlapping by
-/// `overlap` (0..1).
+/// grid `dims` with `affine`: the mask with windows of `window` voxels `[wx, wy, wz]`
+/// overlapping by `overlap` (0..1), the class from the `class_window` centre crop.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_volume(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
     dims: [usize; 3],
     affine: Affine,
     window: [usize; 3],
+    class_window: [usize; 3],
     overlap: f32,
     device: &Device,
 ) -> Result<Prediction, VolumeError> {
     let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
-    let c = channels.len();
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     let g = window.map(gaussian);
     let mut acc: Vec<Vec<f32>> = Vec::new();
     let mut weight = vec![0f32; n];
-    let mut class_sum: Vec<f32> = Vec::new();
-    let mut windows = 0usize;
     for &z0 in &starts(nz, window[2], step[2]) {
         for &y0 in &starts(ny, window[1], step[1]) {
             for &x0 in &starts(nx, window[0], step[0]) {
                 let [wx, wy, wz] = window;
-                let mut input = vec![0f32; c * wx * wy * wz];
-                for (ci, ch) in channels.iter().enumerate() {
-                    for k in 0..wz.min(nz - z0) {
-                        for j in 0..wy.min(ny - y0) {
-                            let src = x0 + nx * ((y0 + j) + ny * (z0 + k));
-                            let dst = ((ci * wz + k) * wy + j) * wx;
-                            let w = wx.min(nx - x0);
-                            input[dst..dst + w].copy_from_slice(&ch[src..src + w]);
-                        }
-                    }
-                }
-                let x = Tensor::<5>::from_data(TensorData::new(input, [1, c, wz, wy, wx]), device);
-                let (seg, cls) = model.forward(x);
-                let host = |e| VolumeError::Shape(format!("reading a prediction back: {e:?}"));
-                let probs: Vec<f32> = softmax(seg, 1).try_into_vec_as::<f32>().map_err(host)?;
-                let cls: Vec<f32> = softmax(cls, 1).try_into_vec_as::<f32>().map_err(host)?;
+                let x = window_tensor(
+                    channels,
+                    dims,
+                    [x0, y0, z0].map(|v| v as i64),
+                    window,
+                    device,
+                );
+                let (seg, _) = model.forward(x);
+                let probs: Vec<f32> = softmax(seg, 1)
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))?;
                 let labels = probs.len() / (wx * wy * wz).max(1);
                 if acc.is_empty() {
                     acc = vec![vec![0f32; n]; labels];
-                    class_sum = vec![0f32; cls.len()];
                 }
-                for (s, v) in class_sum.iter_mut().zip(&cls) {
-                    *s += v;
-                }
-                windows += 1;
                 for k in 0..wz.min(nz - z0) {
                     for j in 0..wy.min(ny - y0) {
                         for i in 0..wx.min(nx - x0) {
@@ -120,10 +165,9 @@ pub fn predict_volume(
         mask[v] = best.0.min(255) as u8;
         fg[v] = acc.first().map_or(0.0, |bg| 1.0 - bg[v] / w);
     }
-    let windows = windows.max(1) as f32;
     Ok(Prediction {
         mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
         foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
-        class_probabilities: class_sum.into_iter().map(|s| s / windows).collect(),
+        class_probabilities: classify_volume(model, channels, dims, class_window, device)?,
     })
 }

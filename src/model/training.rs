@@ -54,6 +54,13 @@ pub struct TrainingConfig {
     /// Class names, in the network's output order.
     #[config(default = "Vec::new()")]
     pub class_names: Vec<String>,
+    /// Sliding-window size for segmentation `[x, y, z]` (the training patch: instance
+    /// normalisation makes predictions depend on the window).
+    #[config(default = "[32, 32, 32]")]
+    pub window: [usize; 3],
+    /// The centre crop classified `[x, y, z]` (whole-head context).
+    #[config(default = "[64, 64, 64]")]
+    pub class_window: [usize; 3],
 }
 
 /// A batch: images `[N, C, D, H, W]`, label masks `[N, D, H, W]`, classes `[N]`.
