@@ -116,6 +116,9 @@ enum Command {
         /// cpu, gpu or auto (a hardware GPU if present).
         #[arg(long, default_value = "auto")]
         backend: String,
+        /// Also write the loss and validation curves to OUT/curves.png.
+        #[arg(long)]
+        plot: bool,
     },
     /// Predict every case of a project with a trained model (mask, probability, class).
     Predict {
@@ -276,6 +279,7 @@ fn main() -> Result<()> {
             lr,
             seed,
             backend,
+            plot,
         } => {
             let p = Project::open(&project)?;
             let fit_config = match config {
@@ -337,6 +341,7 @@ fn main() -> Result<()> {
                 &fit_config,
                 out.unwrap_or_else(|| project.join("model")),
                 &backend,
+                plot,
             )?;
         }
         Command::Predict {
@@ -462,8 +467,11 @@ fn train_cli(
     config: &model::FitConfig,
     out: PathBuf,
     backend: &str,
+    plot: bool,
 ) -> Result<()> {
     use std::sync::atomic::AtomicBool;
+    let mut curves = app::curves::Curves::default();
+    let mut last_step = 0;
     let (device, about) = model::choose_device(backend);
     eprintln!("training on {about}");
     let names: Vec<mriloop::project::SequenceName> = config
@@ -515,10 +523,26 @@ fn train_cli(
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(model::FitEvent::Train(model::TrainEvent::Step { step, loss })) => {
+                    curves.loss.push((step, loss.total));
+                    last_step = step;
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {:.3}", loss.total));
                 }
                 Ok(model::FitEvent::Epoch(e)) => {
+                    for (l, d) in e.validation.dice.iter().enumerate() {
+                        if let Some(d) = d {
+                            let name = labels
+                                .get(l + 1)
+                                .cloned()
+                                .unwrap_or_else(|| format!("label{}", l + 1));
+                            curves
+                                .validation
+                                .push((last_step, format!("Dice {name}"), *d));
+                        }
+                    }
+                    if let Some(a) = e.validation.class_auc {
+                        curves.validation.push((last_step, "class AUC".into(), a));
+                    }
                     let dice: Vec<String> = e
                         .validation
                         .dice
@@ -563,6 +587,12 @@ fn train_cli(
     });
     bar.finish_and_clear();
     let result = result.map_err(|_| anyhow::anyhow!("the training thread panicked"))??;
+    if plot {
+        let png = out.join("curves.png");
+        app::curves::write_png(&curves, [1400, 500], &png)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", png.display()))?;
+        println!("curves: {}", png.display());
+    }
     println!(
         "trained {} epochs; best checkpoint {}, last {}",
         result.epochs.len(),

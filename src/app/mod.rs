@@ -7,6 +7,7 @@
 //! previous case open and shows a dialog naming the file and the problem.
 
 mod bridge;
+pub mod curves;
 mod edit_panel;
 mod editing;
 mod loader;

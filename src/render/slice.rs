@@ -593,6 +593,11 @@ impl OffscreenTarget {
         }
     }
 
+    /// The colour attachment, for callers recording their own pass.
+    pub fn view(&self) -> &wgpu::TextureView {
+        &self.view
+    }
+
     /// Clear the target and draw each view (whose uniform was prepared) into its viewport
     /// `[x, y, width, height]` in pixels; submits the work.
     pub fn draw(

@@ -1,0 +1,174 @@
+//! Training curves with egui_plot: the training loss per step and the validation figures per
+//! epoch, drawn into any `Ui` (the app's live panel) or rendered offscreen through egui-wgpu to a
+//! PNG (`mriloop train --plot`).
+//!
+//! Invariants: the offscreen render uses the same plot code as the app; a PNG is written
+//! atomically.
+
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+
+/// What the curves show.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Curves {
+    /// Training loss per step: (step, loss).
+    pub loss: Vec<(usize, f64)>,
+    /// Per epoch (at its last step): (step, name, value) for validation figures.
+    pub validation: Vec<(usize, String, f64)>,
+}
+
+const PALETTE: [egui::Color32; 8] = [
+    egui::Color32::from_rgb(220, 60, 60),
+    egui::Color32::from_rgb(60, 130, 230),
+    egui::Color32::from_rgb(230, 180, 20),
+    egui::Color32::from_rgb(20, 180, 160),
+    egui::Color32::from_rgb(200, 40, 200),
+    egui::Color32::from_rgb(30, 30, 30),
+    egui::Color32::from_rgb(120, 200, 60),
+    egui::Color32::from_rgb(150, 90, 40),
+];
+
+/// Moving average of `w` points.
+fn smooth(points: &[(usize, f64)], w: usize) -> Vec<[f64; 2]> {
+    let w = w.max(1);
+    let mut out = Vec::with_capacity(points.len());
+    let mut sum = 0.0;
+    for (i, (s, v)) in points.iter().enumerate() {
+        sum += v;
+        if i >= w {
+            sum -= points[i - w].1;
+        }
+        out.push([*s as f64, sum / (i + 1).min(w) as f64]);
+    }
+    out
+}
+
+/// Draw the two plots side by side in `ui`.
+pub fn show(ui: &mut egui::Ui, curves: &Curves) {
+    let width = (ui.available_width() / 2.0 - 8.0).max(100.0);
+    let height = ui.available_height().max(100.0);
+    ui.horizontal(|ui| {
+        Plot::new("training loss")
+            .width(width)
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .y_axis_label("training loss")
+            .include_y(0.0)
+            .show(ui, |p| {
+                let raw: PlotPoints = curves.loss.iter().map(|(s, v)| [*s as f64, *v]).collect();
+                p.line(Line::new("loss", raw).color(egui::Color32::from_gray(190)));
+                let w = (curves.loss.len() / 50).max(1);
+                p.line(
+                    Line::new(
+                        "loss (moving mean)",
+                        PlotPoints::from(smooth(&curves.loss, w)),
+                    )
+                    .color(egui::Color32::from_rgb(40, 70, 160))
+                    .width(2.0),
+                );
+            });
+        Plot::new("validation")
+            .width(width)
+            .height(height)
+            .legend(Legend::default())
+            .x_axis_label("step")
+            .y_axis_label("validation")
+            .include_y(0.0)
+            .include_y(1.0)
+            .show(ui, |p| {
+                let mut names: Vec<&str> = Vec::new();
+                for (_, n, _) in &curves.validation {
+                    if !names.contains(&n.as_str()) {
+                        names.push(n);
+                    }
+                }
+                for (k, name) in names.iter().enumerate() {
+                    let pts: PlotPoints = curves
+                        .validation
+                        .iter()
+                        .filter(|(_, n, _)| n == name)
+                        .map(|(s, _, v)| [*s as f64, *v])
+                        .collect();
+                    p.line(
+                        Line::new(name.to_string(), pts)
+                            .color(PALETTE[k % PALETTE.len()])
+                            .width(2.0),
+                    );
+                }
+            });
+    });
+}
+
+/// Render the curves offscreen (`size` pixels) and write them as a PNG.
+pub fn write_png(curves: &Curves, size: [u32; 2], path: &std::path::Path) -> Result<(), String> {
+    let gpu = crate::render::GpuContext::headless().map_err(|e| e.to_string())?;
+    let format = crate::render::OFFSCREEN_FORMAT;
+    let ctx = egui::Context::default();
+    ctx.set_visuals(egui::Visuals::light());
+    let input = egui::RawInput {
+        screen_rect: Some(egui::Rect::from_min_size(
+            egui::Pos2::ZERO,
+            egui::vec2(size[0] as f32, size[1] as f32),
+        )),
+        ..Default::default()
+    };
+    // Two passes: the first lays out fonts and plot bounds, the second draws them settled.
+    let mut first = ctx.run_ui(input.clone(), |ui| {
+        egui::CentralPanel::default().show(ui, |ui| show(ui, curves));
+    });
+    let mut output = ctx.run_ui(input, |ui| {
+        egui::CentralPanel::default().show(ui, |ui| show(ui, curves));
+    });
+    let mut renderer = egui_wgpu::Renderer::new(&gpu.device, format, Default::default());
+    for delta in [&mut first.textures_delta, &mut output.textures_delta] {
+        for (id, images) in &delta.set {
+            for image in images {
+                renderer.update_texture(&gpu.device, &gpu.queue, *id, image);
+            }
+        }
+        // Applied above; egui wants that said before the delta is dropped.
+        delta.clear();
+    }
+    let jobs = ctx.tessellate(output.shapes, 1.0);
+    let screen = egui_wgpu::ScreenDescriptor {
+        size_in_pixels: size,
+        pixels_per_point: 1.0,
+    };
+    let target = crate::render::OffscreenTarget::new(&gpu.device, size);
+    let mut encoder = gpu
+        .device
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    let extra = renderer.update_buffers(&gpu.device, &gpu.queue, &mut encoder, &jobs, &screen);
+    {
+        let mut pass = encoder
+            .begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("mriloop curves"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: target.view(),
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(wgpu::Color::WHITE),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                depth_stencil_attachment: None,
+                timestamp_writes: None,
+                occlusion_query_set: None,
+                multiview_mask: None,
+            })
+            .forget_lifetime();
+        renderer.render(&mut pass, &jobs, &screen);
+    }
+    gpu.queue
+        .submit(extra.into_iter().chain([encoder.finish()]));
+    let pixels = target
+        .read_pixels(&gpu.device, &gpu.queue)
+        .map_err(|e| e.to_string())?;
+    let img = image::RgbaImage::from_raw(size[0], size[1], pixels)
+        .ok_or("the rendered image has the wrong size")?;
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    crate::atomic::write_atomic(path, &png).map_err(|e| format!("{}: {e}", path.display()))
+}
