@@ -333,3 +333,95 @@ pub fn edit(
         format!("{} ({:?})", gpu.adapter_info.name, gpu.adapter_info.backend),
     ))
 }
+
+/// Training speed of the 3D network (2 input sequences, 3 labels, 2 classes, base 8, depth 3) at
+/// `patch`³ and `batch`, on the CPU (burn flex) and, when a hardware GPU is present, on wgpu;
+/// beside the same architecture in PyTorch (`benches/reference/train_torch.py`) when python3 with
+/// torch is installed. Returns the figures and notes on what was skipped.
+pub fn train(patch: usize, batch: usize, steps: usize) -> (Vec<Figure>, Vec<String>) {
+    use crate::model::{train_step, Batch, MultiTaskUNetConfig, TrainingConfig};
+    use burn::prelude::*;
+    use burn::tensor::{Distribution, Int};
+    let mut figures = Vec::new();
+    let mut notes = Vec::new();
+    let config = TrainingConfig::new(MultiTaskUNetConfig::new(2, 3, 2).with_base_channels(8));
+    let run = |device: Device| -> f64 {
+        let ad = device.autodiff();
+        let mut model = config.model.init(&ad);
+        let mut optim = burn::optim::AdamConfig::new().init();
+        let p = patch;
+        let b = Batch {
+            images: Tensor::<5>::random([batch, 2, p, p, p], Distribution::Normal(0.0, 1.0), &ad),
+            masks: Tensor::<4, Int>::random([batch, p, p, p], Distribution::Uniform(0.0, 3.0), &ad),
+            classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
+        };
+        // The warm-up step compiles kernels (wgpu) and allocates.
+        let (m, _) = train_step(model, &mut optim, &b, &config);
+        model = m;
+        let t = Instant::now();
+        for _ in 0..steps.max(1) {
+            let (m, _) = train_step(model, &mut optim, &b, &config);
+            model = m;
+        }
+        steps.max(1) as f64 / t.elapsed().as_secs_f64()
+    };
+    figures.push(fig(
+        "train_steps_per_s_cpu".into(),
+        run(Device::flex()),
+        "steps/s",
+    ));
+    let (device, about) = crate::model::choose_device("auto");
+    if about.starts_with("GPU") {
+        figures.push(fig("train_steps_per_s_gpu".into(), run(device), "steps/s"));
+    } else {
+        notes.push(format!(
+            "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes)"
+        ));
+    }
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/train_torch.py");
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for (dev, name) in [
+        ("cpu", "torch_train_steps_per_s_cpu"),
+        ("cuda", "torch_train_steps_per_s_gpu"),
+    ] {
+        let out = Command::new("python3")
+            .arg(&script)
+            .args([
+                "--device",
+                dev,
+                "--patch",
+                &patch.to_string(),
+                "--batch",
+                &batch.to_string(),
+            ])
+            .args([
+                "--steps",
+                &steps.max(1).to_string(),
+                "--threads",
+                &threads.to_string(),
+            ])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                if let Some(v) = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("torch_train_steps_per_s = "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                {
+                    figures.push(fig(name.into(), v, "steps/s"));
+                }
+            }
+            Ok(o) => notes.push(format!(
+                "PyTorch on {dev} skipped: {}",
+                String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("the reference script failed")
+            )),
+            Err(e) => notes.push(format!("PyTorch skipped: cannot run python3: {e}")),
+        }
+    }
+    (figures, notes)
+}

@@ -207,6 +207,8 @@ enum BenchKind {
     Render,
     /// Brush event to mask texture updated (5 mm radius, size³ mask), beside a full upload.
     Edit,
+    /// Training steps per second of the 3D network (patch = --size, batch 2), burn vs PyTorch.
+    Train,
 }
 
 fn main() -> Result<()> {
@@ -456,6 +458,18 @@ fn main() -> Result<()> {
                     println!("{f}");
                 }
                 println!("reference: goal brush_to_texture_ms < 16 ms on lavapipe (a 60 Hz frame)");
+            }
+            BenchKind::Train => {
+                let (figures, notes) = bench::train(size, 2, repeats);
+                for f in &figures {
+                    println!("{f}");
+                }
+                for n in notes {
+                    println!("note: {n}");
+                }
+                println!(
+                    "reference: 3D net, 2 sequences, base 8, depth 3, patch {size}³, batch 2; goal: burn on GPU >= PyTorch eager on the same GPU"
+                );
             }
         },
     }

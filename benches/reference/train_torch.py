@@ -1,0 +1,109 @@
+"""PyTorch reference for `mriloop bench train`: the same multi-task residual U-Net (3D, residual
+blocks conv-instance norm-ReLU x2 with a 1x1x1 skip where channels change, strided-conv down,
+transposed-conv up, skip concatenation, classification head on the bottleneck), the same loss
+(soft Dice over foreground labels + voxel cross-entropy + 0.5 x class cross-entropy) and Adam,
+timed for the same number of steps on random data.
+
+Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --steps 5 --threads 2
+Prints one line: `torch_train_steps_per_s = V`.
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Res(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.c1 = nn.Conv3d(cin, cout, 3, padding=1)
+        self.n1 = nn.InstanceNorm3d(cout, affine=True)
+        self.c2 = nn.Conv3d(cout, cout, 3, padding=1)
+        self.n2 = nn.InstanceNorm3d(cout, affine=True)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x):
+        h = F.relu(self.n1(self.c1(x)))
+        h = self.n2(self.c2(h))
+        return F.relu(h + (self.skip(x) if self.skip is not None else x))
+
+
+class Net(nn.Module):
+    def __init__(self, cin, labels, classes, base=8, depth=3):
+        super().__init__()
+        ch = [base << l for l in range(depth + 1)]
+        self.stem = Res(cin, ch[0])
+        self.downs = nn.ModuleList(nn.Conv3d(ch[l - 1], ch[l], 3, stride=2, padding=1) for l in range(1, depth + 1))
+        self.encs = nn.ModuleList(Res(ch[l], ch[l]) for l in range(1, depth + 1))
+        self.ups = nn.ModuleList(nn.ConvTranspose3d(ch[l], ch[l - 1], 2, stride=2) for l in range(depth, 0, -1))
+        self.decs = nn.ModuleList(Res(2 * ch[l - 1], ch[l - 1]) for l in range(depth, 0, -1))
+        self.seg = nn.Conv3d(ch[0], labels, 1)
+        self.drop = nn.Dropout(0.2)
+        self.cls = nn.Linear(ch[depth], classes)
+
+    def forward(self, x):
+        h = self.stem(x)
+        skips = []
+        for down, enc in zip(self.downs, self.encs):
+            skips.append(h)
+            h = enc(F.relu(down(h)))
+        bottleneck = h
+        for up, dec in zip(self.ups, self.decs):
+            h = dec(torch.cat([up(h), skips.pop()], 1))
+        pooled = F.adaptive_avg_pool3d(bottleneck, 1).flatten(1)
+        return self.seg(h), self.cls(self.drop(pooled))
+
+
+def loss_fn(seg, cls, mask, y):
+    k = seg.shape[1]
+    probs = seg.softmax(1)
+    onehot = F.one_hot(mask, k).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    dice = (2 * (probs * onehot).sum(dims) + 1e-5) / (probs.sum(dims) + onehot.sum(dims) + 1e-5)
+    return (1 - dice[1:].mean()) + F.cross_entropy(seg, mask) + 0.5 * F.cross_entropy(cls, y)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--base", type=int, default=8)
+    a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    torch.manual_seed(1)
+    net = Net(a.channels, 3, 2, base=a.base).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    p = a.patch
+    x = torch.randn(a.batch, a.channels, p, p, p, device=dev)
+    mask = torch.randint(0, 3, (a.batch, p, p, p), device=dev)
+    y = torch.randint(0, 2, (a.batch,), device=dev)
+
+    def step():
+        opt.zero_grad()
+        seg, cls = net(x)
+        loss = loss_fn(seg, cls, mask, y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    step()  # warm-up
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(a.steps):
+        step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    print(f"torch_train_steps_per_s = {a.steps / (time.perf_counter() - t):.4f}")
+
+
+if __name__ == "__main__":
+    main()
