@@ -119,6 +119,9 @@ enum Command {
         /// Also write the loss and validation curves to OUT/curves.png.
         #[arg(long)]
         plot: bool,
+        /// Start from this checkpoint's weights (fine-tune), e.g. PROJECT/model/best.
+        #[arg(long)]
+        resume: Option<PathBuf>,
     },
     /// Predict every case of a project with a trained model (mask, probability, class).
     Predict {
@@ -282,6 +285,7 @@ fn main() -> Result<()> {
             seed,
             backend,
             plot,
+            resume,
         } => {
             let p = Project::open(&project)?;
             let fit_config = match config {
@@ -337,6 +341,10 @@ fn main() -> Result<()> {
                         .with_batch_size(batch)
                         .with_patch([patch; 3])
                 }
+            };
+            let fit_config = match resume {
+                Some(dir) => fit_config.with_resume_from(Some(dir.display().to_string())),
+                None => fit_config,
             };
             train_cli(
                 &p,

@@ -170,6 +170,21 @@ fn a_checkpoint_reloads_to_identical_predictions() {
     assert!((f64::from(v) - t.class_ce).abs() < 1e-5);
     let e = load_checkpoint(&dir.path().join("missing"), &d).unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
+    // Fine-tuning starts from the checkpoint's weights, trainable.
+    let fit = mriloop::model::FitConfig::new(cfg.clone())
+        .with_resume_from(Some(dir.path().display().to_string()));
+    let resumed = mriloop::model::initial_model(&fit, &d).unwrap();
+    let (s3, _) = resumed.valid().forward(x.images.clone());
+    let (s4, _) = reloaded.forward(x.images.clone());
+    let d3: f32 = (s3 - s4).abs().max().into_scalar();
+    assert_eq!(d3, 0.0);
+    let (loss, _) = batch_loss(
+        &resumed,
+        &batch(6, &d.clone().autodiff()),
+        TaskMode::Joint,
+        0.5,
+    );
+    let _grads = loss.backward();
 }
 
 #[test]

@@ -45,6 +45,10 @@ pub struct FitConfig {
     /// Augmentation.
     #[config(default = "AugmentConfig::new()")]
     pub augment: AugmentConfig,
+    /// Start from this checkpoint folder's weights (config.json + model.bpk) instead of a fresh
+    /// network, e.g. to fine-tune on corrected cases.
+    #[config(default = "None")]
+    pub resume_from: Option<String>,
     /// Every this many steps, a classification step on whole-head centre crops (the class
     /// depends on the whole image, which a small patch does not show); 0: never. Patch steps
     /// then train the segmentation only.
@@ -270,6 +274,27 @@ pub enum FitEvent {
     Epoch(EpochSummary),
 }
 
+/// The network a fit starts from, trainable: fresh, or the weights of `resume_from`.
+pub fn initial_model(
+    config: &FitConfig,
+    device: &Device,
+) -> Result<MultiTaskUNet, super::training::CheckpointError> {
+    let t = &config.training;
+    match &config.resume_from {
+        None => Ok(t.model.init(&device.clone().autodiff())),
+        Some(dir) => {
+            let weights = std::path::Path::new(dir).join("model.bpk");
+            let model = t.model.init(device).try_load_file(&weights).map_err(|e| {
+                super::training::CheckpointError::File {
+                    path: weights.display().to_string(),
+                    problem: e.to_string(),
+                }
+            })?;
+            Ok(model.train())
+        }
+    }
+}
+
 /// Fit on `train` samples, validating on `val` after each epoch, writing `out/best` and
 /// `out/last`. `stop` cancels at the next step.
 pub fn fit(
@@ -284,7 +309,7 @@ pub fn fit(
     let t = &config.training;
     let ad = device.clone().autodiff();
     ad.seed(t.seed);
-    let mut model = t.model.init(&ad);
+    let mut model = initial_model(config, device)?;
     let mut optim = AdamConfig::new().init();
     let total = config.epochs * config.steps_per_epoch;
     // The loader thread draws patches ahead of the training thread.

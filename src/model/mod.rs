@@ -20,8 +20,8 @@ pub use apply::{
 };
 pub use data::{load_samples, zscore_in_head, AugmentConfig, PatchSampler, Sample};
 pub use fit::{
-    auc, dice_of, fit, split_by_case, validate, EpochSummary, FitConfig, FitEvent, FitResult,
-    Metrics,
+    auc, dice_of, fit, initial_model, split_by_case, validate, EpochSummary, FitConfig, FitEvent,
+    FitResult, Metrics,
 };
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
