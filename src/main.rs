@@ -705,6 +705,8 @@ fn demo() -> Result<PathBuf> {
 }
 
 fn info(file: &std::path::Path, json: bool) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let h = read_header(file)?;
     let vol = read_volume(file)?;
     let spacing = h.affine.spacing_mm();
@@ -726,34 +728,37 @@ fn info(file: &std::path::Path, json: bool) -> Result<()> {
             "time_step_s": if h.dims[3] > 1 { Some(h.time_step_s()) } else { None },
             "range": range.map(|(a, b)| [a, b]),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return emit(&out);
     }
-    println!("file:        {}", file.display());
-    println!(
+    writeln!(out, "file:        {}", file.display())?;
+    writeln!(
+        out,
         "format:      NIfTI-{} ({}-endian)",
         h.version,
         if h.big_endian { "big" } else { "little" }
-    );
+    )?;
     let d: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    println!("dims:        {}", d.join(" × "));
-    print!(
+    writeln!(out, "dims:        {}", d.join(" × "))?;
+    write!(
+        out,
         "spacing:     {:.4} × {:.4} × {:.4} mm",
         spacing[0], spacing[1], spacing[2]
-    );
+    )?;
     if h.dims[3] > 1 {
-        print!(", {:.4} s per frame", h.time_step_s());
+        write!(out, ", {:.4} s per frame", h.time_step_s())?;
     }
-    println!();
-    print!("datatype:    {}", h.datatype.name());
+    writeln!(out)?;
+    write!(out, "datatype:    {}", h.datatype.name())?;
     if h.is_scaled() {
-        print!(
+        write!(
+            out,
             " (scaled: slope {}, inter {} → float32)",
             h.scl_slope, h.scl_inter
-        );
+        )?;
     }
-    println!();
-    println!("orientation: {}", h.orientation_code());
+    writeln!(out)?;
+    writeln!(out, "orientation: {}", h.orientation_code())?;
     let source = if h.geometry.sform_code > 0 {
         "sform"
     } else if h.geometry.qform_code > 0 {
@@ -761,19 +766,30 @@ fn info(file: &std::path::Path, json: bool) -> Result<()> {
     } else {
         "spacing only"
     };
-    println!(
+    writeln!(
+        out,
         "affine:      voxel → world mm, from the {source} (qform_code {}, sform_code {})",
         h.geometry.qform_code, h.geometry.sform_code
-    );
+    )?;
     for row in h.affine.rows().iter().take(3) {
-        println!(
+        writeln!(
+            out,
             "             [{:10.4} {:10.4} {:10.4} {:10.4}]",
             row[0], row[1], row[2], row[3]
-        );
+        )?;
     }
     match range {
-        Some((lo, hi)) => println!("range:       {lo} .. {hi}"),
-        None => println!("range:       (all NaN)"),
+        Some((lo, hi)) => writeln!(out, "range:       {lo} .. {hi}")?,
+        None => writeln!(out, "range:       (all NaN)")?,
     }
-    Ok(())
+    emit(&out)
+}
+
+/// Write to standard output; a closed pipe (e.g. `| head`) is not an error.
+fn emit(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
