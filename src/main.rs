@@ -291,56 +291,21 @@ fn main() -> Result<()> {
             let fit_config = match config {
                 Some(path) => model::FitConfig::load(&path)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                None => {
-                    let sequences = if sequences.is_empty() {
-                        p.manifest
-                            .sequences
-                            .iter()
-                            .take(2)
-                            .map(|s| s.to_string())
-                            .collect()
-                    } else {
-                        sequences
-                    };
-                    let num_labels = 1 + p
-                        .manifest
-                        .labels
-                        .labels()
-                        .iter()
-                        .map(|l| l.value as usize)
-                        .max()
-                        .unwrap_or(1);
-                    let mut label_names = vec!["background".to_string(); num_labels];
-                    for l in p.manifest.labels.labels() {
-                        label_names[l.value as usize] = l.name.clone();
-                    }
-                    let net = model::MultiTaskUNetConfig::new(
-                        sequences.len(),
-                        num_labels,
-                        p.manifest.classes.len().max(2),
-                    )
-                    .with_base_channels(base_channels);
-                    let mode = match mode.as_str() {
-                        "seg" => model::TaskMode::SegmentationOnly,
-                        "class" => model::TaskMode::ClassificationOnly,
-                        "joint" => model::TaskMode::Joint,
-                        m => bail!("--mode must be joint, seg or class, not {m}"),
-                    };
-                    let training = model::TrainingConfig::new(net)
-                        .with_mode(mode)
-                        .with_learning_rate(lr)
-                        .with_seed(seed)
-                        .with_sequences(sequences)
-                        .with_label_names(label_names)
-                        .with_class_names(p.manifest.classes.clone())
-                        .with_window([patch; 3])
-                        .with_class_window([class_window; 3]);
-                    model::FitConfig::new(training)
-                        .with_epochs(epochs)
-                        .with_steps_per_epoch(steps_per_epoch)
-                        .with_batch_size(batch)
-                        .with_patch([patch; 3])
-                }
+                None => model::fit_config_for(
+                    &p,
+                    &model::FitOptions {
+                        sequences,
+                        epochs,
+                        steps_per_epoch,
+                        patch,
+                        batch,
+                        class_window,
+                        base_channels,
+                        mode,
+                        learning_rate: lr,
+                        seed,
+                    },
+                )?,
             };
             let fit_config = match resume {
                 Some(dir) => fit_config.with_resume_from(Some(dir.display().to_string())),
@@ -502,7 +467,8 @@ fn train_cli(
         .iter()
         .map(|s| mriloop::project::SequenceName::from(s.clone()))
         .collect();
-    let samples = model::load_samples(project, &names)?;
+    let require_mask = config.training.mode != model::TaskMode::ClassificationOnly;
+    let samples = model::load_samples(project, &names, require_mask)?;
     if samples.len() < 2 {
         bail!(
             "{}: training needs at least two cases with a reference mask and a class; found {}",

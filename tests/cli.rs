@@ -89,3 +89,97 @@ fn nnunet_export_and_import_from_the_command_line() {
     );
     assert!(p2.join("mriloop.json").exists());
 }
+
+/// Train, evaluate and predict from the command line on tiny projects of each input form
+/// (3D multi-sequence, 2D slices, 4D series): checkpoints, curves, `metric:` lines, predictions.
+#[test]
+fn train_eval_predict_for_the_three_input_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    for (form, grid) in [("3d", "24"), ("2d", "32"), ("4d", "8")] {
+        let p = dir.path().join(form);
+        let ps = p.to_str().unwrap();
+        let out = mriloop(&[
+            "phantom", "--out", ps, "--cases", "4", "--form", form, "--grid", grid, "--frames", "6",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = mriloop(&[
+            "train",
+            ps,
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--patch",
+            "8",
+            "--class-window",
+            "16",
+            "--base-channels",
+            "2",
+            "--backend",
+            "cpu",
+            "--plot",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("epoch   1:"), "{form}: {text}");
+        assert!(p.join("model/best/model.bpk").exists() && p.join("model/curves.png").exists());
+        let model = p.join("model/best");
+        let out = mriloop(&[
+            "eval",
+            ps,
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("metric: class_accuracy = "), "{form}: {text}");
+        if form != "4d" {
+            assert!(
+                text.contains("metric: dice_habenula_L = "),
+                "{form}: {text}"
+            );
+        }
+        let out = mriloop(&[
+            "predict",
+            ps,
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ]);
+        assert!(
+            out.status.success(),
+            "{form}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let project = mriloop::project::Project::open(&p).unwrap();
+        let case = &project.manifest.cases[0];
+        assert_eq!(case.predicted_class.as_ref().map(Vec::len), Some(2));
+        let mask = project.resolve(case.predicted_mask.as_deref().unwrap());
+        let image = project.resolve(&case.sequences[0].path);
+        let (m, i) = (
+            mriloop::volume::read_header(&mask).unwrap(),
+            mriloop::volume::read_header(&image).unwrap(),
+        );
+        assert_eq!(
+            m.dims[..3],
+            i.dims[..3],
+            "{form}: the prediction is on the case's grid"
+        );
+        assert!(m.affine.max_abs_diff(&i.affine) < 1e-5);
+    }
+}

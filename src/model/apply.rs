@@ -5,7 +5,7 @@
 //! Invariants: predictions are written on each case's own grid and affine, atomically; a case
 //! that cannot be read is reported with its file and skipped, never half-written.
 
-use super::data::zscore_in_head;
+use super::data::channels_of;
 use super::fit::{auc, dice_of};
 use super::inference::{predict_volume, Prediction};
 use super::model::MultiTaskUNet;
@@ -51,19 +51,23 @@ pub fn case_channels(
     case: &Case,
     config: &TrainingConfig,
 ) -> Result<(Vec<Vec<f32>>, crate::volume::Volume<f32>), ProjectError> {
-    let mut channels = Vec::new();
-    let mut first = None;
-    for name in &config.sequences {
-        let v = project
-            .load_sequence(case, &SequenceName::from(name.clone()))?
-            .to_f32();
-        channels.push(zscore_in_head(&v.data()[..v.frame_len()]));
-        first.get_or_insert(v);
-    }
-    let first = first.ok_or_else(|| crate::project::ProjectError::Invalid {
-        path: project.manifest_path(),
-        problem: "the model names no input sequences".into(),
-    })?;
+    let vols = config
+        .sequences
+        .iter()
+        .map(|name| {
+            Ok(project
+                .load_sequence(case, &SequenceName::from(name.clone()))?
+                .to_f32())
+        })
+        .collect::<Result<Vec<_>, ProjectError>>()?;
+    let channels = channels_of(&vols);
+    let first = vols
+        .into_iter()
+        .next()
+        .ok_or_else(|| crate::project::ProjectError::Invalid {
+            path: project.manifest_path(),
+            problem: "the model names no input sequences".into(),
+        })?;
     Ok((channels, first))
 }
 
@@ -145,7 +149,8 @@ pub struct CohortEvaluation {
     pub class_accuracy: f64,
 }
 
-/// Evaluate the cases with a reference mask (`only`: just these case ids, e.g. held-out ones).
+/// Evaluate the cases with a reference mask or a class (`only`: just these case ids, e.g.
+/// held-out ones); Dice is computed where there is a reference mask.
 pub fn evaluate_project(
     project: &Project,
     model: &MultiTaskUNet,
@@ -159,25 +164,32 @@ pub fn evaluate_project(
         .manifest
         .cases
         .iter()
-        .filter(|c| c.reference_mask.is_some())
+        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
         .filter(|c| only.is_none_or(|ids| ids.contains(&c.id)))
         .collect();
     let mut out = Vec::new();
     for (n, case) in cases.iter().enumerate() {
-        let Some(reference) = project.load_reference_mask(case)? else {
-            continue;
-        };
+        let reference = project.load_reference_mask(case)?;
         let p = predict_case(project, case, model, config, device)?;
-        let vox = reference.voxel_volume_mm3();
-        let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
+        let (dice, volume_error_mm3) = match &reference {
+            Some(r) => {
+                let vox = r.voxel_volume_mm3();
+                let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
+                (
+                    (1..=labels)
+                        .map(|l| dice_of(r.data(), p.mask.data(), l as u8))
+                        .collect(),
+                    (1..=labels)
+                        .map(|l| count(p.mask.data(), l as u8) - count(r.data(), l as u8))
+                        .collect(),
+                )
+            }
+            None => (vec![None; labels], vec![0.0; labels]),
+        };
         out.push(CaseEvaluation {
             case_id: case.id.clone(),
-            dice: (1..=labels)
-                .map(|l| dice_of(reference.data(), p.mask.data(), l as u8))
-                .collect(),
-            volume_error_mm3: (1..=labels)
-                .map(|l| count(p.mask.data(), l as u8) - count(reference.data(), l as u8))
-                .collect(),
+            dice,
+            volume_error_mm3,
             class: case
                 .class_label
                 .as_ref()
@@ -221,4 +233,140 @@ pub fn evaluate_project(
         class_accuracy: correct as f64 / with_class.len().max(1) as f64,
     };
     Ok((out, cohort))
+}
+
+/// The choices `mriloop train` exposes; everything else is derived from the project.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitOptions {
+    /// Input sequences (empty: the first two of the project; all of a 4D project).
+    pub sequences: Vec<String>,
+    /// Epochs.
+    pub epochs: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Patch edge (voxels; 1 along z for 2D slices).
+    pub patch: usize,
+    /// Patches per batch.
+    pub batch: usize,
+    /// Edge of the whole-head crop the class is learned from.
+    pub class_window: usize,
+    /// Channels of the first level.
+    pub base_channels: usize,
+    /// `joint`, `seg` or `class`.
+    pub mode: String,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Seed.
+    pub seed: u64,
+}
+
+/// The fit configuration for a project: input form (3D volumes, 2D slices, 4D series), labels
+/// and classes from the manifest, and the options. A project with no reference mask trains the
+/// classification only.
+pub fn fit_config_for(
+    project: &Project,
+    o: &FitOptions,
+) -> Result<super::fit::FitConfig, ProjectError> {
+    use crate::project::InputForm;
+    let bad = |problem: String| ProjectError::Invalid {
+        path: project.manifest_path(),
+        problem,
+    };
+    let form = project
+        .manifest
+        .cases
+        .first()
+        .map(|c| c.form)
+        .unwrap_or_default();
+    let sequences: Vec<String> = if !o.sequences.is_empty() {
+        o.sequences.clone()
+    } else if form == InputForm::TimeSeries4d {
+        project
+            .manifest
+            .sequences
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        project
+            .manifest
+            .sequences
+            .iter()
+            .take(2)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let num_labels = 1 + project
+        .manifest
+        .labels
+        .labels()
+        .iter()
+        .map(|l| l.value as usize)
+        .max()
+        .unwrap_or(1);
+    let mut label_names = vec!["background".to_string(); num_labels];
+    for l in project.manifest.labels.labels() {
+        label_names[l.value as usize] = l.name.clone();
+    }
+    let any_mask = project
+        .manifest
+        .cases
+        .iter()
+        .any(|c| c.reference_mask.is_some());
+    let mode = match (o.mode.as_str(), any_mask) {
+        (_, false) | ("class", _) => super::training::TaskMode::ClassificationOnly,
+        ("seg", _) => super::training::TaskMode::SegmentationOnly,
+        ("joint", _) => super::training::TaskMode::Joint,
+        (m, _) => return Err(bad(format!("mode must be joint, seg or class, not {m}"))),
+    };
+    let classes = project.manifest.classes.len().max(2);
+    let (net, patch, class_window) = match form {
+        InputForm::Slice2d => (
+            super::model::MultiTaskUNetConfig::new(sequences.len(), num_labels, classes)
+                .with_spatial_dims(2),
+            [o.patch, o.patch, 1],
+            [o.class_window, o.class_window, 1],
+        ),
+        InputForm::TimeSeries4d => {
+            // One channel per frame: the first case's first sequence says how many.
+            let case = project
+                .manifest
+                .cases
+                .first()
+                .ok_or_else(|| bad("the project has no case".into()))?;
+            let first = sequences
+                .first()
+                .ok_or_else(|| bad("no input sequence".into()))?;
+            let file = case
+                .sequence(&SequenceName::from(first.clone()))
+                .ok_or_else(|| bad(format!("case {} has no sequence {first}", case.id)))?;
+            let frames =
+                crate::volume::read_header(&project.resolve(&file.path))?.dims[3] * sequences.len();
+            (
+                super::model::MultiTaskUNetConfig::new(8, num_labels, classes)
+                    .with_time_points(frames),
+                [o.patch; 3],
+                [o.class_window; 3],
+            )
+        }
+        InputForm::Volume3d => (
+            super::model::MultiTaskUNetConfig::new(sequences.len(), num_labels, classes),
+            [o.patch; 3],
+            [o.class_window; 3],
+        ),
+    };
+    let training = TrainingConfig::new(net.with_base_channels(o.base_channels))
+        .with_mode(mode)
+        .with_learning_rate(o.learning_rate)
+        .with_seed(o.seed)
+        .with_sequences(sequences)
+        .with_label_names(label_names)
+        .with_class_names(project.manifest.classes.clone())
+        .with_window(patch)
+        .with_class_window(class_window);
+    Ok(super::fit::FitConfig::new(training)
+        .with_epochs(o.epochs)
+        .with_steps_per_epoch(o.steps_per_epoch)
+        .with_batch_size(o.batch)
+        .with_patch(patch))
 }

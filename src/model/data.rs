@@ -58,8 +58,20 @@ pub fn zscore_in_head(values: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// The input channels of a case's sequences: one per 3D volume, one per frame of a 4D series
+/// (each z-scored inside the head).
+pub fn channels_of(sequences: &[Volume<f32>]) -> Vec<Vec<f32>> {
+    sequences
+        .iter()
+        .flat_map(|s| {
+            let n = s.frame_len();
+            (0..s.dims()[3]).map(move |t| zscore_in_head(&s.data()[t * n..(t + 1) * n]))
+        })
+        .collect()
+}
+
 impl Sample {
-    /// Build from volumes on one grid.
+    /// Build from volumes on one grid (a 4D sequence gives one channel per frame).
     pub fn new(
         case_id: &str,
         sequences: &[Volume<f32>],
@@ -92,10 +104,7 @@ impl Sample {
         Ok(Self {
             case_id: case_id.to_string(),
             foreground_by_label: by_label,
-            channels: sequences
-                .iter()
-                .map(|s| zscore_in_head(&s.data()[..s.frame_len()]))
-                .collect(),
+            channels: channels_of(sequences),
             mask: mask_data,
             dims,
             class,
@@ -104,28 +113,41 @@ impl Sample {
     }
 }
 
-/// Load the project's cases that have a reference mask and a class label, with the sequences
-/// named in `sequences` (in that order) as channels.
+/// Load the project's cases that have a class label and (with `require_mask`) a reference
+/// mask, with the sequences named in `sequences` (in that order) as channels. Without
+/// `require_mask`, a case with no mask gets an empty one (classification-only training, e.g.
+/// the 4D form).
 pub fn load_samples(
     project: &Project,
     sequences: &[crate::project::SequenceName],
+    require_mask: bool,
 ) -> Result<Vec<Sample>, ProjectError> {
     let classes = &project.manifest.classes;
     let mut out = Vec::new();
     for case in &project.manifest.cases {
-        let (Some(label), Some(_)) = (&case.class_label, &case.reference_mask) else {
+        let Some(label) = &case.class_label else {
             continue;
         };
+        if require_mask && case.reference_mask.is_none() {
+            continue;
+        }
         let Some(class) = classes.iter().position(|c| c == label) else {
-            continue;
-        };
-        let Some(mask) = project.load_reference_mask(case)? else {
             continue;
         };
         let vols = sequences
             .iter()
             .map(|s| Ok(project.load_sequence(case, s)?.to_f32()))
             .collect::<Result<Vec<_>, ProjectError>>()?;
+        let mask = match project.load_reference_mask(case)? {
+            Some(m) => m,
+            None => {
+                let Some(first) = vols.first() else {
+                    continue;
+                };
+                let [nx, ny, nz] = first.dims3();
+                Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8)?
+            }
+        };
         let sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
             crate::project::ProjectError::Invalid {
                 path: project.manifest_path(),
