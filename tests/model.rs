@@ -266,3 +266,13 @@ fn patches_are_deterministic_and_oversample_a_tiny_structure() {
     assert_eq!(batch.images.dims(), [3, 1, 8, 8, 8]);
     assert_eq!(batch.masks.dims(), [3, 8, 8, 8]);
 }
+
+#[test]
+fn the_cosine_schedule_warms_up_peaks_and_anneals() {
+    use mriloop::model::cosine_lr;
+    assert!((cosine_lr(1e-3, 1, 100, 10, 0.02) - 1e-4).abs() < 1e-12);
+    assert!((cosine_lr(1e-3, 10, 100, 10, 0.02) - 1e-3).abs() < 1e-12);
+    let mid = cosine_lr(1e-3, 55, 100, 10, 0.02);
+    assert!((mid - (2e-5 + 0.5 * (1e-3 - 2e-5))).abs() < 1e-9, "{mid}");
+    assert!((cosine_lr(1e-3, 100, 100, 10, 0.02) - 2e-5).abs() < 1e-12);
+}

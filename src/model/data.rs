@@ -2,7 +2,8 @@
 //! becomes a `Sample` (its sequences as channels, z-scored inside the head, and its mask), and
 //! `PatchSampler` draws random patches with foreground oversampling (a third of patches are
 //! centred on a labelled voxel, as nnU-Net does, so a tiny structure is seen) and augmentation
-//! (flips, intensity scale/shift, gamma, noise), deterministically from a seed.
+//! (flips, small rotations and zoom, intensity scale/shift, gamma, noise), deterministically
+//! from a seed.
 //!
 //! Invariants: all sequences of a sample share the mask's grid (checked when loading); patches
 //! are taken inside the volume (zero-padded where the volume is smaller than the patch).
@@ -177,6 +178,12 @@ pub struct AugmentConfig {
     /// Gaussian noise standard deviation (z-score units).
     #[config(default = 0.05)]
     pub noise: f32,
+    /// In-plane rotation range (± degrees).
+    #[config(default = 10.0)]
+    pub rotate_deg: f32,
+    /// Isotropic zoom range (± fraction).
+    #[config(default = 0.1)]
+    pub zoom: f32,
 }
 
 /// Draws augmented patches deterministically from a seed.
@@ -244,16 +251,25 @@ impl PatchSampler {
             lo.clamp((n - p[a] as i64).min(0), (n - p[a] as i64).max(0))
         });
         let flip = self.augment.flip_x && self.rng.random_range(0..2) == 1;
+        // A small in-plane rotation and an isotropic zoom about the patch centre (nearest voxel).
+        let r = self.augment.rotate_deg.abs();
+        let angle = self.rng.random_range(-r..=r).to_radians();
+        let z = self.augment.zoom.abs();
+        let zoom = 1.0 + self.rng.random_range(-z..=z);
+        let (sin, cos) = (angle.sin() / zoom, angle.cos() / zoom);
+        let half = p.map(|v| (v as f32 - 1.0) / 2.0);
         let len = p[0] * p[1] * p[2];
         let mut labels = vec![0i32; len];
         let mut channels = vec![vec![0f32; len]; sample.channels.len()];
         for k in 0..p[2] {
             for j in 0..p[1] {
                 for i in 0..p[0] {
+                    let (dx, dy) = (i as f32 - half[0], j as f32 - half[1]);
+                    let dz = (k as f32 - half[2]) / zoom;
                     let src = [
-                        origin[0] + i as i64,
-                        origin[1] + j as i64,
-                        origin[2] + k as i64,
+                        origin[0] + (half[0] + cos * dx - sin * dy).round() as i64,
+                        origin[1] + (half[1] + sin * dx + cos * dy).round() as i64,
+                        origin[2] + (half[2] + dz).round() as i64,
                     ];
                     if (0..3).any(|a| src[a] < 0 || src[a] >= [nx, ny, nz][a] as i64) {
                         continue;

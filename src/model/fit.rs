@@ -1,4 +1,5 @@
-//! Fitting on a project: training by epochs on augmented patches drawn by a loader thread,
+//! Fitting on a project: training by epochs (AdamW, cosine learning-rate schedule) on augmented
+//! patches drawn by a loader thread,
 //! validation by case after every epoch (sliding-window Dice per label, class accuracy and AUC),
 //! best and last checkpoints, early stop, and cancellation at any step. Reports through the
 //! same channel of `TrainEvent`s as `train`, plus `Epoch` summaries; never prints.
@@ -10,9 +11,9 @@
 use super::data::{AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;
 use super::model::MultiTaskUNet;
-use super::training::{save_checkpoint, train_step, Batch, TaskMode, TrainingConfig};
+use super::training::{cosine_lr, save_checkpoint, train_step_at, Batch, TaskMode, TrainingConfig};
 use crate::volume::Affine;
-use burn::optim::AdamConfig;
+use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use std::path::PathBuf;
@@ -45,6 +46,12 @@ pub struct FitConfig {
     /// Augmentation.
     #[config(default = "AugmentConfig::new()")]
     pub augment: AugmentConfig,
+    /// AdamW weight decay.
+    #[config(default = 1e-4)]
+    pub weight_decay: f64,
+    /// Cosine annealing of the learning rate over the run (after a 2 % linear warm-up).
+    #[config(default = true)]
+    pub cosine_schedule: bool,
     /// Start from this checkpoint folder's weights (config.json + model.bpk) instead of a fresh
     /// network, e.g. to fine-tune on corrected cases.
     #[config(default = "None")]
@@ -310,7 +317,9 @@ pub fn fit(
     let ad = device.clone().autodiff();
     ad.seed(t.seed);
     let mut model = initial_model(config, device)?;
-    let mut optim = AdamConfig::new().init();
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
     let total = config.epochs * config.steps_per_epoch;
     // The loader thread draws patches ahead of the training thread.
     let (tx, rx) = sync_channel::<HostBatch>(4);
@@ -395,7 +404,12 @@ pub fn fit(
                 (m, _, _) => m,
             };
             let step_config = TrainingConfig { mode, ..t.clone() };
-            let (m, loss) = train_step(model, &mut optim, &batch, &step_config);
+            let lr = if config.cosine_schedule {
+                cosine_lr(t.learning_rate, step + 1, total, total / 50, 0.02)
+            } else {
+                t.learning_rate
+            };
+            let (m, loss) = train_step_at(model, &mut optim, &batch, &step_config, lr);
             model = m;
             step += 1;
             steps += 1;

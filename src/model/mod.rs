@@ -26,6 +26,7 @@ pub use fit::{
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use training::{
-    batch_loss, load_checkpoint, save_checkpoint, soft_dice_loss, train, train_step,
-    voxel_cross_entropy, Batch, CheckpointError, LossTerms, TaskMode, TrainEvent, TrainingConfig,
+    batch_loss, cosine_lr, load_checkpoint, save_checkpoint, soft_dice_loss, train, train_step,
+    train_step_at, voxel_cross_entropy, Batch, CheckpointError, LossTerms, TaskMode, TrainEvent,
+    TrainingConfig,
 };

@@ -140,17 +140,41 @@ pub fn batch_loss(
     (total, LossTerms { total: t, ..terms })
 }
 
-/// One optimisation step on a batch; returns the updated model and the loss terms.
+/// One optimisation step on a batch at the config's learning rate; returns the updated model
+/// and the loss terms.
 pub fn train_step(
     model: MultiTaskUNet,
     optim: &mut ModuleOptimizer,
     batch: &Batch,
     config: &TrainingConfig,
 ) -> (MultiTaskUNet, LossTerms) {
+    train_step_at(model, optim, batch, config, config.learning_rate)
+}
+
+/// One optimisation step at learning rate `lr` (a schedule's value).
+pub fn train_step_at(
+    model: MultiTaskUNet,
+    optim: &mut ModuleOptimizer,
+    batch: &Batch,
+    config: &TrainingConfig,
+    lr: f64,
+) -> (MultiTaskUNet, LossTerms) {
     let (loss, terms) = batch_loss(&model, batch, config.mode, config.class_weight);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(config.learning_rate, model, grads);
+    let model = optim.step(lr, model, grads);
     (model, terms)
+}
+
+/// Cosine annealing from `lr` to `lr · min_fraction` over `total` steps (step from 1), after a
+/// linear warm-up over the first `warmup` steps.
+pub fn cosine_lr(lr: f64, step: usize, total: usize, warmup: usize, min_fraction: f64) -> f64 {
+    if step <= warmup && warmup > 0 {
+        return lr * step as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let t = ((step.saturating_sub(warmup)) as f64 / span).clamp(0.0, 1.0);
+    let min = lr * min_fraction;
+    min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 /// What a training run reports.
