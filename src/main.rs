@@ -104,6 +104,10 @@ enum Command {
         /// Channels of the first level.
         #[arg(long, default_value_t = 8)]
         base_channels: usize,
+        /// Resample cases to this voxel size (mm) for training and prediction (default: each
+        /// case's own grid).
+        #[arg(long)]
+        spacing: Option<f64>,
         /// Tasks: joint, seg or class.
         #[arg(long, default_value = "joint")]
         mode: String,
@@ -280,6 +284,7 @@ fn main() -> Result<()> {
             batch,
             class_window,
             base_channels,
+            spacing,
             mode,
             lr,
             seed,
@@ -302,6 +307,7 @@ fn main() -> Result<()> {
                         class_window,
                         base_channels,
                         mode,
+                        spacing_mm: spacing,
                         learning_rate: lr,
                         seed,
                     },
@@ -468,7 +474,7 @@ fn train_cli(
         .map(|s| mriloop::project::SequenceName::from(s.clone()))
         .collect();
     let require_mask = config.training.mode != model::TaskMode::ClassificationOnly;
-    let samples = model::load_samples(project, &names, require_mask)?;
+    let samples = model::load_samples(project, &names, require_mask, config.training.spacing_mm)?;
     if samples.len() < 2 {
         bail!(
             "{}: training needs at least two cases with a reference mask and a class; found {}",

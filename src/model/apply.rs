@@ -80,16 +80,56 @@ pub fn predict_case(
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
     let (channels, first) = case_channels(project, case, config)?;
-    Ok(predict_volume(
+    let Some(spacing) = config.spacing_mm else {
+        return Ok(predict_volume(
+            model,
+            &channels,
+            first.dims3(),
+            *first.affine(),
+            config.window,
+            config.class_window,
+            0.5,
+            device,
+        )?);
+    };
+    // Predict at the training spacing, then map the result back onto the case's own grid.
+    use crate::volume::{
+        grid_with_spacing, resample_labels_to_grid, resample_to_grid, Interpolation,
+    };
+    let (dims, affine) = grid_with_spacing(first.dims3(), first.affine(), spacing);
+    let orig_dims = first.dims3();
+    let n = first.frame_len();
+    let resampled = channels
+        .iter()
+        .map(|c| {
+            let v = crate::volume::Volume::new(
+                [orig_dims[0], orig_dims[1], orig_dims[2], 1],
+                *first.affine(),
+                c[..n.min(c.len())].to_vec(),
+            )?;
+            Ok(resample_to_grid(&v, dims, affine, Interpolation::Linear)?.into_data())
+        })
+        .collect::<Result<Vec<_>, ProjectError>>()?;
+    let p = predict_volume(
         model,
-        &channels,
-        first.dims3(),
-        *first.affine(),
+        &resampled,
+        dims,
+        affine,
         config.window,
         config.class_window,
         0.5,
         device,
-    )?)
+    )?;
+    Ok(Prediction {
+        mask: resample_labels_to_grid(&p.mask, orig_dims, *first.affine())?,
+        foreground: resample_to_grid(
+            &p.foreground,
+            orig_dims,
+            *first.affine(),
+            Interpolation::Linear,
+        )?,
+        class_probabilities: p.class_probabilities,
+    })
 }
 
 /// Predict every case of the project, writing `cases/<id>/predicted.nii.gz` (labels) and
@@ -254,6 +294,8 @@ pub struct FitOptions {
     pub base_channels: usize,
     /// `joint`, `seg` or `class`.
     pub mode: String,
+    /// Resample 3D and 2D cases to this voxel size (mm) in-plane and through-plane (3D).
+    pub spacing_mm: Option<f64>,
     /// Learning rate.
     pub learning_rate: f64,
     /// Seed.
@@ -363,7 +405,12 @@ pub fn fit_config_for(
         .with_label_names(label_names)
         .with_class_names(project.manifest.classes.clone())
         .with_window(patch)
-        .with_class_window(class_window);
+        .with_class_window(class_window)
+        .with_spacing_mm(match (o.spacing_mm, form) {
+            (Some(s), InputForm::Volume3d) => Some([s; 3]),
+            (Some(s), InputForm::Slice2d) => Some([s, s, 0.0]),
+            _ => None,
+        });
     Ok(super::fit::FitConfig::new(training)
         .with_epochs(o.epochs)
         .with_steps_per_epoch(o.steps_per_epoch)

@@ -122,6 +122,7 @@ pub fn load_samples(
     project: &Project,
     sequences: &[crate::project::SequenceName],
     require_mask: bool,
+    spacing_mm: Option<[f64; 3]>,
 ) -> Result<Vec<Sample>, ProjectError> {
     let classes = &project.manifest.classes;
     let mut out = Vec::new();
@@ -149,6 +150,10 @@ pub fn load_samples(
                 Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8)?
             }
         };
+        let (vols, mask) = match spacing_mm {
+            Some(sp) => resample_case(vols, &mask, sp)?,
+            None => (vols, mask),
+        };
         let sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
             crate::project::ProjectError::Invalid {
                 path: project.manifest_path(),
@@ -158,6 +163,24 @@ pub fn load_samples(
         out.push(sample);
     }
     Ok(out)
+}
+
+/// Sequences (trilinear) and mask (nearest) resampled to `spacing_mm` on the mask's field of
+/// view and voxel axes.
+pub fn resample_case(
+    sequences: Vec<Volume<f32>>,
+    mask: &Volume<u8>,
+    spacing_mm: [f64; 3],
+) -> Result<(Vec<Volume<f32>>, Volume<u8>), crate::volume::VolumeError> {
+    use crate::volume::{
+        grid_with_spacing, resample_labels_to_grid, resample_to_grid, Interpolation,
+    };
+    let (dims, affine) = grid_with_spacing(mask.dims3(), mask.affine(), spacing_mm);
+    let seqs = sequences
+        .iter()
+        .map(|v| resample_to_grid(v, dims, affine, Interpolation::Linear))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((seqs, resample_labels_to_grid(mask, dims, affine)?))
 }
 
 /// Augmentation settings.

@@ -18,7 +18,9 @@ pub use apply::{
     case_channels, choose_device, evaluate_project, fit_config_for, predict_case, predict_project,
     CaseEvaluation, CohortEvaluation, FitOptions,
 };
-pub use data::{channels_of, load_samples, zscore_in_head, AugmentConfig, PatchSampler, Sample};
+pub use data::{
+    channels_of, load_samples, resample_case, zscore_in_head, AugmentConfig, PatchSampler, Sample,
+};
 pub use fit::{
     auc, dice_of, fit, initial_model, split_by_case, validate, EpochSummary, FitConfig, FitEvent,
     FitResult, Metrics,

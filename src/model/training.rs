@@ -61,6 +61,10 @@ pub struct TrainingConfig {
     /// The centre crop classified `[x, y, z]` (whole-head context).
     #[config(default = "[64, 64, 64]")]
     pub class_window: [usize; 3],
+    /// Voxel spacing (mm) cases are resampled to before training and prediction (0 on an axis:
+    /// keep it); `None`: each case's own grid.
+    #[config(default = "None")]
+    pub spacing_mm: Option<[f64; 3]>,
 }
 
 /// A batch: images `[N, C, D, H, W]`, label masks `[N, D, H, W]`, classes `[N]`.

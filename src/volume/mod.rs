@@ -1,4 +1,4 @@
-//! Volumes: voxel grids with a voxel→world affine, and their NIfTI I/O.
+//! Volumes: voxel grids with a voxel→world affine, their NIfTI I/O, and resampling.
 //!
 //! Invariants: a `Volume<T>` holds exactly `nx·ny·nz·nt` values, x fastest then y, z, t (NIfTI
 //! order); its `Affine` maps voxel indices to world millimetres (RAS+). This layer knows nothing of
@@ -8,12 +8,14 @@ mod affine;
 mod bgzf;
 pub mod nifti_io;
 mod reorient;
+pub mod resample;
 
 pub use affine::{Affine, Qform};
 pub use nifti_io::{
     read_header, read_volume, write_volume, Datatype, NiftiHeaderInfo, NiftiProblem,
 };
 pub use reorient::{reorient_to_ras, AxisMap, Reorientation};
+pub use resample::{grid_with_spacing, resample_labels_to_grid, resample_to_grid, Interpolation};
 
 use std::path::PathBuf;
 
