@@ -276,3 +276,120 @@ fn the_cosine_schedule_warms_up_peaks_and_anneals() {
     assert!((mid - (2e-5 + 0.5 * (1e-3 - 2e-5))).abs() < 1e-9, "{mid}");
     assert!((cosine_lr(1e-3, 100, 100, 10, 0.02) - 2e-5).abs() < 1e-12);
 }
+
+/// The sliding window written the plain way (accumulators over the whole volume), to check the
+/// slab-wise implementation against.
+fn naive_sliding_window(
+    model: &mriloop::model::MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    window: [usize; 3],
+    overlap: f32,
+    d: &Device,
+) -> (Vec<u8>, Vec<f32>) {
+    use burn::tensor::activation::softmax;
+    let starts = |n: usize, w: usize, step: usize| -> Vec<usize> {
+        if n <= w {
+            return vec![0];
+        }
+        let mut s: Vec<usize> = (0..=n - w).step_by(step.max(1)).collect();
+        if s.last() != Some(&(n - w)) {
+            s.push(n - w);
+        }
+        s
+    };
+    let gaussian = |w: usize| -> Vec<f32> {
+        let c = (w as f32 - 1.0) / 2.0;
+        let sigma = (w as f32 / 8.0).max(0.5);
+        (0..w)
+            .map(|i| (-((i as f32 - c) / sigma).powi(2) / 2.0).exp().max(1e-3))
+            .collect()
+    };
+    let [nx, ny, nz] = dims;
+    let n = nx * ny * nz;
+    let step = window.map(|w| ((w as f32) * (1.0 - overlap)).floor() as usize);
+    let g = window.map(gaussian);
+    let [wx, wy, wz] = window;
+    let mut acc: Vec<Vec<f32>> = Vec::new();
+    let mut weight = vec![0f32; n];
+    for &z0 in &starts(nz, wz, step[2]) {
+        for &y0 in &starts(ny, wy, step[1]) {
+            for &x0 in &starts(nx, wx, step[0]) {
+                let c = channels.len();
+                let mut input = vec![0f32; c * wx * wy * wz];
+                for (ci, ch) in channels.iter().enumerate() {
+                    for k in 0..wz.min(nz - z0) {
+                        for j in 0..wy.min(ny - y0) {
+                            for i in 0..wx.min(nx - x0) {
+                                input[((ci * wz + k) * wy + j) * wx + i] =
+                                    ch[(x0 + i) + nx * ((y0 + j) + ny * (z0 + k))];
+                            }
+                        }
+                    }
+                }
+                let x = Tensor::<5>::from_data(TensorData::new(input, [1, c, wz, wy, wx]), d);
+                let probs: Vec<f32> = softmax(model.forward(x).0, 1).try_into_vec_as().unwrap();
+                let labels = probs.len() / (wx * wy * wz);
+                if acc.is_empty() {
+                    acc = vec![vec![0f32; n]; labels];
+                }
+                for k in 0..wz.min(nz - z0) {
+                    for j in 0..wy.min(ny - y0) {
+                        for i in 0..wx.min(nx - x0) {
+                            let w = g[0][i] * g[1][j] * g[2][k];
+                            let dst = (x0 + i) + nx * ((y0 + j) + ny * (z0 + k));
+                            weight[dst] += w;
+                            for (l, a) in acc.iter_mut().enumerate() {
+                                a[dst] += w * probs[((l * wz + k) * wy + j) * wx + i];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut mask = vec![0u8; n];
+    let mut fg = vec![0f32; n];
+    for v in 0..n {
+        let mut best = (0usize, f32::NEG_INFINITY);
+        for (l, a) in acc.iter().enumerate() {
+            if a[v] > best.1 {
+                best = (l, a[v]);
+            }
+        }
+        mask[v] = best.0 as u8;
+        fg[v] = 1.0 - acc[0][v] / weight[v].max(1e-12);
+    }
+    (mask, fg)
+}
+
+#[test]
+fn slab_wise_inference_matches_the_whole_volume_accumulation() {
+    use mriloop::model::predict_volume;
+    use mriloop::volume::Affine;
+    let d = cpu();
+    let model = small(1).init(&d);
+    let dims = [11, 9, 21];
+    let n = dims[0] * dims[1] * dims[2];
+    let channels = vec![(0..n)
+        .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5)
+        .collect::<Vec<f32>>()];
+    for overlap in [0.0, 0.5, 0.75] {
+        let p = predict_volume(
+            &model,
+            &channels,
+            dims,
+            Affine::identity(),
+            [8, 8, 8],
+            [8, 8, 8],
+            overlap,
+            &d,
+        )
+        .unwrap();
+        let (mask, fg) = naive_sliding_window(&model, &channels, dims, [8, 8, 8], overlap, &d);
+        assert_eq!(p.mask.data(), &mask[..], "overlap {overlap}");
+        for (a, b) in p.foreground.data().iter().zip(&fg) {
+            assert!((a - b).abs() < 1e-5, "overlap {overlap}: {a} vs {b}");
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! whole head, as it was trained.
 //!
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
-//! zero-padded; windows never read outside the volume.
+//! zero-padded; windows never read outside the volume; working memory beyond the output is
+//! bounded by the window (a ring of z-planes), not by the volume.
 
 use super::model::MultiTaskUNet;
 use crate::volume::{Affine, Volume, VolumeError};
@@ -114,14 +115,45 @@ pub fn predict_volume(
 ) -> Result<Prediction, VolumeError> {
     let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
+    let plane = nx * ny;
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     let g = window.map(gaussian);
+    let [wx, wy, wz] = window;
+    // Accumulators hold only the planes a window can still reach: a ring of `depth` z-planes.
+    // Planes below the next window's start are final and go to the output at once, so memory
+    // is bounded by the window's depth, not the volume's.
+    let depth = wz.min(nz).max(1);
     let mut acc: Vec<Vec<f32>> = Vec::new();
-    let mut weight = vec![0f32; n];
-    for &z0 in &starts(nz, window[2], step[2]) {
-        for &y0 in &starts(ny, window[1], step[1]) {
-            for &x0 in &starts(nx, window[0], step[0]) {
-                let [wx, wy, wz] = window;
+    let mut weight = vec![0f32; plane * depth];
+    let mut mask = vec![0u8; n];
+    let mut fg = vec![0f32; n];
+    let mut done_z = 0usize;
+    let finish =
+        |z: usize, acc: &mut Vec<Vec<f32>>, weight: &mut [f32], mask: &mut [u8], fg: &mut [f32]| {
+            let ring = (z % depth) * plane;
+            for v in 0..plane {
+                let w = weight[ring + v].max(1e-12);
+                let mut best = (0usize, f32::NEG_INFINITY);
+                for (l, a) in acc.iter().enumerate() {
+                    if a[ring + v] > best.1 {
+                        best = (l, a[ring + v]);
+                    }
+                }
+                mask[z * plane + v] = best.0.min(255) as u8;
+                fg[z * plane + v] = acc.first().map_or(0.0, |bg| 1.0 - bg[ring + v] / w);
+                weight[ring + v] = 0.0;
+                for a in acc.iter_mut() {
+                    a[ring + v] = 0.0;
+                }
+            }
+        };
+    for &z0 in &starts(nz, wz, step[2]) {
+        while done_z < z0 {
+            finish(done_z, &mut acc, &mut weight, &mut mask, &mut fg);
+            done_z += 1;
+        }
+        for &y0 in &starts(ny, wy, step[1]) {
+            for &x0 in &starts(nx, wx, step[0]) {
                 let x = window_tensor(
                     channels,
                     dims,
@@ -135,13 +167,14 @@ pub fn predict_volume(
                     .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))?;
                 let labels = probs.len() / (wx * wy * wz).max(1);
                 if acc.is_empty() {
-                    acc = vec![vec![0f32; n]; labels];
+                    acc = vec![vec![0f32; plane * depth]; labels];
                 }
                 for k in 0..wz.min(nz - z0) {
+                    let ring = ((z0 + k) % depth) * plane;
                     for j in 0..wy.min(ny - y0) {
                         for i in 0..wx.min(nx - x0) {
                             let w = g[0][i] * g[1][j] * g[2][k];
-                            let dst = (x0 + i) + nx * ((y0 + j) + ny * (z0 + k));
+                            let dst = ring + (x0 + i) + nx * (y0 + j);
                             weight[dst] += w;
                             for (l, a) in acc.iter_mut().enumerate() {
                                 a[dst] += w * probs[((l * wz + k) * wy + j) * wx + i];
@@ -152,18 +185,9 @@ pub fn predict_volume(
             }
         }
     }
-    let mut mask = vec![0u8; n];
-    let mut fg = vec![0f32; n];
-    for v in 0..n {
-        let w = weight[v].max(1e-12);
-        let mut best = (0usize, f32::NEG_INFINITY);
-        for (l, a) in acc.iter().enumerate() {
-            if a[v] > best.1 {
-                best = (l, a[v]);
-            }
-        }
-        mask[v] = best.0.min(255) as u8;
-        fg[v] = acc.first().map_or(0.0, |bg| 1.0 - bg[v] / w);
+    while done_z < nz {
+        finish(done_z, &mut acc, &mut weight, &mut mask, &mut fg);
+        done_z += 1;
     }
     Ok(Prediction {
         mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
