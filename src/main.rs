@@ -510,10 +510,8 @@ fn train_cli(
     );
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = AtomicBool::new(false);
-    let labels = config.training.label_names.clone();
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| model::fit(config, train, &val, &device, &out, &tx, &stop));
-        drop(tx.clone());
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(model::FitEvent::Train(model::TrainEvent::Step { step, loss })) => {
@@ -523,35 +521,19 @@ fn train_cli(
                     bar.set_message(format!("loss {:.3}", loss.total));
                 }
                 Ok(model::FitEvent::Epoch(e)) => {
+                    let mut dice = Vec::new();
                     for (l, d) in e.validation.dice.iter().enumerate() {
                         if let Some(d) = d {
-                            let name = labels
-                                .get(l + 1)
-                                .cloned()
-                                .unwrap_or_else(|| format!("label{}", l + 1));
+                            let name = config.training.label_name(l + 1);
                             curves
                                 .validation
                                 .push((last_step, format!("Dice {name}"), *d));
+                            dice.push(format!("{name} {d:.3}"));
                         }
                     }
                     if let Some(a) = e.validation.class_auc {
                         curves.validation.push((last_step, "class AUC".into(), a));
                     }
-                    let dice: Vec<String> = e
-                        .validation
-                        .dice
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(l, d)| {
-                            d.map(|d| {
-                                let name = labels
-                                    .get(l + 1)
-                                    .cloned()
-                                    .unwrap_or_else(|| format!("label{}", l + 1));
-                                format!("{name} {d:.3}")
-                            })
-                        })
-                        .collect();
                     let line = format!(
                         "epoch {:>3}: train loss {:.4}; validation Dice {}; class accuracy {:.3}, AUC {}{}",
                         e.epoch,
@@ -630,12 +612,7 @@ fn eval_cli(
             bar.set_position(d as u64)
         })?;
     bar.finish_and_clear();
-    let name = |l: usize| {
-        cfg.label_names
-            .get(l + 1)
-            .cloned()
-            .unwrap_or_else(|| format!("label{}", l + 1))
-    };
+    let name = |l: usize| cfg.label_name(l + 1);
     let mut rows = vec![String::from(
         "case,label,dice,volume_error_mm3,class,p_predicted",
     )];

@@ -634,18 +634,9 @@ impl MriloopApp {
 
     /// Apply a label-table record edit forward or backward to the project and the overlay.
     fn apply_labels_edit(&mut self, edit: &Edit, forward: bool) {
-        let Edit::Record {
-            field: RecordField::Labels,
-            before,
-            after,
-        } = edit
-        else {
-            return;
-        };
-        let value = if forward { after } else { before };
-        if let Ok(table) = serde_json::from_str::<crate::project::LabelTable>(value) {
+        if let Some(table) = journal::label_table_of(edit, forward) {
             if let Some(p) = self.project.as_mut() {
-                journal::apply_project_record(&mut p.manifest, edit, forward);
+                p.manifest.labels = table.clone();
             }
             self.labels = table;
             self.push_colours();

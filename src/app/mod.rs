@@ -212,9 +212,8 @@ pub enum Command {
 struct Loading {
     rx: Receiver<LoadMessage>,
     source: CaseSource,
+    /// Index in the project; `None` for loose files (on success the project is closed).
     case_index: Option<usize>,
-    /// Loose files: on success the project (if any) is closed.
-    loose_files: bool,
     done: usize,
     total: usize,
     file: Option<PathBuf>,
@@ -391,7 +390,6 @@ impl MriloopApp {
             rx: spawn_load(source.clone(), wait_for, self.wake()),
             source,
             case_index,
-            loose_files: case_index.is_none(),
             done: 0,
             total,
             file: None,
@@ -699,7 +697,7 @@ impl MriloopApp {
                         l.file = Some(file);
                     }
                     Ok(LoadMessage::Done(case)) => {
-                        finished = Some(Ok((case, l.case_index, l.loose_files, l.source.clone())));
+                        finished = Some(Ok((case, l.case_index, l.source.clone())));
                         break;
                     }
                     Ok(LoadMessage::Failed(e)) => {
@@ -715,10 +713,10 @@ impl MriloopApp {
             }
         }
         match finished {
-            Some(Ok((case, index, loose_files, source))) => {
+            Some(Ok((case, index, source))) => {
                 self.loading = None;
                 self.close_case(false);
-                if loose_files {
+                if index.is_none() {
                     self.project = None;
                     self.labels = LabelTable::default();
                     self.stats.clear();

@@ -6,7 +6,7 @@
 //! that cannot be read is reported with its file and skipped, never half-written.
 
 use super::data::channels_of;
-use super::fit::{auc, dice_of};
+use super::fit::{class_figures, dice_of};
 use super::inference::{predict_volume, Prediction};
 use super::model::MultiTaskUNet;
 use super::training::TrainingConfig;
@@ -244,33 +244,17 @@ pub fn evaluate_project(
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         })
         .collect();
-    let with_class: Vec<&CaseEvaluation> = out.iter().filter(|e| e.class.is_some()).collect();
-    let k = project.manifest.classes.len();
-    let aucs: Vec<f64> = (0..k)
-        .filter_map(|c| {
-            let scores: Vec<f64> = with_class
-                .iter()
-                .map(|e| f64::from(e.class_probabilities.get(c).copied().unwrap_or(0.0)))
-                .collect();
-            let pos: Vec<bool> = with_class.iter().map(|e| e.class == Some(c)).collect();
-            auc(&scores, &pos)
-        })
-        .collect();
-    let correct = with_class
+    let with_class: Vec<(&[f32], usize)> = out
         .iter()
-        .filter(|e| {
-            e.class_probabilities
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(i, _)| i)
-                == e.class
-        })
-        .count();
+        .filter_map(|e| e.class.map(|c| (e.class_probabilities.as_slice(), c)))
+        .collect();
+    let probs: Vec<&[f32]> = with_class.iter().map(|(p, _)| *p).collect();
+    let truth: Vec<usize> = with_class.iter().map(|(_, c)| *c).collect();
+    let (class_accuracy, class_auc) = class_figures(&probs, &truth, project.manifest.classes.len());
     let cohort = CohortEvaluation {
         dice,
-        class_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
-        class_accuracy: correct as f64 / with_class.len().max(1) as f64,
+        class_auc,
+        class_accuracy,
     };
     Ok((out, cohort))
 }

@@ -178,9 +178,25 @@ pub fn validate(
         truth.push(s.class);
     }
     let classes = probs.first().map_or(0, Vec::len);
+    let prob_refs: Vec<&[f32]> = probs.iter().map(Vec::as_slice).collect();
+    let (class_accuracy, class_auc) = class_figures(&prob_refs, &truth, classes);
+    Metrics {
+        dice: dice_sum
+            .into_iter()
+            .map(|(s, n)| (n > 0).then(|| s / n as f64))
+            .collect(),
+        class_accuracy,
+        class_auc,
+    }
+}
+
+/// Class accuracy (arg-max of the probabilities) and AUC (one-vs-rest, averaged over the
+/// `classes` classes that have both positives and negatives) of predicted class probabilities
+/// against the true class indices.
+pub fn class_figures(probs: &[&[f32]], truth: &[usize], classes: usize) -> (f64, Option<f64>) {
     let correct = probs
         .iter()
-        .zip(&truth)
+        .zip(truth)
         .filter(|(p, t)| {
             p.iter()
                 .enumerate()
@@ -191,19 +207,18 @@ pub fn validate(
         .count();
     let aucs: Vec<f64> = (0..classes)
         .filter_map(|k| {
-            let scores: Vec<f64> = probs.iter().map(|p| f64::from(p[k])).collect();
+            let scores: Vec<f64> = probs
+                .iter()
+                .map(|p| f64::from(p.get(k).copied().unwrap_or(0.0)))
+                .collect();
             let pos: Vec<bool> = truth.iter().map(|t| *t == k).collect();
             auc(&scores, &pos)
         })
         .collect();
-    Metrics {
-        dice: dice_sum
-            .into_iter()
-            .map(|(s, n)| (n > 0).then(|| s / n as f64))
-            .collect(),
-        class_accuracy: correct as f64 / truth.len().max(1) as f64,
-        class_auc: (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
-    }
+    (
+        correct as f64 / truth.len().max(1) as f64,
+        (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64),
+    )
 }
 
 /// Split samples by case into training and validation, fixed by the seed.

@@ -22,8 +22,8 @@ pub use data::{
     channels_of, load_samples, resample_case, zscore_in_head, AugmentConfig, PatchSampler, Sample,
 };
 pub use fit::{
-    auc, dice_of, fit, initial_model, split_by_case, validate, EpochSummary, FitConfig, FitEvent,
-    FitResult, Metrics,
+    auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,
+    FitConfig, FitEvent, FitResult, Metrics,
 };
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};

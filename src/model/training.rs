@@ -67,6 +67,16 @@ pub struct TrainingConfig {
     pub spacing_mm: Option<[f64; 3]>,
 }
 
+impl TrainingConfig {
+    /// The name of label `value` (`label<N>` when the config names none).
+    pub fn label_name(&self, value: usize) -> String {
+        self.label_names
+            .get(value)
+            .cloned()
+            .unwrap_or_else(|| format!("label{value}"))
+    }
+}
+
 /// A batch: images `[N, C, D, H, W]`, label masks `[N, D, H, W]`, classes `[N]`.
 #[derive(Debug, Clone)]
 pub struct Batch {

@@ -312,21 +312,28 @@ pub fn apply_record(case: &mut super::Case, edit: &Edit, forward: bool) {
     }
 }
 
-/// Apply a project-level record edit (the label table) forward or backward to a manifest;
-/// a value that is not a valid label table is ignored.
-pub fn apply_project_record(manifest: &mut super::Manifest, edit: &Edit, forward: bool) {
-    if let Edit::Record {
+/// The label table a label-table record edit sets going forward (its `after`) or backward (its
+/// `before`); `None` for other edits or a value that is not a valid label table.
+pub fn label_table_of(edit: &Edit, forward: bool) -> Option<super::LabelTable> {
+    let Edit::Record {
         field: RecordField::Labels,
         before,
         after,
     } = edit
-    {
-        let value = if forward { after } else { before };
-        if let Ok(table) = serde_json::from_str::<super::LabelTable>(value) {
-            if table.check().is_ok() {
-                manifest.labels = table;
-            }
-        }
+    else {
+        return None;
+    };
+    let value = if forward { after } else { before };
+    serde_json::from_str::<super::LabelTable>(value)
+        .ok()
+        .filter(|t| t.check().is_ok())
+}
+
+/// Apply a project-level record edit (the label table) forward or backward to a manifest;
+/// a value that is not a valid label table is ignored.
+pub fn apply_project_record(manifest: &mut super::Manifest, edit: &Edit, forward: bool) {
+    if let Some(table) = label_table_of(edit, forward) {
+        manifest.labels = table;
     }
 }
 

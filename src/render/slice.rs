@@ -256,6 +256,19 @@ pub struct SlicePipeline {
     variants: std::sync::RwLock<[Option<wgpu::RenderPipeline>; 8]>,
 }
 
+fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::FRAGMENT,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
 fn texture_entry(
     binding: u32,
     sample_type: wgpu::TextureSampleType,
@@ -284,16 +297,7 @@ impl SlicePipeline {
         let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
             label: Some("mriloop slice"),
             entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
+                uniform_entry(0),
                 texture_entry(1, wgpu::TextureSampleType::Float { filterable: true }, d3),
                 wgpu::BindGroupLayoutEntry {
                     binding: 2,
@@ -303,16 +307,7 @@ impl SlicePipeline {
                 },
                 texture_entry(3, wgpu::TextureSampleType::Uint, d3),
                 texture_entry(4, wgpu::TextureSampleType::Uint, d3),
-                wgpu::BindGroupLayoutEntry {
-                    binding: 5,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
+                uniform_entry(5),
                 texture_entry(6, wgpu::TextureSampleType::Float { filterable: true }, d3),
             ],
         });
