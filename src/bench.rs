@@ -354,6 +354,7 @@ pub fn train(patch: usize, batch: usize, steps: usize) -> (Vec<Figure>, Vec<Stri
             images: Tensor::<5>::random([batch, 2, p, p, p], Distribution::Normal(0.0, 1.0), &ad),
             masks: Tensor::<4, Int>::random([batch, p, p, p], Distribution::Uniform(0.0, 3.0), &ad),
             classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
+            weights: None,
         };
         // The warm-up step compiles kernels (wgpu) and allocates.
         let (m, _) = train_step(model, &mut optim, &b, &config);

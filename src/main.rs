@@ -462,7 +462,6 @@ fn train_cli(
     backend: &str,
     plot: bool,
 ) -> Result<()> {
-    use std::sync::atomic::AtomicBool;
     let mut curves = app::curves::Curves::default();
     let mut last_step = 0;
     let (device, about) = model::choose_device(backend);
@@ -484,16 +483,8 @@ fn train_cli(
     }
     let (train, val) =
         model::split_by_case(samples, config.validation_fraction, config.training.seed);
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    config
-        .save(out.join("fit.json"))
-        .with_context(|| format!("writing {}", out.join("fit.json").display()))?;
+    model::session::write_run_files(&out, config, &val)?;
     let ids: Vec<String> = val.iter().map(|s| s.case_id.clone()).collect();
-    mriloop::atomic::write_atomic(
-        &out.join("validation.txt"),
-        (ids.join("\n") + "\n").as_bytes(),
-    )
-    .with_context(|| format!("writing {}", out.join("validation.txt").display()))?;
     eprintln!(
         "{} training cases, {} validation cases ({})",
         train.len(),
@@ -509,31 +500,20 @@ fn train_cli(
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (tx, rx) = std::sync::mpsc::channel();
-    let stop = AtomicBool::new(false);
+    let control = model::FitControl::default();
     let result = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| model::fit(config, train, &val, &device, &out, &tx, &stop));
+        let worker = scope.spawn(|| model::fit(config, train, &val, &device, &out, &tx, &control));
         loop {
             match rx.recv_timeout(std::time::Duration::from_millis(200)) {
                 Ok(model::FitEvent::Train(model::TrainEvent::Step { step, loss })) => {
-                    curves.loss.push((step, loss.total));
+                    curves.push_step(step, &loss);
                     last_step = step;
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {:.3}", loss.total));
                 }
                 Ok(model::FitEvent::Epoch(e)) => {
-                    let mut dice = Vec::new();
-                    for (l, d) in e.validation.dice.iter().enumerate() {
-                        if let Some(d) = d {
-                            let name = config.training.label_name(l + 1);
-                            curves
-                                .validation
-                                .push((last_step, format!("Dice {name}"), *d));
-                            dice.push(format!("{name} {d:.3}"));
-                        }
-                    }
-                    if let Some(a) = e.validation.class_auc {
-                        curves.validation.push((last_step, "class AUC".into(), a));
-                    }
+                    let dice = curves
+                        .push_epoch(last_step, &e.validation, |l| config.training.label_name(l));
                     let line = format!(
                         "epoch {:>3}: train loss {:.4}; validation Dice {}; class accuracy {:.3}, AUC {}{}",
                         e.epoch,

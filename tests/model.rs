@@ -94,6 +94,7 @@ fn batch(step: usize, device: &Device) -> Batch {
         images: Tensor::from_data(TensorData::new(img, [n, 1, s, s, s]), device),
         masks: Tensor::<4, Int>::from_data(TensorData::new(mask, [n, s, s, s]), device),
         classes: Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), device),
+        weights: None,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Training curves with egui_plot: the training loss per step and the validation figures per
-//! epoch, drawn into any `Ui` (the app's live panel) or rendered offscreen through egui-wgpu to a
+//! Training curves with egui_plot: the training loss per step (total and each task's term) and
+//! the validation figures per epoch, drawn into any `Ui` (the app's live panel) or rendered offscreen through egui-wgpu to a
 //! PNG (`mriloop train --plot`).
 //!
 //! Invariants: the offscreen render uses the same plot code as the app; a PNG is written
@@ -10,10 +10,50 @@ use egui_plot::{Legend, Line, Plot, PlotPoints};
 /// What the curves show.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Curves {
-    /// Training loss per step: (step, loss).
+    /// Training loss per step: (step, total loss).
     pub loss: Vec<(usize, f64)>,
+    /// Segmentation loss (soft Dice + cross-entropy) of the steps that trained it.
+    pub segmentation: Vec<(usize, f64)>,
+    /// Classification cross-entropy of the steps that trained it.
+    pub classification: Vec<(usize, f64)>,
     /// Per epoch (at its last step): (step, name, value) for validation figures.
     pub validation: Vec<(usize, String, f64)>,
+}
+
+impl Curves {
+    /// Record a step's losses (each task's term where the step trained it).
+    pub fn push_step(&mut self, step: usize, loss: &crate::model::LossTerms) {
+        use crate::model::TaskMode;
+        self.loss.push((step, loss.total));
+        if loss.mode != TaskMode::ClassificationOnly {
+            self.segmentation.push((step, loss.dice + loss.seg_ce));
+        }
+        if loss.mode != TaskMode::SegmentationOnly {
+            self.classification.push((step, loss.class_ce));
+        }
+    }
+
+    /// Record an epoch's validation figures at `step`: Dice per label (named by `label_name`)
+    /// and class AUC. Returns the Dice values as `name value` texts for a report line.
+    pub fn push_epoch(
+        &mut self,
+        step: usize,
+        validation: &crate::model::Metrics,
+        label_name: impl Fn(usize) -> String,
+    ) -> Vec<String> {
+        let mut dice = Vec::new();
+        for (l, d) in validation.dice.iter().enumerate() {
+            if let Some(d) = d {
+                let name = label_name(l + 1);
+                self.validation.push((step, format!("Dice {name}"), *d));
+                dice.push(format!("{name} {d:.3}"));
+            }
+        }
+        if let Some(a) = validation.class_auc {
+            self.validation.push((step, "class AUC".into(), a));
+        }
+        dice
+    }
 }
 
 const PALETTE: [egui::Color32; 8] = [
@@ -56,16 +96,29 @@ pub fn show(ui: &mut egui::Ui, curves: &Curves) {
             .include_y(0.0)
             .show(ui, |p| {
                 let raw: PlotPoints = curves.loss.iter().map(|(s, v)| [*s as f64, *v]).collect();
-                p.line(Line::new("loss", raw).color(egui::Color32::from_gray(190)));
+                p.line(Line::new("total", raw).color(egui::Color32::from_gray(190)));
                 let w = (curves.loss.len() / 50).max(1);
                 p.line(
                     Line::new(
-                        "loss (moving mean)",
+                        "total (moving mean)",
                         PlotPoints::from(smooth(&curves.loss, w)),
                     )
                     .color(egui::Color32::from_rgb(40, 70, 160))
                     .width(2.0),
                 );
+                for (name, series, colour) in [
+                    ("segmentation", &curves.segmentation, PALETTE[0]),
+                    ("classification", &curves.classification, PALETTE[2]),
+                ] {
+                    if !series.is_empty() {
+                        let w = (series.len() / 50).max(1);
+                        p.line(
+                            Line::new(name, PlotPoints::from(smooth(series, w)))
+                                .color(colour)
+                                .width(1.5),
+                        );
+                    }
+                }
             });
         Plot::new("validation")
             .width(width)

@@ -343,6 +343,11 @@ impl MriloopApp {
     fn apply_mask_delta(&mut self, delta: Option<MaskDelta>, as_stroke: bool) {
         let Some(delta) = delta else { return };
         self.upload_region(delta.region);
+        if let Some(open) = self.open.as_mut() {
+            if let (Some(a), Some(p)) = (open.agreement.as_mut(), open.loaded.predicted.as_ref()) {
+                a.apply(&delta, p, true);
+            }
+        }
         if as_stroke {
             if let Some(open) = self.open.as_mut() {
                 open.edits.stroke.push(delta);
@@ -417,6 +422,17 @@ impl MriloopApp {
         let Some(edit) = edit else { return };
         if let Some(mask) = open.loaded.reference.as_mut() {
             edit.apply_to_mask(mask, forward);
+        }
+        if let (Edit::Mask(deltas), Some(a), Some(p)) = (
+            &edit,
+            open.agreement.as_mut(),
+            open.loaded.predicted.as_ref(),
+        ) {
+            if forward {
+                deltas.iter().for_each(|d| a.apply(d, p, true));
+            } else {
+                deltas.iter().rev().for_each(|d| a.apply(d, p, false));
+            }
         }
         // The journal records effects: an undo is appended as the reverse change.
         let effect = match (&edit, forward) {

@@ -7,12 +7,14 @@
 //! previous case open and shows a dialog naming the file and the problem.
 
 mod bridge;
+pub mod cohort;
 pub mod curves;
 mod edit_panel;
 mod editing;
 mod loader;
 mod panels;
 mod state;
+pub mod training;
 mod views;
 
 pub use bridge::{SliceCallback, ViewerGpu};
@@ -206,6 +208,8 @@ pub enum Command {
     ToggleHelp,
     /// A correction (tools, masks, class, status, note, undo).
     Edit(EditCommand),
+    /// Training, model versions, re-inference, next case, cohort.
+    Train(training::TrainCommand),
 }
 
 /// A case being loaded.
@@ -233,6 +237,8 @@ pub struct OpenCase {
     pub labels_grid: GridInfo,
     /// Undo, the stroke in progress, and saving.
     pub edits: CaseEdits,
+    /// Live agreement of the prediction with the corrected mask (when both are on one grid).
+    pub agreement: Option<crate::edit::Agreement>,
     generation: u64,
 }
 
@@ -272,6 +278,7 @@ pub struct MriloopApp {
     notices_rx: Receiver<Result<String, String>>,
     closing_stores: Vec<crate::project::store::CaseStore>,
     show_help: bool,
+    training: training::TrainingState,
 }
 
 impl MriloopApp {
@@ -310,6 +317,7 @@ impl MriloopApp {
             notices_rx,
             closing_stores: Vec::new(),
             show_help: false,
+            training: training::TrainingState::default(),
         };
         if app.render_state.is_none() {
             app.error = Some("no wgpu device: mriloop needs a GPU or Mesa's Vulkan driver".into());
@@ -594,6 +602,7 @@ impl MriloopApp {
             Command::DismissInfo => self.info = None,
             Command::ToggleHelp => self.show_help = !self.show_help,
             Command::Edit(e) => self.apply_edit(e),
+            Command::Train(t) => self.apply_train(t),
             // Viewer commands with no case open (or naming a missing sequence) do nothing.
             _ => {}
         }
@@ -876,6 +885,12 @@ impl MriloopApp {
             edits.dirty = true;
             edits.mask_dirty = n_mask > 0;
         }
+        let agreement = match (&loaded.reference, &loaded.predicted) {
+            (Some(r), Some(p)) if r.dims3() == p.dims3() => {
+                crate::edit::Agreement::of(&r.data()[..r.frame_len()], &p.data()[..p.frame_len()])
+            }
+            _ => None,
+        };
         self.open = Some(OpenCase {
             loaded,
             viewer,
@@ -883,6 +898,7 @@ impl MriloopApp {
             image_grids,
             labels_grid,
             edits,
+            agreement,
             generation,
         });
     }
@@ -1048,6 +1064,7 @@ impl eframe::App for MriloopApp {
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.poll_jobs();
+        self.poll_training();
         self.poll_notices();
         self.apply_all();
         self.autosave_tick();
@@ -1062,7 +1079,13 @@ impl eframe::App for MriloopApp {
         panels::menu_bar(ui, self, &mut out);
         panels::status_bar(ui, self);
         if self.project.is_some() {
+            if self.training.show_panel {
+                training::training_panel(ui, self, &mut out);
+            }
             panels::worklist(ui, self, &mut out);
+        }
+        if self.training.show_cohort {
+            cohort::cohort_window(&ctx, self, &mut out);
         }
         panels::side_panel(ui, self, &mut out);
         self.cells = views::central(ui, self, &mut out);
@@ -1073,6 +1096,8 @@ impl eframe::App for MriloopApp {
         }
         self.commands.extend(out);
         if self.is_loading()
+            || self.training_busy()
+            || self.training.cohort.is_running()
             || self.stats_rx.is_some()
             || !self.commands.is_empty()
             || !self.closing_stores.is_empty()
@@ -1084,6 +1109,7 @@ impl eframe::App for MriloopApp {
     }
 
     fn on_exit(&mut self) {
+        self.stop_training();
         self.close_case(true);
         for mut s in self.closing_stores.drain(..) {
             s.finish();

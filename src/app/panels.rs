@@ -2,6 +2,7 @@
 //! sequence's value and the label under it), worklist, display settings, predicted class, and
 //! the error dialog. Each reads the app's state and emits commands; none changes state.
 
+use super::training::TrainCommand;
 use super::{Command, EditCommand, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
 use crate::project::ReviewStatus;
 use crate::render::{Colormap, Orientation};
@@ -76,6 +77,27 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 }
                 if ui.button("Next unreviewed >").on_hover_text("N").clicked() {
                     out.push(Command::NextUnreviewed(1));
+                }
+                if ui
+                    .button("Most informative >")
+                    .on_hover_text("the unreviewed case the model is least sure about (I)")
+                    .clicked()
+                {
+                    out.push(Command::Train(TrainCommand::NextInformative));
+                }
+                ui.separator();
+                let shown = app.training().show_panel;
+                if ui.selectable_label(shown, "Training").clicked() {
+                    out.push(Command::Train(TrainCommand::TogglePanel));
+                }
+                if ui
+                    .selectable_label(app.training().show_cohort, "Cohort")
+                    .clicked()
+                {
+                    out.push(Command::Train(TrainCommand::ToggleCohort));
+                }
+                if let Some(run) = &app.training().run {
+                    ui.label(format!("training {}/{}", run.step, run.total_steps));
                 }
             }
         });

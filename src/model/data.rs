@@ -34,6 +34,9 @@ pub struct Sample {
     pub foreground: Vec<usize>,
     /// The same, grouped by label value, so a rare label is picked as often as a common one.
     pub foreground_by_label: Vec<(u8, Vec<usize>)>,
+    /// Voxels an annotator changed from the model's prediction (empty: none known); they can
+    /// weigh more in the loss when fine-tuning on corrections.
+    pub changed: Vec<bool>,
 }
 
 /// Z-score normalisation inside the head: mean and standard deviation of the non-zero voxels.
@@ -110,8 +113,51 @@ impl Sample {
             dims,
             class,
             foreground,
+            changed: Vec::new(),
         })
     }
+
+    /// Record which voxels differ between the reference and the model's `predicted` mask (same
+    /// grid); returns how many.
+    pub fn mark_changed(&mut self, predicted: &[u8]) -> usize {
+        if predicted.len() != self.mask.len() {
+            return 0;
+        }
+        self.changed = self
+            .mask
+            .iter()
+            .zip(predicted)
+            .map(|(r, p)| r != p)
+            .collect();
+        self.changed.iter().filter(|c| **c).count()
+    }
+}
+
+/// Bit set on a patch label where the annotator changed the voxel (see `split_labels`).
+const CHANGED_BIT: i32 = 1 << 8;
+
+/// Split patch labels into the label values and, when `changed_weight` is not 1 and a voxel is
+/// marked changed, per-voxel loss weights (`changed_weight` there, 1 elsewhere).
+pub fn split_labels(labels: Vec<i32>, changed_weight: f32) -> (Vec<i32>, Option<Vec<f32>>) {
+    let any = labels.iter().any(|v| v & CHANGED_BIT != 0);
+    let weights = (any && changed_weight != 1.0).then(|| {
+        labels
+            .iter()
+            .map(|v| {
+                if v & CHANGED_BIT != 0 {
+                    changed_weight
+                } else {
+                    1.0
+                }
+            })
+            .collect()
+    });
+    let labels = if any {
+        labels.into_iter().map(|v| v & (CHANGED_BIT - 1)).collect()
+    } else {
+        labels
+    };
+    (labels, weights)
 }
 
 /// Load the project's cases that have a class label and (with `require_mask`) a reference
@@ -124,13 +170,60 @@ pub fn load_samples(
     require_mask: bool,
     spacing_mm: Option<[f64; 3]>,
 ) -> Result<Vec<Sample>, ProjectError> {
+    load_samples_with(
+        project,
+        &SampleSelection {
+            sequences: sequences.to_vec(),
+            require_mask,
+            spacing_mm,
+            ..SampleSelection::default()
+        },
+    )
+}
+
+/// Which cases become samples, and how.
+#[derive(Debug, Clone, Default)]
+pub struct SampleSelection {
+    /// Input sequences, in channel order.
+    pub sequences: Vec<crate::project::SequenceName>,
+    /// Skip cases without a reference mask.
+    pub require_mask: bool,
+    /// Resample to this spacing (mm).
+    pub spacing_mm: Option<[f64; 3]>,
+    /// Only these case ids (`None`: every case).
+    pub only: Option<Vec<String>>,
+    /// Reference masks to use instead of the file (the open case's unsaved corrections).
+    pub masks: Vec<(String, Volume<u8>)>,
+    /// Mark the voxels where the reference differs from the case's predicted mask.
+    pub mark_changed: bool,
+}
+
+/// Load samples as `selection` says (see `load_samples`).
+pub fn load_samples_with(
+    project: &Project,
+    selection: &SampleSelection,
+) -> Result<Vec<Sample>, ProjectError> {
     let classes = &project.manifest.classes;
+    let sequences = &selection.sequences;
+    let (require_mask, spacing_mm) = (selection.require_mask, selection.spacing_mm);
     let mut out = Vec::new();
     for case in &project.manifest.cases {
+        if selection
+            .only
+            .as_ref()
+            .is_some_and(|ids| !ids.contains(&case.id))
+        {
+            continue;
+        }
+        let given = selection
+            .masks
+            .iter()
+            .find(|(id, _)| *id == case.id)
+            .map(|(_, m)| m.clone());
         let Some(label) = &case.class_label else {
             continue;
         };
-        if require_mask && case.reference_mask.is_none() {
+        if require_mask && case.reference_mask.is_none() && given.is_none() {
             continue;
         }
         let Some(class) = classes.iter().position(|c| c == label) else {
@@ -140,7 +233,11 @@ pub fn load_samples(
             .iter()
             .map(|s| Ok(project.load_sequence(case, s)?.to_f32()))
             .collect::<Result<Vec<_>, ProjectError>>()?;
-        let mask = match project.load_reference_mask(case)? {
+        let reference = match given {
+            Some(m) => Some(m),
+            None => project.load_reference_mask(case)?,
+        };
+        let mask = match reference {
             Some(m) => m,
             None => {
                 let Some(first) = vols.first() else {
@@ -150,16 +247,32 @@ pub fn load_samples(
                 Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8)?
             }
         };
-        let (vols, mask) = match spacing_mm {
-            Some(sp) => resample_case(vols, &mask, sp)?,
-            None => (vols, mask),
+        let predicted = match (&case.predicted_mask, selection.mark_changed) {
+            (Some(rel), true) => Some(project.load_mask(rel)?),
+            _ => None,
         };
-        let sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
+        let (vols, mask, predicted) = match spacing_mm {
+            Some(sp) => {
+                let (dims, affine) =
+                    crate::volume::grid_with_spacing(mask.dims3(), mask.affine(), sp);
+                let predicted = match predicted {
+                    Some(p) => Some(crate::volume::resample_labels_to_grid(&p, dims, affine)?),
+                    None => None,
+                };
+                let (v, m) = resample_case(vols, &mask, sp)?;
+                (v, m, predicted)
+            }
+            None => (vols, mask, predicted),
+        };
+        let mut sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
             crate::project::ProjectError::Invalid {
                 path: project.manifest_path(),
                 problem: e,
             }
         })?;
+        if let Some(p) = predicted.filter(|p| p.dims3() == mask.dims3()) {
+            sample.mark_changed(&p.data()[..p.frame_len()]);
+        }
         out.push(sample);
     }
     Ok(out)
@@ -299,7 +412,12 @@ impl PatchSampler {
                     }
                     let si = src[0] as usize + nx * (src[1] as usize + ny * src[2] as usize);
                     let di = if flip { p[0] - 1 - i } else { i } + p[0] * (j + p[1] * k);
-                    labels[di] = i32::from(sample.mask[si]);
+                    labels[di] = i32::from(sample.mask[si])
+                        | if sample.changed.get(si).copied().unwrap_or(false) {
+                            CHANGED_BIT
+                        } else {
+                            0
+                        };
                     for (c, ch) in channels.iter_mut().enumerate() {
                         ch[di] = sample.channels[c][si];
                     }
@@ -340,7 +458,7 @@ impl PatchSampler {
             let s = &samples[self.pick(samples.len())];
             let (ch, lab) = self.patch(s);
             ch.into_iter().for_each(|x| images.extend(x));
-            masks.extend(lab);
+            masks.extend(split_labels(lab, 1.0).0);
             classes.push(s.class as i32);
         }
         let n = classes.len();
@@ -352,6 +470,7 @@ impl PatchSampler {
                 device,
             ),
             classes: Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), device),
+            weights: None,
         }
     }
 }

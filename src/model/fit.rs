@@ -8,7 +8,7 @@
 //! seed; the best checkpoint is the one with the highest validation score (mean foreground Dice
 //! plus class AUC, each weighted by the tasks trained).
 
-use super::data::{AugmentConfig, PatchSampler, Sample};
+use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;
 use super::model::MultiTaskUNet;
 use super::training::{cosine_lr, save_checkpoint, train_step_at, Batch, TaskMode, TrainingConfig};
@@ -61,6 +61,47 @@ pub struct FitConfig {
     /// then train the segmentation only.
     #[config(default = 3)]
     pub class_every: usize,
+    /// Weight in the segmentation cross-entropy of voxels an annotator changed from the model's
+    /// prediction (1: no extra weight).
+    #[config(default = 1.0)]
+    pub changed_weight: f64,
+}
+
+/// Controls of a running fit, shared with whoever started it: cancel, pause and resume take
+/// effect at the next step.
+#[derive(Debug, Default)]
+pub struct FitControl {
+    stop: AtomicBool,
+    pause: AtomicBool,
+}
+
+impl FitControl {
+    /// Ask the fit to stop at the next step (the last checkpoint is kept).
+    pub fn cancel(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a stop was asked for.
+    pub fn is_cancelled(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Pause (`true`) or resume (`false`) before the next step.
+    pub fn set_paused(&self, paused: bool) {
+        self.pause.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether the fit is paused.
+    pub fn is_paused(&self) -> bool {
+        self.pause.load(Ordering::Relaxed)
+    }
+
+    /// Block while paused (and not cancelled).
+    fn wait_while_paused(&self) {
+        while self.is_paused() && !self.is_cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 }
 
 /// Validation figures of one epoch.
@@ -258,15 +299,18 @@ struct HostBatch {
 }
 
 impl HostBatch {
-    fn into_batch(self, device: &Device) -> Batch {
+    fn into_batch(self, device: &Device, changed_weight: f32) -> Batch {
         let [px, py, pz] = self.patch;
+        let (masks, weights) = split_labels(self.masks, changed_weight);
         Batch {
+            weights: weights
+                .map(|w| Tensor::<4>::from_data(TensorData::new(w, [self.n, pz, py, px]), device)),
             images: Tensor::from_data(
                 TensorData::new(self.images, [self.n, self.c, pz, py, px]),
                 device,
             ),
             masks: Tensor::<4, Int>::from_data(
-                TensorData::new(self.masks, [self.n, pz, py, px]),
+                TensorData::new(masks, [self.n, pz, py, px]),
                 device,
             ),
             classes: Tensor::<1, Int>::from_data(TensorData::new(self.classes, [self.n]), device),
@@ -318,7 +362,8 @@ pub fn initial_model(
 }
 
 /// Fit on `train` samples, validating on `val` after each epoch, writing `out/best` and
-/// `out/last`. `stop` cancels at the next step.
+/// `out/last`. `control` cancels (keeping the state reached as `out/last`), pauses and resumes
+/// at the next step.
 pub fn fit(
     config: &FitConfig,
     train: Vec<Sample>,
@@ -326,7 +371,7 @@ pub fn fit(
     device: &Device,
     out: &std::path::Path,
     events: &Sender<FitEvent>,
-    stop: &AtomicBool,
+    control: &FitControl,
 ) -> Result<FitResult, super::training::CheckpointError> {
     let t = &config.training;
     let ad = device.clone().autodiff();
@@ -402,8 +447,10 @@ pub fn fit(
         let mut loss_sum = 0.0;
         let mut steps = 0;
         for _ in 0..config.steps_per_epoch {
-            if stop.load(Ordering::Relaxed) {
+            control.wait_while_paused();
+            if control.is_cancelled() {
                 stopped_early = true;
+                save_checkpoint(&last_dir, t, &model)?;
                 break 'epochs;
             }
             let Ok(hb) = rx.recv() else {
@@ -411,7 +458,7 @@ pub fn fit(
                 break 'epochs;
             };
             let class_step = hb.class_step;
-            let batch = hb.into_batch(&ad);
+            let batch = hb.into_batch(&ad, config.changed_weight as f32);
             // With whole-head class steps, patch steps train the segmentation only.
             let mode = match (t.mode, class_step, config.class_every > 0) {
                 (TaskMode::Joint, true, _) => TaskMode::ClassificationOnly,

@@ -2,7 +2,8 @@
 //! U-Net with its classification head), `data` (samples from a project, augmented patches),
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
-//! over whole volumes), `apply` (predicting and evaluating a project, choosing the device). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
+//! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
+//! `session` (background training runs and re-inference over a project, for the app). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
 //! `wgpu` on the GPU.
 
 pub mod apply;
@@ -12,6 +13,7 @@ pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
+pub mod session;
 pub mod training;
 
 pub use apply::{
@@ -19,11 +21,12 @@ pub use apply::{
     CaseEvaluation, CohortEvaluation, FitOptions,
 };
 pub use data::{
-    channels_of, load_samples, resample_case, zscore_in_head, AugmentConfig, PatchSampler, Sample,
+    channels_of, load_samples, load_samples_with, resample_case, split_labels, zscore_in_head,
+    AugmentConfig, PatchSampler, Sample, SampleSelection,
 };
 pub use fit::{
     auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,
-    FitConfig, FitEvent, FitResult, Metrics,
+    FitConfig, FitControl, FitEvent, FitResult, Metrics,
 };
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};

@@ -12,11 +12,13 @@
 
 pub mod journal;
 mod labels;
+pub mod models;
 pub mod nnunet;
 pub mod script;
 pub mod store;
 
 pub use labels::{default_color, Label, LabelTable};
+pub use models::{EpochRecord, ModelVersion, RunOutcome};
 
 use crate::volume::{self, AnyVolume, Volume, VolumeError};
 use serde::{Deserialize, Serialize};
@@ -234,6 +236,12 @@ pub struct Case {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub predicted_class: Option<Vec<f32>>,
     /// Review status.
+    /// The model version that made the predicted mask and class (`None`: made elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted_by: Option<String>,
+    /// How unsure the model was about this case (0 sure … 1 unsure), for choosing the next case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<Uncertainty>,
     #[serde(default)]
     pub review: ReviewStatus,
     /// The reviewer's free-text note.
@@ -253,6 +261,8 @@ impl Case {
             predicted_probabilities: None,
             class_label: None,
             predicted_class: None,
+            predicted_by: None,
+            uncertainty: None,
             review: ReviewStatus::Unreviewed,
             note: String::new(),
         }
@@ -274,6 +284,23 @@ impl Case {
     }
 }
 
+/// A model's uncertainty about one case, each part from 0 (sure) to 1 (unsure).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Uncertainty {
+    /// Mean normalised entropy of the foreground probability over the predicted structure and
+    /// its fringe.
+    pub segmentation: f32,
+    /// Closeness of the class probabilities to the decision boundary (1 − margin).
+    pub classification: f32,
+}
+
+impl Uncertainty {
+    /// The score "Next" ranks by: the mean of the parts.
+    pub fn score(&self) -> f32 {
+        0.5 * (self.segmentation + self.classification)
+    }
+}
+
 /// The project manifest (`mriloop.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -289,6 +316,12 @@ pub struct Manifest {
     pub classes: Vec<String>,
     /// The cases.
     pub cases: Vec<Case>,
+    /// Trained model versions, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelVersion>,
+    /// The version that predicts new cases (`None`: none trained yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_model: Option<String>,
 }
 
 impl Manifest {
@@ -301,6 +334,8 @@ impl Manifest {
             labels: LabelTable::default(),
             classes: Vec::new(),
             cases: Vec::new(),
+            models: Vec::new(),
+            active_model: None,
         }
     }
 
@@ -351,6 +386,31 @@ impl Manifest {
                         ),
                     ));
                 }
+            }
+        }
+        let mut versions = std::collections::HashSet::new();
+        for m in &self.models {
+            check_case_id(&m.id).map_err(|p| {
+                invalid(
+                    path,
+                    format!("model version: {}", p.replace("case id", "id")),
+                )
+            })?;
+            if !versions.insert(m.id.as_str()) {
+                return Err(invalid(
+                    path,
+                    format!("model version {:?} appears twice", m.id),
+                ));
+            }
+            check_relative_path(&m.checkpoint)
+                .map_err(|e| invalid(path, format!("model {}: {e}", m.id)))?;
+        }
+        if let Some(a) = &self.active_model {
+            if !versions.contains(a.as_str()) {
+                return Err(invalid(
+                    path,
+                    format!("active_model {a:?} is not one of the recorded model versions"),
+                ));
             }
         }
         Ok(())

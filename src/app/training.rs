@@ -1,0 +1,793 @@
+//! The training loop inside the app: the training panel's settings, the background run (a
+//! worker thread that owns the network and reports over a channel), live curves, pause /
+//! resume / cancel, model versions (register, activate, roll back), re-inference of the
+//! unreviewed cases with the new version, and choosing the next case by the model's
+//! uncertainty.
+//!
+//! Invariants: the UI thread never waits on training or inference; it drains their channels
+//! once per frame in `poll_training`. Only the UI thread changes the manifest (workers send
+//! records, `apply_*` puts them in). A run trains on a snapshot of the project taken when it
+//! starts, with the open case's in-memory mask, so a correction is used at once.
+
+use super::curves::Curves;
+use super::{Command, MriloopApp};
+use crate::model::session::{
+    record_prediction, register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent,
+    InferHandle, RunEvent, RunHandle, RunRequest,
+};
+use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
+use crate::project::{ReviewStatus, RunOutcome};
+use std::path::PathBuf;
+use std::sync::mpsc::TryRecvError;
+use std::time::{Duration, Instant};
+
+/// What the training panel lets the user choose.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSettings {
+    /// Fine-tune the active model version (else train from scratch).
+    pub fine_tune: bool,
+    /// Epochs.
+    pub epochs: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Input sequences (empty: the project's first two).
+    pub sequences: Vec<String>,
+    /// Tasks.
+    pub mode: TaskMode,
+    /// `auto`, `cpu` or `gpu`.
+    pub backend: String,
+    /// Train only on reviewed cases.
+    pub only_reviewed: bool,
+    /// Loss weight of voxels the annotator changed from the prediction (1: off).
+    pub changed_weight: f64,
+    /// Predict the unreviewed cases with the new version when the run finishes.
+    pub reinfer_after: bool,
+    /// Patch edge (voxels).
+    pub patch: usize,
+    /// Patches per batch.
+    pub batch: usize,
+    /// Edge of the whole-head crop the class is learned from.
+    pub class_window: usize,
+    /// Channels of the network's first level.
+    pub base_channels: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        Self {
+            fine_tune: true,
+            epochs: 10,
+            steps_per_epoch: 50,
+            sequences: Vec::new(),
+            mode: TaskMode::Joint,
+            backend: "auto".into(),
+            only_reviewed: true,
+            changed_weight: 3.0,
+            reinfer_after: true,
+            patch: 32,
+            batch: 2,
+            class_window: 64,
+            base_channels: 8,
+        }
+    }
+}
+
+/// Training-panel commands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainCommand {
+    /// Replace the settings.
+    Settings(TrainSettings),
+    /// Start a run with the settings.
+    Start,
+    /// Pause (true) or resume (false) the run.
+    Pause(bool),
+    /// Cancel the run (its last checkpoint is kept as a cancelled version).
+    Cancel,
+    /// Predict the unreviewed cases with the active version.
+    Reinfer,
+    /// Make a version the active one (roll back or forward) and re-predict the unreviewed cases.
+    SetActiveModel(String),
+    /// Open the unreviewed case the model is least sure about.
+    NextInformative,
+    /// Show or hide the training panel.
+    TogglePanel,
+    /// Show or hide the cohort view.
+    ToggleCohort,
+    /// Ask where to write the cohort CSV.
+    ExportCohortDialog,
+    /// Write the cohort table as CSV.
+    ExportCohort(PathBuf),
+}
+
+/// A run in progress.
+pub struct ActiveRun {
+    /// The worker.
+    pub handle: RunHandle,
+    /// Version being trained (once started).
+    pub version: Option<String>,
+    /// Device in words.
+    pub device: String,
+    /// When it was started.
+    pub started: Instant,
+    /// Time spent paused.
+    pub paused_for: Duration,
+    /// Since when it is paused.
+    pub paused_at: Option<Instant>,
+    /// Steps planned.
+    pub total_steps: usize,
+    /// Last step done.
+    pub step: usize,
+    /// When the first step finished (ETA is measured from there: loading is not training).
+    pub first_step_at: Option<Instant>,
+    /// Epochs finished.
+    pub epoch: usize,
+    /// Epochs planned.
+    pub epochs: usize,
+    /// Label names of the run.
+    pub label_names: Vec<String>,
+}
+
+impl ActiveRun {
+    /// Estimated time left, from the pace of the steps so far (pauses excluded).
+    pub fn eta(&self) -> Option<Duration> {
+        let first = self.first_step_at?;
+        let paused = self.paused_for + self.paused_at.map_or(Duration::ZERO, |p| p.elapsed());
+        let spent = first.elapsed().saturating_sub(paused);
+        let done = self.step.saturating_sub(1);
+        (done > 0).then(|| spent.mul_f64((self.total_steps - self.step) as f64 / done as f64))
+    }
+}
+
+/// Re-inference in progress.
+pub struct ActiveInfer {
+    /// The worker.
+    pub handle: InferHandle,
+    /// With which version.
+    pub version: String,
+    /// Cases to do.
+    pub total: usize,
+    /// Cases done.
+    pub done: usize,
+}
+
+/// The training side of the app.
+#[derive(Default)]
+pub struct TrainingState {
+    /// Panel settings.
+    pub settings: TrainSettings,
+    /// The run in progress.
+    pub run: Option<ActiveRun>,
+    /// Curves of the current (or last) run.
+    pub curves: Curves,
+    /// Last status line.
+    pub status: String,
+    /// Re-inference in progress.
+    pub infer: Option<ActiveInfer>,
+    /// Whether the training panel is shown.
+    pub show_panel: bool,
+    /// Whether the cohort view is shown.
+    pub show_cohort: bool,
+    /// Cohort table being computed or computed.
+    pub cohort: super::cohort::CohortState,
+}
+
+impl MriloopApp {
+    /// The training side (panel state, run, curves).
+    pub fn training(&self) -> &TrainingState {
+        &self.training
+    }
+
+    /// Whether a training run or re-inference is going on (the UI keeps repainting then).
+    pub(super) fn training_busy(&self) -> bool {
+        self.training.run.is_some() || self.training.infer.is_some()
+    }
+
+    /// Apply a training-panel command.
+    pub(super) fn apply_train(&mut self, cmd: TrainCommand) {
+        match cmd {
+            TrainCommand::Settings(s) => self.training.settings = s,
+            TrainCommand::Start => self.start_training(),
+            TrainCommand::Pause(p) => {
+                if let Some(run) = self.training.run.as_mut() {
+                    run.handle.control.set_paused(p);
+                    match (p, run.paused_at) {
+                        (true, None) => run.paused_at = Some(Instant::now()),
+                        (false, Some(at)) => {
+                            run.paused_for += at.elapsed();
+                            run.paused_at = None;
+                        }
+                        _ => {}
+                    }
+                    self.training.status = if p { "paused" } else { "resumed" }.into();
+                }
+            }
+            TrainCommand::Cancel => {
+                if let Some(run) = &self.training.run {
+                    run.handle.control.cancel();
+                    self.training.status = "cancelling: keeping the last checkpoint…".into();
+                }
+            }
+            TrainCommand::Reinfer => {
+                if let Some(v) = self
+                    .project
+                    .as_ref()
+                    .and_then(|p| p.manifest.active_model.clone())
+                {
+                    self.start_reinfer_with(&v);
+                }
+            }
+            TrainCommand::SetActiveModel(id) => {
+                let Some(p) = self.project.as_mut() else {
+                    return;
+                };
+                if p.manifest.models.iter().any(|m| m.id == id) {
+                    p.manifest.active_model = Some(id.clone());
+                    self.save_manifest();
+                    self.start_reinfer_with(&id);
+                }
+            }
+            TrainCommand::NextInformative => {
+                if let Some(i) = self.most_informative() {
+                    self.apply(Command::OpenCase(i));
+                }
+            }
+            TrainCommand::TogglePanel => self.training.show_panel ^= true,
+            TrainCommand::ToggleCohort => {
+                self.training.show_cohort ^= true;
+                if self.training.show_cohort {
+                    if let Some(p) = &self.project {
+                        self.training.cohort =
+                            super::cohort::CohortState::start(p.clone(), Box::new(self.wake()));
+                    }
+                }
+            }
+            TrainCommand::ExportCohortDialog => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let wake = self.wake();
+                std::thread::spawn(move || {
+                    if let Some(path) = rfd::FileDialog::new()
+                        .add_filter("CSV", &["csv"])
+                        .set_file_name("cohort.csv")
+                        .save_file()
+                    {
+                        let _ = tx.send(Command::Train(TrainCommand::ExportCohort(path)));
+                    }
+                    wake();
+                });
+                self.dialog_rx = Some(rx);
+            }
+            TrainCommand::ExportCohort(path) => match self.training.cohort.write_csv(&path) {
+                Ok(()) => self.notice = Some(format!("wrote {}", path.display())),
+                Err(e) => self.error = Some(e),
+            },
+        }
+    }
+
+    /// The unreviewed case (not the open one) with the highest uncertainty score.
+    pub fn most_informative(&self) -> Option<usize> {
+        let p = self.project.as_ref()?;
+        let current = self.open.as_ref().and_then(|o| o.case_index);
+        p.manifest
+            .cases
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| c.review == ReviewStatus::Unreviewed && Some(*i) != current)
+            .max_by(|a, b| {
+                let s = |c: &crate::project::Case| c.uncertainty.map_or(-1.0, |u| u.score());
+                s(a.1).total_cmp(&s(b.1)).then(b.0.cmp(&a.0))
+            })
+            .map(|(i, _)| i)
+    }
+
+    fn start_training(&mut self) {
+        if self.training.run.is_some() {
+            return;
+        }
+        let Some(project) = self.project.clone() else {
+            self.error = Some("open a project to train on its cases".into());
+            return;
+        };
+        let s = self.training.settings.clone();
+        let fine_tune_from = if s.fine_tune {
+            project.manifest.active_model.clone()
+        } else {
+            None
+        };
+        // The open case's mask as it is now, saved or not.
+        let masks = self
+            .open
+            .as_ref()
+            .and_then(|o| {
+                let id = project.manifest.cases.get(o.case_index?)?.id.clone();
+                Some((id, o.loaded.reference.clone()?))
+            })
+            .into_iter()
+            .collect();
+        let request = RunRequest {
+            options: FitOptions {
+                sequences: s.sequences.clone(),
+                epochs: s.epochs.max(1),
+                steps_per_epoch: s.steps_per_epoch.max(1),
+                patch: s.patch,
+                batch: s.batch.max(1),
+                class_window: s.class_window,
+                base_channels: s.base_channels.max(1),
+                mode: match s.mode {
+                    TaskMode::Joint => "joint",
+                    TaskMode::SegmentationOnly => "seg",
+                    TaskMode::ClassificationOnly => "class",
+                }
+                .into(),
+                spacing_mm: None,
+                learning_rate: if fine_tune_from.is_some() { 5e-4 } else { 2e-3 },
+                seed: 1,
+            },
+            backend: s.backend.clone(),
+            fine_tune_from: fine_tune_from.clone(),
+            only_reviewed: s.only_reviewed,
+            changed_weight: s.changed_weight,
+            masks,
+        };
+        let wake = self.wake();
+        let handle = start_run(project, request, wake);
+        self.training.curves = Curves::default();
+        self.training.status = match fine_tune_from {
+            Some(v) => format!("fine-tuning {v}: loading cases…"),
+            None => "training from scratch: loading cases…".into(),
+        };
+        self.training.run = Some(ActiveRun {
+            handle,
+            version: None,
+            device: String::new(),
+            started: Instant::now(),
+            paused_for: Duration::ZERO,
+            paused_at: None,
+            total_steps: s.epochs * s.steps_per_epoch,
+            step: 0,
+            first_step_at: None,
+            epoch: 0,
+            epochs: s.epochs,
+            label_names: Vec::new(),
+        });
+    }
+
+    fn start_reinfer_with(&mut self, version: &str) {
+        let Some(project) = self.project.clone() else {
+            return;
+        };
+        let Some(v) = project.manifest.models.iter().find(|m| m.id == version) else {
+            return;
+        };
+        if let Some(old) = self.training.infer.take() {
+            old.handle
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let ids = unreviewed_case_ids(&project.manifest);
+        let total = ids.len();
+        let handle = start_reinfer(
+            project.clone(),
+            v.clone(),
+            ids,
+            self.training.settings.backend.clone(),
+            self.wake(),
+        );
+        self.training.status = format!("predicting {total} unreviewed cases with {version}…");
+        self.training.infer = Some(ActiveInfer {
+            handle,
+            version: version.to_string(),
+            total,
+            done: 0,
+        });
+    }
+
+    /// Save the manifest (through the open case's store so its journal stays consistent, or
+    /// in a background thread).
+    fn save_manifest(&mut self) {
+        if let Some(open) = self.open.as_mut().filter(|o| o.edits.store.is_some()) {
+            open.edits.dirty = true;
+            self.save_now();
+            return;
+        }
+        let Some(project) = self.project.clone() else {
+            return;
+        };
+        let tx = self.notices_tx.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = project.save() {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        });
+    }
+
+    /// Drain the training and inference channels (never waits).
+    pub(super) fn poll_training(&mut self) {
+        self.training.cohort.poll();
+        let mut finished = None;
+        if let Some(run) = self.training.run.as_mut() {
+            loop {
+                match run.handle.events.try_recv() {
+                    Ok(RunEvent::Started {
+                        version,
+                        device,
+                        training_cases,
+                        validation_cases,
+                        total_steps,
+                        label_names,
+                        ..
+                    }) => {
+                        self.training.status = format!(
+                            "training {version} on {device}: {} cases, {} held out for validation",
+                            training_cases.len(),
+                            validation_cases.len()
+                        );
+                        run.version = Some(version);
+                        run.device = device;
+                        run.total_steps = total_steps;
+                        run.label_names = label_names;
+                    }
+                    Ok(RunEvent::Fit(FitEvent::Train(TrainEvent::Step { step, loss }))) => {
+                        self.training.curves.push_step(step, &loss);
+                        run.step = step;
+                        if run.first_step_at.is_none() {
+                            run.first_step_at = Some(Instant::now());
+                        }
+                    }
+                    Ok(RunEvent::Fit(FitEvent::Epoch(e))) => {
+                        let names = run.label_names.clone();
+                        self.training
+                            .curves
+                            .push_epoch(run.step, &e.validation, |l| {
+                                names.get(l).cloned().unwrap_or_else(|| format!("label{l}"))
+                            });
+                        run.epoch = e.epoch;
+                    }
+                    Ok(RunEvent::Fit(_)) => {}
+                    Ok(RunEvent::Finished(v)) => {
+                        finished = Some(Ok(v));
+                        break;
+                    }
+                    Ok(RunEvent::Failed(e)) => {
+                        finished = Some(Err(e));
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        finished = Some(Err("the training thread stopped unexpectedly".into()));
+                        break;
+                    }
+                }
+            }
+        }
+        match finished {
+            Some(Ok(version)) => {
+                self.training.run = None;
+                let id = version.id.clone();
+                let done = version.outcome == RunOutcome::Finished;
+                self.training.status = if done {
+                    format!("{id} finished and is now the active model")
+                } else {
+                    format!("{id} cancelled; its last checkpoint is kept (not active)")
+                };
+                if let Some(p) = self.project.as_mut() {
+                    register_version(&mut p.manifest, version, done);
+                }
+                self.save_manifest();
+                if done && self.training.settings.reinfer_after {
+                    self.start_reinfer_with(&id);
+                }
+            }
+            Some(Err(e)) => {
+                self.training.run = None;
+                self.training.status = "training failed".into();
+                self.error = Some(format!("Training failed: {e}"));
+            }
+            None => {}
+        }
+        self.poll_infer();
+    }
+
+    fn poll_infer(&mut self) {
+        let mut predicted = Vec::new();
+        let mut end = None;
+        if let Some(inf) = self.training.infer.as_mut() {
+            loop {
+                match inf.handle.events.try_recv() {
+                    Ok(InferEvent::Started { total }) => inf.total = total,
+                    Ok(InferEvent::Case(p)) => {
+                        inf.done += 1;
+                        predicted.push(p);
+                    }
+                    Ok(InferEvent::CaseFailed { case_id, message }) => {
+                        self.notices_tx
+                            .send(Err(format!("case {case_id}: {message}")))
+                            .ok();
+                    }
+                    Ok(InferEvent::Finished { done }) => {
+                        end = Some(Ok(format!(
+                            "predicted {done} unreviewed cases with {}",
+                            inf.version
+                        )));
+                        break;
+                    }
+                    Ok(InferEvent::Failed(e)) => {
+                        end = Some(Err(e));
+                        break;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        end = Some(Err("the inference thread stopped unexpectedly".into()));
+                        break;
+                    }
+                }
+            }
+        }
+        let open_id = self.open.as_ref().map(|o| o.loaded.case_id.clone());
+        let mut reopen = None;
+        if let Some(p) = self.project.as_mut() {
+            let classes = p.manifest.classes.len();
+            for pred in &predicted {
+                if let Some(i) = p.manifest.cases.iter().position(|c| c.id == pred.case_id) {
+                    record_prediction(&mut p.manifest.cases[i], pred, classes);
+                    if open_id.as_deref() == Some(pred.case_id.as_str()) {
+                        reopen = Some(i);
+                    }
+                }
+            }
+        }
+        if !predicted.is_empty() {
+            self.save_manifest();
+        }
+        // The open case shows its new prediction unless the user is editing it.
+        if let Some(i) = reopen {
+            if self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.edits.undo.undo_depth() == 0)
+            {
+                self.apply(Command::OpenCase(i));
+            }
+        }
+        match end {
+            Some(Ok(msg)) => {
+                self.training.infer = None;
+                self.training.status = msg;
+                if let Some(p) = &self.project {
+                    self.stats_rx = Some(super::loader::spawn_stats(p.clone(), self.wake()));
+                }
+            }
+            Some(Err(e)) => {
+                self.training.infer = None;
+                self.error = Some(format!("Prediction failed: {e}"));
+            }
+            None => {}
+        }
+    }
+
+    /// Stop background training and inference (on exit): cancel, wait for the run to keep its
+    /// last checkpoint.
+    pub(super) fn stop_training(&mut self) {
+        if let Some(inf) = self.training.infer.take() {
+            inf.handle
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            inf.handle.join();
+        }
+        if let Some(run) = self.training.run.take() {
+            run.handle.cancel_and_wait();
+        }
+    }
+}
+
+/// The training panel: settings, start / pause / cancel, progress with epoch and ETA, live
+/// curves, model versions.
+pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let Some(project) = app.project() else {
+        return;
+    };
+    let t = app.training();
+    let mut s = t.settings.clone();
+    let push = |out: &mut Vec<Command>, c: TrainCommand| out.push(Command::Train(c));
+    egui::Panel::bottom("training")
+        .resizable(true)
+        .default_size(300.0)
+        .show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.heading("Training");
+                ui.label(&t.status);
+            });
+            ui.horizontal_top(|ui| {
+                ui.vertical(|ui| {
+                    ui.set_width(330.0);
+                    let running = t.run.is_some();
+                    ui.add_enabled_ui(!running, |ui| {
+                        let active = project.manifest.active_model.clone();
+                        ui.horizontal(|ui| {
+                            ui.radio_value(&mut s.fine_tune, false, "from scratch");
+                            ui.add_enabled(
+                                active.is_some(),
+                                egui::RadioButton::new(
+                                    s.fine_tune && active.is_some(),
+                                    format!(
+                                        "fine-tune {}",
+                                        active.as_deref().unwrap_or("(no model yet)")
+                                    ),
+                                ),
+                            )
+                            .clicked()
+                            .then(|| s.fine_tune = true);
+                        });
+                        ui.horizontal(|ui| {
+                            ui.label("epochs");
+                            ui.add(egui::DragValue::new(&mut s.epochs).range(1..=1000));
+                            ui.label("steps/epoch");
+                            ui.add(egui::DragValue::new(&mut s.steps_per_epoch).range(1..=10_000));
+                        });
+                        ui.horizontal(|ui| {
+                            ui.label("patch");
+                            ui.add(egui::DragValue::new(&mut s.patch).range(8..=128));
+                            ui.label("batch");
+                            ui.add(egui::DragValue::new(&mut s.batch).range(1..=32));
+                        });
+                        ui.horizontal(|ui| {
+                            ui.label("tasks");
+                            for (m, name) in [
+                                (TaskMode::Joint, "joint"),
+                                (TaskMode::SegmentationOnly, "seg only"),
+                                (TaskMode::ClassificationOnly, "class only"),
+                            ] {
+                                ui.radio_value(&mut s.mode, m, name);
+                            }
+                        });
+                        ui.horizontal_wrapped(|ui| {
+                            ui.label("sequences");
+                            for name in &project.manifest.sequences {
+                                let n = name.to_string();
+                                let mut on = s.sequences.contains(&n);
+                                if ui.checkbox(&mut on, n.as_str()).changed() {
+                                    if on {
+                                        s.sequences.push(n);
+                                    } else {
+                                        s.sequences.retain(|x| *x != n);
+                                    }
+                                }
+                            }
+                        });
+                        ui.horizontal(|ui| {
+                            ui.label("backend");
+                            for b in ["auto", "cpu", "gpu"] {
+                                ui.radio_value(&mut s.backend, b.to_string(), b);
+                            }
+                        });
+                        let reviewed = project
+                            .manifest
+                            .cases
+                            .iter()
+                            .filter(|c| c.review == ReviewStatus::Reviewed)
+                            .count();
+                        ui.checkbox(
+                            &mut s.only_reviewed,
+                            format!("only reviewed cases ({reviewed})"),
+                        );
+                        ui.horizontal(|ui| {
+                            ui.label("weight of corrected voxels");
+                            ui.add(egui::Slider::new(&mut s.changed_weight, 1.0..=10.0));
+                        });
+                        ui.checkbox(&mut s.reinfer_after, "predict unreviewed cases when done");
+                    });
+                    if s != t.settings {
+                        push(out, TrainCommand::Settings(s.clone()));
+                    }
+                    ui.horizontal(|ui| match &t.run {
+                        None => {
+                            if ui.button("Start training").clicked() {
+                                push(out, TrainCommand::Start);
+                            }
+                            if ui
+                                .add_enabled(
+                                    project.manifest.active_model.is_some() && t.infer.is_none(),
+                                    egui::Button::new("Predict unreviewed"),
+                                )
+                                .clicked()
+                            {
+                                push(out, TrainCommand::Reinfer);
+                            }
+                        }
+                        Some(run) => {
+                            if run.paused_at.is_some() {
+                                if ui.button("Resume").clicked() {
+                                    push(out, TrainCommand::Pause(false));
+                                }
+                            } else if ui.button("Pause").clicked() {
+                                push(out, TrainCommand::Pause(true));
+                            }
+                            if ui.button("Cancel").clicked() {
+                                push(out, TrainCommand::Cancel);
+                            }
+                        }
+                    });
+                    if let Some(run) = &t.run {
+                        let frac = run.step as f32 / run.total_steps.max(1) as f32;
+                        let eta = run.eta().map_or("…".into(), |d| {
+                            format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
+                        });
+                        ui.add(egui::ProgressBar::new(frac).text(format!(
+                            "epoch {}/{} · step {}/{} · ETA {eta}",
+                            (run.epoch + 1).min(run.epochs),
+                            run.epochs,
+                            run.step,
+                            run.total_steps
+                        )));
+                    }
+                    if let Some(inf) = &t.infer {
+                        ui.add(
+                            egui::ProgressBar::new(inf.done as f32 / inf.total.max(1) as f32).text(
+                                format!(
+                                    "predicting with {}: {}/{}",
+                                    inf.version, inf.done, inf.total
+                                ),
+                            ),
+                        );
+                    }
+                    versions_table(ui, project, out);
+                });
+                ui.separator();
+                ui.vertical(|ui| super::curves::show(ui, &t.curves));
+            });
+        });
+}
+
+/// The model versions: outcome, parent, best validation figures; the active one marked, any
+/// other made active with a click.
+fn versions_table(ui: &mut egui::Ui, project: &crate::project::Project, out: &mut Vec<Command>) {
+    if project.manifest.models.is_empty() {
+        ui.label("No model version yet.");
+        return;
+    }
+    ui.label("Model versions");
+    egui::ScrollArea::vertical()
+        .id_salt("versions")
+        .max_height(120.0)
+        .show(ui, |ui| {
+            egui::Grid::new("versions grid")
+                .striped(true)
+                .show(ui, |ui| {
+                    for m in project.manifest.models.iter().rev() {
+                        let active =
+                            project.manifest.active_model.as_deref() == Some(m.id.as_str());
+                        if ui
+                            .selectable_label(active, &m.id)
+                            .on_hover_text("make this the active model and re-predict")
+                            .clicked()
+                            && !active
+                        {
+                            out.push(Command::Train(TrainCommand::SetActiveModel(m.id.clone())));
+                        }
+                        ui.label(match m.outcome {
+                            RunOutcome::Finished => "finished",
+                            RunOutcome::Cancelled => "cancelled",
+                        });
+                        ui.label(
+                            m.parent
+                                .as_deref()
+                                .map_or("scratch".into(), |p| format!("← {p}")),
+                        );
+                        ui.label(format!("{} cases", m.trained_on.len()));
+                        let best = m.best_epoch().map_or("—".into(), |e| {
+                            let d: Vec<f64> = e.dice.iter().flatten().copied().collect();
+                            let dice = if d.is_empty() {
+                                "—".into()
+                            } else {
+                                format!("{:.3}", d.iter().sum::<f64>() / d.len() as f64)
+                            };
+                            format!(
+                                "Dice {dice} · AUC {}",
+                                e.class_auc.map_or("—".into(), |a| format!("{a:.2}"))
+                            )
+                        });
+                        ui.label(best);
+                        ui.end_row();
+                    }
+                });
+        });
+}
