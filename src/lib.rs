@@ -3,11 +3,13 @@
 //! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
 //! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
 //! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `app` (the
-//! eframe review window) and the CLI sit on top.
+//! eframe review window), `closed_loop` (the review–correct–train loop scripted end to end) and
+//! the CLI sit on top.
 
 pub mod app;
 pub mod atomic;
 pub mod bench;
+pub mod closed_loop;
 pub mod edit;
 pub mod model;
 pub mod phantom;

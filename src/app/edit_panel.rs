@@ -55,6 +55,7 @@ pub fn review_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>)
             }
         }
     });
+    provenance(ui, app, case);
     // The note is edited in a buffer and committed when the field loses focus (one undo step).
     let id = egui::Id::unique(("note buffer", &case.id));
     let mut text = ui
@@ -74,6 +75,67 @@ pub fn review_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>)
             edit(out, EditCommand::SetNote(text));
         }
     }
+}
+
+/// Where the case stands: raw prediction (which model version) → correction → review status,
+/// and the live agreement of the prediction with the corrected mask (Dice and volumes per
+/// label, updated from each edit).
+fn provenance(ui: &mut egui::Ui, app: &MriloopApp, case: &crate::project::Case) {
+    let Some(open) = app.open_case() else { return };
+    let model = case
+        .predicted_by
+        .as_deref()
+        .unwrap_or(if case.predicted_mask.is_some() {
+            "an outside model"
+        } else {
+            "none"
+        });
+    let corrected = if open.edits.undo.undo_depth() > 0 || case.review == ReviewStatus::Reviewed {
+        "corrected"
+    } else {
+        "not corrected yet"
+    };
+    ui.label(format!(
+        "prediction by {model} > {corrected} > {}",
+        case.review.as_str().replace('_', " ")
+    ));
+    if let Some(u) = case.uncertainty {
+        ui.label(format!(
+            "model uncertainty: segmentation {:.2}, class {:.2}",
+            u.segmentation, u.classification
+        ));
+    }
+    let Some(a) = &open.agreement else { return };
+    let vox = open
+        .loaded
+        .reference
+        .as_ref()
+        .map_or(1.0, |m| m.voxel_volume_mm3());
+    egui::Grid::new("agreement").striped(true).show(ui, |ui| {
+        ui.strong("label");
+        ui.strong("Dice");
+        ui.strong("pred mm³");
+        ui.strong("corr mm³");
+        ui.end_row();
+        ui.label("any");
+        ui.label(
+            a.foreground_dice()
+                .map_or("—".into(), |d| format!("{d:.3}")),
+        );
+        ui.end_row();
+        for v in a.labels() {
+            let (r, p) = a.counts(v);
+            let name = app
+                .labels()
+                .get(v)
+                .map_or(format!("label {v}"), |l| l.name.clone());
+            ui.label(name);
+            ui.label(a.dice(v).map_or("—".into(), |d| format!("{d:.3}")));
+            ui.label(format!("{:.0}", p as f64 * vox));
+            ui.label(format!("{:.0}", r as f64 * vox));
+            ui.end_row();
+        }
+    });
 }
 
 /// The active tool and its settings, and whole-mask operations.

@@ -133,6 +133,8 @@ pub enum SortKey {
     Volume,
     /// Probability of the predicted class.
     Confidence,
+    /// The model's uncertainty score.
+    Uncertainty,
 }
 
 /// Every change the UI can ask for. Applied by `MriloopApp::apply`, once per frame.
@@ -430,6 +432,7 @@ impl MriloopApp {
                 },
                 SortKey::Dice => st.and_then(|s| s.dice).unwrap_or(-1.0),
                 SortKey::Volume => st.and_then(|s| s.volume_mm3).unwrap_or(-1.0),
+                SortKey::Uncertainty => c.uncertainty.map_or(-1.0, |u| f64::from(u.score())),
                 SortKey::Confidence => c
                     .predicted_class
                     .as_ref()

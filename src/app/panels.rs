@@ -240,7 +240,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
             egui::ScrollArea::vertical().show(ui, |ui| {
                 egui::Grid::new("worklist grid")
                     .striped(true)
-                    .num_columns(5)
+                    .num_columns(7)
                     .show(ui, |ui| {
                         for (key, name) in [
                             (SortKey::Case, "case"),
@@ -248,6 +248,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                             (SortKey::Confidence, "class ref / pred"),
                             (SortKey::Dice, "Dice"),
                             (SortKey::Volume, "mm³"),
+                            (SortKey::Uncertainty, "uncert."),
                         ] {
                             let arrow = match (app.worklist.sort == key, app.worklist.descending) {
                                 (true, false) => " ^",
@@ -266,6 +267,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                                 out.push(Command::SortWorklist(key));
                             }
                         }
+                        ui.label(RichText::new("model").strong());
                         ui.end_row();
                         for i in app.worklist_order() {
                             let case = &project.manifest.cases[i];
@@ -310,6 +312,11 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                                     .and_then(|s| s.volume_mm3)
                                     .map_or("—".into(), |v| format!("{v:.0}")),
                             );
+                            ui.label(
+                                case.uncertainty
+                                    .map_or("—".into(), |u| format!("{:.2}", u.score())),
+                            );
+                            ui.label(case.predicted_by.as_deref().unwrap_or("—"));
                             ui.end_row();
                         }
                     });

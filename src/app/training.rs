@@ -770,7 +770,7 @@ fn versions_table(ui: &mut egui::Ui, project: &crate::project::Project, out: &mu
                         ui.label(
                             m.parent
                                 .as_deref()
-                                .map_or("scratch".into(), |p| format!("← {p}")),
+                                .map_or("scratch".into(), |p| format!("from {p}")),
                         );
                         ui.label(format!("{} cases", m.trained_on.len()));
                         let best = m.best_epoch().map_or("—".into(), |e| {

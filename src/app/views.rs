@@ -59,7 +59,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
                     if app.is_loading() {
                         ui.spinner();
                     } else {
-                        ui.label("File → Open a project or NIfTI files");
+                        ui.label("File > Open a project or NIfTI files");
                     }
                 });
                 return;

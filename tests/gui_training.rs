@@ -1,0 +1,172 @@
+//! Training inside the window, headless (egui_kittest through wgpu on lavapipe): a short
+//! training run started from the training panel on the demo project keeps the UI live — frames
+//! keep coming while the user paints and changes slices, loss points reach the plot — and
+//! cancel ends it, keeping its last checkpoint as a (cancelled, inactive) model version.
+
+use egui::{Event, Modifiers, PointerButton};
+use egui_kittest::kittest::Queryable;
+use egui_kittest::Harness;
+use mriloop::app::training::{TrainCommand, TrainSettings};
+use mriloop::app::{Command, MriloopApp, Startup, Tool};
+use mriloop::model::TaskMode;
+use mriloop::project::{Project, RunOutcome};
+use mriloop::render::Orientation;
+use std::time::Duration;
+
+fn open(root: &std::path::Path) -> Harness<'static, MriloopApp> {
+    let root = root.to_path_buf();
+    let mut h = Harness::builder()
+        .with_size([1280.0, 900.0])
+        .wgpu()
+        .build_eframe(move |cc| MriloopApp::new(cc, Startup::Project(root)));
+    for _ in 0..2000 {
+        h.step();
+        if h.state().open_case().is_some() && !h.state().is_loading() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(h.state().open_case().is_some(), "{:?}", h.state().error());
+    h.step();
+    h
+}
+
+fn slice_mm(h: &Harness<'_, MriloopApp>) -> f64 {
+    h.state().open_case().unwrap().viewer.cursor_mm.z
+}
+
+#[test]
+fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = mriloop::app::demo_project_copy(&dir.path().join("demo")).unwrap();
+    let mut h = open(&root);
+    let settings = TrainSettings {
+        fine_tune: false,
+        epochs: 1,
+        steps_per_epoch: 400,
+        sequences: vec!["T1".into(), "T2".into()],
+        mode: TaskMode::SegmentationOnly,
+        backend: "cpu".into(),
+        only_reviewed: false,
+        reinfer_after: false,
+        patch: 16,
+        batch: 1,
+        class_window: 32,
+        base_channels: 4,
+        ..TrainSettings::default()
+    };
+    h.state_mut()
+        .push(Command::Train(TrainCommand::Settings(settings)));
+    h.state_mut()
+        .push(Command::Train(TrainCommand::TogglePanel));
+    h.step();
+    h.step();
+    h.get_by_label("Start training").click();
+    h.step();
+    h.step();
+    assert!(
+        h.state().training().run.is_some(),
+        "{:?}",
+        h.state().error()
+    );
+
+    // While it trains: paint with the brush in the axial view and page through slices.
+    h.key_press(egui::Key::B);
+    h.step();
+    assert_eq!(h.state().tools().tool, Tool::Brush);
+    let cell = h
+        .state()
+        .view_cells()
+        .iter()
+        .find(|c| c.orientation == Orientation::Axial)
+        .cloned()
+        .unwrap();
+    let mask_before = h
+        .state()
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .clone()
+        .unwrap();
+    let pass_before = h.ctx.cumulative_pass_nr();
+    let mut frames = 0u64;
+    let mut slices_seen = std::collections::HashSet::new();
+    for k in 0..3000u64 {
+        let cursor = h.state().open_case().unwrap().viewer.cursor_mm;
+        let at = cell.pos_of_mm(cursor + cell.plane.right * (4.0 + (k % 8) as f64));
+        h.event(Event::PointerMoved(at));
+        h.event(Event::PointerButton {
+            pos: at,
+            button: PointerButton::Primary,
+            pressed: k % 2 == 0,
+            modifiers: Modifiers::NONE,
+        });
+        if k % 5 == 0 {
+            h.state_mut().push(Command::StepSlice(
+                Orientation::Axial,
+                if k % 10 == 0 { 1 } else { -2 },
+            ));
+        }
+        h.step();
+        frames += 1;
+        slices_seen.insert((slice_mm(&h) * 1000.0).round() as i64);
+        if h.state().training().curves.loss.len() >= 2 && frames >= 20 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = h.state().training();
+    assert!(
+        t.curves.loss.len() >= 2,
+        "loss points: {}",
+        t.curves.loss.len()
+    );
+    assert!(t.run.is_some(), "the run should still be going");
+    // Every frame ran (at least one egui pass each) while training did.
+    assert!(h.ctx.cumulative_pass_nr() - pass_before >= frames);
+    assert!(slices_seen.len() >= 2, "slices seen: {slices_seen:?}");
+    let mask_after = h
+        .state()
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .clone()
+        .unwrap();
+    assert_ne!(
+        mask_before.data(),
+        mask_after.data(),
+        "painting had no effect"
+    );
+    // The plot shows the points: render a frame with the panel.
+    h.render().unwrap();
+
+    h.get_by_label("Cancel").click();
+    for _ in 0..3000 {
+        h.step();
+        if h.state().training().run.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        h.state().training().run.is_none(),
+        "cancel did not end the run"
+    );
+    let p = h.state().project().unwrap();
+    let v = p.manifest.models.last().expect("a version was recorded");
+    assert_eq!(v.outcome, RunOutcome::Cancelled);
+    assert_eq!(p.manifest.active_model, None);
+    assert!(p.resolve(&v.checkpoint).join("model.bpk").exists());
+    // The manifest on disk has it too (saved in the background).
+    for _ in 0..500 {
+        h.step();
+        let on_disk = Project::open(&root).unwrap();
+        if !on_disk.manifest.models.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(Project::open(&root).unwrap().manifest.models.len(), 1);
+}
