@@ -426,3 +426,112 @@ pub fn train(patch: usize, batch: usize, steps: usize) -> (Vec<Figure>, Vec<Stri
     }
     (figures, notes)
 }
+
+/// Percentile `q` (0–100) of `v` (nearest rank).
+fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = ((q / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1]
+}
+
+/// UI frame times of the review window (the real app, headless, 1280×800, the demo case,
+/// every frame paging a slice so the views redraw), idle and while a CPU training run goes on
+/// in the background; `frames` frames each. Returns the figures and notes.
+pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
+    use crate::app::headless::HeadlessWindow;
+    use crate::app::training::{TrainCommand, TrainSettings};
+    use crate::app::{Command, Startup};
+    use crate::render::Orientation;
+    crate::app::reserve_ui_core();
+    let dir = std::env::temp_dir().join(format!("mriloop-bench-loop-{}", std::process::id()));
+    let root =
+        crate::app::demo_project_copy(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let result = (|| {
+        let mut w = HeadlessWindow::new([1280, 800], Startup::Project(root))?;
+        let adapter = w.adapter_info();
+        let wait = |w: &mut HeadlessWindow, done: &dyn Fn(&HeadlessWindow) -> bool| {
+            let t = Instant::now();
+            while !done(w) && t.elapsed() < std::time::Duration::from_secs(120) {
+                w.frame(Vec::new());
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            done(w)
+        };
+        if !wait(&mut w, &|w| {
+            w.app().open_case().is_some() && !w.app().is_loading()
+        }) {
+            return Err(format!("the demo case did not open: {:?}", w.app().error()));
+        }
+        let measure = |w: &mut HeadlessWindow| -> Vec<f64> {
+            (0..frames.max(1))
+                .map(|k| {
+                    let step = if k % 2 == 0 { 1 } else { -1 };
+                    w.app_mut()
+                        .push(Command::StepSlice(Orientation::Axial, step));
+                    w.frame(vec![egui::Event::PointerMoved(egui::pos2(
+                        300.0 + (k % 50) as f32,
+                        300.0,
+                    ))])
+                    .as_secs_f64()
+                        * 1e3
+                })
+                .collect()
+        };
+        for _ in 0..10 {
+            w.frame(Vec::new());
+        }
+        let idle = measure(&mut w);
+        let settings = TrainSettings {
+            fine_tune: false,
+            epochs: 1000,
+            backend: "cpu".into(),
+            only_reviewed: false,
+            reinfer_after: false,
+            ..TrainSettings::default()
+        };
+        w.app_mut()
+            .push(Command::Train(TrainCommand::Settings(settings)));
+        w.app_mut().push(Command::Train(TrainCommand::Start));
+        if !wait(&mut w, &|w| !w.app().training().curves.loss.is_empty()) {
+            return Err(format!("training did not start: {:?}", w.app().error()));
+        }
+        let steps_before = w.app().training().curves.loss.len();
+        let training = measure(&mut w);
+        let steps = w.app().training().curves.loss.len() - steps_before;
+        w.app_mut().push(Command::Train(TrainCommand::Cancel));
+        wait(&mut w, &|w| w.app().training().run.is_none());
+        Ok((idle, training, steps, adapter))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (idle, training, steps, adapter) = result?;
+    let figures = vec![
+        fig(
+            "ui_frame_ms_p50_idle".into(),
+            percentile(idle.clone(), 50.0),
+            "ms",
+        ),
+        fig("ui_frame_ms_p99_idle".into(), percentile(idle, 99.0), "ms"),
+        fig(
+            "ui_frame_ms_p50_training".into(),
+            percentile(training.clone(), 50.0),
+            "ms",
+        ),
+        fig(
+            "ui_frame_ms_p99_training".into(),
+            percentile(training, 99.0),
+            "ms",
+        ),
+        fig("train_steps_during_measure".into(), steps as f64, "steps"),
+    ];
+    let notes = vec![format!(
+        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores",
+        adapter.name,
+        adapter.device_type,
+        rayon::current_num_threads(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )];
+    Ok((figures, notes))
+}

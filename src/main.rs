@@ -261,6 +261,9 @@ enum BenchKind {
     Edit,
     /// Training steps per second of the 3D network (patch = --size, batch 2), burn vs PyTorch.
     Train,
+    /// UI frame times (p50, p99) of the review window, idle and while training on the CPU
+    /// (--repeats frames each).
+    Loop,
 }
 
 fn main() -> Result<()> {
@@ -538,6 +541,18 @@ fn main() -> Result<()> {
                     println!("{f}");
                 }
                 println!("reference: goal brush_to_texture_ms < 16 ms on lavapipe (a 60 Hz frame)");
+            }
+            BenchKind::Loop => {
+                let (figures, notes) = bench::ui_loop(repeats).map_err(anyhow::Error::msg)?;
+                for f in &figures {
+                    println!("{f}");
+                }
+                for n in notes {
+                    println!("note: {n}");
+                }
+                println!(
+                    "reference: goal ui_frame_ms_p99_training < 33 ms (training on the other core)"
+                );
             }
             BenchKind::Train => {
                 let (figures, notes) = bench::train(size, 2, repeats);

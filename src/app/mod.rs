@@ -11,6 +11,7 @@ pub mod cohort;
 pub mod curves;
 mod edit_panel;
 mod editing;
+pub mod headless;
 mod loader;
 mod panels;
 mod state;
@@ -1121,8 +1122,20 @@ impl eframe::App for MriloopApp {
     }
 }
 
+/// Keep one core for the window: the CPU backend's worker pool (rayon's global pool, which
+/// training uses) gets one thread fewer than there are cores. Call before anything uses rayon;
+/// later calls do nothing.
+pub fn reserve_ui_core() {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(cores.saturating_sub(1).max(1))
+        .thread_name(|i| format!("mriloop-compute-{i}"))
+        .build_global();
+}
+
 /// Open the review window (blocks until it is closed).
 pub fn run(startup: Startup) -> anyhow::Result<()> {
+    reserve_ui_core();
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
             .with_title("mriloop")

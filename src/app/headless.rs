@@ -1,0 +1,150 @@
+//! The review window without a window: the real `MriloopApp` driven frame by frame on an
+//! egui-wgpu render state of its own (Mesa's lavapipe here, a real GPU where there is one),
+//! each frame laid out, tessellated, rendered offscreen and waited for, so its duration is what
+//! a user's frame costs. `mriloop bench loop` measures frame times with it.
+//!
+//! Invariants: one egui context and one render state per window; a frame returns only after
+//! the GPU finished it.
+
+use super::{MriloopApp, Startup};
+use std::time::{Duration, Instant};
+
+/// A headless review window.
+pub struct HeadlessWindow {
+    ctx: egui::Context,
+    render_state: egui_wgpu::RenderState,
+    app: MriloopApp,
+    frame: eframe::Frame,
+    target: wgpu::Texture,
+    size: [u32; 2],
+    start: Instant,
+}
+
+impl HeadlessWindow {
+    /// Open the app at `size` pixels on `startup`.
+    pub fn new(size: [u32; 2], startup: Startup) -> Result<Self, String> {
+        let setup = egui_wgpu::WgpuSetup::CreateNew(
+            egui_wgpu::WgpuSetupCreateNew::without_display_handle(),
+        );
+        let instance = pollster::block_on(setup.new_instance());
+        let render_state = pollster::block_on(egui_wgpu::RenderState::create(
+            &egui_wgpu::WgpuConfiguration {
+                wgpu_setup: setup,
+                ..Default::default()
+            },
+            &instance,
+            None,
+            egui_wgpu::RendererOptions::default(),
+        ))
+        .map_err(|e| format!("no wgpu device: {e}"))?;
+        let ctx = egui::Context::default();
+        let mut cc = eframe::CreationContext::_new_kittest(ctx.clone());
+        cc.wgpu_render_state = Some(render_state.clone());
+        let app = MriloopApp::new(&cc, startup);
+        let target = render_state
+            .device
+            .create_texture(&wgpu::TextureDescriptor {
+                label: Some("mriloop headless window"),
+                size: wgpu::Extent3d {
+                    width: size[0],
+                    height: size[1],
+                    depth_or_array_layers: 1,
+                },
+                mip_level_count: 1,
+                sample_count: 1,
+                dimension: wgpu::TextureDimension::D2,
+                format: render_state.target_format,
+                usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
+                view_formats: &[],
+            });
+        Ok(Self {
+            ctx,
+            render_state,
+            app,
+            frame: eframe::Frame::_new_kittest(),
+            target,
+            size,
+            start: Instant::now(),
+        })
+    }
+
+    /// The app.
+    pub fn app(&self) -> &MriloopApp {
+        &self.app
+    }
+
+    /// The app, to queue commands.
+    pub fn app_mut(&mut self) -> &mut MriloopApp {
+        &mut self.app
+    }
+
+    /// The adapter the window renders with.
+    pub fn adapter_info(&self) -> wgpu::AdapterInfo {
+        self.render_state.adapter.get_info()
+    }
+
+    /// Run one frame with `events` as input: layout, tessellation, rendering, and the wait for
+    /// the GPU. Returns how long it took.
+    pub fn frame(&mut self, events: Vec<egui::Event>) -> Duration {
+        use eframe::App;
+        let t = Instant::now();
+        let input = egui::RawInput {
+            screen_rect: Some(egui::Rect::from_min_size(
+                egui::Pos2::ZERO,
+                egui::vec2(self.size[0] as f32, self.size[1] as f32),
+            )),
+            time: Some(self.start.elapsed().as_secs_f64()),
+            events,
+            ..Default::default()
+        };
+        let (app, frame) = (&mut self.app, &mut self.frame);
+        let output = self.ctx.run_ui(input, |ui| app.ui(ui, frame));
+        let rs = &self.render_state;
+        let mut renderer = rs.renderer.write();
+        for (id, images) in &output.textures_delta.set {
+            for image in images {
+                renderer.update_texture(&rs.device, &rs.queue, *id, image);
+            }
+        }
+        let jobs = self.ctx.tessellate(output.shapes, 1.0);
+        let screen = egui_wgpu::ScreenDescriptor {
+            size_in_pixels: self.size,
+            pixels_per_point: 1.0,
+        };
+        let mut encoder = rs
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        let extra = renderer.update_buffers(&rs.device, &rs.queue, &mut encoder, &jobs, &screen);
+        let view = self
+            .target
+            .create_view(&wgpu::TextureViewDescriptor::default());
+        {
+            let mut pass = encoder
+                .begin_render_pass(&wgpu::RenderPassDescriptor {
+                    label: Some("mriloop headless frame"),
+                    color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                        view: &view,
+                        depth_slice: None,
+                        resolve_target: None,
+                        ops: wgpu::Operations {
+                            load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
+                            store: wgpu::StoreOp::Store,
+                        },
+                    })],
+                    depth_stencil_attachment: None,
+                    timestamp_writes: None,
+                    occlusion_query_set: None,
+                    multiview_mask: None,
+                })
+                .forget_lifetime();
+            renderer.render(&mut pass, &jobs, &screen);
+        }
+        rs.queue.submit(extra.into_iter().chain([encoder.finish()]));
+        for id in &output.textures_delta.free {
+            renderer.free_texture(id);
+        }
+        drop(renderer);
+        let _ = crate::render::wait_idle(&rs.device);
+        t.elapsed()
+    }
+}
