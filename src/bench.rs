@@ -465,20 +465,20 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         }) {
             return Err(format!("the demo case did not open: {:?}", w.app().error()));
         }
-        let measure = |w: &mut HeadlessWindow| -> Vec<f64> {
+        // (frame ms, layout ms) per frame.
+        let measure = |w: &mut HeadlessWindow| -> (Vec<f64>, Vec<f64>) {
             (0..frames.max(1))
                 .map(|k| {
                     let step = if k % 2 == 0 { 1 } else { -1 };
                     w.app_mut()
                         .push(Command::StepSlice(Orientation::Axial, step));
-                    w.frame(vec![egui::Event::PointerMoved(egui::pos2(
+                    let t = w.frame(vec![egui::Event::PointerMoved(egui::pos2(
                         300.0 + (k % 50) as f32,
                         300.0,
-                    ))])
-                    .as_secs_f64()
-                        * 1e3
+                    ))]);
+                    (t.as_secs_f64() * 1e3, w.last_layout().as_secs_f64() * 1e3)
                 })
-                .collect()
+                .unzip()
         };
         for _ in 0..10 {
             w.frame(Vec::new());
@@ -506,8 +506,18 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         Ok((idle, training, steps, adapter))
     })();
     let _ = std::fs::remove_dir_all(&dir);
-    let (idle, training, steps, adapter) = result?;
+    let ((idle, idle_layout), (training, training_layout), steps, adapter) = result?;
     let figures = vec![
+        fig(
+            "ui_layout_ms_p99_idle".into(),
+            percentile(idle_layout, 99.0),
+            "ms",
+        ),
+        fig(
+            "ui_layout_ms_p99_training".into(),
+            percentile(training_layout, 99.0),
+            "ms",
+        ),
         fig(
             "ui_frame_ms_p50_idle".into(),
             percentile(idle.clone(), 50.0),

@@ -26,6 +26,10 @@ enum Command {
         /// A label file to show as the mask over loose images (ITK-SNAP's -s).
         #[arg(long, visible_alias = "seg")]
         mask: Option<PathBuf>,
+        /// Open the training panel and start training at once, on every case with a reference
+        /// (fine-tuning the active model version if there is one).
+        #[arg(long)]
+        train: bool,
     },
     /// Write a ready project of synthetic brain cases (deterministic from the seed).
     Phantom {
@@ -101,6 +105,9 @@ enum Command {
         /// Edge of the centre crop the class is learned and predicted from (whole head).
         #[arg(long, default_value_t = 64)]
         class_window: usize,
+        /// Every this many steps a classification step on the whole-head crop (joint mode)
+        #[arg(long, default_value_t = 3)]
+        class_every: usize,
         /// Channels of the first level.
         #[arg(long, default_value_t = 8)]
         base_channels: usize,
@@ -268,10 +275,10 @@ enum BenchKind {
 
 fn main() -> Result<()> {
     let Some(command) = Cli::parse().command else {
-        return app::run(app::Startup::Project(demo()?));
+        return app::run(app::Startup::Project(demo()?), Vec::new());
     };
     match command {
-        Command::Open { paths, mask } => {
+        Command::Open { paths, mask, train } => {
             let startup = match paths.as_slice() {
                 [] => app::Startup::Project(demo()?),
                 [one]
@@ -286,7 +293,18 @@ fn main() -> Result<()> {
                     mask,
                 },
             };
-            app::run(startup)?;
+            let mut first = Vec::new();
+            if train {
+                use app::training::{TrainCommand, TrainSettings};
+                let settings = TrainSettings {
+                    only_reviewed: false,
+                    ..TrainSettings::default()
+                };
+                first.push(app::Command::Train(TrainCommand::Settings(settings)));
+                first.push(app::Command::Train(TrainCommand::TogglePanel));
+                first.push(app::Command::Train(TrainCommand::StartWhenOpen));
+            }
+            app::run(startup, first)?;
         }
         Command::Phantom {
             out,
@@ -331,6 +349,7 @@ fn main() -> Result<()> {
             patch,
             batch,
             class_window,
+            class_every,
             base_channels,
             spacing,
             mode,
@@ -341,6 +360,7 @@ fn main() -> Result<()> {
             resume,
         } => {
             let p = Project::open(&project)?;
+            let from_file = config.is_some();
             let fit_config = match config {
                 Some(path) => model::FitConfig::load(&path)
                     .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
@@ -360,6 +380,11 @@ fn main() -> Result<()> {
                         seed,
                     },
                 )?,
+            };
+            let fit_config = if from_file {
+                fit_config
+            } else {
+                fit_config.with_class_every(class_every.max(1))
             };
             let fit_config = match resume {
                 Some(dir) => fit_config.with_resume_from(Some(dir.display().to_string())),

@@ -18,6 +18,7 @@ pub struct HeadlessWindow {
     target: wgpu::Texture,
     size: [u32; 2],
     start: Instant,
+    layout: Duration,
 }
 
 impl HeadlessWindow {
@@ -65,6 +66,7 @@ impl HeadlessWindow {
             target,
             size,
             start: Instant::now(),
+            layout: Duration::ZERO,
         })
     }
 
@@ -76,6 +78,12 @@ impl HeadlessWindow {
     /// The app, to queue commands.
     pub fn app_mut(&mut self) -> &mut MriloopApp {
         &mut self.app
+    }
+
+    /// How long the last frame's layout took (the app's code and egui, before tessellation
+    /// and rendering).
+    pub fn last_layout(&self) -> Duration {
+        self.layout
     }
 
     /// The adapter the window renders with.
@@ -99,6 +107,7 @@ impl HeadlessWindow {
         };
         let (app, frame) = (&mut self.app, &mut self.frame);
         let output = self.ctx.run_ui(input, |ui| app.ui(ui, frame));
+        self.layout = t.elapsed();
         let rs = &self.render_state;
         let mut renderer = rs.renderer.write();
         for (id, images) in &output.textures_delta.set {

@@ -1100,13 +1100,16 @@ impl eframe::App for MriloopApp {
         }
         self.commands.extend(out);
         if self.is_loading()
-            || self.training_busy()
             || self.training.cohort.is_running()
             || self.stats_rx.is_some()
             || !self.commands.is_empty()
             || !self.closing_stores.is_empty()
         {
             ctx.request_repaint();
+        } else if self.training_busy() {
+            // Training and inference wake the window with each event; this keeps the ETA
+            // ticking without redrawing every view continuously.
+            ctx.request_repaint_after(std::time::Duration::from_millis(250));
         } else if self.open.as_ref().is_some_and(|o| o.edits.dirty) {
             ctx.request_repaint_after(std::time::Duration::from_millis(500));
         }
@@ -1134,7 +1137,8 @@ pub fn reserve_ui_core() {
 }
 
 /// Open the review window (blocks until it is closed).
-pub fn run(startup: Startup) -> anyhow::Result<()> {
+/// `first` commands are queued after the startup ones (e.g. start training once open).
+pub fn run(startup: Startup, first: Vec<Command>) -> anyhow::Result<()> {
     reserve_ui_core();
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default()
@@ -1146,7 +1150,11 @@ pub fn run(startup: Startup) -> anyhow::Result<()> {
     eframe::run_native(
         "mriloop",
         options,
-        Box::new(move |cc| Ok(Box::new(MriloopApp::new(cc, startup)))),
+        Box::new(move |cc| {
+            let mut app = MriloopApp::new(cc, startup);
+            first.into_iter().for_each(|c| app.push(c));
+            Ok(Box::new(app))
+        }),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
 }

@@ -79,6 +79,8 @@ pub enum TrainCommand {
     Settings(TrainSettings),
     /// Start a run with the settings.
     Start,
+    /// Start a run as soon as a project and its first case are open.
+    StartWhenOpen,
     /// Pause (true) or resume (false) the run.
     Pause(bool),
     /// Cancel the run (its last checkpoint is kept as a cancelled version).
@@ -169,6 +171,8 @@ pub struct TrainingState {
     pub show_cohort: bool,
     /// Cohort table being computed or computed.
     pub cohort: super::cohort::CohortState,
+    /// Start a run once the project is open.
+    pub start_when_open: bool,
 }
 
 impl MriloopApp {
@@ -187,6 +191,7 @@ impl MriloopApp {
         match cmd {
             TrainCommand::Settings(s) => self.training.settings = s,
             TrainCommand::Start => self.start_training(),
+            TrainCommand::StartWhenOpen => self.training.start_when_open = true,
             TrainCommand::Pause(p) => {
                 if let Some(run) = self.training.run.as_mut() {
                     run.handle.control.set_paused(p);
@@ -403,6 +408,10 @@ impl MriloopApp {
     /// Drain the training and inference channels (never waits).
     pub(super) fn poll_training(&mut self) {
         self.training.cohort.poll();
+        if self.training.start_when_open && self.open.is_some() && self.project.is_some() {
+            self.training.start_when_open = false;
+            self.start_training();
+        }
         let mut finished = None;
         if let Some(run) = self.training.run.as_mut() {
             loop {
