@@ -612,7 +612,10 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
                     ui.add_enabled_ui(!running, |ui| {
                         let active = project.manifest.active_model.clone();
                         ui.horizontal(|ui| {
-                            ui.radio_value(&mut s.fine_tune, false, "from scratch");
+                            let scratch = !(s.fine_tune && active.is_some());
+                            if ui.radio(scratch, "from scratch").clicked() {
+                                s.fine_tune = false;
+                            }
                             ui.add_enabled(
                                 active.is_some(),
                                 egui::RadioButton::new(
@@ -650,15 +653,34 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
                         });
                         ui.horizontal_wrapped(|ui| {
                             ui.label("sequences");
+                            // None chosen means the project's first two: shown ticked.
+                            if s.sequences.is_empty() {
+                                s.sequences = project
+                                    .manifest
+                                    .sequences
+                                    .iter()
+                                    .take(2)
+                                    .map(|n| n.to_string())
+                                    .collect();
+                            }
                             for name in &project.manifest.sequences {
                                 let n = name.to_string();
                                 let mut on = s.sequences.contains(&n);
                                 if ui.checkbox(&mut on, n.as_str()).changed() {
+                                    let mut chosen = s.sequences.clone();
                                     if on {
-                                        s.sequences.push(n);
-                                    } else {
-                                        s.sequences.retain(|x| *x != n);
+                                        chosen.push(n);
+                                    } else if chosen.len() > 1 {
+                                        chosen.retain(|x| *x != n);
                                     }
+                                    // Channel order is the project's sequence order.
+                                    s.sequences = project
+                                        .manifest
+                                        .sequences
+                                        .iter()
+                                        .map(|x| x.to_string())
+                                        .filter(|x| chosen.contains(x))
+                                        .collect();
                                 }
                             }
                         });
