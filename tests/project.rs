@@ -202,7 +202,31 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
     let mut case = Case::new("c1", InputForm::Volume3d);
     case.class_label = Some("patient".into());
     case.predicted_class = Some(vec![0.25, 0.75]);
+    case.predicted_by = Some("v1".into());
+    case.uncertainty = Some(mriloop::project::Uncertainty {
+        segmentation: 0.3,
+        classification: 0.5,
+    });
     m.cases.push(case);
+    m.models.push(mriloop::project::ModelVersion {
+        id: "v1".into(),
+        created: mriloop::project::models::utc_now(),
+        parent: None,
+        checkpoint: "models/v1/best".into(),
+        tasks: "joint".into(),
+        sequences: vec!["T1".into()],
+        trained_on: vec!["c1".into()],
+        validated_on: Vec::new(),
+        epochs: vec![mriloop::project::EpochRecord {
+            epoch: 1,
+            train_loss: 0.5,
+            dice: vec![Some(0.8), None],
+            class_accuracy: 1.0,
+            class_auc: None,
+        }],
+        outcome: mriloop::project::RunOutcome::Finished,
+    });
+    m.active_model = Some("v1".into());
     let p = Project::create(dir.path(), m.clone()).unwrap();
     let reopened = Project::open(dir.path()).unwrap();
     assert_eq!(reopened.manifest, m);
@@ -235,6 +259,22 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
             Box::new(|m| m.cases[0].predicted_class = Some(vec![1.0])),
         ),
         ("future schema", Box::new(|m| m.schema_version = 99)),
+        (
+            "active model unknown",
+            Box::new(|m| m.active_model = Some("v9".into())),
+        ),
+        (
+            "model checkpoint escapes",
+            Box::new(|m| m.models[0].checkpoint = "../elsewhere".into()),
+        ),
+        (
+            "model id unsafe",
+            Box::new(|m| m.models[0].id = "../v1".into()),
+        ),
+        (
+            "model twice",
+            Box::new(|m| m.models.push(m.models[0].clone())),
+        ),
     ];
     for (what, edit) in bad_cases {
         let mut bad = m.clone();
