@@ -97,7 +97,7 @@ pub fn show(ui: &mut egui::Ui, curves: &Curves) {
             .show(ui, |p| {
                 let raw: PlotPoints = curves.loss.iter().map(|(s, v)| [*s as f64, *v]).collect();
                 p.line(Line::new("total", raw).color(egui::Color32::from_gray(190)));
-                let w = (curves.loss.len() / 50).max(1);
+                let w = (curves.loss.len() / 25).max(6);
                 p.line(
                     Line::new(
                         "total (moving mean)",
@@ -111,7 +111,7 @@ pub fn show(ui: &mut egui::Ui, curves: &Curves) {
                     ("classification", &curves.classification, PALETTE[2]),
                 ] {
                     if !series.is_empty() {
-                        let w = (series.len() / 50).max(1);
+                        let w = (series.len() / 25).max(3);
                         p.line(
                             Line::new(name, PlotPoints::from(smooth(series, w)))
                                 .color(colour)
