@@ -616,6 +616,7 @@ impl MriloopApp {
     fn project_opened(&mut self, p: Project) {
         // The open case is saved into the project it came from before that is replaced.
         self.close_case(false);
+        self.project_switched();
         self.labels = p.manifest.labels.clone();
         self.stats.clear();
         self.stats_rx = Some(spawn_stats(p.clone(), self.wake()));

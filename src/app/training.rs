@@ -105,6 +105,8 @@ pub enum TrainCommand {
 pub struct ActiveRun {
     /// The worker.
     pub handle: RunHandle,
+    /// The folder of the project it trains on (the user may open another meanwhile).
+    pub project_root: PathBuf,
     /// Version being trained (once started).
     pub version: Option<String>,
     /// Device in words.
@@ -334,6 +336,7 @@ impl MriloopApp {
             masks,
         };
         let wake = self.wake();
+        let project_root = project.root().to_path_buf();
         let handle = start_run(project, request, wake);
         self.training.curves = Curves::default();
         self.training.status = match fine_tune_from {
@@ -342,6 +345,7 @@ impl MriloopApp {
         };
         self.training.run = Some(ActiveRun {
             handle,
+            project_root,
             version: None,
             device: String::new(),
             started: Instant::now(),
@@ -468,8 +472,18 @@ impl MriloopApp {
                 }
             }
         }
-        match finished {
-            Some(Ok(version)) => {
+        let elsewhere = self.training.run.as_ref().and_then(|r| {
+            let here = self.project.as_ref().map(|p| p.root().to_path_buf());
+            (here.as_ref() != Some(&r.project_root)).then(|| r.project_root.clone())
+        });
+        match (finished, elsewhere) {
+            (Some(Ok(version)), Some(root)) => {
+                // Another project was opened meanwhile: record the version in its own project.
+                self.training.run = None;
+                self.training.status = format!("{} finished (in {})", version.id, root.display());
+                register_elsewhere(root, version, self.notices_tx.clone());
+            }
+            (Some(Ok(version)), None) => {
                 self.training.run = None;
                 let id = version.id.clone();
                 let done = version.outcome == RunOutcome::Finished;
@@ -486,12 +500,12 @@ impl MriloopApp {
                     self.start_reinfer_with(&id);
                 }
             }
-            Some(Err(e)) => {
+            (Some(Err(e)), _) => {
                 self.training.run = None;
                 self.training.status = "training failed".into();
                 self.error = Some(format!("Training failed: {e}"));
             }
-            None => {}
+            (None, _) => {}
         }
         self.poll_infer();
     }
@@ -583,9 +597,58 @@ impl MriloopApp {
             inf.handle.join();
         }
         if let Some(run) = self.training.run.take() {
-            run.handle.cancel_and_wait();
+            let root = run.project_root.clone();
+            let Some(version) = run.handle.cancel_and_wait() else {
+                return;
+            };
+            match self.project.as_mut().filter(|p| p.root() == root) {
+                Some(p) => {
+                    register_version(&mut p.manifest, version, false);
+                    match self.open.as_mut().filter(|o| o.edits.store.is_some()) {
+                        // Saved with the case when it closes.
+                        Some(open) => open.edits.dirty = true,
+                        None => {
+                            if let Err(e) = p.save() {
+                                eprintln!("mriloop: {e}");
+                            }
+                        }
+                    }
+                }
+                None => {
+                    let (tx, _rx) = std::sync::mpsc::channel();
+                    register_elsewhere(root, version, tx);
+                }
+            }
         }
     }
+
+    /// Forget re-inference of the previous project (a new one was opened).
+    pub(super) fn project_switched(&mut self) {
+        if let Some(inf) = self.training.infer.take() {
+            inf.handle
+                .cancel
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.training.cohort = super::cohort::CohortState::default();
+        self.training.show_cohort = false;
+    }
+}
+
+/// Record a finished run's version in the project at `root` on disk (not the open one).
+fn register_elsewhere(
+    root: PathBuf,
+    version: crate::project::ModelVersion,
+    notices: std::sync::mpsc::Sender<Result<String, String>>,
+) {
+    std::thread::spawn(move || {
+        let result = crate::project::Project::open(&root).and_then(|mut p| {
+            register_version(&mut p.manifest, version, false);
+            p.save()
+        });
+        if let Err(e) = result {
+            let _ = notices.send(Err(e.to_string()));
+        }
+    });
 }
 
 /// The training panel: settings, start / pause / cancel, progress with epoch and ETA, live

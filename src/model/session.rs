@@ -90,12 +90,17 @@ impl RunHandle {
         self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
-    /// Cancel and wait for the worker to end.
-    pub fn cancel_and_wait(mut self) {
+    /// Cancel, wait for the worker to end (it keeps its last checkpoint) and return the
+    /// version record it ended with, if it got that far.
+    pub fn cancel_and_wait(mut self) -> Option<ModelVersion> {
         self.control.cancel();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        self.events.try_iter().find_map(|e| match e {
+            RunEvent::Finished(v) => Some(v),
+            _ => None,
+        })
     }
 }
 
