@@ -3,10 +3,12 @@
 //! worklist, edits reach the journal and a save writes the mask and empties it; reopening after
 //! an unsaved session recovers the edits and says so.
 
+mod window;
+
 use egui::{Event, Modifiers, PointerButton, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use mriloop::app::{Command, EditCommand, MriloopApp, Startup, Tool, ViewCell};
+use mriloop::app::{Command, EditCommand, MriloopApp, Tool, ViewCell};
 use mriloop::project::journal;
 use mriloop::render::Orientation;
 use std::path::Path;
@@ -26,20 +28,7 @@ fn demo_copy(dir: &Path) -> std::path::PathBuf {
 }
 
 fn open(root: &Path) -> Harness<'static, MriloopApp> {
-    let root = root.to_path_buf();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 800.0])
-        .wgpu()
-        .build_eframe(move |cc| MriloopApp::new(cc, Startup::Project(root)));
-    for _ in 0..2000 {
-        h.step();
-        if h.state().open_case().is_some() && !h.state().is_loading() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(h.state().open_case().is_some(), "{:?}", h.state().error());
-    h.step();
+    let mut h = window::open_project(root, [1280.0, 800.0]);
     h.step();
     h
 }

@@ -3,33 +3,17 @@
 //! keep coming while the user paints and changes slices, loss points reach the plot — and
 //! cancel ends it, keeping its last checkpoint as a (cancelled, inactive) model version.
 
+mod window;
+
 use egui::{Event, Modifiers, PointerButton};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use mriloop::app::training::{TrainCommand, TrainSettings};
-use mriloop::app::{Command, MriloopApp, Startup, Tool};
+use mriloop::app::{Command, MriloopApp, Tool};
 use mriloop::model::TaskMode;
 use mriloop::project::{Project, RunOutcome};
 use mriloop::render::Orientation;
 use std::time::Duration;
-
-fn open(root: &std::path::Path) -> Harness<'static, MriloopApp> {
-    let root = root.to_path_buf();
-    let mut h = Harness::builder()
-        .with_size([1280.0, 900.0])
-        .wgpu()
-        .build_eframe(move |cc| MriloopApp::new(cc, Startup::Project(root)));
-    for _ in 0..2000 {
-        h.step();
-        if h.state().open_case().is_some() && !h.state().is_loading() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(h.state().open_case().is_some(), "{:?}", h.state().error());
-    h.step();
-    h
-}
 
 fn slice_mm(h: &Harness<'_, MriloopApp>) -> f64 {
     h.state().open_case().unwrap().viewer.cursor_mm.z
@@ -39,7 +23,7 @@ fn slice_mm(h: &Harness<'_, MriloopApp>) -> f64 {
 fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let root = mriloop::app::demo_project_copy(&dir.path().join("demo")).unwrap();
-    let mut h = open(&root);
+    let mut h = window::open_project(&root, [1280.0, 900.0]);
     let settings = TrainSettings {
         fine_tune: false,
         epochs: 1,

@@ -2,6 +2,8 @@
 //! predictions against corrections, and "most informative" in the window choosing the
 //! unreviewed case with the highest uncertainty.
 
+mod window;
+
 use egui_kittest::Harness;
 use mriloop::app::cohort::CohortState;
 use mriloop::app::training::TrainCommand;
@@ -121,15 +123,10 @@ fn most_informative_opens_the_least_certain_unreviewed_case() {
         .wgpu()
         .build_eframe(move |cc| MriloopApp::new(cc, Startup::Project(root)));
     let wait_open = |h: &mut Harness<'_, MriloopApp>, want: usize| {
-        for _ in 0..2000 {
-            h.step();
-            let idx = h.state().open_case().and_then(|o| o.case_index);
-            if idx == Some(want) && !h.state().is_loading() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        panic!("case {want} did not open: {:?}", h.state().error());
+        let open = window::step_until(h, |a| {
+            a.open_case().and_then(|o| o.case_index) == Some(want) && !a.is_loading()
+        });
+        assert!(open, "case {want} did not open: {:?}", h.state().error());
     };
     wait_open(&mut h, 0);
     assert_eq!(h.state().most_informative(), Some(3), "not the open one");

@@ -65,18 +65,8 @@ impl CohortState {
     /// Start comparing the reviewed cases of `project` in a background thread.
     pub fn start(project: Project, wake: Box<dyn Fn() + Send>) -> Self {
         let (tx, rx) = channel();
-        let max = project
-            .manifest
-            .labels
-            .labels()
-            .iter()
-            .map(|l| l.value as usize)
-            .max()
-            .unwrap_or(0);
-        let mut labels = vec!["background".to_string(); max + 1];
-        for l in project.manifest.labels.labels() {
-            labels[l.value as usize] = l.name.clone();
-        }
+        let labels = project.manifest.labels.names_by_value();
+        let max = labels.len() - 1;
         let classes = project.manifest.classes.clone();
         std::thread::spawn(move || {
             for case in &project.manifest.cases {

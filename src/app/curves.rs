@@ -188,33 +188,14 @@ pub fn write_png(curves: &Curves, size: [u32; 2], path: &std::path::Path) -> Res
         pixels_per_point: 1.0,
     };
     let target = crate::render::OffscreenTarget::new(&gpu.device, size);
-    let mut encoder = gpu
-        .device
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-    let extra = renderer.update_buffers(&gpu.device, &gpu.queue, &mut encoder, &jobs, &screen);
-    {
-        let mut pass = encoder
-            .begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("mriloop curves"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: target.view(),
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(wgpu::Color::WHITE),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                depth_stencil_attachment: None,
-                timestamp_writes: None,
-                occlusion_query_set: None,
-                multiview_mask: None,
-            })
-            .forget_lifetime();
-        renderer.render(&mut pass, &jobs, &screen);
-    }
-    gpu.queue
-        .submit(extra.into_iter().chain([encoder.finish()]));
+    super::headless::paint_jobs(
+        &mut renderer,
+        (&gpu.device, &gpu.queue),
+        &jobs,
+        &screen,
+        target.view(),
+        wgpu::Color::WHITE,
+    );
     let pixels = target
         .read_pixels(&gpu.device, &gpu.queue)
         .map_err(|e| e.to_string())?;

@@ -120,35 +120,17 @@ impl HeadlessWindow {
             size_in_pixels: self.size,
             pixels_per_point: 1.0,
         };
-        let mut encoder = rs
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-        let extra = renderer.update_buffers(&rs.device, &rs.queue, &mut encoder, &jobs, &screen);
         let view = self
             .target
             .create_view(&wgpu::TextureViewDescriptor::default());
-        {
-            let mut pass = encoder
-                .begin_render_pass(&wgpu::RenderPassDescriptor {
-                    label: Some("mriloop headless frame"),
-                    color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                        view: &view,
-                        depth_slice: None,
-                        resolve_target: None,
-                        ops: wgpu::Operations {
-                            load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                            store: wgpu::StoreOp::Store,
-                        },
-                    })],
-                    depth_stencil_attachment: None,
-                    timestamp_writes: None,
-                    occlusion_query_set: None,
-                    multiview_mask: None,
-                })
-                .forget_lifetime();
-            renderer.render(&mut pass, &jobs, &screen);
-        }
-        rs.queue.submit(extra.into_iter().chain([encoder.finish()]));
+        paint_jobs(
+            &mut renderer,
+            (&rs.device, &rs.queue),
+            &jobs,
+            &screen,
+            &view,
+            wgpu::Color::BLACK,
+        );
         for id in &output.textures_delta.free {
             renderer.free_texture(id);
         }
@@ -156,4 +138,39 @@ impl HeadlessWindow {
         let _ = crate::render::wait_idle(&rs.device);
         t.elapsed()
     }
+}
+
+/// Draw tessellated egui `jobs` into `view` (cleared to `clear` first) and submit the work.
+pub fn paint_jobs(
+    renderer: &mut egui_wgpu::Renderer,
+    (device, queue): (&wgpu::Device, &wgpu::Queue),
+    jobs: &[egui::ClippedPrimitive],
+    screen: &egui_wgpu::ScreenDescriptor,
+    view: &wgpu::TextureView,
+    clear: wgpu::Color,
+) {
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+    let extra = renderer.update_buffers(device, queue, &mut encoder, jobs, screen);
+    {
+        let mut pass = encoder
+            .begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("mriloop egui offscreen"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations {
+                        load: wgpu::LoadOp::Clear(clear),
+                        store: wgpu::StoreOp::Store,
+                    },
+                })],
+                depth_stencil_attachment: None,
+                timestamp_writes: None,
+                occlusion_query_set: None,
+                multiview_mask: None,
+            })
+            .forget_lifetime();
+        renderer.render(&mut pass, jobs, screen);
+    }
+    queue.submit(extra.into_iter().chain([encoder.finish()]));
 }

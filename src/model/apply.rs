@@ -322,18 +322,12 @@ pub fn fit_config_for(
             .map(|s| s.to_string())
             .collect()
     };
-    let num_labels = 1 + project
-        .manifest
-        .labels
-        .labels()
-        .iter()
-        .map(|l| l.value as usize)
-        .max()
-        .unwrap_or(1);
-    let mut label_names = vec!["background".to_string(); num_labels];
-    for l in project.manifest.labels.labels() {
-        label_names[l.value as usize] = l.name.clone();
+    // At least one foreground label, so the network always has a segmentation head.
+    let mut label_names = project.manifest.labels.names_by_value();
+    if label_names.len() < 2 {
+        label_names.push("label1".into());
     }
+    let num_labels = label_names.len();
     let any_mask = project
         .manifest
         .cases

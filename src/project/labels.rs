@@ -72,6 +72,18 @@ impl LabelTable {
         &self.labels
     }
 
+    /// Label names indexed by value, from 0 (`background`) to the largest value; values with
+    /// no label are named `label<N>`.
+    pub fn names_by_value(&self) -> Vec<String> {
+        let max = self.labels.iter().map(|l| l.value).max().unwrap_or(0) as usize;
+        let mut names: Vec<String> = (0..=max).map(|v| format!("label{v}")).collect();
+        names[0] = "background".into();
+        for l in &self.labels {
+            names[l.value as usize] = l.name.clone();
+        }
+        names
+    }
+
     /// The label with this value.
     pub fn get(&self, value: u8) -> Option<&Label> {
         self.labels.iter().find(|l| l.value == value)
