@@ -126,6 +126,34 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     // The plot shows the points: render a frame with the panel.
     h.render().unwrap();
 
+    // Pause: at most the step in flight finishes, then nothing until Resume.
+    h.get_by_label("Pause").click();
+    for _ in 0..40 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(h
+        .state()
+        .training()
+        .run
+        .as_ref()
+        .unwrap()
+        .paused_at
+        .is_some());
+    let paused_at = h.state().training().curves.loss.len();
+    for _ in 0..40 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert_eq!(
+        h.state().training().curves.loss.len(),
+        paused_at,
+        "steps while paused"
+    );
+    h.get_by_label("Resume").click();
+    let resumed = window::step_until(&mut h, |a| a.training().curves.loss.len() > paused_at);
+    assert!(resumed, "no step after Resume");
+
     h.get_by_label("Cancel").click();
     for _ in 0..3000 {
         h.step();

@@ -939,6 +939,9 @@ impl MriloopApp {
             if i.key_pressed(Key::N) && !m.command {
                 out.push(Command::NextUnreviewed(if m.shift { -1 } else { 1 }));
             }
+            if i.key_pressed(Key::I) && !m.command {
+                out.push(Command::Train(training::TrainCommand::NextInformative));
+            }
             if i.key_pressed(Key::F1) {
                 out.push(Command::ToggleHelp);
             }
@@ -1046,6 +1049,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("R / L", "mark reviewed / needs a second look"),
     ("A", "show or hide the reference overlay"),
     ("N / Shift+N", "next / previous unreviewed case"),
+    ("I", "the unreviewed case the model is least sure about"),
     (
         "wheel, ↑ ↓, Page Up/Down",
         "step slices in the view under the pointer",
