@@ -172,25 +172,25 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// Phantom cases in all.
-        #[arg(long, default_value_t = 12)]
+        #[arg(long, default_value_t = 8)]
         cases: usize,
         /// Phantom grid (mm field of view).
-        #[arg(long, default_value_t = 48)]
+        #[arg(long, default_value_t = 32)]
         grid: usize,
         /// Cases annotated by hand before the first model.
         #[arg(long, default_value_t = 2)]
         seed_cases: usize,
         /// Cases corrected from the first model's predictions.
-        #[arg(long, default_value_t = 6)]
+        #[arg(long, default_value_t = 4)]
         corrected: usize,
         /// Steps of the first model.
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 5)]
         first_steps: usize,
         /// Fine-tuning epochs.
-        #[arg(long, default_value_t = 4)]
+        #[arg(long, default_value_t = 3)]
         epochs: usize,
         /// Fine-tuning steps per epoch.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 80)]
         steps_per_epoch: usize,
         /// Patch edge (voxels).
         #[arg(long, default_value_t = 16)]
@@ -202,7 +202,7 @@ enum Command {
         #[arg(long, default_value_t = 3.0)]
         changed_weight: f64,
         /// Tasks: joint, seg or class.
-        #[arg(long, default_value = "joint")]
+        #[arg(long, default_value = "seg")]
         mode: String,
         /// Learning rate.
         #[arg(long, default_value_t = 2e-3)]
@@ -450,7 +450,7 @@ fn main() -> Result<()> {
                     steps_per_epoch: 1,
                     patch,
                     batch: 2,
-                    class_window: grid.next_power_of_two().min(64),
+                    class_window: grid.next_power_of_two().clamp(16, 64),
                     base_channels,
                     mode,
                     spacing_mm: None,
