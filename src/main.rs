@@ -607,14 +607,10 @@ fn train_cli(
     let mut last_step = 0;
     let (device, about) = model::choose_device(backend);
     eprintln!("training on {about}");
-    let names: Vec<mriloop::project::SequenceName> = config
-        .training
-        .sequences
-        .iter()
-        .map(|s| mriloop::project::SequenceName::from(s.clone()))
-        .collect();
-    let require_mask = config.training.mode != model::TaskMode::ClassificationOnly;
-    let samples = model::load_samples(project, &names, require_mask, config.training.spacing_mm)?;
+    let samples = model::load_samples_with(
+        project,
+        &model::SampleSelection::for_training(&config.training),
+    )?;
     if samples.len() < 2 {
         bail!(
             "{}: training needs at least two cases with a reference mask and a class; found {}",

@@ -45,12 +45,22 @@ pub fn choose_device(backend: &str) -> (Device, String) {
     }
 }
 
-/// The normalised input channels of a case, in the config's sequence order.
+/// A case's input as the network sees it: normalised channels, the first sequence in the same
+/// layout (its grid and affine), and the reorientation back to the case's own layout (`None`:
+/// kept as stored).
+pub type CaseInput = (
+    Vec<Vec<f32>>,
+    crate::volume::Volume<f32>,
+    Option<crate::volume::Reorientation>,
+);
+
+/// The normalised input channels of a case, in the config's sequence order and in the layout
+/// the network works in (RAS for 3D networks).
 pub fn case_channels(
     project: &Project,
     case: &Case,
     config: &TrainingConfig,
-) -> Result<(Vec<Vec<f32>>, crate::volume::Volume<f32>), ProjectError> {
+) -> Result<CaseInput, ProjectError> {
     let vols = config
         .sequences
         .iter()
@@ -60,6 +70,20 @@ pub fn case_channels(
                 .to_f32())
         })
         .collect::<Result<Vec<_>, ProjectError>>()?;
+    let (vols, reorientation) = if config.ras_layout() {
+        let mut back = None;
+        let ras = vols
+            .iter()
+            .map(|v| {
+                let (r, how) = crate::volume::reorient_to_ras(v);
+                back.get_or_insert(how);
+                r
+            })
+            .collect();
+        (ras, back)
+    } else {
+        (vols, None)
+    };
     let channels = channels_of(&vols);
     let first = vols
         .into_iter()
@@ -68,10 +92,10 @@ pub fn case_channels(
             path: project.manifest_path(),
             problem: "the model names no input sequences".into(),
         })?;
-    Ok((channels, first))
+    Ok((channels, first, reorientation))
 }
 
-/// Predict one case on its own grid.
+/// Predict one case on its own grid, layout and affine.
 pub fn predict_case(
     project: &Project,
     case: &Case,
@@ -79,11 +103,31 @@ pub fn predict_case(
     config: &TrainingConfig,
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
-    let (channels, first) = case_channels(project, case, config)?;
+    let (channels, first, reorientation) = case_channels(project, case, config)?;
+    let p = predict_channels(&channels, &first, model, config, device)?;
+    Ok(match reorientation {
+        Some(r) => Prediction {
+            mask: r.restore(&p.mask)?,
+            foreground: r.restore(&p.foreground)?,
+            class_probabilities: p.class_probabilities,
+        },
+        None => p,
+    })
+}
+
+/// Predict normalised channels on the grid of `first` (resampled to the training spacing and
+/// back when the config has one).
+fn predict_channels(
+    channels: &[Vec<f32>],
+    first: &crate::volume::Volume<f32>,
+    model: &MultiTaskUNet,
+    config: &TrainingConfig,
+    device: &Device,
+) -> Result<Prediction, ProjectError> {
     let Some(spacing) = config.spacing_mm else {
         return Ok(predict_volume(
             model,
-            &channels,
+            channels,
             first.dims3(),
             *first.affine(),
             config.window,
@@ -389,7 +433,11 @@ pub fn fit_config_for(
             (Some(s), InputForm::Slice2d) => Some([s, s, 0.0]),
             _ => None,
         });
+    // A left–right flip swaps lateral pairs (habenula_L ↔ habenula_R).
+    let augment =
+        super::data::AugmentConfig::new().with_mirror_pairs(project.manifest.labels.mirror_pairs());
     Ok(super::fit::FitConfig::new(training)
+        .with_augment(augment)
         .with_epochs(o.epochs)
         .with_steps_per_epoch(o.steps_per_epoch)
         .with_batch_size(o.batch)

@@ -160,27 +160,6 @@ pub fn split_labels(labels: Vec<i32>, changed_weight: f32) -> (Vec<i32>, Option<
     (labels, weights)
 }
 
-/// Load the project's cases that have a class label and (with `require_mask`) a reference
-/// mask, with the sequences named in `sequences` (in that order) as channels. Without
-/// `require_mask`, a case with no mask gets an empty one (classification-only training, e.g.
-/// the 4D form).
-pub fn load_samples(
-    project: &Project,
-    sequences: &[crate::project::SequenceName],
-    require_mask: bool,
-    spacing_mm: Option<[f64; 3]>,
-) -> Result<Vec<Sample>, ProjectError> {
-    load_samples_with(
-        project,
-        &SampleSelection {
-            sequences: sequences.to_vec(),
-            require_mask,
-            spacing_mm,
-            ..SampleSelection::default()
-        },
-    )
-}
-
 /// Which cases become samples, and how.
 #[derive(Debug, Clone, Default)]
 pub struct SampleSelection {
@@ -196,9 +175,33 @@ pub struct SampleSelection {
     pub masks: Vec<(String, Volume<u8>)>,
     /// Mark the voxels where the reference differs from the case's predicted mask.
     pub mark_changed: bool,
+    /// Bring 3D volumes to the RAS voxel layout first (whole axes permuted and flipped, no
+    /// interpolation), so every case shows the network the same anatomy directions whatever
+    /// its storage orientation; prediction does the same and restores the case's layout.
+    pub ras_layout: bool,
 }
 
-/// Load samples as `selection` says (see `load_samples`).
+impl SampleSelection {
+    /// What training with `config` needs: its sequences, a mask unless it trains the class
+    /// only, its spacing, and the RAS layout for 3D networks.
+    pub fn for_training(config: &super::training::TrainingConfig) -> Self {
+        Self {
+            sequences: config
+                .sequences
+                .iter()
+                .map(|s| crate::project::SequenceName::from(s.clone()))
+                .collect(),
+            require_mask: config.mode != super::training::TaskMode::ClassificationOnly,
+            spacing_mm: config.spacing_mm,
+            ras_layout: config.ras_layout(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Load the project's cases that have a class label and (with `require_mask`) a reference
+/// mask, with the selection's sequences (in that order) as channels. Without `require_mask`,
+/// a case with no mask gets an empty one (classification-only training, e.g. the 4D form).
 pub fn load_samples_with(
     project: &Project,
     selection: &SampleSelection,
@@ -250,6 +253,16 @@ pub fn load_samples_with(
         let predicted = match (&case.predicted_mask, selection.mark_changed) {
             (Some(rel), true) => Some(project.load_mask(rel)?),
             _ => None,
+        };
+        let (vols, mask, predicted) = if selection.ras_layout {
+            let ras = |v: &Volume<f32>| crate::volume::reorient_to_ras(v).0;
+            (
+                vols.iter().map(ras).collect(),
+                crate::volume::reorient_to_ras(&mask).0,
+                predicted.map(|p| crate::volume::reorient_to_ras(&p).0),
+            )
+        } else {
+            (vols, mask, predicted)
         };
         let (vols, mask, predicted) = match spacing_mm {
             Some(sp) => {
@@ -320,6 +333,10 @@ pub struct AugmentConfig {
     /// Isotropic zoom range (± fraction).
     #[config(default = 0.1)]
     pub zoom: f32,
+    /// Label pairs swapped by a left–right flip (e.g. `[habenula_L, habenula_R]`), so a mirrored
+    /// left structure is labelled right. Patches are in RAS layout: x is left–right.
+    #[config(default = "Vec::new()")]
+    pub mirror_pairs: Vec<[u8; 2]>,
 }
 
 /// Draws augmented patches deterministically from a seed.
@@ -387,6 +404,12 @@ impl PatchSampler {
             lo.clamp((n - p[a] as i64).min(0), (n - p[a] as i64).max(0))
         });
         let flip = self.augment.flip_x && self.rng.random_range(0..2) == 1;
+        let mut mirror: [u8; 256] = std::array::from_fn(|v| v as u8);
+        if flip {
+            for [a, b] in &self.augment.mirror_pairs {
+                mirror.swap(*a as usize, *b as usize);
+            }
+        }
         // A small in-plane rotation and an isotropic zoom about the patch centre (nearest voxel).
         let r = self.augment.rotate_deg.abs();
         let angle = self.rng.random_range(-r..=r).to_radians();
@@ -412,7 +435,7 @@ impl PatchSampler {
                     }
                     let si = src[0] as usize + nx * (src[1] as usize + ny * src[2] as usize);
                     let di = if flip { p[0] - 1 - i } else { i } + p[0] * (j + p[1] * k);
-                    labels[di] = i32::from(sample.mask[si])
+                    labels[di] = i32::from(mirror[sample.mask[si] as usize])
                         | if sample.changed.get(si).copied().unwrap_or(false) {
                             CHANGED_BIT
                         } else {

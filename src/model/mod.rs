@@ -21,7 +21,7 @@ pub use apply::{
     CaseEvaluation, CohortEvaluation, FitOptions,
 };
 pub use data::{
-    channels_of, load_samples, load_samples_with, resample_case, split_labels, zscore_in_head,
+    channels_of, load_samples_with, resample_case, split_labels, zscore_in_head,
     AugmentConfig, PatchSampler, Sample, SampleSelection,
 };
 pub use fit::{

@@ -21,7 +21,7 @@ use super::training::{load_checkpoint, TaskMode};
 use crate::project::models::{next_version_id, utc_now};
 use crate::project::{
     Case, EpochRecord, Manifest, ModelVersion, Project, ProjectError, ReviewStatus, RunOutcome,
-    SequenceName, Uncertainty,
+    Uncertainty,
 };
 use crate::volume::{write_volume, Volume};
 use std::path::Path;
@@ -159,17 +159,10 @@ pub fn run_samples(
     request: &RunRequest,
 ) -> Result<(Vec<Sample>, Vec<Sample>), ProjectError> {
     let selection = SampleSelection {
-        sequences: config
-            .training
-            .sequences
-            .iter()
-            .map(|s| SequenceName::from(s.clone()))
-            .collect(),
-        require_mask: config.training.mode != TaskMode::ClassificationOnly,
-        spacing_mm: config.training.spacing_mm,
         only: Some(training_case_ids(&project.manifest, request.only_reviewed)),
         masks: request.masks.clone(),
         mark_changed: request.changed_weight != 1.0,
+        ..SampleSelection::for_training(&config.training)
     };
     let samples = load_samples_with(project, &selection)?;
     if samples.is_empty() {

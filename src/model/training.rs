@@ -68,6 +68,12 @@ pub struct TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// Whether cases are brought to the RAS voxel layout for this network (3D volumes: yes;
+    /// single slices keep their in-plane layout).
+    pub fn ras_layout(&self) -> bool {
+        self.model.spatial_dims == 3
+    }
+
     /// The name of label `value` (`label<N>` when the config names none).
     pub fn label_name(&self, value: usize) -> String {
         self.label_names

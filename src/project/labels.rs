@@ -84,6 +84,41 @@ impl LabelTable {
         names
     }
 
+    /// Pairs of labels that are mirror images of each other across the midline, by name
+    /// (`X_L`/`X_R`, `X_left`/`X_right`, `left_X`/`right_X`, any case): a left–right flip
+    /// of an image must swap them.
+    pub fn mirror_pairs(&self) -> Vec<[u8; 2]> {
+        let side = |name: &str| -> Option<(String, bool)> {
+            let n = name.to_ascii_lowercase();
+            for (suffix, left) in [("_l", true), ("_r", false), ("_left", true), ("_right", false)]
+            {
+                if let Some(stem) = n.strip_suffix(suffix) {
+                    return Some((format!("{stem}_"), left));
+                }
+            }
+            for (prefix, left) in [("left_", true), ("right_", false)] {
+                if let Some(stem) = n.strip_prefix(prefix) {
+                    return Some((format!("_{stem}"), left));
+                }
+            }
+            None
+        };
+        let mut pairs = Vec::new();
+        for a in &self.labels {
+            let Some((stem, true)) = side(&a.name) else {
+                continue;
+            };
+            if let Some(b) = self
+                .labels
+                .iter()
+                .find(|b| side(&b.name) == Some((stem.clone(), false)))
+            {
+                pairs.push([a.value, b.value]);
+            }
+        }
+        pairs
+    }
+
     /// The label with this value.
     pub fn get(&self, value: u8) -> Option<&Label> {
         self.labels.iter().find(|l| l.value == value)
