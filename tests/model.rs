@@ -394,3 +394,68 @@ fn slab_wise_inference_matches_the_whole_volume_accumulation() {
         }
     }
 }
+
+#[test]
+fn a_left_right_flip_swaps_mirror_labels_and_changed_voxels_weigh_more() {
+    use mriloop::model::{split_labels, AugmentConfig, PatchSampler, Sample};
+    use mriloop::project::{Label, LabelTable};
+    use mriloop::volume::{Affine, Volume};
+    let l = |value: u8, name: &str| Label {
+        value,
+        name: name.into(),
+        color: [0, 0, 0],
+    };
+    // Label pairs come from the names.
+    let table = LabelTable::new(vec![
+        l(1, "habenula_L"),
+        l(2, "habenula_R"),
+        l(3, "lesion"),
+        l(4, "Left_Thalamus"),
+        l(5, "right_thalamus"),
+    ])
+    .unwrap();
+    assert_eq!(table.mirror_pairs(), vec![[1, 2], [4, 5]]);
+    // A left structure (label 1, low x) and a midline one (label 3) on a 16³ grid.
+    let affine = Affine::from_spacing([1.0, 1.0, 1.0]);
+    let img = Volume::new(
+        [16, 16, 16, 1],
+        affine,
+        (0..4096).map(|i| 1.0 + (i % 5) as f32).collect(),
+    )
+    .unwrap();
+    let mut mask = Volume::filled([16, 16, 16, 1], affine, 0u8).unwrap();
+    for (i, v) in [(3, 1u8), (4, 1), (7, 3), (8, 3)] {
+        let at = mask.linear_index(i, 8, 8, 0);
+        mask.data_mut()[at] = v;
+    }
+    let mut s = Sample::new("flip", &[img], &mask, 0).unwrap();
+    let mut predicted = s.mask.clone();
+    predicted[mask.linear_index(3, 8, 8, 0)] = 0;
+    assert_eq!(s.mark_changed(&predicted), 1);
+    let augment = AugmentConfig::new()
+        .with_rotate_deg(0.0)
+        .with_zoom(0.0)
+        .with_mirror_pairs(vec![[1, 2]]);
+    let mut sampler = PatchSampler::new(3, [16, 16, 16], augment);
+    let (mut flipped, mut kept) = (0, 0);
+    for _ in 0..40 {
+        let (_, labels) = sampler.centre_crop(&s, [16, 16, 16]);
+        let (labels, weights) = split_labels(labels, 4.0);
+        let at = |i: usize| labels[i + 16 * (8 + 16 * 8)];
+        if at(3) == 1 {
+            // As stored: the left structure stays label 1.
+            assert_eq!((at(4), at(12), at(11)), (1, 0, 0));
+            kept += 1;
+        } else {
+            // Mirrored: it sits on the right and is labelled right; the midline label stays.
+            assert_eq!((at(12), at(11), at(3)), (2, 2, 0));
+            assert_eq!((at(8), at(7)), (3, 3));
+            flipped += 1;
+        }
+        // The one corrected voxel weighs 4, every other 1.
+        let w = weights.expect("a changed voxel is in every crop");
+        assert_eq!(w.iter().filter(|x| **x == 4.0).count(), 1);
+        assert_eq!(w.iter().filter(|x| **x == 1.0).count(), 4095);
+    }
+    assert!(flipped > 5 && kept > 5, "flipped {flipped}, kept {kept}");
+}

@@ -21,8 +21,8 @@ pub use apply::{
     CaseEvaluation, CohortEvaluation, FitOptions,
 };
 pub use data::{
-    channels_of, load_samples_with, resample_case, split_labels, zscore_in_head,
-    AugmentConfig, PatchSampler, Sample, SampleSelection,
+    channels_of, load_samples_with, resample_case, split_labels, zscore_in_head, AugmentConfig,
+    PatchSampler, Sample, SampleSelection,
 };
 pub use fit::{
     auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,

@@ -90,8 +90,12 @@ impl LabelTable {
     pub fn mirror_pairs(&self) -> Vec<[u8; 2]> {
         let side = |name: &str| -> Option<(String, bool)> {
             let n = name.to_ascii_lowercase();
-            for (suffix, left) in [("_l", true), ("_r", false), ("_left", true), ("_right", false)]
-            {
+            for (suffix, left) in [
+                ("_l", true),
+                ("_r", false),
+                ("_left", true),
+                ("_right", false),
+            ] {
                 if let Some(stem) = n.strip_suffix(suffix) {
                     return Some((format!("{stem}_"), left));
                 }
