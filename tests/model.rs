@@ -29,6 +29,10 @@ fn output_shapes_for_the_three_input_forms() {
     let (seg, cls) = m.forward(x);
     assert_eq!(seg.dims(), [2, 3, 8, 12, 16]);
     assert_eq!(cls.dims(), [2, 2]);
+    // The class head may also see the bottleneck's global maximum.
+    let x = Tensor::<5>::random([2, 2, 8, 8, 8], Distribution::Normal(0.0, 1.0), &d);
+    let (_, cls) = small(2).with_class_max_pool(true).init(&d).forward(x);
+    assert_eq!(cls.dims(), [2, 2]);
     // 2D single slices: depth-1 volumes, in-plane kernels.
     let cfg = small(1).with_spatial_dims(2);
     assert_eq!(cfg.size_multiple(), [1, 4, 4]);

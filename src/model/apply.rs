@@ -419,20 +419,23 @@ pub fn fit_config_for(
             [o.class_window; 3],
         ),
     };
-    let training = TrainingConfig::new(net.with_base_channels(o.base_channels))
-        .with_mode(mode)
-        .with_learning_rate(o.learning_rate)
-        .with_seed(o.seed)
-        .with_sequences(sequences)
-        .with_label_names(label_names)
-        .with_class_names(project.manifest.classes.clone())
-        .with_window(patch)
-        .with_class_window(class_window)
-        .with_spacing_mm(match (o.spacing_mm, form) {
-            (Some(s), InputForm::Volume3d) => Some([s; 3]),
-            (Some(s), InputForm::Slice2d) => Some([s, s, 0.0]),
-            _ => None,
-        });
+    let training = TrainingConfig::new(
+        net.with_base_channels(o.base_channels)
+            .with_class_max_pool(true),
+    )
+    .with_mode(mode)
+    .with_learning_rate(o.learning_rate)
+    .with_seed(o.seed)
+    .with_sequences(sequences)
+    .with_label_names(label_names)
+    .with_class_names(project.manifest.classes.clone())
+    .with_window(patch)
+    .with_class_window(class_window)
+    .with_spacing_mm(match (o.spacing_mm, form) {
+        (Some(s), InputForm::Volume3d) => Some([s; 3]),
+        (Some(s), InputForm::Slice2d) => Some([s, s, 0.0]),
+        _ => None,
+    });
     // A left–right flip swaps lateral pairs (habenula_L ↔ habenula_R).
     let augment =
         super::data::AugmentConfig::new().with_mirror_pairs(project.manifest.labels.mirror_pairs());

@@ -39,6 +39,11 @@ pub struct MultiTaskUNetConfig {
     /// Dropout before the classification layer.
     #[config(default = 0.2)]
     pub dropout: f64,
+    /// Feed the classification layer the global maximum of the bottleneck features beside
+    /// their average (a small lesion is diluted in an average over the whole head; its
+    /// maximum is not).
+    #[config(default = false)]
+    pub class_max_pool: bool,
 }
 
 /// conv–norm–ReLU ×2 with a 1×1×1 projection on the skip path when channels change.
@@ -96,6 +101,7 @@ pub struct MultiTaskUNet {
     decoders: Vec<ResidualBlock>,
     seg_head: Conv3d,
     pool: AdaptiveAvgPool3d,
+    class_max_pool: bool,
     dropout: Dropout,
     class_head: Linear,
 }
@@ -148,8 +154,13 @@ impl MultiTaskUNetConfig {
             decoders,
             seg_head: Conv3dConfig::new([ch(0), self.num_labels], [1, 1, 1]).init(device),
             pool: AdaptiveAvgPool3dConfig::new([1, 1, 1]).init(),
+            class_max_pool: self.class_max_pool,
             dropout: DropoutConfig::new(self.dropout).init(),
-            class_head: LinearConfig::new(ch(self.depth), self.num_classes).init(device),
+            class_head: LinearConfig::new(
+                ch(self.depth) * if self.class_max_pool { 2 } else { 1 },
+                self.num_classes,
+            )
+            .init(device),
         }
     }
 
@@ -185,9 +196,14 @@ impl MultiTaskUNet {
             h = dec.forward(Tensor::cat(vec![u, skip], 1));
         }
         let seg = self.seg_head.forward(h);
-        let pooled = self.pool.forward(bottleneck);
+        let pooled = self.pool.forward(bottleneck.clone());
         let [n, c, _, _, _] = pooled.dims();
-        let feat = self.dropout.forward(pooled.reshape([n, c]));
+        let mut feat = pooled.reshape([n, c]);
+        if self.class_max_pool {
+            let max = bottleneck.max_dims(&[2, 3, 4]).reshape([n, c]);
+            feat = Tensor::cat(vec![feat, max], 1);
+        }
+        let feat = self.dropout.forward(feat);
         (seg, self.class_head.forward(feat))
     }
 }
