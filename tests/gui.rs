@@ -20,7 +20,14 @@ fn harness(startup: Startup) -> Harness<'static, MriloopApp> {
     Harness::builder()
         .with_size(SIZE)
         .wgpu()
-        .build_eframe(|cc| MriloopApp::new(cc, startup))
+        .build_eframe(|cc| {
+            let app = MriloopApp::new(cc, startup);
+            // kittest clears to transparent, not to the app's clear colour: give the panels
+            // back their fill so the pictures look as the window does.
+            let fill = mriloop::app::background_colour(&cc.egui_ctx.global_style().visuals);
+            cc.egui_ctx.all_styles_mut(|s| s.visuals.panel_fill = fill);
+            app
+        })
 }
 
 /// Step until the case is open and nothing is loading (background threads run meanwhile).

@@ -123,13 +123,21 @@ impl HeadlessWindow {
         let view = self
             .target
             .create_view(&wgpu::TextureViewDescriptor::default());
+        let [r, g, b, a] =
+            super::background_colour(&self.ctx.global_style().visuals).to_normalized_gamma_f32();
+        let clear = wgpu::Color {
+            r: f64::from(r),
+            g: f64::from(g),
+            b: f64::from(b),
+            a: f64::from(a),
+        };
         paint_jobs(
             &mut renderer,
             (&rs.device, &rs.queue),
             &jobs,
             &screen,
             &view,
-            wgpu::Color::BLACK,
+            clear,
         );
         for id in &output.textures_delta.free {
             renderer.free_texture(id);

@@ -293,6 +293,12 @@ impl MriloopApp {
             rs.renderer.write().callback_resources.insert(gpu);
         }
         let (notices_tx, notices_rx) = std::sync::mpsc::channel();
+        // Panels are drawn without a fill: the frame's clear colour (`clear_color`, the theme's
+        // panel colour) is their background. A software rasteriser (Mesa's llvmpipe: VMs,
+        // remote desktops) then draws the window in a fraction of the time, since egui's fill
+        // shader over the whole window dominated each frame there.
+        cc.egui_ctx
+            .all_styles_mut(|s| s.visuals.panel_fill = egui::Color32::TRANSPARENT);
         let mut app = Self {
             project: None,
             labels: LabelTable::default(),
@@ -1069,7 +1075,20 @@ pub fn looks_like_mask(path: &std::path::Path) -> bool {
     ["seg", "mask", "label"].iter().any(|w| name.contains(w))
 }
 
+/// The window background: the theme's panel colour (panels themselves draw no fill).
+pub fn background_colour(visuals: &egui::Visuals) -> egui::Color32 {
+    if visuals.dark_mode {
+        egui::Visuals::dark().panel_fill
+    } else {
+        egui::Visuals::light().panel_fill
+    }
+}
+
 impl eframe::App for MriloopApp {
+    fn clear_color(&self, visuals: &egui::Visuals) -> [f32; 4] {
+        background_colour(visuals).to_normalized_gamma_f32()
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
         let ctx = ui.ctx().clone();
         self.poll_jobs();
