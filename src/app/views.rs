@@ -51,8 +51,10 @@ fn orientation_name(o: Orientation) -> &'static str {
 /// Draw the central area; returns the views drawn.
 pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> Vec<ViewCell> {
     let mut cells = Vec::new();
+    // The panel colour, which the window draws as its clear colour (no egui fill: a software
+    // rasteriser pays for every pixel egui fills; see `MriloopApp::new`).
     egui::CentralPanel::default()
-        .frame(egui::Frame::NONE.fill(Color32::from_gray(12)))
+        .frame(egui::Frame::NONE.fill(ui.visuals().panel_fill))
         .show(ui, |ui| {
             let Some(open) = &app.open else {
                 ui.centered_and_justified(|ui| {
