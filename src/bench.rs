@@ -338,7 +338,12 @@ pub fn edit(
 /// `patch`³ and `batch`, on the CPU (burn flex) and, when a hardware GPU is present, on wgpu;
 /// beside the same architecture in PyTorch (`benches/reference/train_torch.py`) when python3 with
 /// torch is installed. Returns the figures and notes on what was skipped.
-pub fn train(patch: usize, batch: usize, steps: usize) -> (Vec<Figure>, Vec<String>) {
+pub fn train(
+    patch: usize,
+    batch: usize,
+    steps: usize,
+    software_gpu: bool,
+) -> (Vec<Figure>, Vec<String>) {
     use crate::model::{train_step, Batch, MultiTaskUNetConfig, TrainingConfig};
     use burn::prelude::*;
     use burn::tensor::{Distribution, Int};
@@ -374,9 +379,16 @@ pub fn train(patch: usize, batch: usize, steps: usize) -> (Vec<Figure>, Vec<Stri
     let (device, about) = crate::model::choose_device("auto");
     if about.starts_with("GPU") {
         figures.push(fig("train_steps_per_s_gpu".into(), run(device), "steps/s"));
+    } else if software_gpu {
+        // wgpu on the software Vulkan device (lavapipe): the same burn code path as a GPU.
+        figures.push(fig(
+            "train_steps_per_s_wgpu_software".into(),
+            run(Device::wgpu(DeviceKind::DefaultDevice)),
+            "steps/s",
+        ));
     } else {
         notes.push(format!(
-            "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes)"
+            "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes; --software-gpu measures it)"
         ));
     }
     let script =

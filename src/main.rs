@@ -245,6 +245,10 @@ enum Command {
         /// generated file in a temporary folder, removed afterwards.
         #[arg(long)]
         file: Option<PathBuf>,
+        /// train: also measure wgpu on a software Vulkan device (lavapipe) when no hardware GPU
+        /// is present (its first step compiles shaders for minutes).
+        #[arg(long)]
+        software_gpu: bool,
     },
 }
 
@@ -523,6 +527,7 @@ fn main() -> Result<()> {
             size,
             repeats,
             file,
+            software_gpu,
         } => match which {
             BenchKind::Io => {
                 let dir =
@@ -580,7 +585,7 @@ fn main() -> Result<()> {
                 );
             }
             BenchKind::Train => {
-                let (figures, notes) = bench::train(size, 2, repeats);
+                let (figures, notes) = bench::train(size, 2, repeats, software_gpu);
                 for f in &figures {
                     println!("{f}");
                 }
