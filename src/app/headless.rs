@@ -15,7 +15,7 @@ pub struct HeadlessWindow {
     render_state: egui_wgpu::RenderState,
     app: MriloopApp,
     frame: eframe::Frame,
-    target: wgpu::Texture,
+    target: crate::render::OffscreenTarget,
     size: [u32; 2],
     start: Instant,
     layout: Duration,
@@ -42,22 +42,11 @@ impl HeadlessWindow {
         let mut cc = eframe::CreationContext::_new_kittest(ctx.clone());
         cc.wgpu_render_state = Some(render_state.clone());
         let app = MriloopApp::new(&cc, startup);
-        let target = render_state
-            .device
-            .create_texture(&wgpu::TextureDescriptor {
-                label: Some("mriloop headless window"),
-                size: wgpu::Extent3d {
-                    width: size[0],
-                    height: size[1],
-                    depth_or_array_layers: 1,
-                },
-                mip_level_count: 1,
-                sample_count: 1,
-                dimension: wgpu::TextureDimension::D2,
-                format: render_state.target_format,
-                usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
-                view_formats: &[],
-            });
+        let target = crate::render::OffscreenTarget::with_format(
+            &render_state.device,
+            size,
+            render_state.target_format,
+        );
         Ok(Self {
             ctx,
             render_state,
@@ -120,9 +109,6 @@ impl HeadlessWindow {
             size_in_pixels: self.size,
             pixels_per_point: 1.0,
         };
-        let view = self
-            .target
-            .create_view(&wgpu::TextureViewDescriptor::default());
         let [r, g, b, a] =
             super::background_colour(&self.ctx.global_style().visuals).to_normalized_gamma_f32();
         let clear = wgpu::Color {
@@ -136,7 +122,7 @@ impl HeadlessWindow {
             (&rs.device, &rs.queue),
             &jobs,
             &screen,
-            &view,
+            self.target.view(),
             clear,
         );
         for id in &output.textures_delta.free {

@@ -555,8 +555,8 @@ impl SliceBindings {
     }
 }
 
-/// An offscreen colour target (`OFFSCREEN_FORMAT`) that views draw into, e.g. several views
-/// tiled like the app's window, and whose pixels can be read back.
+/// An offscreen colour target (`OFFSCREEN_FORMAT` unless made `with_format`) that views draw
+/// into, e.g. several views tiled like the app's window, and whose pixels can be read back.
 pub struct OffscreenTarget {
     texture: wgpu::Texture,
     view: wgpu::TextureView,
@@ -566,6 +566,12 @@ pub struct OffscreenTarget {
 impl OffscreenTarget {
     /// A target of `size` pixels.
     pub fn new(device: &wgpu::Device, size: [u32; 2]) -> Self {
+        Self::with_format(device, size, OFFSCREEN_FORMAT)
+    }
+
+    /// A target of `size` pixels in `format` (e.g. a window's surface format); `read_pixels`
+    /// expects 4 bytes per pixel.
+    pub fn with_format(device: &wgpu::Device, size: [u32; 2], format: wgpu::TextureFormat) -> Self {
         let texture = device.create_texture(&wgpu::TextureDescriptor {
             label: Some("mriloop offscreen"),
             size: wgpu::Extent3d {
@@ -576,7 +582,7 @@ impl OffscreenTarget {
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
-            format: OFFSCREEN_FORMAT,
+            format,
             usage: wgpu::TextureUsages::RENDER_ATTACHMENT | wgpu::TextureUsages::COPY_SRC,
             view_formats: &[],
         });
