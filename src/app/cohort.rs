@@ -7,7 +7,7 @@
 //! snapshot it was started on; the CSV is written atomically.
 
 use super::{Command, MriloopApp};
-use crate::model::{class_figures, dice_of};
+use crate::model::{class_figures, dice_and_volume_error};
 use crate::project::{Project, ReviewStatus};
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 
@@ -257,12 +257,7 @@ fn row_of(project: &Project, case: &crate::project::Case, labels: usize) -> Coho
     })();
     match masks {
         Ok((r, p)) if r.dims3() == p.dims3() => {
-            let vox = r.voxel_volume_mm3();
-            let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
-            for l in 1..=labels {
-                row.dice[l - 1] = dice_of(r.data(), p.data(), l as u8);
-                row.volume_error_mm3[l - 1] = count(p.data(), l as u8) - count(r.data(), l as u8);
-            }
+            (row.dice, row.volume_error_mm3) = dice_and_volume_error(&r, &p, labels);
         }
         Ok(_) => row.error = Some("predicted and corrected masks are on different grids".into()),
         Err(e) => row.error = Some(e.to_string()),

@@ -222,6 +222,24 @@ pub struct CaseEvaluation {
     pub class_probabilities: Vec<f32>,
 }
 
+/// Dice (where the reference has the label) and predicted minus reference volume (mm³) of
+/// each foreground label `1..=labels`, for two masks on the reference's grid.
+pub fn dice_and_volume_error(
+    reference: &crate::volume::Volume<u8>,
+    predicted: &crate::volume::Volume<u8>,
+    labels: usize,
+) -> (Vec<Option<f64>>, Vec<f64>) {
+    let vox = reference.voxel_volume_mm3();
+    let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
+    let (r, p) = (reference.data(), predicted.data());
+    (
+        (1..=labels).map(|l| dice_of(r, p, l as u8)).collect(),
+        (1..=labels)
+            .map(|l| count(p, l as u8) - count(r, l as u8))
+            .collect(),
+    )
+}
+
 /// Cohort figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CohortEvaluation {
@@ -256,18 +274,7 @@ pub fn evaluate_project(
         let reference = project.load_reference_mask(case)?;
         let p = predict_case(project, case, model, config, device)?;
         let (dice, volume_error_mm3) = match &reference {
-            Some(r) => {
-                let vox = r.voxel_volume_mm3();
-                let count = |m: &[u8], l: u8| m.iter().filter(|v| **v == l).count() as f64 * vox;
-                (
-                    (1..=labels)
-                        .map(|l| dice_of(r.data(), p.mask.data(), l as u8))
-                        .collect(),
-                    (1..=labels)
-                        .map(|l| count(p.mask.data(), l as u8) - count(r.data(), l as u8))
-                        .collect(),
-                )
-            }
+            Some(r) => dice_and_volume_error(r, &p.mask, labels),
             None => (vec![None; labels], vec![0.0; labels]),
         };
         out.push(CaseEvaluation {

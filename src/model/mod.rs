@@ -17,8 +17,8 @@ pub mod session;
 pub mod training;
 
 pub use apply::{
-    case_channels, choose_device, evaluate_project, fit_config_for, predict_case, predict_project,
-    CaseEvaluation, CohortEvaluation, FitOptions,
+    case_channels, choose_device, dice_and_volume_error, evaluate_project, fit_config_for,
+    predict_case, predict_project, CaseEvaluation, CohortEvaluation, FitOptions,
 };
 pub use data::{
     channels_of, load_samples_with, resample_case, split_labels, zscore_in_head, AugmentConfig,
