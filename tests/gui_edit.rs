@@ -5,14 +5,15 @@
 
 mod window;
 
-use egui::{Event, Modifiers, PointerButton, Pos2};
+use egui::{Event, Modifiers, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use mriloop::app::{Command, EditCommand, MriloopApp, Tool, ViewCell};
+use mriloop::app::{Command, EditCommand, MriloopApp, Tool};
 use mriloop::project::journal;
 use mriloop::render::Orientation;
 use std::path::Path;
 use std::time::Duration;
+use window::{axial, button, mask_of};
 
 fn demo_copy(dir: &Path) -> std::path::PathBuf {
     let root = mriloop::app::demo_project_copy(&dir.join("demo")).unwrap();
@@ -33,39 +34,9 @@ fn open(root: &Path) -> Harness<'static, MriloopApp> {
     h
 }
 
-fn axial(h: &Harness<'_, MriloopApp>) -> ViewCell {
-    h.state()
-        .view_cells()
-        .iter()
-        .find(|c| c.orientation == Orientation::Axial)
-        .cloned()
-        .unwrap()
-}
-
-fn mask_of(h: &Harness<'_, MriloopApp>) -> Vec<u8> {
-    h.state()
-        .open_case()
-        .unwrap()
-        .loaded
-        .reference
-        .as_ref()
-        .unwrap()
-        .data()
-        .to_vec()
-}
-
 fn px(img: &image::RgbaImage, p: Pos2) -> [u8; 3] {
     let v = img.get_pixel(p.x as u32, p.y as u32).0;
     [v[0], v[1], v[2]]
-}
-
-fn button(h: &Harness<'_, MriloopApp>, pos: Pos2, pressed: bool) {
-    h.event(Event::PointerButton {
-        pos,
-        button: PointerButton::Primary,
-        pressed,
-        modifiers: Modifiers::NONE,
-    });
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod window;
 
-use egui::{Event, Modifiers, PointerButton};
+use egui::Event;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use mriloop::app::training::{TrainCommand, TrainSettings};
@@ -58,21 +58,8 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     h.key_press(egui::Key::B);
     h.step();
     assert_eq!(h.state().tools().tool, Tool::Brush);
-    let cell = h
-        .state()
-        .view_cells()
-        .iter()
-        .find(|c| c.orientation == Orientation::Axial)
-        .cloned()
-        .unwrap();
-    let mask_before = h
-        .state()
-        .open_case()
-        .unwrap()
-        .loaded
-        .reference
-        .clone()
-        .unwrap();
+    let cell = window::axial(&h);
+    let mask_before = window::mask_of(&h);
     let pass_before = h.ctx.cumulative_pass_nr();
     let mut frames = 0u64;
     let mut slices_seen = std::collections::HashSet::new();
@@ -80,12 +67,7 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
         let cursor = h.state().open_case().unwrap().viewer.cursor_mm;
         let at = cell.pos_of_mm(cursor + cell.plane.right * (4.0 + (k % 8) as f64));
         h.event(Event::PointerMoved(at));
-        h.event(Event::PointerButton {
-            pos: at,
-            button: PointerButton::Primary,
-            pressed: k % 2 == 0,
-            modifiers: Modifiers::NONE,
-        });
+        window::button(&h, at, k % 2 == 0);
         if k % 5 == 0 {
             h.state_mut().push(Command::StepSlice(
                 Orientation::Axial,
@@ -110,19 +92,7 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     // Every frame ran (at least one egui pass each) while training did.
     assert!(h.ctx.cumulative_pass_nr() - pass_before >= frames);
     assert!(slices_seen.len() >= 2, "slices seen: {slices_seen:?}");
-    let mask_after = h
-        .state()
-        .open_case()
-        .unwrap()
-        .loaded
-        .reference
-        .clone()
-        .unwrap();
-    assert_ne!(
-        mask_before.data(),
-        mask_after.data(),
-        "painting had no effect"
-    );
+    assert_ne!(mask_before, window::mask_of(&h), "painting had no effect");
     // The plot shows the points: render a frame with the panel.
     h.render().unwrap();
 

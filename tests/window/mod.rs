@@ -2,8 +2,10 @@
 //! step it until a case is loaded.
 #![allow(dead_code)]
 
+use egui::{Event, Modifiers, PointerButton, Pos2};
 use egui_kittest::Harness;
-use mriloop::app::{MriloopApp, Startup};
+use mriloop::app::{MriloopApp, Startup, ViewCell};
+use mriloop::render::Orientation;
 use std::path::Path;
 use std::time::Duration;
 
@@ -30,4 +32,37 @@ pub fn open_project(root: &Path, size: [f32; 2]) -> Harness<'static, MriloopApp>
     assert!(open, "{:?}", h.state().error());
     h.step();
     h
+}
+
+/// The axial view's cell as last drawn.
+pub fn axial(h: &Harness<'_, MriloopApp>) -> ViewCell {
+    h.state()
+        .view_cells()
+        .iter()
+        .find(|c| c.orientation == Orientation::Axial)
+        .cloned()
+        .unwrap()
+}
+
+/// The open case's reference mask voxels.
+pub fn mask_of(h: &Harness<'_, MriloopApp>) -> Vec<u8> {
+    h.state()
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .as_ref()
+        .unwrap()
+        .data()
+        .to_vec()
+}
+
+/// Press (`pressed`) or release the primary button at `pos`.
+pub fn button(h: &Harness<'_, MriloopApp>, pos: Pos2, pressed: bool) {
+    h.event(Event::PointerButton {
+        pos,
+        button: PointerButton::Primary,
+        pressed,
+        modifiers: Modifiers::NONE,
+    });
 }
