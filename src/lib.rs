@@ -2,7 +2,8 @@
 //!
 //! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
 //! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
-//! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `app` (the
+//! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `experiment` (arms × seeds trained
+//! and compared on held-out cases) builds on `model` and `project`; `app` (the
 //! eframe review window), `closed_loop` (the review–correct–train loop scripted end to end) and
 //! the CLI sit on top.
 
@@ -11,6 +12,7 @@ pub mod atomic;
 pub mod bench;
 pub mod closed_loop;
 pub mod edit;
+pub mod experiment;
 pub mod model;
 pub mod phantom;
 pub mod project;

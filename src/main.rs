@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mriloop::project::{nnunet, InputForm, Project};
 use mriloop::volume::{read_header, read_volume};
 use mriloop::{app, bench, model, phantom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Review, correct and train a multi-task brain-MRI network in one native app.
 #[derive(Parser)]
@@ -51,6 +51,12 @@ enum Command {
         /// Time points of a 4D case.
         #[arg(long, default_value_t = 100)]
         frames: usize,
+        /// Voxel size (mm, isotropic) of 3D/2D cases (default: random 0.7–1.2 mm per axis).
+        #[arg(long)]
+        voxel_mm: Option<f64>,
+        /// White-matter lesions each visible on only one of T1, T2 and FLAIR.
+        #[arg(long)]
+        sequence_specific_lesions: bool,
     },
     /// Describe a NIfTI file: dims, spacing, affine, datatype, orientation, intensity range.
     Info {
@@ -230,6 +236,22 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         pause_ms: u64,
     },
+    /// Run an experiment: the plan's arms × seeds trained with the same budget, each evaluated on
+    /// the same held-out test cases; writes OUT/report.md, OUT/cases.csv and PNG plots, and
+    /// prints `metric:` lines per arm
+    Experiment {
+        /// The project folder.
+        project: PathBuf,
+        /// The plan (JSON): seeds, test split, base settings and arms.
+        #[arg(long)]
+        plan: PathBuf,
+        /// The report folder (created; runs go to OUT/runs).
+        #[arg(long)]
+        out: PathBuf,
+        /// Override the plan's backend: cpu, gpu or auto.
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Run a benchmark and print `bench:` lines.
     Bench {
         /// Which benchmark.
@@ -317,9 +339,14 @@ fn main() -> Result<()> {
             form,
             grid,
             frames,
+            voxel_mm,
+            sequence_specific_lesions,
         } => {
             if grid < 8 {
                 bail!("--grid must be at least 8");
+            }
+            if voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
+                bail!("--voxel-mm must be between 0.2 and 5");
             }
             let cfg = phantom::PhantomConfig {
                 cases,
@@ -331,6 +358,8 @@ fn main() -> Result<()> {
                 },
                 grid,
                 frames,
+                voxel_mm,
+                sequence_specific_lesions,
             };
             let bar = indicatif::ProgressBar::new(cases as u64);
             let project =
@@ -522,6 +551,12 @@ fn main() -> Result<()> {
                 out.display()
             );
         }
+        Command::Experiment {
+            project,
+            plan,
+            out,
+            backend,
+        } => experiment_cli(&project, &plan, &out, backend)?,
         Command::Bench {
             which,
             size,
@@ -598,6 +633,101 @@ fn main() -> Result<()> {
             }
         },
     }
+    Ok(())
+}
+
+fn experiment_cli(
+    project: &Path,
+    plan_path: &Path,
+    out: &Path,
+    backend: Option<String>,
+) -> Result<()> {
+    use mriloop::experiment::{self, ExperimentEvent, ExperimentPlan};
+    let mut plan = ExperimentPlan::load(plan_path)?;
+    if let Some(b) = backend {
+        plan.backend = b;
+    }
+    let p = Project::open(project)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let total: usize = (0..plan.arms.len())
+        .map(|a| {
+            let o = plan.settings(a).options(0);
+            o.epochs * o.steps_per_epoch * plan.seeds.len()
+        })
+        .sum();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} steps {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let control = model::FitControl::default();
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| experiment::run_experiment(&p, &plan, out, &tx, &control));
+        let (mut done, mut run_label, mut runs) = (0u64, String::new(), 0);
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+                Ok(ExperimentEvent::Started {
+                    runs: n,
+                    test_cases,
+                    device,
+                }) => {
+                    runs = n;
+                    say(format!(
+                        "{n} runs on {device}; test cases: {}",
+                        test_cases.join(", ")
+                    ));
+                }
+                Ok(ExperimentEvent::RunStarted {
+                    index, arm, seed, ..
+                }) => {
+                    run_label = format!("run {}/{runs}: {arm} seed {seed}", index + 1);
+                    bar.set_message(run_label.clone());
+                }
+                Ok(ExperimentEvent::Fit(model::FitEvent::Train(model::TrainEvent::Step {
+                    ..
+                }))) => {
+                    done += 1;
+                    bar.set_position(done);
+                }
+                Ok(ExperimentEvent::Evaluating { .. }) => {
+                    bar.set_message(format!("{run_label}: evaluating"));
+                }
+                Ok(ExperimentEvent::RunFinished { seconds, .. }) => {
+                    say(format!("{run_label}: done in {seconds:.0} s"));
+                }
+                Ok(_) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if worker.is_finished() {
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        worker.join()
+    });
+    bar.finish_and_clear();
+    let result = result.map_err(|_| anyhow::anyhow!("the experiment thread panicked"))??;
+    let plots = app::experiment_plots::write_plots(&result, out)
+        .map_err(|e| anyhow::anyhow!("writing the plots into {}: {e}", out.display()))?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    experiment::report::write_report(&result, out, &command, &plots)?;
+    for arm in &result.plan.arms {
+        for (name, value) in experiment::report::headline(&result, &arm.name) {
+            println!("metric: {}_{name} = {value:.4}", arm.name);
+        }
+    }
+    println!("report: {}", out.join("report.md").display());
     Ok(())
 }
 

@@ -311,6 +311,7 @@ fn project_with_prediction(dir: &std::path::Path) -> (Project, f64) {
         form: InputForm::Volume3d,
         grid: 32,
         frames: 1,
+        ..Default::default()
     };
     let mut p = mriloop::phantom::generate_project(dir, &cfg, |_, _| {}).unwrap();
     let case = p.manifest.cases[1].clone();

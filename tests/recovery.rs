@@ -21,6 +21,7 @@ fn phantom(dir: &Path) -> Project {
         form: InputForm::Volume3d,
         grid: 24,
         frames: 1,
+        ..Default::default()
     };
     mriloop::phantom::generate_project(dir, &cfg, |_, _| {}).unwrap()
 }

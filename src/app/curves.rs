@@ -1,6 +1,7 @@
 //! Training curves with egui_plot: the training loss per step (total and each task's term) and
-//! the validation figures per epoch, drawn into any `Ui` (the app's live panel) or rendered offscreen through egui-wgpu to a
-//! PNG (`mriloop train --plot`).
+//! the validation figures per epoch, drawn into any `Ui` (the app's live panel) or rendered
+//! offscreen through egui-wgpu to a PNG (`mriloop train --plot`; `write_ui_png` does the same for
+//! any drawing, e.g. an experiment's plots).
 //!
 //! Invariants: the offscreen render uses the same plot code as the app; a PNG is written
 //! atomically.
@@ -56,7 +57,7 @@ impl Curves {
     }
 }
 
-const PALETTE: [egui::Color32; 8] = [
+pub(crate) const PALETTE: [egui::Color32; 8] = [
     egui::Color32::from_rgb(220, 60, 60),
     egui::Color32::from_rgb(60, 130, 230),
     egui::Color32::from_rgb(230, 180, 20),
@@ -68,7 +69,7 @@ const PALETTE: [egui::Color32; 8] = [
 ];
 
 /// Moving average of `w` points.
-fn smooth(points: &[(usize, f64)], w: usize) -> Vec<[f64; 2]> {
+pub(crate) fn smooth(points: &[(usize, f64)], w: usize) -> Vec<[f64; 2]> {
     let w = w.max(1);
     let mut out = Vec::with_capacity(points.len());
     let mut sum = 0.0;
@@ -154,6 +155,16 @@ pub fn show(ui: &mut egui::Ui, curves: &Curves) {
 
 /// Render the curves offscreen (`size` pixels) and write them as a PNG.
 pub fn write_png(curves: &Curves, size: [u32; 2], path: &std::path::Path) -> Result<(), String> {
+    write_ui_png(size, path, |ui| show(ui, curves))
+}
+
+/// Render `draw` (any egui drawing, e.g. plots) offscreen on a light background at `size`
+/// pixels and write it as a PNG (atomically).
+pub fn write_ui_png(
+    size: [u32; 2],
+    path: &std::path::Path,
+    draw: impl Fn(&mut egui::Ui),
+) -> Result<(), String> {
     let gpu = crate::render::GpuContext::headless().map_err(|e| e.to_string())?;
     let format = crate::render::OFFSCREEN_FORMAT;
     let ctx = egui::Context::default();
@@ -167,10 +178,10 @@ pub fn write_png(curves: &Curves, size: [u32; 2], path: &std::path::Path) -> Res
     };
     // Two passes: the first lays out fonts and plot bounds, the second draws them settled.
     let mut first = ctx.run_ui(input.clone(), |ui| {
-        egui::CentralPanel::default().show(ui, |ui| show(ui, curves));
+        egui::CentralPanel::default().show(ui, |ui| draw(ui));
     });
     let mut output = ctx.run_ui(input, |ui| {
-        egui::CentralPanel::default().show(ui, |ui| show(ui, curves));
+        egui::CentralPanel::default().show(ui, |ui| draw(ui));
     });
     let mut renderer = egui_wgpu::Renderer::new(&gpu.device, format, Default::default());
     for delta in [&mut first.textures_delta, &mut output.textures_delta] {

@@ -11,6 +11,7 @@ pub mod cohort;
 pub mod curves;
 mod edit_panel;
 mod editing;
+pub mod experiment_plots;
 pub mod headless;
 mod loader;
 mod panels;

@@ -216,6 +216,8 @@ pub struct CaseEvaluation {
     pub dice: Vec<Option<f64>>,
     /// Predicted minus reference labelled volume (mm³), per foreground label.
     pub volume_error_mm3: Vec<f64>,
+    /// HD95 (mm) per foreground label, where both masks have it.
+    pub hd95_mm: Vec<Option<f64>>,
     /// Reference class index.
     pub class: Option<usize>,
     /// Predicted class probabilities.
@@ -277,10 +279,18 @@ pub fn evaluate_project(
             Some(r) => dice_and_volume_error(r, &p.mask, labels),
             None => (vec![None; labels], vec![0.0; labels]),
         };
+        let hd95_mm = (1..=labels)
+            .map(|l| {
+                reference
+                    .as_ref()
+                    .and_then(|r| crate::volume::distance::hd95_mm(r, &p.mask, l as u8))
+            })
+            .collect();
         out.push(CaseEvaluation {
             case_id: case.id.clone(),
             dice,
             volume_error_mm3,
+            hd95_mm,
             class: case
                 .class_label
                 .as_ref()

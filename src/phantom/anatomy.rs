@@ -38,6 +38,12 @@ pub enum Tissue {
     TumourRim,
     /// Non-enhancing tumour core.
     TumourCore,
+    /// White-matter lesion seen on FLAIR only (iso on T1 and T2).
+    LesionFlairOnly,
+    /// White-matter lesion seen on T2 only (iso on T1 and FLAIR).
+    LesionT2Only,
+    /// White-matter lesion seen on T1 only (dark; iso on T2 and FLAIR).
+    LesionT1Only,
 }
 
 impl Tissue {
@@ -46,7 +52,10 @@ impl Tissue {
         match self {
             Tissue::HabenulaL => super::LABEL_HABENULA_L,
             Tissue::HabenulaR => super::LABEL_HABENULA_R,
-            Tissue::Lesion => super::LABEL_LESION,
+            Tissue::Lesion
+            | Tissue::LesionFlairOnly
+            | Tissue::LesionT2Only
+            | Tissue::LesionT1Only => super::LABEL_LESION,
             Tissue::Infarct => super::LABEL_INFARCT,
             Tissue::TumourRim | Tissue::TumourCore => super::LABEL_TUMOUR,
             _ => 0,
@@ -63,6 +72,12 @@ pub enum LesionKind {
     Infarct,
     /// Enhancing tumour.
     Tumour,
+    /// White-matter lesion visible on FLAIR only.
+    FlairOnly,
+    /// White-matter lesion visible on T2 only.
+    T2Only,
+    /// White-matter lesion visible on T1 only.
+    T1Only,
 }
 
 /// One focal lesion (an ellipsoid in anatomical mm).
@@ -115,7 +130,13 @@ pub struct Anatomy {
 
 impl Anatomy {
     /// A random anatomy for a field of view of `2·half_fov_mm`; `patient` adds lesions.
-    pub fn random(rng: &mut ChaCha8Rng, half_fov_mm: f64, patient: bool) -> Self {
+    /// `sequence_specific`: each white-matter lesion is visible on one of T1, T2 and FLAIR only.
+    pub fn random(
+        rng: &mut ChaCha8Rng,
+        half_fov_mm: f64,
+        patient: bool,
+        sequence_specific: bool,
+    ) -> Self {
         let s = half_fov_mm;
         let mut jitter = |lo: f64, hi: f64| rng.random_range(lo..hi);
         let head = DVec3::new(
@@ -173,9 +194,23 @@ impl Anatomy {
                     _ => LesionKind::Tumour,
                 }
             };
+            let kind = match (kind, sequence_specific) {
+                (LesionKind::Flair, true) => match rng.random_range(0..3) {
+                    0 => LesionKind::FlairOnly,
+                    1 => LesionKind::T2Only,
+                    _ => LesionKind::T1Only,
+                },
+                (k, _) => k,
+            };
             let r = match (kind, patient) {
                 (_, false) => rng.random_range(1.2..2.0),
-                (LesionKind::Flair, _) => rng.random_range(1.5..4.0),
+                (
+                    LesionKind::Flair
+                    | LesionKind::FlairOnly
+                    | LesionKind::T2Only
+                    | LesionKind::T1Only,
+                    _,
+                ) => rng.random_range(1.5..4.0),
                 (LesionKind::Infarct, _) => rng.random_range(2.0..5.0),
                 (LesionKind::Tumour, _) => rng.random_range(3.0..6.0),
             } * (s / 32.0).clamp(0.5, 3.0);
@@ -242,6 +277,9 @@ impl Anatomy {
             if r < 1.0 {
                 return match l.kind {
                     LesionKind::Flair => Tissue::Lesion,
+                    LesionKind::FlairOnly => Tissue::LesionFlairOnly,
+                    LesionKind::T2Only => Tissue::LesionT2Only,
+                    LesionKind::T1Only => Tissue::LesionT1Only,
                     LesionKind::Infarct => Tissue::Infarct,
                     LesionKind::Tumour if r > 0.65 => Tissue::TumourRim,
                     LesionKind::Tumour => Tissue::TumourCore,

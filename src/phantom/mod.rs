@@ -10,6 +10,9 @@
 //! white-matter lesions) and a smaller tiny structure (21–27 mm³ per side against 30–38 mm³);
 //! some controls have one small white-matter lesion.
 //!
+//! Options: a fixed isotropic voxel size instead of the random one, and white-matter lesions that
+//! each show on only one of T1, T2 and FLAIR (a question only multi-sequence input answers).
+//!
 //! Variants: 2D (single slices through the tiny structure) and 4D (BOLD-like time series at 3 mm
 //! with three correlated networks, whose default-mode pair decouples in patients).
 
@@ -54,6 +57,11 @@ pub struct PhantomConfig {
     pub grid: usize,
     /// Time points of a 4D case.
     pub frames: usize,
+    /// Voxel size (mm, isotropic) of 3D and 2D cases; `None`: a random 0.7–1.2 mm per axis.
+    pub voxel_mm: Option<f64>,
+    /// White-matter lesions each visible on one of T1, T2 and FLAIR only (instead of bright on
+    /// T2 and FLAIR together), so that only the three sequences together show them all.
+    pub sequence_specific_lesions: bool,
 }
 
 impl Default for PhantomConfig {
@@ -64,6 +72,8 @@ impl Default for PhantomConfig {
             form: InputForm::Volume3d,
             grid: 64,
             frames: 100,
+            voxel_mm: None,
+            sequence_specific_lesions: false,
         }
     }
 }
@@ -232,10 +242,13 @@ fn contrast(t: Tissue) -> [f64; 6] {
         Tissue::Infarct => [480.0, 780.0, 800.0, 480.0, 950.0, 0.35],
         Tissue::TumourRim => [520.0, 700.0, 720.0, 1000.0, 600.0, 0.9],
         Tissue::TumourCore => [400.0, 850.0, 650.0, 420.0, 450.0, 1.4],
+        Tissue::LesionFlairOnly => [800.0, 450.0, 900.0, 800.0, 420.0, 0.72],
+        Tissue::LesionT2Only => [800.0, 850.0, 430.0, 800.0, 420.0, 0.72],
+        Tissue::LesionT1Only => [450.0, 450.0, 430.0, 450.0, 420.0, 0.72],
     }
 }
 
-const TISSUES: [Tissue; 13] = [
+const TISSUES: [Tissue; 16] = [
     Tissue::Air,
     Tissue::Scalp,
     Tissue::Skull,
@@ -249,6 +262,9 @@ const TISSUES: [Tissue; 13] = [
     Tissue::Infarct,
     Tissue::TumourRim,
     Tissue::TumourCore,
+    Tissue::LesionFlairOnly,
+    Tissue::LesionT2Only,
+    Tissue::LesionT1Only,
 ];
 
 fn tissue_of(code: u8) -> Tissue {
@@ -438,8 +454,9 @@ fn generate_3d(
     patient: bool,
 ) -> Result<PhantomCase, VolumeError> {
     let fov = cfg.grid as f64;
-    let grid = Grid::random(rng, fov, (0.7, 1.2), None);
-    let anatomy = Anatomy::random(rng, fov / 2.0, patient);
+    let spacing = cfg.voxel_mm.map_or((0.7, 1.2), |v| (v, v));
+    let grid = Grid::random(rng, fov, spacing, None);
+    let anatomy = Anatomy::random(rng, fov / 2.0, patient, cfg.sequence_specific_lesions);
     let mut tissue = tissue_map(&grid, &anatomy);
     let targets = if patient {
         [rng.random_range(21.0..27.0), rng.random_range(21.0..27.0)]
@@ -574,7 +591,7 @@ fn generate_4d(
     let spacing = 3.0;
     let fov = cfg.grid as f64 * spacing;
     let grid = Grid::random(rng, fov, (spacing, spacing), Some(cfg.grid));
-    let anatomy = Anatomy::random(rng, fov / 2.0, patient);
+    let anatomy = Anatomy::random(rng, fov / 2.0, patient, false);
     let tissue = tissue_map(&grid, &anatomy);
     let t_len = cfg.frames.max(2);
     // Coupling of each node pair: patients' default-mode pair decouples.
@@ -714,7 +731,7 @@ pub fn benchmark_t1(size: usize, seed: u64) -> Result<Volume<f32>, VolumeError> 
     let mut rng = case_rng(seed, 0);
     let fov = size as f64;
     let grid = Grid::random(&mut rng, fov, (1.0, 1.0), Some(size));
-    let anatomy = Anatomy::random(&mut rng, fov / 2.0, true);
+    let anatomy = Anatomy::random(&mut rng, fov / 2.0, true, false);
     let tissue = tissue_map(&grid, &anatomy);
     let mut img: Vec<f32> = tissue
         .iter()

@@ -1,0 +1,543 @@
+//! Experiments: a declared set of trainings (arms × seeds) on one project with the same budget,
+//! each evaluated on the same held-out test cases, and a report comparing them — the research's
+//! questions (multi-sequence vs single, joint vs single task, resolution) asked of a project.
+//!
+//! A plan (`ExperimentPlan`, JSON) names the seeds, how the test cases are chosen, the settings
+//! every arm shares (`base`) and what each arm changes (`set`). `run_experiment` trains and
+//! evaluates every run in turn, reporting `ExperimentEvent`s through a channel (the CLI's progress
+//! bar and the app's Experiment panel read them) and stopping at the next step when cancelled;
+//! `report::write_report` writes `report.md` and `cases.csv` from the result.
+//!
+//! Invariants: the test cases are fixed by the plan before any training and are never trained or
+//! validated on; every arm and seed sees the same training and validation cases; a run's folder
+//! (`runs/<arm>/seed<k>/`) holds its fit.json and checkpoints; nothing is written into the
+//! project.
+
+pub mod report;
+pub mod stats;
+
+use crate::model::apply::{choose_device, evaluate_project, fit_config_for, CaseEvaluation};
+use crate::model::data::{load_samples_with, SampleSelection};
+use crate::model::fit::{fit, split_by_case, EpochSummary, FitConfig, FitControl, FitEvent};
+use crate::model::training::{load_checkpoint, CheckpointError, TaskMode, TrainEvent};
+use crate::model::FitOptions;
+use crate::project::{Project, ProjectError};
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+
+/// Largest plan file read (a plan is a few hundred bytes; anything larger is not one).
+const MAX_PLAN_BYTES: u64 = 1 << 20;
+
+/// Errors of an experiment. Each names the file or the setting at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// The plan file is unreadable or invalid.
+    #[error("{path}: {problem}")]
+    Plan {
+        /// The plan file (or `plan` for one given in memory).
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The project or one of its files.
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The output folder.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Cancelled before every run finished.
+    #[error("the experiment was cancelled")]
+    Cancelled,
+}
+
+/// The training settings an arm may set; unset ones come from the plan's `base`, then from the
+/// defaults below.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmSettings {
+    /// Input sequences (default: the project's first two; all of a 4D project).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<Vec<String>>,
+    /// Tasks: `joint`, `seg` or `class` (default joint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Epochs (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Steps per epoch (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_epoch: Option<usize>,
+    /// Patch edge in voxels (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<usize>,
+    /// Patches per batch (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    /// Edge of the whole-head crop the class is learned from (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_window: Option<usize>,
+    /// A whole-head class step every this many steps in joint mode (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_every: Option<usize>,
+    /// Channels of the network's first level (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_channels: Option<usize>,
+    /// Resample cases to this voxel size (mm) for training and prediction (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spacing_mm: Option<f64>,
+    /// Learning rate (default 0.002).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f64>,
+}
+
+impl ArmSettings {
+    /// These settings, with unset ones taken from `base`.
+    pub fn over(&self, base: &ArmSettings) -> ArmSettings {
+        ArmSettings {
+            sequences: self.sequences.clone().or_else(|| base.sequences.clone()),
+            mode: self.mode.clone().or_else(|| base.mode.clone()),
+            epochs: self.epochs.or(base.epochs),
+            steps_per_epoch: self.steps_per_epoch.or(base.steps_per_epoch),
+            patch: self.patch.or(base.patch),
+            batch: self.batch.or(base.batch),
+            class_window: self.class_window.or(base.class_window),
+            class_every: self.class_every.or(base.class_every),
+            base_channels: self.base_channels.or(base.base_channels),
+            spacing_mm: self.spacing_mm.or(base.spacing_mm),
+            learning_rate: self.learning_rate.or(base.learning_rate),
+        }
+    }
+
+    /// The fit options these settings give with `seed` (defaults filled in).
+    pub fn options(&self, seed: u64) -> FitOptions {
+        FitOptions {
+            sequences: self.sequences.clone().unwrap_or_default(),
+            epochs: self.epochs.unwrap_or(10),
+            steps_per_epoch: self.steps_per_epoch.unwrap_or(50),
+            patch: self.patch.unwrap_or(24),
+            batch: self.batch.unwrap_or(2),
+            class_window: self.class_window.unwrap_or(32),
+            base_channels: self.base_channels.unwrap_or(8),
+            mode: self.mode.clone().unwrap_or_else(|| "joint".into()),
+            spacing_mm: self.spacing_mm,
+            learning_rate: self.learning_rate.unwrap_or(2e-3),
+            seed,
+        }
+    }
+}
+
+/// One arm of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    /// Name in the report (letters, digits, `+ - _ .`).
+    pub name: String,
+    /// What this arm changes from the plan's base.
+    #[serde(default)]
+    pub set: ArmSettings,
+}
+
+/// Which checkpoint of a run is evaluated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpoint {
+    /// The state after the last step (default: no selection on validation data).
+    #[default]
+    Last,
+    /// The epoch with the best validation score.
+    Best,
+}
+
+/// A declared experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentPlan {
+    /// Title of the report.
+    pub name: String,
+    /// What it asks, for the report.
+    #[serde(default)]
+    pub description: String,
+    /// Training seeds; every arm runs once per seed.
+    pub seeds: Vec<u64>,
+    /// Test cases by id; when absent, `test_fraction` of the cases per class, drawn with
+    /// `split_seed`.
+    #[serde(default)]
+    pub test_cases: Option<Vec<String>>,
+    /// Share of the cases held out for testing (default 0.3).
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Seed of the test and validation split (default 1).
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+    /// Share of the remaining cases used for per-epoch validation curves (default 0.2).
+    #[serde(default = "default_validation_fraction")]
+    pub validation_fraction: f64,
+    /// Which checkpoint is evaluated (default `last`).
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+    /// `cpu`, `gpu` or `auto` (default auto).
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Settings every arm shares.
+    #[serde(default)]
+    pub base: ArmSettings,
+    /// The arms, the first being the baseline of the paired tests.
+    pub arms: Vec<Arm>,
+}
+
+fn default_test_fraction() -> f64 {
+    0.3
+}
+fn default_split_seed() -> u64 {
+    1
+}
+fn default_validation_fraction() -> f64 {
+    0.2
+}
+fn default_backend() -> String {
+    "auto".into()
+}
+
+impl ExperimentPlan {
+    /// Read and check a plan file (JSON).
+    pub fn load(path: &Path) -> Result<Self, ExperimentError> {
+        let bad = |problem: String| ExperimentError::Plan {
+            path: path.display().to_string(),
+            problem,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.len() > MAX_PLAN_BYTES {
+            return Err(bad(format!(
+                "{} bytes: too large for a plan (at most {MAX_PLAN_BYTES})",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let plan: ExperimentPlan = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        plan.check().map_err(bad)?;
+        Ok(plan)
+    }
+
+    /// Whether the plan can run: arms and seeds present, names usable as folder names and
+    /// unique, fractions in range.
+    pub fn check(&self) -> Result<(), String> {
+        if self.arms.is_empty() {
+            return Err("the plan has no arm".into());
+        }
+        if self.seeds.is_empty() {
+            return Err("the plan has no seed".into());
+        }
+        for (i, a) in self.arms.iter().enumerate() {
+            let ok = !a.name.is_empty()
+                && a.name.len() <= 64
+                && a.name != "."
+                && a.name != ".."
+                && a.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c));
+            if !ok {
+                return Err(format!(
+                    "arm name {:?}: use 1-64 letters, digits or + - _ .",
+                    a.name
+                ));
+            }
+            if self.arms[..i].iter().any(|b| b.name == a.name) {
+                return Err(format!("arm name {:?} is used twice", a.name));
+            }
+        }
+        if !(0.0..1.0).contains(&self.test_fraction)
+            || !(0.0..1.0).contains(&self.validation_fraction)
+        {
+            return Err("test_fraction and validation_fraction must be in [0, 1)".into());
+        }
+        Ok(())
+    }
+
+    /// The settings of arm `i` (its own over the base).
+    pub fn settings(&self, i: usize) -> ArmSettings {
+        self.arms
+            .get(i)
+            .map_or_else(|| self.base.clone(), |a| a.set.over(&self.base))
+    }
+}
+
+/// What an experiment reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExperimentEvent {
+    /// The split is made; `runs` trainings follow.
+    Started {
+        /// Number of runs (arms × seeds).
+        runs: usize,
+        /// The held-out test cases.
+        test_cases: Vec<String>,
+        /// The device, in words.
+        device: String,
+    },
+    /// Run `index` (from 0) begins.
+    RunStarted {
+        /// Run index.
+        index: usize,
+        /// Arm name.
+        arm: String,
+        /// Seed.
+        seed: u64,
+        /// Its optimisation steps.
+        steps: usize,
+    },
+    /// A step or epoch of the current run.
+    Fit(FitEvent),
+    /// The current run is trained and is being evaluated on the test cases.
+    Evaluating {
+        /// Run index.
+        index: usize,
+    },
+    /// Run `index` is evaluated.
+    RunFinished {
+        /// Run index.
+        index: usize,
+        /// Wall time of training and evaluation (s).
+        seconds: f64,
+    },
+}
+
+/// One run's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    /// Arm name.
+    pub arm: String,
+    /// Seed.
+    pub seed: u64,
+    /// Tasks trained.
+    pub mode: TaskMode,
+    /// Wall time of training and evaluation (s).
+    pub seconds: f64,
+    /// Training loss per step.
+    pub loss: Vec<(usize, f64)>,
+    /// Per-epoch summaries (validation on the validation cases).
+    pub epochs: Vec<EpochSummary>,
+    /// Evaluation of the chosen checkpoint on each test case.
+    pub cases: Vec<CaseEvaluation>,
+}
+
+impl RunResult {
+    /// Whether the run trained the segmentation.
+    pub fn segments(&self) -> bool {
+        self.mode != TaskMode::ClassificationOnly
+    }
+
+    /// Whether the run trained the classification.
+    pub fn classifies(&self) -> bool {
+        self.mode != TaskMode::SegmentationOnly
+    }
+}
+
+/// An experiment's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExperimentResult {
+    /// The plan.
+    pub plan: ExperimentPlan,
+    /// The project folder.
+    pub project: String,
+    /// Foreground label names (index 0 = label 1).
+    pub label_names: Vec<String>,
+    /// Class names.
+    pub class_names: Vec<String>,
+    /// Held-out test case ids, in evaluation order.
+    pub test_cases: Vec<String>,
+    /// Cases trained on.
+    pub training_cases: Vec<String>,
+    /// Cases validated on per epoch.
+    pub validation_cases: Vec<String>,
+    /// The device, in words.
+    pub device: String,
+    /// Every run, arm by arm and seed by seed.
+    pub runs: Vec<RunResult>,
+}
+
+/// The test cases of `plan` on `project`: the listed ids, or a share of the labelled cases per
+/// class drawn with the split seed (at least one case when the share is above 0).
+pub fn choose_test_cases(
+    project: &Project,
+    plan: &ExperimentPlan,
+) -> Result<Vec<String>, ExperimentError> {
+    let cases = &project.manifest.cases;
+    if let Some(ids) = &plan.test_cases {
+        if let Some(missing) = ids.iter().find(|id| !cases.iter().any(|c| &c.id == *id)) {
+            return Err(ExperimentError::Plan {
+                path: "plan".into(),
+                problem: format!("test case {missing} is not in the project"),
+            });
+        }
+        return Ok(ids.clone());
+    }
+    use rand::seq::SliceRandom;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.split_seed);
+    let mut chosen = Vec::new();
+    for class in &project.manifest.classes {
+        let mut ids: Vec<String> = cases
+            .iter()
+            .filter(|c| c.class_label.as_ref() == Some(class))
+            .map(|c| c.id.clone())
+            .collect();
+        ids.shuffle(&mut rng);
+        let n = (ids.len() as f64 * plan.test_fraction).round() as usize;
+        let n = if plan.test_fraction > 0.0 {
+            n.max(1)
+        } else {
+            0
+        };
+        chosen.extend(ids.into_iter().take(n));
+    }
+    chosen.sort();
+    Ok(chosen)
+}
+
+/// Run every arm × seed of `plan` on `project`, writing each run under `out/runs/`, and
+/// evaluate each on the test cases. `control` cancels at the next step.
+pub fn run_experiment(
+    project: &Project,
+    plan: &ExperimentPlan,
+    out: &Path,
+    events: &Sender<ExperimentEvent>,
+    control: &FitControl,
+) -> Result<ExperimentResult, ExperimentError> {
+    plan.check().map_err(|problem| ExperimentError::Plan {
+        path: "plan".into(),
+        problem,
+    })?;
+    let test_cases = choose_test_cases(project, plan)?;
+    let (device, about) = choose_device(&plan.backend);
+    let total_runs = plan.arms.len() * plan.seeds.len();
+    let _ = events.send(ExperimentEvent::Started {
+        runs: total_runs,
+        test_cases: test_cases.clone(),
+        device: about.clone(),
+    });
+    let mut runs = Vec::new();
+    let mut names: Option<(Vec<String>, Vec<String>)> = None;
+    let mut split: Option<(Vec<String>, Vec<String>)> = None;
+    for (a, arm) in plan.arms.iter().enumerate() {
+        let settings = plan.settings(a);
+        // Samples depend on the arm's inputs (sequences, spacing), not on the seed.
+        let first = arm_config(project, &settings, plan.seeds[0])?;
+        let samples = load_samples_with(project, &SampleSelection::for_training(&first.training))?;
+        let pool: Vec<_> = samples
+            .into_iter()
+            .filter(|s| !test_cases.contains(&s.case_id))
+            .collect();
+        if pool.len() < 2 {
+            return Err(ExperimentError::Plan {
+                path: "plan".into(),
+                problem: format!(
+                    "arm {}: {} training cases with a reference and a class besides the test cases; at least 2 are needed",
+                    arm.name,
+                    pool.len()
+                ),
+            });
+        }
+        let (train, val) = split_by_case(pool, plan.validation_fraction, plan.split_seed);
+        let ids = |v: &[crate::model::Sample]| v.iter().map(|s| s.case_id.clone()).collect();
+        split.get_or_insert_with(|| (ids(&train), ids(&val)));
+        for &seed in &plan.seeds {
+            if control.is_cancelled() {
+                return Err(ExperimentError::Cancelled);
+            }
+            let index = runs.len();
+            let config = arm_config(project, &settings, seed)?;
+            names.get_or_insert_with(|| {
+                (
+                    config
+                        .training
+                        .label_names
+                        .iter()
+                        .skip(1)
+                        .cloned()
+                        .collect(),
+                    config.training.class_names.clone(),
+                )
+            });
+            let started = std::time::Instant::now();
+            let _ = events.send(ExperimentEvent::RunStarted {
+                index,
+                arm: arm.name.clone(),
+                seed,
+                steps: config.epochs * config.steps_per_epoch,
+            });
+            let dir = out.join("runs").join(&arm.name).join(format!("seed{seed}"));
+            crate::model::session::write_run_files(&dir, &config, &val)?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let fitted = std::thread::scope(|scope| {
+                let relay = scope.spawn(|| {
+                    let mut loss = Vec::new();
+                    for e in rx {
+                        if let FitEvent::Train(TrainEvent::Step { step, loss: l }) = &e {
+                            loss.push((*step, l.total));
+                        }
+                        let _ = events.send(ExperimentEvent::Fit(e));
+                    }
+                    loss
+                });
+                let r = fit(&config, train.clone(), &val, &device, &dir, &tx, control);
+                drop(tx);
+                (r, relay.join().unwrap_or_default())
+            });
+            let (result, loss) = (fitted.0?, fitted.1);
+            if control.is_cancelled() {
+                return Err(ExperimentError::Cancelled);
+            }
+            let _ = events.send(ExperimentEvent::Evaluating { index });
+            let ckpt = match plan.checkpoint {
+                Checkpoint::Last => &result.last,
+                Checkpoint::Best => &result.best,
+            };
+            let (cfg, net) = load_checkpoint(ckpt, &device)?;
+            let (cases, _) =
+                evaluate_project(project, &net, &cfg, &device, Some(&test_cases), |_, _| {})?;
+            let seconds = started.elapsed().as_secs_f64();
+            let _ = events.send(ExperimentEvent::RunFinished { index, seconds });
+            runs.push(RunResult {
+                arm: arm.name.clone(),
+                seed,
+                mode: config.training.mode,
+                seconds,
+                loss,
+                epochs: result.epochs,
+                cases,
+            });
+        }
+    }
+    let (label_names, class_names) = names.unwrap_or_default();
+    let (training_cases, validation_cases) = split.unwrap_or_default();
+    Ok(ExperimentResult {
+        plan: plan.clone(),
+        project: project.root().display().to_string(),
+        label_names,
+        class_names,
+        test_cases,
+        training_cases,
+        validation_cases,
+        device: about,
+        runs,
+    })
+}
+
+/// The fit configuration of an arm's settings with `seed` on `project`.
+fn arm_config(
+    project: &Project,
+    settings: &ArmSettings,
+    seed: u64,
+) -> Result<FitConfig, ExperimentError> {
+    let config = fit_config_for(project, &settings.options(seed))?;
+    let class_every = settings.class_every.unwrap_or(4).max(1);
+    Ok(config.with_class_every(class_every))
+}

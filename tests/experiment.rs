@@ -1,0 +1,235 @@
+//! Experiments: plan checks, the statistics and distances of the report, and a tiny two-arm plan
+//! run end to end on a phantom project on the CPU backend (report, per-case CSV and plots).
+
+use mriloop::experiment::stats::{mean_sd, paired_permutation_test, roc_curve};
+use mriloop::experiment::{run_experiment, ExperimentPlan};
+use mriloop::phantom::{generate_project, PhantomConfig};
+use mriloop::volume::distance::{hd95_mm, squared_distance_mm2};
+use mriloop::volume::{Affine, Volume};
+
+#[test]
+fn permutation_test_and_roc_match_hand_computed_values() {
+    // Three positive differences: only the all-positive and all-negative patterns are as
+    // extreme, 2 of 8.
+    let a = [Some(0.5), Some(0.5), Some(0.5), None];
+    let b = [Some(0.6), Some(0.7), Some(0.8), Some(0.9)];
+    let t = paired_permutation_test(&a, &b).unwrap();
+    assert_eq!(t.n, 3);
+    assert!((t.mean_difference - 0.2).abs() < 1e-12);
+    assert!((t.p_value - 0.25).abs() < 1e-12 && t.exact);
+    // Differences of both signs that cancel: every pattern is as extreme.
+    let t = paired_permutation_test(&[Some(0.0), Some(0.0)], &[Some(1.0), Some(-1.0)]).unwrap();
+    assert!((t.p_value - 1.0).abs() < 1e-12);
+    // 20 pairs: sampled, and a clear shift is significant.
+    let a: Vec<Option<f64>> = (0..20).map(|i| Some(i as f64 * 0.01)).collect();
+    let b: Vec<Option<f64>> = (0..20).map(|i| Some(i as f64 * 0.01 + 0.1)).collect();
+    let t = paired_permutation_test(&a, &b).unwrap();
+    assert!(!t.exact && t.p_value < 0.001, "{t:?}");
+    let (m, sd) = mean_sd(&[1.0, 2.0, 3.0]).unwrap();
+    assert!((m - 2.0).abs() < 1e-12 && (sd - 1.0).abs() < 1e-12);
+    let roc = roc_curve(&[0.9, 0.8, 0.3, 0.1], &[true, true, false, false]).unwrap();
+    assert_eq!(
+        roc,
+        vec![(0.0, 0.0), (0.0, 0.5), (0.0, 1.0), (0.5, 1.0), (1.0, 1.0)]
+    );
+    assert!(roc_curve(&[0.1], &[true]).is_none());
+}
+
+#[test]
+fn distance_transform_is_exact_and_hd95_measures_a_shift() {
+    let dims = [9, 7, 5];
+    let spacing = [0.7, 1.0, 2.5];
+    let n = dims.iter().product::<usize>();
+    let feature: Vec<bool> = (0..n).map(|i| i % 17 == 3 || i == 200).collect();
+    let d2 = squared_distance_mm2(&feature, dims, spacing);
+    let coord = |i: usize| [i % 9, (i / 9) % 7, i / 63];
+    for i in 0..n {
+        let p = coord(i);
+        let brute = (0..n)
+            .filter(|j| feature[*j])
+            .map(|j| {
+                let q = coord(j);
+                (0..3)
+                    .map(|a| ((p[a] as f64 - q[a] as f64) * spacing[a]).powi(2))
+                    .sum::<f64>()
+            })
+            .fold(f64::INFINITY, f64::min);
+        assert!(
+            (d2[i] - brute).abs() < 1e-9,
+            "voxel {p:?}: {} vs {brute}",
+            d2[i]
+        );
+    }
+    assert!(squared_distance_mm2(&vec![false; n], dims, spacing)
+        .iter()
+        .all(|v| v.is_infinite()));
+    // A cube and the same cube 3 voxels (1.5 mm) along x: HD95 = 1.5 mm.
+    let g = [20usize, 20, 20];
+    let affine = Affine::from_spacing([0.5, 0.5, 0.5]);
+    let cube = |x0: usize| {
+        let data = (0..8000)
+            .map(|i| {
+                let (x, y, z) = (i % 20, (i / 20) % 20, i / 400);
+                u8::from((x0..x0 + 8).contains(&x) && (5..13).contains(&y) && (5..13).contains(&z))
+            })
+            .collect();
+        Volume::new([g[0], g[1], g[2], 1], affine, data).unwrap()
+    };
+    let h = hd95_mm(&cube(4), &cube(7), 1).unwrap();
+    assert!((h - 1.5).abs() < 1e-9, "{h}");
+    assert_eq!(hd95_mm(&cube(4), &cube(4), 1), Some(0.0));
+    assert_eq!(hd95_mm(&cube(4), &cube(4), 2), None);
+}
+
+#[test]
+fn bad_plans_are_refused_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("plan.json");
+    let cases = [
+        ("{ not json", "key must be a string"),
+        (
+            r#"{"name":"x","seeds":[1],"arms":[{"name":"a","set":{"epoch":2}}]}"#,
+            "unknown field",
+        ),
+        (
+            r#"{"name":"x","seeds":[1],"arms":[{"name":"a"},{"name":"a"}]}"#,
+            "used twice",
+        ),
+        (
+            r#"{"name":"x","seeds":[],"arms":[{"name":"a"}]}"#,
+            "no seed",
+        ),
+        (
+            r#"{"name":"x","seeds":[1],"arms":[{"name":"../a"}]}"#,
+            "arm name",
+        ),
+    ];
+    for (text, problem) in cases {
+        std::fs::write(&path, text).unwrap();
+        let e = ExperimentPlan::load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("plan.json") && e.contains(problem),
+            "{text}: {e}"
+        );
+    }
+}
+
+#[test]
+fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        cases: 8,
+        seed: 5,
+        grid: 24,
+        ..PhantomConfig::default()
+    };
+    let project = generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let plan_path = dir.path().join("plan.json");
+    std::fs::write(
+        &plan_path,
+        r#"{
+          "name": "tiny",
+          "seeds": [1, 2],
+          "test_fraction": 0.25,
+          "backend": "cpu",
+          "base": {"epochs": 2, "steps_per_epoch": 2, "patch": 16, "batch": 1,
+                   "class_window": 16, "base_channels": 4},
+          "arms": [
+            {"name": "T1", "set": {"sequences": ["T1"]}},
+            {"name": "T1+T2+FLAIR", "set": {"sequences": ["T1", "T2", "FLAIR"], "mode": "seg"}}
+          ]
+        }"#,
+    )
+    .unwrap();
+    let plan = ExperimentPlan::load(&plan_path).unwrap();
+    let out = dir.path().join("report");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let control = mriloop::model::FitControl::default();
+    let result = run_experiment(&project, &plan, &out, &tx, &control).unwrap();
+    drop(tx);
+    let events: Vec<_> = rx.iter().collect();
+    let finished = events
+        .iter()
+        .filter(|e| matches!(e, mriloop::experiment::ExperimentEvent::RunFinished { .. }))
+        .count();
+    assert_eq!(finished, 4);
+    // A quarter of each class (rounded, at least one) held out.
+    for class in &project.manifest.classes {
+        let of = |ids: &mut dyn Iterator<Item = &String>| {
+            ids.filter(|id| {
+                project
+                    .manifest
+                    .cases
+                    .iter()
+                    .any(|c| &c.id == *id && c.class_label.as_ref() == Some(class))
+            })
+            .count()
+        };
+        let all = of(&mut project.manifest.cases.iter().map(|c| &c.id));
+        let held = of(&mut result.test_cases.iter());
+        assert_eq!(
+            held,
+            ((all as f64 * 0.25).round() as usize).max(1),
+            "{class}"
+        );
+    }
+    for id in &result.test_cases {
+        assert!(!result.training_cases.contains(id) && !result.validation_cases.contains(id));
+    }
+    assert_eq!(result.runs.len(), 4);
+    for run in &result.runs {
+        let ids: Vec<&str> = run.cases.iter().map(|c| c.case_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            result
+                .test_cases
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+        );
+        assert!(out
+            .join("runs")
+            .join(&run.arm)
+            .join(format!("seed{}", run.seed))
+            .join("last/model.bpk")
+            .exists());
+    }
+    let plots = mriloop::app::experiment_plots::write_plots(&result, &out).unwrap();
+    let files: Vec<&str> = plots.iter().map(|(_, f)| f.as_str()).collect();
+    assert_eq!(files, ["curves.png", "dice_boxes.png", "roc.png"]);
+    for f in &files {
+        let img = image::open(out.join(f)).unwrap();
+        assert!(img.width() >= 700);
+    }
+    mriloop::experiment::report::write_report(&result, &out, "test", &plots).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let table = |title: &str| -> Vec<String> {
+        let start = md
+            .find(title)
+            .unwrap_or_else(|| panic!("no {title} in\n{md}"));
+        md[start..]
+            .lines()
+            .skip(4)
+            .take_while(|l| l.starts_with('|'))
+            .map(String::from)
+            .collect()
+    };
+    let dice = table("## Dice per label");
+    assert_eq!(dice.len(), 2, "{dice:?}");
+    assert!(dice[0].starts_with("| T1 | ") && dice[1].starts_with("| T1+T2+FLAIR | "));
+    // The segmentation-only arm has no class figures; the joint one has.
+    let class = table("## Classification");
+    assert!(
+        class[0].starts_with("| T1 | ") && !class[0].contains("| — |"),
+        "{class:?}"
+    );
+    assert!(class[1].ends_with("| — | — |"), "{class:?}");
+    let n = result.test_cases.len();
+    assert!(
+        md.contains(&format!("| T1+T2+FLAIR | mean foreground Dice | {n} |")),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(out.join("cases.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4 * n);
+    assert!(csv.starts_with("arm,seed,case,class,p_control,p_patient,dice_habenula_L"));
+}
