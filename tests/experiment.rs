@@ -43,7 +43,7 @@ fn distance_transform_is_exact_and_hd95_measures_a_shift() {
     let feature: Vec<bool> = (0..n).map(|i| i % 17 == 3 || i == 200).collect();
     let d2 = squared_distance_mm2(&feature, dims, spacing);
     let coord = |i: usize| [i % 9, (i / 9) % 7, i / 63];
-    for i in 0..n {
+    for (i, d) in d2.iter().enumerate() {
         let p = coord(i);
         let brute = (0..n)
             .filter(|j| feature[*j])
