@@ -11,6 +11,7 @@ pub mod cohort;
 pub mod curves;
 mod edit_panel;
 mod editing;
+pub mod experiment;
 pub mod experiment_plots;
 pub mod headless;
 mod loader;
@@ -214,6 +215,8 @@ pub enum Command {
     Edit(EditCommand),
     /// Training, model versions, re-inference, next case, cohort.
     Train(training::TrainCommand),
+    /// The Experiment panel.
+    Experiment(experiment::ExperimentCommand),
 }
 
 /// A case being loaded.
@@ -283,6 +286,7 @@ pub struct MriloopApp {
     closing_stores: Vec<crate::project::store::CaseStore>,
     show_help: bool,
     training: training::TrainingState,
+    experiment: experiment::ExperimentState,
 }
 
 impl MriloopApp {
@@ -328,6 +332,7 @@ impl MriloopApp {
             closing_stores: Vec::new(),
             show_help: false,
             training: training::TrainingState::default(),
+            experiment: experiment::ExperimentState::default(),
         };
         if app.render_state.is_none() {
             app.error = Some("no wgpu device: mriloop needs a GPU or Mesa's Vulkan driver".into());
@@ -614,6 +619,7 @@ impl MriloopApp {
             Command::ToggleHelp => self.show_help = !self.show_help,
             Command::Edit(e) => self.apply_edit(e),
             Command::Train(t) => self.apply_train(t),
+            Command::Experiment(e) => self.apply_experiment(e),
             // Viewer commands with no case open (or naming a missing sequence) do nothing.
             _ => {}
         }
@@ -1094,6 +1100,7 @@ impl eframe::App for MriloopApp {
         let ctx = ui.ctx().clone();
         self.poll_jobs();
         self.poll_training();
+        self.poll_experiment();
         self.poll_notices();
         self.apply_all();
         self.autosave_tick();
@@ -1116,6 +1123,9 @@ impl eframe::App for MriloopApp {
         if self.training.show_cohort {
             cohort::cohort_window(&ctx, self, &mut out);
         }
+        if self.experiment.show {
+            experiment::experiment_window(&ctx, self, &mut out);
+        }
         panels::side_panel(ui, self, &mut out);
         self.cells = views::central(ui, self, &mut out);
         panels::error_dialog(&ctx, self, &mut out);
@@ -1131,8 +1141,8 @@ impl eframe::App for MriloopApp {
             || !self.closing_stores.is_empty()
         {
             ctx.request_repaint();
-        } else if self.training_busy() {
-            // Training and inference wake the window with each event; this keeps the ETA
+        } else if self.training_busy() || self.experiment.run.is_some() {
+            // Training, inference and experiments wake the window with each event; this keeps the ETA
             // ticking without redrawing every view continuously.
             ctx.request_repaint_after(std::time::Duration::from_millis(250));
         } else if self.open.as_ref().is_some_and(|o| o.edits.dirty) {

@@ -96,6 +96,21 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 {
                     out.push(Command::Train(TrainCommand::ToggleCohort));
                 }
+                if ui
+                    .selectable_label(app.experiment().show, "Experiment")
+                    .on_hover_text("run a plan of trainings and compare them on held-out cases")
+                    .clicked()
+                {
+                    out.push(Command::Experiment(
+                        super::experiment::ExperimentCommand::Toggle,
+                    ));
+                }
+                if let Some(run) = &app.experiment().run {
+                    ui.label(format!(
+                        "experiment {}/{} steps",
+                        run.steps_done, run.steps_total
+                    ));
+                }
                 if let Some(run) = &app.training().run {
                     ui.label(format!("training {}/{}", run.step, run.total_steps));
                 }
