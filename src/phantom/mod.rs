@@ -14,7 +14,9 @@
 //! each show on only one of T1, T2 and FLAIR (a question only multi-sequence input answers).
 //!
 //! Variants: 2D (single slices through the tiny structure) and 4D (BOLD-like time series at 3 mm
-//! with three correlated networks, whose default-mode pair decouples in patients).
+//! with three correlated networks, whose default-mode pair decouples in patients; focal lesions
+//! there have no contrast but a strong slow fluctuation of their own, labelled
+//! `abnormal_dynamics`).
 
 mod anatomy;
 
@@ -40,6 +42,9 @@ pub const LABEL_LESION: u8 = 3;
 pub const LABEL_INFARCT: u8 = 4;
 /// Label value of tumours.
 pub const LABEL_TUMOUR: u8 = 5;
+
+/// Label value, in 4D projects, of the regions with abnormal dynamics.
+pub const LABEL_ABNORMAL_DYNAMICS: u8 = 1;
 
 /// Class names of phantom projects, in order.
 pub const CLASSES: [&str; 2] = ["control", "patient"];
@@ -95,6 +100,16 @@ pub fn label_table() -> LabelTable {
     .unwrap_or_default()
 }
 
+/// The label table of 4D phantom projects.
+pub fn label_table_4d() -> LabelTable {
+    LabelTable::new(vec![Label {
+        value: LABEL_ABNORMAL_DYNAMICS,
+        name: "abnormal_dynamics".to_owned(),
+        color: [255, 140, 0],
+    }])
+    .unwrap_or_default()
+}
+
 /// The structural sequences of a 3D or 2D phantom case, in channel order.
 pub fn structural_sequences() -> Vec<SequenceName> {
     vec![
@@ -116,7 +131,7 @@ pub struct PhantomCase {
     pub patient: bool,
     /// Sequences as int16: magnitude images; ADC in 10⁻⁶ mm²/s (as scanners store it); BOLD 4D.
     pub images: Vec<(SequenceName, Volume<i16>)>,
-    /// Reference label mask (absent for 4D).
+    /// Reference label mask (4D: the regions with abnormal dynamics, on the 3D grid).
     pub mask: Option<Volume<u8>>,
 }
 
@@ -607,6 +622,15 @@ fn generate_4d(
             .collect();
         series.push([shared, second]);
     }
+    // Focal lesions show no contrast here, only abnormal dynamics: a strong slow fluctuation of
+    // their own (the segmentation target of the 4D form).
+    let focus = ar1(rng, t_len, 0.95);
+    let focal = |t: Tissue| {
+        matches!(
+            t,
+            Tissue::Lesion | Tissue::Infarct | Tissue::TumourRim | Tissue::TumourCore
+        )
+    };
     let head = anatomy.head_radii_mm;
     let node_r = 0.12;
     let node_of = |n: DVec3| -> Option<(usize, usize)> {
@@ -652,6 +676,9 @@ fn generate_4d(
             if let Some((k, m)) = node {
                 s += 0.03 * series[k][m][f];
             }
+            if focal(t) {
+                s += 0.06 * focus[f];
+            }
             data[v + f * n_vox] =
                 rician(rng, b * s, 8.0).round().clamp(0.0, i16::MAX as f64) as i16;
         }
@@ -662,11 +689,15 @@ fn generate_4d(
         data,
     )?;
     bold.set_time_step_s(2.0);
+    let mask = tissue
+        .iter()
+        .map(|t| u8::from(focal(tissue_of(*t))) * LABEL_ABNORMAL_DYNAMICS)
+        .collect();
     Ok(PhantomCase {
         id,
         patient,
         images: vec![(SequenceName::Bold, bold)],
-        mask: None,
+        mask: Some(volume(&grid, mask)?),
     })
 }
 
@@ -717,7 +748,10 @@ pub fn generate_project(
         InputForm::TimeSeries4d => vec![SequenceName::Bold],
         _ => structural_sequences(),
     };
-    manifest.labels = label_table();
+    manifest.labels = match cfg.form {
+        InputForm::TimeSeries4d => label_table_4d(),
+        _ => label_table(),
+    };
     for i in 0..cfg.cases {
         let case = generate_case(cfg, i)?;
         manifest.cases.push(write_case(out, &case, cfg.form)?);
