@@ -236,6 +236,32 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         pause_ms: u64,
     },
+    /// Make a 2D project from one 3D volume: every slice (third voxel axis) where chosen labels
+    /// of a label volume on the same grid appear becomes a single-slice case with those labels
+    /// (renumbered 1..n) as its reference
+    Slices {
+        /// The 3D image.
+        #[arg(long)]
+        image: PathBuf,
+        /// A label volume on the image's grid (e.g. an atlas parcellation).
+        #[arg(long)]
+        labels: PathBuf,
+        /// Labels to keep, as VALUE:NAME pairs, comma-separated (e.g. 71:caudate_L,72:caudate_R).
+        #[arg(long)]
+        keep: String,
+        /// The project folder to create.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sequence name of the image.
+        #[arg(long, default_value = "T1")]
+        sequence: String,
+        /// Keep slices with at least this many voxels of the kept labels.
+        #[arg(long, default_value_t = 20)]
+        min_voxels: usize,
+        /// The class every case gets.
+        #[arg(long, default_value = "slice")]
+        class: String,
+    },
     /// Run an experiment: the plan's arms × seeds trained with the same budget, each evaluated on
     /// the same held-out test cases; writes OUT/report.md, OUT/cases.csv and PNG plots, and
     /// prints `metric:` lines per arm
@@ -549,6 +575,45 @@ fn main() -> Result<()> {
                 s.training,
                 s.test,
                 out.display()
+            );
+        }
+        Command::Slices {
+            image,
+            labels,
+            keep,
+            out,
+            sequence,
+            min_voxels,
+            class,
+        } => {
+            let keep = keep
+                .split(',')
+                .map(|pair| {
+                    let (v, n) = pair
+                        .split_once(':')
+                        .with_context(|| format!("--keep: {pair:?} is not VALUE:NAME"))?;
+                    let v: u32 = v
+                        .trim()
+                        .parse()
+                        .with_context(|| format!("--keep: {v:?} is not a label value"))?;
+                    Ok((v, n.trim().to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let p = mriloop::project::slices::slice_project(
+                &image,
+                &labels,
+                &out,
+                &mriloop::project::slices::SliceOptions {
+                    keep,
+                    sequence,
+                    min_voxels,
+                    class,
+                },
+            )?;
+            println!(
+                "wrote {} slice cases to {}",
+                p.manifest.cases.len(),
+                p.manifest_path().display()
             );
         }
         Command::Experiment {

@@ -173,6 +173,10 @@ pub struct ExperimentPlan {
     /// `split_seed`.
     #[serde(default)]
     pub test_cases: Option<Vec<String>>,
+    /// Cases neither trained, validated nor tested on (e.g. a gap between neighbouring
+    /// slices of the test block and the training slices).
+    #[serde(default)]
+    pub exclude_cases: Vec<String>,
     /// Share of the cases held out for testing (default 0.3).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
@@ -386,7 +390,9 @@ pub fn choose_test_cases(
     for class in &project.manifest.classes {
         let mut ids: Vec<String> = cases
             .iter()
-            .filter(|c| c.class_label.as_ref() == Some(class))
+            .filter(|c| {
+                c.class_label.as_ref() == Some(class) && !plan.exclude_cases.contains(&c.id)
+            })
             .map(|c| c.id.clone())
             .collect();
         ids.shuffle(&mut rng);
@@ -433,7 +439,9 @@ pub fn run_experiment(
         let samples = load_samples_with(project, &SampleSelection::for_training(&first.training))?;
         let pool: Vec<_> = samples
             .into_iter()
-            .filter(|s| !test_cases.contains(&s.case_id))
+            .filter(|s| {
+                !test_cases.contains(&s.case_id) && !plan.exclude_cases.contains(&s.case_id)
+            })
             .collect();
         if pool.len() < 2 {
             return Err(ExperimentError::Plan {

@@ -190,6 +190,13 @@ pub fn report_markdown(
         result.training_cases.len(),
         result.validation_cases.len()
     );
+    if !plan.exclude_cases.is_empty() {
+        let _ = writeln!(
+            md,
+            "- Excluded from training and testing: {}",
+            plan.exclude_cases.join(", ")
+        );
+    }
     let _ = writeln!(md, "- Evaluated checkpoint: {:?}\n", plan.checkpoint);
     let _ = writeln!(md, "## Arms\n");
     let _ = writeln!(

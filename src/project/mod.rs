@@ -15,6 +15,7 @@ mod labels;
 pub mod models;
 pub mod nnunet;
 pub mod script;
+pub mod slices;
 pub mod store;
 
 pub use labels::{default_color, Label, LabelTable};
