@@ -425,3 +425,62 @@ fn built_in_demo_case_opens() {
         assert!(mask.data().contains(&label), "the demo shows label {label}");
     }
 }
+
+#[test]
+fn slices_of_a_volume_become_a_2d_project_with_renumbered_labels() {
+    use mriloop::project::slices::{slice_project, SliceOptions};
+    use mriloop::volume::{write_volume, Affine, Volume};
+    let dir = tempfile::tempdir().unwrap();
+    let affine = Affine::from_rows3([
+        [0.0, -0.9, 0.0, 40.0],
+        [1.1, 0.0, 0.0, -20.0],
+        [0.0, 0.0, 2.0, -10.0],
+    ]);
+    let (nx, ny, nz) = (6, 5, 4);
+    let image: Vec<f32> = (0..nx * ny * nz).map(|i| i as f32).collect();
+    // Label 7 in slices 1 and 2 (3 and 1 voxels), label 9 in slice 2, label 5 (not kept) in 3.
+    let mut labels = vec![0u8; nx * ny * nz];
+    for i in [30, 31, 32, 65] {
+        labels[i] = 7;
+    }
+    labels[66] = 9;
+    labels[95] = 5;
+    let (img_path, lab_path) = (dir.path().join("t1.nii.gz"), dir.path().join("lab.nii.gz"));
+    write_volume(
+        &img_path,
+        &Volume::new([nx, ny, nz, 1], affine, image).unwrap(),
+    )
+    .unwrap();
+    write_volume(
+        &lab_path,
+        &Volume::new([nx, ny, nz, 1], affine, labels).unwrap(),
+    )
+    .unwrap();
+    let options = SliceOptions {
+        keep: vec![(9, "b".into()), (7, "a".into())],
+        sequence: "T1".into(),
+        min_voxels: 2,
+        class: "slice".into(),
+    };
+    let p = slice_project(&img_path, &lab_path, &dir.path().join("p"), &options).unwrap();
+    let ids: Vec<&str> = p.manifest.cases.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["z001", "z002"]);
+    let case = &p.manifest.cases[1];
+    let t1 = p.load_sequence(case, &SequenceName::T1).unwrap().to_f32();
+    assert_eq!(t1.dims(), [6, 5, 1, 1]);
+    assert_eq!(t1.data()[0], 60.0);
+    let origin = t1.affine().vox_to_mm(glam::DVec3::ZERO);
+    assert!((origin - affine.vox_to_mm(glam::DVec3::new(0.0, 0.0, 2.0))).length() < 1e-4);
+    let mask = p.load_reference_mask(case).unwrap().unwrap();
+    assert_eq!((mask.data()[5], mask.data()[6]), (2, 1));
+    assert_eq!(p.manifest.labels.names_by_value(), ["background", "b", "a"]);
+    // A label volume on another grid is refused, naming it.
+    let other = dir.path().join("other.nii.gz");
+    write_volume(
+        &other,
+        &Volume::new([nx, ny, 3, 1], affine, vec![0u8; nx * ny * 3]).unwrap(),
+    )
+    .unwrap();
+    let e = slice_project(&img_path, &other, &dir.path().join("q"), &options).unwrap_err();
+    assert!(e.to_string().contains("other.nii.gz"), "{e}");
+}
