@@ -931,17 +931,18 @@ fn eval_cli(
     bar.finish_and_clear();
     let name = |l: usize| cfg.label_name(l + 1);
     let mut rows = vec![String::from(
-        "case,label,dice,volume_error_mm3,class,p_predicted",
+        "case,label,dice,hd95_mm,volume_error_mm3,class,p_predicted",
     )];
     for c in &cases {
         let class = c.class.map_or(String::new(), |k| k.to_string());
         let pmax = c.class_probabilities.iter().copied().fold(0.0f32, f32::max);
         for (l, d) in c.dice.iter().enumerate() {
             rows.push(format!(
-                "{},{},{},{:.1},{class},{pmax:.4}",
+                "{},{},{},{},{:.1},{class},{pmax:.4}",
                 c.case_id,
                 name(l),
                 d.map_or(String::new(), |d| format!("{d:.4}")),
+                c.hd95_mm[l].map_or(String::new(), |h| format!("{h:.2}")),
                 c.volume_error_mm3[l]
             ));
         }
@@ -954,6 +955,14 @@ fn eval_cli(
     for (l, d) in cohort.dice.iter().enumerate() {
         if let Some(d) = d {
             println!("metric: dice_{} = {d:.4}", name(l));
+        }
+        let hd: Vec<f64> = cases.iter().filter_map(|c| c.hd95_mm[l]).collect();
+        if !hd.is_empty() {
+            println!(
+                "metric: hd95_mm_{} = {:.2}",
+                name(l),
+                hd.iter().sum::<f64>() / hd.len() as f64
+            );
         }
     }
     if let Some(a) = cohort.class_auc {
