@@ -54,7 +54,7 @@ enum Command {
         /// Voxel size (mm, isotropic) of 3D/2D cases (default: random 0.7–1.2 mm per axis).
         #[arg(long)]
         voxel_mm: Option<f64>,
-        /// White-matter lesions each visible on only one of T1, T2 and FLAIR.
+        /// Lesions are all white-matter lesions, each visible on only one of T1, T2 and FLAIR.
         #[arg(long)]
         sequence_specific_lesions: bool,
     },

@@ -17,7 +17,7 @@ run() { # name, phantom flags...
             --out "docs/experiments/$name"
     fi
 }
-run multi-task --cases 24 --seed 11 --grid 48
-run multi-sequence --cases 24 --seed 12 --grid 48 --sequence-specific-lesions
+run multi-task --cases 24 --seed 11 --grid 32
+run multi-sequence --cases 24 --seed 12 --grid 32 --sequence-specific-lesions
 run tiny-structure --cases 24 --seed 13 --grid 40 --voxel-mm 0.7
-run 4d --cases 24 --seed 14 --form 4d --grid 32 --frames 100
+run 4d --cases 24 --seed 14 --form 4d --grid 24 --frames 100

@@ -130,7 +130,8 @@ pub struct Anatomy {
 
 impl Anatomy {
     /// A random anatomy for a field of view of `2·half_fov_mm`; `patient` adds lesions.
-    /// `sequence_specific`: each white-matter lesion is visible on one of T1, T2 and FLAIR only.
+    /// `sequence_specific`: every lesion is a white-matter lesion, visible on one of T1, T2 and
+    /// FLAIR only.
     pub fn random(
         rng: &mut ChaCha8Rng,
         half_fov_mm: f64,
@@ -185,7 +186,9 @@ impl Anatomy {
             0
         };
         for n in 0..count {
-            let kind = if !patient {
+            // Sequence-specific phantoms pose the multi-sequence question: every lesion is a
+            // white-matter one.
+            let kind = if !patient || sequence_specific {
                 LesionKind::Flair
             } else {
                 match rng.random_range(0..3) {

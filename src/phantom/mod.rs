@@ -64,8 +64,9 @@ pub struct PhantomConfig {
     pub frames: usize,
     /// Voxel size (mm, isotropic) of 3D and 2D cases; `None`: a random 0.7–1.2 mm per axis.
     pub voxel_mm: Option<f64>,
-    /// White-matter lesions each visible on one of T1, T2 and FLAIR only (instead of bright on
-    /// T2 and FLAIR together), so that only the three sequences together show them all.
+    /// Every lesion a white-matter lesion, each visible on one of T1, T2 and FLAIR only (instead
+    /// of bright on T2 and FLAIR together), so that only the three sequences together show them
+    /// all.
     pub sequence_specific_lesions: bool,
 }
 
