@@ -701,6 +701,26 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// Hand each event from `rx` to `on` until `worker` has finished (or dropped its sender) and
+/// nothing is left to receive.
+fn relay_events<E, T>(
+    rx: &std::sync::mpsc::Receiver<E>,
+    worker: &std::thread::ScopedJoinHandle<'_, T>,
+    mut on: impl FnMut(E),
+) {
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(event) => on(event),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if worker.is_finished() {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+}
+
 fn experiment_cli(
     project: &Path,
     plan_path: &Path,
@@ -739,46 +759,36 @@ fn experiment_cli(
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| experiment::run_experiment(&p, &plan, out, &tx, &control));
         let (mut done, mut run_label, mut runs) = (0u64, String::new(), 0);
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                Ok(ExperimentEvent::Started {
-                    runs: n,
-                    test_cases,
-                    device,
-                }) => {
-                    runs = n;
-                    say(format!(
-                        "{n} runs on {device}; test cases: {}",
-                        test_cases.join(", ")
-                    ));
-                }
-                Ok(ExperimentEvent::RunStarted {
-                    index, arm, seed, ..
-                }) => {
-                    run_label = format!("run {}/{runs}: {arm} seed {seed}", index + 1);
-                    bar.set_message(run_label.clone());
-                }
-                Ok(ExperimentEvent::Fit(model::FitEvent::Train(model::TrainEvent::Step {
-                    ..
-                }))) => {
-                    done += 1;
-                    bar.set_position(done);
-                }
-                Ok(ExperimentEvent::Evaluating { .. }) => {
-                    bar.set_message(format!("{run_label}: evaluating"));
-                }
-                Ok(ExperimentEvent::RunFinished { seconds, .. }) => {
-                    say(format!("{run_label}: done in {seconds:.0} s"));
-                }
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if worker.is_finished() {
-                        break;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        relay_events(&rx, &worker, |event| match event {
+            ExperimentEvent::Started {
+                runs: n,
+                test_cases,
+                device,
+            } => {
+                runs = n;
+                say(format!(
+                    "{n} runs on {device}; test cases: {}",
+                    test_cases.join(", ")
+                ));
             }
-        }
+            ExperimentEvent::RunStarted {
+                index, arm, seed, ..
+            } => {
+                run_label = format!("run {}/{runs}: {arm} seed {seed}", index + 1);
+                bar.set_message(run_label.clone());
+            }
+            ExperimentEvent::Fit(model::FitEvent::Train(model::TrainEvent::Step { .. })) => {
+                done += 1;
+                bar.set_position(done);
+            }
+            ExperimentEvent::Evaluating { .. } => {
+                bar.set_message(format!("{run_label}: evaluating"));
+            }
+            ExperimentEvent::RunFinished { seconds, .. } => {
+                say(format!("{run_label}: done in {seconds:.0} s"));
+            }
+            _ => {}
+        });
         worker.join()
     });
     bar.finish_and_clear();
@@ -840,15 +850,15 @@ fn train_cli(
     let control = model::FitControl::default();
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| model::fit(config, train, &val, &device, &out, &tx, &control));
-        loop {
-            match rx.recv_timeout(std::time::Duration::from_millis(200)) {
-                Ok(model::FitEvent::Train(model::TrainEvent::Step { step, loss })) => {
+        relay_events(&rx, &worker, |event| {
+            match event {
+                model::FitEvent::Train(model::TrainEvent::Step { step, loss }) => {
                     curves.push_step(step, &loss);
                     last_step = step;
                     bar.set_position(step as u64);
                     bar.set_message(format!("loss {:.3}", loss.total));
                 }
-                Ok(model::FitEvent::Epoch(e)) => {
+                model::FitEvent::Epoch(e) => {
                     let dice = curves
                         .push_epoch(last_step, &e.validation, |l| config.training.label_name(l));
                     let line = format!(
@@ -867,15 +877,9 @@ fn train_cli(
                         bar.println(line);
                     }
                 }
-                Ok(_) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if worker.is_finished() {
-                        break;
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                _ => {}
             }
-        }
+        });
         worker.join()
     });
     bar.finish_and_clear();

@@ -97,6 +97,9 @@ pub fn per_case_mean(
         .collect()
 }
 
+/// A figure of one run's test case `i` and label `l`.
+type CaseLabelFigure = dyn Fn(&RunResult, usize, usize) -> Option<f64>;
+
 /// A figure's name and its per-case values in the baseline and in an arm.
 type PairedFigure = (String, Vec<Option<f64>>, Vec<Option<f64>>);
 
@@ -221,56 +224,39 @@ pub fn report_markdown(
         );
     }
     let labels = &result.label_names;
-    let header = |md: &mut String, title: &str| {
+    let hd95 = |r: &RunResult, i: usize, l: usize| {
+        r.segments()
+            .then(|| r.cases[i].hd95_mm.get(l).copied().flatten())
+            .flatten()
+    };
+    let volume_error = |r: &RunResult, i: usize, l: usize| {
+        dice(r, i, l)?;
+        r.cases[i].volume_error_mm3.get(l).map(|v| v.abs())
+    };
+    let tables: [(&str, &CaseLabelFigure, usize); 3] = [
+        ("Dice per label (mean ± sd over seeds)", &dice, 3),
+        (
+            "HD95 per label, mm (mean ± sd over seeds; cases where both masks have the label)",
+            &hd95,
+            2,
+        ),
+        (
+            "Absolute volume error per label, mm³ (mean ± sd over seeds; cases whose reference has the label)",
+            &volume_error,
+            1,
+        ),
+    ];
+    for (title, figure, digits) in tables {
         let _ = writeln!(md, "\n## {title}\n");
         let _ = writeln!(md, "| arm | {} |", labels.join(" | "));
         let _ = writeln!(md, "|---|{}", "---|".repeat(labels.len()));
-    };
-    header(&mut md, "Dice per label (mean ± sd over seeds)");
-    for arm in &plan.arms {
-        let runs = runs_of(result, &arm.name);
-        let cells: Vec<String> = (0..labels.len())
-            .map(|l| summary(&runs, |r, i| dice(r, i, l), 3))
-            .collect();
-        let _ = writeln!(md, "| {} | {} |", arm.name, cells.join(" | "));
-    }
-    header(
-        &mut md,
-        "HD95 per label, mm (mean ± sd over seeds; cases where both masks have the label)",
-    );
-    for arm in &plan.arms {
-        let runs = runs_of(result, &arm.name);
-        let cells: Vec<String> = (0..labels.len())
-            .map(|l| {
-                summary(
-                    &runs,
-                    |r, i| {
-                        r.segments()
-                            .then(|| r.cases[i].hd95_mm.get(l).copied().flatten())
-                            .flatten()
-                    },
-                    2,
-                )
-            })
-            .collect();
-        let _ = writeln!(md, "| {} | {} |", arm.name, cells.join(" | "));
-    }
-    header(&mut md, "Absolute volume error per label, mm³ (mean ± sd over seeds; cases whose reference has the label)");
-    for arm in &plan.arms {
-        let runs = runs_of(result, &arm.name);
-        let cells: Vec<String> = (0..labels.len())
-            .map(|l| {
-                summary(
-                    &runs,
-                    |r, i| {
-                        dice(r, i, l)?;
-                        r.cases[i].volume_error_mm3.get(l).map(|v| v.abs())
-                    },
-                    1,
-                )
-            })
-            .collect();
-        let _ = writeln!(md, "| {} | {} |", arm.name, cells.join(" | "));
+        for arm in &plan.arms {
+            let runs = runs_of(result, &arm.name);
+            let cells: Vec<String> = (0..labels.len())
+                .map(|l| summary(&runs, |r, i| figure(r, i, l), digits))
+                .collect();
+            let _ = writeln!(md, "| {} | {} |", arm.name, cells.join(" | "));
+        }
     }
     let _ = writeln!(md, "\n## Classification (mean ± sd over seeds)\n");
     let _ = writeln!(md, "| arm | class AUC | class accuracy |");
