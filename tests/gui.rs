@@ -4,6 +4,8 @@
 //! views, overlay colour and opacity, window/level, a predicted mask, the worklist, and a bad
 //! file giving a dialog while the app keeps running.
 
+mod window;
+
 use egui::{Event, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
@@ -431,4 +433,62 @@ fn a_bad_file_shows_a_dialog_naming_it_and_the_case_stays_open() {
     h.step();
     h.step();
     assert!(h.state().error().is_none(), "OK closes the dialog");
+}
+
+#[test]
+fn a_single_slice_case_opens_in_one_large_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mriloop::phantom::PhantomConfig {
+        cases: 2,
+        seed: 3,
+        form: InputForm::Slice2d,
+        grid: 32,
+        ..Default::default()
+    };
+    let p = mriloop::phantom::generate_project(&dir.path().join("p2d"), &cfg, |_, _| {}).unwrap();
+    let mut h = window::open_project(p.root(), [1280.0, 800.0]);
+    h.step();
+    let (layout, cells) = {
+        let app = h.state();
+        (
+            app.open_case().unwrap().viewer.layout,
+            app.view_cells().to_vec(),
+        )
+    };
+    assert!(
+        matches!(layout, mriloop::app::Layout::Single(_)),
+        "{layout:?}"
+    );
+    assert_eq!(cells.len(), 1, "one view, not three with two empty");
+    let c = &cells[0];
+    // The whole central area (between the worklist and the side panel) is that view.
+    assert!(
+        c.rect.width() > 400.0 && c.rect.height() > 700.0,
+        "{:?}",
+        c.rect
+    );
+    // The slice fills the view: most of its pixels show the image (not the empty background),
+    // with grey levels that vary.
+    let img = h.render().unwrap();
+    let (mut shown, mut total) = (0, 0);
+    let mut levels = std::collections::BTreeSet::new();
+    let mut y = c.rect.top() + 4.0;
+    while y < c.rect.bottom() - 4.0 {
+        let mut x = c.rect.left() + 4.0;
+        while x < c.rect.right() - 4.0 {
+            let [r, g, b] = pixel(&img, Pos2::new(x, y));
+            total += 1;
+            if r.max(g).max(b) > 20 {
+                shown += 1;
+                levels.insert(r);
+            }
+            x += 7.0;
+        }
+        y += 7.0;
+    }
+    assert!(
+        shown * 3 > total,
+        "{shown} of {total} sampled pixels show the slice"
+    );
+    assert!(levels.len() > 20, "{} grey levels", levels.len());
 }

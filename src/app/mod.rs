@@ -816,10 +816,22 @@ impl MriloopApp {
             })
             .collect();
         let viewer = ViewerState::new(first.volume.affine(), first.volume.dims3(), display);
-        // Keep the view settings of the previous case where they still apply (same sequences).
+        // Keep the view settings of the previous case where they still apply (same sequences;
+        // the layout only between volumes: a single slice always gets its one view).
+        let slice_layout =
+            |affine: &crate::volume::Affine, dims| ViewerState::single_slice_layout(affine, dims);
         let viewer = match &self.open {
             Some(prev) if prev.viewer.display.len() == viewer.display.len() => ViewerState {
-                layout: prev.viewer.layout,
+                layout: match prev.image_grids.first() {
+                    Some(g)
+                        if slice_layout(&g.affine, g.dims).is_none()
+                            && slice_layout(first.volume.affine(), first.volume.dims3())
+                                .is_none() =>
+                    {
+                        prev.viewer.layout
+                    }
+                    _ => viewer.layout,
+                },
                 shown: prev.viewer.shown.clone(),
                 blend: prev.viewer.blend,
                 linear: prev.viewer.linear,

@@ -263,7 +263,23 @@ fn orientation_index(o: Orientation) -> usize {
 }
 
 impl ViewerState {
-    /// State for a case whose first sequence has this grid; `display` per sequence.
+    /// The layout a grid of a single slice needs: one large view of the orientation facing
+    /// the slice (the one whose normal is closest to the one-voxel axis); `None` for a volume.
+    pub fn single_slice_layout(affine: &Affine, dims: [usize; 3]) -> Option<Layout> {
+        let thin =
+            (0..3).find(|a| dims[*a] == 1 && dims.iter().filter(|d| **d > 1).count() == 2)?;
+        let axis = affine.linear().col(thin).normalize_or_zero();
+        Orientation::ALL
+            .into_iter()
+            .max_by(|a, b| {
+                let (na, nb) = (a.axes().2.dot(axis).abs(), b.axes().2.dot(axis).abs());
+                na.total_cmp(&nb)
+            })
+            .map(Layout::Single)
+    }
+
+    /// State for a case whose first sequence has this grid; `display` per sequence. A single
+    /// slice opens in one large view facing it; a volume in the tri-planar layout.
     pub fn new(affine: &Affine, dims: [usize; 3], display: Vec<SequenceDisplay>) -> Self {
         let world_box = WorldBox::of_grid(affine, dims);
         let step = [0, 1, 2].map(|a| step_along(affine, a));
@@ -272,7 +288,7 @@ impl ViewerState {
             step_mm: DVec3::from_array(step),
             cursor_mm: world_box.centre_mm(),
             zoom: [ViewZoom::default(); 3],
-            layout: Layout::TriPlanar,
+            layout: Self::single_slice_layout(affine, dims).unwrap_or(Layout::TriPlanar),
             shown: vec![0],
             blend: None,
             display,
