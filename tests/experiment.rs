@@ -222,7 +222,9 @@ fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
     assert!(class[1].ends_with("| — | — |"), "{class:?}");
     let n = result.test_cases.len();
     assert!(
-        md.contains(&format!("| T1+T2+FLAIR | mean foreground Dice | {n} |")),
+        md.contains(&format!(
+            "| T1+T2+FLAIR | T1 | mean foreground Dice | {n} |"
+        )),
         "{md}"
     );
     let csv = std::fs::read_to_string(out.join("cases.csv")).unwrap();

@@ -195,7 +195,7 @@ pub struct ExperimentPlan {
     /// Settings every arm shares.
     #[serde(default)]
     pub base: ArmSettings,
-    /// The arms, the first being the baseline of the paired tests.
+    /// The arms (paired tests compare every pair).
     pub arms: Vec<Arm>,
 }
 

@@ -1,6 +1,6 @@
 //! An experiment's report: `report.md` (the plan, the split, per-arm tables of Dice, HD95 and
-//! volume error per label and class AUC and accuracy as mean ± sd over seeds, paired tests of
-//! each arm against the baseline, the plots) and `cases.csv` (one row per run and test case).
+//! volume error per label and class AUC and accuracy as mean ± sd over seeds, paired tests
+//! between every pair of arms, the plots) and `cases.csv` (one row per run and test case).
 //!
 //! Invariants: every figure is computed from the `ExperimentResult` alone; per-arm figures are
 //! first averaged over the test cases of one run, then summarised over seeds; paired tests pair
@@ -100,7 +100,7 @@ pub fn per_case_mean(
 /// A figure of one run's test case `i` and label `l`.
 type CaseLabelFigure = dyn Fn(&RunResult, usize, usize) -> Option<f64>;
 
-/// A figure's name and its per-case values in the baseline and in an arm.
+/// A figure's name and its per-case values in two arms.
 type PairedFigure = (String, Vec<Option<f64>>, Vec<Option<f64>>);
 
 /// Per-run means over test cases of `f`, summarised over the arm's seeds as "m ± sd".
@@ -277,48 +277,47 @@ pub fn report_markdown(
             seed_summary(&accs, 3)
         );
     }
-    if let Some(base) = plan.arms.first().filter(|_| plan.arms.len() > 1) {
+    if plan.arms.len() > 1 {
+        let _ = writeln!(md, "\n## Paired tests between arms\n");
         let _ = writeln!(
             md,
-            "\n## Paired tests against the baseline `{}`\n",
-            base.name
+            "Every pair of arms, on the same test cases, each figure averaged over seeds; two-sided sign-flip permutation test of the mean difference (arm − other); exact over all sign patterns up to 16 cases. Figures a run does not train (Dice of a class-only arm, class of a segmentation-only arm) are left out.\n"
         );
-        let _ = writeln!(
-            md,
-            "Per test case, each figure averaged over seeds; two-sided sign-flip permutation test of the mean difference (arm − baseline); exact over all sign patterns up to 16 cases.\n"
-        );
-        let _ = writeln!(md, "| arm | figure | cases | mean difference | p |");
-        let _ = writeln!(md, "|---|---|---|---|---|");
-        for arm in &plan.arms[1..] {
-            let mut figures: Vec<PairedFigure> = vec![(
-                "mean foreground Dice".into(),
-                per_case_mean(result, &base.name, mean_foreground_dice),
-                per_case_mean(result, &arm.name, mean_foreground_dice),
-            )];
-            for (l, name) in labels.iter().enumerate() {
+        let _ = writeln!(md, "| arm | other | figure | cases | mean difference | p |");
+        let _ = writeln!(md, "|---|---|---|---|---|---|");
+        for (j, arm) in plan.arms.iter().enumerate() {
+            for base in &plan.arms[..j] {
+                let mut figures: Vec<PairedFigure> = vec![(
+                    "mean foreground Dice".into(),
+                    per_case_mean(result, &base.name, mean_foreground_dice),
+                    per_case_mean(result, &arm.name, mean_foreground_dice),
+                )];
+                for (l, name) in labels.iter().enumerate() {
+                    figures.push((
+                        format!("Dice {name}"),
+                        per_case_mean(result, &base.name, |r, i| dice(r, i, l)),
+                        per_case_mean(result, &arm.name, |r, i| dice(r, i, l)),
+                    ));
+                }
                 figures.push((
-                    format!("Dice {name}"),
-                    per_case_mean(result, &base.name, |r, i| dice(r, i, l)),
-                    per_case_mean(result, &arm.name, |r, i| dice(r, i, l)),
+                    "probability of the true class".into(),
+                    per_case_mean(result, &base.name, true_class_probability),
+                    per_case_mean(result, &arm.name, true_class_probability),
                 ));
-            }
-            figures.push((
-                "probability of the true class".into(),
-                per_case_mean(result, &base.name, true_class_probability),
-                per_case_mean(result, &arm.name, true_class_probability),
-            ));
-            for (name, a, b) in figures {
-                if let Some(t) = paired_permutation_test(&a, &b) {
-                    let _ = writeln!(
-                        md,
-                        "| {} | {} | {} | {:+.4} | {:.4}{} |",
-                        arm.name,
-                        name,
-                        t.n,
-                        t.mean_difference,
-                        t.p_value,
-                        if t.exact { "" } else { " (sampled)" }
-                    );
+                for (name, a, b) in figures {
+                    if let Some(t) = paired_permutation_test(&a, &b) {
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} | {} | {} | {:+.4} | {:.4}{} |",
+                            arm.name,
+                            base.name,
+                            name,
+                            t.n,
+                            t.mean_difference,
+                            t.p_value,
+                            if t.exact { "" } else { " (sampled)" }
+                        );
+                    }
                 }
             }
         }
