@@ -734,12 +734,7 @@ fn experiment_cli(
     }
     let p = Project::open(project)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let total: usize = (0..plan.arms.len())
-        .map(|a| {
-            let o = plan.settings(a).options(0);
-            o.epochs * o.steps_per_epoch * plan.seeds.len()
-        })
-        .sum();
+    let total = plan.total_steps();
     let bar = indicatif::ProgressBar::new(total as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -793,10 +788,9 @@ fn experiment_cli(
     });
     bar.finish_and_clear();
     let result = result.map_err(|_| anyhow::anyhow!("the experiment thread panicked"))??;
-    let plots = app::experiment_plots::write_plots(&result, out)
-        .map_err(|e| anyhow::anyhow!("writing the plots into {}: {e}", out.display()))?;
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    experiment::report::write_report(&result, out, &command, &plots)?;
+    app::experiment_plots::write_report_with_plots(&result, out, &command)
+        .map_err(anyhow::Error::msg)?;
     for arm in &result.plan.arms {
         for (name, value) in experiment::report::headline(&result, &arm.name) {
             println!("metric: {}_{name} = {value:.4}", arm.name);

@@ -151,12 +151,7 @@ impl MriloopApp {
             .root()
             .join("experiments")
             .join(format!("{stem}-{stamp}"));
-        let steps_total = (0..plan.arms.len())
-            .map(|a| {
-                let o = plan.settings(a).options(0);
-                o.epochs * o.steps_per_epoch * plan.seeds.len()
-            })
-            .sum();
+        let steps_total = plan.total_steps();
         let (tx, rx) = channel();
         let control = Arc::new(FitControl::default());
         let (project, plan, dir, ctl) =
@@ -178,10 +173,8 @@ impl MriloopApp {
                     r
                 });
                 let done = result.map_err(|e| e.to_string()).and_then(|r| {
-                    let plots = super::experiment_plots::write_plots(&r, &dir)?;
                     let command = format!("Experiment panel: plan {}", plan.name);
-                    crate::experiment::report::write_report(&r, &dir, &command, &plots)
-                        .map_err(|e| e.to_string())?;
+                    super::experiment_plots::write_report_with_plots(&r, &dir, &command)?;
                     Ok(r)
                 });
                 let _ = tx.send(Message::Done(Box::new(done)));

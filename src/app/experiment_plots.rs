@@ -230,3 +230,15 @@ pub fn write_plots(
     }
     Ok(written)
 }
+
+/// Write the plots, then `report.md` and `cases.csv` linking them, into `out`; `command` is
+/// what the report says made it.
+pub fn write_report_with_plots(
+    result: &ExperimentResult,
+    out: &std::path::Path,
+    command: &str,
+) -> Result<(), String> {
+    let plots = write_plots(result, out)
+        .map_err(|e| format!("writing the plots into {}: {e}", out.display()))?;
+    crate::experiment::report::write_report(result, out, command, &plots).map_err(|e| e.to_string())
+}

@@ -267,6 +267,20 @@ impl ExperimentPlan {
         Ok(())
     }
 
+    /// Optimisation steps of one run of arm `i`.
+    pub fn steps_per_run(&self, i: usize) -> usize {
+        let o = self.settings(i).options(0);
+        o.epochs * o.steps_per_epoch
+    }
+
+    /// Optimisation steps of the whole plan (every arm, every seed).
+    pub fn total_steps(&self) -> usize {
+        (0..self.arms.len())
+            .map(|a| self.steps_per_run(a))
+            .sum::<usize>()
+            * self.seeds.len()
+    }
+
     /// The settings of arm `i` (its own over the base).
     pub fn settings(&self, i: usize) -> ArmSettings {
         self.arms

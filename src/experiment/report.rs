@@ -103,23 +103,23 @@ type CaseLabelFigure = dyn Fn(&RunResult, usize, usize) -> Option<f64>;
 /// A figure's name and its per-case values in two arms.
 type PairedFigure = (String, Vec<Option<f64>>, Vec<Option<f64>>);
 
+/// Per run, the mean of `f` over its test cases (runs where `f` gives nothing are left out).
+fn per_run_means(runs: &[&RunResult], f: impl Fn(&RunResult, usize) -> Option<f64>) -> Vec<f64> {
+    runs.iter()
+        .filter_map(|r| {
+            let v: Vec<f64> = (0..r.cases.len()).filter_map(|i| f(r, i)).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect()
+}
+
 /// Per-run means over test cases of `f`, summarised over the arm's seeds as "m ± sd".
 fn summary(
     runs: &[&RunResult],
     f: impl Fn(&RunResult, usize) -> Option<f64>,
     digits: usize,
 ) -> String {
-    let per_run: Vec<f64> = runs
-        .iter()
-        .filter_map(|r| {
-            let v: Vec<f64> = (0..r.cases.len()).filter_map(|i| f(r, i)).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        })
-        .collect();
-    match mean_sd(&per_run) {
-        Some((m, sd)) => format!("{m:.digits$} ± {sd:.digits$}"),
-        None => "—".into(),
-    }
+    seed_summary(&per_run_means(runs, f), digits)
 }
 
 fn seed_summary(values: &[f64], digits: usize) -> String {
@@ -135,14 +135,7 @@ pub fn headline(result: &ExperimentResult, arm: &str) -> Vec<(String, f64)> {
     let runs = runs_of(result, arm);
     let mut out = Vec::new();
     for (l, name) in result.label_names.iter().enumerate() {
-        let per_run: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| {
-                let v: Vec<f64> = (0..r.cases.len()).filter_map(|i| dice(r, i, l)).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            })
-            .collect();
-        if let Some((m, _)) = mean_sd(&per_run) {
+        if let Some((m, _)) = mean_sd(&per_run_means(&runs, |r, i| dice(r, i, l))) {
             out.push((format!("dice_{name}"), m));
         }
     }
@@ -209,7 +202,6 @@ pub fn report_markdown(
     let _ = writeln!(md, "|---|---|---|---|");
     for (i, arm) in plan.arms.iter().enumerate() {
         let s = plan.settings(i);
-        let o = s.options(0);
         let runs = runs_of(result, &arm.name);
         let secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
         let _ = writeln!(
@@ -219,7 +211,7 @@ pub fn report_markdown(
             serde_json::to_string(&s)
                 .unwrap_or_default()
                 .replace('|', "/"),
-            o.epochs * o.steps_per_epoch,
+            plan.steps_per_run(i),
             mean_sd(&secs).map_or("—".into(), |(m, _)| format!("{m:.0}"))
         );
     }
