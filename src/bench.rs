@@ -549,11 +549,13 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         fig("train_steps_during_measure".into(), steps as f64, "steps"),
     ];
     let notes = vec![format!(
-        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores",
+        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores at \
+         niceness {} (background priority)",
         adapter.name,
         adapter.device_type,
         rayon::current_num_threads(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        crate::background::BACKGROUND_NICENESS
     )];
     Ok((figures, notes))
 }

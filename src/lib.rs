@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod atomic;
+pub mod background;
 pub mod bench;
 pub mod closed_loop;
 pub mod edit;

@@ -135,3 +135,29 @@ fn most_informative_opens_the_least_certain_unreviewed_case() {
     wait_open(&mut h, 3);
     assert_eq!(h.state().most_informative(), Some(0));
 }
+
+#[test]
+fn background_work_runs_below_the_window_priority() {
+    use mriloop::background::{current_thread_niceness, run_in_background, BACKGROUND_NICENESS};
+    use rayon::prelude::*;
+    let Some(window_before) = current_thread_niceness() else {
+        return; // no per-thread priorities on this system
+    };
+    let (worker, pool) = std::thread::spawn(|| {
+        run_in_background(|| {
+            let pool: Vec<Option<i32>> = (0..8)
+                .into_par_iter()
+                .map(|_| current_thread_niceness())
+                .collect();
+            (current_thread_niceness(), pool)
+        })
+    })
+    .join()
+    .unwrap();
+    assert!(worker.unwrap() >= BACKGROUND_NICENESS, "{worker:?}");
+    assert!(
+        pool.iter().all(|n| n.unwrap() >= BACKGROUND_NICENESS),
+        "{pool:?}"
+    );
+    assert_eq!(current_thread_niceness(), Some(window_before));
+}

@@ -168,7 +168,9 @@ impl MriloopApp {
                             wake();
                         }
                     });
-                    let r = crate::experiment::run_experiment(&project, &plan, &dir, &etx, &ctl);
+                    let r = crate::background::run_in_background(|| {
+                        crate::experiment::run_experiment(&project, &plan, &dir, &etx, &ctl)
+                    });
                     drop(etx);
                     r
                 });

@@ -221,7 +221,10 @@ pub fn start_run(
         .name("mriloop-train".into())
         .spawn(move || {
             let wake = Arc::new(wake);
-            if let Err(e) = run(&project, &request, &ctl, &tx, wake.clone()) {
+            let result = crate::background::run_in_background(|| {
+                run(&project, &request, &ctl, &tx, wake.clone())
+            });
+            if let Err(e) = result {
                 let _ = tx.send(RunEvent::Failed(e));
             }
             wake();
@@ -479,50 +482,52 @@ pub fn start_reinfer(
     let thread = std::thread::Builder::new()
         .name("mriloop-infer".into())
         .spawn(move || {
-            let (device, _) = super::apply::choose_device(&backend);
-            let dir = project.resolve(&version.checkpoint);
-            let (config, model) = match load_checkpoint(&dir, &device) {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(InferEvent::Failed(e.to_string()));
-                    wake();
-                    return;
-                }
-            };
-            let _ = tx.send(InferEvent::Started {
-                total: case_ids.len(),
-            });
-            wake();
-            let mut done = 0;
-            for id in &case_ids {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let Some(case) = project.manifest.case(id) else {
-                    continue;
-                };
-                let event = match predict_and_write(
-                    &project,
-                    case,
-                    &version.id,
-                    &model,
-                    &config,
-                    &device,
-                ) {
-                    Ok(p) => {
-                        done += 1;
-                        InferEvent::Case(p)
+            crate::background::run_in_background(move || {
+                let (device, _) = super::apply::choose_device(&backend);
+                let dir = project.resolve(&version.checkpoint);
+                let (config, model) = match load_checkpoint(&dir, &device) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(InferEvent::Failed(e.to_string()));
+                        wake();
+                        return;
                     }
-                    Err(e) => InferEvent::CaseFailed {
-                        case_id: id.clone(),
-                        message: e.to_string(),
-                    },
                 };
-                let _ = tx.send(event);
+                let _ = tx.send(InferEvent::Started {
+                    total: case_ids.len(),
+                });
                 wake();
-            }
-            let _ = tx.send(InferEvent::Finished { done });
-            wake();
+                let mut done = 0;
+                for id in &case_ids {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Some(case) = project.manifest.case(id) else {
+                        continue;
+                    };
+                    let event = match predict_and_write(
+                        &project,
+                        case,
+                        &version.id,
+                        &model,
+                        &config,
+                        &device,
+                    ) {
+                        Ok(p) => {
+                            done += 1;
+                            InferEvent::Case(p)
+                        }
+                        Err(e) => InferEvent::CaseFailed {
+                            case_id: id.clone(),
+                            message: e.to_string(),
+                        },
+                    };
+                    let _ = tx.send(event);
+                    wake();
+                }
+                let _ = tx.send(InferEvent::Finished { done });
+                wake();
+            })
         })
         .ok();
     InferHandle {
