@@ -49,6 +49,8 @@ override OUTLINE: bool = false;
 const FLAG_CROSSHAIR: u32 = 4u;
 const FLAG_HAS_REFERENCE: u32 = 8u;
 const FLAG_HAS_PREDICTED: u32 = 16u;
+// The blended image is transparent below its window (a statistic map over anatomy).
+const FLAG_BLEND_CLIP: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> u: SliceUniform;
 @group(0) @binding(1) var image_tex: texture_3d<f32>;
@@ -154,8 +156,10 @@ fn fs_main(in: VsOut) -> @location(0) vec4<f32> {
         let tb = (u.blend_from_ndc * p).xyz;
         if inside(tb) {
             let wb = max(u.blend_window.y - u.blend_window.x, 1e-6);
-            let c = colormap((intensity(blend_tex, tb) - u.blend_window.x) / wb, u.blend_colormap);
-            rgb = mix(rgb, c, u.blend_opacity);
+            let vb = (intensity(blend_tex, tb) - u.blend_window.x) / wb;
+            if (u.flags & FLAG_BLEND_CLIP) == 0u || vb >= 0.0 {
+                rgb = mix(rgb, colormap(vb, u.blend_colormap), u.blend_opacity);
+            }
         }
     }
     if (u.flags & FLAG_HAS_REFERENCE) != 0u {

@@ -362,6 +362,7 @@ fn a_blended_image_mixes_with_its_own_window_and_colour_map() {
         window_high: 100.0,
         colormap: Colormap::Hot,
         opacity: 0.5,
+        clip_below: false,
     });
     let v = rgb(&s.render(&plane, &st, false), bg);
     for c in v {

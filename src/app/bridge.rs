@@ -6,7 +6,7 @@
 //! Invariants: textures are uploaded once per opened case (`ViewerGpu::set_case`); a callback
 //! whose case generation is stale draws nothing.
 
-use crate::render::{CaseTextures, SlicePipeline, SliceUniform, ViewKey, ViewSlots};
+use crate::render::{CaseTextures, RenderError, SlicePipeline, SliceUniform, ViewKey, ViewSlots};
 use egui_wgpu::{CallbackResources, CallbackTrait, ScreenDescriptor};
 
 /// GPU resources of the viewer, stored in egui-wgpu's callback resources.
@@ -39,6 +39,38 @@ impl ViewerGpu {
     /// The open case's textures (for sub-box updates and colours).
     pub fn case(&self) -> Option<&CaseTextures> {
         self.case.as_ref()
+    }
+
+    /// Rewrite image `index` of the open case in place (a 4D series' frame or summary);
+    /// returns the intensity range it now maps to 0..1.
+    pub fn write_image(
+        &mut self,
+        queue: &wgpu::Queue,
+        index: usize,
+        values: &[f32],
+    ) -> Result<(f32, f32), RenderError> {
+        self.case
+            .as_mut()
+            .ok_or_else(|| RenderError::Shape("no case is open".into()))?
+            .write_image(queue, index, values)
+    }
+
+    /// Put a derived image in slot `index` of the open case (replacing or appending); the
+    /// views' bindings are remade so none samples a replaced texture.
+    pub fn set_image(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        index: usize,
+        volume: &crate::volume::Volume<f32>,
+    ) -> Result<(f32, f32), RenderError> {
+        let range = self
+            .case
+            .as_mut()
+            .ok_or_else(|| RenderError::Shape("no case is open".into()))?
+            .set_image(device, queue, index, volume)?;
+        self.slots = ViewSlots::default();
+        Ok(range)
     }
 }
 

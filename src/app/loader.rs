@@ -3,12 +3,15 @@
 //! a thread reporting through a channel; the UI polls it once per frame and never waits.
 //!
 //! Invariants: every error names the file and the problem; a job never panics the UI; a 4D
-//! sequence shows its first frame.
+//! sequence's `volume` is its first frame, and its whole series (with temporal mean and SD) is
+//! kept beside it for the time-series views.
 
 use crate::project::{Case, Project, SequenceName};
+use crate::volume::timeseries::{temporal_summary, TemporalSummary};
 use crate::volume::{read_volume, AnyVolume, Volume};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
 
 /// Where a case's files are (absolute paths), whatever they came from: a project or loose files.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +85,17 @@ pub struct LoadedImage {
     pub name: SequenceName,
     /// Its intensities (first frame of a 4D file).
     pub volume: Volume<f32>,
+    /// A 4D sequence's whole series and its summaries (`None` for a 3D image).
+    pub series: Option<Arc<LoadedSeries>>,
+}
+
+/// A 4D sequence kept whole on the CPU (the GPU holds one frame or summary at a time).
+#[derive(Debug)]
+pub struct LoadedSeries {
+    /// Every frame, x fastest, then y, z, t.
+    pub frames: Volume<f32>,
+    /// Temporal mean and standard deviation per voxel.
+    pub summary: TemporalSummary,
 }
 
 /// A loaded case, ready to display.
@@ -177,10 +191,26 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
     let mut images = Vec::with_capacity(source.sequences.len());
     for (name, path) in &source.sequences {
         progress(path, &mut done);
-        let any = read_volume(path).map_err(|e| e.to_string())?;
+        let all = read_volume(path).map_err(|e| e.to_string())?.to_f32();
+        let (volume, series) = if all.dims()[3] > 1 {
+            let summary = temporal_summary(&all).map_err(|e| format!("{}: {e}", path.display()))?;
+            let first = all
+                .frame(0)
+                .ok_or_else(|| format!("{}: the series has no frames", path.display()))?;
+            (
+                first,
+                Some(Arc::new(LoadedSeries {
+                    frames: all,
+                    summary,
+                })),
+            )
+        } else {
+            (all, None)
+        };
         images.push(LoadedImage {
             name: name.clone(),
-            volume: first_frame(any.to_f32()),
+            volume,
+            series,
         });
     }
     let mut mask = |p: &Option<PathBuf>| -> Result<Option<Volume<u8>>, String> {

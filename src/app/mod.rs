@@ -17,6 +17,7 @@ pub mod headless;
 mod loader;
 mod panels;
 mod state;
+pub mod timeseries;
 pub mod training;
 mod views;
 
@@ -217,6 +218,8 @@ pub enum Command {
     Train(training::TrainCommand),
     /// The Experiment panel.
     Experiment(experiment::ExperimentCommand),
+    /// The time-series panel of a 4D case.
+    Time(timeseries::TimeCommand),
 }
 
 /// A case being loaded.
@@ -246,6 +249,8 @@ pub struct OpenCase {
     pub edits: CaseEdits,
     /// Live agreement of the prediction with the corrected mask (when both are on one grid).
     pub agreement: Option<crate::edit::Agreement>,
+    /// Time points, summaries, time courses and seed map of a 4D case's series.
+    pub time: Option<timeseries::TimeView>,
     generation: u64,
 }
 
@@ -620,6 +625,7 @@ impl MriloopApp {
             Command::Edit(e) => self.apply_edit(e),
             Command::Train(t) => self.apply_train(t),
             Command::Experiment(e) => self.apply_experiment(e),
+            Command::Time(t) => self.apply_time(t),
             // Viewer commands with no case open (or naming a missing sequence) do nothing.
             _ => {}
         }
@@ -921,6 +927,11 @@ impl MriloopApp {
             }
             _ => None,
         };
+        let time = loaded
+            .images
+            .iter()
+            .enumerate()
+            .find_map(|(i, img)| Some(timeseries::TimeView::new(i, img.series.clone()?)));
         self.open = Some(OpenCase {
             loaded,
             viewer,
@@ -929,6 +940,7 @@ impl MriloopApp {
             labels_grid,
             edits,
             agreement,
+            time,
             generation,
         });
     }
@@ -1114,6 +1126,7 @@ impl eframe::App for MriloopApp {
         self.poll_training();
         self.poll_experiment();
         self.poll_notices();
+        self.poll_time(ctx.input(|i| i.time));
         self.apply_all();
         self.autosave_tick();
         self.handle_keys(&ctx);
@@ -1132,6 +1145,7 @@ impl eframe::App for MriloopApp {
             }
             panels::worklist(ui, self, &mut out);
         }
+        timeseries::time_panel(ui, self, &mut out);
         if self.training.show_cohort {
             cohort::cohort_window(&ctx, self, &mut out);
         }
@@ -1172,8 +1186,8 @@ impl eframe::App for MriloopApp {
     }
 }
 
-/// Keep one core for the window: the CPU backend's worker pool (rayon's global pool, which
-/// training uses) gets one thread fewer than there are cores. Call before anything uses rayon;
+/// Keep one core for the window: rayon's global pool (loading, statistics, seed maps; training
+/// has a pool of its own at background priority) gets one thread fewer than there are cores. Call before anything uses rayon;
 /// later calls do nothing.
 pub fn reserve_ui_core() {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

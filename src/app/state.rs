@@ -144,6 +144,8 @@ pub struct SequenceDisplay {
     pub colormap: Colormap,
     /// Sampled intensities for presets.
     pub sample: IntensitySample,
+    /// When blended over another image, transparent below `window_low` (statistic maps).
+    pub transparent_below_window: bool,
 }
 
 impl SequenceDisplay {
@@ -156,6 +158,7 @@ impl SequenceDisplay {
             window_high: 1.0,
             colormap,
             sample,
+            transparent_below_window: false,
         };
         d.apply_preset(WindowPreset::Robust);
         d

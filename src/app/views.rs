@@ -209,6 +209,7 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
                 window_high: bd.window_high,
                 colormap: bd.colormap,
                 opacity,
+                clip_below: bd.transparent_below_window,
             })
         }),
     };

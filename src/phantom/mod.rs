@@ -134,6 +134,10 @@ pub struct PhantomCase {
     pub images: Vec<(SequenceName, Volume<i16>)>,
     /// Reference label mask (4D: the regions with abnormal dynamics, on the 3D grid).
     pub mask: Option<Volume<u8>>,
+    /// 4D only: the generator's network nodes on the 3D grid (0 outside; node `m` of network
+    /// `k` is `2k + m + 1`; networks: default mode, motor, visual), the ground truth a seed map
+    /// should find. Not written to the project.
+    pub networks: Option<Volume<u8>>,
 }
 
 /// The voxel grid of a case and the head's pose in it.
@@ -533,6 +537,7 @@ fn generate_3d(
         id,
         patient,
         images,
+        networks: None,
         mask: Some(volume(&grid, mask)?),
     })
 }
@@ -575,6 +580,7 @@ fn to_single_slices(case: PhantomCase) -> Result<PhantomCase, VolumeError> {
         id: case.id,
         patient: case.patient,
         images,
+        networks: None,
         mask: Some(cut(&mask, k, affine)?),
     })
 }
@@ -655,6 +661,7 @@ fn generate_4d(
     };
     let n_vox = grid.len();
     let mut data = vec![0i16; n_vox * t_len];
+    let mut networks = vec![0u8; n_vox];
     let drift = rng.random_range(-0.01..0.01);
     for (v, t_code) in tissue.iter().enumerate() {
         let t = tissue_of(*t_code);
@@ -671,6 +678,9 @@ fn generate_4d(
         } else {
             None
         };
+        if let Some((k, m)) = node {
+            networks[v] = (2 * k + m + 1) as u8;
+        }
         for f in 0..t_len {
             let mut s =
                 1.0 + drift * f as f64 / t_len as f64 + 0.01 * rng.sample::<f64, _>(StandardNormal);
@@ -699,6 +709,7 @@ fn generate_4d(
         patient,
         images: vec![(SequenceName::Bold, bold)],
         mask: Some(volume(&grid, mask)?),
+        networks: Some(volume(&grid, networks)?),
     })
 }
 

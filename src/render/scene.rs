@@ -63,6 +63,46 @@ impl CaseTextures {
         self.images.len()
     }
 
+    /// Rewrite image `index`'s values in place (a 4D series' next frame or summary, on the
+    /// same grid); returns the intensity range the texture now maps to 0..1.
+    pub fn write_image(
+        &mut self,
+        queue: &wgpu::Queue,
+        index: usize,
+        values: &[f32],
+    ) -> Result<(f32, f32), RenderError> {
+        let (image, _) = self
+            .images
+            .get_mut(index)
+            .ok_or_else(|| RenderError::Shape(format!("no image {index} in this case")))?;
+        image.write_values(queue, values)?;
+        Ok(image.value_range())
+    }
+
+    /// Put a derived image (e.g. a seed correlation map) in slot `index`: replaced when the
+    /// slot exists, appended when `index` is the next free one. Returns its value range.
+    pub fn set_image(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        index: usize,
+        volume: &Volume<f32>,
+    ) -> Result<(f32, f32), RenderError> {
+        let texture = ImageTexture::upload(device, queue, volume, 0)?;
+        let range = texture.value_range();
+        match index.cmp(&self.images.len()) {
+            std::cmp::Ordering::Less => self.images[index] = (texture, *volume.affine()),
+            std::cmp::Ordering::Equal => self.images.push((texture, *volume.affine())),
+            std::cmp::Ordering::Greater => {
+                return Err(RenderError::Shape(format!(
+                    "image slot {index} after only {} images",
+                    self.images.len()
+                )))
+            }
+        }
+        Ok(range)
+    }
+
     /// The reference mask texture (for sub-box edits).
     pub fn reference(&self) -> Option<&LabelTexture> {
         self.reference.as_ref()

@@ -17,6 +17,7 @@ const FLAG_OUTLINE: u32 = 2;
 const FLAG_CROSSHAIR: u32 = 4;
 const FLAG_HAS_REFERENCE: u32 = 8;
 const FLAG_HAS_PREDICTED: u32 = 16;
+const FLAG_BLEND_CLIP: u32 = 32;
 
 /// The uniform block of one view.
 // keep in sync with `SliceUniform` in shaders/slice.wgsl
@@ -87,7 +88,12 @@ impl SliceUniform {
         let (blend_from_ndc, blend_window, blend_opacity, blend_colormap) =
             match (grids.blend, style.blend) {
                 (Some(g), Some(b)) if b.opacity > 0.0 => (
-                    plane.tex_from_ndc(&g.affine, g.dims)?,
+                    {
+                        if b.clip_below {
+                            flags |= FLAG_BLEND_CLIP;
+                        }
+                        plane.tex_from_ndc(&g.affine, g.dims)?
+                    },
                     [
                         norm(g.value_range, b.window_low),
                         norm(g.value_range, b.window_high),
@@ -164,6 +170,9 @@ pub struct BlendStyle {
     pub colormap: Colormap,
     /// Opacity over the base image (0..1).
     pub opacity: f32,
+    /// Transparent where the blended image is below `window_low` (a statistic map such as a
+    /// seed correlation shown only above its threshold).
+    pub clip_below: bool,
 }
 
 /// How a view draws: window/level, colour map, interpolation, overlays, crosshair.

@@ -3,7 +3,9 @@
 //! label mask as an `R8Uint` 3D texture, and a 256-entry label colour table.
 //!
 //! Invariants: a texture is uploaded once, in z-slabs so no staging copy exceeds
-//! `MAX_UPLOAD_BYTES`; a mask edit rewrites only its sub-box (`LabelTexture::update_sub_box`).
+//! `MAX_UPLOAD_BYTES`; a mask edit rewrites only its sub-box (`LabelTexture::update_sub_box`);
+//! a 4D series holds one 3D frame (or summary) on the GPU and rewrites it in place when the
+//! shown time point changes (`ImageTexture::write_values`).
 
 use crate::volume::Volume;
 use half::f16;
@@ -28,6 +30,9 @@ pub enum RenderError {
         /// `max_texture_dimension_3d`.
         limit: u32,
     },
+    /// Values that do not fill the texture they are written to.
+    #[error("{0}")]
+    Shape(String),
     /// A sub-box lies outside the texture.
     #[error("sub-box {min:?}..{max:?} is outside the {dims:?} texture")]
     BadBox {
@@ -136,28 +141,45 @@ impl ImageTexture {
         let n = vol.frame_len();
         let frame = frame.min(vol.dims()[3] - 1);
         let values = &vol.data()[frame * n..(frame + 1) * n];
+        let texture = texture_3d(device, "mriloop image", size, wgpu::TextureFormat::R16Float);
+        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        let mut image = Self {
+            texture,
+            view,
+            dims,
+            value_range: (0.0, 1.0),
+        };
+        image.write_values(queue, values)?;
+        Ok(image)
+    }
+
+    /// Replace the whole texture's values with `values` (one 3D frame on the same grid, x
+    /// fastest): the way a 4D series streams its frames and summaries through one texture.
+    /// The values are normalised by their own range, which becomes `value_range`.
+    pub fn write_values(&mut self, queue: &wgpu::Queue, values: &[f32]) -> Result<(), RenderError> {
+        let [nx, ny, nz] = self.dims;
+        if values.len() != nx * ny * nz {
+            return Err(RenderError::Shape(format!(
+                "{} values for an image texture of {nx}×{ny}×{nz} voxels",
+                values.len()
+            )));
+        }
         let (lo, hi) = Self::range_of(values);
         let scale = if hi > lo { 1.0 / (hi - lo) } else { 1.0 };
         let halfs: Vec<f16> = values
             .iter()
             .map(|v| f16::from_f32(if v.is_finite() { (v - lo) * scale } else { 0.0 }))
             .collect();
-        let texture = texture_3d(device, "mriloop image", size, wgpu::TextureFormat::R16Float);
         write_slabs(
             queue,
-            &texture,
+            &self.texture,
             [0; 3],
-            [size.width, size.height, size.depth_or_array_layers],
+            [nx as u32, ny as u32, nz as u32],
             2,
             bytemuck::cast_slice(&halfs),
         );
-        let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
-        Ok(Self {
-            texture,
-            view,
-            dims,
-            value_range: (lo, hi),
-        })
+        self.value_range = (lo, hi);
+        Ok(())
     }
 
     /// The range of the finite values (the intensities mapped to 0..1); `(0, 1)` if none.

@@ -10,6 +10,7 @@ pub mod distance;
 pub mod nifti_io;
 mod reorient;
 pub mod resample;
+pub mod timeseries;
 
 pub use affine::{Affine, Qform};
 pub use nifti_io::{
