@@ -90,7 +90,7 @@ impl Sample {
             ));
         }
         let mask_data = mask.data()[..mask.frame_len()].to_vec();
-        let foreground = mask_data
+        let foreground: Vec<usize> = mask_data
             .iter()
             .enumerate()
             .filter(|(_, v)| **v > 0)

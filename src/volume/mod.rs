@@ -6,6 +6,7 @@
 
 mod affine;
 mod bgzf;
+pub mod dicom;
 pub mod distance;
 pub mod nifti_io;
 mod reorient;

@@ -1,0 +1,534 @@
+//! DICOM import: read a folder of DICOM files (dicom-rs: `dicom-object` parses, `dicom-pixeldata`
+//! decodes native, RLE, JPEG and deflated pixel data), group the images into series by Series
+//! Instance UID, sort each series' slices along its normal, build the voxel→world affine from
+//! Image Position / Orientation (Patient) and Pixel Spacing (DICOM's LPS turned into RAS+), apply
+//! Rescale Slope / Intercept, and hand back one `Volume<f32>` per series. A series whose positions
+//! each hold the same number of images (e.g. the time points of an fMRI run) becomes a 4D volume.
+//!
+//! Invariants: every file is untrusted — a malformed, truncated or unsupported file (compressed
+//! syntaxes without a decoder, colour, multi-frame, missing tags) or an inconsistent series (mixed
+//! sizes or orientations, uneven slice gaps) becomes a `DicomProblem` naming the file or series,
+//! never a panic, and the other series still import; pixel buffers are sized from the bytes a
+//! file really holds (checked against Rows × Columns before decoding); voxel `(i, j, k)` is
+//! (column, row, slice), so `i` runs along Image Orientation's row direction.
+
+use super::{Affine, Volume};
+use dicom_core::value::Value;
+use dicom_dictionary_std::tags;
+use dicom_object::{open_file, DefaultDicomObject};
+use dicom_pixeldata::PixelDecoder;
+use glam::{DMat3, DVec3};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Most files a folder scan reads (deeper folders of a whole PACS export are refused).
+pub const MAX_FILES: usize = 20_000;
+/// Largest file read (bytes).
+pub const MAX_FILE_BYTES: u64 = 1 << 30;
+/// Largest image (pixels per slice).
+pub const MAX_PIXELS_PER_SLICE: usize = 8192 * 8192;
+/// Positions closer than this (mm, along the normal) are the same slice position.
+const SAME_POSITION_MM: f64 = 0.01;
+
+/// A file or series that could not be imported, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomProblem {
+    /// The file (or, for a series, its first file).
+    pub path: PathBuf,
+    /// The series it belongs to, when known (description or UID).
+    pub series: Option<String>,
+    /// What is wrong, in words.
+    pub message: String,
+}
+
+impl std::fmt::Display for DicomProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.series {
+            Some(s) => write!(
+                f,
+                "series \"{s}\" ({}): {}",
+                self.path.display(),
+                self.message
+            ),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+/// One imported series.
+#[derive(Debug, Clone)]
+pub struct DicomSeries {
+    /// Series Instance UID.
+    pub series_uid: String,
+    /// Series Description (else "series <number>", else the UID).
+    pub description: String,
+    /// Series Number, if given.
+    pub series_number: Option<i64>,
+    /// Modality (MR, CT, …), if given.
+    pub modality: String,
+    /// The files, in slice order (time points after each other for a 4D series).
+    pub files: Vec<PathBuf>,
+    /// The voxels (modality values: rescale applied), on the series' RAS+ grid.
+    pub volume: Volume<f32>,
+}
+
+/// What a folder held.
+#[derive(Debug, Clone, Default)]
+pub struct DicomScan {
+    /// Series built, ordered by series number then description.
+    pub series: Vec<DicomSeries>,
+    /// Files and series that could not be imported.
+    pub problems: Vec<DicomProblem>,
+    /// Files looked at.
+    pub files_seen: usize,
+}
+
+/// Errors that stop a scan as a whole (the folder itself cannot be read).
+#[derive(Debug, thiserror::Error)]
+pub enum DicomError {
+    /// Listing the folder failed.
+    #[error("{}: cannot read the folder: {source}", path.display())]
+    Io {
+        /// The folder.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// More files than a scan reads.
+    #[error("{}: more than {MAX_FILES} files; choose the folder of one study", path.display())]
+    TooManyFiles {
+        /// The folder.
+        path: PathBuf,
+    },
+}
+
+/// One image read from a file.
+struct Slice {
+    path: PathBuf,
+    series_uid: String,
+    description: Option<String>,
+    series_number: Option<i64>,
+    modality: String,
+    rows: usize,
+    columns: usize,
+    /// Pixel Spacing: between rows, between columns (mm).
+    spacing: [f64; 2],
+    /// Image Orientation (Patient): row direction, column direction (LPS).
+    orientation: [f64; 6],
+    /// Image Position (Patient) (LPS, mm).
+    position: [f64; 3],
+    instance: i64,
+    slice_thickness: Option<f64>,
+    repetition_time_ms: Option<f64>,
+    values: Vec<f32>,
+}
+
+/// Read every DICOM file under `dir` (sub-folders too) and build its series.
+pub fn scan_dir(dir: &Path) -> Result<DicomScan, DicomError> {
+    let files = list_files(dir)?;
+    let mut scan = DicomScan {
+        files_seen: files.len(),
+        ..DicomScan::default()
+    };
+    let mut slices = Vec::new();
+    for path in files {
+        match read_slice(&path) {
+            Ok(Some(s)) => slices.push(s),
+            Ok(None) => {}
+            Err(message) => scan.problems.push(DicomProblem {
+                path,
+                series: None,
+                message,
+            }),
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Slice>> = BTreeMap::new();
+    for s in slices {
+        groups.entry(s.series_uid.clone()).or_default().push(s);
+    }
+    for (uid, group) in groups {
+        let name = series_name(&group[0], &uid);
+        let first = group[0].path.clone();
+        match build_series(uid, name.clone(), group) {
+            Ok(series) => scan.series.push(series),
+            Err(message) => scan.problems.push(DicomProblem {
+                path: first,
+                series: Some(name),
+                message,
+            }),
+        }
+    }
+    scan.series.sort_by(|a, b| {
+        (a.series_number.unwrap_or(i64::MAX), &a.description)
+            .cmp(&(b.series_number.unwrap_or(i64::MAX), &b.description))
+    });
+    Ok(scan)
+}
+
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>, DicomError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = std::fs::read_dir(&d).map_err(|source| DicomError::Io {
+            path: d.clone(),
+            source,
+        })?;
+        let mut here: Vec<_> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        here.sort();
+        for p in here {
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.is_file() {
+                out.push(p);
+                if out.len() > MAX_FILES {
+                    return Err(DicomError::TooManyFiles {
+                        path: dir.to_path_buf(),
+                    });
+                }
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn series_name(s: &Slice, uid: &str) -> String {
+    match (&s.description, s.series_number) {
+        (Some(d), _) if !d.trim().is_empty() => d.trim().to_string(),
+        (_, Some(n)) => format!("series {n}"),
+        _ => uid.to_string(),
+    }
+}
+
+/// Read one file: `Ok(None)` for DICOM files that hold no image to import (a DICOMDIR index).
+fn read_slice(path: &Path) -> Result<Option<Slice>, String> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if len > MAX_FILE_BYTES {
+        return Err(format!(
+            "{len} bytes: larger than the {MAX_FILE_BYTES} bytes read"
+        ));
+    }
+    // The crates are trusted not to panic, but a file is not: a panic inside them becomes this
+    // file's error instead of taking the import down.
+    let path_buf = path.to_path_buf();
+    std::panic::catch_unwind(move || read_slice_inner(&path_buf))
+        .unwrap_or_else(|_| Err("the DICOM decoder failed on this file".into()))
+}
+
+fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
+    let obj = open_file(path).map_err(|e| format!("not a readable DICOM file: {}", chain(&e)))?;
+    const DICOMDIR: &str = "1.2.840.10008.1.3.10";
+    if obj
+        .meta()
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
+        == DICOMDIR
+    {
+        return Ok(None);
+    }
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err("holds no image (no Pixel Data): skipped".into());
+    }
+    let text = |tag, name: &str| -> Result<String, String> {
+        opt_text(&obj, tag).ok_or_else(|| format!("missing {name} {}", tag_str(tag)))
+    };
+    let floats = |tag, name: &str, n: usize| -> Result<Vec<f64>, String> {
+        let v = obj
+            .element_opt(tag)
+            .ok()
+            .flatten()
+            .ok_or_else(|| format!("missing {name} {}", tag_str(tag)))?
+            .to_multi_float64()
+            .map_err(|e| format!("{name} {} is not numeric: {e}", tag_str(tag)))?;
+        if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+            return Err(format!(
+                "{name} {} must hold {n} finite numbers, not {v:?}",
+                tag_str(tag)
+            ));
+        }
+        Ok(v)
+    };
+    let series_uid = text(tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
+    let frames = opt_float(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
+    if frames > 1.0 {
+        return Err(format!(
+            "a multi-frame image ({frames} frames in one file, e.g. enhanced MR) is not \
+             supported; export the series as one file per slice"
+        ));
+    }
+    let samples = opt_float(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1.0);
+    if samples != 1.0 {
+        return Err(format!(
+            "a colour image ({samples} samples per pixel) is not supported"
+        ));
+    }
+    let rows = opt_float(&obj, tags::ROWS).ok_or("missing Rows (0028,0010)")?;
+    let columns = opt_float(&obj, tags::COLUMNS).ok_or("missing Columns (0028,0011)")?;
+    if rows < 1.0 || columns < 1.0 || rows * columns > MAX_PIXELS_PER_SLICE as f64 {
+        return Err(format!(
+            "an image of {rows} × {columns} pixels is not supported"
+        ));
+    }
+    let (rows, columns) = (rows as usize, columns as usize);
+    let spacing = floats(tags::PIXEL_SPACING, "Pixel Spacing", 2)?;
+    if spacing.iter().any(|s| *s <= 0.0) {
+        return Err(format!("Pixel Spacing {spacing:?} must be positive"));
+    }
+    let orientation = floats(
+        tags::IMAGE_ORIENTATION_PATIENT,
+        "Image Orientation (Patient)",
+        6,
+    )?;
+    let position = floats(tags::IMAGE_POSITION_PATIENT, "Image Position (Patient)", 3)?;
+    let (u, v) = (
+        DVec3::new(orientation[0], orientation[1], orientation[2]),
+        DVec3::new(orientation[3], orientation[4], orientation[5]),
+    );
+    if (u.length() - 1.0).abs() > 0.01 || (v.length() - 1.0).abs() > 0.01 || u.dot(v).abs() > 0.01 {
+        return Err(format!(
+            "Image Orientation (Patient) {orientation:?} is not two perpendicular unit vectors"
+        ));
+    }
+    // Native pixel data must hold the image the header describes, before anything is decoded.
+    let bits = opt_float(&obj, tags::BITS_ALLOCATED).ok_or("missing Bits Allocated (0028,0100)")?;
+    if ![8.0, 16.0, 32.0].contains(&bits) {
+        return Err(format!("{bits} bits allocated per pixel is not supported"));
+    }
+    let pixel = obj
+        .element(tags::PIXEL_DATA)
+        .map_err(|e| format!("Pixel Data: {e}"))?;
+    if !matches!(pixel.value(), Value::PixelSequence(_)) {
+        let need = rows * columns * (bits as usize / 8);
+        let have = pixel.value().to_bytes().map(|b| b.len()).unwrap_or(0);
+        if have < need {
+            return Err(format!(
+                "Pixel Data holds {have} bytes; Rows × Columns × Bits Allocated need {need}"
+            ));
+        }
+    }
+    let decoded = obj.decode_pixel_data().map_err(|e| {
+        format!(
+            "pixel data cannot be decoded (transfer syntax {}): {}",
+            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            chain(&e)
+        )
+    })?;
+    if decoded.rows() as usize != rows || decoded.columns() as usize != columns {
+        return Err(format!(
+            "the decoded image is {} × {}, the header says {rows} × {columns}",
+            decoded.rows(),
+            decoded.columns()
+        ));
+    }
+    let values: Vec<f32> = decoded
+        .to_vec_frame(0)
+        .map_err(|e| format!("pixel values cannot be converted: {e}"))?;
+    if values.len() != rows * columns {
+        return Err(format!(
+            "{} pixel values for an image of {rows} × {columns}",
+            values.len()
+        ));
+    }
+    Ok(Some(Slice {
+        path: path.to_path_buf(),
+        series_uid,
+        description: opt_text(&obj, tags::SERIES_DESCRIPTION),
+        series_number: opt_float(&obj, tags::SERIES_NUMBER).map(|n| n as i64),
+        modality: opt_text(&obj, tags::MODALITY).unwrap_or_default(),
+        rows,
+        columns,
+        spacing: [spacing[0], spacing[1]],
+        orientation: [
+            orientation[0],
+            orientation[1],
+            orientation[2],
+            orientation[3],
+            orientation[4],
+            orientation[5],
+        ],
+        position: [position[0], position[1], position[2]],
+        instance: opt_float(&obj, tags::INSTANCE_NUMBER).map_or(0, |n| n as i64),
+        slice_thickness: opt_float(&obj, tags::SPACING_BETWEEN_SLICES)
+            .or_else(|| opt_float(&obj, tags::SLICE_THICKNESS))
+            .filter(|t| *t > 0.0),
+        repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
+        values,
+    }))
+}
+
+/// An error with its causes, most general first (dicom-rs nests the detail in sources).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+fn tag_str(tag: dicom_core::Tag) -> String {
+    format!("({:04X},{:04X})", tag.0, tag.1)
+}
+
+fn opt_text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+    let s = obj.element_opt(tag).ok()??.to_str().ok()?;
+    let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+fn opt_float(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<f64> {
+    obj.element_opt(tag)
+        .ok()??
+        .to_float64()
+        .ok()
+        .filter(|v| v.is_finite())
+}
+
+/// Sort a series' images into slices (and time points) and build its volume.
+fn build_series(
+    uid: String,
+    description: String,
+    mut group: Vec<Slice>,
+) -> Result<DicomSeries, String> {
+    let first = &group[0];
+    let (rows, columns, spacing, orientation) =
+        (first.rows, first.columns, first.spacing, first.orientation);
+    for s in &group {
+        if (s.rows, s.columns) != (rows, columns) {
+            return Err(format!(
+                "images of different sizes ({columns} × {rows} in {}, {} × {} in {})",
+                first.path.display(),
+                s.columns,
+                s.rows,
+                s.path.display()
+            ));
+        }
+        if s.orientation
+            .iter()
+            .zip(&orientation)
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+        {
+            return Err(format!(
+                "mixed orientations ({orientation:?} in {}, {:?} in {})",
+                first.path.display(),
+                s.orientation,
+                s.path.display()
+            ));
+        }
+        if s.spacing
+            .iter()
+            .zip(&spacing)
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+        {
+            return Err(format!(
+                "mixed pixel spacings ({spacing:?} in {}, {:?} in {})",
+                first.path.display(),
+                s.spacing,
+                s.path.display()
+            ));
+        }
+    }
+    let row_dir = DVec3::new(orientation[0], orientation[1], orientation[2]);
+    let col_dir = DVec3::new(orientation[3], orientation[4], orientation[5]);
+    let normal = row_dir.cross(col_dir).normalize();
+    let along = |s: &Slice| DVec3::from_array(s.position).dot(normal);
+    group.sort_by(|a, b| {
+        along(a)
+            .total_cmp(&along(b))
+            .then(a.instance.cmp(&b.instance))
+    });
+    // Positions, each with its images (time points) in instance order.
+    let mut positions: Vec<Vec<Slice>> = Vec::new();
+    for s in group {
+        match positions.last_mut() {
+            Some(p) if (along(&p[0]) - along(&s)).abs() < SAME_POSITION_MM => p.push(s),
+            _ => positions.push(vec![s]),
+        }
+    }
+    let frames = positions[0].len();
+    if let Some(p) = positions.iter().find(|p| p.len() != frames) {
+        return Err(format!(
+            "slice positions hold different numbers of images ({frames} at {:.2} mm, {} at \
+             {:.2} mm along the normal)",
+            along(&positions[0][0]),
+            p.len(),
+            along(&p[0])
+        ));
+    }
+    for p in &mut positions {
+        p.sort_by_key(|s| s.instance);
+    }
+    let origin = DVec3::from_array(positions[0][0].position);
+    let step = if positions.len() > 1 {
+        let last = DVec3::from_array(positions[positions.len() - 1][0].position);
+        let step = (last - origin) / (positions.len() - 1) as f64;
+        let gaps: Vec<DVec3> = positions
+            .windows(2)
+            .map(|w| DVec3::from_array(w[1][0].position) - DVec3::from_array(w[0][0].position))
+            .collect();
+        let mut by_length: Vec<&DVec3> = gaps.iter().collect();
+        by_length.sort_by(|a, b| a.length().total_cmp(&b.length()));
+        let median = *by_length[by_length.len() / 2];
+        let typical = median.length();
+        let tolerance = 0.01 + 0.01 * typical;
+        for (w, gap) in positions.windows(2).zip(&gaps) {
+            if (*gap - median).length() > tolerance {
+                return Err(format!(
+                    "inconsistent slice spacing: {:.3} mm between {} and {}, where slices are \
+                     typically {typical:.3} mm apart (a missing or extra slice?)",
+                    gap.length(),
+                    w[0][0].path.display(),
+                    w[1][0].path.display(),
+                ));
+            }
+        }
+        step
+    } else {
+        normal * positions[0][0].slice_thickness.unwrap_or(1.0)
+    };
+    // LPS voxel→world, then RAS+ (negate x and y).
+    let linear_lps = DMat3::from_cols(row_dir * spacing[1], col_dir * spacing[0], step);
+    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
+    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
+    if affine.linear().determinant().abs() < 1e-9 {
+        return Err("the slices do not span a volume (zero slice step)".into());
+    }
+    let n_slices = positions.len();
+    let mut data = Vec::with_capacity(rows * columns * n_slices * frames);
+    let mut files = Vec::with_capacity(n_slices * frames);
+    for t in 0..frames {
+        for p in &positions {
+            data.extend_from_slice(&p[t].values);
+            files.push(p[t].path.clone());
+        }
+    }
+    let tr_ms = positions[0][0].repetition_time_ms;
+    let modality = positions[0][0].modality.clone();
+    let series_number = positions[0][0].series_number;
+    let mut volume =
+        Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
+    if frames > 1 {
+        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
+    }
+    Ok(DicomSeries {
+        series_uid: uid,
+        description,
+        series_number,
+        modality,
+        files,
+        volume,
+    })
+}
