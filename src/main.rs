@@ -262,6 +262,25 @@ enum Command {
         #[arg(long, default_value = "slice")]
         class: String,
     },
+    /// Import a folder of DICOM files: group into series, build each volume, then list them, add
+    /// the chosen ones to a project case as named sequences (--project, --case), or write them as
+    /// NIfTI files (--out). Files and series that cannot be imported are listed with the reason.
+    ImportDicom {
+        /// The folder (searched with its sub-folders).
+        dir: PathBuf,
+        /// A project to add the series to (created if the folder holds none).
+        #[arg(long, requires = "case")]
+        project: Option<PathBuf>,
+        /// The case the series become sequences of (created if new).
+        #[arg(long)]
+        case: Option<String>,
+        /// The series to import, by their number in the listing (comma-separated; default: all).
+        #[arg(long, value_delimiter = ',')]
+        series: Vec<usize>,
+        /// Write each chosen series as OUT/<name>.nii.gz.
+        #[arg(long, conflicts_with = "project")]
+        out: Option<PathBuf>,
+    },
     /// Run an experiment: the plan's arms × seeds trained with the same budget, each evaluated on
     /// the same held-out test cases; writes OUT/report.md, OUT/cases.csv and PNG plots, and
     /// prints `metric:` lines per arm
@@ -616,6 +635,19 @@ fn main() -> Result<()> {
                 p.manifest_path().display()
             );
         }
+        Command::ImportDicom {
+            dir,
+            project,
+            case,
+            series,
+            out,
+        } => import_dicom(
+            &dir,
+            project.as_deref(),
+            case.as_deref(),
+            &series,
+            out.as_deref(),
+        )?,
         Command::Experiment {
             project,
             plan,
@@ -1065,4 +1097,81 @@ fn emit(text: &str) -> Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
+}
+
+/// `mriloop import-dicom`: scan, list, then import the chosen series.
+fn import_dicom(
+    dir: &Path,
+    project: Option<&Path>,
+    case: Option<&str>,
+    chosen: &[usize],
+    out: Option<&Path>,
+) -> Result<()> {
+    use mriloop::volume::dicom::scan_dir;
+    let scan = scan_dir(dir)?;
+    println!(
+        "{}: {} files, {} series",
+        dir.display(),
+        scan.files_seen,
+        scan.series.len()
+    );
+    for (k, s) in scan.series.iter().enumerate() {
+        let [nx, ny, nz, nt] = s.volume.dims();
+        let sp = s.volume.spacing_mm();
+        let time = if nt > 1 {
+            format!(" x {nt}")
+        } else {
+            String::new()
+        };
+        println!(
+            "  {}: \"{}\" {} {nx}x{ny}x{nz}{time} voxels of {:.2}x{:.2}x{:.2} mm, {} files, {}",
+            k + 1,
+            s.description,
+            s.modality,
+            sp[0],
+            sp[1],
+            sp[2],
+            s.files.len(),
+            s.volume.affine().orientation_code()
+        );
+    }
+    for p in &scan.problems {
+        println!("  not imported: {p}");
+    }
+    if let Some(bad) = chosen.iter().find(|k| **k == 0 || **k > scan.series.len()) {
+        bail!(
+            "--series {bad}: the listing has series 1 to {}",
+            scan.series.len()
+        );
+    }
+    let picked: Vec<_> = if chosen.is_empty() {
+        scan.series.iter().collect()
+    } else {
+        chosen.iter().map(|k| &scan.series[k - 1]).collect()
+    };
+    if (project.is_some() || out.is_some()) && picked.is_empty() {
+        bail!("{}: no series could be imported", dir.display());
+    }
+    if let (Some(root), Some(case)) = (project, case) {
+        let mut p = if root.join("mriloop.json").exists() || root.is_file() {
+            Project::open(root)?
+        } else {
+            let name = root
+                .file_name()
+                .map_or_else(|| "imported".into(), |n| n.to_string_lossy().into_owned());
+            Project::create(root, mriloop::project::Manifest::new(name))?
+        };
+        let names = mriloop::project::dicom_import::add_series_to_case(&mut p, case, &picked)?;
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        println!(
+            "added to case {case} of {}: {}",
+            p.manifest_path().display(),
+            names.join(", ")
+        );
+    } else if let Some(out) = out {
+        for path in mriloop::project::dicom_import::write_series_files(out, &picked)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
 }

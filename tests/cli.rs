@@ -183,3 +183,44 @@ fn train_eval_predict_for_the_three_input_forms() {
         assert!(m.affine.max_abs_diff(&i.affine) < 1e-5);
     }
 }
+
+#[test]
+fn import_dicom_lists_series_and_problems_then_adds_them_to_a_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dicom-pydicom");
+    let dicom = dir.path().join("dicom");
+    std::fs::create_dir(&dicom).unwrap();
+    for f in ["MR_small.dcm", "MR_truncated.dcm"] {
+        std::fs::copy(data.join(f), dicom.join(f)).unwrap();
+    }
+    let project = dir.path().join("study");
+    let run = mriloop(&[
+        "import-dicom",
+        dicom.to_str().unwrap(),
+        "--project",
+        project.to_str().unwrap(),
+        "--case",
+        "subject01",
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("2 files, 1 series"), "{stdout}");
+    assert!(stdout.contains("64x64x1 voxels"), "{stdout}");
+    assert!(
+        stdout.contains("not imported:") && stdout.contains("MR_truncated.dcm"),
+        "{stdout}"
+    );
+    let p = mriloop::project::Project::open(&project).unwrap();
+    let case = p.manifest.case("subject01").unwrap();
+    assert_eq!(case.form, mriloop::project::InputForm::Slice2d);
+    assert_eq!(case.sequences.len(), 1);
+    assert!(p.resolve(&case.sequences[0].path).exists());
+    // A series number outside the listing is refused, naming the range.
+    let run = mriloop(&["import-dicom", dicom.to_str().unwrap(), "--series", "2"]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("series 1 to 1"));
+}

@@ -10,6 +10,7 @@
 use super::{check_case_id, invalid, Case, InputForm, Project, ProjectError, SequenceFile};
 use crate::project::SequenceName;
 use crate::volume::dicom::DicomSeries;
+use std::path::{Path, PathBuf};
 
 /// The form a case of these series has: 4D if one is a time series, 2D if all are single
 /// slices, else 3D.
@@ -24,7 +25,7 @@ pub fn form_of(series: &[&DicomSeries]) -> InputForm {
 }
 
 /// A file-name stem for a sequence name: lower-case letters, digits and `_`.
-fn file_stem(name: &str) -> String {
+pub fn file_stem(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -81,13 +82,8 @@ pub fn add_series_to_case(
             name = SequenceName::from(format!("{base} {k}"));
             k += 1;
         }
-        let stem = file_stem(name.as_str());
-        let mut rel = format!("{dir_rel}/{stem}.nii.gz");
-        let mut k = 2;
-        while project.resolve(&rel).exists() {
-            rel = format!("{dir_rel}/{stem}_{k}.nii.gz");
-            k += 1;
-        }
+        let file = free_file_name(&dir, name.as_str());
+        let rel = format!("{dir_rel}/{file}");
         crate::volume::write_volume(&project.resolve(&rel), &s.volume)?;
         project.manifest.cases[index].sequences.push(SequenceFile {
             name: name.clone(),
@@ -97,4 +93,36 @@ pub fn add_series_to_case(
     }
     project.save()?;
     Ok(names)
+}
+
+/// `<stem>.nii.gz` for `name`, numbered (`<stem>_2.nii.gz`, …) past the files `dir` holds.
+fn free_file_name(dir: &Path, name: &str) -> String {
+    let stem = file_stem(name);
+    let mut file = format!("{stem}.nii.gz");
+    let mut k = 2;
+    while dir.join(&file).exists() {
+        file = format!("{stem}_{k}.nii.gz");
+        k += 1;
+    }
+    file
+}
+
+/// Write each series as `<dir>/<description>.nii.gz` (numbered past existing files; nothing is
+/// overwritten); returns the files in the order of `series`.
+pub fn write_series_files(
+    dir: &Path,
+    series: &[&DicomSeries],
+) -> Result<Vec<PathBuf>, ProjectError> {
+    std::fs::create_dir_all(dir).map_err(|e| ProjectError::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    series
+        .iter()
+        .map(|s| {
+            let path = dir.join(free_file_name(dir, &s.description));
+            crate::volume::write_volume(&path, &s.volume)?;
+            Ok(path)
+        })
+        .collect()
 }
