@@ -4,9 +4,12 @@
 //! and unsupported files and inconsistent series give errors naming them while the rest imports;
 //! imported series become named sequences of a project case.
 
+mod window;
+
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use egui_kittest::kittest::Queryable;
 use glam::{DMat3, DVec3};
 use mriloop::phantom::{generate_case, PhantomConfig};
 use mriloop::project::{dicom_import, Manifest, Project, SequenceName};
@@ -464,4 +467,63 @@ fn a_series_with_several_images_per_position_is_a_time_series() {
     }
     let form = dicom_import::form_of(&[&scan.series[0]]);
     assert_eq!(form, mriloop::project::InputForm::TimeSeries4d);
+}
+
+#[test]
+fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
+    use mriloop::app::dicom::DicomCommand;
+    use mriloop::app::Command;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        cases: 2,
+        seed: 2,
+        grid: 16,
+        ..Default::default()
+    };
+    let p = mriloop::phantom::generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dicom-pydicom");
+    let dicom = dir.path().join("exam 42");
+    std::fs::create_dir(&dicom).unwrap();
+    for f in ["MR_small.dcm", "MR_truncated.dcm"] {
+        std::fs::copy(data.join(f), dicom.join(f)).unwrap();
+    }
+    let mut h = window::open_project(p.root(), [1280.0, 800.0]);
+    h.state_mut()
+        .push(Command::Dicom(DicomCommand::Scan(dicom.clone())));
+    assert!(window::step_until(&mut h, |a| a.dicom().scan.is_some()));
+    h.step();
+    // The dialog lists the series and says what was not imported.
+    h.get_by_label("Import DICOM");
+    h.get_by_label("2 files: 1 series, 1 not imported");
+    assert_eq!(h.state().dicom().case_id, "exam_42");
+    h.get_by_label("Import").click();
+    let opened = window::step_until(&mut h, |a| {
+        a.open_case().is_some_and(|o| o.loaded.case_id == "exam_42") && !a.is_loading()
+    });
+    assert!(
+        opened,
+        "{:?} {:?}",
+        h.state().error(),
+        h.state().dicom().status
+    );
+    let app = h.state();
+    let case = app.project().unwrap().manifest.case("exam_42").unwrap();
+    assert_eq!(case.form, mriloop::project::InputForm::Slice2d);
+    // Saved with the manifest: the project on disk has the case and its file.
+    assert!(window::step_until(&mut h, |a| Project::open(
+        a.project().unwrap().root()
+    )
+    .is_ok_and(|q| q.manifest.case("exam_42").is_some())));
+    let open = h.state().open_case().unwrap();
+    let sum: f64 = open.loaded.images[0]
+        .volume
+        .data()
+        .iter()
+        .map(|v| f64::from(*v))
+        .sum();
+    assert_eq!(sum, 2_125_338.0);
+    assert!(matches!(
+        open.viewer.layout,
+        mriloop::app::Layout::Single(_)
+    ));
 }

@@ -9,6 +9,7 @@
 mod bridge;
 pub mod cohort;
 pub mod curves;
+pub mod dicom;
 mod edit_panel;
 mod editing;
 pub mod experiment;
@@ -220,6 +221,8 @@ pub enum Command {
     Experiment(experiment::ExperimentCommand),
     /// The time-series panel of a 4D case.
     Time(timeseries::TimeCommand),
+    /// The DICOM import dialog.
+    Dicom(dicom::DicomCommand),
 }
 
 /// A case being loaded.
@@ -292,6 +295,7 @@ pub struct MriloopApp {
     show_help: bool,
     training: training::TrainingState,
     experiment: experiment::ExperimentState,
+    dicom: dicom::DicomState,
 }
 
 impl MriloopApp {
@@ -338,6 +342,7 @@ impl MriloopApp {
             show_help: false,
             training: training::TrainingState::default(),
             experiment: experiment::ExperimentState::default(),
+            dicom: dicom::DicomState::default(),
         };
         if app.render_state.is_none() {
             app.error = Some("no wgpu device: mriloop needs a GPU or Mesa's Vulkan driver".into());
@@ -626,6 +631,7 @@ impl MriloopApp {
             Command::Train(t) => self.apply_train(t),
             Command::Experiment(e) => self.apply_experiment(e),
             Command::Time(t) => self.apply_time(t),
+            Command::Dicom(d) => self.apply_dicom(d),
             // Viewer commands with no case open (or naming a missing sequence) do nothing.
             _ => {}
         }
@@ -1127,6 +1133,7 @@ impl eframe::App for MriloopApp {
         self.poll_experiment();
         self.poll_notices();
         self.poll_time(ctx.input(|i| i.time));
+        self.poll_dicom();
         self.apply_all();
         self.autosave_tick();
         self.handle_keys(&ctx);
@@ -1152,6 +1159,9 @@ impl eframe::App for MriloopApp {
         if self.experiment.show {
             experiment::experiment_window(&ctx, self, &mut out);
         }
+        if self.dicom.show {
+            dicom::dicom_window(&ctx, self, &mut out);
+        }
         panels::side_panel(ui, self, &mut out);
         self.cells = views::central(ui, self, &mut out);
         panels::error_dialog(&ctx, self, &mut out);
@@ -1161,6 +1171,7 @@ impl eframe::App for MriloopApp {
         }
         self.commands.extend(out);
         if self.is_loading()
+            || self.dicom.busy()
             || self.training.cohort.is_running()
             || self.stats_rx.is_some()
             || !self.commands.is_empty()

@@ -19,6 +19,11 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 if ui.button("Open images…").clicked() {
                     out.push(Command::OpenFilesDialog);
                 }
+                if ui.button("Import DICOM…").clicked() {
+                    out.push(Command::Dicom(
+                        super::dicom::DicomCommand::ChooseFolderDialog,
+                    ));
+                }
                 if ui.button("Open demo case").clicked() {
                     out.push(Command::OpenProject(super::demo_project_dir()));
                 }

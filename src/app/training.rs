@@ -392,7 +392,7 @@ impl MriloopApp {
 
     /// Save the manifest (through the open case's store so its journal stays consistent, or
     /// in a background thread).
-    fn save_manifest(&mut self) {
+    pub(super) fn save_manifest(&mut self) {
         if let Some(open) = self.open.as_mut().filter(|o| o.edits.store.is_some()) {
             open.edits.dirty = true;
             self.save_now();

@@ -51,48 +51,76 @@ pub fn add_series_to_case(
     case_id: &str,
     series: &[&DicomSeries],
 ) -> Result<Vec<SequenceName>, ProjectError> {
-    let manifest_path = project.manifest_path();
+    let taken = sequence_names(project, case_id);
+    let files = write_case_files(project.root(), case_id, &taken, series)?;
+    add_sequences(project, case_id, form_of(series), &files);
+    project.save()?;
+    Ok(files.into_iter().map(|f| f.name).collect())
+}
+
+/// The sequence names case `case_id` already has (none for a new case).
+pub fn sequence_names(project: &Project, case_id: &str) -> Vec<SequenceName> {
+    project
+        .manifest
+        .case(case_id)
+        .map(|c| c.sequences.iter().map(|s| s.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Write `series` into case `case_id`'s folder under `root`, named from their descriptions past
+/// the names in `taken` (a name already taken gets a number); the manifest is not touched.
+pub fn write_case_files(
+    root: &Path,
+    case_id: &str,
+    taken: &[SequenceName],
+    series: &[&DicomSeries],
+) -> Result<Vec<SequenceFile>, ProjectError> {
+    let manifest_path = root.join(super::MANIFEST_FILE);
     check_case_id(case_id).map_err(|p| invalid(&manifest_path, p))?;
     if series.is_empty() {
         return Err(invalid(&manifest_path, "no series chosen to import"));
     }
-    let index = match project.manifest.cases.iter().position(|c| c.id == case_id) {
-        Some(i) => i,
-        None => {
-            project
-                .manifest
-                .cases
-                .push(Case::new(case_id, form_of(series)));
-            project.manifest.cases.len() - 1
-        }
-    };
     let dir_rel = Project::case_dir_rel(case_id);
-    let dir = project.resolve(&dir_rel);
+    let dir = root.join(&dir_rel);
     std::fs::create_dir_all(&dir).map_err(|e| ProjectError::Io {
         path: dir.clone(),
         source: e,
     })?;
-    let mut names = Vec::new();
+    let mut files: Vec<SequenceFile> = Vec::new();
     for s in series {
-        let case = &project.manifest.cases[index];
         let base = SequenceName::from(s.description.clone());
         let mut name = base.clone();
         let mut k = 2;
-        while case.sequence(&name).is_some() || names.contains(&name) {
+        while taken.contains(&name) || files.iter().any(|f| f.name == name) {
             name = SequenceName::from(format!("{base} {k}"));
             k += 1;
         }
         let file = free_file_name(&dir, name.as_str());
         let rel = format!("{dir_rel}/{file}");
-        crate::volume::write_volume(&project.resolve(&rel), &s.volume)?;
-        project.manifest.cases[index].sequences.push(SequenceFile {
-            name: name.clone(),
-            path: rel,
-        });
-        names.push(name);
+        crate::volume::write_volume(&root.join(&rel), &s.volume)?;
+        files.push(SequenceFile { name, path: rel });
     }
-    project.save()?;
-    Ok(names)
+    Ok(files)
+}
+
+/// Add written sequence `files` to case `case_id` of the manifest (a new case of `form` when
+/// there is none); returns the case's index.
+pub fn add_sequences(
+    project: &mut Project,
+    case_id: &str,
+    form: InputForm,
+    files: &[SequenceFile],
+) -> usize {
+    let cases = &mut project.manifest.cases;
+    let index = match cases.iter().position(|c| c.id == case_id) {
+        Some(i) => i,
+        None => {
+            cases.push(Case::new(case_id, form));
+            cases.len() - 1
+        }
+    };
+    cases[index].sequences.extend(files.iter().cloned());
+    index
 }
 
 /// `<stem>.nii.gz` for `name`, numbered (`<stem>_2.nii.gz`, …) past the files `dir` holds.
