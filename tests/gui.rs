@@ -492,3 +492,62 @@ fn a_single_slice_case_opens_in_one_large_view() {
     );
     assert!(levels.len() > 20, "{} grey levels", levels.len());
 }
+
+#[test]
+fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = mriloop::phantom::PhantomConfig {
+        cases: 2,
+        seed: 6,
+        grid: 16,
+        ..Default::default()
+    };
+    let mut p =
+        mriloop::phantom::generate_project(&dir.path().join("stack"), &cfg, |_, _| {}).unwrap();
+    // The second case's image is declared a stack of 2D images (the 2D form, 16 of them).
+    p.manifest.cases[1].form = InputForm::Slice2d;
+    p.save().unwrap();
+    let mut h = window::open_project(p.root(), [1280.0, 800.0]);
+    let open_case = |h: &mut Harness<'_, MriloopApp>, i: usize| {
+        h.state_mut().push(Command::OpenCase(i));
+        let id = h.state().project().unwrap().manifest.cases[i].id.clone();
+        assert!(window::step_until(h, |a| a
+            .open_case()
+            .is_some_and(|o| o.loaded.case_id == id)
+            && !a.is_loading()));
+        h.step();
+        h.step();
+    };
+    open_case(&mut h, 1);
+    let (layout, cells, k_axis) = {
+        let app = h.state();
+        let o = app.open_case().unwrap();
+        let a = *o.loaded.images[0].volume.affine();
+        (
+            o.viewer.layout,
+            app.view_cells().len(),
+            a.linear().col(2).normalize(),
+        )
+    };
+    let mriloop::app::Layout::Single(orientation) = layout else {
+        panic!("a stack opens in one view, not {layout:?}");
+    };
+    assert_eq!(cells, 1);
+    // The view faces the stack: its normal is the third voxel axis, so paging steps images.
+    assert!(orientation.axes().2.dot(k_axis).abs() > 0.7);
+    let before = h.state().open_case().unwrap().viewer.cursor_mm;
+    h.state_mut().push(Command::StepSlice(orientation, 1));
+    h.step();
+    let after = h.state().open_case().unwrap().viewer.cursor_mm;
+    let step = h.state().open_case().unwrap().loaded.images[0]
+        .volume
+        .spacing_mm()[2];
+    assert!(((after - before).length() - step).abs() < 0.05 * step);
+    // A volume case after it opens tri-planar again.
+    open_case(&mut h, 0);
+    assert_eq!(
+        h.state().open_case().unwrap().viewer.layout,
+        mriloop::app::Layout::TriPlanar
+    );
+    assert_eq!(h.state().view_cells().len(), 3);
+}

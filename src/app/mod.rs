@@ -34,7 +34,7 @@ pub use state::{
 };
 pub use views::ViewCell;
 
-use crate::project::{LabelTable, Project, ReviewStatus};
+use crate::project::{InputForm, LabelTable, Project, ReviewStatus};
 use crate::render::{CaseTextures, Colormap, GridInfo, ImageTexture, Orientation};
 use glam::DVec3;
 use std::collections::HashMap;
@@ -827,18 +827,35 @@ impl MriloopApp {
                 SequenceDisplay::new(i.volume.data(), cmap)
             })
             .collect();
-        let viewer = ViewerState::new(first.volume.affine(), first.volume.dims3(), display);
+        let mut viewer = ViewerState::new(first.volume.affine(), first.volume.dims3(), display);
+        // A case of the 2D form holding several slices is a stack of unrelated images: one
+        // large view facing them, paged like slices, no cross-sections through the stack.
+        let form_of = |index: Option<usize>| {
+            let p = self.project.as_ref()?;
+            Some(p.manifest.cases.get(index?)?.form)
+        };
+        let fixed_layout = |form: Option<InputForm>, g: &GridInfo| {
+            ViewerState::single_slice_layout(&g.affine, g.dims).or_else(|| {
+                (form == Some(InputForm::Slice2d)).then(|| ViewerState::stack_layout(&g.affine))
+            })
+        };
+        let first_grid = GridInfo {
+            affine: *first.volume.affine(),
+            dims: first.volume.dims3(),
+            value_range: (0.0, 1.0),
+        };
+        let fixed = fixed_layout(form_of(case_index), &first_grid);
+        if let Some(l) = fixed {
+            viewer.layout = l;
+        }
         // Keep the view settings of the previous case where they still apply (same sequences;
-        // the layout only between volumes: a single slice always gets its one view).
-        let slice_layout =
-            |affine: &crate::volume::Affine, dims| ViewerState::single_slice_layout(affine, dims);
+        // the layout only between volumes: a single slice or a stack always gets its one view).
         let viewer = match &self.open {
             Some(prev) if prev.viewer.display.len() == viewer.display.len() => ViewerState {
                 layout: match prev.image_grids.first() {
                     Some(g)
-                        if slice_layout(&g.affine, g.dims).is_none()
-                            && slice_layout(first.volume.affine(), first.volume.dims3())
-                                .is_none() =>
+                        if fixed.is_none()
+                            && fixed_layout(form_of(prev.case_index), g).is_none() =>
                     {
                         prev.viewer.layout
                     }

@@ -271,14 +271,25 @@ impl ViewerState {
     pub fn single_slice_layout(affine: &Affine, dims: [usize; 3]) -> Option<Layout> {
         let thin =
             (0..3).find(|a| dims[*a] == 1 && dims.iter().filter(|d| **d > 1).count() == 2)?;
-        let axis = affine.linear().col(thin).normalize_or_zero();
+        Some(Self::facing_axis(affine, thin))
+    }
+
+    /// The layout of a stack of unrelated 2D images (the slices along the third voxel axis):
+    /// one large view facing them, paged through like slices.
+    pub fn stack_layout(affine: &Affine) -> Layout {
+        Self::facing_axis(affine, 2)
+    }
+
+    /// One large view of the orientation whose normal is closest to voxel axis `axis`.
+    fn facing_axis(affine: &Affine, axis: usize) -> Layout {
+        let axis = affine.linear().col(axis).normalize_or_zero();
         Orientation::ALL
             .into_iter()
             .max_by(|a, b| {
                 let (na, nb) = (a.axes().2.dot(axis).abs(), b.axes().2.dot(axis).abs());
                 na.total_cmp(&nb)
             })
-            .map(Layout::Single)
+            .map_or(Layout::TriPlanar, Layout::Single)
     }
 
     /// State for a case whose first sequence has this grid; `display` per sequence. A single
