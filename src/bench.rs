@@ -559,3 +559,124 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
     )];
     Ok((figures, notes))
 }
+
+/// This process's resident memory now and its peak (high-water mark), in MiB (Linux).
+fn rss_mib() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Memory and speed of a 4D case in the review window (headless, 1280×800): a phantom BOLD run
+/// of `size`³ voxels × `frames` time points is written, then opened; reports the resident memory
+/// before and the peak while opening, the GPU memory of the case's textures (one 3D frame per
+/// series, not the whole run), the time to open, to show another time point and to compute a
+/// seed map.
+pub fn bold(size: usize, frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
+    use crate::app::headless::HeadlessWindow;
+    use crate::app::timeseries::{TimeCommand, TimeShown};
+    use crate::app::{Command, Startup};
+    crate::app::reserve_ui_core();
+    let dir = std::env::temp_dir().join(format!("mriloop-bench-bold-{}", std::process::id()));
+    let cfg = crate::phantom::PhantomConfig {
+        cases: 1,
+        seed: 1,
+        form: crate::project::InputForm::TimeSeries4d,
+        grid: size,
+        frames,
+        ..Default::default()
+    };
+    let result = (|| {
+        let project = crate::phantom::generate_project(&dir, &cfg, |_, _| {})
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let file_bytes: u64 = project
+            .manifest
+            .cases
+            .iter()
+            .flat_map(|c| c.sequences.iter())
+            .filter_map(|s| std::fs::metadata(project.resolve(&s.path)).ok())
+            .map(|m| m.len())
+            .sum();
+        // The phantom's own peak is not the viewer's: reset the high-water mark (Linux).
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let (rss_before, _) = rss_mib().unwrap_or((f64::NAN, f64::NAN));
+        let t = Instant::now();
+        let mut w =
+            HeadlessWindow::new([1280, 800], Startup::Project(project.root().to_path_buf()))?;
+        let wait = |w: &mut HeadlessWindow, done: &dyn Fn(&HeadlessWindow) -> bool| {
+            let t = Instant::now();
+            while !done(w) && t.elapsed() < std::time::Duration::from_secs(300) {
+                w.frame(Vec::new());
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            done(w)
+        };
+        if !wait(&mut w, &|w| {
+            w.app().time_view().is_some() && !w.app().is_loading()
+        }) {
+            return Err(format!("the 4D case did not open: {:?}", w.app().error()));
+        }
+        let open_s = t.elapsed().as_secs_f64();
+        let mut switch_ms = Vec::new();
+        for k in 0..20 {
+            w.app_mut()
+                .push(Command::Time(TimeCommand::Show(TimeShown::Frame(
+                    (k * 7) % frames,
+                ))));
+            switch_ms.push(w.frame(Vec::new()).as_secs_f64() * 1e3);
+        }
+        let t = Instant::now();
+        w.app_mut()
+            .push(Command::Time(TimeCommand::SeedMapAtCursor));
+        if !wait(&mut w, &|w| {
+            w.app()
+                .time_view()
+                .is_some_and(|t| t.seed.is_some() && !t.seed_busy())
+        }) {
+            return Err("the seed map did not finish".into());
+        }
+        let seed_ms = t.elapsed().as_secs_f64() * 1e3;
+        w.frame(Vec::new());
+        let (rss_open, peak) = rss_mib().unwrap_or((f64::NAN, f64::NAN));
+        let gpu = w.case_gpu_bytes() as f64 / (1 << 20) as f64;
+        let adapter = w.adapter_info();
+        let memory = [rss_before, rss_open, peak, gpu];
+        Ok((
+            memory,
+            open_s,
+            median(switch_ms),
+            seed_ms,
+            file_bytes,
+            adapter,
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (memory, open_s, switch_ms, seed_ms, file_bytes, adapter) = result?;
+    let [rss_before, rss_open, peak, gpu] = memory;
+    let series_mib = (size * size * size * frames * 4) as f64 / (1 << 20) as f64;
+    let whole_on_gpu = (size * size * size * frames * 2) as f64 / (1 << 20) as f64;
+    let figures = vec![
+        fig("bold_rss_before_open_mib".into(), rss_before, "MiB"),
+        fig("bold_peak_rss_mib".into(), peak, "MiB"),
+        fig("bold_rss_open_mib".into(), rss_open, "MiB"),
+        fig("bold_gpu_textures_mib".into(), gpu, "MiB"),
+        fig("bold_open_s".into(), open_s, "s"),
+        fig("bold_time_point_switch_ms".into(), switch_ms, "ms"),
+        fig("bold_seed_map_ms".into(), seed_ms, "ms"),
+    ];
+    let notes = vec![
+        format!(
+            "{size}x{size}x{size} x {frames} BOLD phantom: {:.1} MiB on disk (int16, gzip), {series_mib:.1} MiB as f32 on the CPU",
+            file_bytes as f64 / (1 << 20) as f64
+        ),
+        format!(
+            "the whole run as 2-byte texels would take {whole_on_gpu:.1} MiB of GPU memory; the viewer keeps one frame of it (plus masks and, once made, the seed map)"
+        ),
+        format!("window rendered on {} ({:?})", adapter.name, adapter.device_type),
+    ];
+    Ok((figures, notes))
+}

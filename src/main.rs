@@ -316,6 +316,9 @@ enum Command {
         /// is present (its first step compiles shaders for minutes).
         #[arg(long)]
         software_gpu: bool,
+        /// bold: time points of the BOLD run.
+        #[arg(long, default_value_t = 300)]
+        frames: usize,
     },
 }
 
@@ -342,6 +345,8 @@ enum BenchKind {
     /// UI frame times (p50, p99) of the review window, idle and while training on the CPU
     /// (--repeats frames each).
     Loop,
+    /// Memory (peak RSS, GPU textures) and speed of a --size³ × --frames BOLD case in the window.
+    Bold,
 }
 
 fn main() -> Result<()> {
@@ -660,6 +665,7 @@ fn main() -> Result<()> {
             repeats,
             file,
             software_gpu,
+            frames,
         } => match which {
             BenchKind::Io => {
                 let dir =
@@ -714,6 +720,18 @@ fn main() -> Result<()> {
                 }
                 println!(
                     "reference: goal ui_frame_ms_p99_training < 33 ms (training on the other core)"
+                );
+            }
+            BenchKind::Bold => {
+                let (figures, notes) = bench::bold(size, frames).map_err(anyhow::Error::msg)?;
+                for f in &figures {
+                    println!("{f}");
+                }
+                for n in notes {
+                    println!("note: {n}");
+                }
+                println!(
+                    "reference: issue 9 asks for the memory of a 64³ × 300 float BOLD case (peak RSS, GPU memory); streamed, the GPU holds one frame"
                 );
             }
             BenchKind::Train => {

@@ -80,6 +80,16 @@ impl HeadlessWindow {
         self.render_state.adapter.get_info()
     }
 
+    /// Bytes of GPU memory the open case's textures take (0 with no case).
+    pub fn case_gpu_bytes(&self) -> usize {
+        let renderer = self.render_state.renderer.read();
+        renderer
+            .callback_resources
+            .get::<super::bridge::ViewerGpu>()
+            .and_then(|g| g.case())
+            .map_or(0, |c| c.gpu_bytes())
+    }
+
     /// Run one frame with `events` as input: layout, tessellation, rendering, and the wait for
     /// the GPU. Returns how long it took.
     pub fn frame(&mut self, events: Vec<egui::Event>) -> Duration {

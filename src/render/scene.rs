@@ -63,6 +63,23 @@ impl CaseTextures {
         self.images.len()
     }
 
+    /// Bytes of GPU memory the case's textures take (images as 2-byte texels, masks as 1-byte
+    /// texels, the colour table).
+    pub fn gpu_bytes(&self) -> usize {
+        let voxels = |d: [usize; 3]| d[0] * d[1] * d[2];
+        let images: usize = self.images.iter().map(|(t, _)| 2 * voxels(t.dims())).sum();
+        let masks: usize = [
+            self.reference.as_ref(),
+            self.predicted.as_ref(),
+            Some(&self.empty),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|m| voxels(m.dims()))
+        .sum();
+        images + masks + 256 * 16
+    }
+
     /// Rewrite image `index`'s values in place (a 4D series' next frame or summary, on the
     /// same grid); returns the intensity range the texture now maps to 0..1.
     pub fn write_image(
