@@ -195,6 +195,20 @@ fn a_4d_case_opens_with_its_time_series() {
         let frame5 = bold.frame(5).unwrap();
         assert_eq!(open.loaded.images[0].volume.data(), frame5.data());
     }
+    // Play advances through the time points on its own; pause stops it.
+    push(&mut h, Command::Time(TimeCommand::SetFramesPerSecond(30.0)));
+    push(&mut h, Command::Time(TimeCommand::Play(true)));
+    let advanced = window::step_until(&mut h, |a| {
+        a.time_view()
+            .is_some_and(|t| matches!(t.shown, TimeShown::Frame(f) if f > 6))
+    });
+    assert!(advanced, "{:?}", h.state().time_view().map(|t| t.shown));
+    push(&mut h, Command::Time(TimeCommand::Play(false)));
+    let paused = h.state().time_view().unwrap().shown;
+    for _ in 0..20 {
+        h.step();
+    }
+    assert_eq!(h.state().time_view().unwrap().shown, paused);
     // The temporal SD replaces the shown values; back to the mean.
     push(
         &mut h,
