@@ -5,7 +5,7 @@ use crate::phantom;
 use crate::volume::{read_volume, write_volume, Volume, VolumeError};
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One benchmark figure.
 #[derive(Debug, Clone, PartialEq)]
@@ -465,12 +465,7 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         let mut w = HeadlessWindow::new([1280, 800], Startup::Project(root))?;
         let adapter = w.adapter_info();
         let wait = |w: &mut HeadlessWindow, done: &dyn Fn(&HeadlessWindow) -> bool| {
-            let t = Instant::now();
-            while !done(w) && t.elapsed() < std::time::Duration::from_secs(120) {
-                w.frame(Vec::new());
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            done(w)
+            w.run_until(done, Duration::from_secs(120), Duration::from_millis(5))
         };
         if !wait(&mut w, &|w| {
             w.app().open_case().is_some() && !w.app().is_loading()
@@ -608,12 +603,7 @@ pub fn bold(size: usize, frames: usize) -> Result<(Vec<Figure>, Vec<String>), St
         let mut w =
             HeadlessWindow::new([1280, 800], Startup::Project(project.root().to_path_buf()))?;
         let wait = |w: &mut HeadlessWindow, done: &dyn Fn(&HeadlessWindow) -> bool| {
-            let t = Instant::now();
-            while !done(w) && t.elapsed() < std::time::Duration::from_secs(300) {
-                w.frame(Vec::new());
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            done(w)
+            w.run_until(done, Duration::from_secs(300), Duration::from_millis(2))
         };
         if !wait(&mut w, &|w| {
             w.app().time_view().is_some() && !w.app().is_loading()

@@ -80,6 +80,22 @@ impl HeadlessWindow {
         self.render_state.adapter.get_info()
     }
 
+    /// Run frames (pausing `pause` between them, so background work goes on) until `done`
+    /// holds or `timeout` passes; returns whether it holds.
+    pub fn run_until(
+        &mut self,
+        done: impl Fn(&Self) -> bool,
+        timeout: Duration,
+        pause: Duration,
+    ) -> bool {
+        let t = Instant::now();
+        while !done(self) && t.elapsed() < timeout {
+            self.frame(Vec::new());
+            std::thread::sleep(pause);
+        }
+        done(self)
+    }
+
     /// Bytes of GPU memory the open case's textures take (0 with no case).
     pub fn case_gpu_bytes(&self) -> usize {
         let renderer = self.render_state.renderer.read();

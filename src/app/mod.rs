@@ -257,6 +257,16 @@ pub struct OpenCase {
     generation: u64,
 }
 
+impl OpenCase {
+    /// Whether image `index` was made in the window (a seed map), not read from the case.
+    pub fn is_derived_image(&self, index: usize) -> bool {
+        self.time
+            .as_ref()
+            .and_then(|t| t.seed.as_ref())
+            .is_some_and(|s| s.image == index)
+    }
+}
+
 /// Worklist sorting and filtering.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorklistView {
@@ -861,8 +871,24 @@ impl MriloopApp {
                     }
                     _ => viewer.layout,
                 },
-                shown: prev.viewer.shown.clone(),
-                blend: prev.viewer.blend,
+                shown: {
+                    let kept: Vec<usize> = prev
+                        .viewer
+                        .shown
+                        .iter()
+                        .copied()
+                        .filter(|s| !prev.is_derived_image(*s))
+                        .collect();
+                    if kept.is_empty() {
+                        vec![0]
+                    } else {
+                        kept
+                    }
+                },
+                blend: prev
+                    .viewer
+                    .blend
+                    .filter(|(b, _)| !prev.is_derived_image(*b)),
                 linear: prev.viewer.linear,
                 overlay: prev.viewer.overlay,
                 ..viewer
