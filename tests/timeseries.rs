@@ -249,7 +249,13 @@ fn a_4d_case_opens_with_its_time_series() {
         grey > 0.8 * grey_before,
         "grey pixels kept their level: {grey} vs {grey_before}"
     );
-    // Hiding it removes the colour again.
-    push(&mut h, Command::Time(TimeCommand::HideSeedMap));
+    // Hiding it removes the colour again; showing it brings it back without recomputing.
+    h.get_by_label("Hide seed map").click();
+    h.step();
+    h.step();
     assert_eq!(axial_colours(&mut h).0, 0);
+    h.get_by_label("Show seed map").click();
+    h.step();
+    h.step();
+    assert_eq!(axial_colours(&mut h).0, hot);
 }

@@ -450,6 +450,7 @@ pub fn time_panel(ui: &mut egui::Ui, app: &mut MriloopApp, out: &mut Vec<Command
     let Some(tv) = app.time_view() else {
         return;
     };
+    let blend = app.open_case().and_then(|o| o.viewer.blend);
     let push = |out: &mut Vec<Command>, c: TimeCommand| out.push(Command::Time(c));
     let dt = tv.time_step_s();
     egui::Panel::bottom("time series")
@@ -518,8 +519,14 @@ pub fn time_panel(ui: &mut egui::Ui, app: &mut MriloopApp, out: &mut Vec<Command
                 {
                     push(out, TimeCommand::SetSeedThreshold(r));
                 }
-                if tv.seed.is_some() && ui.button("Hide seed map").clicked() {
-                    push(out, TimeCommand::HideSeedMap);
+                if let Some(seed) = &tv.seed {
+                    if blend.is_some_and(|(b, _)| b == seed.image) {
+                        if ui.button("Hide seed map").clicked() {
+                            push(out, TimeCommand::HideSeedMap);
+                        }
+                    } else if ui.button("Show seed map").clicked() {
+                        out.push(Command::SetBlend(Some((seed.image, 0.8))));
+                    }
                 }
                 if tv.seed_busy() {
                     ui.spinner();
