@@ -544,8 +544,8 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         fig("train_steps_during_measure".into(), steps as f64, "steps"),
     ];
     let notes = vec![format!(
-        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores at \
-         niceness {} (background priority)",
+        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores in \
+         the background (Linux SCHED_IDLE, niceness {})",
         adapter.name,
         adapter.device_type,
         rayon::current_num_threads(),

@@ -138,26 +138,28 @@ fn most_informative_opens_the_least_certain_unreviewed_case() {
 
 #[test]
 fn background_work_runs_below_the_window_priority() {
-    use mriloop::background::{current_thread_niceness, run_in_background, BACKGROUND_NICENESS};
+    use mriloop::background::{
+        current_thread_is_idle_class, current_thread_niceness, run_in_background,
+        BACKGROUND_NICENESS,
+    };
     use rayon::prelude::*;
     let Some(window_before) = current_thread_niceness() else {
         return; // no per-thread priorities on this system
     };
-    let (worker, pool) = std::thread::spawn(|| {
-        run_in_background(|| {
-            let pool: Vec<Option<i32>> = (0..8)
-                .into_par_iter()
-                .map(|_| current_thread_niceness())
-                .collect();
-            (current_thread_niceness(), pool)
+    let both = || (current_thread_niceness(), current_thread_is_idle_class());
+    let (worker, pool) = std::thread::spawn(move || {
+        run_in_background(move || {
+            let pool: Vec<_> = (0..8).into_par_iter().map(|_| both()).collect();
+            (both(), pool)
         })
     })
     .join()
     .unwrap();
-    assert!(worker.unwrap() >= BACKGROUND_NICENESS, "{worker:?}");
-    assert!(
-        pool.iter().all(|n| n.unwrap() >= BACKGROUND_NICENESS),
-        "{pool:?}"
-    );
+    let lowered = |(n, idle): (Option<i32>, Option<bool>)| {
+        n.unwrap() >= BACKGROUND_NICENESS && idle != Some(false)
+    };
+    assert!(lowered(worker), "{worker:?}");
+    assert!(pool.iter().all(|p| lowered(*p)), "{pool:?}");
     assert_eq!(current_thread_niceness(), Some(window_before));
+    assert_eq!(current_thread_is_idle_class(), Some(false));
 }
