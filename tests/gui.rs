@@ -551,3 +551,46 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
     );
     assert_eq!(h.state().view_cells().len(), 3);
 }
+
+#[test]
+fn paging_one_view_re_renders_only_that_view_and_moves_the_others_crosshair() {
+    let mut h = demo();
+    let counts = |h: &mut Harness<'_, MriloopApp>| {
+        h.render().unwrap();
+        let app = h.state();
+        [
+            Orientation::Axial,
+            Orientation::Coronal,
+            Orientation::Sagittal,
+        ]
+        .map(|o| app.view_renders(cell(h, o).slot))
+    };
+    let first = counts(&mut h);
+    assert!(first.iter().all(|n| *n >= 1), "{first:?}");
+    // Nothing changed: every view comes from its cache.
+    assert_eq!(counts(&mut h), first);
+    // Paging the axial view: only it is sampled again; the other two keep their planes.
+    apply(&mut h, vec![Command::StepSlice(Orientation::Axial, 3)]);
+    let paged = counts(&mut h);
+    assert!(paged[0] > first[0], "{paged:?} vs {first:?}");
+    assert_eq!(&paged[1..], &first[1..]);
+    // ... and their crosshair follows the cursor: green on the row of the new slice.
+    let img = h.render().unwrap();
+    let cursor = h.state().open_case().unwrap().viewer.cursor_mm;
+    for o in [Orientation::Coronal, Orientation::Sagittal] {
+        let c = cell(&h, o);
+        let p = c.pos_of_mm(cursor + c.plane.right * 5.0);
+        let [r, g, b] = pixel(&img, p);
+        assert!(
+            g > r.saturating_add(60) && g > b.saturating_add(60),
+            "{o:?}: {r} {g} {b}"
+        );
+    }
+    // Switching to trilinear sampling re-renders every view.
+    apply(&mut h, vec![Command::SetLinear(true)]);
+    let restyled = counts(&mut h);
+    assert!(
+        restyled.iter().zip(&paged).all(|(a, b)| a > b),
+        "{restyled:?}"
+    );
+}

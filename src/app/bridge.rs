@@ -6,12 +6,15 @@
 //! Invariants: textures are uploaded once per opened case (`ViewerGpu::set_case`); a callback
 //! whose case generation is stale draws nothing.
 
-use crate::render::{CaseTextures, RenderError, SlicePipeline, SliceUniform, ViewKey, ViewSlots};
+use crate::render::{
+    CaseTextures, RenderError, SlicePipeline, SliceUniform, ViewBlitPipeline, ViewKey, ViewSlots,
+};
 use egui_wgpu::{CallbackResources, CallbackTrait, ScreenDescriptor};
 
 /// GPU resources of the viewer, stored in egui-wgpu's callback resources.
 pub struct ViewerGpu {
     pipeline: SlicePipeline,
+    blit: ViewBlitPipeline,
     case: Option<CaseTextures>,
     slots: ViewSlots,
     generation: u64,
@@ -22,6 +25,7 @@ impl ViewerGpu {
     pub fn new(device: &wgpu::Device, target: wgpu::TextureFormat) -> Self {
         Self {
             pipeline: SlicePipeline::new(device, target),
+            blit: ViewBlitPipeline::new(device, target),
             case: None,
             slots: ViewSlots::default(),
             generation: 0,
@@ -39,6 +43,11 @@ impl ViewerGpu {
     /// The open case's textures (for sub-box updates and colours).
     pub fn case(&self) -> Option<&CaseTextures> {
         self.case.as_ref()
+    }
+
+    /// How many times view slot `slot`'s slice image was rendered (not drawn from its cache).
+    pub fn view_renders(&self, slot: usize) -> u64 {
+        self.slots.renders(slot)
     }
 
     /// Rewrite image `index` of the open case in place (a 4D series' frame or summary);
@@ -92,18 +101,22 @@ impl CallbackTrait for SliceCallback {
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         _screen: &ScreenDescriptor,
-        _encoder: &mut wgpu::CommandEncoder,
+        encoder: &mut wgpu::CommandEncoder,
         resources: &mut CallbackResources,
     ) -> Vec<wgpu::CommandBuffer> {
         if let Some(gpu) = resources.get_mut::<ViewerGpu>() {
             if gpu.generation == self.generation {
                 if let Some(case) = gpu.case.as_ref() {
-                    if let Some(b) =
-                        gpu.slots
-                            .get_or_create(device, &gpu.pipeline, case, self.slot, self.key)
-                    {
-                        b.prepare(device, queue, &gpu.pipeline, &self.uniform);
-                    }
+                    gpu.slots.prepare_cached(
+                        device,
+                        queue,
+                        encoder,
+                        (&gpu.pipeline, &gpu.blit),
+                        case,
+                        self.slot,
+                        self.key,
+                        &self.uniform,
+                    );
                 }
             }
         }
@@ -118,9 +131,7 @@ impl CallbackTrait for SliceCallback {
     ) {
         if let Some(gpu) = resources.get::<ViewerGpu>() {
             if gpu.generation == self.generation {
-                if let Some(b) = gpu.slots.get(self.slot) {
-                    b.draw(&gpu.pipeline, pass);
-                }
+                gpu.slots.draw_cached(self.slot, &gpu.blit, pass);
             }
         }
     }

@@ -283,13 +283,12 @@ impl MriloopApp {
             return;
         }
         let renderer = rs.renderer.read();
-        if let Some(tex) = renderer
+        if let Some(case) = renderer
             .callback_resources
             .get::<ViewerGpu>()
             .and_then(|g| g.case())
-            .and_then(|c| c.reference())
         {
-            if let Err(e) = tex.update_sub_box(&rs.queue, mask, region.min, region.max) {
+            if let Err(e) = case.update_reference_sub_box(&rs.queue, mask, region.min, region.max) {
                 drop(renderer);
                 log_error(&e.to_string());
             }

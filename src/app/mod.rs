@@ -412,6 +412,18 @@ impl MriloopApp {
         move || ctx.request_repaint()
     }
 
+    /// How many times a view's slice image was rendered on the GPU rather than drawn from its
+    /// cache (by its `ViewCell::slot`).
+    pub fn view_renders(&self, slot: usize) -> u64 {
+        self.render_state.as_ref().map_or(0, |rs| {
+            rs.renderer
+                .read()
+                .callback_resources
+                .get::<ViewerGpu>()
+                .map_or(0, |g| g.view_renders(slot))
+        })
+    }
+
     /// The information shown in a dialog (e.g. what was recovered from a journal).
     pub fn info(&self) -> Option<&str> {
         self.info.as_deref()

@@ -20,6 +20,8 @@ pub struct ViewCell {
     pub seq: usize,
     /// The world plane shown.
     pub plane: SlicePlane,
+    /// Its draw slot (its cached slice image on the GPU).
+    pub slot: usize,
 }
 
 impl ViewCell {
@@ -123,6 +125,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
                     orientation: o,
                     seq,
                     plane,
+                    slot,
                 };
                 let name = open
                     .loaded

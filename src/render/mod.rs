@@ -1,15 +1,18 @@
 //! GPU rendering of volume slices with wgpu and WGSL. Knows nothing of egui or projects.
 //!
-//! Long-lived parts (`SlicePipeline`, textures) are apart from per-view draw data
-//! (`SliceBindings`, one uniform buffer per view). Volumes are uploaded once as 3D textures;
-//! slices are sampled on the GPU for any plane; a mask edit rewrites only its sub-box.
+//! Long-lived parts (`SlicePipeline`, `ViewBlitPipeline`, textures) are apart from per-view draw
+//! data (`SliceBindings`, one uniform buffer per view, and its cached slice image). Volumes are
+//! uploaded once as 3D textures; slices are sampled on the GPU for any plane and re-rendered only
+//! when what a view shows changed; a mask edit rewrites only its sub-box.
 
+mod cache;
 mod flat;
 mod plane;
 mod scene;
 mod slice;
 mod texture;
 
+pub use cache::{BlitUniform, ViewBlitPipeline, ViewCache, BLIT_SHADER_SOURCE};
 pub use flat::FlatPipeline;
 pub use plane::{Orientation, SlicePlane};
 pub use scene::{CaseTextures, ViewKey, ViewSlots};

@@ -5,7 +5,8 @@
 //! Invariants: a slot's bindings sample exactly the images its key names; changing the case
 //! drops every slot (the owner makes a new `ViewSlots`).
 
-use super::slice::{SliceBindings, SlicePipeline, SliceSources};
+use super::cache::{draw_cached, prepare_cached, ViewBlitPipeline, ViewCache};
+use super::slice::{SliceBindings, SlicePipeline, SliceSources, SliceUniform};
 use super::texture::{ImageTexture, LabelLut, LabelTexture, RenderError};
 use crate::volume::{Affine, Volume};
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ pub struct CaseTextures {
     empty: LabelTexture,
     labels_affine: Affine,
     lut: LabelLut,
+    content_version: std::sync::atomic::AtomicU64,
 }
 
 impl CaseTextures {
@@ -55,7 +57,35 @@ impl CaseTextures {
             empty: LabelTexture::upload(device, queue, &empty_volume)?,
             labels_affine,
             lut,
+            content_version: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// A number that changes whenever what the textures hold changes (a frame or derived image
+    /// written, a mask edit, new colours): cached views made before it are stale.
+    pub fn content_version(&self) -> u64 {
+        self.content_version
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn touch(&self) {
+        self.content_version
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Rewrite the sub-box `min..max` (exclusive) of the reference mask texture from `mask`.
+    pub fn update_reference_sub_box(
+        &self,
+        queue: &wgpu::Queue,
+        mask: &Volume<u8>,
+        min: [usize; 3],
+        max: [usize; 3],
+    ) -> Result<(), RenderError> {
+        let Some(tex) = &self.reference else {
+            return Ok(());
+        };
+        self.touch();
+        tex.update_sub_box(queue, mask, min, max)
     }
 
     /// Number of images.
@@ -93,7 +123,9 @@ impl CaseTextures {
             .get_mut(index)
             .ok_or_else(|| RenderError::Shape(format!("no image {index} in this case")))?;
         image.write_values(queue, values)?;
-        Ok(image.value_range())
+        let range = image.value_range();
+        self.touch();
+        Ok(range)
     }
 
     /// Put a derived image (e.g. a seed correlation map) in slot `index`: replaced when the
@@ -107,6 +139,7 @@ impl CaseTextures {
     ) -> Result<(f32, f32), RenderError> {
         let texture = ImageTexture::upload(device, queue, volume, 0)?;
         let range = texture.value_range();
+        self.touch();
         match index.cmp(&self.images.len()) {
             std::cmp::Ordering::Less => self.images[index] = (texture, *volume.affine()),
             std::cmp::Ordering::Equal => self.images.push((texture, *volume.affine())),
@@ -132,6 +165,7 @@ impl CaseTextures {
 
     /// Replace the label colours.
     pub fn set_colours(&self, queue: &wgpu::Queue, colours: &[[u8; 4]; 256]) {
+        self.touch();
         self.lut.update(queue, colours);
     }
 
@@ -178,6 +212,7 @@ pub struct ViewKey {
 #[derive(Default)]
 pub struct ViewSlots {
     slots: HashMap<usize, (ViewKey, SliceBindings)>,
+    caches: HashMap<usize, Option<ViewCache>>,
 }
 
 impl ViewSlots {
@@ -203,5 +238,62 @@ impl ViewSlots {
     /// The bindings of `slot`, if made.
     pub fn get(&self, slot: usize) -> Option<&SliceBindings> {
         self.slots.get(&slot).map(|(_, b)| b)
+    }
+
+    /// Get `slot` ready to draw `key` with `uniform` from its cache: bindings made if needed,
+    /// the slice image re-rendered into `encoder` only if it changed (see `render::cache`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_cached(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        encoder: &mut wgpu::CommandEncoder,
+        pipelines: (&SlicePipeline, &ViewBlitPipeline),
+        textures: &CaseTextures,
+        slot: usize,
+        key: ViewKey,
+        uniform: &SliceUniform,
+    ) {
+        if self
+            .get_or_create(device, pipelines.0, textures, slot, key)
+            .is_none()
+        {
+            return;
+        }
+        let Some((_, bindings)) = self.slots.get(&slot) else {
+            return;
+        };
+        let cache = self.caches.entry(slot).or_default();
+        prepare_cached(
+            cache,
+            device,
+            queue,
+            encoder,
+            pipelines,
+            bindings,
+            key,
+            uniform,
+            textures.content_version(),
+        );
+    }
+
+    /// Draw `slot` from its cache (after `prepare_cached` this frame).
+    pub fn draw_cached(
+        &self,
+        slot: usize,
+        blit: &ViewBlitPipeline,
+        pass: &mut wgpu::RenderPass<'_>,
+    ) {
+        if let Some(Some(cache)) = self.caches.get(&slot) {
+            draw_cached(cache, blit, pass);
+        }
+    }
+
+    /// How many times `slot`'s slice image was rendered rather than drawn from its cache.
+    pub fn renders(&self, slot: usize) -> u64 {
+        self.caches
+            .get(&slot)
+            .and_then(|c| c.as_ref())
+            .map_or(0, |c| c.renders())
     }
 }

@@ -14,7 +14,7 @@ pub const OFFSCREEN_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unor
 
 const FLAG_LINEAR: u32 = 1;
 const FLAG_OUTLINE: u32 = 2;
-const FLAG_CROSSHAIR: u32 = 4;
+pub(super) const FLAG_CROSSHAIR: u32 = 4;
 const FLAG_HAS_REFERENCE: u32 = 8;
 const FLAG_HAS_PREDICTED: u32 = 16;
 const FLAG_BLEND_CLIP: u32 = 32;
@@ -265,7 +265,7 @@ pub struct SlicePipeline {
     variants: std::sync::RwLock<[Option<wgpu::RenderPipeline>; 8]>,
 }
 
-fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
+pub(super) fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
         visibility: wgpu::ShaderStages::FRAGMENT,
@@ -278,7 +278,7 @@ fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     }
 }
 
-fn texture_entry(
+pub(super) fn texture_entry(
     binding: u32,
     sample_type: wgpu::TextureSampleType,
     dim: wgpu::TextureViewDimension,
