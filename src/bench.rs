@@ -457,7 +457,7 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
     use crate::app::training::{TrainCommand, TrainSettings};
     use crate::app::{Command, Startup};
     use crate::render::Orientation;
-    crate::app::reserve_ui_core();
+    crate::app::prepare_for_window();
     let dir = std::env::temp_dir().join(format!("mriloop-bench-loop-{}", std::process::id()));
     let root =
         crate::app::demo_project_copy(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -544,10 +544,11 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
         fig("train_steps_during_measure".into(), steps as f64, "steps"),
     ];
     let notes = vec![format!(
-        "window rendered on {} ({:?}); training on the CPU backend with {} of {} cores in \
-         the background (Linux SCHED_IDLE, niceness {})",
+        "window rendered on {} ({:?}, LP_NUM_THREADS={}); training on the CPU backend with {} \
+         of {} cores in the background (Linux SCHED_IDLE, niceness {})",
         adapter.name,
         adapter.device_type,
+        std::env::var("LP_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
         rayon::current_num_threads(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         crate::background::BACKGROUND_NICENESS
@@ -575,7 +576,7 @@ pub fn bold(size: usize, frames: usize) -> Result<(Vec<Figure>, Vec<String>), St
     use crate::app::headless::HeadlessWindow;
     use crate::app::timeseries::{TimeCommand, TimeShown};
     use crate::app::{Command, Startup};
-    crate::app::reserve_ui_core();
+    crate::app::prepare_for_window();
     let dir = std::env::temp_dir().join(format!("mriloop-bench-bold-{}", std::process::id()));
     let cfg = crate::phantom::PhantomConfig {
         cases: 1,
