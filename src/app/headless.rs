@@ -172,24 +172,9 @@ pub fn paint_jobs(
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
     let extra = renderer.update_buffers(device, queue, &mut encoder, jobs, screen);
     {
-        let mut pass = encoder
-            .begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("mriloop egui offscreen"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(clear),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                depth_stencil_attachment: None,
-                timestamp_writes: None,
-                occlusion_query_set: None,
-                multiview_mask: None,
-            })
-            .forget_lifetime();
+        let mut pass =
+            crate::render::clear_pass(&mut encoder, view, clear, "mriloop egui offscreen")
+                .forget_lifetime();
         renderer.render(&mut pass, jobs, screen);
     }
     queue.submit(extra.into_iter().chain([encoder.finish()]));

@@ -9,7 +9,10 @@
 //! crosshair for the key it was made for; its texture has the view's size in pixels and the
 //! target's format, so the blit copies texel for pixel.
 
-use super::slice::{texture_entry, uniform_entry, SliceBindings, SlicePipeline, SliceUniform};
+use super::slice::{
+    clear_pass, full_view_pipeline, texture_entry, uniform_entry, SliceBindings, SlicePipeline,
+    SliceUniform,
+};
 use super::ViewKey;
 
 /// The WGSL source of the blit shader.
@@ -67,31 +70,14 @@ impl ViewBlitPipeline {
             bind_group_layouts: &[Some(&layout)],
             immediate_size: 0,
         });
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("mriloop view blit"),
-            layout: Some(&pipeline_layout),
-            vertex: wgpu::VertexState {
-                module: &shader,
-                entry_point: Some("vs_main"),
-                compilation_options: Default::default(),
-                buffers: &[],
-            },
-            primitive: wgpu::PrimitiveState::default(),
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &shader,
-                entry_point: Some("fs_main"),
-                compilation_options: Default::default(),
-                targets: &[Some(wgpu::ColorTargetState {
-                    format: target,
-                    blend: None,
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
+        let pipeline = full_view_pipeline(
+            device,
+            "mriloop view blit",
+            &pipeline_layout,
+            &shader,
+            target,
+            &[],
+        );
         let sampler = device.create_sampler(&wgpu::SamplerDescriptor {
             label: Some("mriloop view blit"),
             mag_filter: wgpu::FilterMode::Nearest,
@@ -223,22 +209,12 @@ pub fn prepare_cached(
     };
     if c.key != Some(key) {
         bindings.prepare(device, queue, pipeline, &without_crosshair);
-        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-            label: Some("mriloop view cache"),
-            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                view: &c.texture_view,
-                depth_slice: None,
-                resolve_target: None,
-                ops: wgpu::Operations {
-                    load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                    store: wgpu::StoreOp::Store,
-                },
-            })],
-            depth_stencil_attachment: None,
-            timestamp_writes: None,
-            occlusion_query_set: None,
-            multiview_mask: None,
-        });
+        let mut pass = clear_pass(
+            encoder,
+            &c.texture_view,
+            wgpu::Color::BLACK,
+            "mriloop view cache",
+        );
         bindings.draw(pipeline, &mut pass);
         drop(pass);
         c.key = Some(key);

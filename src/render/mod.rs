@@ -17,8 +17,9 @@ pub use flat::FlatPipeline;
 pub use plane::{Orientation, SlicePlane};
 pub use scene::{CaseTextures, ViewKey, ViewSlots};
 pub use slice::{
-    wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, PipelineVariant, SliceBindings,
-    SlicePipeline, SliceSources, SliceStyle, SliceUniform, ViewGrids, OFFSCREEN_FORMAT,
+    clear_pass, wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, PipelineVariant,
+    SliceBindings, SlicePipeline, SliceSources, SliceStyle, SliceUniform, ViewGrids,
+    OFFSCREEN_FORMAT,
 };
 pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
 

@@ -295,6 +295,73 @@ pub(super) fn texture_entry(
     }
 }
 
+/// A pipeline that draws one triangle over the whole viewport with `shader`'s `vs_main` and
+/// `fs_main` into a `target` colour attachment, without blending (the slice, blit and flat
+/// shaders all draw this way); `constants` set the shader's overridable constants.
+pub(super) fn full_view_pipeline(
+    device: &wgpu::Device,
+    label: &str,
+    layout: &wgpu::PipelineLayout,
+    shader: &wgpu::ShaderModule,
+    target: wgpu::TextureFormat,
+    constants: &[(&str, f64)],
+) -> wgpu::RenderPipeline {
+    let options = wgpu::PipelineCompilationOptions {
+        constants,
+        zero_initialize_workgroup_memory: false,
+    };
+    device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+        label: Some(label),
+        layout: Some(layout),
+        vertex: wgpu::VertexState {
+            module: shader,
+            entry_point: Some("vs_main"),
+            compilation_options: options.clone(),
+            buffers: &[],
+        },
+        primitive: wgpu::PrimitiveState::default(),
+        depth_stencil: None,
+        multisample: wgpu::MultisampleState::default(),
+        fragment: Some(wgpu::FragmentState {
+            module: shader,
+            entry_point: Some("fs_main"),
+            compilation_options: options,
+            targets: &[Some(wgpu::ColorTargetState {
+                format: target,
+                blend: None,
+                write_mask: wgpu::ColorWrites::ALL,
+            })],
+        }),
+        multiview_mask: None,
+        cache: None,
+    })
+}
+
+/// Begin a render pass on `view` that first clears it to `clear`.
+pub fn clear_pass<'e>(
+    encoder: &'e mut wgpu::CommandEncoder,
+    view: &wgpu::TextureView,
+    clear: wgpu::Color,
+    label: &str,
+) -> wgpu::RenderPass<'e> {
+    encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+        label: Some(label),
+        color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+            view,
+            depth_slice: None,
+            resolve_target: None,
+            ops: wgpu::Operations {
+                load: wgpu::LoadOp::Clear(clear),
+                store: wgpu::StoreOp::Store,
+            },
+        })],
+        depth_stencil_attachment: None,
+        timestamp_writes: None,
+        occlusion_query_set: None,
+        multiview_mask: None,
+    })
+}
+
 impl SlicePipeline {
     /// Build for a colour target format (egui's surface format, or `OFFSCREEN_FORMAT`).
     pub fn new(device: &wgpu::Device, target: wgpu::TextureFormat) -> Self {
@@ -350,36 +417,14 @@ impl SlicePipeline {
         if self.variants.read().map(|v| v[i].is_some()).unwrap_or(true) {
             return;
         }
-        let constants = variant.constants();
-        let options = wgpu::PipelineCompilationOptions {
-            constants: &constants,
-            zero_initialize_workgroup_memory: false,
-        };
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("mriloop slice"),
-            layout: Some(&self.pipeline_layout),
-            vertex: wgpu::VertexState {
-                module: &self.shader,
-                entry_point: Some("vs_main"),
-                compilation_options: options.clone(),
-                buffers: &[],
-            },
-            primitive: wgpu::PrimitiveState::default(),
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &self.shader,
-                entry_point: Some("fs_main"),
-                compilation_options: options,
-                targets: &[Some(wgpu::ColorTargetState {
-                    format: self.target,
-                    blend: None,
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
+        let pipeline = full_view_pipeline(
+            device,
+            "mriloop slice",
+            &self.pipeline_layout,
+            &self.shader,
+            self.target,
+            &variant.constants(),
+        );
         if let Ok(mut v) = self.variants.write() {
             v[i] = Some(pipeline);
         }
@@ -634,22 +679,12 @@ impl OffscreenTarget {
     ) {
         let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
         {
-            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("mriloop offscreen"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: &self.view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                depth_stencil_attachment: None,
-                timestamp_writes: None,
-                occlusion_query_set: None,
-                multiview_mask: None,
-            });
+            let mut pass = clear_pass(
+                &mut encoder,
+                &self.view,
+                wgpu::Color::BLACK,
+                "mriloop offscreen",
+            );
             record(&mut pass);
         }
         queue.submit([encoder.finish()]);
