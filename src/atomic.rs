@@ -1,6 +1,7 @@
 //! Atomic file saves: write a temporary file beside the target, fsync it, rename it over the
 //! target, fsync the folder. A crash at any point leaves either the old file or the new one,
-//! never a torn mix; the temporary is removed on error.
+//! never a torn mix; the temporary is removed on error. A target that is a symbolic link is
+//! written through: the file it points to is replaced and the link stays a link.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -24,11 +25,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |f| f.write_all(bytes))
 }
 
+/// The file a save of `path` replaces: `path` itself, or the file a symbolic link there
+/// points to (followed to its end), so the link is kept.
+fn save_target(path: &Path) -> PathBuf {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => fs::canonicalize(path).unwrap_or_else(|_| path.into()),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Atomically replace `path` with whatever `fill` writes into the temporary file.
 pub fn write_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
+    let target = save_target(path);
+    let path = target.as_path();
     let tmp = temp_path(path);
     let result = (|| {
         let mut f = File::create(&tmp)?;

@@ -455,7 +455,7 @@ fn percentile(mut v: Vec<f64>, q: f64) -> f64 {
 pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
     use crate::app::headless::HeadlessWindow;
     use crate::app::training::{TrainCommand, TrainSettings};
-    use crate::app::{Command, Startup};
+    use crate::app::{Command, Startup, ViewCommand};
     use crate::render::Orientation;
     crate::app::prepare_for_window();
     let dir = std::env::temp_dir().join(format!("mriloop-bench-loop-{}", std::process::id()));
@@ -478,7 +478,7 @@ pub fn ui_loop(frames: usize) -> Result<(Vec<Figure>, Vec<String>), String> {
                 .map(|k| {
                     let step = if k % 2 == 0 { 1 } else { -1 };
                     w.app_mut()
-                        .push(Command::StepSlice(Orientation::Axial, step));
+                        .push(Command::View(ViewCommand::StepSlice(Orientation::Axial, step)));
                     let t = w.frame(vec![egui::Event::PointerMoved(egui::pos2(
                         300.0 + (k % 50) as f32,
                         300.0,
@@ -607,7 +607,7 @@ pub fn bold(size: usize, frames: usize) -> Result<(Vec<Figure>, Vec<String>), St
             w.run_until(done, Duration::from_secs(300), Duration::from_millis(2))
         };
         if !wait(&mut w, &|w| {
-            w.app().time_view().is_some() && !w.app().is_loading()
+            w.app().session().time_view().is_some() && !w.app().is_loading()
         }) {
             return Err(format!("the 4D case did not open: {:?}", w.app().error()));
         }
@@ -625,7 +625,7 @@ pub fn bold(size: usize, frames: usize) -> Result<(Vec<Figure>, Vec<String>), St
             .push(Command::Time(TimeCommand::SeedMapAtCursor));
         if !wait(&mut w, &|w| {
             w.app()
-                .time_view()
+                .session().time_view()
                 .is_some_and(|t| t.seed.is_some() && !t.seed_busy())
         }) {
             return Err("the seed map did not finish".into());

@@ -18,4 +18,5 @@ pub mod model;
 pub mod phantom;
 pub mod project;
 pub mod render;
+pub mod session;
 pub mod volume;

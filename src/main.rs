@@ -214,15 +214,25 @@ enum Command {
         #[arg(long, default_value_t = 2e-3)]
         lr: f64,
     },
-    /// Scripted editing session on one case, committing each step through the journal and
-    /// printing `committed N` (used by the crash-recovery test).
+    /// Scripted editing session on one case (of a project, or loose files with `--files`),
+    /// each step given to the session as the window gives it and journaled, printing
+    /// `committed N` (used by the crash-recovery tests).
     #[command(hide = true)]
     EditScript {
         /// The project folder.
-        project: PathBuf,
-        /// The case id.
+        project: Option<PathBuf>,
+        /// The case id (with a project).
         #[arg(long)]
-        case: String,
+        case: Option<String>,
+        /// Loose image files instead of a project.
+        #[arg(long, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// The loose files' label file.
+        #[arg(long)]
+        seg: Option<PathBuf>,
+        /// Where loose files' working copies go (default: mriloop's data folder).
+        #[arg(long)]
+        loose_root: Option<PathBuf>,
         /// Steps to run.
         #[arg(long, default_value_t = 50)]
         steps: usize,
@@ -563,15 +573,28 @@ fn main() -> Result<()> {
         Command::EditScript {
             project,
             case,
+            files,
+            seg,
+            loose_root,
             steps,
             seed,
             save_every,
             pause_ms,
         } => {
+            use mriloop::session::script::{run_edit_script, ScriptTarget};
             use std::io::Write;
-            mriloop::project::script::run_edit_script(
-                &project,
-                &case,
+            let target = match (project, case) {
+                (Some(dir), Some(case_id)) => ScriptTarget::Project { dir, case_id },
+                (None, None) if !files.is_empty() => ScriptTarget::Files {
+                    images: files,
+                    mask: seg,
+                    loose_root: loose_root
+                        .unwrap_or_else(mriloop::session::Session::default_loose_root),
+                },
+                _ => bail!("give a project folder and --case, or --files (and --seg)"),
+            };
+            run_edit_script(
+                &target,
                 steps,
                 seed,
                 save_every,
@@ -581,7 +604,8 @@ fn main() -> Result<()> {
                     let _ = writeln!(out, "committed {n}");
                     let _ = out.flush();
                 },
-            )?;
+            )
+            .map_err(anyhow::Error::msg)?;
         }
         Command::Import { dataset, out } => {
             let p = nnunet::import_nnunet(&dataset, &out)?;

@@ -149,9 +149,9 @@ fn demo_structure_appears_where_the_mask_says_in_all_three_views_and_opacity_zer
     apply(
         &mut h,
         vec![
-            Command::SetCursor(at),
-            Command::SetReferenceOpacity(1.0),
-            Command::SetReferenceOutline(false),
+            Command::View(ViewCommand::SetCursor(at)),
+            Command::View(ViewCommand::SetReferenceOpacity(1.0)),
+            Command::View(ViewCommand::SetReferenceOutline(false)),
         ],
     );
     let img = h.render().unwrap();
@@ -180,7 +180,7 @@ fn demo_structure_appears_where_the_mask_says_in_all_three_views_and_opacity_zer
         let near = c.pos_of_mm(at) + egui::vec2(3.0, 3.0);
         assert_eq!(pixel(&img, near), colour, "{o:?}: tumour at the cursor");
     }
-    apply(&mut h, vec![Command::SetReferenceOpacity(0.0)]);
+    apply(&mut h, vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))]);
     let img = h.render().unwrap();
     for o in Orientation::ALL {
         let c = cell(&h, o);
@@ -256,7 +256,7 @@ fn clicking_in_the_axial_view_moves_the_other_views() {
 #[test]
 fn window_level_maps_intensities_to_grey_levels() {
     let mut h = demo();
-    apply(&mut h, vec![Command::SetReferenceOpacity(0.0)]);
+    apply(&mut h, vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))]);
     let (t1, cursor) = {
         let open = h.state().open_case().unwrap();
         (open.loaded.images[0].volume.clone(), open.viewer.cursor_mm)
@@ -264,11 +264,11 @@ fn window_level_maps_intensities_to_grey_levels() {
     for (lo, hi) in [(0.0f32, 1000.0f32), (200.0, 600.0), (400.0, 450.0)] {
         apply(
             &mut h,
-            vec![Command::SetWindow {
+            vec![Command::View(ViewCommand::SetWindow {
                 seq: 0,
                 low: lo,
                 high: hi,
-            }],
+            })],
         );
         let img = h.render().unwrap();
         let c = cell(&h, Orientation::Axial);
@@ -363,8 +363,8 @@ fn worklist_dice_next_unreviewed_and_predicted_overlay() {
     apply(
         &mut h,
         vec![
-            Command::SetReferenceOpacity(0.0),
-            Command::SetPredictedOpacity(1.0),
+            Command::View(ViewCommand::SetReferenceOpacity(0.0)),
+            Command::View(ViewCommand::SetPredictedOpacity(1.0)),
         ],
     );
     let (pred, colours) = {
@@ -384,7 +384,7 @@ fn worklist_dice_next_unreviewed_and_predicted_overlay() {
         );
         pred.affine().vox_to_mm(ijk)
     };
-    apply(&mut h, vec![Command::SetCursor(at)]);
+    apply(&mut h, vec![Command::View(ViewCommand::SetCursor(at))]);
     let img = h.render().unwrap();
     let c = cell(&h, Orientation::Axial);
     let outlined = view_pixels(&c, at, 1)
@@ -536,7 +536,7 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
     // The view faces the stack: its normal is the third voxel axis, so paging steps images.
     assert!(orientation.axes().2.dot(k_axis).abs() > 0.7);
     let before = h.state().open_case().unwrap().viewer.cursor_mm;
-    h.state_mut().push(Command::StepSlice(orientation, 1));
+    h.state_mut().push(Command::View(ViewCommand::StepSlice(orientation, 1)));
     h.step();
     let after = h.state().open_case().unwrap().viewer.cursor_mm;
     let step = h.state().open_case().unwrap().loaded.images[0]
@@ -570,7 +570,7 @@ fn paging_one_view_re_renders_only_that_view_and_moves_the_others_crosshair() {
     // Nothing changed: every view comes from its cache.
     assert_eq!(counts(&mut h), first);
     // Paging the axial view: only it is sampled again; the other two keep their planes.
-    apply(&mut h, vec![Command::StepSlice(Orientation::Axial, 3)]);
+    apply(&mut h, vec![Command::View(ViewCommand::StepSlice(Orientation::Axial, 3))]);
     let paged = counts(&mut h);
     assert!(paged[0] > first[0], "{paged:?} vs {first:?}");
     assert_eq!(&paged[1..], &first[1..]);
@@ -587,10 +587,33 @@ fn paging_one_view_re_renders_only_that_view_and_moves_the_others_crosshair() {
         );
     }
     // Switching to trilinear sampling re-renders every view.
-    apply(&mut h, vec![Command::SetLinear(true)]);
+    apply(&mut h, vec![Command::View(ViewCommand::SetLinear(true))]);
     let restyled = counts(&mut h);
     assert!(
         restyled.iter().zip(&paged).all(|(a, b)| a > b),
         "{restyled:?}"
     );
+}
+
+#[test]
+fn an_untouched_window_settles_and_requests_no_repaint() {
+    let mut h = demo();
+    // Let the background work end (worklist statistics, the loader's last wake-ups).
+    let cases = h.state().project().unwrap().manifest.cases.len();
+    let settled = window::step_until(&mut h, |a| a.stats().len() == cases);
+    assert!(settled, "statistics never came");
+    for _ in 0..50 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Now nothing is going on: one more frame asks for no further frame at all.
+    h.step();
+    let delay = h.output().viewport_output[&egui::ViewportId::ROOT].repaint_delay;
+    assert_eq!(
+        delay,
+        Duration::MAX,
+        "the idle window asked for a repaint: {:?}",
+        h.ctx.repaint_causes()
+    );
+    assert!(!h.ctx.has_requested_repaint(), "{:?}", h.ctx.repaint_causes());
 }

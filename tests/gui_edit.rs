@@ -8,7 +8,7 @@ mod window;
 use egui::{Event, Modifiers, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use mriloop::app::{Command, EditCommand, MriloopApp, Tool};
+use mriloop::app::{ViewCommand, Command, EditCommand, MriloopApp, Tool};
 use mriloop::project::journal;
 use mriloop::render::Orientation;
 use std::path::Path;
@@ -44,7 +44,7 @@ fn painting_changes_mask_and_pixels_and_ctrl_z_restores_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = demo_copy(dir.path());
     let mut h = open(&root);
-    h.state_mut().push(Command::SetReferenceOpacity(1.0));
+    h.state_mut().push(Command::View(ViewCommand::SetReferenceOpacity(1.0)));
     h.step();
     h.key_press(egui::Key::B);
     h.step();

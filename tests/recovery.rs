@@ -6,7 +6,7 @@
 
 use mriloop::edit::{Edit, RecordField};
 use mriloop::project::journal::{self, frame_record, parse_journal, JOURNAL_MAGIC};
-use mriloop::project::script::scripted_step;
+use mriloop::session::script::scripted_step;
 use mriloop::project::store::{recover, CaseStore, SaveJob, StoreEvent};
 use mriloop::project::{InputForm, Project};
 use mriloop::volume::Volume;
@@ -77,7 +77,14 @@ fn killing_an_editing_session_loses_at_most_the_edit_in_progress() {
         let case = project.manifest.cases[0].clone();
         let mut mask = project.load_reference_mask(&case).unwrap().unwrap();
         let rec = recover(&mut project, 0, &mut mask).unwrap();
-        assert!(rec.problem.is_none() || last > 0, "{:?}", rec.problem);
+        // A kill mid-write may leave a torn last record, read up to it; any other problem
+        // (a corrupt record in the middle) would lose edits.
+        if let Some(problem) = &rec.problem {
+            assert!(
+                problem.contains("record ends early"),
+                "journal problem after the kill: {problem}"
+            );
+        }
         let status = project.manifest.cases[0].review.as_str().to_string();
         let matches = |n: usize| {
             let (m, s) = expected_after(&original, n, seed);
@@ -159,8 +166,9 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
     assert!(jpath.exists());
     p.manifest.cases[0].note = "saved".into();
     store.save_and_wait(SaveJob {
-        project: p.clone(),
+        project: Some(p.clone()),
         mask: Some((mask_path.clone(), mask.clone())),
+        remove_after: Vec::new(),
     });
     assert_eq!(store.poll(), vec![StoreEvent::Saved]);
     assert!(!jpath.exists(), "the journal is emptied after a save");
@@ -176,8 +184,9 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
     store.append_and_wait(&e1);
     let nowhere = Path::new("/proc/mriloop-cannot-write/reference.nii.gz").to_path_buf();
     store.save_and_wait(SaveJob {
-        project: p.clone(),
+        project: Some(p.clone()),
         mask: Some((nowhere, mask.clone())),
+        remove_after: Vec::new(),
     });
     let events = store.close();
     assert!(
@@ -201,8 +210,9 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
         let e2 = scripted_step(9, 1, &mut mask, "unreviewed");
         store.append_and_wait(&e2);
         store.save_and_wait(SaveJob {
-            project: p.clone(),
+            project: Some(p.clone()),
             mask: Some((mask_path.clone(), mask.clone())),
+            remove_after: Vec::new(),
         });
         let events = store.close();
         let msg = events

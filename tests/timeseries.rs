@@ -176,14 +176,14 @@ fn a_4d_case_opens_with_its_time_series() {
         h.step();
         h.step();
     };
-    push(&mut h, Command::SetReferenceOpacity(0.0));
-    push(&mut h, Command::SetPredictedOpacity(0.0));
+    push(&mut h, Command::View(ViewCommand::SetReferenceOpacity(0.0)));
+    push(&mut h, Command::View(ViewCommand::SetPredictedOpacity(0.0)));
     // The cursor on the motor network's left node: the time course there is the voxel's values.
     let vox = node_voxel(&networks, 3);
     let pos = bold
         .affine()
         .vox_to_mm(DVec3::new(vox[0] as f64, vox[1] as f64, vox[2] as f64));
-    push(&mut h, Command::SetCursor(pos));
+    push(&mut h, Command::View(ViewCommand::SetCursor(pos)));
     let (at, course) = h.state().time_course_at_cursor().unwrap();
     assert_eq!(at, vox);
     assert_eq!(course, time_course(&bold, vox).unwrap());

@@ -64,6 +64,21 @@ impl ViewerGpu {
             .write_image(queue, index, values)
     }
 
+    /// Replace the open case's predicted mask (a new prediction; `None` removes it).
+    pub fn set_predicted(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        mask: Option<&crate::volume::Volume<u8>>,
+    ) -> Result<(), RenderError> {
+        self.case
+            .as_mut()
+            .ok_or_else(|| RenderError::Shape("no case is open".into()))?
+            .set_predicted(device, queue, mask)?;
+        self.slots = ViewSlots::default();
+        Ok(())
+    }
+
     /// Put a derived image in slot `index` of the open case (replacing or appending); the
     /// views' bindings are remade so none samples a replaced texture.
     pub fn set_image(

@@ -9,7 +9,7 @@
 
 use super::{Command, MriloopApp};
 use crate::project::dicom_import::{
-    add_sequences, form_of, sequence_names, write_case_files, write_series_files,
+    form_of, sequence_names, write_case_files, write_series_files,
 };
 use crate::project::{InputForm, SequenceFile};
 use crate::volume::dicom::{scan_dir, DicomScan};
@@ -102,20 +102,12 @@ impl MriloopApp {
     /// Apply an import-dialog command.
     pub(super) fn apply_dicom(&mut self, cmd: DicomCommand) {
         match cmd {
-            DicomCommand::ChooseFolderDialog => {
-                let (tx, rx) = channel();
-                let wake = self.wake();
-                std::thread::spawn(move || {
-                    if let Some(dir) = rfd::FileDialog::new()
-                        .set_title("Import DICOM: choose the folder of a study or series")
-                        .pick_folder()
-                    {
-                        let _ = tx.send(Command::Dicom(DicomCommand::Scan(dir)));
-                    }
-                    wake();
-                });
-                self.dialog_rx = Some(rx);
-            }
+            DicomCommand::ChooseFolderDialog => self.ask(|| {
+                let dir = rfd::FileDialog::new()
+                    .set_title("Import DICOM: choose the folder of a study or series")
+                    .pick_folder()?;
+                Some(Command::Dicom(DicomCommand::Scan(dir)))
+            }),
             DicomCommand::Scan(dir) => {
                 let (tx, rx) = channel();
                 let (wake, d) = (self.wake(), dir.clone());
@@ -168,7 +160,7 @@ impl MriloopApp {
         let (tx, rx) = channel();
         let wake = self.wake();
         let form = form_of(&picked.iter().collect::<Vec<_>>());
-        match &self.project {
+        match self.session.project() {
             Some(p) => {
                 let case_id = self.dicom.case_id.trim().to_string();
                 let taken = sequence_names(p, &case_id);
@@ -247,21 +239,22 @@ impl MriloopApp {
                 form,
                 files,
             }) => {
-                let Some(p) = self.project.as_mut() else {
-                    return;
-                };
-                let index = add_sequences(p, &case_id, form, &files);
-                let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-                self.info = Some(format!(
-                    "Imported into case {case_id}: {}.",
-                    names.join(", ")
-                ));
                 self.dicom = DicomState::default();
-                self.save_manifest();
-                self.apply(Command::OpenCase(index));
+                self.input(crate::session::Input::SequencesImported {
+                    case_id: case_id.clone(),
+                    form,
+                    files,
+                });
+                let index = self
+                    .session
+                    .project()
+                    .and_then(|p| p.manifest.cases.iter().position(|c| c.id == case_id));
+                if let Some(i) = index {
+                    self.apply(Command::OpenCase(i));
+                }
             }
             Ok(Imported::Files(images)) => {
-                self.info = Some(format!(
+                self.dialogs.info = Some(format!(
                     "Written as NIfTI: {}.",
                     images
                         .iter()

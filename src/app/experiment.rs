@@ -23,8 +23,10 @@ pub enum ExperimentCommand {
     Toggle,
     /// Ask for a plan file with a dialog.
     ChoosePlanDialog,
-    /// Read this plan file.
+    /// Read this plan file (by a worker).
     LoadPlan(PathBuf),
+    /// A plan file was read.
+    PlanRead(PathBuf, Box<crate::experiment::ExperimentPlan>),
     /// Run the plan on the project.
     Start,
     /// Stop at the next step.
@@ -93,28 +95,24 @@ impl MriloopApp {
     pub(super) fn apply_experiment(&mut self, cmd: ExperimentCommand) {
         match cmd {
             ExperimentCommand::Toggle => self.experiment.show ^= true,
-            ExperimentCommand::ChoosePlanDialog => {
-                let (tx, rx) = channel();
-                let wake = self.wake();
-                std::thread::spawn(move || {
-                    if let Some(path) = rfd::FileDialog::new()
-                        .set_title("Choose an experiment plan")
-                        .add_filter("plan (JSON)", &["json"])
-                        .pick_file()
-                    {
-                        let _ = tx.send(Command::Experiment(ExperimentCommand::LoadPlan(path)));
-                    }
-                    wake();
-                });
-                self.dialog_rx = Some(rx);
+            ExperimentCommand::ChoosePlanDialog => self.ask(|| {
+                let path = rfd::FileDialog::new()
+                    .set_title("Choose an experiment plan")
+                    .add_filter("plan (JSON)", &["json"])
+                    .pick_file()?;
+                Some(Command::Experiment(ExperimentCommand::LoadPlan(path)))
+            }),
+            // The plan is read by a worker; it comes back as `PlanRead`.
+            ExperimentCommand::LoadPlan(path) => self.ask(move || {
+                Some(match ExperimentPlan::load(&path) {
+                    Ok(plan) => Command::Experiment(ExperimentCommand::PlanRead(path, Box::new(plan))),
+                    Err(e) => Command::Error(e.to_string()),
+                })
+            }),
+            ExperimentCommand::PlanRead(path, plan) => {
+                self.experiment.status = format!("plan {} read", path.display());
+                self.experiment.plan = Some((path, *plan));
             }
-            ExperimentCommand::LoadPlan(path) => match ExperimentPlan::load(&path) {
-                Ok(plan) => {
-                    self.experiment.status = format!("plan {} read", path.display());
-                    self.experiment.plan = Some((path, plan));
-                }
-                Err(e) => self.error = Some(e.to_string()),
-            },
             ExperimentCommand::Start => self.start_experiment(),
             ExperimentCommand::Cancel => {
                 if let Some(run) = &self.experiment.run {
@@ -130,14 +128,15 @@ impl MriloopApp {
             return;
         }
         if self.training_busy() {
-            self.error = Some(
+            self.dialogs.error = Some(
                 "a training run or prediction is going on; start the experiment when it ends"
                     .into(),
             );
             return;
         }
-        let (Some(project), Some((path, plan))) = (&self.project, &self.experiment.plan) else {
-            self.error = Some("open a project and choose a plan first".into());
+        let (Some(project), Some((path, plan))) = (self.session.project(), &self.experiment.plan)
+        else {
+            self.dialogs.error = Some("open a project and choose a plan first".into());
             return;
         };
         let stem = path
@@ -198,7 +197,7 @@ impl MriloopApp {
                     evaluating: false,
                 });
             }
-            Err(e) => self.error = Some(format!("could not start the experiment thread: {e}")),
+            Err(e) => self.dialogs.error = Some(format!("could not start the experiment thread: {e}")),
         }
     }
 
@@ -249,7 +248,7 @@ impl MriloopApp {
                 Err(e) => {
                     self.experiment.status = format!("stopped: {e}");
                     if !e.contains("cancelled") {
-                        self.error = Some(e);
+                        self.dialogs.error = Some(e);
                     }
                 }
             }

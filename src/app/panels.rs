@@ -2,6 +2,7 @@
 //! sequence's value and the label under it), worklist, display settings, predicted class, and
 //! the error dialog. Each reads the app's state and emits commands; none changes state.
 
+use crate::session::ViewCommand;
 use super::training::TrainCommand;
 use super::{Command, EditCommand, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
 use crate::project::ReviewStatus;
@@ -25,7 +26,7 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                     ));
                 }
                 if ui.button("Open demo case").clicked() {
-                    out.push(Command::OpenProject(super::demo_project_dir()));
+                    out.push(Command::OpenDemo);
                 }
                 ui.separator();
                 if ui.button("Quit").clicked() {
@@ -34,8 +35,7 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
             });
             ui.menu_button("Edit", |ui| {
                 let depth = app
-                    .open
-                    .as_ref()
+                    .open_case()
                     .map(|o| (o.edits.undo.undo_depth(), o.edits.undo.redo_depth()));
                 let (u, r) = depth.unwrap_or((0, 0));
                 if ui
@@ -50,28 +50,36 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 {
                     out.push(Command::Edit(EditCommand::Redo));
                 }
-                if ui.button("Save now").clicked() {
+                if ui.button("Save now").on_hover_text("Ctrl+S").clicked() {
                     out.push(Command::Edit(EditCommand::Save));
+                }
+                let loose = app.open_case().is_some_and(|o| o.is_loose());
+                if ui
+                    .add_enabled(loose, egui::Button::new("Save mask as…"))
+                    .on_hover_text("Ctrl+Shift+S")
+                    .clicked()
+                {
+                    out.push(Command::SaveAsDialog);
                 }
             });
             ui.menu_button("View", |ui| {
                 if ui.button("Three views").clicked() {
-                    out.push(Command::SetLayout(Layout::TriPlanar));
+                    out.push(Command::View(ViewCommand::SetLayout(Layout::TriPlanar)));
                 }
                 for o in Orientation::ALL {
                     if ui.button(format!("{o:?} only")).clicked() {
-                        out.push(Command::SetLayout(Layout::Single(o)));
+                        out.push(Command::View(ViewCommand::SetLayout(Layout::Single(o))));
                     }
                 }
                 ui.separator();
                 if ui.button("Reset zoom and cursor").clicked() {
-                    out.push(Command::ResetView);
+                    out.push(Command::View(ViewCommand::ResetView));
                 }
             });
             if ui.button("Help").clicked() {
                 out.push(Command::ToggleHelp);
             }
-            if app.project.is_some() {
+            if app.project().is_some() {
                 ui.separator();
                 if ui
                     .button("< Prev unreviewed")
@@ -145,7 +153,7 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
                 ui.label(n);
                 ui.separator();
             }
-            let Some(open) = &app.open else {
+            let Some(open) = app.open_case() else {
                 ui.label("no case open");
                 return;
             };
@@ -175,7 +183,7 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
                 if let Some(m) = mask {
                     let name = match value_at(m, p) {
                         Some(0) => "background".to_string(),
-                        Some(v) => app.labels.name_of(v),
+                        Some(v) => app.labels().name_of(v),
                         None => "—".to_string(),
                     };
                     ui.label(format!("{what}: {name}"));
@@ -216,7 +224,7 @@ fn status_text(s: ReviewStatus) -> (&'static str, Color32) {
 /// The project's cases: status, class (reference vs predicted), Dice, volume; sortable and
 /// filterable; a click opens a case.
 pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
-    let Some(project) = &app.project else { return };
+    let Some(project) = app.project() else { return };
     egui::Panel::left("worklist")
         .default_size(300.0)
         .resizable(true)
@@ -251,8 +259,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                     });
             });
             let open_index = app
-                .open
-                .as_ref()
+                .open_case()
                 .and_then(|o| o.case_index)
                 .filter(|_| app.loading.is_none())
                 .or(app.loading.as_ref().and_then(|l| l.case_index));
@@ -346,7 +353,7 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
 
 /// Display settings, overlays, and the open case's class.
 pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
-    let Some(open) = &app.open else { return };
+    let Some(open) = app.open_case() else { return };
     let v = &open.viewer;
     egui::Panel::right("display")
         .default_size(280.0)
@@ -369,10 +376,10 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                             .add_enabled(can_add, egui::Checkbox::new(&mut tick, img.name.as_str()))
                             .changed()
                         {
-                            out.push(Command::ToggleSideBySide(s));
+                            out.push(Command::View(ViewCommand::ToggleSideBySide(s)));
                         }
                         if ui.small_button("only").clicked() {
-                            out.push(Command::ShowSequence(s));
+                            out.push(Command::View(ViewCommand::ShowSequence(s)));
                         }
                     });
                 }
@@ -386,7 +393,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                         .selected_text(current)
                         .show_ui(ui, |ui| {
                             if ui.selectable_label(v.blend.is_none(), "none").clicked() {
-                                out.push(Command::SetBlend(None));
+                                out.push(Command::View(ViewCommand::SetBlend(None)));
                             }
                             for (s, n) in names.iter().enumerate() {
                                 if ui
@@ -394,13 +401,13 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                                     .clicked()
                                 {
                                     let a = v.blend.map_or(0.5, |b| b.1);
-                                    out.push(Command::SetBlend(Some((s, a))));
+                                    out.push(Command::View(ViewCommand::SetBlend(Some((s, a)))));
                                 }
                             }
                         });
                     if let Some((b, mut a)) = v.blend {
                         if ui.add(egui::Slider::new(&mut a, 0.0..=1.0)).changed() {
-                            out.push(Command::SetBlend(Some((b, a))));
+                            out.push(Command::View(ViewCommand::SetBlend(Some((b, a)))));
                         }
                     }
                 });
@@ -411,7 +418,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                     .checkbox(&mut linear, "Trilinear interpolation")
                     .changed()
                 {
-                    out.push(Command::SetLinear(linear));
+                    out.push(Command::View(ViewCommand::SetLinear(linear)));
                 }
                 for &s in v.shown.iter().chain(v.blend.as_ref().map(|b| &b.0)) {
                     let (Some(d), Some(img)) = (v.display.get(s), open.loaded.images.get(s)) else {
@@ -424,17 +431,17 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                         let a = ui.add(egui::DragValue::new(&mut lo).speed(speed).prefix("low "));
                         let b = ui.add(egui::DragValue::new(&mut hi).speed(speed).prefix("high "));
                         if a.changed() || b.changed() {
-                            out.push(Command::SetWindow {
+                            out.push(Command::View(ViewCommand::SetWindow {
                                 seq: s,
                                 low: lo,
                                 high: hi,
-                            });
+                            }));
                         }
                     });
                     ui.horizontal(|ui| {
                         for p in WindowPreset::ALL {
                             if ui.small_button(p.name()).clicked() {
-                                out.push(Command::WindowPreset(s, p));
+                                out.push(Command::View(ViewCommand::WindowPreset(s, p)));
                             }
                         }
                         egui::ComboBox::new(("cmap", s), "map")
@@ -442,7 +449,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                             .show_ui(ui, |ui| {
                                 for c in Colormap::ALL {
                                     if ui.selectable_label(d.colormap == c, c.name()).clicked() {
-                                        out.push(Command::SetColormap(s, c));
+                                        out.push(Command::View(ViewCommand::SetColormap(s, c)));
                                     }
                                 }
                             });
@@ -463,13 +470,13 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                         )
                         .changed()
                     {
-                        out.push(Command::SetReferenceOpacity(o.reference_opacity));
+                        out.push(Command::View(ViewCommand::SetReferenceOpacity(o.reference_opacity)));
                     }
                     if ui
                         .checkbox(&mut o.reference_outline, "outline only")
                         .changed()
                     {
-                        out.push(Command::SetReferenceOutline(o.reference_outline));
+                        out.push(Command::View(ViewCommand::SetReferenceOutline(o.reference_outline)));
                     }
                 }
                 if open.loaded.predicted.is_some()
@@ -480,7 +487,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                         )
                         .changed()
                 {
-                    out.push(Command::SetPredictedOpacity(o.predicted_opacity));
+                    out.push(Command::View(ViewCommand::SetPredictedOpacity(o.predicted_opacity)));
                 }
                 super::edit_panel::labels_panel(ui, app, out);
             });
@@ -490,7 +497,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
 /// The open case's class: the reference label and the predicted probabilities as bars.
 fn class_panel(ui: &mut egui::Ui, app: &MriloopApp) {
     ui.heading("Class");
-    let (Some(project), Some(i)) = (&app.project, app.open.as_ref().and_then(|o| o.case_index))
+    let (Some(project), Some(i)) = (app.project(), app.open_case().and_then(|o| o.case_index))
     else {
         ui.label("no project class list for loose files");
         return;
@@ -530,7 +537,7 @@ fn class_panel(ui: &mut egui::Ui, app: &MriloopApp) {
 
 /// A modal naming the file and the problem of the last failure.
 pub fn error_dialog(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command>) {
-    let Some(e) = &app.error else { return };
+    let Some(e) = &app.dialogs.error else { return };
     egui::Modal::new(egui::Id::unique("error dialog")).show(ctx, |ui| {
         ui.set_max_width(520.0);
         ui.heading("Cannot open");
@@ -551,6 +558,31 @@ pub fn info_dialog(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command>
         if ui.button("OK").clicked() {
             out.push(Command::DismissInfo);
         }
+    });
+}
+
+/// Closing with unsaved edits of loose files: save them into the user's files, throw them
+/// away, or keep the window open.
+pub fn confirm_close_dialog(ctx: &egui::Context, out: &mut Vec<Command>) {
+    use super::commands::CloseAnswer;
+    egui::Modal::new(egui::Id::unique("confirm close")).show(ctx, |ui| {
+        ui.set_max_width(460.0);
+        ui.heading("Unsaved edits");
+        ui.label(
+            "The mask has edits that are not saved into your file yet. \
+             (They are kept in mriloop's working copy until you save or discard them.)",
+        );
+        ui.horizontal(|ui| {
+            if ui.button("Save and close").clicked() {
+                out.push(Command::CloseAnswer(CloseAnswer::Save));
+            }
+            if ui.button("Discard and close").clicked() {
+                out.push(Command::CloseAnswer(CloseAnswer::Discard));
+            }
+            if ui.button("Cancel").clicked() {
+                out.push(Command::CloseAnswer(CloseAnswer::Cancel));
+            }
+        });
     });
 }
 

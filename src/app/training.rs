@@ -5,16 +5,17 @@
 //! uncertainty.
 //!
 //! Invariants: the UI thread never waits on training or inference; it drains their channels
-//! once per frame in `poll_training`. Only the UI thread changes the manifest (workers send
-//! records, `apply_*` puts them in). A run trains on a snapshot of the project taken when it
+//! once per frame in `poll_training`. The manifest changes only in the session: a finished
+//! run and each re-inference result are session inputs. A run trains on a snapshot of the project taken when it
 //! starts, with the open case's in-memory mask, so a correction is used at once.
 
 use super::curves::Curves;
 use super::{Command, MriloopApp};
 use crate::model::session::{
-    record_prediction, register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent,
-    InferHandle, RunEvent, RunHandle, RunRequest,
+    register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
+    RunEvent, RunHandle, RunRequest,
 };
+use crate::session::Input;
 use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
 use std::path::PathBuf;
@@ -216,20 +217,20 @@ impl MriloopApp {
             }
             TrainCommand::Reinfer => {
                 if let Some(v) = self
-                    .project
-                    .as_ref()
+                    .session
+                    .project()
                     .and_then(|p| p.manifest.active_model.clone())
                 {
                     self.start_reinfer_with(&v);
                 }
             }
             TrainCommand::SetActiveModel(id) => {
-                let Some(p) = self.project.as_mut() else {
-                    return;
-                };
-                if p.manifest.models.iter().any(|m| m.id == id) {
-                    p.manifest.active_model = Some(id.clone());
-                    self.save_manifest();
+                self.input(Input::SetActiveModel(id.clone()));
+                let active = self
+                    .session
+                    .project()
+                    .is_some_and(|p| p.manifest.active_model.as_deref() == Some(id.as_str()));
+                if active {
                     self.start_reinfer_with(&id);
                 }
             }
@@ -242,38 +243,39 @@ impl MriloopApp {
             TrainCommand::ToggleCohort => {
                 self.training.show_cohort ^= true;
                 if self.training.show_cohort {
-                    if let Some(p) = &self.project {
+                    if let Some(p) = self.session.project() {
                         self.training.cohort =
                             super::cohort::CohortState::start(p.clone(), Box::new(self.wake()));
                     }
                 }
             }
-            TrainCommand::ExportCohortDialog => {
-                let (tx, rx) = std::sync::mpsc::channel();
+            TrainCommand::ExportCohortDialog => self.ask(|| {
+                let path = rfd::FileDialog::new()
+                    .add_filter("CSV", &["csv"])
+                    .set_file_name("cohort.csv")
+                    .save_file()?;
+                Some(Command::Train(TrainCommand::ExportCohort(path)))
+            }),
+            TrainCommand::ExportCohort(path) => {
+                // Written by a worker: the table's text is made here, the file there.
+                let csv = self.training.cohort.csv();
+                let tx = self.notices_tx.clone();
                 let wake = self.wake();
                 std::thread::spawn(move || {
-                    if let Some(path) = rfd::FileDialog::new()
-                        .add_filter("CSV", &["csv"])
-                        .set_file_name("cohort.csv")
-                        .save_file()
-                    {
-                        let _ = tx.send(Command::Train(TrainCommand::ExportCohort(path)));
-                    }
+                    let r = crate::atomic::write_atomic(&path, csv.as_bytes())
+                        .map(|()| format!("wrote {}", path.display()))
+                        .map_err(|e| format!("{}: {e}", path.display()));
+                    let _ = tx.send(r);
                     wake();
                 });
-                self.dialog_rx = Some(rx);
             }
-            TrainCommand::ExportCohort(path) => match self.training.cohort.write_csv(&path) {
-                Ok(()) => self.notice = Some(format!("wrote {}", path.display())),
-                Err(e) => self.error = Some(e),
-            },
         }
     }
 
     /// The unreviewed case (not the open one) with the highest uncertainty score.
     pub fn most_informative(&self) -> Option<usize> {
-        let p = self.project.as_ref()?;
-        let current = self.open.as_ref().and_then(|o| o.case_index);
+        let p = self.session.project()?;
+        let current = self.session.open_case().and_then(|o| o.case_index);
         p.manifest
             .cases
             .iter()
@@ -290,8 +292,8 @@ impl MriloopApp {
         if self.training.run.is_some() {
             return;
         }
-        let Some(project) = self.project.clone() else {
-            self.error = Some("open a project to train on its cases".into());
+        let Some(project) = self.session.project().cloned() else {
+            self.dialogs.error = Some("open a project to train on its cases".into());
             return;
         };
         let s = self.training.settings.clone();
@@ -302,8 +304,8 @@ impl MriloopApp {
         };
         // The open case's mask as it is now, saved or not.
         let masks = self
-            .open
-            .as_ref()
+            .session
+            .open_case()
             .and_then(|o| {
                 let id = project.manifest.cases.get(o.case_index?)?.id.clone();
                 Some((id, o.loaded.reference.clone()?))
@@ -361,7 +363,7 @@ impl MriloopApp {
     }
 
     fn start_reinfer_with(&mut self, version: &str) {
-        let Some(project) = self.project.clone() else {
+        let Some(project) = self.session.project().cloned() else {
             return;
         };
         let Some(v) = project.manifest.models.iter().find(|m| m.id == version) else {
@@ -390,29 +392,11 @@ impl MriloopApp {
         });
     }
 
-    /// Save the manifest (through the open case's store so its journal stays consistent, or
-    /// in a background thread).
-    pub(super) fn save_manifest(&mut self) {
-        if let Some(open) = self.open.as_mut().filter(|o| o.edits.store.is_some()) {
-            open.edits.dirty = true;
-            self.save_now();
-            return;
-        }
-        let Some(project) = self.project.clone() else {
-            return;
-        };
-        let tx = self.notices_tx.clone();
-        std::thread::spawn(move || {
-            if let Err(e) = project.save() {
-                let _ = tx.send(Err(e.to_string()));
-            }
-        });
-    }
-
     /// Drain the training and inference channels (never waits).
     pub(super) fn poll_training(&mut self) {
         self.training.cohort.poll();
-        if self.training.start_when_open && self.open.is_some() && self.project.is_some() {
+        let open = self.session.open_case().is_some() && self.session.project().is_some();
+        if self.training.start_when_open && open {
             self.training.start_when_open = false;
             self.start_training();
         }
@@ -473,7 +457,7 @@ impl MriloopApp {
             }
         }
         let elsewhere = self.training.run.as_ref().and_then(|r| {
-            let here = self.project.as_ref().map(|p| p.root().to_path_buf());
+            let here = self.session.project().map(|p| p.root().to_path_buf());
             (here.as_ref() != Some(&r.project_root)).then(|| r.project_root.clone())
         });
         match (finished, elsewhere) {
@@ -492,10 +476,10 @@ impl MriloopApp {
                 } else {
                     format!("{id} cancelled; its last checkpoint is kept (not active)")
                 };
-                if let Some(p) = self.project.as_mut() {
-                    register_version(&mut p.manifest, version, done);
-                }
-                self.save_manifest();
+                self.input(Input::RunFinished {
+                    version: Box::new(version),
+                    activate: done,
+                });
                 if done && self.training.settings.reinfer_after {
                     self.start_reinfer_with(&id);
                 }
@@ -503,7 +487,7 @@ impl MriloopApp {
             (Some(Err(e)), _) => {
                 self.training.run = None;
                 self.training.status = "training failed".into();
-                self.error = Some(format!("Training failed: {e}"));
+                self.dialogs.error = Some(format!("Training failed: {e}"));
             }
             (None, _) => {}
         }
@@ -545,43 +529,19 @@ impl MriloopApp {
                 }
             }
         }
-        let open_id = self.open.as_ref().map(|o| o.loaded.case_id.clone());
-        let mut reopen = None;
-        if let Some(p) = self.project.as_mut() {
-            let classes = p.manifest.classes.len();
-            for pred in &predicted {
-                if let Some(i) = p.manifest.cases.iter().position(|c| c.id == pred.case_id) {
-                    record_prediction(&mut p.manifest.cases[i], pred, classes);
-                    if open_id.as_deref() == Some(pred.case_id.as_str()) {
-                        reopen = Some(i);
-                    }
-                }
-            }
-        }
-        if !predicted.is_empty() {
-            self.save_manifest();
-        }
-        // The open case shows its new prediction unless the user is editing it.
-        if let Some(i) = reopen {
-            if self
-                .open
-                .as_ref()
-                .is_some_and(|o| o.edits.undo.undo_depth() == 0)
-            {
-                self.apply(Command::OpenCase(i));
-            }
+        // Each prediction goes into the project; the open case's is shown at once.
+        for pred in predicted {
+            self.input(Input::Predicted(pred));
         }
         match end {
             Some(Ok(msg)) => {
                 self.training.infer = None;
                 self.training.status = msg;
-                if let Some(p) = &self.project {
-                    self.stats_rx = Some(super::loader::spawn_stats(p.clone(), self.wake()));
-                }
+                self.restart_stats();
             }
             Some(Err(e)) => {
                 self.training.infer = None;
-                self.error = Some(format!("Prediction failed: {e}"));
+                self.dialogs.error = Some(format!("Prediction failed: {e}"));
             }
             None => {}
         }
@@ -601,29 +561,31 @@ impl MriloopApp {
             let Some(version) = run.handle.cancel_and_wait() else {
                 return;
             };
-            match self.project.as_mut().filter(|p| p.root() == root) {
-                Some(p) => {
-                    register_version(&mut p.manifest, version, false);
-                    match self.open.as_mut().filter(|o| o.edits.store.is_some()) {
-                        // Saved with the case when it closes.
-                        Some(open) => open.edits.dirty = true,
-                        None => {
-                            if let Err(e) = p.save() {
-                                eprintln!("mriloop: {e}");
-                            }
-                        }
-                    }
-                }
-                None => {
-                    let (tx, _rx) = std::sync::mpsc::channel();
-                    register_elsewhere(root, version, tx);
+            let here = self.session.project().is_some_and(|p| p.root() == root);
+            if !here {
+                let (tx, _rx) = std::sync::mpsc::channel();
+                register_elsewhere(root, version, tx);
+                return;
+            }
+            self.input(Input::RunFinished {
+                version: Box::new(version),
+                activate: false,
+            });
+            // At exit: the manifest is written now (a case's store saves it when it closes).
+            let has_store = self
+                .session
+                .open_case()
+                .is_some_and(|o| o.edits.store.is_some() && !o.is_loose());
+            if let (false, Some(p)) = (has_store, self.session.project()) {
+                if let Err(e) = p.save() {
+                    eprintln!("mriloop: {e}");
                 }
             }
         }
     }
 
     /// Forget re-inference of the previous project (a new one was opened).
-    pub(super) fn project_switched(&mut self) {
+    pub(super) fn training_project_switched(&mut self) {
         if let Some(inf) = self.training.infer.take() {
             inf.handle
                 .cancel

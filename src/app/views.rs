@@ -4,6 +4,7 @@
 //! changes window/level, middle drag pans, wheel steps slices (Ctrl+wheel zooms), arrow keys and
 //! Page Up/Down step the hovered view.
 
+use crate::session::ViewCommand;
 use super::bridge::SliceCallback;
 use super::{Command, EditCommand, Layout, MriloopApp, Tool};
 use crate::render::{BlendStyle, Orientation, SlicePlane, SliceStyle, ViewKey};
@@ -58,7 +59,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
     egui::CentralPanel::default()
         .frame(egui::Frame::NONE.fill(ui.visuals().panel_fill))
         .show(ui, |ui| {
-            let Some(open) = &app.open else {
+            let Some(open) = app.open_case() else {
                 ui.centered_and_justified(|ui| {
                     if app.is_loading() {
                         ui.spinner();
@@ -156,7 +157,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
 
 /// The case's summary in the free cell of the 2×2 layout.
 fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
-    let Some(open) = &app.open else { return };
+    let Some(open) = app.open_case() else { return };
     let mut lines = vec![format!("case {}", open.loaded.case_id)];
     let first = &open.loaded.images[0].volume;
     let [nx, ny, nz] = first.dims3();
@@ -191,7 +192,7 @@ fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
 }
 
 fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
-    let Some(open) = &app.open else { return };
+    let Some(open) = app.open_case() else { return };
     let v = &open.viewer;
     let Some(d) = v.display.get(cell.seq) else {
         return;
@@ -233,7 +234,7 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
     ui.painter().add(egui_wgpu::Callback::new_paint_callback(
         cell.rect,
         SliceCallback {
-            generation: open.generation,
+            generation: app.gpu_generation(),
             slot,
             key: ViewKey {
                 base: cell.seq,
@@ -252,21 +253,21 @@ fn interact(
     slot: usize,
     out: &mut Vec<Command>,
 ) {
-    let Some(open) = &app.open else { return };
+    let Some(open) = app.open_case() else { return };
     let v = &open.viewer;
     let id = ui.scope_id().with(("view", slot));
     let resp = ui.interact(cell.rect, id, Sense::click_and_drag());
     let o = cell.orientation;
     let (pointer_down, released) =
         ui.input(|i| (i.pointer.primary_down(), i.pointer.primary_released()));
-    let tool = app.tools.tool;
+    let tool = app.tools().tool;
     let pressed_here = resp.is_pointer_button_down_on() && pointer_down;
     if let Some(pos) = resp.interact_pointer_pos() {
         let at = cell.mm_at(pos);
         match tool {
             Tool::Navigate => {
                 if pressed_here || resp.clicked() {
-                    out.push(Command::SetCursor(at));
+                    out.push(Command::View(ViewCommand::SetCursor(at)));
                 }
             }
             Tool::Brush | Tool::Eraser => {
@@ -294,16 +295,16 @@ fn interact(
     // Brush outline under the pointer; polygon so far.
     let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
     if let (Some(pos), true) = (resp.hover_pos(), matches!(tool, Tool::Brush | Tool::Eraser)) {
-        let r = (app.tools.radius_mm / mm_per_point) as f32;
+        let r = (app.tools().radius_mm / mm_per_point) as f32;
         ui.painter().with_clip_rect(cell.rect).circle_stroke(
             pos,
             r.max(1.0),
             egui::Stroke::new(1.0, Color32::from_rgb(255, 220, 80)),
         );
     }
-    if tool == Tool::Polygon && app.tools.polygon_view == Some(o) && !app.tools.polygon.is_empty() {
+    if tool == Tool::Polygon && app.tools().polygon_view == Some(o) && !app.tools().polygon.is_empty() {
         let pts: Vec<Pos2> = app
-            .tools
+            .tools()
             .polygon
             .iter()
             .map(|p| cell.pos_of_mm(*p))
@@ -322,22 +323,22 @@ fn interact(
             let (level, width) = d.level_width();
             let width = width * (delta.x * 0.01).exp();
             let level = level - delta.y * width * 0.005;
-            out.push(Command::SetWindow {
+            out.push(Command::View(ViewCommand::SetWindow {
                 seq: cell.seq,
                 low: level - 0.5 * width,
                 high: level + 0.5 * width,
-            });
+            }));
         }
     }
     if resp.dragged_by(egui::PointerButton::Middle) {
         let delta = resp.drag_delta();
-        out.push(Command::Pan(
+        out.push(Command::View(ViewCommand::Pan(
             o,
             [
                 -delta.x as f64 * mm_per_point,
                 delta.y as f64 * mm_per_point,
             ],
-        ));
+        )));
     }
     if resp.hovered() {
         let (wheel, zoom, keys) = ui.input(|i| {
@@ -366,13 +367,13 @@ fn interact(
             (wheel, i.zoom_delta(), keys)
         });
         if wheel != 0.0 {
-            out.push(Command::StepSlice(o, wheel as i32));
+            out.push(Command::View(ViewCommand::StepSlice(o, wheel as i32)));
         }
         if keys != 0 {
-            out.push(Command::StepSlice(o, keys));
+            out.push(Command::View(ViewCommand::StepSlice(o, keys)));
         }
         if (zoom - 1.0).abs() > 1e-4 {
-            out.push(Command::Zoom(o, zoom as f64));
+            out.push(Command::View(ViewCommand::Zoom(o, zoom as f64)));
         }
     }
 }

@@ -11,11 +11,11 @@
 //! classes; predicted class probabilities have one finite entry per class. Every save is atomic.
 
 pub mod dicom_import;
+pub mod demo;
 pub mod journal;
 mod labels;
 pub mod models;
 pub mod nnunet;
-pub mod script;
 pub mod slices;
 pub mod store;
 

@@ -49,17 +49,22 @@ impl ExitSignal {
     }
 }
 
-/// What to save: the project's manifest and, if it changed, the case's reference mask.
+/// What to save: the project's manifest (project cases) and, if it changed, the case's
+/// reference mask; then the journal is emptied and `remove_after` (e.g. a loose file's working
+/// copy, now saved to the user's file) removed.
 pub struct SaveJob {
-    /// The project (its manifest is written).
-    pub project: Project,
+    /// The project (its manifest is written); `None` for loose files.
+    pub project: Option<Project>,
     /// The mask and the file to write it to.
     pub mask: Option<(PathBuf, Volume<u8>)>,
+    /// Files made obsolete by this save, removed after it succeeded.
+    pub remove_after: Vec<PathBuf>,
 }
 
 enum StoreMsg {
     Append(Vec<u8>, Option<Sender<()>>),
     Save(Box<SaveJob>, Option<Sender<()>>),
+    Flush(Sender<()>),
 }
 
 /// What the worker reports.
@@ -110,24 +115,36 @@ impl Worker {
 
     fn save(&mut self, job: &SaveJob) -> Result<(), String> {
         if let Some((path, mask)) = &job.mask {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("{}: cannot make the folder: {e}", dir.display()))?;
+            }
             write_volume(path, mask).map_err(|e| e.to_string())?;
         }
-        job.project.save().map_err(|e| e.to_string())?;
-        self.file = None;
-        match std::fs::remove_file(&self.journal_path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!(
-                "{}: saved, but cannot empty the journal: {e}",
-                self.journal_path.display()
-            )),
+        if let Some(project) = &job.project {
+            project.save().map_err(|e| e.to_string())?;
         }
+        self.file = None;
+        for path in std::iter::once(&self.journal_path).chain(&job.remove_after) {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(format!(
+                        "{}: saved, but cannot remove it: {e}",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn run(mut self, rx: Receiver<StoreMsg>) {
         for msg in rx {
             let (result, ack) = match msg {
                 StoreMsg::Append(record, ack) => (self.append(&record), ack),
+                StoreMsg::Flush(ack) => (Ok(()), Some(ack)),
                 StoreMsg::Save(job, ack) => {
                     let r = self.save(&job);
                     if r.is_ok() {
@@ -158,8 +175,20 @@ impl CaseStore {
         };
         let exit = ExitSignal::default();
         let signal = exit.clone();
+        let report = worker.events.clone();
         let handle = std::thread::spawn(move || {
-            worker.run(rx);
+            // A panic while saving is reported like any failure, and the exit still signalled.
+            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx)));
+            if let Err(p) = run {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                let _ = report.send(StoreEvent::Failed(format!(
+                    "the saving thread stopped unexpectedly: {message}"
+                )));
+            }
             signal.set();
         });
         Self {
@@ -215,6 +244,13 @@ impl CaseStore {
         let _ = done.recv();
     }
 
+    /// Wait until every message sent so far is handled (scripts and tests).
+    pub fn flush(&self) {
+        let (ack, done) = channel();
+        self.send(StoreMsg::Flush(ack));
+        let _ = done.recv();
+    }
+
     /// Events so far (never waits).
     pub fn poll(&self) -> Vec<StoreEvent> {
         self.events.try_iter().collect()
@@ -223,10 +259,17 @@ impl CaseStore {
     /// Finish every queued message and stop the worker; returns the last events.
     pub fn close(mut self) -> Vec<StoreEvent> {
         self.tx = None;
+        let mut events: Vec<StoreEvent> = Vec::new();
         if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            if h.join().is_err() {
+                events.push(StoreEvent::Failed(
+                    "the saving thread stopped unexpectedly".into(),
+                ));
+            }
         }
-        self.events.try_iter().collect()
+        let mut all: Vec<StoreEvent> = self.events.try_iter().collect();
+        all.extend(events);
+        all
     }
 }
 

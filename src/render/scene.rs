@@ -153,6 +153,21 @@ impl CaseTextures {
         Ok(range)
     }
 
+    /// Replace the predicted mask (a new prediction, on the masks' grid); views made before
+    /// must be bound anew (their owner drops its slots).
+    pub fn set_predicted(
+        &mut self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        mask: Option<&Volume<u8>>,
+    ) -> Result<(), RenderError> {
+        self.predicted = mask
+            .map(|m| LabelTexture::upload(device, queue, m))
+            .transpose()?;
+        self.touch();
+        Ok(())
+    }
+
     /// The reference mask texture (for sub-box edits).
     pub fn reference(&self) -> Option<&LabelTexture> {
         self.reference.as_ref()

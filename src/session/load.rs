@@ -24,8 +24,11 @@ pub struct CaseSource {
     pub reference: Option<PathBuf>,
     /// The predicted label mask.
     pub predicted: Option<PathBuf>,
-    /// The case's edit journal, replayed after loading (project cases).
+    /// The case's edit journal, replayed after loading.
     pub journal: Option<PathBuf>,
+    /// Loose files: the folder of their working copy (`mask.nii.gz`, the state autosaved since
+    /// the user's last Save, and the journal); never the user's own folder.
+    pub working_copy: Option<PathBuf>,
 }
 
 impl CaseSource {
@@ -41,6 +44,7 @@ impl CaseSource {
             reference: case.reference_mask.as_deref().map(|p| project.resolve(p)),
             predicted: case.predicted_mask.as_deref().map(|p| project.resolve(p)),
             journal: Some(crate::project::journal::journal_path(project, &case.id)),
+            working_copy: None,
         }
     }
 
@@ -67,7 +71,24 @@ impl CaseSource {
             reference: mask,
             predicted: None,
             journal: None,
+            working_copy: None,
         }
+    }
+
+    /// Loose files with their working copy in a folder of `root` named after the mask (else
+    /// the first image): its path, made absolute, picks the folder, so the same files always
+    /// find their unsaved edits again.
+    pub fn with_working_copy(mut self, root: &Path) -> Self {
+        let key_file = self
+            .reference
+            .clone()
+            .or_else(|| self.sequences.first().map(|(_, p)| p.clone()));
+        if let Some(file) = key_file {
+            let dir = root.join(super::persist::working_copy_name(&file));
+            self.journal = Some(dir.join(super::persist::WORKING_JOURNAL));
+            self.working_copy = Some(dir);
+        }
+        self
     }
 
     /// Number of files to read.
@@ -109,6 +130,9 @@ pub struct LoadedCase {
     pub reference: Option<Volume<u8>>,
     /// Whether the reference mask was read from a file (false: made empty here).
     pub reference_on_disk: bool,
+    /// Loose files: the reference is the working copy's (edits not yet saved to the user's
+    /// file, from an earlier session).
+    pub from_working_copy: bool,
     /// The predicted mask.
     pub predicted: Option<Volume<u8>>,
     /// Edits recovered from the journal (already applied to the reference mask; record edits
@@ -222,7 +246,16 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
             None => Ok(None),
         }
     };
-    let reference = mask(&source.reference)?;
+    let working = source
+        .working_copy
+        .as_ref()
+        .map(|d| d.join(super::persist::WORKING_MASK))
+        .filter(|p| p.is_file());
+    let from_working_copy = working.is_some();
+    let reference = match working {
+        Some(w) => mask(&Some(w))?,
+        None => mask(&source.reference)?,
+    };
     let predicted = mask(&source.predicted)?;
     let reference_on_disk = reference.is_some();
     let mut reference = match reference {
@@ -246,6 +279,7 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
         images,
         reference: Some(reference),
         reference_on_disk,
+        from_working_copy,
         predicted,
         recovered,
     })
@@ -264,9 +298,11 @@ pub fn spawn_load(
         for s in &wait_for {
             s.wait();
         }
-        let msg = match load(&source, &tx) {
-            Ok(case) => LoadMessage::Done(Box::new(case)),
-            Err(e) => LoadMessage::Failed(e),
+        let result = super::jobs::catch_worker("loading the case", || load(&source, &tx));
+        let msg = match result {
+            Ok(Ok(case)) => LoadMessage::Done(Box::new(case)),
+            Ok(Err(e)) => LoadMessage::Failed(e),
+            Err(e) => LoadMessage::Failed(e.to_string()),
         };
         let _ = tx.send(msg);
         wake();

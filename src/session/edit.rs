@@ -1,20 +1,20 @@
-//! Correcting a case in the app: the active tool and its settings, and the edit commands'
-//! application (brush strokes, fills, polygons, morphology, accepting the prediction, class /
-//! status / note, undo and redo). Every change goes through `MriloopApp::commit`, which pushes it
-//! on the undo stack, appends it to the case's journal and uploads only the changed sub-box of
-//! the mask texture; autosave writes the files atomically and empties the journal.
+//! Correcting a case: the active tool and its settings, and the edit commands' application
+//! (brush strokes, fills, polygons, morphology, accepting the prediction, class / status / note,
+//! labels, undo and redo). Every change goes through `Session::commit`, which pushes it on the
+//! undo stack, appends it to the case's journal and reports the changed sub-box of the mask in
+//! `Changes`; saving is `persist`'s.
 //!
 //! Invariants: a brush drag is one undo step (committed on release); the in-progress stroke is
-//! already on screen and in the CPU mask, and is the only thing a crash can lose.
+//! already in the CPU mask (and on screen), and is the only thing a crash can lose.
 
-use super::bridge::ViewerGpu;
-use super::{step_along, MriloopApp, OpenCase};
+use super::view::step_along;
+use super::{OpenCase, Session};
 use crate::edit::tools::{
     accept_prediction, brush_dab, flood_fill, interpolate_slices, morphology, polygon_fill,
     replace_label, Brush, BrushShape, BrushSpace, EditPlane, ImageRef, Morphology, PaintRules,
 };
 use crate::edit::{Edit, MaskDelta, RecordField, UndoStack, VoxelBox};
-use crate::project::store::{CaseStore, SaveJob, StoreEvent};
+use crate::project::store::CaseStore;
 use crate::project::{journal, Label, ReviewStatus};
 use crate::render::Orientation;
 use glam::DVec3;
@@ -164,8 +164,10 @@ pub enum EditCommand {
     RenameLabel(u8, String),
     /// Recolour a label.
     RecolourLabel(u8, [u8; 3]),
-    /// Save now.
+    /// Save now (a project case: into the project; loose files: into the user's mask file).
     Save,
+    /// Save the mask of loose files to another file, which later saves go to.
+    SaveAs(PathBuf),
 }
 
 /// Per-case editing state kept with the open case.
@@ -176,20 +178,23 @@ pub struct CaseEdits {
     pub stroke: Vec<MaskDelta>,
     /// Last dab of the stroke (world mm), to fill gaps of a fast drag.
     pub last_dab: Option<DVec3>,
-    /// Unsaved changes.
+    /// Changes not yet autosaved (into the project, or the loose files' working copy).
     pub dirty: bool,
+    /// Changes not yet saved where the user will find them (the project's files, or the loose
+    /// mask file the user chose).
+    pub unsaved_for_user: bool,
     /// Whether the mask changed since the last save.
     pub mask_dirty: bool,
     /// Last change.
     pub last_change: Instant,
     /// Last save.
     pub last_save: Instant,
-    /// The persistence worker (project cases).
+    /// The persistence worker (journal and saves).
     pub store: Option<CaseStore>,
     /// Where the reference mask is saved: project-relative (project cases).
     pub reference_rel: Option<String>,
-    /// Where the reference mask is saved for loose files.
-    pub loose_mask_path: Option<PathBuf>,
+    /// Loose files: the user's mask file and the working copy (`None` for project cases).
+    pub loose: Option<super::persist::LooseFiles>,
 }
 
 impl CaseEdits {
@@ -197,7 +202,7 @@ impl CaseEdits {
     pub fn new(
         store: Option<CaseStore>,
         reference_rel: Option<String>,
-        loose: Option<PathBuf>,
+        loose: Option<super::persist::LooseFiles>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -205,12 +210,13 @@ impl CaseEdits {
             stroke: Vec::new(),
             last_dab: None,
             dirty: false,
+            unsaved_for_user: false,
             mask_dirty: false,
             last_change: now,
             last_save: now,
             store,
             reference_rel,
-            loose_mask_path: loose,
+            loose,
         }
     }
 }
@@ -243,9 +249,9 @@ fn voxel_axis_of(open: &OpenCase, o: Orientation) -> usize {
         .unwrap_or(2)
 }
 
-impl MriloopApp {
+impl Session {
     /// Label colours for the GPU table, with hidden labels transparent.
-    pub(super) fn overlay_colours(&self) -> [[u8; 4]; 256] {
+    pub fn overlay_colours(&self) -> [[u8; 4]; 256] {
         let mut colours = [[0u8; 4]; 256];
         for (v, c) in colours.iter_mut().enumerate().skip(1) {
             let [r, g, b] = match self.labels.get(v as u8) {
@@ -257,41 +263,14 @@ impl MriloopApp {
         colours
     }
 
-    fn push_colours(&self) {
-        if let Some(rs) = &self.render_state {
-            let renderer = rs.renderer.read();
-            if let Some(case) = renderer
-                .callback_resources
-                .get::<ViewerGpu>()
-                .and_then(|g| g.case())
-            {
-                case.set_colours(&rs.queue, &self.overlay_colours());
-            }
-        }
-    }
-
-    /// Upload the voxels of `region` of the reference mask to the GPU (only that box).
-    fn upload_region(&self, region: VoxelBox) {
-        let (Some(rs), Some(open)) = (&self.render_state, &self.open) else {
-            return;
-        };
-        let Some(mask) = open.loaded.reference.as_ref() else {
+    /// The mask's sub-box `region` changed: the window uploads it.
+    fn mask_changed(&mut self, region: VoxelBox) {
+        let Some(mask) = self.open.as_ref().and_then(|o| o.loaded.reference.as_ref()) else {
             return;
         };
         let region = region.clamp_to(mask.dims3());
-        if region.is_empty() {
-            return;
-        }
-        let renderer = rs.renderer.read();
-        if let Some(case) = renderer
-            .callback_resources
-            .get::<ViewerGpu>()
-            .and_then(|g| g.case())
-        {
-            if let Err(e) = case.update_reference_sub_box(&rs.queue, mask, region.min, region.max) {
-                drop(renderer);
-                log_error(&e.to_string());
-            }
+        if !region.is_empty() {
+            self.pending.mask_boxes.push(region);
         }
     }
 
@@ -307,6 +286,7 @@ impl MriloopApp {
             open.edits.mask_dirty = true;
         }
         open.edits.dirty = true;
+        open.edits.unsaved_for_user = true;
         open.edits.last_change = Instant::now();
         open.edits.undo.push(edit);
     }
@@ -341,7 +321,7 @@ impl MriloopApp {
 
     fn apply_mask_delta(&mut self, delta: Option<MaskDelta>, as_stroke: bool) {
         let Some(delta) = delta else { return };
-        self.upload_region(delta.region);
+        self.mask_changed(delta.region);
         if let Some(open) = self.open.as_mut() {
             if let (Some(a), Some(p)) = (open.agreement.as_mut(), open.loaded.predicted.as_ref()) {
                 a.apply(&delta, p, true);
@@ -356,7 +336,7 @@ impl MriloopApp {
         }
     }
 
-    fn end_stroke(&mut self) {
+    pub(super) fn end_stroke(&mut self) {
         let Some(open) = self.open.as_mut() else {
             return;
         };
@@ -463,6 +443,7 @@ impl MriloopApp {
             store.append(&effect);
         }
         open.edits.dirty = true;
+        open.edits.unsaved_for_user = true;
         open.edits.mask_dirty |= matches!(edit, Edit::Mask(_));
         open.edits.last_change = Instant::now();
         if let (Some(p), Some(i)) = (self.project.as_mut(), open.case_index) {
@@ -472,12 +453,39 @@ impl MriloopApp {
         }
         self.apply_labels_edit(&edit, forward);
         if let Some(region) = edit.region() {
-            self.upload_region(region);
+            self.mask_changed(region);
         }
     }
 
     /// Apply one edit command.
     pub(super) fn apply_edit(&mut self, cmd: EditCommand) {
+        match cmd {
+            EditCommand::Dab(o, p) => self.dab(o, p),
+            EditCommand::EndStroke => self.end_stroke(),
+            EditCommand::Fill(o, p, seq) => self.fill(o, p, seq),
+            EditCommand::ClosePolygon => self.close_polygon(),
+            EditCommand::Undo => self.undo_redo(false),
+            EditCommand::Redo => self.undo_redo(true),
+            EditCommand::SetClass(c) => {
+                self.record_edit(RecordField::ClassLabel, c.unwrap_or_default())
+            }
+            EditCommand::SetStatus(s) => self.record_edit(RecordField::Status, s.as_str().into()),
+            EditCommand::SetNote(n) => self.record_edit(RecordField::Note, n),
+            EditCommand::AcceptPrediction(_)
+            | EditCommand::Morph(..)
+            | EditCommand::Replace(..)
+            | EditCommand::Interpolate(..) => self.whole_mask_operation(cmd),
+            EditCommand::AddLabel | EditCommand::RenameLabel(..) | EditCommand::RecolourLabel(..) => {
+                self.label_table_edit(cmd)
+            }
+            EditCommand::Save => self.save_for_user(None),
+            EditCommand::SaveAs(path) => self.save_for_user(Some(path)),
+            other => self.set_tool_setting(other),
+        }
+    }
+
+    /// Tool choice and settings (no change to the mask).
+    fn set_tool_setting(&mut self, cmd: EditCommand) {
         let t = &mut self.tools;
         match cmd {
             EditCommand::SetTool(tool) => {
@@ -494,38 +502,9 @@ impl MriloopApp {
             EditCommand::SetLocked(l, b) => t.rules.locked[l as usize] = b,
             EditCommand::SetHidden(l, b) => {
                 t.hidden[l as usize] = b;
-                self.push_colours();
+                self.pending.colours = true;
             }
             EditCommand::SetTolerance(x) => t.tolerance = x.max(0.0),
-            EditCommand::Dab(o, p) => self.dab(o, p),
-            EditCommand::EndStroke => self.end_stroke(),
-            EditCommand::Fill(o, p, seq) => {
-                let in_3d = self.tools.in_3d;
-                let (tol, label, rules) = (
-                    self.tools.tolerance,
-                    self.tools.label,
-                    self.tools.rules.clone(),
-                );
-                let Some(open) = self.open.as_mut() else {
-                    return;
-                };
-                let plane = edit_plane(open, o);
-                let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
-                let (Some(mask), Some(img)) = (mask, images.get(seq)) else {
-                    return;
-                };
-                let Some(seed) = mask.affine().mm_to_vox(p).map(|v| v.round()) else {
-                    return;
-                };
-                if seed.min_element() < 0.0 {
-                    return;
-                }
-                let seed = [seed.x as usize, seed.y as usize, seed.z as usize];
-                let image = ImageRef::new(&img.volume, mask.affine());
-                let plane = if in_3d { None } else { plane };
-                let d = flood_fill(mask, image, seed, tol, plane.as_ref(), label, &rules);
-                self.apply_mask_delta(d, false);
-            }
             EditCommand::PolygonPoint(o, p) => {
                 if t.polygon_view != Some(o) {
                     t.polygon.clear();
@@ -534,102 +513,117 @@ impl MriloopApp {
                 t.polygon.push(p);
             }
             EditCommand::CancelPolygon => t.polygon.clear(),
-            EditCommand::ClosePolygon => {
-                let vertices = std::mem::take(&mut self.tools.polygon);
-                let (label, rules) = (self.tools.label, self.tools.rules.clone());
-                let Some(o) = self.tools.polygon_view else {
-                    return;
-                };
-                let Some(open) = self.open.as_mut() else {
-                    return;
-                };
-                let Some(plane) = edit_plane(open, o) else {
-                    return;
-                };
-                let Some(mask) = open.loaded.reference.as_mut() else {
-                    return;
-                };
-                let d = polygon_fill(mask, &plane, &vertices, label, &rules, None);
-                self.apply_mask_delta(d, false);
-            }
-            EditCommand::Undo => self.undo_redo(false),
-            EditCommand::Redo => self.undo_redo(true),
-            EditCommand::SetClass(c) => {
-                self.record_edit(RecordField::ClassLabel, c.unwrap_or_default())
-            }
-            EditCommand::SetStatus(s) => self.record_edit(RecordField::Status, s.as_str().into()),
-            EditCommand::SetNote(n) => self.record_edit(RecordField::Note, n),
-            EditCommand::AcceptPrediction(label) => {
-                let rules = self.tools.rules.clone();
-                let Some(open) = self.open.as_mut() else {
-                    return;
-                };
-                let (pred, mask) = (&open.loaded.predicted, open.loaded.reference.as_mut());
-                let (Some(pred), Some(mask)) = (pred, mask) else {
-                    return;
-                };
-                let d = accept_prediction(mask, pred, label, &rules);
-                self.apply_mask_delta(d, false);
-            }
-            EditCommand::Morph(label, op) => {
-                let rules = self.tools.rules.clone();
-                let Some(mask) = self.open.as_mut().and_then(|o| o.loaded.reference.as_mut())
-                else {
-                    return;
-                };
-                let d = morphology(mask, label, op, &rules);
-                self.apply_mask_delta(d, false);
-            }
-            EditCommand::Replace(a, b) => {
-                let rules = self.tools.rules.clone();
-                let Some(mask) = self.open.as_mut().and_then(|o| o.loaded.reference.as_mut())
-                else {
-                    return;
-                };
-                let d = replace_label(mask, a, b, &rules);
-                self.apply_mask_delta(d, false);
-            }
-            EditCommand::Interpolate(label, o) => {
-                let rules = self.tools.rules.clone();
-                let Some(open) = self.open.as_mut() else {
-                    return;
-                };
-                let axis = voxel_axis_of(open, o);
-                let Some(mask) = open.loaded.reference.as_mut() else {
-                    return;
-                };
-                let d = interpolate_slices(mask, label, axis, &rules);
-                self.apply_mask_delta(d, false);
-            }
+            _ => {}
+        }
+    }
+
+    /// Flood fill from a world point in a view, reading sequence `seq`.
+    fn fill(&mut self, o: Orientation, p: DVec3, seq: usize) {
+        let in_3d = self.tools.in_3d;
+        let (tol, label, rules) = (
+            self.tools.tolerance,
+            self.tools.label,
+            self.tools.rules.clone(),
+        );
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let plane = edit_plane(open, o);
+        let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
+        let (Some(mask), Some(img)) = (mask, images.get(seq)) else {
+            return;
+        };
+        let Some(seed) = mask.affine().mm_to_vox(p).map(|v| v.round()) else {
+            return;
+        };
+        if seed.min_element() < 0.0 {
+            return;
+        }
+        let seed = [seed.x as usize, seed.y as usize, seed.z as usize];
+        let image = ImageRef::new(&img.volume, mask.affine());
+        let plane = if in_3d { None } else { plane };
+        let d = flood_fill(mask, image, seed, tol, plane.as_ref(), label, &rules);
+        self.apply_mask_delta(d, false);
+    }
+
+    /// Fill the polygon clicked so far.
+    fn close_polygon(&mut self) {
+        let vertices = std::mem::take(&mut self.tools.polygon);
+        let (label, rules) = (self.tools.label, self.tools.rules.clone());
+        let Some(o) = self.tools.polygon_view else {
+            return;
+        };
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let Some(plane) = edit_plane(open, o) else {
+            return;
+        };
+        let Some(mask) = open.loaded.reference.as_mut() else {
+            return;
+        };
+        let d = polygon_fill(mask, &plane, &vertices, label, &rules, None);
+        self.apply_mask_delta(d, false);
+    }
+
+    /// Operations on a whole label: accept the prediction, morphology, replace, interpolate.
+    fn whole_mask_operation(&mut self, cmd: EditCommand) {
+        let rules = self.tools.rules.clone();
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let axis = match &cmd {
+            EditCommand::Interpolate(_, o) => voxel_axis_of(open, *o),
+            _ => 2,
+        };
+        let (pred, mask) = (&open.loaded.predicted, open.loaded.reference.as_mut());
+        let Some(mask) = mask else {
+            return;
+        };
+        let d = match cmd {
+            EditCommand::AcceptPrediction(label) => match pred {
+                Some(pred) => accept_prediction(mask, pred, label, &rules),
+                None => None,
+            },
+            EditCommand::Morph(label, op) => morphology(mask, label, op, &rules),
+            EditCommand::Replace(a, b) => replace_label(mask, a, b, &rules),
+            EditCommand::Interpolate(label, _) => interpolate_slices(mask, label, axis, &rules),
+            _ => None,
+        };
+        self.apply_mask_delta(d, false);
+    }
+
+    /// Add, rename or recolour a label (through the edit path: undoable, journaled).
+    fn label_table_edit(&mut self, cmd: EditCommand) {
+        let mut labels = self.labels.labels().to_vec();
+        match cmd {
             EditCommand::AddLabel => {
-                let used: Vec<u8> = self.labels.labels().iter().map(|l| l.value).collect();
-                if let Some(v) = (1..=255u8).find(|v| !used.contains(v)) {
-                    let mut labels = self.labels.labels().to_vec();
-                    labels.push(Label {
-                        value: v,
-                        name: format!("label {v}"),
-                        color: crate::project::default_color(v),
-                    });
-                    self.set_labels(labels);
-                    self.tools.label = v;
-                }
+                let used: Vec<u8> = labels.iter().map(|l| l.value).collect();
+                let Some(v) = (1..=255u8).find(|v| !used.contains(v)) else {
+                    return;
+                };
+                labels.push(Label {
+                    value: v,
+                    name: format!("label {v}"),
+                    color: crate::project::default_color(v),
+                });
+                self.set_labels(labels);
+                self.tools.label = v;
+                return;
             }
             EditCommand::RenameLabel(v, name) => {
-                let mut labels = self.labels.labels().to_vec();
                 if let Some(l) = labels.iter_mut().find(|l| l.value == v) {
                     l.name = name;
                 }
-                self.set_labels(labels);
             }
             EditCommand::RecolourLabel(v, c) => {
-                let mut labels = self.labels.labels().to_vec();
                 if let Some(l) = labels.iter_mut().find(|l| l.value == v) {
                     l.color = c;
                 }
-                self.set_labels(labels);
             }
-            EditCommand::Save => self.save_now(),
+            _ => return,
         }
+        self.set_labels(labels);
     }
 
     /// Change the label table through the edit path (undoable, journaled).
@@ -654,129 +648,7 @@ impl MriloopApp {
                 p.manifest.labels = table.clone();
             }
             self.labels = table;
-            self.push_colours();
+            self.pending.colours = true;
         }
     }
-
-    /// Save the open case now (mask if changed, manifest), off the UI thread.
-    pub(super) fn save_now(&mut self) {
-        self.end_stroke();
-        let project = self.project.clone();
-        let wake = self.wake();
-        let Some(open) = self.open.as_mut() else {
-            return;
-        };
-        if !open.edits.dirty {
-            return;
-        }
-        let mask = open
-            .loaded
-            .reference
-            .clone()
-            .filter(|_| open.edits.mask_dirty);
-        match (&open.edits.store, project) {
-            (Some(store), Some(mut project)) => {
-                let mask_job = match (&open.edits.reference_rel, mask) {
-                    (Some(rel), Some(m)) => {
-                        if let Some(case) = open
-                            .case_index
-                            .and_then(|i| project.manifest.cases.get_mut(i))
-                        {
-                            case.reference_mask = Some(rel.clone());
-                        }
-                        Some((project.resolve(rel), m))
-                    }
-                    _ => None,
-                };
-                if let Some(p) = self.project.as_mut() {
-                    p.manifest = project.manifest.clone();
-                }
-                store.save(SaveJob {
-                    project,
-                    mask: mask_job,
-                });
-            }
-            _ => {
-                // Loose files: write the mask beside the image, in the background.
-                if let (Some(path), Some(m)) = (&open.edits.loose_mask_path, mask) {
-                    let path = path.clone();
-                    let tx = self.notices_tx.clone();
-                    std::thread::spawn(move || {
-                        let msg = match crate::volume::write_volume(&path, &m) {
-                            Ok(()) => Ok(format!("saved {}", path.display())),
-                            Err(e) => Err(e.to_string()),
-                        };
-                        let _ = tx.send(msg);
-                        wake();
-                    });
-                }
-            }
-        }
-        open.edits.dirty = false;
-        open.edits.mask_dirty = false;
-        open.edits.last_save = Instant::now();
-    }
-
-    /// Autosave when idle, and read the persistence workers' reports.
-    pub(super) fn autosave_tick(&mut self) {
-        let mut failures = Vec::new();
-        let stores = self
-            .open
-            .as_ref()
-            .and_then(|o| o.edits.store.as_ref())
-            .into_iter()
-            .chain(self.closing_stores.iter());
-        for store in stores {
-            for e in store.poll() {
-                if let StoreEvent::Failed(msg) = e {
-                    failures.push(msg);
-                }
-            }
-        }
-        self.closing_stores.retain(|s| !s.is_finished());
-        for msg in failures {
-            log_error(&msg);
-            self.error = Some(format!(
-                "Saving failed; your edits are kept in the journal.\n{msg}"
-            ));
-            if let Some(o) = self.open.as_mut() {
-                o.edits.dirty = true;
-                o.edits.mask_dirty = true;
-            }
-        }
-        let Some(open) = self.open.as_ref() else {
-            return;
-        };
-        let e = &open.edits;
-        if e.dirty
-            && e.stroke.is_empty()
-            && e.last_change.elapsed() >= AUTOSAVE_IDLE
-            && e.last_save.elapsed() >= AUTOSAVE_EVERY
-        {
-            self.save_now();
-        }
-    }
-
-    /// Save the open case and let its worker finish in the background (case switch); with
-    /// `wait`, wait until it has (exit).
-    pub(super) fn close_case(&mut self, wait: bool) {
-        self.save_now();
-        let Some(mut store) = self.open.as_mut().and_then(|o| o.edits.store.take()) else {
-            return;
-        };
-        if wait {
-            for e in store.close() {
-                if let StoreEvent::Failed(msg) = e {
-                    log_error(&msg);
-                }
-            }
-        } else {
-            store.finish();
-            self.closing_stores.push(store);
-        }
-    }
-}
-
-fn log_error(msg: &str) {
-    eprintln!("mriloop: {msg}");
 }

@@ -265,6 +265,50 @@ fn orientation_index(o: Orientation) -> usize {
     }
 }
 
+/// A change to what the views show (applied by `ViewerState::apply`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewCommand {
+    /// Move the shared cursor (world mm).
+    SetCursor(DVec3),
+    /// Step a view's slice.
+    StepSlice(Orientation, i32),
+    /// Multiply a view's zoom.
+    Zoom(Orientation, f64),
+    /// Move a view's centre by mm along screen right and up.
+    Pan(Orientation, [f64; 2]),
+    /// Reset zoom and pan of every view and centre the cursor.
+    ResetView,
+    /// Set a sequence's window (intensities shown black and white).
+    SetWindow {
+        /// Sequence index.
+        seq: usize,
+        /// Low end.
+        low: f32,
+        /// High end.
+        high: f32,
+    },
+    /// Apply a window preset to a sequence.
+    WindowPreset(usize, WindowPreset),
+    /// Set a sequence's colour map.
+    SetColormap(usize, Colormap),
+    /// Trilinear (true) or nearest sampling.
+    SetLinear(bool),
+    /// Reference overlay opacity.
+    SetReferenceOpacity(f32),
+    /// Reference overlay as outlines.
+    SetReferenceOutline(bool),
+    /// Predicted overlay opacity.
+    SetPredictedOpacity(f32),
+    /// Show one sequence alone.
+    ShowSequence(usize),
+    /// Add or remove a sequence from the side-by-side set.
+    ToggleSideBySide(usize),
+    /// Blend a sequence over the shown ones (None: no blend), with an opacity.
+    SetBlend(Option<(usize, f32)>),
+    /// Change the layout.
+    SetLayout(Layout),
+}
+
 impl ViewerState {
     /// The layout a grid of a single slice needs: one large view of the orientation facing
     /// the slice (the one whose normal is closest to the one-voxel axis); `None` for a volume.
@@ -308,6 +352,43 @@ impl ViewerState {
             display,
             linear: false,
             overlay: OverlayStyle::default(),
+        }
+    }
+
+    /// Apply a view command (one naming a missing sequence does nothing).
+    pub fn apply(&mut self, cmd: ViewCommand) {
+        let seq_ok = |s: usize| s < self.display.len();
+        match cmd {
+            ViewCommand::SetCursor(p) => self.set_cursor(p),
+            ViewCommand::StepSlice(o, n) => self.step_slice(o, n),
+            ViewCommand::Zoom(o, f) => self.zoom_by(o, f),
+            ViewCommand::Pan(o, d) => {
+                let z = self.view_zoom_mut(o);
+                z.pan_mm[0] += d[0];
+                z.pan_mm[1] += d[1];
+            }
+            ViewCommand::ResetView => {
+                self.zoom = [ViewZoom::default(); 3];
+                self.cursor_mm = self.world_box.centre_mm();
+            }
+            ViewCommand::SetWindow { seq, low, high } if seq_ok(seq) => {
+                let d = &mut self.display[seq];
+                d.window_low = low;
+                d.window_high = if high > low { high } else { low + 1e-3 };
+            }
+            ViewCommand::WindowPreset(seq, p) if seq_ok(seq) => self.display[seq].apply_preset(p),
+            ViewCommand::SetColormap(seq, c) if seq_ok(seq) => self.display[seq].colormap = c,
+            ViewCommand::SetLinear(b) => self.linear = b,
+            ViewCommand::SetReferenceOpacity(a) => self.overlay.reference_opacity = a.clamp(0.0, 1.0),
+            ViewCommand::SetReferenceOutline(b) => self.overlay.reference_outline = b,
+            ViewCommand::SetPredictedOpacity(a) => self.overlay.predicted_opacity = a.clamp(0.0, 1.0),
+            ViewCommand::ShowSequence(s) if seq_ok(s) => self.shown = vec![s],
+            ViewCommand::ToggleSideBySide(s) => self.toggle_side_by_side(s),
+            ViewCommand::SetBlend(b) => {
+                self.blend = b.filter(|(s, _)| seq_ok(*s)).map(|(s, a)| (s, a.clamp(0.0, 1.0)));
+            }
+            ViewCommand::SetLayout(l) => self.layout = l,
+            _ => {}
         }
     }
 
