@@ -15,9 +15,9 @@ use crate::model::session::{
     register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
     RunEvent, RunHandle, RunRequest,
 };
-use crate::session::Input;
 use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
+use crate::session::Input;
 use std::path::PathBuf;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
@@ -195,20 +195,7 @@ impl MriloopApp {
             TrainCommand::Settings(s) => self.training.settings = s,
             TrainCommand::Start => self.start_training(),
             TrainCommand::StartWhenOpen => self.training.start_when_open = true,
-            TrainCommand::Pause(p) => {
-                if let Some(run) = self.training.run.as_mut() {
-                    run.handle.control.set_paused(p);
-                    match (p, run.paused_at) {
-                        (true, None) => run.paused_at = Some(Instant::now()),
-                        (false, Some(at)) => {
-                            run.paused_for += at.elapsed();
-                            run.paused_at = None;
-                        }
-                        _ => {}
-                    }
-                    self.training.status = if p { "paused" } else { "resumed" }.into();
-                }
-            }
+            TrainCommand::Pause(p) => self.pause_run(p),
             TrainCommand::Cancel => {
                 if let Some(run) = &self.training.run {
                     run.handle.control.cancel();
@@ -240,15 +227,7 @@ impl MriloopApp {
                 }
             }
             TrainCommand::TogglePanel => self.training.show_panel ^= true,
-            TrainCommand::ToggleCohort => {
-                self.training.show_cohort ^= true;
-                if self.training.show_cohort {
-                    if let Some(p) = self.session.project() {
-                        self.training.cohort =
-                            super::cohort::CohortState::start(p.clone(), Box::new(self.wake()));
-                    }
-                }
-            }
+            TrainCommand::ToggleCohort => self.toggle_cohort(),
             TrainCommand::ExportCohortDialog => self.ask(|| {
                 let path = rfd::FileDialog::new()
                     .add_filter("CSV", &["csv"])
@@ -256,20 +235,50 @@ impl MriloopApp {
                     .save_file()?;
                 Some(Command::Train(TrainCommand::ExportCohort(path)))
             }),
-            TrainCommand::ExportCohort(path) => {
-                // Written by a worker: the table's text is made here, the file there.
-                let csv = self.training.cohort.csv();
-                let tx = self.notices_tx.clone();
-                let wake = self.wake();
-                std::thread::spawn(move || {
-                    let r = crate::atomic::write_atomic(&path, csv.as_bytes())
-                        .map(|()| format!("wrote {}", path.display()))
-                        .map_err(|e| format!("{}: {e}", path.display()));
-                    let _ = tx.send(r);
-                    wake();
-                });
+            TrainCommand::ExportCohort(path) => self.export_cohort(path),
+        }
+    }
+
+    /// Pause (true) or resume (false) the run in progress, keeping count of the time paused.
+    fn pause_run(&mut self, p: bool) {
+        if let Some(run) = self.training.run.as_mut() {
+            run.handle.control.set_paused(p);
+            match (p, run.paused_at) {
+                (true, None) => run.paused_at = Some(Instant::now()),
+                (false, Some(at)) => {
+                    run.paused_for += at.elapsed();
+                    run.paused_at = None;
+                }
+                _ => {}
+            }
+            self.training.status = if p { "paused" } else { "resumed" }.into();
+        }
+    }
+
+    /// Show or hide the cohort view; showing it starts computing the table afresh.
+    fn toggle_cohort(&mut self) {
+        self.training.show_cohort ^= true;
+        if self.training.show_cohort {
+            if let Some(p) = self.session.project() {
+                self.training.cohort =
+                    super::cohort::CohortState::start(p.clone(), Box::new(self.wake()));
             }
         }
+    }
+
+    /// Write the cohort table as CSV to `path` on a worker; the outcome comes back as a notice.
+    fn export_cohort(&mut self, path: PathBuf) {
+        // Written by a worker: the table's text is made here, the file there.
+        let csv = self.training.cohort.csv();
+        let tx = self.notices_tx.clone();
+        let wake = self.wake();
+        std::thread::spawn(move || {
+            let r = crate::atomic::write_atomic(&path, csv.as_bytes())
+                .map(|()| format!("wrote {}", path.display()))
+                .map_err(|e| format!("{}: {e}", path.display()));
+            let _ = tx.send(r);
+            wake();
+        });
     }
 
     /// The unreviewed case (not the open one) with the highest uncertainty score.
@@ -400,6 +409,14 @@ impl MriloopApp {
             self.training.start_when_open = false;
             self.start_training();
         }
+        let finished = self.drain_run_events();
+        self.finish_run(finished);
+        self.poll_infer();
+    }
+
+    /// Take the run's pending events (never waits): progress and curves are updated here; the
+    /// run's end, if it came, is returned.
+    fn drain_run_events(&mut self) -> Option<Result<crate::project::ModelVersion, String>> {
         let mut finished = None;
         if let Some(run) = self.training.run.as_mut() {
             loop {
@@ -456,6 +473,12 @@ impl MriloopApp {
                 }
             }
         }
+        finished
+    }
+
+    /// Handle the run's end: record the version (in its own project when another one was
+    /// opened meanwhile), activate it and re-predict, or report the failure.
+    fn finish_run(&mut self, finished: Option<Result<crate::project::ModelVersion, String>>) {
         let elsewhere = self.training.run.as_ref().and_then(|r| {
             let here = self.session.project().map(|p| p.root().to_path_buf());
             (here.as_ref() != Some(&r.project_root)).then(|| r.project_root.clone())
@@ -491,7 +514,6 @@ impl MriloopApp {
             }
             (None, _) => {}
         }
-        self.poll_infer();
     }
 
     fn poll_infer(&mut self) {
@@ -621,7 +643,6 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
     };
     let t = app.training();
     let mut s = t.settings.clone();
-    let push = |out: &mut Vec<Command>, c: TrainCommand| out.push(Command::Train(c));
     egui::Panel::bottom("training")
         .resizable(true)
         .default_size(300.0)
@@ -633,164 +654,194 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
             ui.horizontal_top(|ui| {
                 ui.vertical(|ui| {
                     ui.set_width(330.0);
-                    let running = t.run.is_some();
-                    ui.add_enabled_ui(!running, |ui| {
-                        let active = project.manifest.active_model.clone();
-                        ui.horizontal(|ui| {
-                            let scratch = !(s.fine_tune && active.is_some());
-                            if ui.radio(scratch, "from scratch").clicked() {
-                                s.fine_tune = false;
-                            }
-                            ui.add_enabled(
-                                active.is_some(),
-                                egui::RadioButton::new(
-                                    s.fine_tune && active.is_some(),
-                                    format!(
-                                        "fine-tune {}",
-                                        active.as_deref().unwrap_or("(no model yet)")
-                                    ),
-                                ),
-                            )
-                            .clicked()
-                            .then(|| s.fine_tune = true);
-                        });
-                        ui.horizontal(|ui| {
-                            ui.label("epochs");
-                            ui.add(egui::DragValue::new(&mut s.epochs).range(1..=1000));
-                            ui.label("steps/epoch");
-                            ui.add(egui::DragValue::new(&mut s.steps_per_epoch).range(1..=10_000));
-                        });
-                        ui.horizontal(|ui| {
-                            ui.label("patch");
-                            ui.add(egui::DragValue::new(&mut s.patch).range(8..=128));
-                            ui.label("batch");
-                            ui.add(egui::DragValue::new(&mut s.batch).range(1..=32));
-                        });
-                        ui.horizontal(|ui| {
-                            ui.label("tasks");
-                            for (m, name) in [
-                                (TaskMode::Joint, "joint"),
-                                (TaskMode::SegmentationOnly, "seg only"),
-                                (TaskMode::ClassificationOnly, "class only"),
-                            ] {
-                                ui.radio_value(&mut s.mode, m, name);
-                            }
-                        });
-                        ui.horizontal_wrapped(|ui| {
-                            ui.label("sequences");
-                            // None chosen means the project's first two: shown ticked.
-                            if s.sequences.is_empty() {
-                                s.sequences = project
-                                    .manifest
-                                    .sequences
-                                    .iter()
-                                    .take(2)
-                                    .map(|n| n.to_string())
-                                    .collect();
-                            }
-                            for name in &project.manifest.sequences {
-                                let n = name.to_string();
-                                let mut on = s.sequences.contains(&n);
-                                if ui.checkbox(&mut on, n.as_str()).changed() {
-                                    let mut chosen = s.sequences.clone();
-                                    if on {
-                                        chosen.push(n);
-                                    } else if chosen.len() > 1 {
-                                        chosen.retain(|x| *x != n);
-                                    }
-                                    // Channel order is the project's sequence order.
-                                    s.sequences = project
-                                        .manifest
-                                        .sequences
-                                        .iter()
-                                        .map(|x| x.to_string())
-                                        .filter(|x| chosen.contains(x))
-                                        .collect();
-                                }
-                            }
-                        });
-                        ui.horizontal(|ui| {
-                            ui.label("backend");
-                            for b in ["auto", "cpu", "gpu"] {
-                                ui.radio_value(&mut s.backend, b.to_string(), b);
-                            }
-                        });
-                        let reviewed = project
-                            .manifest
-                            .cases
-                            .iter()
-                            .filter(|c| c.review == ReviewStatus::Reviewed)
-                            .count();
-                        ui.checkbox(
-                            &mut s.only_reviewed,
-                            format!("only reviewed cases ({reviewed})"),
-                        );
-                        ui.horizontal(|ui| {
-                            ui.label("weight of corrected voxels");
-                            ui.add(egui::Slider::new(&mut s.changed_weight, 1.0..=10.0));
-                        });
-                        ui.checkbox(&mut s.reinfer_after, "predict unreviewed cases when done");
-                    });
+                    ui.add_enabled_ui(t.run.is_none(), |ui| settings_form(ui, project, &mut s));
                     if s != t.settings {
-                        push(out, TrainCommand::Settings(s.clone()));
+                        push_train(out, TrainCommand::Settings(s.clone()));
                     }
-                    ui.horizontal(|ui| match &t.run {
-                        None => {
-                            if ui.button("Start training").clicked() {
-                                push(out, TrainCommand::Start);
-                            }
-                            if ui
-                                .add_enabled(
-                                    project.manifest.active_model.is_some() && t.infer.is_none(),
-                                    egui::Button::new("Predict unreviewed"),
-                                )
-                                .clicked()
-                            {
-                                push(out, TrainCommand::Reinfer);
-                            }
-                        }
-                        Some(run) => {
-                            if run.paused_at.is_some() {
-                                if ui.button("Resume").clicked() {
-                                    push(out, TrainCommand::Pause(false));
-                                }
-                            } else if ui.button("Pause").clicked() {
-                                push(out, TrainCommand::Pause(true));
-                            }
-                            if ui.button("Cancel").clicked() {
-                                push(out, TrainCommand::Cancel);
-                            }
-                        }
-                    });
-                    if let Some(run) = &t.run {
-                        let frac = run.step as f32 / run.total_steps.max(1) as f32;
-                        let eta = run.eta().map_or("…".into(), |d| {
-                            format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
-                        });
-                        ui.add(egui::ProgressBar::new(frac).text(format!(
-                            "epoch {}/{} · step {}/{} · ETA {eta}",
-                            (run.epoch + 1).min(run.epochs),
-                            run.epochs,
-                            run.step,
-                            run.total_steps
-                        )));
-                    }
-                    if let Some(inf) = &t.infer {
-                        ui.add(
-                            egui::ProgressBar::new(inf.done as f32 / inf.total.max(1) as f32).text(
-                                format!(
-                                    "predicting with {}: {}/{}",
-                                    inf.version, inf.done, inf.total
-                                ),
-                            ),
-                        );
-                    }
+                    run_buttons(ui, project, t, out);
+                    progress_bars(ui, t);
                     versions_table(ui, project, out);
                 });
                 ui.separator();
                 ui.vertical(|ui| super::curves::show(ui, &t.curves));
             });
         });
+}
+
+/// Emit a training-panel command.
+fn push_train(out: &mut Vec<Command>, c: TrainCommand) {
+    out.push(Command::Train(c));
+}
+
+/// The run's settings (disabled while a run is going on), edited in `s`.
+fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut TrainSettings) {
+    start_from_row(ui, project, s);
+    ui.horizontal(|ui| {
+        ui.label("epochs");
+        ui.add(egui::DragValue::new(&mut s.epochs).range(1..=1000));
+        ui.label("steps/epoch");
+        ui.add(egui::DragValue::new(&mut s.steps_per_epoch).range(1..=10_000));
+    });
+    ui.horizontal(|ui| {
+        ui.label("patch");
+        ui.add(egui::DragValue::new(&mut s.patch).range(8..=128));
+        ui.label("batch");
+        ui.add(egui::DragValue::new(&mut s.batch).range(1..=32));
+    });
+    ui.horizontal(|ui| {
+        ui.label("tasks");
+        for (m, name) in [
+            (TaskMode::Joint, "joint"),
+            (TaskMode::SegmentationOnly, "seg only"),
+            (TaskMode::ClassificationOnly, "class only"),
+        ] {
+            ui.radio_value(&mut s.mode, m, name);
+        }
+    });
+    sequences_row(ui, project, s);
+    ui.horizontal(|ui| {
+        ui.label("backend");
+        for b in ["auto", "cpu", "gpu"] {
+            ui.radio_value(&mut s.backend, b.to_string(), b);
+        }
+    });
+    let reviewed = project
+        .manifest
+        .cases
+        .iter()
+        .filter(|c| c.review == ReviewStatus::Reviewed)
+        .count();
+    ui.checkbox(
+        &mut s.only_reviewed,
+        format!("only reviewed cases ({reviewed})"),
+    );
+    ui.horizontal(|ui| {
+        ui.label("weight of corrected voxels");
+        ui.add(egui::Slider::new(&mut s.changed_weight, 1.0..=10.0));
+    });
+    ui.checkbox(&mut s.reinfer_after, "predict unreviewed cases when done");
+}
+
+/// From scratch or fine-tuning the active version (offered only when there is one).
+fn start_from_row(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut TrainSettings) {
+    let active = project.manifest.active_model.clone();
+    ui.horizontal(|ui| {
+        let scratch = !(s.fine_tune && active.is_some());
+        if ui.radio(scratch, "from scratch").clicked() {
+            s.fine_tune = false;
+        }
+        ui.add_enabled(
+            active.is_some(),
+            egui::RadioButton::new(
+                s.fine_tune && active.is_some(),
+                format!(
+                    "fine-tune {}",
+                    active.as_deref().unwrap_or("(no model yet)")
+                ),
+            ),
+        )
+        .clicked()
+        .then(|| s.fine_tune = true);
+    });
+}
+
+/// The input sequences, one checkbox each; at least one stays ticked, in the project's order.
+fn sequences_row(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut TrainSettings) {
+    ui.horizontal_wrapped(|ui| {
+        ui.label("sequences");
+        // None chosen means the project's first two: shown ticked.
+        if s.sequences.is_empty() {
+            s.sequences = project
+                .manifest
+                .sequences
+                .iter()
+                .take(2)
+                .map(|n| n.to_string())
+                .collect();
+        }
+        for name in &project.manifest.sequences {
+            let n = name.to_string();
+            let mut on = s.sequences.contains(&n);
+            if ui.checkbox(&mut on, n.as_str()).changed() {
+                let mut chosen = s.sequences.clone();
+                if on {
+                    chosen.push(n);
+                } else if chosen.len() > 1 {
+                    chosen.retain(|x| *x != n);
+                }
+                // Channel order is the project's sequence order.
+                s.sequences = project
+                    .manifest
+                    .sequences
+                    .iter()
+                    .map(|x| x.to_string())
+                    .filter(|x| chosen.contains(x))
+                    .collect();
+            }
+        }
+    });
+}
+
+/// Start training / Predict unreviewed when idle; Pause or Resume and Cancel during a run.
+fn run_buttons(
+    ui: &mut egui::Ui,
+    project: &crate::project::Project,
+    t: &TrainingState,
+    out: &mut Vec<Command>,
+) {
+    ui.horizontal(|ui| match &t.run {
+        None => {
+            if ui.button("Start training").clicked() {
+                push_train(out, TrainCommand::Start);
+            }
+            if ui
+                .add_enabled(
+                    project.manifest.active_model.is_some() && t.infer.is_none(),
+                    egui::Button::new("Predict unreviewed"),
+                )
+                .clicked()
+            {
+                push_train(out, TrainCommand::Reinfer);
+            }
+        }
+        Some(run) => {
+            if run.paused_at.is_some() {
+                if ui.button("Resume").clicked() {
+                    push_train(out, TrainCommand::Pause(false));
+                }
+            } else if ui.button("Pause").clicked() {
+                push_train(out, TrainCommand::Pause(true));
+            }
+            if ui.button("Cancel").clicked() {
+                push_train(out, TrainCommand::Cancel);
+            }
+        }
+    });
+}
+
+/// Progress of the run (epoch, step, ETA) and of re-inference, when they are going on.
+fn progress_bars(ui: &mut egui::Ui, t: &TrainingState) {
+    if let Some(run) = &t.run {
+        let frac = run.step as f32 / run.total_steps.max(1) as f32;
+        let eta = run.eta().map_or("…".into(), |d| {
+            format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
+        });
+        ui.add(egui::ProgressBar::new(frac).text(format!(
+            "epoch {}/{} · step {}/{} · ETA {eta}",
+            (run.epoch + 1).min(run.epochs),
+            run.epochs,
+            run.step,
+            run.total_steps
+        )));
+    }
+    if let Some(inf) = &t.infer {
+        ui.add(
+            egui::ProgressBar::new(inf.done as f32 / inf.total.max(1) as f32).text(format!(
+                "predicting with {}: {}/{}",
+                inf.version, inf.done, inf.total
+            )),
+        );
+    }
 }
 
 /// The model versions: outcome, parent, best validation figures; the active one marked, any
