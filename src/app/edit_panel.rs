@@ -2,7 +2,7 @@
 //! polygon and their rules; morphology, interpolation, accepting the prediction) and the label
 //! table (visibility, colour, name, lock, new labels). They only emit commands.
 
-use super::{Command, EditCommand, MriloopApp, Tool};
+use super::{Command, EditCommand, MriloopApp, OpenCase, Tool, ToolState};
 use crate::edit::tools::{BrushShape, Morphology};
 use crate::project::ReviewStatus;
 use crate::render::Orientation;
@@ -150,10 +150,42 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
             }
         }
     });
-    let label_name = |v: u8| app.labels().name_of(v);
+    active_label_row(ui, app, out);
+    brush_rows(ui, t, out);
+    paint_over_row(ui, app, out);
+    intensity_row(ui, open, t, out);
+    let mut tol = t.tolerance;
+    if ui
+        .add(egui::Slider::new(&mut tol, 0.0..=500.0).text("fill tolerance"))
+        .changed()
+    {
+        edit(out, EditCommand::SetTolerance(tol));
+    }
+    label_operations(ui, app, out);
+    if open.loaded.predicted.is_some() {
+        ui.horizontal_wrapped(|ui| {
+            if ui.button("Accept prediction").clicked() {
+                edit(out, EditCommand::AcceptPrediction(None));
+            }
+            if ui
+                .button(format!(
+                    "Accept prediction for {}",
+                    app.labels().name_of(t.label)
+                ))
+                .clicked()
+            {
+                edit(out, EditCommand::AcceptPrediction(Some(t.label)));
+            }
+        });
+    }
+}
+
+/// The label the tools paint with, chosen from the label table.
+fn active_label_row(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let t = app.tools();
     ui.horizontal(|ui| {
         egui::ComboBox::new("active label", "label")
-            .selected_text(format!("{} {}", t.label, label_name(t.label)))
+            .selected_text(format!("{} {}", t.label, app.labels().name_of(t.label)))
             .show_ui(ui, |ui| {
                 for l in app.labels().labels() {
                     if ui
@@ -165,6 +197,10 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
                 }
             });
     });
+}
+
+/// Brush radius, shape and whether it paints in 3D.
+fn brush_rows(ui: &mut egui::Ui, t: &ToolState, out: &mut Vec<Command>) {
     let mut r = t.radius_mm;
     if ui
         .add(egui::Slider::new(&mut r, 0.5..=20.0).text("brush radius mm (+/-)"))
@@ -183,11 +219,16 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
             edit(out, EditCommand::Set3d(in_3d));
         }
     });
+}
+
+/// Which voxels painting may change: anything, background only or one label only.
+fn paint_over_row(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let t = app.tools();
     ui.horizontal(|ui| {
         let current = match t.rules.only_over {
             None => "anything".to_string(),
             Some(0) => "background".to_string(),
-            Some(v) => format!("{v} {}", label_name(v)),
+            Some(v) => format!("{v} {}", app.labels().name_of(v)),
         };
         egui::ComboBox::new("paint over", "paint over")
             .selected_text(current)
@@ -214,6 +255,10 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
                 }
             });
     });
+}
+
+/// Painting limited to an intensity range of the first shown image (its window by default).
+fn intensity_row(ui: &mut egui::Ui, open: &OpenCase, t: &ToolState, out: &mut Vec<Command>) {
     ui.horizontal(|ui| {
         let shown = open.viewer.shown.first().copied().unwrap_or(0);
         let name = open
@@ -245,14 +290,13 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
             );
         }
     });
-    let mut tol = t.tolerance;
-    if ui
-        .add(egui::Slider::new(&mut tol, 0.0..=500.0).text("fill tolerance"))
-        .changed()
-    {
-        edit(out, EditCommand::SetTolerance(tol));
-    }
-    ui.label(RichText::new(format!("On label {} ({}):", t.label, label_name(t.label))).strong());
+}
+
+/// Whole-mask operations on the active label: morphology, interpolation, clearing.
+fn label_operations(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let t = app.tools();
+    let name = app.labels().name_of(t.label);
+    ui.label(RichText::new(format!("On label {} ({}):", t.label, name)).strong());
     ui.horizontal_wrapped(|ui| {
         let l = t.label;
         for (name, op) in [
@@ -277,19 +321,6 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
             edit(out, EditCommand::Replace(l, 0));
         }
     });
-    if open.loaded.predicted.is_some() {
-        ui.horizontal_wrapped(|ui| {
-            if ui.button("Accept prediction").clicked() {
-                edit(out, EditCommand::AcceptPrediction(None));
-            }
-            if ui
-                .button(format!("Accept prediction for {}", label_name(t.label)))
-                .clicked()
-            {
-                edit(out, EditCommand::AcceptPrediction(Some(t.label)));
-            }
-        });
-    }
 }
 
 /// The label table: visibility, colour, name, lock; add a label.
