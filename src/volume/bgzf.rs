@@ -162,13 +162,7 @@ pub fn decompress_into(gz: &[u8], skip: usize, dst: &mut [u8]) -> Inflated {
     if total != skip.checked_add(dst.len()) {
         return Inflated::NotBgzf;
     }
-    // Stream offset where each block starts.
-    let mut starts = Vec::with_capacity(blocks.len());
-    let mut at = 0usize;
-    for b in &blocks {
-        starts.push(at);
-        at += b.len;
-    }
+    let starts = block_starts(&blocks);
     let per_thread = blocks.len().div_ceil(threads()).max(1);
     let errors: Vec<String> = thread::scope(|s| {
         let mut rest: &mut [u8] = dst;
@@ -180,49 +174,13 @@ pub fn decompress_into(gz: &[u8], skip: usize, dst: &mut [u8]) -> Inflated {
             let take = group_end.saturating_sub(rest_start).min(rest.len());
             let (mine, tail) = std::mem::take(&mut rest).split_at_mut(take);
             rest = tail;
-            let mine_start = rest_start;
+            let out = OutSlice {
+                bytes: mine,
+                start: rest_start,
+            };
             rest_start += take;
             let starts = &starts;
-            handles.push(s.spawn(move || -> Result<(), String> {
-                let mut d = libdeflater::Decompressor::new();
-                let mut scratch = Vec::new();
-                for (i, b) in group.iter().enumerate() {
-                    let index = first + i;
-                    let begin = starts[index];
-                    let end = begin + b.len;
-                    let payload = &gz[b.payload.clone()];
-                    let whole = begin >= mine_start && end <= mine_start + mine.len();
-                    let out: &mut [u8] = if whole {
-                        &mut mine[begin - mine_start..end - mine_start]
-                    } else {
-                        scratch.resize(b.len, 0);
-                        &mut scratch[..]
-                    };
-                    match d.deflate_decompress(payload, out) {
-                        Ok(n) if n == b.len => {}
-                        Ok(n) => {
-                            return Err(format!(
-                                "block {index} holds {n} bytes, its trailer says {}",
-                                b.len
-                            ))
-                        }
-                        Err(e) => return Err(format!("block {index}: {e}")),
-                    }
-                    if libdeflater::crc32(out) != b.crc {
-                        return Err(format!("block {index}: CRC mismatch"));
-                    }
-                    if !whole {
-                        // A block straddling the skipped prefix: copy the part that is ours.
-                        let lo = begin.max(mine_start);
-                        let hi = end.min(mine_start + mine.len());
-                        if lo < hi {
-                            mine[lo - mine_start..hi - mine_start]
-                                .copy_from_slice(&scratch[lo - begin..hi - begin]);
-                        }
-                    }
-                }
-                Ok(())
-            }));
+            handles.push(s.spawn(move || inflate_group(gz, group, first, starts, out)));
         }
         handles
             .into_iter()
@@ -237,4 +195,88 @@ pub fn decompress_into(gz: &[u8], skip: usize, dst: &mut [u8]) -> Inflated {
         Some(e) => Inflated::Corrupt(e),
         None => Inflated::Done,
     }
+}
+
+/// Stream offset (in decompressed bytes) where each block starts.
+fn block_starts(blocks: &[Block]) -> Vec<usize> {
+    let mut starts = Vec::with_capacity(blocks.len());
+    let mut at = 0usize;
+    for b in blocks {
+        starts.push(at);
+        at += b.len;
+    }
+    starts
+}
+
+/// One decoder thread's part of the caller's buffer: `bytes` holds stream offsets
+/// `start..start + bytes.len()`.
+struct OutSlice<'a> {
+    bytes: &'a mut [u8],
+    start: usize,
+}
+
+/// Decode the blocks of `group` (the first being block number `first`) into `out`, checking each
+/// block's size and CRC; blocks reaching outside `out` are decoded into scratch and only the
+/// part inside `out` is copied.
+fn inflate_group(
+    gz: &[u8],
+    group: &[Block],
+    first: usize,
+    starts: &[usize],
+    out: OutSlice<'_>,
+) -> Result<(), String> {
+    let OutSlice {
+        bytes: mine,
+        start: mine_start,
+    } = out;
+    let mut d = libdeflater::Decompressor::new();
+    let mut scratch = Vec::new();
+    for (i, b) in group.iter().enumerate() {
+        let index = first + i;
+        let begin = starts[index];
+        let end = begin + b.len;
+        let whole = begin >= mine_start && end <= mine_start + mine.len();
+        let out: &mut [u8] = if whole {
+            &mut mine[begin - mine_start..end - mine_start]
+        } else {
+            scratch.resize(b.len, 0);
+            &mut scratch[..]
+        };
+        inflate_block(&mut d, &gz[b.payload.clone()], b, index, out)?;
+        if !whole {
+            // A block straddling the skipped prefix: copy the part that is ours.
+            let lo = begin.max(mine_start);
+            let hi = end.min(mine_start + mine.len());
+            if lo < hi {
+                mine[lo - mine_start..hi - mine_start]
+                    .copy_from_slice(&scratch[lo - begin..hi - begin]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Inflate one block's deflate `payload` into `out` (exactly `b.len` bytes) and check its size
+/// and CRC-32 against the block trailer; `index` names the block in error messages.
+fn inflate_block(
+    d: &mut libdeflater::Decompressor,
+    payload: &[u8],
+    b: &Block,
+    index: usize,
+    out: &mut [u8],
+) -> Result<(), String> {
+    match d.deflate_decompress(payload, out) {
+        Ok(n) if n == b.len => {}
+        Ok(n) => {
+            return Err(format!(
+                "block {index} holds {n} bytes, its trailer says {}",
+                b.len
+            ))
+        }
+        Err(e) => return Err(format!("block {index}: {e}")),
+    }
+    if libdeflater::crc32(out) != b.crc {
+        return Err(format!("block {index}: CRC mismatch"));
+    }
+    Ok(())
 }

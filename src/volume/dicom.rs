@@ -223,6 +223,7 @@ fn read_slice(path: &Path) -> Result<Option<Slice>, String> {
         .unwrap_or_else(|_| Err("the DICOM decoder failed on this file".into()))
 }
 
+/// Read one file's image and the tags a series needs (see `read_slice`, which guards it).
 fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
     let obj = open_file(path).map_err(|e| format!("not a readable DICOM file: {}", chain(&e)))?;
     const DICOMDIR: &str = "1.2.840.10008.1.3.10";
@@ -237,57 +238,89 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err("holds no image (no Pixel Data): skipped".into());
     }
-    let text = |tag, name: &str| -> Result<String, String> {
-        opt_text(&obj, tag).ok_or_else(|| format!("missing {name} {}", tag_str(tag)))
-    };
-    let floats = |tag, name: &str, n: usize| -> Result<Vec<f64>, String> {
-        let v = obj
-            .element_opt(tag)
-            .ok()
-            .flatten()
-            .ok_or_else(|| format!("missing {name} {}", tag_str(tag)))?
-            .to_multi_float64()
-            .map_err(|e| format!("{name} {} is not numeric: {e}", tag_str(tag)))?;
-        if v.len() != n || v.iter().any(|x| !x.is_finite()) {
-            return Err(format!(
-                "{name} {} must hold {n} finite numbers, not {v:?}",
-                tag_str(tag)
-            ));
-        }
-        Ok(v)
-    };
-    let series_uid = text(tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
-    let frames = opt_float(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
+    let series_uid = opt_text(&obj, tags::SERIES_INSTANCE_UID).ok_or_else(|| {
+        format!(
+            "missing Series Instance UID {}",
+            tag_str(tags::SERIES_INSTANCE_UID)
+        )
+    })?;
+    let (rows, columns) = image_size(&obj)?;
+    let geometry = slice_geometry(&obj)?;
+    let values = pixel_values(&obj, rows, columns)?;
+    Ok(Some(Slice {
+        path: path.to_path_buf(),
+        series_uid,
+        description: opt_text(&obj, tags::SERIES_DESCRIPTION),
+        series_number: opt_float(&obj, tags::SERIES_NUMBER).map(|n| n as i64),
+        modality: opt_text(&obj, tags::MODALITY).unwrap_or_default(),
+        rows,
+        columns,
+        spacing: geometry.spacing,
+        orientation: geometry.orientation,
+        position: geometry.position,
+        instance: opt_float(&obj, tags::INSTANCE_NUMBER).map_or(0, |n| n as i64),
+        slice_thickness: opt_float(&obj, tags::SPACING_BETWEEN_SLICES)
+            .or_else(|| opt_float(&obj, tags::SLICE_THICKNESS))
+            .filter(|t| *t > 0.0),
+        repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
+        values,
+    }))
+}
+
+/// The image's Rows and Columns, for a single-frame greyscale image of a supported size.
+fn image_size(obj: &DefaultDicomObject) -> Result<(usize, usize), String> {
+    let frames = opt_float(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
     if frames > 1.0 {
         return Err(format!(
             "a multi-frame image ({frames} frames in one file, e.g. enhanced MR) is not \
              supported; export the series as one file per slice"
         ));
     }
-    let samples = opt_float(&obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1.0);
+    let samples = opt_float(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1.0);
     if samples != 1.0 {
         return Err(format!(
             "a colour image ({samples} samples per pixel) is not supported"
         ));
     }
-    let rows = opt_float(&obj, tags::ROWS).ok_or("missing Rows (0028,0010)")?;
-    let columns = opt_float(&obj, tags::COLUMNS).ok_or("missing Columns (0028,0011)")?;
+    let rows = opt_float(obj, tags::ROWS).ok_or("missing Rows (0028,0010)")?;
+    let columns = opt_float(obj, tags::COLUMNS).ok_or("missing Columns (0028,0011)")?;
     if rows < 1.0 || columns < 1.0 || rows * columns > MAX_PIXELS_PER_SLICE as f64 {
         return Err(format!(
             "an image of {rows} × {columns} pixels is not supported"
         ));
     }
-    let (rows, columns) = (rows as usize, columns as usize);
-    let spacing = floats(tags::PIXEL_SPACING, "Pixel Spacing", 2)?;
+    Ok((rows as usize, columns as usize))
+}
+
+/// Where a slice lies (DICOM's LPS patient space).
+struct SliceGeometry {
+    /// Pixel Spacing: between rows, between columns (mm).
+    spacing: [f64; 2],
+    /// Image Orientation (Patient): row direction, column direction.
+    orientation: [f64; 6],
+    /// Image Position (Patient) (mm).
+    position: [f64; 3],
+}
+
+/// The slice's Pixel Spacing (positive), Image Orientation (two perpendicular unit vectors) and
+/// Image Position.
+fn slice_geometry(obj: &DefaultDicomObject) -> Result<SliceGeometry, String> {
+    let spacing = float_values(obj, tags::PIXEL_SPACING, "Pixel Spacing", 2)?;
     if spacing.iter().any(|s| *s <= 0.0) {
         return Err(format!("Pixel Spacing {spacing:?} must be positive"));
     }
-    let orientation = floats(
+    let orientation = float_values(
+        obj,
         tags::IMAGE_ORIENTATION_PATIENT,
         "Image Orientation (Patient)",
         6,
     )?;
-    let position = floats(tags::IMAGE_POSITION_PATIENT, "Image Position (Patient)", 3)?;
+    let position = float_values(
+        obj,
+        tags::IMAGE_POSITION_PATIENT,
+        "Image Position (Patient)",
+        3,
+    )?;
     let (u, v) = (
         DVec3::new(orientation[0], orientation[1], orientation[2]),
         DVec3::new(orientation[3], orientation[4], orientation[5]),
@@ -297,8 +330,47 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
             "Image Orientation (Patient) {orientation:?} is not two perpendicular unit vectors"
         ));
     }
-    // Native pixel data must hold the image the header describes, before anything is decoded.
-    let bits = opt_float(&obj, tags::BITS_ALLOCATED).ok_or("missing Bits Allocated (0028,0100)")?;
+    Ok(SliceGeometry {
+        spacing: [spacing[0], spacing[1]],
+        orientation: [
+            orientation[0],
+            orientation[1],
+            orientation[2],
+            orientation[3],
+            orientation[4],
+            orientation[5],
+        ],
+        position: [position[0], position[1], position[2]],
+    })
+}
+
+/// The `n` finite numbers of tag `tag` (named `name` in errors).
+fn float_values(
+    obj: &DefaultDicomObject,
+    tag: dicom_core::Tag,
+    name: &str,
+    n: usize,
+) -> Result<Vec<f64>, String> {
+    let v = obj
+        .element_opt(tag)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("missing {name} {}", tag_str(tag)))?
+        .to_multi_float64()
+        .map_err(|e| format!("{name} {} is not numeric: {e}", tag_str(tag)))?;
+    if v.len() != n || v.iter().any(|x| !x.is_finite()) {
+        return Err(format!(
+            "{name} {} must hold {n} finite numbers, not {v:?}",
+            tag_str(tag)
+        ));
+    }
+    Ok(v)
+}
+
+/// The image's `rows × columns` pixel values (Rescale Slope / Intercept applied by the
+/// decoder). Native pixel data must hold what the header describes before anything is decoded.
+fn pixel_values(obj: &DefaultDicomObject, rows: usize, columns: usize) -> Result<Vec<f32>, String> {
+    let bits = opt_float(obj, tags::BITS_ALLOCATED).ok_or("missing Bits Allocated (0028,0100)")?;
     if ![8.0, 16.0, 32.0].contains(&bits) {
         return Err(format!("{bits} bits allocated per pixel is not supported"));
     }
@@ -337,31 +409,7 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
             values.len()
         ));
     }
-    Ok(Some(Slice {
-        path: path.to_path_buf(),
-        series_uid,
-        description: opt_text(&obj, tags::SERIES_DESCRIPTION),
-        series_number: opt_float(&obj, tags::SERIES_NUMBER).map(|n| n as i64),
-        modality: opt_text(&obj, tags::MODALITY).unwrap_or_default(),
-        rows,
-        columns,
-        spacing: [spacing[0], spacing[1]],
-        orientation: [
-            orientation[0],
-            orientation[1],
-            orientation[2],
-            orientation[3],
-            orientation[4],
-            orientation[5],
-        ],
-        position: [position[0], position[1], position[2]],
-        instance: opt_float(&obj, tags::INSTANCE_NUMBER).map_or(0, |n| n as i64),
-        slice_thickness: opt_float(&obj, tags::SPACING_BETWEEN_SLICES)
-            .or_else(|| opt_float(&obj, tags::SLICE_THICKNESS))
-            .filter(|t| *t > 0.0),
-        repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
-        values,
-    }))
+    Ok(values)
 }
 
 /// An error with its causes, most general first (dicom-rs nests the detail in sources).
@@ -401,12 +449,59 @@ fn opt_float(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<f64> {
 fn build_series(
     uid: String,
     description: String,
-    mut group: Vec<Slice>,
+    group: Vec<Slice>,
 ) -> Result<DicomSeries, String> {
+    check_same_frame(&group)?;
     let first = &group[0];
     let (rows, columns, spacing, orientation) =
         (first.rows, first.columns, first.spacing, first.orientation);
-    for s in &group {
+    let row_dir = DVec3::new(orientation[0], orientation[1], orientation[2]);
+    let col_dir = DVec3::new(orientation[3], orientation[4], orientation[5]);
+    let normal = row_dir.cross(col_dir).normalize();
+    let positions = slice_positions(group, normal)?;
+    let frames = positions[0].len();
+    let origin = DVec3::from_array(positions[0][0].position);
+    let step = slice_step_mm(&positions, normal)?;
+    // LPS voxel→world, then RAS+ (negate x and y).
+    let linear_lps = DMat3::from_cols(row_dir * spacing[1], col_dir * spacing[0], step);
+    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
+    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
+    if affine.linear().determinant().abs() < 1e-9 {
+        return Err("the slices do not span a volume (zero slice step)".into());
+    }
+    let n_slices = positions.len();
+    let mut data = Vec::with_capacity(rows * columns * n_slices * frames);
+    let mut files = Vec::with_capacity(n_slices * frames);
+    for t in 0..frames {
+        for p in &positions {
+            data.extend_from_slice(&p[t].values);
+            files.push(p[t].path.clone());
+        }
+    }
+    let tr_ms = positions[0][0].repetition_time_ms;
+    let modality = positions[0][0].modality.clone();
+    let series_number = positions[0][0].series_number;
+    let mut volume =
+        Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
+    if frames > 1 {
+        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
+    }
+    Ok(DicomSeries {
+        series_uid: uid,
+        description,
+        series_number,
+        modality,
+        files,
+        volume,
+    })
+}
+
+/// Every image of a series must have the first one's size, orientation and pixel spacing.
+fn check_same_frame(group: &[Slice]) -> Result<(), String> {
+    let first = &group[0];
+    let (rows, columns, spacing, orientation) =
+        (first.rows, first.columns, first.spacing, first.orientation);
+    for s in group {
         if (s.rows, s.columns) != (rows, columns) {
             return Err(format!(
                 "images of different sizes ({columns} × {rows} in {}, {} × {} in {})",
@@ -441,16 +536,23 @@ fn build_series(
             ));
         }
     }
-    let row_dir = DVec3::new(orientation[0], orientation[1], orientation[2]);
-    let col_dir = DVec3::new(orientation[3], orientation[4], orientation[5]);
-    let normal = row_dir.cross(col_dir).normalize();
-    let along = |s: &Slice| DVec3::from_array(s.position).dot(normal);
+    Ok(())
+}
+
+/// A slice's position along the series' `normal` (mm, LPS).
+fn along_normal_mm(s: &Slice, normal: DVec3) -> f64 {
+    DVec3::from_array(s.position).dot(normal)
+}
+
+/// The series' slice positions in order along `normal`, each with its images (time points) in
+/// instance order; every position must hold the same number of images.
+fn slice_positions(mut group: Vec<Slice>, normal: DVec3) -> Result<Vec<Vec<Slice>>, String> {
+    let along = |s: &Slice| along_normal_mm(s, normal);
     group.sort_by(|a, b| {
         along(a)
             .total_cmp(&along(b))
             .then(a.instance.cmp(&b.instance))
     });
-    // Positions, each with its images (time points) in instance order.
     let mut positions: Vec<Vec<Slice>> = Vec::new();
     for s in group {
         match positions.last_mut() {
@@ -471,64 +573,38 @@ fn build_series(
     for p in &mut positions {
         p.sort_by_key(|s| s.instance);
     }
+    Ok(positions)
+}
+
+/// The step (mm, LPS) from one slice position to the next: the mean over the series, every gap
+/// within 0.01 mm + 1 % of the median gap; for a single slice, its thickness (or 1 mm) along
+/// `normal`.
+fn slice_step_mm(positions: &[Vec<Slice>], normal: DVec3) -> Result<DVec3, String> {
     let origin = DVec3::from_array(positions[0][0].position);
-    let step = if positions.len() > 1 {
-        let last = DVec3::from_array(positions[positions.len() - 1][0].position);
-        let step = (last - origin) / (positions.len() - 1) as f64;
-        let gaps: Vec<DVec3> = positions
-            .windows(2)
-            .map(|w| DVec3::from_array(w[1][0].position) - DVec3::from_array(w[0][0].position))
-            .collect();
-        let mut by_length: Vec<&DVec3> = gaps.iter().collect();
-        by_length.sort_by(|a, b| a.length().total_cmp(&b.length()));
-        let median = *by_length[by_length.len() / 2];
-        let typical = median.length();
-        let tolerance = 0.01 + 0.01 * typical;
-        for (w, gap) in positions.windows(2).zip(&gaps) {
-            if (*gap - median).length() > tolerance {
-                return Err(format!(
-                    "inconsistent slice spacing: {:.3} mm between {} and {}, where slices are \
-                     typically {typical:.3} mm apart (a missing or extra slice?)",
-                    gap.length(),
-                    w[0][0].path.display(),
-                    w[1][0].path.display(),
-                ));
-            }
-        }
-        step
-    } else {
-        normal * positions[0][0].slice_thickness.unwrap_or(1.0)
-    };
-    // LPS voxel→world, then RAS+ (negate x and y).
-    let linear_lps = DMat3::from_cols(row_dir * spacing[1], col_dir * spacing[0], step);
-    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
-    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
-    if affine.linear().determinant().abs() < 1e-9 {
-        return Err("the slices do not span a volume (zero slice step)".into());
+    if positions.len() <= 1 {
+        return Ok(normal * positions[0][0].slice_thickness.unwrap_or(1.0));
     }
-    let n_slices = positions.len();
-    let mut data = Vec::with_capacity(rows * columns * n_slices * frames);
-    let mut files = Vec::with_capacity(n_slices * frames);
-    for t in 0..frames {
-        for p in &positions {
-            data.extend_from_slice(&p[t].values);
-            files.push(p[t].path.clone());
+    let last = DVec3::from_array(positions[positions.len() - 1][0].position);
+    let step = (last - origin) / (positions.len() - 1) as f64;
+    let gaps: Vec<DVec3> = positions
+        .windows(2)
+        .map(|w| DVec3::from_array(w[1][0].position) - DVec3::from_array(w[0][0].position))
+        .collect();
+    let mut by_length: Vec<&DVec3> = gaps.iter().collect();
+    by_length.sort_by(|a, b| a.length().total_cmp(&b.length()));
+    let median = *by_length[by_length.len() / 2];
+    let typical = median.length();
+    let tolerance = 0.01 + 0.01 * typical;
+    for (w, gap) in positions.windows(2).zip(&gaps) {
+        if (*gap - median).length() > tolerance {
+            return Err(format!(
+                "inconsistent slice spacing: {:.3} mm between {} and {}, where slices are \
+                 typically {typical:.3} mm apart (a missing or extra slice?)",
+                gap.length(),
+                w[0][0].path.display(),
+                w[1][0].path.display(),
+            ));
         }
     }
-    let tr_ms = positions[0][0].repetition_time_ms;
-    let modality = positions[0][0].modality.clone();
-    let series_number = positions[0][0].series_number;
-    let mut volume =
-        Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
-    if frames > 1 {
-        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
-    }
-    Ok(DicomSeries {
-        series_uid: uid,
-        description,
-        series_number,
-        modality,
-        files,
-        volume,
-    })
+    Ok(step)
 }

@@ -557,6 +557,9 @@ impl RawHeader {
         })
     }
 
+    /// Check every field a reader relies on (magic, dims, datatype and bitpix, `vox_offset`
+    /// against the file's real length, scaling, spacing, affine) and give the validated header;
+    /// `gz`: the file is gzip, `file_len` its compressed length.
     fn validate(
         self,
         path: &Path,
@@ -567,132 +570,20 @@ impl RawHeader {
     ) -> Result<NiftiHeaderInfo, VolumeError> {
         let fail = |p| nifti_err(path, p);
         if version == 2 {
-            if &self.magic[..4] == b"ni2\0" {
-                return Err(fail(NiftiProblem::HeaderPair));
-            }
-            if &self.magic != b"n+2\0\r\n\x1a\n" {
-                let shown = String::from_utf8_lossy(&self.magic[..3]).into_owned();
-                return Err(fail(NiftiProblem::BadMagic(shown)));
-            }
+            self.check_magic_v2().map_err(fail)?;
         }
-        let ndim = self.dim[0];
-        if !(1..=7).contains(&ndim) {
-            return Err(fail(NiftiProblem::DimCountOutOfRange(ndim)));
-        }
-        let ndim = ndim as usize;
-        for axis in 1..=ndim {
-            if self.dim[axis] < 1 {
-                return Err(fail(NiftiProblem::BadDim {
-                    axis,
-                    value: self.dim[axis],
-                }));
-            }
-        }
-        if (5..=ndim).any(|a| self.dim[a] > 1) {
-            return Err(fail(NiftiProblem::TooManyDims(ndim)));
-        }
-        let mut dims = [1usize; 4];
-        for (a, d) in dims.iter_mut().enumerate().take(ndim.min(4)) {
-            *d = usize::try_from(self.dim[a + 1])
-                .map_err(|_| fail(NiftiProblem::TooLarge { bytes: u64::MAX }))?;
-        }
-        let datatype = Datatype::from_code(self.datatype).ok_or_else(|| {
-            fail(NiftiProblem::UnsupportedDatatype(datatype_code_name(
-                self.datatype,
-            )))
-        })?;
-        if self.bitpix != 8 * datatype.size_bytes() as i64 {
-            return Err(fail(NiftiProblem::BitpixMismatch {
-                bitpix: self.bitpix,
-                expected: 8 * datatype.size_bytes(),
-            }));
-        }
-        let data_bytes = dims
-            .iter()
-            .try_fold(datatype.size_bytes() as u64, |acc, d| {
-                acc.checked_mul(*d as u64)
-            })
-            .unwrap_or(u64::MAX);
-        if data_bytes > MAX_DATA_BYTES {
-            return Err(fail(NiftiProblem::TooLarge { bytes: data_bytes }));
-        }
-        let header_len = if version == 1 { 348.0 } else { 540.0 };
-        let vo = self.vox_offset;
-        if !vo.is_finite() || vo < header_len || vo.fract() != 0.0 || vo > MAX_DATA_BYTES as f64 {
-            return Err(fail(NiftiProblem::BadVoxOffset(format!(
-                "{vo} (must be a whole byte offset past the {header_len}-byte header)"
-            ))));
-        }
-        let vox_offset = vo as u64;
-        if !gz && vox_offset > file_len {
-            return Err(fail(NiftiProblem::VoxOffsetPastEnd {
-                offset: vox_offset,
-                len: file_len,
-            }));
-        }
-        let total = vox_offset + data_bytes;
-        if gz
-            && total
-                > file_len
-                    .saturating_mul(MAX_DEFLATE_RATIO)
-                    .saturating_add(4096)
-        {
-            return Err(fail(NiftiProblem::ImplausibleCompression {
-                claimed: total,
-                compressed: file_len,
-            }));
-        }
-        if !gz && total > file_len {
-            return Err(fail(NiftiProblem::TruncatedData {
-                need: data_bytes,
-                got: file_len - vox_offset,
-            }));
-        }
+        let (ndim, dims) = self.checked_dims().map_err(fail)?;
+        let datatype = self.checked_datatype().map_err(fail)?;
+        let vox_offset = self
+            .checked_vox_offset(version, dims, datatype, file_len, gz)
+            .map_err(fail)?;
         if !self.scl_slope.is_finite() || !self.scl_inter.is_finite() {
             return Err(fail(NiftiProblem::NonFiniteScaling {
                 slope: self.scl_slope,
                 inter: self.scl_inter,
             }));
         }
-        let pixdim_mm = [self.pixdim[1], self.pixdim[2], self.pixdim[3]];
-        for (i, v) in pixdim_mm.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(fail(NiftiProblem::BadSpacing {
-                    axis: i + 1,
-                    value: *v,
-                }));
-            }
-        }
-        let geometry = StoredGeometry {
-            qform_code: self.qform_code.clamp(i16::MIN as i64, i16::MAX as i64) as i16,
-            sform_code: self.sform_code.clamp(i16::MIN as i64, i16::MAX as i64) as i16,
-            quatern_bcd: self.quatern,
-            qoffset_mm: self.qoffset,
-            qfac: self.pixdim[0],
-            pixdim_mm,
-            srow: self.srow,
-        };
-        if geometry.sform_code <= 0 {
-            for (i, v) in pixdim_mm.iter().enumerate() {
-                if *v <= 0.0 {
-                    return Err(fail(NiftiProblem::BadSpacing {
-                        axis: i + 1,
-                        value: *v,
-                    }));
-                }
-            }
-        }
-        let affine = geometry.best_affine();
-        if !affine.is_finite() {
-            return Err(fail(NiftiProblem::BadAffine(
-                "it has NaN or infinite entries".into(),
-            )));
-        }
-        if affine.inverse().is_none() {
-            return Err(fail(NiftiProblem::BadAffine(
-                "it is singular (not invertible)".into(),
-            )));
-        }
+        let (geometry, affine) = self.checked_geometry().map_err(fail)?;
         let end = self
             .descrip
             .iter()
@@ -713,6 +604,158 @@ impl RawHeader {
             affine,
             descrip: String::from_utf8_lossy(&self.descrip[..end]).into_owned(),
         })
+    }
+
+    /// NIfTI-2 single-file magic (`n+2\0\r\n\x1a\n`); a header/image pair is refused.
+    fn check_magic_v2(&self) -> Result<(), NiftiProblem> {
+        if &self.magic[..4] == b"ni2\0" {
+            return Err(NiftiProblem::HeaderPair);
+        }
+        if &self.magic != b"n+2\0\r\n\x1a\n" {
+            let shown = String::from_utf8_lossy(&self.magic[..3]).into_owned();
+            return Err(NiftiProblem::BadMagic(shown));
+        }
+        Ok(())
+    }
+
+    /// The number of dimensions (1..=7) and the grid `[nx, ny, nz, nt]` (1 where absent): every
+    /// used dim at least 1, and none beyond the fourth above 1.
+    fn checked_dims(&self) -> Result<(usize, [usize; 4]), NiftiProblem> {
+        let ndim = self.dim[0];
+        if !(1..=7).contains(&ndim) {
+            return Err(NiftiProblem::DimCountOutOfRange(ndim));
+        }
+        let ndim = ndim as usize;
+        for axis in 1..=ndim {
+            if self.dim[axis] < 1 {
+                return Err(NiftiProblem::BadDim {
+                    axis,
+                    value: self.dim[axis],
+                });
+            }
+        }
+        if (5..=ndim).any(|a| self.dim[a] > 1) {
+            return Err(NiftiProblem::TooManyDims(ndim));
+        }
+        let mut dims = [1usize; 4];
+        for (a, d) in dims.iter_mut().enumerate().take(ndim.min(4)) {
+            *d = usize::try_from(self.dim[a + 1])
+                .map_err(|_| NiftiProblem::TooLarge { bytes: u64::MAX })?;
+        }
+        Ok((ndim, dims))
+    }
+
+    /// A datatype mriloop reads, with the matching `bitpix`.
+    fn checked_datatype(&self) -> Result<Datatype, NiftiProblem> {
+        let datatype = Datatype::from_code(self.datatype)
+            .ok_or_else(|| NiftiProblem::UnsupportedDatatype(datatype_code_name(self.datatype)))?;
+        if self.bitpix != 8 * datatype.size_bytes() as i64 {
+            return Err(NiftiProblem::BitpixMismatch {
+                bitpix: self.bitpix,
+                expected: 8 * datatype.size_bytes(),
+            });
+        }
+        Ok(datatype)
+    }
+
+    /// The voxel data's byte offset: a whole offset past the header, with the claimed data
+    /// (at most `MAX_DATA_BYTES`) fitting in the file of `file_len` bytes (a gzip file: within
+    /// deflate's largest ratio).
+    fn checked_vox_offset(
+        &self,
+        version: u8,
+        dims: [usize; 4],
+        datatype: Datatype,
+        file_len: u64,
+        gz: bool,
+    ) -> Result<u64, NiftiProblem> {
+        let data_bytes = dims
+            .iter()
+            .try_fold(datatype.size_bytes() as u64, |acc, d| {
+                acc.checked_mul(*d as u64)
+            })
+            .unwrap_or(u64::MAX);
+        if data_bytes > MAX_DATA_BYTES {
+            return Err(NiftiProblem::TooLarge { bytes: data_bytes });
+        }
+        let header_len = if version == 1 { 348.0 } else { 540.0 };
+        let vo = self.vox_offset;
+        if !vo.is_finite() || vo < header_len || vo.fract() != 0.0 || vo > MAX_DATA_BYTES as f64 {
+            return Err(NiftiProblem::BadVoxOffset(format!(
+                "{vo} (must be a whole byte offset past the {header_len}-byte header)"
+            )));
+        }
+        let vox_offset = vo as u64;
+        if !gz && vox_offset > file_len {
+            return Err(NiftiProblem::VoxOffsetPastEnd {
+                offset: vox_offset,
+                len: file_len,
+            });
+        }
+        let total = vox_offset + data_bytes;
+        if gz
+            && total
+                > file_len
+                    .saturating_mul(MAX_DEFLATE_RATIO)
+                    .saturating_add(4096)
+        {
+            return Err(NiftiProblem::ImplausibleCompression {
+                claimed: total,
+                compressed: file_len,
+            });
+        }
+        if !gz && total > file_len {
+            return Err(NiftiProblem::TruncatedData {
+                need: data_bytes,
+                got: file_len - vox_offset,
+            });
+        }
+        Ok(vox_offset)
+    }
+
+    /// The stored geometry (qform/sform as written) and the affine it gives: finite spacing
+    /// (positive where there is no sform), and a finite, invertible affine.
+    fn checked_geometry(&self) -> Result<(StoredGeometry, Affine), NiftiProblem> {
+        let pixdim_mm = [self.pixdim[1], self.pixdim[2], self.pixdim[3]];
+        for (i, v) in pixdim_mm.iter().enumerate() {
+            if !v.is_finite() {
+                return Err(NiftiProblem::BadSpacing {
+                    axis: i + 1,
+                    value: *v,
+                });
+            }
+        }
+        let geometry = StoredGeometry {
+            qform_code: self.qform_code.clamp(i16::MIN as i64, i16::MAX as i64) as i16,
+            sform_code: self.sform_code.clamp(i16::MIN as i64, i16::MAX as i64) as i16,
+            quatern_bcd: self.quatern,
+            qoffset_mm: self.qoffset,
+            qfac: self.pixdim[0],
+            pixdim_mm,
+            srow: self.srow,
+        };
+        if geometry.sform_code <= 0 {
+            for (i, v) in pixdim_mm.iter().enumerate() {
+                if *v <= 0.0 {
+                    return Err(NiftiProblem::BadSpacing {
+                        axis: i + 1,
+                        value: *v,
+                    });
+                }
+            }
+        }
+        let affine = geometry.best_affine();
+        if !affine.is_finite() {
+            return Err(NiftiProblem::BadAffine(
+                "it has NaN or infinite entries".into(),
+            ));
+        }
+        if affine.inverse().is_none() {
+            return Err(NiftiProblem::BadAffine(
+                "it is singular (not invertible)".into(),
+            ));
+        }
+        Ok((geometry, affine))
     }
 }
 
@@ -829,58 +872,80 @@ fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
         .map_err(|e| io_err(path, e))?;
     let hdr_bytes = gz_header_bytes(path, compressed.as_slice())?;
     let header = parse_header(path, &hdr_bytes, len, true)?;
-    let need = header.data_bytes();
-    let total = header.vox_offset + need;
-    let backed = total <= len.saturating_mul(FAST_PATH_RATIO);
-    if backed {
-        // mriloop's own files (BGZF): decoded on all cores straight into the final buffer.
-        let n = header.dims.iter().product::<usize>();
-        let mut stored = Stored::zeroed(header.datatype, n);
-        match super::bgzf::decompress_into(
-            &compressed,
-            header.vox_offset as usize,
-            stored.bytes_mut(),
-        ) {
-            super::bgzf::Inflated::Done => return Ok((header, stored)),
-            super::bgzf::Inflated::Corrupt(e) => {
-                return Err(nifti_err(path, NiftiProblem::CorruptGzip(e)))
-            }
-            super::bgzf::Inflated::NotBgzf => {}
+    let total = header.vox_offset + header.data_bytes();
+    if total <= len.saturating_mul(FAST_PATH_RATIO) {
+        if let Some(stored) = inflate_backed(path, &compressed, &header)? {
+            return Ok((header, stored));
         }
-        // One gzip member whose trailer says the size the header claims: one-shot decode.
-        let isize_trailer = compressed.len().checked_sub(4).map(|at| {
-            u32::from_le_bytes([
-                compressed[at],
-                compressed[at + 1],
-                compressed[at + 2],
-                compressed[at + 3],
-            ])
-        });
-        if isize_trailer == Some(total as u32) {
-            // Decode header and voxels together into the typed buffer, then shift the voxels
-            // down over the header (a move, cheaper than a fresh copy) when it is whole values.
-            let size = header.datatype.size_bytes() as u64;
-            let (pre, whole) = (
-                header.vox_offset.div_ceil(size),
-                header.vox_offset % size == 0,
-            );
-            let n = header.dims.iter().product::<usize>();
-            let mut stored = Stored::zeroed(header.datatype, n + pre as usize);
-            let mut d = libdeflater::Decompressor::new();
-            let decoded = d.gzip_decompress(&compressed, &mut stored.bytes_mut()[..total as usize]);
-            if decoded.is_ok_and(|got| got as u64 == total) {
-                if whole {
-                    stored.drop_front(pre as usize);
-                } else {
-                    let data = &stored.bytes_mut()[header.vox_offset as usize..total as usize];
-                    stored = Stored::from_bytes(header.datatype, data);
-                }
-                return Ok((header, stored));
-            }
-        }
-        // Anything else (several members, trailing data, damage): the streaming path decides.
     }
-    let mut stream = flate2::read::MultiGzDecoder::new(compressed.as_slice());
+    let stored = inflate_streaming(path, &compressed, &header, len)?;
+    Ok((header, stored))
+}
+
+/// The fast paths for a gzip file whose claimed size its real size backs: a BGZF stream (on
+/// all cores), or one gzip member whose trailer says the claimed size (one-shot). `None` when
+/// neither applies (several members, trailing data, damage): the streaming path decides.
+fn inflate_backed(
+    path: &Path,
+    compressed: &[u8],
+    header: &NiftiHeaderInfo,
+) -> Result<Option<Stored>, VolumeError> {
+    // mriloop's own files (BGZF): decoded on all cores straight into the final buffer.
+    let n = header.dims.iter().product::<usize>();
+    let mut stored = Stored::zeroed(header.datatype, n);
+    match super::bgzf::decompress_into(compressed, header.vox_offset as usize, stored.bytes_mut()) {
+        super::bgzf::Inflated::Done => return Ok(Some(stored)),
+        super::bgzf::Inflated::Corrupt(e) => {
+            return Err(nifti_err(path, NiftiProblem::CorruptGzip(e)))
+        }
+        super::bgzf::Inflated::NotBgzf => {}
+    }
+    // One gzip member whose trailer says the size the header claims: one-shot decode.
+    let total = header.vox_offset + header.data_bytes();
+    let isize_trailer = compressed.len().checked_sub(4).map(|at| {
+        u32::from_le_bytes([
+            compressed[at],
+            compressed[at + 1],
+            compressed[at + 2],
+            compressed[at + 3],
+        ])
+    });
+    if isize_trailer != Some(total as u32) {
+        return Ok(None);
+    }
+    // Decode header and voxels together into the typed buffer, then shift the voxels down over
+    // the header (a move, cheaper than a fresh copy) when it is whole values.
+    let size = header.datatype.size_bytes() as u64;
+    let (pre, whole) = (
+        header.vox_offset.div_ceil(size),
+        header.vox_offset % size == 0,
+    );
+    let mut stored = Stored::zeroed(header.datatype, n + pre as usize);
+    let mut d = libdeflater::Decompressor::new();
+    let decoded = d.gzip_decompress(compressed, &mut stored.bytes_mut()[..total as usize]);
+    if !decoded.is_ok_and(|got| got as u64 == total) {
+        return Ok(None);
+    }
+    if whole {
+        stored.drop_front(pre as usize);
+    } else {
+        let data = &stored.bytes_mut()[header.vox_offset as usize..total as usize];
+        stored = Stored::from_bytes(header.datatype, data);
+    }
+    Ok(Some(stored))
+}
+
+/// The general gzip path (any members, checked to the end of the stream): skip to the voxels
+/// and read them into a buffer that grows only as data arrives, its first capacity what the
+/// compressed `len` bytes can back.
+fn inflate_streaming(
+    path: &Path,
+    compressed: &[u8],
+    header: &NiftiHeaderInfo,
+    len: u64,
+) -> Result<Stored, VolumeError> {
+    let need = header.data_bytes();
+    let mut stream = flate2::read::MultiGzDecoder::new(compressed);
     let gz_fail = |e: io::Error| nifti_err(path, NiftiProblem::CorruptGzip(e.to_string()));
     let skipped =
         io::copy(&mut (&mut stream).take(header.vox_offset), &mut io::sink()).map_err(gz_fail)?;
@@ -908,8 +973,7 @@ fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
             },
         ));
     }
-    let stored = Stored::from_bytes(header.datatype, &data);
-    Ok((header, stored))
+    Ok(Stored::from_bytes(header.datatype, &data))
 }
 
 /// Turn stored values into a volume: byte swap in place, then keep the type, widen, or scale.
