@@ -61,20 +61,42 @@ fn copy_nifti(src: &Path, dst: &Path) -> Result<(), ProjectError> {
 /// Every case must have every project sequence (the channels); 4D cases are not exported.
 pub fn export_nnunet(project: &Project, out: &Path) -> Result<ExportSummary, ProjectError> {
     let m = &project.manifest;
-    let manifest_path = project.manifest_path();
-    let tr = out.join("imagesTr");
-    let ts = out.join("imagesTs");
-    let lb = out.join("labelsTr");
     let cases: Vec<&Case> = m
         .cases
         .iter()
         .filter(|c| c.form != InputForm::TimeSeries4d)
         .collect();
+    check_export_channels(&cases, &m.sequences, &project.manifest_path())?;
+    mkdir(out)?;
+    let mut summary = ExportSummary {
+        training: 0,
+        test: 0,
+    };
     for case in &cases {
-        for name in &m.sequences {
+        if export_case(project, case, out)? {
+            summary.training += 1;
+        } else {
+            summary.test += 1;
+        }
+    }
+    write_dataset_json(m, &summary, out)?;
+    let path = out.join(LABELS_ITKSNAP);
+    write_atomic(&path, m.labels.to_itksnap().as_bytes()).map_err(|e| io_err(&path, e))?;
+    write_classes_csv(&cases, &out.join(CLASSES_CSV))?;
+    Ok(summary)
+}
+
+/// Every exported case must have every project sequence, as nnU-Net needs each channel.
+fn check_export_channels(
+    cases: &[&Case],
+    sequences: &[SequenceName],
+    manifest_path: &Path,
+) -> Result<(), ProjectError> {
+    for case in cases {
+        for name in sequences {
             if case.sequence(name).is_none() {
                 return Err(invalid(
-                    &manifest_path,
+                    manifest_path,
                     format!(
                         "case {} lacks sequence {name}, needed as an nnU-Net channel",
                         case.id
@@ -83,37 +105,45 @@ pub fn export_nnunet(project: &Project, out: &Path) -> Result<ExportSummary, Pro
             }
         }
     }
-    mkdir(out)?;
-    let mut summary = ExportSummary {
-        training: 0,
-        test: 0,
+    Ok(())
+}
+
+/// Copy one case's channels into `out/imagesTr` (with its mask into `out/labelsTr`) when it has
+/// a reference mask, else into `out/imagesTs`; true when it went to the training set.
+fn export_case(project: &Project, case: &Case, out: &Path) -> Result<bool, ProjectError> {
+    let dir = if case.reference_mask.is_some() {
+        out.join("imagesTr")
+    } else {
+        out.join("imagesTs")
     };
-    for case in &cases {
-        let dir = if case.reference_mask.is_some() {
-            &tr
-        } else {
-            &ts
-        };
-        mkdir(dir)?;
-        for (c, name) in m.sequences.iter().enumerate() {
-            if let Some(f) = case.sequence(name) {
-                copy_nifti(
-                    &project.resolve(&f.path),
-                    &dir.join(format!("{}_{c:04}.nii.gz", case.id)),
-                )?;
-            }
-        }
-        if let Some(mask) = &case.reference_mask {
-            mkdir(&lb)?;
+    mkdir(&dir)?;
+    for (c, name) in project.manifest.sequences.iter().enumerate() {
+        if let Some(f) = case.sequence(name) {
             copy_nifti(
-                &project.resolve(mask),
-                &lb.join(format!("{}.nii.gz", case.id)),
+                &project.resolve(&f.path),
+                &dir.join(format!("{}_{c:04}.nii.gz", case.id)),
             )?;
-            summary.training += 1;
-        } else {
-            summary.test += 1;
         }
     }
+    let Some(mask) = &case.reference_mask else {
+        return Ok(false);
+    };
+    let lb = out.join("labelsTr");
+    mkdir(&lb)?;
+    copy_nifti(
+        &project.resolve(mask),
+        &lb.join(format!("{}.nii.gz", case.id)),
+    )?;
+    Ok(true)
+}
+
+/// Write `out/dataset.json`: channels, labels (with background 0), the training count, the file
+/// ending and, for mriloop, the class order.
+fn write_dataset_json(
+    m: &Manifest,
+    summary: &ExportSummary,
+    out: &Path,
+) -> Result<(), ProjectError> {
     let channel_names: Map<String, Value> = m
         .sequences
         .iter()
@@ -136,14 +166,15 @@ pub fn export_nnunet(project: &Project, out: &Path) -> Result<ExportSummary, Pro
     let path = out.join("dataset.json");
     let text =
         serde_json::to_string_pretty(&dataset).map_err(|e| invalid(&path, e.to_string()))? + "\n";
-    write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))?;
-    let path = out.join(LABELS_ITKSNAP);
-    write_atomic(&path, m.labels.to_itksnap().as_bytes()).map_err(|e| io_err(&path, e))?;
+    write_atomic(&path, text.as_bytes()).map_err(|e| io_err(&path, e))
+}
+
+/// Write `csv_path` (`case,class`) with the class of every case that has one.
+fn write_classes_csv(cases: &[&Case], csv_path: &Path) -> Result<(), ProjectError> {
     let mut csv_out = csv::Writer::from_writer(Vec::new());
-    let csv_path = out.join(CLASSES_CSV);
-    let csv_fail = |e: csv::Error| invalid(&csv_path, e.to_string());
+    let csv_fail = |e: csv::Error| invalid(csv_path, e.to_string());
     csv_out.write_record(["case", "class"]).map_err(csv_fail)?;
-    for case in &cases {
+    for case in cases {
         if let Some(c) = &case.class_label {
             csv_out
                 .write_record([case.id.as_str(), c.as_str()])
@@ -152,9 +183,8 @@ pub fn export_nnunet(project: &Project, out: &Path) -> Result<ExportSummary, Pro
     }
     let bytes = csv_out
         .into_inner()
-        .map_err(|e| invalid(&csv_path, e.to_string()))?;
-    write_atomic(&csv_path, &bytes).map_err(|e| io_err(&csv_path, e))?;
-    Ok(summary)
+        .map_err(|e| invalid(csv_path, e.to_string()))?;
+    write_atomic(csv_path, &bytes).map_err(|e| io_err(csv_path, e))
 }
 
 /// The parts of `dataset.json` mriloop uses.
@@ -166,6 +196,8 @@ struct DatasetJson {
     classes: Option<Vec<String>>,
 }
 
+/// Read and check `dataset.json`: channels numbered without gaps, plain labels 0..=255, a NIfTI
+/// file ending, and mriloop's class list if present.
 fn parse_dataset_json(path: &Path) -> Result<DatasetJson, ProjectError> {
     let text = read_text_capped(path, MAX_JSON_BYTES)?;
     let v: Value =
@@ -173,54 +205,8 @@ fn parse_dataset_json(path: &Path) -> Result<DatasetJson, ProjectError> {
     let obj = v
         .as_object()
         .ok_or_else(|| invalid(path, "expected a JSON object"))?;
-    let channel_obj = obj
-        .get("channel_names")
-        .or_else(|| obj.get("modality"))
-        .and_then(Value::as_object)
-        .ok_or_else(|| invalid(path, "missing \"channel_names\" object"))?;
-    let mut channels = BTreeMap::new();
-    for (k, name) in channel_obj {
-        let idx: usize = k
-            .parse()
-            .map_err(|_| invalid(path, format!("channel key {k:?} is not a whole number")))?;
-        let name = name
-            .as_str()
-            .ok_or_else(|| invalid(path, format!("channel {k} name is not a string")))?;
-        channels.insert(idx, SequenceName::from(name.to_owned()));
-    }
-    if channels.is_empty() || channels.keys().enumerate().any(|(i, k)| i != *k) {
-        return Err(invalid(
-            path,
-            "channel_names must be numbered 0, 1, 2, … without gaps",
-        ));
-    }
-    let labels_obj = obj
-        .get("labels")
-        .and_then(Value::as_object)
-        .ok_or_else(|| invalid(path, "missing \"labels\" object"))?;
-    let mut labels = Vec::new();
-    for (name, value) in labels_obj {
-        let n = match value {
-            Value::Number(n) => n.as_u64().filter(|v| *v <= 255),
-            Value::Array(_) => {
-                return Err(invalid(
-                    path,
-                    format!("label {name:?} is region-based (a list); mriloop reads plain labels"),
-                ))
-            }
-            _ => None,
-        }
-        .ok_or_else(|| {
-            invalid(
-                path,
-                format!("label {name:?} must be a whole number 0..=255"),
-            )
-        })?;
-        if n != 0 {
-            labels.push((name.clone(), n as u8));
-        }
-    }
-    labels.sort_by_key(|(_, v)| *v);
+    let channels = parse_channels(path, obj)?;
+    let labels = parse_labels(path, obj)?;
     let file_ending = obj
         .get("file_ending")
         .and_then(Value::as_str)
@@ -249,11 +235,74 @@ fn parse_dataset_json(path: &Path) -> Result<DatasetJson, ProjectError> {
         .to_owned();
     Ok(DatasetJson {
         name,
-        channels: channels.into_values().collect(),
+        channels,
         labels,
         file_ending,
         classes,
     })
+}
+
+/// The channel names of `dataset.json` (`channel_names`, or v1's `modality`) in channel order;
+/// the keys must be 0, 1, 2, … without gaps.
+fn parse_channels(
+    path: &Path,
+    obj: &Map<String, Value>,
+) -> Result<Vec<SequenceName>, ProjectError> {
+    let channel_obj = obj
+        .get("channel_names")
+        .or_else(|| obj.get("modality"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid(path, "missing \"channel_names\" object"))?;
+    let mut channels = BTreeMap::new();
+    for (k, name) in channel_obj {
+        let idx: usize = k
+            .parse()
+            .map_err(|_| invalid(path, format!("channel key {k:?} is not a whole number")))?;
+        let name = name
+            .as_str()
+            .ok_or_else(|| invalid(path, format!("channel {k} name is not a string")))?;
+        channels.insert(idx, SequenceName::from(name.to_owned()));
+    }
+    if channels.is_empty() || channels.keys().enumerate().any(|(i, k)| i != *k) {
+        return Err(invalid(
+            path,
+            "channel_names must be numbered 0, 1, 2, … without gaps",
+        ));
+    }
+    Ok(channels.into_values().collect())
+}
+
+/// The foreground labels of `dataset.json` (name, value), sorted by value; background (0) is
+/// dropped and region-based labels are refused.
+fn parse_labels(path: &Path, obj: &Map<String, Value>) -> Result<Vec<(String, u8)>, ProjectError> {
+    let labels_obj = obj
+        .get("labels")
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid(path, "missing \"labels\" object"))?;
+    let mut labels = Vec::new();
+    for (name, value) in labels_obj {
+        let n = match value {
+            Value::Number(n) => n.as_u64().filter(|v| *v <= 255),
+            Value::Array(_) => {
+                return Err(invalid(
+                    path,
+                    format!("label {name:?} is region-based (a list); mriloop reads plain labels"),
+                ))
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            invalid(
+                path,
+                format!("label {name:?} must be a whole number 0..=255"),
+            )
+        })?;
+        if n != 0 {
+            labels.push((name.clone(), n as u8));
+        }
+    }
+    labels.sort_by_key(|(_, v)| *v);
+    Ok(labels)
 }
 
 /// Case id → channel files found in an images folder.
@@ -338,6 +387,40 @@ pub fn import_nnunet(dataset: &Path, project_dir: &Path) -> Result<Project, Proj
     let train = scan_images(&dataset.join("imagesTr"), &ds.file_ending, n)?;
     let test = scan_images(&dataset.join("imagesTs"), &ds.file_ending, n)?;
     let classes_by_case = read_classes_csv(&dataset.join(CLASSES_CSV))?;
+    let labels = import_labels(dataset, &ds_path, &ds.labels)?;
+    let classes = match &ds.classes {
+        Some(c) => c.clone(),
+        None => {
+            let mut c: Vec<String> = classes_by_case.values().cloned().collect();
+            c.sort();
+            c.dedup();
+            c
+        }
+    };
+    let mut manifest = Manifest::new(ds.name.clone());
+    manifest.sequences = ds.channels.clone();
+    manifest.labels = labels;
+    manifest.classes = classes;
+    mkdir(project_dir)?;
+    let mut all: Vec<(&String, &Vec<PathBuf>, bool)> =
+        train.iter().map(|(c, f)| (c, f, true)).collect();
+    all.extend(test.iter().map(|(c, f)| (c, f, false)));
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (id, files, has_label) in all {
+        let mut case = import_case(dataset, project_dir, &ds, id, files, has_label)?;
+        case.class_label = classes_by_case.get(id).cloned();
+        manifest.cases.push(case);
+    }
+    Project::create(project_dir, manifest)
+}
+
+/// The project's label table from the dataset's labels, with colours from its
+/// `labels_itksnap.txt` where present (else the default colour of each value).
+fn import_labels(
+    dataset: &Path,
+    ds_path: &Path,
+    ds_labels: &[(String, u8)],
+) -> Result<LabelTable, ProjectError> {
     let colors = {
         let p = dataset.join(LABELS_ITKSNAP);
         if p.exists() {
@@ -347,8 +430,7 @@ pub fn import_nnunet(dataset: &Path, project_dir: &Path) -> Result<Project, Proj
             None
         }
     };
-    let labels = ds
-        .labels
+    let labels = ds_labels
         .iter()
         .map(|(name, value)| Label {
             value: *value,
@@ -360,74 +442,68 @@ pub fn import_nnunet(dataset: &Path, project_dir: &Path) -> Result<Project, Proj
                 .unwrap_or_else(|| super::default_color(*value)),
         })
         .collect();
-    let labels = LabelTable::new(labels).map_err(|e| invalid(&ds_path, e))?;
-    let classes = match ds.classes {
-        Some(c) => c,
-        None => {
-            let mut c: Vec<String> = classes_by_case.values().cloned().collect();
-            c.sort();
-            c.dedup();
-            c
-        }
-    };
-    let mut manifest = Manifest::new(ds.name);
-    manifest.sequences = ds.channels.clone();
-    manifest.labels = labels;
-    manifest.classes = classes;
-    mkdir(project_dir)?;
-    let mut all: Vec<(&String, &Vec<PathBuf>, bool)> =
-        train.iter().map(|(c, f)| (c, f, true)).collect();
-    all.extend(test.iter().map(|(c, f)| (c, f, false)));
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    for (id, files, has_label) in all {
-        let mut case = Case::new(id.clone(), InputForm::Volume3d);
-        let rel_dir = Project::case_dir_rel(id);
-        mkdir(&project_dir.join(&rel_dir))?;
-        let mut grid: Option<(PathBuf, [usize; 3])> = None;
-        let mut check_grid = |p: &Path| -> Result<(), ProjectError> {
-            let h = volume::read_header(p)?;
-            let d = [h.dims[0], h.dims[1], h.dims[2]];
-            match &grid {
-                Some((first, g)) if *g != d => Err(invalid(
-                    p,
-                    format!(
-                        "grid {d:?} differs from {} ({g:?}): channels must be co-registered",
-                        first.display()
-                    ),
-                )),
-                Some(_) => Ok(()),
-                None => {
-                    grid = Some((p.to_path_buf(), d));
-                    Ok(())
-                }
-            }
-        };
-        for (c, src) in files.iter().enumerate() {
-            check_grid(src)?;
-            let rel = format!("{rel_dir}/{}.nii.gz", ds.channels[c].as_str());
-            copy_nifti(src, &project_dir.join(&rel))?;
-            case.sequences.push(SequenceFile {
-                name: ds.channels[c].clone(),
-                path: rel,
-            });
-        }
-        if has_label {
-            let src = dataset
-                .join("labelsTr")
-                .join(format!("{id}{}", ds.file_ending));
-            if !src.exists() {
-                return Err(invalid(
-                    &src,
-                    format!("case {id} is in imagesTr but has no label file"),
-                ));
-            }
-            check_grid(&src)?;
-            let rel = format!("{rel_dir}/reference.nii.gz");
-            copy_nifti(&src, &project_dir.join(&rel))?;
-            case.reference_mask = Some(rel);
-        }
-        case.class_label = classes_by_case.get(id).cloned();
-        manifest.cases.push(case);
+    LabelTable::new(labels).map_err(|e| invalid(ds_path, e))
+}
+
+/// Copy one dataset case (its channel `files` and, with `has_label`, its label from
+/// `labelsTr`) into the project's case folder, checking they share one grid; the case without
+/// its class.
+fn import_case(
+    dataset: &Path,
+    project_dir: &Path,
+    ds: &DatasetJson,
+    id: &str,
+    files: &[PathBuf],
+    has_label: bool,
+) -> Result<Case, ProjectError> {
+    let mut case = Case::new(id.to_owned(), InputForm::Volume3d);
+    let rel_dir = Project::case_dir_rel(id);
+    mkdir(&project_dir.join(&rel_dir))?;
+    let mut grid: Option<(PathBuf, [usize; 3])> = None;
+    for (c, src) in files.iter().enumerate() {
+        check_same_grid(&mut grid, src)?;
+        let rel = format!("{rel_dir}/{}.nii.gz", ds.channels[c].as_str());
+        copy_nifti(src, &project_dir.join(&rel))?;
+        case.sequences.push(SequenceFile {
+            name: ds.channels[c].clone(),
+            path: rel,
+        });
     }
-    Project::create(project_dir, manifest)
+    if has_label {
+        let src = dataset
+            .join("labelsTr")
+            .join(format!("{id}{}", ds.file_ending));
+        if !src.exists() {
+            return Err(invalid(
+                &src,
+                format!("case {id} is in imagesTr but has no label file"),
+            ));
+        }
+        check_same_grid(&mut grid, &src)?;
+        let rel = format!("{rel_dir}/reference.nii.gz");
+        copy_nifti(&src, &project_dir.join(&rel))?;
+        case.reference_mask = Some(rel);
+    }
+    Ok(case)
+}
+
+/// Check that the NIfTI file `p` has the grid (dims in voxels) of the case's first file, kept in
+/// `grid` (set from `p` when it is the first).
+fn check_same_grid(grid: &mut Option<(PathBuf, [usize; 3])>, p: &Path) -> Result<(), ProjectError> {
+    let h = volume::read_header(p)?;
+    let d = [h.dims[0], h.dims[1], h.dims[2]];
+    match grid {
+        Some((first, g)) if *g != d => Err(invalid(
+            p,
+            format!(
+                "grid {d:?} differs from {} ({g:?}): channels must be co-registered",
+                first.display()
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            *grid = Some((p.to_path_buf(), d));
+            Ok(())
+        }
+    }
 }

@@ -39,6 +39,43 @@ pub fn slice_project(
     }
     let image = read_volume(image_path)?.to_f32();
     let labels = read_volume(labels_path)?.to_f32();
+    check_same_grid(&image, image_path, &labels, labels_path)?;
+    let mut manifest = slices_manifest(image_path, labels_path, options)?;
+    let sequence = SequenceName::from(options.sequence.clone());
+    std::fs::create_dir_all(out).map_err(|e| super::io_err(out, e))?;
+    let [nx, ny, nz] = image.dims3();
+    let n = nx * ny;
+    for k in 0..nz {
+        let mask: Vec<u8> = labels.data()[k * n..(k + 1) * n]
+            .iter()
+            .map(|v| renumber_label(&options.keep, *v))
+            .collect();
+        if mask.iter().filter(|v| **v > 0).count() < options.min_voxels.max(1) {
+            continue;
+        }
+        let case = write_slice_case(out, &image, k, mask, &sequence, &options.class)?;
+        manifest.cases.push(case);
+    }
+    if manifest.cases.is_empty() {
+        return Err(invalid(
+            labels_path,
+            format!(
+                "no slice has {} voxels of the kept labels",
+                options.min_voxels.max(1)
+            ),
+        ));
+    }
+    Project::create(out, manifest)
+}
+
+/// The image and the label volume must be single 3D volumes with the same dims and (within
+/// 1e-3) the same affine; the error names both files.
+fn check_same_grid(
+    image: &Volume<f32>,
+    image_path: &Path,
+    labels: &Volume<f32>,
+    labels_path: &Path,
+) -> Result<(), ProjectError> {
     let [nx, ny, nz, nt] = image.dims();
     if labels.dims3() != [nx, ny, nz] || nt != 1 || labels.dims()[3] != 1 {
         return Err(invalid(
@@ -66,14 +103,24 @@ pub fn slice_project(
             ),
         ));
     }
-    // Kept label value → new value 1..n.
-    let renumber = |v: f32| -> u8 {
-        options
-            .keep
-            .iter()
-            .position(|(value, _)| (v - *value as f32).abs() < 0.5)
-            .map_or(0, |i| i as u8 + 1)
-    };
+    Ok(())
+}
+
+/// The new value (1..n, in `keep` order) of label value `v` of the label volume; 0 when it is
+/// not kept.
+fn renumber_label(keep: &[(u32, String)], v: f32) -> u8 {
+    keep.iter()
+        .position(|(value, _)| (v - *value as f32).abs() < 0.5)
+        .map_or(0, |i| i as u8 + 1)
+}
+
+/// The new project's manifest without cases: named after the image, its one class and
+/// sequence, and the kept labels renumbered 1..n with palette colours.
+fn slices_manifest(
+    image_path: &Path,
+    labels_path: &Path,
+    options: &SliceOptions,
+) -> Result<Manifest, ProjectError> {
     let mut manifest = Manifest::new(format!(
         "slices of {}",
         image_path
@@ -81,8 +128,7 @@ pub fn slice_project(
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     ));
     manifest.classes = vec![options.class.clone()];
-    let sequence = SequenceName::from(options.sequence.clone());
-    manifest.sequences = vec![sequence.clone()];
+    manifest.sequences = vec![SequenceName::from(options.sequence.clone())];
     let palette = [
         [255, 64, 64],
         [64, 160, 255],
@@ -103,52 +149,45 @@ pub fn slice_project(
             .collect(),
     )
     .map_err(|e| invalid(labels_path, e))?;
-    std::fs::create_dir_all(out).map_err(|e| super::io_err(out, e))?;
+    Ok(manifest)
+}
+
+/// Write axial slice `k` of `image` and its renumbered `mask` (`nx·ny` voxels) as case
+/// `z<k>` under `out`, at the slice's world position; the case with its class.
+fn write_slice_case(
+    out: &Path,
+    image: &Volume<f32>,
+    k: usize,
+    mask: Vec<u8>,
+    sequence: &SequenceName,
+    class: &str,
+) -> Result<Case, ProjectError> {
+    let [nx, ny, _] = image.dims3();
     let n = nx * ny;
-    let linear = image.affine().linear();
-    for k in 0..nz {
-        let mask: Vec<u8> = labels.data()[k * n..(k + 1) * n]
-            .iter()
-            .map(|v| renumber(*v))
-            .collect();
-        if mask.iter().filter(|v| **v > 0).count() < options.min_voxels.max(1) {
-            continue;
-        }
-        let origin = image
-            .affine()
-            .vox_to_mm(glam::DVec3::new(0.0, 0.0, k as f64));
-        let affine = Affine::from_linear_translation(linear, origin);
-        let slice = Volume::new(
-            [nx, ny, 1, 1],
-            affine,
-            image.data()[k * n..(k + 1) * n].to_vec(),
-        )?;
-        let mask = Volume::new([nx, ny, 1, 1], affine, mask)?;
-        let id = format!("z{k:03}");
-        let dir = Project::case_dir_rel(&id);
-        let case_dir = out.join(&dir);
-        std::fs::create_dir_all(&case_dir).map_err(|e| super::io_err(&case_dir, e))?;
-        let mut case = Case::new(id, InputForm::Slice2d);
-        let image_rel = format!("{dir}/{}.nii.gz", sequence.as_str());
-        write_volume(&out.join(&image_rel), &slice)?;
-        case.sequences.push(SequenceFile {
-            name: sequence.clone(),
-            path: image_rel,
-        });
-        let mask_rel = format!("{dir}/reference.nii.gz");
-        write_volume(&out.join(&mask_rel), &mask)?;
-        case.reference_mask = Some(mask_rel);
-        case.class_label = Some(options.class.clone());
-        manifest.cases.push(case);
-    }
-    if manifest.cases.is_empty() {
-        return Err(invalid(
-            labels_path,
-            format!(
-                "no slice has {} voxels of the kept labels",
-                options.min_voxels.max(1)
-            ),
-        ));
-    }
-    Project::create(out, manifest)
+    let origin_mm = image
+        .affine()
+        .vox_to_mm(glam::DVec3::new(0.0, 0.0, k as f64));
+    let affine = Affine::from_linear_translation(image.affine().linear(), origin_mm);
+    let slice = Volume::new(
+        [nx, ny, 1, 1],
+        affine,
+        image.data()[k * n..(k + 1) * n].to_vec(),
+    )?;
+    let mask = Volume::new([nx, ny, 1, 1], affine, mask)?;
+    let id = format!("z{k:03}");
+    let dir = Project::case_dir_rel(&id);
+    let case_dir = out.join(&dir);
+    std::fs::create_dir_all(&case_dir).map_err(|e| super::io_err(&case_dir, e))?;
+    let mut case = Case::new(id, InputForm::Slice2d);
+    let image_rel = format!("{dir}/{}.nii.gz", sequence.as_str());
+    write_volume(&out.join(&image_rel), &slice)?;
+    case.sequences.push(SequenceFile {
+        name: sequence.clone(),
+        path: image_rel,
+    });
+    let mask_rel = format!("{dir}/reference.nii.gz");
+    write_volume(&out.join(&mask_rel), &mask)?;
+    case.reference_mask = Some(mask_rel);
+    case.class_label = Some(class.to_owned());
+    Ok(case)
 }
