@@ -2,134 +2,156 @@
 //! sequence's value and the label under it), worklist, display settings, predicted class, and
 //! the error dialog. Each reads the app's state and emits commands; none changes state.
 
-use crate::session::ViewCommand;
 use super::training::TrainCommand;
-use super::{Command, EditCommand, Layout, MriloopApp, SortKey, WindowPreset, MAX_SIDE_BY_SIDE};
+use super::{
+    Command, EditCommand, Layout, MriloopApp, OpenCase, SequenceDisplay, SortKey, WindowPreset,
+    MAX_SIDE_BY_SIDE,
+};
 use crate::project::ReviewStatus;
 use crate::render::{Colormap, Orientation};
+use crate::session::ViewCommand;
 use egui::{Color32, RichText};
 
 /// File and View menus.
 pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     egui::Panel::top("menu").show(ui, |ui| {
         egui::MenuBar::new().ui(ui, |ui| {
-            ui.menu_button("File", |ui| {
-                if ui.button("Open project…").clicked() {
-                    out.push(Command::OpenProjectDialog);
-                }
-                if ui.button("Open images…").clicked() {
-                    out.push(Command::OpenFilesDialog);
-                }
-                if ui.button("Import DICOM…").clicked() {
-                    out.push(Command::Dicom(
-                        super::dicom::DicomCommand::ChooseFolderDialog,
-                    ));
-                }
-                if ui.button("Open demo case").clicked() {
-                    out.push(Command::OpenDemo);
-                }
-                ui.separator();
-                if ui.button("Quit").clicked() {
-                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
-                }
-            });
-            ui.menu_button("Edit", |ui| {
-                let depth = app
-                    .open_case()
-                    .map(|o| (o.edits.undo.undo_depth(), o.edits.undo.redo_depth()));
-                let (u, r) = depth.unwrap_or((0, 0));
-                if ui
-                    .add_enabled(u > 0, egui::Button::new(format!("Undo ({u})")))
-                    .clicked()
-                {
-                    out.push(Command::Edit(EditCommand::Undo));
-                }
-                if ui
-                    .add_enabled(r > 0, egui::Button::new(format!("Redo ({r})")))
-                    .clicked()
-                {
-                    out.push(Command::Edit(EditCommand::Redo));
-                }
-                if ui.button("Save now").on_hover_text("Ctrl+S").clicked() {
-                    out.push(Command::Edit(EditCommand::Save));
-                }
-                let loose = app.open_case().is_some_and(|o| o.is_loose());
-                if ui
-                    .add_enabled(loose, egui::Button::new("Save mask as…"))
-                    .on_hover_text("Ctrl+Shift+S")
-                    .clicked()
-                {
-                    out.push(Command::SaveAsDialog);
-                }
-            });
-            ui.menu_button("View", |ui| {
-                if ui.button("Three views").clicked() {
-                    out.push(Command::View(ViewCommand::SetLayout(Layout::TriPlanar)));
-                }
-                for o in Orientation::ALL {
-                    if ui.button(format!("{o:?} only")).clicked() {
-                        out.push(Command::View(ViewCommand::SetLayout(Layout::Single(o))));
-                    }
-                }
-                ui.separator();
-                if ui.button("Reset zoom and cursor").clicked() {
-                    out.push(Command::View(ViewCommand::ResetView));
-                }
-            });
+            ui.menu_button("File", |ui| file_menu(ui, out));
+            ui.menu_button("Edit", |ui| edit_menu(ui, app, out));
+            ui.menu_button("View", |ui| view_menu(ui, out));
             if ui.button("Help").clicked() {
                 out.push(Command::ToggleHelp);
             }
             if app.project().is_some() {
                 ui.separator();
-                if ui
-                    .button("< Prev unreviewed")
-                    .on_hover_text("Shift+N")
-                    .clicked()
-                {
-                    out.push(Command::NextUnreviewed(-1));
-                }
-                if ui.button("Next unreviewed >").on_hover_text("N").clicked() {
-                    out.push(Command::NextUnreviewed(1));
-                }
-                if ui
-                    .button("Most informative >")
-                    .on_hover_text("the unreviewed case the model is least sure about (I)")
-                    .clicked()
-                {
-                    out.push(Command::Train(TrainCommand::NextInformative));
-                }
+                case_navigation(ui, out);
                 ui.separator();
-                let shown = app.training().show_panel;
-                if ui.selectable_label(shown, "Training").clicked() {
-                    out.push(Command::Train(TrainCommand::TogglePanel));
-                }
-                if ui
-                    .selectable_label(app.training().show_cohort, "Cohort")
-                    .clicked()
-                {
-                    out.push(Command::Train(TrainCommand::ToggleCohort));
-                }
-                if ui
-                    .selectable_label(app.experiment().show, "Experiment")
-                    .on_hover_text("run a plan of trainings and compare them on held-out cases")
-                    .clicked()
-                {
-                    out.push(Command::Experiment(
-                        super::experiment::ExperimentCommand::Toggle,
-                    ));
-                }
-                if let Some(run) = &app.experiment().run {
-                    ui.label(format!(
-                        "experiment {}/{} steps",
-                        run.steps_done, run.steps_total
-                    ));
-                }
-                if let Some(run) = &app.training().run {
-                    ui.label(format!("training {}/{}", run.step, run.total_steps));
-                }
+                panel_toggles(ui, app, out);
             }
         });
     });
+}
+
+/// The File menu: open a project, images, a DICOM folder or the demo case; quit.
+fn file_menu(ui: &mut egui::Ui, out: &mut Vec<Command>) {
+    if ui.button("Open project…").clicked() {
+        out.push(Command::OpenProjectDialog);
+    }
+    if ui.button("Open images…").clicked() {
+        out.push(Command::OpenFilesDialog);
+    }
+    if ui.button("Import DICOM…").clicked() {
+        out.push(Command::Dicom(
+            super::dicom::DicomCommand::ChooseFolderDialog,
+        ));
+    }
+    if ui.button("Open demo case").clicked() {
+        out.push(Command::OpenDemo);
+    }
+    ui.separator();
+    if ui.button("Quit").clicked() {
+        ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+    }
+}
+
+/// The Edit menu: undo and redo (with their depths), save, save a loose file's mask as.
+fn edit_menu(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let depth = app
+        .open_case()
+        .map(|o| (o.edits.undo.undo_depth(), o.edits.undo.redo_depth()));
+    let (u, r) = depth.unwrap_or((0, 0));
+    if ui
+        .add_enabled(u > 0, egui::Button::new(format!("Undo ({u})")))
+        .clicked()
+    {
+        out.push(Command::Edit(EditCommand::Undo));
+    }
+    if ui
+        .add_enabled(r > 0, egui::Button::new(format!("Redo ({r})")))
+        .clicked()
+    {
+        out.push(Command::Edit(EditCommand::Redo));
+    }
+    if ui.button("Save now").on_hover_text("Ctrl+S").clicked() {
+        out.push(Command::Edit(EditCommand::Save));
+    }
+    let loose = app.open_case().is_some_and(|o| o.is_loose());
+    if ui
+        .add_enabled(loose, egui::Button::new("Save mask as…"))
+        .on_hover_text("Ctrl+Shift+S")
+        .clicked()
+    {
+        out.push(Command::SaveAsDialog);
+    }
+}
+
+/// The View menu: layouts and resetting zoom and cursor.
+fn view_menu(ui: &mut egui::Ui, out: &mut Vec<Command>) {
+    if ui.button("Three views").clicked() {
+        out.push(Command::View(ViewCommand::SetLayout(Layout::TriPlanar)));
+    }
+    for o in Orientation::ALL {
+        if ui.button(format!("{o:?} only")).clicked() {
+            out.push(Command::View(ViewCommand::SetLayout(Layout::Single(o))));
+        }
+    }
+    ui.separator();
+    if ui.button("Reset zoom and cursor").clicked() {
+        out.push(Command::View(ViewCommand::ResetView));
+    }
+}
+
+/// Moving through a project's cases: previous / next unreviewed, most informative.
+fn case_navigation(ui: &mut egui::Ui, out: &mut Vec<Command>) {
+    if ui
+        .button("< Prev unreviewed")
+        .on_hover_text("Shift+N")
+        .clicked()
+    {
+        out.push(Command::NextUnreviewed(-1));
+    }
+    if ui.button("Next unreviewed >").on_hover_text("N").clicked() {
+        out.push(Command::NextUnreviewed(1));
+    }
+    if ui
+        .button("Most informative >")
+        .on_hover_text("the unreviewed case the model is least sure about (I)")
+        .clicked()
+    {
+        out.push(Command::Train(TrainCommand::NextInformative));
+    }
+}
+
+/// Training, Cohort and Experiment toggles, and the progress of a running experiment or run.
+fn panel_toggles(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let shown = app.training().show_panel;
+    if ui.selectable_label(shown, "Training").clicked() {
+        out.push(Command::Train(TrainCommand::TogglePanel));
+    }
+    if ui
+        .selectable_label(app.training().show_cohort, "Cohort")
+        .clicked()
+    {
+        out.push(Command::Train(TrainCommand::ToggleCohort));
+    }
+    if ui
+        .selectable_label(app.experiment().show, "Experiment")
+        .on_hover_text("run a plan of trainings and compare them on held-out cases")
+        .clicked()
+    {
+        out.push(Command::Experiment(
+            super::experiment::ExperimentCommand::Toggle,
+        ));
+    }
+    if let Some(run) = &app.experiment().run {
+        ui.label(format!(
+            "experiment {}/{} steps",
+            run.steps_done, run.steps_total
+        ));
+    }
+    if let Some(run) = &app.training().run {
+        ui.label(format!("training {}/{}", run.step, run.total_steps));
+    }
 }
 
 /// Cursor position, values under it, and loading progress.
@@ -230,131 +252,143 @@ pub fn worklist(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
         .resizable(true)
         .show(ui, |ui| {
             ui.heading("Worklist");
-            ui.horizontal(|ui| {
-                let mut text = app.worklist.text.clone();
-                if ui
-                    .add(egui::TextEdit::singleline(&mut text).hint_text("filter by id"))
-                    .changed()
-                {
-                    out.push(Command::FilterText(text));
-                }
-                let label = app.worklist.status.map_or("all", |s| status_text(s).0);
-                egui::ComboBox::new("status filter", "status")
-                    .selected_text(label)
-                    .show_ui(ui, |ui| {
-                        if ui
-                            .selectable_label(app.worklist.status.is_none(), "all")
-                            .clicked()
-                        {
-                            out.push(Command::FilterStatus(None));
-                        }
-                        for s in ReviewStatus::ALL {
-                            if ui
-                                .selectable_label(app.worklist.status == Some(s), status_text(s).0)
-                                .clicked()
-                            {
-                                out.push(Command::FilterStatus(Some(s)));
-                            }
-                        }
-                    });
-            });
+            ui.horizontal(|ui| worklist_filters(ui, app, out));
             let open_index = app
                 .open_case()
                 .and_then(|o| o.case_index)
                 .filter(|_| app.loading.is_none())
                 .or(app.loading.as_ref().and_then(|l| l.case_index));
-            let classes = &project.manifest.classes;
             egui::ScrollArea::vertical().show(ui, |ui| {
                 egui::Grid::new("worklist grid")
                     .striped(true)
                     .num_columns(7)
                     .show(ui, |ui| {
-                        for (key, name) in [
-                            (SortKey::Case, "case"),
-                            (SortKey::Status, "status"),
-                            (SortKey::Confidence, "class ref / pred"),
-                            (SortKey::Dice, "Dice"),
-                            (SortKey::Volume, "mm³"),
-                            (SortKey::Uncertainty, "uncert."),
-                        ] {
-                            let arrow = match (app.worklist.sort == key, app.worklist.descending) {
-                                (true, false) => " ^",
-                                (true, true) => " v",
-                                _ => "",
-                            };
-                            if ui
-                                .add(
-                                    egui::Button::new(
-                                        RichText::new(format!("{name}{arrow}")).strong(),
-                                    )
-                                    .frame(false),
-                                )
-                                .clicked()
-                            {
-                                out.push(Command::SortWorklist(key));
-                            }
-                        }
-                        ui.label(RichText::new("model").strong());
-                        ui.end_row();
+                        worklist_header(ui, app, out);
                         for i in app.worklist_order() {
-                            let case = &project.manifest.cases[i];
-                            if ui
-                                .selectable_label(open_index == Some(i), &case.id)
-                                .clicked()
-                            {
-                                out.push(Command::OpenCase(i));
-                            }
-                            let (st, colour) = status_text(case.review);
-                            ui.label(RichText::new(st).color(colour));
-                            let reference = case.class_label.as_deref().unwrap_or("—");
-                            let predicted = case
-                                .predicted_class
-                                .as_ref()
-                                .and_then(|p| {
-                                    p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(
-                                        |(k, prob)| {
-                                            let name = classes.get(k).map_or("?", String::as_str);
-                                            format!("{name} {:.0}%", prob * 100.0)
-                                        },
-                                    )
-                                })
-                                .unwrap_or_else(|| "—".into());
-                            ui.label(format!("{reference} / {predicted}"));
-                            let stats = app.stats.get(&case.id);
-                            match stats.and_then(|s| s.error.as_ref()) {
-                                Some(e) => {
-                                    ui.label(RichText::new("error").color(Color32::RED))
-                                        .on_hover_text(e);
-                                }
-                                None => {
-                                    ui.label(
-                                        stats
-                                            .and_then(|s| s.dice)
-                                            .map_or("—".into(), |d| format!("{d:.3}")),
-                                    );
-                                }
-                            }
-                            ui.label(
-                                stats
-                                    .and_then(|s| s.volume_mm3)
-                                    .map_or("—".into(), |v| format!("{v:.0}")),
-                            );
-                            ui.label(
-                                case.uncertainty
-                                    .map_or("—".into(), |u| format!("{:.2}", u.score())),
-                            );
-                            ui.label(case.predicted_by.as_deref().unwrap_or("—"));
-                            ui.end_row();
+                            worklist_row(ui, app, project, i, open_index == Some(i), out);
                         }
                     });
             });
         });
 }
 
+/// Filter by id text and by review status.
+fn worklist_filters(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let mut text = app.worklist.text.clone();
+    if ui
+        .add(egui::TextEdit::singleline(&mut text).hint_text("filter by id"))
+        .changed()
+    {
+        out.push(Command::FilterText(text));
+    }
+    let label = app.worklist.status.map_or("all", |s| status_text(s).0);
+    egui::ComboBox::new("status filter", "status")
+        .selected_text(label)
+        .show_ui(ui, |ui| {
+            if ui
+                .selectable_label(app.worklist.status.is_none(), "all")
+                .clicked()
+            {
+                out.push(Command::FilterStatus(None));
+            }
+            for s in ReviewStatus::ALL {
+                if ui
+                    .selectable_label(app.worklist.status == Some(s), status_text(s).0)
+                    .clicked()
+                {
+                    out.push(Command::FilterStatus(Some(s)));
+                }
+            }
+        });
+}
+
+/// The worklist's header row: a sort button per column (the sorted one with its direction).
+fn worklist_header(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    for (key, name) in [
+        (SortKey::Case, "case"),
+        (SortKey::Status, "status"),
+        (SortKey::Confidence, "class ref / pred"),
+        (SortKey::Dice, "Dice"),
+        (SortKey::Volume, "mm³"),
+        (SortKey::Uncertainty, "uncert."),
+    ] {
+        let arrow = match (app.worklist.sort == key, app.worklist.descending) {
+            (true, false) => " ^",
+            (true, true) => " v",
+            _ => "",
+        };
+        if ui
+            .add(egui::Button::new(RichText::new(format!("{name}{arrow}")).strong()).frame(false))
+            .clicked()
+        {
+            out.push(Command::SortWorklist(key));
+        }
+    }
+    ui.label(RichText::new("model").strong());
+    ui.end_row();
+}
+
+/// One case's row of the worklist; a click on its id opens it.
+fn worklist_row(
+    ui: &mut egui::Ui,
+    app: &MriloopApp,
+    project: &crate::project::Project,
+    i: usize,
+    is_open: bool,
+    out: &mut Vec<Command>,
+) {
+    let classes = &project.manifest.classes;
+    let case = &project.manifest.cases[i];
+    if ui.selectable_label(is_open, &case.id).clicked() {
+        out.push(Command::OpenCase(i));
+    }
+    let (st, colour) = status_text(case.review);
+    ui.label(RichText::new(st).color(colour));
+    let reference = case.class_label.as_deref().unwrap_or("—");
+    let predicted = case
+        .predicted_class
+        .as_ref()
+        .and_then(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(k, prob)| {
+                    let name = classes.get(k).map_or("?", String::as_str);
+                    format!("{name} {:.0}%", prob * 100.0)
+                })
+        })
+        .unwrap_or_else(|| "—".into());
+    ui.label(format!("{reference} / {predicted}"));
+    let stats = app.stats.get(&case.id);
+    match stats.and_then(|s| s.error.as_ref()) {
+        Some(e) => {
+            ui.label(RichText::new("error").color(Color32::RED))
+                .on_hover_text(e);
+        }
+        None => {
+            ui.label(
+                stats
+                    .and_then(|s| s.dice)
+                    .map_or("—".into(), |d| format!("{d:.3}")),
+            );
+        }
+    }
+    ui.label(
+        stats
+            .and_then(|s| s.volume_mm3)
+            .map_or("—".into(), |v| format!("{v:.0}")),
+    );
+    ui.label(
+        case.uncertainty
+            .map_or("—".into(), |u| format!("{:.2}", u.score())),
+    );
+    ui.label(case.predicted_by.as_deref().unwrap_or("—"));
+    ui.end_row();
+}
+
 /// Display settings, overlays, and the open case's class.
 pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     let Some(open) = app.open_case() else { return };
-    let v = &open.viewer;
     egui::Panel::right("display")
         .default_size(280.0)
         .resizable(true)
@@ -365,133 +399,157 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 ui.separator();
                 super::edit_panel::tools_panel(ui, app, out);
                 ui.separator();
-                ui.heading("Sequences");
-                ui.label("Tick up to four to show side by side; \"only\" shows one alone.");
-                for (s, img) in open.loaded.images.iter().enumerate() {
-                    ui.horizontal(|ui| {
-                        let shown = v.shown.contains(&s);
-                        let mut tick = shown;
-                        let can_add = shown || v.shown.len() < MAX_SIDE_BY_SIDE;
-                        if ui
-                            .add_enabled(can_add, egui::Checkbox::new(&mut tick, img.name.as_str()))
-                            .changed()
-                        {
-                            out.push(Command::View(ViewCommand::ToggleSideBySide(s)));
-                        }
-                        if ui.small_button("only").clicked() {
-                            out.push(Command::View(ViewCommand::ShowSequence(s)));
-                        }
-                    });
-                }
-                ui.horizontal(|ui| {
-                    let names: Vec<&str> =
-                        open.loaded.images.iter().map(|i| i.name.as_str()).collect();
-                    let current = v
-                        .blend
-                        .map_or("none", |(b, _)| names.get(b).copied().unwrap_or("?"));
-                    egui::ComboBox::new("blend", "blend over")
-                        .selected_text(current)
-                        .show_ui(ui, |ui| {
-                            if ui.selectable_label(v.blend.is_none(), "none").clicked() {
-                                out.push(Command::View(ViewCommand::SetBlend(None)));
-                            }
-                            for (s, n) in names.iter().enumerate() {
-                                if ui
-                                    .selectable_label(v.blend.map(|b| b.0) == Some(s), *n)
-                                    .clicked()
-                                {
-                                    let a = v.blend.map_or(0.5, |b| b.1);
-                                    out.push(Command::View(ViewCommand::SetBlend(Some((s, a)))));
-                                }
-                            }
-                        });
-                    if let Some((b, mut a)) = v.blend {
-                        if ui.add(egui::Slider::new(&mut a, 0.0..=1.0)).changed() {
-                            out.push(Command::View(ViewCommand::SetBlend(Some((b, a)))));
-                        }
-                    }
-                });
+                sequences_section(ui, open, out);
                 ui.separator();
-                ui.heading("Window");
-                let mut linear = v.linear;
-                if ui
-                    .checkbox(&mut linear, "Trilinear interpolation")
-                    .changed()
-                {
-                    out.push(Command::View(ViewCommand::SetLinear(linear)));
-                }
-                for &s in v.shown.iter().chain(v.blend.as_ref().map(|b| &b.0)) {
-                    let (Some(d), Some(img)) = (v.display.get(s), open.loaded.images.get(s)) else {
-                        continue;
-                    };
-                    ui.label(RichText::new(img.name.as_str()).strong());
-                    ui.horizontal(|ui| {
-                        let (mut lo, mut hi) = (d.window_low, d.window_high);
-                        let speed = ((hi - lo).abs() * 0.005).max(1e-4);
-                        let a = ui.add(egui::DragValue::new(&mut lo).speed(speed).prefix("low "));
-                        let b = ui.add(egui::DragValue::new(&mut hi).speed(speed).prefix("high "));
-                        if a.changed() || b.changed() {
-                            out.push(Command::View(ViewCommand::SetWindow {
-                                seq: s,
-                                low: lo,
-                                high: hi,
-                            }));
-                        }
-                    });
-                    ui.horizontal(|ui| {
-                        for p in WindowPreset::ALL {
-                            if ui.small_button(p.name()).clicked() {
-                                out.push(Command::View(ViewCommand::WindowPreset(s, p)));
-                            }
-                        }
-                        egui::ComboBox::new(("cmap", s), "map")
-                            .selected_text(d.colormap.name())
-                            .show_ui(ui, |ui| {
-                                for c in Colormap::ALL {
-                                    if ui.selectable_label(d.colormap == c, c.name()).clicked() {
-                                        out.push(Command::View(ViewCommand::SetColormap(s, c)));
-                                    }
-                                }
-                            });
-                    });
-                }
-                ui.label(
-                    RichText::new("Right-drag in a view: window (left-right) and level (up-down)")
-                        .small(),
-                );
+                window_section(ui, open, out);
                 ui.separator();
-                ui.heading("Masks");
-                let mut o = v.overlay;
-                if open.loaded.reference.is_some() {
-                    if ui
-                        .add(
-                            egui::Slider::new(&mut o.reference_opacity, 0.0..=1.0)
-                                .text("reference"),
-                        )
-                        .changed()
-                    {
-                        out.push(Command::View(ViewCommand::SetReferenceOpacity(o.reference_opacity)));
-                    }
-                    if ui
-                        .checkbox(&mut o.reference_outline, "outline only")
-                        .changed()
-                    {
-                        out.push(Command::View(ViewCommand::SetReferenceOutline(o.reference_outline)));
-                    }
-                }
-                if open.loaded.predicted.is_some()
-                    && ui
-                        .add(
-                            egui::Slider::new(&mut o.predicted_opacity, 0.0..=1.0)
-                                .text("predicted (outline)"),
-                        )
-                        .changed()
-                {
-                    out.push(Command::View(ViewCommand::SetPredictedOpacity(o.predicted_opacity)));
-                }
+                masks_section(ui, open, out);
                 super::edit_panel::labels_panel(ui, app, out);
             });
         });
+}
+
+/// Which sequences are shown side by side (or one alone), and the one blended over them.
+fn sequences_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
+    let v = &open.viewer;
+    ui.heading("Sequences");
+    ui.label("Tick up to four to show side by side; \"only\" shows one alone.");
+    for (s, img) in open.loaded.images.iter().enumerate() {
+        ui.horizontal(|ui| {
+            let shown = v.shown.contains(&s);
+            let mut tick = shown;
+            let can_add = shown || v.shown.len() < MAX_SIDE_BY_SIDE;
+            if ui
+                .add_enabled(can_add, egui::Checkbox::new(&mut tick, img.name.as_str()))
+                .changed()
+            {
+                out.push(Command::View(ViewCommand::ToggleSideBySide(s)));
+            }
+            if ui.small_button("only").clicked() {
+                out.push(Command::View(ViewCommand::ShowSequence(s)));
+            }
+        });
+    }
+    ui.horizontal(|ui| blend_row(ui, open, out));
+}
+
+/// The sequence blended over the shown ones, and its opacity.
+fn blend_row(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
+    let v = &open.viewer;
+    let names: Vec<&str> = open.loaded.images.iter().map(|i| i.name.as_str()).collect();
+    let current = v
+        .blend
+        .map_or("none", |(b, _)| names.get(b).copied().unwrap_or("?"));
+    egui::ComboBox::new("blend", "blend over")
+        .selected_text(current)
+        .show_ui(ui, |ui| {
+            if ui.selectable_label(v.blend.is_none(), "none").clicked() {
+                out.push(Command::View(ViewCommand::SetBlend(None)));
+            }
+            for (s, n) in names.iter().enumerate() {
+                if ui
+                    .selectable_label(v.blend.map(|b| b.0) == Some(s), *n)
+                    .clicked()
+                {
+                    let a = v.blend.map_or(0.5, |b| b.1);
+                    out.push(Command::View(ViewCommand::SetBlend(Some((s, a)))));
+                }
+            }
+        });
+    if let Some((b, mut a)) = v.blend {
+        if ui.add(egui::Slider::new(&mut a, 0.0..=1.0)).changed() {
+            out.push(Command::View(ViewCommand::SetBlend(Some((b, a)))));
+        }
+    }
+}
+
+/// Interpolation, and window, presets and colour map of each shown (and blended) sequence.
+fn window_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
+    let v = &open.viewer;
+    ui.heading("Window");
+    let mut linear = v.linear;
+    if ui
+        .checkbox(&mut linear, "Trilinear interpolation")
+        .changed()
+    {
+        out.push(Command::View(ViewCommand::SetLinear(linear)));
+    }
+    for &s in v.shown.iter().chain(v.blend.as_ref().map(|b| &b.0)) {
+        let (Some(d), Some(img)) = (v.display.get(s), open.loaded.images.get(s)) else {
+            continue;
+        };
+        ui.label(RichText::new(img.name.as_str()).strong());
+        sequence_window(ui, s, d, out);
+    }
+    ui.label(
+        RichText::new("Right-drag in a view: window (left-right) and level (up-down)").small(),
+    );
+}
+
+/// One sequence's window (low, high), presets and colour map.
+fn sequence_window(ui: &mut egui::Ui, s: usize, d: &SequenceDisplay, out: &mut Vec<Command>) {
+    ui.horizontal(|ui| {
+        let (mut lo, mut hi) = (d.window_low, d.window_high);
+        let speed = ((hi - lo).abs() * 0.005).max(1e-4);
+        let a = ui.add(egui::DragValue::new(&mut lo).speed(speed).prefix("low "));
+        let b = ui.add(egui::DragValue::new(&mut hi).speed(speed).prefix("high "));
+        if a.changed() || b.changed() {
+            out.push(Command::View(ViewCommand::SetWindow {
+                seq: s,
+                low: lo,
+                high: hi,
+            }));
+        }
+    });
+    ui.horizontal(|ui| {
+        for p in WindowPreset::ALL {
+            if ui.small_button(p.name()).clicked() {
+                out.push(Command::View(ViewCommand::WindowPreset(s, p)));
+            }
+        }
+        egui::ComboBox::new(("cmap", s), "map")
+            .selected_text(d.colormap.name())
+            .show_ui(ui, |ui| {
+                for c in Colormap::ALL {
+                    if ui.selectable_label(d.colormap == c, c.name()).clicked() {
+                        out.push(Command::View(ViewCommand::SetColormap(s, c)));
+                    }
+                }
+            });
+    });
+}
+
+/// Opacity and outline of the reference mask and opacity of the predicted one.
+fn masks_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
+    ui.heading("Masks");
+    let mut o = open.viewer.overlay;
+    if open.loaded.reference.is_some() {
+        if ui
+            .add(egui::Slider::new(&mut o.reference_opacity, 0.0..=1.0).text("reference"))
+            .changed()
+        {
+            out.push(Command::View(ViewCommand::SetReferenceOpacity(
+                o.reference_opacity,
+            )));
+        }
+        if ui
+            .checkbox(&mut o.reference_outline, "outline only")
+            .changed()
+        {
+            out.push(Command::View(ViewCommand::SetReferenceOutline(
+                o.reference_outline,
+            )));
+        }
+    }
+    if open.loaded.predicted.is_some()
+        && ui
+            .add(egui::Slider::new(&mut o.predicted_opacity, 0.0..=1.0).text("predicted (outline)"))
+            .changed()
+    {
+        out.push(Command::View(ViewCommand::SetPredictedOpacity(
+            o.predicted_opacity,
+        )));
+    }
 }
 
 /// The open case's class: the reference label and the predicted probabilities as bars.
