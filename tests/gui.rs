@@ -10,7 +10,7 @@ use egui::{Event, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use glam::DVec3;
-use mriloop::app::{Command, MriloopApp, Startup, ViewCell};
+use mriloop::app::{Command, MriloopApp, Startup, ViewCell, ViewCommand};
 use mriloop::project::{InputForm, Project, ReviewStatus};
 use mriloop::render::Orientation;
 use mriloop::volume::{write_volume, Volume};

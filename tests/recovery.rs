@@ -232,3 +232,64 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
     perms.set_mode(0o755);
     std::fs::set_permissions(&case_dir, perms).unwrap();
 }
+
+#[test]
+fn killing_an_editing_session_on_loose_files_keeps_the_edits_and_the_users_files() {
+    let seed = 7;
+    let dir = tempfile::tempdir().unwrap();
+    let original = phantom(&dir.path().join("src"));
+    let case = &original.manifest.cases[0];
+    let t1 = dir.path().join("T1.nii.gz");
+    let labels = dir.path().join("labels.nii.gz");
+    std::fs::copy(original.resolve(&case.sequences[0].path), &t1).unwrap();
+    std::fs::copy(original.resolve(case.reference_mask.as_deref().unwrap()), &labels).unwrap();
+    let (t1_bytes, labels_bytes) = (std::fs::read(&t1).unwrap(), std::fs::read(&labels).unwrap());
+    let loose_root = dir.path().join("unsaved");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(["edit-script", "--files", t1.to_str().unwrap()])
+        .args(["--seg", labels.to_str().unwrap()])
+        .args(["--loose-root", loose_root.to_str().unwrap()])
+        .args(["--steps", "1000", "--seed", &seed.to_string()])
+        .args(["--save-every", "4", "--pause-ms", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut last = 0;
+    for line in BufReader::new(stdout).lines() {
+        last = line
+            .unwrap()
+            .trim_start_matches("committed ")
+            .parse::<usize>()
+            .unwrap();
+        if last >= 14 {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(last >= 14, "the child committed {last} steps");
+    // The user's files are byte for byte as they were; the edits are in the working copy.
+    assert_eq!(std::fs::read(&t1).unwrap(), t1_bytes);
+    assert_eq!(std::fs::read(&labels).unwrap(), labels_bytes);
+    let target = mriloop::session::script::ScriptTarget::Files {
+        images: vec![t1.clone()],
+        mask: Some(labels.clone()),
+        loose_root,
+    };
+    let session = mriloop::session::script::open_session(&target).unwrap();
+    let recovered = session.open_case().unwrap().loaded.reference.clone().unwrap();
+    let matches = |n: usize| {
+        let mut mask = original.load_reference_mask(case).unwrap().unwrap();
+        for i in 0..n {
+            scripted_step(seed, i, &mut mask, "");
+        }
+        mask == recovered
+    };
+    assert!(
+        matches(last) || matches(last + 1),
+        "the recovered mask is neither step {last} nor {}",
+        last + 1
+    );
+    assert!(session.has_unsaved_loose_edits());
+}

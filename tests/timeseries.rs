@@ -8,7 +8,7 @@ use egui::Pos2;
 use egui_kittest::kittest::Queryable;
 use glam::DVec3;
 use mriloop::app::timeseries::{TimeCommand, TimeShown};
-use mriloop::app::Command;
+use mriloop::app::{Command, ViewCommand};
 use mriloop::phantom::{generate_case, generate_project, PhantomConfig};
 use mriloop::project::InputForm;
 use mriloop::volume::timeseries::{

@@ -25,6 +25,7 @@ mod sync;
 pub mod timeseries;
 pub mod training;
 mod views;
+pub mod window_bench;
 
 pub use bridge::{SliceCallback, ViewerGpu};
 pub use commands::{Command, SortKey, WorklistView};
@@ -207,6 +208,16 @@ impl MriloopApp {
     /// The tool settings.
     pub fn tools(&self) -> &ToolState {
         self.session.tools()
+    }
+
+    /// The open case's time-series state (4D cases).
+    pub fn time_view(&self) -> Option<&crate::session::TimeView> {
+        self.session.time_view()
+    }
+
+    /// The time course at the cursor, for a 4D case.
+    pub fn time_course_at_cursor(&self) -> Option<([usize; 3], Vec<f32>)> {
+        self.session.time_course_at_cursor()
     }
 
     /// Whether a project or case is being loaded.

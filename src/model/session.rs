@@ -222,9 +222,16 @@ pub fn start_run(
         .spawn(move || {
             let wake = Arc::new(wake);
             let result = crate::background::run_in_background(|| {
-                run(&project, &request, &ctl, &tx, wake.clone())
+                crate::worker::catch_worker("the training run", || {
+                    run(&project, &request, &ctl, &tx, wake.clone())
+                })
             });
-            if let Err(e) = result {
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(panicked) => Some(panicked.to_string()),
+            };
+            if let Some(e) = failure {
                 let _ = tx.send(RunEvent::Failed(e));
             }
             wake();
@@ -474,7 +481,7 @@ pub fn start_reinfer(
     version: ModelVersion,
     case_ids: Vec<String>,
     backend: String,
-    wake: impl Fn() + Send + 'static,
+    wake: impl Fn() + Send + Sync + 'static,
 ) -> InferHandle {
     let cancel = Arc::new(AtomicBool::new(false));
     let (tx, rx) = channel();
@@ -482,52 +489,60 @@ pub fn start_reinfer(
     let thread = std::thread::Builder::new()
         .name("mriloop-infer".into())
         .spawn(move || {
-            crate::background::run_in_background(move || {
-                let (device, _) = super::apply::choose_device(&backend);
-                let dir = project.resolve(&version.checkpoint);
-                let (config, model) = match load_checkpoint(&dir, &device) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = tx.send(InferEvent::Failed(e.to_string()));
-                        wake();
-                        return;
-                    }
-                };
-                let _ = tx.send(InferEvent::Started {
-                    total: case_ids.len(),
-                });
-                wake();
-                let mut done = 0;
-                for id in &case_ids {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let Some(case) = project.manifest.case(id) else {
-                        continue;
-                    };
-                    let event = match predict_and_write(
-                        &project,
-                        case,
-                        &version.id,
-                        &model,
-                        &config,
-                        &device,
-                    ) {
-                        Ok(p) => {
-                            done += 1;
-                            InferEvent::Case(p)
+            let (report, wake_after) = (tx.clone(), Arc::new(wake));
+            let wake = wake_after.clone();
+            let panicked = crate::worker::catch_worker("the re-inference", move || {
+                crate::background::run_in_background(move || {
+                    let (device, _) = super::apply::choose_device(&backend);
+                    let dir = project.resolve(&version.checkpoint);
+                    let (config, model) = match load_checkpoint(&dir, &device) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = tx.send(InferEvent::Failed(e.to_string()));
+                            wake();
+                            return;
                         }
-                        Err(e) => InferEvent::CaseFailed {
-                            case_id: id.clone(),
-                            message: e.to_string(),
-                        },
                     };
-                    let _ = tx.send(event);
+                    let _ = tx.send(InferEvent::Started {
+                        total: case_ids.len(),
+                    });
                     wake();
-                }
-                let _ = tx.send(InferEvent::Finished { done });
-                wake();
-            })
+                    let mut done = 0;
+                    for id in &case_ids {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let Some(case) = project.manifest.case(id) else {
+                            continue;
+                        };
+                        let event = match predict_and_write(
+                            &project,
+                            case,
+                            &version.id,
+                            &model,
+                            &config,
+                            &device,
+                        ) {
+                            Ok(p) => {
+                                done += 1;
+                                InferEvent::Case(p)
+                            }
+                            Err(e) => InferEvent::CaseFailed {
+                                case_id: id.clone(),
+                                message: e.to_string(),
+                            },
+                        };
+                        let _ = tx.send(event);
+                        wake();
+                    }
+                    let _ = tx.send(InferEvent::Finished { done });
+                    wake();
+                })
+            });
+            if let Err(e) = panicked {
+                let _ = report.send(InferEvent::Failed(e.to_string()));
+                wake_after();
+            }
         })
         .ok();
     InferHandle {
