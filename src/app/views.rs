@@ -4,10 +4,10 @@
 //! changes window/level, middle drag pans, wheel steps slices (Ctrl+wheel zooms), arrow keys and
 //! Page Up/Down step the hovered view.
 
-use crate::session::ViewCommand;
 use super::bridge::SliceCallback;
-use super::{Command, EditCommand, Layout, MriloopApp, Tool};
+use super::{Command, EditCommand, Layout, MriloopApp, OpenCase, Tool, ToolState, ViewerState};
 use crate::render::{BlendStyle, Orientation, SlicePlane, SliceStyle, ViewKey};
+use crate::session::ViewCommand;
 use egui::{Color32, Pos2, Rect, Sense, Vec2};
 
 /// One view drawn in a frame: where it is on screen and what it shows.
@@ -71,30 +71,7 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
             };
             let v = &open.viewer;
             let area = ui.available_rect_before_wrap();
-            // One sequence: the classic 2×2 (axial, sagittal / coronal, case summary); several:
-            // one row of three views per sequence; a single orientation: one column each.
-            let (rows, cols, grid): (usize, usize, Vec<(Orientation, usize)>) = match v.layout {
-                Layout::TriPlanar if v.shown.len() == 1 => (
-                    2,
-                    2,
-                    [
-                        Orientation::Axial,
-                        Orientation::Sagittal,
-                        Orientation::Coronal,
-                    ]
-                    .map(|o| (o, v.shown[0]))
-                    .to_vec(),
-                ),
-                Layout::TriPlanar => (
-                    v.shown.len(),
-                    3,
-                    v.shown
-                        .iter()
-                        .flat_map(|s| Orientation::ALL.map(|o| (o, *s)))
-                        .collect(),
-                ),
-                Layout::Single(o) => (1, v.shown.len(), v.shown.iter().map(|s| (o, *s)).collect()),
-            };
+            let (rows, cols, grid) = view_grid(v);
             let cell_size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
             if rows * cols > grid.len() {
                 let corner = Rect::from_min_size(
@@ -128,31 +105,65 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
                     plane,
                     slot,
                 };
-                let name = open
-                    .loaded
-                    .images
-                    .get(seq)
-                    .map(|i| i.name.to_string())
-                    .unwrap_or_default();
-                let a = o.normal_axis();
-                ui.painter().text(
-                    outer.min + Vec2::new(4.0, 1.0),
-                    egui::Align2::LEFT_TOP,
-                    format!(
-                        "{} · {name} · {}={:.1} mm",
-                        orientation_name(o),
-                        ["R", "A", "S"][a],
-                        v.cursor_mm[a]
-                    ),
-                    egui::FontId::proportional(12.0),
-                    Color32::from_gray(200),
-                );
+                view_header(ui, open, o, seq, outer);
                 draw_view(ui, app, &cell, slot);
                 interact(ui, app, &cell, slot, out);
                 cells.push(cell);
             }
         });
     cells
+}
+
+/// The layout's grid: rows, columns and the (orientation, sequence) of each view in reading
+/// order.
+fn view_grid(v: &ViewerState) -> (usize, usize, Vec<(Orientation, usize)>) {
+    // One sequence: the classic 2×2 (axial, sagittal / coronal, case summary); several:
+    // one row of three views per sequence; a single orientation: one column each.
+    match v.layout {
+        Layout::TriPlanar if v.shown.len() == 1 => (
+            2,
+            2,
+            [
+                Orientation::Axial,
+                Orientation::Sagittal,
+                Orientation::Coronal,
+            ]
+            .map(|o| (o, v.shown[0]))
+            .to_vec(),
+        ),
+        Layout::TriPlanar => (
+            v.shown.len(),
+            3,
+            v.shown
+                .iter()
+                .flat_map(|s| Orientation::ALL.map(|o| (o, *s)))
+                .collect(),
+        ),
+        Layout::Single(o) => (1, v.shown.len(), v.shown.iter().map(|s| (o, *s)).collect()),
+    }
+}
+
+/// A view's header line above its image: orientation, sequence and the slice's position.
+fn view_header(ui: &egui::Ui, open: &OpenCase, o: Orientation, seq: usize, outer: Rect) {
+    let name = open
+        .loaded
+        .images
+        .get(seq)
+        .map(|i| i.name.to_string())
+        .unwrap_or_default();
+    let a = o.normal_axis();
+    ui.painter().text(
+        outer.min + Vec2::new(4.0, 1.0),
+        egui::Align2::LEFT_TOP,
+        format!(
+            "{} · {name} · {}={:.1} mm",
+            orientation_name(o),
+            ["R", "A", "S"][a],
+            open.viewer.cursor_mm[a]
+        ),
+        egui::FontId::proportional(12.0),
+        Color32::from_gray(200),
+    );
 }
 
 /// The case's summary in the free cell of the 2×2 layout.
@@ -191,6 +202,7 @@ fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
     );
 }
 
+/// Queue the paint callback that draws a view's slice image with its overlays.
 fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
     let Some(open) = app.open_case() else { return };
     let v = &open.viewer;
@@ -246,6 +258,8 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
     ));
 }
 
+/// Turn pointer and key input over a view into commands, and draw the brush outline and the
+/// polygon so far.
 fn interact(
     ui: &mut egui::Ui,
     app: &MriloopApp,
@@ -254,57 +268,84 @@ fn interact(
     out: &mut Vec<Command>,
 ) {
     let Some(open) = app.open_case() else { return };
-    let v = &open.viewer;
     let id = ui.scope_id().with(("view", slot));
     let resp = ui.interact(cell.rect, id, Sense::click_and_drag());
-    let o = cell.orientation;
     let (pointer_down, released) =
         ui.input(|i| (i.pointer.primary_down(), i.pointer.primary_released()));
     let tool = app.tools().tool;
     let pressed_here = resp.is_pointer_button_down_on() && pointer_down;
     if let Some(pos) = resp.interact_pointer_pos() {
-        let at = cell.mm_at(pos);
-        match tool {
-            Tool::Navigate => {
-                if pressed_here || resp.clicked() {
-                    out.push(Command::View(ViewCommand::SetCursor(at)));
-                }
-            }
-            Tool::Brush | Tool::Eraser => {
-                if pressed_here {
-                    out.push(Command::Edit(EditCommand::Dab(o, at)));
-                }
-            }
-            Tool::Fill => {
-                if resp.clicked() {
-                    out.push(Command::Edit(EditCommand::Fill(o, at, cell.seq)));
-                }
-            }
-            Tool::Polygon => {
-                if resp.double_clicked() {
-                    out.push(Command::Edit(EditCommand::ClosePolygon));
-                } else if resp.clicked() {
-                    out.push(Command::Edit(EditCommand::PolygonPoint(o, at)));
-                }
-            }
-        }
+        tool_input(&resp, tool, cell, cell.mm_at(pos), pressed_here, out);
     }
     if released && matches!(tool, Tool::Brush | Tool::Eraser) {
         out.push(Command::Edit(EditCommand::EndStroke));
     }
-    // Brush outline under the pointer; polygon so far.
     let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
+    tool_overlay(ui, app.tools(), cell, &resp, mm_per_point);
+    drag_input(&open.viewer, cell, &resp, mm_per_point, out);
+    if resp.hovered() {
+        hover_input(ui, cell.orientation, out);
+    }
+}
+
+/// The active tool's command for the primary button at world point `at`.
+fn tool_input(
+    resp: &egui::Response,
+    tool: Tool,
+    cell: &ViewCell,
+    at: glam::DVec3,
+    pressed_here: bool,
+    out: &mut Vec<Command>,
+) {
+    let o = cell.orientation;
+    match tool {
+        Tool::Navigate => {
+            if pressed_here || resp.clicked() {
+                out.push(Command::View(ViewCommand::SetCursor(at)));
+            }
+        }
+        Tool::Brush | Tool::Eraser => {
+            if pressed_here {
+                out.push(Command::Edit(EditCommand::Dab(o, at)));
+            }
+        }
+        Tool::Fill => {
+            if resp.clicked() {
+                out.push(Command::Edit(EditCommand::Fill(o, at, cell.seq)));
+            }
+        }
+        Tool::Polygon => {
+            if resp.double_clicked() {
+                out.push(Command::Edit(EditCommand::ClosePolygon));
+            } else if resp.clicked() {
+                out.push(Command::Edit(EditCommand::PolygonPoint(o, at)));
+            }
+        }
+    }
+}
+
+/// Brush outline under the pointer; polygon so far.
+fn tool_overlay(
+    ui: &egui::Ui,
+    tools: &ToolState,
+    cell: &ViewCell,
+    resp: &egui::Response,
+    mm_per_point: f64,
+) {
+    let tool = tools.tool;
     if let (Some(pos), true) = (resp.hover_pos(), matches!(tool, Tool::Brush | Tool::Eraser)) {
-        let r = (app.tools().radius_mm / mm_per_point) as f32;
+        let r = (tools.radius_mm / mm_per_point) as f32;
         ui.painter().with_clip_rect(cell.rect).circle_stroke(
             pos,
             r.max(1.0),
             egui::Stroke::new(1.0, Color32::from_rgb(255, 220, 80)),
         );
     }
-    if tool == Tool::Polygon && app.tools().polygon_view == Some(o) && !app.tools().polygon.is_empty() {
-        let pts: Vec<Pos2> = app
-            .tools()
+    if tool == Tool::Polygon
+        && tools.polygon_view == Some(cell.orientation)
+        && !tools.polygon.is_empty()
+    {
+        let pts: Vec<Pos2> = tools
             .polygon
             .iter()
             .map(|p| cell.pos_of_mm(*p))
@@ -317,6 +358,16 @@ fn interact(
                 egui::Stroke::new(1.5, Color32::from_rgb(255, 220, 80)),
             ));
     }
+}
+
+/// Right drag: window (left-right) and level (up-down); middle drag: pan.
+fn drag_input(
+    v: &ViewerState,
+    cell: &ViewCell,
+    resp: &egui::Response,
+    mm_per_point: f64,
+    out: &mut Vec<Command>,
+) {
     if resp.dragged_by(egui::PointerButton::Secondary) {
         if let Some(d) = v.display.get(cell.seq) {
             let delta = resp.drag_delta();
@@ -333,47 +384,49 @@ fn interact(
     if resp.dragged_by(egui::PointerButton::Middle) {
         let delta = resp.drag_delta();
         out.push(Command::View(ViewCommand::Pan(
-            o,
+            cell.orientation,
             [
                 -delta.x as f64 * mm_per_point,
                 delta.y as f64 * mm_per_point,
             ],
         )));
     }
-    if resp.hovered() {
-        let (wheel, zoom, keys) = ui.input(|i| {
-            let mut wheel = 0.0f32;
-            for e in &i.events {
-                if let egui::Event::MouseWheel {
-                    delta, modifiers, ..
-                } = e
-                {
-                    if !modifiers.ctrl && !modifiers.command {
-                        wheel += delta.y.signum();
-                    }
+}
+
+/// Over a hovered view: the wheel and arrow / page keys step slices, Ctrl+wheel zooms.
+fn hover_input(ui: &egui::Ui, o: Orientation, out: &mut Vec<Command>) {
+    let (wheel, zoom, keys) = ui.input(|i| {
+        let mut wheel = 0.0f32;
+        for e in &i.events {
+            if let egui::Event::MouseWheel {
+                delta, modifiers, ..
+            } = e
+            {
+                if !modifiers.ctrl && !modifiers.command {
+                    wheel += delta.y.signum();
                 }
             }
-            let mut keys = 0i32;
-            for (k, n) in [
-                (egui::Key::ArrowUp, 1),
-                (egui::Key::ArrowDown, -1),
-                (egui::Key::PageUp, 5),
-                (egui::Key::PageDown, -5),
-            ] {
-                if i.key_pressed(k) {
-                    keys += n;
-                }
+        }
+        let mut keys = 0i32;
+        for (k, n) in [
+            (egui::Key::ArrowUp, 1),
+            (egui::Key::ArrowDown, -1),
+            (egui::Key::PageUp, 5),
+            (egui::Key::PageDown, -5),
+        ] {
+            if i.key_pressed(k) {
+                keys += n;
             }
-            (wheel, i.zoom_delta(), keys)
-        });
-        if wheel != 0.0 {
-            out.push(Command::View(ViewCommand::StepSlice(o, wheel as i32)));
         }
-        if keys != 0 {
-            out.push(Command::View(ViewCommand::StepSlice(o, keys)));
-        }
-        if (zoom - 1.0).abs() > 1e-4 {
-            out.push(Command::View(ViewCommand::Zoom(o, zoom as f64)));
-        }
+        (wheel, i.zoom_delta(), keys)
+    });
+    if wheel != 0.0 {
+        out.push(Command::View(ViewCommand::StepSlice(o, wheel as i32)));
+    }
+    if keys != 0 {
+        out.push(Command::View(ViewCommand::StepSlice(o, keys)));
+    }
+    if (zoom - 1.0).abs() > 1e-4 {
+        out.push(Command::View(ViewCommand::Zoom(o, zoom as f64)));
     }
 }
