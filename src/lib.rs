@@ -20,3 +20,4 @@ pub mod project;
 pub mod render;
 pub mod session;
 pub mod volume;
+pub mod worker;
