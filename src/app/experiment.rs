@@ -105,7 +105,9 @@ impl MriloopApp {
             // The plan is read by a worker; it comes back as `PlanRead`.
             ExperimentCommand::LoadPlan(path) => self.ask(move || {
                 Some(match ExperimentPlan::load(&path) {
-                    Ok(plan) => Command::Experiment(ExperimentCommand::PlanRead(path, Box::new(plan))),
+                    Ok(plan) => {
+                        Command::Experiment(ExperimentCommand::PlanRead(path, Box::new(plan)))
+                    }
                     Err(e) => Command::Error(e.to_string()),
                 })
             }),
@@ -197,7 +199,9 @@ impl MriloopApp {
                     evaluating: false,
                 });
             }
-            Err(e) => self.dialogs.error = Some(format!("could not start the experiment thread: {e}")),
+            Err(e) => {
+                self.dialogs.error = Some(format!("could not start the experiment thread: {e}"))
+            }
         }
     }
 
@@ -274,29 +278,7 @@ pub fn experiment_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Co
                 };
             });
             if let Some((_, plan)) = &s.plan {
-                ui.strong(&plan.name);
-                if !plan.description.is_empty() {
-                    ui.label(&plan.description);
-                }
-                egui::Grid::new("experiment arms")
-                    .striped(true)
-                    .show(ui, |ui| {
-                        ui.strong("arm");
-                        ui.strong("settings over the base");
-                        ui.end_row();
-                        for (i, arm) in plan.arms.iter().enumerate() {
-                            ui.label(&arm.name);
-                            ui.label(serde_json::to_string(&plan.settings(i)).unwrap_or_default());
-                            ui.end_row();
-                        }
-                    });
-                ui.label(format!(
-                    "{} arms x {} seeds = {} runs, backend {}",
-                    plan.arms.len(),
-                    plan.seeds.len(),
-                    plan.arms.len() * plan.seeds.len(),
-                    plan.backend
-                ));
+                plan_view(ui, plan);
             }
             ui.horizontal(|ui| {
                 let can_start = s.plan.is_some() && s.run.is_none();
@@ -314,26 +296,7 @@ pub fn experiment_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Co
                 }
             });
             if let Some(run) = &s.run {
-                let fraction = run.steps_done as f32 / run.steps_total.max(1) as f32;
-                let what = match &run.current {
-                    Some((i, arm, seed)) => format!(
-                        "run {}/{}: {arm}, seed {seed}{}",
-                        i + 1,
-                        run.runs,
-                        if run.evaluating { " (evaluating)" } else { "" }
-                    ),
-                    None => "preparing".into(),
-                };
-                let eta = run
-                    .eta_s()
-                    .map_or(String::new(), |e| format!(", about {:.0} s left", e));
-                ui.add(egui::ProgressBar::new(fraction).text(format!(
-                    "{what}; step {}/{}{eta}",
-                    run.steps_done, run.steps_total
-                )));
-                if !run.device.is_empty() {
-                    ui.label(format!("on {}", run.device));
-                }
+                run_progress(ui, run);
             }
             if !s.status.is_empty() {
                 ui.label(&s.status);
@@ -344,6 +307,57 @@ pub fn experiment_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Co
         });
     if !open {
         out.push(Command::Experiment(ExperimentCommand::Toggle));
+    }
+}
+
+/// The chosen plan: name, description, each arm's settings over the base, and the run count.
+fn plan_view(ui: &mut egui::Ui, plan: &ExperimentPlan) {
+    ui.strong(&plan.name);
+    if !plan.description.is_empty() {
+        ui.label(&plan.description);
+    }
+    egui::Grid::new("experiment arms")
+        .striped(true)
+        .show(ui, |ui| {
+            ui.strong("arm");
+            ui.strong("settings over the base");
+            ui.end_row();
+            for (i, arm) in plan.arms.iter().enumerate() {
+                ui.label(&arm.name);
+                ui.label(serde_json::to_string(&plan.settings(i)).unwrap_or_default());
+                ui.end_row();
+            }
+        });
+    ui.label(format!(
+        "{} arms x {} seeds = {} runs, backend {}",
+        plan.arms.len(),
+        plan.seeds.len(),
+        plan.arms.len() * plan.seeds.len(),
+        plan.backend
+    ));
+}
+
+/// Progress of the running experiment: run, arm, seed, step, ETA and device.
+fn run_progress(ui: &mut egui::Ui, run: &ExperimentRun) {
+    let fraction = run.steps_done as f32 / run.steps_total.max(1) as f32;
+    let what = match &run.current {
+        Some((i, arm, seed)) => format!(
+            "run {}/{}: {arm}, seed {seed}{}",
+            i + 1,
+            run.runs,
+            if run.evaluating { " (evaluating)" } else { "" }
+        ),
+        None => "preparing".into(),
+    };
+    let eta = run
+        .eta_s()
+        .map_or(String::new(), |e| format!(", about {:.0} s left", e));
+    ui.add(egui::ProgressBar::new(fraction).text(format!(
+        "{what}; step {}/{}{eta}",
+        run.steps_done, run.steps_total
+    )));
+    if !run.device.is_empty() {
+        ui.label(format!("on {}", run.device));
     }
 }
 
