@@ -8,9 +8,7 @@
 //! every other manifest change; nothing in the DICOM folder is written.
 
 use super::{Command, MriloopApp};
-use crate::project::dicom_import::{
-    form_of, sequence_names, write_case_files, write_series_files,
-};
+use crate::project::dicom_import::{form_of, sequence_names, write_case_files, write_series_files};
 use crate::project::{InputForm, SequenceFile};
 use crate::volume::dicom::{scan_dir, DicomScan};
 use std::path::PathBuf;
@@ -273,7 +271,6 @@ impl MriloopApp {
 /// The import dialog.
 pub fn dicom_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command>) {
     let d = app.dicom();
-    let push = |out: &mut Vec<Command>, c: DicomCommand| out.push(Command::Dicom(c));
     let mut open = true;
     egui::Window::new("Import DICOM")
         .open(&mut open)
@@ -291,68 +288,97 @@ pub fn dicom_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Command
             let Some(scan) = &d.scan else {
                 return;
             };
-            egui::Grid::new("dicom series").striped(true).show(ui, |ui| {
-                for h in ["", "series", "modality", "voxels", "mm", "files"] {
-                    ui.strong(h);
-                }
-                ui.end_row();
-                for (k, s) in scan.series.iter().enumerate() {
-                    let mut on = d.chosen.get(k).copied().unwrap_or(false);
-                    if ui.checkbox(&mut on, "").changed() {
-                        push(out, DicomCommand::Choose(k, on));
-                    }
-                    ui.label(&s.description);
-                    ui.label(&s.modality);
-                    let [nx, ny, nz, nt] = s.volume.dims();
-                    ui.label(if nt > 1 {
-                        format!("{nx}x{ny}x{nz} x {nt}")
-                    } else {
-                        format!("{nx}x{ny}x{nz}")
-                    });
-                    let sp = s.volume.spacing_mm();
-                    ui.label(format!("{:.2}x{:.2}x{:.2}", sp[0], sp[1], sp[2]));
-                    ui.label(s.files.len().to_string());
-                    ui.end_row();
-                }
-            });
-            if !scan.problems.is_empty() {
-                egui::CollapsingHeader::new(format!("Not imported ({})", scan.problems.len()))
-                    .default_open(scan.series.is_empty())
-                    .show(ui, |ui| {
-                        egui::ScrollArea::vertical().max_height(160.0).show(ui, |ui| {
-                            for p in &scan.problems {
-                                ui.label(p.to_string());
-                            }
-                        });
-                    });
-            }
+            series_table(ui, d, scan, out);
+            problems_list(ui, scan);
             ui.separator();
             let any = d.chosen.iter().any(|c| *c);
-            match app.project() {
-                Some(p) => {
-                    ui.horizontal(|ui| {
-                        ui.label(format!("Add to case of {}:", p.manifest.name));
-                        let mut id = d.case_id.clone();
-                        if ui.text_edit_singleline(&mut id).changed() {
-                            push(out, DicomCommand::SetCase(id));
-                        }
-                        if p.manifest.case(d.case_id.trim()).is_some() {
-                            ui.label("(existing case: series are added)");
-                        }
-                    });
-                }
-                None => {
-                    ui.label("No project is open: the series are written as NIfTI files beside the folder and opened.");
-                }
-            }
+            destination(ui, app.project(), d, out);
             if ui
                 .add_enabled(any && !d.busy(), egui::Button::new("Import"))
                 .clicked()
             {
-                push(out, DicomCommand::Import);
+                push_dicom(out, DicomCommand::Import);
             }
         });
     if !open {
-        push(out, DicomCommand::Close);
+        push_dicom(out, DicomCommand::Close);
+    }
+}
+
+/// Emit an import-dialog command.
+fn push_dicom(out: &mut Vec<Command>, c: DicomCommand) {
+    out.push(Command::Dicom(c));
+}
+
+/// The series found, one row each with a tick to keep it.
+fn series_table(ui: &mut egui::Ui, d: &DicomState, scan: &DicomScan, out: &mut Vec<Command>) {
+    egui::Grid::new("dicom series")
+        .striped(true)
+        .show(ui, |ui| {
+            for h in ["", "series", "modality", "voxels", "mm", "files"] {
+                ui.strong(h);
+            }
+            ui.end_row();
+            for (k, s) in scan.series.iter().enumerate() {
+                let mut on = d.chosen.get(k).copied().unwrap_or(false);
+                if ui.checkbox(&mut on, "").changed() {
+                    push_dicom(out, DicomCommand::Choose(k, on));
+                }
+                ui.label(&s.description);
+                ui.label(&s.modality);
+                let [nx, ny, nz, nt] = s.volume.dims();
+                ui.label(if nt > 1 {
+                    format!("{nx}x{ny}x{nz} x {nt}")
+                } else {
+                    format!("{nx}x{ny}x{nz}")
+                });
+                let sp = s.volume.spacing_mm();
+                ui.label(format!("{:.2}x{:.2}x{:.2}", sp[0], sp[1], sp[2]));
+                ui.label(s.files.len().to_string());
+                ui.end_row();
+            }
+        });
+}
+
+/// What could not be imported, with the reason (open by default when no series was found).
+fn problems_list(ui: &mut egui::Ui, scan: &DicomScan) {
+    if !scan.problems.is_empty() {
+        egui::CollapsingHeader::new(format!("Not imported ({})", scan.problems.len()))
+            .default_open(scan.series.is_empty())
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .max_height(160.0)
+                    .show(ui, |ui| {
+                        for p in &scan.problems {
+                            ui.label(p.to_string());
+                        }
+                    });
+            });
+    }
+}
+
+/// Where the series go: a case of the open project (its id edited here), else NIfTI files.
+fn destination(
+    ui: &mut egui::Ui,
+    project: Option<&crate::project::Project>,
+    d: &DicomState,
+    out: &mut Vec<Command>,
+) {
+    match project {
+        Some(p) => {
+            ui.horizontal(|ui| {
+                ui.label(format!("Add to case of {}:", p.manifest.name));
+                let mut id = d.case_id.clone();
+                if ui.text_edit_singleline(&mut id).changed() {
+                    push_dicom(out, DicomCommand::SetCase(id));
+                }
+                if p.manifest.case(d.case_id.trim()).is_some() {
+                    ui.label("(existing case: series are added)");
+                }
+            });
+        }
+        None => {
+            ui.label("No project is open: the series are written as NIfTI files beside the folder and opened.");
+        }
     }
 }
