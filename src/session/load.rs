@@ -198,6 +198,8 @@ fn first_frame<T: Copy>(v: Volume<T>) -> Volume<T> {
     }
 }
 
+/// Read a case's files (sending progress before each), replay its journal into the reference
+/// mask (an empty one when there is none) and return it.
 fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, String> {
     if source.sequences.is_empty() {
         return Err(format!("case {} has no image to show", source.case_id));
@@ -215,27 +217,7 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
     let mut images = Vec::with_capacity(source.sequences.len());
     for (name, path) in &source.sequences {
         progress(path, &mut done);
-        let all = read_volume(path).map_err(|e| e.to_string())?.to_f32();
-        let (volume, series) = if all.dims()[3] > 1 {
-            let summary = temporal_summary(&all).map_err(|e| format!("{}: {e}", path.display()))?;
-            let first = all
-                .frame(0)
-                .ok_or_else(|| format!("{}: the series has no frames", path.display()))?;
-            (
-                first,
-                Some(Arc::new(LoadedSeries {
-                    frames: all,
-                    summary,
-                })),
-            )
-        } else {
-            (all, None)
-        };
-        images.push(LoadedImage {
-            name: name.clone(),
-            volume,
-            series,
-        });
+        images.push(load_image(name, path)?);
     }
     let mut mask = |p: &Option<PathBuf>| -> Result<Option<Volume<u8>>, String> {
         match p {
@@ -260,20 +242,9 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
     let reference_on_disk = reference.is_some();
     let mut reference = match reference {
         Some(r) => r,
-        None => {
-            let first = &images[0].volume;
-            let [nx, ny, nz] = first.dims3();
-            Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8).map_err(|e| e.to_string())?
-        }
+        None => empty_mask_like(&images[0].volume)?,
     };
-    let recovered = match &source.journal {
-        Some(path) => {
-            let (edits, problem) = crate::project::journal::replay_file(path, &mut reference)
-                .map_err(|e| e.to_string())?;
-            (!edits.is_empty() || problem.is_some()).then_some(Recovered { edits, problem })
-        }
-        None => None,
-    };
+    let recovered = replay_journal(source.journal.as_deref(), &mut reference)?;
     Ok(LoadedCase {
         case_id: source.case_id.clone(),
         images,
@@ -283,6 +254,54 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
         predicted,
         recovered,
     })
+}
+
+/// Read one sequence as f32; a 4D one keeps its first frame as the volume and its whole series
+/// (with temporal mean and SD) beside it.
+fn load_image(name: &SequenceName, path: &Path) -> Result<LoadedImage, String> {
+    let all = read_volume(path).map_err(|e| e.to_string())?.to_f32();
+    let (volume, series) = if all.dims()[3] > 1 {
+        let summary = temporal_summary(&all).map_err(|e| format!("{}: {e}", path.display()))?;
+        let first = all
+            .frame(0)
+            .ok_or_else(|| format!("{}: the series has no frames", path.display()))?;
+        (
+            first,
+            Some(Arc::new(LoadedSeries {
+                frames: all,
+                summary,
+            })),
+        )
+    } else {
+        (all, None)
+    };
+    Ok(LoadedImage {
+        name: name.clone(),
+        volume,
+        series,
+    })
+}
+
+/// An all-background label mask on the grid of `first`.
+fn empty_mask_like(first: &Volume<f32>) -> Result<Volume<u8>, String> {
+    let [nx, ny, nz] = first.dims3();
+    Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8).map_err(|e| e.to_string())
+}
+
+/// Replay the edit journal at `journal` (if any) into `reference`; what it recovered, if
+/// anything (edits or a problem with the journal).
+fn replay_journal(
+    journal: Option<&Path>,
+    reference: &mut Volume<u8>,
+) -> Result<Option<Recovered>, String> {
+    match journal {
+        Some(path) => {
+            let (edits, problem) =
+                crate::project::journal::replay_file(path, reference).map_err(|e| e.to_string())?;
+            Ok((!edits.is_empty() || problem.is_some()).then_some(Recovered { edits, problem }))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Start loading a case in a background thread, once the stores in `wait_for` have stopped;
