@@ -141,17 +141,7 @@ impl MriloopApp {
             self.dialogs.error = Some("open a project and choose a plan first".into());
             return;
         };
-        let stem = path
-            .file_stem()
-            .map_or("experiment".into(), |s| s.to_string_lossy().into_owned());
-        let stamp: String = crate::project::models::utc_now()
-            .chars()
-            .filter(char::is_ascii_digit)
-            .collect();
-        let out = project
-            .root()
-            .join("experiments")
-            .join(format!("{stem}-{stamp}"));
+        let out = report_dir(project, path);
         let steps_total = plan.total_steps();
         let (tx, rx) = channel();
         let control = Arc::new(FitControl::default());
@@ -258,6 +248,21 @@ impl MriloopApp {
             }
         }
     }
+}
+
+/// The folder an experiment's report goes to: `<project>/experiments/<plan>-<time>/`.
+fn report_dir(project: &crate::project::Project, plan_path: &std::path::Path) -> PathBuf {
+    let stem = plan_path
+        .file_stem()
+        .map_or("experiment".into(), |s| s.to_string_lossy().into_owned());
+    let stamp: String = crate::project::models::utc_now()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    project
+        .root()
+        .join("experiments")
+        .join(format!("{stem}-{stamp}"))
 }
 
 /// The Experiment window.

@@ -322,24 +322,7 @@ impl MriloopApp {
             .into_iter()
             .collect();
         let request = RunRequest {
-            options: FitOptions {
-                sequences: s.sequences.clone(),
-                epochs: s.epochs.max(1),
-                steps_per_epoch: s.steps_per_epoch.max(1),
-                patch: s.patch,
-                batch: s.batch.max(1),
-                class_window: s.class_window,
-                base_channels: s.base_channels.max(1),
-                mode: match s.mode {
-                    TaskMode::Joint => "joint",
-                    TaskMode::SegmentationOnly => "seg",
-                    TaskMode::ClassificationOnly => "class",
-                }
-                .into(),
-                spacing_mm: None,
-                learning_rate: if fine_tune_from.is_some() { 5e-4 } else { 2e-3 },
-                seed: 1,
-            },
+            options: fit_options(&s, fine_tune_from.is_some()),
             backend: s.backend.clone(),
             fine_tune_from: fine_tune_from.clone(),
             only_reviewed: s.only_reviewed,
@@ -615,6 +598,28 @@ impl MriloopApp {
         }
         self.training.cohort = super::cohort::CohortState::default();
         self.training.show_cohort = false;
+    }
+}
+
+/// The fitting options of a run with settings `s` (a smaller learning rate when fine-tuning).
+fn fit_options(s: &TrainSettings, fine_tune: bool) -> FitOptions {
+    FitOptions {
+        sequences: s.sequences.clone(),
+        epochs: s.epochs.max(1),
+        steps_per_epoch: s.steps_per_epoch.max(1),
+        patch: s.patch,
+        batch: s.batch.max(1),
+        class_window: s.class_window,
+        base_channels: s.base_channels.max(1),
+        mode: match s.mode {
+            TaskMode::Joint => "joint",
+            TaskMode::SegmentationOnly => "seg",
+            TaskMode::ClassificationOnly => "class",
+        }
+        .into(),
+        spacing_mm: None,
+        learning_rate: if fine_tune { 5e-4 } else { 2e-3 },
+        seed: 1,
     }
 }
 
