@@ -245,16 +245,17 @@ fn loose_files_are_journaled_in_a_working_copy_and_written_only_on_save() {
     dab(&mut s, at);
     let edited = mask(&s);
     s.flush();
+    let case_id = s.open_case().unwrap().loaded.case_id.clone();
+    let reports = s.apply(Input::Tick { now_s: 0.0 });
+    assert!(reports.messages.is_empty(), "{:?} ({case_id})", reports.messages);
+    let work_dir = s.open_case().unwrap().edits.loose.clone().unwrap().work_dir;
+    assert_eq!(
+        read_journal(&work_dir.join("edits.journal")).unwrap().edits.len(),
+        1,
+        "the stroke is journaled in the working copy before any save"
+    );
     s.apply(Input::Autosave);
     s.flush();
-    let work_dir = s
-        .open_case()
-        .unwrap()
-        .edits
-        .loose
-        .clone()
-        .unwrap()
-        .work_dir;
     assert!(work_dir.starts_with(&loose_root));
     assert!(work_dir.join("mask.nii.gz").exists(), "autosave wrote the working copy");
     assert_eq!(std::fs::read(&real).unwrap(), original, "autosave left the user's file");

@@ -96,6 +96,9 @@ impl Worker {
         let err =
             |e: std::io::Error| format!("{}: cannot write the edit journal: {e}", path.display());
         if self.file.is_none() {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
             let mut f = OpenOptions::new()
                 .create(true)
                 .append(true)
