@@ -112,6 +112,51 @@ impl Ellipsoid {
     }
 }
 
+/// A random lesion kind: a white-matter lesion for a control, else a white-matter lesion,
+/// infarct or tumour; with `sequence_specific`, a white-matter lesion seen on one of FLAIR, T2
+/// and T1 only.
+fn random_lesion_kind(rng: &mut ChaCha8Rng, patient: bool, sequence_specific: bool) -> LesionKind {
+    // Sequence-specific phantoms pose the multi-sequence question: every lesion is a
+    // white-matter one.
+    let kind = if !patient || sequence_specific {
+        LesionKind::Flair
+    } else {
+        match rng.random_range(0..3) {
+            0 => LesionKind::Flair,
+            1 => LesionKind::Infarct,
+            _ => LesionKind::Tumour,
+        }
+    };
+    match (kind, sequence_specific) {
+        (LesionKind::Flair, true) => match rng.random_range(0..3) {
+            0 => LesionKind::FlairOnly,
+            1 => LesionKind::T2Only,
+            _ => LesionKind::T1Only,
+        },
+        (k, _) => k,
+    }
+}
+
+/// A random lesion radius (mm) for `kind` (small for a control), scaled with the field of view
+/// `2·half_fov_mm`.
+fn random_lesion_radius_mm(
+    rng: &mut ChaCha8Rng,
+    kind: LesionKind,
+    patient: bool,
+    half_fov_mm: f64,
+) -> f64 {
+    let radius_mm: f64 = match (kind, patient) {
+        (_, false) => rng.random_range(1.2..2.0),
+        (
+            LesionKind::Flair | LesionKind::FlairOnly | LesionKind::T2Only | LesionKind::T1Only,
+            _,
+        ) => rng.random_range(1.5..4.0),
+        (LesionKind::Infarct, _) => rng.random_range(2.0..5.0),
+        (LesionKind::Tumour, _) => rng.random_range(3.0..6.0),
+    };
+    radius_mm * (half_fov_mm / 32.0).clamp(0.5, 3.0)
+}
+
 /// One case's anatomy.
 #[derive(Debug, Clone)]
 pub struct Anatomy {
@@ -138,6 +183,25 @@ impl Anatomy {
         patient: bool,
         sequence_specific: bool,
     ) -> Self {
+        let mut a = Self::random_without_lesions(rng, half_fov_mm);
+        let count: i32 = if patient {
+            rng.random_range(1..=4)
+        } else if rng.random_bool(0.25) {
+            1
+        } else {
+            0
+        };
+        for n in 0..count {
+            let kind = random_lesion_kind(rng, patient, sequence_specific);
+            let r = random_lesion_radius_mm(rng, kind, patient, half_fov_mm);
+            a.place_lesion(rng, kind, r, n);
+        }
+        a
+    }
+
+    /// A random head for a field of view of `2·half_fov_mm`, with its ventricles, thalami and
+    /// habenulae, and no lesion.
+    fn random_without_lesions(rng: &mut ChaCha8Rng, half_fov_mm: f64) -> Self {
         let s = half_fov_mm;
         let mut jitter = |lo: f64, hi: f64| rng.random_range(lo..hi);
         let head = DVec3::new(
@@ -168,7 +232,7 @@ impl Anatomy {
             centre_mm: DVec3::new(side * (third_ventricle_half_width_mm + 1.6), hb_y, hb_z),
             radii_mm: DVec3::new(1.5, 2.5, 1.5),
         });
-        let mut a = Self {
+        Self {
             head_radii_mm: head,
             warp_phase,
             gyri,
@@ -177,81 +241,48 @@ impl Anatomy {
             third_ventricle_half_width_mm,
             habenula,
             lesions: Vec::new(),
-        };
-        let count = if patient {
-            rng.random_range(1..=4)
-        } else if rng.random_bool(0.25) {
-            1
-        } else {
-            0
-        };
-        for n in 0..count {
-            // Sequence-specific phantoms pose the multi-sequence question: every lesion is a
-            // white-matter one.
-            let kind = if !patient || sequence_specific {
-                LesionKind::Flair
-            } else {
-                match rng.random_range(0..3) {
-                    0 => LesionKind::Flair,
-                    1 => LesionKind::Infarct,
-                    _ => LesionKind::Tumour,
-                }
-            };
-            let kind = match (kind, sequence_specific) {
-                (LesionKind::Flair, true) => match rng.random_range(0..3) {
-                    0 => LesionKind::FlairOnly,
-                    1 => LesionKind::T2Only,
-                    _ => LesionKind::T1Only,
-                },
-                (k, _) => k,
-            };
-            let r = match (kind, patient) {
-                (_, false) => rng.random_range(1.2..2.0),
-                (
-                    LesionKind::Flair
-                    | LesionKind::FlairOnly
-                    | LesionKind::T2Only
-                    | LesionKind::T1Only,
-                    _,
-                ) => rng.random_range(1.5..4.0),
-                (LesionKind::Infarct, _) => rng.random_range(2.0..5.0),
-                (LesionKind::Tumour, _) => rng.random_range(3.0..6.0),
-            } * (s / 32.0).clamp(0.5, 3.0);
-            // Rejection-sample a white-matter position away from the deep structures.
-            for _ in 0..200 {
-                let c = DVec3::new(
-                    rng.random_range(-0.55..0.55) * head.x,
-                    rng.random_range(-0.55..0.55) * head.y,
-                    rng.random_range(-0.45..0.55) * head.z,
-                );
-                let clear = a
-                    .ventricles
+        }
+    }
+
+    /// Add lesion number `n` of `kind` and radius `r` (mm) at a random white-matter position
+    /// away from the deep structures, the habenulae and the other lesions (rejection-sampled,
+    /// up to 200 tries; from the tenth lesion on the first try is taken).
+    fn place_lesion(&mut self, rng: &mut ChaCha8Rng, kind: LesionKind, r: f64, n: i32) {
+        let head = self.head_radii_mm;
+        for _ in 0..200 {
+            let c = DVec3::new(
+                rng.random_range(-0.55..0.55) * head.x,
+                rng.random_range(-0.55..0.55) * head.y,
+                rng.random_range(-0.45..0.55) * head.z,
+            );
+            let clear = self
+                .ventricles
+                .iter()
+                .chain(self.thalami.iter())
+                .all(|e| e.rho(c) > 1.4)
+                && self
+                    .habenula
                     .iter()
-                    .chain(a.thalami.iter())
-                    .all(|e| e.rho(c) > 1.4)
-                    && a.habenula
-                        .iter()
-                        .all(|h| (c - h.centre_mm).length() > r + 4.0)
-                    && a.lesions
-                        .iter()
-                        .all(|l| (c - l.centre_mm).length() > r + l.radii_mm.max_element() + 1.0)
-                    && (c / head).length() + r / head.min_element() < 0.6;
-                if clear || n > 8 {
-                    let stretch = DVec3::new(
-                        rng.random_range(0.8..1.2),
-                        rng.random_range(0.8..1.2),
-                        rng.random_range(0.8..1.2),
-                    );
-                    a.lesions.push(Lesion {
-                        kind,
-                        centre_mm: c,
-                        radii_mm: stretch * r,
-                    });
-                    break;
-                }
+                    .all(|h| (c - h.centre_mm).length() > r + 4.0)
+                && self
+                    .lesions
+                    .iter()
+                    .all(|l| (c - l.centre_mm).length() > r + l.radii_mm.max_element() + 1.0)
+                && (c / head).length() + r / head.min_element() < 0.6;
+            if clear || n > 8 {
+                let stretch = DVec3::new(
+                    rng.random_range(0.8..1.2),
+                    rng.random_range(0.8..1.2),
+                    rng.random_range(0.8..1.2),
+                );
+                self.lesions.push(Lesion {
+                    kind,
+                    centre_mm: c,
+                    radii_mm: stretch * r,
+                });
+                break;
             }
         }
-        a
     }
 
     /// The tissue at anatomical position `q` (mm), before the tiny structure is placed.

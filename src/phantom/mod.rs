@@ -604,6 +604,9 @@ fn ar1(rng: &mut ChaCha8Rng, n: usize, phi: f64) -> Vec<f64> {
         .collect()
 }
 
+/// A 4D (BOLD-like) case at 3 mm: three node pairs co-fluctuating (the default-mode pair
+/// decoupled in patients), focal lesions with only a slow fluctuation of their own (the mask),
+/// and the networks' nodes as a label volume.
 fn generate_4d(
     cfg: &PhantomConfig,
     rng: &mut ChaCha8Rng,
@@ -616,7 +619,39 @@ fn generate_4d(
     let anatomy = Anatomy::random(rng, fov / 2.0, patient, false);
     let tissue = tissue_map(&grid, &anatomy);
     let t_len = cfg.frames.max(2);
-    // Coupling of each node pair: patients' default-mode pair decouples.
+    let series = network_series(rng, t_len, patient);
+    // Focal lesions show no contrast here, only abnormal dynamics: a strong slow fluctuation of
+    // their own (the segmentation target of the 4D form).
+    let focus = ar1(rng, t_len, 0.95);
+    let signals = BoldSignals {
+        t_len,
+        series: &series,
+        focus: &focus,
+        head_radii_mm: anatomy.head_radii_mm,
+    };
+    let (data, networks) = bold_voxels(rng, &grid, &tissue, &signals);
+    let mut bold = Volume::new(
+        [grid.dims[0], grid.dims[1], grid.dims[2], t_len],
+        grid.affine,
+        data,
+    )?;
+    bold.set_time_step_s(2.0);
+    let mask = tissue
+        .iter()
+        .map(|t| u8::from(is_focal(tissue_of(*t))) * LABEL_ABNORMAL_DYNAMICS)
+        .collect();
+    Ok(PhantomCase {
+        id,
+        patient,
+        images: vec![(SequenceName::Bold, bold)],
+        mask: Some(volume(&grid, mask)?),
+        networks: Some(volume(&grid, networks)?),
+    })
+}
+
+/// For each node pair of [`NODES`], the two nodes' `t_len`-frame series: AR(1) series whose
+/// correlation is the pair's coupling (patients' default-mode pair decouples).
+fn network_series(rng: &mut ChaCha8Rng, t_len: usize, patient: bool) -> Vec<[Vec<f64>; 2]> {
     let coupling = [if patient { 0.3 } else { 0.85 }, 0.85, 0.85];
     let mut series = Vec::new();
     for c in coupling {
@@ -629,43 +664,72 @@ fn generate_4d(
             .collect();
         series.push([shared, second]);
     }
-    // Focal lesions show no contrast here, only abnormal dynamics: a strong slow fluctuation of
-    // their own (the segmentation target of the 4D form).
-    let focus = ar1(rng, t_len, 0.95);
-    let focal = |t: Tissue| {
-        matches!(
-            t,
-            Tissue::Lesion | Tissue::Infarct | Tissue::TumourRim | Tissue::TumourCore
-        )
-    };
-    let head = anatomy.head_radii_mm;
+    series
+}
+
+/// Whether a tissue is a focal lesion (abnormal dynamics in the 4D form).
+fn is_focal(t: Tissue) -> bool {
+    matches!(
+        t,
+        Tissue::Lesion | Tissue::Infarct | Tissue::TumourRim | Tissue::TumourCore
+    )
+}
+
+/// The network node `(pair, member)` of [`NODES`] within 0.12 of `pos_head` (normalised head
+/// coordinates), if any.
+fn network_node(pos_head: DVec3) -> Option<(usize, usize)> {
     let node_r = 0.12;
-    let node_of = |n: DVec3| -> Option<(usize, usize)> {
-        for (k, pair) in NODES.iter().enumerate() {
-            for (m, c) in pair.iter().enumerate() {
-                if (n - DVec3::from_array(*c)).length() < node_r {
-                    return Some((k, m));
-                }
+    for (k, pair) in NODES.iter().enumerate() {
+        for (m, c) in pair.iter().enumerate() {
+            if (pos_head - DVec3::from_array(*c)).length() < node_r {
+                return Some((k, m));
             }
         }
-        None
-    };
-    // T2*-weighted baseline per tissue.
-    let base = |t: Tissue| match t {
+    }
+    None
+}
+
+/// T2*-weighted baseline signal per tissue.
+fn bold_baseline(t: Tissue) -> f64 {
+    match t {
         Tissue::Air => 0.0,
         Tissue::Scalp => 250.0,
         Tissue::Skull => 40.0,
         Tissue::Csf => 1000.0,
         Tissue::Wm => 600.0,
         _ => 800.0,
-    };
+    }
+}
+
+/// The fluctuations a 4D case's voxels draw on.
+struct BoldSignals<'a> {
+    /// Frames.
+    t_len: usize,
+    /// Node pairs' series (see [`network_series`]).
+    series: &'a [[Vec<f64>; 2]],
+    /// The focal lesions' own slow fluctuation.
+    focus: &'a [f64],
+    /// Head semi-axes (mm), to normalise positions for [`network_node`].
+    head_radii_mm: DVec3,
+}
+
+/// The BOLD frames (`[voxel + frame · n_vox]`, Rician noise, a random linear drift) of each
+/// voxel of `tissue`, and the network-node label of each voxel (`2·pair + member + 1`, 0 off
+/// the nodes).
+fn bold_voxels(
+    rng: &mut ChaCha8Rng,
+    grid: &Grid,
+    tissue: &[u8],
+    signals: &BoldSignals<'_>,
+) -> (Vec<i16>, Vec<u8>) {
+    let t_len = signals.t_len;
     let n_vox = grid.len();
     let mut data = vec![0i16; n_vox * t_len];
     let mut networks = vec![0u8; n_vox];
     let drift = rng.random_range(-0.01..0.01);
     for (v, t_code) in tissue.iter().enumerate() {
         let t = tissue_of(*t_code);
-        let b = base(t);
+        let b = bold_baseline(t);
         if b == 0.0 {
             for f in 0..t_len {
                 data[v + f * n_vox] = rician(rng, 0.0, 8.0).round() as i16;
@@ -674,7 +738,7 @@ fn generate_4d(
         }
         let brain = !matches!(t, Tissue::Scalp | Tissue::Skull | Tissue::Csf);
         let node = if brain {
-            node_of(grid.anat_of(v) / head)
+            network_node(grid.anat_of(v) / signals.head_radii_mm)
         } else {
             None
         };
@@ -685,32 +749,16 @@ fn generate_4d(
             let mut s =
                 1.0 + drift * f as f64 / t_len as f64 + 0.01 * rng.sample::<f64, _>(StandardNormal);
             if let Some((k, m)) = node {
-                s += 0.03 * series[k][m][f];
+                s += 0.03 * signals.series[k][m][f];
             }
-            if focal(t) {
-                s += 0.06 * focus[f];
+            if is_focal(t) {
+                s += 0.06 * signals.focus[f];
             }
             data[v + f * n_vox] =
                 rician(rng, b * s, 8.0).round().clamp(0.0, i16::MAX as f64) as i16;
         }
     }
-    let mut bold = Volume::new(
-        [grid.dims[0], grid.dims[1], grid.dims[2], t_len],
-        grid.affine,
-        data,
-    )?;
-    bold.set_time_step_s(2.0);
-    let mask = tissue
-        .iter()
-        .map(|t| u8::from(focal(tissue_of(*t))) * LABEL_ABNORMAL_DYNAMICS)
-        .collect();
-    Ok(PhantomCase {
-        id,
-        patient,
-        images: vec![(SequenceName::Bold, bold)],
-        mask: Some(volume(&grid, mask)?),
-        networks: Some(volume(&grid, networks)?),
-    })
+    (data, networks)
 }
 
 fn write<T: Voxel>(root: &Path, rel: &str, v: &Volume<T>) -> Result<(), ProjectError> {
