@@ -355,87 +355,21 @@ pub fn fit_config_for(
     o: &FitOptions,
 ) -> Result<super::fit::FitConfig, ProjectError> {
     use crate::project::InputForm;
-    let bad = |problem: String| ProjectError::Invalid {
-        path: project.manifest_path(),
-        problem,
-    };
     let form = project
         .manifest
         .cases
         .first()
         .map(|c| c.form)
         .unwrap_or_default();
-    let sequences: Vec<String> = if !o.sequences.is_empty() {
-        o.sequences.clone()
-    } else if form == InputForm::TimeSeries4d {
-        project
-            .manifest
-            .sequences
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
-    } else {
-        project
-            .manifest
-            .sequences
-            .iter()
-            .take(2)
-            .map(|s| s.to_string())
-            .collect()
-    };
+    let sequences = input_sequences(project, form, o);
     // At least one foreground label, so the network always has a segmentation head.
     let mut label_names = project.manifest.labels.names_by_value();
     if label_names.len() < 2 {
         label_names.push("label1".into());
     }
-    let num_labels = label_names.len();
-    let any_mask = project
-        .manifest
-        .cases
-        .iter()
-        .any(|c| c.reference_mask.is_some());
-    let mode = match (o.mode.as_str(), any_mask) {
-        (_, false) | ("class", _) => super::training::TaskMode::ClassificationOnly,
-        ("seg", _) => super::training::TaskMode::SegmentationOnly,
-        ("joint", _) => super::training::TaskMode::Joint,
-        (m, _) => return Err(bad(format!("mode must be joint, seg or class, not {m}"))),
-    };
-    let classes = project.manifest.classes.len().max(2);
-    let (net, patch, class_window) = match form {
-        InputForm::Slice2d => (
-            super::model::MultiTaskUNetConfig::new(sequences.len(), num_labels, classes)
-                .with_spatial_dims(2),
-            [o.patch, o.patch, 1],
-            [o.class_window, o.class_window, 1],
-        ),
-        InputForm::TimeSeries4d => {
-            // One channel per frame: the first case's first sequence says how many.
-            let case = project
-                .manifest
-                .cases
-                .first()
-                .ok_or_else(|| bad("the project has no case".into()))?;
-            let first = sequences
-                .first()
-                .ok_or_else(|| bad("no input sequence".into()))?;
-            let file = case
-                .sequence(&SequenceName::from(first.clone()))
-                .ok_or_else(|| bad(format!("case {} has no sequence {first}", case.id)))?;
-            let frames =
-                crate::volume::read_header(&project.resolve(&file.path))?.dims[3] * sequences.len();
-            (
-                super::model::MultiTaskUNetConfig::new(8, num_labels, classes)
-                    .with_time_points(frames),
-                [o.patch; 3],
-                [o.class_window; 3],
-            )
-        }
-        InputForm::Volume3d => (
-            super::model::MultiTaskUNetConfig::new(sequences.len(), num_labels, classes),
-            [o.patch; 3],
-            [o.class_window; 3],
-        ),
-    };
+    let mode = task_mode(project, &o.mode)?;
+    let (net, patch, class_window) =
+        network_for_form(project, form, o, &sequences, label_names.len())?;
     let training = TrainingConfig::new(
         net.with_base_channels(o.base_channels)
             .with_class_max_pool(true),
@@ -462,4 +396,110 @@ pub fn fit_config_for(
         .with_steps_per_epoch(o.steps_per_epoch)
         .with_batch_size(o.batch)
         .with_patch(patch))
+}
+
+/// An error about the project's manifest.
+fn invalid_manifest(project: &Project, problem: String) -> ProjectError {
+    ProjectError::Invalid {
+        path: project.manifest_path(),
+        problem,
+    }
+}
+
+/// The input sequences: the options' if given, else every sequence of a 4D project or the first
+/// two of any other.
+fn input_sequences(
+    project: &Project,
+    form: crate::project::InputForm,
+    o: &FitOptions,
+) -> Vec<String> {
+    if !o.sequences.is_empty() {
+        o.sequences.clone()
+    } else if form == crate::project::InputForm::TimeSeries4d {
+        project
+            .manifest
+            .sequences
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        project
+            .manifest
+            .sequences
+            .iter()
+            .take(2)
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+/// The task from the `mode` option (`joint`, `seg` or `class`); classification only when no
+/// case has a reference mask.
+fn task_mode(project: &Project, mode: &str) -> Result<super::training::TaskMode, ProjectError> {
+    let any_mask = project
+        .manifest
+        .cases
+        .iter()
+        .any(|c| c.reference_mask.is_some());
+    Ok(match (mode, any_mask) {
+        (_, false) | ("class", _) => super::training::TaskMode::ClassificationOnly,
+        ("seg", _) => super::training::TaskMode::SegmentationOnly,
+        ("joint", _) => super::training::TaskMode::Joint,
+        (m, _) => {
+            return Err(invalid_manifest(
+                project,
+                format!("mode must be joint, seg or class, not {m}"),
+            ))
+        }
+    })
+}
+
+/// The network for the input form, with its patch and class window (voxels): 2D for slices,
+/// one channel per frame for 4D series, 3D for volumes.
+fn network_for_form(
+    project: &Project,
+    form: crate::project::InputForm,
+    o: &FitOptions,
+    sequences: &[String],
+    num_labels: usize,
+) -> Result<(super::model::MultiTaskUNetConfig, [usize; 3], [usize; 3]), ProjectError> {
+    use super::model::MultiTaskUNetConfig;
+    use crate::project::InputForm;
+    let classes = project.manifest.classes.len().max(2);
+    Ok(match form {
+        InputForm::Slice2d => (
+            MultiTaskUNetConfig::new(sequences.len(), num_labels, classes).with_spatial_dims(2),
+            [o.patch, o.patch, 1],
+            [o.class_window, o.class_window, 1],
+        ),
+        InputForm::TimeSeries4d => (
+            MultiTaskUNetConfig::new(8, num_labels, classes)
+                .with_time_points(time_points_4d(project, sequences)?),
+            [o.patch; 3],
+            [o.class_window; 3],
+        ),
+        InputForm::Volume3d => (
+            MultiTaskUNetConfig::new(sequences.len(), num_labels, classes),
+            [o.patch; 3],
+            [o.class_window; 3],
+        ),
+    })
+}
+
+/// Time points a 4D network takes (one channel per frame): the frames of the first case's first
+/// input sequence times the number of sequences.
+fn time_points_4d(project: &Project, sequences: &[String]) -> Result<usize, ProjectError> {
+    let bad = |problem: String| invalid_manifest(project, problem);
+    let case = project
+        .manifest
+        .cases
+        .first()
+        .ok_or_else(|| bad("the project has no case".into()))?;
+    let first = sequences
+        .first()
+        .ok_or_else(|| bad("no input sequence".into()))?;
+    let file = case
+        .sequence(&SequenceName::from(first.clone()))
+        .ok_or_else(|| bad(format!("case {} has no sequence {first}", case.id)))?;
+    Ok(crate::volume::read_header(&project.resolve(&file.path))?.dims[3] * sequences.len())
 }

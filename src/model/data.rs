@@ -206,89 +206,148 @@ pub fn load_samples_with(
     project: &Project,
     selection: &SampleSelection,
 ) -> Result<Vec<Sample>, ProjectError> {
-    let classes = &project.manifest.classes;
-    let sequences = &selection.sequences;
-    let (require_mask, spacing_mm) = (selection.require_mask, selection.spacing_mm);
     let mut out = Vec::new();
     for case in &project.manifest.cases {
-        if selection
-            .only
-            .as_ref()
-            .is_some_and(|ids| !ids.contains(&case.id))
-        {
-            continue;
+        if let Some(sample) = load_sample(project, selection, case)? {
+            out.push(sample);
         }
-        let given = selection
-            .masks
-            .iter()
-            .find(|(id, _)| *id == case.id)
-            .map(|(_, m)| m.clone());
-        let Some(label) = &case.class_label else {
-            continue;
-        };
-        if require_mask && case.reference_mask.is_none() && given.is_none() {
-            continue;
-        }
-        let Some(class) = classes.iter().position(|c| c == label) else {
-            continue;
-        };
-        let vols = sequences
-            .iter()
-            .map(|s| Ok(project.load_sequence(case, s)?.to_f32()))
-            .collect::<Result<Vec<_>, ProjectError>>()?;
-        let reference = match given {
-            Some(m) => Some(m),
-            None => project.load_reference_mask(case)?,
-        };
-        let mask = match reference {
-            Some(m) => m,
-            None => {
-                let Some(first) = vols.first() else {
-                    continue;
-                };
-                let [nx, ny, nz] = first.dims3();
-                Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8)?
-            }
-        };
-        let predicted = match (&case.predicted_mask, selection.mark_changed) {
-            (Some(rel), true) => Some(project.load_mask(rel)?),
-            _ => None,
-        };
-        let (vols, mask, predicted) = if selection.ras_layout {
-            let ras = |v: &Volume<f32>| crate::volume::reorient_to_ras(v).0;
-            (
-                vols.iter().map(ras).collect(),
-                crate::volume::reorient_to_ras(&mask).0,
-                predicted.map(|p| crate::volume::reorient_to_ras(&p).0),
-            )
-        } else {
-            (vols, mask, predicted)
-        };
-        let (vols, mask, predicted) = match spacing_mm {
-            Some(sp) => {
-                let (dims, affine) =
-                    crate::volume::grid_with_spacing(mask.dims3(), mask.affine(), sp);
-                let predicted = match predicted {
-                    Some(p) => Some(crate::volume::resample_labels_to_grid(&p, dims, affine)?),
-                    None => None,
-                };
-                let (v, m) = resample_case(vols, &mask, sp)?;
-                (v, m, predicted)
-            }
-            None => (vols, mask, predicted),
-        };
-        let mut sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
-            crate::project::ProjectError::Invalid {
-                path: project.manifest_path(),
-                problem: e,
-            }
-        })?;
-        if let Some(p) = predicted.filter(|p| p.dims3() == mask.dims3()) {
-            sample.mark_changed(&p.data()[..p.frame_len()]);
-        }
-        out.push(sample);
     }
     Ok(out)
+}
+
+/// Whether `case` becomes a sample: its class index and the reference mask the selection gives
+/// for it (if any), or `None` when the selection leaves it out or it lacks a usable label or
+/// a required mask.
+fn usable_case(
+    project: &Project,
+    selection: &SampleSelection,
+    case: &crate::project::Case,
+) -> Option<(usize, Option<Volume<u8>>)> {
+    if selection
+        .only
+        .as_ref()
+        .is_some_and(|ids| !ids.contains(&case.id))
+    {
+        return None;
+    }
+    let given = selection
+        .masks
+        .iter()
+        .find(|(id, _)| *id == case.id)
+        .map(|(_, m)| m.clone());
+    let label = case.class_label.as_ref()?;
+    if selection.require_mask && case.reference_mask.is_none() && given.is_none() {
+        return None;
+    }
+    let class = project.manifest.classes.iter().position(|c| c == label)?;
+    Some((class, given))
+}
+
+/// One case as a sample (`None` when it is not used, see [`usable_case`]): its sequences, its
+/// reference mask (the given one, the file, or an empty mask), brought to the selection's
+/// layout and spacing, with the voxels changed from its predicted mask marked if asked.
+fn load_sample(
+    project: &Project,
+    selection: &SampleSelection,
+    case: &crate::project::Case,
+) -> Result<Option<Sample>, ProjectError> {
+    let Some((class, given)) = usable_case(project, selection, case) else {
+        return Ok(None);
+    };
+    let vols = selection
+        .sequences
+        .iter()
+        .map(|s| Ok(project.load_sequence(case, s)?.to_f32()))
+        .collect::<Result<Vec<_>, ProjectError>>()?;
+    let reference = match given {
+        Some(m) => Some(m),
+        None => project.load_reference_mask(case)?,
+    };
+    let mask = match reference {
+        Some(m) => m,
+        None => {
+            let Some(first) = vols.first() else {
+                return Ok(None);
+            };
+            let [nx, ny, nz] = first.dims3();
+            Volume::filled([nx, ny, nz, 1], *first.affine(), 0u8)?
+        }
+    };
+    let predicted = match (&case.predicted_mask, selection.mark_changed) {
+        (Some(rel), true) => Some(project.load_mask(rel)?),
+        _ => None,
+    };
+    let volumes = CaseVolumes {
+        sequences: vols,
+        mask,
+        predicted,
+    };
+    let CaseVolumes {
+        sequences: vols,
+        mask,
+        predicted,
+    } = to_training_grid(selection, volumes)?;
+    let mut sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
+        crate::project::ProjectError::Invalid {
+            path: project.manifest_path(),
+            problem: e,
+        }
+    })?;
+    if let Some(p) = predicted.filter(|p| p.dims3() == mask.dims3()) {
+        sample.mark_changed(&p.data()[..p.frame_len()]);
+    }
+    Ok(Some(sample))
+}
+
+/// A case's volumes on one grid.
+struct CaseVolumes {
+    /// Its sequences, in channel order.
+    sequences: Vec<Volume<f32>>,
+    /// Its reference mask.
+    mask: Volume<u8>,
+    /// Its predicted mask (when voxels changed from it are marked).
+    predicted: Option<Volume<u8>>,
+}
+
+/// A case's sequences, mask and predicted mask brought to the selection's voxel layout (RAS if
+/// asked) and then to its spacing (if any; labels by nearest neighbour).
+fn to_training_grid(
+    selection: &SampleSelection,
+    case: CaseVolumes,
+) -> Result<CaseVolumes, ProjectError> {
+    let CaseVolumes {
+        sequences: vols,
+        mask,
+        predicted,
+    } = case;
+    let (vols, mask, predicted) = if selection.ras_layout {
+        let ras = |v: &Volume<f32>| crate::volume::reorient_to_ras(v).0;
+        (
+            vols.iter().map(ras).collect(),
+            crate::volume::reorient_to_ras(&mask).0,
+            predicted.map(|p| crate::volume::reorient_to_ras(&p).0),
+        )
+    } else {
+        (vols, mask, predicted)
+    };
+    let Some(sp) = selection.spacing_mm else {
+        return Ok(CaseVolumes {
+            sequences: vols,
+            mask,
+            predicted,
+        });
+    };
+    let (dims, affine) = crate::volume::grid_with_spacing(mask.dims3(), mask.affine(), sp);
+    let predicted = match predicted {
+        Some(p) => Some(crate::volume::resample_labels_to_grid(&p, dims, affine)?),
+        None => None,
+    };
+    let (sequences, mask) = resample_case(vols, &mask, sp)?;
+    Ok(CaseVolumes {
+        sequences,
+        mask,
+        predicted,
+    })
 }
 
 /// Sequences (trilinear) and mask (nearest) resampled to `spacing_mm` on the mask's field of

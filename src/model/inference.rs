@@ -115,78 +115,31 @@ pub fn predict_volume(
 ) -> Result<Prediction, VolumeError> {
     let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
-    let plane = nx * ny;
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     let g = window.map(gaussian);
     let [wx, wy, wz] = window;
     // Accumulators hold only the planes a window can still reach: a ring of `depth` z-planes.
     // Planes below the next window's start are final and go to the output at once, so memory
     // is bounded by the window's depth, not the volume's.
-    let depth = wz.min(nz).max(1);
-    let mut acc: Vec<Vec<f32>> = Vec::new();
-    let mut weight = vec![0f32; plane * depth];
+    let mut ring = PlaneRing::new(dims, wz.min(nz).max(1));
     let mut mask = vec![0u8; n];
     let mut fg = vec![0f32; n];
     let mut done_z = 0usize;
-    let finish =
-        |z: usize, acc: &mut Vec<Vec<f32>>, weight: &mut [f32], mask: &mut [u8], fg: &mut [f32]| {
-            let ring = (z % depth) * plane;
-            for v in 0..plane {
-                let w = weight[ring + v].max(1e-12);
-                let mut best = (0usize, f32::NEG_INFINITY);
-                for (l, a) in acc.iter().enumerate() {
-                    if a[ring + v] > best.1 {
-                        best = (l, a[ring + v]);
-                    }
-                }
-                mask[z * plane + v] = best.0.min(255) as u8;
-                fg[z * plane + v] = acc.first().map_or(0.0, |bg| 1.0 - bg[ring + v] / w);
-                weight[ring + v] = 0.0;
-                for a in acc.iter_mut() {
-                    a[ring + v] = 0.0;
-                }
-            }
-        };
     for &z0 in &starts(nz, wz, step[2]) {
         while done_z < z0 {
-            finish(done_z, &mut acc, &mut weight, &mut mask, &mut fg);
+            ring.finish_plane(done_z, &mut mask, &mut fg);
             done_z += 1;
         }
         for &y0 in &starts(ny, wy, step[1]) {
             for &x0 in &starts(nx, wx, step[0]) {
-                let x = window_tensor(
-                    channels,
-                    dims,
-                    [x0, y0, z0].map(|v| v as i64),
-                    window,
-                    device,
-                );
-                let (seg, _) = model.forward(x);
-                let probs: Vec<f32> = softmax(seg, 1)
-                    .try_into_vec_as::<f32>()
-                    .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))?;
-                let labels = probs.len() / (wx * wy * wz).max(1);
-                if acc.is_empty() {
-                    acc = vec![vec![0f32; plane * depth]; labels];
-                }
-                for k in 0..wz.min(nz - z0) {
-                    let ring = ((z0 + k) % depth) * plane;
-                    for j in 0..wy.min(ny - y0) {
-                        for i in 0..wx.min(nx - x0) {
-                            let w = g[0][i] * g[1][j] * g[2][k];
-                            let dst = ring + (x0 + i) + nx * (y0 + j);
-                            weight[dst] += w;
-                            for (l, a) in acc.iter_mut().enumerate() {
-                                a[dst] += w * probs[((l * wz + k) * wy + j) * wx + i];
-                            }
-                        }
-                    }
-                }
+                let origin_vox = [x0, y0, z0];
+                let probs = predict_window(model, channels, dims, origin_vox, window, device)?;
+                ring.add_window(&probs, origin_vox, window, &g);
             }
         }
     }
     while done_z < nz {
-        finish(done_z, &mut acc, &mut weight, &mut mask, &mut fg);
+        ring.finish_plane(done_z, &mut mask, &mut fg);
         done_z += 1;
     }
     Ok(Prediction {
@@ -194,4 +147,105 @@ pub fn predict_volume(
         foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
         class_probabilities: classify_volume(model, channels, dims, class_window, device)?,
     })
+}
+
+/// Segmentation probabilities of the window of `window` voxels at `origin_vox` (voxel indices
+/// of its first corner), laid out `[label][k][j][i]`, i fastest.
+fn predict_window(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    origin_vox: [usize; 3],
+    window: [usize; 3],
+    device: &Device,
+) -> Result<Vec<f32>, VolumeError> {
+    let x = window_tensor(channels, dims, origin_vox.map(|v| v as i64), window, device);
+    let (seg, _) = model.forward(x);
+    softmax(seg, 1)
+        .try_into_vec_as::<f32>()
+        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
+}
+
+/// Gaussian-weighted sums of window predictions over a ring of `depth` z-planes of the grid:
+/// voxel `(i, j, z)` lives at `(z % depth) * plane + i + nx * j`.
+struct PlaneRing {
+    /// Grid size `[nx, ny, nz]` in voxels.
+    dims: [usize; 3],
+    /// Planes held.
+    depth: usize,
+    /// Per label, the weighted probability sums (empty until the first window names the labels).
+    acc: Vec<Vec<f32>>,
+    /// Per voxel of the ring, the sum of weights.
+    weight: Vec<f32>,
+}
+
+impl PlaneRing {
+    /// An empty ring of `depth` planes of the grid `dims`.
+    fn new(dims: [usize; 3], depth: usize) -> Self {
+        Self {
+            dims,
+            depth,
+            acc: Vec::new(),
+            weight: vec![0f32; dims[0] * dims[1] * depth],
+        }
+    }
+
+    /// Voxels in one z-plane.
+    fn plane(&self) -> usize {
+        self.dims[0] * self.dims[1]
+    }
+
+    /// Add one window's probabilities `probs` (`[label][k][j][i]`) at `origin_vox`, each voxel
+    /// weighted by the product of the per-axis Gaussians `g`.
+    fn add_window(
+        &mut self,
+        probs: &[f32],
+        origin_vox: [usize; 3],
+        window: [usize; 3],
+        g: &[Vec<f32>; 3],
+    ) {
+        let [nx, ny, nz] = self.dims;
+        let [x0, y0, z0] = origin_vox;
+        let [wx, wy, wz] = window;
+        let plane = self.plane();
+        let labels = probs.len() / (wx * wy * wz).max(1);
+        if self.acc.is_empty() {
+            self.acc = vec![vec![0f32; plane * self.depth]; labels];
+        }
+        for k in 0..wz.min(nz - z0) {
+            let ring = ((z0 + k) % self.depth) * plane;
+            for j in 0..wy.min(ny - y0) {
+                for i in 0..wx.min(nx - x0) {
+                    let w = g[0][i] * g[1][j] * g[2][k];
+                    let dst = ring + (x0 + i) + nx * (y0 + j);
+                    self.weight[dst] += w;
+                    for (l, a) in self.acc.iter_mut().enumerate() {
+                        a[dst] += w * probs[((l * wz + k) * wy + j) * wx + i];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Plane `z` is final: write its arg-max labels into `mask` and its foreground probability
+    /// into `fg` (both whole-grid), and clear its slot in the ring for a later plane.
+    fn finish_plane(&mut self, z: usize, mask: &mut [u8], fg: &mut [f32]) {
+        let plane = self.plane();
+        let ring = (z % self.depth) * plane;
+        for v in 0..plane {
+            let w = self.weight[ring + v].max(1e-12);
+            let mut best = (0usize, f32::NEG_INFINITY);
+            for (l, a) in self.acc.iter().enumerate() {
+                if a[ring + v] > best.1 {
+                    best = (l, a[ring + v]);
+                }
+            }
+            mask[z * plane + v] = best.0.min(255) as u8;
+            fg[z * plane + v] = self.acc.first().map_or(0.0, |bg| 1.0 - bg[ring + v] / w);
+            self.weight[ring + v] = 0.0;
+            for a in self.acc.iter_mut() {
+                a[ring + v] = 0.0;
+            }
+        }
+    }
 }
