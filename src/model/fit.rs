@@ -13,12 +13,13 @@ use super::inference::predict_volume;
 use super::model::MultiTaskUNet;
 use super::training::{cosine_lr, save_checkpoint, train_step_at, Batch, TaskMode, TrainingConfig};
 use crate::volume::Affine;
-use burn::optim::AdamWConfig;
+use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Sender};
+use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 
 /// Settings of a fit beyond the network and loss.
 #[derive(Config, Debug, PartialEq)]
@@ -363,7 +364,7 @@ pub fn initial_model(
 
 /// Fit on `train` samples, validating on `val` after each epoch, writing `out/best` and
 /// `out/last`. `control` cancels (keeping the state reached as `out/last`), pauses and resumes
-/// at the next step.
+/// at the next step. A panic of the data loader thread is an error.
 pub fn fit(
     config: &FitConfig,
     train: Vec<Sample>,
@@ -382,155 +383,352 @@ pub fn fit(
         .init();
     let total = config.epochs * config.steps_per_epoch;
     // The loader thread draws patches ahead of the training thread.
-    let (tx, rx) = sync_channel::<HostBatch>(4);
-    let loader_stop = std::sync::Arc::new(AtomicBool::new(false));
-    let loader = {
-        let (patch, n, seed, augment) = (
-            config.patch,
-            config.batch_size,
-            t.seed,
-            config.augment.clone(),
-        );
-        let class_window = t.class_window;
-        let class_every = match t.mode {
-            TaskMode::SegmentationOnly => 0,
-            TaskMode::ClassificationOnly => 1,
-            TaskMode::Joint => config.class_every,
-        };
-        let halt = loader_stop.clone();
-        std::thread::spawn(move || {
-            let mut sampler = PatchSampler::new(seed, patch, augment);
-            let c = train.first().map_or(1, |s| s.channels.len());
-            for step in 1..=total {
-                if halt.load(Ordering::Relaxed) || train.is_empty() {
-                    return;
-                }
-                let class_step = class_every > 0 && step % class_every == 0;
-                let size = if class_step { class_window } else { patch };
-                let mut images = Vec::new();
-                let mut masks = Vec::new();
-                let mut classes = Vec::new();
-                for _ in 0..n {
-                    let s = &train[sampler.pick(train.len())];
-                    let (ch, lab) = if class_step {
-                        sampler.centre_crop(s, size)
-                    } else {
-                        sampler.patch(s)
-                    };
-                    ch.into_iter().for_each(|x| images.extend(x));
-                    masks.extend(lab);
-                    classes.push(s.class as i32);
-                }
-                let hb = HostBatch {
-                    class_step,
-                    images,
-                    masks,
-                    classes,
-                    n,
-                    c,
-                    patch: size,
-                };
-                if tx.send(hb).is_err() {
-                    return;
-                }
-            }
-        })
+    let loader = Loader::spawn(config, train, total);
+    let run = FitRun {
+        config,
+        ad: &ad,
+        batches: &loader.batches,
+        events,
+        control,
+        last_dir: out.join("last"),
+        total,
     };
-    let best_dir = out.join("best");
-    let last_dir = out.join("last");
+    let mut best = BestTracker {
+        dir: out.join("best"),
+        score: f64::NEG_INFINITY,
+        since: 0,
+    };
     let mut summaries = Vec::new();
-    let mut best_score = f64::NEG_INFINITY;
-    let mut since_best = 0;
     let mut stopped_early = false;
     let mut step = 0;
-    'epochs: for epoch in 1..=config.epochs {
-        let mut loss_sum = 0.0;
-        let mut steps = 0;
-        for _ in 0..config.steps_per_epoch {
-            control.wait_while_paused();
-            if control.is_cancelled() {
-                stopped_early = true;
-                save_checkpoint(&last_dir, t, &model)?;
-                break 'epochs;
-            }
-            let Ok(hb) = rx.recv() else {
-                stopped_early = true;
-                break 'epochs;
-            };
-            let class_step = hb.class_step;
-            let batch = hb.into_batch(&ad, config.changed_weight as f32);
-            // With whole-head class steps, patch steps train the segmentation only.
-            let mode = match (t.mode, class_step, config.class_every > 0) {
-                (TaskMode::Joint, true, _) => TaskMode::ClassificationOnly,
-                (TaskMode::Joint, false, true) => TaskMode::SegmentationOnly,
-                (m, _, _) => m,
-            };
-            let step_config = TrainingConfig { mode, ..t.clone() };
-            let lr = if config.cosine_schedule {
-                cosine_lr(t.learning_rate, step + 1, total, total / 50, 0.02)
-            } else {
-                t.learning_rate
-            };
-            let (m, loss) = train_step_at(model, &mut optim, &batch, &step_config, lr);
-            model = m;
-            step += 1;
-            steps += 1;
-            loss_sum += loss.total;
-            let _ = events.send(FitEvent::Train(super::training::TrainEvent::Step {
-                step,
-                loss,
-            }));
-        }
-        let valid = model.valid();
-        let validation = validate(&valid, val, t, device);
-        let w_seg = if t.mode == TaskMode::ClassificationOnly {
-            0.0
-        } else {
-            1.0
+    for epoch in 1..=config.epochs {
+        let (m, train_loss) = run.train_epoch(model, &mut optim, &mut step)?;
+        model = m;
+        let Some(train_loss) = train_loss else {
+            stopped_early = true;
+            break;
         };
-        let w_cls = if t.mode == TaskMode::SegmentationOnly {
-            0.0
-        } else {
-            1.0
-        };
-        let score = w_seg * validation.mean_dice()
-            + w_cls * validation.class_auc.unwrap_or(validation.class_accuracy);
-        let best = score > best_score;
-        save_checkpoint(&last_dir, t, &model)?;
-        if best {
-            best_score = score;
-            since_best = 0;
-            save_checkpoint(&best_dir, t, &model)?;
-            let _ = events.send(FitEvent::Train(super::training::TrainEvent::Checkpoint(
-                best_dir.display().to_string(),
-            )));
-        } else {
-            since_best += 1;
-        }
-        let summary = EpochSummary {
-            epoch,
-            train_loss: loss_sum / steps.max(1) as f64,
-            validation,
-            best,
-        };
-        let _ = events.send(FitEvent::Epoch(summary.clone()));
+        let summary = run.finish_epoch(&model, val, device, epoch, train_loss, &mut best)?;
         summaries.push(summary);
-        if config.patience > 0 && since_best >= config.patience {
+        if config.patience > 0 && best.since >= config.patience {
             stopped_early = true;
             break;
         }
     }
-    loader_stop.store(true, Ordering::Relaxed);
-    drop(rx);
-    let _ = loader.join();
+    let last_dir = run.last_dir;
+    loader
+        .finish()
+        .map_err(|problem| super::training::CheckpointError::File {
+            path: out.display().to_string(),
+            problem,
+        })?;
     let _ = events.send(FitEvent::Train(super::training::TrainEvent::Finished {
         steps: step,
         cancelled: stopped_early,
     }));
     Ok(FitResult {
         epochs: summaries,
-        best: best_dir,
+        best: best.dir,
         last: last_dir,
         stopped_early,
     })
+}
+
+/// The data loader thread: draws augmented patch (or whole-head class) batches ahead of the
+/// training thread, through a bounded channel.
+struct Loader {
+    /// Batches, in step order; closed when the thread ends.
+    batches: Receiver<HostBatch>,
+    /// Asks the thread to stop before its next batch.
+    stop: Arc<AtomicBool>,
+    /// The thread.
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// What the loader thread needs to draw batches.
+struct LoaderSpec {
+    /// Patch size `[x, y, z]` (voxels).
+    patch: [usize; 3],
+    /// Whole-head crop size of class steps (voxels).
+    class_window: [usize; 3],
+    /// Samples per batch.
+    batch_size: usize,
+    /// Sampler seed.
+    seed: u64,
+    /// Augmentation.
+    augment: AugmentConfig,
+    /// Every this many steps a class step (0: never, 1: always).
+    class_every: usize,
+    /// Batches in all.
+    total: usize,
+}
+
+impl Loader {
+    /// Start the loader thread for `total` batches drawn from `train`.
+    fn spawn(config: &FitConfig, train: Vec<Sample>, total: usize) -> Self {
+        let t = &config.training;
+        let spec = LoaderSpec {
+            patch: config.patch,
+            class_window: t.class_window,
+            batch_size: config.batch_size,
+            seed: t.seed,
+            augment: config.augment.clone(),
+            class_every: match t.mode {
+                TaskMode::SegmentationOnly => 0,
+                TaskMode::ClassificationOnly => 1,
+                TaskMode::Joint => config.class_every,
+            },
+            total,
+        };
+        let (tx, batches) = sync_channel::<HostBatch>(4);
+        let stop = Arc::new(AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || load_batches(&spec, &train, &halt, &tx));
+        Self {
+            batches,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stop the thread and wait for it; `Err` says so if it panicked (with its message when it
+    /// has one).
+    fn finish(self) -> Result<(), String> {
+        self.stop.store(true, Ordering::Relaxed);
+        drop(self.batches);
+        self.thread.join().map_err(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned());
+            match message {
+                Some(m) => format!("the data loader stopped unexpectedly: {m}"),
+                None => "the data loader stopped unexpectedly".to_string(),
+            }
+        })
+    }
+}
+
+/// The loader thread's body: send `spec.total` batches from `train` into `tx`, stopping early
+/// when `halt` is set, the receiver is gone or there is nothing to train on.
+fn load_batches(
+    spec: &LoaderSpec,
+    train: &[Sample],
+    halt: &AtomicBool,
+    tx: &SyncSender<HostBatch>,
+) {
+    let mut sampler = PatchSampler::new(spec.seed, spec.patch, spec.augment.clone());
+    let c = train.first().map_or(1, |s| s.channels.len());
+    for step in 1..=spec.total {
+        if halt.load(Ordering::Relaxed) || train.is_empty() {
+            return;
+        }
+        let class_step = spec.class_every > 0 && step % spec.class_every == 0;
+        let size = if class_step {
+            spec.class_window
+        } else {
+            spec.patch
+        };
+        let mut images = Vec::new();
+        let mut masks = Vec::new();
+        let mut classes = Vec::new();
+        for _ in 0..spec.batch_size {
+            let s = &train[sampler.pick(train.len())];
+            let (ch, lab) = if class_step {
+                sampler.centre_crop(s, size)
+            } else {
+                sampler.patch(s)
+            };
+            ch.into_iter().for_each(|x| images.extend(x));
+            masks.extend(lab);
+            classes.push(s.class as i32);
+        }
+        let hb = HostBatch {
+            class_step,
+            images,
+            masks,
+            classes,
+            n: spec.batch_size,
+            c,
+            patch: size,
+        };
+        if tx.send(hb).is_err() {
+            return;
+        }
+    }
+}
+
+/// The best validation score so far and where its checkpoint goes.
+struct BestTracker {
+    /// Folder of the best checkpoint.
+    dir: PathBuf,
+    /// Best score so far.
+    score: f64,
+    /// Epochs since the best one.
+    since: usize,
+}
+
+/// What the epochs of one fit share.
+struct FitRun<'a> {
+    config: &'a FitConfig,
+    /// The autodiff device training runs on.
+    ad: &'a Device,
+    /// The loader's batches.
+    batches: &'a Receiver<HostBatch>,
+    events: &'a Sender<FitEvent>,
+    control: &'a FitControl,
+    /// Folder of the last checkpoint.
+    last_dir: PathBuf,
+    /// Steps of the whole fit (for the learning-rate schedule).
+    total: usize,
+}
+
+impl FitRun<'_> {
+    /// Train one epoch of `steps_per_epoch` steps, counting `step` across epochs. Returns the
+    /// model and the epoch's mean training loss, or `None` for the loss when the fit must stop:
+    /// cancelled (the last checkpoint then written) or the loader ended.
+    fn train_epoch(
+        &self,
+        mut model: MultiTaskUNet,
+        optim: &mut ModuleOptimizer,
+        step: &mut usize,
+    ) -> Result<(MultiTaskUNet, Option<f64>), super::training::CheckpointError> {
+        let (config, t) = (self.config, &self.config.training);
+        let mut loss_sum = 0.0;
+        let mut steps = 0;
+        for _ in 0..config.steps_per_epoch {
+            self.control.wait_while_paused();
+            if self.control.is_cancelled() {
+                save_checkpoint(&self.last_dir, t, &model)?;
+                return Ok((model, None));
+            }
+            let Ok(hb) = self.batches.recv() else {
+                return Ok((model, None));
+            };
+            let class_step = hb.class_step;
+            let batch = hb.into_batch(self.ad, config.changed_weight as f32);
+            let mode = step_mode(t.mode, class_step, config.class_every > 0);
+            let step_config = TrainingConfig { mode, ..t.clone() };
+            let lr = if config.cosine_schedule {
+                cosine_lr(
+                    t.learning_rate,
+                    *step + 1,
+                    self.total,
+                    self.total / 50,
+                    0.02,
+                )
+            } else {
+                t.learning_rate
+            };
+            let (m, loss) = train_step_at(model, optim, &batch, &step_config, lr);
+            model = m;
+            *step += 1;
+            steps += 1;
+            loss_sum += loss.total;
+            let _ = self
+                .events
+                .send(FitEvent::Train(super::training::TrainEvent::Step {
+                    step: *step,
+                    loss,
+                }));
+        }
+        Ok((model, Some(loss_sum / steps.max(1) as f64)))
+    }
+
+    /// Validate the model after `epoch`, write the last checkpoint (and the best one when the
+    /// score improved, updating `best`), and report the epoch's summary.
+    fn finish_epoch(
+        &self,
+        model: &MultiTaskUNet,
+        val: &[Sample],
+        device: &Device,
+        epoch: usize,
+        train_loss: f64,
+        best: &mut BestTracker,
+    ) -> Result<EpochSummary, super::training::CheckpointError> {
+        let t = &self.config.training;
+        let validation = validate(&model.valid(), val, t, device);
+        let score = validation_score(t.mode, &validation);
+        let is_best = score > best.score;
+        save_checkpoint(&self.last_dir, t, model)?;
+        if is_best {
+            best.score = score;
+            best.since = 0;
+            save_checkpoint(&best.dir, t, model)?;
+            let _ = self
+                .events
+                .send(FitEvent::Train(super::training::TrainEvent::Checkpoint(
+                    best.dir.display().to_string(),
+                )));
+        } else {
+            best.since += 1;
+        }
+        let summary = EpochSummary {
+            epoch,
+            train_loss,
+            validation,
+            best: is_best,
+        };
+        let _ = self.events.send(FitEvent::Epoch(summary.clone()));
+        Ok(summary)
+    }
+}
+
+/// The task of one step: with whole-head class steps (`class_steps`), a joint fit's class steps
+/// train the classification only and its patch steps the segmentation only.
+fn step_mode(mode: TaskMode, class_step: bool, class_steps: bool) -> TaskMode {
+    match (mode, class_step, class_steps) {
+        (TaskMode::Joint, true, _) => TaskMode::ClassificationOnly,
+        (TaskMode::Joint, false, true) => TaskMode::SegmentationOnly,
+        (m, _, _) => m,
+    }
+}
+
+/// An epoch's validation score: mean foreground Dice plus class AUC (accuracy where the AUC is
+/// undefined), each counted only when its task is trained.
+fn validation_score(mode: TaskMode, validation: &Metrics) -> f64 {
+    let w_seg = if mode == TaskMode::ClassificationOnly {
+        0.0
+    } else {
+        1.0
+    };
+    let w_cls = if mode == TaskMode::SegmentationOnly {
+        0.0
+    } else {
+        1.0
+    };
+    w_seg * validation.mean_dice()
+        + w_cls * validation.class_auc.unwrap_or(validation.class_accuracy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A loader running `body` as its thread (no batches).
+    fn loader_running(body: fn()) -> Loader {
+        let (_tx, batches) = sync_channel::<HostBatch>(1);
+        Loader {
+            batches,
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: std::thread::spawn(body),
+        }
+    }
+
+    #[test]
+    fn a_panicking_loader_is_an_error_with_the_panic_message() {
+        assert_eq!(loader_running(|| {}).finish(), Ok(()));
+        assert_eq!(
+            loader_running(|| panic!("no patch")).finish(),
+            Err("the data loader stopped unexpectedly: no patch".to_string())
+        );
+        assert_eq!(
+            loader_running(|| panic!("index {} out of range", 7)).finish(),
+            Err("the data loader stopped unexpectedly: index 7 out of range".to_string())
+        );
+        assert_eq!(
+            loader_running(|| std::panic::panic_any(7u8)).finish(),
+            Err("the data loader stopped unexpectedly".to_string())
+        );
+    }
 }
