@@ -17,7 +17,7 @@ use crate::model::{dice_of, FitOptions};
 use crate::phantom::{generate_project, PhantomConfig};
 use crate::project::{ModelVersion, Project, ProjectError, ReviewStatus};
 use crate::volume::{write_volume, Volume};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Sizes of a scripted loop.
 #[derive(Debug, Clone, PartialEq)]
@@ -166,45 +166,14 @@ pub fn run_closed_loop(dir: &Path, cfg: &LoopConfig) -> Result<LoopReport, Proje
         ..PhantomConfig::default()
     };
     let mut project = generate_project(&root, &phantom, |_, _| {})?;
-    let truth_dir: PathBuf = dir.join("truth");
-    std::fs::create_dir_all(&truth_dir).map_err(|e| ProjectError::Io {
-        path: truth_dir.clone(),
-        source: e,
-    })?;
-    // The phantom's masks and classes are the truth: kept aside; only seed cases keep theirs.
-    let mut truth = Vec::new();
-    for i in 0..project.manifest.cases.len() {
-        let case = project.manifest.cases[i].clone();
-        let mask = project
-            .load_reference_mask(&case)?
-            .ok_or_else(|| invalid(&project.manifest_path(), format!("{} has no mask", case.id)))?;
-        write_volume(&truth_dir.join(format!("{}.nii.gz", case.id)), &mask)?;
-        truth.push((case.id.clone(), mask, case.class_label.clone()));
-        let c = &mut project.manifest.cases[i];
-        if i < cfg.seed_cases {
-            c.review = ReviewStatus::Reviewed;
-        } else {
-            c.reference_mask = None;
-            c.class_label = None;
-        }
-    }
-    project.save()?;
+    let truth = set_truth_aside(&mut project, &dir.join("truth"), cfg.seed_cases)?;
     let labels = project.manifest.labels.labels().len();
     let backend = "cpu".to_string();
-    let request = |epochs: usize, steps: usize, from: Option<String>, weight: f64| RunRequest {
-        options: FitOptions {
-            epochs,
-            steps_per_epoch: steps,
-            ..cfg.options.clone()
-        },
-        backend: backend.clone(),
-        fine_tune_from: from,
-        only_reviewed: true,
-        changed_weight: weight,
-        masks: Vec::new(),
-    };
     // A first, weak model from the hand-annotated seed cases.
-    let v1 = train(&mut project, request(1, cfg.first_steps, None, 1.0))?;
+    let v1 = train(
+        &mut project,
+        run_request(cfg, 1, cfg.first_steps, None, 1.0),
+    )?;
     let unreviewed: Vec<String> = project.manifest.cases[cfg.seed_cases..]
         .iter()
         .map(|c| c.id.clone())
@@ -213,68 +182,29 @@ pub fn run_closed_loop(dir: &Path, cfg: &LoopConfig) -> Result<LoopReport, Proje
     let corrected_end = (cfg.seed_cases + cfg.corrected_cases).min(project.manifest.cases.len());
     let held_out: Vec<(String, Volume<u8>)> = truth[corrected_end..]
         .iter()
-        .map(|(id, m, _)| (id.clone(), m.clone()))
+        .map(|t| (t.id.clone(), t.mask.clone()))
         .collect();
     let (dice_before, foreground_before) = held_out_dice(&project, &held_out, labels)?;
     // The annotator accepts each prediction, then corrects it with the tools.
     let mut voxels_corrected = 0;
-    let rules = PaintRules::default();
-    for (i, (_, t, class)) in truth
+    for (i, t) in truth
         .iter()
         .enumerate()
         .take(corrected_end)
         .skip(cfg.seed_cases)
     {
-        let case = project.manifest.cases[i].clone();
-        let rel = case.predicted_mask.clone().ok_or_else(|| {
-            invalid(
-                &project.manifest_path(),
-                format!("{} has no prediction", case.id),
-            )
-        })?;
-        let predicted = project.load_mask(&rel)?;
-        let mut mask = Volume::filled(
-            [
-                predicted.dims3()[0],
-                predicted.dims3()[1],
-                predicted.dims3()[2],
-                1,
-            ],
-            *predicted.affine(),
-            0u8,
-        )?;
-        accept_prediction(&mut mask, &predicted, None, &rules);
-        let [nx, ny, _] = mask.dims3();
-        for value in 0..=labels as u8 {
-            let wrong: Vec<[usize; 3]> = t
-                .data()
-                .iter()
-                .zip(mask.data())
-                .enumerate()
-                .filter(|(_, (t, m))| **t == value && **m != value)
-                .map(|(n, _)| [n % nx, (n / nx) % ny, n / (nx * ny)])
-                .collect();
-            voxels_corrected += wrong.len();
-            paint_voxels(&mut mask, &wrong, value, &rules, None);
-        }
-        let mask_rel = format!("{}/reference.nii.gz", Project::case_dir_rel(&case.id));
-        write_volume(&project.resolve(&mask_rel), &mask)?;
-        let c = &mut project.manifest.cases[i];
-        c.reference_mask = Some(mask_rel);
-        c.class_label = class.clone();
-        c.review = ReviewStatus::Reviewed;
+        voxels_corrected += correct_case(&mut project, i, t, labels)?;
     }
     project.save()?;
     // Fine-tune the first model on every reviewed case, corrected voxels weighted.
-    let v2 = train(
-        &mut project,
-        request(
-            cfg.fine_tune_epochs,
-            cfg.fine_tune_steps,
-            Some(v1.id.clone()),
-            cfg.changed_weight,
-        ),
-    )?;
+    let fine_tune = run_request(
+        cfg,
+        cfg.fine_tune_epochs,
+        cfg.fine_tune_steps,
+        Some(v1.id.clone()),
+        cfg.changed_weight,
+    );
+    let v2 = train(&mut project, fine_tune)?;
     let still_unreviewed: Vec<String> =
         unreviewed[cfg.corrected_cases.min(unreviewed.len())..].to_vec();
     reinfer(&mut project, &v2, still_unreviewed, &backend)?;
@@ -295,4 +225,117 @@ pub fn run_closed_loop(dir: &Path, cfg: &LoopConfig) -> Result<LoopReport, Proje
         voxels_corrected,
         versions: (v1.id, v2.id),
     })
+}
+
+/// One phantom case's truth, kept outside the project.
+struct TruthCase {
+    /// Case id.
+    id: String,
+    /// The phantom's label mask.
+    mask: Volume<u8>,
+    /// The phantom's class.
+    class: Option<String>,
+}
+
+/// Keep every case's phantom mask and class aside as the truth (masks written to `truth_dir`),
+/// mark the first `seed_cases` reviewed (they keep their annotation) and strip the others'
+/// mask and class; the project is saved.
+fn set_truth_aside(
+    project: &mut Project,
+    truth_dir: &Path,
+    seed_cases: usize,
+) -> Result<Vec<TruthCase>, ProjectError> {
+    std::fs::create_dir_all(truth_dir).map_err(|e| ProjectError::Io {
+        path: truth_dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut truth = Vec::new();
+    for i in 0..project.manifest.cases.len() {
+        let case = project.manifest.cases[i].clone();
+        let mask = project
+            .load_reference_mask(&case)?
+            .ok_or_else(|| invalid(&project.manifest_path(), format!("{} has no mask", case.id)))?;
+        write_volume(&truth_dir.join(format!("{}.nii.gz", case.id)), &mask)?;
+        truth.push(TruthCase {
+            id: case.id.clone(),
+            mask,
+            class: case.class_label.clone(),
+        });
+        let c = &mut project.manifest.cases[i];
+        if i < seed_cases {
+            c.review = ReviewStatus::Reviewed;
+        } else {
+            c.reference_mask = None;
+            c.class_label = None;
+        }
+    }
+    project.save()?;
+    Ok(truth)
+}
+
+/// A training request on the reviewed cases with the loop's network options, on the CPU.
+fn run_request(
+    cfg: &LoopConfig,
+    epochs: usize,
+    steps: usize,
+    from: Option<String>,
+    weight: f64,
+) -> RunRequest {
+    RunRequest {
+        options: FitOptions {
+            epochs,
+            steps_per_epoch: steps,
+            ..cfg.options.clone()
+        },
+        backend: "cpu".to_string(),
+        fine_tune_from: from,
+        only_reviewed: true,
+        changed_weight: weight,
+        masks: Vec::new(),
+    }
+}
+
+/// The annotator on case `i`: accept its prediction, paint every voxel that differs from the
+/// truth with the truth's label, set the truth's class and mark it reviewed (the manifest is
+/// not saved). Returns the voxels painted.
+fn correct_case(
+    project: &mut Project,
+    i: usize,
+    truth: &TruthCase,
+    labels: usize,
+) -> Result<usize, ProjectError> {
+    let rules = PaintRules::default();
+    let case = project.manifest.cases[i].clone();
+    let rel = case.predicted_mask.clone().ok_or_else(|| {
+        invalid(
+            &project.manifest_path(),
+            format!("{} has no prediction", case.id),
+        )
+    })?;
+    let predicted = project.load_mask(&rel)?;
+    let [nx, ny, nz] = predicted.dims3();
+    let mut mask = Volume::filled([nx, ny, nz, 1], *predicted.affine(), 0u8)?;
+    accept_prediction(&mut mask, &predicted, None, &rules);
+    let [nx, ny, _] = mask.dims3();
+    let mut voxels_corrected = 0;
+    for value in 0..=labels as u8 {
+        let wrong: Vec<[usize; 3]> = truth
+            .mask
+            .data()
+            .iter()
+            .zip(mask.data())
+            .enumerate()
+            .filter(|(_, (t, m))| **t == value && **m != value)
+            .map(|(n, _)| [n % nx, (n / nx) % ny, n / (nx * ny)])
+            .collect();
+        voxels_corrected += wrong.len();
+        paint_voxels(&mut mask, &wrong, value, &rules, None);
+    }
+    let mask_rel = format!("{}/reference.nii.gz", Project::case_dir_rel(&case.id));
+    write_volume(&project.resolve(&mask_rel), &mask)?;
+    let c = &mut project.manifest.cases[i];
+    c.reference_mask = Some(mask_rel);
+    c.class_label = truth.class.clone();
+    c.review = ReviewStatus::Reviewed;
+    Ok(voxels_corrected)
 }

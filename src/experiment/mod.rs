@@ -18,7 +18,9 @@ pub mod stats;
 
 use crate::model::apply::{choose_device, evaluate_project, fit_config_for, CaseEvaluation};
 use crate::model::data::{load_samples_with, SampleSelection};
-use crate::model::fit::{fit, split_by_case, EpochSummary, FitConfig, FitControl, FitEvent};
+use crate::model::fit::{
+    fit, split_by_case, EpochSummary, FitConfig, FitControl, FitEvent, FitResult,
+};
 use crate::model::training::{load_checkpoint, CheckpointError, TaskMode, TrainEvent};
 use crate::model::FitOptions;
 use crate::project::{Project, ProjectError};
@@ -443,99 +445,31 @@ pub fn run_experiment(
         test_cases: test_cases.clone(),
         device: about.clone(),
     });
+    let ctx = RunContext {
+        project,
+        plan,
+        out,
+        events,
+        control,
+        device: &device,
+        test_cases: &test_cases,
+    };
     let mut runs = Vec::new();
     let mut names: Option<(Vec<String>, Vec<String>)> = None;
     let mut split: Option<(Vec<String>, Vec<String>)> = None;
     for (a, arm) in plan.arms.iter().enumerate() {
         let settings = plan.settings(a);
-        // Samples depend on the arm's inputs (sequences, spacing), not on the seed.
-        let first = arm_config(project, &settings, plan.seeds[0])?;
-        let samples = load_samples_with(project, &SampleSelection::for_training(&first.training))?;
-        let pool: Vec<_> = samples
-            .into_iter()
-            .filter(|s| {
-                !test_cases.contains(&s.case_id) && !plan.exclude_cases.contains(&s.case_id)
-            })
-            .collect();
-        if pool.len() < 2 {
-            return Err(ExperimentError::Plan {
-                path: "plan".into(),
-                problem: format!(
-                    "arm {}: {} training cases with a reference and a class besides the test cases; at least 2 are needed",
-                    arm.name,
-                    pool.len()
-                ),
-            });
-        }
-        let (train, val) = split_by_case(pool, plan.validation_fraction, plan.split_seed);
+        let (train, val) = ctx.arm_split(arm, &settings)?;
         let ids = |v: &[crate::model::Sample]| v.iter().map(|s| s.case_id.clone()).collect();
         split.get_or_insert_with(|| (ids(&train), ids(&val)));
         for &seed in &plan.seeds {
             if control.is_cancelled() {
                 return Err(ExperimentError::Cancelled);
             }
-            let index = runs.len();
             let config = arm_config(project, &settings, seed)?;
-            names.get_or_insert_with(|| {
-                (
-                    config
-                        .training
-                        .label_names
-                        .iter()
-                        .skip(1)
-                        .cloned()
-                        .collect(),
-                    config.training.class_names.clone(),
-                )
-            });
-            let started = std::time::Instant::now();
-            let _ = events.send(ExperimentEvent::RunStarted {
-                index,
-                arm: arm.name.clone(),
-                seed,
-                steps: config.epochs * config.steps_per_epoch,
-            });
-            let dir = out.join("runs").join(&arm.name).join(format!("seed{seed}"));
-            crate::model::session::write_run_files(&dir, &config, &val)?;
-            let (tx, rx) = std::sync::mpsc::channel();
-            let fitted = std::thread::scope(|scope| {
-                let relay = scope.spawn(|| {
-                    let mut loss = Vec::new();
-                    for e in rx {
-                        if let FitEvent::Train(TrainEvent::Step { step, loss: l }) = &e {
-                            loss.push((*step, l.total));
-                        }
-                        let _ = events.send(ExperimentEvent::Fit(e));
-                    }
-                    loss
-                });
-                let r = fit(&config, train.clone(), &val, &device, &dir, &tx, control);
-                drop(tx);
-                (r, relay.join().unwrap_or_default())
-            });
-            let (result, loss) = (fitted.0?, fitted.1);
-            if control.is_cancelled() {
-                return Err(ExperimentError::Cancelled);
-            }
-            let _ = events.send(ExperimentEvent::Evaluating { index });
-            let ckpt = match plan.checkpoint {
-                Checkpoint::Last => &result.last,
-                Checkpoint::Best => &result.best,
-            };
-            let (cfg, net) = load_checkpoint(ckpt, &device)?;
-            let (cases, _) =
-                evaluate_project(project, &net, &cfg, &device, Some(&test_cases), |_, _| {})?;
-            let seconds = started.elapsed().as_secs_f64();
-            let _ = events.send(ExperimentEvent::RunFinished { index, seconds });
-            runs.push(RunResult {
-                arm: arm.name.clone(),
-                seed,
-                mode: config.training.mode,
-                seconds,
-                loss,
-                epochs: result.epochs,
-                cases,
-            });
+            names.get_or_insert_with(|| label_and_class_names(&config));
+            let run = ctx.run_one(runs.len(), &arm.name, seed, &config, (&train, &val))?;
+            runs.push(run);
         }
     }
     let (label_names, class_names) = names.unwrap_or_default();
@@ -551,6 +485,154 @@ pub fn run_experiment(
         device: about,
         runs,
     })
+}
+
+/// A configuration's foreground label names (background left out) and class names.
+fn label_and_class_names(config: &FitConfig) -> (Vec<String>, Vec<String>) {
+    (
+        config
+            .training
+            .label_names
+            .iter()
+            .skip(1)
+            .cloned()
+            .collect(),
+        config.training.class_names.clone(),
+    )
+}
+
+/// What every run of an experiment shares.
+struct RunContext<'a> {
+    project: &'a Project,
+    plan: &'a ExperimentPlan,
+    /// The experiment's output folder.
+    out: &'a Path,
+    events: &'a Sender<ExperimentEvent>,
+    control: &'a FitControl,
+    /// The device runs train and evaluate on.
+    device: &'a burn::prelude::Device,
+    /// The held-out test cases.
+    test_cases: &'a [String],
+}
+
+impl RunContext<'_> {
+    /// The training and validation samples of an arm: the project's cases its inputs can load
+    /// (sequences, spacing; not seed-dependent), less the test and excluded cases, split by
+    /// case with the plan's split seed. At least 2 cases are needed.
+    fn arm_split(
+        &self,
+        arm: &Arm,
+        settings: &ArmSettings,
+    ) -> Result<(Vec<crate::model::Sample>, Vec<crate::model::Sample>), ExperimentError> {
+        let plan = self.plan;
+        let first = arm_config(self.project, settings, plan.seeds[0])?;
+        let samples = load_samples_with(
+            self.project,
+            &SampleSelection::for_training(&first.training),
+        )?;
+        let pool: Vec<_> = samples
+            .into_iter()
+            .filter(|s| {
+                !self.test_cases.contains(&s.case_id) && !plan.exclude_cases.contains(&s.case_id)
+            })
+            .collect();
+        if pool.len() < 2 {
+            return Err(ExperimentError::Plan {
+                path: "plan".into(),
+                problem: format!(
+                    "arm {}: {} training cases with a reference and a class besides the test cases; at least 2 are needed",
+                    arm.name,
+                    pool.len()
+                ),
+            });
+        }
+        Ok(split_by_case(
+            pool,
+            plan.validation_fraction,
+            plan.split_seed,
+        ))
+    }
+
+    /// Run `index`: train arm `arm`'s `config` (seed `seed`) on `data` (training, validation)
+    /// into `out/runs/<arm>/seed<seed>/`, then evaluate the plan's checkpoint on the test cases.
+    fn run_one(
+        &self,
+        index: usize,
+        arm: &str,
+        seed: u64,
+        config: &FitConfig,
+        data: (&[crate::model::Sample], &[crate::model::Sample]),
+    ) -> Result<RunResult, ExperimentError> {
+        let (train, val) = data;
+        let started = std::time::Instant::now();
+        let _ = self.events.send(ExperimentEvent::RunStarted {
+            index,
+            arm: arm.to_string(),
+            seed,
+            steps: config.epochs * config.steps_per_epoch,
+        });
+        let dir = self.out.join("runs").join(arm).join(format!("seed{seed}"));
+        crate::model::session::write_run_files(&dir, config, val)?;
+        let (result, loss) = self.fit_relayed(config, train.to_vec(), val, &dir);
+        let result = result?;
+        if self.control.is_cancelled() {
+            return Err(ExperimentError::Cancelled);
+        }
+        let _ = self.events.send(ExperimentEvent::Evaluating { index });
+        let ckpt = match self.plan.checkpoint {
+            Checkpoint::Last => &result.last,
+            Checkpoint::Best => &result.best,
+        };
+        let (cfg, net) = load_checkpoint(ckpt, self.device)?;
+        let (cases, _) = evaluate_project(
+            self.project,
+            &net,
+            &cfg,
+            self.device,
+            Some(self.test_cases),
+            |_, _| {},
+        )?;
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = self
+            .events
+            .send(ExperimentEvent::RunFinished { index, seconds });
+        Ok(RunResult {
+            arm: arm.to_string(),
+            seed,
+            mode: config.training.mode,
+            seconds,
+            loss,
+            epochs: result.epochs,
+            cases,
+        })
+    }
+
+    /// Fit `config` into `dir`, relaying its events as `ExperimentEvent::Fit`; the fit's result
+    /// and the training loss of every step.
+    fn fit_relayed(
+        &self,
+        config: &FitConfig,
+        train: Vec<crate::model::Sample>,
+        val: &[crate::model::Sample],
+        dir: &Path,
+    ) -> (Result<FitResult, CheckpointError>, Vec<(usize, f64)>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let relay = scope.spawn(|| {
+                let mut loss = Vec::new();
+                for e in rx {
+                    if let FitEvent::Train(TrainEvent::Step { step, loss: l }) = &e {
+                        loss.push((*step, l.total));
+                    }
+                    let _ = self.events.send(ExperimentEvent::Fit(e));
+                }
+                loss
+            });
+            let r = fit(config, train, val, self.device, dir, &tx, self.control);
+            drop(tx);
+            (r, relay.join().unwrap_or_default())
+        })
+    }
 }
 
 /// The fit configuration of an arm's settings with `seed` on `project`.

@@ -155,8 +155,31 @@ pub fn report_markdown(
     command: &str,
     plots: &[(String, String)],
 ) -> String {
-    let plan = &result.plan;
     let mut md = String::new();
+    write_overview(&mut md, result, command);
+    write_arms_table(&mut md, result);
+    write_label_tables(&mut md, result);
+    write_classification_table(&mut md, result);
+    if result.plan.arms.len() > 1 {
+        write_paired_tests(&mut md, result);
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(md, "\n## Plots\n");
+        for (title, file) in plots {
+            let _ = writeln!(md, "**{title}**\n\n![{title}]({file})\n");
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\nPer-case figures: `cases.csv` (one row per run and test case)."
+    );
+    md
+}
+
+/// The report's title, description, command and the list of project, device, seeds, split and
+/// evaluated checkpoint.
+fn write_overview(md: &mut String, result: &ExperimentResult, command: &str) {
+    let plan = &result.plan;
     let _ = writeln!(md, "# Experiment: {}\n", plan.name);
     if !plan.description.is_empty() {
         let _ = writeln!(md, "{}\n", plan.description);
@@ -194,6 +217,11 @@ pub fn report_markdown(
         );
     }
     let _ = writeln!(md, "- Evaluated checkpoint: {:?}\n", plan.checkpoint);
+}
+
+/// The "Arms" section: each arm's settings over the base, steps and mean wall time per run.
+fn write_arms_table(md: &mut String, result: &ExperimentResult) {
+    let plan = &result.plan;
     let _ = writeln!(md, "## Arms\n");
     let _ = writeln!(
         md,
@@ -215,6 +243,11 @@ pub fn report_markdown(
             mean_sd(&secs).map_or("—".into(), |(m, _)| format!("{m:.0}"))
         );
     }
+}
+
+/// The per-label tables (Dice, HD95, absolute volume error): one row per arm, mean ± sd over
+/// seeds.
+fn write_label_tables(md: &mut String, result: &ExperimentResult) {
     let labels = &result.label_names;
     let hd95 = |r: &RunResult, i: usize, l: usize| {
         r.segments()
@@ -242,7 +275,7 @@ pub fn report_markdown(
         let _ = writeln!(md, "\n## {title}\n");
         let _ = writeln!(md, "| arm | {} |", labels.join(" | "));
         let _ = writeln!(md, "|---|{}", "---|".repeat(labels.len()));
-        for arm in &plan.arms {
+        for arm in &result.plan.arms {
             let runs = runs_of(result, &arm.name);
             let cells: Vec<String> = (0..labels.len())
                 .map(|l| summary(&runs, |r, i| figure(r, i, l), digits))
@@ -250,10 +283,14 @@ pub fn report_markdown(
             let _ = writeln!(md, "| {} | {} |", arm.name, cells.join(" | "));
         }
     }
+}
+
+/// The classification table: class AUC and accuracy per arm, mean ± sd over seeds.
+fn write_classification_table(md: &mut String, result: &ExperimentResult) {
     let _ = writeln!(md, "\n## Classification (mean ± sd over seeds)\n");
     let _ = writeln!(md, "| arm | class AUC | class accuracy |");
     let _ = writeln!(md, "|---|---|---|");
-    for arm in &plan.arms {
+    for arm in &result.plan.arms {
         let runs = runs_of(result, &arm.name);
         let figs: Vec<(Option<f64>, Option<f64>)> = runs
             .iter()
@@ -269,62 +306,61 @@ pub fn report_markdown(
             seed_summary(&accs, 3)
         );
     }
-    if plan.arms.len() > 1 {
-        let _ = writeln!(md, "\n## Paired tests between arms\n");
-        let _ = writeln!(
-            md,
-            "Every pair of arms, on the same test cases, each figure averaged over seeds; two-sided sign-flip permutation test of the mean difference (arm − other); exact over all sign patterns up to 16 cases. Figures a run does not train (Dice of a class-only arm, class of a segmentation-only arm) are left out.\n"
-        );
-        let _ = writeln!(md, "| arm | other | figure | cases | mean difference | p |");
-        let _ = writeln!(md, "|---|---|---|---|---|---|");
-        for (j, arm) in plan.arms.iter().enumerate() {
-            for base in &plan.arms[..j] {
-                let mut figures: Vec<PairedFigure> = vec![(
-                    "mean foreground Dice".into(),
-                    per_case_mean(result, &base.name, mean_foreground_dice),
-                    per_case_mean(result, &arm.name, mean_foreground_dice),
-                )];
-                for (l, name) in labels.iter().enumerate() {
-                    figures.push((
-                        format!("Dice {name}"),
-                        per_case_mean(result, &base.name, |r, i| dice(r, i, l)),
-                        per_case_mean(result, &arm.name, |r, i| dice(r, i, l)),
-                    ));
-                }
-                figures.push((
-                    "probability of the true class".into(),
-                    per_case_mean(result, &base.name, true_class_probability),
-                    per_case_mean(result, &arm.name, true_class_probability),
-                ));
-                for (name, a, b) in figures {
-                    if let Some(t) = paired_permutation_test(&a, &b) {
-                        let _ = writeln!(
-                            md,
-                            "| {} | {} | {} | {} | {:+.4} | {:.4}{} |",
-                            arm.name,
-                            base.name,
-                            name,
-                            t.n,
-                            t.mean_difference,
-                            t.p_value,
-                            if t.exact { "" } else { " (sampled)" }
-                        );
-                    }
+}
+
+/// The paired tests between every pair of arms (a later arm against each earlier one), one row
+/// per figure that has a test.
+fn write_paired_tests(md: &mut String, result: &ExperimentResult) {
+    let plan = &result.plan;
+    let _ = writeln!(md, "\n## Paired tests between arms\n");
+    let _ = writeln!(
+        md,
+        "Every pair of arms, on the same test cases, each figure averaged over seeds; two-sided sign-flip permutation test of the mean difference (arm − other); exact over all sign patterns up to 16 cases. Figures a run does not train (Dice of a class-only arm, class of a segmentation-only arm) are left out.\n"
+    );
+    let _ = writeln!(md, "| arm | other | figure | cases | mean difference | p |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for (j, arm) in plan.arms.iter().enumerate() {
+        for base in &plan.arms[..j] {
+            for (name, a, b) in paired_figures(result, &base.name, &arm.name) {
+                if let Some(t) = paired_permutation_test(&a, &b) {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {:+.4} | {:.4}{} |",
+                        arm.name,
+                        base.name,
+                        name,
+                        t.n,
+                        t.mean_difference,
+                        t.p_value,
+                        if t.exact { "" } else { " (sampled)" }
+                    );
                 }
             }
         }
     }
-    if !plots.is_empty() {
-        let _ = writeln!(md, "\n## Plots\n");
-        for (title, file) in plots {
-            let _ = writeln!(md, "**{title}**\n\n![{title}]({file})\n");
-        }
+}
+
+/// The figures compared between arm `base` and arm `arm`, per test case averaged over seeds:
+/// mean foreground Dice, Dice per label, and the probability of the true class.
+fn paired_figures(result: &ExperimentResult, base: &str, arm: &str) -> Vec<PairedFigure> {
+    let mut figures: Vec<PairedFigure> = vec![(
+        "mean foreground Dice".into(),
+        per_case_mean(result, base, mean_foreground_dice),
+        per_case_mean(result, arm, mean_foreground_dice),
+    )];
+    for (l, name) in result.label_names.iter().enumerate() {
+        figures.push((
+            format!("Dice {name}"),
+            per_case_mean(result, base, |r, i| dice(r, i, l)),
+            per_case_mean(result, arm, |r, i| dice(r, i, l)),
+        ));
     }
-    let _ = writeln!(
-        md,
-        "\nPer-case figures: `cases.csv` (one row per run and test case)."
-    );
-    md
+    figures.push((
+        "probability of the true class".into(),
+        per_case_mean(result, base, true_class_probability),
+        per_case_mean(result, arm, true_class_probability),
+    ));
+    figures
 }
 
 /// The per-case CSV: one row per run and test case (quoted where a field needs it).
