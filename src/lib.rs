@@ -3,9 +3,9 @@
 //! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
 //! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
 //! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `experiment` (arms × seeds trained
-//! and compared on held-out cases) builds on `model` and `project`; `app` (the
-//! eframe review window), `closed_loop` (the review–correct–train loop scripted end to end) and
-//! the CLI sit on top.
+//! and compared on held-out cases) builds on `model` and `project`; `plot` draws file plots on
+//! the CPU; `app` (the eframe review window), `closed_loop` (the review–correct–train loop
+//! scripted end to end) and the CLI sit on top.
 
 pub mod app;
 pub mod atomic;
@@ -16,6 +16,7 @@ pub mod edit;
 pub mod experiment;
 pub mod model;
 pub mod phantom;
+pub mod plot;
 pub mod project;
 pub mod render;
 pub mod session;

@@ -1,7 +1,7 @@
-//! Training curves render offscreen (egui_plot through egui-wgpu on lavapipe) to a PNG of the
-//! asked size with both plots drawn.
+//! Training curves are drawn on the CPU (plotters' bitmap backend, no GPU) to a PNG of the asked
+//! size with both plots drawn.
 
-use mriloop::app::curves::{write_png, Curves};
+use mriloop::plot::{write_training_png, Curves};
 
 #[test]
 fn curves_render_to_a_png_with_both_plots() {
@@ -17,7 +17,7 @@ fn curves_render_to_a_png_with_both_plots() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("curves.png");
-    write_png(&c, [800, 300], &path).unwrap();
+    write_training_png(&c, [800, 300], &path).unwrap();
     let img = image::open(&path).unwrap().to_rgba8();
     assert_eq!(img.dimensions(), (800, 300));
     // The loss line (dark blue) in the left half, the Dice line (red) in the right half.

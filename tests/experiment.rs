@@ -190,7 +190,7 @@ fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
             .join("last/model.bpk")
             .exists());
     }
-    let plots = mriloop::app::experiment_plots::write_plots(&result, &out).unwrap();
+    let plots = mriloop::plot::write_plots(&result, &out).unwrap();
     let files: Vec<&str> = plots.iter().map(|(_, f)| f.as_str()).collect();
     assert_eq!(files, ["curves.png", "dice_boxes.png", "roc.png"]);
     for f in &files {

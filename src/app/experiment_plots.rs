@@ -1,14 +1,15 @@
-//! An experiment's plots with egui_plot: training curves per arm, per-case Dice box plots per
-//! label and arm, and ROC curves per arm; shown in the Experiment panel and written as PNGs
-//! beside the report (`mriloop experiment`).
+//! An experiment's plots with egui_plot, shown live in the Experiment panel: training curves per
+//! arm, per-case Dice box plots per label and arm, and ROC curves per arm. The same figures as
+//! PNG files beside the report are drawn on the CPU by [`crate::plot`] (no GPU needed).
 //!
 //! Invariants: every plot is drawn from the `ExperimentResult` alone, with one colour per arm
-//! (the plan's order) in every plot; PNGs are written atomically.
+//! (the plan's order) in every plot, the same as in the PNGs.
 
-use super::curves::{smooth, write_ui_png, PALETTE};
+use super::curves::PALETTE;
 use crate::experiment::report::{per_case_mean, positive_scores, runs_of};
 use crate::experiment::stats::roc_curve;
 use crate::experiment::ExperimentResult;
+use crate::plot::{smooth, smoothing_window};
 use egui_plot::{
     BoxElem, BoxPlot, BoxSpread, Legend, Line, LineStyle, Plot, PlotPoint, PlotPoints, Text,
 };
@@ -34,7 +35,7 @@ pub fn show_curves(ui: &mut egui::Ui, result: &ExperimentResult) {
             .show(ui, |p| {
                 for (a, arm) in arms.iter().enumerate() {
                     for run in runs_of(result, &arm.name) {
-                        let w = (run.loss.len() / 25).max(6);
+                        let w = smoothing_window(run.loss.len(), 6);
                         p.line(
                             Line::new(arm.name.clone(), PlotPoints::from(smooth(&run.loss, w)))
                                 .color(colour(a))
@@ -184,7 +185,7 @@ pub fn show_roc(ui: &mut egui::Ui, result: &ExperimentResult) {
                 let Some(points) = roc_curve(&scores, &positive) else {
                     continue;
                 };
-                let auc = crate::model::fit::auc(&scores, &positive).unwrap_or(0.0);
+                let auc = crate::model::auc(&scores, &positive).unwrap_or(0.0);
                 let pts: PlotPoints = points.iter().map(|(x, y)| [*x, *y]).collect();
                 p.line(
                     Line::new(format!("{} (AUC {auc:.3})", arm.name), pts)
@@ -195,50 +196,12 @@ pub fn show_roc(ui: &mut egui::Ui, result: &ExperimentResult) {
         });
 }
 
-/// Write the plots as PNGs into `out`; returns (title, file name) of each written, for the
-/// report. Class plots only when some arm trains the class, Dice plots only when some arm
-/// segments.
-pub fn write_plots(
-    result: &ExperimentResult,
-    out: &std::path::Path,
-) -> Result<Vec<(String, String)>, String> {
-    let mut written = Vec::new();
-    let segments = result.runs.iter().any(|r| r.segments());
-    let classifies = result.runs.iter().any(|r| r.classifies());
-    write_ui_png([1400, 500], &out.join("curves.png"), |ui| {
-        show_curves(ui, result)
-    })?;
-    written.push((
-        "Training curves per arm".to_string(),
-        "curves.png".to_string(),
-    ));
-    if segments && !result.label_names.is_empty() {
-        write_ui_png([1200, 500], &out.join("dice_boxes.png"), |ui| {
-            show_dice_boxes(ui, result)
-        })?;
-        written.push((
-            "Per-case Dice on the test cases, per label and arm".to_string(),
-            "dice_boxes.png".to_string(),
-        ));
-    }
-    if classifies {
-        write_ui_png([700, 620], &out.join("roc.png"), |ui| show_roc(ui, result))?;
-        written.push((
-            "ROC of the class on the test cases (seeds pooled)".to_string(),
-            "roc.png".to_string(),
-        ));
-    }
-    Ok(written)
-}
-
-/// Write the plots, then `report.md` and `cases.csv` linking them, into `out`; `command` is
-/// what the report says made it.
+/// Write the plots as PNGs (drawn by [`crate::plot`] on the CPU), then `report.md` and
+/// `cases.csv` linking them, into `out`; `command` is what the report says made it.
 pub fn write_report_with_plots(
     result: &ExperimentResult,
     out: &std::path::Path,
     command: &str,
 ) -> Result<(), String> {
-    let plots = write_plots(result, out)
-        .map_err(|e| format!("writing the plots into {}: {e}", out.display()))?;
-    crate::experiment::report::write_report(result, out, command, &plots).map_err(|e| e.to_string())
+    crate::plot::write_report_with_plots(result, out, command).map_err(|e| e.to_string())
 }
