@@ -1,7 +1,8 @@
 //! Correcting in the window, headless (egui_kittest through wgpu on lavapipe): painting with the
 //! mouse changes the mask and the pixels, Ctrl+Z restores both, a class key updates the
 //! worklist, edits reach the journal and a save writes the mask and empties it; reopening after
-//! an unsaved session recovers the edits and says so.
+//! an unsaved session recovers the edits and says so; closing with unsaved edits of loose files
+//! asks, and Discard leaves the user's file as it was while Save writes it.
 
 mod window;
 
@@ -245,5 +246,87 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
     assert_eq!(
         app.project().unwrap().manifest.cases[0].note,
         "left Hb unclear"
+    );
+}
+
+/// The window on loose copies of the demo's T1 and labels, working copies under `dir/unsaved`.
+fn open_loose(dir: &Path) -> (Harness<'static, MriloopApp>, std::path::PathBuf) {
+    let shipped = mriloop::app::demo_project_dir().join("cases/phantom_000");
+    let (t1, labels) = (dir.join("T1.nii.gz"), dir.join("labels.nii.gz"));
+    std::fs::copy(shipped.join("T1.nii.gz"), &t1).unwrap();
+    std::fs::copy(shipped.join("reference.nii.gz"), &labels).unwrap();
+    let (mask, loose_root) = (labels.clone(), dir.join("unsaved"));
+    let mut h = Harness::builder()
+        .with_size([1280.0, 800.0])
+        .wgpu()
+        .build_eframe(move |cc| {
+            let startup = mriloop::app::Startup::Files {
+                images: vec![t1],
+                mask: Some(mask),
+            };
+            MriloopApp::with_loose_root(cc, startup, loose_root)
+        });
+    let open = window::step_until(&mut h, |a| a.open_case().is_some() && !a.is_loading());
+    assert!(open, "{:?}", h.state().error());
+    (h, labels)
+}
+
+/// Paint one dab at the cursor and ask the window to close.
+fn paint_and_close(h: &mut Harness<'static, MriloopApp>) {
+    let at = h.state().open_case().unwrap().viewer.cursor_mm;
+    for e in [
+        EditCommand::SetTool(Tool::Brush),
+        EditCommand::Dab(Orientation::Axial, at),
+        EditCommand::EndStroke,
+    ] {
+        h.state_mut().push(Command::Edit(e));
+    }
+    h.step();
+    assert!(h.state().session().has_unsaved_loose_edits());
+    h.input_mut()
+        .viewports
+        .entry(egui::ViewportId::ROOT)
+        .or_default()
+        .events
+        .push(egui::ViewportEvent::Close);
+    h.step();
+    h.step();
+    assert!(h.state().is_confirming_close(), "closing did not ask");
+}
+
+#[test]
+fn closing_with_unsaved_loose_edits_asks_and_discard_leaves_the_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, labels) = open_loose(dir.path());
+    let original = std::fs::read(&labels).unwrap();
+    paint_and_close(&mut h);
+    h.get_by_label("Discard and close").click();
+    h.step();
+    h.step();
+    assert!(!h.state().is_confirming_close());
+    assert!(!h.state().session().has_unsaved_loose_edits());
+    // The working copy is removed by a worker; the user's file was never written.
+    let gone = window::step_until(&mut h, |_| {
+        std::fs::read_dir(dir.path().join("unsaved"))
+            .map_or(true, |d| d.flatten().all(|e| !e.path().join("edits.journal").exists()))
+    });
+    assert!(gone, "the working copy's journal is still there");
+    assert_eq!(std::fs::read(&labels).unwrap(), original);
+}
+
+#[test]
+fn closing_with_unsaved_loose_edits_and_saving_writes_the_users_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut h, labels) = open_loose(dir.path());
+    let original = std::fs::read(&labels).unwrap();
+    paint_and_close(&mut h);
+    let edited = mask_of(&h);
+    h.get_by_label("Save and close").click();
+    h.step();
+    let saved = window::step_until(&mut h, |_| std::fs::read(&labels).unwrap() != original);
+    assert!(saved, "Save and close did not write the user's file");
+    assert_eq!(
+        mriloop::app::read_mask(&labels).unwrap().data(),
+        &edited[..]
     );
 }
