@@ -1,0 +1,140 @@
+//! `mriloop bench`: run a headless benchmark (io, render, edit, train) and print its `bench:`
+//! lines, notes and the reference figure the issue asks for. The window benchmarks (loop,
+//! bold) are dispatched by `main` to the window's `src/app/window_bench.rs` and printed with
+//! [`print_figures`].
+//!
+//! Invariants: the io benchmark's generated file lives in a temporary folder removed afterwards
+//! (unless `--file` names one to keep); a benchmark with a goal ends with its `reference:` line.
+
+use crate::bench::{self, Figure};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+/// Which benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchKind {
+    /// Open a size³ f32 .nii.gz, beside nibabel.
+    Io,
+    /// Redraw three views of a size³ volume with overlay at 1920×1080; mask sub-box vs full
+    /// upload.
+    Render,
+    /// Brush event to mask texture updated (5 mm radius, size³ mask), beside a full upload.
+    Edit,
+    /// Training steps per second of the 3D network (patch = --size, batch 2), burn vs PyTorch.
+    Train,
+    /// UI frame times (p50, p99) of the review window, idle and while training on the CPU
+    /// (--repeats frames each).
+    Loop,
+    /// Memory (peak RSS, GPU textures) and speed of a --size³ × --frames BOLD case in the window.
+    Bold,
+}
+
+impl BenchKind {
+    /// Drives the review window (dispatched to `src/app/window_bench.rs`).
+    pub fn in_window(self) -> bool {
+        matches!(self, Self::Loop | Self::Bold)
+    }
+}
+
+/// Arguments of `mriloop bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    pub which: BenchKind,
+    /// Volume edge length.
+    #[arg(long, default_value_t = 256)]
+    pub size: usize,
+    /// Repetitions (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    /// io: the file to open; generated there (and kept) if it does not exist. Default: a
+    /// generated file in a temporary folder, removed afterwards.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// train: also measure wgpu on a software Vulkan device (lavapipe) when no hardware GPU
+    /// is present (its first step compiles shaders for minutes).
+    #[arg(long)]
+    pub software_gpu: bool,
+    /// bold: time points of the BOLD run.
+    #[arg(long, default_value_t = 300)]
+    pub frames: usize,
+}
+
+/// The `reference:` line of `bench loop`.
+pub const LOOP_REFERENCE: &str =
+    "goal ui_frame_ms_p99_training < 33 ms (training on the other core)";
+
+/// The `reference:` line of `bench bold`.
+pub const BOLD_REFERENCE: &str = "issue 9 asks for the memory of a 64³ × 300 float BOLD case (peak RSS, GPU memory); streamed, the GPU holds one frame";
+
+/// Print `figures`, then each note as `note:` and the `reference:` line.
+pub fn print_figures(figures: &[Figure], notes: &[String], reference: &str) {
+    for f in figures {
+        println!("{f}");
+    }
+    for n in notes {
+        println!("note: {n}");
+    }
+    println!("reference: {reference}");
+}
+
+/// `mriloop bench` for the headless benchmarks.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let size = args.size;
+    match args.which {
+        BenchKind::Io => io(&args),
+        BenchKind::Render => {
+            let (figures, adapter) = bench::render(size, 60, args.repeats)?;
+            println!("adapter: {adapter}");
+            print_figures(&figures, &[], "goal render_fps >= 30 on lavapipe at 256 (>= 60 on a GPU at 512); sub-box >= 20 x faster than a full upload");
+            Ok(())
+        }
+        BenchKind::Edit => {
+            let (figures, adapter) = bench::edit(size, 5.0, args.repeats.max(20))?;
+            println!("adapter: {adapter}");
+            print_figures(
+                &figures,
+                &[],
+                "goal brush_to_texture_ms < 16 ms on lavapipe (a 60 Hz frame)",
+            );
+            Ok(())
+        }
+        BenchKind::Train => {
+            let (figures, notes) = bench::train(size, 2, args.repeats, args.software_gpu);
+            let reference = format!("3D net, 2 sequences, base 8, depth 3, patch {size}³, batch 2; goal: burn on GPU >= PyTorch eager on the same GPU");
+            print_figures(&figures, &notes, &reference);
+            Ok(())
+        }
+        BenchKind::Loop | BenchKind::Bold => {
+            anyhow::bail!("bench {:?} drives the review window", args.which)
+        }
+    }
+}
+
+/// `mriloop bench io`: on `--file`, or on a generated file in a temporary folder.
+fn io(args: &BenchArgs) -> Result<()> {
+    let (size, repeats) = (args.size, args.repeats);
+    let result = match &args.file {
+        Some(path) => bench::io(path, size, repeats),
+        None => {
+            let dir = std::env::temp_dir().join(format!("mriloop-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let r = bench::io(&dir.join(format!("bench_{size}.nii.gz")), size, repeats);
+            let _ = std::fs::remove_dir_all(&dir);
+            r
+        }
+    };
+    let (figures, note) = result?;
+    for f in &figures {
+        println!("{f}");
+    }
+    if let [ours, theirs] = figures.as_slice() {
+        let ratio = ours.value / theirs.value;
+        println!("bench: nifti_load_ratio_vs_nibabel_{size} = {ratio:.2} x");
+    }
+    if let Some(n) = note {
+        println!("note: {n}");
+    }
+    Ok(())
+}

@@ -1,0 +1,278 @@
+//! Commands that make or convert projects: `phantom` (synthetic cases), `import` / `export`
+//! (nnU-Net v2 raw datasets), `slices` (a 2D project from a 3D image and its labels) and
+//! `import-dicom` (list a DICOM folder's series, add them to a case or write them as NIfTI).
+//!
+//! Invariants: flags are checked before anything is written; each command prints what it wrote
+//! and where; a DICOM series or file that cannot be imported is listed with the reason, and
+//! choosing none of the importable ones is an error.
+
+use crate::project::{dicom_import, nnunet, slices, InputForm, Manifest, Project};
+use crate::volume::dicom::{scan_dir, DicomScan};
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// Input form of the phantom's cases.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Form {
+    /// Multi-sequence 3D volumes.
+    #[value(name = "3d")]
+    ThreeD,
+    /// Single 2D slices.
+    #[value(name = "2d")]
+    TwoD,
+    /// 4D BOLD-like time series.
+    #[value(name = "4d")]
+    FourD,
+}
+
+/// Arguments of `mriloop phantom`.
+#[derive(clap::Args, Debug)]
+pub struct PhantomArgs {
+    /// Project folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of cases.
+    #[arg(long, default_value_t = 10)]
+    pub cases: usize,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Input form: multi-sequence 3D, single 2D slices, or a 4D BOLD time series.
+    #[arg(long, value_enum, default_value_t = Form::ThreeD)]
+    pub form: Form,
+    /// Nominal voxels per axis (field of view: this many mm in 3D/2D, 3 mm each in 4D).
+    #[arg(long, default_value_t = 64)]
+    pub grid: usize,
+    /// Time points of a 4D case.
+    #[arg(long, default_value_t = 100)]
+    pub frames: usize,
+    /// Voxel size (mm, isotropic) of 3D/2D cases (default: random 0.7–1.2 mm per axis).
+    #[arg(long)]
+    pub voxel_mm: Option<f64>,
+    /// Lesions are all white-matter lesions, each visible on only one of T1, T2 and FLAIR.
+    #[arg(long)]
+    pub sequence_specific_lesions: bool,
+}
+
+/// `mriloop phantom`.
+pub fn phantom(args: PhantomArgs) -> Result<()> {
+    if args.grid < 8 {
+        bail!("--grid must be at least 8");
+    }
+    if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
+        bail!("--voxel-mm must be between 0.2 and 5");
+    }
+    let cfg = crate::phantom::PhantomConfig {
+        cases: args.cases,
+        seed: args.seed,
+        form: match args.form {
+            Form::ThreeD => InputForm::Volume3d,
+            Form::TwoD => InputForm::Slice2d,
+            Form::FourD => InputForm::TimeSeries4d,
+        },
+        grid: args.grid,
+        frames: args.frames,
+        voxel_mm: args.voxel_mm,
+        sequence_specific_lesions: args.sequence_specific_lesions,
+    };
+    let bar = indicatif::ProgressBar::new(args.cases as u64);
+    let project =
+        crate::phantom::generate_project(&args.out, &cfg, |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    println!(
+        "wrote {} cases to {}",
+        project.manifest.cases.len(),
+        project.manifest_path().display()
+    );
+    Ok(())
+}
+
+/// Arguments of `mriloop import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// The dataset folder (holding dataset.json, imagesTr, labelsTr).
+    pub dataset: PathBuf,
+    /// Project folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `mriloop import`.
+pub fn import(args: ImportArgs) -> Result<()> {
+    let p = nnunet::import_nnunet(&args.dataset, &args.out)?;
+    let n = p.manifest.cases.len();
+    println!("imported {n} cases into {}", p.root().display());
+    Ok(())
+}
+
+/// Arguments of `mriloop export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// Dataset folder to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `mriloop export`.
+pub fn export(args: ExportArgs) -> Result<()> {
+    let p = Project::open(&args.project)?;
+    let s = nnunet::export_nnunet(&p, &args.out)?;
+    println!(
+        "exported {} training and {} test cases to {}",
+        s.training,
+        s.test,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Arguments of `mriloop slices`.
+#[derive(clap::Args, Debug)]
+pub struct SlicesArgs {
+    /// The 3D image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// A label volume on the image's grid (e.g. an atlas parcellation).
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Labels to keep, as VALUE:NAME pairs, comma-separated (e.g. 71:caudate_L,72:caudate_R).
+    #[arg(long)]
+    pub keep: String,
+    /// The project folder to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Sequence name of the image.
+    #[arg(long, default_value = "T1")]
+    pub sequence: String,
+    /// Keep slices with at least this many voxels of the kept labels.
+    #[arg(long, default_value_t = 20)]
+    pub min_voxels: usize,
+    /// The class every case gets.
+    #[arg(long, default_value = "slice")]
+    pub class: String,
+}
+
+/// `--keep VALUE:NAME,...` as (value, name) pairs.
+fn parse_keep(keep: &str) -> Result<Vec<(u32, String)>> {
+    keep.split(',')
+        .map(|pair| {
+            let (v, n) = pair
+                .split_once(':')
+                .with_context(|| format!("--keep: {pair:?} is not VALUE:NAME"))?;
+            let v: u32 = v
+                .trim()
+                .parse()
+                .with_context(|| format!("--keep: {v:?} is not a label value"))?;
+            Ok((v, n.trim().to_string()))
+        })
+        .collect()
+}
+
+/// `mriloop slices`.
+pub fn slices(args: SlicesArgs) -> Result<()> {
+    let options = slices::SliceOptions {
+        keep: parse_keep(&args.keep)?,
+        sequence: args.sequence,
+        min_voxels: args.min_voxels,
+        class: args.class,
+    };
+    let p = slices::slice_project(&args.image, &args.labels, &args.out, &options)?;
+    println!(
+        "wrote {} slice cases to {}",
+        p.manifest.cases.len(),
+        p.manifest_path().display()
+    );
+    Ok(())
+}
+
+/// Arguments of `mriloop import-dicom`.
+#[derive(clap::Args, Debug)]
+pub struct ImportDicomArgs {
+    /// The folder (searched with its sub-folders).
+    pub dir: PathBuf,
+    /// A project to add the series to (created if the folder holds none).
+    #[arg(long, requires = "case")]
+    pub project: Option<PathBuf>,
+    /// The case the series become sequences of (created if new).
+    #[arg(long)]
+    pub case: Option<String>,
+    /// The series to import, by their number in the listing (comma-separated; default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub series: Vec<usize>,
+    /// Write each chosen series as OUT/<name>.nii.gz.
+    #[arg(long, conflicts_with = "project")]
+    pub out: Option<PathBuf>,
+}
+
+/// `mriloop import-dicom`: scan, list, then import the chosen series.
+pub fn import_dicom(args: ImportDicomArgs) -> Result<()> {
+    let scan = scan_dir(&args.dir)?;
+    list_series(&args, &scan);
+    let count = scan.series.len();
+    if let Some(bad) = args.series.iter().find(|k| **k == 0 || **k > count) {
+        bail!("--series {bad}: the listing has series 1 to {count}");
+    }
+    let picked: Vec<_> = if args.series.is_empty() {
+        scan.series.iter().collect()
+    } else {
+        args.series.iter().map(|k| &scan.series[k - 1]).collect()
+    };
+    if (args.project.is_some() || args.out.is_some()) && picked.is_empty() {
+        bail!("{}: no series could be imported", args.dir.display());
+    }
+    if let (Some(root), Some(case)) = (&args.project, &args.case) {
+        let mut p = open_or_create(root)?;
+        let names = dicom_import::add_series_to_case(&mut p, case, &picked)?;
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        let manifest = p.manifest_path();
+        let added = names.join(", ");
+        println!("added to case {case} of {}: {added}", manifest.display());
+    } else if let Some(out) = &args.out {
+        for path in dicom_import::write_series_files(out, &picked)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Print the scan: every series with its size and orientation, then what was not imported.
+fn list_series(args: &ImportDicomArgs, scan: &DicomScan) {
+    let (dir, files, n) = (args.dir.display(), scan.files_seen, scan.series.len());
+    println!("{dir}: {files} files, {n} series");
+    for (k, s) in scan.series.iter().enumerate() {
+        let [nx, ny, nz, nt] = s.volume.dims();
+        let sp = s.volume.spacing_mm();
+        let time = if nt > 1 {
+            format!(" x {nt}")
+        } else {
+            String::new()
+        };
+        println!(
+            "  {}: \"{}\" {} {nx}x{ny}x{nz}{time} voxels of {:.2}x{:.2}x{:.2} mm, {} files, {}",
+            k + 1,
+            s.description,
+            s.modality,
+            sp[0],
+            sp[1],
+            sp[2],
+            s.files.len(),
+            s.volume.affine().orientation_code()
+        );
+    }
+    for p in &scan.problems {
+        println!("  not imported: {p}");
+    }
+}
+
+/// The project at `root`, or a new empty one named after the folder.
+fn open_or_create(root: &std::path::Path) -> Result<Project> {
+    if root.join(crate::project::MANIFEST_FILE).exists() || root.is_file() {
+        return Ok(Project::open(root)?);
+    }
+    let name = root
+        .file_name()
+        .map_or_else(|| "imported".into(), |n| n.to_string_lossy().into_owned());
+    Ok(Project::create(root, Manifest::new(name))?)
+}

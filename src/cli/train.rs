@@ -1,0 +1,342 @@
+//! `mriloop train`, `predict` and `eval`: fit the multi-task network on a project's cases with
+//! progress and per-epoch lines (and, with `--plot`, `OUT/curves.png` drawn on the CPU), predict
+//! every case with a checkpoint, and evaluate a checkpoint (`metric:` lines, optional CSV).
+//!
+//! Invariants: training and prediction run on the device `--backend` picks (a hardware GPU only
+//! when asked or found); the run files (`fit.json`, `validation.txt`) are written before the
+//! first step, so `eval --held-out` finds the held-out list of any run; files are written
+//! atomically.
+
+use super::{panicked, relay_events, say, steps_bar};
+use crate::model::{self, FitConfig, FitEvent, TrainEvent};
+use crate::plot::Curves;
+use crate::project::Project;
+use anyhow::{bail, Context, Result};
+use burn::config::Config as _;
+use std::path::{Path, PathBuf};
+
+/// Arguments of `mriloop train`.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// A fit configuration (JSON, as written to OUT/fit.json); flags below are ignored then.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where checkpoints go (default PROJECT/model).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Epochs.
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    /// Steps per epoch.
+    #[arg(long, default_value_t = 50)]
+    pub steps_per_epoch: usize,
+    /// Input sequences, comma-separated (default: the project's first two).
+    #[arg(long, value_delimiter = ',')]
+    pub sequences: Vec<String>,
+    /// Patch edge (voxels).
+    #[arg(long, default_value_t = 32)]
+    pub patch: usize,
+    /// Patches per batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Edge of the centre crop the class is learned and predicted from (whole head).
+    #[arg(long, default_value_t = 64)]
+    pub class_window: usize,
+    /// Every this many steps a classification step on the whole-head crop (joint mode)
+    #[arg(long, default_value_t = 3)]
+    pub class_every: usize,
+    /// Channels of the first level.
+    #[arg(long, default_value_t = 8)]
+    pub base_channels: usize,
+    /// Resample cases to this voxel size (mm) for training and prediction (default: each
+    /// case's own grid).
+    #[arg(long)]
+    pub spacing: Option<f64>,
+    /// Tasks: joint, seg or class.
+    #[arg(long, default_value = "joint")]
+    pub mode: String,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// cpu, gpu or auto (a hardware GPU if present).
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+    /// Also write the loss and validation curves to OUT/curves.png (drawn on the CPU; no GPU
+    /// or display needed).
+    #[arg(long)]
+    pub plot: bool,
+    /// Start from this checkpoint's weights (fine-tune), e.g. PROJECT/model/best.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+/// Arguments of `mriloop predict`.
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// A checkpoint folder (config.json + model.bpk).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// cpu, gpu or auto.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+}
+
+/// Arguments of `mriloop eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// A checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Only the cases held out from training (listed in the model's ../validation.txt).
+    #[arg(long)]
+    pub held_out: bool,
+    /// Write per-case figures to this CSV file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// cpu, gpu or auto.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+}
+
+/// `mriloop train`.
+pub fn train(args: TrainArgs) -> Result<()> {
+    let p = Project::open(&args.project)?;
+    let config = fit_config(&p, &args)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.project.join("model"));
+    train_project(&p, &config, &out, &args.backend, args.plot)
+}
+
+/// The fit configuration: from `--config`, else from the flags.
+fn fit_config(p: &Project, args: &TrainArgs) -> Result<FitConfig> {
+    let config = match &args.config {
+        Some(path) => {
+            FitConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => model::fit_config_for(
+            p,
+            &model::FitOptions {
+                sequences: args.sequences.clone(),
+                epochs: args.epochs,
+                steps_per_epoch: args.steps_per_epoch,
+                patch: args.patch,
+                batch: args.batch,
+                class_window: args.class_window,
+                base_channels: args.base_channels,
+                mode: args.mode.clone(),
+                spacing_mm: args.spacing,
+                learning_rate: args.lr,
+                seed: args.seed,
+            },
+        )?
+        .with_class_every(args.class_every.max(1)),
+    };
+    Ok(match &args.resume {
+        Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
+        None => config,
+    })
+}
+
+/// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves
+/// into `out/curves.png`.
+pub fn train_project(
+    project: &Project,
+    config: &FitConfig,
+    out: &Path,
+    backend: &str,
+    plot: bool,
+) -> Result<()> {
+    let (device, about) = model::choose_device(backend);
+    eprintln!("training on {about}");
+    let selection = model::SampleSelection::for_training(&config.training);
+    let samples = model::load_samples_with(project, &selection)?;
+    if samples.len() < 2 {
+        bail!(
+            "{}: training needs at least two cases with a reference mask and a class; found {}",
+            project.manifest_path().display(),
+            samples.len()
+        );
+    }
+    let (train, val) =
+        model::split_by_case(samples, config.validation_fraction, config.training.seed);
+    model::session::write_run_files(out, config, &val)?;
+    let ids: Vec<&str> = val.iter().map(|s| s.case_id.as_str()).collect();
+    eprintln!(
+        "{} training cases, {} validation cases ({})",
+        train.len(),
+        val.len(),
+        ids.join(", ")
+    );
+    let bar = steps_bar((config.epochs * config.steps_per_epoch) as u64);
+    let mut curves = Curves::default();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let control = model::FitControl::default();
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| model::fit(config, train, &val, &device, out, &tx, &control));
+        let mut last_step = 0;
+        relay_events(&rx, &worker, |event| {
+            on_fit_event(event, config, &bar, &mut curves, &mut last_step)
+        });
+        worker.join()
+    });
+    bar.finish_and_clear();
+    let result = result.map_err(|p| panicked("training", p))??;
+    if plot {
+        let png = out.join("curves.png");
+        crate::plot::write_training_png(&curves, [1400, 500], &png)?;
+        println!("curves: {}", png.display());
+    }
+    println!(
+        "trained {} epochs; best checkpoint {}, last {}",
+        result.epochs.len(),
+        result.best.display(),
+        result.last.display()
+    );
+    Ok(())
+}
+
+/// Follow one training event: the bar and the curves per step, a line per epoch.
+fn on_fit_event(
+    event: FitEvent,
+    config: &FitConfig,
+    bar: &indicatif::ProgressBar,
+    curves: &mut Curves,
+    last_step: &mut usize,
+) {
+    match event {
+        FitEvent::Train(TrainEvent::Step { step, loss }) => {
+            curves.push_step(step, &loss);
+            *last_step = step;
+            bar.set_position(step as u64);
+            bar.set_message(format!("loss {:.3}", loss.total));
+        }
+        FitEvent::Epoch(e) => {
+            let dice =
+                curves.push_epoch(*last_step, &e.validation, |l| config.training.label_name(l));
+            let auc = e.validation.class_auc;
+            let line = format!(
+                "epoch {:>3}: train loss {:.4}; validation Dice {}; class accuracy {:.3}, AUC {}{}",
+                e.epoch,
+                e.train_loss,
+                dice.join(", "),
+                e.validation.class_accuracy,
+                auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+                if e.best { " (best)" } else { "" }
+            );
+            say(bar, line);
+        }
+        _ => {}
+    }
+}
+
+/// `mriloop predict`.
+pub fn predict(args: PredictArgs) -> Result<()> {
+    let (device, about) = model::choose_device(&args.backend);
+    eprintln!("running on {about}");
+    let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
+    let mut p = Project::open(&args.project)?;
+    let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
+    let n = model::predict_project(&mut p, &net, &cfg, &device, |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    println!("predicted {n} cases into {}", p.root().display());
+    Ok(())
+}
+
+/// `mriloop eval`.
+pub fn eval(args: EvalArgs) -> Result<()> {
+    let (device, about) = model::choose_device(&args.backend);
+    eprintln!("evaluating on {about}");
+    let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
+    let p = Project::open(&args.project)?;
+    let only = match args.held_out {
+        true => Some(held_out_cases(&args.model)?),
+        false => None,
+    };
+    let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
+    let (cases, cohort) =
+        model::evaluate_project(&p, &net, &cfg, &device, only.as_deref(), |d, n| {
+            bar.set_length(n as u64);
+            bar.set_position(d as u64)
+        })?;
+    bar.finish_and_clear();
+    let name = |l: usize| cfg.label_name(l + 1);
+    if let Some(path) = &args.csv {
+        crate::atomic::write_atomic(path, eval_csv(&cases, &name).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("evaluated {} cases", cases.len());
+    print_eval_metrics(&cases, &cohort, &name);
+    Ok(())
+}
+
+/// The case ids in the held-out list beside checkpoint `dir` (`../validation.txt`).
+fn held_out_cases(dir: &Path) -> Result<Vec<String>> {
+    let list = dir
+        .parent()
+        .map(|d| d.join("validation.txt"))
+        .ok_or_else(|| anyhow::anyhow!("{}: no parent folder", dir.display()))?;
+    let text = std::fs::read_to_string(&list)
+        .with_context(|| format!("reading the held-out list {}", list.display()))?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Per-case, per-label figures as CSV text.
+fn eval_csv(cases: &[model::CaseEvaluation], name: &dyn Fn(usize) -> String) -> String {
+    let mut rows = vec![String::from(
+        "case,label,dice,hd95_mm,volume_error_mm3,class,p_predicted",
+    )];
+    for c in cases {
+        let class = c.class.map_or(String::new(), |k| k.to_string());
+        let pmax = c.class_probabilities.iter().copied().fold(0.0f32, f32::max);
+        for (l, d) in c.dice.iter().enumerate() {
+            rows.push(format!(
+                "{},{},{},{},{:.1},{class},{pmax:.4}",
+                c.case_id,
+                name(l),
+                d.map_or(String::new(), |d| format!("{d:.4}")),
+                c.hd95_mm[l].map_or(String::new(), |h| format!("{h:.2}")),
+                c.volume_error_mm3[l]
+            ));
+        }
+    }
+    rows.join("\n") + "\n"
+}
+
+/// The cohort's `metric:` lines: Dice and mean HD95 per label, class AUC and accuracy.
+fn print_eval_metrics(
+    cases: &[model::CaseEvaluation],
+    cohort: &model::CohortEvaluation,
+    name: &dyn Fn(usize) -> String,
+) {
+    for (l, d) in cohort.dice.iter().enumerate() {
+        if let Some(d) = d {
+            println!("metric: dice_{} = {d:.4}", name(l));
+        }
+        let hd: Vec<f64> = cases.iter().filter_map(|c| c.hd95_mm[l]).collect();
+        if !hd.is_empty() {
+            let mean = hd.iter().sum::<f64>() / hd.len() as f64;
+            println!("metric: hd95_mm_{} = {mean:.2}", name(l));
+        }
+    }
+    if let Some(a) = cohort.class_auc {
+        println!("metric: class_auc = {a:.4}");
+    }
+    println!("metric: class_accuracy = {:.4}", cohort.class_accuracy);
+}
