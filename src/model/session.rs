@@ -285,12 +285,27 @@ fn run(
         label_names: config.training.label_names.clone(),
     });
     wake();
-    // Forward the fit's events, waking the caller after each.
+    let result = fit_forwarding(&config, (train, &val), &device, &out, control, tx, wake)?;
+    let _ = tx.send(RunEvent::Finished(finished_record(
+        record, &rel, &result, control,
+    )));
+    Ok(())
+}
+
+/// Fit, forwarding each of the fit's events as a `RunEvent` and waking the caller after each.
+fn fit_forwarding(
+    config: &FitConfig,
+    (train, val): (Vec<Sample>, &[Sample]),
+    device: &burn::prelude::Device,
+    out: &Path,
+    control: &FitControl,
+    tx: &Sender<RunEvent>,
+    wake: Arc<impl Fn() + Send + Sync + 'static>,
+) -> Result<super::FitResult, String> {
     let (fit_tx, fit_rx) = channel::<FitEvent>();
-    let result = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let forward = {
             let tx = tx.clone();
-            let wake = wake.clone();
             scope.spawn(move || {
                 for e in fit_rx {
                     let _ = tx.send(RunEvent::Fit(e));
@@ -298,14 +313,23 @@ fn run(
                 }
             })
         };
-        let r = fit(&config, train, &val, &device, &out, &fit_tx, control);
+        let r = fit(config, train, val, device, out, &fit_tx, control);
         drop(fit_tx);
-        let _ = forward.join();
-        r
+        let forwarded = crate::worker::joined("forwarding training events", forward.join());
+        r.map_err(|e| e.to_string())
+            .and_then(|r| forwarded.map(|()| r).map_err(|e| e.to_string()))
     })
-    .map_err(|e| e.to_string())?;
+}
+
+/// The version record of a run that ended: its checkpoint (best, else last), epochs and outcome.
+fn finished_record(
+    record: ModelVersion,
+    rel: &str,
+    result: &super::FitResult,
+    control: &FitControl,
+) -> ModelVersion {
     let best_exists = result.best.join("model.bpk").exists();
-    let record = ModelVersion {
+    ModelVersion {
         checkpoint: if best_exists {
             format!("{rel}/best")
         } else {
@@ -328,9 +352,7 @@ fn run(
             RunOutcome::Finished
         },
         ..record
-    };
-    let _ = tx.send(RunEvent::Finished(record));
-    Ok(())
+    }
 }
 
 /// Add a finished run's version to the manifest; with `activate`, it becomes the active one.
