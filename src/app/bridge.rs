@@ -32,6 +32,21 @@ impl ViewerGpu {
         }
     }
 
+    /// Put the viewer's GPU side into egui-wgpu's callback resources (once, at start).
+    pub fn install(rs: &egui_wgpu::RenderState) {
+        let gpu = Self::new(&rs.device, rs.target_format);
+        rs.renderer.write().callback_resources.insert(gpu);
+    }
+
+    /// How many times view slot `slot` was rendered in `rs`'s viewer (0 without one).
+    pub fn renders_in(rs: &egui_wgpu::RenderState, slot: usize) -> u64 {
+        rs.renderer
+            .read()
+            .callback_resources
+            .get::<Self>()
+            .map_or(0, |g| g.view_renders(slot))
+    }
+
     /// Show a newly uploaded case; returns its generation number.
     pub fn set_case(&mut self, textures: CaseTextures) -> u64 {
         self.case = Some(textures);

@@ -129,8 +129,7 @@ impl MriloopApp {
     ) -> Self {
         let render_state = cc.wgpu_render_state.clone();
         if let Some(rs) = &render_state {
-            let gpu = ViewerGpu::new(&rs.device, rs.target_format);
-            rs.renderer.write().callback_resources.insert(gpu);
+            ViewerGpu::install(rs);
         }
         let (notices_tx, notices_rx) = std::sync::mpsc::channel();
         // Panels are drawn without a fill: the frame's clear colour (`clear_color`, the theme's
@@ -268,13 +267,9 @@ impl MriloopApp {
     /// How many times a view's slice image was rendered on the GPU rather than drawn from its
     /// cache (by its `ViewCell::slot`).
     pub fn view_renders(&self, slot: usize) -> u64 {
-        self.render_state.as_ref().map_or(0, |rs| {
-            rs.renderer
-                .read()
-                .callback_resources
-                .get::<ViewerGpu>()
-                .map_or(0, |g| g.view_renders(slot))
-        })
+        self.render_state
+            .as_ref()
+            .map_or(0, |rs| ViewerGpu::renders_in(rs, slot))
     }
 
     /// Whether anything is still coming that the window must poll for without an event.
