@@ -4,8 +4,9 @@
 //! as NIfTI files beside the folder (`<folder>_nifti/`) that then open as loose images.
 //!
 //! Invariants: scanning and writing run in worker threads reporting over channels drained once
-//! per frame (`poll_dicom`); the UI thread only edits the in-memory manifest and saves it like
-//! every other manifest change; nothing in the DICOM folder is written.
+//! per frame (`poll_dicom`); the written sequences join the manifest through the session
+//! (`Input::SequencesImported`), which saves it like every other change; nothing in the DICOM
+//! folder is written.
 
 use super::{Command, MriloopApp};
 use crate::project::dicom_import::{form_of, sequence_names, write_case_files, write_series_files};
@@ -248,7 +249,7 @@ impl MriloopApp {
                     .project()
                     .and_then(|p| p.manifest.cases.iter().position(|c| c.id == case_id));
                 if let Some(i) = index {
-                    self.apply(Command::OpenCase(i));
+                    self.commands.push(Command::OpenCase(i));
                 }
             }
             Ok(Imported::Files(images)) => {
@@ -261,7 +262,7 @@ impl MriloopApp {
                         .join(", ")
                 ));
                 self.dicom = DicomState::default();
-                self.apply(Command::OpenFiles { images, mask: None });
+                self.commands.push(Command::OpenFiles { images, mask: None });
             }
             Err(e) => self.dicom.status = format!("import failed: {e}"),
         }

@@ -36,7 +36,7 @@ impl MriloopApp {
                 self.training_project_switched();
                 self.input(Input::ProjectOpened(Box::new(p)));
                 if let Some(i) = first {
-                    self.apply(Command::OpenCase(i));
+                    self.commands.push(Command::OpenCase(i));
                 }
             }
             Err(e) => self.dialogs.error = Some(e),

@@ -223,7 +223,7 @@ impl MriloopApp {
             }
             TrainCommand::NextInformative => {
                 if let Some(i) = self.most_informative() {
-                    self.apply(Command::OpenCase(i));
+                    self.commands.push(Command::OpenCase(i));
                 }
             }
             TrainCommand::TogglePanel => self.training.show_panel ^= true,
