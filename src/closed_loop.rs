@@ -82,7 +82,7 @@ fn train(project: &mut Project, request: RunRequest) -> Result<ModelVersion, Pro
                 project.save()?;
                 return Ok(v);
             }
-            RunEvent::Failed(m) => return Err(invalid(&project.manifest_path(), m)),
+            RunEvent::Failed(e) => return Err(invalid(&project.manifest_path(), e.to_string())),
             _ => {}
         }
     }
@@ -113,9 +113,10 @@ fn reinfer(
                     record_prediction(c, &p, classes);
                 }
             }
-            InferEvent::CaseFailed { message, .. } | InferEvent::Failed(message) => {
+            InferEvent::CaseFailed { message, .. } => {
                 return Err(invalid(&project.manifest_path(), message))
             }
+            InferEvent::Failed(e) => return Err(invalid(&project.manifest_path(), e.to_string())),
             InferEvent::Finished { .. } => break,
             InferEvent::Started { .. } => {}
         }

@@ -180,7 +180,10 @@ fn demo_structure_appears_where_the_mask_says_in_all_three_views_and_opacity_zer
         let near = c.pos_of_mm(at) + egui::vec2(3.0, 3.0);
         assert_eq!(pixel(&img, near), colour, "{o:?}: tumour at the cursor");
     }
-    apply(&mut h, vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))]);
+    apply(
+        &mut h,
+        vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))],
+    );
     let img = h.render().unwrap();
     for o in Orientation::ALL {
         let c = cell(&h, o);
@@ -256,7 +259,10 @@ fn clicking_in_the_axial_view_moves_the_other_views() {
 #[test]
 fn window_level_maps_intensities_to_grey_levels() {
     let mut h = demo();
-    apply(&mut h, vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))]);
+    apply(
+        &mut h,
+        vec![Command::View(ViewCommand::SetReferenceOpacity(0.0))],
+    );
     let (t1, cursor) = {
         let open = h.state().open_case().unwrap();
         (open.loaded.images[0].volume.clone(), open.viewer.cursor_mm)
@@ -536,7 +542,8 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
     // The view faces the stack: its normal is the third voxel axis, so paging steps images.
     assert!(orientation.axes().2.dot(k_axis).abs() > 0.7);
     let before = h.state().open_case().unwrap().viewer.cursor_mm;
-    h.state_mut().push(Command::View(ViewCommand::StepSlice(orientation, 1)));
+    h.state_mut()
+        .push(Command::View(ViewCommand::StepSlice(orientation, 1)));
     h.step();
     let after = h.state().open_case().unwrap().viewer.cursor_mm;
     let step = h.state().open_case().unwrap().loaded.images[0]
@@ -570,7 +577,10 @@ fn paging_one_view_re_renders_only_that_view_and_moves_the_others_crosshair() {
     // Nothing changed: every view comes from its cache.
     assert_eq!(counts(&mut h), first);
     // Paging the axial view: only it is sampled again; the other two keep their planes.
-    apply(&mut h, vec![Command::View(ViewCommand::StepSlice(Orientation::Axial, 3))]);
+    apply(
+        &mut h,
+        vec![Command::View(ViewCommand::StepSlice(Orientation::Axial, 3))],
+    );
     let paged = counts(&mut h);
     assert!(paged[0] > first[0], "{paged:?} vs {first:?}");
     assert_eq!(&paged[1..], &first[1..]);
@@ -615,5 +625,9 @@ fn an_untouched_window_settles_and_requests_no_repaint() {
         "the idle window asked for a repaint: {:?}",
         h.ctx.repaint_causes()
     );
-    assert!(!h.ctx.has_requested_repaint(), "{:?}", h.ctx.repaint_causes());
+    assert!(
+        !h.ctx.has_requested_repaint(),
+        "{:?}",
+        h.ctx.repaint_causes()
+    );
 }

@@ -9,7 +9,7 @@ mod window;
 use egui::{Event, Modifiers, Pos2};
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
-use mriloop::app::{ViewCommand, Command, EditCommand, MriloopApp, Tool};
+use mriloop::app::{Command, EditCommand, MriloopApp, Tool, ViewCommand};
 use mriloop::project::journal;
 use mriloop::render::Orientation;
 use std::path::Path;
@@ -45,7 +45,8 @@ fn painting_changes_mask_and_pixels_and_ctrl_z_restores_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = demo_copy(dir.path());
     let mut h = open(&root);
-    h.state_mut().push(Command::View(ViewCommand::SetReferenceOpacity(1.0)));
+    h.state_mut()
+        .push(Command::View(ViewCommand::SetReferenceOpacity(1.0)));
     h.step();
     h.key_press(egui::Key::B);
     h.step();
@@ -307,8 +308,10 @@ fn closing_with_unsaved_loose_edits_asks_and_discard_leaves_the_users_file() {
     assert!(!h.state().session().has_unsaved_loose_edits());
     // The working copy is removed by a worker; the user's file was never written.
     let gone = window::step_until(&mut h, |_| {
-        std::fs::read_dir(dir.path().join("unsaved"))
-            .map_or(true, |d| d.flatten().all(|e| !e.path().join("edits.journal").exists()))
+        std::fs::read_dir(dir.path().join("unsaved")).map_or(true, |d| {
+            d.flatten()
+                .all(|e| !e.path().join("edits.journal").exists())
+        })
     });
     assert!(gone, "the working copy's journal is still there");
     assert_eq!(std::fs::read(&labels).unwrap(), original);

@@ -13,9 +13,7 @@ use mriloop::project::{Project, ReviewStatus, Uncertainty};
 use mriloop::render::Orientation;
 use mriloop::session::load::read_mask;
 use mriloop::session::script::{open_session, ScriptTarget};
-use mriloop::session::{
-    Changes, EditCommand, Input, Message, Session, Tool, WorkerError,
-};
+use mriloop::session::{Changes, EditCommand, Input, Message, Session, Tool, WorkerError};
 use mriloop::volume::{write_volume, Volume};
 use std::path::Path;
 use std::time::Duration;
@@ -152,7 +150,11 @@ fn a_reinference_result_refreshes_the_open_case_prediction_and_agreement_mid_edi
     for k in 0..nz {
         for j in 0..ny {
             for i in 0..nx {
-                let v = if i >= 2 { reference.get([i - 2, j, k]).unwrap() } else { 0 };
+                let v = if i >= 2 {
+                    reference.get([i - 2, j, k]).unwrap()
+                } else {
+                    0
+                };
                 predicted.data_mut()[i + nx * (j + ny * k)] = v;
             }
         }
@@ -173,7 +175,10 @@ fn a_reinference_result_refreshes_the_open_case_prediction_and_agreement_mid_edi
     let c = tick_until(&mut s, |c, _| c.predicted);
     assert!(c.predicted);
     let open = s.open_case().unwrap();
-    assert_eq!(open.loaded.predicted.as_ref().unwrap().data(), predicted.data());
+    assert_eq!(
+        open.loaded.predicted.as_ref().unwrap().data(),
+        predicted.data()
+    );
     let expected = Agreement::of(reference.data(), predicted.data()).unwrap();
     let got = open.agreement.clone().unwrap();
     assert_eq!(got.foreground_dice(), expected.foreground_dice());
@@ -247,18 +252,32 @@ fn loose_files_are_journaled_in_a_working_copy_and_written_only_on_save() {
     s.flush();
     let case_id = s.open_case().unwrap().loaded.case_id.clone();
     let reports = s.apply(Input::Tick { now_s: 0.0 });
-    assert!(reports.messages.is_empty(), "{:?} ({case_id})", reports.messages);
+    assert!(
+        reports.messages.is_empty(),
+        "{:?} ({case_id})",
+        reports.messages
+    );
     let work_dir = s.open_case().unwrap().edits.loose.clone().unwrap().work_dir;
     assert_eq!(
-        read_journal(&work_dir.join("edits.journal")).unwrap().edits.len(),
+        read_journal(&work_dir.join("edits.journal"))
+            .unwrap()
+            .edits
+            .len(),
         1,
         "the stroke is journaled in the working copy before any save"
     );
     s.apply(Input::Autosave);
     s.flush();
     assert!(work_dir.starts_with(&loose_root));
-    assert!(work_dir.join("mask.nii.gz").exists(), "autosave wrote the working copy");
-    assert_eq!(std::fs::read(&real).unwrap(), original, "autosave left the user's file");
+    assert!(
+        work_dir.join("mask.nii.gz").exists(),
+        "autosave wrote the working copy"
+    );
+    assert_eq!(
+        std::fs::read(&real).unwrap(),
+        original,
+        "autosave left the user's file"
+    );
     assert!(s.has_unsaved_loose_edits());
     // Closing (as on exit) keeps the edits in the working copy, not in the user's file.
     s.apply(Input::CloseCase { wait: true });
@@ -271,7 +290,10 @@ fn loose_files_are_journaled_in_a_working_copy_and_written_only_on_save() {
     // Save: through the link into the user's file; the working copy is gone.
     edit(&mut s, EditCommand::Save);
     s.flush();
-    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
     assert_eq!(read_mask(&real).unwrap().data(), edited.data());
     assert!(!work_dir.join("mask.nii.gz").exists());
     assert!(!s.has_unsaved_loose_edits());

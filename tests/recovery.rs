@@ -6,9 +6,9 @@
 
 use mriloop::edit::{Edit, RecordField};
 use mriloop::project::journal::{self, frame_record, parse_journal, JOURNAL_MAGIC};
-use mriloop::session::script::scripted_step;
 use mriloop::project::store::{recover, CaseStore, SaveJob, StoreEvent};
 use mriloop::project::{InputForm, Project};
+use mriloop::session::script::scripted_step;
 use mriloop::volume::Volume;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -242,7 +242,11 @@ fn killing_an_editing_session_on_loose_files_keeps_the_edits_and_the_users_files
     let t1 = dir.path().join("T1.nii.gz");
     let labels = dir.path().join("labels.nii.gz");
     std::fs::copy(original.resolve(&case.sequences[0].path), &t1).unwrap();
-    std::fs::copy(original.resolve(case.reference_mask.as_deref().unwrap()), &labels).unwrap();
+    std::fs::copy(
+        original.resolve(case.reference_mask.as_deref().unwrap()),
+        &labels,
+    )
+    .unwrap();
     let (t1_bytes, labels_bytes) = (std::fs::read(&t1).unwrap(), std::fs::read(&labels).unwrap());
     let loose_root = dir.path().join("unsaved");
     let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
@@ -278,7 +282,13 @@ fn killing_an_editing_session_on_loose_files_keeps_the_edits_and_the_users_files
         loose_root,
     };
     let session = mriloop::session::script::open_session(&target).unwrap();
-    let recovered = session.open_case().unwrap().loaded.reference.clone().unwrap();
+    let recovered = session
+        .open_case()
+        .unwrap()
+        .loaded
+        .reference
+        .clone()
+        .unwrap();
     let matches = |n: usize| {
         let mut mask = original.load_reference_mask(case).unwrap().unwrap();
         for i in 0..n {

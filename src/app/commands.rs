@@ -210,11 +210,7 @@ impl MriloopApp {
     }
 
     fn ask_save_as(&mut self) {
-        let Some(loose) = self
-            .session
-            .open_case()
-            .and_then(|o| o.edits.loose.clone())
-        else {
+        let Some(loose) = self.session.open_case().and_then(|o| o.edits.loose.clone()) else {
             return;
         };
         self.ask(move || {

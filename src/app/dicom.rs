@@ -262,7 +262,8 @@ impl MriloopApp {
                         .join(", ")
                 ));
                 self.dicom = DicomState::default();
-                self.commands.push(Command::OpenFiles { images, mask: None });
+                self.commands
+                    .push(Command::OpenFiles { images, mask: None });
             }
             Err(e) => self.dicom.status = format!("import failed: {e}"),
         }

@@ -11,6 +11,7 @@
 use super::{Command, MriloopApp};
 use crate::experiment::{ExperimentEvent, ExperimentPlan, ExperimentResult};
 use crate::model::{FitControl, FitEvent, TrainEvent};
+use crate::session::WorkerError;
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub enum ExperimentCommand {
 /// What the worker sends.
 enum Message {
     Event(ExperimentEvent),
-    Done(Box<Result<ExperimentResult, String>>),
+    Done(Box<Result<ExperimentResult, WorkerError>>),
 }
 
 /// A running experiment, as the panel shows it.
@@ -160,16 +161,14 @@ impl MriloopApp {
                         }
                     });
                     let r = crate::background::run_in_background(|| {
-                        crate::experiment::run_experiment(&project, &plan, &dir, &etx, &ctl)
+                        crate::worker::catch_worker("the experiment", || {
+                            crate::experiment::run_experiment(&project, &plan, &dir, &etx, &ctl)
+                        })
                     });
                     drop(etx);
                     r
                 });
-                let done = result.map_err(|e| e.to_string()).and_then(|r| {
-                    let command = format!("Experiment panel: plan {}", plan.name);
-                    super::experiment_plots::write_report_with_plots(&r, &dir, &command)?;
-                    Ok(r)
-                });
+                let done = experiment_outcome(result, &plan.name, &dir);
                 let _ = tx.send(Message::Done(Box::new(done)));
                 wake();
             });
@@ -226,7 +225,10 @@ impl MriloopApp {
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
-                    done = Some(Err("the experiment thread stopped unexpectedly".into()));
+                    done = Some(Err(WorkerError::Panicked {
+                        worker: "the experiment".into(),
+                        message: "its thread ended without a result".into(),
+                    }));
                     break;
                 }
             }
@@ -241,13 +243,38 @@ impl MriloopApp {
                 }
                 Err(e) => {
                     self.experiment.status = format!("stopped: {e}");
-                    if !e.contains("cancelled") {
-                        self.dialogs.error = Some(e);
+                    if !matches!(e, WorkerError::Cancelled { .. }) {
+                        self.dialogs.error = Some(e.to_string());
                     }
                 }
             }
         }
     }
+}
+
+/// An experiment's outcome: its result with the report and plots written, or why not (a
+/// cancel, a failure, a panic), typed.
+fn experiment_outcome(
+    result: Result<Result<ExperimentResult, crate::experiment::ExperimentError>, WorkerError>,
+    plan: &str,
+    dir: &std::path::Path,
+) -> Result<ExperimentResult, WorkerError> {
+    let failed = |message: String| WorkerError::Failed {
+        worker: "the experiment".into(),
+        message,
+    };
+    let r = match result? {
+        Ok(r) => r,
+        Err(crate::experiment::ExperimentError::Cancelled) => {
+            return Err(WorkerError::Cancelled {
+                worker: "the experiment".into(),
+            })
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    let command = format!("Experiment panel: plan {plan}");
+    crate::plot::write_report_with_plots(&r, dir, &command).map_err(|e| failed(e.to_string()))?;
+    Ok(r)
 }
 
 /// The folder an experiment's report goes to: `<project>/experiments/<plan>-<time>/`.

@@ -195,13 +195,3 @@ pub fn show_roc(ui: &mut egui::Ui, result: &ExperimentResult) {
             }
         });
 }
-
-/// Write the plots as PNGs (drawn by [`crate::plot`] on the CPU), then `report.md` and
-/// `cases.csv` linking them, into `out`; `command` is what the report says made it.
-pub fn write_report_with_plots(
-    result: &ExperimentResult,
-    out: &std::path::Path,
-    command: &str,
-) -> Result<(), String> {
-    crate::plot::write_report_with_plots(result, out, command).map_err(|e| e.to_string())
-}

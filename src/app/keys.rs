@@ -71,7 +71,9 @@ fn command_keys(i: &InputState) -> Vec<Command> {
         out.push(Command::NextUnreviewed(if m.shift { -1 } else { 1 }));
     }
     if i.key_pressed(Key::I) && !m.command {
-        out.push(Command::Train(super::training::TrainCommand::NextInformative));
+        out.push(Command::Train(
+            super::training::TrainCommand::NextInformative,
+        ));
     }
     if i.key_pressed(Key::F1) {
         out.push(Command::ToggleHelp);
@@ -130,7 +132,11 @@ fn plain_keys(i: &InputState, keys: &KeyContext) -> Vec<Command> {
         out.push(edit(EditCommand::SetStatus(ReviewStatus::NeedsSecondLook)));
     }
     if i.key_pressed(Key::A) {
-        let o = if keys.reference_opacity > 0.0 { 0.0 } else { 0.5 };
+        let o = if keys.reference_opacity > 0.0 {
+            0.0
+        } else {
+            0.5
+        };
         out.push(Command::View(ViewCommand::SetReferenceOpacity(o)));
     }
     out

@@ -317,7 +317,10 @@ impl MriloopApp {
         };
         let title = match (self.session.open_case(), self.session.project()) {
             (Some(o), Some(p)) => {
-                format!("mriloop — {} — {}{unsaved}", p.manifest.name, o.loaded.case_id)
+                format!(
+                    "mriloop — {} — {}{unsaved}",
+                    p.manifest.name, o.loaded.case_id
+                )
             }
             (Some(o), None) => format!("mriloop — {}{unsaved}", o.loaded.case_id),
             _ => "mriloop".to_string(),

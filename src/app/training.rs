@@ -17,7 +17,7 @@ use crate::model::session::{
 };
 use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
-use crate::session::Input;
+use crate::session::{Input, WorkerError};
 use std::path::PathBuf;
 use std::sync::mpsc::TryRecvError;
 use std::time::{Duration, Instant};
@@ -399,7 +399,7 @@ impl MriloopApp {
 
     /// Take the run's pending events (never waits): progress and curves are updated here; the
     /// run's end, if it came, is returned.
-    fn drain_run_events(&mut self) -> Option<Result<crate::project::ModelVersion, String>> {
+    fn drain_run_events(&mut self) -> Option<Result<crate::project::ModelVersion, WorkerError>> {
         let mut finished = None;
         if let Some(run) = self.training.run.as_mut() {
             loop {
@@ -450,7 +450,10 @@ impl MriloopApp {
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        finished = Some(Err("the training thread stopped unexpectedly".into()));
+                        finished = Some(Err(WorkerError::Panicked {
+                            worker: "the training run".into(),
+                            message: "its thread ended without a result".into(),
+                        }));
                         break;
                     }
                 }
@@ -461,7 +464,7 @@ impl MriloopApp {
 
     /// Handle the run's end: record the version (in its own project when another one was
     /// opened meanwhile), activate it and re-predict, or report the failure.
-    fn finish_run(&mut self, finished: Option<Result<crate::project::ModelVersion, String>>) {
+    fn finish_run(&mut self, finished: Option<Result<crate::project::ModelVersion, WorkerError>>) {
         let elsewhere = self.training.run.as_ref().and_then(|r| {
             let here = self.session.project().map(|p| p.root().to_path_buf());
             (here.as_ref() != Some(&r.project_root)).then(|| r.project_root.clone())
@@ -528,7 +531,10 @@ impl MriloopApp {
                     }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
-                        end = Some(Err("the inference thread stopped unexpectedly".into()));
+                        end = Some(Err(WorkerError::Panicked {
+                            worker: "the re-inference".into(),
+                            message: "its thread ended without a result".into(),
+                        }));
                         break;
                     }
                 }

@@ -5,7 +5,7 @@
 //! Invariants: the report folder is created before the first run; the report is written only
 //! after every run finished; the report names the command line that made it.
 
-use super::{panicked, relay_events, say, steps_bar};
+use super::{relay_events, say, steps_bar};
 use crate::experiment::{self, ExperimentEvent, ExperimentPlan, ExperimentResult};
 use crate::model::{FitControl, FitEvent, TrainEvent};
 use crate::project::Project;
@@ -65,7 +65,7 @@ fn run_with_progress(
         worker.join()
     });
     bar.finish_and_clear();
-    Ok(result.map_err(|p| panicked("experiment", p))??)
+    Ok(crate::worker::joined("the experiment", result)??)
 }
 
 /// What the progress display knows of the experiment so far.

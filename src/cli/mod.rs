@@ -72,16 +72,3 @@ pub fn emit(text: &str) -> anyhow::Result<()> {
         _ => Ok(()),
     }
 }
-
-/// The thread that ran `what` panicked: say so as an error (the panic message, where it is a
-/// string, included).
-pub fn panicked(what: &str, payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned());
-    match message {
-        Some(m) => anyhow::anyhow!("the {what} thread panicked: {m}"),
-        None => anyhow::anyhow!("the {what} thread panicked"),
-    }
-}

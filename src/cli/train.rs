@@ -7,7 +7,7 @@
 //! first step, so `eval --held-out` finds the held-out list of any run; files are written
 //! atomically.
 
-use super::{panicked, relay_events, say, steps_bar};
+use super::{relay_events, say, steps_bar};
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
 use crate::plot::Curves;
 use crate::project::Project;
@@ -191,7 +191,7 @@ pub fn train_project(
         worker.join()
     });
     bar.finish_and_clear();
-    let result = result.map_err(|p| panicked("training", p))??;
+    let result = crate::worker::joined("the training run", result)??;
     if plot {
         let png = out.join("curves.png");
         crate::plot::write_training_png(&curves, [1400, 500], &png)?;

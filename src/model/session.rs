@@ -24,6 +24,7 @@ use crate::project::{
     Uncertainty,
 };
 use crate::volume::{write_volume, Volume};
+pub use crate::worker::WorkerError;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -71,8 +72,8 @@ pub enum RunEvent {
     Fit(FitEvent),
     /// The run ended (all epochs, early stop or cancel) with this version record.
     Finished(ModelVersion),
-    /// The run failed.
-    Failed(String),
+    /// The run failed or its thread panicked.
+    Failed(WorkerError),
 }
 
 /// A running training run.
@@ -228,8 +229,11 @@ pub fn start_run(
             });
             let failure = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(panicked) => Some(panicked.to_string()),
+                Ok(Err(message)) => Some(WorkerError::Failed {
+                    worker: "the training run".into(),
+                    message,
+                }),
+                Err(panicked) => Some(panicked),
             };
             if let Some(e) = failure {
                 let _ = tx.send(RunEvent::Failed(e));
@@ -470,8 +474,8 @@ pub enum InferEvent {
         /// Cases predicted.
         done: usize,
     },
-    /// The model could not be loaded.
-    Failed(String),
+    /// The model could not be loaded, or the worker panicked.
+    Failed(WorkerError),
 }
 
 /// A running re-inference.
@@ -520,7 +524,10 @@ pub fn start_reinfer(
                     let (config, model) = match load_checkpoint(&dir, &device) {
                         Ok(x) => x,
                         Err(e) => {
-                            let _ = tx.send(InferEvent::Failed(e.to_string()));
+                            let _ = tx.send(InferEvent::Failed(WorkerError::Failed {
+                                worker: "the re-inference".into(),
+                                message: e.to_string(),
+                            }));
                             wake();
                             return;
                         }
@@ -562,7 +569,7 @@ pub fn start_reinfer(
                 })
             });
             if let Err(e) = panicked {
-                let _ = report.send(InferEvent::Failed(e.to_string()));
+                let _ = report.send(InferEvent::Failed(e));
                 wake_after();
             }
         })

@@ -475,9 +475,9 @@ impl Session {
             | EditCommand::Morph(..)
             | EditCommand::Replace(..)
             | EditCommand::Interpolate(..) => self.whole_mask_operation(cmd),
-            EditCommand::AddLabel | EditCommand::RenameLabel(..) | EditCommand::RecolourLabel(..) => {
-                self.label_table_edit(cmd)
-            }
+            EditCommand::AddLabel
+            | EditCommand::RenameLabel(..)
+            | EditCommand::RecolourLabel(..) => self.label_table_edit(cmd),
             EditCommand::Save => self.save_for_user(None),
             EditCommand::SaveAs(path) => self.save_for_user(Some(path)),
             other => self.set_tool_setting(other),

@@ -260,11 +260,10 @@ impl Session {
     pub fn busy(&self) -> bool {
         !self.closing_stores.is_empty()
             || self.jobs.running() > 0
-            || self.open.as_ref().is_some_and(|o| {
-                o.time
-                    .as_ref()
-                    .is_some_and(|t| t.seed_busy() || t.playing)
-            })
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|o| o.time.as_ref().is_some_and(|t| t.seed_busy() || t.playing))
     }
 
     /// Whether the open case has edits not yet written where the user will find them: for a
@@ -282,7 +281,10 @@ impl Session {
 
     /// Signals of the stores still writing a closed case (a new load waits for them).
     pub fn closing_signals(&self) -> Vec<crate::project::store::ExitSignal> {
-        self.closing_stores.iter().map(|s| s.exit_signal()).collect()
+        self.closing_stores
+            .iter()
+            .map(|s| s.exit_signal())
+            .collect()
     }
 
     /// Run `work` in a worker thread named `name`; the `Input` it returns is applied at a later

@@ -176,7 +176,10 @@ impl Session {
                 .get(i)
                 .and_then(|c| c.reference_mask.clone())
                 .unwrap_or_else(|| {
-                    format!("{}/reference.nii.gz", Project::case_dir_rel(&loaded.case_id))
+                    format!(
+                        "{}/reference.nii.gz",
+                        Project::case_dir_rel(&loaded.case_id)
+                    )
                 });
             let store = CaseStore::open(&journal::journal_path(p, &loaded.case_id));
             return CaseEdits::new(Some(store), Some(rel), None);
@@ -249,9 +252,8 @@ fn fixed_layout(
     affine: &crate::volume::Affine,
     dims: [usize; 3],
 ) -> Option<super::view::Layout> {
-    ViewerState::single_slice_layout(affine, dims).or_else(|| {
-        (form == Some(InputForm::Slice2d)).then(|| ViewerState::stack_layout(affine))
-    })
+    ViewerState::single_slice_layout(affine, dims)
+        .or_else(|| (form == Some(InputForm::Slice2d)).then(|| ViewerState::stack_layout(affine)))
 }
 
 /// Each image's grid and intensity range, and the masks' grid.

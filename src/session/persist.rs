@@ -69,7 +69,13 @@ pub fn working_copy_name(file: &Path) -> String {
         .trim_end_matches(".gz")
         .trim_end_matches(".nii")
         .chars()
-        .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(40)
         .collect();
     format!("{stem}-{hash:016x}")
@@ -270,7 +276,11 @@ impl Session {
         open.edits.dirty = false;
         open.edits.mask_dirty = false;
         open.edits.unsaved_for_user = false;
-        let waits: Vec<_> = self.closing_stores.iter().map(|s| s.exit_signal()).collect();
+        let waits: Vec<_> = self
+            .closing_stores
+            .iter()
+            .map(|s| s.exit_signal())
+            .collect();
         self.jobs.spawn("discarding the working copy", move || {
             waits.iter().for_each(|w| w.wait());
             match std::fs::remove_dir_all(&loose.work_dir) {
@@ -300,12 +310,13 @@ impl Session {
         let Some(project) = self.project.clone() else {
             return;
         };
-        self.jobs.spawn("saving the manifest", move || match project.save() {
-            Ok(()) => super::Input::Report(Message::Notice("project saved".into())),
-            Err(e) => super::Input::WorkerFailed(super::WorkerError::Failed {
-                worker: "saving the manifest".into(),
-                message: e.to_string(),
-            }),
-        });
+        self.jobs
+            .spawn("saving the manifest", move || match project.save() {
+                Ok(()) => super::Input::Report(Message::Notice("project saved".into())),
+                Err(e) => super::Input::WorkerFailed(super::WorkerError::Failed {
+                    worker: "saving the manifest".into(),
+                    message: e.to_string(),
+                }),
+            });
     }
 }

@@ -70,11 +70,7 @@ impl Session {
             Ok(m) => m,
             Err(e) => return self.message(Message::Error(e)),
         };
-        let Some(open) = self
-            .open
-            .as_mut()
-            .filter(|o| o.loaded.case_id == case_id)
-        else {
+        let Some(open) = self.open.as_mut().filter(|o| o.loaded.case_id == case_id) else {
             return;
         };
         let same_grid = open

@@ -177,7 +177,10 @@ pub fn load_now(source: &CaseSource) -> Result<super::LoadedCase, String> {
             LoadMessage::Failed(e) => return Err(e),
         }
     }
-    Err(format!("loading {} stopped without a result", source.case_id))
+    Err(format!(
+        "loading {} stopped without a result",
+        source.case_id
+    ))
 }
 
 /// Run `steps` scripted steps on `target`, each through the session and on disk before

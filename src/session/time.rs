@@ -164,7 +164,6 @@ impl TimeView {
     }
 }
 
-
 impl Session {
     /// The open case's time-series state (4D cases).
     pub fn time_view(&self) -> Option<&TimeView> {
@@ -414,11 +413,19 @@ impl Session {
         };
         let e = &open.edits;
         let key = (e.undo.undo_depth(), e.undo.redo_depth(), e.stroke.len());
-        let predicted_key = open.loaded.predicted.as_ref().map(|p| p.data().as_ptr() as usize);
+        let predicted_key = open
+            .loaded
+            .predicted
+            .as_ref()
+            .map(|p| p.data().as_ptr() as usize);
         let Some(tv) = open.time.as_mut() else {
             return;
         };
-        if tv.region.as_ref().is_some_and(|(k, _)| *k == (key, predicted_key)) {
+        if tv
+            .region
+            .as_ref()
+            .is_some_and(|(k, _)| *k == (key, predicted_key))
+        {
             return;
         }
         let pick = |m: &Option<Volume<u8>>, what: &str| {

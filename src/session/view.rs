@@ -379,13 +379,19 @@ impl ViewerState {
             ViewCommand::WindowPreset(seq, p) if seq_ok(seq) => self.display[seq].apply_preset(p),
             ViewCommand::SetColormap(seq, c) if seq_ok(seq) => self.display[seq].colormap = c,
             ViewCommand::SetLinear(b) => self.linear = b,
-            ViewCommand::SetReferenceOpacity(a) => self.overlay.reference_opacity = a.clamp(0.0, 1.0),
+            ViewCommand::SetReferenceOpacity(a) => {
+                self.overlay.reference_opacity = a.clamp(0.0, 1.0)
+            }
             ViewCommand::SetReferenceOutline(b) => self.overlay.reference_outline = b,
-            ViewCommand::SetPredictedOpacity(a) => self.overlay.predicted_opacity = a.clamp(0.0, 1.0),
+            ViewCommand::SetPredictedOpacity(a) => {
+                self.overlay.predicted_opacity = a.clamp(0.0, 1.0)
+            }
             ViewCommand::ShowSequence(s) if seq_ok(s) => self.shown = vec![s],
             ViewCommand::ToggleSideBySide(s) => self.toggle_side_by_side(s),
             ViewCommand::SetBlend(b) => {
-                self.blend = b.filter(|(s, _)| seq_ok(*s)).map(|(s, a)| (s, a.clamp(0.0, 1.0)));
+                self.blend = b
+                    .filter(|(s, _)| seq_ok(*s))
+                    .map(|(s, a)| (s, a.clamp(0.0, 1.0)));
             }
             ViewCommand::SetLayout(l) => self.layout = l,
             _ => {}
