@@ -2,7 +2,7 @@
 //! mistakes; an annotator accepts its predictions on some cases and corrects them with the
 //! editing tools (erasing what it wrongly labelled, painting what it missed, fixing the class),
 //! marking them reviewed; the model is fine-tuned on the corrections through the same code path
-//! as the app's training panel (`model::session`), the unreviewed cases are re-predicted, and
+//! as the app's training panel (`model::runs`), the unreviewed cases are re-predicted, and
 //! the held-out cases' Dice against the phantom's truth is compared before and after.
 //!
 //! Invariants: the truth masks are kept outside the project (the model never sees a held-out
@@ -10,7 +10,7 @@
 //! is deterministic for a configuration.
 
 use crate::edit::tools::{accept_prediction, paint_voxels, PaintRules};
-use crate::model::session::{
+use crate::model::runs::{
     record_prediction, register_version, start_reinfer, start_run, InferEvent, RunEvent, RunRequest,
 };
 use crate::model::{dice_of, FitOptions};

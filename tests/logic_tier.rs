@@ -6,7 +6,7 @@
 
 use glam::DVec3;
 use mriloop::edit::Agreement;
-use mriloop::model::session::CasePrediction;
+use mriloop::model::runs::CasePrediction;
 use mriloop::phantom::{generate_project, PhantomConfig};
 use mriloop::project::journal::{journal_path, read_journal};
 use mriloop::project::{Project, ReviewStatus, Uncertainty};

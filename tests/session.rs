@@ -8,7 +8,7 @@ use egui_kittest::Harness;
 use mriloop::app::cohort::CohortState;
 use mriloop::app::training::TrainCommand;
 use mriloop::app::{Command, MriloopApp, Startup};
-use mriloop::model::session::uncertainty_of;
+use mriloop::model::runs::uncertainty_of;
 use mriloop::phantom::{generate_project, PhantomConfig};
 use mriloop::project::{Project, ReviewStatus, Uncertainty};
 use std::time::Duration;

@@ -11,7 +11,7 @@
 
 use super::curves::Curves;
 use super::{Command, MriloopApp};
-use crate::model::session::{
+use crate::model::runs::{
     register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
     RunEvent, RunHandle, RunRequest,
 };

@@ -170,7 +170,7 @@ pub fn train_project(
     }
     let (train, val) =
         model::split_by_case(samples, config.validation_fraction, config.training.seed);
-    model::session::write_run_files(out, config, &val)?;
+    model::runs::write_run_files(out, config, &val)?;
     let ids: Vec<&str> = val.iter().map(|s| s.case_id.as_str()).collect();
     eprintln!(
         "{} training cases, {} validation cases ({})",

@@ -572,7 +572,7 @@ impl RunContext<'_> {
             steps: config.epochs * config.steps_per_epoch,
         });
         let dir = self.out.join("runs").join(arm).join(format!("seed{seed}"));
-        crate::model::session::write_run_files(&dir, config, val)?;
+        crate::model::runs::write_run_files(&dir, config, val)?;
         let (result, loss) = self.fit_relayed(config, train.to_vec(), val, &dir);
         let result = result?;
         if self.control.is_cancelled() {

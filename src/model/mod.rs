@@ -3,7 +3,7 @@
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `session` (background training runs and re-inference over a project, for the app). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
+//! `runs` (background training runs and re-inference over a project, for the app). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
 //! `wgpu` on the GPU.
 
 pub mod apply;
@@ -13,7 +13,7 @@ pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
-pub mod session;
+pub mod runs;
 pub mod training;
 
 pub use apply::{

@@ -28,7 +28,7 @@ pub use time::{TimeCommand, TimeShown, TimeView};
 pub use view::{ViewCommand, ViewerState};
 
 use crate::edit::{Agreement, VoxelBox};
-use crate::model::session::CasePrediction;
+use crate::model::runs::CasePrediction;
 use crate::project::store::CaseStore;
 use crate::project::{LabelTable, ModelVersion, Project};
 use crate::render::GridInfo;

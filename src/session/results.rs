@@ -6,7 +6,7 @@
 //! Invariants: the manifest changes only here (and in edits); each change is saved.
 
 use super::{Input, Message, Session};
-use crate::model::session::{record_prediction, register_version, CasePrediction};
+use crate::model::runs::{record_prediction, register_version, CasePrediction};
 use crate::project::ModelVersion;
 use crate::volume::Volume;
 
