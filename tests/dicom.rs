@@ -498,7 +498,7 @@ fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
     assert_eq!(h.state().dicom().case_id, "exam_42");
     h.get_by_label("Import").click();
     let opened = window::step_until(&mut h, |a| {
-        a.open_case().is_some_and(|o| o.loaded.case_id == "exam_42") && !a.is_loading()
+        a.open_case().is_some_and(|o| o.case_id == "exam_42") && !a.is_loading()
     });
     assert!(
         opened,
@@ -515,7 +515,7 @@ fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
     )
     .is_ok_and(|q| q.manifest.case("exam_42").is_some())));
     let open = h.state().open_case().unwrap();
-    let sum: f64 = open.loaded.images[0]
+    let sum: f64 = open.layers[0]
         .volume
         .data()
         .iter()

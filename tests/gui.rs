@@ -137,12 +137,11 @@ fn demo_structure_appears_where_the_mask_says_in_all_three_views_and_opacity_zer
         let app = h.state();
         let open = app.open_case().unwrap();
         let mask = open
-            .loaded
             .reference
             .clone()
             .expect("the demo has a reference mask");
         let colour = app.labels().get(TUMOUR).expect("tumour label").color;
-        (mask, *open.loaded.images[0].volume.affine(), colour)
+        (mask, *open.layers[0].volume.affine(), colour)
     };
     let v = deep_voxel(&mask, TUMOUR);
     let at = affine.vox_to_mm(DVec3::new(v[0] as f64, v[1] as f64, v[2] as f64));
@@ -265,7 +264,7 @@ fn window_level_maps_intensities_to_grey_levels() {
     );
     let (t1, cursor) = {
         let open = h.state().open_case().unwrap();
-        (open.loaded.images[0].volume.clone(), open.viewer.cursor_mm)
+        (open.layers[0].volume.clone(), open.viewer.cursor_mm)
     };
     for (lo, hi) in [(0.0f32, 1000.0f32), (200.0, 600.0), (400.0, 450.0)] {
         apply(
@@ -377,7 +376,7 @@ fn worklist_dice_next_unreviewed_and_predicted_overlay() {
         let app = h.state();
         let open = app.open_case().unwrap();
         let colours: Vec<[u8; 3]> = app.labels().labels().iter().map(|l| l.color).collect();
-        (open.loaded.predicted.clone().unwrap(), colours)
+        (open.predicted.clone().unwrap(), colours)
     };
     let v = (1..=255u8).find(|l| pred.data().contains(l)).unwrap();
     let at = {
@@ -519,7 +518,7 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
         let id = h.state().project().unwrap().manifest.cases[i].id.clone();
         assert!(window::step_until(h, |a| a
             .open_case()
-            .is_some_and(|o| o.loaded.case_id == id)
+            .is_some_and(|o| o.case_id == id)
             && !a.is_loading()));
         h.step();
         h.step();
@@ -528,7 +527,7 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
     let (layout, cells, k_axis) = {
         let app = h.state();
         let o = app.open_case().unwrap();
-        let a = *o.loaded.images[0].volume.affine();
+        let a = *o.layers[0].volume.affine();
         (
             o.viewer.layout,
             app.view_cells().len(),
@@ -546,9 +545,7 @@ fn a_stack_of_2d_images_opens_in_one_view_and_a_volume_goes_back_to_three() {
         .push(Command::View(ViewCommand::StepSlice(orientation, 1)));
     h.step();
     let after = h.state().open_case().unwrap().viewer.cursor_mm;
-    let step = h.state().open_case().unwrap().loaded.images[0]
-        .volume
-        .spacing_mm()[2];
+    let step = h.state().open_case().unwrap().layers[0].volume.spacing_mm()[2];
     assert!(((after - before).length() - step).abs() < 0.05 * step);
     // A volume case after it opens tri-planar again.
     open_case(&mut h, 0);

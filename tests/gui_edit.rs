@@ -159,14 +159,7 @@ fn a_class_key_updates_the_worklist_and_a_save_writes_the_files() {
     }
     h.step();
     h.step();
-    let mask = h
-        .state()
-        .open_case()
-        .unwrap()
-        .loaded
-        .reference
-        .clone()
-        .unwrap();
+    let mask = h.state().open_case().unwrap().reference.clone().unwrap();
     let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
     for _ in 0..300 {
         if !jpath.exists() {
@@ -218,14 +211,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let m = h
-            .state()
-            .open_case()
-            .unwrap()
-            .loaded
-            .reference
-            .clone()
-            .unwrap();
+        let m = h.state().open_case().unwrap().reference.clone().unwrap();
         // The harness is dropped without saving, as a crash would leave it.
         std::mem::forget(h);
         m
@@ -235,13 +221,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
     let info = app.info().expect("the user is told what was recovered");
     assert!(info.contains("recovered 3 unsaved edits"), "{info}");
     assert_eq!(
-        app.open_case()
-            .unwrap()
-            .loaded
-            .reference
-            .as_ref()
-            .unwrap()
-            .data(),
+        app.open_case().unwrap().reference.as_ref().unwrap().data(),
         edited.data()
     );
     assert_eq!(

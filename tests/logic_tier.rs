@@ -33,7 +33,7 @@ fn edit(s: &mut Session, e: EditCommand) -> Changes {
 }
 
 fn mask(s: &Session) -> Volume<u8> {
-    s.open_case().unwrap().loaded.reference.clone().unwrap()
+    s.open_case().unwrap().reference.clone().unwrap()
 }
 
 /// The centre of the open case's mask grid, in world mm.
@@ -175,10 +175,7 @@ fn a_reinference_result_refreshes_the_open_case_prediction_and_agreement_mid_edi
     let c = tick_until(&mut s, |c, _| c.predicted);
     assert!(c.predicted);
     let open = s.open_case().unwrap();
-    assert_eq!(
-        open.loaded.predicted.as_ref().unwrap().data(),
-        predicted.data()
-    );
+    assert_eq!(open.predicted.as_ref().unwrap().data(), predicted.data());
     let expected = Agreement::of(reference.data(), predicted.data()).unwrap();
     let got = open.agreement.clone().unwrap();
     assert_eq!(got.foreground_dice(), expected.foreground_dice());
@@ -250,7 +247,7 @@ fn loose_files_are_journaled_in_a_working_copy_and_written_only_on_save() {
     dab(&mut s, at);
     let edited = mask(&s);
     s.flush();
-    let case_id = s.open_case().unwrap().loaded.case_id.clone();
+    let case_id = s.open_case().unwrap().case_id.clone();
     let reports = s.apply(Input::Tick { now_s: 0.0 });
     assert!(
         reports.messages.is_empty(),

@@ -282,13 +282,7 @@ fn killing_an_editing_session_on_loose_files_keeps_the_edits_and_the_users_files
         loose_root,
     };
     let session = mriloop::session::script::open_session(&target).unwrap();
-    let recovered = session
-        .open_case()
-        .unwrap()
-        .loaded
-        .reference
-        .clone()
-        .unwrap();
+    let recovered = session.open_case().unwrap().reference.clone().unwrap();
     let matches = |n: usize| {
         let mut mask = original.load_reference_mask(case).unwrap().unwrap();
         for i in 0..n {

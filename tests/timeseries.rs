@@ -193,7 +193,7 @@ fn a_4d_case_opens_with_its_time_series() {
         let open = h.state().open_case().unwrap();
         assert_eq!(open.time.as_ref().unwrap().shown, TimeShown::Frame(5));
         let frame5 = bold.frame(5).unwrap();
-        assert_eq!(open.loaded.images[0].volume.data(), frame5.data());
+        assert_eq!(open.layers[0].volume.data(), frame5.data());
     }
     // Play advances through the time points on its own; pause stops it.
     push(&mut h, Command::Time(TimeCommand::SetFramesPerSecond(30.0)));
@@ -216,9 +216,7 @@ fn a_4d_case_opens_with_its_time_series() {
     );
     let sd = temporal_summary(&bold).unwrap();
     assert_eq!(
-        h.state().open_case().unwrap().loaded.images[0]
-            .volume
-            .data(),
+        h.state().open_case().unwrap().layers[0].volume.data(),
         sd.sd.data()
     );
     push(&mut h, Command::Time(TimeCommand::Show(TimeShown::Mean)));

@@ -22,15 +22,7 @@ fn oblique() -> Affine {
 }
 
 fn state(affine: Affine, dims: [usize; 3]) -> ViewerState {
-    let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
-    let display = vec![
-        SequenceDisplay::new(&values, Colormap::Grey),
-        SequenceDisplay::new(&values, Colormap::Hot),
-        SequenceDisplay::new(&values, Colormap::Grey),
-        SequenceDisplay::new(&values, Colormap::Grey),
-        SequenceDisplay::new(&values, Colormap::Diverging),
-    ];
-    ViewerState::new(&affine, dims, display)
+    ViewerState::new(&affine, dims, 5)
 }
 
 #[test]

@@ -107,7 +107,6 @@ fn provenance(ui: &mut egui::Ui, app: &MriloopApp, case: &crate::project::Case) 
     }
     let Some(a) = &open.agreement else { return };
     let vox = open
-        .loaded
         .reference
         .as_ref()
         .map_or(1.0, |m| m.voxel_volume_mm3());
@@ -162,7 +161,7 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
         edit(out, EditCommand::SetTolerance(tol));
     }
     label_operations(ui, app, out);
-    if open.loaded.predicted.is_some() {
+    if open.predicted.is_some() {
         ui.horizontal_wrapped(|ui| {
             if ui.button("Accept prediction").clicked() {
                 edit(out, EditCommand::AcceptPrediction(None));
@@ -262,17 +261,15 @@ fn intensity_row(ui: &mut egui::Ui, open: &OpenCase, t: &ToolState, out: &mut Ve
     ui.horizontal(|ui| {
         let shown = open.viewer.shown.first().copied().unwrap_or(0);
         let name = open
-            .loaded
-            .images
+            .layers
             .get(shown)
             .map(|i| i.name.to_string())
             .unwrap_or_default();
         let mut on = t.rules.intensity.is_some();
         let (mut lo, mut hi) = t.rules.intensity.unwrap_or_else(|| {
-            open.viewer
-                .display
-                .get(shown)
-                .map_or((0.0, 1.0), |d| (d.window_low, d.window_high))
+            open.layers.get(shown).map_or((0.0, 1.0), |l| {
+                (l.display.window_low, l.display.window_high)
+            })
         });
         let mut changed = ui
             .checkbox(&mut on, format!("only where {name} is in"))

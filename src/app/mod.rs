@@ -317,12 +317,9 @@ impl MriloopApp {
         };
         let title = match (self.session.open_case(), self.session.project()) {
             (Some(o), Some(p)) => {
-                format!(
-                    "mriloop — {} — {}{unsaved}",
-                    p.manifest.name, o.loaded.case_id
-                )
+                format!("mriloop — {} — {}{unsaved}", p.manifest.name, o.case_id)
             }
-            (Some(o), None) => format!("mriloop — {}{unsaved}", o.loaded.case_id),
+            (Some(o), None) => format!("mriloop — {}{unsaved}", o.case_id),
             _ => "mriloop".to_string(),
         };
         if title != self.title {

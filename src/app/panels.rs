@@ -188,20 +188,17 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
             ));
             ui.separator();
             let p = open.viewer.cursor_mm;
-            if let Some(first) = open.loaded.images.first() {
+            if let Some(first) = open.layers.first() {
                 if let Some(vox) = first.volume.affine().mm_to_vox(p) {
                     ui.label(format!("voxel [{:.0}, {:.0}, {:.0}]", vox.x, vox.y, vox.z));
                 }
             }
             ui.label(format!("RAS [{:.1}, {:.1}, {:.1}] mm", p.x, p.y, p.z));
-            for img in &open.loaded.images {
+            for img in &open.layers {
                 let v = value_at(&img.volume, p).map_or_else(|| "—".to_string(), format_value);
                 ui.label(format!("{} {v}", img.name));
             }
-            for (what, mask) in [
-                ("label", &open.loaded.reference),
-                ("predicted", &open.loaded.predicted),
-            ] {
+            for (what, mask) in [("label", &open.reference), ("predicted", &open.predicted)] {
                 if let Some(m) = mask {
                     let name = match value_at(m, p) {
                         Some(0) => "background".to_string(),
@@ -414,7 +411,7 @@ fn sequences_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>)
     let v = &open.viewer;
     ui.heading("Sequences");
     ui.label("Tick up to four to show side by side; \"only\" shows one alone.");
-    for (s, img) in open.loaded.images.iter().enumerate() {
+    for (s, img) in open.layers.iter().enumerate() {
         ui.horizontal(|ui| {
             let shown = v.shown.contains(&s);
             let mut tick = shown;
@@ -436,7 +433,7 @@ fn sequences_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>)
 /// The sequence blended over the shown ones, and its opacity.
 fn blend_row(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
     let v = &open.viewer;
-    let names: Vec<&str> = open.loaded.images.iter().map(|i| i.name.as_str()).collect();
+    let names: Vec<&str> = open.layers.iter().map(|i| i.name.as_str()).collect();
     let current = v
         .blend
         .map_or("none", |(b, _)| names.get(b).copied().unwrap_or("?"));
@@ -475,11 +472,11 @@ fn window_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
         out.push(Command::View(ViewCommand::SetLinear(linear)));
     }
     for &s in v.shown.iter().chain(v.blend.as_ref().map(|b| &b.0)) {
-        let (Some(d), Some(img)) = (v.display.get(s), open.loaded.images.get(s)) else {
+        let Some(layer) = open.layers.get(s) else {
             continue;
         };
-        ui.label(RichText::new(img.name.as_str()).strong());
-        sequence_window(ui, s, d, out);
+        ui.label(RichText::new(layer.name.as_str()).strong());
+        sequence_window(ui, s, &layer.display, out);
     }
     ui.label(
         RichText::new("Right-drag in a view: window (left-right) and level (up-down)").small(),
@@ -523,7 +520,7 @@ fn sequence_window(ui: &mut egui::Ui, s: usize, d: &SequenceDisplay, out: &mut V
 fn masks_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
     ui.heading("Masks");
     let mut o = open.viewer.overlay;
-    if open.loaded.reference.is_some() {
+    if open.reference.is_some() {
         if ui
             .add(egui::Slider::new(&mut o.reference_opacity, 0.0..=1.0).text("reference"))
             .changed()
@@ -541,7 +538,7 @@ fn masks_section(ui: &mut egui::Ui, open: &OpenCase, out: &mut Vec<Command>) {
             )));
         }
     }
-    if open.loaded.predicted.is_some()
+    if open.predicted.is_some()
         && ui
             .add(egui::Slider::new(&mut o.predicted_opacity, 0.0..=1.0).text("predicted (outline)"))
             .changed()

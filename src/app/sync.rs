@@ -33,7 +33,7 @@ impl MriloopApp {
             let id = self
                 .session
                 .open_case()
-                .map_or(String::new(), |o| o.loaded.case_id.clone());
+                .map_or(String::new(), |o| o.case_id.clone());
             self.dialogs.error = Some(format!("case {id}: {e}"));
         }
     }
@@ -43,13 +43,13 @@ impl MriloopApp {
         let (Some(rs), Some(open)) = (&self.render_state, self.session.open_case()) else {
             return Ok(());
         };
-        let images: Vec<_> = open.loaded.images.iter().map(|i| &i.volume).collect();
+        let images: Vec<_> = open.layers.iter().map(|i| &i.volume).collect();
         let textures = CaseTextures::upload(
             &rs.device,
             &rs.queue,
             &images,
-            open.loaded.reference.as_ref(),
-            open.loaded.predicted.as_ref(),
+            open.reference.as_ref(),
+            open.predicted.as_ref(),
             &self.session.overlay_colours(),
         )?;
         let mut renderer = rs.renderer.write();
@@ -68,7 +68,7 @@ impl MriloopApp {
         let Some(gpu) = renderer.callback_resources.get_mut::<ViewerGpu>() else {
             return Ok(());
         };
-        if let Some(mask) = open.loaded.reference.as_ref() {
+        if let Some(mask) = open.reference.as_ref() {
             if let Some(case) = gpu.case() {
                 for b in &changes.mask_boxes {
                     case.update_reference_sub_box(&rs.queue, mask, b.min, b.max)?;
@@ -76,7 +76,7 @@ impl MriloopApp {
             }
         }
         if changes.predicted {
-            gpu.set_predicted(&rs.device, &rs.queue, open.loaded.predicted.as_ref())?;
+            gpu.set_predicted(&rs.device, &rs.queue, open.predicted.as_ref())?;
         }
         if changes.colours {
             if let Some(case) = gpu.case() {
@@ -84,12 +84,12 @@ impl MriloopApp {
             }
         }
         for &i in &changes.images_written {
-            if let Some(img) = open.loaded.images.get(i) {
+            if let Some(img) = open.layers.get(i) {
                 gpu.write_image(&rs.queue, i, img.volume.data())?;
             }
         }
         for &i in &changes.images_set {
-            if let Some(img) = open.loaded.images.get(i) {
+            if let Some(img) = open.layers.get(i) {
                 gpu.set_image(&rs.device, &rs.queue, i, &img.volume)?;
             }
         }

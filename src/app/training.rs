@@ -317,7 +317,7 @@ impl MriloopApp {
             .open_case()
             .and_then(|o| {
                 let id = project.manifest.cases.get(o.case_index?)?.id.clone();
-                Some((id, o.loaded.reference.clone()?))
+                Some((id, o.reference.clone()?))
             })
             .into_iter()
             .collect();

@@ -146,8 +146,7 @@ fn view_grid(v: &ViewerState) -> (usize, usize, Vec<(Orientation, usize)>) {
 /// A view's header line above its image: orientation, sequence and the slice's position.
 fn view_header(ui: &egui::Ui, open: &OpenCase, o: Orientation, seq: usize, outer: Rect) {
     let name = open
-        .loaded
-        .images
+        .layers
         .get(seq)
         .map(|i| i.name.to_string())
         .unwrap_or_default();
@@ -169,8 +168,8 @@ fn view_header(ui: &egui::Ui, open: &OpenCase, o: Orientation, seq: usize, outer
 /// The case's summary in the free cell of the 2×2 layout.
 fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
     let Some(open) = app.open_case() else { return };
-    let mut lines = vec![format!("case {}", open.loaded.case_id)];
-    let first = &open.loaded.images[0].volume;
+    let mut lines = vec![format!("case {}", open.case_id)];
+    let first = &open.layers[0].volume;
     let [nx, ny, nz] = first.dims3();
     let sp = first.spacing_mm();
     lines.push(format!(
@@ -180,15 +179,15 @@ fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
         sp[2],
         first.affine().orientation_code()
     ));
-    let names: Vec<&str> = open.loaded.images.iter().map(|i| i.name.as_str()).collect();
+    let names: Vec<&str> = open.layers.iter().map(|i| i.name.as_str()).collect();
     lines.push(format!("sequences: {}", names.join(", ")));
-    if let Some(m) = &open.loaded.reference {
+    if let Some(m) = &open.reference {
         lines.push(format!(
             "reference mask: {:.0} mm³ labelled",
             super::labelled_volume_mm3(m)
         ));
     }
-    if let (Some(r), Some(p)) = (&open.loaded.reference, &open.loaded.predicted) {
+    if let (Some(r), Some(p)) = (&open.reference, &open.predicted) {
         if let Some(d) = super::foreground_dice(r, p) {
             lines.push(format!("Dice predicted vs reference: {d:.3}"));
         }
@@ -206,9 +205,10 @@ fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
 fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
     let Some(open) = app.open_case() else { return };
     let v = &open.viewer;
-    let Some(d) = v.display.get(cell.seq) else {
+    let Some(layer) = open.layers.get(cell.seq) else {
         return;
     };
+    let d = &layer.display;
     let blend = v.blend.filter(|(b, _)| *b != cell.seq);
     let style = SliceStyle {
         window_low: d.window_low,
@@ -220,7 +220,7 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
         predicted_opacity: v.overlay.predicted_opacity,
         crosshair_mm: Some(v.cursor_mm),
         blend: blend.and_then(|(b, opacity)| {
-            v.display.get(b).map(|bd| BlendStyle {
+            open.layers.get(b).map(|l| &l.display).map(|bd| BlendStyle {
                 window_low: bd.window_low,
                 window_high: bd.window_high,
                 colormap: bd.colormap,
@@ -231,15 +231,12 @@ fn draw_view(ui: &egui::Ui, app: &MriloopApp, cell: &ViewCell, slot: usize) {
     };
     let ppp = ui.ctx().pixels_per_point();
     let viewport_px = [cell.rect.width() * ppp, cell.rect.height() * ppp];
-    let Some(image) = open.image_grids.get(cell.seq) else {
-        return;
-    };
     let grids = crate::render::ViewGrids {
-        image: *image,
-        blend: blend.and_then(|(b, _)| open.image_grids.get(b).copied()),
+        image: layer.grid,
+        blend: blend.and_then(|(b, _)| open.layers.get(b).map(|l| l.grid)),
         labels: open.labels_grid,
-        has_reference: open.loaded.reference.is_some(),
-        has_predicted: open.loaded.predicted.is_some(),
+        has_reference: open.reference.is_some(),
+        has_predicted: open.predicted.is_some(),
     };
     let uniform = crate::render::SliceUniform::for_view(&cell.plane, &style, viewport_px, &grids);
     let Some(uniform) = uniform else { return };
@@ -282,7 +279,7 @@ fn interact(
     }
     let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
     tool_overlay(ui, app.tools(), cell, &resp, mm_per_point);
-    drag_input(&open.viewer, cell, &resp, mm_per_point, out);
+    drag_input(open, cell, &resp, mm_per_point, out);
     if resp.hovered() {
         hover_input(ui, cell.orientation, out);
     }
@@ -362,14 +359,14 @@ fn tool_overlay(
 
 /// Right drag: window (left-right) and level (up-down); middle drag: pan.
 fn drag_input(
-    v: &ViewerState,
+    open: &crate::session::OpenCase,
     cell: &ViewCell,
     resp: &egui::Response,
     mm_per_point: f64,
     out: &mut Vec<Command>,
 ) {
     if resp.dragged_by(egui::PointerButton::Secondary) {
-        if let Some(d) = v.display.get(cell.seq) {
+        if let Some(d) = open.layers.get(cell.seq).map(|l| &l.display) {
             let delta = resp.drag_delta();
             let (level, width) = d.level_width();
             let width = width * (delta.x * 0.01).exp();

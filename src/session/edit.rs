@@ -222,7 +222,7 @@ impl CaseEdits {
 }
 
 fn edit_plane(open: &OpenCase, o: Orientation) -> Option<EditPlane> {
-    let mask = open.loaded.reference.as_ref()?;
+    let mask = open.reference.as_ref()?;
     let (right, up, normal) = o.axes();
     let cursor = open.viewer.cursor_mm;
     Some(EditPlane {
@@ -235,7 +235,7 @@ fn edit_plane(open: &OpenCase, o: Orientation) -> Option<EditPlane> {
 
 /// The mask voxel axis most aligned with a view's normal.
 fn voxel_axis_of(open: &OpenCase, o: Orientation) -> usize {
-    let Some(mask) = open.loaded.reference.as_ref() else {
+    let Some(mask) = open.reference.as_ref() else {
         return 2;
     };
     let (_, _, n) = o.axes();
@@ -265,7 +265,7 @@ impl Session {
 
     /// The mask's sub-box `region` changed: the window uploads it.
     fn mask_changed(&mut self, region: VoxelBox) {
-        let Some(mask) = self.open.as_ref().and_then(|o| o.loaded.reference.as_ref()) else {
+        let Some(mask) = self.open.as_ref().and_then(|o| o.reference.as_ref()) else {
             return;
         };
         let region = region.clamp_to(mask.dims3());
@@ -323,7 +323,7 @@ impl Session {
         let Some(delta) = delta else { return };
         self.mask_changed(delta.region);
         if let Some(open) = self.open.as_mut() {
-            if let (Some(a), Some(p)) = (open.agreement.as_mut(), open.loaded.predicted.as_ref()) {
+            if let (Some(a), Some(p)) = (open.agreement.as_mut(), open.predicted.as_ref()) {
                 a.apply(&delta, p, true);
             }
         }
@@ -373,7 +373,7 @@ impl Session {
         let spacing = (t.radius_mm * 0.5).max(0.25);
         let n = ((at_mm - from).length() / spacing).ceil().max(1.0) as usize;
         let mut deltas = Vec::new();
-        let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
+        let (images, mask) = (&open.layers, open.reference.as_mut());
         let Some(mask) = mask else { return };
         let image = images
             .get(seq)
@@ -399,14 +399,12 @@ impl Session {
             open.edits.undo.undo().cloned()
         };
         let Some(edit) = edit else { return };
-        if let Some(mask) = open.loaded.reference.as_mut() {
+        if let Some(mask) = open.reference.as_mut() {
             edit.apply_to_mask(mask, forward);
         }
-        if let (Edit::Mask(deltas), Some(a), Some(p)) = (
-            &edit,
-            open.agreement.as_mut(),
-            open.loaded.predicted.as_ref(),
-        ) {
+        if let (Edit::Mask(deltas), Some(a), Some(p)) =
+            (&edit, open.agreement.as_mut(), open.predicted.as_ref())
+        {
             if forward {
                 deltas.iter().for_each(|d| a.apply(d, p, true));
             } else {
@@ -529,7 +527,7 @@ impl Session {
             return;
         };
         let plane = edit_plane(open, o);
-        let (images, mask) = (&open.loaded.images, open.loaded.reference.as_mut());
+        let (images, mask) = (&open.layers, open.reference.as_mut());
         let (Some(mask), Some(img)) = (mask, images.get(seq)) else {
             return;
         };
@@ -559,7 +557,7 @@ impl Session {
         let Some(plane) = edit_plane(open, o) else {
             return;
         };
-        let Some(mask) = open.loaded.reference.as_mut() else {
+        let Some(mask) = open.reference.as_mut() else {
             return;
         };
         let d = polygon_fill(mask, &plane, &vertices, label, &rules, None);
@@ -576,7 +574,7 @@ impl Session {
             EditCommand::Interpolate(_, o) => voxel_axis_of(open, *o),
             _ => 2,
         };
-        let (pred, mask) = (&open.loaded.predicted, open.loaded.reference.as_mut());
+        let (pred, mask) = (&open.predicted, open.reference.as_mut());
         let Some(mask) = mask else {
             return;
         };

@@ -35,16 +35,57 @@ use crate::render::GridInfo;
 use crate::volume::Volume;
 use std::path::PathBuf;
 
-/// The open case: its volumes on the CPU (values under the cursor, edits) and the view.
+/// One image of the open case with how it is shown: a sequence as loaded (a 4D series' shown
+/// frame), or an image made in the window (a seed map).
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Its name (the sequence's).
+    pub name: crate::project::SequenceName,
+    /// Its values on the CPU: what is shown (for a 4D series, the shown frame or summary).
+    pub volume: Volume<f32>,
+    /// A 4D sequence's whole series and its summaries (`None` for a 3D image).
+    pub series: Option<std::sync::Arc<load::LoadedSeries>>,
+    /// Window, colour map and transparency.
+    pub display: view::SequenceDisplay,
+    /// Its grid and the intensity range its texture maps to 0..1.
+    pub grid: GridInfo,
+}
+
+impl Layer {
+    /// A loaded image as a layer with `display`.
+    pub fn of(image: LoadedImage, display: view::SequenceDisplay) -> Self {
+        let grid = GridInfo {
+            affine: *image.volume.affine(),
+            dims: image.volume.dims3(),
+            value_range: crate::render::ImageTexture::range_of(
+                &image.volume.data()[..image.volume.frame_len()],
+            ),
+        };
+        Self {
+            name: image.name,
+            volume: image.volume,
+            series: image.series,
+            display,
+            grid,
+        }
+    }
+}
+
+/// The open case: its layers and masks on the CPU (values under the cursor, edits) and the
+/// view.
 pub struct OpenCase {
-    /// The loaded volumes.
-    pub loaded: LoadedCase,
+    /// The case's name.
+    pub case_id: String,
+    /// Its images, in display order, each with its display settings and grid (at least one).
+    pub layers: Vec<Layer>,
+    /// The reference (corrected) mask: what the user edits.
+    pub reference: Option<Volume<u8>>,
+    /// The predicted mask.
+    pub predicted: Option<Volume<u8>>,
     /// What the views show.
     pub viewer: ViewerState,
     /// Index in the project, if it came from one.
     pub case_index: Option<usize>,
-    /// Each image's grid and the intensity range its texture maps to 0..1.
-    pub image_grids: Vec<GridInfo>,
     /// The masks' grid.
     pub labels_grid: GridInfo,
     /// Undo, the stroke in progress, and saving.
@@ -334,8 +375,18 @@ impl Session {
     }
 
     fn apply_view(&mut self, cmd: ViewCommand) {
-        if let Some(open) = self.open.as_mut() {
-            open.viewer.apply(cmd);
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        match cmd {
+            ViewCommand::SetWindow { seq, .. }
+            | ViewCommand::WindowPreset(seq, _)
+            | ViewCommand::SetColormap(seq, _) => {
+                if let Some(layer) = open.layers.get_mut(seq) {
+                    layer.display.apply(&cmd);
+                }
+            }
+            other => open.viewer.apply(other),
         }
     }
 

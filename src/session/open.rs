@@ -15,7 +15,8 @@ use super::{Message, OpenCase, Session};
 use crate::edit::{Agreement, Edit};
 use crate::project::store::CaseStore;
 use crate::project::{journal, InputForm, Project};
-use crate::render::{Colormap, GridInfo, ImageTexture};
+use crate::render::{Colormap, GridInfo};
+use crate::volume::Volume;
 
 impl Session {
     /// A project was read: it replaces the open one (the open case is saved first).
@@ -63,7 +64,7 @@ impl Session {
             self.labels = p.manifest.labels.clone();
         }
         let viewer = self.viewer_for(&loaded, case_index);
-        let (image_grids, labels_grid) = grids_of(&loaded);
+        let labels_grid = labels_grid_of(&loaded);
         let mut edits = self.edits_for(&loaded, case_index, source);
         if let Some(rec) = loaded.recovered.take() {
             self.recovered(&loaded.case_id, case_index, &rec, &mut edits);
@@ -80,17 +81,19 @@ impl Session {
                 )));
             }
         }
-        let agreement = agreement_of(&loaded);
+        let agreement = agreement_of(loaded.reference.as_ref(), loaded.predicted.as_ref());
         let time = loaded
             .images
             .iter()
             .enumerate()
             .find_map(|(i, img)| Some(TimeView::new(i, img.series.clone()?)));
         self.open = Some(OpenCase {
-            loaded,
+            case_id: loaded.case_id,
+            layers: loaded.images.into_iter().map(layer_of).collect(),
+            reference: loaded.reference,
+            predicted: loaded.predicted,
             viewer,
             case_index,
-            image_grids,
             labels_grid,
             edits,
             agreement,
@@ -110,34 +113,19 @@ impl Session {
     /// always gets its one view).
     fn viewer_for(&self, loaded: &LoadedCase, case_index: Option<usize>) -> ViewerState {
         let first = &loaded.images[0].volume;
-        let display = loaded
-            .images
-            .iter()
-            .map(|i| {
-                let cmap = if i.name.as_str().eq_ignore_ascii_case("ADC") {
-                    Colormap::Diverging
-                } else {
-                    Colormap::Grey
-                };
-                SequenceDisplay::new(i.volume.data(), cmap)
-            })
-            .collect();
-        let mut viewer = ViewerState::new(first.affine(), first.dims3(), display);
+        let count = loaded.images.len();
+        let mut viewer = ViewerState::new(first.affine(), first.dims3(), count);
         let fixed = fixed_layout(self.form_of(case_index), first.affine(), first.dims3());
         if let Some(l) = fixed {
             viewer.layout = l;
         }
-        let Some(prev) = self
-            .open
-            .as_ref()
-            .filter(|p| p.viewer.display.len() == viewer.display.len())
-        else {
+        let Some(prev) = self.open.as_ref().filter(|p| p.viewer.layer_count == count) else {
             return viewer;
         };
         let prev_fixed = prev
-            .image_grids
+            .layers
             .first()
-            .and_then(|g| fixed_layout(self.form_of(prev.case_index), &g.affine, g.dims));
+            .and_then(|l| fixed_layout(self.form_of(prev.case_index), &l.grid.affine, l.grid.dims));
         let kept: Vec<usize> = prev
             .viewer
             .shown
@@ -256,34 +244,42 @@ fn fixed_layout(
         .or_else(|| (form == Some(InputForm::Slice2d)).then(|| ViewerState::stack_layout(affine)))
 }
 
-/// Each image's grid and intensity range, and the masks' grid.
-fn grids_of(loaded: &LoadedCase) -> (Vec<GridInfo>, GridInfo) {
-    let image_grids: Vec<GridInfo> = loaded
-        .images
-        .iter()
-        .map(|i| GridInfo {
-            affine: *i.volume.affine(),
-            dims: i.volume.dims3(),
-            value_range: ImageTexture::range_of(&i.volume.data()[..i.volume.frame_len()]),
-        })
-        .collect();
-    let labels_grid = match loaded.reference.as_ref().or(loaded.predicted.as_ref()) {
+/// A loaded image as a layer: grey, or the diverging map for an ADC map, robust window.
+fn layer_of(image: super::LoadedImage) -> super::Layer {
+    let colormap = if image.name.as_str().eq_ignore_ascii_case("ADC") {
+        Colormap::Diverging
+    } else {
+        Colormap::Grey
+    };
+    let display = SequenceDisplay::new(image.volume.data(), colormap);
+    super::Layer::of(image, display)
+}
+
+/// The masks' grid (the first image's, with no mask).
+fn labels_grid_of(loaded: &LoadedCase) -> GridInfo {
+    match loaded.reference.as_ref().or(loaded.predicted.as_ref()) {
         Some(m) => GridInfo {
             affine: *m.affine(),
             dims: m.dims3(),
             value_range: (0.0, 1.0),
         },
-        None => GridInfo {
-            dims: [1, 1, 1],
-            ..image_grids[0]
-        },
-    };
-    (image_grids, labels_grid)
+        None => {
+            let first = &loaded.images[0].volume;
+            GridInfo {
+                affine: *first.affine(),
+                dims: [1, 1, 1],
+                value_range: (0.0, 1.0),
+            }
+        }
+    }
 }
 
 /// Agreement of the prediction with the reference, when both are on one grid.
-pub(super) fn agreement_of(loaded: &LoadedCase) -> Option<Agreement> {
-    match (&loaded.reference, &loaded.predicted) {
+pub(super) fn agreement_of(
+    reference: Option<&Volume<u8>>,
+    predicted: Option<&Volume<u8>>,
+) -> Option<Agreement> {
+    match (reference, predicted) {
         (Some(r), Some(p)) if r.dims3() == p.dims3() => {
             Agreement::of(&r.data()[..r.frame_len()], &p.data()[..p.frame_len()])
         }

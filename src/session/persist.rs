@@ -92,11 +92,7 @@ impl Session {
         if !open.edits.dirty {
             return;
         }
-        let mask = open
-            .loaded
-            .reference
-            .clone()
-            .filter(|_| open.edits.mask_dirty);
+        let mask = open.reference.clone().filter(|_| open.edits.mask_dirty);
         let job = match (&open.edits.loose, project) {
             (Some(loose), _) => SaveJob {
                 project: None,
@@ -150,7 +146,7 @@ impl Session {
         if let Some(path) = save_as {
             loose.mask_path = path;
         }
-        let (Some(mask), Some(store)) = (open.loaded.reference.clone(), &open.edits.store) else {
+        let (Some(mask), Some(store)) = (open.reference.clone(), &open.edits.store) else {
             return;
         };
         let target = loose.mask_path.clone();

@@ -48,7 +48,7 @@ impl Session {
         let is_open = self
             .open
             .as_ref()
-            .is_some_and(|o| o.case_index.is_some() && o.loaded.case_id == pred.case_id);
+            .is_some_and(|o| o.case_index.is_some() && o.case_id == pred.case_id);
         let Some(path) = is_open
             .then(|| self.project.as_ref().map(|p| p.resolve(&pred.mask)))
             .flatten()
@@ -70,11 +70,10 @@ impl Session {
             Ok(m) => m,
             Err(e) => return self.message(Message::Error(e)),
         };
-        let Some(open) = self.open.as_mut().filter(|o| o.loaded.case_id == case_id) else {
+        let Some(open) = self.open.as_mut().filter(|o| o.case_id == case_id) else {
             return;
         };
         let same_grid = open
-            .loaded
             .reference
             .as_ref()
             .is_none_or(|r| r.dims3() == mask.dims3());
@@ -83,8 +82,9 @@ impl Session {
                 "case {case_id}: the new prediction is not on the mask's grid"
             )));
         }
-        open.loaded.predicted = Some(mask);
-        open.agreement = super::open::agreement_of(&open.loaded);
+        open.predicted = Some(mask);
+        open.agreement =
+            super::open::agreement_of(open.reference.as_ref(), open.predicted.as_ref());
         self.pending.predicted = true;
         self.message(Message::Notice(format!(
             "case {case_id}: showing the new prediction"

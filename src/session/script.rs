@@ -197,7 +197,7 @@ pub fn run_edit_script(
     let (affine, dims) = {
         let mask = session
             .open_case()
-            .and_then(|o| o.loaded.reference.as_ref())
+            .and_then(|o| o.reference.as_ref())
             .ok_or("the case has no mask to edit")?;
         (*mask.affine(), mask.dims3())
     };

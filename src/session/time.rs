@@ -13,7 +13,7 @@ use super::load::{LoadedImage, LoadedSeries};
 use super::view::SequenceDisplay;
 use super::Session;
 use crate::project::SequenceName;
-use crate::render::{Colormap, GridInfo, ImageTexture};
+use crate::render::{Colormap, ImageTexture};
 use crate::volume::timeseries::{region_mean_course, seed_correlation, time_course, SeedMapError};
 use crate::volume::Volume;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -217,7 +217,7 @@ impl Session {
         tv.seed_threshold = r.clamp(-1.0, 1.0);
         if let Some(slot) = tv.seed.as_ref().map(|s| s.image) {
             let threshold = tv.seed_threshold;
-            if let Some(d) = open.viewer.display.get_mut(slot) {
+            if let Some(d) = open.layers.get_mut(slot).map(|l| &mut l.display) {
                 d.window_low = threshold;
                 d.window_high = 1.0_f32.max(threshold + 1e-3);
             }
@@ -257,24 +257,20 @@ impl Session {
         let (image, previous) = (tv.image, tv.shown);
         tv.shown = shown;
         let values = tv.values_of(shown);
-        let Some(img) = open.loaded.images.get_mut(image) else {
+        let Some(layer) = open.layers.get_mut(image) else {
             return;
         };
-        if img.volume.data().len() != values.len() {
+        if layer.volume.data().len() != values.len() {
             return;
         }
-        img.volume.data_mut().copy_from_slice(values);
-        if let Some(g) = open.image_grids.get_mut(image) {
-            g.value_range = ImageTexture::range_of(values);
-        }
+        layer.volume.data_mut().copy_from_slice(values);
+        layer.grid.value_range = ImageTexture::range_of(values);
         // The temporal SD is on another scale than the signal: its window starts afresh, and
         // so does the signal's when coming back from it.
         let sd = |s: TimeShown| s == TimeShown::TemporalSd;
         if sd(shown) != sd(previous) {
-            if let Some(d) = open.viewer.display.get_mut(image) {
-                let colormap = d.colormap;
-                *d = SequenceDisplay::new(values, colormap);
-            }
+            let colormap = layer.display.colormap;
+            layer.display = SequenceDisplay::new(values, colormap);
         }
         self.pending.images_written.push(image);
     }
@@ -368,34 +364,24 @@ impl Session {
         let Some(tv) = open.time.as_mut() else {
             return;
         };
-        let slot = tv
-            .seed
-            .as_ref()
-            .map_or(open.loaded.images.len(), |s| s.image);
+        let slot = tv.seed.as_ref().map_or(open.layers.len(), |s| s.image);
         let mut display = SequenceDisplay::new(r.data(), Colormap::Hot);
         display.window_low = tv.seed_threshold;
         display.window_high = 1.0_f32.max(tv.seed_threshold + 1e-3);
         display.transparent_below_window = true;
-        let grid = GridInfo {
-            affine: *r.affine(),
-            dims: r.dims3(),
-            value_range: ImageTexture::range_of(r.data()),
-        };
         let [i, j, k] = seed_vox;
         let image = LoadedImage {
             name: SequenceName::from(format!("seed r [{i},{j},{k}]")),
             volume: r.clone(),
             series: None,
         };
-        if slot < open.loaded.images.len() {
-            open.loaded.images[slot] = image;
-            open.viewer.display[slot] = display;
-            open.image_grids[slot] = grid;
+        let layer = super::Layer::of(image, display);
+        if slot < open.layers.len() {
+            open.layers[slot] = layer;
         } else {
-            open.loaded.images.push(image);
-            open.viewer.display.push(display);
-            open.image_grids.push(grid);
+            open.layers.push(layer);
         }
+        open.viewer.layer_count = open.layers.len();
         tv.seed_status = format!("seed map of voxel [{i}, {j}, {k}]");
         tv.seed = Some(SeedMap {
             seed_vox,
@@ -413,11 +399,7 @@ impl Session {
         };
         let e = &open.edits;
         let key = (e.undo.undo_depth(), e.undo.redo_depth(), e.stroke.len());
-        let predicted_key = open
-            .loaded
-            .predicted
-            .as_ref()
-            .map(|p| p.data().as_ptr() as usize);
+        let predicted_key = open.predicted.as_ref().map(|p| p.data().as_ptr() as usize);
         let Some(tv) = open.time.as_mut() else {
             return;
         };
@@ -433,8 +415,8 @@ impl Session {
                 .and_then(|m| region_mean_course(&tv.series.frames, m))
                 .map(|c| (format!("{what} region mean"), c))
         };
-        let course = pick(&open.loaded.reference, "reference")
-            .or_else(|| pick(&open.loaded.predicted, "predicted"));
+        let course =
+            pick(&open.reference, "reference").or_else(|| pick(&open.predicted, "predicted"));
         tv.region = Some(((key, predicted_key), course));
     }
 }

@@ -1,9 +1,11 @@
 //! Viewer state with no GPU and no egui: the shared cursor in world millimetres, each view's
-//! zoom and pan, the layout, and per-sequence display settings. Every view's `SlicePlane` is
-//! computed here from the grid of the case, so tests can predict where a world point is drawn.
+//! zoom and pan, the layout, which layers are shown and blended; and `SequenceDisplay`, the
+//! display settings each layer of the open case carries (window, colour map). Every view's
+//! `SlicePlane` is computed here from the grid of the case, so tests can predict where a world
+//! point is drawn.
 //!
 //! Invariants: the cursor is in world mm (RAS+); every view's plane passes through the cursor
-//! along its normal; display settings are kept per sequence, in the case's sequence order.
+//! along its normal; the layer indices held (`shown`, `blend`) are below `layer_count`.
 
 use crate::render::{Colormap, Orientation, SlicePlane};
 use crate::volume::Affine;
@@ -164,6 +166,20 @@ impl SequenceDisplay {
         d
     }
 
+    /// Apply a display command (window, preset, colour map) to this image's settings; other
+    /// commands are the view's.
+    pub fn apply(&mut self, cmd: &ViewCommand) {
+        match *cmd {
+            ViewCommand::SetWindow { low, high, .. } => {
+                self.window_low = low;
+                self.window_high = if high > low { high } else { low + 1e-3 };
+            }
+            ViewCommand::WindowPreset(_, p) => self.apply_preset(p),
+            ViewCommand::SetColormap(_, c) => self.colormap = c,
+            _ => {}
+        }
+    }
+
     /// Set the window from a preset.
     pub fn apply_preset(&mut self, preset: WindowPreset) {
         let (lo, hi) = preset.percentiles();
@@ -246,8 +262,8 @@ pub struct ViewerState {
     pub shown: Vec<usize>,
     /// A sequence blended over each shown one, with its opacity.
     pub blend: Option<(usize, f32)>,
-    /// Display settings per sequence.
-    pub display: Vec<SequenceDisplay>,
+    /// Number of the case's images (layers) the indices above may name.
+    pub layer_count: usize,
     /// Trilinear (true) or nearest-voxel sampling.
     pub linear: bool,
     /// Mask overlays.
@@ -336,9 +352,9 @@ impl ViewerState {
             .map_or(Layout::TriPlanar, Layout::Single)
     }
 
-    /// State for a case whose first sequence has this grid; `display` per sequence. A single
-    /// slice opens in one large view facing it; a volume in the tri-planar layout.
-    pub fn new(affine: &Affine, dims: [usize; 3], display: Vec<SequenceDisplay>) -> Self {
+    /// State for a case of `layer_count` images whose first has this grid. A single slice
+    /// opens in one large view facing it; a volume in the tri-planar layout.
+    pub fn new(affine: &Affine, dims: [usize; 3], layer_count: usize) -> Self {
         let world_box = WorldBox::of_grid(affine, dims);
         let step = [0, 1, 2].map(|a| step_along(affine, a));
         Self {
@@ -349,15 +365,16 @@ impl ViewerState {
             layout: Self::single_slice_layout(affine, dims).unwrap_or(Layout::TriPlanar),
             shown: vec![0],
             blend: None,
-            display,
+            layer_count,
             linear: false,
             overlay: OverlayStyle::default(),
         }
     }
 
-    /// Apply a view command (one naming a missing sequence does nothing).
+    /// Apply a view command (one naming a missing sequence does nothing; the display settings'
+    /// commands are the layers', applied by `SequenceDisplay::apply`).
     pub fn apply(&mut self, cmd: ViewCommand) {
-        let seq_ok = |s: usize| s < self.display.len();
+        let seq_ok = |s: usize| s < self.layer_count;
         match cmd {
             ViewCommand::SetCursor(p) => self.set_cursor(p),
             ViewCommand::StepSlice(o, n) => self.step_slice(o, n),
@@ -371,13 +388,6 @@ impl ViewerState {
                 self.zoom = [ViewZoom::default(); 3];
                 self.cursor_mm = self.world_box.centre_mm();
             }
-            ViewCommand::SetWindow { seq, low, high } if seq_ok(seq) => {
-                let d = &mut self.display[seq];
-                d.window_low = low;
-                d.window_high = if high > low { high } else { low + 1e-3 };
-            }
-            ViewCommand::WindowPreset(seq, p) if seq_ok(seq) => self.display[seq].apply_preset(p),
-            ViewCommand::SetColormap(seq, c) if seq_ok(seq) => self.display[seq].colormap = c,
             ViewCommand::SetLinear(b) => self.linear = b,
             ViewCommand::SetReferenceOpacity(a) => {
                 self.overlay.reference_opacity = a.clamp(0.0, 1.0)
@@ -457,7 +467,7 @@ impl ViewerState {
             if self.shown.len() > 1 {
                 self.shown.remove(i);
             }
-        } else if self.shown.len() < MAX_SIDE_BY_SIDE && seq < self.display.len() {
+        } else if self.shown.len() < MAX_SIDE_BY_SIDE && seq < self.layer_count {
             self.shown.push(seq);
         }
     }

@@ -49,7 +49,6 @@ pub fn mask_of(h: &Harness<'_, MriloopApp>) -> Vec<u8> {
     h.state()
         .open_case()
         .unwrap()
-        .loaded
         .reference
         .as_ref()
         .unwrap()
