@@ -127,10 +127,11 @@ impl MriloopApp {
         }
     }
 
-    /// Give an input to the session and mirror what changed.
+    /// Give an input to the session; what changed is mirrored on the GPU once, at the frame's
+    /// GPU step.
     pub(super) fn input(&mut self, input: Input) {
         let changes = self.session.apply(input);
-        self.sync(changes);
+        self.changes.merge(changes);
     }
 
     /// Apply one command.

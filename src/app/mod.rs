@@ -105,6 +105,8 @@ pub struct MriloopApp {
     cells: Vec<ViewCell>,
     render_state: Option<egui_wgpu::RenderState>,
     gpu_generation: u64,
+    /// What the session changed this frame, mirrored on the GPU once (`sync`).
+    changes: crate::session::Changes,
     ctx: egui::Context,
     title: String,
     notices_tx: std::sync::mpsc::Sender<Result<String, String>>,
@@ -157,6 +159,7 @@ impl MriloopApp {
             cells: Vec::new(),
             render_state,
             gpu_generation: 0,
+            changes: crate::session::Changes::default(),
             ctx,
             title: String::new(),
             notices_tx,
@@ -442,7 +445,9 @@ impl eframe::App for MriloopApp {
         self.poll_notices();
         self.poll_dicom();
         self.apply_all();
-        let changes = self.session.apply(crate::session::Input::Tick { now_s });
+        self.input(crate::session::Input::Tick { now_s });
+        // The frame's one GPU step: everything the session changed, mirrored.
+        let changes = std::mem::take(&mut self.changes);
         self.sync(changes);
         self.guard_close(&ctx);
         self.handle_keys(&ctx);

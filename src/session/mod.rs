@@ -223,7 +223,8 @@ impl Changes {
         *self == Changes::default()
     }
 
-    fn merge(&mut self, other: Changes) {
+    /// Add `other`'s changes to these (several inputs in one frame, mirrored once).
+    pub fn merge(&mut self, other: Changes) {
         self.case_opened |= other.case_opened;
         self.mask_boxes.extend(other.mask_boxes);
         self.predicted |= other.predicted;
