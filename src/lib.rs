@@ -1,10 +1,13 @@
 //! mriloop: review, correct and train a multi-task brain-MRI network in one native app.
 //!
-//! Layers point one way: `volume` (volumes, affines, NIfTI I/O) knows nothing above it;
-//! `project` (cases, manifest, nnU-Net exchange) builds on `volume`; `phantom` generates
-//! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `experiment` (arms × seeds trained
-//! and compared on held-out cases) builds on `model` and `project`; `plot` draws file plots on
-//! the CPU; `app` (the eframe review window), `closed_loop` (the review–correct–train loop
+//! Layers point one way: `worker` (typed failures of worker threads) and `volume` (volumes,
+//! affines, NIfTI/DICOM I/O) know nothing above them; `edit` (deltas, undo, tools) builds on
+//! `volume`; `project` (cases, manifest, journal, nnU-Net exchange) on both; `phantom` generates
+//! synthetic projects; `render` draws volume slices with wgpu (no egui, no project); `model`
+//! trains and predicts; `experiment` (arms × seeds trained and compared on held-out cases)
+//! builds on `model` and `project`; `plot` draws file plots on the CPU; `session` is the logic
+//! tier (the open project and case, every change through `Session::apply`; no egui, no wgpu);
+//! `app` (the eframe review window, on `session`), `closed_loop` (the review–correct–train loop
 //! scripted end to end) and `cli` (the headless commands, which never import `app`) sit on top.
 
 pub mod app;
