@@ -28,6 +28,18 @@ fn phantom(dir: &Path) -> Project {
     generate_project(dir, &cfg, |_, _| {}).unwrap()
 }
 
+/// A one-case phantom project at `root`, its case id, and a headless session with it open.
+fn open_phantom_case(root: &Path) -> (Project, String, Session) {
+    let project = phantom(root);
+    let id = project.manifest.cases[0].id.clone();
+    let session = open_session(&ScriptTarget::Project {
+        dir: root.to_path_buf(),
+        case_id: id.clone(),
+    })
+    .unwrap();
+    (project, id, session)
+}
+
 fn edit(s: &mut Session, e: EditCommand) -> Changes {
     s.apply(Input::Edit(e))
 }
@@ -79,13 +91,7 @@ fn tick_until(s: &mut Session, done: impl Fn(&Changes, &Session) -> bool) -> Cha
 fn edit_undo_redo_journal_and_save_go_through_apply() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("p");
-    let project = phantom(&root);
-    let id = project.manifest.cases[0].id.clone();
-    let mut s = open_session(&ScriptTarget::Project {
-        dir: root.clone(),
-        case_id: id.clone(),
-    })
-    .unwrap();
+    let (project, id, mut s) = open_phantom_case(&root);
     let before = mask(&s);
     let at = centre_mm(&s);
     let c = dab(&mut s, at);
@@ -131,13 +137,7 @@ fn edit_undo_redo_journal_and_save_go_through_apply() {
 fn a_reinference_result_refreshes_the_open_case_prediction_and_agreement_mid_edit() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("p");
-    let project = phantom(&root);
-    let id = project.manifest.cases[0].id.clone();
-    let mut s = open_session(&ScriptTarget::Project {
-        dir: root.clone(),
-        case_id: id.clone(),
-    })
-    .unwrap();
+    let (project, id, mut s) = open_phantom_case(&root);
     // The user is mid-edit: one stroke committed.
     let at = centre_mm(&s);
     dab(&mut s, at);

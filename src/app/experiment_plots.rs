@@ -6,8 +6,7 @@
 //! (the plan's order) in every plot, the same as in the PNGs.
 
 use super::curves::PALETTE;
-use crate::experiment::report::{per_case_mean, positive_scores, runs_of};
-use crate::experiment::stats::roc_curve;
+use crate::experiment::report::{arm_roc, per_case_mean, runs_of};
 use crate::experiment::ExperimentResult;
 use crate::plot::{smooth, smoothing_window};
 use egui_plot::{
@@ -173,19 +172,9 @@ pub fn show_roc(ui: &mut egui::Ui, result: &ExperimentResult) {
                     .style(LineStyle::dashed_dense()),
             );
             for (a, arm) in arms.iter().enumerate() {
-                let (mut scores, mut positive) = (Vec::new(), Vec::new());
-                for run in runs_of(result, &arm.name)
-                    .into_iter()
-                    .filter(|r| r.classifies())
-                {
-                    let (s, t) = positive_scores(run);
-                    scores.extend(s);
-                    positive.extend(t);
-                }
-                let Some(points) = roc_curve(&scores, &positive) else {
+                let Some((points, auc)) = arm_roc(result, &arm.name) else {
                     continue;
                 };
-                let auc = crate::model::auc(&scores, &positive).unwrap_or(0.0);
                 let pts: PlotPoints = points.iter().map(|(x, y)| [*x, *y]).collect();
                 p.line(
                     Line::new(format!("{} (AUC {auc:.3})", arm.name), pts)

@@ -69,6 +69,19 @@ pub fn positive_scores(run: &RunResult) -> (Vec<f64>, Vec<bool>) {
         .unzip()
 }
 
+/// The ROC curve of arm `name`'s class (positive = the last class), its seeds' test cases
+/// pooled, and its AUC; `None` when the arm does not classify or the curve is undefined.
+pub fn arm_roc(result: &ExperimentResult, name: &str) -> Option<(Vec<(f64, f64)>, f64)> {
+    let (mut scores, mut positive) = (Vec::new(), Vec::new());
+    for run in runs_of(result, name).into_iter().filter(|r| r.classifies()) {
+        let (s, t) = positive_scores(run);
+        scores.extend(s);
+        positive.extend(t);
+    }
+    let points = super::stats::roc_curve(&scores, &positive)?;
+    Some((points, crate::model::auc(&scores, &positive).unwrap_or(0.0)))
+}
+
 /// The runs of arm `name`.
 pub fn runs_of<'a>(result: &'a ExperimentResult, name: &str) -> Vec<&'a RunResult> {
     result.runs.iter().filter(|r| r.arm == name).collect()

@@ -11,8 +11,7 @@ use super::canvas::{
 };
 use super::curves::{smooth, smoothing_window};
 use super::{PlotError, PALETTE};
-use crate::experiment::report::{per_case_mean, positive_scores, runs_of};
-use crate::experiment::stats::roc_curve;
+use crate::experiment::report::{arm_roc, per_case_mean, runs_of};
 use crate::experiment::ExperimentResult;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -239,19 +238,9 @@ fn roc_chart(area: &Area, result: &ExperimentResult) -> DrawResult {
         ..Series::line("chance", vec![(0.0, 0.0), (1.0, 1.0)], [170, 170, 170], 1)
     }];
     for (a, arm) in result.plan.arms.iter().enumerate() {
-        let (mut scores, mut positive) = (Vec::new(), Vec::new());
-        for run in runs_of(result, &arm.name)
-            .into_iter()
-            .filter(|r| r.classifies())
-        {
-            let (s, t) = positive_scores(run);
-            scores.extend(s);
-            positive.extend(t);
-        }
-        let Some(points) = roc_curve(&scores, &positive) else {
+        let Some((points, auc)) = arm_roc(result, &arm.name) else {
             continue;
         };
-        let auc = crate::model::auc(&scores, &positive).unwrap_or(0.0);
         let name = format!("{} (AUC {auc:.3})", arm.name);
         series.push(Series::line(name, points, colour(a), 2));
     }
