@@ -39,6 +39,43 @@ fn expected_after(project: &Project, n: usize, seed: u64) -> (Volume<u8>, String
     (mask, status)
 }
 
+/// Run `mriloop ARGS --steps 1000 --seed SEED --pause-ms 2`, kill it with SIGKILL once it has
+/// committed `kill_after` steps; returns the last step it said was committed.
+fn kill_edit_script(args: &[String], seed: u64, kill_after: usize) -> usize {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(args)
+        .args([
+            "--steps",
+            "1000",
+            "--seed",
+            &seed.to_string(),
+            "--pause-ms",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut last = 0;
+    for line in BufReader::new(stdout).lines() {
+        last = line
+            .unwrap()
+            .trim_start_matches("committed ")
+            .parse::<usize>()
+            .unwrap();
+        if last >= kill_after {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert!(
+        last >= kill_after,
+        "the child committed {last} steps before it was killed"
+    );
+    last
+}
+
 #[test]
 fn killing_an_editing_session_loses_at_most_the_edit_in_progress() {
     let seed = 42;
@@ -47,31 +84,15 @@ fn killing_an_editing_session_loses_at_most_the_edit_in_progress() {
         let root = dir.path().join("p");
         let original = phantom(&root);
         let id = original.manifest.cases[0].id.clone();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
-            .args(["edit-script", root.to_str().unwrap(), "--case", &id])
-            .args(["--steps", "1000", "--seed", &seed.to_string()])
-            .args(["--save-every", &save_every.to_string(), "--pause-ms", "2"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut last = 0;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            last = line
-                .trim_start_matches("committed ")
-                .parse::<usize>()
-                .unwrap();
-            if last >= kill_after {
-                child.kill().unwrap();
-                break;
-            }
-        }
-        let _ = child.wait();
-        assert!(
-            last >= kill_after,
-            "the child committed {last} steps before it was killed"
-        );
+        let script = vec![
+            "edit-script".to_string(),
+            root.to_str().unwrap().into(),
+            "--case".into(),
+            id.clone(),
+            "--save-every".into(),
+            save_every.to_string(),
+        ];
+        let last = kill_edit_script(&script, seed, kill_after);
         // Reopen as the app does: saved mask + journal replayed.
         let mut project = Project::open(&root).unwrap();
         let case = project.manifest.cases[0].clone();
@@ -249,30 +270,20 @@ fn killing_an_editing_session_on_loose_files_keeps_the_edits_and_the_users_files
     .unwrap();
     let (t1_bytes, labels_bytes) = (std::fs::read(&t1).unwrap(), std::fs::read(&labels).unwrap());
     let loose_root = dir.path().join("unsaved");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
-        .args(["edit-script", "--files", t1.to_str().unwrap()])
-        .args(["--seg", labels.to_str().unwrap()])
-        .args(["--loose-root", loose_root.to_str().unwrap()])
-        .args(["--steps", "1000", "--seed", &seed.to_string()])
-        .args(["--save-every", "4", "--pause-ms", "2"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut last = 0;
-    for line in BufReader::new(stdout).lines() {
-        last = line
-            .unwrap()
-            .trim_start_matches("committed ")
-            .parse::<usize>()
-            .unwrap();
-        if last >= 14 {
-            child.kill().unwrap();
-            break;
-        }
-    }
-    let _ = child.wait();
-    assert!(last >= 14, "the child committed {last} steps");
+    let script: Vec<String> = [
+        "edit-script",
+        "--files",
+        t1.to_str().unwrap(),
+        "--seg",
+        labels.to_str().unwrap(),
+        "--loose-root",
+        loose_root.to_str().unwrap(),
+        "--save-every",
+        "4",
+    ]
+    .map(String::from)
+    .to_vec();
+    let last = kill_edit_script(&script, seed, 14);
     // The user's files are byte for byte as they were; the edits are in the working copy.
     assert_eq!(std::fs::read(&t1).unwrap(), t1_bytes);
     assert_eq!(std::fs::read(&labels).unwrap(), labels_bytes);
