@@ -180,11 +180,16 @@ pub fn status_bar(ui: &mut egui::Ui, app: &MriloopApp) {
                 return;
             };
             let e = &open.edits;
+            let saved = match (&e.loose, e.dirty, e.unsaved_for_user) {
+                // Loose files: autosaved into the working copy, not yet into the user's file.
+                (Some(_), _, true) => " · not saved to your file (Ctrl+S)",
+                (None, true, _) => " · unsaved",
+                _ => " · saved",
+            };
             ui.label(format!(
-                "undo {} · redo {}{}",
+                "undo {} · redo {}{saved}",
                 e.undo.undo_depth(),
                 e.undo.redo_depth(),
-                if e.dirty { " · unsaved" } else { " · saved" }
             ));
             ui.separator();
             let p = open.viewer.cursor_mm;
