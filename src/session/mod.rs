@@ -82,6 +82,8 @@ pub struct OpenCase {
     pub reference: Option<Volume<u8>>,
     /// The predicted mask.
     pub predicted: Option<Volume<u8>>,
+    /// How many times the predicted mask was replaced since the case opened.
+    pub predicted_revision: u64,
     /// What the views show.
     pub viewer: ViewerState,
     /// Index in the project, if it came from one.

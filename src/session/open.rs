@@ -92,6 +92,7 @@ impl Session {
             layers: loaded.images.into_iter().map(layer_of).collect(),
             reference: loaded.reference,
             predicted: loaded.predicted,
+            predicted_revision: 0,
             viewer,
             case_index,
             labels_grid,

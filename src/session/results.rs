@@ -83,6 +83,7 @@ impl Session {
             )));
         }
         open.predicted = Some(mask);
+        open.predicted_revision += 1;
         open.agreement =
             super::open::agreement_of(open.reference.as_ref(), open.predicted.as_ref());
         self.pending.predicted = true;

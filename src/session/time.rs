@@ -93,8 +93,9 @@ pub struct TimeView {
 /// A time course with its name in the plot's legend.
 pub type NamedCourse = (String, Vec<f32>);
 
-/// Undo depth, redo depth and stroke length: changes whenever the mask is edited.
-type MaskRevision = ((usize, usize, usize), Option<usize>);
+/// Undo depth, redo depth and stroke length (changes whenever the mask is edited), and the
+/// prediction's revision.
+type MaskRevision = ((usize, usize, usize), u64);
 
 impl TimeView {
     /// The time-series state of a case's image `image` holding `series`, showing time point 0.
@@ -399,7 +400,7 @@ impl Session {
         };
         let e = &open.edits;
         let key = (e.undo.undo_depth(), e.undo.redo_depth(), e.stroke.len());
-        let predicted_key = open.predicted.as_ref().map(|p| p.data().as_ptr() as usize);
+        let predicted_key = open.predicted_revision;
         let Some(tv) = open.time.as_mut() else {
             return;
         };
