@@ -1,6 +1,7 @@
 //! The Experiment panel, headless (egui_kittest through wgpu on lavapipe): a plan chosen in the
 //! panel runs in the background with progress while frames keep coming, ends with a report in
 //! the project's experiments folder and its figures in the window; a second run is cancelled.
+//! Plans are read by workers, and two read at once both answer.
 
 mod window;
 
@@ -35,13 +36,9 @@ fn a_plan_runs_from_the_panel_with_progress_and_writes_its_report() {
         .push(Command::Experiment(ExperimentCommand::Toggle));
     h.state_mut()
         .push(Command::Experiment(ExperimentCommand::LoadPlan(plan)));
-    h.step();
-    h.step();
-    assert!(
-        h.state().experiment().plan.is_some(),
-        "{:?}",
-        h.state().error()
-    );
+    // The plan is read by a worker, off the UI thread.
+    let read = window::step_until(&mut h, |a| a.experiment().plan.is_some());
+    assert!(read, "{:?}", h.state().error());
     h.get_by_label("Start experiment").click();
     h.step();
     h.step();
@@ -99,4 +96,44 @@ fn a_plan_runs_from_the_panel_with_progress_and_writes_its_report() {
         "{}",
         h.state().experiment().status
     );
+}
+
+#[test]
+fn two_file_workers_at_once_both_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        cases: 2,
+        seed: 5,
+        grid: 16,
+        ..PhantomConfig::default()
+    };
+    let project = generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"name": "two answers", "seeds": [1], "test_fraction": 0.5,
+            "arms": [{"name": "T1", "set": {"sequences": ["T1"]}}]}"#,
+    )
+    .unwrap();
+    let missing = dir.path().join("no-such-plan.json");
+    let mut h = window::open_project(project.root(), [1280.0, 900.0]);
+    // Both are read by workers in the same frame; each answer reaches the window (one shared
+    // answer slot would drop the first).
+    h.state_mut()
+        .push(Command::Experiment(ExperimentCommand::LoadPlan(missing)));
+    h.state_mut()
+        .push(Command::Experiment(ExperimentCommand::LoadPlan(
+            good.clone(),
+        )));
+    let both = window::step_until(&mut h, |a| {
+        a.experiment().plan.is_some() && a.error().is_some()
+    });
+    assert!(
+        both,
+        "plan: {:?}, error: {:?}",
+        h.state().experiment().plan.is_some(),
+        h.state().error()
+    );
+    assert!(h.state().error().unwrap().contains("no-such-plan.json"));
+    assert_eq!(h.state().experiment().plan.as_ref().unwrap().0, good);
 }
