@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mriloop::cli::bench::{print_figures, BenchArgs, BenchKind, BOLD_REFERENCE, LOOP_REFERENCE};
-use mriloop::cli::{self, closed_loop, edit_script, exchange, experiment, gpu, info, train};
+use mriloop::cli::{self, closed_loop, edit_script, exchange, experiment, gpu, info, plan, train};
 use std::path::PathBuf;
 
 /// Review, correct and train a multi-task brain-MRI network in one native app.
@@ -28,6 +28,9 @@ enum Command {
     /// List the graphics adapters wgpu finds (for the window and GPU training), and what
     /// `--backend auto` trains on.
     Gpu(gpu::GpuArgs),
+    /// The dataset fingerprint of a project and the training plan it implies for the device
+    /// (written to PROJECT/plan.json).
+    Plan(plan::PlanArgs),
     /// Import an nnU-Net v2 raw dataset as a new project.
     Import(exchange::ImportArgs),
     /// Export a project as an nnU-Net v2 raw dataset (classes go to classes.csv beside it).
@@ -88,6 +91,7 @@ fn main() -> Result<()> {
         Command::Phantom(args) => exchange::phantom(args),
         Command::Info(args) => info::run(args),
         Command::Gpu(args) => gpu::run(args),
+        Command::Plan(args) => plan::run(args),
         Command::Import(args) => exchange::import(args),
         Command::Export(args) => exchange::export(args),
         Command::Train(args) => train::train(args),

@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod experiment;
 pub mod gpu;
 pub mod info;
+pub mod plan;
 pub mod train;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -14,24 +14,26 @@ use crate::project::{Case, Project, ProjectError, SequenceName};
 use crate::volume::write_volume;
 use burn::prelude::*;
 
+/// The first hardware GPU wgpu finds (software rasterisers such as lavapipe do not count).
+fn hardware_gpu() -> Option<wgpu::AdapterInfo> {
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+        .ok()
+        .map(|a| a.get_info())
+        .filter(|i| i.device_type != wgpu::DeviceType::Cpu)
+}
+
 /// The compute device: `cpu` (burn's flex backend), `gpu` (wgpu), or `auto` (a real GPU if one is
 /// present, else the CPU). Returns the device and a sentence saying which and why.
 pub fn choose_device(backend: &str) -> (Device, String) {
-    let gpu_present = || {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .ok()
-            .map(|a| a.get_info())
-            .filter(|i| i.device_type != wgpu::DeviceType::Cpu)
-    };
     match backend {
         "cpu" => (Device::flex(), "CPU (burn flex backend)".into()),
         "gpu" => (
             Device::wgpu(DeviceKind::DefaultDevice),
             "GPU (burn wgpu backend)".into(),
         ),
-        _ => match gpu_present() {
+        _ => match hardware_gpu() {
             Some(info) => (
                 Device::wgpu(DeviceKind::DefaultDevice),
                 format!("GPU: {} (burn wgpu backend)", info.name),
@@ -42,6 +44,17 @@ pub fn choose_device(backend: &str) -> (Device, String) {
                     .into(),
             ),
         },
+    }
+}
+
+/// Which kind of device `backend` (`cpu`, `gpu`, `auto`) trains on, for planning.
+pub fn device_class(backend: &str) -> super::plan::DeviceClass {
+    use super::plan::DeviceClass;
+    match backend {
+        "cpu" => DeviceClass::Cpu,
+        "gpu" => DeviceClass::Gpu,
+        _ if hardware_gpu().is_some() => DeviceClass::Gpu,
+        _ => DeviceClass::Cpu,
     }
 }
 

@@ -3,16 +3,20 @@
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `runs` (background training runs and re-inference over a project, for the app). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or
-//! `wgpu` on the GPU.
+//! `runs` (background training runs and re-inference over a project, for the app),
+//! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply).
+//! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on the
+//! GPU.
 
 pub mod apply;
 pub mod data;
+pub mod fingerprint;
 pub mod fit;
 pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
+pub mod plan;
 pub mod runs;
 pub mod training;
 
@@ -24,12 +28,14 @@ pub use data::{
     channels_of, load_samples_with, resample_case, split_labels, zscore_in_head, AugmentConfig,
     PatchSampler, Sample, SampleSelection,
 };
+pub use fingerprint::Fingerprint;
 pub use fit::{
     auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,
     FitConfig, FitControl, FitEvent, FitResult, Metrics,
 };
 pub use inference::{predict_volume, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
+pub use plan::{plan, DeviceClass, Plan};
 pub use training::{
     batch_loss, cosine_lr, load_checkpoint, save_checkpoint, soft_dice_loss, train, train_step,
     train_step_at, voxel_cross_entropy, Batch, CheckpointError, LossTerms, TaskMode, TrainEvent,

@@ -1,0 +1,327 @@
+//! A training plan from a dataset fingerprint, by stated rules (nnU-Net's idea: the data decide
+//! the recipe, nobody tunes it), for the device it will run on:
+//!
+//! 1. **Spacing**: the median voxel size per axis; when the coarsest median axis is over 3× the
+//!    finest (anisotropic data), that axis takes the 10th percentile of its spacings instead.
+//! 2. **Patch**: the median case size at that spacing, each axis rounded down to a multiple of
+//!    8 (at least 8); while it holds more voxels than the device's patch budget, the axis
+//!    spanning the most millimetres (the last of a tie) among those over 16 voxels loses 8. A 2D
+//!    form has one voxel through-plane.
+//! 3. **Depth**: the most levels (1–4) whose pooling divides every patch axis and leaves at
+//!    least 3 voxels at the bottleneck. **Width**: 8 channels on a CPU, 16 on a GPU. Batch 2.
+//! 4. **Normalisation**: each sequence z-scored inside the head (voxels above 5 % of its 99th
+//!    percentile).
+//! 5. **Foreground sampling**: a third of patches centred on a labelled voxel, a half when the
+//!    smallest label's median volume fills under 1 % of a patch; the label to centre on is drawn
+//!    with weight ∝ 1/√(median volume) (small structures more often).
+//! 6. **Class crop**: the median head extent at the plan's spacing, rounded up to the depth's
+//!    multiple; while over the device's crop budget, the longest axis shrinks by that multiple.
+//! 7. **Class balance**: weight n / (k · n_c) per class (k classes with cases, n cases with a
+//!    class); a class with no case gets 0 and a warning.
+//! 8. **Augmentation**: strong under 30 cases, medium under 200, light from there.
+//! 9. **Steps**: 75 per case, within 600–4 000, in 12 epochs.
+//!
+//! Invariants: the plan is a pure function of the fingerprint and the device class; every rule
+//! that fired is said in `rationale`, every gap the data leave (a class or label in too few
+//! cases) in `warnings`.
+
+use super::fingerprint::Fingerprint;
+use crate::project::InputForm;
+use serde::{Deserialize, Serialize};
+
+/// Where the plan will train: it sets the patch and crop budgets and the width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceClass {
+    /// burn's flex backend on the CPU.
+    Cpu,
+    /// A GPU through wgpu.
+    Gpu,
+}
+
+impl DeviceClass {
+    /// Most voxels in a training patch.
+    pub fn max_patch_voxels(self) -> usize {
+        match self {
+            DeviceClass::Cpu => 32 * 32 * 32,
+            DeviceClass::Gpu => 96 * 96 * 96,
+        }
+    }
+
+    /// Most voxels in the class head's whole-head crop.
+    pub fn max_class_voxels(self) -> usize {
+        match self {
+            DeviceClass::Cpu => 48 * 48 * 48,
+            DeviceClass::Gpu => 128 * 128 * 128,
+        }
+    }
+
+    /// Channels of the network's first level.
+    pub fn base_channels(self) -> usize {
+        match self {
+            DeviceClass::Cpu => 8,
+            DeviceClass::Gpu => 16,
+        }
+    }
+}
+
+/// How strongly patches are augmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Augmentation {
+    /// Few cases: large scale, shift, gamma and noise ranges.
+    Strong,
+    /// The default ranges.
+    Medium,
+    /// Many cases: small ranges.
+    Light,
+}
+
+/// A training plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The device class it was made for.
+    pub device: DeviceClass,
+    /// Voxel size the cases are resampled to (mm per axis).
+    pub spacing_mm: [f64; 3],
+    /// The axis resampled at its 10th-percentile spacing (anisotropic data), if any.
+    pub anisotropic_axis: Option<usize>,
+    /// Training patch (voxels per axis).
+    pub patch: [usize; 3],
+    /// Network levels.
+    pub depth: usize,
+    /// Channels of the first level.
+    pub base_channels: usize,
+    /// Patches per batch.
+    pub batch: usize,
+    /// Per sequence, how it is normalised.
+    pub normalisation: Vec<(String, String)>,
+    /// Share of patches centred on a labelled voxel.
+    pub foreground_fraction: f64,
+    /// Per label value, the weight of centring a patch on it (summing to 1).
+    pub label_weights: Vec<(u8, f64)>,
+    /// The class head's whole-head crop (voxels per axis).
+    pub class_window: [usize; 3],
+    /// Per class, its weight in the class loss.
+    pub class_weights: Vec<(String, f64)>,
+    /// Augmentation strength.
+    pub augmentation: Augmentation,
+    /// Optimisation steps.
+    pub steps: usize,
+    /// Epochs the steps are split into.
+    pub epochs: usize,
+    /// Which rules decided what, in words.
+    pub rationale: Vec<String>,
+    /// What the data cannot support well.
+    pub warnings: Vec<String>,
+}
+
+/// Make the plan for `fp` on `device`.
+pub fn plan(fp: &Fingerprint, device: DeviceClass) -> Plan {
+    let mut rationale = Vec::new();
+    let (spacing_mm, anisotropic_axis) = target_spacing(fp, &mut rationale);
+    let two_d = fp.form == InputForm::Slice2d;
+    let size_mm = fp.median_size_mm();
+    let size_vox = [0, 1, 2].map(|a| (size_mm[a] / spacing_mm[a]).round().max(1.0) as usize);
+    let patch = patch_for(size_vox, spacing_mm, two_d, device.max_patch_voxels());
+    rationale.push(format!(
+        "patch {patch:?}: median case {size_vox:?} voxels at the plan's spacing, within {} voxels",
+        device.max_patch_voxels()
+    ));
+    let depth = depth_for(patch);
+    let class_window = class_window_for(fp, spacing_mm, depth, two_d, device);
+    let (foreground_fraction, label_weights) = foreground_sampling(fp, patch, spacing_mm);
+    let (steps, epochs) = steps_for(fp.cases.len());
+    let mut warnings = Vec::new();
+    Plan {
+        device,
+        spacing_mm,
+        anisotropic_axis,
+        patch,
+        depth,
+        base_channels: device.base_channels(),
+        batch: 2,
+        normalisation: fp
+            .sequences
+            .iter()
+            .map(|s| (s.name.clone(), "z-score inside the head".to_string()))
+            .collect(),
+        foreground_fraction,
+        label_weights,
+        class_window,
+        class_weights: class_weights(fp, &mut warnings),
+        augmentation: augmentation_for(fp.cases.len()),
+        steps,
+        epochs,
+        rationale,
+        warnings: data_warnings(fp, warnings),
+    }
+}
+
+/// Rule 1: the median spacing, the coarse axis of anisotropic data at its 10th percentile.
+fn target_spacing(fp: &Fingerprint, rationale: &mut Vec<String>) -> ([f64; 3], Option<usize>) {
+    let mut s = fp.median_spacing_mm();
+    let (coarse, fine) = (0..3).fold((0, 0), |(c, f), a| {
+        (
+            if s[a] > s[c] { a } else { c },
+            if s[a] < s[f] { a } else { f },
+        )
+    });
+    if s[fine] > 0.0 && s[coarse] > 3.0 * s[fine] {
+        s[coarse] = fp.spacing_quantile_mm(coarse, 0.1);
+        rationale.push(format!(
+            "anisotropic: axis {coarse} at its 10th-percentile spacing {:.3} mm",
+            s[coarse]
+        ));
+        (s, Some(coarse))
+    } else {
+        rationale.push(format!("spacing: the median {s:.3?} mm"));
+        (s, None)
+    }
+}
+
+/// Rule 2: the median case size, multiples of 8, shrunk to the budget along its longest axis.
+pub fn patch_for(
+    size_vox: [usize; 3],
+    spacing_mm: [f64; 3],
+    two_d: bool,
+    budget: usize,
+) -> [usize; 3] {
+    let mut p = size_vox.map(|n| (n / 8 * 8).max(8));
+    if two_d {
+        p[2] = 1;
+    }
+    while p.iter().product::<usize>() > budget {
+        let longest = (0..3).filter(|a| p[*a] > 16).max_by(|a, b| {
+            (p[*a] as f64 * spacing_mm[*a]).total_cmp(&(p[*b] as f64 * spacing_mm[*b]))
+        });
+        match longest {
+            Some(a) => p[a] -= 8,
+            None => break,
+        }
+    }
+    p
+}
+
+/// Rule 3: the most levels (1–4) whose pooling divides every axis and leaves ≥ 3 voxels.
+pub fn depth_for(patch: [usize; 3]) -> usize {
+    let axes: Vec<usize> = patch.into_iter().filter(|n| *n > 1).collect();
+    (1..=4)
+        .rev()
+        .find(|d| {
+            let m = 1usize << d;
+            axes.iter().all(|n| n % m == 0 && n / m >= 3)
+        })
+        .unwrap_or(1)
+}
+
+/// Rule 6: the head at the plan's spacing, in multiples of the depth's pooling, within budget.
+fn class_window_for(
+    fp: &Fingerprint,
+    spacing_mm: [f64; 3],
+    depth: usize,
+    two_d: bool,
+    device: DeviceClass,
+) -> [usize; 3] {
+    let m = 1usize << depth;
+    let head = fp.median_head_extent_mm();
+    let mut w = [0, 1, 2].map(|a| {
+        ((head[a] / spacing_mm[a]).ceil() as usize)
+            .div_ceil(m)
+            .max(1)
+            * m
+    });
+    if two_d {
+        w[2] = 1;
+    }
+    while w.iter().product::<usize>() > device.max_class_voxels() {
+        let Some(a) = (0..3).filter(|a| w[*a] > m).max_by_key(|a| w[*a]) else {
+            break;
+        };
+        w[a] -= m;
+    }
+    w
+}
+
+/// Rule 5: the foreground share and each label's weight ∝ 1/√(median volume).
+fn foreground_sampling(
+    fp: &Fingerprint,
+    patch: [usize; 3],
+    spacing_mm: [f64; 3],
+) -> (f64, Vec<(u8, f64)>) {
+    let patch_mm3: f64 = (0..3).map(|a| patch[a] as f64 * spacing_mm[a]).product();
+    let smallest = fp
+        .labels
+        .iter()
+        .map(|l| l.median_volume_mm3)
+        .fold(f64::INFINITY, f64::min);
+    let fraction = if smallest.is_finite() && smallest < 0.01 * patch_mm3 {
+        0.5
+    } else {
+        1.0 / 3.0
+    };
+    let raw: Vec<(u8, f64)> = fp
+        .labels
+        .iter()
+        .map(|l| (l.value, 1.0 / l.median_volume_mm3.max(1e-6).sqrt()))
+        .collect();
+    let total: f64 = raw.iter().map(|r| r.1).sum();
+    let weights = raw
+        .into_iter()
+        .map(|(v, w)| (v, if total > 0.0 { w / total } else { 0.0 }))
+        .collect();
+    (fraction, weights)
+}
+
+/// Rule 7: inverse-frequency class weights.
+fn class_weights(fp: &Fingerprint, warnings: &mut Vec<String>) -> Vec<(String, f64)> {
+    let n: usize = fp.classes.iter().map(|c| c.1).sum();
+    let k = fp.classes.iter().filter(|c| c.1 > 0).count();
+    fp.classes
+        .iter()
+        .map(|(name, n_c)| {
+            if *n_c == 0 {
+                warnings.push(format!("class {name} has no case: it cannot be learned"));
+                (name.clone(), 0.0)
+            } else {
+                (name.clone(), n as f64 / (k as f64 * *n_c as f64))
+            }
+        })
+        .collect()
+}
+
+/// Rule 8.
+fn augmentation_for(cases: usize) -> Augmentation {
+    match cases {
+        0..30 => Augmentation::Strong,
+        30..200 => Augmentation::Medium,
+        _ => Augmentation::Light,
+    }
+}
+
+/// Rule 9: (steps, epochs).
+fn steps_for(cases: usize) -> (usize, usize) {
+    ((75 * cases).clamp(600, 4000), 12)
+}
+
+/// What the data leave the training unable to learn or validate well.
+fn data_warnings(fp: &Fingerprint, mut warnings: Vec<String>) -> Vec<String> {
+    for c in &fp.classes {
+        if (1..3).contains(&c.1) {
+            warnings.push(format!(
+                "class {} has only {} case(s): too few to learn and validate",
+                c.0, c.1
+            ));
+        }
+    }
+    for l in &fp.labels {
+        if l.cases < 3 {
+            warnings.push(format!(
+                "label {} ({}) is in only {} case(s)",
+                l.value, l.name, l.cases
+            ));
+        }
+    }
+    if fp.cases_with_mask == 0 {
+        warnings.push("no case has a reference mask: only the class can be trained".into());
+    }
+    warnings
+}

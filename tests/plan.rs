@@ -1,0 +1,228 @@
+//! The dataset fingerprint and the training plan, on small datasets built here (not mriloop's
+//! phantom): known voxel sizes, label volumes and class balance, one of them anisotropic. The
+//! expected plan values are worked out in each test from the rules in `model/plan.rs`'s header,
+//! not copied from the program's output.
+
+use mriloop::model::fingerprint::{quantile, Fingerprint};
+use mriloop::model::plan::{depth_for, patch_for, plan, Augmentation, DeviceClass};
+use mriloop::project::{
+    Case, InputForm, LabelTable, Manifest, Project, SequenceFile, SequenceName,
+};
+use mriloop::volume::{write_volume, Affine, Volume};
+use std::path::Path;
+
+/// NIfTI stores voxel sizes as f32: compare at that precision.
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+fn close3(a: [f64; 3], b: [f64; 3]) -> bool {
+    (0..3).all(|i| close(a[i], b[i]))
+}
+
+/// One synthetic case: a bright box "head" filling the middle half of the grid, and cubic
+/// labels of `label_edges[k]` voxels a side for label k + 1 (0: absent).
+struct CaseSpec {
+    dims: [usize; 3],
+    spacing_mm: [f64; 3],
+    label_edges: [usize; 2],
+    class: &'static str,
+}
+
+/// A cube of label `value` and edge `edge` voxels at `origin`.
+fn paint_cube(mask: &mut [u8], dims: [usize; 3], origin: [usize; 3], edge: usize, value: u8) {
+    for k in origin[2]..origin[2] + edge {
+        for j in origin[1]..origin[1] + edge {
+            for i in origin[0]..origin[0] + edge {
+                mask[i + dims[0] * (j + dims[1] * k)] = value;
+            }
+        }
+    }
+}
+
+fn write_case(root: &Path, id: &str, spec: &CaseSpec) -> Case {
+    let [nx, ny, nz] = spec.dims;
+    let affine = Affine::from_spacing(spec.spacing_mm);
+    let mut t1 = vec![0.0f32; nx * ny * nz];
+    for k in nz / 4..3 * nz / 4 {
+        for j in ny / 4..3 * ny / 4 {
+            for i in nx / 4..3 * nx / 4 {
+                t1[i + nx * (j + ny * k)] = 100.0 + ((i * 7 + j * 3 + k) % 11) as f32;
+            }
+        }
+    }
+    let mut mask = vec![0u8; nx * ny * nz];
+    let origins = [[nx / 4, ny / 4, nz / 4], [nx / 2, ny / 2, nz / 2]];
+    for (k, edge) in spec.label_edges.iter().enumerate() {
+        if *edge > 0 {
+            paint_cube(&mut mask, spec.dims, origins[k], *edge, k as u8 + 1);
+        }
+    }
+    let dir = format!("cases/{id}");
+    std::fs::create_dir_all(root.join(&dir)).unwrap();
+    let dims4 = [nx, ny, nz, 1];
+    write_volume(
+        &root.join(format!("{dir}/T1.nii.gz")),
+        &Volume::new(dims4, affine, t1).unwrap(),
+    )
+    .unwrap();
+    write_volume(
+        &root.join(format!("{dir}/seg.nii.gz")),
+        &Volume::new(dims4, affine, mask).unwrap(),
+    )
+    .unwrap();
+    let mut case = Case::new(id, InputForm::Volume3d);
+    case.sequences.push(SequenceFile {
+        name: SequenceName::from("T1".to_string()),
+        path: format!("{dir}/T1.nii.gz"),
+    });
+    case.reference_mask = Some(format!("{dir}/seg.nii.gz"));
+    case.class_label = Some(spec.class.into());
+    case
+}
+
+fn project(root: &Path, specs: &[CaseSpec]) -> Project {
+    let mut manifest = Manifest::new("synthetic");
+    manifest.sequences = vec![SequenceName::from("T1".to_string())];
+    manifest.classes = vec!["control".into(), "patient".into()];
+    manifest.labels = LabelTable::default();
+    std::fs::create_dir_all(root).unwrap();
+    for (k, s) in specs.iter().enumerate() {
+        manifest
+            .cases
+            .push(write_case(root, &format!("c{k:02}"), s));
+    }
+    Project::create(root, manifest).unwrap()
+}
+
+#[test]
+fn an_isotropic_dataset_gets_the_plan_its_rules_imply() {
+    let dir = tempfile::tempdir().unwrap();
+    // Six cases: spacings 0.9–1.1 mm, 40×48×36 voxels; label 1 a 2-voxel cube (tiny), label 2 a
+    // 6-voxel cube; 4 controls, 2 patients.
+    let spacings = [0.9, 1.0, 1.0, 1.1, 1.0, 1.0];
+    let specs: Vec<CaseSpec> = spacings
+        .iter()
+        .enumerate()
+        .map(|(k, s)| CaseSpec {
+            dims: [40, 48, 36],
+            spacing_mm: [*s, *s, 1.2 * s],
+            label_edges: [2, 6],
+            class: if k < 4 { "control" } else { "patient" },
+        })
+        .collect();
+    let p = project(&dir.path().join("p"), &specs);
+    let fp = Fingerprint::of(&p).unwrap();
+
+    // Fingerprint: median spacing of {0.9, 1, 1, 1, 1, 1.1} is 1.0 (×1.2 through-plane); label
+    // volumes are edge³ voxels × voxel volume, whose median over the cases is at spacing 1.0.
+    assert!(close3(fp.median_spacing_mm(), [1.0, 1.0, 1.2]));
+    let l1 = &fp.labels[0];
+    assert_eq!((l1.value, l1.cases), (1, 6));
+    assert!(close(l1.median_volume_mm3, 8.0 * 1.2));
+    assert!(close(l1.min_volume_mm3, 8.0 * 0.9f64.powi(3) * 1.2));
+    assert!(close(fp.labels[1].median_volume_mm3, 216.0 * 1.2));
+    assert_eq!(
+        fp.classes,
+        vec![("control".into(), 4), ("patient".into(), 2)]
+    );
+    // The head (the bright box) spans half of each axis.
+    assert!(close3(fp.median_head_extent_mm(), [20.0, 24.0, 18.0 * 1.2]));
+
+    let plan = plan(&fp, DeviceClass::Cpu);
+    // Rule 1: isotropic enough (1.2 / 1.0 < 3): the median.
+    assert!(close3(plan.spacing_mm, [1.0, 1.0, 1.2]));
+    assert_eq!(plan.anisotropic_axis, None);
+    // Rule 2: the median case is 40 × 48 × 36 voxels at that spacing; multiples of 8:
+    // [40, 48, 32] (61 440 voxels > 32³). Shrink the axis spanning the most mm by 8:
+    // y 48 mm → [40, 40, 32] (51 200); then x and y both 40 mm, z 38.4 mm: y (the last of the
+    // tie) → [40, 32, 32] (40 960); then x 40 mm → [32, 32, 32] = 32 768 ≤ 32 768.
+    assert_eq!(plan.patch, [32, 32, 32]);
+    // Rule 3: 32 / 2³ = 4 ≥ 3 but 32 / 2⁴ = 2 < 3: depth 3. CPU width 8, batch 2.
+    assert_eq!((plan.depth, plan.base_channels, plan.batch), (3, 8, 2));
+    // Rule 5: the tiny label (9.6 mm³) fills under 1 % of a 32 × 32 × 38.4 mm patch: half the
+    // patches on foreground; weights ∝ 1/√volume.
+    assert_eq!(plan.foreground_fraction, 0.5);
+    let (w1, w2) = (1.0 / (9.6f64).sqrt(), 1.0 / (259.2f64).sqrt());
+    assert!(close(plan.label_weights[0].1, w1 / (w1 + w2)));
+    assert!(close(plan.label_weights[1].1, w2 / (w1 + w2)));
+    // Rule 6: head 20 × 24 × 21.6 mm → 20, 24, 18 voxels → up to multiples of 8: 24, 24, 24.
+    assert_eq!(plan.class_window, [24, 24, 24]);
+    // Rule 7: n / (k · n_c) = 6 / (2 · 4) and 6 / (2 · 2).
+    assert_eq!(
+        plan.class_weights,
+        vec![("control".into(), 0.75), ("patient".into(), 1.5)]
+    );
+    // Rules 8 and 9: 6 cases → strong; 75 × 6 = 450 → 600 steps.
+    assert_eq!(plan.augmentation, Augmentation::Strong);
+    assert_eq!((plan.steps, plan.epochs), (600, 12));
+    // Two patients are too few to learn and validate the class well: said.
+    assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
+    assert!(
+        plan.warnings[0].contains("patient has only 2"),
+        "{:?}",
+        plan.warnings
+    );
+}
+
+#[test]
+fn an_anisotropic_dataset_resamples_its_coarse_axis_at_the_10th_percentile() {
+    let dir = tempfile::tempdir().unwrap();
+    // Thick slices: 0.8 mm in-plane, 2.5–4.0 mm through-plane; label 2 only in two cases;
+    // every case a control (no patient).
+    let thick = [3.0, 4.0, 2.5, 3.5, 3.0];
+    let specs: Vec<CaseSpec> = thick
+        .iter()
+        .enumerate()
+        .map(|(k, t)| CaseSpec {
+            dims: [64, 64, 16],
+            spacing_mm: [0.8, 0.8, *t],
+            label_edges: [4, if k < 2 { 3 } else { 0 }],
+            class: "control",
+        })
+        .collect();
+    let p = project(&dir.path().join("p"), &specs);
+    let fp = Fingerprint::of(&p).unwrap();
+    let plan = plan(&fp, DeviceClass::Cpu);
+    // Rule 1: median 3.0 > 3 × 0.8, so z takes the 10th percentile of {2.5, 3, 3, 3.5, 4}:
+    // position 0.4 between 2.5 and 3.0 → 2.7.
+    let p10 = quantile(thick.to_vec(), 0.1);
+    assert!((p10 - 2.7).abs() < 1e-12);
+    assert_eq!(plan.anisotropic_axis, Some(2));
+    assert!(close3(plan.spacing_mm, [0.8, 0.8, p10]));
+    // Rule 2: the median case is 51.2 mm in-plane (64 voxels) and 16 × 3 = 48 mm deep, i.e.
+    // 48 / 2.7 = 17.8 → 18 voxels → [64, 64, 16] (65 536 > 32 768); z (43.2 mm) is at the
+    // 16-voxel floor, so x and y (51.2 mm) shrink by turns, y first (the last of a tie):
+    // [64, 56, 16], [56, 56, 16], [56, 48, 16], [48, 48, 16] = 36 864, [48, 40, 16] = 30 720.
+    assert_eq!(plan.patch, [48, 40, 16]);
+    // Rule 3: 16 / 2² = 4 ≥ 3, but 16 / 2³ = 2 < 3: depth 2.
+    assert_eq!(plan.depth, 2);
+    // Warnings: no patient, and label 2 in only two cases.
+    assert!(
+        plan.warnings.iter().any(|w| w.contains("patient")),
+        "{:?}",
+        plan.warnings
+    );
+    assert!(
+        plan.warnings.iter().any(|w| w.contains("label 2")),
+        "{:?}",
+        plan.warnings
+    );
+    assert_eq!(plan.class_weights[1], ("patient".into(), 0.0));
+}
+
+#[test]
+fn patch_and_depth_rules_on_their_own() {
+    // A GPU budget (96³) takes a whole 80 × 96 × 72 case.
+    assert_eq!(
+        patch_for([80, 96, 72], [1.0; 3], false, 96 * 96 * 96),
+        [80, 96, 72]
+    );
+    // A 2D form keeps one voxel through-plane and ignores that axis for the depth.
+    let p = patch_for([200, 180, 1], [0.5, 0.5, 3.0], true, 32 * 32 * 32);
+    assert_eq!(p[2], 1);
+    assert!(p[0] * p[1] <= 32 * 32 * 32);
+    assert_eq!(depth_for([64, 64, 1]), 4);
+    assert_eq!(depth_for([24, 24, 24]), 3);
+    assert_eq!(depth_for([12, 12, 12]), 2);
+}
