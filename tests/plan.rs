@@ -6,7 +6,7 @@
 use mriloop::model::fingerprint::{quantile, Fingerprint};
 use mriloop::model::plan::{depth_for, patch_for, plan, Augmentation, DeviceClass};
 use mriloop::project::{
-    Case, InputForm, LabelTable, Manifest, Project, SequenceFile, SequenceName,
+    Case, InputForm, Label, LabelTable, Manifest, Project, SequenceFile, SequenceName,
 };
 use mriloop::volume::{write_volume, Affine, Volume};
 use std::path::Path;
@@ -81,11 +81,28 @@ fn write_case(root: &Path, id: &str, spec: &CaseSpec) -> Case {
     case
 }
 
+/// The label table of the synthetic cases (`named`), or none.
+fn labels(named: bool) -> LabelTable {
+    if !named {
+        return LabelTable::default();
+    }
+    let label = |value, name: &str| Label {
+        value,
+        name: name.into(),
+        color: [200, 60 * value, 40],
+    };
+    LabelTable::new(vec![label(1, "small"), label(2, "large")]).unwrap()
+}
+
 fn project(root: &Path, specs: &[CaseSpec]) -> Project {
+    project_with(root, specs, true)
+}
+
+fn project_with(root: &Path, specs: &[CaseSpec], named_labels: bool) -> Project {
     let mut manifest = Manifest::new("synthetic");
     manifest.sequences = vec![SequenceName::from("T1".to_string())];
     manifest.classes = vec!["control".into(), "patient".into()];
-    manifest.labels = LabelTable::default();
+    manifest.labels = labels(named_labels);
     std::fs::create_dir_all(root).unwrap();
     for (k, s) in specs.iter().enumerate() {
         manifest
@@ -225,4 +242,105 @@ fn patch_and_depth_rules_on_their_own() {
     assert_eq!(depth_for([64, 64, 1]), 4);
     assert_eq!(depth_for([24, 24, 24]), 3);
     assert_eq!(depth_for([12, 12, 12]), 2);
+}
+
+fn mriloop(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn train_takes_what_its_flags_leave_unset_from_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<CaseSpec> = (0..4)
+        .map(|k| CaseSpec {
+            dims: [40, 48, 36],
+            spacing_mm: [1.0, 1.0, 1.2],
+            label_edges: [2, 6],
+            class: if k % 2 == 0 { "control" } else { "patient" },
+        })
+        .collect();
+    let root = dir.path().join("p");
+    project(&root, &specs);
+    let ps = root.to_str().unwrap();
+    // `mriloop plan` writes the plan; its patch is the isotropic test's, [32, 32, 32].
+    let out = mriloop(&["plan", ps, "--backend", "cpu", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(written["plan"]["patch"], serde_json::json!([32, 32, 32]));
+    let fit_of = |model: &str, extra: &[&str]| {
+        let out_dir = root.join(model);
+        let mut args = vec!["train", ps, "--backend", "cpu", "--epochs", "1"];
+        args.extend(["--steps-per-epoch", "1", "--base-channels", "2", "--out"]);
+        args.push(out_dir.to_str().unwrap());
+        args.extend(extra);
+        let run = mriloop(&args);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        assert!(
+            out_dir.join("plan.json").exists(),
+            "the plan is written beside the model"
+        );
+        let text = std::fs::read_to_string(out_dir.join("fit.json")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()
+    };
+    // No geometry flag: the plan's patch, depth, class crop and spacing.
+    let planned = fit_of("m1", &[]);
+    assert_eq!(planned["patch"], serde_json::json!([32, 32, 32]));
+    assert_eq!(planned["training"]["model"]["depth"], 3);
+    assert_eq!(
+        planned["training"]["class_window"],
+        serde_json::json!([24, 24, 24])
+    );
+    let spacing = planned["training"]["spacing_mm"].as_array().unwrap();
+    assert!(
+        (spacing[2].as_f64().unwrap() - 1.2).abs() < 1e-5,
+        "{spacing:?}"
+    );
+    // A flag wins over the plan.
+    let flagged = fit_of("m2", &["--patch", "16", "--spacing", "1.5"]);
+    assert_eq!(flagged["patch"], serde_json::json!([16, 16, 16]));
+    assert_eq!(
+        flagged["training"]["spacing_mm"],
+        serde_json::json!([1.5, 1.5, 1.5])
+    );
+}
+
+#[test]
+fn a_mask_label_the_label_table_does_not_name_is_refused_with_the_case_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<CaseSpec> = (0..3)
+        .map(|k| CaseSpec {
+            dims: [24, 24, 24],
+            spacing_mm: [1.0; 3],
+            label_edges: [2, 4],
+            class: if k == 0 { "control" } else { "patient" },
+        })
+        .collect();
+    let root = dir.path().join("p");
+    project_with(&root, &specs, false);
+    let run = mriloop(&[
+        "train",
+        root.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("holds label 2") && err.contains("c0"), "{err}");
 }

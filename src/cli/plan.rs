@@ -36,10 +36,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let fp = Fingerprint::of(&project)?;
     let device = crate::model::apply::device_class(&args.backend);
     let p = plan(&fp, device);
-    let json = serde_json::to_string_pretty(&PlanFile {
-        fingerprint: &fp,
-        plan: &p,
-    })? + "\n";
+    let json = plan_json(&fp, &p)?;
     let out = project.root().join("plan.json");
     crate::atomic::write_atomic(&out, json.as_bytes())
         .with_context(|| format!("writing {}", out.display()))?;
@@ -47,6 +44,14 @@ pub fn run(args: PlanArgs) -> Result<()> {
         return super::emit(&json);
     }
     super::emit(&(describe(&fp, &p) + &format!("written: {}\n", out.display())))
+}
+
+/// The fingerprint and plan as the JSON of `plan.json`.
+pub fn plan_json(fp: &Fingerprint, plan: &Plan) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&PlanFile {
+        fingerprint: fp,
+        plan,
+    })? + "\n")
 }
 
 /// The fingerprint's gist and the plan, in lines.

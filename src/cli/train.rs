@@ -8,6 +8,8 @@
 //! atomically.
 
 use super::{relay_events, say, steps_bar};
+use crate::model::fingerprint::Fingerprint;
+use crate::model::plan::{apply_plan, Plan, UserSet};
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
 use crate::plot::Curves;
 use crate::project::Project;
@@ -21,37 +23,39 @@ pub struct TrainArgs {
     /// The project folder.
     pub project: PathBuf,
     /// A fit configuration (JSON, as written to OUT/fit.json); flags below are ignored then.
+    /// Without it, the dataset's plan (`mriloop plan`) decides every setting not given here.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where checkpoints go (default PROJECT/model).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Epochs.
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
-    /// Steps per epoch.
-    #[arg(long, default_value_t = 50)]
-    pub steps_per_epoch: usize,
+    /// Epochs (default: the plan's).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Steps per epoch (default: the plan's steps over its epochs).
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
     /// Input sequences, comma-separated (default: the project's first two).
     #[arg(long, value_delimiter = ',')]
     pub sequences: Vec<String>,
-    /// Patch edge (voxels).
-    #[arg(long, default_value_t = 32)]
-    pub patch: usize,
-    /// Patches per batch.
-    #[arg(long, default_value_t = 2)]
-    pub batch: usize,
-    /// Edge of the centre crop the class is learned and predicted from (whole head).
-    #[arg(long, default_value_t = 64)]
-    pub class_window: usize,
+    /// Patch edge (voxels; default: the plan's patch and depth).
+    #[arg(long)]
+    pub patch: Option<usize>,
+    /// Patches per batch (default: the plan's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Edge of the centre crop the class is learned and predicted from (whole head; default:
+    /// the plan's).
+    #[arg(long)]
+    pub class_window: Option<usize>,
     /// Every this many steps a classification step on the whole-head crop (joint mode)
     #[arg(long, default_value_t = 3)]
     pub class_every: usize,
-    /// Channels of the first level.
-    #[arg(long, default_value_t = 8)]
-    pub base_channels: usize,
-    /// Resample cases to this voxel size (mm) for training and prediction (default: each
-    /// case's own grid).
+    /// Channels of the first level (default: the plan's).
+    #[arg(long)]
+    pub base_channels: Option<usize>,
+    /// Resample cases to this voxel size (mm) for training and prediction (default: the plan's
+    /// spacing).
     #[arg(long)]
     pub spacing: Option<f64>,
     /// Tasks: joint, seg or class.
@@ -110,42 +114,63 @@ pub struct EvalArgs {
 /// `mriloop train`.
 pub fn train(args: TrainArgs) -> Result<()> {
     let p = Project::open(&args.project)?;
-    let config = fit_config(&p, &args)?;
+    let (config, planned) = fit_config(&p, &args)?;
     let out = args
         .out
         .clone()
         .unwrap_or_else(|| args.project.join("model"));
+    if let Some((fp, plan)) = &planned {
+        write_plan(&out, fp, plan)?;
+    }
     train_project(&p, &config, &out, &args.backend, args.plot)
 }
 
-/// The fit configuration: from `--config`, else from the flags.
-fn fit_config(p: &Project, args: &TrainArgs) -> Result<FitConfig> {
-    let config = match &args.config {
-        Some(path) => {
-            FitConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+/// The fit configuration: from `--config`, else from the flags, the dataset's plan deciding
+/// what they leave unset (the plan is returned to be written beside the model).
+fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Fingerprint, Plan)>)> {
+    let (config, planned) = match &args.config {
+        Some(path) => (
+            FitConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+            None,
+        ),
+        None => {
+            let fp = Fingerprint::of(p)?;
+            let plan = crate::model::plan::plan(&fp, model::apply::device_class(&args.backend));
+            (planned_config(p, args, &plan)?, Some((fp, plan)))
         }
-        None => model::fit_config_for(
-            p,
-            &model::FitOptions {
-                sequences: args.sequences.clone(),
-                epochs: args.epochs,
-                steps_per_epoch: args.steps_per_epoch,
-                patch: args.patch,
-                batch: args.batch,
-                class_window: args.class_window,
-                base_channels: args.base_channels,
-                mode: args.mode.clone(),
-                spacing_mm: args.spacing,
-                learning_rate: args.lr,
-                seed: args.seed,
-            },
-        )?
-        .with_class_every(args.class_every.max(1)),
     };
-    Ok(match &args.resume {
+    let config = match &args.resume {
         Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
         None => config,
-    })
+    };
+    Ok((config, planned))
+}
+
+/// The flags' settings, the plan's where a flag is not given.
+fn planned_config(p: &Project, args: &TrainArgs, plan: &Plan) -> Result<FitConfig> {
+    let options = model::FitOptions {
+        sequences: args.sequences.clone(),
+        epochs: args.epochs.unwrap_or(plan.epochs),
+        steps_per_epoch: args
+            .steps_per_epoch
+            .unwrap_or_else(|| plan.steps.div_ceil(plan.epochs.max(1))),
+        patch: args.patch.unwrap_or(plan.patch[0]),
+        batch: args.batch.unwrap_or(plan.batch),
+        class_window: args.class_window.unwrap_or(plan.class_window[0]),
+        base_channels: args.base_channels.unwrap_or(plan.base_channels),
+        mode: args.mode.clone(),
+        spacing_mm: args.spacing,
+        learning_rate: args.lr,
+        seed: args.seed,
+    };
+    let form = p.manifest.cases.first().map(|c| c.form).unwrap_or_default();
+    let user = UserSet {
+        patch: args.patch.is_some(),
+        class_window: args.class_window.is_some(),
+        spacing: args.spacing.is_some(),
+    };
+    let config = model::fit_config_for(p, &options)?.with_class_every(args.class_every.max(1));
+    Ok(apply_plan(config, plan, form, user))
 }
 
 /// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves
@@ -339,4 +364,14 @@ fn print_eval_metrics(
         println!("metric: class_auc = {a:.4}");
     }
     println!("metric: class_accuracy = {:.4}", cohort.class_accuracy);
+}
+
+/// The plan a run used, printed and written as `OUT/plan.json` (with its fingerprint).
+fn write_plan(out: &Path, fp: &Fingerprint, plan: &Plan) -> Result<()> {
+    eprint!("{}", super::plan::describe(fp, plan));
+    std::fs::create_dir_all(out).with_context(|| format!("making {}", out.display()))?;
+    let path = out.join("plan.json");
+    let json = super::plan::plan_json(fp, plan)?;
+    crate::atomic::write_atomic(&path, json.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
 }

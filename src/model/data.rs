@@ -179,6 +179,9 @@ pub struct SampleSelection {
     /// interpolation), so every case shows the network the same anatomy directions whatever
     /// its storage orientation; prediction does the same and restores the case's layout.
     pub ras_layout: bool,
+    /// Label values the network has outputs for (background included; 0: not checked). A
+    /// mask holding a higher value is refused, naming the case and the value.
+    pub label_count: usize,
 }
 
 impl SampleSelection {
@@ -194,6 +197,7 @@ impl SampleSelection {
             require_mask: config.mode != super::training::TaskMode::ClassificationOnly,
             spacing_mm: config.spacing_mm,
             ras_layout: config.ras_layout(),
+            label_count: config.model.num_labels,
             ..Self::default()
         }
     }
@@ -264,7 +268,7 @@ fn load_sample(
         None => project.load_reference_mask(case)?,
     };
     let mask = match reference {
-        Some(m) => m,
+        Some(m) => check_labels(project, case, selection.label_count, m)?,
         None => {
             let Some(first) = vols.first() else {
                 return Ok(None);
@@ -297,6 +301,33 @@ fn load_sample(
         sample.mark_changed(&p.data()[..p.frame_len()]);
     }
     Ok(Some(sample))
+}
+
+/// `mask`, if its labels are all below `label_count` (0: any); else an error naming the case,
+/// the label and what the label table holds.
+fn check_labels(
+    project: &Project,
+    case: &crate::project::Case,
+    label_count: usize,
+    mask: Volume<u8>,
+) -> Result<Volume<u8>, ProjectError> {
+    let highest = mask.data().iter().copied().max().unwrap_or(0);
+    if label_count == 0 || usize::from(highest) < label_count {
+        return Ok(mask);
+    }
+    let path = case
+        .reference_mask
+        .as_deref()
+        .map_or_else(|| project.manifest_path(), |r| project.resolve(r));
+    Err(ProjectError::Invalid {
+        path,
+        problem: format!(
+            "case {}: the mask holds label {highest}, but the project's label table names \
+             labels 1 to {} only; add the missing labels to the table",
+            case.id,
+            label_count - 1
+        ),
+    })
 }
 
 /// A case's volumes on one grid.

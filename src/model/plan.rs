@@ -325,3 +325,67 @@ fn data_warnings(fp: &Fingerprint, mut warnings: Vec<String>) -> Vec<String> {
     }
     warnings
 }
+
+impl Augmentation {
+    /// How much the default augmentation ranges are scaled.
+    pub fn factor(self) -> f32 {
+        match self {
+            Augmentation::Strong => 1.5,
+            Augmentation::Medium => 1.0,
+            Augmentation::Light => 0.5,
+        }
+    }
+}
+
+/// Which of a fit configuration's settings the user set (those keep their value; the plan
+/// decides the others).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserSet {
+    /// The patch edge (the plan's depth then goes with the configuration's default).
+    pub patch: bool,
+    /// The class crop edge.
+    pub class_window: bool,
+    /// The voxel size.
+    pub spacing: bool,
+}
+
+/// `config` with the plan's geometry where the user did not set it: patch and depth, class crop,
+/// voxel size (3D and 2D forms; a 4D series keeps its own grid), and the augmentation ranges
+/// scaled by the plan's strength. Epochs, steps, batch and width are scalars the caller fills
+/// from the plan before building `config`.
+pub fn apply_plan(
+    mut config: super::fit::FitConfig,
+    plan: &Plan,
+    form: InputForm,
+    user: UserSet,
+) -> super::fit::FitConfig {
+    if !user.patch {
+        config.patch = plan.patch;
+        config.training.window = plan.patch;
+        config.training.model.depth = plan.depth;
+    }
+    if !user.class_window {
+        // In multiples of the network's pooling (the user's patch keeps the default depth).
+        let m = 1usize << config.training.model.depth;
+        config.training.class_window =
+            plan.class_window
+                .map(|n| if n > 1 { n.div_ceil(m) * m } else { n });
+    }
+    if !user.spacing {
+        let [x, y, z] = plan.spacing_mm;
+        config.training.spacing_mm = match form {
+            InputForm::Volume3d => Some([x, y, z]),
+            InputForm::Slice2d => Some([x, y, 0.0]),
+            InputForm::TimeSeries4d => config.training.spacing_mm,
+        };
+    }
+    let f = plan.augmentation.factor();
+    let a = &mut config.augment;
+    a.scale *= f;
+    a.shift *= f;
+    a.gamma *= f;
+    a.noise *= f;
+    a.rotate_deg *= f;
+    a.zoom *= f;
+    config
+}
