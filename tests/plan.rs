@@ -344,3 +344,43 @@ fn a_mask_label_the_label_table_does_not_name_is_refused_with_the_case_named() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(err.contains("holds label 2") && err.contains("c0"), "{err}");
 }
+
+/// The label at the centre of each of `n` foreground patches of a case holding a 2-voxel cube
+/// of label 1 and a 6-voxel cube of label 2, with `weights`.
+fn centre_labels(weights: Vec<(u8, f64)>, n: usize) -> [usize; 3] {
+    use mriloop::model::data::ForegroundSampling;
+    use mriloop::model::{AugmentConfig, PatchSampler, Sample};
+    let dims = [32usize, 32, 32];
+    let mut mask = vec![0u8; dims.iter().product()];
+    paint_cube(&mut mask, dims, [8, 8, 8], 2, 1);
+    paint_cube(&mut mask, dims, [16, 16, 16], 6, 2);
+    let affine = Affine::from_spacing([1.0; 3]);
+    let mask = Volume::new([32, 32, 32, 1], affine, mask).unwrap();
+    let image = Volume::new([32, 32, 32, 1], affine, vec![1.0f32; 32 * 32 * 32]).unwrap();
+    let sample = Sample::new("c", &[image], &mask, 0).unwrap();
+    let still = AugmentConfig::new()
+        .with_flip_x(false)
+        .with_rotate_deg(0.0)
+        .with_zoom(0.0);
+    let mut sampler = PatchSampler::new(7, [8, 8, 8], still).with_foreground(ForegroundSampling {
+        one_in: 1,
+        label_weights: weights,
+    });
+    let mut counts = [0usize; 3];
+    for _ in 0..n {
+        let (_, labels) = sampler.patch(&sample);
+        counts[labels[4 + 8 * (4 + 8 * 4)] as usize] += 1;
+    }
+    counts
+}
+
+#[test]
+fn foreground_patches_favour_the_labels_the_plan_weights() {
+    // Every patch on foreground (one in one); alike, each label gets about half.
+    let alike = centre_labels(Vec::new(), 400);
+    assert_eq!(alike[0], 0, "{alike:?}");
+    assert!((150..=250).contains(&alike[1]), "{alike:?}");
+    // Weighted 0.9 : 0.1, the tiny label gets about 90 %.
+    let weighted = centre_labels(vec![(1, 0.9), (2, 0.1)], 400);
+    assert!(weighted[1] >= 330, "{weighted:?}");
+}

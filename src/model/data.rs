@@ -1,7 +1,8 @@
 //! Training data from a mriloop project: each usable case (a reference mask and a class label)
 //! becomes a `Sample` (its sequences as channels, z-scored inside the head, and its mask), and
-//! `PatchSampler` draws random patches with foreground oversampling (a third of patches are
-//! centred on a labelled voxel, as nnU-Net does, so a tiny structure is seen) and augmentation
+//! `PatchSampler` draws random patches with foreground oversampling (a third of patches by
+//! default are centred on a labelled voxel, as nnU-Net does, so a tiny structure is seen; the
+//! plan may raise the share and weight small labels, `ForegroundSampling`) and augmentation
 //! (flips, small rotations and zoom, intensity scale/shift, gamma, noise), deterministically
 //! from a seed.
 //!
@@ -429,6 +430,24 @@ pub struct AugmentConfig {
     pub mirror_pairs: Vec<[u8; 2]>,
 }
 
+/// Which patches are centred on labelled voxels, and on which labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForegroundSampling {
+    /// One patch in this many is centred on a labelled voxel.
+    pub one_in: usize,
+    /// Per label value, its weight when choosing the label to centre on (empty: alike).
+    pub label_weights: Vec<(u8, f64)>,
+}
+
+impl Default for ForegroundSampling {
+    fn default() -> Self {
+        Self {
+            one_in: 3,
+            label_weights: Vec::new(),
+        }
+    }
+}
+
 /// Draws augmented patches deterministically from a seed.
 pub struct PatchSampler {
     rng: ChaCha8Rng,
@@ -436,6 +455,8 @@ pub struct PatchSampler {
     pub patch: [usize; 3],
     /// Augmentation.
     pub augment: AugmentConfig,
+    /// Foreground share and label weights.
+    pub foreground: ForegroundSampling,
 }
 
 impl PatchSampler {
@@ -445,7 +466,32 @@ impl PatchSampler {
             rng: ChaCha8Rng::seed_from_u64(seed),
             patch,
             augment,
+            foreground: ForegroundSampling::default(),
         }
+    }
+
+    /// The same with `foreground` sampling.
+    pub fn with_foreground(mut self, foreground: ForegroundSampling) -> Self {
+        self.foreground = foreground;
+        self
+    }
+
+    /// A random index drawn with probability ∝ `weights[i]` (uniform when they sum to 0).
+    pub fn pick_weighted(&mut self, weights: &[f64]) -> usize {
+        let total: f64 = weights.iter().filter(|w| **w > 0.0).sum();
+        if total <= 0.0 {
+            return self.pick(weights.len());
+        }
+        let mut r = self.rng.random_range(0.0..total);
+        for (i, w) in weights.iter().enumerate() {
+            if *w > 0.0 {
+                if r < *w {
+                    return i;
+                }
+                r -= w;
+            }
+        }
+        weights.len().saturating_sub(1)
     }
 
     /// A random index below `n` (which sample to draw a patch from).
@@ -457,11 +503,24 @@ impl PatchSampler {
     pub fn patch(&mut self, sample: &Sample) -> (Vec<Vec<f32>>, Vec<i32>) {
         let [nx, ny, nz] = sample.dims;
         let p = self.patch;
-        // A third of patches are centred on a labelled voxel, of a label picked uniformly among
-        // those present (a tiny structure is seen as often as a large lesion).
+        // One patch in `one_in` (a third by default) is centred on a labelled voxel, of a label
+        // picked among those present — alike, or by the plan's weights (small ones more often).
         let labels = &sample.foreground_by_label;
-        let centre = if !labels.is_empty() && self.rng.random_range(0..3) == 0 {
-            let (_, voxels) = &labels[self.rng.random_range(0..labels.len())];
+        let one_in = self.foreground.one_in.max(1);
+        let centre = if !labels.is_empty() && self.rng.random_range(0..one_in) == 0 {
+            let which = if self.foreground.label_weights.is_empty() {
+                self.rng.random_range(0..labels.len())
+            } else {
+                let w: Vec<f64> = labels
+                    .iter()
+                    .map(|(v, _)| {
+                        let of = self.foreground.label_weights.iter().find(|l| l.0 == *v);
+                        of.map_or(0.0, |l| l.1)
+                    })
+                    .collect();
+                self.pick_weighted(&w)
+            };
+            let (_, voxels) = &labels[which];
             let f = voxels[self.rng.random_range(0..voxels.len())];
             [f % nx, (f / nx) % ny, f / (nx * ny)]
         } else {

@@ -66,6 +66,18 @@ pub struct FitConfig {
     /// prediction (1: no extra weight).
     #[config(default = 1.0)]
     pub changed_weight: f64,
+    /// One patch in this many is centred on a labelled voxel (nnU-Net's third by default; the
+    /// plan halves it for tiny structures).
+    #[config(default = 3)]
+    pub foreground_one_in: usize,
+    /// Per label value, the weight of centring a foreground patch on it (empty: each label
+    /// present in the case alike).
+    #[config(default = "Vec::new()")]
+    pub label_weights: Vec<(u8, f64)>,
+    /// Per class index, the weight of drawing a case of that class for a class step
+    /// (class-balanced sampling; empty: every case alike).
+    #[config(default = "Vec::new()")]
+    pub class_weights: Vec<f64>,
 }
 
 /// Controls of a running fit, shared with whoever started it: cancel, pause and resume take
@@ -461,6 +473,10 @@ struct LoaderSpec {
     class_every: usize,
     /// Batches in all.
     total: usize,
+    /// Foreground share and label weights of patches.
+    foreground: super::data::ForegroundSampling,
+    /// Per class index, the weight of a case of that class in class steps (empty: alike).
+    class_weights: Vec<f64>,
 }
 
 impl Loader {
@@ -479,6 +495,11 @@ impl Loader {
                 TaskMode::Joint => config.class_every,
             },
             total,
+            foreground: super::data::ForegroundSampling {
+                one_in: config.foreground_one_in.max(1),
+                label_weights: config.label_weights.clone(),
+            },
+            class_weights: config.class_weights.clone(),
         };
         let (tx, batches) = sync_channel::<HostBatch>(4);
         let stop = Arc::new(AtomicBool::new(false));
@@ -517,7 +538,12 @@ fn load_batches(
     halt: &AtomicBool,
     tx: &SyncSender<HostBatch>,
 ) {
-    let mut sampler = PatchSampler::new(spec.seed, spec.patch, spec.augment.clone());
+    let mut sampler = PatchSampler::new(spec.seed, spec.patch, spec.augment.clone())
+        .with_foreground(spec.foreground.clone());
+    let case_weights: Vec<f64> = train
+        .iter()
+        .map(|s| spec.class_weights.get(s.class).copied().unwrap_or(1.0))
+        .collect();
     let c = train.first().map_or(1, |s| s.channels.len());
     for step in 1..=spec.total {
         if halt.load(Ordering::Relaxed) || train.is_empty() {
@@ -533,7 +559,11 @@ fn load_batches(
         let mut masks = Vec::new();
         let mut classes = Vec::new();
         for _ in 0..spec.batch_size {
-            let s = &train[sampler.pick(train.len())];
+            let s = if class_step && !spec.class_weights.is_empty() {
+                &train[sampler.pick_weighted(&case_weights)]
+            } else {
+                &train[sampler.pick(train.len())]
+            };
             let (ch, lab) = if class_step {
                 sampler.centre_crop(s, size)
             } else {

@@ -350,9 +350,10 @@ pub struct UserSet {
 }
 
 /// `config` with the plan's geometry where the user did not set it: patch and depth, class crop,
-/// voxel size (3D and 2D forms; a 4D series keeps its own grid), and the augmentation ranges
-/// scaled by the plan's strength. Epochs, steps, batch and width are scalars the caller fills
-/// from the plan before building `config`.
+/// voxel size (3D and 2D forms; a 4D series keeps its own grid); and always the plan's sampling
+/// (foreground share, label weights, class-balanced class steps) and augmentation ranges scaled
+/// by its strength. Epochs, steps, batch and width are scalars the caller fills from the plan
+/// before building `config`.
 pub fn apply_plan(
     mut config: super::fit::FitConfig,
     plan: &Plan,
@@ -379,6 +380,13 @@ pub fn apply_plan(
             InputForm::TimeSeries4d => config.training.spacing_mm,
         };
     }
+    config.foreground_one_in = if plan.foreground_fraction >= 0.5 {
+        2
+    } else {
+        3
+    };
+    config.label_weights = plan.label_weights.clone();
+    config.class_weights = plan.class_weights.iter().map(|c| c.1).collect();
     let f = plan.augmentation.factor();
     let a = &mut config.augment;
     a.scale *= f;
