@@ -384,3 +384,69 @@ fn foreground_patches_favour_the_labels_the_plan_weights() {
     let weighted = centre_labels(vec![(1, 0.9), (2, 0.1)], 400);
     assert!(weighted[1] >= 330, "{weighted:?}");
 }
+
+/// A tiny sample of class `class` whose mask holds `labels`.
+fn sample(id: &str, class: usize, labels: &[u8]) -> mriloop::model::Sample {
+    let affine = Affine::from_spacing([1.0; 3]);
+    let mut mask = vec![0u8; 64];
+    for (k, l) in labels.iter().enumerate() {
+        mask[k] = *l;
+    }
+    let mask = Volume::new([4, 4, 4, 1], affine, mask).unwrap();
+    let image = Volume::new([4, 4, 4, 1], affine, vec![1.0f32; 64]).unwrap();
+    mriloop::model::Sample::new(id, &[image], &mask, class).unwrap()
+}
+
+fn ids(set: &[mriloop::model::Sample]) -> Vec<String> {
+    set.iter().map(|s| s.case_id.clone()).collect()
+}
+
+#[test]
+fn validation_is_stratified_by_class_and_covers_the_labels() {
+    use mriloop::model::split::{class_quotas, split_by_case, validation_gaps};
+    // 9 controls and 3 patients, 20 % held out: 2.4 → 2 cases; by class 1.5 and 0.5, so the
+    // controls' larger share comes first, then the patients get one taken from it: 1 and 1.
+    let classes: Vec<usize> = (0..12).map(|i| usize::from(i >= 9)).collect();
+    assert_eq!(class_quotas(&classes, 2), vec![1, 1]);
+    // Never the last case of a class: a class of one case stays in training.
+    assert_eq!(class_quotas(&[0, 0, 0, 1], 2), vec![2, 0]);
+    for seed in 0..20 {
+        // Label 3 only in two controls: the validation set takes one of them.
+        let samples: Vec<_> = (0..12)
+            .map(|i| {
+                let labels: &[u8] = if i == 2 || i == 6 { &[1, 3] } else { &[1] };
+                sample(&format!("c{i:02}"), usize::from(i >= 9), labels)
+            })
+            .collect();
+        let (train, val) = split_by_case(samples, 0.2, seed);
+        assert_eq!(val.len(), 2);
+        assert_eq!(train.len(), 10);
+        let mut all = [ids(&train), ids(&val)].concat();
+        all.sort();
+        assert_eq!(all, (0..12).map(|i| format!("c{i:02}")).collect::<Vec<_>>());
+        assert!(val.iter().any(|s| s.class == 0) && val.iter().any(|s| s.class == 1));
+        let label3 = |set: &[mriloop::model::Sample]| {
+            set.iter()
+                .any(|s| s.foreground_by_label.iter().any(|l| l.0 == 3))
+        };
+        assert!(
+            label3(&val) && label3(&train),
+            "seed {seed}: {:?}",
+            ids(&val)
+        );
+        let names = ["control".to_string(), "patient".to_string()];
+        assert!(validation_gaps(&train, &val, &names, |v| format!("L{v}")).is_empty());
+    }
+    // A split that cannot hold a class says so.
+    let samples = vec![
+        sample("a", 0, &[1]),
+        sample("b", 0, &[1]),
+        sample("c", 0, &[1]),
+        sample("d", 1, &[1, 2]),
+    ];
+    let (train, val) = split_by_case(samples, 0.5, 1);
+    let names = ["control".to_string(), "patient".to_string()];
+    let gaps = validation_gaps(&train, &val, &names, |v| format!("L{v}"));
+    assert!(gaps.iter().any(|g| g.contains("patient")), "{gaps:?}");
+    assert!(gaps.iter().any(|g| g.contains("label 2 (L2)")), "{gaps:?}");
+}

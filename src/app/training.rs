@@ -411,6 +411,7 @@ impl MriloopApp {
                         validation_cases,
                         total_steps,
                         label_names,
+                        validation_gaps,
                         ..
                     }) => {
                         self.training.status = format!(
@@ -418,6 +419,9 @@ impl MriloopApp {
                             training_cases.len(),
                             validation_cases.len()
                         );
+                        for gap in validation_gaps {
+                            self.training.status.push_str(&format!("\nwarning: {gap}"));
+                        }
                         run.version = Some(version);
                         run.device = device;
                         run.total_steps = total_steps;

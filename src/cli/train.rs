@@ -203,6 +203,12 @@ pub fn train_project(
         val.len(),
         ids.join(", ")
     );
+    let t = &config.training;
+    for gap in model::split::validation_gaps(&train, &val, &t.class_names, |v| {
+        t.label_name(usize::from(v))
+    }) {
+        eprintln!("warning: {gap}");
+    }
     let bar = steps_bar((config.epochs * config.steps_per_epoch) as u64);
     let mut curves = Curves::default();
     let (tx, rx) = std::sync::mpsc::channel();

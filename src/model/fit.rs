@@ -275,29 +275,7 @@ pub fn class_figures(probs: &[&[f32]], truth: &[usize], classes: usize) -> (f64,
     )
 }
 
-/// Split samples by case into training and validation, fixed by the seed.
-pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
-    let n_val =
-        ((samples.len() as f64 * fraction).round() as usize).min(samples.len().saturating_sub(1));
-    let mut order: Vec<usize> = (0..samples.len()).collect();
-    let mut state = seed.wrapping_add(0x9E3779B97F4A7C15);
-    order.sort_by_key(|i| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(*i as u64);
-        (state >> 11) ^ (*i as u64).wrapping_mul(0x9E3779B97F4A7C15)
-    });
-    let val_ids: Vec<usize> = order[..n_val].to_vec();
-    let (mut train, mut val) = (Vec::new(), Vec::new());
-    for (i, s) in samples.into_iter().enumerate() {
-        if val_ids.contains(&i) {
-            val.push(s);
-        } else {
-            train.push(s);
-        }
-    }
-    (train, val)
-}
+pub use super::split::split_by_case;
 
 /// Host-side batch made by the loader thread.
 struct HostBatch {

@@ -4,7 +4,8 @@
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
 //! `runs` (background training runs and re-inference over a project, for the app),
-//! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply).
+//! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
+//! `split` (validation cases stratified by class and covering the labels).
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on the
 //! GPU.
 
@@ -18,6 +19,7 @@ pub mod inference;
 pub mod model;
 pub mod plan;
 pub mod runs;
+pub mod split;
 pub mod training;
 
 pub use apply::{

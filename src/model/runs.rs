@@ -67,6 +67,8 @@ pub enum RunEvent {
         mode: TaskMode,
         /// Label names (index = value).
         label_names: Vec<String>,
+        /// What the validation cases cannot measure (a class or label none of them holds).
+        validation_gaps: Vec<String>,
     },
     /// A step, a checkpoint or an epoch.
     Fit(FitEvent),
@@ -287,6 +289,12 @@ fn run(
         total_steps: config.epochs * config.steps_per_epoch,
         mode: config.training.mode,
         label_names: config.training.label_names.clone(),
+        validation_gaps: super::split::validation_gaps(
+            &train,
+            &val,
+            &config.training.class_names,
+            |v| config.training.label_name(usize::from(v)),
+        ),
     });
     wake();
     let result = fit_forwarding(&config, (train, &val), &device, &out, control, tx, wake)?;
