@@ -450,3 +450,91 @@ fn validation_is_stratified_by_class_and_covers_the_labels() {
     assert!(gaps.iter().any(|g| g.contains("patient")), "{gaps:?}");
     assert!(gaps.iter().any(|g| g.contains("label 2 (L2)")), "{gaps:?}");
 }
+
+/// A clock that moves one second each time it is read.
+struct TickingClock(std::sync::atomic::AtomicU64);
+
+impl mriloop::model::budget::Clock for TickingClock {
+    fn now_s(&self) -> f64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) as f64 + 1.0
+    }
+}
+
+#[test]
+fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
+    use mriloop::model::budget::{schedule, Deadline, Schedule};
+    use mriloop::model::{self, FitControl, FitEvent, TrainEvent};
+    use std::sync::Arc;
+    // 30 min, 1 s steps, 30 s validations, at most 12: a quarter of the budget allows 15
+    // validations, so 12; (1800 − 12 × 30) / 1 = 1440 steps, 120 per epoch.
+    assert_eq!(
+        schedule(1800.0, 1.0, 30.0, 12),
+        Schedule {
+            epochs: 12,
+            steps_per_epoch: 120
+        }
+    );
+    // Validation that costs 300 s: one (a quarter is 450 s); 1500 s of 1 s steps.
+    assert_eq!(schedule(1800.0, 1.0, 300.0, 12).epochs, 1);
+    assert_eq!(schedule(1800.0, 1.0, 300.0, 12).steps_per_epoch, 1500);
+
+    // A real (tiny) fit of 3 epochs × 5 steps on a clock that moves 1 s per reading, ending at
+    // 20 s, a validation reckoned at 3 s: the fit reads the clock before each step and around
+    // each validation. Epoch 1: steps at 1–5, validation 6–7; epoch 2: steps at 8–12,
+    // validation 13–14; epoch 3: steps at 15 and 16 (16 + a 1 s step + 3 s ≤ 20), not at 17;
+    // validation 18–19. 12 steps, three validations, over by 19 s.
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<CaseSpec> = (0..4)
+        .map(|k| CaseSpec {
+            dims: [16, 16, 16],
+            spacing_mm: [1.0; 3],
+            label_edges: [2, 4],
+            class: if k % 2 == 0 { "control" } else { "patient" },
+        })
+        .collect();
+    let p = project(&dir.path().join("p"), &specs);
+    let options = model::FitOptions {
+        sequences: vec!["T1".into()],
+        epochs: 3,
+        steps_per_epoch: 5,
+        patch: 8,
+        batch: 1,
+        class_window: 8,
+        base_channels: 2,
+        mode: "joint".into(),
+        spacing_mm: None,
+        learning_rate: 1e-3,
+        seed: 1,
+    };
+    let config = model::fit_config_for(&p, &options).unwrap();
+    let selection = model::SampleSelection::for_training(&config.training);
+    let samples = model::load_samples_with(&p, &selection).unwrap();
+    let (train, val) = model::split_by_case(samples, 0.25, 1);
+    let clock = Arc::new(TickingClock(std::sync::atomic::AtomicU64::new(0)));
+    let control = FitControl::default();
+    control.set_deadline(
+        Deadline {
+            clock: clock.clone(),
+            end_s: 20.0,
+        },
+        3.0,
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = dir.path().join("run");
+    let device = burn::prelude::Device::flex();
+    let result = model::fit(&config, train, &val, &device, &out, &tx, &control).unwrap();
+    drop(tx);
+    let steps = rx.iter().find_map(|e| match e {
+        FitEvent::Train(TrainEvent::Finished { steps, cancelled }) => Some((steps, cancelled)),
+        _ => None,
+    });
+    assert_eq!(steps, Some((12, false)));
+    assert_eq!(result.epochs.len(), 3);
+    assert!(control.is_time_up());
+    let readings = clock.0.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        readings, 19,
+        "the last reading is the last validation's end"
+    );
+    assert!(out.join("best/model.bpk").exists());
+}

@@ -8,6 +8,7 @@
 //! atomically.
 
 use super::{relay_events, say, steps_bar};
+use crate::model::budget::{schedule, Clock, Deadline, SystemClock};
 use crate::model::fingerprint::Fingerprint;
 use crate::model::plan::{apply_plan, Plan, UserSet};
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
@@ -77,6 +78,11 @@ pub struct TrainArgs {
     /// Start from this checkpoint's weights (fine-tune), e.g. PROJECT/model/best.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Train within this many minutes (fractions allowed): a few steps and a validation are
+    /// timed on the device, epochs and steps are set to fit, and the run stops on time with
+    /// its best checkpoint.
+    #[arg(long)]
+    pub minutes: Option<f64>,
 }
 
 /// Arguments of `mriloop predict`.
@@ -113,6 +119,8 @@ pub struct EvalArgs {
 
 /// `mriloop train`.
 pub fn train(args: TrainArgs) -> Result<()> {
+    // A time budget counts from here: planning and loading are part of it.
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::start());
     let p = Project::open(&args.project)?;
     let (config, planned) = fit_config(&p, &args)?;
     let out = args
@@ -122,7 +130,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if let Some((fp, plan)) = &planned {
         write_plan(&out, fp, plan)?;
     }
-    train_project(&p, &config, &out, &args.backend, args.plot)
+    let budget = args.minutes.map(|m| (m, clock));
+    train_project(&p, &config, &out, &args.backend, args.plot, budget)
 }
 
 /// The fit configuration: from `--config`, else from the flags, the dataset's plan deciding
@@ -174,13 +183,15 @@ fn planned_config(p: &Project, args: &TrainArgs, plan: &Plan) -> Result<FitConfi
 }
 
 /// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves
-/// into `out/curves.png`.
+/// into `out/curves.png`; with `budget` (minutes, and the clock they count on from 0), within
+/// that time.
 pub fn train_project(
     project: &Project,
     config: &FitConfig,
     out: &Path,
     backend: &str,
     plot: bool,
+    budget: Option<(f64, std::sync::Arc<dyn Clock>)>,
 ) -> Result<()> {
     let (device, about) = model::choose_device(backend);
     eprintln!("training on {about}");
@@ -195,6 +206,15 @@ pub fn train_project(
     }
     let (train, val) =
         model::split_by_case(samples, config.validation_fraction, config.training.seed);
+    let control = model::FitControl::default();
+    let budgeted;
+    let config = match budget {
+        Some((m, clock)) => {
+            budgeted = fit_to_budget(config, &val, &device, m, clock, &control)?;
+            &budgeted
+        }
+        None => config,
+    };
     model::runs::write_run_files(out, config, &val)?;
     let ids: Vec<&str> = val.iter().map(|s| s.case_id.as_str()).collect();
     eprintln!(
@@ -212,7 +232,6 @@ pub fn train_project(
     let bar = steps_bar((config.epochs * config.steps_per_epoch) as u64);
     let mut curves = Curves::default();
     let (tx, rx) = std::sync::mpsc::channel();
-    let control = model::FitControl::default();
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| model::fit(config, train, &val, &device, out, &tx, &control));
         let mut last_step = 0;
@@ -235,6 +254,35 @@ pub fn train_project(
         result.last.display()
     );
     Ok(())
+}
+
+/// `config` with epochs and steps that fit `minutes` (counted on `clock` from 0), measured on
+/// `device`; `control` gets the deadline that stops the run on time.
+fn fit_to_budget(
+    config: &FitConfig,
+    val: &[model::Sample],
+    device: &burn::prelude::Device,
+    minutes: f64,
+    clock: std::sync::Arc<dyn Clock>,
+    control: &model::FitControl,
+) -> Result<FitConfig> {
+    if !(minutes.is_finite() && minutes > 0.0) {
+        bail!("--minutes {minutes}: give a positive number of minutes");
+    }
+    let end_s = minutes * 60.0;
+    let (step_s, validation_s) = model::budget::measure(config, val, device, clock.as_ref())?;
+    let left_s = end_s - clock.now_s();
+    let plan = schedule(left_s, step_s, validation_s, config.epochs);
+    eprintln!(
+        "budget {minutes} min ({left_s:.0} s left): a step takes {step_s:.2} s and a validation \
+         {validation_s:.1} s here: {} epochs of {} steps",
+        plan.epochs, plan.steps_per_epoch
+    );
+    control.set_deadline(Deadline { clock, end_s }, validation_s);
+    Ok(config
+        .clone()
+        .with_epochs(plan.epochs)
+        .with_steps_per_epoch(plan.steps_per_epoch))
 }
 
 /// Follow one training event: the bar and the curves per step, a line per epoch.

@@ -86,6 +86,22 @@ pub struct FitConfig {
 pub struct FitControl {
     stop: AtomicBool,
     pause: AtomicBool,
+    /// When the run must have ended (a time budget), and the time a step and a validation took.
+    deadline: std::sync::Mutex<Option<DeadlineState>>,
+    /// Set when the deadline ended the steps.
+    time_up: AtomicBool,
+}
+
+/// A deadline with what the run has measured against it.
+#[derive(Debug)]
+struct DeadlineState {
+    deadline: super::budget::Deadline,
+    /// Clock reading before the previous step.
+    last_step_at: Option<f64>,
+    /// The longest step so far (s).
+    step_s: f64,
+    /// The longest validation so far, or its estimate (s).
+    validation_s: f64,
 }
 
 impl FitControl {
@@ -107,6 +123,59 @@ impl FitControl {
     /// Whether the fit is paused.
     pub fn is_paused(&self) -> bool {
         self.pause.load(Ordering::Relaxed)
+    }
+
+    /// Stop stepping when the next step and one validation (estimated at `validation_s` until
+    /// one is measured) would not end before `deadline`.
+    pub fn set_deadline(&self, deadline: super::budget::Deadline, validation_s: f64) {
+        if let Ok(mut d) = self.deadline.lock() {
+            *d = Some(DeadlineState {
+                deadline,
+                last_step_at: None,
+                step_s: 0.0,
+                validation_s,
+            });
+        }
+    }
+
+    /// Whether the deadline ended the steps.
+    pub fn is_time_up(&self) -> bool {
+        self.time_up.load(Ordering::Relaxed)
+    }
+
+    /// Before a step (one clock reading): whether it and a validation still fit the deadline;
+    /// `false` marks the time as up.
+    fn step_fits(&self) -> bool {
+        let Ok(mut guard) = self.deadline.lock() else {
+            return true;
+        };
+        let Some(d) = guard.as_mut() else {
+            return true;
+        };
+        let now = d.deadline.clock.now_s();
+        if let Some(last) = d.last_step_at {
+            d.step_s = d.step_s.max(now - last);
+        }
+        d.last_step_at = Some(now);
+        let fits = now + d.step_s + d.validation_s <= d.deadline.end_s;
+        if !fits {
+            self.time_up.store(true, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    /// Around a validation (one clock reading each): `None` before, the reading to pass back
+    /// after; the validation's duration becomes the reserve.
+    fn validation_clock(&self, started: Option<f64>) -> Option<f64> {
+        let mut guard = self.deadline.lock().ok()?;
+        let d = guard.as_mut()?;
+        let now = d.deadline.clock.now_s();
+        if let Some(s) = started {
+            d.validation_s = d.validation_s.max(now - s);
+            // The next step's time starts after the validation.
+            d.last_step_at = None;
+        }
+        Some(now)
     }
 
     /// Block while paused (and not cancelled).
@@ -395,13 +464,17 @@ pub fn fit(
         let (m, train_loss) = run.train_epoch(model, &mut optim, &mut step)?;
         model = m;
         let Some(train_loss) = train_loss else {
-            stopped_early = true;
+            // Cancelled or out of batches; running out of time is the plan's end, not a stop.
+            stopped_early = !control.is_time_up();
             break;
         };
         let summary = run.finish_epoch(&model, val, device, epoch, train_loss, &mut best)?;
         summaries.push(summary);
         if config.patience > 0 && best.since >= config.patience {
             stopped_early = true;
+            break;
+        }
+        if control.is_time_up() {
             break;
         }
     }
@@ -610,6 +683,14 @@ impl FitRun<'_> {
                 save_checkpoint(&self.last_dir, t, &model)?;
                 return Ok((model, None));
             }
+            if !self.control.step_fits() {
+                // Out of time: the steps so far end with this epoch's validation; with none
+                // this epoch, the previous epoch's checkpoints stand.
+                if steps == 0 {
+                    return Ok((model, None));
+                }
+                break;
+            }
             let Ok(hb) = self.batches.recv() else {
                 return Ok((model, None));
             };
@@ -655,7 +736,11 @@ impl FitRun<'_> {
         best: &mut BestTracker,
     ) -> Result<EpochSummary, super::training::CheckpointError> {
         let t = &self.config.training;
+        let started = self.control.validation_clock(None);
         let validation = validate(&model.valid(), val, t, device);
+        if started.is_some() {
+            self.control.validation_clock(started);
+        }
         let score = validation_score(t.mode, &validation);
         let is_best = score > best.score;
         save_checkpoint(&self.last_dir, t, model)?;

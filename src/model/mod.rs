@@ -10,6 +10,7 @@
 //! GPU.
 
 pub mod apply;
+pub mod budget;
 pub mod data;
 pub mod fingerprint;
 pub mod fit;

@@ -1,0 +1,142 @@
+//! Training within the time the user gives: a clock (`Clock`; the system's, or one a test
+//! drives), a deadline, the measurement of a step and of a validation on the chosen device, and
+//! the schedule that fits steps and validations into the time left.
+//!
+//! Rules: validations take at most a quarter of the budget (so their number is at most
+//! ⌊budget / 4 / validation time⌋, at least 1, at most the plan's epochs); the rest is steps.
+//! The deadline is a guard besides the schedule: before each step the fit stops if that step
+//! and one validation would no longer fit, then validates and keeps its best checkpoint.
+//!
+//! Invariants: a schedule never plans more time than it is given (given the measured times);
+//! the fit reads a deadline's clock once before each step and once before and after each
+//! validation, so a test clock that advances per reading gives a deterministic run.
+
+use super::data::Sample;
+use super::fit::{initial_model, validate, FitConfig};
+use super::training::{train_step_at, Batch, CheckpointError};
+use burn::optim::AdamWConfig;
+use burn::prelude::*;
+use burn::tensor::{Int, TensorData};
+use std::sync::Arc;
+
+/// Seconds since some fixed moment.
+pub trait Clock: Send + Sync {
+    /// Now, in seconds.
+    fn now_s(&self) -> f64;
+}
+
+/// The system's monotonic clock, from when it was made.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock(std::time::Instant);
+
+impl SystemClock {
+    /// A clock starting now.
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_s(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+}
+
+/// When a run must have ended, on a clock.
+#[derive(Clone)]
+pub struct Deadline {
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The end, on that clock (s).
+    pub end_s: f64,
+}
+
+impl Deadline {
+    /// `seconds` from now on `clock`.
+    pub fn after(clock: Arc<dyn Clock>, seconds: f64) -> Self {
+        let end_s = clock.now_s() + seconds;
+        Self { clock, end_s }
+    }
+}
+
+impl std::fmt::Debug for Deadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Deadline(end {:.1} s)", self.end_s)
+    }
+}
+
+/// Epochs and steps that fit a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Epochs (each ends with a validation).
+    pub epochs: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: usize,
+}
+
+/// The schedule for `budget_s` seconds with steps of `step_s` and validations of
+/// `validation_s`, at most `max_epochs` validations (see the module's rules).
+pub fn schedule(budget_s: f64, step_s: f64, validation_s: f64, max_epochs: usize) -> Schedule {
+    let by_share = (0.25 * budget_s / validation_s.max(1e-9)).floor() as usize;
+    let epochs = by_share.clamp(1, max_epochs.max(1));
+    let for_steps = (budget_s - epochs as f64 * validation_s).max(0.0);
+    let steps = (for_steps / step_s.max(1e-9)).floor() as usize;
+    Schedule {
+        epochs,
+        steps_per_epoch: (steps / epochs).max(1),
+    }
+}
+
+/// Seconds per optimisation step and per validation of `val` with `config` on `device`: three
+/// steps on batches of the configuration's shape (after one that warms the device up), and the
+/// validation of one case times the number of cases.
+pub fn measure(
+    config: &FitConfig,
+    val: &[Sample],
+    device: &Device,
+    clock: &dyn Clock,
+) -> Result<(f64, f64), CheckpointError> {
+    let t = &config.training;
+    let ad = device.clone().autodiff();
+    let mut model = initial_model(config, device)?;
+    let mut optim = AdamWConfig::new().init();
+    let batch = blank_batch(config, &ad);
+    let mut started = 0.0;
+    for k in 0..4 {
+        if k == 1 {
+            started = clock.now_s();
+        }
+        model = train_step_at(model, &mut optim, &batch, t, t.learning_rate).0;
+    }
+    let step_s = (clock.now_s() - started) / 3.0;
+    let before = clock.now_s();
+    validate(&model.valid(), &val[..val.len().min(1)], t, device);
+    Ok((step_s, (clock.now_s() - before) * val.len() as f64))
+}
+
+/// A batch of zeros of the configuration's patch, channels and batch size (a step's cost does
+/// not depend on the values).
+fn blank_batch(config: &FitConfig, device: &Device) -> Batch {
+    let [px, py, pz] = config.patch;
+    let n = config.batch_size.max(1);
+    let m = &config.training.model;
+    let c = if m.time_points > 0 {
+        m.time_points
+    } else {
+        m.in_channels
+    }
+    .max(1);
+    let voxels = n * px * py * pz;
+    Batch {
+        images: Tensor::from_data(
+            TensorData::new(vec![0.0f32; voxels * c], [n, c, pz, py, px]),
+            device,
+        ),
+        masks: Tensor::<4, Int>::from_data(
+            TensorData::new(vec![0i32; voxels], [n, pz, py, px]),
+            device,
+        ),
+        classes: Tensor::<1, Int>::from_data(TensorData::new(vec![0i32; n], [n]), device),
+        weights: None,
+    }
+}
