@@ -538,3 +538,32 @@ fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
     );
     assert!(out.join("best/model.bpk").exists());
 }
+
+#[test]
+fn a_one_class_validation_set_cannot_choose_the_checkpoint_by_accuracy() {
+    use mriloop::model::fit::validation_score;
+    use mriloop::model::{Metrics, TaskMode};
+    // The failure: Dice 0 but every (control) case "right" beat a later epoch that
+    // segments. The class counts at chance without an AUC, so segmenting wins.
+    let all_controls = Metrics {
+        dice: vec![Some(0.0), Some(0.0)],
+        class_accuracy: 1.0,
+        class_auc: None,
+    };
+    let segments = Metrics {
+        dice: vec![Some(0.8), Some(0.6)],
+        class_accuracy: 0.4,
+        class_auc: None,
+    };
+    assert!(
+        validation_score(TaskMode::Joint, &segments)
+            > validation_score(TaskMode::Joint, &all_controls)
+    );
+    // With both classes validated, the AUC counts in full.
+    let with_auc = Metrics {
+        class_auc: Some(0.9),
+        ..segments.clone()
+    };
+    assert!((validation_score(TaskMode::Joint, &with_auc) - (0.7 + 0.9)).abs() < 1e-12);
+    assert!((validation_score(TaskMode::SegmentationOnly, &with_auc) - 0.7).abs() < 1e-12);
+}

@@ -777,9 +777,10 @@ fn step_mode(mode: TaskMode, class_step: bool, class_steps: bool) -> TaskMode {
     }
 }
 
-/// An epoch's validation score: mean foreground Dice plus class AUC (accuracy where the AUC is
-/// undefined), each counted only when its task is trained.
-fn validation_score(mode: TaskMode, validation: &Metrics) -> f64 {
+/// An epoch's validation score, which chooses the best checkpoint: mean foreground Dice (each
+/// label present alike) plus class AUC (chance where the AUC is undefined), each counted only
+/// when its task is trained.
+pub fn validation_score(mode: TaskMode, validation: &Metrics) -> f64 {
     let w_seg = if mode == TaskMode::ClassificationOnly {
         0.0
     } else {
@@ -790,8 +791,10 @@ fn validation_score(mode: TaskMode, validation: &Metrics) -> f64 {
     } else {
         1.0
     };
-    w_seg * validation.mean_dice()
-        + w_cls * validation.class_auc.unwrap_or(validation.class_accuracy)
+    // Every label present weighs the same; the class by its AUC, or chance (0.5) when the
+    // validation cases hold a single class: calling every case one class is then "accurate"
+    // and must not choose the checkpoint.
+    w_seg * validation.mean_dice() + w_cls * validation.class_auc.unwrap_or(0.5)
 }
 
 #[cfg(test)]
