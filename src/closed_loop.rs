@@ -293,6 +293,7 @@ fn run_request(
         only_reviewed: true,
         changed_weight: weight,
         masks: Vec::new(),
+        minutes: None,
     }
 }
 

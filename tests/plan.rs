@@ -567,3 +567,65 @@ fn a_one_class_validation_set_cannot_choose_the_checkpoint_by_accuracy() {
     assert!((validation_score(TaskMode::Joint, &with_auc) - (0.7 + 0.9)).abs() < 1e-12);
     assert!((validation_score(TaskMode::SegmentationOnly, &with_auc) - 0.7).abs() < 1e-12);
 }
+
+#[test]
+fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
+    use mriloop::model::runs::{start_run, RunEvent, RunRequest};
+    use mriloop::model::FitOptions;
+    use mriloop::project::RunOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let specs: Vec<CaseSpec> = (0..4)
+        .map(|k| CaseSpec {
+            dims: [16, 16, 16],
+            spacing_mm: [1.0; 3],
+            label_edges: [2, 4],
+            class: if k % 2 == 0 { "control" } else { "patient" },
+        })
+        .collect();
+    let p = project(&dir.path().join("p"), &specs);
+    let request = RunRequest {
+        options: FitOptions {
+            sequences: vec!["T1".into()],
+            epochs: 4,
+            steps_per_epoch: 1,
+            patch: 8,
+            batch: 1,
+            class_window: 8,
+            base_channels: 2,
+            mode: "joint".into(),
+            spacing_mm: None,
+            learning_rate: 1e-3,
+            seed: 1,
+        },
+        backend: "cpu".into(),
+        fine_tune_from: None,
+        only_reviewed: false,
+        changed_weight: 1.0,
+        masks: Vec::new(),
+        minutes: Some(0.25),
+    };
+    let handle = start_run(p.clone(), request, || {});
+    let (mut planned, mut finished) = (None, None);
+    for e in handle.events.iter() {
+        match e {
+            RunEvent::Started { total_steps, .. } => planned = Some(total_steps),
+            RunEvent::Finished(v) => finished = Some(v),
+            RunEvent::Failed(e) => panic!("{e}"),
+            _ => {}
+        }
+    }
+    let (planned, v) = (planned.unwrap(), finished.unwrap());
+    assert_eq!(v.outcome, RunOutcome::Finished);
+    // The budget, not the request's 4 × 1 steps, set the plan; fit.json says the same.
+    let fit: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(p.resolve(&format!("models/{}/fit.json", v.id))).unwrap(),
+    )
+    .unwrap();
+    let (epochs, steps) = (
+        fit["epochs"].as_u64().unwrap(),
+        fit["steps_per_epoch"].as_u64().unwrap(),
+    );
+    assert_eq!(planned as u64, epochs * steps);
+    assert!(planned > 4, "planned {planned} steps");
+    assert!(!v.epochs.is_empty());
+}

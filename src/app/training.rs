@@ -51,6 +51,8 @@ pub struct TrainSettings {
     pub class_window: usize,
     /// Channels of the network's first level.
     pub base_channels: usize,
+    /// Train within this many minutes (epochs and steps fitted to it; `None`: as set).
+    pub minutes: Option<f64>,
 }
 
 impl Default for TrainSettings {
@@ -69,6 +71,7 @@ impl Default for TrainSettings {
             batch: 2,
             class_window: 64,
             base_channels: 8,
+            minutes: None,
         }
     }
 }
@@ -328,6 +331,7 @@ impl MriloopApp {
             only_reviewed: s.only_reviewed,
             changed_weight: s.changed_weight,
             masks,
+            minutes: s.minutes,
         };
         let wake = self.wake();
         let project_root = project.root().to_path_buf();
@@ -735,6 +739,29 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
         ui.add(egui::Slider::new(&mut s.changed_weight, 1.0..=10.0));
     });
     ui.checkbox(&mut s.reinfer_after, "predict unreviewed cases when done");
+    budget_row(ui, s);
+}
+
+/// A time budget: the run's epochs and steps are then fitted to it on this device.
+fn budget_row(ui: &mut egui::Ui, s: &mut TrainSettings) {
+    ui.horizontal(|ui| {
+        let mut on = s.minutes.is_some();
+        if ui
+            .checkbox(&mut on, "within")
+            .on_hover_text("time a few steps here and fit epochs and steps to the budget")
+            .changed()
+        {
+            s.minutes = on.then_some(30.0);
+        }
+        let mut minutes = s.minutes.unwrap_or(30.0);
+        let field = egui::DragValue::new(&mut minutes)
+            .range(0.5..=1440.0)
+            .speed(0.5);
+        if ui.add_enabled(on, field).changed() {
+            s.minutes = Some(minutes);
+        }
+        ui.label("minutes");
+    });
 }
 
 /// From scratch or fine-tuning the active version (offered only when there is one).

@@ -8,7 +8,7 @@
 //! atomically.
 
 use super::{relay_events, say, steps_bar};
-use crate::model::budget::{schedule, Clock, Deadline, SystemClock};
+use crate::model::budget::{Clock, SystemClock};
 use crate::model::fingerprint::Fingerprint;
 use crate::model::plan::{apply_plan, Plan, UserSet};
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
@@ -256,8 +256,7 @@ pub fn train_project(
     Ok(())
 }
 
-/// `config` with epochs and steps that fit `minutes` (counted on `clock` from 0), measured on
-/// `device`; `control` gets the deadline that stops the run on time.
+/// `config` fitted to `minutes` on `clock` (see `model::budget::fit_to_budget`), said.
 fn fit_to_budget(
     config: &FitConfig,
     val: &[model::Sample],
@@ -269,20 +268,10 @@ fn fit_to_budget(
     if !(minutes.is_finite() && minutes > 0.0) {
         bail!("--minutes {minutes}: give a positive number of minutes");
     }
-    let end_s = minutes * 60.0;
-    let (step_s, validation_s) = model::budget::measure(config, val, device, clock.as_ref())?;
-    let left_s = end_s - clock.now_s();
-    let plan = schedule(left_s, step_s, validation_s, config.epochs);
-    eprintln!(
-        "budget {minutes} min ({left_s:.0} s left): a step takes {step_s:.2} s and a validation \
-         {validation_s:.1} s here: {} epochs of {} steps",
-        plan.epochs, plan.steps_per_epoch
-    );
-    control.set_deadline(Deadline { clock, end_s }, validation_s);
-    Ok(config
-        .clone()
-        .with_epochs(plan.epochs)
-        .with_steps_per_epoch(plan.steps_per_epoch))
+    let (config, said) =
+        model::budget::fit_to_budget(config, val, device, minutes * 60.0, clock, control)?;
+    eprintln!("budget {minutes} min ({said})");
+    Ok(config)
 }
 
 /// Follow one training event: the bar and the curves per step, a line per epoch.

@@ -114,6 +114,33 @@ pub fn measure(
     Ok((step_s, (clock.now_s() - before) * val.len() as f64))
 }
 
+/// `config` with epochs and steps that fit the `end_s` of `clock` (counted from 0), measured on
+/// `device` with the validation cases `val`; `control` gets the deadline that stops the run on
+/// time. Returns the configuration and a sentence saying what was measured and planned.
+pub fn fit_to_budget(
+    config: &FitConfig,
+    val: &[Sample],
+    device: &Device,
+    end_s: f64,
+    clock: Arc<dyn Clock>,
+    control: &super::fit::FitControl,
+) -> Result<(FitConfig, String), CheckpointError> {
+    let (step_s, validation_s) = measure(config, val, device, clock.as_ref())?;
+    let left_s = end_s - clock.now_s();
+    let plan = schedule(left_s, step_s, validation_s, config.epochs);
+    let said = format!(
+        "{left_s:.0} s left: a step takes {step_s:.2} s and a validation {validation_s:.1} s \
+         here: {} epochs of {} steps",
+        plan.epochs, plan.steps_per_epoch
+    );
+    control.set_deadline(Deadline { clock, end_s }, validation_s);
+    let config = config
+        .clone()
+        .with_epochs(plan.epochs)
+        .with_steps_per_epoch(plan.steps_per_epoch);
+    Ok((config, said))
+}
+
 /// A batch of zeros of the configuration's patch, channels and batch size (a step's cost does
 /// not depend on the values).
 fn blank_batch(config: &FitConfig, device: &Device) -> Batch {

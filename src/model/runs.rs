@@ -46,6 +46,9 @@ pub struct RunRequest {
     pub changed_weight: f64,
     /// Reference masks newer than their files (the open case's unsaved corrections).
     pub masks: Vec<(String, Volume<u8>)>,
+    /// Train within this many minutes from the start (epochs and steps fitted to it; the run
+    /// stops on time with its best checkpoint).
+    pub minutes: Option<f64>,
 }
 
 /// What a run reports.
@@ -223,10 +226,12 @@ pub fn start_run(
     let thread = std::thread::Builder::new()
         .name("mriloop-train".into())
         .spawn(move || {
+            let clock: Arc<dyn super::budget::Clock> =
+                Arc::new(super::budget::SystemClock::start());
             let wake = Arc::new(wake);
             let result = crate::background::run_in_background(|| {
                 crate::worker::catch_worker("the training run", || {
-                    run(&project, &request, &ctl, &tx, wake.clone())
+                    run(&project, &request, (&ctl, clock), &tx, wake.clone())
                 })
             });
             let failure = match result {
@@ -253,13 +258,21 @@ pub fn start_run(
 fn run(
     project: &Project,
     request: &RunRequest,
-    control: &FitControl,
+    (control, clock): (&FitControl, Arc<dyn super::budget::Clock>),
     tx: &Sender<RunEvent>,
     wake: Arc<impl Fn() + Send + Sync + 'static>,
 ) -> Result<(), String> {
     let config = run_config(project, request).map_err(|e| e.to_string())?;
     let (device, about) = super::apply::choose_device(&request.backend);
     let (train, val) = run_samples(project, &config, request).map_err(|e| e.to_string())?;
+    let config = match request.minutes.filter(|m| m.is_finite() && *m > 0.0) {
+        Some(m) => {
+            super::budget::fit_to_budget(&config, &val, &device, m * 60.0, clock, control)
+                .map_err(|e| e.to_string())?
+                .0
+        }
+        None => config,
+    };
     let version = next_version_id(&project.manifest.models);
     let rel = format!("models/{version}");
     let out = project.resolve(&rel);
