@@ -34,13 +34,17 @@ pub enum WorkerError {
     },
 }
 
-/// The text of a panic payload (`&str` or `String`), else a placeholder.
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic payload, when it is text (`&str` or `String`).
+pub fn panic_text(payload: &(dyn Any + Send)) -> Option<String> {
     payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// The text of a panic payload (`&str` or `String`), else a placeholder.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    panic_text(payload).unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Run `f`, turning a panic into `WorkerError::Panicked` named `worker`.

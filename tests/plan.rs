@@ -94,6 +94,35 @@ fn labels(named: bool) -> LabelTable {
     LabelTable::new(vec![label(1, "small"), label(2, "large")]).unwrap()
 }
 
+/// Four cases of `dims` at 1 mm, labels of 2 and 4 voxels a side, control / patient by turns.
+fn alternating(dims: [usize; 3]) -> Vec<CaseSpec> {
+    (0..4)
+        .map(|k| CaseSpec {
+            dims,
+            spacing_mm: [1.0; 3],
+            label_edges: [2, 4],
+            class: if k % 2 == 0 { "control" } else { "patient" },
+        })
+        .collect()
+}
+
+/// A tiny joint fit on T1: 8-voxel patches and class crop, width 2, batch 1.
+fn tiny_options(epochs: usize, steps_per_epoch: usize) -> mriloop::model::FitOptions {
+    mriloop::model::FitOptions {
+        sequences: vec!["T1".into()],
+        epochs,
+        steps_per_epoch,
+        patch: 8,
+        batch: 1,
+        class_window: 8,
+        base_channels: 2,
+        mode: "joint".into(),
+        spacing_mm: None,
+        learning_rate: 1e-3,
+        seed: 1,
+    }
+}
+
 fn project(root: &Path, specs: &[CaseSpec]) -> Project {
     project_with(root, specs, true)
 }
@@ -484,28 +513,9 @@ fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
     // validation 13–14; epoch 3: steps at 15 and 16 (16 + a 1 s step + 3 s ≤ 20), not at 17;
     // validation 18–19. 12 steps, three validations, over by 19 s.
     let dir = tempfile::tempdir().unwrap();
-    let specs: Vec<CaseSpec> = (0..4)
-        .map(|k| CaseSpec {
-            dims: [16, 16, 16],
-            spacing_mm: [1.0; 3],
-            label_edges: [2, 4],
-            class: if k % 2 == 0 { "control" } else { "patient" },
-        })
-        .collect();
+    let specs = alternating([16, 16, 16]);
     let p = project(&dir.path().join("p"), &specs);
-    let options = model::FitOptions {
-        sequences: vec!["T1".into()],
-        epochs: 3,
-        steps_per_epoch: 5,
-        patch: 8,
-        batch: 1,
-        class_window: 8,
-        base_channels: 2,
-        mode: "joint".into(),
-        spacing_mm: None,
-        learning_rate: 1e-3,
-        seed: 1,
-    };
+    let options = tiny_options(3, 5);
     let config = model::fit_config_for(&p, &options).unwrap();
     let selection = model::SampleSelection::for_training(&config.training);
     let samples = model::load_samples_with(&p, &selection).unwrap();
@@ -571,32 +581,12 @@ fn a_one_class_validation_set_cannot_choose_the_checkpoint_by_accuracy() {
 #[test]
 fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
     use mriloop::model::runs::{start_run, RunEvent, RunRequest};
-    use mriloop::model::FitOptions;
     use mriloop::project::RunOutcome;
     let dir = tempfile::tempdir().unwrap();
-    let specs: Vec<CaseSpec> = (0..4)
-        .map(|k| CaseSpec {
-            dims: [16, 16, 16],
-            spacing_mm: [1.0; 3],
-            label_edges: [2, 4],
-            class: if k % 2 == 0 { "control" } else { "patient" },
-        })
-        .collect();
+    let specs = alternating([16, 16, 16]);
     let p = project(&dir.path().join("p"), &specs);
     let request = RunRequest {
-        options: FitOptions {
-            sequences: vec!["T1".into()],
-            epochs: 4,
-            steps_per_epoch: 1,
-            patch: 8,
-            batch: 1,
-            class_window: 8,
-            base_channels: 2,
-            mode: "joint".into(),
-            spacing_mm: None,
-            learning_rate: 1e-3,
-            seed: 1,
-        },
+        options: tiny_options(4, 1),
         backend: "cpu".into(),
         fine_tune_from: None,
         only_reviewed: false,

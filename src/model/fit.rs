@@ -568,16 +568,12 @@ impl Loader {
     fn finish(self) -> Result<(), String> {
         self.stop.store(true, Ordering::Relaxed);
         drop(self.batches);
-        self.thread.join().map_err(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned());
-            match message {
+        self.thread.join().map_err(
+            |payload| match crate::worker::panic_text(payload.as_ref()) {
                 Some(m) => format!("the data loader stopped unexpectedly: {m}"),
                 None => "the data loader stopped unexpectedly".to_string(),
-            }
-        })
+            },
+        )
     }
 }
 

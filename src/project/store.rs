@@ -181,16 +181,8 @@ impl CaseStore {
         let report = worker.events.clone();
         let handle = std::thread::spawn(move || {
             // A panic while saving is reported like any failure, and the exit still signalled.
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(rx)));
-            if let Err(p) = run {
-                let message = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                let _ = report.send(StoreEvent::Failed(format!(
-                    "the saving thread stopped unexpectedly: {message}"
-                )));
+            if let Err(e) = crate::worker::catch_worker("the saving thread", || worker.run(rx)) {
+                let _ = report.send(StoreEvent::Failed(e.to_string()));
             }
             signal.set();
         });
