@@ -307,7 +307,7 @@ impl Session {
             || self
                 .open
                 .as_ref()
-                .is_some_and(|o| o.time.as_ref().is_some_and(|t| t.seed_busy() || t.playing))
+                .is_some_and(|o| o.time.as_ref().is_some_and(|t| t.seed_busy()))
     }
 
     /// Whether the open case has edits not yet written where the user will find them: for a
