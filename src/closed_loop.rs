@@ -294,6 +294,7 @@ fn run_request(
         changed_weight: weight,
         masks: Vec::new(),
         minutes: None,
+        plan: Default::default(),
     }
 }
 

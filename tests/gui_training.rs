@@ -2,7 +2,9 @@
 //! training run started from the training panel on the demo project keeps the UI live — each
 //! paging command takes effect in its own frame while steps keep coming, painting changes the
 //! mask, loss points reach the plot — and
-//! cancel ends it, keeping its last checkpoint as a (cancelled, inactive) model version.
+//! cancel ends it, keeping its last checkpoint as a (cancelled, inactive) model version. The
+//! panel shows the dataset's plan; the numbers the user changes there, and only those, override
+//! it in the run.
 
 mod window;
 
@@ -10,6 +12,7 @@ use egui::Event;
 use egui_kittest::kittest::Queryable;
 use egui_kittest::Harness;
 use mriloop::app::training::{TrainCommand, TrainSettings};
+use mriloop::model::planned::PlanOverrides;
 use mriloop::app::{Command, MriloopApp, Tool, ViewCommand};
 use mriloop::model::TaskMode;
 use mriloop::project::{Project, RunOutcome};
@@ -27,17 +30,21 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     let mut h = window::open_project(&root, [1280.0, 900.0]);
     let settings = TrainSettings {
         fine_tune: false,
-        epochs: 1,
-        steps_per_epoch: 400,
+        choices: PlanOverrides {
+            epochs: Some(1),
+            steps_per_epoch: Some(400),
+            patch: Some(16),
+            batch: Some(1),
+            class_window: Some(32),
+            base_channels: Some(4),
+            spacing_mm: None,
+            class_every: None,
+        },
         sequences: vec!["T1".into(), "T2".into()],
         mode: TaskMode::SegmentationOnly,
         backend: "cpu".into(),
         only_reviewed: false,
         reinfer_after: false,
-        patch: 16,
-        batch: 1,
-        class_window: 32,
-        base_channels: 4,
         ..TrainSettings::default()
     };
     h.state_mut()
@@ -165,4 +172,84 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(Project::open(&root).unwrap().manifest.models.len(), 1);
+}
+
+#[test]
+fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
+    use mriloop::model::fingerprint::Fingerprint;
+    use mriloop::model::{plan, DeviceClass};
+    let dir = tempfile::tempdir().unwrap();
+    let root = mriloop::app::demo_project_copy(&dir.path().join("demo")).unwrap();
+    let mut h = window::open_project(&root, [1280.0, 1000.0]);
+    let settings = TrainSettings {
+        fine_tune: false,
+        mode: TaskMode::SegmentationOnly,
+        backend: "cpu".into(),
+        only_reviewed: false,
+        reinfer_after: false,
+        ..TrainSettings::default()
+    };
+    h.state_mut()
+        .push(Command::Train(TrainCommand::Settings(settings.clone())));
+    h.state_mut()
+        .push(Command::Train(TrainCommand::TogglePanel));
+    assert!(window::step_until(&mut h, |a| a
+        .training()
+        .plan
+        .ready()
+        .is_some()));
+    // The panel's plan is the dataset's plan for the CPU, as `mriloop plan` makes it.
+    let project = Project::open(&root).unwrap();
+    let expected = plan(&Fingerprint::of(&project).unwrap(), DeviceClass::Cpu);
+    assert_eq!(h.state().training().plan.ready(), Some(&expected));
+    h.step();
+    let [px, py, pz] = expected.patch;
+    h.get_by_label(&format!("{px}×{py}×{pz}, {} levels", expected.depth));
+
+    // The user changes three of its numbers, then takes the batch back to the plan's.
+    let mut changed = settings.clone();
+    changed.choices = PlanOverrides {
+        epochs: Some(1),
+        steps_per_epoch: Some(2),
+        batch: Some(expected.batch + 1),
+        ..PlanOverrides::default()
+    };
+    h.state_mut()
+        .push(Command::Train(TrainCommand::Settings(changed)));
+    h.step();
+    h.step();
+    let resets = h.get_all_by_label("reset").count();
+    assert_eq!(resets, 3, "a reset button per changed number");
+    h.get_all_by_label("reset").next().unwrap().click();
+    h.step();
+    h.step();
+    let choices = h.state().training().settings.choices.clone();
+    assert_eq!(choices.batch, None, "reset gives the batch back to the plan");
+    assert_eq!((choices.epochs, choices.steps_per_epoch), (Some(1), Some(2)));
+
+    // The run trains what the panel shows: the user's epochs and steps, the plan's patch and
+    // batch, and the plan written beside the model.
+    h.get_by_label("Start training").click();
+    let mut done = false;
+    for _ in 0..6000 {
+        h.step();
+        if h.state().training().run.is_none() {
+            done = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(done, "the run did not finish: {}", h.state().training().status);
+    let project = Project::open(&root).unwrap();
+    let version = project.manifest.models.last().expect("a version");
+    let dir = root.join("models").join(&version.id);
+    let fit: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fit.json")).unwrap()).unwrap();
+    assert_eq!(fit["epochs"], 1);
+    assert_eq!(fit["steps_per_epoch"], 2);
+    assert_eq!(fit["batch_size"], expected.batch);
+    assert_eq!(fit["patch"], serde_json::json!(expected.patch));
+    let used: mriloop::model::Plan =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("plan.json")).unwrap()).unwrap();
+    assert_eq!(used, expected);
 }

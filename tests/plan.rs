@@ -180,20 +180,23 @@ fn an_isotropic_dataset_gets_the_plan_its_rules_imply() {
     assert!(close3(plan.spacing_mm, [1.0, 1.0, 1.2]));
     assert_eq!(plan.anisotropic_axis, None);
     // Rule 2: the median case is 40 × 48 × 36 voxels at that spacing; multiples of 8:
-    // [40, 48, 32] (61 440 voxels > 32³). Shrink the axis spanning the most mm by 8:
-    // y 48 mm → [40, 40, 32] (51 200); then x and y both 40 mm, z 38.4 mm: y (the last of the
-    // tie) → [40, 32, 32] (40 960); then x 40 mm → [32, 32, 32] = 32 768 ≤ 32 768.
-    assert_eq!(plan.patch, [32, 32, 32]);
-    // Rule 3: 32 / 2³ = 4 ≥ 3 but 32 / 2⁴ = 2 < 3: depth 3. CPU width 8, batch 2.
+    // [40, 48, 32] (61 440 voxels > the CPU's 24³ = 13 824). Shrink the axis spanning the most
+    // mm by 8: y 48 mm → [40, 40, 32]; x and y 40 mm, z 38.4 mm: y (the last of the tie) →
+    // [40, 32, 32]; x 40 mm → [32, 32, 32] (32 768); z 38.4 mm → [32, 32, 24] (24 576); x, y
+    // 32 mm: y → [32, 24, 24] (18 432); x 32 mm → [24, 24, 24] = 13 824 ≤ 13 824.
+    assert_eq!(plan.patch, [24, 24, 24]);
+    // Rule 3: 24 / 2³ = 3 ≥ 3 but 24 is not a multiple of 2⁴: depth 3. CPU width 8, batch 2.
     assert_eq!((plan.depth, plan.base_channels, plan.batch), (3, 8, 2));
-    // Rule 5: the tiny label (9.6 mm³) fills under 1 % of a 32 × 32 × 38.4 mm patch: half the
+    // Rule 5: the tiny label (9.6 mm³) fills under 1 % of a 24 × 24 × 28.8 mm patch: half the
     // patches on foreground; weights ∝ 1/√volume.
     assert_eq!(plan.foreground_fraction, 0.5);
     let (w1, w2) = (1.0 / (9.6f64).sqrt(), 1.0 / (259.2f64).sqrt());
     assert!(close(plan.label_weights[0].1, w1 / (w1 + w2)));
     assert!(close(plan.label_weights[1].1, w2 / (w1 + w2)));
-    // Rule 6: head 20 × 24 × 21.6 mm → 20, 24, 18 voxels → up to multiples of 8: 24, 24, 24.
+    // Rule 6: head 20 × 24 × 21.6 mm → 20, 24, 18 voxels → up to multiples of 8: 24, 24, 24;
+    // a class step costs r = 24³ / (2 · 24³) = 0.5 segmentation steps: k = ⌈2 · 0.5 + 1⌉ = 2.
     assert_eq!(plan.class_window, [24, 24, 24]);
+    assert_eq!(plan.class_every, 2);
     // Rule 7: n / (k · n_c) = 6 / (2 · 4) and 6 / (2 · 2).
     assert_eq!(
         plan.class_weights,
@@ -237,11 +240,12 @@ fn an_anisotropic_dataset_resamples_its_coarse_axis_at_the_10th_percentile() {
     assert_eq!(plan.anisotropic_axis, Some(2));
     assert!(close3(plan.spacing_mm, [0.8, 0.8, p10]));
     // Rule 2: the median case is 51.2 mm in-plane (64 voxels) and 16 × 3 = 48 mm deep, i.e.
-    // 48 / 2.7 = 17.8 → 18 voxels → [64, 64, 16] (65 536 > 32 768); z (43.2 mm) is at the
-    // 16-voxel floor, so x and y (51.2 mm) shrink by turns, y first (the last of a tie):
-    // [64, 56, 16], [56, 56, 16], [56, 48, 16], [48, 48, 16] = 36 864, [48, 40, 16] = 30 720.
-    assert_eq!(plan.patch, [48, 40, 16]);
-    // Rule 3: 16 / 2² = 4 ≥ 3, but 16 / 2³ = 2 < 3: depth 2.
+    // 48 / 2.7 = 17.8 → 18 voxels → [64, 64, 16] (65 536 > 13 824); z (43.2 mm) is at the
+    // 16-voxel floor, so x and y shrink, the one spanning more mm first, y on a tie:
+    // [64, 56, 16], [56, 56, 16], [56, 48, 16], [48, 48, 16], [48, 40, 16], [40, 40, 16],
+    // [40, 32, 16], [32, 32, 16] = 16 384, [32, 24, 16] = 12 288.
+    assert_eq!(plan.patch, [32, 24, 16]);
+    // Rule 3: 24 / 2² = 6 and 16 / 2² = 4 ≥ 3, but 16 / 2³ = 2 < 3: depth 2.
     assert_eq!(plan.depth, 2);
     // Warnings: no patient, and label 2 in only two cases.
     assert!(
@@ -593,6 +597,7 @@ fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
         changed_weight: 1.0,
         masks: Vec::new(),
         minutes: Some(0.25),
+        plan: Default::default(),
     };
     let handle = start_run(p.clone(), request, || {});
     let (mut planned, mut finished) = (None, None);

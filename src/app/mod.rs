@@ -24,6 +24,7 @@ mod poll;
 mod sync;
 pub mod timeseries;
 pub mod training;
+pub mod training_plan;
 mod views;
 pub mod window_bench;
 

@@ -13,8 +13,10 @@ use super::curves::Curves;
 use super::{Command, MriloopApp};
 use crate::model::runs::{
     register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
-    RunEvent, RunHandle, RunRequest,
+    RunEvent, RunHandle, RunPlan, RunRequest,
 };
+use super::training_plan::{plan_form, PlanPanel};
+use crate::model::planned::PlanOverrides;
 use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
 use crate::session::{Input, WorkerError};
@@ -27,10 +29,9 @@ use std::time::{Duration, Instant};
 pub struct TrainSettings {
     /// Fine-tune the active model version (else train from scratch).
     pub fine_tune: bool,
-    /// Epochs.
-    pub epochs: usize,
-    /// Steps per epoch.
-    pub steps_per_epoch: usize,
+    /// The run's numbers the user set (epochs, steps, patch, batch, class crop, width); the
+    /// dataset's plan decides the others.
+    pub choices: PlanOverrides,
     /// Input sequences (empty: the project's first two).
     pub sequences: Vec<String>,
     /// Tasks.
@@ -43,14 +44,6 @@ pub struct TrainSettings {
     pub changed_weight: f64,
     /// Predict the unreviewed cases with the new version when the run finishes.
     pub reinfer_after: bool,
-    /// Patch edge (voxels).
-    pub patch: usize,
-    /// Patches per batch.
-    pub batch: usize,
-    /// Edge of the whole-head crop the class is learned from.
-    pub class_window: usize,
-    /// Channels of the network's first level.
-    pub base_channels: usize,
     /// Train within this many minutes (epochs and steps fitted to it; `None`: as set).
     pub minutes: Option<f64>,
 }
@@ -59,18 +52,13 @@ impl Default for TrainSettings {
     fn default() -> Self {
         Self {
             fine_tune: true,
-            epochs: 10,
-            steps_per_epoch: 50,
+            choices: PlanOverrides::default(),
             sequences: Vec::new(),
             mode: TaskMode::Joint,
             backend: "auto".into(),
             only_reviewed: true,
             changed_weight: 3.0,
             reinfer_after: true,
-            patch: 32,
-            batch: 2,
-            class_window: 64,
-            base_channels: 8,
             minutes: None,
         }
     }
@@ -83,6 +71,8 @@ pub enum TrainCommand {
     Settings(TrainSettings),
     /// Start a run with the settings.
     Start,
+    /// Make the dataset's plan again (the cases changed).
+    Replan,
     /// Start a run as soon as a project and its first case are open.
     StartWhenOpen,
     /// Pause (true) or resume (false) the run.
@@ -179,6 +169,8 @@ pub struct TrainingState {
     pub cohort: super::cohort::CohortState,
     /// Start a run once the project is open.
     pub start_when_open: bool,
+    /// The dataset's plan the panel shows.
+    pub plan: PlanPanel,
 }
 
 impl MriloopApp {
@@ -197,6 +189,7 @@ impl MriloopApp {
         match cmd {
             TrainCommand::Settings(s) => self.training.settings = s,
             TrainCommand::Start => self.start_training(),
+            TrainCommand::Replan => self.training.plan.reset(),
             TrainCommand::StartWhenOpen => self.training.start_when_open = true,
             TrainCommand::Pause(p) => self.pause_run(p),
             TrainCommand::Cancel => {
@@ -324,8 +317,17 @@ impl MriloopApp {
             })
             .into_iter()
             .collect();
+        let plan = self.training.plan.ready().filter(|_| self.training.plan.backend == s.backend);
+        let (total_steps, epochs) = plan.map_or((0, 0), |p| {
+            let e = s.choices.epochs(p);
+            (e * s.choices.steps_per_epoch(p), e)
+        });
         let request = RunRequest {
             options: fit_options(&s, fine_tune_from.is_some()),
+            plan: RunPlan::On {
+                plan: plan.map(|p| Box::new(p.clone())),
+                choices: s.choices.clone(),
+            },
             backend: s.backend.clone(),
             fine_tune_from: fine_tune_from.clone(),
             only_reviewed: s.only_reviewed,
@@ -349,11 +351,11 @@ impl MriloopApp {
             started: Instant::now(),
             paused_for: Duration::ZERO,
             paused_at: None,
-            total_steps: s.epochs * s.steps_per_epoch,
+            total_steps,
             step: 0,
             first_step_at: None,
             epoch: 0,
-            epochs: s.epochs,
+            epochs,
             label_names: Vec::new(),
         });
     }
@@ -391,6 +393,7 @@ impl MriloopApp {
     /// Drain the training and inference channels (never waits).
     pub(super) fn poll_training(&mut self) {
         self.training.cohort.poll();
+        self.poll_plan();
         let open = self.session.open_case().is_some() && self.session.project().is_some();
         if self.training.start_when_open && open {
             self.training.start_when_open = false;
@@ -399,6 +402,19 @@ impl MriloopApp {
         let finished = self.drain_run_events();
         self.finish_run(finished);
         self.poll_infer();
+    }
+
+    /// Take the plan's worker result; make the plan when the panel is shown without one for
+    /// the chosen backend.
+    fn poll_plan(&mut self) {
+        self.training.plan.poll();
+        let backend = self.training.settings.backend.clone();
+        if self.training.show_panel && self.training.plan.wanted(&backend) {
+            if let Some(project) = self.session.project().cloned() {
+                let wake = self.wake();
+                self.training.plan.start(project, &backend, wake);
+            }
+        }
     }
 
     /// Take the run's pending events (never waits): progress and curves are updated here; the
@@ -414,6 +430,7 @@ impl MriloopApp {
                         training_cases,
                         validation_cases,
                         total_steps,
+                        epochs,
                         label_names,
                         validation_gaps,
                         ..
@@ -429,6 +446,7 @@ impl MriloopApp {
                         run.version = Some(version);
                         run.device = device;
                         run.total_steps = total_steps;
+                        run.epochs = epochs;
                         run.label_names = label_names;
                     }
                     Ok(RunEvent::Fit(FitEvent::Train(TrainEvent::Step { step, loss }))) => {
@@ -612,28 +630,23 @@ impl MriloopApp {
         }
         self.training.cohort = super::cohort::CohortState::default();
         self.training.show_cohort = false;
+        self.training.plan.reset();
     }
 }
 
-/// The fitting options of a run with settings `s` (a smaller learning rate when fine-tuning).
+/// The fitting options of a run with settings `s` (a smaller learning rate when fine-tuning);
+/// its numbers come from the plan and the user's choices (`RunPlan::On`).
 fn fit_options(s: &TrainSettings, fine_tune: bool) -> FitOptions {
     FitOptions {
         sequences: s.sequences.clone(),
-        epochs: s.epochs.max(1),
-        steps_per_epoch: s.steps_per_epoch.max(1),
-        patch: s.patch,
-        batch: s.batch.max(1),
-        class_window: s.class_window,
-        base_channels: s.base_channels.max(1),
         mode: match s.mode {
             TaskMode::Joint => "joint",
             TaskMode::SegmentationOnly => "seg",
             TaskMode::ClassificationOnly => "class",
         }
         .into(),
-        spacing_mm: None,
         learning_rate: if fine_tune { 5e-4 } else { 2e-3 },
-        seed: 1,
+        ..FitOptions::default()
     }
 }
 
@@ -673,7 +686,10 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
             ui.horizontal_top(|ui| {
                 ui.vertical(|ui| {
                     ui.set_width(330.0);
-                    ui.add_enabled_ui(t.run.is_none(), |ui| settings_form(ui, project, &mut s));
+                    ui.add_enabled_ui(t.run.is_none(), |ui| {
+                        settings_form(ui, project, &mut s);
+                        plan_form(ui, &t.plan, &mut s.choices, out);
+                    });
                     if s != t.settings {
                         push_train(out, TrainCommand::Settings(s.clone()));
                     }
@@ -695,18 +711,6 @@ fn push_train(out: &mut Vec<Command>, c: TrainCommand) {
 /// The run's settings (disabled while a run is going on), edited in `s`.
 fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut TrainSettings) {
     start_from_row(ui, project, s);
-    ui.horizontal(|ui| {
-        ui.label("epochs");
-        ui.add(egui::DragValue::new(&mut s.epochs).range(1..=1000));
-        ui.label("steps/epoch");
-        ui.add(egui::DragValue::new(&mut s.steps_per_epoch).range(1..=10_000));
-    });
-    ui.horizontal(|ui| {
-        ui.label("patch");
-        ui.add(egui::DragValue::new(&mut s.patch).range(8..=128));
-        ui.label("batch");
-        ui.add(egui::DragValue::new(&mut s.batch).range(1..=32));
-    });
     ui.horizontal(|ui| {
         ui.label("tasks");
         for (m, name) in [

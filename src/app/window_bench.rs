@@ -65,7 +65,10 @@ fn loop_times(
     let idle = measure_frames(&mut w, frames);
     let settings = TrainSettings {
         fine_tune: false,
-        epochs: 1000,
+        choices: crate::model::planned::PlanOverrides {
+            epochs: Some(1000),
+            ..Default::default()
+        },
         backend: "cpu".into(),
         only_reviewed: false,
         reinfer_after: false,

@@ -73,9 +73,10 @@ pub fn describe(fp: &Fingerprint, p: &Plan) -> String {
     let classes: Vec<String> = fp.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     t += &format!("  classes: {}\n", classes.join(", "));
     t += &format!(
-        "plan ({:?}): spacing {:.3?} mm, patch {:?}, depth {}, width {}, batch {}, class crop {:?}\n",
-        p.device, p.spacing_mm, p.patch, p.depth, p.base_channels, p.batch, p.class_window
+        "plan ({:?}): spacing {:.3?} mm, patch {:?}, depth {}, width {}, batch {}, class crop {:?} every {} steps\n",
+        p.device, p.spacing_mm, p.patch, p.depth, p.base_channels, p.batch, p.class_window, p.class_every
     );
+    t += &format!("  inputs: {}\n", p.sequences.join(", "));
     t += &format!(
         "  foreground patches {:.2}, label weights {:.3?}, class weights {:.3?}, augmentation {:?}, {} steps in {} epochs\n",
         p.foreground_fraction, p.label_weights, p.class_weights, p.augmentation, p.steps, p.epochs

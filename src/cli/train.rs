@@ -10,7 +10,8 @@
 use super::{relay_events, say, steps_bar};
 use crate::model::budget::{Clock, SystemClock};
 use crate::model::fingerprint::Fingerprint;
-use crate::model::plan::{apply_plan, Plan, UserSet};
+use crate::model::plan::Plan;
+use crate::model::planned::PlanOverrides;
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
 use crate::plot::Curves;
 use crate::project::Project;
@@ -36,7 +37,7 @@ pub struct TrainArgs {
     /// Steps per epoch (default: the plan's steps over its epochs).
     #[arg(long)]
     pub steps_per_epoch: Option<usize>,
-    /// Input sequences, comma-separated (default: the project's first two).
+    /// Input sequences, comma-separated (default: the plan's, every sequence).
     #[arg(long, value_delimiter = ',')]
     pub sequences: Vec<String>,
     /// Patch edge (voxels; default: the plan's patch and depth).
@@ -49,9 +50,10 @@ pub struct TrainArgs {
     /// the plan's).
     #[arg(long)]
     pub class_window: Option<usize>,
-    /// Every this many steps a classification step on the whole-head crop (joint mode)
-    #[arg(long, default_value_t = 3)]
-    pub class_every: usize,
+    /// Every this many steps a classification step on the whole-head crop (joint mode;
+    /// default: the plan's).
+    #[arg(long)]
+    pub class_every: Option<usize>,
     /// Channels of the first level (default: the plan's).
     #[arg(long)]
     pub base_channels: Option<usize>,
@@ -157,29 +159,24 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
 
 /// The flags' settings, the plan's where a flag is not given.
 fn planned_config(p: &Project, args: &TrainArgs, plan: &Plan) -> Result<FitConfig> {
-    let options = model::FitOptions {
+    let base = model::FitOptions {
         sequences: args.sequences.clone(),
-        epochs: args.epochs.unwrap_or(plan.epochs),
-        steps_per_epoch: args
-            .steps_per_epoch
-            .unwrap_or_else(|| plan.steps.div_ceil(plan.epochs.max(1))),
-        patch: args.patch.unwrap_or(plan.patch[0]),
-        batch: args.batch.unwrap_or(plan.batch),
-        class_window: args.class_window.unwrap_or(plan.class_window[0]),
-        base_channels: args.base_channels.unwrap_or(plan.base_channels),
         mode: args.mode.clone(),
-        spacing_mm: args.spacing,
         learning_rate: args.lr,
         seed: args.seed,
+        ..model::FitOptions::default()
     };
-    let form = p.manifest.cases.first().map(|c| c.form).unwrap_or_default();
-    let user = UserSet {
-        patch: args.patch.is_some(),
-        class_window: args.class_window.is_some(),
-        spacing: args.spacing.is_some(),
+    let choices = PlanOverrides {
+        epochs: args.epochs,
+        steps_per_epoch: args.steps_per_epoch,
+        patch: args.patch,
+        batch: args.batch,
+        class_window: args.class_window,
+        base_channels: args.base_channels,
+        spacing_mm: args.spacing,
+        class_every: args.class_every,
     };
-    let config = model::fit_config_for(p, &options)?.with_class_every(args.class_every.max(1));
-    Ok(apply_plan(config, plan, form, user))
+    Ok(model::planned::planned_config(p, &base, &choices, plan)?)
 }
 
 /// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves

@@ -360,6 +360,26 @@ pub struct FitOptions {
     pub seed: u64,
 }
 
+impl Default for FitOptions {
+    /// A small joint run from scratch on each case's own grid (the settings `mriloop train`
+    /// used before it had a plan).
+    fn default() -> Self {
+        Self {
+            sequences: Vec::new(),
+            epochs: 20,
+            steps_per_epoch: 50,
+            patch: 32,
+            batch: 2,
+            class_window: 64,
+            base_channels: 8,
+            mode: "joint".into(),
+            spacing_mm: None,
+            learning_rate: 2e-3,
+            seed: 1,
+        }
+    }
+}
+
 /// The fit configuration for a project: input form (3D volumes, 2D slices, 4D series), labels
 /// and classes from the manifest, and the options. A project with no reference mask trains the
 /// classification only.

@@ -5,6 +5,7 @@
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
 //! `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
+//! `planned` (a run's configuration from the plan and the user's choices),
 //! `split` (validation cases stratified by class and covering the labels).
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on the
 //! GPU.
@@ -19,6 +20,7 @@ pub mod inference;
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod plan;
+pub mod planned;
 pub mod runs;
 pub mod split;
 pub mod training;

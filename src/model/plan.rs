@@ -9,6 +9,8 @@
 //!    form has one voxel through-plane.
 //! 3. **Depth**: the most levels (1–4) whose pooling divides every patch axis and leaves at
 //!    least 3 voxels at the bottleneck. **Width**: 8 channels on a CPU, 16 on a GPU. Batch 2.
+//!    The patch budget is 24³ voxels on a CPU (a time budget there buys 2.4× the steps of 32³,
+//!    and 24 voxels still hold a small structure with its surroundings), 96³ on a GPU.
 //! 4. **Normalisation**: each sequence z-scored inside the head (voxels above 5 % of its 99th
 //!    percentile).
 //! 5. **Foreground sampling**: a third of patches centred on a labelled voxel, a half when the
@@ -16,10 +18,15 @@
 //!    with weight ∝ 1/√(median volume) (small structures more often).
 //! 6. **Class crop**: the median head extent at the plan's spacing, rounded up to the depth's
 //!    multiple; while over the device's crop budget, the longest axis shrinks by that multiple.
+//!    A class step costs r = crop voxels / (batch × patch voxels) segmentation steps, so one
+//!    step in k = ⌈2r + 1⌉ (at least 2) is a class step: class steps take at most a third of
+//!    the training time.
 //! 7. **Class balance**: weight n / (k · n_c) per class (k classes with cases, n cases with a
 //!    class); a class with no case gets 0 and a warning.
 //! 8. **Augmentation**: strong under 30 cases, medium under 200, light from there.
 //! 9. **Steps**: 75 per case, within 600–4 000, in 12 epochs.
+//! 10. **Inputs**: every sequence of the project, in the project's order (nnU-Net's choice:
+//!     what a sequence adds is for the network to learn, not for the user to guess).
 //!
 //! Invariants: the plan is a pure function of the fingerprint and the device class; every rule
 //! that fired is said in `rationale`, every gap the data leave (a class or label in too few
@@ -42,7 +49,7 @@ impl DeviceClass {
     /// Most voxels in a training patch.
     pub fn max_patch_voxels(self) -> usize {
         match self {
-            DeviceClass::Cpu => 32 * 32 * 32,
+            DeviceClass::Cpu => 24 * 24 * 24,
             DeviceClass::Gpu => 96 * 96 * 96,
         }
     }
@@ -92,6 +99,9 @@ pub struct Plan {
     pub base_channels: usize,
     /// Patches per batch.
     pub batch: usize,
+    /// The input sequences, in channel order.
+    #[serde(default)]
+    pub sequences: Vec<String>,
     /// Per sequence, how it is normalised.
     pub normalisation: Vec<(String, String)>,
     /// Share of patches centred on a labelled voxel.
@@ -100,6 +110,9 @@ pub struct Plan {
     pub label_weights: Vec<(u8, f64)>,
     /// The class head's whole-head crop (voxels per axis).
     pub class_window: [usize; 3],
+    /// One step in this many is a class step (joint training).
+    #[serde(default = "default_class_every")]
+    pub class_every: usize,
     /// Per class, its weight in the class loss.
     pub class_weights: Vec<(String, f64)>,
     /// Augmentation strength.
@@ -129,6 +142,7 @@ pub fn plan(fp: &Fingerprint, device: DeviceClass) -> Plan {
     let depth = depth_for(patch);
     let class_window = class_window_for(fp, spacing_mm, depth, two_d, device);
     let (foreground_fraction, label_weights) = foreground_sampling(fp, patch, spacing_mm);
+    let class_every = class_every_for(class_window, patch, BATCH);
     let (steps, epochs) = steps_for(fp.cases.len());
     let mut warnings = Vec::new();
     Plan {
@@ -138,7 +152,8 @@ pub fn plan(fp: &Fingerprint, device: DeviceClass) -> Plan {
         patch,
         depth,
         base_channels: device.base_channels(),
-        batch: 2,
+        batch: BATCH,
+        sequences: fp.sequences.iter().map(|s| s.name.clone()).collect(),
         normalisation: fp
             .sequences
             .iter()
@@ -147,6 +162,7 @@ pub fn plan(fp: &Fingerprint, device: DeviceClass) -> Plan {
         foreground_fraction,
         label_weights,
         class_window,
+        class_every,
         class_weights: class_weights(fp, &mut warnings),
         augmentation: augmentation_for(fp.cases.len()),
         steps,
@@ -239,6 +255,23 @@ fn class_window_for(
         w[a] -= m;
     }
     w
+}
+
+/// Patches per batch.
+const BATCH: usize = 2;
+
+/// The class steps' share (rule 6) when a plan.json predates it.
+fn default_class_every() -> usize {
+    3
+}
+
+/// Rule 6: one step in k = ⌈2r + 1⌉ (at least 2) a class step, r the class step's cost in
+/// segmentation steps (crop voxels over the batch's patch voxels).
+pub fn class_every_for(class_window: [usize; 3], patch: [usize; 3], batch: usize) -> usize {
+    let crop: usize = class_window.iter().product();
+    let patches: usize = batch.max(1) * patch.iter().product::<usize>();
+    let r = crop as f64 / patches.max(1) as f64;
+    ((2.0 * r + 1.0).ceil() as usize).max(2)
 }
 
 /// Rule 5: the foreground share and each label's weight ∝ 1/√(median volume).

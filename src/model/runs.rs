@@ -17,6 +17,8 @@ use super::apply::{fit_config_for, predict_case, FitOptions};
 use super::data::{load_samples_with, Sample, SampleSelection};
 use super::fit::{fit, split_by_case, FitConfig, FitControl, FitEvent};
 use super::inference::Prediction;
+use super::plan::Plan;
+use super::planned::{planned_config, PlanOverrides};
 use super::training::{load_checkpoint, TaskMode};
 use crate::project::models::{next_version_id, utc_now};
 use crate::project::{
@@ -49,6 +51,25 @@ pub struct RunRequest {
     /// Train within this many minutes from the start (epochs and steps fitted to it; the run
     /// stops on time with its best checkpoint).
     pub minutes: Option<f64>,
+    /// Where the run's settings come from: the options as given, or the dataset's plan.
+    pub plan: RunPlan,
+}
+
+/// Where a run's settings come from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum RunPlan {
+    /// The request's options as given.
+    #[default]
+    Off,
+    /// The dataset's plan (this one, or, when `None`, made by the worker from the project for
+    /// the request's backend), with the user's `choices` winning; the request's options give the
+    /// sequences, tasks, learning rate and seed.
+    On {
+        /// The plan, if already made.
+        plan: Option<Box<Plan>>,
+        /// What the user set.
+        choices: PlanOverrides,
+    },
 }
 
 /// What a run reports.
@@ -66,6 +87,8 @@ pub enum RunEvent {
         validation_cases: Vec<String>,
         /// Optimisation steps planned.
         total_steps: usize,
+        /// Epochs planned.
+        epochs: usize,
         /// The tasks trained.
         mode: TaskMode,
         /// Label names (index = value).
@@ -124,8 +147,11 @@ pub fn training_case_ids(manifest: &Manifest, only_reviewed: bool) -> Vec<String
 
 /// The fit configuration of a request: from the project and options, or, when fine-tuning,
 /// the parent version's network and inputs with the request's schedule.
-pub fn run_config(project: &Project, request: &RunRequest) -> Result<FitConfig, ProjectError> {
-    let mut config = fit_config_for(project, &request.options)?;
+pub fn run_config(
+    project: &Project,
+    request: &RunRequest,
+) -> Result<(FitConfig, Option<Plan>), ProjectError> {
+    let (mut config, plan) = base_config(project, request)?;
     if let Some(parent) = &request.fine_tune_from {
         let version = project
             .manifest
@@ -154,7 +180,39 @@ pub fn run_config(project: &Project, request: &RunRequest) -> Result<FitConfig, 
         config.resume_from = Some(dir.display().to_string());
     }
     config.changed_weight = request.changed_weight;
-    Ok(config)
+    Ok((config, plan))
+}
+
+/// The request's options as given, or the plan's configuration with the user's choices.
+fn base_config(
+    project: &Project,
+    request: &RunRequest,
+) -> Result<(FitConfig, Option<Plan>), ProjectError> {
+    match &request.plan {
+        RunPlan::Off => Ok((fit_config_for(project, &request.options)?, None)),
+        RunPlan::On { plan, choices } => {
+            let plan = match plan {
+                Some(p) => (**p).clone(),
+                None => super::plan::plan(
+                    &super::fingerprint::Fingerprint::of(project)?,
+                    super::apply::device_class(&request.backend),
+                ),
+            };
+            let config = planned_config(project, &request.options, choices, &plan)?;
+            Ok((config, Some(plan)))
+        }
+    }
+}
+
+/// Write the plan a run used as `out/plan.json`.
+fn write_plan_json(out: &Path, plan: &Plan) -> Result<(), ProjectError> {
+    let path = out.join("plan.json");
+    let text = serde_json::to_string_pretty(plan).map_err(|e| ProjectError::Invalid {
+        path: path.clone(),
+        problem: e.to_string(),
+    })?;
+    crate::atomic::write_atomic(&path, text.as_bytes())
+        .map_err(|e| ProjectError::Io { path, source: e })
 }
 
 /// Load the samples of a run and split them into training and validation by case (a single
@@ -262,7 +320,7 @@ fn run(
     tx: &Sender<RunEvent>,
     wake: Arc<impl Fn() + Send + Sync + 'static>,
 ) -> Result<(), String> {
-    let config = run_config(project, request).map_err(|e| e.to_string())?;
+    let (config, plan) = run_config(project, request).map_err(|e| e.to_string())?;
     let (device, about) = super::apply::choose_device(&request.backend);
     let (train, val) = run_samples(project, &config, request).map_err(|e| e.to_string())?;
     let config = match request.minutes.filter(|m| m.is_finite() && *m > 0.0) {
@@ -277,6 +335,9 @@ fn run(
     let rel = format!("models/{version}");
     let out = project.resolve(&rel);
     write_run_files(&out, &config, &val).map_err(|e| e.to_string())?;
+    if let Some(plan) = &plan {
+        write_plan_json(&out, plan).map_err(|e| e.to_string())?;
+    }
     let record = ModelVersion {
         id: version.clone(),
         created: utc_now(),
@@ -300,6 +361,7 @@ fn run(
         training_cases: record.trained_on.clone(),
         validation_cases: record.validated_on.clone(),
         total_steps: config.epochs * config.steps_per_epoch,
+        epochs: config.epochs,
         mode: config.training.mode,
         label_names: config.training.label_names.clone(),
         validation_gaps: super::split::validation_gaps(
