@@ -144,7 +144,7 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
     ui.end_row();
     let [px, py, pz] = plan.patch;
     let patch_text = format!("{px}×{py}×{pz}, {} levels", plan.depth);
-    choice_row(ui, "patch", (plan.patch[0], &patch_text), &mut choices.patch, 8..=192);
+    choice_row(ui, "patch", (plan.patch[0], patch_text.as_str()), &mut choices.patch, 8..=192);
     let [cx, cy, cz] = plan.class_window;
     let crop_text = format!("{cx}×{cy}×{cz}");
     let crop = (plan.class_window[0], crop_text.as_str());
@@ -153,12 +153,12 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
     let row = (plan.class_every, every.as_str());
     choice_row(ui, "class step every", row, &mut choices.class_every, 1..=100);
     let batch = plan.batch.to_string();
-    choice_row(ui, "batch", (plan.batch, &batch), &mut choices.batch, 1..=32);
+    choice_row(ui, "batch", (plan.batch, batch.as_str()), &mut choices.batch, 1..=32);
     let width = plan.base_channels.to_string();
     let w = (plan.base_channels, width.as_str());
     choice_row(ui, "width", w, &mut choices.base_channels, 1..=64);
     let epochs = plan.epochs.to_string();
-    choice_row(ui, "epochs", (plan.epochs, &epochs), &mut choices.epochs, 1..=1000);
+    choice_row(ui, "epochs", (plan.epochs, epochs.as_str()), &mut choices.epochs, 1..=1000);
     // The plan's steps per epoch follow the run's epochs (the user's, if set).
     let planned_steps = PlanOverrides {
         epochs: choices.epochs,
