@@ -511,11 +511,15 @@ fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
     assert_eq!(schedule(1800.0, 1.0, 300.0, 12).epochs, 1);
     assert_eq!(schedule(1800.0, 1.0, 300.0, 12).steps_per_epoch, 1500);
 
-    // A real (tiny) fit of 3 epochs × 5 steps on a clock that moves 1 s per reading, ending at
-    // 20 s, a validation reckoned at 3 s: the fit reads the clock before each step and around
-    // each validation. Epoch 1: steps at 1–5, validation 6–7; epoch 2: steps at 8–12,
-    // validation 13–14; epoch 3: steps at 15 and 16 (16 + a 1 s step + 3 s ≤ 20), not at 17;
-    // validation 18–19. 12 steps, three validations, over by 19 s.
+    // A real (tiny) fit of 3 epochs (5 steps each, as planned) paced by a deadline at 20 s on a
+    // clock that moves 1 s per reading, a validation reckoned at 3 s: the fit reads the clock
+    // before each step and around each validation, and each epoch steps for its share of the
+    // time left after the validations to come, whatever the count planned.
+    // Epoch 1: first reading 1, its steps end at 1 + (20 − 1 − 3 × 3) / 3 = 4.33; steps at 1,
+    // 2 and 3 (3 + the 1 s step ≤ 4.33), not at 4; validation 5–6.
+    // Epoch 2: from 7, ending at 7 + (20 − 7 − 2 × 3) / 2 = 10.5: steps at 7, 8, 9; validation
+    // 11–12. Epoch 3 (the last) runs to the deadline: steps at 13–16 (16 + 1 + 3 ≤ 20), not
+    // at 17; validation 18–19. 10 steps, three validations, over by 19 s.
     let dir = tempfile::tempdir().unwrap();
     let specs = alternating([16, 16, 16]);
     let p = project(&dir.path().join("p"), &specs);
@@ -532,6 +536,7 @@ fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
             end_s: 20.0,
         },
         3.0,
+        3,
     );
     let (tx, rx) = std::sync::mpsc::channel();
     let out = dir.path().join("run");
@@ -542,7 +547,7 @@ fn the_budget_schedule_fits_its_time_and_the_deadline_stops_the_fit_on_time() {
         FitEvent::Train(TrainEvent::Finished { steps, cancelled }) => Some((steps, cancelled)),
         _ => None,
     });
-    assert_eq!(steps, Some((12, false)));
+    assert_eq!(steps, Some((10, false)));
     assert_eq!(result.epochs.len(), 3);
     assert!(control.is_time_up());
     let readings = clock.0.load(std::sync::atomic::Ordering::SeqCst);

@@ -123,11 +123,17 @@ pub struct ActiveRun {
     pub epochs: usize,
     /// Label names of the run.
     pub label_names: Vec<String>,
+    /// When a run with a time budget ends (it is paced to end then).
+    pub deadline: Option<Instant>,
 }
 
 impl ActiveRun {
-    /// Estimated time left, from the pace of the steps so far (pauses excluded).
+    /// Estimated time left: to the deadline of a run with a time budget, else from the pace
+    /// of the steps so far (pauses excluded).
     pub fn eta(&self) -> Option<Duration> {
+        if let Some(d) = self.deadline {
+            return Some(d.saturating_duration_since(Instant::now()));
+        }
         let first = self.first_step_at?;
         let paused = self.paused_for + self.paused_at.map_or(Duration::ZERO, |p| p.elapsed());
         let spent = first.elapsed().saturating_sub(paused);
@@ -357,6 +363,10 @@ impl MriloopApp {
             epoch: 0,
             epochs,
             label_names: Vec::new(),
+            deadline: s
+                .minutes
+                .filter(|m| m.is_finite() && *m > 0.0)
+                .map(|m| Instant::now() + Duration::from_secs_f64(m * 60.0)),
         });
     }
 
@@ -868,17 +878,23 @@ fn run_buttons(
 /// Progress of the run (epoch, step, ETA) and of re-inference, when they are going on.
 fn progress_bars(ui: &mut egui::Ui, t: &TrainingState) {
     if let Some(run) = &t.run {
-        let frac = run.step as f32 / run.total_steps.max(1) as f32;
         let eta = run.eta().map_or("…".into(), |d| {
             format!("{}:{:02}", d.as_secs() / 60, d.as_secs() % 60)
         });
-        ui.add(egui::ProgressBar::new(frac).text(format!(
-            "epoch {}/{} · step {}/{} · ETA {eta}",
-            (run.epoch + 1).min(run.epochs),
-            run.epochs,
-            run.step,
-            run.total_steps
-        )));
+        let epoch = format!("epoch {}/{}", (run.epoch + 1).min(run.epochs), run.epochs);
+        // A run with a time budget is paced by time: its bar is the time used.
+        let (frac, steps) = match run.deadline {
+            Some(end) => {
+                let span = end.saturating_duration_since(run.started).as_secs_f32();
+                let used = run.started.elapsed().as_secs_f32();
+                (used / span.max(1e-3), format!("step {}", run.step))
+            }
+            None => (
+                run.step as f32 / run.total_steps.max(1) as f32,
+                format!("step {}/{}", run.step, run.total_steps),
+            ),
+        };
+        ui.add(egui::ProgressBar::new(frac.min(1.0)).text(format!("{epoch} · {steps} · ETA {eta}")));
     }
     if let Some(inf) = &t.infer {
         ui.add(

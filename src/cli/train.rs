@@ -205,8 +205,11 @@ pub fn train_project(
         model::split_by_case(samples, config.validation_fraction, config.training.seed);
     let control = model::FitControl::default();
     let budgeted;
+    // A budgeted run's bar counts seconds to its end (it is paced by time), others count steps.
+    let mut time_bar = None;
     let config = match budget {
         Some((m, clock)) => {
+            time_bar = Some((clock.clone(), m * 60.0));
             budgeted = fit_to_budget(config, &val, &device, m, clock, &control)?;
             &budgeted
         }
@@ -226,14 +229,21 @@ pub fn train_project(
     }) {
         eprintln!("warning: {gap}");
     }
-    let bar = steps_bar((config.epochs * config.steps_per_epoch) as u64);
+    let bar = match &time_bar {
+        Some((_, budget_s)) => seconds_bar(*budget_s),
+        None => steps_bar((config.epochs * config.steps_per_epoch) as u64),
+    };
     let mut curves = Curves::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::scope(|scope| {
         let worker = scope.spawn(|| model::fit(config, train, &val, &device, out, &tx, &control));
         let mut last_step = 0;
         relay_events(&rx, &worker, |event| {
-            on_fit_event(event, config, &bar, &mut curves, &mut last_step)
+            if let Some((clock, _)) = &time_bar {
+                bar.set_position(clock.now_s() as u64);
+            }
+            let by_time = time_bar.is_some();
+            on_fit_event(event, config, (&bar, by_time), &mut curves, &mut last_step)
         });
         worker.join()
     });
@@ -251,6 +261,17 @@ pub fn train_project(
         result.last.display()
     );
     Ok(())
+}
+
+/// A bar for a run paced to end in `budget_s` seconds from its clock's 0: its position is the
+/// clock's reading, so its ETA is the budget's end.
+fn seconds_bar(budget_s: f64) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(budget_s.ceil() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {msg} [{elapsed} < {eta}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// `config` fitted to `minutes` on `clock` (see `model::budget::fit_to_budget`), said.
@@ -271,11 +292,12 @@ fn fit_to_budget(
     Ok(config)
 }
 
-/// Follow one training event: the bar and the curves per step, a line per epoch.
+/// Follow one training event: the bar (counting steps unless `by_time`) and the curves per
+/// step, a line per epoch.
 fn on_fit_event(
     event: FitEvent,
     config: &FitConfig,
-    bar: &indicatif::ProgressBar,
+    (bar, by_time): (&indicatif::ProgressBar, bool),
     curves: &mut Curves,
     last_step: &mut usize,
 ) {
@@ -283,8 +305,10 @@ fn on_fit_event(
         FitEvent::Train(TrainEvent::Step { step, loss }) => {
             curves.push_step(step, &loss);
             *last_step = step;
-            bar.set_position(step as u64);
-            bar.set_message(format!("loss {:.3}", loss.total));
+            if !by_time {
+                bar.set_position(step as u64);
+            }
+            bar.set_message(format!("step {step}, loss {:.3}", loss.total));
         }
         FitEvent::Epoch(e) => {
             let dice =

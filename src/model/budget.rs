@@ -4,8 +4,12 @@
 //!
 //! Rules: validations take at most a quarter of the budget (so their number is at most
 //! ⌊budget / 4 / validation time⌋, at least 1, at most the plan's epochs); the rest is steps.
-//! The deadline is a guard besides the schedule: before each step the fit stops if that step
-//! and one validation would no longer fit, then validates and keeps its best checkpoint.
+//! The measured schedule sets the number of epochs (and estimates the steps); the fit itself is
+//! then paced by the deadline (`FitControl::set_deadline`): each epoch steps for its share of
+//! the time left, the learning rate follows the time used, and before each step the fit stops
+//! if that step and one validation would no longer fit, then validates and keeps its best
+//! checkpoint. So a measurement that misjudges the steps (the loader, class steps, a busy
+//! machine) still ends on time with every epoch validated.
 //!
 //! Invariants: a schedule never plans more time than it is given (given the measured times);
 //! the fit reads a deadline's clock once before each step and once before and after each
@@ -133,7 +137,7 @@ pub fn fit_to_budget(
          here: {} epochs of {} steps",
         plan.epochs, plan.steps_per_epoch
     );
-    control.set_deadline(Deadline { clock, end_s }, validation_s);
+    control.set_deadline(Deadline { clock, end_s }, validation_s, plan.epochs);
     let config = config
         .clone()
         .with_epochs(plan.epochs)

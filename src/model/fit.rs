@@ -102,6 +102,23 @@ struct DeadlineState {
     step_s: f64,
     /// The longest validation so far, or its estimate (s).
     validation_s: f64,
+    /// Epochs not yet begun.
+    epochs_left: usize,
+    /// The first reading (the fit's start on the deadline's clock).
+    started_s: Option<f64>,
+    /// When the current epoch's steps end (set at its first step).
+    epoch_end_s: Option<f64>,
+}
+
+/// Whether the next step goes ahead (under a deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepVerdict {
+    /// Step.
+    Go,
+    /// The epoch's share of the time is spent: validate, then the next epoch.
+    EndEpoch,
+    /// No time for another step and a validation: validate and stop.
+    TimeUp,
 }
 
 impl FitControl {
@@ -125,17 +142,47 @@ impl FitControl {
         self.pause.load(Ordering::Relaxed)
     }
 
-    /// Stop stepping when the next step and one validation (estimated at `validation_s` until
-    /// one is measured) would not end before `deadline`.
-    pub fn set_deadline(&self, deadline: super::budget::Deadline, validation_s: f64) {
+    /// Pace the fit's `epochs` by time so that it ends by `deadline`: each epoch steps until
+    /// its share of the time left (after the validations still to come, estimated at
+    /// `validation_s` until one is measured) is spent, however fast the steps turn out, and the
+    /// learning rate follows the time used; stepping stops when the next step and one
+    /// validation would not end before the deadline.
+    pub fn set_deadline(
+        &self,
+        deadline: super::budget::Deadline,
+        validation_s: f64,
+        epochs: usize,
+    ) {
         if let Ok(mut d) = self.deadline.lock() {
             *d = Some(DeadlineState {
                 deadline,
                 last_step_at: None,
                 step_s: 0.0,
                 validation_s,
+                epochs_left: epochs.max(1),
+                started_s: None,
+                epoch_end_s: None,
             });
         }
+    }
+
+    /// Whether the fit is paced by a deadline.
+    pub fn has_deadline(&self) -> bool {
+        self.deadline.lock().is_ok_and(|d| d.is_some())
+    }
+
+    /// Under a deadline, the share of the time from the fit's start to the deadline used at the
+    /// last step's reading (0–1); no clock reading of its own.
+    fn time_progress(&self) -> Option<f64> {
+        let guard = self.deadline.lock().ok()?;
+        let d = guard.as_ref()?;
+        let (start, now) = (d.started_s?, d.last_step_at?);
+        let span = d.deadline.end_s - start;
+        Some(if span > 0.0 {
+            ((now - start) / span).clamp(0.0, 1.0)
+        } else {
+            1.0
+        })
     }
 
     /// Whether the deadline ended the steps.
@@ -143,25 +190,39 @@ impl FitControl {
         self.time_up.load(Ordering::Relaxed)
     }
 
-    /// Before a step (one clock reading): whether it and a validation still fit the deadline;
-    /// `false` marks the time as up.
-    fn step_fits(&self) -> bool {
+    /// Before the `nth` step of an epoch (0-based; one clock reading): whether it goes ahead.
+    /// The first step of an epoch sets the epoch's end: now plus its share of the time left
+    /// after the validations to come. `TimeUp` marks the time as up.
+    fn step_verdict(&self, nth: usize) -> StepVerdict {
         let Ok(mut guard) = self.deadline.lock() else {
-            return true;
+            return StepVerdict::Go;
         };
         let Some(d) = guard.as_mut() else {
-            return true;
+            return StepVerdict::Go;
         };
         let now = d.deadline.clock.now_s();
         if let Some(last) = d.last_step_at {
             d.step_s = d.step_s.max(now - last);
         }
         d.last_step_at = Some(now);
-        let fits = now + d.step_s + d.validation_s <= d.deadline.end_s;
-        if !fits {
-            self.time_up.store(true, Ordering::Relaxed);
+        d.started_s.get_or_insert(now);
+        let end = d.deadline.end_s;
+        if nth == 0 {
+            let k = d.epochs_left.max(1);
+            let share = (end - now - k as f64 * d.validation_s) / k as f64;
+            d.epoch_end_s = Some(now + share.max(0.0));
+            d.epochs_left = d.epochs_left.saturating_sub(1);
         }
-        fits
+        if now + d.step_s + d.validation_s > end {
+            self.time_up.store(true, Ordering::Relaxed);
+            return StepVerdict::TimeUp;
+        }
+        // The last epoch runs to the deadline.
+        let epoch_over = d.epochs_left > 0 && d.epoch_end_s.is_some_and(|e| now + d.step_s > e);
+        if nth > 0 && epoch_over {
+            return StepVerdict::EndEpoch;
+        }
+        StepVerdict::Go
     }
 
     /// Around a validation (one clock reading each): `None` before, the reading to pass back
@@ -441,8 +502,14 @@ pub fn fit(
         .with_weight_decay(config.weight_decay as f32)
         .init();
     let total = config.epochs * config.steps_per_epoch;
-    // The loader thread draws patches ahead of the training thread.
-    let loader = Loader::spawn(config, train, total);
+    // The loader thread draws patches ahead of the training thread (under a deadline, as many
+    // as the time allows).
+    let batches = if control.has_deadline() {
+        usize::MAX
+    } else {
+        total
+    };
+    let loader = Loader::spawn(config, train, batches);
     let run = FitRun {
         config,
         ad: &ad,
@@ -673,19 +740,21 @@ impl FitRun<'_> {
         let (config, t) = (self.config, &self.config.training);
         let mut loss_sum = 0.0;
         let mut steps = 0;
-        for _ in 0..config.steps_per_epoch {
+        // Under a deadline the epoch ends by time, not by count.
+        let paced = self.control.has_deadline();
+        while paced || steps < config.steps_per_epoch {
             self.control.wait_while_paused();
             if self.control.is_cancelled() {
                 save_checkpoint(&self.last_dir, t, &model)?;
                 return Ok((model, None));
             }
-            if !self.control.step_fits() {
+            match self.control.step_verdict(steps) {
+                StepVerdict::Go => {}
+                StepVerdict::EndEpoch => break,
                 // Out of time: the steps so far end with this epoch's validation; with none
                 // this epoch, the previous epoch's checkpoints stand.
-                if steps == 0 {
-                    return Ok((model, None));
-                }
-                break;
+                StepVerdict::TimeUp if steps == 0 => return Ok((model, None)),
+                StepVerdict::TimeUp => break,
             }
             let Ok(hb) = self.batches.recv() else {
                 return Ok((model, None));
@@ -695,13 +764,12 @@ impl FitRun<'_> {
             let mode = step_mode(t.mode, class_step, config.class_every > 0);
             let step_config = TrainingConfig { mode, ..t.clone() };
             let lr = if config.cosine_schedule {
-                cosine_lr(
-                    t.learning_rate,
-                    *step + 1,
-                    self.total,
-                    self.total / 50,
-                    0.02,
-                )
+                // Paced by a deadline, the schedule follows the time used.
+                let at = match self.control.time_progress() {
+                    Some(p) => ((p * self.total as f64).round() as usize).max(1),
+                    None => *step + 1,
+                };
+                cosine_lr(t.learning_rate, at, self.total, self.total / 50, 0.02)
             } else {
                 t.learning_rate
             };
