@@ -194,7 +194,7 @@ fn an_isotropic_dataset_gets_the_plan_its_rules_imply() {
     assert!(close(plan.label_weights[0].1, w1 / (w1 + w2)));
     assert!(close(plan.label_weights[1].1, w2 / (w1 + w2)));
     // Rule 6: head 20 × 24 × 21.6 mm → 20, 24, 18 voxels → up to multiples of 8: 24, 24, 24;
-    // a class step costs r = 24³ / (2 · 24³) = 0.5 segmentation steps: k = ⌈2 · 0.5 + 1⌉ = 2.
+    // a class step costs r = 24³ / (2 · 24³) = 0.5 segmentation steps: k = ⌈0.5 + 1⌉ = 2.
     assert_eq!(plan.class_window, [24, 24, 24]);
     assert_eq!(plan.class_every, 2);
     // Rule 7: n / (k · n_c) = 6 / (2 · 4) and 6 / (2 · 2).

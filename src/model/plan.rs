@@ -19,8 +19,8 @@
 //! 6. **Class crop**: the median head extent at the plan's spacing, rounded up to the depth's
 //!    multiple; while over the device's crop budget, the longest axis shrinks by that multiple.
 //!    A class step costs r = crop voxels / (batch × patch voxels) segmentation steps, so one
-//!    step in k = ⌈2r + 1⌉ (at least 2) is a class step: class steps take at most a third of
-//!    the training time.
+//!    step in k = ⌈r + 1⌉ (at least 2) is a class step: class steps take at most half of the
+//!    training time (a third left the class behind the segmentation on a foreign dataset).
 //! 7. **Class balance**: weight n / (k · n_c) per class (k classes with cases, n cases with a
 //!    class); a class with no case gets 0 and a warning.
 //! 8. **Augmentation**: strong under 30 cases, medium under 200, light from there.
@@ -265,13 +265,13 @@ fn default_class_every() -> usize {
     3
 }
 
-/// Rule 6: one step in k = ⌈2r + 1⌉ (at least 2) a class step, r the class step's cost in
+/// Rule 6: one step in k = ⌈r + 1⌉ (at least 2) a class step, r the class step's cost in
 /// segmentation steps (crop voxels over the batch's patch voxels).
 pub fn class_every_for(class_window: [usize; 3], patch: [usize; 3], batch: usize) -> usize {
     let crop: usize = class_window.iter().product();
     let patches: usize = batch.max(1) * patch.iter().product::<usize>();
     let r = crop as f64 / patches.max(1) as f64;
-    ((2.0 * r + 1.0).ceil() as usize).max(2)
+    ((r + 1.0).ceil() as usize).max(2)
 }
 
 /// Rule 5: the foreground share and each label's weight ∝ 1/√(median volume).
