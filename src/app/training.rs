@@ -10,13 +10,13 @@
 //! starts, with the open case's in-memory mask, so a correction is used at once.
 
 use super::curves::Curves;
+use super::training_plan::{plan_form, PlanPanel};
 use super::{Command, MriloopApp};
+use crate::model::planned::PlanOverrides;
 use crate::model::runs::{
     register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
     RunEvent, RunHandle, RunPlan, RunRequest,
 };
-use super::training_plan::{plan_form, PlanPanel};
-use crate::model::planned::PlanOverrides;
 use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
 use crate::session::{Input, WorkerError};
@@ -323,7 +323,11 @@ impl MriloopApp {
             })
             .into_iter()
             .collect();
-        let plan = self.training.plan.ready().filter(|_| self.training.plan.backend == s.backend);
+        let plan = self
+            .training
+            .plan
+            .ready()
+            .filter(|_| self.training.plan.backend == s.backend);
         let (total_steps, epochs) = plan.map_or((0, 0), |p| {
             let e = s.choices.epochs(p);
             (e * s.choices.steps_per_epoch(p), e)
@@ -696,17 +700,22 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
             ui.horizontal_top(|ui| {
                 ui.vertical(|ui| {
                     ui.set_width(330.0);
-                    ui.add_enabled_ui(t.run.is_none(), |ui| {
-                        settings_form(ui, project, &mut s);
-                        plan_form(ui, &t.plan, &mut s.choices, out);
-                    });
-                    if s != t.settings {
-                        push_train(out, TrainCommand::Settings(s.clone()));
-                    }
+                    ui.add_enabled_ui(t.run.is_none(), |ui| settings_form(ui, project, &mut s));
                     run_buttons(ui, project, t, out);
                     progress_bars(ui, t);
                     versions_table(ui, project, out);
                 });
+                ui.separator();
+                // The dataset's plan in a column of its own, editable like the settings.
+                ui.vertical(|ui| {
+                    ui.set_width(300.0);
+                    ui.add_enabled_ui(t.run.is_none(), |ui| {
+                        plan_form(ui, &t.plan, &mut s.choices, out);
+                    });
+                });
+                if s != t.settings {
+                    push_train(out, TrainCommand::Settings(s.clone()));
+                }
                 ui.separator();
                 ui.vertical(|ui| super::curves::show(ui, &t.curves));
             });
@@ -894,7 +903,9 @@ fn progress_bars(ui: &mut egui::Ui, t: &TrainingState) {
                 format!("step {}/{}", run.step, run.total_steps),
             ),
         };
-        ui.add(egui::ProgressBar::new(frac.min(1.0)).text(format!("{epoch} · {steps} · ETA {eta}")));
+        ui.add(
+            egui::ProgressBar::new(frac.min(1.0)).text(format!("{epoch} · {steps} · ETA {eta}")),
+        );
     }
     if let Some(inf) = &t.infer {
         ui.add(

@@ -144,21 +144,45 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
     ui.end_row();
     let [px, py, pz] = plan.patch;
     let patch_text = format!("{px}×{py}×{pz}, {} levels", plan.depth);
-    choice_row(ui, "patch", (plan.patch[0], patch_text.as_str()), &mut choices.patch, 8..=192);
+    choice_row(
+        ui,
+        "patch",
+        (plan.patch[0], patch_text.as_str()),
+        &mut choices.patch,
+        8..=192,
+    );
     let [cx, cy, cz] = plan.class_window;
     let crop_text = format!("{cx}×{cy}×{cz}");
     let crop = (plan.class_window[0], crop_text.as_str());
     choice_row(ui, "class crop", crop, &mut choices.class_window, 8..=256);
     let every = plan.class_every.to_string();
     let row = (plan.class_every, every.as_str());
-    choice_row(ui, "class step every", row, &mut choices.class_every, 1..=100);
+    choice_row(
+        ui,
+        "class step every",
+        row,
+        &mut choices.class_every,
+        1..=100,
+    );
     let batch = plan.batch.to_string();
-    choice_row(ui, "batch", (plan.batch, batch.as_str()), &mut choices.batch, 1..=32);
+    choice_row(
+        ui,
+        "batch",
+        (plan.batch, batch.as_str()),
+        &mut choices.batch,
+        1..=32,
+    );
     let width = plan.base_channels.to_string();
     let w = (plan.base_channels, width.as_str());
     choice_row(ui, "width", w, &mut choices.base_channels, 1..=64);
     let epochs = plan.epochs.to_string();
-    choice_row(ui, "epochs", (plan.epochs, epochs.as_str()), &mut choices.epochs, 1..=1000);
+    choice_row(
+        ui,
+        "epochs",
+        (plan.epochs, epochs.as_str()),
+        &mut choices.epochs,
+        1..=1000,
+    );
     // The plan's steps per epoch follow the run's epochs (the user's, if set).
     let planned_steps = PlanOverrides {
         epochs: choices.epochs,
@@ -167,7 +191,13 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
     .steps_per_epoch(plan);
     let text = planned_steps.to_string();
     let row = (planned_steps, text.as_str());
-    choice_row(ui, "steps/epoch", row, &mut choices.steps_per_epoch, 1..=10_000);
+    choice_row(
+        ui,
+        "steps/epoch",
+        row,
+        &mut choices.steps_per_epoch,
+        1..=10_000,
+    );
     text_rows(ui, plan);
 }
 
