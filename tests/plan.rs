@@ -298,7 +298,7 @@ fn train_takes_what_its_flags_leave_unset_from_the_plan() {
     let root = dir.path().join("p");
     project(&root, &specs);
     let ps = root.to_str().unwrap();
-    // `mriloop plan` writes the plan; its patch is the isotropic test's, [32, 32, 32].
+    // `mriloop plan` writes the plan; its patch is the isotropic test's, [24, 24, 24].
     let out = mriloop(&["plan", ps, "--backend", "cpu", "--json"]);
     assert!(
         out.status.success(),
@@ -307,7 +307,7 @@ fn train_takes_what_its_flags_leave_unset_from_the_plan() {
     );
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(root.join("plan.json")).unwrap()).unwrap();
-    assert_eq!(written["plan"]["patch"], serde_json::json!([32, 32, 32]));
+    assert_eq!(written["plan"]["patch"], serde_json::json!([24, 24, 24]));
     let fit_of = |model: &str, extra: &[&str]| {
         let out_dir = root.join(model);
         let mut args = vec!["train", ps, "--backend", "cpu", "--epochs", "1"];
@@ -329,8 +329,10 @@ fn train_takes_what_its_flags_leave_unset_from_the_plan() {
     };
     // No geometry flag: the plan's patch, depth, class crop and spacing.
     let planned = fit_of("m1", &[]);
-    assert_eq!(planned["patch"], serde_json::json!([32, 32, 32]));
+    assert_eq!(planned["patch"], serde_json::json!([24, 24, 24]));
     assert_eq!(planned["training"]["model"]["depth"], 3);
+    // and its class steps (rule 6: r = 24³ / (2 · 24³) = 0.5, k = 2).
+    assert_eq!(planned["class_every"], 2);
     assert_eq!(
         planned["training"]["class_window"],
         serde_json::json!([24, 24, 24])
