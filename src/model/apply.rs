@@ -388,12 +388,7 @@ pub fn fit_config_for(
     o: &FitOptions,
 ) -> Result<super::fit::FitConfig, ProjectError> {
     use crate::project::InputForm;
-    let form = project
-        .manifest
-        .cases
-        .first()
-        .map(|c| c.form)
-        .unwrap_or_default();
+    let form = project.manifest.input_form();
     let sequences = input_sequences(project, form, o);
     // At least one foreground label, so the network always has a segmentation head.
     let mut label_names = project.manifest.labels.names_by_value();

@@ -113,12 +113,7 @@ impl Fingerprint {
             .filter(|c| c.reference_mask.is_some())
             .count();
         Ok(Self {
-            form: project
-                .manifest
-                .cases
-                .first()
-                .map(|c| c.form)
-                .unwrap_or_default(),
+            form: project.manifest.input_form(),
             labels: label_stats(&cases, |v| project.manifest.labels.name_of(v)),
             sequences,
             classes,

@@ -80,12 +80,7 @@ pub fn planned_config(
         },
         ..base.clone()
     };
-    let form = project
-        .manifest
-        .cases
-        .first()
-        .map(|c| c.form)
-        .unwrap_or_default();
+    let form = project.manifest.input_form();
     let user = UserSet {
         patch: choices.patch.is_some(),
         class_window: choices.class_window.is_some(),

@@ -327,6 +327,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The input form of the project (its first case's; 3D volumes when it has none).
+    pub fn input_form(&self) -> InputForm {
+        self.cases.first().map(|c| c.form).unwrap_or_default()
+    }
+
     /// An empty manifest of the current schema.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
