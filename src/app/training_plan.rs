@@ -155,46 +155,32 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
     let crop_text = format!("{cx}×{cy}×{cz}");
     let crop = (plan.class_window[0], crop_text.as_str());
     choice_row(ui, "class crop", crop, &mut choices.class_window, 8..=256);
-    let every = plan.class_every.to_string();
-    let row = (plan.class_every, every.as_str());
-    choice_row(
+    number_row(
         ui,
         "class step every",
-        row,
+        plan.class_every,
         &mut choices.class_every,
         1..=100,
     );
-    let batch = plan.batch.to_string();
-    choice_row(
+    number_row(ui, "batch", plan.batch, &mut choices.batch, 1..=32);
+    number_row(
         ui,
-        "batch",
-        (plan.batch, batch.as_str()),
-        &mut choices.batch,
-        1..=32,
+        "width",
+        plan.base_channels,
+        &mut choices.base_channels,
+        1..=64,
     );
-    let width = plan.base_channels.to_string();
-    let w = (plan.base_channels, width.as_str());
-    choice_row(ui, "width", w, &mut choices.base_channels, 1..=64);
-    let epochs = plan.epochs.to_string();
-    choice_row(
-        ui,
-        "epochs",
-        (plan.epochs, epochs.as_str()),
-        &mut choices.epochs,
-        1..=1000,
-    );
+    number_row(ui, "epochs", plan.epochs, &mut choices.epochs, 1..=1000);
     // The plan's steps per epoch follow the run's epochs (the user's, if set).
     let planned_steps = PlanOverrides {
         epochs: choices.epochs,
         ..PlanOverrides::default()
     }
     .steps_per_epoch(plan);
-    let text = planned_steps.to_string();
-    let row = (planned_steps, text.as_str());
-    choice_row(
+    number_row(
         ui,
         "steps/epoch",
-        row,
+        planned_steps,
         &mut choices.steps_per_epoch,
         1..=10_000,
     );
@@ -226,6 +212,18 @@ fn text_rows(ui: &mut egui::Ui, plan: &Plan) {
     ui.label("augmentation");
     ui.label(format!("{:?}", plan.augmentation).to_lowercase());
     ui.end_row();
+}
+
+/// A plain number's row (`choice_row` with the plan's value as its text).
+fn number_row(
+    ui: &mut egui::Ui,
+    name: &str,
+    planned: usize,
+    choice: &mut Option<usize>,
+    range: std::ops::RangeInclusive<usize>,
+) {
+    let text = planned.to_string();
+    choice_row(ui, name, (planned, text.as_str()), choice, range);
 }
 
 /// A setting: its value (the user's, else the plan's) in a drag field; when the user's, the
