@@ -195,7 +195,7 @@ fn a_checkpoint_reloads_to_identical_predictions() {
 #[test]
 fn sliding_window_inference_returns_the_cases_exact_grid_and_affine() {
     use glam::{DMat3, DQuat, DVec3};
-    use mriloop::model::predict_volume;
+    use mriloop::model::{predict_volume, ClassView};
     use mriloop::volume::Affine;
     let d = cpu();
     let model = small(2).init(&d);
@@ -215,7 +215,10 @@ fn sliding_window_inference_returns_the_cases_exact_grid_and_affine() {
         dims,
         affine,
         [8, 8, 8],
-        [8, 8, 8],
+        ClassView {
+            window: [8, 8, 8],
+            stride: [1, 1, 1],
+        },
         0.5,
         &d,
     )
@@ -370,7 +373,7 @@ fn naive_sliding_window(
 
 #[test]
 fn slab_wise_inference_matches_the_whole_volume_accumulation() {
-    use mriloop::model::predict_volume;
+    use mriloop::model::{predict_volume, ClassView};
     use mriloop::volume::Affine;
     let d = cpu();
     let model = small(1).init(&d);
@@ -386,7 +389,10 @@ fn slab_wise_inference_matches_the_whole_volume_accumulation() {
             dims,
             Affine::identity(),
             [8, 8, 8],
-            [8, 8, 8],
+            ClassView {
+                window: [8, 8, 8],
+                stride: [1, 1, 1],
+            },
             overlap,
             &d,
         )

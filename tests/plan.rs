@@ -195,7 +195,9 @@ fn an_isotropic_dataset_gets_the_plan_its_rules_imply() {
     assert!(close(plan.label_weights[1].1, w2 / (w1 + w2)));
     // Rule 6: head 20 × 24 × 21.6 mm → 20, 24, 18 voxels → up to multiples of 8: 24, 24, 24;
     // a class step costs r = 24³ / (2 · 24³) = 0.5 segmentation steps: k = ⌈0.5 + 1⌉ = 2.
+    // That is under 1.5 × the CPU's 48³ crop budget: the class sees the volume's own grid.
     assert_eq!(plan.class_window, [24, 24, 24]);
+    assert_eq!(plan.class_stride, [1, 1, 1]);
     assert_eq!(plan.class_every, 2);
     // Rule 7: n / (k · n_c) = 6 / (2 · 4) and 6 / (2 · 2).
     assert_eq!(
@@ -275,6 +277,152 @@ fn patch_and_depth_rules_on_their_own() {
     assert_eq!(depth_for([64, 64, 1]), 4);
     assert_eq!(depth_for([24, 24, 24]), 3);
     assert_eq!(depth_for([12, 12, 12]), 2);
+}
+
+#[test]
+fn the_class_crop_sees_the_whole_head_on_a_coarser_grid() {
+    use mriloop::model::plan::class_view_for;
+    let budget = 48 * 48 * 48; // 110 592 voxels; 1.5× is 165 888.
+                               // A 100 × 97 × 88 mm head at 1 mm, depth 3 (multiples of 8): [104, 104, 88] = 951 808.
+                               // Equal spacings: the longest window coarsens first (x on the tie) → [56, 104, 88];
+                               // then y (1 mm, longer than z) → [56, 56, 88] = 275 968; then z → [56, 56, 48] = 150 528
+                               // ≤ 165 888. Cropped into the budget, the longest axis (y, the last of the tie) first:
+                               // [56, 48, 48], then x: [48, 48, 48] = 110 592, 96 mm of 2 mm blocks per axis.
+    assert_eq!(
+        class_view_for([100.0, 97.0, 88.0], [1.0; 3], 3, false, budget),
+        ([48, 48, 48], [2, 2, 2])
+    );
+    // Thick slices: 0.9 × 0.9 × 3 mm, a 180 × 200 × 150 mm head → [200, 223, 50] voxels →
+    // [200, 224, 56]. In-plane axes coarsen first, the longer on a tie: y → [200, 112, 56];
+    // x → 100 → [104, 112, 56]; y (1.8 mm) → 223/3 → 75 → [104, 80, 56]; x → 200/3 → 67 →
+    // [72, 80, 56]; y (2.7 mm) → 56 → [72, 56, 56]; x → [56, 56, 56] = 175 616 > 165 888;
+    // now z (3 mm) is the finest: 50/2 = 25 → 32: [56, 56, 32] = 100 352, within budget.
+    assert_eq!(
+        class_view_for([180.0, 200.0, 150.0], [0.9, 0.9, 3.0], 3, false, budget),
+        ([56, 56, 32], [4, 4, 2])
+    );
+    // A head that fits keeps its grid; a 2D form one voxel through-plane.
+    assert_eq!(
+        class_view_for([40.0, 40.0, 40.0], [1.0; 3], 2, false, budget),
+        ([40, 40, 40], [1, 1, 1])
+    );
+    let (w, s) = class_view_for([240.0, 240.0, 5.0], [0.5, 0.5, 5.0], 3, true, budget);
+    assert_eq!((w[2], s[2]), (1, 1));
+    // 480 × 480 in-plane: 230 400 > 165 888 → x (the first of the tie) → [240, 480] =
+    // 115 200 ≤ 165 888; cropped, y (the longest) loses 8 three times: [240, 456] = 109 440.
+    assert_eq!((w, s), ([240, 456, 1], [2, 1, 1]));
+}
+
+#[test]
+fn block_means_average_whole_and_partial_blocks() {
+    use mriloop::model::data::block_mean;
+    // A 3 × 2 × 2 grid, i fastest, valued by its linear index; blocks of 2 × 2 × 2: the x axis
+    // has a whole block (i 0–1) and a partial one (i 2).
+    let values: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let (mean, dims) = block_mean(&values, [3, 2, 2], [2, 2, 2]);
+    assert_eq!(dims, [2, 1, 1]);
+    // i 0–1 of every row: 0 1 3 4 6 7 9 10 → 5; i 2: 2 5 8 11 → 6.5.
+    assert_eq!(mean, vec![5.0, 6.5]);
+    // Stride 1 leaves the grid as it is.
+    assert_eq!(
+        block_mean(&values, [3, 2, 2], [1, 1, 1]),
+        (values, [3, 2, 2])
+    );
+}
+
+#[test]
+fn a_label_that_only_one_class_holds_tells_the_class() {
+    use mriloop::model::planned::{planned_config, PlanOverrides};
+    use mriloop::model::{MultiTaskUNetConfig, TaskMode, TrainingConfig};
+    let dir = tempfile::tempdir().unwrap();
+    // Three controls with label 1 only; three patients also hold label 2, cubes of edge 4, 3
+    // and 5 at 1 mm: 64, 27 and 125 mm³.
+    let spec = |class, edge: usize| CaseSpec {
+        dims: [24, 24, 24],
+        spacing_mm: [1.0; 3],
+        label_edges: [2, edge],
+        class,
+    };
+    let mut specs = vec![spec("control", 0), spec("control", 0), spec("control", 0)];
+    specs.extend([spec("patient", 4), spec("patient", 3), spec("patient", 5)]);
+    let p = project(&dir.path().join("p"), &specs);
+    let plan = plan(&Fingerprint::of(&p).unwrap(), DeviceClass::Cpu);
+    // Rule 11: label 2 is in 100 % of patients and 0 % of controls (label 1 in 100 % of both).
+    let e = plan
+        .class_evidence
+        .clone()
+        .expect("label 2 tells the class");
+    assert_eq!(
+        (
+            e.labels.as_slice(),
+            e.present_class.as_str(),
+            e.absent_class.as_str()
+        ),
+        (&[2u8][..], "patient", "control")
+    );
+    // Even at half the smallest reference volume, 27 / 2 mm³; a logistic in ln(1 + v) of
+    // slope 4 above and below it.
+    assert!(close(e.threshold_mm3, 13.5));
+    let logistic = |v: f64| 1.0 / (1.0 + (-4.0 * ((1.0 + v).ln() - 14.5f64.ln())).exp());
+    for v in [0.0, 5.0, 13.5, 27.0, 125.0] {
+        assert!(close(e.present_probability(v), logistic(v)));
+    }
+    assert!(close(e.present_probability(13.5), 0.5));
+    // A predicted mask with 27 voxels of label 2 at 1 mm³: the patient's probability, whatever
+    // the head said; without a voxel size the head's stands.
+    let config = TrainingConfig::new(MultiTaskUNetConfig::new(1, 3, 2))
+        .with_class_names(vec!["control".into(), "patient".into()])
+        .with_class_evidence(Some(e.clone()));
+    let mut mask = vec![0u8; 1000];
+    mask[..27].fill(2);
+    let probs = config.class_probabilities(vec![0.9, 0.1], &mask, Some(1.0));
+    assert!((f64::from(probs[1]) - logistic(27.0)).abs() < 1e-6);
+    assert!((f64::from(probs[0]) - (1.0 - logistic(27.0))).abs() < 1e-6);
+    assert_eq!(
+        config.class_probabilities(vec![0.9, 0.1], &mask, None),
+        vec![0.9, 0.1]
+    );
+    // The run trains the segmentation only and reads the class from the mask, unless the
+    // user asks for class steps.
+    let planned = |choices: &PlanOverrides| planned_config(&p, &tiny_options(1, 1), choices, &plan);
+    let c = planned(&PlanOverrides::default()).unwrap();
+    assert_eq!(c.training.mode, TaskMode::SegmentationOnly);
+    assert_eq!(c.training.class_evidence, Some(e));
+    let user = PlanOverrides {
+        class_every: Some(3),
+        ..PlanOverrides::default()
+    };
+    let c = planned(&user).unwrap();
+    assert_eq!(
+        (c.training.mode, c.training.class_evidence),
+        (TaskMode::Joint, None)
+    );
+    // One control of three holding label 2 (33 % > 10 %): the class is the head's to learn.
+    let mut mixed = specs;
+    mixed[0].label_edges[1] = 4;
+    let p = project(&dir.path().join("q"), &mixed);
+    assert_eq!(plan_of(&p).class_evidence, None);
+    // Controls hold nothing; each patient label 1, label 2 or both (2 of 3 each, under 90 %):
+    // their union is in every patient. The smallest union volume: 27, 64 and 8 + 125 → 27.
+    let none = |class| CaseSpec {
+        label_edges: [0, 0],
+        ..spec(class, 0)
+    };
+    let mut union = vec![none("control"), none("control"), none("control")];
+    let patient = |edges| CaseSpec {
+        label_edges: edges,
+        ..spec("patient", 0)
+    };
+    union.extend([patient([3, 0]), patient([0, 4]), patient([2, 5])]);
+    let e = plan_of(&project(&dir.path().join("u"), &union))
+        .class_evidence
+        .expect("labels 1 and 2 together tell the class");
+    assert_eq!(e.labels, vec![1, 2]);
+    assert!(close(e.threshold_mm3, 13.5));
+}
+
+fn plan_of(p: &Project) -> mriloop::model::Plan {
+    plan(&Fingerprint::of(p).unwrap(), DeviceClass::Cpu)
 }
 
 fn mriloop(args: &[&str]) -> std::process::Output {
@@ -587,6 +735,29 @@ fn a_one_class_validation_set_cannot_choose_the_checkpoint_by_accuracy() {
     };
     assert!((validation_score(TaskMode::Joint, &with_auc) - (0.7 + 0.9)).abs() < 1e-12);
     assert!((validation_score(TaskMode::SegmentationOnly, &with_auc) - 0.7).abs() < 1e-12);
+}
+
+#[test]
+fn one_lucky_epoch_does_not_choose_the_checkpoint() {
+    use mriloop::model::fit::smoothed_score;
+    // Epoch 2's AUC spiked on a few validation cases; the later epochs segment and classify
+    // steadily better. Raw scores would keep epoch 2 (nothing later beats 1.6).
+    let raw = [0.5, 1.6, 1.2, 1.45, 1.55, 1.6];
+    let mut smoothed = Vec::new();
+    for s in raw {
+        smoothed.push(smoothed_score(smoothed.last().copied(), s));
+    }
+    // The moving average with memory ½: each value is half the previous plus half the new.
+    let mut expected = vec![0.5];
+    for s in &raw[1..] {
+        expected.push(0.5 * expected.last().copied().unwrap_or(0.0) + 0.5 * s);
+    }
+    for (a, b) in smoothed.iter().zip(&expected) {
+        assert!((a - b).abs() < 1e-12);
+    }
+    let best = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) + 1;
+    assert_eq!(best(&raw), 2);
+    assert_eq!(best(&smoothed), 6);
 }
 
 #[test]

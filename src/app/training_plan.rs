@@ -151,8 +151,23 @@ fn plan_rows(ui: &mut egui::Ui, plan: &Plan, choices: &mut PlanOverrides) {
         &mut choices.patch,
         8..=192,
     );
+    if let Some(e) = &plan.class_evidence {
+        ui.label("class");
+        ui.label(format!(
+            "from the predicted {} volume ({} if present)",
+            e.label_names.join(" + "),
+            e.present_class
+        ))
+        .on_hover_text("The reference masks tell the class: no class steps unless you set them.");
+        ui.end_row();
+    }
     let [cx, cy, cz] = plan.class_window;
-    let crop_text = format!("{cx}×{cy}×{cz}");
+    let [sx, sy, sz] = plan.class_stride;
+    let crop_text = if plan.class_stride == [1, 1, 1] {
+        format!("{cx}×{cy}×{cz}")
+    } else {
+        format!("{cx}×{cy}×{cz} of {sx}×{sy}×{sz} blocks")
+    };
     let crop = (plan.class_window[0], crop_text.as_str());
     choice_row(ui, "class crop", crop, &mut choices.class_window, 8..=256);
     number_row(

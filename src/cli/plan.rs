@@ -72,9 +72,19 @@ pub fn describe(fp: &Fingerprint, p: &Plan) -> String {
     }
     let classes: Vec<String> = fp.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
     t += &format!("  classes: {}\n", classes.join(", "));
+    let class = match &p.class_evidence {
+        Some(e) => format!(
+            "class from the predicted {} volume",
+            e.label_names.join(" + ")
+        ),
+        None => format!(
+            "class crop {:?} of {:?}-voxel blocks every {} steps",
+            p.class_window, p.class_stride, p.class_every
+        ),
+    };
     t += &format!(
-        "plan ({:?}): spacing {:.3?} mm, patch {:?}, depth {}, width {}, batch {}, class crop {:?} every {} steps\n",
-        p.device, p.spacing_mm, p.patch, p.depth, p.base_channels, p.batch, p.class_window, p.class_every
+        "plan ({:?}): spacing {:.3?} mm, patch {:?}, depth {}, width {}, batch {}, {class}\n",
+        p.device, p.spacing_mm, p.patch, p.depth, p.base_channels, p.batch
     );
     t += &format!("  inputs: {}\n", p.sequences.join(", "));
     t += &format!(

@@ -117,7 +117,12 @@ pub fn predict_case(
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
     let (channels, first, reorientation) = case_channels(project, case, config)?;
-    let p = predict_channels(&channels, &first, model, config, device)?;
+    let mut p = predict_channels(&channels, &first, model, config, device)?;
+    p.class_probabilities = config.class_probabilities(
+        std::mem::take(&mut p.class_probabilities),
+        p.mask.data(),
+        Some(p.mask.voxel_volume_mm3()),
+    );
     Ok(match reorientation {
         Some(r) => Prediction {
             mask: r.restore(&p.mask)?,
@@ -144,7 +149,7 @@ fn predict_channels(
             first.dims3(),
             *first.affine(),
             config.window,
-            config.class_window,
+            config.class_view(),
             0.5,
             device,
         )?);
@@ -173,7 +178,7 @@ fn predict_channels(
         dims,
         affine,
         config.window,
-        config.class_window,
+        config.class_view(),
         0.5,
         device,
     )?;

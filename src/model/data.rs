@@ -40,6 +40,70 @@ pub struct Sample {
     pub changed: Vec<bool>,
 }
 
+/// `values` on the grid `dims` averaged over blocks of `stride` voxels per axis (an axis's last
+/// block may be partial), and the coarse grid's size: the class head's whole-head view.
+pub fn block_mean(values: &[f32], dims: [usize; 3], stride: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+    let s = stride.map(|v| v.max(1));
+    let out = [0, 1, 2].map(|a| dims[a].div_ceil(s[a]));
+    let mut sum = vec![0f32; out[0] * out[1] * out[2]];
+    let mut count = vec![0u32; sum.len()];
+    for (f, v) in values.iter().enumerate().take(dims[0] * dims[1] * dims[2]) {
+        let (i, j, k) = (
+            f % dims[0],
+            (f / dims[0]) % dims[1],
+            f / (dims[0] * dims[1]),
+        );
+        let g = i / s[0] + out[0] * (j / s[1] + out[1] * (k / s[2]));
+        sum[g] += v;
+        count[g] += 1;
+    }
+    let mean = sum
+        .iter()
+        .zip(&count)
+        .map(|(v, n)| v / (*n).max(1) as f32)
+        .collect();
+    (mean, out)
+}
+
+impl Sample {
+    /// The sample averaged over blocks of `stride` voxels (`block_mean`), for class crops: the
+    /// mask keeps each block's first voxel; no foreground lists (class steps centre-crop).
+    pub fn coarsened(&self, stride: [usize; 3]) -> Sample {
+        let s = stride.map(|v| v.max(1));
+        let (channels, dims): (Vec<Vec<f32>>, Vec<[usize; 3]>) = self
+            .channels
+            .iter()
+            .map(|c| block_mean(c, self.dims, s))
+            .unzip();
+        let dims = dims
+            .first()
+            .copied()
+            .unwrap_or([0, 1, 2].map(|a| self.dims[a].div_ceil(s[a])));
+        let [nx, ny, _] = self.dims;
+        let mask = (0..dims[0] * dims[1] * dims[2])
+            .map(|g| {
+                let (i, j, k) = (
+                    g % dims[0],
+                    (g / dims[0]) % dims[1],
+                    g / (dims[0] * dims[1]),
+                );
+                let f = i * s[0] + nx * (j * s[1] + ny * k * s[2]);
+                self.mask.get(f).copied().unwrap_or(0)
+            })
+            .collect();
+        Sample {
+            case_id: self.case_id.clone(),
+            channels,
+            mask,
+            dims,
+            class: self.class,
+            foreground: Vec::new(),
+            foreground_by_label: Vec::new(),
+            changed: Vec::new(),
+        }
+    }
+}
+
 /// Z-score normalisation inside the head: mean and standard deviation of the non-zero voxels.
 pub fn zscore_in_head(values: &[f32]) -> Vec<f32> {
     let inside: Vec<f64> = values

@@ -346,7 +346,7 @@ pub fn validate(
             s.dims,
             Affine::identity(),
             config.window,
-            config.class_window,
+            config.class_view(),
             0.5,
             device,
         ) else {
@@ -358,7 +358,11 @@ pub fn validate(
                 acc.1 += 1;
             }
         }
-        probs.push(p.class_probabilities);
+        let voxel_mm3 = config
+            .spacing_mm
+            .map(|[x, y, z]| x * y * z)
+            .filter(|v| *v > 0.0);
+        probs.push(config.class_probabilities(p.class_probabilities, p.mask.data(), voxel_mm3));
         truth.push(s.class);
     }
     let classes = probs.first().map_or(0, Vec::len);
@@ -522,6 +526,7 @@ pub fn fit(
     let mut best = BestTracker {
         dir: out.join("best"),
         score: f64::NEG_INFINITY,
+        smoothed: None,
         since: 0,
     };
     let mut summaries = Vec::new();
@@ -579,8 +584,10 @@ struct Loader {
 struct LoaderSpec {
     /// Patch size `[x, y, z]` (voxels).
     patch: [usize; 3],
-    /// Whole-head crop size of class steps (voxels).
+    /// Whole-head crop size of class steps (voxels of the coarse grid).
     class_window: [usize; 3],
+    /// Class crops come from the samples averaged over blocks of this many voxels.
+    class_stride: [usize; 3],
     /// Samples per batch.
     batch_size: usize,
     /// Sampler seed.
@@ -604,6 +611,7 @@ impl Loader {
         let spec = LoaderSpec {
             patch: config.patch,
             class_window: t.class_window,
+            class_stride: t.class_stride,
             batch_size: config.batch_size,
             seed: t.seed,
             augment: config.augment.clone(),
@@ -659,6 +667,17 @@ fn load_batches(
         .map(|s| spec.class_weights.get(s.class).copied().unwrap_or(1.0))
         .collect();
     let c = train.first().map_or(1, |s| s.channels.len());
+    // Class crops see the whole head on the coarse grid.
+    let coarse: Vec<Sample>;
+    let class_set = if spec.class_every > 0 && spec.class_stride.iter().any(|s| *s > 1) {
+        coarse = train
+            .iter()
+            .map(|s| s.coarsened(spec.class_stride))
+            .collect();
+        &coarse[..]
+    } else {
+        train
+    };
     for step in 1..=spec.total {
         if halt.load(Ordering::Relaxed) || train.is_empty() {
             return;
@@ -674,7 +693,9 @@ fn load_batches(
         let mut classes = Vec::new();
         for _ in 0..spec.batch_size {
             let s = if class_step && !spec.class_weights.is_empty() {
-                &train[sampler.pick_weighted(&case_weights)]
+                &class_set[sampler.pick_weighted(&case_weights)]
+            } else if class_step {
+                &class_set[sampler.pick(class_set.len())]
             } else {
                 &train[sampler.pick(train.len())]
             };
@@ -706,8 +727,10 @@ fn load_batches(
 struct BestTracker {
     /// Folder of the best checkpoint.
     dir: PathBuf,
-    /// Best score so far.
+    /// Best smoothed score so far.
     score: f64,
+    /// The smoothed score of the last epoch (`None` before the first).
+    smoothed: Option<f64>,
     /// Epochs since the best one.
     since: usize,
 }
@@ -805,7 +828,8 @@ impl FitRun<'_> {
         if started.is_some() {
             self.control.validation_clock(started);
         }
-        let score = validation_score(t.mode, &validation);
+        let score = smoothed_score(best.smoothed, validation_score(t.mode, &validation));
+        best.smoothed = Some(score);
         let is_best = score > best.score;
         save_checkpoint(&self.last_dir, t, model)?;
         if is_best {
@@ -839,6 +863,17 @@ fn step_mode(mode: TaskMode, class_step: bool, class_steps: bool) -> TaskMode {
         (TaskMode::Joint, false, true) => TaskMode::SegmentationOnly,
         (m, _, _) => m,
     }
+}
+
+/// Weight of the previous epochs in the smoothed validation score.
+const SCORE_MEMORY: f64 = 0.5;
+
+/// The smoothed validation score after an epoch scoring `score` (`previous`: the smoothed score
+/// before it): an exponential moving average, as nnU-Net chooses its best checkpoint, so that
+/// one lucky epoch on a few validation cases (an AUC over five cases swings 0 ↔ 1) does not
+/// pick the checkpoint.
+pub fn smoothed_score(previous: Option<f64>, score: f64) -> f64 {
+    previous.map_or(score, |p| SCORE_MEMORY * p + (1.0 - SCORE_MEMORY) * score)
 }
 
 /// An epoch's validation score, which chooses the best checkpoint: mean foreground Dice (each

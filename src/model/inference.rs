@@ -82,26 +82,46 @@ fn window_tensor(
     Tensor::<5>::from_data(TensorData::new(input, [1, c, wz, wy, wx]), device)
 }
 
-/// Class probabilities from the `class_window` centre crop of a volume (whole-head context, as
-/// trained).
+/// What the class head looks at: a centre crop of `window` voxels of the volume averaged over
+/// blocks of `stride` voxels (the whole head at a coarse grid, as trained).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassView {
+    /// Crop size `[x, y, z]` (coarse voxels).
+    pub window: [usize; 3],
+    /// Block size per axis (1: the volume's own grid).
+    pub stride: [usize; 3],
+}
+
+/// Class probabilities from the class view's centre crop of a volume.
 pub fn classify_volume(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
     dims: [usize; 3],
-    class_window: [usize; 3],
+    view: ClassView,
     device: &Device,
 ) -> Result<Vec<f32>, VolumeError> {
-    let origin = [0, 1, 2].map(|a| dims[a] as i64 / 2 - class_window[a] as i64 / 2);
-    let x = window_tensor(channels, dims, origin, class_window, device);
-    let (_, cls) = model.forward(x);
-    softmax(cls, 1)
+    use std::borrow::Cow;
+    let (coarse, dims): (Cow<[Vec<f32>]>, [usize; 3]) = if view.stride.iter().any(|s| *s > 1) {
+        let blocks: Vec<(Vec<f32>, [usize; 3])> = channels
+            .iter()
+            .map(|c| super::data::block_mean(c, dims, view.stride))
+            .collect();
+        let d = blocks.first().map_or(dims, |b| b.1);
+        (Cow::Owned(blocks.into_iter().map(|b| b.0).collect()), d)
+    } else {
+        (Cow::Borrowed(channels), dims)
+    };
+    let window = view.window;
+    let origin = [0, 1, 2].map(|a| dims[a] as i64 / 2 - window[a] as i64 / 2);
+    let x = window_tensor(&coarse, dims, origin, window, device);
+    softmax(model.forward_class(x), 1)
         .try_into_vec_as::<f32>()
         .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
 }
 
 /// Predict a volume given as channels (`[C][nx·ny·nz]`, i fastest, already normalised) on the
 /// grid `dims` with `affine`: the mask with windows of `window` voxels `[wx, wy, wz]`
-/// overlapping by `overlap` (0..1), the class from the `class_window` centre crop.
+/// overlapping by `overlap` (0..1), the class from the class view's centre crop.
 #[allow(clippy::too_many_arguments)]
 pub fn predict_volume(
     model: &MultiTaskUNet,
@@ -109,7 +129,7 @@ pub fn predict_volume(
     dims: [usize; 3],
     affine: Affine,
     window: [usize; 3],
-    class_window: [usize; 3],
+    class_view: ClassView,
     overlap: f32,
     device: &Device,
 ) -> Result<Prediction, VolumeError> {
@@ -145,7 +165,7 @@ pub fn predict_volume(
     Ok(Prediction {
         mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
         foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
-        class_probabilities: classify_volume(model, channels, dims, class_window, device)?,
+        class_probabilities: classify_volume(model, channels, dims, class_view, device)?,
     })
 }
 

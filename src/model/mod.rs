@@ -38,7 +38,7 @@ pub use fit::{
     auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,
     FitConfig, FitControl, FitEvent, FitResult, Metrics,
 };
-pub use inference::{predict_volume, Prediction};
+pub use inference::{predict_volume, ClassView, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
 pub use training::{

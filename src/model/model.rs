@@ -179,6 +179,25 @@ impl MultiTaskUNet {
     /// `x`: `[N, C, D, H, W]` (4D: `[N, T, D, H, W]`) → segmentation logits
     /// `[N, num_labels, D, H, W]` and class logits `[N, num_classes]`.
     pub fn forward(&self, x: Tensor<5>) -> (Tensor<5>, Tensor<2>) {
+        let (mut h, mut skips) = self.encode(x);
+        let cls = self.classify(h.clone());
+        for (up, dec) in self.ups.iter().zip(&self.decoders) {
+            let skip = skips.pop().unwrap_or_else(|| h.clone());
+            let u = up.forward(h);
+            h = dec.forward(Tensor::cat(vec![u, skip], 1));
+        }
+        (self.seg_head.forward(h), cls)
+    }
+
+    /// `x`: `[N, C, D, H, W]` → class logits `[N, num_classes]`, through the encoder only (the
+    /// decoder's work would be thrown away: class steps and whole-head classification).
+    pub fn forward_class(&self, x: Tensor<5>) -> Tensor<2> {
+        let (bottleneck, _) = self.encode(x);
+        self.classify(bottleneck)
+    }
+
+    /// The encoder: the bottleneck `[N, C·2^depth, …]` and the skips, shallowest first.
+    fn encode(&self, x: Tensor<5>) -> (Tensor<5>, Vec<Tensor<5>>) {
         let x = match &self.temporal {
             Some(t) => relu(t.forward(x)),
             None => x,
@@ -189,13 +208,11 @@ impl MultiTaskUNet {
             skips.push(h.clone());
             h = enc.forward(relu(down.forward(h)));
         }
-        let bottleneck = h.clone();
-        for (up, dec) in self.ups.iter().zip(&self.decoders) {
-            let skip = skips.pop().unwrap_or_else(|| h.clone());
-            let u = up.forward(h);
-            h = dec.forward(Tensor::cat(vec![u, skip], 1));
-        }
-        let seg = self.seg_head.forward(h);
+        (h, skips)
+    }
+
+    /// Class logits from the bottleneck: average (and max) pooled, dropout, linear.
+    fn classify(&self, bottleneck: Tensor<5>) -> Tensor<2> {
         let pooled = self.pool.forward(bottleneck.clone());
         let [n, c, _, _, _] = pooled.dims();
         let mut feat = pooled.reshape([n, c]);
@@ -203,7 +220,6 @@ impl MultiTaskUNet {
             let max = bottleneck.max_dims(&[2, 3, 4]).reshape([n, c]);
             feat = Tensor::cat(vec![feat, max], 1);
         }
-        let feat = self.dropout.forward(feat);
-        (seg, self.class_head.forward(feat))
+        self.class_head.forward(self.dropout.forward(feat))
     }
 }

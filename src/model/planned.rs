@@ -5,11 +5,13 @@
 //!
 //! Invariants: a setting left `None` takes the plan's value; the plan's sampling and
 //! augmentation always apply (see `plan::apply_plan`); numeric choices are clamped to at
-//! least 1.
+//! least 1; a plan that reads the class from the mask (rule 11) makes a joint run train the
+//! segmentation only, unless the user set the class steps.
 
 use super::apply::{fit_config_for, FitOptions};
 use super::fit::FitConfig;
 use super::plan::{apply_plan, Plan, UserSet};
+use super::training::TaskMode;
 use crate::project::{Project, ProjectError};
 
 /// The settings a user set; `None`: the plan decides.
@@ -86,6 +88,13 @@ pub fn planned_config(
         class_window: choices.class_window.is_some(),
         spacing: choices.spacing_mm.is_some(),
     };
-    let config = apply_plan(fit_config_for(project, &options)?, plan, form, user);
+    let mut config = apply_plan(fit_config_for(project, &options)?, plan, form, user);
+    // Rule 11: the class read from the mask, unless the user asked for class steps.
+    if let Some(e) = &plan.class_evidence {
+        if choices.class_every.is_none() && config.training.mode == TaskMode::Joint {
+            config.training.mode = TaskMode::SegmentationOnly;
+            config.training.class_evidence = Some(e.clone());
+        }
+    }
     Ok(config.with_class_every(choices.class_every.unwrap_or(plan.class_every).max(1)))
 }

@@ -61,13 +61,85 @@ pub struct TrainingConfig {
     /// The centre crop classified `[x, y, z]` (whole-head context).
     #[config(default = "[64, 64, 64]")]
     pub class_window: [usize; 3],
+    /// The class crop is taken from the volume averaged over blocks of this many voxels per
+    /// axis, so a window within the device's budget still sees the whole head.
+    #[config(default = "[1, 1, 1]")]
+    pub class_stride: [usize; 3],
     /// Voxel spacing (mm) cases are resampled to before training and prediction (0 on an axis:
     /// keep it); `None`: each case's own grid.
     #[config(default = "None")]
     pub spacing_mm: Option<[f64; 3]>,
+    /// When the reference masks tell the class (the plan's rule 11), the class is read from
+    /// the predicted mask instead of the class head.
+    #[config(default = "None")]
+    pub class_evidence: Option<ClassEvidence>,
+}
+
+/// The class read from the mask: in the training data (nearly) every case of one class holds
+/// one of these labels and (nearly) no case of the other does (white-matter lesions in
+/// patients, none in controls), so their predicted volume decides the class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassEvidence {
+    /// The label values whose voxels count.
+    pub labels: Vec<u8>,
+    /// Their names.
+    pub label_names: Vec<String>,
+    /// The class of the cases that hold the label.
+    pub present_class: String,
+    /// The class of the cases that do not.
+    pub absent_class: String,
+    /// Predicted volume (mm³) at which both classes are even: half the labels' smallest
+    /// reference volume in a case holding them.
+    pub threshold_mm3: f64,
+}
+
+/// How steeply the evidence turns volume into probability: at twice (half) the threshold's
+/// log-volume (ln(1 + v)) the present class has σ(±4·ln 2) ≈ 0.94 (0.06).
+const EVIDENCE_SLOPE: f64 = 4.0;
+
+impl ClassEvidence {
+    /// Probability of `present_class` for a predicted volume of `volume_mm3`: a logistic in
+    /// ln(1 + volume), even at the threshold, monotone (so the AUC ranks by volume).
+    pub fn present_probability(&self, volume_mm3: f64) -> f64 {
+        let z =
+            EVIDENCE_SLOPE * ((1.0 + volume_mm3.max(0.0)).ln() - (1.0 + self.threshold_mm3).ln());
+        1.0 / (1.0 + (-z).exp())
+    }
 }
 
 impl TrainingConfig {
+    /// A prediction's class probabilities: the head's (`head`), or, with class evidence, read
+    /// from the predicted `mask` (voxels of `voxel_mm3`; `None`: unknown, the head's).
+    pub fn class_probabilities(
+        &self,
+        head: Vec<f32>,
+        mask: &[u8],
+        voxel_mm3: Option<f64>,
+    ) -> Vec<f32> {
+        let (Some(e), Some(voxel_mm3)) = (&self.class_evidence, voxel_mm3) else {
+            return head;
+        };
+        let index = |name: &str| self.class_names.iter().position(|c| c == name);
+        let (Some(present), Some(absent)) = (index(&e.present_class), index(&e.absent_class))
+        else {
+            return head;
+        };
+        let voxels = mask.iter().filter(|v| e.labels.contains(v)).count();
+        let p = e.present_probability(voxels as f64 * voxel_mm3) as f32;
+        let mut out = vec![0.0; head.len().max(present + 1).max(absent + 1)];
+        out[present] = p;
+        out[absent] = 1.0 - p;
+        out
+    }
+
+    /// What the class head looks at: the window and the stride it is sampled at.
+    pub fn class_view(&self) -> super::inference::ClassView {
+        super::inference::ClassView {
+            window: self.class_window,
+            stride: self.class_stride,
+        }
+    }
+
     /// Whether cases are brought to the RAS voxel layout for this network (3D volumes: yes;
     /// single slices keep their in-plane layout).
     pub fn ras_layout(&self) -> bool {
@@ -165,14 +237,29 @@ pub fn batch_loss(
     mode: TaskMode,
     class_weight: f64,
 ) -> (Tensor<1>, LossTerms) {
+    let device = batch.images.device();
+    let class_ce_of = |cls: Tensor<2>| {
+        CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(cls, batch.classes.clone())
+    };
+    let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
+    if mode == TaskMode::ClassificationOnly {
+        // The decoder's output would be thrown away: the encoder alone.
+        let class_ce = class_ce_of(model.forward_class(batch.images.clone()));
+        let terms = LossTerms {
+            mode,
+            total: value(&class_ce),
+            dice: 0.0,
+            seg_ce: 0.0,
+            class_ce: value(&class_ce),
+        };
+        return (class_ce, terms);
+    }
     let (seg, cls) = model.forward(batch.images.clone());
-    let device = seg.device();
     let dice = soft_dice_loss(seg.clone(), batch.masks.clone());
     let seg_ce = voxel_cross_entropy(seg, batch.masks.clone(), batch.weights.clone());
-    let class_ce = CrossEntropyLossConfig::new()
-        .init(&device)
-        .forward(cls, batch.classes.clone());
-    let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
+    let class_ce = class_ce_of(cls);
     let terms = LossTerms {
         mode,
         total: 0.0,
@@ -182,8 +269,7 @@ pub fn batch_loss(
     };
     let total = match mode {
         TaskMode::Joint => dice + seg_ce + class_ce.mul_scalar(class_weight),
-        TaskMode::SegmentationOnly => dice + seg_ce,
-        TaskMode::ClassificationOnly => class_ce,
+        TaskMode::SegmentationOnly | TaskMode::ClassificationOnly => dice + seg_ce,
     };
     let t = value(&total);
     (total, LossTerms { total: t, ..terms })
