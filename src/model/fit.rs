@@ -5,8 +5,9 @@
 //! same channel of `TrainEvent`s as `train`, plus `Epoch` summaries; never prints.
 //!
 //! Invariants: the validation cases are never trained on; the split is by case and fixed by the
-//! seed; the best checkpoint is the one with the highest validation score (mean foreground Dice
-//! plus class AUC, each weighted by the tasks trained).
+//! seed; the best checkpoint is the one with the highest smoothed validation score (a moving
+//! average of mean foreground Dice plus class AUC, each weighted by the tasks trained); with
+//! class evidence (plan rule 11) the validated class is read from the predicted mask.
 
 use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;

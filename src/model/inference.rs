@@ -1,7 +1,8 @@
 //! Sliding-window inference over a whole volume: overlapping windows, each prediction weighted by
 //! a Gaussian centred on its window (edges count less), summed and normalised; the label is the
 //! arg-max, on the case's exact grid and affine. The class comes from one centre crop of the
-//! whole head, as it was trained.
+//! whole head (averaged over voxel blocks when the plan coarsened it), through the encoder
+//! only, as it was trained.
 //!
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
 //! zero-padded; windows never read outside the volume; working memory beyond the output is

@@ -388,24 +388,29 @@ pub fn class_evidence(fp: &Fingerprint, rationale: &mut Vec<String>) -> Option<C
     if *na < 3 || *nb < 3 || !all_masked || fp.form != InputForm::Volume3d {
         return None;
     }
-    let (gap, e) = [(a, b), (b, a)]
+    let (sp, sa, e) = [(a, b), (b, a)]
         .into_iter()
         .filter_map(|(present, absent)| evidence_for(fp, present, absent))
-        .max_by(|x, y| x.0.total_cmp(&y.0))?;
+        .max_by(|x, y| (x.0 - x.1).total_cmp(&(y.0 - y.1)))?;
     rationale.push(format!(
-        "class: read from the predicted {} volume (held by {:.0} % more {} cases than {} cases): no class steps",
+        "class: read from the predicted {} volume (in {:.0} % of {} cases, {:.0} % of {} cases): no class steps",
         e.label_names.join(" + "),
-        100.0 * gap,
+        100.0 * sp,
         e.present_class,
+        100.0 * sa,
         e.absent_class
     ));
     Some(e)
 }
 
-/// The evidence that `present` is told from `absent`, with its gap in shares: the labels
-/// held by ≤ 10 % of `absent`'s cases and more of `present`'s, if their union is held by
-/// ≥ 90 % of `present`'s cases and ≤ 10 % of `absent`'s.
-fn evidence_for(fp: &Fingerprint, present: &str, absent: &str) -> Option<(f64, ClassEvidence)> {
+/// The evidence that `present` is told from `absent`, with the shares of their cases holding
+/// it: the labels held by ≤ 10 % of `absent`'s cases and more of `present`'s, if their union
+/// is held by ≥ 90 % of `present`'s cases and ≤ 10 % of `absent`'s.
+fn evidence_for(
+    fp: &Fingerprint,
+    present: &str,
+    absent: &str,
+) -> Option<(f64, f64, ClassEvidence)> {
     use super::fingerprint::CaseFingerprint;
     let cases_of = |class: &str| {
         let class = class.to_string();
@@ -444,7 +449,8 @@ fn evidence_for(fp: &Fingerprint, present: &str, absent: &str) -> Option<(f64, C
         })
         .fold(f64::INFINITY, f64::min);
     Some((
-        sp - sa,
+        sp,
+        sa,
         ClassEvidence {
             labels: set,
             label_names: labels.iter().map(|l| l.name.clone()).collect(),
