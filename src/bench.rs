@@ -483,3 +483,106 @@ fn torch_steps_per_s(
         .find_map(|l| l.strip_prefix("torch_train_steps_per_s = "))
         .and_then(|v| v.trim().parse::<f64>().ok()))
 }
+
+/// A synthetic `size`³ case of two normalised sequences with bright balls of radius `radius`
+/// voxels at `centres` (smooth background, deterministic).
+fn prompt_case(size: usize, centres: &[[usize; 3]], radius: f64) -> Vec<Vec<f32>> {
+    let n = size * size * size;
+    let mut t1 = vec![0f32; n];
+    for (idx, v) in t1.iter_mut().enumerate() {
+        let [i, j, k] = crate::model::prompt::voxel_of(idx, [size; 3]);
+        *v = ((i as f32 * 0.07).sin() + (j as f32 * 0.05).cos() + (k as f32 * 0.03).sin()) * 0.3;
+    }
+    for c in centres {
+        let r = radius.ceil() as usize;
+        for k in c[2].saturating_sub(r)..(c[2] + r + 1).min(size) {
+            for j in c[1].saturating_sub(r)..(c[1] + r + 1).min(size) {
+                for i in c[0].saturating_sub(r)..(c[0] + r + 1).min(size) {
+                    let d2 = [i, j, k]
+                        .iter()
+                        .zip(c)
+                        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                        .sum::<f64>();
+                    if d2 <= radius * radius {
+                        t1[i + size * (j + size * k)] = 2.0;
+                    }
+                }
+            }
+        }
+    }
+    let t2 = t1.iter().map(|v| -v).collect();
+    vec![t1, t2]
+}
+
+/// Latency of single include clicks on a `size`³ case (a structure of 20 voxels across at
+/// each click), `repeats` clicks at different places: the prompt's whole path (window,
+/// guidance, sliding-window prediction, growth, merge into the case's mask). With no `model`,
+/// random weights of the default promptable configuration (2 sequences, base 8, depth 3,
+/// 32³ windows) without window growth (random weights would grow it at random).
+pub fn prompt(
+    size: usize,
+    repeats: usize,
+    model: Option<&Path>,
+) -> Result<(Vec<Figure>, Vec<String>), crate::model::CheckpointError> {
+    use crate::model::prompt::{Prompt, PromptConfig};
+    use crate::model::prompt_infer::predict_prompted;
+    use crate::model::{MultiTaskUNetConfig, TrainingConfig};
+    let (device, about) = crate::model::choose_device("auto");
+    let mut notes = vec![format!("device: {about}")];
+    let (config, net) = match model {
+        Some(dir) => crate::model::load_checkpoint(dir, &device)?,
+        None => {
+            let prompt = PromptConfig {
+                grow_limit: 0,
+                ..PromptConfig::default()
+            };
+            let config = TrainingConfig::new(MultiTaskUNetConfig::new(2 + 3, 2, 2))
+                .with_prompt(Some(prompt));
+            notes.push("random weights, default promptable configuration, no window growth".into());
+            let net = config.model.init(&device);
+            (config, net)
+        }
+    };
+    let sequences = config.model.in_channels.saturating_sub(3).max(1);
+    let size = size.max(40);
+    let centres: Vec<[usize; 3]> = (0..repeats.max(1))
+        .map(|r| [0, 1, 2].map(|a| 20 + (r * (7 + 5 * a) * 13) % (size - 40)))
+        .collect();
+    let mut channels = prompt_case(size, &centres, 10.0);
+    channels.resize(sequences, channels[0].clone());
+    let mut mask = vec![false; size * size * size];
+    let mut times = Vec::new();
+    let mut windows = Vec::new();
+    for (r, c) in centres.iter().enumerate() {
+        let prompts = [Prompt::Point {
+            idx_vox: *c,
+            include: true,
+        }];
+        let t = Instant::now();
+        let w = predict_prompted(
+            &net, &channels, [size; 3], &prompts, &mask, &config, &device,
+        )
+        .map_err(|e| crate::model::CheckpointError::File {
+            path: "bench case".into(),
+            problem: e.to_string(),
+        })?;
+        w.merge_into(&mut mask, [size; 3]);
+        // The first click also compiles and warms the backend up: not counted.
+        if r > 0 || centres.len() == 1 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            windows.push(w.voxels() as f64);
+        }
+    }
+    Ok((
+        vec![
+            fig(
+                "prompt_latency_ms_p50",
+                percentile(times.clone(), 50.0),
+                "ms",
+            ),
+            fig("prompt_latency_ms_p95", percentile(times, 95.0), "ms"),
+            fig("prompt_window_vox", median(windows), "vox"),
+        ],
+        notes,
+    ))
+}

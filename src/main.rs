@@ -5,7 +5,9 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mriloop::cli::bench::{print_figures, BenchArgs, BenchKind, BOLD_REFERENCE, LOOP_REFERENCE};
-use mriloop::cli::{self, closed_loop, edit_script, exchange, experiment, gpu, info, plan, train};
+use mriloop::cli::{
+    self, closed_loop, edit_script, exchange, experiment, gpu, info, plan, prompt, train,
+};
 use std::path::PathBuf;
 
 /// Review, correct and train a multi-task brain-MRI network in one native app.
@@ -43,6 +45,9 @@ enum Command {
     /// Evaluate a model on a project's cases with reference masks: per-case and cohort Dice,
     /// volume error, class AUC (`metric:` lines), optionally as CSV.
     Eval(train::EvalArgs),
+    /// Evaluate a promptable model with a robot user: per label, Dice after 1, 3 and 5
+    /// interactions and interactions to reach Dice 0.90, from a point and from a box.
+    EvalPrompt(prompt::EvalPromptArgs),
     /// The closed loop scripted end to end on a phantom: a weak first model, predictions
     /// accepted and corrected with the editing tools on some cases, fine-tuning on the
     /// corrections (the training panel's code path), re-inference; prints the held-out Dice
@@ -97,6 +102,7 @@ fn main() -> Result<()> {
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),
         Command::Eval(args) => train::eval(args),
+        Command::EvalPrompt(args) => prompt::eval_prompt(args),
         Command::Loop(args) => closed_loop::run(args),
         Command::EditScript(args) => edit_script::run(args),
         Command::Slices(args) => exchange::slices(args),

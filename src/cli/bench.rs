@@ -27,6 +27,9 @@ pub enum BenchKind {
     Loop,
     /// Memory (peak RSS, GPU textures) and speed of a --size³ × --frames BOLD case in the window.
     Bold,
+    /// Latency of single prompt clicks on a --size³ case (p50, p95) and the window predicted,
+    /// with --model or random weights of the default promptable configuration.
+    Prompt,
 }
 
 impl BenchKind {
@@ -59,6 +62,9 @@ pub struct BenchArgs {
     /// bold: time points of the BOLD run.
     #[arg(long, default_value_t = 300)]
     pub frames: usize,
+    /// prompt: a promptable checkpoint folder (default: random weights).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 /// The `reference:` line of `bench loop`.
@@ -104,6 +110,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let (figures, notes) = bench::train(size, 2, args.repeats, args.software_gpu);
             let reference = format!("3D net, 2 sequences, base 8, depth 3, patch {size}³, batch 2; goal: burn on GPU >= PyTorch eager on the same GPU");
             print_figures(&figures, &notes, &reference);
+            Ok(())
+        }
+        BenchKind::Prompt => {
+            let (figures, notes) =
+                bench::prompt(size, args.repeats.max(20), args.model.as_deref())?;
+            print_figures(&figures, &notes, "goal prompt_latency_ms_p95 < 250 ms on this 2-core CPU, < 50 ms on a GPU (nnInteractive: 120-200 ms per prompt on an RTX 4090)");
             Ok(())
         }
         BenchKind::Loop | BenchKind::Bold => {

@@ -17,6 +17,7 @@ pub mod experiment;
 pub mod gpu;
 pub mod info;
 pub mod plan;
+pub mod prompt;
 pub mod train;
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};

@@ -85,6 +85,11 @@ pub struct TrainArgs {
     /// its best checkpoint.
     #[arg(long)]
     pub minutes: Option<f64>,
+    /// Train the promptable network (guidance channels for include/exclude points, boxes,
+    /// scribbles and the mask to refine; a simulated user clicks at its errors) instead of
+    /// the automatic one.
+    #[arg(long)]
+    pub promptable: bool,
 }
 
 /// Arguments of `mriloop predict`.
@@ -149,6 +154,10 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
             let plan = crate::model::plan::plan(&fp, model::apply::device_class(&args.backend));
             (planned_config(p, args, &plan)?, Some((fp, plan)))
         }
+    };
+    let config = match args.promptable && config.training.prompt.is_none() {
+        true => model::prompt_train::promptable(config, Default::default()),
+        false => config,
     };
     let config = match &args.resume {
         Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
@@ -216,19 +225,7 @@ pub fn train_project(
         None => config,
     };
     model::runs::write_run_files(out, config, &val)?;
-    let ids: Vec<&str> = val.iter().map(|s| s.case_id.as_str()).collect();
-    eprintln!(
-        "{} training cases, {} validation cases ({})",
-        train.len(),
-        val.len(),
-        ids.join(", ")
-    );
-    let t = &config.training;
-    for gap in model::split::validation_gaps(&train, &val, &t.class_names, |v| {
-        t.label_name(usize::from(v))
-    }) {
-        eprintln!("warning: {gap}");
-    }
+    report_split(&train, &val, config);
     let bar = match &time_bar {
         Some((_, budget_s)) => seconds_bar(*budget_s),
         None => steps_bar((config.epochs * config.steps_per_epoch) as u64),
@@ -261,6 +258,27 @@ pub fn train_project(
         result.last.display()
     );
     Ok(())
+}
+
+/// Say which cases train and which validate, and what the validation cannot measure.
+fn report_split(train: &[model::Sample], val: &[model::Sample], config: &FitConfig) {
+    let ids: Vec<&str> = val.iter().map(|s| s.case_id.as_str()).collect();
+    eprintln!(
+        "{} training cases, {} validation cases ({})",
+        train.len(),
+        val.len(),
+        ids.join(", ")
+    );
+    let t = &config.training;
+    // A promptable network predicts no class.
+    let classes = match t.prompt {
+        Some(_) => &[][..],
+        None => &t.class_names[..],
+    };
+    for gap in model::split::validation_gaps(train, val, classes, |v| t.label_name(usize::from(v)))
+    {
+        eprintln!("warning: {gap}");
+    }
 }
 
 /// A bar for a run paced to end in `budget_s` seconds from its clock's 0: its position is the
@@ -314,13 +332,20 @@ fn on_fit_event(
             let dice =
                 curves.push_epoch(*last_step, &e.validation, |l| config.training.label_name(l));
             let auc = e.validation.class_auc;
+            let class = match config.training.prompt {
+                // A promptable network's Dice is after the robot's clicks; it has no class.
+                Some(_) => format!(" after {} clicks", model::prompt_infer::VALIDATION_CLICKS),
+                None => format!(
+                    "; class accuracy {:.3}, AUC {}",
+                    e.validation.class_accuracy,
+                    auc.map_or("n/a".into(), |a| format!("{a:.3}"))
+                ),
+            };
             let line = format!(
-                "epoch {:>3}: train loss {:.4}; validation Dice {}; class accuracy {:.3}, AUC {}{}",
+                "epoch {:>3}: train loss {:.4}; validation Dice {}{class}{}",
                 e.epoch,
                 e.train_loss,
                 dice.join(", "),
-                e.validation.class_accuracy,
-                auc.map_or("n/a".into(), |a| format!("{a:.3}")),
                 if e.best { " (best)" } else { "" }
             );
             say(bar, line);
@@ -372,7 +397,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 }
 
 /// The case ids in the held-out list beside checkpoint `dir` (`../validation.txt`).
-fn held_out_cases(dir: &Path) -> Result<Vec<String>> {
+pub(crate) fn held_out_cases(dir: &Path) -> Result<Vec<String>> {
     let list = dir
         .parent()
         .map(|d| d.join("validation.txt"))

@@ -578,28 +578,17 @@ fn neighbours(v: [usize; 3], dims: [usize; 3]) -> impl Iterator<Item = [usize; 3
 
 /// Connected components (6-connected) of voxels where `member` holds; each a list of voxels.
 fn components(dims: [usize; 3], member: impl Fn([usize; 3]) -> bool) -> Vec<Vec<[usize; 3]>> {
-    let lin = |v: [usize; 3]| v[0] + dims[0] * (v[1] + dims[1] * v[2]);
-    let mut seen = vec![false; dims[0] * dims[1] * dims[2]];
-    let mut out = Vec::new();
-    for v in VoxelBox::whole(dims).iter() {
-        if seen[lin(v)] || !member(v) {
-            continue;
-        }
-        seen[lin(v)] = true;
-        let mut comp = Vec::new();
-        let mut queue = VecDeque::from([v]);
-        while let Some(c) = queue.pop_front() {
-            comp.push(c);
-            for w in neighbours(c, dims) {
-                if !seen[lin(w)] && member(w) {
-                    seen[lin(w)] = true;
-                    queue.push_back(w);
-                }
-            }
-        }
-        out.push(comp);
-    }
-    out
+    let at = |i: usize| {
+        [
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        ]
+    };
+    crate::volume::regions::connected_regions(dims, |i| member(at(i)))
+        .into_iter()
+        .map(|r| r.into_iter().map(at).collect())
+        .collect()
 }
 
 /// Apply a morphological operation to `label`.

@@ -116,6 +116,13 @@ pub fn predict_case(
     config: &TrainingConfig,
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
+    if config.prompt.is_some() {
+        return Err(crate::project::invalid(
+            &project.manifest_path(),
+            "this model is promptable: it segments from prompts (the Prompt tool, \
+             `mriloop eval-prompt`), not on its own",
+        ));
+    }
     let (channels, first, reorientation) = case_channels(project, case, config)?;
     let mut p = predict_channels(&channels, &first, model, config, device)?;
     p.class_probabilities = config.class_probabilities(

@@ -199,7 +199,7 @@ impl Sample {
 }
 
 /// Bit set on a patch label where the annotator changed the voxel (see `split_labels`).
-const CHANGED_BIT: i32 = 1 << 8;
+pub(crate) const CHANGED_BIT: i32 = 1 << 8;
 
 /// Split patch labels into the label values and, when `changed_weight` is not 1 and a voxel is
 /// marked changed, per-voxel loss weights (`changed_weight` there, 1 elsewhere).
@@ -262,7 +262,11 @@ impl SampleSelection {
             require_mask: config.mode != super::training::TaskMode::ClassificationOnly,
             spacing_mm: config.spacing_mm,
             ras_layout: config.ras_layout(),
-            label_count: config.model.num_labels,
+            // A promptable network answers target-or-not for any of the project's labels.
+            label_count: match config.prompt {
+                Some(_) => config.label_names.len(),
+                None => config.model.num_labels,
+            },
             ..Self::default()
         }
     }

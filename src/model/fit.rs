@@ -17,6 +17,8 @@ use crate::volume::Affine;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, Sender, SyncSender};
@@ -337,6 +339,9 @@ pub fn validate(
     config: &TrainingConfig,
     device: &Device,
 ) -> Metrics {
+    if config.prompt.is_some() {
+        return super::prompt_infer::validate_prompted(model, samples, config, device);
+    }
     let mut dice_sum = vec![(0.0, 0usize); config.model.num_labels.saturating_sub(1)];
     let mut probs: Vec<Vec<f32>> = Vec::new();
     let mut truth = Vec::new();
@@ -518,6 +523,7 @@ pub fn fit(
     let run = FitRun {
         config,
         ad: &ad,
+        device,
         batches: &loader.batches,
         events,
         control,
@@ -603,6 +609,8 @@ struct LoaderSpec {
     foreground: super::data::ForegroundSampling,
     /// Per class index, the weight of a case of that class in class steps (empty: alike).
     class_weights: Vec<f64>,
+    /// The simulated user's first prompts, for a promptable network.
+    prompt: Option<super::prompt::PromptConfig>,
 }
 
 impl Loader {
@@ -627,6 +635,7 @@ impl Loader {
                 label_weights: config.label_weights.clone(),
             },
             class_weights: config.class_weights.clone(),
+            prompt: t.prompt.clone(),
         };
         let (tx, batches) = sync_channel::<HostBatch>(4);
         let stop = Arc::new(AtomicBool::new(false));
@@ -679,6 +688,11 @@ fn load_batches(
     } else {
         train
     };
+    let c = c + spec
+        .prompt
+        .as_ref()
+        .map_or(0, |_| super::prompt::GUIDANCE_CHANNELS);
+    let mut prompt_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ PROMPT_SEED);
     for step in 1..=spec.total {
         if halt.load(Ordering::Relaxed) || train.is_empty() {
             return;
@@ -702,6 +716,8 @@ fn load_batches(
             };
             let (ch, lab) = if class_step {
                 sampler.centre_crop(s, size)
+            } else if let Some(prompt) = &spec.prompt {
+                prompt_patch_of(&mut sampler, train, s, prompt, &mut prompt_rng)
             } else {
                 sampler.patch(s)
             };
@@ -724,6 +740,31 @@ fn load_batches(
     }
 }
 
+/// Mixed into the seed of the simulated user's first prompts.
+const PROMPT_SEED: u64 = 0x5052_4F4D_5054;
+
+/// A promptable training patch from `first`, or, when its patch holds no label, from other
+/// cases of `train`; after a few misses, a patch without a target (and without prompts).
+fn prompt_patch_of(
+    sampler: &mut PatchSampler,
+    train: &[Sample],
+    first: &Sample,
+    prompt: &super::prompt::PromptConfig,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Vec<f32>>, Vec<i32>) {
+    let mut s = first;
+    for _ in 0..32 {
+        if let Some(p) = super::prompt_train::prompt_patch(sampler, s, prompt, rng) {
+            return p;
+        }
+        s = &train[sampler.pick(train.len())];
+    }
+    let (mut channels, labels) = sampler.patch(first);
+    let len = labels.len();
+    channels.extend((0..super::prompt::GUIDANCE_CHANNELS).map(|_| vec![0.0; len]));
+    (channels, labels.iter().map(|_| 0).collect())
+}
+
 /// The best validation score so far and where its checkpoint goes.
 struct BestTracker {
     /// Folder of the best checkpoint.
@@ -741,6 +782,8 @@ struct FitRun<'a> {
     config: &'a FitConfig,
     /// The autodiff device training runs on.
     ad: &'a Device,
+    /// The same device without autodiff (the simulated user's predictions).
+    device: &'a Device,
     /// The loader's batches.
     batches: &'a Receiver<HostBatch>,
     events: &'a Sender<FitEvent>,
@@ -784,6 +827,7 @@ impl FitRun<'_> {
                 return Ok((model, None));
             };
             let class_step = hb.class_step;
+            let hb = self.with_corrections(hb, &model, *step);
             let batch = hb.into_batch(self.ad, config.changed_weight as f32);
             let mode = step_mode(t.mode, class_step, config.class_every > 0);
             let step_config = TrainingConfig { mode, ..t.clone() };
@@ -810,6 +854,30 @@ impl FitRun<'_> {
                 }));
         }
         Ok((model, Some(loss_sum / steps.max(1) as f64)))
+    }
+
+    /// A promptable run's host batch after the simulated user's corrective clicks (the
+    /// batch unchanged otherwise).
+    fn with_corrections(&self, mut hb: HostBatch, model: &MultiTaskUNet, step: usize) -> HostBatch {
+        let t = &self.config.training;
+        let Some(prompt) = &t.prompt else {
+            return hb;
+        };
+        let rounds = super::prompt_train::rounds_for_step(step, t.seed, prompt.corrective_rounds);
+        if rounds > 0 && !hb.class_step {
+            super::prompt_train::simulate_corrections(
+                &model.valid(),
+                &mut hb.images,
+                &hb.masks,
+                hb.n,
+                hb.c,
+                hb.patch,
+                rounds,
+                prompt.point_radius_vox,
+                self.device,
+            );
+        }
+        hb
     }
 
     /// Validate the model after `epoch`, write the last checkpoint (and the best one when the

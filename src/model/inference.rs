@@ -135,6 +135,25 @@ pub fn predict_volume(
     device: &Device,
 ) -> Result<Prediction, VolumeError> {
     let [nx, ny, nz] = dims;
+    let (mask, fg) = segment_volume(model, channels, dims, window, overlap, device)?;
+    Ok(Prediction {
+        mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
+        foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
+        class_probabilities: classify_volume(model, channels, dims, class_view, device)?,
+    })
+}
+
+/// The segmentation alone of a volume given as channels on the grid `dims` (see
+/// `predict_volume`): arg-max labels and foreground probability per voxel.
+pub fn segment_volume(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    window: [usize; 3],
+    overlap: f32,
+    device: &Device,
+) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
+    let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     let g = window.map(gaussian);
@@ -163,11 +182,7 @@ pub fn predict_volume(
         ring.finish_plane(done_z, &mut mask, &mut fg);
         done_z += 1;
     }
-    Ok(Prediction {
-        mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
-        foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
-        class_probabilities: classify_volume(model, channels, dims, class_view, device)?,
-    })
+    Ok((mask, fg))
 }
 
 /// Segmentation probabilities of the window of `window` voxels at `origin_vox` (voxel indices

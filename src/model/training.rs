@@ -73,6 +73,10 @@ pub struct TrainingConfig {
     /// the predicted mask instead of the class head.
     #[config(default = "None")]
     pub class_evidence: Option<ClassEvidence>,
+    /// A promptable network: its input ends with the guidance channels (include, exclude,
+    /// current mask) and it answers target-or-not for the prompted label (`None`: automatic).
+    #[config(default = "None")]
+    pub prompt: Option<super::prompt::PromptConfig>,
 }
 
 /// The class read from the mask: in the training data (nearly) every case of one class holds

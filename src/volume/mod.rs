@@ -9,6 +9,7 @@ mod bgzf;
 pub mod dicom;
 pub mod distance;
 pub mod nifti_io;
+pub mod regions;
 mod reorient;
 pub mod resample;
 pub mod timeseries;

@@ -1,0 +1,125 @@
+//! `mriloop eval-prompt`: a robot user segments every label of a project's cases with a
+//! promptable model — a point (and, separately, a box) at the target's centre, then clicks at
+//! the centre of the largest error — and the Dice after 1, 3 and 5 interactions and the
+//! interactions to reach 0.90 are printed per label as `metric:` lines (optionally every
+//! interaction as CSV).
+//!
+//! Invariants: a model that is not promptable is refused with a clear message; Dice is measured
+//! on the model's grid; files are written atomically.
+
+use crate::model::prompt_infer::{evaluate_prompted, robot_figures, RobotRecord, Start};
+use crate::model::{self, SampleSelection};
+use crate::project::Project;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+
+/// Arguments of `mriloop eval-prompt`.
+#[derive(clap::Args, Debug)]
+pub struct EvalPromptArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// A promptable checkpoint folder (`mriloop train --promptable`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Only the cases held out from training (listed in the model's ../validation.txt).
+    #[arg(long)]
+    pub held_out: bool,
+    /// Interactions per session (the start, then corrective clicks).
+    #[arg(long, default_value_t = 10)]
+    pub clicks: usize,
+    /// Write every interaction's Dice to this CSV file.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// cpu, gpu or auto.
+    #[arg(long, default_value = "auto")]
+    pub backend: String,
+}
+
+/// Interactions after which the mean Dice is reported.
+const REPORTED: [usize; 3] = [1, 3, 5];
+
+/// `mriloop eval-prompt`.
+pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
+    let (device, about) = model::choose_device(&args.backend);
+    eprintln!("evaluating prompts on {about}");
+    let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
+    if cfg.prompt.is_none() {
+        bail!(
+            "{}: not a promptable model (train one with `mriloop train PROJECT --promptable`)",
+            args.model.display()
+        );
+    }
+    let p = Project::open(&args.project)?;
+    let only = match args.held_out {
+        true => Some(super::train::held_out_cases(&args.model)?),
+        false => None,
+    };
+    let selection = SampleSelection {
+        only,
+        ..SampleSelection::for_training(&cfg)
+    };
+    let samples = model::load_samples_with(&p, &selection)?;
+    if samples.is_empty() {
+        bail!(
+            "{}: no case with a reference mask to evaluate",
+            args.project.display()
+        );
+    }
+    let clicks = args.clicks.max(1);
+    let bar = indicatif::ProgressBar::new(samples.len() as u64);
+    let records = evaluate_prompted(&net, &samples, &cfg, clicks, &device, |d, _| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.csv {
+        crate::atomic::write_atomic(path, robot_csv(&records, &cfg).as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "evaluated {} cases, {} sessions of {clicks} interactions",
+        samples.len(),
+        records.len()
+    );
+    print_robot_metrics(&records, &cfg);
+    Ok(())
+}
+
+/// The `metric:` lines per label, from a point and from a box.
+fn print_robot_metrics(records: &[RobotRecord], cfg: &model::TrainingConfig) {
+    let mut labels: Vec<u8> = records.iter().map(|r| r.label).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    for label in labels {
+        let name = cfg.label_name(usize::from(label));
+        for (start, prefix) in [(Start::Point, ""), (Start::Box, "box_")] {
+            let Some((dice, noc)) = robot_figures(records, label, start, &REPORTED) else {
+                continue;
+            };
+            for (k, d) in REPORTED.iter().zip(dice) {
+                let clicks = if *k == 1 { "click" } else { "clicks" };
+                println!("metric: {prefix}dice_after_{k}_{clicks}_{name} = {d:.4}");
+            }
+            println!("metric: {prefix}noc90_{name} = {noc:.2}");
+        }
+    }
+}
+
+/// Every interaction's Dice as CSV text.
+fn robot_csv(records: &[RobotRecord], cfg: &model::TrainingConfig) -> String {
+    let mut rows = vec![String::from("case,label,start,interaction,dice,window_vox")];
+    for r in records {
+        let start = match r.start {
+            Start::Point => "point",
+            Start::Box => "box",
+        };
+        for (i, (d, w)) in r.dice.iter().zip(&r.window_vox).enumerate() {
+            rows.push(format!(
+                "{},{},{start},{},{d:.4},{w}",
+                r.case_id,
+                cfg.label_name(usize::from(r.label)),
+                i + 1
+            ));
+        }
+    }
+    rows.join("\n") + "\n"
+}

@@ -1,0 +1,404 @@
+//! Prompted prediction on a case, and the robot user's sessions that measure it.
+//!
+//! A prompt's prediction runs on a local window of the model's grid around the latest prompt:
+//! the training patch's size centred on it (its bounding box when larger), grown by half a
+//! patch on each side where the predicted target touches the window's border (not the
+//! volume's), at most the configuration's `grow_limit` times and to `MAX_WINDOW_PATCHES`
+//! patches a side; inside, sliding windows of the training patch with
+//! every prompt so far drawn as guidance and the current mask of the target as the mask to
+//! refine. The result replaces the target's mask inside the window (outside, nothing changes).
+//! The robot user starts with a point at the centre of the target's largest region (or a box
+//! on its axial slice, or a click on the largest error of a mask it refines) and then clicks at
+//! the centre of the largest error, as DeepEdit's and nnInteractive's evaluations do.
+//!
+//! Invariants: the work per prompt is bounded by the grown window, not by the case; a prompt
+//! outside the grid is an error, not a panic; Dice is measured on the model's grid.
+
+use super::inference::segment_volume;
+use super::model::MultiTaskUNet;
+use super::prompt::{box_around, corrective_click, Guidance, Prompt};
+use super::training::TrainingConfig;
+use crate::volume::VolumeError;
+use burn::prelude::*;
+
+/// The most a prompt's window grows to, in patches along each axis.
+pub const MAX_WINDOW_PATCHES: usize = 2;
+
+/// The target as predicted inside a window of the case's grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptedWindow {
+    /// The window's first voxel on the case's grid.
+    pub origin_vox: [usize; 3],
+    /// The window's size (voxels).
+    pub dims: [usize; 3],
+    /// Target or not, per window voxel (i fastest).
+    pub target: Vec<bool>,
+}
+
+impl PromptedWindow {
+    /// Voxels in the window.
+    pub fn voxels(&self) -> usize {
+        self.dims.iter().product()
+    }
+
+    /// Write the window's answer into `mask` (the case's grid `dims`): target voxels set,
+    /// the others inside the window cleared.
+    pub fn merge_into(&self, mask: &mut [bool], dims: [usize; 3]) {
+        let [wx, wy, wz] = self.dims;
+        let [ox, oy, oz] = self.origin_vox;
+        for k in 0..wz {
+            for j in 0..wy {
+                let src = wx * (j + wy * k);
+                let dst = ox + dims[0] * (oy + j + dims[1] * (oz + k));
+                mask[dst..dst + wx].copy_from_slice(&self.target[src..src + wx]);
+            }
+        }
+    }
+}
+
+/// The prompt's starting window: `patch` voxels (or the prompt's bounds, when larger) centred
+/// on the prompt, inside the grid `dims` (smaller where the grid is).
+fn first_window(prompt: &Prompt, dims: [usize; 3], patch: [usize; 3]) -> ([usize; 3], [usize; 3]) {
+    let (lo, hi) = prompt.bounds_vox().unwrap_or(([0; 3], [0; 3]));
+    let size = [0, 1, 2].map(|a| patch[a].max(hi[a] - lo[a] + 1).min(dims[a]));
+    let origin = [0, 1, 2].map(|a| {
+        let centre = (lo[a] + hi[a]) / 2;
+        centre.saturating_sub(size[a] / 2).min(dims[a] - size[a])
+    });
+    (origin, size)
+}
+
+/// Crop `channels` (grid `dims`) to the window at `origin` of `size`.
+fn crop(
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    origin: [usize; 3],
+    size: [usize; 3],
+) -> Vec<Vec<f32>> {
+    channels
+        .iter()
+        .map(|c| crop_one(c, dims, origin, size))
+        .collect()
+}
+
+/// Crop one grid of values to a window.
+fn crop_one<T: Copy>(
+    values: &[T],
+    dims: [usize; 3],
+    origin: [usize; 3],
+    size: [usize; 3],
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(size.iter().product());
+    for k in 0..size[2] {
+        for j in 0..size[1] {
+            let start = origin[0] + dims[0] * (origin[1] + j + dims[1] * (origin[2] + k));
+            out.extend_from_slice(&values[start..start + size[0]]);
+        }
+    }
+    out
+}
+
+/// The window grown by `step` voxels on each side where `target` touches its border and the
+/// grid goes on, to at most `most` voxels a side; `None` when it touches none or cannot grow.
+fn grown(
+    target: &[bool],
+    origin: [usize; 3],
+    size: [usize; 3],
+    dims: [usize; 3],
+    step: [usize; 3],
+    most: [usize; 3],
+) -> Option<([usize; 3], [usize; 3])> {
+    let mut touch = [[false; 2]; 3];
+    for (idx, _) in target.iter().enumerate().filter(|(_, t)| **t) {
+        let v = super::prompt::voxel_of(idx, size);
+        for a in 0..3 {
+            touch[a][0] |= v[a] == 0 && origin[a] > 0;
+            touch[a][1] |= v[a] + 1 == size[a] && origin[a] + size[a] < dims[a];
+        }
+    }
+    if !touch.iter().flatten().any(|t| *t) {
+        return None;
+    }
+    let mut o = origin;
+    let mut hi = [0, 1, 2].map(|a| origin[a] + size[a]);
+    for a in 0..3 {
+        // Each side grows by at most `step`, and the window to at most `most[a]`.
+        let room = most[a].saturating_sub(size[a]);
+        let (lo_step, hi_step) = match touch[a] {
+            [true, true] => (step[a].min(room / 2), step[a].min(room - room / 2)),
+            [true, false] => (step[a].min(room), 0),
+            [false, true] => (0, step[a].min(room)),
+            [false, false] => (0, 0),
+        };
+        o[a] = origin[a].saturating_sub(lo_step);
+        hi[a] = (hi[a] + hi_step).min(dims[a]);
+    }
+    let size_now = [0, 1, 2].map(|a| hi[a] - o[a]);
+    (size_now != size).then_some((o, size_now))
+}
+
+/// The target predicted for `prompts` (the last one decides the window; all are drawn) on a
+/// case given as normalised `channels` on the model's grid `dims`, refining `current` (the
+/// target's mask so far on that grid).
+pub fn predict_prompted(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    prompts: &[Prompt],
+    current: &[bool],
+    config: &TrainingConfig,
+    device: &Device,
+) -> Result<PromptedWindow, VolumeError> {
+    let n: usize = dims.iter().product();
+    let latest = prompts
+        .last()
+        .ok_or_else(|| VolumeError::Shape("no prompt given".into()))?;
+    let inside = |p: &Prompt| {
+        p.bounds_vox()
+            .is_some_and(|(_, hi)| (0..3).all(|a| hi[a] < dims[a]))
+    };
+    if !prompts.iter().all(inside) || current.len() != n || channels.iter().any(|c| c.len() != n) {
+        return Err(VolumeError::Shape(format!(
+            "a prompt or mask does not fit the grid {dims:?}"
+        )));
+    }
+    let prompt_config = config.prompt.clone().unwrap_or_default();
+    let (radius, grow_limit) = (prompt_config.point_radius_vox, prompt_config.grow_limit);
+    let patch = config.window;
+    let (mut origin, mut size) = first_window(latest, dims, patch);
+    for round in 0..=grow_limit {
+        let mut guidance = Guidance::empty(size);
+        let at = origin.map(|v| v as i64);
+        prompts.iter().for_each(|p| guidance.draw(p, at, radius));
+        guidance.set_prior(&crop_one(current, dims, origin, size));
+        let mut input = crop(channels, dims, origin, size);
+        input.extend(guidance.into_channels());
+        let (labels, _) = segment_volume(model, &input, size, patch, 0.5, device)?;
+        let target: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
+        let step = patch.map(|p| (p / 2).max(1));
+        let most = patch.map(|p| p * MAX_WINDOW_PATCHES);
+        match grown(&target, origin, size, dims, step, most) {
+            Some((o, s)) if round < grow_limit => (origin, size) = (o, s),
+            _ => {
+                return Ok(PromptedWindow {
+                    origin_vox: origin,
+                    dims: size,
+                    target,
+                })
+            }
+        }
+    }
+    Err(VolumeError::Shape(
+        "the prompt window did not settle".into(),
+    ))
+}
+
+/// How the robot user starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A point at the centre of the target's largest region.
+    Point,
+    /// A box around the target on the axial slice through that centre.
+    Box,
+}
+
+/// Dice of two masks (1 when both are empty).
+pub fn dice_bool(reference: &[bool], predicted: &[bool]) -> f64 {
+    let (mut both, mut a, mut b) = (0usize, 0usize, 0usize);
+    for (r, p) in reference.iter().zip(predicted) {
+        a += usize::from(*r);
+        b += usize::from(*p);
+        both += usize::from(*r && *p);
+    }
+    if a + b == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / (a + b) as f64
+    }
+}
+
+/// One robot session on a case (`channels` on the model's grid `dims`) for `target`: the
+/// start, then corrective clicks, `interactions` in all, from `initial` (a mask to refine; the
+/// first interaction is then a click on its largest error) or from nothing. Returns the Dice
+/// after each interaction and the voxels of each prediction's window.
+#[allow(clippy::too_many_arguments)]
+pub fn robot_session(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    target: &[bool],
+    start: Start,
+    interactions: usize,
+    initial: Option<&[bool]>,
+    config: &TrainingConfig,
+    device: &Device,
+) -> Result<Vec<(f64, usize)>, VolumeError> {
+    let mut current = initial.map_or_else(|| vec![false; target.len()], <[bool]>::to_vec);
+    let mut prompts = Vec::new();
+    let mut out = Vec::with_capacity(interactions);
+    for i in 0..interactions {
+        let prompt = match (i, start, initial) {
+            (0, Start::Box, None) => box_around(target, dims, 2),
+            _ => corrective_click(target, &current, dims),
+        };
+        let Some(prompt) = prompt else {
+            out.push((dice_bool(target, &current), 0));
+            continue;
+        };
+        prompts.push(prompt);
+        let window = predict_prompted(model, channels, dims, &prompts, &current, config, device)?;
+        window.merge_into(&mut current, dims);
+        out.push((dice_bool(target, &current), window.voxels()));
+    }
+    Ok(out)
+}
+
+/// Interactions needed to reach Dice `level` (the first at or above it, counting from 1);
+/// `cap` when none does.
+pub fn interactions_to_reach(dice: &[f64], level: f64, cap: usize) -> usize {
+    dice.iter()
+        .position(|d| *d >= level)
+        .map_or(cap, |i| i + 1)
+        .min(cap)
+}
+
+/// Robot interactions per label in a promptable run's validation.
+pub const VALIDATION_CLICKS: usize = 3;
+
+/// A promptable network's validation: per label, the mean Dice after `VALIDATION_CLICKS`
+/// robot interactions (a point, then corrections) over the samples holding it.
+pub fn validate_prompted(
+    model: &MultiTaskUNet,
+    samples: &[super::data::Sample],
+    config: &TrainingConfig,
+    device: &Device,
+) -> super::fit::Metrics {
+    let labels = samples
+        .iter()
+        .flat_map(|s| s.mask.iter().copied().max())
+        .max()
+        .map_or(0, usize::from)
+        .max(config.label_names.len().saturating_sub(1));
+    // Without window growth: cheap, and the same for every epoch (it chooses the checkpoint).
+    let mut config = config.clone();
+    if let Some(p) = config.prompt.as_mut() {
+        p.grow_limit = 0;
+    }
+    let config = &config;
+    let mut sums = vec![(0.0, 0usize); labels];
+    for s in samples {
+        for (l, acc) in sums.iter_mut().enumerate() {
+            let target: Vec<bool> = s.mask.iter().map(|v| usize::from(*v) == l + 1).collect();
+            if !target.iter().any(|t| *t) {
+                continue;
+            }
+            let Ok(run) = robot_session(
+                model,
+                &s.channels,
+                s.dims,
+                &target,
+                Start::Point,
+                VALIDATION_CLICKS,
+                None,
+                config,
+                device,
+            ) else {
+                continue;
+            };
+            acc.0 += run.last().map_or(0.0, |r| r.0);
+            acc.1 += 1;
+        }
+    }
+    super::fit::Metrics {
+        dice: sums
+            .into_iter()
+            .map(|(s, n)| (n > 0).then(|| s / n as f64))
+            .collect(),
+        class_accuracy: 0.0,
+        class_auc: None,
+    }
+}
+
+/// One robot session's record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotRecord {
+    /// The case.
+    pub case_id: String,
+    /// The label segmented.
+    pub label: u8,
+    /// How the robot started.
+    pub start: Start,
+    /// Dice after each interaction.
+    pub dice: Vec<f64>,
+    /// Voxels of each interaction's prediction window.
+    pub window_vox: Vec<usize>,
+}
+
+/// Robot sessions on every sample and every label it holds, from a point and from a box,
+/// `interactions` each; `progress(done, of)` after each sample.
+pub fn evaluate_prompted(
+    model: &MultiTaskUNet,
+    samples: &[super::data::Sample],
+    config: &TrainingConfig,
+    interactions: usize,
+    device: &Device,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Vec<RobotRecord>, VolumeError> {
+    let mut out = Vec::new();
+    for (n, s) in samples.iter().enumerate() {
+        let mut labels: Vec<u8> = s.mask.iter().copied().filter(|v| *v > 0).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        for label in labels {
+            let target: Vec<bool> = s.mask.iter().map(|v| *v == label).collect();
+            for start in [Start::Point, Start::Box] {
+                let run = robot_session(
+                    model,
+                    &s.channels,
+                    s.dims,
+                    &target,
+                    start,
+                    interactions,
+                    None,
+                    config,
+                    device,
+                )?;
+                out.push(RobotRecord {
+                    case_id: s.case_id.clone(),
+                    label,
+                    start,
+                    dice: run.iter().map(|r| r.0).collect(),
+                    window_vox: run.iter().map(|r| r.1).collect(),
+                });
+            }
+        }
+        progress(n + 1, samples.len());
+    }
+    Ok(out)
+}
+
+/// A label's figures over robot sessions with one start: mean Dice after each of `after`
+/// interactions and the mean interactions to reach Dice 0.90 (capped at the sessions' length).
+pub fn robot_figures(
+    records: &[RobotRecord],
+    label: u8,
+    start: Start,
+    after: &[usize],
+) -> Option<(Vec<f64>, f64)> {
+    let runs: Vec<&RobotRecord> = records
+        .iter()
+        .filter(|r| r.label == label && r.start == start && !r.dice.is_empty())
+        .collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let mean = |f: &dyn Fn(&RobotRecord) -> f64| {
+        runs.iter().map(|r| f(r)).sum::<f64>() / runs.len() as f64
+    };
+    let dice = after
+        .iter()
+        .map(|k| mean(&|r| r.dice[(*k).clamp(1, r.dice.len()) - 1]))
+        .collect();
+    let noc = mean(&|r| interactions_to_reach(&r.dice, 0.90, r.dice.len()) as f64);
+    Some((dice, noc))
+}

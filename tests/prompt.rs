@@ -1,0 +1,258 @@
+//! The promptable network's parts on small grids built here: prompts drawn into guidance
+//! channels (ball, box, scribble; clipped at the grid), the robot user's clicks at the centre
+//! of the largest error, a promptable fit from simulated clicks (guidance channels, two
+//! outputs, validation after robot clicks), and prompted prediction on a local window that
+//! changes nothing outside it.
+
+use burn::prelude::*;
+use mriloop::model::fit::{fit, FitConfig, FitControl};
+use mriloop::model::prompt::{
+    box_around, corrective_click, deepest_voxel, scribble_through, Guidance, Prompt, PromptConfig,
+};
+use mriloop::model::prompt_infer::{
+    evaluate_prompted, interactions_to_reach, predict_prompted, robot_figures, Start,
+};
+use mriloop::model::prompt_train::{promptable, simulate_corrections};
+use mriloop::model::{load_checkpoint, MultiTaskUNetConfig, Sample, TrainingConfig};
+use mriloop::volume::{Affine, Volume};
+
+fn count(v: &[f32]) -> usize {
+    v.iter().filter(|x| **x > 0.5).count()
+}
+
+/// A cube of `edge` voxels at `lo` set in a `dims` grid of flags.
+fn cube(mask: &mut [bool], dims: [usize; 3], lo: [usize; 3], edge: usize) {
+    for k in lo[2]..lo[2] + edge {
+        for j in lo[1]..lo[1] + edge {
+            for i in lo[0]..lo[0] + edge {
+                mask[i + dims[0] * (j + dims[1] * k)] = true;
+            }
+        }
+    }
+}
+
+#[test]
+fn prompts_draw_balls_boxes_and_scribbles_into_guidance_clipped_at_the_grid() {
+    let dims = [8, 8, 8];
+    let mut g = Guidance::empty(dims);
+    let point = |idx_vox, include| Prompt::Point { idx_vox, include };
+    // A ball of radius 1.5 voxels holds the offsets with d² ∈ {0, 1, 2}: 1 + 6 + 12 voxels.
+    g.draw(&point([4, 4, 4], true), [0; 3], 1.5);
+    assert_eq!((count(&g.include), count(&g.exclude)), (19, 0));
+    // In a corner only the octant inside the grid: (0,0,0), three (1,0,0)s, three (1,1,0)s.
+    g.draw(&point([0, 0, 0], false), [0; 3], 1.5);
+    assert_eq!(count(&g.exclude), 7);
+    // A box on one slice, given on a grid whose voxel [1, 1, 1] is the guidance's first:
+    // 4 × 4 voxels on local slice k = 4.
+    let mut b = Guidance::empty(dims);
+    b.draw(
+        &Prompt::Box {
+            lo_vox: [2, 3, 5],
+            hi_vox: [5, 6, 5],
+        },
+        [1, 1, 1],
+        1.5,
+    );
+    assert_eq!(count(&b.include), 16);
+    assert_eq!(b.include[1 + 8 * (2 + 8 * 4)], 1.0);
+    // A scribble's voxels, the one outside the grid dropped.
+    b.draw(
+        &Prompt::Scribble {
+            idx_vox: vec![[1, 1, 1], [2, 1, 1], [0, 0, 0]],
+            include: false,
+        },
+        [1, 1, 1],
+        1.5,
+    );
+    assert_eq!(count(&b.exclude), 2);
+    let mut prior = vec![false; 512];
+    prior[7] = true;
+    b.set_prior(&prior);
+    let [inc, exc, pri] = b.into_channels();
+    assert_eq!((count(&inc), count(&exc), count(&pri)), (16, 2, 1));
+}
+
+#[test]
+fn the_robot_clicks_at_the_centre_of_the_largest_error() {
+    let dims = [16, 16, 16];
+    let n = 16 * 16 * 16;
+    let mut target = vec![false; n];
+    cube(&mut target, dims, [2, 2, 2], 5);
+    cube(&mut target, dims, [10, 10, 10], 3);
+    let mut predicted = vec![false; n];
+    cube(&mut predicted, dims, [2, 2, 2], 5);
+    // Missed: the small cube; its centre is the voxel farthest from its outside.
+    assert_eq!(
+        corrective_click(&target, &predicted, dims),
+        Some(Prompt::Point {
+            idx_vox: [11, 11, 11],
+            include: true
+        })
+    );
+    // A larger wrongly added block wins, and is excluded at its centre.
+    cube(&mut predicted, dims, [9, 0, 0], 7);
+    assert_eq!(
+        corrective_click(&target, &predicted, dims),
+        Some(Prompt::Point {
+            idx_vox: [12, 3, 3],
+            include: false
+        })
+    );
+    assert_eq!(corrective_click(&target, &target, dims), None);
+    assert_eq!(deepest_voxel(&[5], dims), Some([5, 0, 0]));
+    // The first box: on the axial slice through the largest region's centre, its rectangle.
+    assert_eq!(
+        box_around(&target, dims, 2),
+        Some(Prompt::Box {
+            lo_vox: [2, 2, 4],
+            hi_vox: [6, 6, 4]
+        })
+    );
+    // A stroke across the largest region along x: its five voxels through the centre.
+    let Some(Prompt::Scribble { idx_vox, include }) = scribble_through(&target, dims, 0) else {
+        panic!("no scribble");
+    };
+    assert!(include);
+    let mut xs: Vec<usize> = idx_vox.iter().map(|v| v[0]).collect();
+    xs.sort_unstable();
+    assert_eq!(xs, vec![2, 3, 4, 5, 6]);
+    assert!(idx_vox.iter().all(|v| v[1] == 4 && v[2] == 4));
+    assert_eq!(interactions_to_reach(&[0.5, 0.92, 0.95], 0.9, 3), 2);
+    assert_eq!(interactions_to_reach(&[0.5, 0.6], 0.9, 10), 10);
+}
+
+/// A 24³ sample: a bright cube (label 1) and a dark one (label 2) on a textured background.
+fn sample(id: &str, shift: usize) -> Sample {
+    let dims = [24usize; 3];
+    let n = 24 * 24 * 24;
+    let mut one = vec![false; n];
+    let mut two = vec![false; n];
+    cube(&mut one, dims, [4 + shift, 5, 6], 6);
+    cube(&mut two, dims, [14, 12 + shift, 10], 5);
+    let image: Vec<f32> = (0..n)
+        .map(|i| {
+            let base = 1.0 + 0.2 * ((i * 7919) % 13) as f32 / 13.0;
+            base + if one[i] {
+                2.0
+            } else if two[i] {
+                -0.8
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask: Vec<u8> = (0..n)
+        .map(|i| u8::from(one[i]) + 2 * u8::from(two[i]))
+        .collect();
+    let affine = Affine::from_spacing([1.0; 3]);
+    let img = Volume::new([24, 24, 24, 1], affine, image).unwrap();
+    let m = Volume::new([24, 24, 24, 1], affine, mask).unwrap();
+    Sample::new(id, &[img], &m, 0).unwrap()
+}
+
+/// A promptable configuration of a small network on 16³ patches.
+fn small_promptable() -> FitConfig {
+    let net = MultiTaskUNetConfig::new(1, 3, 2)
+        .with_base_channels(4)
+        .with_depth(2);
+    let training = TrainingConfig::new(net)
+        .with_window([16, 16, 16])
+        .with_label_names(vec!["background".into(), "bright".into(), "dark".into()]);
+    let config = FitConfig::new(training)
+        .with_epochs(1)
+        .with_steps_per_epoch(3)
+        .with_patch([16, 16, 16]);
+    promptable(config, PromptConfig::default())
+}
+
+#[test]
+fn a_promptable_fit_learns_from_simulated_clicks_and_is_measured_by_the_robot() {
+    let config = small_promptable();
+    let t = &config.training;
+    assert_eq!((t.model.in_channels, t.model.num_labels), (1 + 3, 2));
+    assert_eq!(config.class_every, 0);
+    let device = Device::flex();
+    let out = tempfile::tempdir().unwrap();
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let train = vec![sample("a", 0), sample("b", 2)];
+    let val = vec![sample("v", 1)];
+    let result = fit(
+        &config,
+        train,
+        &val,
+        &device,
+        out.path(),
+        &tx,
+        &FitControl::default(),
+    )
+    .unwrap();
+    // Validation: per label, Dice after the robot's clicks.
+    let dice = &result.epochs[0].validation.dice;
+    assert_eq!(dice.len(), 2);
+    assert!(dice
+        .iter()
+        .all(|d| d.is_some_and(|d| (0.0..=1.0).contains(&d))));
+    let (cfg, net) = load_checkpoint(&result.best, &device).unwrap();
+    assert!(cfg.prompt.is_some());
+    assert_eq!(cfg.model.in_channels, 4);
+    // Robot sessions: both labels, from a point and from a box, three interactions each.
+    let records = evaluate_prompted(&net, &val, &cfg, 3, &device, |_, _| {}).unwrap();
+    assert_eq!(records.len(), 2 * 2);
+    for r in &records {
+        assert_eq!(r.dice.len(), 3);
+        assert!(r.dice.iter().all(|d| (0.0..=1.0).contains(d)));
+        assert!(r.window_vox.iter().all(|w| *w >= 16 * 16 * 16 || *w == 0));
+    }
+    let (after, noc) = robot_figures(&records, 1, Start::Box, &[1, 3]).unwrap();
+    assert_eq!(after.len(), 2);
+    assert!((1.0..=3.0).contains(&noc));
+}
+
+#[test]
+fn a_prompt_changes_the_mask_only_inside_its_window_and_corrections_feed_back() {
+    let config = small_promptable().training;
+    let device = Device::flex();
+    let net = config.model.init(&device);
+    // A 40³ case: the window (16³, grown to at most 32³) cannot cover it.
+    let dims = [40usize; 3];
+    let n = 40 * 40 * 40;
+    let channels = vec![(0..n).map(|i| (i % 11) as f32 / 11.0).collect::<Vec<f32>>()];
+    let prompts = [Prompt::Point {
+        idx_vox: [20, 20, 20],
+        include: true,
+    }];
+    let current = vec![true; n];
+    let w = predict_prompted(&net, &channels, dims, &prompts, &current, &config, &device).unwrap();
+    assert!(w.dims.iter().all(|d| (16..=32).contains(d)), "{:?}", w.dims);
+    assert!((0..3).all(|a| w.origin_vox[a] <= 20 && 20 < w.origin_vox[a] + w.dims[a]));
+    let mut merged = current.clone();
+    w.merge_into(&mut merged, dims);
+    for (idx, m) in merged.iter().enumerate() {
+        let v = [idx % 40, (idx / 40) % 40, idx / 1600];
+        let inside = (0..3).all(|a| v[a] >= w.origin_vox[a] && v[a] < w.origin_vox[a] + w.dims[a]);
+        if !inside {
+            assert!(*m, "voxel {v:?} outside the window changed");
+        }
+    }
+    let outside = [Prompt::Point {
+        idx_vox: [40, 0, 0],
+        include: true,
+    }];
+    assert!(predict_prompted(&net, &channels, dims, &outside, &current, &config, &device).is_err());
+    // One simulated round: the prior channel becomes the prediction, and unless the network
+    // was right everywhere, a click lands in include or exclude.
+    let p = 16 * 16 * 16;
+    let mut images = vec![0.0f32; 4 * p];
+    images[..p]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = (i % 5) as f32);
+    let mut masks = vec![0i32; p];
+    masks[..p / 2].iter_mut().for_each(|m| *m = 1);
+    simulate_corrections(&net, &mut images, &masks, 1, 4, [16; 3], 1, 1.5, &device);
+    let prior: Vec<bool> = images[3 * p..].iter().map(|v| *v > 0.5).collect();
+    let truth: Vec<bool> = masks.iter().map(|m| *m == 1).collect();
+    let clicks = count(&images[p..3 * p]);
+    assert!(images[3 * p..].iter().all(|v| *v == 0.0 || *v == 1.0));
+    assert!(clicks > 0 || prior == truth);
+}
