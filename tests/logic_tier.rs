@@ -302,3 +302,70 @@ fn loose_files_are_journaled_in_a_working_copy_and_written_only_on_save() {
     assert_eq!(read_mask(&other).unwrap().data(), mask(&s).data());
     assert_eq!(read_mask(&real).unwrap().data(), edited.data());
 }
+
+#[test]
+fn a_prompt_is_answered_off_the_calling_thread_and_lands_as_one_undo_step() {
+    use burn::prelude::Device;
+    use mriloop::model::prompt::PromptConfig;
+    use mriloop::model::{MultiTaskUNetConfig, TrainingConfig};
+    use mriloop::session::prompt::PromptModel;
+    let dir = tempfile::tempdir().unwrap();
+    let (project, _, mut s) = open_phantom_case(dir.path());
+    let sequences: Vec<String> = project.manifest.sequences[..2]
+        .iter()
+        .map(|q| q.as_str().to_string())
+        .collect();
+    let net = MultiTaskUNetConfig::new(2 + 3, 2, 2)
+        .with_base_channels(4)
+        .with_depth(2);
+    let config = TrainingConfig::new(net)
+        .with_window([16, 16, 16])
+        .with_sequences(sequences)
+        .with_prompt(Some(PromptConfig::default()));
+    let device = Device::flex();
+    device.seed(7);
+    let net = config.model.init(&device);
+    let model = PromptModel {
+        source: "a random promptable network".into(),
+        config,
+        net,
+        device,
+    };
+    s.apply(Input::PromptModel(Ok(std::sync::Arc::new(model))));
+    edit(&mut s, EditCommand::SetTool(Tool::Prompt));
+    edit(&mut s, EditCommand::SetLabel(1));
+    let before = mask(&s);
+    let at = centre_mm(&s);
+    // Two clicks before any answer: the second supersedes the first (one answer lands).
+    let c1 = edit(&mut s, EditCommand::Prompt(at, true));
+    let c2 = edit(
+        &mut s,
+        EditCommand::Prompt(at + DVec3::new(3.0, 0.0, 0.0), false),
+    );
+    assert!(
+        c1.mask_boxes.is_empty() && c2.mask_boxes.is_empty(),
+        "nothing on this thread"
+    );
+    assert!(s.busy());
+    let all = tick_until(&mut s, |_, s| !s.busy());
+    assert!(
+        !all.messages.iter().any(|m| matches!(m, Message::Error(_))),
+        "{:?}",
+        all.messages
+    );
+    assert!(!all.mask_boxes.is_empty());
+    assert_eq!(s.prompts().markers().len(), 2);
+    let after = mask(&s);
+    assert_ne!(after.data(), before.data(), "the answer changed the mask");
+    // Only the active label was set or cleared.
+    for (b, a) in before.data().iter().zip(after.data()) {
+        assert!(b == a || *a == 1 || (*b == 1 && *a == 0), "{b} -> {a}");
+    }
+    // One undo step: undo restores the mask bit for bit, redo brings the answer back.
+    edit(&mut s, EditCommand::Undo);
+    assert_eq!(mask(&s).data(), before.data());
+    edit(&mut s, EditCommand::Redo);
+    assert_eq!(mask(&s).data(), after.data());
+    edit(&mut s, EditCommand::ClearPrompts);
+    assert!(s.prompts().markers().is_empty());
+}

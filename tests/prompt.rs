@@ -196,7 +196,7 @@ fn a_promptable_fit_learns_from_simulated_clicks_and_is_measured_by_the_robot() 
     assert!(cfg.prompt.is_some());
     assert_eq!(cfg.model.in_channels, 4);
     // Robot sessions: both labels, from a point and from a box, three interactions each.
-    let records = evaluate_prompted(&net, &val, &cfg, 3, &device, |_, _| {}).unwrap();
+    let records = evaluate_prompted(&net, &val, &cfg, 3, None, &device, |_, _| {}).unwrap();
     assert_eq!(records.len(), 2 * 2);
     for r in &records {
         assert_eq!(r.dice.len(), 3);

@@ -138,6 +138,26 @@ fn provenance(ui: &mut egui::Ui, app: &MriloopApp, case: &crate::project::Case) 
 }
 
 /// The active tool and its settings, and whole-mask operations.
+/// The Prompt tool's model, state and clearing.
+fn prompt_rows(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
+    let state = app.session().prompts();
+    ui.label(match state.model_source() {
+        Some(source) => format!("model: {source}"),
+        None => "model: the project's newest promptable version (read at the first click)".into(),
+    });
+    ui.horizontal(|ui| {
+        ui.label(format!(
+            "{} prompt(s){}",
+            state.markers().len(),
+            if state.busy() { ", segmenting…" } else { "" }
+        ));
+        if ui.button("Clear prompts").clicked() {
+            edit(out, EditCommand::ClearPrompts);
+        }
+    });
+    ui.small("click: on the object · Shift+click: off it · Ctrl+Z undoes a prompt's result");
+}
+
 pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     let Some(open) = app.open_case() else { return };
     let t = app.tools();
@@ -150,6 +170,9 @@ pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) 
         }
     });
     active_label_row(ui, app, out);
+    if t.tool == Tool::Prompt {
+        prompt_rows(ui, app, out);
+    }
     brush_rows(ui, t, out);
     paint_over_row(ui, app, out);
     intensity_row(ui, open, t, out);

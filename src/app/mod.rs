@@ -213,6 +213,11 @@ impl MriloopApp {
         self.session.tools()
     }
 
+    /// The prompts of the object being segmented with the Prompt tool.
+    pub fn prompt_markers(&self) -> &[crate::session::prompt::PromptMarker] {
+        self.session.prompts().markers()
+    }
+
     /// The open case's time-series state (4D cases).
     pub fn time_view(&self) -> Option<&crate::session::TimeView> {
         self.session.time_view()

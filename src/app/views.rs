@@ -279,6 +279,7 @@ fn interact(
     }
     let mm_per_point = 2.0 * cell.plane.half_extent_mm[0] / cell.rect.width() as f64;
     tool_overlay(ui, app.tools(), cell, &resp, mm_per_point);
+    prompt_markers(ui, app.prompt_markers(), cell, open);
     drag_input(open, cell, &resp, mm_per_point, out);
     if resp.hovered() {
         hover_input(ui, cell.orientation, out);
@@ -318,6 +319,13 @@ fn tool_input(
                 out.push(Command::Edit(EditCommand::PolygonPoint(o, at)));
             }
         }
+        Tool::Prompt => {
+            // A click is on the object; with Shift, off it.
+            if resp.clicked() {
+                let off = resp.ctx.input(|i| i.modifiers.shift);
+                out.push(Command::Edit(EditCommand::Prompt(at, !off)));
+            }
+        }
     }
 }
 
@@ -354,6 +362,38 @@ fn tool_overlay(
                 pts,
                 egui::Stroke::new(1.5, Color32::from_rgb(255, 220, 80)),
             ));
+    }
+}
+
+/// The prompts near the view's slice (within a voxel of it): green dots on the object, red
+/// off it.
+fn prompt_markers(
+    ui: &egui::Ui,
+    markers: &[crate::session::prompt::PromptMarker],
+    cell: &ViewCell,
+    open: &crate::session::OpenCase,
+) {
+    let normal = cell.plane.right.cross(cell.plane.up);
+    let near = open
+        .labels_grid
+        .affine
+        .linear()
+        .to_cols_array()
+        .chunks(3)
+        .map(|c| glam::DVec3::from_slice(c).length())
+        .fold(0.5f64, f64::max);
+    let painter = ui.painter().with_clip_rect(cell.rect);
+    for m in markers {
+        if (m.pos_mm - cell.plane.centre_mm).dot(normal).abs() > near {
+            continue;
+        }
+        let colour = match m.include {
+            true => Color32::from_rgb(60, 220, 90),
+            false => Color32::from_rgb(230, 60, 60),
+        };
+        let at = cell.pos_of_mm(m.pos_mm);
+        painter.circle_filled(at, 4.0, colour);
+        painter.circle_stroke(at, 4.0, egui::Stroke::new(1.0, Color32::BLACK));
     }
 }
 

@@ -27,6 +27,10 @@ pub struct EvalPromptArgs {
     /// Interactions per session (the start, then corrective clicks).
     #[arg(long, default_value_t = 10)]
     pub clicks: usize,
+    /// Also refine this automatic model's prediction (same sequences and spacing): the robot
+    /// starts with a click on its largest error (`refine_` metrics).
+    #[arg(long)]
+    pub refine: Option<PathBuf>,
     /// Write every interaction's Dice to this CSV file.
     #[arg(long)]
     pub csv: Option<PathBuf>,
@@ -66,10 +70,20 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
         );
     }
     let clicks = args.clicks.max(1);
+    let automatic = match &args.refine {
+        Some(dir) => Some(automatic_labels(dir, &cfg, &samples, &device)?),
+        None => None,
+    };
     let bar = indicatif::ProgressBar::new(samples.len() as u64);
-    let records = evaluate_prompted(&net, &samples, &cfg, clicks, &device, |d, _| {
-        bar.set_position(d as u64)
-    })?;
+    let records = evaluate_prompted(
+        &net,
+        &samples,
+        &cfg,
+        clicks,
+        automatic.as_deref(),
+        &device,
+        |d, _| bar.set_position(d as u64),
+    )?;
     bar.finish_and_clear();
     if let Some(path) = &args.csv {
         crate::atomic::write_atomic(path, robot_csv(&records, &cfg).as_bytes())
@@ -84,14 +98,48 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `metric:` lines per label, from a point and from a box.
+/// The labels an automatic model (checkpoint `dir`) predicts on each sample's grid; it must
+/// read the promptable model's sequences at its spacing.
+fn automatic_labels(
+    dir: &std::path::Path,
+    prompted: &model::TrainingConfig,
+    samples: &[model::Sample],
+    device: &burn::prelude::Device,
+) -> Result<Vec<Vec<u8>>> {
+    let (cfg, net) = model::load_checkpoint(dir, device)?;
+    if cfg.prompt.is_some()
+        || cfg.sequences != prompted.sequences
+        || cfg.spacing_mm != prompted.spacing_mm
+    {
+        bail!(
+            "{}: --refine needs an automatic model with the promptable model's sequences ({}) \
+             and spacing",
+            dir.display(),
+            prompted.sequences.join(", ")
+        );
+    }
+    samples
+        .iter()
+        .map(|s| {
+            model::inference::segment_volume(&net, &s.channels, s.dims, cfg.window, 0.5, device)
+                .map(|(labels, _)| labels)
+                .with_context(|| format!("predicting {} with {}", s.case_id, dir.display()))
+        })
+        .collect()
+}
+
+/// The `metric:` lines per label, from a point, from a box and refining.
 fn print_robot_metrics(records: &[RobotRecord], cfg: &model::TrainingConfig) {
     let mut labels: Vec<u8> = records.iter().map(|r| r.label).collect();
     labels.sort_unstable();
     labels.dedup();
     for label in labels {
         let name = cfg.label_name(usize::from(label));
-        for (start, prefix) in [(Start::Point, ""), (Start::Box, "box_")] {
+        for (start, prefix) in [
+            (Start::Point, ""),
+            (Start::Box, "box_"),
+            (Start::Refine, "refine_"),
+        ] {
             let Some((dice, noc)) = robot_figures(records, label, start, &REPORTED) else {
                 continue;
             };
@@ -111,6 +159,7 @@ fn robot_csv(records: &[RobotRecord], cfg: &model::TrainingConfig) -> String {
         let start = match r.start {
             Start::Point => "point",
             Start::Box => "box",
+            Start::Refine => "refine",
         };
         for (i, (d, w)) in r.dice.iter().zip(&r.window_vox).enumerate() {
             rows.push(format!(

@@ -591,6 +591,41 @@ fn components(dims: [usize; 3], member: impl Fn([usize; 3]) -> bool) -> Vec<Vec<
         .collect()
 }
 
+/// A segmented object's answer inside a region, as one delta: `on` voxels become `value`,
+/// `off` voxels holding `value` become background, where `rules` allow (a prompt's result).
+pub fn set_object(
+    mask: &mut Volume<u8>,
+    on: &[[usize; 3]],
+    off: &[[usize; 3]],
+    value: u8,
+    rules: &PaintRules,
+) -> Option<MaskDelta> {
+    let dims = mask.dims3();
+    let region = on
+        .iter()
+        .chain(off)
+        .filter(|v| (0..3).all(|a| v[a] < dims[a]))
+        .map(|v| VoxelBox::voxel(*v))
+        .reduce(|a, b| a.union(&b))?;
+    let before = read_box(mask, &region);
+    let changes = on
+        .iter()
+        .map(|v| (v, value))
+        .chain(off.iter().map(|v| (v, 0)));
+    for (v, new) in changes {
+        let Some(current) = mask.get(*v) else {
+            continue;
+        };
+        // Off the object, only the object's own voxels are cleared.
+        let clears_other = new == 0 && current != value;
+        if !clears_other && rules.allows(current, new, None) {
+            let at = mask.linear_index(v[0], v[1], v[2], 0);
+            mask.data_mut()[at] = new;
+        }
+    }
+    MaskDelta::capture(mask, region, &before)
+}
+
 /// Apply a morphological operation to `label`.
 pub fn morphology(
     mask: &mut Volume<u8>,

@@ -162,23 +162,13 @@ fn predict_channels(
         )?);
     };
     // Predict at the training spacing, then map the result back onto the case's own grid.
-    use crate::volume::{
-        grid_with_spacing, resample_labels_to_grid, resample_to_grid, Interpolation,
-    };
-    let (dims, affine) = grid_with_spacing(first.dims3(), first.affine(), spacing);
+    use crate::volume::{resample_labels_to_grid, resample_to_grid, Interpolation};
     let orig_dims = first.dims3();
-    let n = first.frame_len();
-    let resampled = channels
-        .iter()
-        .map(|c| {
-            let v = crate::volume::Volume::new(
-                [orig_dims[0], orig_dims[1], orig_dims[2], 1],
-                *first.affine(),
-                c[..n.min(c.len())].to_vec(),
-            )?;
-            Ok(resample_to_grid(&v, dims, affine, Interpolation::Linear)?.into_data())
-        })
-        .collect::<Result<Vec<_>, ProjectError>>()?;
+    let PromptContext {
+        channels: resampled,
+        dims,
+        affine,
+    } = on_spacing(channels, first, spacing)?;
     let p = predict_volume(
         model,
         &resampled,
@@ -199,6 +189,63 @@ fn predict_channels(
         )?,
         class_probabilities: p.class_probabilities,
     })
+}
+
+/// `channels` on the grid of `first` resampled (linearly) to `spacing` mm, with the new grid.
+fn on_spacing(
+    channels: &[Vec<f32>],
+    first: &crate::volume::Volume<f32>,
+    spacing: [f64; 3],
+) -> Result<PromptContext, ProjectError> {
+    use crate::volume::{grid_with_spacing, resample_to_grid, Interpolation};
+    let (dims, affine) = grid_with_spacing(first.dims3(), first.affine(), spacing);
+    let orig_dims = first.dims3();
+    let n = first.frame_len();
+    let resampled = channels
+        .iter()
+        .map(|c| {
+            let v = crate::volume::Volume::new(
+                [orig_dims[0], orig_dims[1], orig_dims[2], 1],
+                *first.affine(),
+                c[..n.min(c.len())].to_vec(),
+            )?;
+            Ok(resample_to_grid(&v, dims, affine, Interpolation::Linear)?.into_data())
+        })
+        .collect::<Result<Vec<_>, ProjectError>>()?;
+    Ok(PromptContext {
+        channels: resampled,
+        dims,
+        affine,
+    })
+}
+
+/// A case's normalised input channels on the grid a model works on (its layout and spacing),
+/// with that grid's dims and voxel→world affine: what every prompt on the case reads.
+#[derive(Debug, Clone)]
+pub struct PromptContext {
+    /// The channels (the config's sequences), i fastest.
+    pub channels: Vec<Vec<f32>>,
+    /// The grid's size.
+    pub dims: [usize; 3],
+    /// The grid's voxel→world (mm) affine.
+    pub affine: crate::volume::Affine,
+}
+
+/// The prompt context of `case` for a model trained with `config`.
+pub fn prompt_context(
+    project: &Project,
+    case: &Case,
+    config: &TrainingConfig,
+) -> Result<PromptContext, ProjectError> {
+    let (channels, first, _) = case_channels(project, case, config)?;
+    match config.spacing_mm {
+        Some(spacing) => on_spacing(&channels, &first, spacing),
+        None => Ok(PromptContext {
+            channels,
+            dims: first.dims3(),
+            affine: *first.affine(),
+        }),
+    }
 }
 
 /// Predict every case of the project, writing `cases/<id>/predicted.nii.gz` (labels) and

@@ -200,6 +200,8 @@ pub enum Start {
     Point,
     /// A box around the target on the axial slice through that centre.
     Box,
+    /// A click on the largest error of an automatic model's prediction, refining it.
+    Refine,
 }
 
 /// Dice of two masks (1 when both are empty).
@@ -334,24 +336,34 @@ pub struct RobotRecord {
     pub window_vox: Vec<usize>,
 }
 
-/// Robot sessions on every sample and every label it holds, from a point and from a box,
-/// `interactions` each; `progress(done, of)` after each sample.
+/// Robot sessions on every sample and every label it holds, from a point and from a box (and,
+/// given `refine_from` — per sample, an automatic model's labels on its grid — refining that
+/// prediction), `interactions` each; `progress(done, of)` after each sample.
 pub fn evaluate_prompted(
     model: &MultiTaskUNet,
     samples: &[super::data::Sample],
     config: &TrainingConfig,
     interactions: usize,
+    refine_from: Option<&[Vec<u8>]>,
     device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<RobotRecord>, VolumeError> {
     let mut out = Vec::new();
     for (n, s) in samples.iter().enumerate() {
+        let automatic = refine_from.and_then(|m| m.get(n));
         let mut labels: Vec<u8> = s.mask.iter().copied().filter(|v| *v > 0).collect();
         labels.sort_unstable();
         labels.dedup();
         for label in labels {
             let target: Vec<bool> = s.mask.iter().map(|v| *v == label).collect();
-            for start in [Start::Point, Start::Box] {
+            let initial: Option<Vec<bool>> =
+                automatic.map(|m| m.iter().map(|v| *v == label).collect());
+            let starts: &[Start] = match initial {
+                Some(_) => &[Start::Point, Start::Box, Start::Refine],
+                None => &[Start::Point, Start::Box],
+            };
+            for &start in starts {
+                let from = initial.as_deref().filter(|_| start == Start::Refine);
                 let run = robot_session(
                     model,
                     &s.channels,
@@ -359,7 +371,7 @@ pub fn evaluate_prompted(
                     &target,
                     start,
                     interactions,
-                    None,
+                    from,
                     config,
                     device,
                 )?;

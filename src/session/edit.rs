@@ -39,16 +39,20 @@ pub enum Tool {
     Fill,
     /// Click polygon vertices; Enter or double click fills it.
     Polygon,
+    /// Prompt the network: a click on the object (with Shift or the right button: off it)
+    /// and it segments the object in the active label.
+    Prompt,
 }
 
 impl Tool {
     /// All tools, for the toolbar.
-    pub const ALL: [Tool; 5] = [
+    pub const ALL: [Tool; 6] = [
         Tool::Navigate,
         Tool::Brush,
         Tool::Eraser,
         Tool::Fill,
         Tool::Polygon,
+        Tool::Prompt,
     ];
 
     /// Display name with its key.
@@ -59,6 +63,7 @@ impl Tool {
             Tool::Eraser => "Eraser (E)",
             Tool::Fill => "Fill (F)",
             Tool::Polygon => "Polygon (P)",
+            Tool::Prompt => "Prompt (A)",
         }
     }
 }
@@ -168,6 +173,12 @@ pub enum EditCommand {
     Save,
     /// Save the mask of loose files to another file, which later saves go to.
     SaveAs(PathBuf),
+    /// A prompt at a world point: on the object (`true`) or off it.
+    Prompt(DVec3, bool),
+    /// Drop the prompts of the current object.
+    ClearPrompts,
+    /// Prompt with the promptable checkpoint in this folder (`None`: the project's newest).
+    UsePromptModel(Option<PathBuf>),
 }
 
 /// Per-case editing state kept with the open case.
@@ -319,7 +330,7 @@ impl Session {
         self.commit(edit);
     }
 
-    fn apply_mask_delta(&mut self, delta: Option<MaskDelta>, as_stroke: bool) {
+    pub(super) fn apply_mask_delta(&mut self, delta: Option<MaskDelta>, as_stroke: bool) {
         let Some(delta) = delta else { return };
         self.mask_changed(delta.region);
         if let Some(open) = self.open.as_mut() {
@@ -478,6 +489,9 @@ impl Session {
             | EditCommand::RecolourLabel(..) => self.label_table_edit(cmd),
             EditCommand::Save => self.save_for_user(None),
             EditCommand::SaveAs(path) => self.save_for_user(Some(path)),
+            EditCommand::Prompt(at_mm, include) => self.prompt_click(at_mm, include),
+            EditCommand::ClearPrompts => self.clear_prompts(),
+            EditCommand::UsePromptModel(dir) => self.request_prompt_model(dir),
             other => self.set_tool_setting(other),
         }
     }

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod load;
 mod open;
 mod persist;
+pub mod prompt;
 mod results;
 pub mod script;
 pub mod time;
@@ -190,6 +191,24 @@ pub enum Input {
     CloseProject,
     /// Throw away the unsaved edits of the open loose files (their working copy).
     DiscardLooseEdits,
+    /// A promptable model was read (or why not).
+    PromptModel(Result<std::sync::Arc<prompt::PromptModel>, String>),
+    /// The open case's channels on the promptable model's grid were read (or why not).
+    PromptContext {
+        /// The case.
+        case_id: String,
+        /// The context.
+        context: Result<std::sync::Arc<crate::model::apply::PromptContext>, String>,
+    },
+    /// A prompt's answer: the object inside a window of the model's grid.
+    PromptAnswer {
+        /// The case.
+        case_id: String,
+        /// Which request it answers (only the newest counts).
+        request: u64,
+        /// The object, or why it could not be predicted.
+        window: Result<Box<crate::model::prompt_infer::PromptedWindow>, String>,
+    },
     /// A worker failed or panicked.
     WorkerFailed(WorkerError),
     /// A worker's message for the user.
@@ -250,6 +269,7 @@ pub struct Session {
     jobs: jobs::Jobs,
     pending: Changes,
     save_notice: Option<String>,
+    prompt: prompt::PromptState,
 }
 
 impl Session {
@@ -266,6 +286,7 @@ impl Session {
             jobs: jobs::Jobs::new(wake),
             pending: Changes::default(),
             save_notice: None,
+            prompt: prompt::PromptState::default(),
         }
     }
 
@@ -304,6 +325,7 @@ impl Session {
     pub fn busy(&self) -> bool {
         !self.closing_stores.is_empty()
             || self.jobs.running() > 0
+            || self.prompt.busy()
             || self
                 .open
                 .as_ref()
@@ -367,6 +389,13 @@ impl Session {
             Input::CloseCase { wait } => self.close_case(wait),
             Input::CloseProject => self.close_project(),
             Input::DiscardLooseEdits => self.discard_loose_edits(),
+            Input::PromptModel(m) => self.prompt_model_read(m),
+            Input::PromptContext { case_id, context } => self.prompt_context_read(case_id, context),
+            Input::PromptAnswer {
+                case_id,
+                request,
+                window,
+            } => self.prompt_answered(&case_id, request, window),
             Input::WorkerFailed(e) => self.message(Message::Error(e.to_string())),
             Input::Report(m) => self.message(m),
         }

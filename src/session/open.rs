@@ -51,6 +51,7 @@ impl Session {
             )));
         }
         self.close_case(false);
+        self.forget_prompt_case();
         if case_index.is_none() && self.project.is_some() {
             self.project = None;
             self.labels = crate::project::LabelTable::default();

@@ -1,0 +1,445 @@
+//! Prompted correction in the logic tier: the promptable model, the open case's prompt context
+//! (its channels on the model's grid, read by a worker), the prompts so far (markers in world
+//! mm for the views) and the requests a worker answers. A click becomes a request; its answer —
+//! the target inside a window of the model's grid — lands through `apply` as one undoable,
+//! journaled mask delta on the active label, respecting locks and paint-over; a newer prompt
+//! supersedes a pending one (the older answer is dropped when it comes).
+//!
+//! Invariants: no reading or inference on the calling thread; an answer for another case or
+//! an older request changes nothing; the prompts are dropped when the case, the label or the
+//! model changes (they belong to one object).
+
+use super::{Input, Message, Session};
+use crate::edit::tools::set_object;
+use crate::model::apply::PromptContext;
+use crate::model::prompt::Prompt;
+use crate::model::prompt_infer::{predict_prompted, PromptedWindow, MAX_WINDOW_PATCHES};
+use crate::model::{MultiTaskUNet, TrainingConfig};
+use crate::volume::Volume;
+use burn::prelude::Device;
+use glam::DVec3;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A loaded promptable model.
+#[derive(Debug)]
+pub struct PromptModel {
+    /// Where its checkpoint is (shown to the user).
+    pub source: String,
+    /// Its configuration (sequences, spacing, window, prompt settings).
+    pub config: TrainingConfig,
+    /// The network.
+    pub net: MultiTaskUNet,
+    /// The device it runs on.
+    pub device: Device,
+}
+
+/// A prompt as the views draw it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PromptMarker {
+    /// Where (world mm).
+    pub pos_mm: DVec3,
+    /// On the object (else off it).
+    pub include: bool,
+}
+
+/// The session's prompting state.
+#[derive(Debug, Default)]
+pub struct PromptState {
+    model: Option<Arc<PromptModel>>,
+    model_loading: bool,
+    /// The open case's id and its context on the model's grid.
+    context: Option<(String, Arc<PromptContext>)>,
+    context_loading: bool,
+    /// The prompts of the current object, on the model's grid.
+    prompts: Vec<Prompt>,
+    /// The same for the views.
+    markers: Vec<PromptMarker>,
+    /// Clicks made before the context was ready (world mm, include).
+    waiting: Vec<(DVec3, bool)>,
+    /// The label the prompts segment.
+    label: u8,
+    /// The newest request issued, and whether its answer is still to come.
+    issued: u64,
+    pending: bool,
+}
+
+impl PromptState {
+    /// The loaded model's source, if any.
+    pub fn model_source(&self) -> Option<&str> {
+        self.model.as_ref().map(|m| m.source.as_str())
+    }
+
+    /// The prompts of the current object, for the views.
+    pub fn markers(&self) -> &[PromptMarker] {
+        &self.markers
+    }
+
+    /// Whether an answer is awaited (or the context or model is being read).
+    pub fn busy(&self) -> bool {
+        self.pending || self.context_loading || self.model_loading
+    }
+
+    /// Forget the current object's prompts.
+    fn clear(&mut self) {
+        self.prompts.clear();
+        self.markers.clear();
+        self.waiting.clear();
+    }
+}
+
+/// Read the promptable checkpoint in `dir` on the best device (a worker's job).
+pub fn load_prompt_model(dir: &std::path::Path) -> Result<PromptModel, String> {
+    let (device, _) = crate::model::choose_device("auto");
+    let (config, net) = crate::model::load_checkpoint(dir, &device).map_err(|e| e.to_string())?;
+    if config.prompt.is_none() {
+        return Err(format!(
+            "{}: not a promptable model (train one with --promptable)",
+            dir.display()
+        ));
+    }
+    Ok(PromptModel {
+        source: dir.display().to_string(),
+        config,
+        net,
+        device,
+    })
+}
+
+/// The newest promptable checkpoint among `project`'s versions (newest first), if any.
+pub fn newest_promptable(project: &crate::project::Project) -> Option<PathBuf> {
+    project.manifest.models.iter().rev().find_map(|v| {
+        let dir = project.root().join(&v.checkpoint);
+        let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+        let config: TrainingConfig = serde_json::from_str(&text).ok()?;
+        config.prompt.is_some().then_some(dir)
+    })
+}
+
+/// The voxels of `mask` holding `label`, read onto the model's grid `ctx` within `reach`
+/// voxels of `centre_vox` (false elsewhere: a prompt's window never reaches there).
+fn object_on_model_grid(
+    mask: &Volume<u8>,
+    label: u8,
+    ctx: &PromptContext,
+    centre_vox: [usize; 3],
+    reach: [usize; 3],
+) -> Vec<bool> {
+    let d = ctx.dims;
+    let mut out = vec![false; d[0] * d[1] * d[2]];
+    let lo = [0, 1, 2].map(|a| centre_vox[a].saturating_sub(reach[a]));
+    let hi = [0, 1, 2].map(|a| (centre_vox[a] + reach[a] + 1).min(d[a]));
+    for k in lo[2]..hi[2] {
+        for j in lo[1]..hi[1] {
+            for i in lo[0]..hi[0] {
+                let mm = ctx
+                    .affine
+                    .vox_to_mm(DVec3::new(i as f64, j as f64, k as f64));
+                let Some(v) = mask.affine().mm_to_vox(mm).map(|v| v.round()) else {
+                    continue;
+                };
+                if v.min_element() >= 0.0 {
+                    let at = [v.x as usize, v.y as usize, v.z as usize];
+                    out[i + d[0] * (j + d[1] * k)] = mask.get(at) == Some(label);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The case voxels of `mask`'s grid inside `window` (on the model grid `ctx`): those the
+/// answer marks as the object, and the others.
+fn answer_on_case_grid(
+    mask: &Volume<u8>,
+    ctx: &PromptContext,
+    window: &PromptedWindow,
+) -> (Vec<[usize; 3]>, Vec<[usize; 3]>) {
+    let o = window.origin_vox;
+    let corners = (0..8).map(|c| {
+        let at = [0, 1, 2].map(|a| {
+            let far = (c >> a) & 1 == 1;
+            o[a] as f64
+                + if far {
+                    window.dims[a] as f64 - 0.5
+                } else {
+                    -0.5
+                }
+        });
+        ctx.affine.vox_to_mm(DVec3::from_array(at))
+    });
+    let (min, max) = corners.fold((DVec3::INFINITY, DVec3::NEG_INFINITY), |(a, b), p| {
+        (a.min(p), b.max(p))
+    });
+    let region = crate::edit::tools::voxel_box_of_world_box(mask.affine(), mask.dims3(), min, max);
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for v in region.iter() {
+        let mm = mask
+            .affine()
+            .vox_to_mm(DVec3::new(v[0] as f64, v[1] as f64, v[2] as f64));
+        let Some(m) = ctx.affine.mm_to_vox(mm).map(|m| m.round()) else {
+            continue;
+        };
+        let local = [m.x, m.y, m.z]
+            .iter()
+            .enumerate()
+            .map(|(a, x)| *x - o[a] as f64)
+            .collect::<Vec<f64>>();
+        if (0..3).any(|a| local[a] < 0.0 || local[a] >= window.dims[a] as f64) {
+            continue;
+        }
+        let [i, j, k] = [0, 1, 2].map(|a| local[a] as usize);
+        match window.target[i + window.dims[0] * (j + window.dims[1] * k)] {
+            true => on.push(v),
+            false => off.push(v),
+        }
+    }
+    (on, off)
+}
+
+impl Session {
+    /// The prompting state (markers, model, busy).
+    pub fn prompts(&self) -> &PromptState {
+        &self.prompt
+    }
+
+    /// Start reading a promptable model: `dir`, or the project's newest promptable version.
+    pub(super) fn request_prompt_model(&mut self, dir: Option<PathBuf>) {
+        let dir = dir.or_else(|| self.project.as_ref().and_then(newest_promptable));
+        let Some(dir) = dir else {
+            self.message(Message::Error(
+                "no promptable model in this project: train one (`mriloop train PROJECT \
+                 --promptable`, or the training panel)"
+                    .into(),
+            ));
+            return;
+        };
+        self.prompt.model_loading = true;
+        self.spawn_worker("prompt model", move || {
+            Input::PromptModel(load_prompt_model(&dir).map(Arc::new))
+        });
+    }
+
+    /// A promptable model was read (or not); clicks made meanwhile go out.
+    pub(super) fn prompt_model_read(&mut self, model: Result<Arc<PromptModel>, String>) {
+        self.prompt.model_loading = false;
+        let waiting = std::mem::take(&mut self.prompt.waiting);
+        match model {
+            Ok(m) => {
+                self.prompt.clear();
+                self.prompt.context = None;
+                let source = m.source.clone();
+                self.prompt.model = Some(m);
+                self.message(Message::Notice(format!("prompting with {source}")));
+                for (at_mm, include) in waiting {
+                    self.prompt_click(at_mm, include);
+                }
+            }
+            Err(e) => self.message(Message::Error(e)),
+        }
+    }
+
+    /// A click with the Prompt tool at `at_mm`: on the object (`include`) or off it.
+    pub(super) fn prompt_click(&mut self, at_mm: DVec3, include: bool) {
+        let label = self.tools.label;
+        if self.prompt.model.is_none() {
+            if !self.prompt.model_loading {
+                self.request_prompt_model(None);
+            }
+            self.prompt.waiting.push((at_mm, include));
+            return;
+        }
+        let Some(case_id) = self.open.as_ref().map(|o| o.case_id.clone()) else {
+            return;
+        };
+        if self.prompt.label != label {
+            self.prompt.clear();
+            self.prompt.label = label;
+        }
+        self.prompt.markers.push(PromptMarker {
+            pos_mm: at_mm,
+            include,
+        });
+        match &self.prompt.context {
+            Some((id, ctx)) if *id == case_id => {
+                let ctx = ctx.clone();
+                self.add_prompt(&ctx, at_mm, include);
+            }
+            _ => {
+                self.prompt.waiting.push((at_mm, include));
+                self.request_prompt_context(case_id);
+            }
+        }
+    }
+
+    /// Start reading the open case's channels on the model's grid.
+    fn request_prompt_context(&mut self, case_id: String) {
+        if self.prompt.context_loading {
+            return;
+        }
+        let (Some(model), Some(project), Some(index)) = (
+            self.prompt.model.clone(),
+            self.project.as_ref(),
+            self.open.as_ref().and_then(|o| o.case_index),
+        ) else {
+            self.prompt.clear();
+            self.message(Message::Error(
+                "prompting needs a project case (open the files as a project)".into(),
+            ));
+            return;
+        };
+        let Some(case) = project.manifest.cases.get(index).cloned() else {
+            return;
+        };
+        let project = project.clone();
+        self.prompt.context_loading = true;
+        self.spawn_worker("prompt context", move || {
+            let context = crate::model::apply::prompt_context(&project, &case, &model.config)
+                .map(Arc::new)
+                .map_err(|e| e.to_string());
+            Input::PromptContext { case_id, context }
+        });
+    }
+
+    /// The open case's prompt context was read (or not): clicks waiting for it go out.
+    pub(super) fn prompt_context_read(
+        &mut self,
+        case_id: String,
+        context: Result<Arc<PromptContext>, String>,
+    ) {
+        self.prompt.context_loading = false;
+        match context {
+            Ok(ctx) => {
+                self.prompt.context = Some((case_id, ctx.clone()));
+                let waiting = std::mem::take(&mut self.prompt.waiting);
+                let n = waiting.len();
+                for (k, (at_mm, include)) in waiting.into_iter().enumerate() {
+                    self.add_prompt_quiet(&ctx, at_mm, include, k + 1 == n);
+                }
+            }
+            Err(e) => {
+                self.prompt.clear();
+                self.message(Message::Error(format!(
+                    "reading the case for prompting: {e}"
+                )));
+            }
+        }
+    }
+
+    /// Add a prompt at `at_mm` and ask for the object.
+    fn add_prompt(&mut self, ctx: &Arc<PromptContext>, at_mm: DVec3, include: bool) {
+        self.add_prompt_quiet(ctx, at_mm, include, true);
+    }
+
+    /// Add a prompt; with `ask`, request the object for every prompt so far.
+    fn add_prompt_quiet(
+        &mut self,
+        ctx: &Arc<PromptContext>,
+        at_mm: DVec3,
+        include: bool,
+        ask: bool,
+    ) {
+        let Some(v) = ctx.affine.mm_to_vox(at_mm).map(|v| v.round()) else {
+            return;
+        };
+        let inside = (0..3).all(|a| v[a] >= 0.0 && (v[a] as usize) < ctx.dims[a]);
+        if !inside {
+            self.message(Message::Notice("the prompt is outside the image".into()));
+            return;
+        }
+        if !self.prompt.markers.iter().any(|m| m.pos_mm == at_mm) {
+            self.prompt.markers.push(PromptMarker {
+                pos_mm: at_mm,
+                include,
+            });
+        }
+        self.prompt.prompts.push(Prompt::Point {
+            idx_vox: [v.x as usize, v.y as usize, v.z as usize],
+            include,
+        });
+        if ask {
+            self.issue_prompt_request(ctx.clone());
+        }
+    }
+
+    /// Ask a worker for the object given every prompt so far (superseding any pending ask).
+    fn issue_prompt_request(&mut self, ctx: Arc<PromptContext>) {
+        let (Some(model), Some(open)) = (self.prompt.model.clone(), self.open.as_ref()) else {
+            return;
+        };
+        let Some(mask) = open.reference.clone() else {
+            return;
+        };
+        let Some(Prompt::Point { idx_vox, .. }) = self.prompt.prompts.last().cloned() else {
+            return;
+        };
+        self.prompt.issued += 1;
+        self.prompt.pending = true;
+        let (request, label, case_id) =
+            (self.prompt.issued, self.prompt.label, open.case_id.clone());
+        let prompts = self.prompt.prompts.clone();
+        self.spawn_worker("prompt", move || {
+            let reach = model.config.window.map(|w| w * MAX_WINDOW_PATCHES);
+            let current = object_on_model_grid(&mask, label, &ctx, idx_vox, reach);
+            let window = predict_prompted(
+                &model.net,
+                &ctx.channels,
+                ctx.dims,
+                &prompts,
+                &current,
+                &model.config,
+                &model.device,
+            )
+            .map_err(|e| e.to_string());
+            Input::PromptAnswer {
+                case_id,
+                request,
+                window: window.map(Box::new),
+            }
+        });
+    }
+
+    /// A worker's answer: the newest request's object merges into the mask as one undo step.
+    pub(super) fn prompt_answered(
+        &mut self,
+        case_id: &str,
+        request: u64,
+        window: Result<Box<PromptedWindow>, String>,
+    ) {
+        // Only the newest request's first answer counts.
+        if request != self.prompt.issued || !self.prompt.pending {
+            return;
+        }
+        self.prompt.pending = false;
+        let window = match window {
+            Ok(w) => w,
+            Err(e) => return self.message(Message::Error(format!("prompt: {e}"))),
+        };
+        let (label, rules) = (self.prompt.label, self.tools.rules.clone());
+        let Some((_, ctx)) = self.prompt.context.clone() else {
+            return;
+        };
+        let Some(open) = self.open.as_mut().filter(|o| o.case_id == case_id) else {
+            return;
+        };
+        let Some(mask) = open.reference.as_mut() else {
+            return;
+        };
+        let (on, off) = answer_on_case_grid(mask, &ctx, &window);
+        let delta = set_object(mask, &on, &off, label, &rules);
+        self.apply_mask_delta(delta, false);
+    }
+
+    /// Drop the prompts (the object is done, or the user starts over).
+    pub(super) fn clear_prompts(&mut self) {
+        self.prompt.clear();
+        self.prompt.pending = false;
+        self.prompt.issued += 1;
+    }
+
+    /// The open case changed: its context and prompts no longer apply.
+    pub(super) fn forget_prompt_case(&mut self) {
+        self.clear_prompts();
+        self.prompt.context = None;
+    }
+}
