@@ -113,7 +113,7 @@ fn plain_keys(i: &InputState, keys: &KeyContext) -> Vec<Command> {
         (Key::E, Tool::Eraser),
         (Key::F, Tool::Fill),
         (Key::P, Tool::Polygon),
-        (Key::A, Tool::Prompt),
+        (Key::T, Tool::Prompt),
     ] {
         if i.key_pressed(key) {
             out.push(edit(EditCommand::SetTool(tool)));

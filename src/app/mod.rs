@@ -384,8 +384,12 @@ impl MriloopApp {
 /// Keyboard and mouse shortcuts, as listed in the Help panel (F1).
 pub const SHORTCUTS: &[(&str, &str)] = &[
     (
-        "C / B / E / F / P",
-        "cursor, brush, eraser, fill, polygon tool",
+        "C / B / E / F / P / T",
+        "cursor, brush, eraser, fill, polygon, prompt tool",
+    ),
+    (
+        "click / Shift+click (prompt tool)",
+        "the network segments the object in the active label / not this",
     ),
     (
         "left drag",

@@ -63,7 +63,7 @@ impl Tool {
             Tool::Eraser => "Eraser (E)",
             Tool::Fill => "Fill (F)",
             Tool::Polygon => "Polygon (P)",
-            Tool::Prompt => "Prompt (A)",
+            Tool::Prompt => "Prompt (T)",
         }
     }
 }
