@@ -256,3 +256,34 @@ fn a_prompt_changes_the_mask_only_inside_its_window_and_corrections_feed_back() 
     assert!(images[3 * p..].iter().all(|v| *v == 0.0 || *v == 1.0));
     assert!(clicks > 0 || prior == truth);
 }
+
+#[test]
+fn a_grown_window_only_extends_the_object_found_near_the_prompt() {
+    use mriloop::model::prompt_infer::{only_grow_the_core, PromptedWindow};
+    // An 8³ window on an 8³ case; the prompt's first window was its lower half in x.
+    let dims = [8usize; 3];
+    let at = |i: usize, j: usize, k: usize| i + 8 * (j + 8 * k);
+    let mut target = vec![false; 512];
+    // An object crossing from the first window into the grown part, and a separate blob there.
+    for i in 2..7 {
+        target[at(i, 3, 3)] = true;
+    }
+    target[at(7, 7, 7)] = true;
+    // The case's current mask holds a voxel in the grown part the answer calls background.
+    let mut current = vec![false; 512];
+    current[at(6, 0, 0)] = true;
+    let mut window = PromptedWindow {
+        origin_vox: [0; 3],
+        dims,
+        target,
+    };
+    only_grow_the_core(&mut window, ([0; 3], [4, 8, 8]), &current, dims);
+    let t = &window.target;
+    assert!(
+        (2..7).all(|i| t[at(i, 3, 3)]),
+        "the object grows out of the core"
+    );
+    assert!(!t[at(7, 7, 7)], "no new object far from the prompt");
+    assert!(t[at(6, 0, 0)], "the current mask is not erased there");
+    assert_eq!(t.iter().filter(|v| **v).count(), 5 + 1);
+}
