@@ -517,8 +517,8 @@ fn prompt_case(size: usize, centres: &[[usize; 3]], radius: f64) -> Vec<Vec<f32>
 /// Latency of single include clicks on a `size`³ case (a structure of 20 voxels across at
 /// each click), `repeats` clicks at different places: the prompt's whole path (window,
 /// guidance, sliding-window prediction, growth, merge into the case's mask). With no `model`,
-/// random weights of the default promptable configuration (2 sequences, base 8, depth 3,
-/// 32³ windows) without window growth (random weights would grow it at random).
+/// random weights of the plan's promptable network for 2 sequences at 1 mm on this device
+/// (24³ windows on a CPU) without window growth (random weights would grow it at random).
 pub fn prompt(
     size: usize,
     repeats: usize,
@@ -536,9 +536,21 @@ pub fn prompt(
                 grow_limit: 0,
                 ..PromptConfig::default()
             };
-            let config = TrainingConfig::new(MultiTaskUNetConfig::new(2 + 3, 2, 2))
+            // What the plan gives a 1 mm case of this size on this device.
+            use crate::model::plan::{depth_for, patch_for};
+            let class = crate::model::apply::device_class("auto");
+            let window = patch_for([size; 3], [1.0; 3], false, class.max_patch_voxels());
+            let net = MultiTaskUNetConfig::new(2 + 3, 2, 2)
+                .with_depth(depth_for(window))
+                .with_base_channels(class.base_channels());
+            let config = TrainingConfig::new(net)
+                .with_window(window)
                 .with_prompt(Some(prompt));
-            notes.push("random weights, default promptable configuration, no window growth".into());
+            notes.push(format!(
+                "random weights of the plan's promptable network for a 1 mm case here \
+                 (window {window:?}, width {}), no window growth",
+                class.base_channels()
+            ));
             let net = config.model.init(&device);
             (config, net)
         }
