@@ -203,20 +203,30 @@ impl Session {
         &self.prompt
     }
 
-    /// Start reading a promptable model: `dir`, or the project's newest promptable version.
+    /// Start reading a promptable model: `dir`, or the project's newest promptable version
+    /// (found by the worker: it reads the versions' configurations).
     pub(super) fn request_prompt_model(&mut self, dir: Option<PathBuf>) {
-        let dir = dir.or_else(|| self.project.as_ref().and_then(newest_promptable));
-        let Some(dir) = dir else {
-            self.message(Message::Error(
-                "no promptable model in this project: train one (`mriloop train PROJECT \
-                 --promptable`, or the training panel)"
-                    .into(),
-            ));
-            return;
+        let project = match (&dir, &self.project) {
+            (Some(_), _) => None,
+            (None, Some(p)) => Some(p.clone()),
+            (None, None) => {
+                return self.message(Message::Error(
+                    "prompting needs a project with a promptable model version".into(),
+                ))
+            }
         };
         self.prompt.model_loading = true;
         self.spawn_worker("prompt model", move || {
-            Input::PromptModel(load_prompt_model(&dir).map(Arc::new))
+            let dir = dir.or_else(|| project.as_ref().and_then(newest_promptable));
+            let model = match dir {
+                Some(dir) => load_prompt_model(&dir).map(Arc::new),
+                None => Err(
+                    "no promptable model in this project: train one (`mriloop train \
+                             PROJECT --promptable`)"
+                        .to_string(),
+                ),
+            };
+            Input::PromptModel(model)
         });
     }
 
