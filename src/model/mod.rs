@@ -6,7 +6,9 @@
 //! `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
 //! `planned` (a run's configuration from the plan and the user's choices),
-//! `split` (validation cases stratified by class and covering the labels).
+//! `split` (validation cases stratified by class and covering the labels), `prompt`,
+//! `prompt_train` and `prompt_infer` (the promptable network's guidance channels, its training
+//! with a simulated user, prompted prediction on a local window and the robot user's sessions).
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on the
 //! GPU.
 
