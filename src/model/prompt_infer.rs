@@ -169,6 +169,8 @@ pub fn predict_prompted(
     let (radius, grow_limit) = (prompt_config.point_radius_vox, prompt_config.grow_limit);
     let patch = config.window;
     let first = first_window(latest, dims, patch);
+    let step = patch.map(|p| (p / 2).max(1));
+    let most = patch.map(|p| p * MAX_WINDOW_PATCHES);
     let (mut origin, mut size) = first;
     for round in 0..=grow_limit {
         let mut guidance = Guidance::empty(size);
@@ -179,8 +181,6 @@ pub fn predict_prompted(
         input.extend(guidance.into_channels());
         let (labels, _) = segment_volume(model, &input, size, patch, 0.5, device)?;
         let target: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
-        let step = patch.map(|p| (p / 2).max(1));
-        let most = patch.map(|p| p * MAX_WINDOW_PATCHES);
         match grown(&target, origin, size, dims, step, most) {
             Some((o, s)) if round < grow_limit => (origin, size) = (o, s),
             _ => {

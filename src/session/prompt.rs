@@ -180,11 +180,7 @@ fn answer_on_case_grid(
         let Some(m) = ctx.affine.mm_to_vox(mm).map(|m| m.round()) else {
             continue;
         };
-        let local = [m.x, m.y, m.z]
-            .iter()
-            .enumerate()
-            .map(|(a, x)| *x - o[a] as f64)
-            .collect::<Vec<f64>>();
+        let local = [m.x - o[0] as f64, m.y - o[1] as f64, m.z - o[2] as f64];
         if (0..3).any(|a| local[a] < 0.0 || local[a] >= window.dims[a] as f64) {
             continue;
         }
@@ -266,14 +262,10 @@ impl Session {
             self.prompt.clear();
             self.prompt.label = label;
         }
-        self.prompt.markers.push(PromptMarker {
-            pos_mm: at_mm,
-            include,
-        });
         match &self.prompt.context {
             Some((id, ctx)) if *id == case_id => {
                 let ctx = ctx.clone();
-                self.add_prompt(&ctx, at_mm, include);
+                self.add_prompt(&ctx, at_mm, include, true);
             }
             _ => {
                 self.prompt.waiting.push((at_mm, include));
@@ -324,7 +316,7 @@ impl Session {
                 let waiting = std::mem::take(&mut self.prompt.waiting);
                 let n = waiting.len();
                 for (k, (at_mm, include)) in waiting.into_iter().enumerate() {
-                    self.add_prompt_quiet(&ctx, at_mm, include, k + 1 == n);
+                    self.add_prompt(&ctx, at_mm, include, k + 1 == n);
                 }
             }
             Err(e) => {
@@ -336,19 +328,9 @@ impl Session {
         }
     }
 
-    /// Add a prompt at `at_mm` and ask for the object.
-    fn add_prompt(&mut self, ctx: &Arc<PromptContext>, at_mm: DVec3, include: bool) {
-        self.add_prompt_quiet(ctx, at_mm, include, true);
-    }
-
-    /// Add a prompt; with `ask`, request the object for every prompt so far.
-    fn add_prompt_quiet(
-        &mut self,
-        ctx: &Arc<PromptContext>,
-        at_mm: DVec3,
-        include: bool,
-        ask: bool,
-    ) {
+    /// Add a prompt at `at_mm` (and its marker) when it lies in the image; with `ask`, request
+    /// the object for every prompt so far.
+    fn add_prompt(&mut self, ctx: &Arc<PromptContext>, at_mm: DVec3, include: bool, ask: bool) {
         let Some(v) = ctx.affine.mm_to_vox(at_mm).map(|v| v.round()) else {
             return;
         };
@@ -357,12 +339,10 @@ impl Session {
             self.message(Message::Notice("the prompt is outside the image".into()));
             return;
         }
-        if !self.prompt.markers.iter().any(|m| m.pos_mm == at_mm) {
-            self.prompt.markers.push(PromptMarker {
-                pos_mm: at_mm,
-                include,
-            });
-        }
+        self.prompt.markers.push(PromptMarker {
+            pos_mm: at_mm,
+            include,
+        });
         self.prompt.prompts.push(Prompt::Point {
             idx_vox: [v.x as usize, v.y as usize, v.z as usize],
             include,
