@@ -295,6 +295,7 @@ fn run_request(
         masks: Vec::new(),
         minutes: None,
         plan: Default::default(),
+        promptable: false,
     }
 }
 

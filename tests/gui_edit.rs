@@ -313,3 +313,217 @@ fn closing_with_unsaved_loose_edits_and_saving_writes_the_users_file() {
         &edited[..]
     );
 }
+
+/// The committed small promptable model (see its README for the command that regenerates it).
+fn prompt_model_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/models/prompt_phantom")
+}
+
+/// Dice of `label` between two masks, over the voxels within `margin` of the box of `region`.
+fn dice_near(a: &[u8], b: &[u8], dims: [usize; 3], region: &[usize], label: u8) -> f64 {
+    let at = |i: usize| {
+        [
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        ]
+    };
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+    for v in region.iter().map(|i| at(*i)) {
+        for x in 0..3 {
+            lo[x] = lo[x].min(v[x]);
+            hi[x] = hi[x].max(v[x]);
+        }
+    }
+    let (mut both, mut sum) = (0usize, 0usize);
+    for i in 0..a.len() {
+        let v = at(i);
+        if (0..3).all(|x| v[x] + 6 >= lo[x] && v[x] <= hi[x] + 6) {
+            let (p, q) = (a[i] == label, b[i] == label);
+            both += usize::from(p && q);
+            sum += usize::from(p) + usize::from(q);
+        }
+    }
+    2.0 * both as f64 / sum.max(1) as f64
+}
+
+/// A primary (or secondary) click at `pos`.
+fn click(h: &mut Harness<'_, MriloopApp>, pos: Pos2, secondary: bool) {
+    let b = match secondary {
+        true => egui::PointerButton::Secondary,
+        false => egui::PointerButton::Primary,
+    };
+    h.event(Event::PointerMoved(pos));
+    h.step();
+    for pressed in [true, false] {
+        h.event(Event::PointerButton {
+            pos,
+            button: b,
+            pressed,
+            modifiers: Modifiers::NONE,
+        });
+        h.step();
+    }
+}
+
+#[test]
+fn a_prompt_click_segments_a_lesion_an_exclude_click_removes_a_false_one_and_ctrl_z_undoes() {
+    use mriloop::volume::regions::connected_regions;
+    let dir = tempfile::tempdir().unwrap();
+    let root = demo_copy(dir.path());
+    let mut h = open(&root);
+    let truth = mask_of(&h);
+    let mask = h.state().open_case().unwrap().reference.clone().unwrap();
+    let dims = mask.dims3();
+    // The largest lesion (label 3), and its voxel with the most lesion around it.
+    let lesions = connected_regions(dims, |i| truth[i] == 3);
+    let lesion = lesions.iter().max_by_key(|r| r.len()).unwrap().clone();
+    let at = |i: usize| {
+        [
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        ]
+    };
+    let around = |i: usize| {
+        let v = at(i);
+        lesion
+            .iter()
+            .filter(|j| (0..3).all(|x| at(**j)[x].abs_diff(v[x]) <= 1))
+            .count()
+    };
+    let centre = at(*lesion.iter().max_by_key(|i| around(**i)).unwrap());
+    let centre_mm = mask
+        .affine()
+        .vox_to_mm(glam::DVec3::from_array(centre.map(|v| v as f64)));
+    // The lesions are erased first: the prompt must find this one.
+    let push =
+        |h: &mut Harness<'_, MriloopApp>, c: EditCommand| h.state_mut().push(Command::Edit(c));
+    push(&mut h, EditCommand::SetLabel(3));
+    push(&mut h, EditCommand::Replace(3, 0));
+    push(
+        &mut h,
+        EditCommand::UsePromptModel(Some(prompt_model_dir())),
+    );
+    h.state_mut()
+        .push(Command::View(ViewCommand::SetCursor(centre_mm)));
+    h.step();
+    h.key_press(egui::Key::T);
+    h.step();
+    assert_eq!(h.state().tools().tool, Tool::Prompt);
+    let before = mask_of(&h);
+    let dice_before = dice_near(&truth, &before, dims, &lesion, 3);
+    assert_eq!(dice_before, 0.0);
+    // The prompt's worker is held mid-job: the window keeps handling input (a slice step).
+    let gate = h.state().session().prompts().gate();
+    gate.hold();
+    let cell = axial(&h);
+    click(&mut h, cell.pos_of_mm(centre_mm), false);
+    assert!(window::step_until(&mut h, |a| a
+        .session()
+        .prompts()
+        .awaiting_answer()));
+    let (cursor, renders) = (
+        h.state().open_case().unwrap().viewer.cursor_mm,
+        h.state().view_renders(cell.slot),
+    );
+    h.key_press(egui::Key::ArrowUp);
+    h.step();
+    h.render().unwrap();
+    let moved = h.state().open_case().unwrap().viewer.cursor_mm;
+    assert!(
+        (moved - cursor).length() > 0.1,
+        "the slice step was handled"
+    );
+    assert!(h.state().view_renders(cell.slot) > renders, "and drawn");
+    assert!(h.state().session().prompts().awaiting_answer());
+    h.key_press(egui::Key::ArrowDown);
+    h.step();
+    gate.release();
+    assert!(window::step_until(&mut h, |a| !a
+        .session()
+        .prompts()
+        .busy()));
+    let after = mask_of(&h);
+    let dice = dice_near(&truth, &after, dims, &lesion, 3);
+    eprintln!("lesion Dice {dice_before:.3} -> {dice:.3} after one click");
+    assert!(
+        dice >= 0.7 && dice > dice_before,
+        "lesion Dice {dice_before} -> {dice}"
+    );
+    // A false region: a 3D brush dab of label 3 where there is no label.
+    let clear = |v: [usize; 3]| {
+        (0..truth.len()).step_by(1).all(|i| {
+            let w = at(i);
+            (0..3).any(|x| w[x].abs_diff(v[x]) > 6) || truth[i] == 0
+        })
+    };
+    let blob = [[12i64, 0], [-12, 0], [0, 12], [0, -12]]
+        .iter()
+        .map(|[r, u]| centre_mm + cell.plane.right * *r as f64 + cell.plane.up * *u as f64)
+        .find(|p| {
+            let v = mask.affine().mm_to_vox(*p).unwrap().round();
+            v.min_element() >= 6.0
+                && (0..3).all(|x| v[x] as usize + 6 < dims[x])
+                && clear([v.x as usize, v.y as usize, v.z as usize])
+        })
+        .expect("a clear spot near the lesion");
+    for c in [
+        EditCommand::SetTool(Tool::Brush),
+        EditCommand::Set3d(true),
+        EditCommand::SetRadius(2.0),
+        EditCommand::Dab(Orientation::Axial, blob),
+        EditCommand::EndStroke,
+        EditCommand::SetTool(Tool::Prompt),
+    ] {
+        push(&mut h, c);
+    }
+    h.state_mut()
+        .push(Command::View(ViewCommand::SetCursor(blob)));
+    h.step();
+    h.step();
+    let painted = mask_of(&h);
+    let false_voxels: Vec<usize> = (0..painted.len())
+        .filter(|i| painted[*i] == 3 && after[*i] != 3)
+        .collect();
+    assert!(false_voxels.len() > 10, "{}", false_voxels.len());
+    // A right click on it: off the object.
+    let cell = axial(&h);
+    click(&mut h, cell.pos_of_mm(blob), true);
+    assert!(window::step_until(&mut h, |a| !a
+        .session()
+        .prompts()
+        .busy()));
+    let excluded = mask_of(&h);
+    let left = false_voxels.iter().filter(|i| excluded[**i] == 3).count();
+    eprintln!(
+        "exclude click: {left} of {} false voxels left",
+        false_voxels.len()
+    );
+    assert!(
+        left * 5 <= false_voxels.len(),
+        "{left} of {} false voxels left",
+        false_voxels.len()
+    );
+    // Ctrl+Z undoes the prompt's step: the mask is the painted one, bit for bit.
+    h.event(Event::PointerMoved(cell.pos_of_mm(blob)));
+    h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
+    h.step();
+    h.step();
+    assert_eq!(mask_of(&h), painted, "undo restores the mask bit-for-bit");
+    // Both answered prompts are in the case's prompt log, kept for fine-tuning.
+    let log_path = root.join(mriloop::project::prompt_log::prompt_log_rel("phantom_000"));
+    let mut records = Vec::new();
+    for _ in 0..200 {
+        records = mriloop::project::prompt_log::read_prompt_log(&log_path)
+            .unwrap()
+            .records;
+        if records.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[1].prompts.len(), 2);
+    assert!(!records[1].prompts[1].include());
+}

@@ -337,11 +337,14 @@ fn a_prompt_is_answered_off_the_calling_thread_and_lands_as_one_undo_step() {
     let before = mask(&s);
     let at = centre_mm(&s);
     // Two clicks before any answer: the second supersedes the first (one answer lands).
-    let c1 = edit(&mut s, EditCommand::Prompt(at, true));
-    let c2 = edit(
-        &mut s,
-        EditCommand::Prompt(at + DVec3::new(3.0, 0.0, 0.0), false),
-    );
+    let point = |p: DVec3, include| {
+        EditCommand::Prompt(mriloop::project::prompt_log::PromptMm::Point {
+            pos_mm: p.to_array(),
+            include,
+        })
+    };
+    let c1 = edit(&mut s, point(at, true));
+    let c2 = edit(&mut s, point(at + DVec3::new(3.0, 0.0, 0.0), false));
     assert!(
         c1.mask_boxes.is_empty() && c2.mask_boxes.is_empty(),
         "nothing on this thread"
@@ -355,6 +358,17 @@ fn a_prompt_is_answered_off_the_calling_thread_and_lands_as_one_undo_step() {
     );
     assert!(!all.mask_boxes.is_empty());
     assert_eq!(s.prompts().markers().len(), 2);
+    // The answered prompt is in the case's prompt log (the superseded one never answered).
+    s.flush();
+    let case_id = s.open_case().unwrap().case_id.clone();
+    let log = mriloop::project::prompt_log::read_prompt_log(
+        &project.resolve(&mriloop::project::prompt_log::prompt_log_rel(&case_id)),
+    )
+    .unwrap();
+    assert_eq!(log.records.len(), 1, "{:?}", log.skipped);
+    assert_eq!(log.records[0].label, 1);
+    assert_eq!(log.records[0].prompts.len(), 2);
+    assert_eq!(log.records[0].model, "a random promptable network");
     let after = mask(&s);
     assert_ne!(after.data(), before.data(), "the answer changed the mask");
     // Only the active label was set or cleared.

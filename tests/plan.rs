@@ -776,6 +776,7 @@ fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
         masks: Vec::new(),
         minutes: Some(0.25),
         plan: Default::default(),
+        promptable: false,
     };
     let handle = start_run(p.clone(), request, || {});
     let (mut planned, mut finished) = (None, None);

@@ -225,6 +225,8 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
             class_auc: None,
         }],
         outcome: mriloop::project::RunOutcome::Finished,
+        learned_prompts: 0,
+        promptable: false,
     });
     m.active_model = Some("v1".into());
     let p = Project::create(dir.path(), m.clone()).unwrap();

@@ -196,7 +196,7 @@ fn a_promptable_fit_learns_from_simulated_clicks_and_is_measured_by_the_robot() 
     assert!(cfg.prompt.is_some());
     assert_eq!(cfg.model.in_channels, 4);
     // Robot sessions: both labels, from a point and from a box, three interactions each.
-    let records = evaluate_prompted(&net, &val, &cfg, 3, None, &device, |_, _| {}).unwrap();
+    let records = evaluate_prompted(&net, &val, &cfg, 3, None, &device, None, |_, _| {}).unwrap();
     assert_eq!(records.len(), 2 * 2);
     for r in &records {
         assert_eq!(r.dice.len(), 3);
@@ -286,4 +286,134 @@ fn a_grown_window_only_extends_the_object_found_near_the_prompt() {
     assert!(!t[at(7, 7, 7)], "no new object far from the prompt");
     assert!(t[at(6, 0, 0)], "the current mask is not erased there");
     assert_eq!(t.iter().filter(|v| **v).count(), 5 + 1);
+}
+
+#[test]
+fn world_prompts_land_on_any_grid_and_back() {
+    use mriloop::model::prompt::{prompt_on_grid, prompt_to_mm};
+    use mriloop::project::prompt_log::PromptMm;
+    // A 2 mm grid shifted by 10 mm.
+    let affine = Affine::from_rows3([
+        [2.0, 0.0, 0.0, 10.0],
+        [0.0, 2.0, 0.0, 10.0],
+        [0.0, 0.0, 2.0, 10.0],
+    ]);
+    let dims = [8, 8, 8];
+    let point = PromptMm::Point {
+        pos_mm: [14.2, 15.9, 10.0],
+        include: false,
+    };
+    assert_eq!(
+        prompt_on_grid(&point, &affine, dims),
+        Some(Prompt::Point {
+            idx_vox: [2, 3, 0],
+            include: false
+        })
+    );
+    // Outside the grid: no prompt.
+    let far = PromptMm::Point {
+        pos_mm: [0.0, 0.0, 0.0],
+        include: true,
+    };
+    assert_eq!(prompt_on_grid(&far, &affine, dims), None);
+    // A box reaching past the grid is clipped to it, corners in any order.
+    let b = PromptMm::Box {
+        a_mm: [30.0, 12.0, 14.0],
+        b_mm: [14.0, 100.0, 14.0],
+    };
+    assert_eq!(
+        prompt_on_grid(&b, &affine, dims),
+        Some(Prompt::Box {
+            lo_vox: [2, 1, 2],
+            hi_vox: [7, 7, 2]
+        })
+    );
+    // A scribble of two far-apart points is filled in between (half-voxel steps).
+    let s = PromptMm::Scribble {
+        path_mm: vec![[10.0, 10.0, 12.0], [20.0, 10.0, 12.0]],
+        include: true,
+    };
+    let Some(Prompt::Scribble { idx_vox, include }) = prompt_on_grid(&s, &affine, dims) else {
+        panic!("a scribble");
+    };
+    assert!(include);
+    assert_eq!(idx_vox, (0..=5).map(|i| [i, 0, 1]).collect::<Vec<_>>());
+    // And back: voxel centres in mm, which land on the same voxels.
+    let p = Prompt::Box {
+        lo_vox: [1, 2, 3],
+        hi_vox: [4, 5, 3],
+    };
+    let mm = prompt_to_mm(&p, &affine);
+    assert_eq!(
+        mm,
+        PromptMm::Box {
+            a_mm: [12.0, 14.0, 16.0],
+            b_mm: [18.0, 20.0, 16.0]
+        }
+    );
+    assert_eq!(prompt_on_grid(&mm, &affine, dims), Some(p));
+}
+
+#[test]
+fn a_recorded_prompt_replays_on_the_training_grid_with_the_users_fixes_marked() {
+    use mriloop::model::data::PatchSampler;
+    use mriloop::model::prompt_infer::{interaction_record, PromptedWindow};
+    use mriloop::model::prompt_train::{replay_on_grid, replay_patch};
+    use mriloop::project::prompt_log::PromptMm;
+    let s = sample("a", 0);
+    // A user's click in cube 1 (label 1: voxels 4..10, 5..11, 6..12); the answer, on an 8³
+    // window at [3, 4, 5], misses the cube's last x layer and adds a voxel off it.
+    let click = PromptMm::Point {
+        pos_mm: [7.0, 8.0, 9.0],
+        include: true,
+    };
+    let (origin, wd) = ([3usize, 4, 5], [8usize, 8, 8]);
+    let target: Vec<bool> = (0..512)
+        .map(|w| {
+            let v = [
+                w % 8 + origin[0],
+                (w / 8) % 8 + origin[1],
+                w / 64 + origin[2],
+            ];
+            let cube = (4..9).contains(&v[0]) && (5..11).contains(&v[1]) && (6..12).contains(&v[2]);
+            cube || v == [3, 4, 5]
+        })
+        .collect();
+    let window = PromptedWindow {
+        origin_vox: origin,
+        dims: wd,
+        target,
+    };
+    let n = 24 * 24 * 24;
+    let mut before = vec![false; n];
+    before[4 + 24 * (5 + 24 * 6)] = true;
+    let record = interaction_record("m", 1, vec![click], (&s.affine, s.dims), &before, &window);
+    assert_eq!(record.problem(), None);
+    let replay = replay_on_grid(&record, &s).expect("the record meets the grid");
+    assert_eq!(
+        replay.prompts,
+        vec![Prompt::Point {
+            idx_vox: [7, 8, 9],
+            include: true
+        }]
+    );
+    assert_eq!(replay.prior, vec![4 + 24 * (5 + 24 * 6)]);
+    // Fixed: the cube's x = 9 layer (6 × 6 voxels) and the stray voxel.
+    assert_eq!(replay.fixed.len(), 36 + 1);
+    assert!(replay.fixed.contains(&(3 + 24 * (4 + 24 * 5))));
+    // Its patch: the click drawn where it is, the fixed voxels marked (weight bit 256).
+    let mut sampler =
+        PatchSampler::new(1, [16, 16, 16], mriloop::model::data::AugmentConfig::new());
+    let (channels, labels) =
+        replay_patch(&mut sampler, &s, &replay, &PromptConfig::default()).expect("a patch");
+    assert_eq!(channels.len(), 1 + 3);
+    // Centred on [7, 8, 9]: the patch starts at [0, 0, 1].
+    let local = |v: [usize; 3]| v[0] + 16 * (v[1] + 16 * (v[2] - 1));
+    assert_eq!(channels[1][local([7, 8, 9])], 1.0, "include channel");
+    assert_eq!(channels[3][local([4, 5, 6])], 1.0, "the starting object");
+    assert_eq!(labels[local([9, 6, 7])], 1 | 256, "a fixed target voxel");
+    assert_eq!(labels[local([3, 4, 5])], 256, "a fixed background voxel");
+    assert_eq!(labels[local([5, 6, 7])], 1, "a target voxel the answer had");
+    let fixed = labels.iter().filter(|l| **l & 256 != 0).count();
+    assert_eq!(fixed, 37);
 }

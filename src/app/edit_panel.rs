@@ -155,7 +155,17 @@ fn prompt_rows(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
             edit(out, EditCommand::ClearPrompts);
         }
     });
-    ui.small("click: on the object · Shift+click: off it · Ctrl+Z undoes a prompt's result");
+    let mut scribble = app.tools().prompt_scribble;
+    if ui
+        .checkbox(&mut scribble, "drag paints a scribble (else spans a box)")
+        .changed()
+    {
+        edit(out, EditCommand::SetPromptScribble(scribble));
+    }
+    ui.small(
+        "click: on the object · Shift+click or right click: off it · drag: box or scribble \
+         (Shift: off it) · Ctrl+Z undoes a prompt's result",
+    );
 }
 
 pub fn tools_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {

@@ -214,7 +214,7 @@ impl MriloopApp {
     }
 
     /// The prompts of the object being segmented with the Prompt tool.
-    pub fn prompt_markers(&self) -> &[crate::session::prompt::PromptMarker] {
+    pub fn prompt_markers(&self) -> &[crate::project::prompt_log::PromptMm] {
         self.session.prompts().markers()
     }
 

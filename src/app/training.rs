@@ -46,6 +46,8 @@ pub struct TrainSettings {
     pub reinfer_after: bool,
     /// Train within this many minutes (epochs and steps fitted to it; `None`: as set).
     pub minutes: Option<f64>,
+    /// Train the promptable network (the Prompt tool's), learning from recorded prompts.
+    pub promptable: bool,
 }
 
 impl Default for TrainSettings {
@@ -60,6 +62,7 @@ impl Default for TrainSettings {
             changed_weight: 3.0,
             reinfer_after: true,
             minutes: None,
+            promptable: false,
         }
     }
 }
@@ -344,6 +347,7 @@ impl MriloopApp {
             changed_weight: s.changed_weight,
             masks,
             minutes: s.minutes,
+            promptable: s.promptable,
         };
         let wake = self.wake();
         let project_root = project.root().to_path_buf();
@@ -520,16 +524,21 @@ impl MriloopApp {
                 self.training.run = None;
                 let id = version.id.clone();
                 let done = version.outcome == RunOutcome::Finished;
-                self.training.status = if done {
-                    format!("{id} finished and is now the active model")
-                } else {
-                    format!("{id} cancelled; its last checkpoint is kept (not active)")
+                let promptable = version.promptable;
+                self.training.status = match (done, promptable) {
+                    (true, false) => format!("{id} finished and is now the active model"),
+                    (true, true) => format!(
+                        "{id} (promptable, learned from {} recorded prompts) finished: the \
+                         Prompt tool uses it",
+                        version.learned_prompts
+                    ),
+                    _ => format!("{id} cancelled; its last checkpoint is kept (not active)"),
                 };
                 self.input(Input::RunFinished {
                     version: Box::new(version),
-                    activate: done,
+                    activate: done && !promptable,
                 });
-                if done && self.training.settings.reinfer_after {
+                if done && !promptable && self.training.settings.reinfer_after {
                     self.start_reinfer_with(&id);
                 }
             }
@@ -762,6 +771,14 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
         ui.add(egui::Slider::new(&mut s.changed_weight, 1.0..=10.0));
     });
     ui.checkbox(&mut s.reinfer_after, "predict unreviewed cases when done");
+    ui.checkbox(
+        &mut s.promptable,
+        "promptable network (for the Prompt tool; learns from the recorded prompts)",
+    )
+    .on_hover_text(
+        "guidance channels for clicks, boxes, scribbles and the mask to refine; a simulated \
+         user clicks at its errors, and the prompts recorded on the training cases are replayed",
+    );
     budget_row(ui, s);
 }
 

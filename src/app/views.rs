@@ -319,13 +319,35 @@ fn tool_input(
                 out.push(Command::Edit(EditCommand::PolygonPoint(o, at)));
             }
         }
-        Tool::Prompt => {
-            // A click is on the object; with Shift, off it.
-            if resp.clicked() {
-                let off = resp.ctx.input(|i| i.modifiers.shift);
-                out.push(Command::Edit(EditCommand::Prompt(at, !off)));
-            }
-        }
+        Tool::Prompt => prompt_input(resp, o, at, out),
+    }
+}
+
+/// The Prompt tool: a click is a point on the object (Shift+click or a right click: off it);
+/// a drag spans a box (or paints a scribble in scribble mode).
+fn prompt_input(
+    resp: &egui::Response,
+    o: crate::render::Orientation,
+    at: glam::DVec3,
+    out: &mut Vec<Command>,
+) {
+    use crate::project::prompt_log::PromptMm;
+    let shift = resp.ctx.input(|i| i.modifiers.shift);
+    let point = |include| {
+        Command::Edit(EditCommand::Prompt(PromptMm::Point {
+            pos_mm: at.to_array(),
+            include,
+        }))
+    };
+    if resp.clicked() {
+        out.push(point(!shift));
+    } else if resp.secondary_clicked() {
+        out.push(point(false));
+    } else if resp.dragged_by(egui::PointerButton::Primary) {
+        out.push(Command::Edit(EditCommand::PromptDrag(o, at, !shift)));
+    } else if resp.drag_stopped_by(egui::PointerButton::Primary) {
+        out.push(Command::Edit(EditCommand::PromptDrag(o, at, !shift)));
+        out.push(Command::Edit(EditCommand::EndPromptDrag));
     }
 }
 
@@ -346,6 +368,9 @@ fn tool_overlay(
             egui::Stroke::new(1.0, Color32::from_rgb(255, 220, 80)),
         );
     }
+    if tool == Tool::Prompt && tools.prompt_drag_view == Some(cell.orientation) {
+        prompt_drag_overlay(ui, tools, cell);
+    }
     if tool == Tool::Polygon
         && tools.polygon_view == Some(cell.orientation)
         && !tools.polygon.is_empty()
@@ -365,14 +390,43 @@ fn tool_overlay(
     }
 }
 
-/// The prompts near the view's slice (within a voxel of it): green dots on the object, red
-/// off it.
+/// The Prompt tool's drag in progress: the box it spans, or the scribble so far.
+fn prompt_drag_overlay(ui: &egui::Ui, tools: &ToolState, cell: &ViewCell) {
+    let (Some(first), Some(last)) = (tools.prompt_drag.first(), tools.prompt_drag.last()) else {
+        return;
+    };
+    let painter = ui.painter().with_clip_rect(cell.rect);
+    let stroke = egui::Stroke::new(1.5, prompt_colour(tools.prompt_drag_include));
+    if tools.prompt_scribble {
+        let pts = tools
+            .prompt_drag
+            .iter()
+            .map(|p| cell.pos_of_mm(*p))
+            .collect();
+        painter.add(egui::Shape::line(pts, stroke));
+    } else {
+        let rect = egui::Rect::from_two_pos(cell.pos_of_mm(*first), cell.pos_of_mm(*last));
+        painter.rect_stroke(rect, 0.0, stroke, egui::StrokeKind::Middle);
+    }
+}
+
+/// Green on the object, red off it.
+fn prompt_colour(include: bool) -> Color32 {
+    match include {
+        true => Color32::from_rgb(60, 220, 90),
+        false => Color32::from_rgb(230, 60, 60),
+    }
+}
+
+/// The prompts near the view's slice (within a voxel of it): dots for points (green on the
+/// object, red off it), rectangles for boxes, lines for scribbles.
 fn prompt_markers(
     ui: &egui::Ui,
-    markers: &[crate::session::prompt::PromptMarker],
+    markers: &[crate::project::prompt_log::PromptMm],
     cell: &ViewCell,
     open: &crate::session::OpenCase,
 ) {
+    use crate::project::prompt_log::PromptMm;
     let normal = cell.plane.right.cross(cell.plane.up);
     let near = open
         .labels_grid
@@ -383,17 +437,32 @@ fn prompt_markers(
         .map(|c| glam::DVec3::from_slice(c).length())
         .fold(0.5f64, f64::max);
     let painter = ui.painter().with_clip_rect(cell.rect);
+    let on_slice = |p: &glam::DVec3| (*p - cell.plane.centre_mm).dot(normal).abs() <= near;
     for m in markers {
-        if (m.pos_mm - cell.plane.centre_mm).dot(normal).abs() > near {
+        let points = m.points_mm();
+        if !points.iter().all(on_slice) {
             continue;
         }
-        let colour = match m.include {
-            true => Color32::from_rgb(60, 220, 90),
-            false => Color32::from_rgb(230, 60, 60),
-        };
-        let at = cell.pos_of_mm(m.pos_mm);
-        painter.circle_filled(at, 4.0, colour);
-        painter.circle_stroke(at, 4.0, egui::Stroke::new(1.0, Color32::BLACK));
+        let colour = prompt_colour(m.include());
+        let at: Vec<Pos2> = points.iter().map(|p| cell.pos_of_mm(*p)).collect();
+        match m {
+            PromptMm::Point { .. } => {
+                painter.circle_filled(at[0], 4.0, colour);
+                painter.circle_stroke(at[0], 4.0, egui::Stroke::new(1.0, Color32::BLACK));
+            }
+            PromptMm::Box { .. } => {
+                let rect = egui::Rect::from_two_pos(at[0], at[1]);
+                painter.rect_stroke(
+                    rect,
+                    0.0,
+                    egui::Stroke::new(2.0, colour),
+                    egui::StrokeKind::Middle,
+                );
+            }
+            PromptMm::Scribble { .. } => {
+                painter.add(egui::Shape::line(at, egui::Stroke::new(2.5, colour)));
+            }
+        }
     }
 }
 

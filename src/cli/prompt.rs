@@ -7,7 +7,11 @@
 //! Invariants: a model that is not promptable is refused with a clear message; Dice is measured
 //! on the model's grid; files are written atomically.
 
-use crate::model::prompt_infer::{evaluate_prompted, robot_figures, RobotRecord, Start};
+use crate::model::prompt::prompt_to_mm;
+use crate::model::prompt_infer::{
+    evaluate_prompted, interaction_record, robot_figures, Interaction, RecordSink, RobotRecord,
+    Start,
+};
 use crate::model::{self, SampleSelection};
 use crate::project::Project;
 use anyhow::{bail, Context, Result};
@@ -37,6 +41,10 @@ pub struct EvalPromptArgs {
     /// cpu, gpu or auto.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Append every robot interaction to its case's prompt log, as a user's prompts are
+    /// recorded (a promptable fine-tune then learns from them).
+    #[arg(long)]
+    pub record: bool,
 }
 
 /// Interactions after which the mean Dice is reported.
@@ -75,6 +83,22 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
         None => None,
     };
     let bar = indicatif::ProgressBar::new(samples.len() as u64);
+    let source = args.model.display().to_string();
+    let mut logged: Result<usize> = Ok(0);
+    let mut log = |s: &model::Sample, label: u8, i: Interaction| {
+        if let Ok(n) = &mut logged {
+            let record = robot_prompt_record(s, label, &source, &i);
+            let path = p.resolve(&crate::project::prompt_log::prompt_log_rel(&s.case_id));
+            match crate::project::prompt_log::append_prompt_record(&path, &record) {
+                Ok(()) => *n += 1,
+                Err(e) => logged = Err(anyhow::anyhow!(e)),
+            }
+        }
+    };
+    let sink: Option<RecordSink> = match args.record {
+        true => Some(&mut log),
+        false => None,
+    };
     let records = evaluate_prompted(
         &net,
         &samples,
@@ -82,9 +106,13 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
         clicks,
         automatic.as_deref(),
         &device,
+        sink,
         |d, _| bar.set_position(d as u64),
     )?;
     bar.finish_and_clear();
+    if args.record {
+        println!("recorded {} prompts in the cases' prompt logs", logged?);
+    }
     if let Some(path) = &args.csv {
         crate::atomic::write_atomic(path, robot_csv(&records, &cfg).as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
@@ -96,6 +124,29 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
     );
     print_robot_metrics(&records, &cfg);
     Ok(())
+}
+
+/// A robot interaction on sample `s` as its case's prompt log keeps it (the window on the
+/// sample's grid).
+fn robot_prompt_record(
+    s: &model::Sample,
+    label: u8,
+    source: &str,
+    i: &Interaction,
+) -> crate::project::prompt_log::PromptRecord {
+    let prompts = i
+        .prompts
+        .iter()
+        .map(|q| prompt_to_mm(q, &s.affine))
+        .collect();
+    interaction_record(
+        source,
+        label,
+        prompts,
+        (&s.affine, s.dims),
+        i.before,
+        i.window,
+    )
 }
 
 /// The labels an automatic model (checkpoint `dir`) predicts on each sample's grid; it must

@@ -90,6 +90,10 @@ pub struct TrainArgs {
     /// the automatic one.
     #[arg(long)]
     pub promptable: bool,
+    /// Loss weight of the voxels the user fixed after a recorded prompt's answer (a promptable
+    /// run replays the prompts recorded in the training cases' prompt logs).
+    #[arg(long, default_value_t = 3.0)]
+    pub fixed_weight: f64,
 }
 
 /// Arguments of `mriloop predict`.
@@ -155,10 +159,13 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
             (planned_config(p, args, &plan)?, Some((fp, plan)))
         }
     };
-    let config = match args.promptable && config.training.prompt.is_none() {
+    let mut config = match args.promptable && config.training.prompt.is_none() {
         true => model::prompt_train::promptable(config, Default::default()),
         false => config,
     };
+    if config.training.prompt.is_some() {
+        config.changed_weight = args.fixed_weight;
+    }
     let config = match &args.resume {
         Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
         None => config,
@@ -275,6 +282,11 @@ fn report_split(train: &[model::Sample], val: &[model::Sample], config: &FitConf
         Some(_) => &[][..],
         None => &t.class_names[..],
     };
+    if t.prompt.is_some() {
+        let cases = train.iter().filter(|s| !s.replays.is_empty()).count();
+        let prompts: usize = train.iter().map(|s| s.replays.len()).sum();
+        eprintln!("learning from {prompts} recorded prompts on {cases} training cases");
+    }
     for gap in model::split::validation_gaps(train, val, classes, |v| t.label_name(usize::from(v)))
     {
         eprintln!("warning: {gap}");

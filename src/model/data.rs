@@ -38,6 +38,11 @@ pub struct Sample {
     /// Voxels an annotator changed from the model's prediction (empty: none known); they can
     /// weigh more in the loss when fine-tuning on corrections.
     pub changed: Vec<bool>,
+    /// The grid's voxel→world (mm) affine.
+    pub affine: crate::volume::Affine,
+    /// The user's recorded prompted interactions on this case, on this grid (promptable
+    /// training replays them).
+    pub replays: Vec<super::prompt_train::Replay>,
 }
 
 /// `values` on the grid `dims` averaged over blocks of `stride` voxels per axis (an axis's last
@@ -100,6 +105,8 @@ impl Sample {
             foreground: Vec::new(),
             foreground_by_label: Vec::new(),
             changed: Vec::new(),
+            affine: self.affine,
+            replays: Vec::new(),
         }
     }
 }
@@ -179,6 +186,8 @@ impl Sample {
             class,
             foreground,
             changed: Vec::new(),
+            affine: *mask.affine(),
+            replays: Vec::new(),
         })
     }
 
@@ -247,6 +256,8 @@ pub struct SampleSelection {
     /// Label values the network has outputs for (background included; 0: not checked). A
     /// mask holding a higher value is refused, naming the case and the value.
     pub label_count: usize,
+    /// Read each case's prompt log into its sample's replays (promptable training).
+    pub prompt_logs: bool,
 }
 
 impl SampleSelection {
@@ -267,6 +278,7 @@ impl SampleSelection {
                 Some(_) => config.label_names.len(),
                 None => config.model.num_labels,
             },
+            prompt_logs: config.prompt.is_some(),
             ..Self::default()
         }
     }
@@ -368,6 +380,18 @@ fn load_sample(
     })?;
     if let Some(p) = predicted.filter(|p| p.dims3() == mask.dims3()) {
         sample.mark_changed(&p.data()[..p.frame_len()]);
+    }
+    if selection.prompt_logs {
+        let path = project.resolve(&crate::project::prompt_log::prompt_log_rel(&case.id));
+        let log = crate::project::prompt_log::read_prompt_log(&path)?;
+        for skipped in &log.skipped {
+            eprintln!("warning: skipped a prompt record: {skipped}");
+        }
+        sample.replays = log
+            .records
+            .iter()
+            .filter_map(|r| super::prompt_train::replay_on_grid(r, &sample))
+            .collect();
     }
     Ok(Some(sample))
 }
@@ -516,6 +540,16 @@ impl Default for ForegroundSampling {
     }
 }
 
+/// The first voxel of a `p`-voxel patch centred on `centre` of a `dims` grid, kept inside
+/// the grid where it fits.
+fn crop_origin(dims: [usize; 3], centre: [usize; 3], p: [usize; 3]) -> [i64; 3] {
+    [0, 1, 2].map(|a| {
+        let n = dims[a] as i64;
+        let lo = centre[a] as i64 - p[a] as i64 / 2;
+        lo.clamp((n - p[a] as i64).min(0), (n - p[a] as i64).max(0))
+    })
+}
+
 /// Draws augmented patches deterministically from a seed.
 pub struct PatchSampler {
     rng: ChaCha8Rng,
@@ -607,6 +641,24 @@ impl PatchSampler {
         self.crop_at(sample, [nx / 2, ny / 2, nz / 2], size)
     }
 
+    /// A patch of `p` voxels centred (as far as the volume allows) on `centre`, with the
+    /// intensity augmentation but no flip, rotation or zoom (its voxels keep their places, so
+    /// prompts given on the sample's grid can be drawn into it), and its first voxel.
+    pub fn crop_in_place(
+        &mut self,
+        sample: &Sample,
+        centre: [usize; 3],
+        p: [usize; 3],
+    ) -> (Vec<Vec<f32>>, Vec<i32>, [i64; 3]) {
+        let augment = self.augment.clone();
+        self.augment.flip_x = false;
+        self.augment.rotate_deg = 0.0;
+        self.augment.zoom = 0.0;
+        let (channels, labels) = self.crop_at(sample, centre, p);
+        self.augment = augment;
+        (channels, labels, crop_origin(sample.dims, centre, p))
+    }
+
     /// An augmented patch of `p` voxels centred (as far as the volume allows) on `centre`.
     fn crop_at(
         &mut self,
@@ -615,11 +667,7 @@ impl PatchSampler {
         p: [usize; 3],
     ) -> (Vec<Vec<f32>>, Vec<i32>) {
         let [nx, ny, nz] = sample.dims;
-        let origin = [0, 1, 2].map(|a| {
-            let n = [nx, ny, nz][a] as i64;
-            let lo = centre[a] as i64 - p[a] as i64 / 2;
-            lo.clamp((n - p[a] as i64).min(0), (n - p[a] as i64).max(0))
-        });
+        let origin = crop_origin(sample.dims, centre, p);
         let flip = self.augment.flip_x && self.rng.random_range(0..2) == 1;
         let mut mirror: [u8; 256] = std::array::from_fn(|v| v as u8);
         if flip {

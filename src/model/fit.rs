@@ -693,6 +693,7 @@ fn load_batches(
         .as_ref()
         .map_or(0, |_| super::prompt::GUIDANCE_CHANNELS);
     let mut prompt_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ PROMPT_SEED);
+    let replays = replay_index(train);
     for step in 1..=spec.total {
         if halt.load(Ordering::Relaxed) || train.is_empty() {
             return;
@@ -717,7 +718,8 @@ fn load_batches(
             let (ch, lab) = if class_step {
                 sampler.centre_crop(s, size)
             } else if let Some(prompt) = &spec.prompt {
-                prompt_patch_of(&mut sampler, train, s, prompt, &mut prompt_rng)
+                let replay = (&replays[..], &mut prompt_rng);
+                prompt_patch_of(&mut sampler, train, s, prompt, replay)
             } else {
                 sampler.patch(s)
             };
@@ -740,18 +742,52 @@ fn load_batches(
     }
 }
 
+/// Share of a promptable run's patches that replay the user's recorded prompts (when any).
+pub const REPLAY_SHARE: f64 = 0.5;
+
+/// With probability `REPLAY_SHARE`, a patch replaying one of `replays` (sample, replay) of
+/// `train`, drawn alike; `None` otherwise or when there are none.
+fn replay_patch_of(
+    sampler: &mut PatchSampler,
+    train: &[Sample],
+    replays: &[(usize, usize)],
+    prompt: &super::prompt::PromptConfig,
+    rng: &mut ChaCha8Rng,
+) -> Option<(Vec<Vec<f32>>, Vec<i32>)> {
+    use rand::RngExt;
+    if replays.is_empty() || rng.random_range(0.0..1.0) >= REPLAY_SHARE {
+        return None;
+    }
+    let (s, r) = replays[rng.random_range(0..replays.len())];
+    let sample = train.get(s)?;
+    super::prompt_train::replay_patch(sampler, sample, sample.replays.get(r)?, prompt)
+}
+
 /// Mixed into the seed of the simulated user's first prompts.
 const PROMPT_SEED: u64 = 0x5052_4F4D_5054;
 
-/// A promptable training patch from `first`, or, when its patch holds no label, from other
-/// cases of `train`; after a few misses, a patch without a target (and without prompts).
+/// Every recorded prompt of `train`: (sample, replay) indices.
+fn replay_index(train: &[Sample]) -> Vec<(usize, usize)> {
+    train
+        .iter()
+        .enumerate()
+        .flat_map(|(s, sample)| (0..sample.replays.len()).map(move |r| (s, r)))
+        .collect()
+}
+
+/// A promptable training patch: a replay of one of `replays` (see `replay_patch_of`), else
+/// from `first`, or, when its patch holds no label, from other cases of `train`; after a few
+/// misses, a patch without a target (and without prompts).
 fn prompt_patch_of(
     sampler: &mut PatchSampler,
     train: &[Sample],
     first: &Sample,
     prompt: &super::prompt::PromptConfig,
-    rng: &mut ChaCha8Rng,
+    (replays, rng): (&[(usize, usize)], &mut ChaCha8Rng),
 ) -> (Vec<Vec<f32>>, Vec<i32>) {
+    if let Some(p) = replay_patch_of(sampler, train, replays, prompt, rng) {
+        return p;
+    }
     let mut s = first;
     for _ in 0..32 {
         if let Some(p) = super::prompt_train::prompt_patch(sampler, s, prompt, rng) {

@@ -75,6 +75,110 @@ impl Prompt {
     }
 }
 
+/// A world-space prompt (`PromptMm`) on a grid (`affine` voxel→mm, `dims` voxels): a point at
+/// its nearest voxel, a box as the voxel bounds of its corners (clipped to the grid), a
+/// scribble as the voxels along its path (half-voxel steps). `None` when it misses the grid.
+pub fn prompt_on_grid(
+    prompt: &crate::project::prompt_log::PromptMm,
+    affine: &crate::volume::Affine,
+    dims: [usize; 3],
+) -> Option<Prompt> {
+    use crate::project::prompt_log::PromptMm;
+    let vox = |p: glam::DVec3| affine.mm_to_vox(p).filter(|v| v.is_finite());
+    let inside = |v: glam::DVec3| {
+        let r = v.round();
+        (0..3)
+            .all(|a| r[a] >= 0.0 && r[a] < dims[a] as f64)
+            .then_some([r.x as usize, r.y as usize, r.z as usize])
+    };
+    match prompt {
+        PromptMm::Point { include, .. } => Some(Prompt::Point {
+            idx_vox: inside(vox(prompt.points_mm()[0])?)?,
+            include: *include,
+        }),
+        PromptMm::Box { a_mm, b_mm } => {
+            let (a, b) = (vox((*a_mm).into())?, vox((*b_mm).into())?);
+            let (lo, hi) = (a.min(b).round(), a.max(b).round());
+            let top = |ax: usize| dims[ax] as f64 - 1.0;
+            if (0..3).any(|ax| hi[ax] < 0.0 || lo[ax] > top(ax)) {
+                return None;
+            }
+            let clip = |v: glam::DVec3| [0, 1, 2].map(|ax| v[ax].clamp(0.0, top(ax)) as usize);
+            Some(Prompt::Box {
+                lo_vox: clip(lo),
+                hi_vox: clip(hi),
+            })
+        }
+        PromptMm::Scribble { path_mm, include } => {
+            let path: Vec<glam::DVec3> = path_mm.iter().filter_map(|p| vox((*p).into())).collect();
+            let idx_vox = scribble_voxels(&path, dims, inside);
+            (!idx_vox.is_empty()).then_some(Prompt::Scribble {
+                idx_vox,
+                include: *include,
+            })
+        }
+    }
+}
+
+/// A grid's prompt (`affine` voxel→mm) in world mm: a point at its voxel's centre, a box by its
+/// corner voxels' centres, a scribble through its voxels' centres.
+pub fn prompt_to_mm(
+    prompt: &Prompt,
+    affine: &crate::volume::Affine,
+) -> crate::project::prompt_log::PromptMm {
+    use crate::project::prompt_log::PromptMm;
+    let mm = |v: &[usize; 3]| {
+        affine
+            .vox_to_mm(glam::DVec3::from_array(v.map(|x| x as f64)))
+            .to_array()
+    };
+    match prompt {
+        Prompt::Point { idx_vox, include } => PromptMm::Point {
+            pos_mm: mm(idx_vox),
+            include: *include,
+        },
+        Prompt::Box { lo_vox, hi_vox } => PromptMm::Box {
+            a_mm: mm(lo_vox),
+            b_mm: mm(hi_vox),
+        },
+        Prompt::Scribble { idx_vox, include } => PromptMm::Scribble {
+            path_mm: idx_vox.iter().map(mm).collect(),
+            include: *include,
+        },
+    }
+}
+
+/// The distinct grid voxels along `path` (voxel coordinates) in half-voxel steps; a segment
+/// longer than the grid's diagonal keeps only its ends.
+fn scribble_voxels(
+    path: &[glam::DVec3],
+    dims: [usize; 3],
+    inside: impl Fn(glam::DVec3) -> Option<[usize; 3]>,
+) -> Vec<[usize; 3]> {
+    let diagonal = dims.iter().map(|d| (*d * *d) as f64).sum::<f64>().sqrt();
+    let mut out: Vec<[usize; 3]> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut push = |v: Option<[usize; 3]>| {
+        if let Some(v) = v.filter(|v| seen.insert(*v)) {
+            out.push(v);
+        }
+    };
+    for (k, p) in path.iter().enumerate() {
+        let prev = if k == 0 { *p } else { path[k - 1] };
+        let length = (*p - prev).length();
+        let steps = if length <= diagonal {
+            (length * 2.0).ceil() as usize
+        } else {
+            0
+        };
+        for s in 1..=steps {
+            push(inside(prev.lerp(*p, s as f64 / steps as f64)));
+        }
+        push(inside(*p));
+    }
+    out
+}
+
 /// How prompts are drawn and how the simulated user behaves in training.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

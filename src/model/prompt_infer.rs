@@ -85,7 +85,7 @@ fn crop(
 }
 
 /// Crop one grid of values to a window.
-fn crop_one<T: Copy>(
+pub fn crop_one<T: Copy>(
     values: &[T],
     dims: [usize; 3],
     origin: [usize; 3],
@@ -261,10 +261,52 @@ pub fn dice_bool(reference: &[bool], predicted: &[bool]) -> f64 {
     }
 }
 
+/// One interaction of a robot session, as a user's prompt log would keep it.
+pub struct Interaction<'a> {
+    /// Every prompt so far (on the model's grid); the last one is this interaction's.
+    pub prompts: &'a [Prompt],
+    /// The target's mask before the answer (the model's grid).
+    pub before: &'a [bool],
+    /// The answer.
+    pub window: &'a PromptedWindow,
+}
+
+/// The prompt-log record of an answered prompt on a grid (`affine` voxel→mm, `dims`): every
+/// prompt so far (mm), the label, the model, and the object before (`before`, on the whole
+/// grid) and after, on the answer's window.
+pub fn interaction_record(
+    model: &str,
+    label: u8,
+    prompts: Vec<crate::project::prompt_log::PromptMm>,
+    (affine, dims): (&crate::volume::Affine, [usize; 3]),
+    before: &[bool],
+    window: &PromptedWindow,
+) -> crate::project::prompt_log::PromptRecord {
+    use crate::project::prompt_log::{encode_bits, PromptRecord, WindowGrid};
+    let origin = window.origin_vox;
+    let origin_mm = affine.vox_to_mm(glam::DVec3::from_array(origin.map(|v| v as f64)));
+    PromptRecord {
+        time: crate::project::models::utc_now(),
+        model: model.to_string(),
+        label,
+        prompts,
+        window: WindowGrid {
+            dims: window.dims,
+            affine: crate::volume::Affine::from_linear_translation(affine.linear(), origin_mm),
+        },
+        before: encode_bits(&crop_one(before, dims, origin, window.dims)),
+        after: encode_bits(&window.target),
+    }
+}
+
+/// Called with each interaction of a robot session.
+pub type InteractionSink<'a> = &'a mut dyn FnMut(Interaction);
+
 /// One robot session on a case (`channels` on the model's grid `dims`) for `target`: the
 /// start, then corrective clicks, `interactions` in all, from `initial` (a mask to refine; the
-/// first interaction is then a click on its largest error) or from nothing. Returns the Dice
-/// after each interaction and the voxels of each prediction's window.
+/// first interaction is then a click on its largest error) or from nothing; each interaction
+/// goes to `sink` if given. Returns the Dice after each interaction and the voxels of each
+/// prediction's window.
 #[allow(clippy::too_many_arguments)]
 pub fn robot_session(
     model: &MultiTaskUNet,
@@ -276,6 +318,7 @@ pub fn robot_session(
     initial: Option<&[bool]>,
     config: &TrainingConfig,
     device: &Device,
+    mut sink: Option<InteractionSink>,
 ) -> Result<Vec<(f64, usize)>, VolumeError> {
     let mut current = initial.map_or_else(|| vec![false; target.len()], <[bool]>::to_vec);
     let mut prompts = Vec::new();
@@ -291,6 +334,13 @@ pub fn robot_session(
         };
         prompts.push(prompt);
         let window = predict_prompted(model, channels, dims, &prompts, &current, config, device)?;
+        if let Some(sink) = sink.as_mut() {
+            sink(Interaction {
+                prompts: &prompts,
+                before: &current,
+                window: &window,
+            });
+        }
         window.merge_into(&mut current, dims);
         out.push((dice_bool(target, &current), window.voxels()));
     }
@@ -346,6 +396,7 @@ pub fn validate_prompted(
                 None,
                 config,
                 device,
+                None,
             ) else {
                 continue;
             };
@@ -378,9 +429,14 @@ pub struct RobotRecord {
     pub window_vox: Vec<usize>,
 }
 
+/// Called with each robot interaction: the sample, the label and the interaction.
+pub type RecordSink<'a> = &'a mut dyn FnMut(&super::data::Sample, u8, Interaction);
+
 /// Robot sessions on every sample and every label it holds, from a point and from a box (and,
 /// given `refine_from` — per sample, an automatic model's labels on its grid — refining that
-/// prediction), `interactions` each; `progress(done, of)` after each sample.
+/// prediction), `interactions` each; every interaction goes to `sink` if given;
+/// `progress(done, of)` after each sample.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate_prompted(
     model: &MultiTaskUNet,
     samples: &[super::data::Sample],
@@ -388,6 +444,7 @@ pub fn evaluate_prompted(
     interactions: usize,
     refine_from: Option<&[Vec<u8>]>,
     device: &Device,
+    mut sink: Option<RecordSink>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Vec<RobotRecord>, VolumeError> {
     let mut out = Vec::new();
@@ -406,6 +463,11 @@ pub fn evaluate_prompted(
             };
             for &start in starts {
                 let from = initial.as_deref().filter(|_| start == Start::Refine);
+                let mut forward = |i: Interaction| {
+                    if let Some(sink) = sink.as_mut() {
+                        sink(s, label, i);
+                    }
+                };
                 let run = robot_session(
                     model,
                     &s.channels,
@@ -416,6 +478,7 @@ pub fn evaluate_prompted(
                     from,
                     config,
                     device,
+                    Some(&mut forward),
                 )?;
                 out.push(RobotRecord {
                     case_id: s.case_id.clone(),

@@ -6,6 +6,12 @@
 //! adds the robot's corrective click at the centre of the largest error each time, feeding the
 //! prediction back as the current mask — then the step learns from where the user left it.
 //!
+//! The user's own prompting is replayed too: each recorded interaction of a case's prompt log
+//! (its prompts, the object it started from, the object it produced) becomes a patch around
+//! its newest prompt with the user's prompts and starting object as guidance, the case's saved
+//! mask as the target, and the voxels the user fixed after the answer marked changed (they
+//! weigh `changed_weight` in the loss).
+//!
 //! Invariants: a promptable configuration has the sequences plus `GUIDANCE_CHANNELS` input
 //! channels and two labels (background, target); the annotators' change bits of the labels
 //! survive into the 0/1 targets; nothing here changes weights.
@@ -13,8 +19,12 @@
 use super::data::{PatchSampler, Sample, CHANGED_BIT};
 use super::fit::FitConfig;
 use super::model::MultiTaskUNet;
-use super::prompt::{corrective_click, initial_prompts, Guidance, PromptConfig, GUIDANCE_CHANNELS};
+use super::prompt::{
+    corrective_click, initial_prompts, prompt_on_grid, Guidance, Prompt, PromptConfig,
+    GUIDANCE_CHANNELS,
+};
 use super::training::TaskMode;
+use crate::project::prompt_log::{decode_bits, PromptRecord};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use rand_chacha::ChaCha8Rng;
@@ -81,6 +91,122 @@ pub fn prompt_patch(
     if let Some(prior) = prior {
         guidance.set_prior(&prior);
     }
+    channels.extend(guidance.into_channels());
+    Some((channels, labels))
+}
+
+/// A recorded prompted interaction on a sample's grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// The label prompted.
+    pub label: u8,
+    /// The prompts so far (the last one is the interaction's).
+    pub prompts: Vec<Prompt>,
+    /// Voxels (linear, on the sample's grid) of the object the network refined.
+    pub prior: Vec<usize>,
+    /// Voxels where the answer differs from the saved mask: what the user fixed after it.
+    pub fixed: Vec<usize>,
+}
+
+impl Replay {
+    /// Where its patch is centred: the middle of its newest prompt.
+    pub fn centre_vox(&self) -> Option<[usize; 3]> {
+        let (lo, hi) = self.prompts.last()?.bounds_vox()?;
+        Some([0, 1, 2].map(|a| (lo[a] + hi[a]) / 2))
+    }
+}
+
+/// `record` on `sample`'s grid (its prompts must meet the grid; the masks are read by nearest
+/// voxel), or `None`.
+pub fn replay_on_grid(record: &PromptRecord, sample: &Sample) -> Option<Replay> {
+    let dims = sample.dims;
+    let prompts: Vec<Prompt> = record
+        .prompts
+        .iter()
+        .map(|p| prompt_on_grid(p, &sample.affine, dims))
+        .collect::<Option<_>>()?;
+    let w = &record.window;
+    let len = w.dims.iter().product();
+    let before = decode_bits(&record.before, len)?;
+    let after = decode_bits(&record.after, len)?;
+    let corners = (0..8).map(|c| {
+        let at = [0, 1, 2].map(|a| {
+            if (c >> a) & 1 == 1 {
+                w.dims[a] as f64 - 0.5
+            } else {
+                -0.5
+            }
+        });
+        w.affine.vox_to_mm(glam::DVec3::from_array(at))
+    });
+    let (min, max) = corners.fold(
+        (glam::DVec3::INFINITY, glam::DVec3::NEG_INFINITY),
+        |(a, b), p| (a.min(p), b.max(p)),
+    );
+    let region = crate::edit::tools::voxel_box_of_world_box(&sample.affine, dims, min, max);
+    let (mut prior, mut fixed) = (Vec::new(), Vec::new());
+    for v in region.iter() {
+        let mm = sample
+            .affine
+            .vox_to_mm(glam::DVec3::from_array(v.map(|x| x as f64)));
+        let Some(r) = w.affine.mm_to_vox(mm).map(|r| r.round()) else {
+            continue;
+        };
+        if (0..3).any(|a| r[a] < 0.0 || r[a] >= w.dims[a] as f64) {
+            continue;
+        }
+        let at = r.x as usize + w.dims[0] * (r.y as usize + w.dims[1] * r.z as usize);
+        let here = v[0] + dims[0] * (v[1] + dims[1] * v[2]);
+        if before[at] {
+            prior.push(here);
+        }
+        if after[at] != (sample.mask.get(here) == Some(&record.label)) {
+            fixed.push(here);
+        }
+    }
+    Some(Replay {
+        label: record.label,
+        prompts,
+        prior,
+        fixed,
+    })
+}
+
+/// A training patch replaying `replay` of `sample`: centred on its newest prompt, no
+/// geometric augmentation, its prompts and starting object as guidance, the saved mask's
+/// target with the fixed voxels marked changed.
+pub fn replay_patch(
+    sampler: &mut PatchSampler,
+    sample: &Sample,
+    replay: &Replay,
+    config: &PromptConfig,
+) -> Option<(Vec<Vec<f32>>, Vec<i32>)> {
+    let p = sampler.patch;
+    let (mut channels, labels, origin) = sampler.crop_in_place(sample, replay.centre_vox()?, p);
+    let local = |idx: usize| {
+        let [nx, ny, _] = sample.dims;
+        let v = [idx % nx, (idx / nx) % ny, idx / (nx * ny)];
+        let l = [0, 1, 2].map(|a| v[a] as i64 - origin[a]);
+        (0..3)
+            .all(|a| l[a] >= 0 && (l[a] as usize) < p[a])
+            .then(|| l[0] as usize + p[0] * (l[1] as usize + p[1] * l[2] as usize))
+    };
+    let mut labels: Vec<i32> = labels
+        .iter()
+        .map(|l| i32::from(l & (CHANGED_BIT - 1) == i32::from(replay.label)))
+        .collect();
+    for at in replay.fixed.iter().filter_map(|i| local(*i)) {
+        labels[at] |= CHANGED_BIT;
+    }
+    let mut prior = vec![false; labels.len()];
+    for at in replay.prior.iter().filter_map(|i| local(*i)) {
+        prior[at] = true;
+    }
+    let mut guidance = Guidance::empty(p);
+    for prompt in &replay.prompts {
+        guidance.draw(prompt, origin, config.point_radius_vox);
+    }
+    guidance.set_prior(&prior);
     channels.extend(guidance.into_channels());
     Some((channels, labels))
 }

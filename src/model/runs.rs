@@ -53,6 +53,8 @@ pub struct RunRequest {
     pub minutes: Option<f64>,
     /// Where the run's settings come from: the options as given, or the dataset's plan.
     pub plan: RunPlan,
+    /// Train the promptable network (learning from the cases' recorded prompts too).
+    pub promptable: bool,
 }
 
 /// Where a run's settings come from.
@@ -180,6 +182,17 @@ pub fn run_config(
         config.resume_from = Some(dir.display().to_string());
     }
     config.changed_weight = request.changed_weight;
+    if request.promptable && config.training.prompt.is_none() {
+        if request.fine_tune_from.is_some() {
+            return Err(ProjectError::Invalid {
+                path: project.manifest_path(),
+                problem: "a promptable run fine-tunes a promptable version (an automatic one \
+                          has other inputs and outputs): start it from scratch"
+                    .into(),
+            });
+        }
+        config = super::prompt_train::promptable(config, Default::default());
+    }
     Ok((config, plan))
 }
 
@@ -354,6 +367,8 @@ fn run(
         validated_on: val.iter().map(|s| s.case_id.clone()).collect(),
         epochs: Vec::new(),
         outcome: RunOutcome::Finished,
+        learned_prompts: train.iter().map(|s| s.replays.len()).sum(),
+        promptable: config.training.prompt.is_some(),
     };
     let _ = tx.send(RunEvent::Started {
         version: version.clone(),

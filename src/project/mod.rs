@@ -16,6 +16,7 @@ pub mod journal;
 mod labels;
 pub mod models;
 pub mod nnunet;
+pub mod prompt_log;
 pub mod slices;
 pub mod store;
 

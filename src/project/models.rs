@@ -62,6 +62,17 @@ pub struct ModelVersion {
     /// How the run ended.
     #[serde(default)]
     pub outcome: RunOutcome,
+    /// How many of the user's recorded prompted interactions it learned from (a promptable
+    /// run replays the training cases' prompt logs).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub learned_prompts: usize,
+    /// A promptable network (the Prompt tool's; it never becomes the active automatic model).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promptable: bool,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl ModelVersion {

@@ -1,5 +1,6 @@
 //! `CaseStore`: the persistence worker of one open case. A background thread appends each
-//! committed edit to the case's journal (fsync'd), and on request saves the mask and the
+//! committed edit to the case's journal (fsync'd) and each prompted interaction to its prompt
+//! log, and on request saves the mask and the
 //! manifest atomically and then empties the journal. Messages are handled in order, so a save
 //! covers exactly the edits sent before it and the journal keeps every later one.
 //!
@@ -63,6 +64,7 @@ pub struct SaveJob {
 
 enum StoreMsg {
     Append(Vec<u8>, Option<Sender<()>>),
+    PromptRecord(PathBuf, Box<super::prompt_log::PromptRecord>),
     Save(Box<SaveJob>, Option<Sender<()>>),
     Flush(Sender<()>),
 }
@@ -147,6 +149,10 @@ impl Worker {
         for msg in rx {
             let (result, ack) = match msg {
                 StoreMsg::Append(record, ack) => (self.append(&record), ack),
+                StoreMsg::PromptRecord(path, record) => (
+                    super::prompt_log::append_prompt_record(&path, &record),
+                    None,
+                ),
                 StoreMsg::Flush(ack) => (Ok(()), Some(ack)),
                 StoreMsg::Save(job, ack) => {
                     let r = self.save(&job);
@@ -225,6 +231,12 @@ impl CaseStore {
         let (ack, done) = channel();
         self.send(StoreMsg::Append(journal::frame_record(edit), Some(ack)));
         let _ = done.recv();
+    }
+
+    /// Append a prompted interaction to the prompt log at `path` (returns at once; kept by
+    /// saves: fine-tuning learns from it).
+    pub fn append_prompt_record(&self, path: PathBuf, record: super::prompt_log::PromptRecord) {
+        self.send(StoreMsg::PromptRecord(path, Box::new(record)));
     }
 
     /// Save the mask and manifest, then empty the journal (returns at once).

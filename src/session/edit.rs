@@ -91,6 +91,14 @@ pub struct ToolState {
     pub polygon_view: Option<Orientation>,
     /// Labels hidden from the overlay.
     pub hidden: [bool; 256],
+    /// A Prompt tool drag draws a scribble (else a box).
+    pub prompt_scribble: bool,
+    /// The Prompt tool's drag so far (world mm), its view and whether it marks the object.
+    pub prompt_drag: Vec<DVec3>,
+    /// The orientation of the drag's view.
+    pub prompt_drag_view: Option<Orientation>,
+    /// The drag marks the object (else the background; a box always marks it).
+    pub prompt_drag_include: bool,
 }
 
 impl Default for ToolState {
@@ -106,6 +114,10 @@ impl Default for ToolState {
             polygon: Vec::new(),
             polygon_view: None,
             hidden: [false; 256],
+            prompt_scribble: false,
+            prompt_drag: Vec::new(),
+            prompt_drag_view: None,
+            prompt_drag_include: true,
         }
     }
 }
@@ -173,8 +185,14 @@ pub enum EditCommand {
     Save,
     /// Save the mask of loose files to another file, which later saves go to.
     SaveAs(PathBuf),
-    /// A prompt at a world point: on the object (`true`) or off it.
-    Prompt(DVec3, bool),
+    /// A prompt: a point on the object or off it, a box, a scribble (world mm).
+    Prompt(crate::project::prompt_log::PromptMm),
+    /// The Prompt tool's drag reached a world point in a view (on the object, or off it).
+    PromptDrag(Orientation, DVec3, bool),
+    /// The Prompt tool's drag ended: it becomes a box or a scribble prompt.
+    EndPromptDrag,
+    /// Whether a Prompt tool drag draws a scribble (else a box).
+    SetPromptScribble(bool),
     /// Drop the prompts of the current object.
     ClearPrompts,
     /// Prompt with the promptable checkpoint in this folder (`None`: the project's newest).
@@ -489,7 +507,8 @@ impl Session {
             | EditCommand::RecolourLabel(..) => self.label_table_edit(cmd),
             EditCommand::Save => self.save_for_user(None),
             EditCommand::SaveAs(path) => self.save_for_user(Some(path)),
-            EditCommand::Prompt(at_mm, include) => self.prompt_click(at_mm, include),
+            EditCommand::Prompt(prompt) => self.prompt_given(prompt),
+            EditCommand::EndPromptDrag => self.end_prompt_drag(),
             EditCommand::ClearPrompts => self.clear_prompts(),
             EditCommand::UsePromptModel(dir) => self.request_prompt_model(dir),
             other => self.set_tool_setting(other),
@@ -525,6 +544,17 @@ impl Session {
                 t.polygon.push(p);
             }
             EditCommand::CancelPolygon => t.polygon.clear(),
+            EditCommand::PromptDrag(o, p, include) => {
+                if t.prompt_drag_view != Some(o) {
+                    t.prompt_drag.clear();
+                    t.prompt_drag_view = Some(o);
+                }
+                if t.prompt_drag.is_empty() {
+                    t.prompt_drag_include = include;
+                }
+                t.prompt_drag.push(p);
+            }
+            EditCommand::SetPromptScribble(b) => t.prompt_scribble = b,
             _ => {}
         }
     }

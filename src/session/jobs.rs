@@ -11,6 +11,41 @@ pub use crate::worker::{catch_worker, joined, panic_message, WorkerError};
 use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 
+/// A gate a worker passes before its heavy part: open unless held. Holding it keeps a worker
+/// mid-job (tests: the window must keep handling input meanwhile).
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    /// Close the gate: workers arriving wait.
+    pub fn hold(&self) {
+        if let Ok(mut held) = self.0 .0.lock() {
+            *held = true;
+        }
+    }
+
+    /// Open the gate: waiting workers go on.
+    pub fn release(&self) {
+        if let Ok(mut held) = self.0 .0.lock() {
+            *held = false;
+        }
+        self.0 .1.notify_all();
+    }
+
+    /// Wait while the gate is held.
+    pub fn pass(&self) {
+        let (lock, cv) = &*self.0;
+        if let Ok(mut held) = lock.lock() {
+            while *held {
+                match cv.wait(held) {
+                    Ok(h) => held = h,
+                    Err(_) => return,
+                }
+            }
+        }
+    }
+}
+
 /// Called from a worker thread when it has a result (the window asks for a repaint).
 pub type Waker = Arc<dyn Fn() + Send + Sync>;
 

@@ -206,8 +206,8 @@ pub enum Input {
         case_id: String,
         /// Which request it answers (only the newest counts).
         request: u64,
-        /// The object, or why it could not be predicted.
-        window: Result<Box<crate::model::prompt_infer::PromptedWindow>, String>,
+        /// The object and its record, or why it could not be predicted.
+        answer: Result<Box<prompt::PromptAnswer>, String>,
     },
     /// A worker failed or panicked.
     WorkerFailed(WorkerError),
@@ -394,8 +394,8 @@ impl Session {
             Input::PromptAnswer {
                 case_id,
                 request,
-                window,
-            } => self.prompt_answered(&case_id, request, window),
+                answer,
+            } => self.prompt_answered(&case_id, request, answer),
             Input::WorkerFailed(e) => self.message(Message::Error(e.to_string())),
             Input::Report(m) => self.message(m),
         }

@@ -9,12 +9,16 @@
 //! an older request changes nothing; the prompts are dropped when the case, the label or the
 //! model changes (they belong to one object).
 
+use super::jobs::Gate;
 use super::{Input, Message, Session};
 use crate::edit::tools::set_object;
 use crate::model::apply::PromptContext;
-use crate::model::prompt::Prompt;
-use crate::model::prompt_infer::{predict_prompted, PromptedWindow, MAX_WINDOW_PATCHES};
+use crate::model::prompt::{prompt_on_grid, Prompt};
+use crate::model::prompt_infer::{
+    interaction_record, predict_prompted, PromptedWindow, MAX_WINDOW_PATCHES,
+};
 use crate::model::{MultiTaskUNet, TrainingConfig};
+use crate::project::prompt_log::{PromptMm, PromptRecord};
 use crate::volume::Volume;
 use burn::prelude::Device;
 use glam::DVec3;
@@ -34,13 +38,13 @@ pub struct PromptModel {
     pub device: Device,
 }
 
-/// A prompt as the views draw it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PromptMarker {
-    /// Where (world mm).
-    pub pos_mm: DVec3,
-    /// On the object (else off it).
-    pub include: bool,
+/// A prompt's answer, with its record for the case's prompt log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptAnswer {
+    /// The object inside a window of the model's grid.
+    pub window: PromptedWindow,
+    /// The interaction as the prompt log keeps it.
+    pub record: PromptRecord,
 }
 
 /// The session's prompting state.
@@ -53,15 +57,17 @@ pub struct PromptState {
     context_loading: bool,
     /// The prompts of the current object, on the model's grid.
     prompts: Vec<Prompt>,
-    /// The same for the views.
-    markers: Vec<PromptMarker>,
-    /// Clicks made before the context was ready (world mm, include).
-    waiting: Vec<(DVec3, bool)>,
+    /// The same in world mm (the views' markers, the prompt log's record).
+    recorded: Vec<PromptMm>,
+    /// Prompts made before the model or the context was ready.
+    waiting: Vec<PromptMm>,
     /// The label the prompts segment.
     label: u8,
     /// The newest request issued, and whether its answer is still to come.
     issued: u64,
     pending: bool,
+    /// Prompt workers pass it before predicting.
+    gate: Gate,
 }
 
 impl PromptState {
@@ -70,9 +76,19 @@ impl PromptState {
         self.model.as_ref().map(|m| m.source.as_str())
     }
 
-    /// The prompts of the current object, for the views.
-    pub fn markers(&self) -> &[PromptMarker] {
-        &self.markers
+    /// The prompts of the current object (world mm), for the views.
+    pub fn markers(&self) -> &[PromptMm] {
+        &self.recorded
+    }
+
+    /// The gate prompt workers pass before predicting (hold it to keep one mid-job).
+    pub fn gate(&self) -> Gate {
+        self.gate.clone()
+    }
+
+    /// Whether a prompt's answer is awaited (its worker issued).
+    pub fn awaiting_answer(&self) -> bool {
+        self.pending
     }
 
     /// Whether an answer is awaited (or the context or model is being read).
@@ -83,7 +99,7 @@ impl PromptState {
     /// Forget the current object's prompts.
     fn clear(&mut self) {
         self.prompts.clear();
-        self.markers.clear();
+        self.recorded.clear();
         self.waiting.clear();
     }
 }
@@ -110,6 +126,9 @@ pub fn load_prompt_model(dir: &std::path::Path) -> Result<PromptModel, String> {
 pub fn newest_promptable(project: &crate::project::Project) -> Option<PathBuf> {
     project.manifest.models.iter().rev().find_map(|v| {
         let dir = project.root().join(&v.checkpoint);
+        if v.promptable {
+            return Some(dir);
+        }
         let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
         let config: TrainingConfig = serde_json::from_str(&text).ok()?;
         config.prompt.is_some().then_some(dir)
@@ -237,22 +256,22 @@ impl Session {
                 let source = m.source.clone();
                 self.prompt.model = Some(m);
                 self.message(Message::Notice(format!("prompting with {source}")));
-                for (at_mm, include) in waiting {
-                    self.prompt_click(at_mm, include);
+                for prompt in waiting {
+                    self.prompt_given(prompt);
                 }
             }
             Err(e) => self.message(Message::Error(e)),
         }
     }
 
-    /// A click with the Prompt tool at `at_mm`: on the object (`include`) or off it.
-    pub(super) fn prompt_click(&mut self, at_mm: DVec3, include: bool) {
+    /// A prompt with the Prompt tool: a click on the object or off it, a box, a scribble.
+    pub(super) fn prompt_given(&mut self, prompt: PromptMm) {
         let label = self.tools.label;
         if self.prompt.model.is_none() {
             if !self.prompt.model_loading {
                 self.request_prompt_model(None);
             }
-            self.prompt.waiting.push((at_mm, include));
+            self.prompt.waiting.push(prompt);
             return;
         }
         let Some(case_id) = self.open.as_ref().map(|o| o.case_id.clone()) else {
@@ -265,10 +284,10 @@ impl Session {
         match &self.prompt.context {
             Some((id, ctx)) if *id == case_id => {
                 let ctx = ctx.clone();
-                self.add_prompt(&ctx, at_mm, include, true);
+                self.add_prompt(&ctx, prompt, true);
             }
             _ => {
-                self.prompt.waiting.push((at_mm, include));
+                self.prompt.waiting.push(prompt);
                 self.request_prompt_context(case_id);
             }
         }
@@ -315,8 +334,8 @@ impl Session {
                 self.prompt.context = Some((case_id, ctx.clone()));
                 let waiting = std::mem::take(&mut self.prompt.waiting);
                 let n = waiting.len();
-                for (k, (at_mm, include)) in waiting.into_iter().enumerate() {
-                    self.add_prompt(&ctx, at_mm, include, k + 1 == n);
+                for (k, prompt) in waiting.into_iter().enumerate() {
+                    self.add_prompt(&ctx, prompt, k + 1 == n);
                 }
             }
             Err(e) => {
@@ -328,25 +347,15 @@ impl Session {
         }
     }
 
-    /// Add a prompt at `at_mm` (and its marker) when it lies in the image; with `ask`, request
-    /// the object for every prompt so far.
-    fn add_prompt(&mut self, ctx: &Arc<PromptContext>, at_mm: DVec3, include: bool, ask: bool) {
-        let Some(v) = ctx.affine.mm_to_vox(at_mm).map(|v| v.round()) else {
-            return;
-        };
-        let inside = (0..3).all(|a| v[a] >= 0.0 && (v[a] as usize) < ctx.dims[a]);
-        if !inside {
+    /// Add `prompt` (and its marker) when it meets the image; with `ask`, request the object
+    /// for every prompt so far.
+    fn add_prompt(&mut self, ctx: &Arc<PromptContext>, prompt: PromptMm, ask: bool) {
+        let Some(on_grid) = prompt_on_grid(&prompt, &ctx.affine, ctx.dims) else {
             self.message(Message::Notice("the prompt is outside the image".into()));
             return;
-        }
-        self.prompt.markers.push(PromptMarker {
-            pos_mm: at_mm,
-            include,
-        });
-        self.prompt.prompts.push(Prompt::Point {
-            idx_vox: [v.x as usize, v.y as usize, v.z as usize],
-            include,
-        });
+        };
+        self.prompt.recorded.push(prompt);
+        self.prompt.prompts.push(on_grid);
         if ask {
             self.issue_prompt_request(ctx.clone());
         }
@@ -360,7 +369,7 @@ impl Session {
         let Some(mask) = open.reference.clone() else {
             return;
         };
-        let Some(Prompt::Point { idx_vox, .. }) = self.prompt.prompts.last().cloned() else {
+        let Some((lo, hi)) = self.prompt.prompts.last().and_then(Prompt::bounds_vox) else {
             return;
         };
         self.prompt.issued += 1;
@@ -368,10 +377,15 @@ impl Session {
         let (request, label, case_id) =
             (self.prompt.issued, self.prompt.label, open.case_id.clone());
         let prompts = self.prompt.prompts.clone();
+        let recorded = self.prompt.recorded.clone();
+        let gate = self.prompt.gate.clone();
         self.spawn_worker("prompt", move || {
-            let reach = model.config.window.map(|w| w * MAX_WINDOW_PATCHES);
-            let current = object_on_model_grid(&mask, label, &ctx, idx_vox, reach);
-            let window = predict_prompted(
+            gate.pass();
+            let centre = [0, 1, 2].map(|a| (lo[a] + hi[a]) / 2);
+            let reach =
+                [0, 1, 2].map(|a| model.config.window[a] * MAX_WINDOW_PATCHES + hi[a] - lo[a]);
+            let current = object_on_model_grid(&mask, label, &ctx, centre, reach);
+            let answer = predict_prompted(
                 &model.net,
                 &ctx.channels,
                 ctx.dims,
@@ -380,11 +394,17 @@ impl Session {
                 &model.config,
                 &model.device,
             )
+            .map(|window| {
+                let grid = (&ctx.affine, ctx.dims);
+                let record =
+                    interaction_record(&model.source, label, recorded, grid, &current, &window);
+                Box::new(PromptAnswer { window, record })
+            })
             .map_err(|e| e.to_string());
             Input::PromptAnswer {
                 case_id,
                 request,
-                window: window.map(Box::new),
+                answer,
             }
         });
     }
@@ -394,15 +414,15 @@ impl Session {
         &mut self,
         case_id: &str,
         request: u64,
-        window: Result<Box<PromptedWindow>, String>,
+        answer: Result<Box<PromptAnswer>, String>,
     ) {
         // Only the newest request's first answer counts.
         if request != self.prompt.issued || !self.prompt.pending {
             return;
         }
         self.prompt.pending = false;
-        let window = match window {
-            Ok(w) => w,
+        let answer = match answer {
+            Ok(a) => a,
             Err(e) => return self.message(Message::Error(format!("prompt: {e}"))),
         };
         let (label, rules) = (self.prompt.label, self.tools.rules.clone());
@@ -415,9 +435,38 @@ impl Session {
         let Some(mask) = open.reference.as_mut() else {
             return;
         };
-        let (on, off) = answer_on_case_grid(mask, &ctx, &window);
+        let (on, off) = answer_on_case_grid(mask, &ctx, &answer.window);
         let delta = set_object(mask, &on, &off, label, &rules);
+        if let (Some(store), Some(project)) = (&open.edits.store, &self.project) {
+            let path = project.resolve(&crate::project::prompt_log::prompt_log_rel(case_id));
+            store.append_prompt_record(path, answer.record);
+        }
         self.apply_mask_delta(delta, false);
+    }
+
+    /// The Prompt tool's drag ended: a scribble along it (in scribble mode) or the box it
+    /// spans; a drag of one point is no prompt.
+    pub(super) fn end_prompt_drag(&mut self) {
+        let t = &mut self.tools;
+        let path = std::mem::take(&mut t.prompt_drag);
+        t.prompt_drag_view = None;
+        let (Some(first), Some(last)) = (path.first(), path.last()) else {
+            return;
+        };
+        if path.len() < 2 {
+            return;
+        }
+        let prompt = match t.prompt_scribble {
+            true => PromptMm::Scribble {
+                path_mm: path.iter().map(|p| p.to_array()).collect(),
+                include: t.prompt_drag_include,
+            },
+            false => PromptMm::Box {
+                a_mm: first.to_array(),
+                b_mm: last.to_array(),
+            },
+        };
+        self.prompt_given(prompt);
     }
 
     /// Drop the prompts (the object is done, or the user starts over).
@@ -425,6 +474,12 @@ impl Session {
         self.prompt.clear();
         self.prompt.pending = false;
         self.prompt.issued += 1;
+    }
+
+    /// A newer promptable model exists: drop the loaded one (and its prompts).
+    pub(super) fn forget_prompt_model(&mut self) {
+        self.forget_prompt_case();
+        self.prompt.model = None;
     }
 
     /// The open case changed: its context and prompts no longer apply.

@@ -16,7 +16,12 @@ impl Session {
         let Some(p) = self.project.as_mut() else {
             return;
         };
+        let promptable = version.promptable;
         register_version(&mut p.manifest, version, activate);
+        if promptable {
+            // The next prompt reads the newest promptable version.
+            self.forget_prompt_model();
+        }
         self.pending.manifest = true;
         self.save_manifest();
     }
