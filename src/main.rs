@@ -85,6 +85,10 @@ struct OpenArgs {
     /// (fine-tuning the active model version if there is one).
     #[arg(long)]
     train: bool,
+    /// Put the cursor at this world position (mm, `X,Y,Z` in the images' space; FSLeyes's
+    /// `--worldLoc`) once the case is open.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    at: Option<Vec<f64>>,
 }
 
 fn main() -> Result<()> {
@@ -145,6 +149,14 @@ fn open_window(args: OpenArgs) -> Result<()> {
         first.push(train(TrainCommand::Settings(settings)));
         first.push(train(TrainCommand::TogglePanel));
         first.push(train(TrainCommand::StartWhenOpen));
+    }
+    if let Some(at) = &args.at {
+        let [x, y, z] = at.as_slice() else {
+            anyhow::bail!("--at takes three numbers, X,Y,Z (mm); got {}", at.len());
+        };
+        let cursor = mriloop::app::ViewCommand::SetCursor(glam::DVec3::new(*x, *y, *z));
+        let view = Box::new(mriloop::app::Command::View(cursor));
+        first.push(mriloop::app::Command::WhenOpen(view));
     }
     mriloop::app::run(startup, first)
 }

@@ -105,6 +105,9 @@ pub enum Command {
     Dicom(super::dicom::DicomCommand),
     /// A message from a UI-side worker.
     Error(String),
+    /// Apply this command once a case is open and loaded (start-up options such as
+    /// `mriloop open --at`).
+    WhenOpen(Box<Command>),
 }
 
 /// The user's answer when closing with unsaved edits of loose files.
@@ -121,6 +124,10 @@ pub enum CloseAnswer {
 impl MriloopApp {
     /// Apply every queued command; the one place state changes.
     pub(super) fn apply_all(&mut self) {
+        if self.session.open_case().is_some() && !self.is_loading() {
+            let ready = std::mem::take(&mut self.when_open);
+            self.commands.extend(ready);
+        }
         let cmds = std::mem::take(&mut self.commands);
         for cmd in cmds {
             self.apply(cmd);
@@ -193,6 +200,7 @@ impl MriloopApp {
             Command::DismissInfo => self.dialogs.info = None,
             Command::ToggleHelp => self.dialogs.show_help ^= true,
             Command::Error(e) => self.dialogs.error = Some(e),
+            Command::WhenOpen(c) => self.when_open.push(*c),
             _ => {}
         }
     }

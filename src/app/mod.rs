@@ -100,6 +100,8 @@ pub struct MriloopApp {
     worklist: WorklistView,
     dialogs: Dialogs,
     commands: Vec<Command>,
+    /// Commands waiting for a case to be open.
+    when_open: Vec<Command>,
     /// File dialogs and other UI-side workers still open: each answers with its own command.
     answers: Vec<Receiver<Command>>,
     project_rx: Option<Receiver<Result<Project, String>>>,
@@ -155,6 +157,7 @@ impl MriloopApp {
             worklist: WorklistView::default(),
             dialogs: Dialogs::default(),
             commands: Vec::new(),
+            when_open: Vec::new(),
             answers: Vec::new(),
             project_rx: None,
             cells: Vec::new(),
@@ -288,6 +291,7 @@ impl MriloopApp {
             || self.training.cohort.is_running()
             || self.stats_rx.is_some()
             || !self.commands.is_empty()
+            || !self.when_open.is_empty()
             || !self.answers.is_empty()
             || self.session.busy()
     }

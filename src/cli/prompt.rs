@@ -1,8 +1,10 @@
-//! `mriloop eval-prompt`: a robot user segments every label of a project's cases with a
-//! promptable model — a point (and, separately, a box) at the target's centre, then clicks at
-//! the centre of the largest error — and the Dice after 1, 3 and 5 interactions and the
-//! interactions to reach 0.90 are printed per label as `metric:` lines (optionally every
-//! interaction as CSV).
+//! `mriloop eval-prompt`: a robot user segments every object (connected region) of every
+//! label of a project's cases with a promptable model — a point (and, separately, a box) at
+//! the object's centre, then clicks at the centre of the largest error; the label's other
+//! objects are ignored, as the field counts clicks per object — and the Dice after 1, 3 and 5
+//! interactions and the interactions to reach 0.90 are printed per label (mean over objects)
+//! as `metric:` lines, with the automatic model's Dice on the same objects when `--refine`
+//! gives one (optionally every interaction as CSV).
 //!
 //! Invariants: a model that is not promptable is refused with a clear message; Dice is measured
 //! on the model's grid; files are written atomically.
@@ -200,23 +202,36 @@ fn print_robot_metrics(records: &[RobotRecord], cfg: &model::TrainingConfig) {
             }
             println!("metric: {prefix}noc90_{name} = {noc:.2}");
         }
+        let automatic: Vec<f64> = records
+            .iter()
+            .filter(|r| r.label == label && r.start == Start::Point)
+            .filter_map(|r| r.automatic)
+            .collect();
+        if !automatic.is_empty() {
+            let mean = automatic.iter().sum::<f64>() / automatic.len() as f64;
+            println!("metric: automatic_dice_{name} = {mean:.4}");
+        }
     }
 }
 
 /// Every interaction's Dice as CSV text.
 fn robot_csv(records: &[RobotRecord], cfg: &model::TrainingConfig) -> String {
-    let mut rows = vec![String::from("case,label,start,interaction,dice,window_vox")];
+    let mut rows = vec![String::from(
+        "case,label,object,start,interaction,dice,window_vox,automatic_dice",
+    )];
     for r in records {
         let start = match r.start {
             Start::Point => "point",
             Start::Box => "box",
             Start::Refine => "refine",
         };
+        let automatic = r.automatic.map_or(String::new(), |a| format!("{a:.4}"));
         for (i, (d, w)) in r.dice.iter().zip(&r.window_vox).enumerate() {
             rows.push(format!(
-                "{},{},{start},{},{d:.4},{w}",
+                "{},{},{},{start},{},{d:.4},{w},{automatic}",
                 r.case_id,
                 cfg.label_name(usize::from(r.label)),
+                r.object + 1,
                 i + 1
             ));
         }

@@ -246,6 +246,51 @@ pub enum Start {
     Refine,
 }
 
+/// One object the robot segments: a connected region of a label. The label's other objects
+/// are neither sought nor held against it (a person segments one object at a time; the field
+/// counts clicks per object).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RobotObject {
+    /// The object's voxels.
+    pub object: Vec<bool>,
+    /// The label's other objects' voxels (ignored).
+    pub others: Vec<bool>,
+}
+
+impl RobotObject {
+    /// The objects (6-connected regions) of `label` in `mask` on a `dims` grid, largest first.
+    pub fn all_of(mask: &[u8], label: u8, dims: [usize; 3]) -> Vec<RobotObject> {
+        let mut regions = crate::volume::regions::connected_regions(dims, |i| mask[i] == label);
+        regions.sort_by_key(|r| std::cmp::Reverse(r.len()));
+        regions
+            .into_iter()
+            .map(|region| {
+                let mut object = vec![false; mask.len()];
+                region.iter().for_each(|i| object[*i] = true);
+                let others = mask
+                    .iter()
+                    .zip(&object)
+                    .map(|(v, o)| *v == label && !o)
+                    .collect();
+                RobotObject { object, others }
+            })
+            .collect()
+    }
+
+    /// `mask` without the other objects' voxels (what is measured against the object).
+    pub fn seen(&self, mask: &[bool]) -> Vec<bool> {
+        mask.iter()
+            .zip(&self.others)
+            .map(|(m, o)| *m && !o)
+            .collect()
+    }
+
+    /// Dice of `mask` (its other objects' voxels ignored) against the object.
+    pub fn dice(&self, mask: &[bool]) -> f64 {
+        dice_bool(&self.object, &self.seen(mask))
+    }
+}
+
 /// Dice of two masks (1 when both are empty).
 pub fn dice_bool(reference: &[bool], predicted: &[bool]) -> f64 {
     let (mut both, mut a, mut b) = (0usize, 0usize, 0usize);
@@ -302,7 +347,7 @@ pub fn interaction_record(
 /// Called with each interaction of a robot session.
 pub type InteractionSink<'a> = &'a mut dyn FnMut(Interaction);
 
-/// One robot session on a case (`channels` on the model's grid `dims`) for `target`: the
+/// One robot session on a case (`channels` on the model's grid `dims`) for one object: the
 /// start, then corrective clicks, `interactions` in all, from `initial` (a mask to refine; the
 /// first interaction is then a click on its largest error) or from nothing; each interaction
 /// goes to `sink` if given. Returns the Dice after each interaction and the voxels of each
@@ -312,7 +357,7 @@ pub fn robot_session(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
     dims: [usize; 3],
-    target: &[bool],
+    target: &RobotObject,
     start: Start,
     interactions: usize,
     initial: Option<&[bool]>,
@@ -320,16 +365,17 @@ pub fn robot_session(
     device: &Device,
     mut sink: Option<InteractionSink>,
 ) -> Result<Vec<(f64, usize)>, VolumeError> {
-    let mut current = initial.map_or_else(|| vec![false; target.len()], <[bool]>::to_vec);
+    let object = &target.object;
+    let mut current = initial.map_or_else(|| vec![false; object.len()], <[bool]>::to_vec);
     let mut prompts = Vec::new();
     let mut out = Vec::with_capacity(interactions);
     for i in 0..interactions {
         let prompt = match (i, start, initial) {
-            (0, Start::Box, None) => box_around(target, dims, 2),
-            _ => corrective_click(target, &current, dims),
+            (0, Start::Box, None) => box_around(object, dims, 2),
+            _ => corrective_click(object, &target.seen(&current), dims),
         };
         let Some(prompt) = prompt else {
-            out.push((dice_bool(target, &current), 0));
+            out.push((target.dice(&current), 0));
             continue;
         };
         prompts.push(prompt);
@@ -342,7 +388,7 @@ pub fn robot_session(
             });
         }
         window.merge_into(&mut current, dims);
-        out.push((dice_bool(target, &current), window.voxels()));
+        out.push((target.dice(&current), window.voxels()));
     }
     Ok(out)
 }
@@ -360,7 +406,7 @@ pub fn interactions_to_reach(dice: &[f64], level: f64, cap: usize) -> usize {
 pub const VALIDATION_CLICKS: usize = 3;
 
 /// A promptable network's validation: per label, the mean Dice after `VALIDATION_CLICKS`
-/// robot interactions (a point, then corrections) over the samples holding it.
+/// robot interactions (a point, then corrections) over the label's objects.
 pub fn validate_prompted(
     model: &MultiTaskUNet,
     samples: &[super::data::Sample],
@@ -382,26 +428,24 @@ pub fn validate_prompted(
     let mut sums = vec![(0.0, 0usize); labels];
     for s in samples {
         for (l, acc) in sums.iter_mut().enumerate() {
-            let target: Vec<bool> = s.mask.iter().map(|v| usize::from(*v) == l + 1).collect();
-            if !target.iter().any(|t| *t) {
-                continue;
+            for target in RobotObject::all_of(&s.mask, (l + 1) as u8, s.dims) {
+                let Ok(run) = robot_session(
+                    model,
+                    &s.channels,
+                    s.dims,
+                    &target,
+                    Start::Point,
+                    VALIDATION_CLICKS,
+                    None,
+                    config,
+                    device,
+                    None,
+                ) else {
+                    continue;
+                };
+                acc.0 += run.last().map_or(0.0, |r| r.0);
+                acc.1 += 1;
             }
-            let Ok(run) = robot_session(
-                model,
-                &s.channels,
-                s.dims,
-                &target,
-                Start::Point,
-                VALIDATION_CLICKS,
-                None,
-                config,
-                device,
-                None,
-            ) else {
-                continue;
-            };
-            acc.0 += run.last().map_or(0.0, |r| r.0);
-            acc.1 += 1;
         }
     }
     super::fit::Metrics {
@@ -421,6 +465,10 @@ pub struct RobotRecord {
     pub case_id: String,
     /// The label segmented.
     pub label: u8,
+    /// Which of the label's objects (largest first).
+    pub object: usize,
+    /// The automatic model's Dice on the object (when one was given).
+    pub automatic: Option<f64>,
     /// How the robot started.
     pub start: Start,
     /// Dice after each interaction.
@@ -454,39 +502,44 @@ pub fn evaluate_prompted(
         labels.sort_unstable();
         labels.dedup();
         for label in labels {
-            let target: Vec<bool> = s.mask.iter().map(|v| *v == label).collect();
             let initial: Option<Vec<bool>> =
                 automatic.map(|m| m.iter().map(|v| *v == label).collect());
             let starts: &[Start] = match initial {
                 Some(_) => &[Start::Point, Start::Box, Start::Refine],
                 None => &[Start::Point, Start::Box],
             };
-            for &start in starts {
-                let from = initial.as_deref().filter(|_| start == Start::Refine);
-                let mut forward = |i: Interaction| {
-                    if let Some(sink) = sink.as_mut() {
-                        sink(s, label, i);
-                    }
-                };
-                let run = robot_session(
-                    model,
-                    &s.channels,
-                    s.dims,
-                    &target,
-                    start,
-                    interactions,
-                    from,
-                    config,
-                    device,
-                    Some(&mut forward),
-                )?;
-                out.push(RobotRecord {
-                    case_id: s.case_id.clone(),
-                    label,
-                    start,
-                    dice: run.iter().map(|r| r.0).collect(),
-                    window_vox: run.iter().map(|r| r.1).collect(),
-                });
+            let objects = RobotObject::all_of(&s.mask, label, s.dims);
+            for (object, target) in objects.iter().enumerate() {
+                let automatic = initial.as_ref().map(|m| target.dice(m));
+                for &start in starts {
+                    let from = initial.as_deref().filter(|_| start == Start::Refine);
+                    let mut forward = |i: Interaction| {
+                        if let Some(sink) = sink.as_mut() {
+                            sink(s, label, i);
+                        }
+                    };
+                    let run = robot_session(
+                        model,
+                        &s.channels,
+                        s.dims,
+                        target,
+                        start,
+                        interactions,
+                        from,
+                        config,
+                        device,
+                        Some(&mut forward),
+                    )?;
+                    out.push(RobotRecord {
+                        case_id: s.case_id.clone(),
+                        label,
+                        object,
+                        automatic,
+                        start,
+                        dice: run.iter().map(|r| r.0).collect(),
+                        window_vox: run.iter().map(|r| r.1).collect(),
+                    });
+                }
             }
         }
         progress(n + 1, samples.len());
