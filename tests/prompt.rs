@@ -417,3 +417,48 @@ fn a_recorded_prompt_replays_on_the_training_grid_with_the_users_fixes_marked() 
     let fixed = labels.iter().filter(|l| **l & 256 != 0).count();
     assert_eq!(fixed, 37);
 }
+
+#[test]
+fn an_automatic_model_is_carried_into_a_promptable_one_that_starts_where_it_was() {
+    use burn::tensor::{Distribution, Tensor};
+    use mriloop::model::fit::initial_model;
+    use mriloop::model::save_checkpoint;
+    let device = Device::flex();
+    device.seed(3);
+    // An automatic network of one sequence and three labels, saved as a checkpoint.
+    let automatic = TrainingConfig::new(
+        MultiTaskUNetConfig::new(1, 3, 2)
+            .with_base_channels(8)
+            .with_depth(2),
+    )
+    .with_window([16, 16, 16]);
+    let net = automatic.model.init(&device);
+    let dir = tempfile::tempdir().unwrap();
+    save_checkpoint(dir.path(), &automatic, &net).unwrap();
+    // A promptable run fine-tuning it: three more inputs, two labels.
+    let config = promptable(
+        FitConfig::new(automatic.clone()).with_resume_from(Some(dir.path().display().to_string())),
+        PromptConfig::default(),
+    );
+    assert_eq!(config.training.model.in_channels, 4);
+    let carried = initial_model(&config, &device).unwrap().valid();
+    // With the new inputs' weights at zero, the encoder computes what it did: the class
+    // logits agree whatever the guidance holds; the segmentation head is new (two labels).
+    let x = Tensor::<5>::random([1, 1, 16, 16, 16], Distribution::Default, &device);
+    let g = Tensor::<5>::random([1, 3, 16, 16, 16], Distribution::Default, &device);
+    let (_, before) = net.forward(x.clone());
+    let (seg, after) = carried.forward(Tensor::cat(vec![x, g], 1));
+    assert_eq!(seg.dims(), [1, 2, 16, 16, 16]);
+    let (b, a) = (
+        before.into_data().to_vec::<f32>().unwrap(),
+        after.into_data().to_vec::<f32>().unwrap(),
+    );
+    for (p, q) in b.iter().zip(&a) {
+        assert!((p - q).abs() < 1e-4, "{b:?} vs {a:?}");
+    }
+    // A network of another width is refused, naming the checkpoint.
+    let mut wider = config.clone();
+    wider.training.model.base_channels = 16;
+    let e = initial_model(&wider, &device).unwrap_err().to_string();
+    assert!(e.contains(&dir.path().display().to_string()), "{e}");
+}

@@ -480,7 +480,20 @@ pub fn initial_model(
     match &config.resume_from {
         None => Ok(t.model.init(&device.clone().autodiff())),
         Some(dir) => {
-            let weights = std::path::Path::new(dir).join("model.bpk");
+            let dir = std::path::Path::new(dir);
+            let from = super::training::TrainingConfig::load(dir.join("config.json")).ok();
+            if let Some(from) = from.filter(|f| f.prompt.is_none() && t.prompt.is_some()) {
+                // An automatic model fine-tuned into a promptable one (more inputs, two labels).
+                let (_, model) = super::training::load_checkpoint(dir, device)?;
+                return model
+                    .widened(&from.model, &t.model, device)
+                    .map(|m| m.train())
+                    .map_err(|problem| super::training::CheckpointError::File {
+                        path: dir.display().to_string(),
+                        problem,
+                    });
+            }
+            let weights = dir.join("model.bpk");
             let model = t.model.init(device).try_load_file(&weights).map_err(|e| {
                 super::training::CheckpointError::File {
                     path: weights.display().to_string(),

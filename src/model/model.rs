@@ -175,7 +175,62 @@ impl MultiTaskUNetConfig {
     }
 }
 
+/// `conv` reading `extra` more input channels, their weights zero (at first it ignores them).
+fn widen_input(mut conv: Conv3d, extra: usize) -> Conv3d {
+    conv.weight = conv.weight.map(|w| {
+        let [o, _, a, b, c] = w.dims();
+        let zeros = Tensor::<5>::zeros([o, extra, a, b, c], &w.device());
+        Tensor::cat(vec![w, zeros], 1)
+    });
+    conv
+}
+
 impl MultiTaskUNet {
+    /// This network (built with `from`) carried into a network of `to` that reads more input
+    /// channels (after the existing ones; their weights start at zero, so at first it computes
+    /// what it did) and may have another number of labels (a fresh segmentation head): how an
+    /// automatic model is fine-tuned into a promptable one. Everything else must match. (Where
+    /// the wider stem's input equals its width, its skip path is the identity and the carried
+    /// network computes what it did only up to that path.)
+    pub fn widened(
+        mut self,
+        from: &MultiTaskUNetConfig,
+        to: &MultiTaskUNetConfig,
+        device: &Device,
+    ) -> Result<MultiTaskUNet, String> {
+        let same = from.base_channels == to.base_channels
+            && from.depth == to.depth
+            && from.spatial_dims == to.spatial_dims
+            && from.time_points == 0
+            && to.time_points == 0
+            && from.num_classes == to.num_classes
+            && from.class_max_pool == to.class_max_pool
+            && to.in_channels >= from.in_channels;
+        if !same {
+            return Err(format!(
+                "a network of {} inputs, width {}, depth {} cannot be carried into one of {} \
+                 inputs, width {}, depth {}",
+                from.in_channels,
+                from.base_channels,
+                from.depth,
+                to.in_channels,
+                to.base_channels,
+                to.depth
+            ));
+        }
+        let fresh = to.init(device);
+        let extra = to.in_channels - from.in_channels;
+        self.stem.conv1 = widen_input(self.stem.conv1, extra);
+        self.stem.skip = match (self.stem.skip, fresh.stem.skip) {
+            (Some(s), Some(_)) => Some(widen_input(s, extra)),
+            (_, f) => f,
+        };
+        if from.num_labels != to.num_labels {
+            self.seg_head = fresh.seg_head;
+        }
+        Ok(self)
+    }
+
     /// `x`: `[N, C, D, H, W]` (4D: `[N, T, D, H, W]`) → segmentation logits
     /// `[N, num_labels, D, H, W]` and class logits `[N, num_classes]`.
     pub fn forward(&self, x: Tensor<5>) -> (Tensor<5>, Tensor<2>) {

@@ -183,14 +183,7 @@ pub fn run_config(
     }
     config.changed_weight = request.changed_weight;
     if request.promptable && config.training.prompt.is_none() {
-        if request.fine_tune_from.is_some() {
-            return Err(ProjectError::Invalid {
-                path: project.manifest_path(),
-                problem: "a promptable run fine-tunes a promptable version (an automatic one \
-                          has other inputs and outputs): start it from scratch"
-                    .into(),
-            });
-        }
+        // From scratch, or an automatic version carried into a promptable network.
         config = super::prompt_train::promptable(config, Default::default());
     }
     Ok((config, plan))
