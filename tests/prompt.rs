@@ -450,8 +450,8 @@ fn an_automatic_model_is_carried_into_a_promptable_one_that_starts_where_it_was(
     let (seg, after) = carried.forward(Tensor::cat(vec![x, g], 1));
     assert_eq!(seg.dims(), [1, 2, 16, 16, 16]);
     let (b, a) = (
-        before.into_data().to_vec::<f32>().unwrap(),
-        after.into_data().to_vec::<f32>().unwrap(),
+        before.into_data().try_to_vec::<f32>().unwrap(),
+        after.into_data().try_to_vec::<f32>().unwrap(),
     );
     for (p, q) in b.iter().zip(&a) {
         assert!((p - q).abs() < 1e-4, "{b:?} vs {a:?}");
