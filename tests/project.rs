@@ -486,3 +486,66 @@ fn slices_of_a_volume_become_a_2d_project_with_renumbered_labels() {
     let e = slice_project(&img_path, &other, &dir.path().join("q"), &options).unwrap_err();
     assert!(e.to_string().contains("other.nii.gz"), "{e}");
 }
+
+#[test]
+fn colin27_subjects_keep_the_atlas_volumes_and_a_habenula_per_side_deterministically() {
+    use mriloop::phantom::template::{Template, DEFAULT_TEMPLATE_DIR, STRUCTURES};
+    let dir = tempfile::tempdir().unwrap();
+    let templates = Path::new(DEFAULT_TEMPLATE_DIR);
+    let cfg = PhantomConfig {
+        cases: 3,
+        seed: 4,
+        grid: 96,
+        voxel_mm: Some(1.2),
+        template_dir: Some(templates.to_path_buf()),
+        ..PhantomConfig::default()
+    };
+    let p = phantom::generate_project(&dir.path().join("a"), &cfg, |_, _| {}).unwrap();
+    let template = Template::colin27(templates).unwrap();
+    // The atlas's volume of each structure (1 mm voxels).
+    let template_mm3 = |value: u8| template.atlas.iter().filter(|v| **v == value).count() as f64;
+    let mut classes = Vec::new();
+    for case in &p.manifest.cases {
+        let mask = p.load_reference_mask(case).unwrap().unwrap();
+        let voxel = mask.voxel_volume_mm3();
+        let mm3 = |l: u8| mask.data().iter().filter(|v| **v == l).count() as f64 * voxel;
+        for side in [LABEL_HABENULA_L, LABEL_HABENULA_R] {
+            let v = mm3(side);
+            assert!(
+                (20.0..=40.0).contains(&v),
+                "{} habenula {side}: {v:.1} mm³",
+                case.id
+            );
+        }
+        for (_, value, name) in STRUCTURES {
+            let (got, want) = (mm3(value), template_mm3(value));
+            let ratio = got / want;
+            assert!(
+                (0.75..=1.25).contains(&ratio),
+                "{} {name}: {got:.0} mm³ vs {want:.0} in the template",
+                case.id
+            );
+        }
+        let patient = case.class_label.as_deref() == Some("patient");
+        if patient {
+            assert!(
+                (3..=5).any(|l| mm3(l) > 0.0),
+                "{}: a patient has lesions",
+                case.id
+            );
+        }
+        classes.push(patient);
+    }
+    assert!(
+        classes.contains(&true) && classes.contains(&false),
+        "{classes:?}"
+    );
+    // Another run with one case: the same bytes for it.
+    let cfg1 = PhantomConfig { cases: 1, ..cfg };
+    let q = phantom::generate_project(&dir.path().join("b"), &cfg1, |_, _| {}).unwrap();
+    let t1 = "cases/colin27_000/T1.nii.gz";
+    assert_eq!(
+        std::fs::read(p.resolve(t1)).unwrap(),
+        std::fs::read(q.resolve(t1)).unwrap()
+    );
+}

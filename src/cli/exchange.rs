@@ -52,6 +52,25 @@ pub struct PhantomArgs {
     /// Lesions are all white-matter lesions, each visible on only one of T1, T2 and FLAIR.
     #[arg(long)]
     pub sequence_specific_lesions: bool,
+    /// The head: the analytic phantom, or subjects derived from a real brain (Colin27, from
+    /// Debian's mricron-data): deformed, posed, with synthesised sequences, the habenula and
+    /// the atlas's subcortical structures (3D and 2D forms; --grid is then the field of view
+    /// about the deep grey matter, e.g. 96).
+    #[arg(long, value_enum, default_value_t = Anatomy::Phantom)]
+    pub anatomy: Anatomy,
+    /// Folder of the template files (ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz; default: where
+    /// mricron-data installs them).
+    #[arg(long)]
+    pub template_dir: Option<PathBuf>,
+}
+
+/// The head phantom subjects are made from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anatomy {
+    /// The analytic head (ellipsoid shells).
+    Phantom,
+    /// The Colin27 template (a real brain).
+    Colin27,
 }
 
 /// `mriloop phantom`.
@@ -62,19 +81,26 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
     if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
         bail!("--voxel-mm must be between 0.2 and 5");
     }
-    let cfg = crate::phantom::PhantomConfig {
-        cases: args.cases,
-        seed: args.seed,
-        form: match args.form {
-            Form::ThreeD => InputForm::Volume3d,
-            Form::TwoD => InputForm::Slice2d,
-            Form::FourD => InputForm::TimeSeries4d,
-        },
-        grid: args.grid,
-        frames: args.frames,
-        voxel_mm: args.voxel_mm,
-        sequence_specific_lesions: args.sequence_specific_lesions,
-    };
+    let cfg =
+        crate::phantom::PhantomConfig {
+            cases: args.cases,
+            seed: args.seed,
+            form: match args.form {
+                Form::ThreeD => InputForm::Volume3d,
+                Form::TwoD => InputForm::Slice2d,
+                Form::FourD => InputForm::TimeSeries4d,
+            },
+            grid: args.grid,
+            frames: args.frames,
+            voxel_mm: args.voxel_mm,
+            sequence_specific_lesions: args.sequence_specific_lesions,
+            template_dir: match args.anatomy {
+                Anatomy::Phantom => None,
+                Anatomy::Colin27 => Some(args.template_dir.clone().unwrap_or_else(|| {
+                    PathBuf::from(crate::phantom::template::DEFAULT_TEMPLATE_DIR)
+                })),
+            },
+        };
     let bar = indicatif::ProgressBar::new(args.cases as u64);
     let project =
         crate::phantom::generate_project(&args.out, &cfg, |done, _| bar.set_position(done as u64))?;

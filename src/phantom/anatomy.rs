@@ -112,10 +112,28 @@ impl Ellipsoid {
     }
 }
 
+/// The tissue of a lesion of `kind` at normalised radius `r` (< 1): a tumour has an enhancing
+/// rim around its core.
+pub(super) fn lesion_tissue(kind: LesionKind, r: f64) -> Tissue {
+    match kind {
+        LesionKind::Flair => Tissue::Lesion,
+        LesionKind::FlairOnly => Tissue::LesionFlairOnly,
+        LesionKind::T2Only => Tissue::LesionT2Only,
+        LesionKind::T1Only => Tissue::LesionT1Only,
+        LesionKind::Infarct => Tissue::Infarct,
+        LesionKind::Tumour if r > 0.65 => Tissue::TumourRim,
+        LesionKind::Tumour => Tissue::TumourCore,
+    }
+}
+
 /// A random lesion kind: a white-matter lesion for a control, else a white-matter lesion,
 /// infarct or tumour; with `sequence_specific`, a white-matter lesion seen on one of FLAIR, T2
 /// and T1 only.
-fn random_lesion_kind(rng: &mut ChaCha8Rng, patient: bool, sequence_specific: bool) -> LesionKind {
+pub(super) fn random_lesion_kind(
+    rng: &mut ChaCha8Rng,
+    patient: bool,
+    sequence_specific: bool,
+) -> LesionKind {
     // Sequence-specific phantoms pose the multi-sequence question: every lesion is a
     // white-matter one.
     let kind = if !patient || sequence_specific {
@@ -139,7 +157,7 @@ fn random_lesion_kind(rng: &mut ChaCha8Rng, patient: bool, sequence_specific: bo
 
 /// A random lesion radius (mm) for `kind` (small for a control), scaled with the field of view
 /// `2·half_fov_mm`.
-fn random_lesion_radius_mm(
+pub(super) fn random_lesion_radius_mm(
     rng: &mut ChaCha8Rng,
     kind: LesionKind,
     patient: bool,
@@ -309,15 +327,7 @@ impl Anatomy {
         for l in &self.lesions {
             let r = ((q - l.centre_mm) / l.radii_mm).length();
             if r < 1.0 {
-                return match l.kind {
-                    LesionKind::Flair => Tissue::Lesion,
-                    LesionKind::FlairOnly => Tissue::LesionFlairOnly,
-                    LesionKind::T2Only => Tissue::LesionT2Only,
-                    LesionKind::T1Only => Tissue::LesionT1Only,
-                    LesionKind::Infarct => Tissue::Infarct,
-                    LesionKind::Tumour if r > 0.65 => Tissue::TumourRim,
-                    LesionKind::Tumour => Tissue::TumourCore,
-                };
+                return lesion_tissue(l.kind, r);
             }
         }
         if self.ventricles.iter().any(|e| e.rho(q) < 1.0) {

@@ -19,8 +19,10 @@
 //! `abnormal_dynamics`).
 
 mod anatomy;
+pub mod template;
 
 pub use anatomy::{Anatomy, Ellipsoid, Lesion, LesionKind, Tissue};
+pub use template::Template;
 
 use crate::project::{
     Case, InputForm, Label, LabelTable, Manifest, Project, ProjectError, SequenceFile, SequenceName,
@@ -68,6 +70,9 @@ pub struct PhantomConfig {
     /// of bright on T2 and FLAIR together), so that only the three sequences together show them
     /// all.
     pub sequence_specific_lesions: bool,
+    /// Subjects derived from the Colin27 template in this folder (Debian's mricron-data) instead
+    /// of the analytic head.
+    pub template_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PhantomConfig {
@@ -80,6 +85,7 @@ impl Default for PhantomConfig {
             frames: 100,
             voxel_mm: None,
             sequence_specific_lesions: false,
+            template_dir: None,
         }
     }
 }
@@ -450,15 +456,34 @@ fn volume<T: Copy>(grid: &Grid, data: Vec<T>) -> Result<Volume<T>, VolumeError> 
     )
 }
 
-/// Generate case `index` of a configuration.
+/// Generate case `index` of a configuration (the analytic head; see `generate_case_with`).
 pub fn generate_case(cfg: &PhantomConfig, index: usize) -> Result<PhantomCase, VolumeError> {
+    generate_case_with(cfg, None, index)
+}
+
+/// Generate case `index` of a configuration, from `template` when given (3D and 2D forms).
+pub fn generate_case_with(
+    cfg: &PhantomConfig,
+    template: Option<&Template>,
+    index: usize,
+) -> Result<PhantomCase, VolumeError> {
     let mut rng = case_rng(cfg.seed, index);
     let patient = rng.random_bool(0.5);
-    let id = format!("phantom_{index:03}");
+    let id = format!(
+        "{}_{index:03}",
+        if template.is_some() {
+            "colin27"
+        } else {
+            "phantom"
+        }
+    );
     match cfg.form {
         InputForm::TimeSeries4d => generate_4d(cfg, &mut rng, id, patient),
         InputForm::Volume3d | InputForm::Slice2d => {
-            let mut case = generate_3d(cfg, &mut rng, id, patient)?;
+            let mut case = match template {
+                Some(t) => template::generate_template_case(cfg, t, &mut rng, id, patient)?,
+                None => generate_3d(cfg, &mut rng, id, patient)?,
+            };
             if cfg.form == InputForm::Slice2d {
                 case = to_single_slices(case)?;
             }
@@ -502,36 +527,12 @@ fn generate_3d(
     let gain = rng.random_range(0.9..1.1);
     let mut images = Vec::new();
     for (s, name) in structural_sequences().into_iter().enumerate() {
-        let mut img: Vec<f32> = tissue
+        let img: Vec<f32> = tissue
             .iter()
             .map(|t| contrast(tissue_of(*t))[s] as f32)
             .collect();
-        blur(&mut img, grid.dims, 0.5);
-        let bias = bias_field(rng);
-        if name == SequenceName::Adc {
-            // A computed map: Gaussian noise, no bias field; 10⁻³ → 10⁻⁶ mm²/s.
-            let data = img
-                .iter()
-                .map(|v| {
-                    let adc = *v as f64 + 0.03 * rng.sample::<f64, _>(StandardNormal);
-                    (1000.0 * adc).round().clamp(0.0, i16::MAX as f64) as i16
-                })
-                .collect();
-            images.push((name, volume(&grid, data)?));
-        } else {
-            let sigma = 20.0;
-            let data = img
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    let b = bias(grid.anat_of(i) / head);
-                    rician(rng, *v as f64 * b * gain, sigma)
-                        .round()
-                        .clamp(0.0, i16::MAX as f64) as i16
-                })
-                .collect();
-            images.push((name, volume(&grid, data)?));
-        }
+        let v = acquire(rng, &grid, &name, img, head, gain)?;
+        images.push((name, v));
     }
     Ok(PhantomCase {
         id,
@@ -540,6 +541,40 @@ fn generate_3d(
         networks: None,
         mask: Some(volume(&grid, mask)?),
     })
+}
+
+/// The scanner's image of a noiseless one: partial-volume blur, then a bias field and Rician
+/// noise (magnitude images; `head` normalises the field's coordinates) or, for ADC, Gaussian
+/// noise on the computed map in 10⁻⁶ mm²/s.
+fn acquire(
+    rng: &mut ChaCha8Rng,
+    grid: &Grid,
+    name: &SequenceName,
+    mut img: Vec<f32>,
+    head: DVec3,
+    gain: f64,
+) -> Result<Volume<i16>, VolumeError> {
+    blur(&mut img, grid.dims, 0.5);
+    let bias = bias_field(rng);
+    let data = if *name == SequenceName::Adc {
+        img.iter()
+            .map(|v| {
+                let adc = *v as f64 + 0.03 * rng.sample::<f64, _>(StandardNormal);
+                (1000.0 * adc).round().clamp(0.0, i16::MAX as f64) as i16
+            })
+            .collect()
+    } else {
+        img.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let b = bias(grid.anat_of(i) / head);
+                rician(rng, *v as f64 * b * gain, 20.0)
+                    .round()
+                    .clamp(0.0, i16::MAX as f64) as i16
+            })
+            .collect()
+    };
+    volume(grid, data)
 }
 
 /// Cut one slice (along the third stored axis) through the tiny structure from every image.
@@ -812,8 +847,16 @@ pub fn generate_project(
         InputForm::TimeSeries4d => label_table_4d(),
         _ => label_table(),
     };
+    let template = match (&cfg.template_dir, cfg.form) {
+        (Some(dir), InputForm::Volume3d | InputForm::Slice2d) => {
+            manifest.labels = template::label_table();
+            manifest.name = format!("colin27 {} (seed {})", cfg.form.as_str(), cfg.seed);
+            Some(Template::colin27(dir)?)
+        }
+        _ => None,
+    };
     for i in 0..cfg.cases {
-        let case = generate_case(cfg, i)?;
+        let case = generate_case_with(cfg, template.as_ref(), i)?;
         manifest.cases.push(write_case(out, &case, cfg.form)?);
         progress(i + 1, cfg.cases);
     }

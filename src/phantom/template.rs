@@ -1,0 +1,558 @@
+//! Subjects derived from a real brain: the Colin27 template of Debian's `mricron-data` (BSD-3;
+//! its T1 at 1 mm `ch2`, the brain-extracted T1 `ch2bet`, the AAL atlas `aal` on the same grid).
+//!
+//! A subject is the template seen through a random smooth diffeomorphic deformation (a
+//! stationary velocity field on a coarse grid, integrated by scaling and squaring), a random
+//! pose, voxel size and storage orientation (the phantom's `Grid`), with sequences synthesised
+//! from the template's tissues (CSF, grey and white matter by 3-means of the brain's T1, the
+//! atlas's deep grey matter) with each sequence's contrast, per-subject random contrast (the
+//! domain randomisation of SynthSeg) and the real T1's texture, a bias field and Rician noise.
+//! Labels are carried by the same deformation: the habenula (at its anatomical place beside the
+//! third ventricle, its volume tuned per side), focal lesions in white matter, and the atlas's
+//! named subcortical structures. Patients have lesions and a smaller habenula, as in the
+//! phantom.
+//!
+//! Invariants: deterministic per seed and case index; every template file is read once and
+//! checked (same grid for all three); the output field of view is a box of `grid` mm about the
+//! habenulae (the deep grey matter; as a 7T slab would be), in the template's millimetres.
+
+use super::anatomy::{LesionKind, Tissue};
+use super::{contrast, Grid};
+use crate::volume::{read_volume, Volume, VolumeError};
+use glam::DVec3;
+use rand::RngExt;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::StandardNormal;
+use std::path::{Path, PathBuf};
+
+/// Where Debian's `mricron-data` installs the templates.
+pub const DEFAULT_TEMPLATE_DIR: &str = "/usr/share/mricron/templates";
+
+/// The AAL structures kept, with their label values and names.
+pub const STRUCTURES: [(u8, u8, &str); 12] = [
+    (77, 6, "thalamus_L"),
+    (78, 7, "thalamus_R"),
+    (71, 8, "caudate_L"),
+    (72, 9, "caudate_R"),
+    (73, 10, "putamen_L"),
+    (74, 11, "putamen_R"),
+    (75, 12, "pallidum_L"),
+    (76, 13, "pallidum_R"),
+    (37, 14, "hippocampus_L"),
+    (38, 15, "hippocampus_R"),
+    (41, 16, "amygdala_L"),
+    (42, 17, "amygdala_R"),
+];
+
+/// The habenulae in the template (mm; left, right): at the dorsomedial posterior thalamus, beside
+/// the third ventricle.
+pub const HABENULA_MM: [[f64; 3]; 2] = [[-3.5, -26.0, 3.5], [3.5, -26.0, 3.5]];
+
+/// Where the field of view is centred (template mm): between the habenulae.
+pub const FOV_CENTRE_MM: [f64; 3] = [0.0, -20.0, 3.0];
+
+/// The template, ready to sample.
+pub struct Template {
+    /// The T1 (the template's grid and affine).
+    pub t1: Volume<f32>,
+    /// The tissue code (`Tissue as u8`) of each voxel.
+    pub tissue: Vec<u8>,
+    /// The label value (`STRUCTURES`) of each voxel, 0 elsewhere.
+    pub atlas: Vec<u8>,
+    /// Mean T1 of each tissue code (texture reference).
+    pub tissue_mean_t1: [f32; 16],
+}
+
+/// A template file read, or the problem naming it.
+fn read_f32(dir: &Path, name: &str) -> Result<Volume<f32>, VolumeError> {
+    let path: PathBuf = dir.join(name);
+    read_volume(&path).map(|v| v.to_f32()).map_err(|e| {
+        VolumeError::Shape(format!(
+            "{}: {e} (install Debian's mricron-data, or give --template-dir)",
+            path.display()
+        ))
+    })
+}
+
+/// 1D 3-means of `values` (CSF, grey, white matter of a T1 brain): the two thresholds.
+fn three_means(values: &[f32]) -> [f32; 2] {
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let mut c = [
+        lo + 0.2 * (hi - lo),
+        lo + 0.5 * (hi - lo),
+        lo + 0.8 * (hi - lo),
+    ];
+    for _ in 0..30 {
+        let mut sum = [0f64; 3];
+        let mut n = [0usize; 3];
+        for v in values {
+            let k = (0..3)
+                .min_by(|a, b| (v - c[*a]).abs().total_cmp(&(v - c[*b]).abs()))
+                .unwrap_or(0);
+            sum[k] += f64::from(*v);
+            n[k] += 1;
+        }
+        c = [0, 1, 2].map(|k| {
+            if n[k] > 0 {
+                (sum[k] / n[k] as f64) as f32
+            } else {
+                c[k]
+            }
+        });
+    }
+    [(c[0] + c[1]) / 2.0, (c[1] + c[2]) / 2.0]
+}
+
+impl Template {
+    /// Read Colin27 (`ch2`, `ch2bet`, `aal`) from `dir`.
+    pub fn colin27(dir: &Path) -> Result<Template, VolumeError> {
+        let t1 = read_f32(dir, "ch2.nii.gz")?;
+        let brain = read_f32(dir, "ch2bet.nii.gz")?;
+        let aal = read_f32(dir, "aal.nii.gz")?;
+        if brain.dims3() != t1.dims3() || aal.dims3() != t1.dims3() {
+            return Err(VolumeError::Shape(format!(
+                "{}: ch2, ch2bet and aal must share one grid",
+                dir.display()
+            )));
+        }
+        let n = t1.frame_len();
+        let in_brain: Vec<bool> = brain.data()[..n].iter().map(|v| *v > 0.0).collect();
+        // Every 5th brain voxel is plenty for three means.
+        let brain_t1: Vec<f32> = (0..n)
+            .step_by(5)
+            .filter(|i| in_brain[*i])
+            .map(|i| t1.data()[i])
+            .collect();
+        let [csf_gm, gm_wm] = three_means(&brain_t1);
+        let atlas: Vec<u8> = aal.data()[..n]
+            .iter()
+            .map(|v| {
+                let code = v.round() as u8;
+                STRUCTURES.iter().find(|s| s.0 == code).map_or(0, |s| s.1)
+            })
+            .collect();
+        let tissue: Vec<u8> = (0..n)
+            .map(|i| {
+                let v = t1.data()[i];
+                let t = match (in_brain[i], atlas[i]) {
+                    (false, _) if v > 25.0 => Tissue::Scalp,
+                    (false, _) => Tissue::Air,
+                    (true, 6..=13) => Tissue::DeepGm,
+                    (true, _) if v < csf_gm => Tissue::Csf,
+                    (true, _) if v < gm_wm => Tissue::Gm,
+                    (true, _) => Tissue::Wm,
+                };
+                t as u8
+            })
+            .collect();
+        let mut sums = [(0f64, 0usize); 16];
+        for (t, v) in tissue.iter().zip(t1.data()) {
+            let s = &mut sums[usize::from(*t).min(15)];
+            s.0 += f64::from(*v);
+            s.1 += 1;
+        }
+        let tissue_mean_t1 = sums.map(|(s, n)| if n > 0 { (s / n as f64) as f32 } else { 1.0 });
+        Ok(Template {
+            t1,
+            tissue,
+            atlas,
+            tissue_mean_t1,
+        })
+    }
+
+    /// The template voxel nearest `mm`, if inside.
+    fn nearest(&self, mm: DVec3) -> Option<usize> {
+        let v = self.t1.affine().mm_to_vox(mm)?.round();
+        let [nx, ny, nz] = self.t1.dims3();
+        let inside = (0..3).all(|a| v[a] >= 0.0 && v[a] < [nx, ny, nz][a] as f64);
+        inside.then(|| v.x as usize + nx * (v.y as usize + ny * v.z as usize))
+    }
+
+    /// The T1 at `mm` (trilinear; 0 outside).
+    fn t1_at(&self, mm: DVec3) -> f32 {
+        let Some(v) = self.t1.affine().mm_to_vox(mm) else {
+            return 0.0;
+        };
+        let [nx, ny, nz] = self.t1.dims3();
+        let f = v.floor();
+        let w = v - f;
+        let mut acc = 0.0;
+        for c in 0..8 {
+            let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
+            let p = [f.x + o[0], f.y + o[1], f.z + o[2]];
+            if (0..3).any(|a| p[a] < 0.0 || p[a] >= [nx, ny, nz][a] as f64) {
+                continue;
+            }
+            let weight = (0..3)
+                .map(|a| if o[a] > 0.0 { w[a] } else { 1.0 - w[a] })
+                .product::<f64>();
+            let i = p[0] as usize + nx * (p[1] as usize + ny * p[2] as usize);
+            acc += weight * f64::from(self.t1.data()[i]);
+        }
+        acc as f32
+    }
+}
+
+/// A smooth random displacement on a coarse grid: `x ↦ x + u(x)` (mm), the exponential of a
+/// stationary velocity field (scaling and squaring), trilinear between its nodes.
+pub struct Deformation {
+    origin_mm: DVec3,
+    step_mm: f64,
+    n: usize,
+    u: Vec<DVec3>,
+}
+
+impl Deformation {
+    /// A random field over a cube of `extent_mm` about `centre_mm`: nodes every `step_mm`,
+    /// velocities of `sigma_mm` per axis, smoothed once, integrated in 6 squarings.
+    pub fn random(
+        rng: &mut ChaCha8Rng,
+        centre_mm: DVec3,
+        extent_mm: f64,
+        step_mm: f64,
+        sigma_mm: f64,
+    ) -> Self {
+        let n = (extent_mm / step_mm).ceil() as usize + 3;
+        let origin_mm = centre_mm - DVec3::splat(step_mm * (n - 1) as f64 / 2.0);
+        let raw: Vec<DVec3> = (0..n * n * n)
+            .map(|_| {
+                DVec3::from_array([0; 3].map(|_| sigma_mm * rng.sample::<f64, _>(StandardNormal)))
+            })
+            .collect();
+        let mut field = Self {
+            origin_mm,
+            step_mm,
+            n,
+            u: raw,
+        };
+        field.smooth();
+        let steps = 6;
+        field.u.iter_mut().for_each(|v| *v /= f64::from(1 << steps));
+        for _ in 0..steps {
+            let next: Vec<DVec3> = (0..field.u.len())
+                .map(|i| {
+                    let x = field.node_mm(i);
+                    field.u[i] + field.at(x + field.u[i])
+                })
+                .collect();
+            field.u = next;
+        }
+        field
+    }
+
+    fn node_mm(&self, i: usize) -> DVec3 {
+        let n = self.n;
+        self.origin_mm
+            + DVec3::new((i % n) as f64, ((i / n) % n) as f64, (i / (n * n)) as f64) * self.step_mm
+    }
+
+    /// Average each node with its 6 neighbours (a light smoothing of the raw velocities).
+    fn smooth(&mut self) {
+        let n = self.n as i64;
+        let at = |i: i64, j: i64, k: i64| {
+            (i.clamp(0, n - 1) + n * (j.clamp(0, n - 1) + n * k.clamp(0, n - 1))) as usize
+        };
+        let mut out = self.u.clone();
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    let sum = [
+                        (-1, 0, 0),
+                        (1, 0, 0),
+                        (0, -1, 0),
+                        (0, 1, 0),
+                        (0, 0, -1),
+                        (0, 0, 1),
+                    ]
+                    .iter()
+                    .map(|(a, b, c)| self.u[at(i + a, j + b, k + c)])
+                    .fold(self.u[at(i, j, k)], |s, v| s + v);
+                    out[at(i, j, k)] = sum / 7.0;
+                }
+            }
+        }
+        self.u = out;
+    }
+
+    /// The displacement at `x` (mm): trilinear between nodes, 0 beyond the field.
+    pub fn at(&self, x: DVec3) -> DVec3 {
+        let g = (x - self.origin_mm) / self.step_mm;
+        let n = self.n;
+        let f = g.floor();
+        if (0..3).any(|a| f[a] < 0.0 || f[a] + 1.0 > (n - 1) as f64) {
+            return DVec3::ZERO;
+        }
+        let w = g - f;
+        let mut acc = DVec3::ZERO;
+        for c in 0..8usize {
+            let o = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
+            let weight = (0..3)
+                .map(|a| if o[a] == 1 { w[a] } else { 1.0 - w[a] })
+                .product::<f64>();
+            let i = (f.x as usize + o[0]) + n * ((f.y as usize + o[1]) + n * (f.z as usize + o[2]));
+            acc += self.u[i] * weight;
+        }
+        acc
+    }
+}
+
+/// A focal lesion in template mm.
+struct TemplateLesion {
+    kind: LesionKind,
+    centre_mm: DVec3,
+    radii_mm: DVec3,
+}
+
+/// The lesions of a subject: as the phantom draws them (kinds, sizes), centred on random white
+/// matter voxels of the template inside the field of view (`centre_mm`, `fov_mm`).
+fn random_lesions(
+    rng: &mut ChaCha8Rng,
+    template: &Template,
+    patient: bool,
+    sequence_specific: bool,
+    (centre_mm, fov_mm): (DVec3, f64),
+) -> Vec<TemplateLesion> {
+    let count = match (patient, rng.random_bool(0.25)) {
+        (true, _) => rng.random_range(1..=4),
+        (false, true) => 1,
+        (false, false) => 0,
+    };
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let kind = super::anatomy::random_lesion_kind(rng, patient, sequence_specific);
+        let r = super::anatomy::random_lesion_radius_mm(rng, kind, patient, 32.0);
+        for _ in 0..200 {
+            let offset = DVec3::from_array([0; 3].map(|_| rng.random_range(-0.4..0.4) * fov_mm));
+            let c = centre_mm + offset;
+            let in_wm = template
+                .nearest(c)
+                .is_some_and(|t| template.tissue[t] == Tissue::Wm as u8);
+            if in_wm {
+                let radii = DVec3::from_array([0; 3].map(|_| r * rng.random_range(0.7..1.3)));
+                out.push(TemplateLesion {
+                    kind,
+                    centre_mm: c,
+                    radii_mm: radii,
+                });
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Tune the habenula of `side` (an ellipsoid about `HABENULA_MM[side]` in template mm, seen at
+/// `positions`) until its voxel-counted volume is within 1 mm³ of `target_mm3` (as close as
+/// the grid allows), and write it into `tissue`. Returns the volume.
+fn place_habenula(
+    positions: &[DVec3],
+    voxel_mm3: f64,
+    tissue: &mut [u8],
+    side: usize,
+    target_mm3: f64,
+) -> f64 {
+    let centre = DVec3::from_array(HABENULA_MM[side]);
+    let radii = DVec3::new(1.5, 2.2, 1.8);
+    let near: Vec<usize> = (0..positions.len())
+        .filter(|i| (positions[*i] - centre).length() < 8.0)
+        .collect();
+    let inside = |scale: f64, i: usize| ((positions[i] - centre) / (radii * scale)).length() < 1.0;
+    let volume = |scale: f64| near.iter().filter(|i| inside(scale, **i)).count() as f64 * voxel_mm3;
+    let analytic = 4.0 / 3.0 * std::f64::consts::PI * radii.x * radii.y * radii.z;
+    let mut scale = (target_mm3 / analytic).cbrt();
+    let mut best = (scale, f64::INFINITY, 0.0);
+    for _ in 0..24 {
+        let measured = volume(scale);
+        let err = (measured - target_mm3).abs();
+        if err < best.1 {
+            best = (scale, err, measured);
+        }
+        if err <= 1.0 {
+            break;
+        }
+        let ratio = if measured > 0.0 {
+            target_mm3 / measured
+        } else {
+            1.5
+        };
+        scale *= ratio.cbrt().clamp(0.8, 1.25).powf(0.7);
+    }
+    let code = [Tissue::HabenulaL, Tissue::HabenulaR][side] as u8;
+    for i in near.into_iter().filter(|i| inside(best.0, *i)) {
+        tissue[i] = code;
+    }
+    best.2
+}
+
+/// The tissue and atlas label of every output voxel (template positions `positions`), with
+/// the lesions drawn over them.
+fn tissues_and_labels(
+    template: &Template,
+    positions: &[DVec3],
+    lesions: &[TemplateLesion],
+) -> (Vec<u8>, Vec<u8>) {
+    positions
+        .iter()
+        .map(|p| {
+            let at = template.nearest(*p);
+            let lesion = lesions
+                .iter()
+                .map(|l| (l.kind, ((*p - l.centre_mm) / l.radii_mm).length()))
+                .find(|(_, r)| *r < 1.0)
+                .filter(|_| at.is_some_and(|t| template.tissue[t] != Tissue::Air as u8));
+            match (lesion, at) {
+                (Some((kind, r)), _) => (super::anatomy::lesion_tissue(kind, r) as u8, 0),
+                (None, Some(t)) => (template.tissue[t], template.atlas[t]),
+                (None, None) => (Tissue::Air as u8, 0),
+            }
+        })
+        .unzip()
+}
+
+/// The synthetic sequences' noiseless images: each tissue's contrast (scaled per subject by a
+/// random factor per sequence and tissue) times the real T1's texture (fully on T1, half on
+/// the others; none on lesions and the habenula).
+fn synthetic_images(
+    rng: &mut ChaCha8Rng,
+    template: &Template,
+    tissue: &[u8],
+    texture: &[f32],
+) -> Vec<Vec<f32>> {
+    let factors: Vec<[f64; 16]> = (0..6)
+        .map(|_| [0; 16].map(|_| rng.random_range(0.85..1.15)))
+        .collect();
+    (0..6)
+        .map(|s| {
+            tissue
+                .iter()
+                .zip(texture)
+                .map(|(t, tex)| {
+                    let tissue = super::tissue_of(*t);
+                    let textured = matches!(
+                        tissue,
+                        Tissue::Csf | Tissue::Gm | Tissue::Wm | Tissue::DeepGm
+                    );
+                    let r = if textured {
+                        f64::from(tex / template.tissue_mean_t1[usize::from(*t)]).clamp(0.5, 1.5)
+                    } else {
+                        1.0
+                    };
+                    let r = if s == 0 { r } else { 1.0 + 0.5 * (r - 1.0) };
+                    (contrast(tissue)[s] * factors[s][usize::from(*t).min(15)] * r) as f32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// One subject of `template`: see the module's header.
+pub fn generate_template_case(
+    cfg: &super::PhantomConfig,
+    template: &Template,
+    rng: &mut ChaCha8Rng,
+    id: String,
+    patient: bool,
+) -> Result<super::PhantomCase, VolumeError> {
+    let fov = cfg.grid as f64;
+    let spacing = cfg.voxel_mm.map_or((0.7, 1.2), |v| (v, v));
+    let grid = Grid::random(rng, fov, spacing, None);
+    let centre = DVec3::from_array(FOV_CENTRE_MM);
+    let field = Deformation::random(rng, centre, fov * 1.8, 12.0, 2.5);
+    let positions: Vec<DVec3> = (0..grid.len())
+        .map(|i| {
+            let p = grid.anat_of(i) + centre;
+            p + field.at(p)
+        })
+        .collect();
+    let lesions = random_lesions(
+        rng,
+        template,
+        patient,
+        cfg.sequence_specific_lesions,
+        (centre, fov),
+    );
+    let (mut tissue, atlas) = tissues_and_labels(template, &positions, &lesions);
+    let targets = if patient {
+        [rng.random_range(21.0..27.0), rng.random_range(21.0..27.0)]
+    } else {
+        [rng.random_range(30.0..38.0), rng.random_range(30.0..38.0)]
+    };
+    let voxel_mm3 = grid.affine.linear().determinant().abs();
+    for (side, target) in targets.into_iter().enumerate() {
+        place_habenula(&positions, voxel_mm3, &mut tissue, side, target);
+    }
+    let mask: Vec<u8> = tissue
+        .iter()
+        .zip(&atlas)
+        .map(|(t, a)| match super::tissue_of(*t).label() {
+            0 => *a,
+            l => l,
+        })
+        .collect();
+    let texture: Vec<f32> = positions.iter().map(|p| template.t1_at(*p)).collect();
+    let clean = synthetic_images(rng, template, &tissue, &texture);
+    let head = DVec3::splat(fov / 2.0);
+    let gain = rng.random_range(0.9..1.1);
+    let mut images = Vec::new();
+    for (name, img) in super::structural_sequences().into_iter().zip(clean) {
+        let volume = super::acquire(rng, &grid, &name, img, head, gain)?;
+        images.push((name, volume));
+    }
+    Ok(super::PhantomCase {
+        id,
+        patient,
+        images,
+        networks: None,
+        mask: Some(super::volume(&grid, mask)?),
+    })
+}
+
+/// The label table of template subjects: the phantom's labels, then the atlas structures.
+pub fn label_table() -> crate::project::LabelTable {
+    let mut labels = super::label_table().labels().to_vec();
+    for (_, value, name) in STRUCTURES {
+        labels.push(crate::project::Label {
+            value,
+            name: name.to_string(),
+            color: crate::project::default_color(value),
+        });
+    }
+    crate::project::LabelTable::new(labels).unwrap_or_else(|_| super::label_table())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn the_deformation_moves_points_smoothly_and_keeps_their_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let field = Deformation::random(&mut rng, DVec3::ZERO, 96.0, 12.0, 2.5);
+        let (mut largest, mut smallest_jacobian) = (0.0f64, f64::INFINITY);
+        let h = 0.5;
+        for i in 0..2000 {
+            let x = DVec3::new(
+                ((i * 37) % 80) as f64 - 40.0,
+                ((i * 53) % 80) as f64 - 40.0,
+                ((i * 71) % 80) as f64 - 40.0,
+            );
+            let map = |p: DVec3| p + field.at(p);
+            largest = largest.max(field.at(x).length());
+            let cols = [DVec3::X, DVec3::Y, DVec3::Z]
+                .map(|e| (map(x + e * h) - map(x - e * h)) / (2.0 * h));
+            let j = glam::DMat3::from_cols(cols[0], cols[1], cols[2]).determinant();
+            smallest_jacobian = smallest_jacobian.min(j);
+        }
+        assert!(
+            largest > 1.0 && largest < 12.0,
+            "displacement up to {largest:.2} mm"
+        );
+        assert!(
+            smallest_jacobian > 0.2,
+            "Jacobian down to {smallest_jacobian:.3}"
+        );
+    }
+}
