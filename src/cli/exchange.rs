@@ -81,6 +81,9 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
     if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
         bail!("--voxel-mm must be between 0.2 and 5");
     }
+    if args.anatomy == Anatomy::Colin27 && matches!(args.form, Form::FourD) {
+        bail!("--anatomy colin27 makes 3D and 2D subjects; 4D time series come from the analytic head only (for now)");
+    }
     let cfg =
         crate::phantom::PhantomConfig {
             cases: args.cases,
