@@ -354,10 +354,28 @@ fn place_tiny_structure(
         }
         n as f64 * voxel_mm3
     };
-    let mut scale = (target_mm3 / e.volume_mm3()).cbrt();
+    let best = tune_scale(target_mm3, e.volume_mm3(), count);
+    for k in k0..=k1 {
+        for j in j0..=j1 {
+            for i in i0..=i1 {
+                let idx = i + nx * (j + ny * k);
+                if inside(best.0, idx) {
+                    tissue[idx] = code as u8;
+                }
+            }
+        }
+    }
+    best.2
+}
+
+/// The scale of a shape whose measured volume (`measure(scale)`, mm³; `analytic_mm3` at scale
+/// 1) comes within 1 mm³ of `target_mm3`, or as close as the grid allows: `(scale, error,
+/// measured)`.
+fn tune_scale(target_mm3: f64, analytic_mm3: f64, measure: impl Fn(f64) -> f64) -> (f64, f64, f64) {
+    let mut scale = (target_mm3 / analytic_mm3).cbrt();
     let mut best = (scale, f64::INFINITY, 0.0);
     for _ in 0..24 {
-        let measured = count(scale);
+        let measured = measure(scale);
         let err = (measured - target_mm3).abs();
         if err < best.1 {
             best = (scale, err, measured);
@@ -373,17 +391,7 @@ fn place_tiny_structure(
         // Damped step so a coarse grid does not oscillate.
         scale *= ratio.cbrt().clamp(0.8, 1.25).powf(0.7);
     }
-    for k in k0..=k1 {
-        for j in j0..=j1 {
-            for i in i0..=i1 {
-                let idx = i + nx * (j + ny * k);
-                if inside(best.0, idx) {
-                    tissue[idx] = code as u8;
-                }
-            }
-        }
-    }
-    best.2
+    best
 }
 
 /// Separable Gaussian blur (σ in voxels) of a 3D image, for partial-volume edges.

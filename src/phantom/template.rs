@@ -361,24 +361,7 @@ fn place_habenula(
     let inside = |scale: f64, i: usize| ((positions[i] - centre) / (radii * scale)).length() < 1.0;
     let volume = |scale: f64| near.iter().filter(|i| inside(scale, **i)).count() as f64 * voxel_mm3;
     let analytic = 4.0 / 3.0 * std::f64::consts::PI * radii.x * radii.y * radii.z;
-    let mut scale = (target_mm3 / analytic).cbrt();
-    let mut best = (scale, f64::INFINITY, 0.0);
-    for _ in 0..24 {
-        let measured = volume(scale);
-        let err = (measured - target_mm3).abs();
-        if err < best.1 {
-            best = (scale, err, measured);
-        }
-        if err <= 1.0 {
-            break;
-        }
-        let ratio = if measured > 0.0 {
-            target_mm3 / measured
-        } else {
-            1.5
-        };
-        scale *= ratio.cbrt().clamp(0.8, 1.25).powf(0.7);
-    }
+    let best = super::tune_scale(target_mm3, analytic, volume);
     let code = [Tissue::HabenulaL, Tissue::HabenulaR][side] as u8;
     for i in near.into_iter().filter(|i| inside(best.0, *i)) {
         tissue[i] = code;
