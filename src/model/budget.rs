@@ -112,7 +112,8 @@ pub fn measure(
         }
         model = train_step_at(model, &mut optim, &batch, t, t.learning_rate).0;
     }
-    let step_s = (clock.now_s() - started) / 3.0;
+    let step_s =
+        (clock.now_s() - started) / 3.0 + correction_s(config, &model.valid(), device, clock);
     let before = clock.now_s();
     validate(&model.valid(), &val[..val.len().min(1)], t, device);
     Ok((step_s, (clock.now_s() - before) * val.len() as f64))
@@ -143,6 +144,45 @@ pub fn fit_to_budget(
         .with_epochs(plan.epochs)
         .with_steps_per_epoch(plan.steps_per_epoch);
     Ok((config, said))
+}
+
+/// A promptable run's mean cost per step of the simulated user's corrections (rounds drawn
+/// from `0..=corrective_rounds`): one round timed on a batch of the run's shape with a target
+/// in each patch; 0 for an automatic run.
+fn correction_s(
+    config: &FitConfig,
+    model: &super::MultiTaskUNet,
+    device: &Device,
+    clock: &dyn Clock,
+) -> f64 {
+    let Some(prompt) = &config.training.prompt else {
+        return 0.0;
+    };
+    let [px, py, pz] = config.patch;
+    let (n, c) = (config.batch_size.max(1), config.training.model.in_channels);
+    let len = px * py * pz;
+    let mut images = vec![0.0f32; n * c * len];
+    let masks: Vec<i32> = (0..n * len)
+        .map(|i| {
+            let v = i % len;
+            let at = [v % px, (v / px) % py, v / (px * py)];
+            let centre = [px / 2, py / 2, pz / 2];
+            i32::from((0..3).all(|a| at[a].abs_diff(centre[a]) <= 3))
+        })
+        .collect();
+    let started = clock.now_s();
+    super::prompt_train::simulate_corrections(
+        model,
+        &mut images,
+        &masks,
+        n,
+        c,
+        config.patch,
+        1,
+        prompt.point_radius_vox,
+        device,
+    );
+    (clock.now_s() - started) * prompt.corrective_rounds as f64 / 2.0
 }
 
 /// A batch of zeros of the configuration's patch, channels and batch size (a step's cost does
