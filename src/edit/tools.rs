@@ -166,6 +166,26 @@ impl<'a> ImageRef<'a> {
     }
 }
 
+/// The world-space axis-aligned box around the voxels `origin_vox .. origin_vox + dims` of a
+/// grid (`affine`), to their outer faces: `(min, max)` mm.
+pub fn world_box_of_voxels(
+    affine: &Affine,
+    origin_vox: [usize; 3],
+    dims: [usize; 3],
+) -> (DVec3, DVec3) {
+    (0..8)
+        .map(|c| {
+            let at = [0, 1, 2].map(|a| {
+                let far = (c >> a) & 1 == 1;
+                origin_vox[a] as f64 + if far { dims[a] as f64 - 0.5 } else { -0.5 }
+            });
+            affine.vox_to_mm(DVec3::from_array(at))
+        })
+        .fold((DVec3::INFINITY, DVec3::NEG_INFINITY), |(a, b), p| {
+            (a.min(p), b.max(p))
+        })
+}
+
 /// The voxel box covering a world-space axis-aligned box, cut to the grid.
 pub fn voxel_box_of_world_box(
     affine: &Affine,

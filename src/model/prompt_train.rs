@@ -129,20 +129,7 @@ pub fn replay_on_grid(record: &PromptRecord, sample: &Sample) -> Option<Replay> 
     let len = w.dims.iter().product();
     let before = decode_bits(&record.before, len)?;
     let after = decode_bits(&record.after, len)?;
-    let corners = (0..8).map(|c| {
-        let at = [0, 1, 2].map(|a| {
-            if (c >> a) & 1 == 1 {
-                w.dims[a] as f64 - 0.5
-            } else {
-                -0.5
-            }
-        });
-        w.affine.vox_to_mm(glam::DVec3::from_array(at))
-    });
-    let (min, max) = corners.fold(
-        (glam::DVec3::INFINITY, glam::DVec3::NEG_INFINITY),
-        |(a, b), p| (a.min(p), b.max(p)),
-    );
+    let (min, max) = crate::edit::tools::world_box_of_voxels(&w.affine, [0; 3], w.dims);
     let region = crate::edit::tools::voxel_box_of_world_box(&sample.affine, dims, min, max);
     let (mut prior, mut fixed) = (Vec::new(), Vec::new());
     for v in region.iter() {

@@ -61,6 +61,8 @@ pub struct Template {
     pub atlas: Vec<u8>,
     /// Mean T1 of each tissue code (texture reference).
     pub tissue_mean_t1: [f32; 16],
+    /// World mm → template voxel (the T1's affine inverted once).
+    mm_to_vox: crate::volume::Affine,
 }
 
 /// A template file read, or the problem naming it.
@@ -154,7 +156,11 @@ impl Template {
             s.1 += 1;
         }
         let tissue_mean_t1 = sums.map(|(s, n)| if n > 0 { (s / n as f64) as f32 } else { 1.0 });
+        let mm_to_vox = t1.affine().inverse().ok_or_else(|| {
+            VolumeError::Shape(format!("{}: ch2's affine is singular", dir.display()))
+        })?;
         Ok(Template {
+            mm_to_vox,
             t1,
             tissue,
             atlas,
@@ -164,7 +170,7 @@ impl Template {
 
     /// The template voxel nearest `mm`, if inside.
     fn nearest(&self, mm: DVec3) -> Option<usize> {
-        let v = self.t1.affine().mm_to_vox(mm)?.round();
+        let v = self.mm_to_vox.vox_to_mm(mm).round();
         let [nx, ny, nz] = self.t1.dims3();
         let inside = (0..3).all(|a| v[a] >= 0.0 && v[a] < [nx, ny, nz][a] as f64);
         inside.then(|| v.x as usize + nx * (v.y as usize + ny * v.z as usize))
@@ -172,26 +178,8 @@ impl Template {
 
     /// The T1 at `mm` (trilinear; 0 outside).
     fn t1_at(&self, mm: DVec3) -> f32 {
-        let Some(v) = self.t1.affine().mm_to_vox(mm) else {
-            return 0.0;
-        };
-        let [nx, ny, nz] = self.t1.dims3();
-        let f = v.floor();
-        let w = v - f;
-        let mut acc = 0.0;
-        for c in 0..8 {
-            let o = [(c & 1) as f64, ((c >> 1) & 1) as f64, ((c >> 2) & 1) as f64];
-            let p = [f.x + o[0], f.y + o[1], f.z + o[2]];
-            if (0..3).any(|a| p[a] < 0.0 || p[a] >= [nx, ny, nz][a] as f64) {
-                continue;
-            }
-            let weight = (0..3)
-                .map(|a| if o[a] > 0.0 { w[a] } else { 1.0 - w[a] })
-                .product::<f64>();
-            let i = p[0] as usize + nx * (p[1] as usize + ny * p[2] as usize);
-            acc += weight * f64::from(self.t1.data()[i]);
-        }
-        acc as f32
+        let frame = &self.t1.data()[..self.t1.frame_len()];
+        crate::volume::resample::trilinear(frame, self.t1.dims3(), self.mm_to_vox.vox_to_mm(mm))
     }
 }
 

@@ -175,21 +175,7 @@ fn answer_on_case_grid(
     window: &PromptedWindow,
 ) -> (Vec<[usize; 3]>, Vec<[usize; 3]>) {
     let o = window.origin_vox;
-    let corners = (0..8).map(|c| {
-        let at = [0, 1, 2].map(|a| {
-            let far = (c >> a) & 1 == 1;
-            o[a] as f64
-                + if far {
-                    window.dims[a] as f64 - 0.5
-                } else {
-                    -0.5
-                }
-        });
-        ctx.affine.vox_to_mm(DVec3::from_array(at))
-    });
-    let (min, max) = corners.fold((DVec3::INFINITY, DVec3::NEG_INFINITY), |(a, b), p| {
-        (a.min(p), b.max(p))
-    });
+    let (min, max) = crate::edit::tools::world_box_of_voxels(&ctx.affine, o, window.dims);
     let region = crate::edit::tools::voxel_box_of_world_box(mask.affine(), mask.dims3(), min, max);
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for v in region.iter() {

@@ -80,28 +80,7 @@ pub fn resample_to_grid(
                             let r = p.round();
                             at(frame, r.x as i64, r.y as i64, r.z as i64)
                         }
-                        Interpolation::Linear => {
-                            let f = p.floor();
-                            let w = p - f;
-                            let (x0, y0, z0) = (f.x as i64, f.y as i64, f.z as i64);
-                            let mut v = 0.0f64;
-                            for c in 0..8 {
-                                let (dx, dy, dz) = (c & 1, (c >> 1) & 1, (c >> 2) & 1);
-                                let wt = (if dx == 1 { w.x } else { 1.0 - w.x })
-                                    * (if dy == 1 { w.y } else { 1.0 - w.y })
-                                    * (if dz == 1 { w.z } else { 1.0 - w.z });
-                                if wt > 0.0 {
-                                    v += wt
-                                        * f64::from(at(
-                                            frame,
-                                            x0 + dx as i64,
-                                            y0 + dy as i64,
-                                            z0 + dz as i64,
-                                        ));
-                                }
-                            }
-                            v as f32
-                        }
+                        Interpolation::Linear => trilinear(frame, [sx, sy, sz], p),
                     };
                     dst[i + dims[0] * (j + dims[1] * k)] = v;
                 }
@@ -109,6 +88,27 @@ pub fn resample_to_grid(
         }
     }
     Volume::new([dims[0], dims[1], dims[2], nt], affine, out)
+}
+
+/// The trilinear value of one frame (`dims`, i fastest) at voxel position `p_vox`; corners
+/// outside the grid count as 0.
+pub fn trilinear(frame: &[f32], dims: [usize; 3], p_vox: DVec3) -> f32 {
+    let f = p_vox.floor();
+    let w = p_vox - f;
+    let mut v = 0.0f64;
+    for c in 0..8 {
+        let d = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
+        let wt = (0..3)
+            .map(|a| if d[a] == 1 { w[a] } else { 1.0 - w[a] })
+            .product::<f64>();
+        let at = [0, 1, 2].map(|a| f[a] as i64 + d[a] as i64);
+        let inside = (0..3).all(|a| at[a] >= 0 && at[a] < dims[a] as i64);
+        if wt > 0.0 && inside {
+            let i = at[0] as usize + dims[0] * (at[1] as usize + dims[1] * at[2] as usize);
+            v += wt * f64::from(frame[i]);
+        }
+    }
+    v as f32
 }
 
 /// Resample a label mask onto the grid `(dims, affine)` (nearest voxel).
