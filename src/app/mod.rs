@@ -291,7 +291,10 @@ impl MriloopApp {
             || self.training.cohort.is_running()
             || self.stats_rx.is_some()
             || !self.commands.is_empty()
-            || !self.when_open.is_empty()
+            // Start-up commands wait for a case being loaded or just opened, not for ever (a
+            // failed load leaves the window idle).
+            || (!self.when_open.is_empty()
+                && (self.is_loading() || self.session.open_case().is_some()))
             || !self.answers.is_empty()
             || self.session.busy()
     }
