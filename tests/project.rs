@@ -489,7 +489,7 @@ fn slices_of_a_volume_become_a_2d_project_with_renumbered_labels() {
 
 #[test]
 fn colin27_subjects_keep_the_atlas_volumes_and_a_habenula_per_side_deterministically() {
-    use mriloop::phantom::template::{Template, DEFAULT_TEMPLATE_DIR, STRUCTURES};
+    use mriloop::phantom::template::{Template, TemplateSource, DEFAULT_TEMPLATE_DIR, STRUCTURES};
     let dir = tempfile::tempdir().unwrap();
     let templates = Path::new(DEFAULT_TEMPLATE_DIR);
     let cfg = PhantomConfig {
@@ -497,7 +497,7 @@ fn colin27_subjects_keep_the_atlas_volumes_and_a_habenula_per_side_deterministic
         seed: 4,
         grid: 96,
         voxel_mm: Some(1.2),
-        template_dir: Some(templates.to_path_buf()),
+        template: Some(TemplateSource::colin27(templates.to_path_buf())),
         ..PhantomConfig::default()
     };
     let p = phantom::generate_project(&dir.path().join("a"), &cfg, |_, _| {}).unwrap();
@@ -548,4 +548,89 @@ fn colin27_subjects_keep_the_atlas_volumes_and_a_habenula_per_side_deterministic
         std::fs::read(p.resolve(t1)).unwrap(),
         std::fs::read(q.resolve(t1)).unwrap()
     );
+}
+
+/// The affine nibabel reads from `path` (rows of the 4×4 matrix).
+fn nibabel_affine(path: &Path) -> Vec<Vec<f64>> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, nibabel; print(json.dumps(nibabel.load(sys.argv[1]).affine.tolist()))",
+        ])
+        .arg(path)
+        .output()
+        .expect("python3 runs (.ci/run installs it with nibabel)");
+    assert!(
+        out.status.success(),
+        "nibabel could not read {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn mni152_subjects_carry_the_atlas_and_open_in_nibabel_with_mriloops_affine() {
+    use mriloop::phantom::template::{
+        nilearn_data_dir, TemplateKind, TemplateSource, DEFAULT_TEMPLATE_DIR, STRUCTURES,
+    };
+    let nilearn = nilearn_data_dir().expect("nilearn is not installed (.ci/run pip-installs it)");
+    let source = TemplateSource {
+        kind: TemplateKind::Mni152,
+        dir: nilearn,
+        atlas_dir: DEFAULT_TEMPLATE_DIR.into(),
+    };
+    let template = source.load().unwrap();
+    // AAL, drawn on Colin27, lands on MNI152's grey matter: the caudate, putamen and thalamus
+    // are greyer inside than in the 2 mm around them.
+    for fit in &template.atlas_fit {
+        if ["caudate", "putamen", "thalamus"]
+            .iter()
+            .any(|s| fit.name.starts_with(s))
+        {
+            assert!(fit.grey_inside > fit.grey_around + 0.1, "{fit:?}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        cases: 2,
+        seed: 5,
+        grid: 96,
+        voxel_mm: Some(1.2),
+        ..PhantomConfig::default()
+    };
+    let out = dir.path().join("m");
+    let p = phantom::generate_project_with(&out, &cfg, Some(&template), |_, _| {}).unwrap();
+    let template_mm3 = |value: u8| template.atlas.iter().filter(|v| **v == value).count() as f64;
+    for case in &p.manifest.cases {
+        assert!(case.id.starts_with("mni152_"), "{}", case.id);
+        let mask = p.load_reference_mask(case).unwrap().unwrap();
+        let voxel = mask.voxel_volume_mm3();
+        let mm3 = |l: u8| mask.data().iter().filter(|v| **v == l).count() as f64 * voxel;
+        for side in [LABEL_HABENULA_L, LABEL_HABENULA_R] {
+            assert!((20.0..=40.0).contains(&mm3(side)), "{}", case.id);
+        }
+        for (_, value, name) in STRUCTURES {
+            let ratio = mm3(value) / template_mm3(value);
+            assert!(
+                (0.75..=1.25).contains(&ratio),
+                "{} {name}: {ratio:.2}",
+                case.id
+            );
+        }
+        // Every file opens in nibabel with the affine mriloop reports.
+        for path in case.sequences.iter().map(|s| p.resolve(&s.path)) {
+            let ours = read_volume(&path).unwrap().affine().rows();
+            let theirs = nibabel_affine(&path);
+            for (r, row) in ours.iter().enumerate() {
+                for (c, v) in row.iter().enumerate() {
+                    assert!(
+                        (v - theirs[r][c]).abs() < 1e-4,
+                        "{}: {ours:?} vs {theirs:?}",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
 }

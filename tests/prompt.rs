@@ -289,6 +289,58 @@ fn a_grown_window_only_extends_the_object_found_near_the_prompt() {
 }
 
 #[test]
+fn an_answer_keeps_only_prompted_objects_and_the_clicked_voxels_follow_the_clicks() {
+    use mriloop::model::prompt_infer::follow_prompts;
+    let size = [8usize; 3];
+    let at = |i: usize, j: usize, k: usize| i + 8 * (j + 8 * k);
+    let mut target = vec![false; 512];
+    // The prompted object, a blob away from every prompt, and a blob the current mask holds.
+    for i in 1..4 {
+        target[at(i, 1, 1)] = true;
+    }
+    target[at(6, 6, 6)] = true;
+    target[at(6, 1, 6)] = true;
+    let mut included = vec![0.0f32; 512];
+    included[at(2, 1, 1)] = 1.0;
+    let mut prior = vec![false; 512];
+    prior[at(6, 1, 6)] = true;
+    // The window sits at (10, 0, 0) of the case's grid: prompts are in case voxels.
+    let origin = [10, 0, 0];
+    let prompts = [
+        Prompt::Point {
+            idx_vox: [12, 1, 1],
+            include: true,
+        },
+        // An exclude click the network ignored, and one outside the window.
+        Prompt::Point {
+            idx_vox: [13, 1, 1],
+            include: false,
+        },
+        Prompt::Point {
+            idx_vox: [30, 1, 1],
+            include: false,
+        },
+        Prompt::Scribble {
+            idx_vox: vec![[10, 5, 5], [11, 5, 5]],
+            include: true,
+        },
+    ];
+    follow_prompts(&mut target, (origin, size), &included, &prior, &prompts);
+    assert!(
+        target[at(1, 1, 1)] && target[at(2, 1, 1)],
+        "the prompted object stays"
+    );
+    assert!(!target[at(3, 1, 1)], "the excluded voxel is left out");
+    assert!(!target[at(6, 6, 6)], "no object away from every prompt");
+    assert!(target[at(6, 1, 6)], "the current mask's object stays");
+    assert!(
+        target[at(0, 5, 5)] && target[at(1, 5, 5)],
+        "painted voxels are in"
+    );
+    assert_eq!(target.iter().filter(|t| **t).count(), 5);
+}
+
+#[test]
 fn world_prompts_land_on_any_grid_and_back() {
     use mriloop::model::prompt::{prompt_on_grid, prompt_to_mm};
     use mriloop::project::prompt_log::PromptMm;

@@ -6,6 +6,7 @@
 //! and where; a DICOM series or file that cannot be imported is listed with the reason, and
 //! choosing none of the importable ones is an error.
 
+use crate::phantom::template::{Template, TemplateKind, TemplateSource};
 use crate::project::{dicom_import, nnunet, slices, InputForm, Manifest, Project};
 use crate::volume::dicom::{scan_dir, DicomScan};
 use anyhow::{bail, Context, Result};
@@ -53,15 +54,20 @@ pub struct PhantomArgs {
     #[arg(long)]
     pub sequence_specific_lesions: bool,
     /// The head: the analytic phantom, or subjects derived from a real brain (Colin27, from
-    /// Debian's mricron-data): deformed, posed, with synthesised sequences, the habenula and
-    /// the atlas's subcortical structures (3D and 2D forms; --grid is then the field of view
-    /// about the deep grey matter, e.g. 96).
+    /// Debian's mricron-data; MNI152 2009, from nilearn, with mricron-data's AAL atlas):
+    /// deformed, posed, with synthesised sequences, the habenula and the atlas's subcortical
+    /// structures (3D and 2D forms; --grid is then the field of view about the deep grey
+    /// matter, e.g. 96).
     #[arg(long, value_enum, default_value_t = Anatomy::Phantom)]
     pub anatomy: Anatomy,
-    /// Folder of the template files (ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz; default: where
-    /// mricron-data installs them).
+    /// Folder of the template files (Colin27: ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz, default
+    /// where mricron-data installs them; MNI152: nilearn's mni_icbm152_*_09a files, default
+    /// the installed nilearn's data folder).
     #[arg(long)]
     pub template_dir: Option<PathBuf>,
+    /// Folder of the AAL atlas for MNI152 subjects (default: where mricron-data installs it).
+    #[arg(long)]
+    pub atlas_dir: Option<PathBuf>,
 }
 
 /// The head phantom subjects are made from.
@@ -71,6 +77,49 @@ pub enum Anatomy {
     Phantom,
     /// The Colin27 template (a real brain).
     Colin27,
+    /// The MNI152 2009 template (an average of 152 brains).
+    Mni152,
+}
+
+/// Where the template of `args` is: the given folders, else the installed packages'.
+fn template_source(args: &PhantomArgs) -> Result<Option<TemplateSource>> {
+    let mricron = || PathBuf::from(crate::phantom::template::DEFAULT_TEMPLATE_DIR);
+    Ok(match args.anatomy {
+        Anatomy::Phantom => None,
+        Anatomy::Colin27 => Some(TemplateSource::colin27(
+            args.template_dir.clone().unwrap_or_else(mricron),
+        )),
+        Anatomy::Mni152 => {
+            let dir = match &args.template_dir {
+                Some(dir) => dir.clone(),
+                None => crate::phantom::template::nilearn_data_dir().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--anatomy mni152: nilearn's data folder not found (pip install nilearn, or give --template-dir)"
+                    )
+                })?,
+            };
+            Some(TemplateSource {
+                kind: TemplateKind::Mni152,
+                dir,
+                atlas_dir: args.atlas_dir.clone().unwrap_or_else(mricron),
+            })
+        }
+    })
+}
+
+/// Print how the atlas fits the template's own tissue maps (MNI152; Colin27's atlas was drawn
+/// on it).
+fn print_atlas_fit(template: &Template) {
+    if template.atlas_fit.is_empty() {
+        return;
+    }
+    println!("AAL on MNI152 (grey-matter share of each structure's voxels, inside vs the 2 mm around it):");
+    for f in &template.atlas_fit {
+        println!(
+            "  {:<14} {:>6} voxels: grey {:.2} inside, {:.2} around",
+            f.name, f.voxels, f.grey_inside, f.grey_around
+        );
+    }
 }
 
 /// `mriloop phantom`.
@@ -81,38 +130,36 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
     if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
         bail!("--voxel-mm must be between 0.2 and 5");
     }
-    if args.anatomy == Anatomy::Colin27 && matches!(args.form, Form::FourD) {
-        bail!("--anatomy colin27 makes 3D and 2D subjects; 4D time series come from the analytic head only (for now)");
+    if args.anatomy != Anatomy::Phantom && matches!(args.form, Form::FourD) {
+        bail!("--anatomy colin27|mni152 makes 3D and 2D subjects; 4D time series come from the analytic head only (for now)");
     }
-    let cfg =
-        crate::phantom::PhantomConfig {
-            cases: args.cases,
-            seed: args.seed,
-            form: match args.form {
-                Form::ThreeD => InputForm::Volume3d,
-                Form::TwoD => InputForm::Slice2d,
-                Form::FourD => InputForm::TimeSeries4d,
-            },
-            grid: args.grid,
-            frames: args.frames,
-            voxel_mm: args.voxel_mm,
-            sequence_specific_lesions: args.sequence_specific_lesions,
-            template_dir: match args.anatomy {
-                Anatomy::Phantom => None,
-                Anatomy::Colin27 => Some(args.template_dir.clone().unwrap_or_else(|| {
-                    PathBuf::from(crate::phantom::template::DEFAULT_TEMPLATE_DIR)
-                })),
-            },
-        };
+    let template = template_source(&args)?.map(|t| t.load()).transpose()?;
+    let cfg = crate::phantom::PhantomConfig {
+        cases: args.cases,
+        seed: args.seed,
+        form: match args.form {
+            Form::ThreeD => InputForm::Volume3d,
+            Form::TwoD => InputForm::Slice2d,
+            Form::FourD => InputForm::TimeSeries4d,
+        },
+        grid: args.grid,
+        frames: args.frames,
+        voxel_mm: args.voxel_mm,
+        sequence_specific_lesions: args.sequence_specific_lesions,
+        template: None,
+    };
     let bar = indicatif::ProgressBar::new(args.cases as u64);
     let project =
-        crate::phantom::generate_project(&args.out, &cfg, |done, _| bar.set_position(done as u64))?;
+        crate::phantom::generate_project_with(&args.out, &cfg, template.as_ref(), |done, _| {
+            bar.set_position(done as u64)
+        })?;
     bar.finish_and_clear();
     println!(
         "wrote {} cases to {}",
         project.manifest.cases.len(),
         project.manifest_path().display()
     );
+    template.iter().for_each(print_atlas_fit);
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! every prompt so far drawn as guidance and the current mask of the target as the mask to
 //! refine. Outside the first window a grown window only extends the object found inside it
 //! (far from every prompt the network neither erases nor starts objects: on held-out phantoms
-//! that raised the Dice after 5 clicks from 0.77 to 0.91 for infarcts). The result replaces
+//! that raised the Dice after 5 clicks from 0.77 to 0.91 for infarcts). Inside, the answer
+//! follows the prompts: it keeps only the objects an include prompt touches or the current
+//! mask holds, and the voxel a person clicked (or painted) takes the click's side. The result replaces
 //! the target's mask inside the window (outside, nothing changes).
 //! The robot user starts with a point at the centre of the target's largest region (or a box
 //! on its axial slice, or a click on the largest error of a mask it refines) and then clicks at
@@ -176,11 +178,14 @@ pub fn predict_prompted(
         let mut guidance = Guidance::empty(size);
         let at = origin.map(|v| v as i64);
         prompts.iter().for_each(|p| guidance.draw(p, at, radius));
-        guidance.set_prior(&crop_one(current, dims, origin, size));
+        let prior = crop_one(current, dims, origin, size);
+        guidance.set_prior(&prior);
+        let included = guidance.include.clone();
         let mut input = crop(channels, dims, origin, size);
         input.extend(guidance.into_channels());
         let (labels, _) = segment_volume(model, &input, size, patch, 0.5, device)?;
-        let target: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
+        let mut target: Vec<bool> = labels.iter().map(|l| *l == 1).collect();
+        follow_prompts(&mut target, (origin, size), &included, &prior, prompts);
         match grown(&target, origin, size, dims, step, most) {
             Some((o, s)) if round < grow_limit => (origin, size) = (o, s),
             _ => {
@@ -199,6 +204,43 @@ pub fn predict_prompted(
     Err(VolumeError::Shape(
         "the prompt window did not settle".into(),
     ))
+}
+
+/// The answer `target` on a window (`origin` and `size` on the case's grid) made to follow the
+/// prompts: only the objects (6-connected regions) that touch an include prompt (`included`,
+/// the drawn include channel) or the target's current mask (`prior`) stay — the network
+/// neither starts an object away from every include prompt nor keeps one there — and the
+/// voxels a person pointed at or painted take the prompt's side, the newest prompt last.
+/// Without it an exclude click beside a 30-voxel lesion answered with a 245-voxel region a
+/// centimetre away, and a click the network ignored was clicked again and again.
+pub fn follow_prompts(
+    target: &mut [bool],
+    (origin, size): ([usize; 3], [usize; 3]),
+    included: &[f32],
+    prior: &[bool],
+    prompts: &[Prompt],
+) {
+    let mut kept = vec![false; target.len()];
+    let answer: &[bool] = target;
+    for region in crate::volume::regions::connected_regions(size, |i| answer[i]) {
+        if region.iter().any(|i| included[*i] > 0.0 || prior[*i]) {
+            region.into_iter().for_each(|i| kept[i] = true);
+        }
+    }
+    target.copy_from_slice(&kept);
+    for prompt in prompts {
+        let (voxels, include) = match prompt {
+            Prompt::Point { idx_vox, include } => (std::slice::from_ref(idx_vox), *include),
+            Prompt::Scribble { idx_vox, include } => (idx_vox.as_slice(), *include),
+            Prompt::Box { .. } => continue,
+        };
+        for v in voxels {
+            if (0..3).all(|a| v[a] >= origin[a] && v[a] < origin[a] + size[a]) {
+                let [i, j, k] = [0, 1, 2].map(|a| v[a] - origin[a]);
+                target[i + size[0] * (j + size[1] * k)] = include;
+            }
+        }
+    }
 }
 
 /// Outside the prompt's first window (`first`: origin and size), a grown window only extends

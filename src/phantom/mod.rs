@@ -70,9 +70,9 @@ pub struct PhantomConfig {
     /// of bright on T2 and FLAIR together), so that only the three sequences together show them
     /// all.
     pub sequence_specific_lesions: bool,
-    /// Subjects derived from the Colin27 template in this folder (Debian's mricron-data) instead
-    /// of the analytic head.
-    pub template_dir: Option<std::path::PathBuf>,
+    /// Subjects derived from a real brain's template (Colin27 from Debian's mricron-data, or
+    /// MNI152 from nilearn) instead of the analytic head.
+    pub template: Option<template::TemplateSource>,
 }
 
 impl Default for PhantomConfig {
@@ -85,7 +85,7 @@ impl Default for PhantomConfig {
             frames: 100,
             voxel_mm: None,
             sequence_specific_lesions: false,
-            template_dir: None,
+            template: None,
         }
     }
 }
@@ -479,11 +479,7 @@ pub fn generate_case_with(
     let patient = rng.random_bool(0.5);
     let id = format!(
         "{}_{index:03}",
-        if template.is_some() {
-            "colin27"
-        } else {
-            "phantom"
-        }
+        template.map_or("phantom", |t| t.kind.name())
     );
     match cfg.form {
         InputForm::TimeSeries4d => generate_4d(cfg, &mut rng, id, patient),
@@ -834,10 +830,25 @@ pub fn write_case(root: &Path, case: &PhantomCase, form: InputForm) -> Result<Ca
     Ok(record)
 }
 
-/// Generate a whole project into `out`. `progress(done, total)` is called after each case.
+/// Generate a whole project into `out` (its template, if any, read from `cfg.template`).
+/// `progress(done, total)` is called after each case.
 pub fn generate_project(
     out: &Path,
     cfg: &PhantomConfig,
+    progress: impl FnMut(usize, usize),
+) -> Result<Project, ProjectError> {
+    let template = match (&cfg.template, cfg.form) {
+        (Some(source), InputForm::Volume3d | InputForm::Slice2d) => Some(source.load()?),
+        _ => None,
+    };
+    generate_project_with(out, cfg, template.as_ref(), progress)
+}
+
+/// Generate a whole project into `out` from `template` (read already) or the analytic head.
+pub fn generate_project_with(
+    out: &Path,
+    cfg: &PhantomConfig,
+    template: Option<&Template>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Project, ProjectError> {
     Project::ensure_new(out)?;
@@ -855,16 +866,14 @@ pub fn generate_project(
         InputForm::TimeSeries4d => label_table_4d(),
         _ => label_table(),
     };
-    let template = match (&cfg.template_dir, cfg.form) {
-        (Some(dir), InputForm::Volume3d | InputForm::Slice2d) => {
-            manifest.labels = template::label_table();
-            manifest.name = format!("colin27 {} (seed {})", cfg.form.as_str(), cfg.seed);
-            Some(Template::colin27(dir)?)
-        }
-        _ => None,
-    };
+    let template = template.filter(|_| cfg.form != InputForm::TimeSeries4d);
+    if let Some(t) = template {
+        manifest.labels = template::label_table();
+        let name = t.kind.name();
+        manifest.name = format!("{name} {} (seed {})", cfg.form.as_str(), cfg.seed);
+    }
     for i in 0..cfg.cases {
-        let case = generate_case_with(cfg, template.as_ref(), i)?;
+        let case = generate_case_with(cfg, template, i)?;
         manifest.cases.push(write_case(out, &case, cfg.form)?);
         progress(i + 1, cfg.cases);
     }

@@ -1,5 +1,8 @@
 //! Subjects derived from a real brain: the Colin27 template of Debian's `mricron-data` (BSD-3;
-//! its T1 at 1 mm `ch2`, the brain-extracted T1 `ch2bet`, the AAL atlas `aal` on the same grid).
+//! its T1 at 1 mm `ch2`, the brain-extracted T1 `ch2bet`, the AAL atlas `aal` on the same grid),
+//! or the MNI152 2009 template nilearn's wheel ships (an average of 152 brains: its T1 and grey
+//! and white matter probability maps), with AAL carried onto it through MNI millimetres (both
+//! are in MNI space; how well it fits is measured, see `AtlasFit`).
 //!
 //! A subject is the template seen through a random smooth diffeomorphic deformation (a
 //! stationary velocity field on a coarse grid, integrated by scaling and squaring), a random
@@ -51,8 +54,97 @@ pub const HABENULA_MM: [[f64; 3]; 2] = [[-3.5, -26.0, 3.5], [3.5, -26.0, 3.5]];
 /// Where the field of view is centred (template mm): between the habenulae.
 pub const FOV_CENTRE_MM: [f64; 3] = [0.0, -20.0, 3.0];
 
+/// The nilearn files of the MNI152 2009 template (1 mm, symmetric, release a).
+pub const MNI152_FILES: [&str; 3] = [
+    "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+];
+
+/// Which real brain subjects are derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateKind {
+    /// Colin27 (one person scanned 27 times; mricron-data).
+    Colin27,
+    /// MNI152 2009 (an average of 152 brains; nilearn).
+    Mni152,
+}
+
+impl TemplateKind {
+    /// The name cases and projects carry.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateKind::Colin27 => "colin27",
+            TemplateKind::Mni152 => "mni152",
+        }
+    }
+}
+
+/// Where a template's files are.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TemplateSource {
+    /// Which template.
+    pub kind: TemplateKind,
+    /// Its files (Colin27: `ch2`, `ch2bet`, `aal`; MNI152: `MNI152_FILES`).
+    pub dir: PathBuf,
+    /// The AAL atlas's folder (MNI152 only; mricron-data's).
+    pub atlas_dir: PathBuf,
+}
+
+impl TemplateSource {
+    /// Colin27 from `dir`.
+    pub fn colin27(dir: PathBuf) -> Self {
+        Self {
+            kind: TemplateKind::Colin27,
+            atlas_dir: dir.clone(),
+            dir,
+        }
+    }
+
+    /// The template read and checked.
+    pub fn load(&self) -> Result<Template, VolumeError> {
+        match self.kind {
+            TemplateKind::Colin27 => Template::colin27(&self.dir),
+            TemplateKind::Mni152 => Template::mni152(&self.dir, &self.atlas_dir),
+        }
+    }
+}
+
+/// The folder of nilearn's bundled data (`…/nilearn/datasets/data`) as `python3` finds the
+/// package (without importing it), if it does.
+pub fn nilearn_data_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import importlib.util as u; print(u.find_spec('nilearn').submodule_search_locations[0])",
+        ])
+        .output()
+        .ok()?;
+    let root = String::from_utf8(out.stdout).ok()?;
+    let dir = PathBuf::from(root.trim()).join("datasets").join("data");
+    (out.status.success() && dir.join(MNI152_FILES[0]).is_file()).then_some(dir)
+}
+
+/// How well an atlas structure carried onto a template fits the template's own tissue maps:
+/// the share of its voxels that the template calls grey matter (probability ≥ 0.5), and the
+/// same share in the 2 mm shell around it (a structure that fits is grey inside and less so
+/// around it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AtlasFit {
+    /// The structure's name.
+    pub name: &'static str,
+    /// Its voxels on the template.
+    pub voxels: usize,
+    /// Grey-matter share inside.
+    pub grey_inside: f64,
+    /// Grey-matter share in the 2 mm shell around it.
+    pub grey_around: f64,
+}
+
 /// The template, ready to sample.
 pub struct Template {
+    /// Which template.
+    pub kind: TemplateKind,
     /// The T1 (the template's grid and affine).
     pub t1: Volume<f32>,
     /// The tissue code (`Tissue as u8`) of each voxel.
@@ -63,17 +155,56 @@ pub struct Template {
     pub tissue_mean_t1: [f32; 16],
     /// World mm → template voxel (the T1's affine inverted once).
     mm_to_vox: crate::volume::Affine,
+    /// How the atlas fits the template's tissue maps (MNI152; empty for Colin27, whose atlas
+    /// was drawn on it).
+    pub atlas_fit: Vec<AtlasFit>,
 }
 
 /// A template file read, or the problem naming it.
 fn read_f32(dir: &Path, name: &str) -> Result<Volume<f32>, VolumeError> {
     let path: PathBuf = dir.join(name);
     read_volume(&path).map(|v| v.to_f32()).map_err(|e| {
+        let install = if name.starts_with("mni_icbm152") {
+            "install nilearn (pip install nilearn)"
+        } else {
+            "install Debian's mricron-data"
+        };
         VolumeError::Shape(format!(
-            "{}: {e} (install Debian's mricron-data, or give --template-dir)",
+            "{}: {e} ({install}, or give --template-dir)",
             path.display()
         ))
     })
+}
+
+/// The AAL codes of `aal` as `STRUCTURES` label values (0 for the rest).
+fn structure_labels(aal: &[f32]) -> Vec<u8> {
+    aal.iter()
+        .map(|v| {
+            let code = v.round() as u8;
+            STRUCTURES.iter().find(|s| s.0 == code).map_or(0, |s| s.1)
+        })
+        .collect()
+}
+
+/// `mask` with the holes of each axial slice filled (regions of the complement that do not
+/// reach the slice's border: the ventricles inside a grey + white matter mask).
+fn fill_holes_axially(mask: &[bool], dims: [usize; 3]) -> Vec<bool> {
+    let slice = dims[0] * dims[1];
+    let mut out = mask.to_vec();
+    for k in 0..dims[2] {
+        let m = &mask[k * slice..(k + 1) * slice];
+        let flat = [dims[0], dims[1], 1];
+        for region in crate::volume::regions::connected_regions(flat, |i| !m[i]) {
+            let on_border = region.iter().any(|i| {
+                let (x, y) = (i % dims[0], i / dims[0]);
+                x == 0 || y == 0 || x + 1 == dims[0] || y + 1 == dims[1]
+            });
+            if !on_border {
+                region.into_iter().for_each(|i| out[k * slice + i] = true);
+            }
+        }
+    }
+    out
 }
 
 /// 1D 3-means of `values` (CSF, grey, white matter of a T1 brain): the two thresholds.
@@ -128,13 +259,7 @@ impl Template {
             .map(|i| t1.data()[i])
             .collect();
         let [csf_gm, gm_wm] = three_means(&brain_t1);
-        let atlas: Vec<u8> = aal.data()[..n]
-            .iter()
-            .map(|v| {
-                let code = v.round() as u8;
-                STRUCTURES.iter().find(|s| s.0 == code).map_or(0, |s| s.1)
-            })
-            .collect();
+        let atlas = structure_labels(&aal.data()[..n]);
         let tissue: Vec<u8> = (0..n)
             .map(|i| {
                 let v = t1.data()[i];
@@ -149,6 +274,68 @@ impl Template {
                 t as u8
             })
             .collect();
+        Template::from_tissues(TemplateKind::Colin27, t1, tissue, atlas, dir)
+    }
+
+    /// Read MNI152 2009 (`MNI152_FILES`) from `dir` and AAL from `atlas_dir`: tissues from the
+    /// grey and white matter maps (the larger where they sum to half or more, CSF elsewhere
+    /// in the brain: the maps' mask with each axial slice's holes filled), AAL resampled onto
+    /// its grid through MNI millimetres (nearest voxel), and the fit measured.
+    pub fn mni152(dir: &Path, atlas_dir: &Path) -> Result<Template, VolumeError> {
+        let [t1, gm, wm] = MNI152_FILES.map(|f| read_f32(dir, f));
+        let (t1, gm, wm) = (t1?, gm?, wm?);
+        if gm.dims3() != t1.dims3() || wm.dims3() != t1.dims3() {
+            return Err(VolumeError::Shape(format!(
+                "{}: the MNI152 T1 and tissue maps must share one grid",
+                dir.display()
+            )));
+        }
+        let aal = read_f32(atlas_dir, "aal.nii.gz")?;
+        let aal = crate::volume::resample::resample_to_grid(
+            &aal,
+            t1.dims3(),
+            *t1.affine(),
+            crate::volume::resample::Interpolation::Nearest,
+        )?;
+        let n = t1.frame_len();
+        // The maps hold probabilities scaled to their maximum (255 in nilearn's files).
+        let scale = gm.data()[..n]
+            .iter()
+            .chain(&wm.data()[..n])
+            .fold(0f32, |m, v| m.max(*v));
+        let p = |v: &Volume<f32>, i: usize| v.data()[i] / scale.max(1e-6);
+        let tissue_like: Vec<bool> = (0..n).map(|i| p(&gm, i) + p(&wm, i) >= 0.5).collect();
+        let in_brain = fill_holes_axially(&tissue_like, t1.dims3());
+        let atlas = structure_labels(&aal.data()[..n]);
+        let brain_mean = mean_where(&t1.data()[..n], &in_brain);
+        let tissue: Vec<u8> = (0..n)
+            .map(|i| {
+                let t = match (in_brain[i], atlas[i]) {
+                    (false, _) if t1.data()[i] > 0.2 * brain_mean => Tissue::Scalp,
+                    (false, _) => Tissue::Air,
+                    (true, 6..=13) => Tissue::DeepGm,
+                    (true, _) if !tissue_like[i] => Tissue::Csf,
+                    (true, _) if p(&gm, i) > p(&wm, i) => Tissue::Gm,
+                    (true, _) => Tissue::Wm,
+                };
+                t as u8
+            })
+            .collect();
+        let grey: Vec<bool> = (0..n).map(|i| p(&gm, i) >= 0.5).collect();
+        let fit = atlas_fit(&atlas, &grey, t1.dims3());
+        let mut template = Template::from_tissues(TemplateKind::Mni152, t1, tissue, atlas, dir)?;
+        template.atlas_fit = fit;
+        Ok(template)
+    }
+
+    /// A template from its T1 and the tissue and atlas label of each voxel.
+    fn from_tissues(
+        kind: TemplateKind,
+        t1: Volume<f32>,
+        tissue: Vec<u8>,
+        atlas: Vec<u8>,
+        dir: &Path,
+    ) -> Result<Template, VolumeError> {
         let mut sums = [(0f64, 0usize); 16];
         for (t, v) in tissue.iter().zip(t1.data()) {
             let s = &mut sums[usize::from(*t).min(15)];
@@ -157,14 +344,16 @@ impl Template {
         }
         let tissue_mean_t1 = sums.map(|(s, n)| if n > 0 { (s / n as f64) as f32 } else { 1.0 });
         let mm_to_vox = t1.affine().inverse().ok_or_else(|| {
-            VolumeError::Shape(format!("{}: ch2's affine is singular", dir.display()))
+            VolumeError::Shape(format!("{}: the T1's affine is singular", dir.display()))
         })?;
         Ok(Template {
+            kind,
             mm_to_vox,
             t1,
             tissue,
             atlas,
             tissue_mean_t1,
+            atlas_fit: Vec::new(),
         })
     }
 
@@ -181,6 +370,74 @@ impl Template {
         let frame = &self.t1.data()[..self.t1.frame_len()];
         crate::volume::resample::trilinear(frame, self.t1.dims3(), self.mm_to_vox.vox_to_mm(mm))
     }
+}
+
+/// The mean of `values` where `mask` holds (0 when it holds nowhere).
+fn mean_where(values: &[f32], mask: &[bool]) -> f32 {
+    let (sum, count) = values
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .fold((0f64, 0usize), |(s, c), (v, _)| (s + f64::from(*v), c + 1));
+    if count == 0 {
+        0.0
+    } else {
+        (sum / count as f64) as f32
+    }
+}
+
+/// Each structure's fit (see `AtlasFit`) of `atlas` (label values) against `grey` on a 1 mm
+/// grid `dims`; each measured in its own box, grown by 3 voxels.
+fn atlas_fit(atlas: &[u8], grey: &[bool], dims: [usize; 3]) -> Vec<AtlasFit> {
+    STRUCTURES
+        .iter()
+        .map(|(_, value, name)| {
+            let voxel = |i: usize| {
+                [
+                    i % dims[0],
+                    (i / dims[0]) % dims[1],
+                    i / (dims[0] * dims[1]),
+                ]
+            };
+            let (mut lo, mut hi) = (dims, [0usize; 3]);
+            for (i, _) in atlas.iter().enumerate().filter(|(_, a)| *a == value) {
+                let v = voxel(i);
+                lo = [0, 1, 2].map(|a| lo[a].min(v[a]));
+                hi = [0, 1, 2].map(|a| hi[a].max(v[a]));
+            }
+            let lo = lo.map(|v| v.saturating_sub(3));
+            let size = [0, 1, 2].map(|a| (hi[a] + 4).min(dims[a]).saturating_sub(lo[a]));
+            let at = |j: usize| {
+                let [x, y, z] = [
+                    j % size[0],
+                    (j / size[0]) % size[1],
+                    j / (size[0] * size[1]),
+                ];
+                lo[0] + x + dims[0] * (lo[1] + y + dims[1] * (lo[2] + z))
+            };
+            let boxed = 0..size.iter().product::<usize>();
+            let inside: Vec<bool> = boxed.clone().map(|j| atlas[at(j)] == *value).collect();
+            let grey: Vec<bool> = boxed.map(|j| grey[at(j)]).collect();
+            let near = crate::volume::distance::squared_distance_mm2(&inside, size, [1.0; 3]);
+            let (mut n_in, mut g_in, mut n_around, mut g_around) = (0usize, 0usize, 0usize, 0usize);
+            for i in 0..inside.len() {
+                if inside[i] {
+                    n_in += 1;
+                    g_in += usize::from(grey[i]);
+                } else if near[i] <= 4.0 {
+                    n_around += 1;
+                    g_around += usize::from(grey[i]);
+                }
+            }
+            let share = |g: usize, n: usize| if n > 0 { g as f64 / n as f64 } else { 0.0 };
+            AtlasFit {
+                name,
+                voxels: n_in,
+                grey_inside: share(g_in, n_in),
+                grey_around: share(g_around, n_around),
+            }
+        })
+        .collect()
 }
 
 /// A smooth random displacement on a coarse grid: `x ↦ x + u(x)` (mm), the exponential of a
@@ -418,14 +675,13 @@ fn synthetic_images(
         .collect()
 }
 
-/// One subject of `template`: see the module's header.
-pub fn generate_template_case(
+/// A subject's grid (pose, voxel size), its deformation, and the template position (mm) each
+/// of its voxels shows: the voxel's place in the head (about `FOV_CENTRE_MM`) moved by the
+/// field.
+fn subject_geometry(
     cfg: &super::PhantomConfig,
-    template: &Template,
     rng: &mut ChaCha8Rng,
-    id: String,
-    patient: bool,
-) -> Result<super::PhantomCase, VolumeError> {
+) -> (Grid, Deformation, Vec<DVec3>) {
     let fov = cfg.grid as f64;
     let spacing = cfg.voxel_mm.map_or((0.7, 1.2), |v| (v, v));
     let grid = Grid::random(rng, fov, spacing, None);
@@ -437,6 +693,20 @@ pub fn generate_template_case(
             p + field.at(p)
         })
         .collect();
+    (grid, field, positions)
+}
+
+/// One subject of `template`: see the module's header.
+pub fn generate_template_case(
+    cfg: &super::PhantomConfig,
+    template: &Template,
+    rng: &mut ChaCha8Rng,
+    id: String,
+    patient: bool,
+) -> Result<super::PhantomCase, VolumeError> {
+    let fov = cfg.grid as f64;
+    let centre = DVec3::from_array(FOV_CENTRE_MM);
+    let (grid, _, positions) = subject_geometry(cfg, rng);
     let lesions = random_lesions(
         rng,
         template,
@@ -525,5 +795,71 @@ mod tests {
             smallest_jacobian > 0.2,
             "Jacobian down to {smallest_jacobian:.3}"
         );
+    }
+
+    /// `φ⁻¹(y)` for `φ(x) = x + u(x)` (fixed-point iteration) and `det Dφ` there.
+    fn inverse_and_jacobian(field: &Deformation, y: DVec3) -> (DVec3, f64) {
+        let mut x = y;
+        for _ in 0..30 {
+            x = y - field.at(x);
+        }
+        let h = 0.25;
+        let map = |p: DVec3| p + field.at(p);
+        let cols =
+            [DVec3::X, DVec3::Y, DVec3::Z].map(|e| (map(x + e * h) - map(x - e * h)) / (2.0 * h));
+        (
+            x,
+            glam::DMat3::from_cols(cols[0], cols[1], cols[2]).determinant(),
+        )
+    }
+
+    #[test]
+    fn a_structure_moves_with_the_deformation() {
+        let template = Template::colin27(Path::new(DEFAULT_TEMPLATE_DIR)).unwrap();
+        let cfg = super::super::PhantomConfig {
+            grid: 150,
+            voxel_mm: Some(1.5),
+            ..Default::default()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (grid, field, positions) = subject_geometry(&cfg, &mut rng);
+        let (_, atlas) = tissues_and_labels(&template, &positions, &[]);
+        let centre = DVec3::from_array(FOV_CENTRE_MM);
+        let [nx, ny, _] = template.t1.dims3();
+        let mut moved = 0.0f64;
+        for (_, value, name) in STRUCTURES {
+            // Where the field says the structure lands in the subject's head: each template
+            // voxel pulled back through the field, weighted by the volume it takes there.
+            let (mut sum, mut weight) = (DVec3::ZERO, 0.0);
+            let mut in_template = (DVec3::ZERO, 0.0);
+            for i in (0..template.atlas.len()).filter(|i| template.atlas[*i] == value) {
+                let v = DVec3::new(
+                    (i % nx) as f64,
+                    ((i / nx) % ny) as f64,
+                    (i / (nx * ny)) as f64,
+                );
+                let y = template.t1.affine().vox_to_mm(v);
+                let (x, jacobian) = inverse_and_jacobian(&field, y);
+                sum += x / jacobian;
+                weight += 1.0 / jacobian;
+                in_template = (in_template.0 + y, in_template.1 + 1.0);
+            }
+            let expected = sum / weight;
+            let in_template = in_template.0 / in_template.1;
+            // Where it is: the centroid of the subject's voxels carrying its label.
+            let (sum, n) = (0..atlas.len())
+                .filter(|i| atlas[*i] == value)
+                .fold((DVec3::ZERO, 0.0), |(s, n), i| {
+                    (s + grid.anat_of(i) + centre, n + 1.0)
+                });
+            let found = sum / n;
+            let error = (found - expected).length();
+            assert!(
+                error < 0.3,
+                "{name}: {error:.2} mm from where the field puts it"
+            );
+            moved = moved.max((found - in_template).length());
+        }
+        assert!(moved > 1.0, "the structures moved up to {moved:.2} mm");
     }
 }
