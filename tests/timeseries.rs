@@ -122,6 +122,60 @@ fn time_course_summaries_and_seed_map_follow_the_phantom() {
     assert!(seed_correlation(&bold, [0, ny, 0], &AtomicBool::new(false)).is_err());
 }
 
+#[test]
+fn colin27_4d_subjects_carry_their_networks_in_grey_matter_at_anatomical_places() {
+    use mriloop::phantom::generate_case_with;
+    use mriloop::phantom::template::{TemplateSource, DEFAULT_TEMPLATE_DIR};
+    let template = TemplateSource::colin27(DEFAULT_TEMPLATE_DIR.into())
+        .load()
+        .unwrap();
+    let cfg = PhantomConfig {
+        grid: 56,
+        ..config()
+    };
+    let case = generate_case_with(&cfg, Some(&template), 0).unwrap();
+    assert!(case.id.starts_with("colin27_"));
+    let bold = case.images[0].1.map(f32::from);
+    let networks = case.networks.clone().unwrap();
+    assert_eq!(bold.dims(), [56, 56, 56, 60]);
+    // Every node has grey-matter voxels; the two default-mode nodes lie on the midline, one
+    // in front of the other; the motor nodes high up, left and right.
+    let centre_mm = |label: u8| {
+        let [nx, ny, _] = networks.dims3();
+        let (sum, n) = networks
+            .data()
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == label)
+            .map(|(i, _)| {
+                DVec3::new(
+                    (i % nx) as f64,
+                    ((i / nx) % ny) as f64,
+                    (i / (nx * ny)) as f64,
+                )
+            })
+            .fold((DVec3::ZERO, 0.0), |(s, n), v| {
+                (s + networks.affine().vox_to_mm(v), n + 1.0)
+            });
+        assert!(n > 3.0, "node {label}: {n} voxels");
+        sum / n
+    };
+    let [pfc, pcc, motor_l, motor_r] = [1, 2, 3, 4].map(centre_mm);
+    assert!(pfc.y - pcc.y > 70.0, "default mode {pfc} {pcc}");
+    assert!(pfc.x.abs() < 12.0 && pcc.x.abs() < 12.0);
+    assert!(
+        motor_r.x - motor_l.x > 50.0 && motor_l.z > 30.0,
+        "motor {motor_l} {motor_r}"
+    );
+    // Seeded in the left motor node: high in the right one, low outside every network.
+    let seed = node_voxel(&networks, 3);
+    let r = seed_correlation(&bold, seed, &AtomicBool::new(false)).unwrap();
+    let partner = mean_where(&r, &networks, |n| n == 4);
+    let outside = mean_where(&r.map(f32::abs), &networks, |n| n == 0);
+    assert!(partner > 0.4, "partner node {partner}");
+    assert!(outside < 0.15, "outside {outside}");
+}
+
 fn pixel(img: &image::RgbaImage, p: Pos2) -> [u8; 3] {
     let px = img.get_pixel(p.x as u32, p.y as u32).0;
     [px[0], px[1], px[2]]

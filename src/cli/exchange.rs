@@ -57,7 +57,8 @@ pub struct PhantomArgs {
     /// Debian's mricron-data; MNI152 2009, from nilearn, with mricron-data's AAL atlas):
     /// deformed, posed, with synthesised sequences, the habenula and the atlas's subcortical
     /// structures (3D and 2D forms; --grid is then the field of view about the deep grey
-    /// matter, e.g. 96).
+    /// matter, e.g. 96), or whole-brain BOLD runs with networks at their places (4D; 3 mm
+    /// voxels, --grid 64 covers the brain).
     #[arg(long, value_enum, default_value_t = Anatomy::Phantom)]
     pub anatomy: Anatomy,
     /// Folder of the template files (Colin27: ch2.nii.gz, ch2bet.nii.gz, aal.nii.gz, default
@@ -129,9 +130,6 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
     }
     if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
         bail!("--voxel-mm must be between 0.2 and 5");
-    }
-    if args.anatomy != Anatomy::Phantom && matches!(args.form, Form::FourD) {
-        bail!("--anatomy colin27|mni152 makes 3D and 2D subjects; 4D time series come from the analytic head only (for now)");
     }
     let template = template_source(&args)?.map(|t| t.load()).transpose()?;
     let cfg = crate::phantom::PhantomConfig {

@@ -482,7 +482,10 @@ pub fn generate_case_with(
         template.map_or("phantom", |t| t.kind.name())
     );
     match cfg.form {
-        InputForm::TimeSeries4d => generate_4d(cfg, &mut rng, id, patient),
+        InputForm::TimeSeries4d => match template {
+            Some(t) => template::generate_template_4d(cfg, t, &mut rng, id, patient),
+            None => generate_4d(cfg, &mut rng, id, patient),
+        },
         InputForm::Volume3d | InputForm::Slice2d => {
             let mut case = match template {
                 Some(t) => template::generate_template_case(cfg, t, &mut rng, id, patient)?,
@@ -662,15 +665,28 @@ fn generate_4d(
     // Focal lesions show no contrast here, only abnormal dynamics: a strong slow fluctuation of
     // their own (the segmentation target of the 4D form).
     let focus = ar1(rng, t_len, 0.95);
+    let head = anatomy.head_radii_mm;
+    let node_of = |v: usize| network_node(grid.anat_of(v) / head);
     let signals = BoldSignals {
         t_len,
         series: &series,
         focus: &focus,
-        head_radii_mm: anatomy.head_radii_mm,
+        node_of: &node_of,
     };
-    let (data, networks) = bold_voxels(rng, &grid, &tissue, &signals);
+    bold_case(rng, &grid, &tissue, &signals, (id, patient))
+}
+
+/// A 4D case from its grid's `tissue` and the network and focal signals.
+fn bold_case(
+    rng: &mut ChaCha8Rng,
+    grid: &Grid,
+    tissue: &[u8],
+    signals: &BoldSignals<'_>,
+    (id, patient): (String, bool),
+) -> Result<PhantomCase, VolumeError> {
+    let (data, networks) = bold_voxels(rng, grid, tissue, signals);
     let mut bold = Volume::new(
-        [grid.dims[0], grid.dims[1], grid.dims[2], t_len],
+        [grid.dims[0], grid.dims[1], grid.dims[2], signals.t_len],
         grid.affine,
         data,
     )?;
@@ -683,8 +699,8 @@ fn generate_4d(
         id,
         patient,
         images: vec![(SequenceName::Bold, bold)],
-        mask: Some(volume(&grid, mask)?),
-        networks: Some(volume(&grid, networks)?),
+        mask: Some(volume(grid, mask)?),
+        networks: Some(volume(grid, networks)?),
     })
 }
 
@@ -748,8 +764,8 @@ struct BoldSignals<'a> {
     series: &'a [[Vec<f64>; 2]],
     /// The focal lesions' own slow fluctuation.
     focus: &'a [f64],
-    /// Head semi-axes (mm), to normalise positions for [`network_node`].
-    head_radii_mm: DVec3,
+    /// The network node `(pair, member)` a brain voxel (by index) belongs to, if any.
+    node_of: &'a dyn Fn(usize) -> Option<(usize, usize)>,
 }
 
 /// The BOLD frames (`[voxel + frame · n_vox]`, Rician noise, a random linear drift) of each
@@ -776,11 +792,7 @@ fn bold_voxels(
             continue;
         }
         let brain = !matches!(t, Tissue::Scalp | Tissue::Skull | Tissue::Csf);
-        let node = if brain {
-            network_node(grid.anat_of(v) / signals.head_radii_mm)
-        } else {
-            None
-        };
+        let node = if brain { (signals.node_of)(v) } else { None };
         if let Some((k, m)) = node {
             networks[v] = (2 * k + m + 1) as u8;
         }
@@ -837,10 +849,7 @@ pub fn generate_project(
     cfg: &PhantomConfig,
     progress: impl FnMut(usize, usize),
 ) -> Result<Project, ProjectError> {
-    let template = match (&cfg.template, cfg.form) {
-        (Some(source), InputForm::Volume3d | InputForm::Slice2d) => Some(source.load()?),
-        _ => None,
-    };
+    let template = cfg.template.as_ref().map(|t| t.load()).transpose()?;
     generate_project_with(out, cfg, template.as_ref(), progress)
 }
 
@@ -866,9 +875,10 @@ pub fn generate_project_with(
         InputForm::TimeSeries4d => label_table_4d(),
         _ => label_table(),
     };
-    let template = template.filter(|_| cfg.form != InputForm::TimeSeries4d);
     if let Some(t) = template {
-        manifest.labels = template::label_table();
+        if cfg.form != InputForm::TimeSeries4d {
+            manifest.labels = template::label_table();
+        }
         let name = t.kind.name();
         manifest.name = format!("{name} {} (seed {})", cfg.form.as_str(), cfg.seed);
     }

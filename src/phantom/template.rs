@@ -13,11 +13,13 @@
 //! Labels are carried by the same deformation: the habenula (at its anatomical place beside the
 //! third ventricle, its volume tuned per side), focal lesions in white matter, and the atlas's
 //! named subcortical structures. Patients have lesions and a smaller habenula, as in the
-//! phantom.
+//! phantom. A 4D subject is the whole brain at 3 mm with the phantom's BOLD signals on the
+//! template's tissues and the resting-state network nodes in grey matter at their MNI places.
 //!
 //! Invariants: deterministic per seed and case index; every template file is read once and
-//! checked (same grid for all three); the output field of view is a box of `grid` mm about the
-//! habenulae (the deep grey matter; as a 7T slab would be), in the template's millimetres.
+//! checked (one grid for a template's files); a 3D/2D field of view is a box of `grid` mm about
+//! the habenulae (the deep grey matter; as a 7T slab would be), a 4D one `3·grid` mm about the
+//! brain's middle, in the template's millimetres.
 
 use super::anatomy::{LesionKind, Tissue};
 use super::{contrast, Grid};
@@ -748,6 +750,70 @@ pub fn generate_template_case(
         networks: None,
         mask: Some(super::volume(&grid, mask)?),
     })
+}
+
+/// The resting-state network nodes of 4D subjects, pairs in template mm: default mode (medial
+/// prefrontal, posterior cingulate), motor (left, right precentral gyrus), visual (left, right
+/// calcarine cortex).
+pub const NODES_MM: [[[f64; 3]; 2]; 3] = [
+    [[0.0, 50.0, 10.0], [0.0, -55.0, 28.0]],
+    [[-38.0, -22.0, 56.0], [38.0, -22.0, 56.0]],
+    [[-12.0, -88.0, 4.0], [12.0, -88.0, 4.0]],
+];
+
+/// A node's reach (mm) about its centre; only grey matter in it carries the node's signal.
+const NODE_RADIUS_MM: f64 = 10.0;
+
+/// Where a 4D subject's field of view is centred (template mm): the middle of the brain.
+pub const BRAIN_CENTRE_MM: [f64; 3] = [0.0, -18.0, 12.0];
+
+/// The network node `(pair, member)` of grey matter at template position `mm` (tissue code
+/// `tissue`), if within reach of one.
+fn template_node(mm: DVec3, tissue: u8) -> Option<(usize, usize)> {
+    let grey = tissue == Tissue::Gm as u8 || tissue == Tissue::DeepGm as u8;
+    if !grey {
+        return None;
+    }
+    (0..3)
+        .flat_map(|k| (0..2).map(move |m| (k, m)))
+        .find(|(k, m)| (mm - DVec3::from_array(NODES_MM[*k][*m])).length() < NODE_RADIUS_MM)
+}
+
+/// One 4D subject of `template`: the whole brain at 3 mm (`cfg.grid` voxels a side) through a
+/// random deformation and pose, BOLD signals as the analytic phantom's (the default-mode pair
+/// decoupled in patients; focal white-matter lesions with abnormal dynamics, the target) on the
+/// template's tissues, with the network nodes at their anatomical places in grey matter.
+pub fn generate_template_4d(
+    cfg: &super::PhantomConfig,
+    template: &Template,
+    rng: &mut ChaCha8Rng,
+    id: String,
+    patient: bool,
+) -> Result<super::PhantomCase, VolumeError> {
+    let spacing = 3.0;
+    let fov = cfg.grid as f64 * spacing;
+    let grid = Grid::random(rng, fov, (spacing, spacing), Some(cfg.grid));
+    let centre = DVec3::from_array(BRAIN_CENTRE_MM);
+    let field = Deformation::random(rng, centre, fov * 1.2, 18.0, 3.0);
+    let positions: Vec<DVec3> = (0..grid.len())
+        .map(|i| {
+            let p = grid.anat_of(i) + centre;
+            p + field.at(p)
+        })
+        .collect();
+    let lesions = random_lesions(rng, template, patient, false, (centre, fov * 0.5));
+    let (tissue, _) = tissues_and_labels(template, &positions, &lesions);
+    let t_len = cfg.frames.max(2);
+    let series = super::network_series(rng, t_len, patient);
+    let focus = super::ar1(rng, t_len, 0.95);
+    let node_of = |v: usize| template_node(positions[v], tissue[v]);
+    let signals = super::BoldSignals {
+        t_len,
+        series: &series,
+        focus: &focus,
+        node_of: &node_of,
+    };
+    super::bold_case(rng, &grid, &tissue, &signals, (id, patient))
 }
 
 /// The label table of template subjects: the phantom's labels, then the atlas structures.
