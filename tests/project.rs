@@ -634,3 +634,39 @@ fn mni152_subjects_carry_the_atlas_and_open_in_nibabel_with_mriloops_affine() {
         }
     }
 }
+
+#[test]
+fn thick_slice_acquisitions_average_the_thin_slices_they_cover_in_place() {
+    let thin_cfg = PhantomConfig {
+        grid: 32,
+        voxel_mm: Some(1.0),
+        seed: 3,
+        ..PhantomConfig::default()
+    };
+    let thick_cfg = PhantomConfig {
+        slice_mm: Some(4.0),
+        ..thin_cfg.clone()
+    };
+    let thin = phantom::generate_case(&thin_cfg, 0).unwrap();
+    let thick = phantom::generate_case(&thick_cfg, 0).unwrap();
+    let (t, f) = (&thin.images[0].1, &thick.images[0].1);
+    let [nx, ny, nz, _] = t.dims();
+    assert_eq!(f.dims(), [nx, ny, nz / 4, 1]);
+    // A thick voxel's centre is the middle of the thin ones it covers, its value their mean.
+    for (x, y, g) in [(5, 7, 0), (16, 16, 3), (nx - 1, ny - 1, nz / 4 - 1)] {
+        let centre = |v: &mriloop::volume::Volume<i16>, z: f64| {
+            v.affine()
+                .vox_to_mm(glam::DVec3::new(x as f64, y as f64, z))
+        };
+        let thin_mid = (centre(t, (4 * g) as f64) + centre(t, (4 * g + 3) as f64)) / 2.0;
+        assert!((centre(f, g as f64) - thin_mid).length() < 1e-3);
+        let sum: f64 = (0..4)
+            .map(|d| f64::from(t.data()[x + nx * (y + ny * (4 * g + d))]))
+            .sum();
+        assert_eq!(f.data()[x + nx * (y + ny * g)], (sum / 4.0).round() as i16);
+        let label = |v: &mriloop::volume::Volume<u8>, z: usize| v.data()[x + nx * (y + ny * z)];
+        let (tm, fm) = (thin.mask.as_ref().unwrap(), thick.mask.as_ref().unwrap());
+        assert_eq!(label(fm, g), label(tm, 4 * g + 2));
+    }
+    assert!((f.affine().spacing_mm()[2] - 4.0).abs() < 1e-3);
+}

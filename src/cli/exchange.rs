@@ -53,6 +53,10 @@ pub struct PhantomArgs {
     /// Lesions are all white-matter lesions, each visible on only one of T1, T2 and FLAIR.
     #[arg(long)]
     pub sequence_specific_lesions: bool,
+    /// A thick-slice acquisition (3D): slices this many mm thick along the third stored axis
+    /// (each the mean of the thin slices it covers; e.g. 4 for a clinical 2D FLAIR).
+    #[arg(long)]
+    pub slice_mm: Option<f64>,
     /// The head: the analytic phantom, or subjects derived from a real brain (Colin27, from
     /// Debian's mricron-data; MNI152 2009, from nilearn, with mricron-data's AAL atlas):
     /// deformed, posed, with synthesised sequences, the habenula and the atlas's subcortical
@@ -131,6 +135,9 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
     if args.voxel_mm.is_some_and(|v| !(0.2..=5.0).contains(&v)) {
         bail!("--voxel-mm must be between 0.2 and 5");
     }
+    if args.slice_mm.is_some_and(|v| !(0.2..=10.0).contains(&v)) {
+        bail!("--slice-mm must be between 0.2 and 10");
+    }
     let template = template_source(&args)?.map(|t| t.load()).transpose()?;
     let cfg = crate::phantom::PhantomConfig {
         cases: args.cases,
@@ -144,6 +151,7 @@ pub fn phantom(args: PhantomArgs) -> Result<()> {
         frames: args.frames,
         voxel_mm: args.voxel_mm,
         sequence_specific_lesions: args.sequence_specific_lesions,
+        slice_mm: args.slice_mm,
         template: None,
     };
     let bar = indicatif::ProgressBar::new(args.cases as u64);

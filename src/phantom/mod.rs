@@ -70,6 +70,9 @@ pub struct PhantomConfig {
     /// of bright on T2 and FLAIR together), so that only the three sequences together show them
     /// all.
     pub sequence_specific_lesions: bool,
+    /// A thick-slice acquisition (3D form): slices this thick (mm) along the third stored
+    /// axis, each the mean of the thin slices it covers; `None`: as generated.
+    pub slice_mm: Option<f64>,
     /// Subjects derived from a real brain's template (Colin27 from Debian's mricron-data, or
     /// MNI152 from nilearn) instead of the analytic head.
     pub template: Option<template::TemplateSource>,
@@ -85,6 +88,7 @@ impl Default for PhantomConfig {
             frames: 100,
             voxel_mm: None,
             sequence_specific_lesions: false,
+            slice_mm: None,
             template: None,
         }
     }
@@ -493,6 +497,8 @@ pub fn generate_case_with(
             };
             if cfg.form == InputForm::Slice2d {
                 case = to_single_slices(case)?;
+            } else if let Some(mm) = cfg.slice_mm {
+                case = thick_slices(case, mm)?;
             }
             Ok(case)
         }
@@ -582,6 +588,77 @@ fn acquire(
             .collect()
     };
     volume(grid, data)
+}
+
+/// The case as a thick-slice acquisition: every `k` neighbouring slices along the third stored
+/// axis (`k` = `slice_mm` over that axis's spacing, rounded, at least 1) become one — each image
+/// their mean (the slice profile: partial volume, and √k less noise), the reference the label at
+/// the thick slice's middle; a remainder of thin slices at the end is dropped.
+fn thick_slices(case: PhantomCase, slice_mm: f64) -> Result<PhantomCase, VolumeError> {
+    let Some((_, first)) = case.images.first() else {
+        return Ok(case);
+    };
+    let k = ((slice_mm / first.affine().spacing_mm()[2]).round() as usize).max(1);
+    if k == 1 {
+        return Ok(case);
+    }
+    let mean = |values: &[i16]| {
+        let sum: i64 = values.iter().map(|v| i64::from(*v)).sum();
+        (sum as f64 / values.len() as f64).round() as i16
+    };
+    let images = case
+        .images
+        .into_iter()
+        .map(|(name, v)| Ok((name, merge_slices(&v, k, mean)?)))
+        .collect::<Result<Vec<_>, VolumeError>>()?;
+    let mask = case
+        .mask
+        .map(|m| merge_slices(&m, k, |values| values[values.len() / 2]))
+        .transpose()?;
+    Ok(PhantomCase {
+        images,
+        mask,
+        ..case
+    })
+}
+
+/// `v` with every `k` slices along its third axis merged into one by `merge` (their values,
+/// first slice first), the affine's third column `k` times longer and its origin at the first
+/// group's middle.
+fn merge_slices<T: Copy>(
+    v: &Volume<T>,
+    k: usize,
+    merge: impl Fn(&[T]) -> T,
+) -> Result<Volume<T>, VolumeError> {
+    let [nx, ny, nz, nt] = v.dims();
+    let groups = nz / k;
+    if groups == 0 {
+        return Err(VolumeError::Shape(format!(
+            "{nz} slices cannot make one of {k}"
+        )));
+    }
+    let mut out = Vec::with_capacity(nx * ny * groups * nt);
+    let mut values = Vec::with_capacity(k);
+    for t in 0..nt {
+        for g in 0..groups {
+            for y in 0..ny {
+                for x in 0..nx {
+                    values.clear();
+                    values
+                        .extend((0..k).map(|d| v.data()[x + nx * (y + ny * (g * k + d + nz * t))]));
+                    out.push(merge(&values));
+                }
+            }
+        }
+    }
+    let linear = v.affine().linear();
+    let thick = DMat3::from_cols(linear.col(0), linear.col(1), linear.col(2) * k as f64);
+    let origin = v.affine().translation_mm() + linear.col(2) * ((k - 1) as f64 / 2.0);
+    // What NIfTI (f32) will hold, as `Grid` stores it.
+    let rows = Affine::from_linear_translation(thick, origin).rows();
+    let rows = rows.map(|r| r.map(|x| x as f32 as f64));
+    let affine = Affine::from_rows3([rows[0], rows[1], rows[2]]);
+    Volume::new([nx, ny, groups, nt], affine, out)
 }
 
 /// Cut one slice (along the third stored axis) through the tiny structure from every image.
