@@ -1,6 +1,6 @@
 #!/bin/sh
 # Reproduces the reports in docs/experiments/: builds each phantom project, then runs its plan.
-# Usage: docs/experiments/run.sh [multi-task|multi-sequence|tiny-structure|4d|all]
+# Usage: docs/experiments/run.sh [multi-task|multi-sequence|tiny-structure|4d|colin27-tiny-structure|all]
 # Deterministic from the seeds below and in the plans (same machine and backend: same numbers).
 set -e
 cd "$(dirname "$0")/../.."
@@ -21,3 +21,4 @@ run multi-task --cases 24 --seed 11 --grid 32
 run multi-sequence --cases 24 --seed 12 --grid 32 --sequence-specific-lesions
 run tiny-structure --cases 24 --seed 13 --grid 40 --voxel-mm 0.7
 run 4d --cases 24 --seed 14 --form 4d --grid 24 --frames 100
+run colin27-tiny-structure --cases 40 --seed 21 --grid 40 --voxel-mm 0.7 --anatomy colin27

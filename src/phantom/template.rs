@@ -689,13 +689,19 @@ fn subject_geometry(
     let grid = Grid::random(rng, fov, spacing, None);
     let centre = DVec3::from_array(FOV_CENTRE_MM);
     let field = Deformation::random(rng, centre, fov * 1.8, 12.0, 2.5);
-    let positions: Vec<DVec3> = (0..grid.len())
+    let positions = template_positions(&grid, &field, centre);
+    (grid, field, positions)
+}
+
+/// The template position (mm) each voxel of `grid` shows: its place in the head about
+/// `centre_mm`, moved by `field`.
+fn template_positions(grid: &Grid, field: &Deformation, centre_mm: DVec3) -> Vec<DVec3> {
+    (0..grid.len())
         .map(|i| {
-            let p = grid.anat_of(i) + centre;
+            let p = grid.anat_of(i) + centre_mm;
             p + field.at(p)
         })
-        .collect();
-    (grid, field, positions)
+        .collect()
 }
 
 /// One subject of `template`: see the module's header.
@@ -795,12 +801,7 @@ pub fn generate_template_4d(
     let grid = Grid::random(rng, fov, (spacing, spacing), Some(cfg.grid));
     let centre = DVec3::from_array(BRAIN_CENTRE_MM);
     let field = Deformation::random(rng, centre, fov * 1.2, 18.0, 3.0);
-    let positions: Vec<DVec3> = (0..grid.len())
-        .map(|i| {
-            let p = grid.anat_of(i) + centre;
-            p + field.at(p)
-        })
-        .collect();
+    let positions = template_positions(&grid, &field, centre);
     let lesions = random_lesions(rng, template, patient, false, (centre, fov * 0.5));
     let (tissue, _) = tissues_and_labels(template, &positions, &lesions);
     let t_len = cfg.frames.max(2);
