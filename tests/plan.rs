@@ -594,7 +594,10 @@ fn validation_is_stratified_by_class_and_covers_the_labels() {
     // A 12/12 project, 20 % held out (5 cases): both classes are validated.
     let balanced: Vec<usize> = (0..24).map(|i| usize::from(i >= 12)).collect();
     let q = class_quotas(&balanced, 5);
-    assert!(q[0] >= 2 && q[1] >= 2 && q.iter().sum::<usize>() == 5, "{q:?}");
+    assert!(
+        q[0] >= 2 && q[1] >= 2 && q.iter().sum::<usize>() == 5,
+        "{q:?}"
+    );
     // Never the last case of a class: a class of one case stays in training.
     assert_eq!(class_quotas(&[0, 0, 0, 1], 2), vec![2, 0]);
     for seed in 0..20 {

@@ -369,3 +369,118 @@ fn voxel_data_at_an_unaligned_offset_reads_correctly() {
         assert_eq!(v.data(), &expected[..], "{name}");
     }
 }
+
+/// Run a Python snippet with nibabel (`.ci/run` installs it); its stdout.
+fn python(script: &str, args: &[&std::path::Path]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (.ci/run installs it with nibabel)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn mgz_written_by_nibabel_reads_with_its_shape_affine_and_values_and_ours_reads_back_in_nibabel() {
+    use mriloop::volume::AnyVolume;
+    let dir = tempfile::tempdir().unwrap();
+    // nibabel writes an oblique float 4D file, a short and a uchar file (values i-fastest known).
+    let script = r#"
+import sys, json, numpy as np, nibabel as nib
+out = sys.argv[1]
+a = np.array([[0.9, -0.2, 0.1, -40.5], [0.15, 1.1, -0.3, 12.25], [-0.05, 0.25, 1.4, 7.0], [0, 0, 0, 1]])
+shape = (5, 6, 7)
+idx = np.arange(5 * 6 * 7).reshape(shape, order="F")
+for name, data in [("f4d.mgz", np.stack([idx * 0.5, idx * -1.25], -1).astype(np.float32)),
+                   ("s.mgz", (idx - 100).astype(np.int16)), ("u.mgh", (idx % 251).astype(np.uint8))]:
+    nib.save(nib.MGHImage(data, a), f"{out}/{name}")
+print(json.dumps(nib.load(f"{out}/s.mgz").affine.tolist()))
+"#;
+    let theirs: Vec<Vec<f64>> = serde_json::from_str(&python(script, &[dir.path()])).unwrap();
+    let close = |ours: [[f64; 4]; 4]| {
+        (0..3).all(|r| (0..4).all(|c| (ours[r][c] - theirs[r][c]).abs() < 1e-4))
+    };
+    let at = |i: usize, j: usize, k: usize| i + 5 * (j + 6 * k);
+    match read_volume(&dir.path().join("f4d.mgz")).unwrap() {
+        AnyVolume::F32(v) => {
+            assert_eq!(v.dims(), [5, 6, 7, 2]);
+            assert!(
+                close(v.affine().rows()),
+                "{:?} vs {theirs:?}",
+                v.affine().rows()
+            );
+            assert_eq!(v.data()[at(4, 5, 6)], (at(4, 5, 6) as f32) * 0.5);
+            assert_eq!(v.data()[210 + at(1, 2, 3)], (at(1, 2, 3) as f32) * -1.25);
+        }
+        other => panic!("float MGZ read as {:?}", other.datatype()),
+    }
+    match read_volume(&dir.path().join("s.mgz")).unwrap() {
+        AnyVolume::I16(v) => {
+            assert_eq!(v.dims(), [5, 6, 7, 1]);
+            assert!((0..210).all(|i| v.data()[i] == i as i16 - 100));
+        }
+        other => panic!("short MGZ read as {:?}", other.datatype()),
+    }
+    let mask = read_volume(&dir.path().join("u.mgh"))
+        .unwrap()
+        .into_u8()
+        .unwrap();
+    assert!((0..210).all(|i| mask.data()[i] == (i % 251) as u8));
+    // Our mask, saved as .mgz, reads back in nibabel on the image's grid with its values.
+    let saved = dir.path().join("mask.mgz");
+    write_volume(&saved, &mask).unwrap();
+    let check = r#"
+import sys, json, numpy as np, nibabel as nib
+m = nib.load(sys.argv[1])
+d = np.asarray(m.dataobj)
+print(json.dumps({"shape": list(d.shape), "dtype": str(d.dtype), "affine": m.affine.tolist(),
+                  "values": d.ravel(order="F").tolist()}))
+"#;
+    let back: serde_json::Value = serde_json::from_str(&python(check, &[&saved])).unwrap();
+    assert_eq!(back["shape"], serde_json::json!([5, 6, 7]));
+    assert_eq!(back["dtype"], "uint8");
+    let affine: Vec<Vec<f64>> = serde_json::from_value(back["affine"].clone()).unwrap();
+    assert!((0..3).all(|r| (0..4).all(|c| (affine[r][c] - theirs[r][c]).abs() < 1e-4)));
+    let values: Vec<u8> = serde_json::from_value(back["values"].clone()).unwrap();
+    assert_eq!(values, mask.data());
+}
+
+#[test]
+fn a_malformed_mgz_is_refused_by_name_without_allocating_its_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    // A header claiming 100 000³ floats, in a few bytes.
+    let mut header = vec![0u8; 284];
+    header[..4].copy_from_slice(&1i32.to_be_bytes());
+    for (a, d) in [100_000i32, 100_000, 100_000, 1].iter().enumerate() {
+        header[4 + 4 * a..8 + 4 * a].copy_from_slice(&d.to_be_bytes());
+    }
+    header[20..24].copy_from_slice(&3i32.to_be_bytes());
+    let huge = dir.path().join("huge.mgz");
+    std::fs::write(&huge, gz(&header)).unwrap();
+    let e = read_volume(&huge).unwrap_err().to_string();
+    assert!(e.contains("huge.mgz") && e.contains("bytes"), "{e}");
+    // Plausible dims, truncated data.
+    header[4..20].copy_from_slice(&[8i32, 8, 8, 1].map(i32::to_be_bytes).concat());
+    let short = dir.path().join("short.mgh");
+    std::fs::write(&short, [header.clone(), vec![0; 100]].concat()).unwrap();
+    let e = read_volume(&short).unwrap_err().to_string();
+    assert!(e.contains("short.mgh"), "{e}");
+    // Not MGH at all, and an unknown voxel type.
+    let text = dir.path().join("notes.mgz");
+    std::fs::write(&text, b"not an image").unwrap();
+    assert!(read_volume(&text)
+        .unwrap_err()
+        .to_string()
+        .contains("notes.mgz"));
+    header[20..24].copy_from_slice(&7i32.to_be_bytes());
+    let odd = dir.path().join("odd.mgh");
+    std::fs::write(&odd, [header, vec![0; 2048]].concat()).unwrap();
+    let e = read_volume(&odd).unwrap_err().to_string();
+    assert!(e.contains("odd.mgh") && e.contains("type 7"), "{e}");
+}

@@ -164,8 +164,8 @@ impl MriloopApp {
             }),
             Command::OpenFilesDialog => self.ask(|| {
                 let files = rfd::FileDialog::new()
-                    .set_title("Open NIfTI images (a label file is recognised by its name)")
-                    .add_filter("NIfTI", &["nii", "gz"])
+                    .set_title("Open images (a label file is recognised by its name)")
+                    .add_filter("NIfTI, MGH", &["nii", "gz", "mgz", "mgh"])
                     .pick_files()?;
                 let (masks, images): (Vec<PathBuf>, Vec<PathBuf>) =
                     files.into_iter().partition(|p| looks_like_mask(p));
@@ -225,7 +225,7 @@ impl MriloopApp {
         self.ask(move || {
             let mut dialog = rfd::FileDialog::new()
                 .set_title("Save the mask as")
-                .add_filter("NIfTI", &["nii", "gz"]);
+                .add_filter("NIfTI, MGH", &["nii", "gz", "mgz", "mgh"]);
             if let Some(dir) = loose.mask_path.parent() {
                 dialog = dialog.set_directory(dir);
             }

@@ -8,6 +8,7 @@ mod affine;
 mod bgzf;
 pub mod dicom;
 pub mod distance;
+pub mod mgh;
 pub mod nifti_io;
 pub mod regions;
 mod reorient;

@@ -759,11 +759,15 @@ impl RawHeader {
     }
 }
 
-/// Read a `.nii` or `.nii.gz` file (NIfTI-1 or NIfTI-2, either byte order).
+/// Read a `.nii` or `.nii.gz` file (NIfTI-1 or NIfTI-2, either byte order), or FreeSurfer's
+/// `.mgh` / `.mgz` (see `mgh`).
 ///
 /// Types convert as: int8 → i16; uint32, (u)int64, float64 → f32; a scaled file
 /// (`scl_slope` ≠ 0 and not the identity) → f32 with `slope · value + inter` applied.
 pub fn read_volume(path: &Path) -> Result<AnyVolume, VolumeError> {
+    if super::mgh::is_mgh_name(path) {
+        return super::mgh::read_mgh(path);
+    }
     let (header, stored) = read_stored(path)?;
     Ok(decode(&header, stored))
 }
@@ -1088,11 +1092,14 @@ fn header_bytes(
 }
 
 /// Write `vol` as NIfTI-1 to `path` atomically; gzip-compressed (BGZF, see `bgzf`) when `path`
-/// ends in `.gz`.
+/// ends in `.gz`; as MGH when it ends in `.mgh` or `.mgz` (see `mgh`).
 ///
 /// A volume still in its file layout keeps its stored qform/sform exactly; any other volume gets
 /// an sform holding its affine and a qform holding its rigid part.
 pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), VolumeError> {
+    if super::mgh::is_mgh_name(path) {
+        return super::mgh::write_mgh(path, vol);
+    }
     let dims = vol.dims();
     if dims.iter().any(|d| *d > i16::MAX as usize) {
         return Err(VolumeError::Shape(format!(
