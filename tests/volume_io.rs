@@ -484,3 +484,135 @@ fn a_malformed_mgz_is_refused_by_name_without_allocating_its_claim() {
     let e = read_volume(&odd).unwrap_err().to_string();
     assert!(e.contains("odd.mgh") && e.contains("type 7"), "{e}");
 }
+
+#[test]
+fn nrrd_written_by_pynrrd_reads_in_ras_and_our_segmentation_reads_back_in_pynrrd() {
+    use mriloop::volume::nrrd::{read_nrrd_header, read_segmentation, segments};
+    use mriloop::volume::AnyVolume;
+    let dir = tempfile::tempdir().unwrap();
+    // pynrrd writes: an oblique LPS short volume (gzip), a detached big-endian float header
+    // with raw data, and a two-layer segmentation (layers first, as Slicer stores them).
+    let script = r#"
+import sys, numpy as np, nrrd
+out = sys.argv[1]
+dirs = np.array([[0.9, 0.15, -0.05], [-0.2, 1.1, 0.25], [0.1, -0.3, 1.4]])
+origin = np.array([40.5, -12.25, 7.0])
+idx = np.arange(5 * 6 * 7).reshape((5, 6, 7), order="F")
+hdr = {"space": "left-posterior-superior", "space directions": dirs, "space origin": origin,
+       "encoding": "gzip", "kinds": ["domain"] * 3}
+nrrd.write(f"{out}/s.nrrd", (idx - 100).astype(np.int16), hdr)
+nrrd.write(f"{out}/f.nhdr", (idx * 0.5).astype(">f4"), dict(hdr, encoding="raw", endian="big"),
+           detached_header=True)
+layers = np.zeros((2, 5, 6, 7), np.uint8)
+layers[0, 1:3, 1:3, 1:3] = 1
+layers[1, 2:4, 2:4, 2:4] = 1
+seg = dict(hdr, **{"space directions": np.vstack([[np.nan] * 3, dirs]), "kinds": ["list"] + ["domain"] * 3})
+for i, (name, layer) in enumerate([("left thalamus", 0), ("lesion", 1)]):
+    seg.update({f"Segment{i}_Name": name, f"Segment{i}_LabelValue": "1", f"Segment{i}_Layer": str(layer),
+                f"Segment{i}_Color": "0.2 0.4 1.0"})
+nrrd.write(f"{out}/two.seg.nrrd", layers, seg, custom_field_map={})
+"#;
+    python(script, &[dir.path()]);
+    // LPS → RAS: x and y flip in the directions and the origin.
+    let want = [
+        [-0.9, 0.2, -0.1, -40.5],
+        [-0.15, -1.1, 0.3, 12.25],
+        [-0.05, 0.25, 1.4, 7.0],
+    ];
+    let at = |i: usize, j: usize, k: usize| i + 5 * (j + 6 * k);
+    let close = |rows: [[f64; 4]; 4]| {
+        (0..3).all(|r| (0..4).all(|c| (rows[r][c] - want[r][c]).abs() < 1e-6))
+    };
+    let AnyVolume::I16(s) = read_volume(&dir.path().join("s.nrrd")).unwrap() else {
+        panic!("short NRRD")
+    };
+    assert_eq!(s.dims(), [5, 6, 7, 1]);
+    assert!(close(s.affine().rows()), "{:?}", s.affine().rows());
+    assert_eq!(s.data()[at(4, 5, 6)], at(4, 5, 6) as i16 - 100);
+    let AnyVolume::F32(f) = read_volume(&dir.path().join("f.nhdr")).unwrap() else {
+        panic!("float NRRD")
+    };
+    assert!(close(f.affine().rows()));
+    assert!((0..210).all(|i| f.data()[i] == i as f32 * 0.5));
+    // The two layers merge into one label map with a value per segment.
+    let (labels, segs) = read_segmentation(&dir.path().join("two.seg.nrrd")).unwrap();
+    assert_eq!(labels.dims(), [5, 6, 7, 1]);
+    assert!(close(labels.affine().rows()));
+    assert_eq!(
+        segs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["left thalamus", "lesion"]
+    );
+    assert_eq!(labels.data()[at(1, 1, 1)], 1);
+    assert_eq!(labels.data()[at(3, 3, 3)], 2);
+    assert_eq!(
+        labels.data()[at(2, 2, 2)],
+        2,
+        "the later layer wins an overlap"
+    );
+    assert_eq!(segs[0].color, [51, 102, 255]);
+    // Saved back over the user's file (as a Save does): one layer, the segments' names kept,
+    // and pynrrd reads it on the same grid with the same values.
+    let saved = dir.path().join("two.seg.nrrd");
+    write_volume(&saved, &labels).unwrap();
+    let header = read_nrrd_header(&saved).unwrap();
+    let names: Vec<String> = segments(&header).into_iter().map(|s| s.name).collect();
+    assert_eq!(names, ["left thalamus", "lesion"]);
+    let check = r#"
+import sys, json, numpy as np, nrrd
+d, h = nrrd.read(sys.argv[1])
+print(json.dumps({"shape": list(d.shape), "space": h["space"], "dirs": h["space directions"].tolist(),
+                  "origin": h["space origin"].tolist(), "values": d.ravel(order="F").tolist(),
+                  "name": h.get("Segment1_Name")}))
+"#;
+    let back: serde_json::Value = serde_json::from_str(&python(check, &[&saved])).unwrap();
+    assert_eq!(back["shape"], serde_json::json!([5, 6, 7]));
+    assert_eq!(back["space"], "left-posterior-superior");
+    assert_eq!(back["name"], "lesion");
+    let origin: Vec<f64> = serde_json::from_value(back["origin"].clone()).unwrap();
+    assert!((origin[0] - 40.5).abs() < 1e-9 && (origin[1] + 12.25).abs() < 1e-9);
+    let dirs: Vec<Vec<f64>> = serde_json::from_value(back["dirs"].clone()).unwrap();
+    assert!((dirs[0][0] - 0.9).abs() < 1e-9 && (dirs[2][2] - 1.4).abs() < 1e-9);
+    let values: Vec<u8> = serde_json::from_value(back["values"].clone()).unwrap();
+    assert_eq!(values, labels.data());
+}
+
+#[test]
+fn a_malformed_nrrd_is_refused_by_name_without_allocating_its_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let base = "NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\n\
+                space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\n";
+    let huge = write(
+        "huge.nrrd",
+        &format!("{base}sizes: 100000 100000 100000\nencoding: gzip\n\n"),
+    );
+    let e = read_volume(&huge).unwrap_err().to_string();
+    assert!(e.contains("huge.nrrd") && e.contains("bytes"), "{e}");
+    let short = write(
+        "short.nrrd",
+        &format!("{base}sizes: 8 8 8\nencoding: raw\n\nabc"),
+    );
+    assert!(read_volume(&short)
+        .unwrap_err()
+        .to_string()
+        .contains("short.nrrd"));
+    let odd = write(
+        "odd.nrrd",
+        &format!("{base}sizes: 2 2 2\nencoding: bzip2\n\n"),
+    );
+    assert!(read_volume(&odd).unwrap_err().to_string().contains("bzip2"));
+    let flat = write("flat.nrrd", "NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2 2\nspace directions: (1,0,0) (2,0,0) (0,0,1)\nencoding: raw\n\n");
+    assert!(read_volume(&flat)
+        .unwrap_err()
+        .to_string()
+        .contains("singular"));
+    let text = write("notes.nrrd", "hello");
+    assert!(read_volume(&text)
+        .unwrap_err()
+        .to_string()
+        .contains("notes.nrrd"));
+}

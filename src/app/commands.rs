@@ -165,7 +165,10 @@ impl MriloopApp {
             Command::OpenFilesDialog => self.ask(|| {
                 let files = rfd::FileDialog::new()
                     .set_title("Open images (a label file is recognised by its name)")
-                    .add_filter("NIfTI, MGH", &["nii", "gz", "mgz", "mgh"])
+                    .add_filter(
+                        "NIfTI, MGH, NRRD",
+                        &["nii", "gz", "mgz", "mgh", "nrrd", "nhdr"],
+                    )
                     .pick_files()?;
                 let (masks, images): (Vec<PathBuf>, Vec<PathBuf>) =
                     files.into_iter().partition(|p| looks_like_mask(p));
@@ -225,7 +228,10 @@ impl MriloopApp {
         self.ask(move || {
             let mut dialog = rfd::FileDialog::new()
                 .set_title("Save the mask as")
-                .add_filter("NIfTI, MGH", &["nii", "gz", "mgz", "mgh"]);
+                .add_filter(
+                    "NIfTI, MGH, NRRD",
+                    &["nii", "gz", "mgz", "mgh", "nrrd", "nhdr"],
+                );
             if let Some(dir) = loose.mask_path.parent() {
                 dialog = dialog.set_directory(dir);
             }

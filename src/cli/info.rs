@@ -1,6 +1,6 @@
 //! `mriloop info FILE`: describe a NIfTI file (dims, spacing, the voxel→world affine as stored,
 //! datatype, orientation code, intensity range) as text or, with `--json`, as JSON for scripts;
-//! an MGH/MGZ file likewise, with FreeSurfer's vox2ras as its affine.
+//! an MGH/MGZ or NRRD file likewise, with its affine in RAS.
 //!
 //! Invariants: the affine printed is the one the reader uses (sform, else qform, else spacing)
 //! and says which; a closed output pipe is not an error.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 /// Arguments of `mriloop info`.
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
-    /// A .nii, .nii.gz, .mgh or .mgz file.
+    /// A .nii, .nii.gz, .mgh, .mgz, .nrrd or .nhdr file.
     pub file: PathBuf,
     /// Print JSON.
     #[arg(long)]
@@ -25,7 +25,10 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<()> {
     let file = &args.file;
     if crate::volume::mgh::is_mgh_name(file) {
-        return emit(&mgh_info(file, args.json)?);
+        return emit(&other_format_info(file, args.json, "MGH (FreeSurfer; big-endian)")?);
+    }
+    if crate::volume::nrrd::is_nrrd_name(file) {
+        return emit(&other_format_info(file, args.json, "NRRD (space turned into RAS)")?);
     }
     let h = read_header(file)?;
     let range = read_volume(file)?.range();
@@ -37,8 +40,9 @@ pub fn run(args: InfoArgs) -> Result<()> {
     emit(&text)
 }
 
-/// An MGH/MGZ file described: its dims, spacing, vox2ras, type, orientation and range.
-fn mgh_info(file: &Path, as_json: bool) -> Result<String> {
+/// An MGH/MGZ or NRRD file described: its dims, spacing, affine (RAS), type, orientation and
+/// range.
+fn other_format_info(file: &Path, as_json: bool, format: &str) -> Result<String> {
     let v = read_volume(file)?;
     let d = v.dims();
     let dims = if d[3] > 1 {
@@ -50,7 +54,7 @@ fn mgh_info(file: &Path, as_json: bool) -> Result<String> {
     if as_json {
         let j = serde_json::json!({
             "file": file.display().to_string(),
-            "format": "MGH",
+            "format": format,
             "dims": dims,
             "spacing": a.spacing_mm(),
             "affine": a.rows(),
@@ -62,7 +66,7 @@ fn mgh_info(file: &Path, as_json: bool) -> Result<String> {
     }
     let mut out = String::new();
     writeln!(out, "file:        {}", file.display())?;
-    writeln!(out, "format:      MGH (FreeSurfer; big-endian)")?;
+    writeln!(out, "format:      {format}")?;
     let shown: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
     writeln!(out, "dims:        {}", shown.join(" × "))?;
     let s = a.spacing_mm();
@@ -73,7 +77,7 @@ fn mgh_info(file: &Path, as_json: bool) -> Result<String> {
     )?;
     writeln!(out, "datatype:    {}", v.datatype().name())?;
     writeln!(out, "orientation: {}", a.orientation_code())?;
-    writeln!(out, "affine (vox2ras):")?;
+    writeln!(out, "affine (voxel → RAS mm):")?;
     for row in &a.rows()[..3] {
         writeln!(
             out,

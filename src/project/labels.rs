@@ -25,21 +25,7 @@ pub struct LabelTable {
 
 /// A distinct colour for label `value` where none is given (ITK-SNAP-like palette).
 pub fn default_color(value: u8) -> [u8; 3] {
-    const PALETTE: [[u8; 3]; 12] = [
-        [255, 0, 0],
-        [0, 255, 0],
-        [0, 0, 255],
-        [255, 255, 0],
-        [0, 255, 255],
-        [255, 0, 255],
-        [255, 239, 213],
-        [0, 0, 205],
-        [205, 133, 63],
-        [210, 180, 140],
-        [102, 205, 170],
-        [0, 0, 128],
-    ];
-    PALETTE[(value as usize + PALETTE.len() - 1) % PALETTE.len()]
+    crate::volume::default_label_color(value)
 }
 
 impl LabelTable {

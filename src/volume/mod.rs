@@ -10,6 +10,7 @@ pub mod dicom;
 pub mod distance;
 pub mod mgh;
 pub mod nifti_io;
+pub mod nrrd;
 pub mod regions;
 mod reorient;
 pub mod resample;
@@ -132,6 +133,25 @@ impl_voxel!(i16, Datatype::I16);
 impl_voxel!(u16, Datatype::U16);
 impl_voxel!(i32, Datatype::I32);
 impl_voxel!(f32, Datatype::F32);
+
+/// A distinct colour for label `value` where a file gives none (ITK-SNAP-like palette).
+pub fn default_label_color(value: u8) -> [u8; 3] {
+    const PALETTE: [[u8; 3]; 12] = [
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [0, 255, 255],
+        [255, 0, 255],
+        [255, 239, 213],
+        [0, 0, 205],
+        [205, 133, 63],
+        [210, 180, 140],
+        [102, 205, 170],
+        [0, 0, 128],
+    ];
+    PALETTE[(value as usize + PALETTE.len() - 1) % PALETTE.len()]
+}
 
 /// A 3D or 4D voxel grid of `T` with its voxel→world affine.
 #[derive(Debug, Clone, PartialEq)]

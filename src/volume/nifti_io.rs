@@ -759,14 +759,20 @@ impl RawHeader {
     }
 }
 
-/// Read a `.nii` or `.nii.gz` file (NIfTI-1 or NIfTI-2, either byte order), or FreeSurfer's
-/// `.mgh` / `.mgz` (see `mgh`).
+/// Read a `.nii` or `.nii.gz` file (NIfTI-1 or NIfTI-2, either byte order), FreeSurfer's
+/// `.mgh` / `.mgz` (see `mgh`), or NRRD `.nrrd` / `.nhdr` / `.seg.nrrd` (see `nrrd`).
 ///
 /// Types convert as: int8 → i16; uint32, (u)int64, float64 → f32; a scaled file
 /// (`scl_slope` ≠ 0 and not the identity) → f32 with `slope · value + inter` applied.
 pub fn read_volume(path: &Path) -> Result<AnyVolume, VolumeError> {
     if super::mgh::is_mgh_name(path) {
         return super::mgh::read_mgh(path);
+    }
+    if super::nrrd::is_segmentation_name(path) {
+        return super::nrrd::read_segmentation(path).map(|(v, _)| AnyVolume::U8(v));
+    }
+    if super::nrrd::is_nrrd_name(path) {
+        return super::nrrd::read_nrrd(path);
     }
     let (header, stored) = read_stored(path)?;
     Ok(decode(&header, stored))
@@ -1092,13 +1098,17 @@ fn header_bytes(
 }
 
 /// Write `vol` as NIfTI-1 to `path` atomically; gzip-compressed (BGZF, see `bgzf`) when `path`
-/// ends in `.gz`; as MGH when it ends in `.mgh` or `.mgz` (see `mgh`).
+/// ends in `.gz`; as MGH when it ends in `.mgh` or `.mgz` (see `mgh`), as NRRD when in `.nrrd`
+/// (see `nrrd`).
 ///
 /// A volume still in its file layout keeps its stored qform/sform exactly; any other volume gets
 /// an sform holding its affine and a qform holding its rigid part.
 pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), VolumeError> {
     if super::mgh::is_mgh_name(path) {
         return super::mgh::write_mgh(path, vol);
+    }
+    if super::nrrd::is_nrrd_name(path) {
+        return super::nrrd::write_nrrd_or_segmentation(path, vol);
     }
     let dims = vol.dims();
     if dims.iter().any(|d| *d > i16::MAX as usize) {
