@@ -527,3 +527,80 @@ fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
         mriloop::app::Layout::Single(_)
     ));
 }
+
+/// Run a Python snippet (`.ci/run` installs pydicom and nibabel); its stdout.
+fn python(script: &str, args: &[&Path]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (.ci/run installs it with pydicom and nibabel)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_siemens_mosaic_diffusion_series_imports_as_dcm2niix_converts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("ours"), dir.path().join("theirs"));
+    // Real Siemens mosaic headers (nibabel ships two diffusion files, b = 0 and 1000, whose
+    // pixels are zeroed); pydicom fills their pixels with known values.
+    let script = r#"
+import sys, os, gzip, io, shutil, numpy as np, pydicom, nibabel
+src = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data")
+ours, theirs = sys.argv[1], sys.argv[2]
+os.makedirs(ours); os.makedirs(theirs)
+for i, b in enumerate(["0", "1000"]):
+    d = pydicom.dcmread(io.BytesIO(gzip.open(f"{src}/siemens_dwi_{b}.dcm.gz").read()))
+    n = d.Rows * d.Columns
+    d.PixelData = ((np.arange(n) * 7 + i * 13) % 4000).astype("<u2").tobytes()
+    d.save_as(f"{ours}/dwi_{b}.dcm")
+    shutil.copy(f"{ours}/dwi_{b}.dcm", f"{theirs}/dwi_{b}.dcm")
+# The b = 0 image sent twice.
+shutil.copy(f"{ours}/dwi_0.dcm", f"{ours}/dwi_0_again.dcm")
+"#;
+    python(script, &[&ours, &theirs]);
+    let out = dir.path().join("nii");
+    std::fs::create_dir(&out).unwrap();
+    let status = std::process::Command::new("dcm2niix")
+        .args(["-z", "n", "-b", "n", "-f", "dwi", "-o"])
+        .arg(&out)
+        .arg(&theirs)
+        .output()
+        .expect("dcm2niix runs (.ci/run installs Debian's dcm2niix)");
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let reference = read_volume(&out.join("dwi.nii")).unwrap().to_f32();
+    assert_eq!(reference.dims(), [128, 128, 48, 2]);
+    let scan = scan_dir(&ours).unwrap();
+    assert_eq!(scan.series.len(), 1, "{:?}", scan.problems);
+    assert_eq!(scan.problems.len(), 1, "{:?}", scan.problems);
+    assert!(
+        scan.problems[0].message.contains("duplicate"),
+        "{}",
+        scan.problems[0]
+    );
+    let got = &scan.series[0].volume;
+    assert_eq!(got.dims(), [128, 128, 48, 2]);
+    // Same voxels at the same places (to a thousandth of a voxel), both volumes.
+    for t in 0..2 {
+        let frame = |v: &Volume<f32>| {
+            let n = v.frame_len();
+            Volume::new(
+                [v.dims()[0], v.dims()[1], v.dims()[2], 1],
+                *v.affine(),
+                v.data()[t * n..(t + 1) * n].to_vec(),
+            )
+            .unwrap()
+        };
+        assert_same_in_world(&frame(&reference), &frame(got));
+    }
+}

@@ -25,10 +25,18 @@ pub struct InfoArgs {
 pub fn run(args: InfoArgs) -> Result<()> {
     let file = &args.file;
     if crate::volume::mgh::is_mgh_name(file) {
-        return emit(&other_format_info(file, args.json, "MGH (FreeSurfer; big-endian)")?);
+        return emit(&other_format_info(
+            file,
+            args.json,
+            "MGH (FreeSurfer; big-endian)",
+        )?);
     }
     if crate::volume::nrrd::is_nrrd_name(file) {
-        return emit(&other_format_info(file, args.json, "NRRD (space turned into RAS)")?);
+        return emit(&other_format_info(
+            file,
+            args.json,
+            "NRRD (space turned into RAS)",
+        )?);
     }
     let h = read_header(file)?;
     let range = read_volume(file)?.range();

@@ -4,6 +4,9 @@
 //! Image Position / Orientation (Patient) and Pixel Spacing (DICOM's LPS turned into RAS+), apply
 //! Rescale Slope / Intercept, and hand back one `Volume<f32>` per series. A series whose positions
 //! each hold the same number of images (e.g. the time points of an fMRI run) becomes a 4D volume.
+//! A Siemens mosaic file is cut into its slices (see `siemens`) and is one volume of its series
+//! (several: 4D, e.g. diffusion directions); a series holding images of two sizes becomes one
+//! volume per size; the same image twice (one SOP Instance UID) is kept once, with a note.
 //!
 //! Invariants: every file is untrusted — a malformed, truncated or unsupported file (compressed
 //! syntaxes without a decoder, colour, multi-frame, missing tags) or an inconsistent series (mixed
@@ -12,6 +15,7 @@
 //! file really holds (checked against Rows × Columns before decoding); voxel `(i, j, k)` is
 //! (column, row, slice), so `i` runs along Image Orientation's row direction.
 
+use super::siemens::{csa_number, csa_vector, parse_csa, Mosaic};
 use super::{Affine, Volume};
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
@@ -102,10 +106,14 @@ pub enum DicomError {
     },
 }
 
-/// One image read from a file.
+/// One image read from a file (a mosaic file gives one per tile).
 struct Slice {
     path: PathBuf,
     series_uid: String,
+    /// SOP Instance UID: the same image sent twice (e.g. in two transfer syntaxes) has one.
+    sop_uid: Option<String>,
+    /// Which tile of a mosaic file this is (a mosaic file is one volume of its series).
+    tile: Option<usize>,
     description: Option<String>,
     series_number: Option<i64>,
     modality: String,
@@ -131,10 +139,27 @@ pub fn scan_dir(dir: &Path) -> Result<DicomScan, DicomError> {
         ..DicomScan::default()
     };
     let mut slices = Vec::new();
+    let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
     for path in files {
         match read_slice(&path) {
-            Ok(Some(s)) => slices.push(s),
-            Ok(None) => {}
+            Ok(file_slices) => {
+                let sop = file_slices.first().and_then(|s| s.sop_uid.clone());
+                if let Some(first) = sop.as_ref().and_then(|u| seen.get(u)) {
+                    scan.problems.push(DicomProblem {
+                        message: format!(
+                            "the same image (SOP Instance UID) as {}: skipped as a duplicate",
+                            first.display()
+                        ),
+                        path,
+                        series: None,
+                    });
+                    continue;
+                }
+                if let Some(u) = sop {
+                    seen.insert(u, path.clone());
+                }
+                slices.extend(file_slices);
+            }
             Err(message) => scan.problems.push(DicomProblem {
                 path,
                 series: None,
@@ -142,12 +167,32 @@ pub fn scan_dir(dir: &Path) -> Result<DicomScan, DicomError> {
             }),
         }
     }
-    let mut groups: BTreeMap<String, Vec<Slice>> = BTreeMap::new();
+    build_all(&mut scan, slices);
+    scan.series.sort_by(|a, b| {
+        (a.series_number.unwrap_or(i64::MAX), &a.description)
+            .cmp(&(b.series_number.unwrap_or(i64::MAX), &b.description))
+    });
+    Ok(scan)
+}
+
+/// Group `slices` into series — by Series Instance UID, and within one by image size (a
+/// series holding images of two sizes, as some diffusion exports do, becomes one volume per
+/// size, named with it) — and build each.
+fn build_all(scan: &mut DicomScan, slices: Vec<Slice>) {
+    let mut groups: BTreeMap<(String, usize, usize), Vec<Slice>> = BTreeMap::new();
     for s in slices {
-        groups.entry(s.series_uid.clone()).or_default().push(s);
+        let key = (s.series_uid.clone(), s.rows, s.columns);
+        groups.entry(key).or_default().push(s);
     }
-    for (uid, group) in groups {
-        let name = series_name(&group[0], &uid);
+    let sizes_of = |uid: &str, groups: &BTreeMap<(String, usize, usize), Vec<Slice>>| {
+        groups.keys().filter(|k| k.0 == uid).count()
+    };
+    let several: Vec<bool> = groups.keys().map(|k| sizes_of(&k.0, &groups) > 1).collect();
+    for (((uid, rows, columns), group), several) in groups.into_iter().zip(several) {
+        let mut name = series_name(&group[0], &uid);
+        if several {
+            name = format!("{name} ({columns} × {rows})");
+        }
         let first = group[0].path.clone();
         match build_series(uid, name.clone(), group) {
             Ok(series) => scan.series.push(series),
@@ -158,11 +203,6 @@ pub fn scan_dir(dir: &Path) -> Result<DicomScan, DicomError> {
             }),
         }
     }
-    scan.series.sort_by(|a, b| {
-        (a.series_number.unwrap_or(i64::MAX), &a.description)
-            .cmp(&(b.series_number.unwrap_or(i64::MAX), &b.description))
-    });
-    Ok(scan)
 }
 
 fn list_files(dir: &Path) -> Result<Vec<PathBuf>, DicomError> {
@@ -206,8 +246,9 @@ fn series_name(s: &Slice, uid: &str) -> String {
     }
 }
 
-/// Read one file: `Ok(None)` for DICOM files that hold no image to import (a DICOMDIR index).
-fn read_slice(path: &Path) -> Result<Option<Slice>, String> {
+/// Read one file: its image, a mosaic's tiles, or nothing for DICOM files that hold no image
+/// to import (a DICOMDIR index).
+fn read_slice(path: &Path) -> Result<Vec<Slice>, String> {
     let len = std::fs::metadata(path)
         .map_err(|e| format!("cannot read: {e}"))?
         .len();
@@ -224,7 +265,7 @@ fn read_slice(path: &Path) -> Result<Option<Slice>, String> {
 }
 
 /// Read one file's image and the tags a series needs (see `read_slice`, which guards it).
-fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
+fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
     let obj = open_file(path).map_err(|e| format!("not a readable DICOM file: {}", chain(&e)))?;
     const DICOMDIR: &str = "1.2.840.10008.1.3.10";
     if obj
@@ -233,7 +274,7 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
         .trim_end_matches('\0')
         == DICOMDIR
     {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
         return Err("holds no image (no Pixel Data): skipped".into());
@@ -247,9 +288,11 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
     let (rows, columns) = image_size(&obj)?;
     let geometry = slice_geometry(&obj)?;
     let values = pixel_values(&obj, rows, columns)?;
-    Ok(Some(Slice {
+    let slice = Slice {
         path: path.to_path_buf(),
         series_uid,
+        sop_uid: opt_text(&obj, tags::SOP_INSTANCE_UID),
+        tile: None,
         description: opt_text(&obj, tags::SERIES_DESCRIPTION),
         series_number: opt_float(&obj, tags::SERIES_NUMBER).map(|n| n as i64),
         modality: opt_text(&obj, tags::MODALITY).unwrap_or_default(),
@@ -264,7 +307,111 @@ fn read_slice_inner(path: &Path) -> Result<Option<Slice>, String> {
             .filter(|t| *t > 0.0),
         repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
         values,
-    }))
+    };
+    match mosaic_of(&obj, rows, columns)? {
+        Some((mosaic, normal)) => mosaic_slices(slice, mosaic, normal),
+        None => Ok(vec![slice]),
+    }
+}
+
+/// A Siemens mosaic's layout and slice normal (LPS; from the CSA image header, else the
+/// orientation's), or `None` for an ordinary image.
+fn mosaic_of(
+    obj: &DefaultDicomObject,
+    rows: usize,
+    columns: usize,
+) -> Result<Option<(Mosaic, Option<DVec3>)>, String> {
+    let is_mosaic = obj
+        .element_opt(tags::IMAGE_TYPE)
+        .ok()
+        .flatten()
+        .and_then(|e| {
+            e.to_str()
+                .ok()
+                .map(|t| t.to_ascii_uppercase().contains("MOSAIC"))
+        })
+        .unwrap_or(false);
+    if !is_mosaic {
+        return Ok(None);
+    }
+    let csa = csa_image_header(obj).ok_or(
+        "a Siemens mosaic without its CSA image header (0029,xx10) — anonymised? The slices \
+         cannot be cut out of it",
+    )?;
+    let images = csa_number(&csa, "NumberOfImagesInMosaic")
+        .filter(|n| *n >= 1.0 && *n <= 4096.0)
+        .ok_or("a Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic")?;
+    let mosaic = Mosaic::new(images as usize, rows, columns)?;
+    let normal = csa_vector(&csa, "SliceNormalVector").filter(|n| (n.length() - 1.0).abs() < 0.01);
+    Ok(Some((mosaic, normal)))
+}
+
+/// The tags of the CSA image header (the private block `SIEMENS CSA HEADER` of group 0029,
+/// element xx10), if the file has one that parses.
+fn csa_image_header(
+    obj: &DefaultDicomObject,
+) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+    let block = (0x10u16..=0xFF).find(|b| {
+        obj.element_opt(dicom_core::Tag(0x0029, *b))
+            .ok()
+            .flatten()
+            .and_then(|e| {
+                e.to_str()
+                    .ok()
+                    .map(|s| s.trim_end_matches(['\0', ' ']) == "SIEMENS CSA HEADER")
+            })
+            .unwrap_or(false)
+    })?;
+    let element = obj
+        .element_opt(dicom_core::Tag(0x0029, (block << 8) | 0x10))
+        .ok()
+        .flatten()?;
+    let bytes = element.value().to_bytes().ok()?;
+    parse_csa(&bytes).ok()
+}
+
+/// A mosaic file's tiles as slices: each cut out, placed from the corrected first position one
+/// slice spacing apart along the normal.
+fn mosaic_slices(
+    mut mosaic_image: Slice,
+    mosaic: Mosaic,
+    normal: Option<DVec3>,
+) -> Result<Vec<Slice>, String> {
+    let o = mosaic_image.orientation;
+    let row_dir = DVec3::new(o[0], o[1], o[2]);
+    let col_dir = DVec3::new(o[3], o[4], o[5]);
+    let normal = normal.unwrap_or_else(|| row_dir.cross(col_dir).normalize());
+    let step = mosaic_image
+        .slice_thickness
+        .ok_or("a mosaic without Spacing Between Slices or Slice Thickness")?;
+    let first = mosaic.first_position(
+        DVec3::from_array(mosaic_image.position),
+        [row_dir, col_dir],
+        mosaic_image.spacing,
+        [mosaic_image.rows, mosaic_image.columns],
+    );
+    let values = std::mem::take(&mut mosaic_image.values);
+    let columns = mosaic_image.columns;
+    Ok((0..mosaic.images)
+        .map(|k| Slice {
+            path: mosaic_image.path.clone(),
+            series_uid: mosaic_image.series_uid.clone(),
+            sop_uid: mosaic_image.sop_uid.clone(),
+            tile: Some(k),
+            description: mosaic_image.description.clone(),
+            series_number: mosaic_image.series_number,
+            modality: mosaic_image.modality.clone(),
+            rows: mosaic.rows,
+            columns: mosaic.columns,
+            spacing: mosaic_image.spacing,
+            orientation: mosaic_image.orientation,
+            position: (first + normal * step * k as f64).to_array(),
+            instance: mosaic_image.instance,
+            slice_thickness: mosaic_image.slice_thickness,
+            repetition_time_ms: mosaic_image.repetition_time_ms,
+            values: mosaic.tile(&values, columns, k),
+        })
+        .collect())
 }
 
 /// The image's Rows and Columns, for a single-frame greyscale image of a supported size.
@@ -452,6 +599,9 @@ fn build_series(
     group: Vec<Slice>,
 ) -> Result<DicomSeries, String> {
     check_same_frame(&group)?;
+    if group[0].tile.is_some() {
+        return build_mosaic_series(uid, description, group);
+    }
     let first = &group[0];
     let (rows, columns, spacing, orientation) =
         (first.rows, first.columns, first.spacing, first.orientation);
@@ -483,6 +633,60 @@ fn build_series(
     let series_number = positions[0][0].series_number;
     let mut volume =
         Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
+    if frames > 1 {
+        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
+    }
+    Ok(DicomSeries {
+        series_uid: uid,
+        description,
+        series_number,
+        modality,
+        files,
+        volume,
+    })
+}
+
+/// A series of mosaic files: each file one volume (a time point, or a diffusion direction) in
+/// instance order, its tiles the slices, the geometry the first file's (as dcm2niix and
+/// nibabel take it).
+fn build_mosaic_series(
+    uid: String,
+    description: String,
+    mut group: Vec<Slice>,
+) -> Result<DicomSeries, String> {
+    group.sort_by(|a, b| (a.instance, &a.path, a.tile).cmp(&(b.instance, &b.path, b.tile)));
+    let tiles = group.iter().filter(|s| s.path == group[0].path).count();
+    if group.len() % tiles != 0 {
+        return Err("the mosaic files hold different numbers of slices".into());
+    }
+    let frames = group.len() / tiles;
+    let first = &group[0];
+    let o = first.orientation;
+    let (row_dir, col_dir) = (DVec3::new(o[0], o[1], o[2]), DVec3::new(o[3], o[4], o[5]));
+    let origin = DVec3::from_array(first.position);
+    let step = if tiles > 1 {
+        DVec3::from_array(group[1].position) - origin
+    } else {
+        row_dir.cross(col_dir) * first.slice_thickness.unwrap_or(1.0)
+    };
+    let linear_lps = DMat3::from_cols(row_dir * first.spacing[1], col_dir * first.spacing[0], step);
+    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
+    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
+    let dims = [first.columns, first.rows, tiles, frames];
+    let (tr_ms, modality, series_number) = (
+        first.repetition_time_ms,
+        first.modality.clone(),
+        first.series_number,
+    );
+    let mut files: Vec<PathBuf> = Vec::with_capacity(frames);
+    let mut data = Vec::with_capacity(dims.iter().product());
+    for s in group {
+        if files.last() != Some(&s.path) {
+            files.push(s.path.clone());
+        }
+        data.extend_from_slice(&s.values);
+    }
+    let mut volume = Volume::new(dims, affine, data).map_err(|e| e.to_string())?;
     if frames > 1 {
         volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
     }

@@ -14,6 +14,7 @@ pub mod nrrd;
 pub mod regions;
 mod reorient;
 pub mod resample;
+pub mod siemens;
 pub mod timeseries;
 
 pub use affine::{Affine, Qform};
