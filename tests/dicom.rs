@@ -52,7 +52,16 @@ fn write_slice(path: &Path, s: &SliceSpec<'_>) {
     put(
         tags::SOP_INSTANCE_UID,
         VR::UI,
-        format!("2.25.{}{}", s.number, 1000 + s.instance).into(),
+        // Unique per image, as a scanner makes it: from the series UID and the instance.
+        format!(
+            "2.25.{}{}{}",
+            s.uid
+                .bytes()
+                .fold(7u64, |h, b| (h * 31 + u64::from(b)) % 1_000_003),
+            s.number,
+            1000 + s.instance
+        )
+        .into(),
     );
     put(tags::MODALITY, VR::CS, "MR".into());
     put(tags::SERIES_INSTANCE_UID, VR::UI, s.uid.into());
