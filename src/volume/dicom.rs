@@ -1,5 +1,6 @@
 //! DICOM import: read a folder of DICOM files (dicom-rs: `dicom-object` parses, `dicom-pixeldata`
-//! decodes native, RLE, JPEG and deflated pixel data), group the images into series by Series
+//! decodes native, RLE, JPEG, JPEG 2000 (pure-Rust openjp2) and deflated pixel data; JPEG-LS is
+//! refused by name: its decoder, CharLS, is C++), group the images into series by Series
 //! Instance UID, sort each series' slices along its normal, build the voxel→world affine from
 //! Image Position / Orientation (Patient) and Pixel Spacing (DICOM's LPS turned into RAS+), apply
 //! Rescale Slope / Intercept, and hand back one `Volume<f32>` per series. A series whose positions
@@ -533,10 +534,16 @@ fn pixel_values(obj: &DefaultDicomObject, rows: usize, columns: usize) -> Result
             ));
         }
     }
+    let syntax = obj.meta().transfer_syntax().trim_end_matches('\0');
+    if syntax.starts_with("1.2.840.10008.1.2.4.8") {
+        return Err(format!(
+            "JPEG-LS pixel data (transfer syntax {syntax}) is not supported: mriloop is built \
+             without CharLS (a C++ library); convert the series first (e.g. gdcmconv --raw)"
+        ));
+    }
     let decoded = obj.decode_pixel_data().map_err(|e| {
         format!(
-            "pixel data cannot be decoded (transfer syntax {}): {}",
-            obj.meta().transfer_syntax().trim_end_matches('\0'),
+            "pixel data cannot be decoded (transfer syntax {syntax}): {}",
             chain(&e)
         )
     })?;
