@@ -7,20 +7,23 @@
 //! each hold the same number of images (e.g. the time points of an fMRI run) becomes a 4D volume.
 //! A Siemens mosaic file is cut into its slices (see `siemens`) and is one volume of its series
 //! (several: 4D, e.g. diffusion directions); a series holding images of two sizes becomes one
-//! volume per size; the same image twice (one SOP Instance UID) is kept once, with a note.
+//! volume per size; the same image twice (one SOP Instance UID) is kept once, with a note. An
+//! enhanced multi-frame file gives one slice per frame (see `enhanced`).
 //!
 //! Invariants: every file is untrusted — a malformed, truncated or unsupported file (compressed
-//! syntaxes without a decoder, colour, multi-frame, missing tags) or an inconsistent series (mixed
+//! syntaxes without a decoder, colour, missing tags) or an inconsistent series (mixed
 //! sizes or orientations, uneven slice gaps) becomes a `DicomProblem` naming the file or series,
 //! never a panic, and the other series still import; pixel buffers are sized from the bytes a
 //! file really holds (checked against Rows × Columns before decoding); voxel `(i, j, k)` is
 //! (column, row, slice), so `i` runs along Image Orientation's row direction.
 
+mod enhanced;
+
 use super::siemens::{csa_number, csa_vector, parse_csa, Mosaic};
 use super::{Affine, Volume};
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
-use dicom_object::{open_file, DefaultDicomObject};
+use dicom_object::{open_file, DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
 use glam::{DMat3, DVec3};
 use std::collections::BTreeMap;
@@ -286,9 +289,15 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
             tag_str(tags::SERIES_INSTANCE_UID)
         )
     })?;
+    let frames = opt_float(&obj, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
+    if frames > 1.0 {
+        return enhanced::frame_slices(&obj, path, series_uid, frames);
+    }
     let (rows, columns) = image_size(&obj)?;
     let geometry = slice_geometry(&obj)?;
-    let values = pixel_values(&obj, rows, columns)?;
+    let values = pixel_values(&obj, rows, columns, 1)?
+        .pop()
+        .ok_or("no pixel values")?;
     let slice = Slice {
         path: path.to_path_buf(),
         series_uid,
@@ -417,13 +426,6 @@ fn mosaic_slices(
 
 /// The image's Rows and Columns, for a single-frame greyscale image of a supported size.
 fn image_size(obj: &DefaultDicomObject) -> Result<(usize, usize), String> {
-    let frames = opt_float(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1.0);
-    if frames > 1.0 {
-        return Err(format!(
-            "a multi-frame image ({frames} frames in one file, e.g. enhanced MR) is not \
-             supported; export the series as one file per slice"
-        ));
-    }
     let samples = opt_float(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1.0);
     if samples != 1.0 {
         return Err(format!(
@@ -452,7 +454,7 @@ struct SliceGeometry {
 
 /// The slice's Pixel Spacing (positive), Image Orientation (two perpendicular unit vectors) and
 /// Image Position.
-fn slice_geometry(obj: &DefaultDicomObject) -> Result<SliceGeometry, String> {
+fn slice_geometry(obj: &InMemDicomObject) -> Result<SliceGeometry, String> {
     let spacing = float_values(obj, tags::PIXEL_SPACING, "Pixel Spacing", 2)?;
     if spacing.iter().any(|s| *s <= 0.0) {
         return Err(format!("Pixel Spacing {spacing:?} must be positive"));
@@ -469,15 +471,7 @@ fn slice_geometry(obj: &DefaultDicomObject) -> Result<SliceGeometry, String> {
         "Image Position (Patient)",
         3,
     )?;
-    let (u, v) = (
-        DVec3::new(orientation[0], orientation[1], orientation[2]),
-        DVec3::new(orientation[3], orientation[4], orientation[5]),
-    );
-    if (u.length() - 1.0).abs() > 0.01 || (v.length() - 1.0).abs() > 0.01 || u.dot(v).abs() > 0.01 {
-        return Err(format!(
-            "Image Orientation (Patient) {orientation:?} is not two perpendicular unit vectors"
-        ));
-    }
+    check_orientation(&orientation)?;
     Ok(SliceGeometry {
         spacing: [spacing[0], spacing[1]],
         orientation: [
@@ -492,9 +486,23 @@ fn slice_geometry(obj: &DefaultDicomObject) -> Result<SliceGeometry, String> {
     })
 }
 
+/// Image Orientation (Patient) must be two perpendicular unit vectors.
+fn check_orientation(orientation: &[f64]) -> Result<(), String> {
+    let (u, v) = (
+        DVec3::new(orientation[0], orientation[1], orientation[2]),
+        DVec3::new(orientation[3], orientation[4], orientation[5]),
+    );
+    if (u.length() - 1.0).abs() > 0.01 || (v.length() - 1.0).abs() > 0.01 || u.dot(v).abs() > 0.01 {
+        return Err(format!(
+            "Image Orientation (Patient) {orientation:?} is not two perpendicular unit vectors"
+        ));
+    }
+    Ok(())
+}
+
 /// The `n` finite numbers of tag `tag` (named `name` in errors).
 fn float_values(
-    obj: &DefaultDicomObject,
+    obj: &InMemDicomObject,
     tag: dicom_core::Tag,
     name: &str,
     n: usize,
@@ -515,9 +523,16 @@ fn float_values(
     Ok(v)
 }
 
-/// The image's `rows × columns` pixel values (Rescale Slope / Intercept applied by the
-/// decoder). Native pixel data must hold what the header describes before anything is decoded.
-fn pixel_values(obj: &DefaultDicomObject, rows: usize, columns: usize) -> Result<Vec<f32>, String> {
+/// The `rows × columns` pixel values of each of `frames` frames (Rescale Slope / Intercept, of
+/// each frame's functional groups where it has them, applied by the decoder). The pixel data
+/// must back what the header claims before anything is decoded: native data hold every
+/// byte; encapsulated data hold a fragment per frame.
+fn pixel_values(
+    obj: &DefaultDicomObject,
+    rows: usize,
+    columns: usize,
+    frames: usize,
+) -> Result<Vec<Vec<f32>>, String> {
     let bits = opt_float(obj, tags::BITS_ALLOCATED).ok_or("missing Bits Allocated (0028,0100)")?;
     if ![8.0, 16.0, 32.0].contains(&bits) {
         return Err(format!("{bits} bits allocated per pixel is not supported"));
@@ -525,13 +540,24 @@ fn pixel_values(obj: &DefaultDicomObject, rows: usize, columns: usize) -> Result
     let pixel = obj
         .element(tags::PIXEL_DATA)
         .map_err(|e| format!("Pixel Data: {e}"))?;
-    if !matches!(pixel.value(), Value::PixelSequence(_)) {
-        let need = rows * columns * (bits as usize / 8);
-        let have = pixel.value().to_bytes().map(|b| b.len()).unwrap_or(0);
-        if have < need {
-            return Err(format!(
-                "Pixel Data holds {have} bytes; Rows × Columns × Bits Allocated need {need}"
-            ));
+    match pixel.value() {
+        Value::PixelSequence(seq) => {
+            if seq.fragments().len() < frames {
+                return Err(format!(
+                    "{frames} frames claimed, {} compressed fragments present",
+                    seq.fragments().len()
+                ));
+            }
+        }
+        value => {
+            let need = (rows * columns * (bits as usize / 8)) as u64 * frames as u64;
+            let have = value.to_bytes().map(|b| b.len()).unwrap_or(0) as u64;
+            if have < need {
+                return Err(format!(
+                    "Pixel Data holds {have} bytes; Rows × Columns × Bits Allocated × frames \
+                     need {need}"
+                ));
+            }
         }
     }
     let syntax = obj.meta().transfer_syntax().trim_end_matches('\0');
@@ -554,16 +580,20 @@ fn pixel_values(obj: &DefaultDicomObject, rows: usize, columns: usize) -> Result
             decoded.columns()
         ));
     }
-    let values: Vec<f32> = decoded
-        .to_vec_frame(0)
-        .map_err(|e| format!("pixel values cannot be converted: {e}"))?;
-    if values.len() != rows * columns {
-        return Err(format!(
-            "{} pixel values for an image of {rows} × {columns}",
-            values.len()
-        ));
-    }
-    Ok(values)
+    (0..frames)
+        .map(|f| {
+            let values: Vec<f32> = decoded
+                .to_vec_frame(f as u32)
+                .map_err(|e| format!("pixel values cannot be converted: {e}"))?;
+            if values.len() != rows * columns {
+                return Err(format!(
+                    "{} pixel values for an image of {rows} × {columns}",
+                    values.len()
+                ));
+            }
+            Ok(values)
+        })
+        .collect()
 }
 
 /// An error with its causes, most general first (dicom-rs nests the detail in sources).
@@ -585,13 +615,13 @@ fn tag_str(tag: dicom_core::Tag) -> String {
     format!("({:04X},{:04X})", tag.0, tag.1)
 }
 
-fn opt_text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
+fn opt_text(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<String> {
     let s = obj.element_opt(tag).ok()??.to_str().ok()?;
     let s = s.trim_matches(|c: char| c == '\0' || c.is_whitespace());
     (!s.is_empty()).then(|| s.to_string())
 }
 
-fn opt_float(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<f64> {
+fn opt_float(obj: &InMemDicomObject, tag: dicom_core::Tag) -> Option<f64> {
     obj.element_opt(tag)
         .ok()??
         .to_float64()
