@@ -389,7 +389,7 @@ fn bad_files_and_series_are_named_and_the_rest_imports() {
     named("cut.dcm", "");
     named("claims.dcm", "");
     named("jpegls.dcm", "JPEG-LS");
-    named("truncated.dcm", "not a readable DICOM file");
+    named("truncated.dcm", "declares 8192 bytes; only 8130 remain");
     named("nopos.dcm", "missing Image Position (Patient) (0020,0032)");
     named("short.dcm", "Pixel Data holds 32 bytes");
     named("series \"gaps\"", "inconsistent slice spacing");
@@ -803,4 +803,42 @@ d.save_as(out, enforce_file_format=True)
         problem.contains("claims.dcm") && problem.contains("bytes"),
         "{problem}"
     );
+}
+
+#[test]
+fn a_file_declaring_a_huge_element_is_refused_before_anything_is_allocated() {
+    // MR_small with its Pixel Data declaring 1.5 GB, cut to 100 bytes after the header: the
+    // fuzzer's memory class (the parser used to reserve the declared length first).
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dicom-pydicom");
+    let mut bytes = std::fs::read(data.join("MR_small.dcm")).unwrap();
+    let at = bytes
+        .windows(4)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+        .unwrap();
+    bytes[at + 8..at + 12].copy_from_slice(&1_546_661_424u32.to_le_bytes());
+    bytes.truncate(at + 12 + 100);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("huge.dcm"), &bytes).unwrap();
+    // Peak memory of the whole import, measured by GNU time (`.ci/run` installs it).
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb %M"])
+        .arg(env!("CARGO_BIN_EXE_mriloop"))
+        .arg("import-dicom")
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("/usr/bin/time runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("huge.dcm: element (7FE0,0010) declares 1546661424 bytes; only 100 remain"),
+        "{text}"
+    );
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("GNU time printed the peak RSS");
+    println!("metric: huge_element_import_peak_rss_mb = {}", kb / 1024);
+    assert!(kb < 150 * 1024, "peak RSS {kb} kB");
 }

@@ -18,6 +18,7 @@
 //! (column, row, slice), so `i` runs along Image Orientation's row direction.
 
 mod enhanced;
+mod prescan;
 
 use super::siemens::{csa_number, csa_vector, parse_csa, Mosaic};
 use super::{Affine, Volume};
@@ -261,6 +262,10 @@ fn read_slice(path: &Path) -> Result<Vec<Slice>, String> {
             "{len} bytes: larger than the {MAX_FILE_BYTES} bytes read"
         ));
     }
+    // Every declared length must fit in the file before the parser allocates it.
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    prescan::check_declared_lengths(&bytes)?;
+    drop(bytes);
     // The crates are trusted not to panic, but a file is not: a panic inside them becomes this
     // file's error instead of taking the import down.
     let path_buf = path.to_path_buf();
