@@ -842,3 +842,57 @@ fn a_file_declaring_a_huge_element_is_refused_before_anything_is_allocated() {
     println!("metric: huge_element_import_peak_rss_mb = {}", kb / 1024);
     assert!(kb < 150 * 1024, "peak RSS {kb} kB");
 }
+
+#[test]
+fn headers_the_decoders_would_trust_are_checked_first_and_nothing_panics() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/dicom-pydicom");
+    let dir = tempfile::tempdir().unwrap();
+    let rle = std::fs::read(data.join("MR_small_RLE.dcm")).unwrap();
+    // The RLE frame: after the Pixel Data tag, the empty offset table item, then the fragment.
+    let pixel = rle
+        .windows(4)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+        .unwrap();
+    let items: Vec<usize> = (pixel..rle.len() - 4)
+        .filter(|i| rle[*i..*i + 4] == [0xFE, 0xFF, 0x00, 0xE0])
+        .collect();
+    let frame = items[1] + 8;
+    let frame_len =
+        u32::from_le_bytes(rle[items[1] + 4..items[1] + 8].try_into().unwrap()) as usize;
+    let variant = |name: &str, at: usize, value: u32| {
+        let mut b = rle.clone();
+        b[frame + at..frame + at + 4].copy_from_slice(&value.to_le_bytes());
+        std::fs::write(dir.path().join(name), b).unwrap();
+    };
+    variant("rle_count.dcm", 0, 3);
+    variant("rle_offset.dcm", 8, 0x7FFF_FFF0);
+    variant("rle_short.dcm", 8, (frame_len - 2) as u32);
+    // Bits Stored 64 in an uncompressed image.
+    let mut plain = std::fs::read(data.join("MR_small.dcm")).unwrap();
+    let at = plain
+        .windows(8)
+        .position(|w| w == [0x28, 0x00, 0x01, 0x01, b'U', b'S', 0x02, 0x00])
+        .unwrap();
+    plain[at + 8..at + 10].copy_from_slice(&64u16.to_le_bytes());
+    std::fs::write(dir.path().join("bits64.dcm"), plain).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .arg("import-dicom")
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("panicked"), "{text}");
+    for (file, says) in [
+        ("rle_count.dcm", "names 3 segments; this image needs 2"),
+        ("rle_offset.dcm", "RLE segment 0 spans bytes 64..2147483632"),
+        ("rle_short.dcm", "RLE segment 1 unpacks to"),
+        ("bits64.dcm", "Bits Stored 64 with Bits Allocated 16"),
+    ] {
+        assert!(
+            text.lines().any(|l| l.contains(file) && l.contains(says)),
+            "{file}: {says:?} not in {text}"
+        );
+    }
+}

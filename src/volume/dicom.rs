@@ -19,6 +19,7 @@
 
 mod enhanced;
 mod prescan;
+mod validate;
 
 use super::siemens::{csa_number, csa_vector, parse_csa, Mosaic};
 use super::{Affine, Volume};
@@ -269,8 +270,31 @@ fn read_slice(path: &Path) -> Result<Vec<Slice>, String> {
     // The crates are trusted not to panic, but a file is not: a panic inside them becomes this
     // file's error instead of taking the import down.
     let path_buf = path.to_path_buf();
-    std::panic::catch_unwind(move || read_slice_inner(&path_buf))
+    quietly(move || read_slice_inner(&path_buf))
         .unwrap_or_else(|_| Err("the DICOM decoder failed on this file".into()))
+}
+
+thread_local! {
+    /// Whether a panic on this thread is being caught as a file's error (not printed).
+    static CATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f`, catching a panic as an error without the panic's text on stderr (the hook stays
+/// the default one for every other panic).
+fn quietly<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> std::thread::Result<R> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CATCHING.with(std::cell::Cell::get) {
+                default(info);
+            }
+        }));
+    });
+    CATCHING.with(|c| c.set(true));
+    let result = std::panic::catch_unwind(f);
+    CATCHING.with(|c| c.set(false));
+    result
 }
 
 /// Read one file's image and the tags a series needs (see `read_slice`, which guards it).
@@ -542,9 +566,16 @@ fn pixel_values(
     if ![8.0, 16.0, 32.0].contains(&bits) {
         return Err(format!("{bits} bits allocated per pixel is not supported"));
     }
+    validate::check_bits(
+        bits,
+        opt_float(obj, tags::BITS_STORED),
+        opt_float(obj, tags::HIGH_BIT),
+        opt_float(obj, tags::PIXEL_REPRESENTATION),
+    )?;
     let pixel = obj
         .element(tags::PIXEL_DATA)
         .map_err(|e| format!("Pixel Data: {e}"))?;
+    let syntax = obj.meta().transfer_syntax().trim_end_matches('\0');
     match pixel.value() {
         Value::PixelSequence(seq) => {
             if seq.fragments().len() < frames {
@@ -552,6 +583,11 @@ fn pixel_values(
                     "{frames} frames claimed, {} compressed fragments present",
                     seq.fragments().len()
                 ));
+            }
+            if syntax == validate::RLE_LOSSLESS {
+                for fragment in seq.fragments().iter().take(frames) {
+                    validate::check_rle_frame(fragment, bits as usize / 8, rows * columns)?;
+                }
             }
         }
         value => {
@@ -565,7 +601,6 @@ fn pixel_values(
             }
         }
     }
-    let syntax = obj.meta().transfer_syntax().trim_end_matches('\0');
     if syntax.starts_with("1.2.840.10008.1.2.4.8") {
         return Err(format!(
             "JPEG-LS pixel data (transfer syntax {syntax}) is not supported: mriloop is built \
