@@ -547,6 +547,9 @@ fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
     ));
 }
 
+/// The enhanced multi-frame file maker (pydicom; see its header).
+const ENHANCED: &str = include_str!("data/make_enhanced.py");
+
 /// Run a Python snippet (`.ci/run` installs pydicom and nibabel); its stdout.
 fn python(script: &str, args: &[&Path]) -> String {
     let out = std::process::Command::new("python3")
@@ -632,63 +635,8 @@ fn an_enhanced_multi_frame_series_imports_as_dcm2niix_converts_it() {
     std::fs::create_dir(&theirs).unwrap();
     // pydicom builds an enhanced MR file: an oblique 20 × 24 × 6 stack, 3 time points, the
     // slices stored out of order, rescale in the shared functional groups.
-    let script = r#"
-import sys, numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-out = sys.argv[1]
-nx, ny, nz = 20, 24, 6
-nt = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-row = np.array([0.9848, 0.1736, 0.0]); col = np.array([-0.1736 * 0.9397, 0.9848 * 0.9397, 0.3420])
-col = col / np.linalg.norm(col); normal = np.cross(row, col)
-origin = np.array([-20.5, 11.25, -30.0]); step = 2.5
-ds = Dataset()
-ds.file_meta = FileMetaDataset()
-ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
-ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mriloop enhanced"])
-ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-ds.StudyInstanceUID = generate_uid(entropy_srcs=["study"]); ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series"])
-ds.Modality = "MR"; ds.SeriesNumber = 7; ds.SeriesDescription = "enhanced bold"; ds.InstanceNumber = 1
-ds.PatientName = "Phantom"; ds.PatientID = "1"; ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-ds.Rows, ds.Columns = ny, nx
-ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = "MONOCHROME2"
-ds.BitsAllocated = 16; ds.BitsStored = 16; ds.HighBit = 15; ds.PixelRepresentation = 1
-ds.RepetitionTime = 2000
-ds.NumberOfTemporalPositions = nt
-ds.Manufacturer = "Philips"
-shared = Dataset()
-pm = Dataset(); pm.PixelSpacing = [0.8, 0.9]; pm.SliceThickness = step; pm.SpacingBetweenSlices = step
-po = Dataset(); po.ImageOrientationPatient = [float(f"{v:.6f}") for v in list(row) + list(col)]
-pv = Dataset(); pv.RescaleSlope = 0.5; pv.RescaleIntercept = -10; pv.RescaleType = "US"
-shared.PixelMeasuresSequence = [pm]; shared.PlaneOrientationSequence = [po]; shared.PixelValueTransformationSequence = [pv]
-ds.SharedFunctionalGroupsSequence = [shared]
-frames, pixels = [], []
-ORDER = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [3, 0, 5, 1, 4, 2]
-order = [(t, z) for z in ORDER for t in range(nt)] if "--z-outer" in sys.argv else [(t, z) for t in range(nt) for z in ORDER]
-for t, z in order:
-    fr = Dataset()
-    pp = Dataset(); pp.ImagePositionPatient = [float(f"{v:.6f}") for v in origin + z * step * normal]
-    fc = Dataset(); fc.StackID = "1"; fc.InStackPositionNumber = z + 1; fc.TemporalPositionIndex = t + 1
-    fc.DimensionIndexValues = [1, z + 1, t + 1]  # (stack, in-stack position, temporal position)
-    fr.PlanePositionSequence = [pp]; fr.FrameContentSequence = [fc]
-    frames.append(fr)
-    img = (np.arange(nx * ny).reshape(ny, nx) * 3 + z * 100 + t * 1000) % 3000
-    pixels.append(img.astype("<i2"))
-ds.PerFrameFunctionalGroupsSequence = frames
-from pydicom.tag import Tag
-dims = []
-for pointer in (Tag(0x0020, 0x9056), Tag(0x0020, 0x9057), Tag(0x0020, 0x9128)):
-    d = Dataset(); d.DimensionIndexPointer = pointer; d.FunctionalGroupPointer = Tag(0x0020, 0x9111)
-    dims.append(d)
-ds.DimensionIndexSequence = dims
-ds.NumberOfFrames = len(frames)
-ds.PixelData = np.stack(pixels).tobytes()
-ds.save_as(out, enforce_file_format=True)
-"#;
     let file = ours.join("enh.dcm");
-    python(script, &[&file, Path::new("3,0,5,1,4,2"), Path::new("3")]);
+    python(ENHANCED, &[&file, Path::new("3,0,5,1,4,2"), Path::new("3")]);
     std::fs::copy(&file, theirs.join("enh.dcm")).unwrap();
     let out = dir.path().join("nii");
     std::fs::create_dir(&out).unwrap();
@@ -732,60 +680,8 @@ fn an_enhanced_file_claiming_more_than_it_holds_is_refused_in_bounded_memory() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("claims.dcm");
     // A real enhanced header, then told it holds 10 000 frames of 4096²: a few kB on disk.
-    let script = r#"
-import sys, numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-out = sys.argv[1]
-nx, ny, nz = 20, 24, 6
-nt = int(sys.argv[3]) if len(sys.argv) > 3 else 3
-row = np.array([0.9848, 0.1736, 0.0]); col = np.array([-0.1736 * 0.9397, 0.9848 * 0.9397, 0.3420])
-col = col / np.linalg.norm(col); normal = np.cross(row, col)
-origin = np.array([-20.5, 11.25, -30.0]); step = 2.5
-ds = Dataset()
-ds.file_meta = FileMetaDataset()
-ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4.1"
-ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["mriloop enhanced"])
-ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-ds.StudyInstanceUID = generate_uid(entropy_srcs=["study"]); ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series"])
-ds.Modality = "MR"; ds.SeriesNumber = 7; ds.SeriesDescription = "enhanced bold"; ds.InstanceNumber = 1
-ds.PatientName = "Phantom"; ds.PatientID = "1"; ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-ds.Rows, ds.Columns = ny, nx
-ds.SamplesPerPixel = 1; ds.PhotometricInterpretation = "MONOCHROME2"
-ds.BitsAllocated = 16; ds.BitsStored = 16; ds.HighBit = 15; ds.PixelRepresentation = 1
-ds.RepetitionTime = 2000
-ds.NumberOfTemporalPositions = nt
-ds.Manufacturer = "Philips"
-shared = Dataset()
-pm = Dataset(); pm.PixelSpacing = [0.8, 0.9]; pm.SliceThickness = step; pm.SpacingBetweenSlices = step
-po = Dataset(); po.ImageOrientationPatient = [float(f"{v:.6f}") for v in list(row) + list(col)]
-pv = Dataset(); pv.RescaleSlope = 0.5; pv.RescaleIntercept = -10; pv.RescaleType = "US"
-shared.PixelMeasuresSequence = [pm]; shared.PlaneOrientationSequence = [po]; shared.PixelValueTransformationSequence = [pv]
-ds.SharedFunctionalGroupsSequence = [shared]
-frames, pixels = [], []
-ORDER = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [3, 0, 5, 1, 4, 2]
-order = [(t, z) for z in ORDER for t in range(nt)] if "--z-outer" in sys.argv else [(t, z) for t in range(nt) for z in ORDER]
-for t, z in order:
-    fr = Dataset()
-    pp = Dataset(); pp.ImagePositionPatient = [float(f"{v:.6f}") for v in origin + z * step * normal]
-    fc = Dataset(); fc.StackID = "1"; fc.InStackPositionNumber = z + 1; fc.TemporalPositionIndex = t + 1
-    fc.DimensionIndexValues = [1, z + 1, t + 1]  # (stack, in-stack position, temporal position)
-    fr.PlanePositionSequence = [pp]; fr.FrameContentSequence = [fc]
-    frames.append(fr)
-    img = (np.arange(nx * ny).reshape(ny, nx) * 3 + z * 100 + t * 1000) % 3000
-    pixels.append(img.astype("<i2"))
-ds.PerFrameFunctionalGroupsSequence = frames
-from pydicom.tag import Tag
-dims = []
-for pointer in (Tag(0x0020, 0x9056), Tag(0x0020, 0x9057), Tag(0x0020, 0x9128)):
-    d = Dataset(); d.DimensionIndexPointer = pointer; d.FunctionalGroupPointer = Tag(0x0020, 0x9111)
-    dims.append(d)
-ds.DimensionIndexSequence = dims
-ds.NumberOfFrames = len(frames)
-ds.PixelData = np.stack(pixels).tobytes()
-ds.save_as(out, enforce_file_format=True)
+    let script = ENHANCED.to_string()
+        + r#"
 import pydicom
 d = pydicom.dcmread(out)
 d.NumberOfFrames = 10000
@@ -794,7 +690,7 @@ d.Columns = 4096
 d.PerFrameFunctionalGroupsSequence = (list(d.PerFrameFunctionalGroupsSequence) * 1667)[:10000]
 d.save_as(out, enforce_file_format=True)
 "#;
-    python(script, &[&file, Path::new("0,1,2,3,4,5"), Path::new("1")]);
+    python(&script, &[&file, Path::new("0,1,2,3,4,5"), Path::new("1")]);
     assert!(std::fs::metadata(&file).unwrap().len() < 4 << 20);
     let scan = scan_dir(dir.path()).unwrap();
     assert!(scan.series.is_empty());

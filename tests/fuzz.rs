@@ -1,0 +1,307 @@
+//! A deterministic mutation fuzzer over mriloop's readers, run through the CLI in child
+//! processes so that a crash, a signal, a hang or a memory blow-up is caught, not suffered:
+//! NIfTI-1 and NIfTI-2 in both byte orders and gzip'd, DICOM (uncompressed, RLE, JPEG 2000, a
+//! Siemens mosaic, enhanced multi-frame), MGZ, NRRD and a project manifest. Mutations: byte
+//! flips, header fields set to extremes, truncation, junk appended, and the gzip'd seeds
+//! mutated inside and re-compressed. Every input must end with an exit code (no signal) within
+//! 10 s, print no panic, and peak under `MAX_RSS_KB` (GNU time measures it; the seeds hold at
+//! most a few MB). `MRILOOP_FUZZ=N` sets the number of inputs (default 600, about 30 s
+//! here); a failing input is kept under the target dir's `fuzz-failures/` to join the corpus.
+
+mod common;
+
+use common::{gz, i16_data, H1, H2};
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The most memory one input may take (kB): the binary, plus twice the largest seed volume,
+/// plus 100 MB.
+const MAX_RSS_KB: u64 = 200 * 1024;
+
+/// How an input is read.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Reader {
+    /// `mriloop info FILE` (NIfTI, MGZ, NRRD).
+    Info,
+    /// `mriloop import-dicom DIR` (the file alone in a folder).
+    Dicom,
+    /// `mriloop plan PROJECT` (the manifest of a small project).
+    Manifest,
+}
+
+struct Seed {
+    name: &'static str,
+    ext: &'static str,
+    reader: Reader,
+    bytes: Vec<u8>,
+    gzipped: bool,
+}
+
+fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// The seed files: valid inputs of every reader.
+fn seeds(work: &Path) -> Vec<Seed> {
+    let nifti = |h: Vec<u8>, big: bool| [h, i16_data(8 * 8 * 6, big)].concat();
+    let n1 = nifti(H1::new([8, 8, 6], 4, 16).bytes(false), false);
+    let n1_big = nifti(H1::new([8, 8, 6], 4, 16).bytes(true), true);
+    let n2 = nifti(H2::new([8, 8, 6], 4, 16).bytes(false), false);
+    let vol = mriloop::volume::Volume::new(
+        [8, 8, 6, 1],
+        mriloop::volume::Affine::from_spacing([0.9, 1.1, 2.5]),
+        (0..384).map(|i| (i % 97) as i16).collect(),
+    )
+    .unwrap();
+    let mgz = work.join("seed.mgz");
+    let nrrd = work.join("seed.nrrd");
+    mriloop::volume::write_volume(&mgz, &vol).unwrap();
+    mriloop::volume::write_volume(&nrrd, &vol).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let dicom = |name: &str| std::fs::read(data.join("dicom-pydicom").join(name)).unwrap();
+    let enhanced = work.join("enhanced.dcm");
+    let made = Command::new("python3")
+        .arg(data.join("make_enhanced.py"))
+        .arg(&enhanced)
+        .args(["3,0,5,1,4,2", "2"])
+        .status()
+        .expect("python3 with pydicom (.ci/run installs it)");
+    assert!(made.success());
+    let mosaic = Command::new("python3")
+        .args([
+            "-c",
+            "import nibabel, os; print(os.path.join(os.path.dirname(nibabel.__file__), 'nicom', 'tests', 'data', 'siemens_dwi_1000.dcm.gz'))",
+        ])
+        .output()
+        .expect("python3 with nibabel");
+    let mosaic = gunzip(&std::fs::read(String::from_utf8_lossy(&mosaic.stdout).trim()).unwrap());
+    let project = work.join("project");
+    mriloop::phantom::generate_project(
+        &project,
+        &mriloop::phantom::PhantomConfig {
+            cases: 2,
+            grid: 12,
+            ..Default::default()
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    let manifest = std::fs::read(project.join("mriloop.json")).unwrap();
+    let seed = |name, ext, reader, bytes: Vec<u8>, gzipped| Seed {
+        name,
+        ext,
+        reader,
+        bytes,
+        gzipped,
+    };
+    vec![
+        seed("nifti1", "nii", Reader::Info, n1.clone(), false),
+        seed("nifti1_big", "nii", Reader::Info, n1_big, false),
+        seed("nifti2", "nii", Reader::Info, n2, false),
+        seed("nifti1_gz", "nii.gz", Reader::Info, gz(&n1), true),
+        seed(
+            "mgz",
+            "mgz",
+            Reader::Info,
+            std::fs::read(&mgz).unwrap(),
+            true,
+        ),
+        seed(
+            "nrrd",
+            "nrrd",
+            Reader::Info,
+            std::fs::read(&nrrd).unwrap(),
+            false,
+        ),
+        seed("dicom", "dcm", Reader::Dicom, dicom("MR_small.dcm"), false),
+        seed(
+            "dicom_rle",
+            "dcm",
+            Reader::Dicom,
+            dicom("MR_small_RLE.dcm"),
+            false,
+        ),
+        seed(
+            "dicom_j2k",
+            "dcm",
+            Reader::Dicom,
+            dicom("MR_small_jp2klossless.dcm"),
+            false,
+        ),
+        seed(
+            "dicom_enhanced",
+            "dcm",
+            Reader::Dicom,
+            std::fs::read(&enhanced).unwrap(),
+            false,
+        ),
+        seed("dicom_mosaic", "dcm", Reader::Dicom, mosaic, false),
+        seed("manifest", "json", Reader::Manifest, manifest, false),
+    ]
+}
+
+/// One mutation of `bytes`.
+fn mutate(bytes: &[u8], rng: &mut ChaCha8Rng) -> Vec<u8> {
+    let mut b = bytes.to_vec();
+    match rng.random_range(0..5) {
+        0 => {
+            for _ in 0..rng.random_range(1..=8) {
+                let span = if rng.random_bool(0.7) {
+                    b.len().min(600)
+                } else {
+                    b.len()
+                };
+                let i = rng.random_range(0..span.max(1));
+                if let Some(v) = b.get_mut(i) {
+                    *v ^= 1 << rng.random_range(0..8);
+                }
+            }
+        }
+        1 => {
+            // A header field (2 or 4 bytes, aligned) set to an extreme.
+            let width = if rng.random_bool(0.5) { 2 } else { 4 };
+            let i = rng.random_range(0..b.len().min(600) / width) * width;
+            let extremes: [u32; 5] = [0, u32::MAX, 0x7FFF_FFFF, 0x8000_0000, 0x0001_0000];
+            let v = extremes[rng.random_range(0..extremes.len())].to_le_bytes();
+            if i + width <= b.len() {
+                b[i..i + width].copy_from_slice(&v[..width]);
+            }
+        }
+        2 => b.truncate(rng.random_range(0..b.len().max(1))),
+        3 => (0..rng.random_range(1..4096)).for_each(|_| b.push(rng.random())),
+        _ => {
+            let i = rng.random_range(0..b.len().max(1));
+            let len = rng.random_range(1..64).min(b.len().saturating_sub(i));
+            let junk: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            b[i..i + len].copy_from_slice(&junk);
+        }
+    }
+    b
+}
+
+/// Run one input through its reader; `Err` says what went wrong.
+fn run(input: &Path, reader: Reader) -> Result<(), String> {
+    let exe = env!("CARGO_BIN_EXE_mriloop");
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "-s",
+        "KILL",
+        "10",
+        "/usr/bin/time",
+        "-f",
+        "maxrss_kb %M",
+        exe,
+    ]);
+    match reader {
+        Reader::Info => cmd.arg("info").arg(input),
+        Reader::Dicom => cmd.arg("import-dicom").arg(input.parent().unwrap_or(input)),
+        Reader::Manifest => cmd.arg("plan").arg(input.parent().unwrap_or(input)),
+    };
+    let out = cmd
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(137) || out.status.code() == Some(124) {
+        return Err("timed out (10 s)".into());
+    }
+    if err.contains("terminated by signal") {
+        return Err(format!("killed by a signal: {err}"));
+    }
+    if err.contains("panicked") {
+        return Err(format!("panicked: {err}"));
+    }
+    let kb: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| format!("no peak RSS from GNU time: {err}"))?;
+    if kb > MAX_RSS_KB {
+        return Err(format!("peak RSS {kb} kB over {MAX_RSS_KB} kB"));
+    }
+    Ok(())
+}
+
+/// Where input `k` of `seed` goes: its own folder (DICOM reads the folder, `plan` the project).
+fn place(work: &Path, seed: &Seed, k: usize, bytes: &[u8]) -> PathBuf {
+    let dir = work.join(format!("in{k}"));
+    if seed.reader == Reader::Manifest {
+        copy_project(&work.join("project"), &dir);
+        let file = dir.join("mriloop.json");
+        std::fs::write(&file, bytes).unwrap();
+        return file;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.{}", seed.name, seed.ext));
+    std::fs::write(&file, bytes).unwrap();
+    file
+}
+
+fn copy_project(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn mutated_inputs_end_cleanly_in_bounded_memory_and_time() {
+    let count: usize = std::env::var("MRILOOP_FUZZ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(600);
+    let work = tempfile::tempdir().unwrap();
+    let seeds = seeds(work.path());
+    for seed in &seeds {
+        let file = place(work.path(), seed, usize::MAX, &seed.bytes);
+        run(&file, seed.reader).unwrap_or_else(|e| panic!("seed {}: {e}", seed.name));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(20_261_201);
+    let mut failures = Vec::new();
+    for k in 0..count {
+        let seed = &seeds[k % seeds.len()];
+        let bytes = if seed.gzipped && rng.random_bool(0.5) {
+            gz(&mutate(&gunzip(&seed.bytes), &mut rng))
+        } else {
+            mutate(&seed.bytes, &mut rng)
+        };
+        let file = place(work.path(), seed, k, &bytes);
+        if let Err(e) = run(&file, seed.reader) {
+            let keep = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures");
+            std::fs::create_dir_all(&keep).unwrap();
+            let kept = keep.join(format!("{k}_{}.{}", seed.name, seed.ext));
+            std::fs::write(&kept, &bytes).unwrap();
+            failures.push(format!(
+                "input {k} ({}): {e} — kept as {}",
+                seed.name,
+                kept.display()
+            ));
+        }
+        let _ = std::fs::remove_dir_all(work.path().join(format!("in{k}")));
+    }
+    println!("metric: fuzz_inputs = {count}");
+    println!("metric: fuzz_failures = {}", failures.len());
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
