@@ -5,8 +5,10 @@
 //! and unsupported files and inconsistent series give errors naming them while the rest imports;
 //! imported series become named sequences of a project case.
 
+mod common;
 mod window;
 
+use common::python;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
@@ -550,20 +552,41 @@ fn file_import_dicom_adds_a_case_to_the_open_project_and_opens_it() {
 /// The enhanced multi-frame file maker (pydicom; see its header).
 const ENHANCED: &str = include_str!("data/make_enhanced.py");
 
-/// Run a Python snippet (`.ci/run` installs pydicom and nibabel); its stdout.
-fn python(script: &str, args: &[&Path]) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
+/// `dcm2niix` run on folder `dicom`, writing `name.nii` into `out`: the volume it wrote.
+fn dcm2niix(dicom: &Path, out: &Path, name: &str) -> Volume<f32> {
+    std::fs::create_dir_all(out).unwrap();
+    let run = std::process::Command::new("dcm2niix")
+        .args(["-z", "n", "-b", "n", "-f", name, "-o"])
+        .arg(out)
+        .arg(dicom)
         .output()
-        .expect("python3 runs (.ci/run installs it with pydicom and nibabel)");
+        .expect("dcm2niix runs (.ci/run installs Debian's dcm2niix)");
     assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    read_volume(&out.join(format!("{name}.nii")))
+        .unwrap()
+        .to_f32()
+}
+
+/// Every time point of `got` holds `want`'s voxels at the same world positions.
+fn assert_frames_same_in_world(want: &Volume<f32>, got: &Volume<f32>) {
+    assert_eq!(want.dims(), got.dims());
+    let frame = |v: &Volume<f32>, t: usize| {
+        let n = v.frame_len();
+        let [nx, ny, nz, _] = v.dims();
+        Volume::new(
+            [nx, ny, nz, 1],
+            *v.affine(),
+            v.data()[t * n..(t + 1) * n].to_vec(),
+        )
+        .unwrap()
+    };
+    for t in 0..want.dims()[3] {
+        assert_same_in_world(&frame(want, t), &frame(got, t));
+    }
 }
 
 #[test]
@@ -587,20 +610,7 @@ for i, b in enumerate(["0", "1000"]):
 shutil.copy(f"{ours}/dwi_0.dcm", f"{ours}/dwi_0_again.dcm")
 "#;
     python(script, &[&ours, &theirs]);
-    let out = dir.path().join("nii");
-    std::fs::create_dir(&out).unwrap();
-    let status = std::process::Command::new("dcm2niix")
-        .args(["-z", "n", "-b", "n", "-f", "dwi", "-o"])
-        .arg(&out)
-        .arg(&theirs)
-        .output()
-        .expect("dcm2niix runs (.ci/run installs Debian's dcm2niix)");
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let reference = read_volume(&out.join("dwi.nii")).unwrap().to_f32();
+    let reference = dcm2niix(&theirs, &dir.path().join("nii"), "dwi");
     assert_eq!(reference.dims(), [128, 128, 48, 2]);
     let scan = scan_dir(&ours).unwrap();
     assert_eq!(scan.series.len(), 1, "{:?}", scan.problems);
@@ -610,21 +620,8 @@ shutil.copy(f"{ours}/dwi_0.dcm", f"{ours}/dwi_0_again.dcm")
         "{}",
         scan.problems[0]
     );
-    let got = &scan.series[0].volume;
-    assert_eq!(got.dims(), [128, 128, 48, 2]);
     // Same voxels at the same places (to a thousandth of a voxel), both volumes.
-    for t in 0..2 {
-        let frame = |v: &Volume<f32>| {
-            let n = v.frame_len();
-            Volume::new(
-                [v.dims()[0], v.dims()[1], v.dims()[2], 1],
-                *v.affine(),
-                v.data()[t * n..(t + 1) * n].to_vec(),
-            )
-            .unwrap()
-        };
-        assert_same_in_world(&frame(&reference), &frame(got));
-    }
+    assert_frames_same_in_world(&reference, &scan.series[0].volume);
 }
 
 #[test]
@@ -638,37 +635,12 @@ fn an_enhanced_multi_frame_series_imports_as_dcm2niix_converts_it() {
     let file = ours.join("enh.dcm");
     python(ENHANCED, &[&file, Path::new("3,0,5,1,4,2"), Path::new("3")]);
     std::fs::copy(&file, theirs.join("enh.dcm")).unwrap();
-    let out = dir.path().join("nii");
-    std::fs::create_dir(&out).unwrap();
-    let run = std::process::Command::new("dcm2niix")
-        .args(["-z", "n", "-b", "n", "-f", "enh", "-o"])
-        .arg(&out)
-        .arg(&theirs)
-        .output()
-        .expect("dcm2niix runs (.ci/run installs Debian's dcm2niix)");
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let reference = read_volume(&out.join("enh.nii")).unwrap().to_f32();
+    let reference = dcm2niix(&theirs, &dir.path().join("nii"), "enh");
     let scan = scan_dir(&ours).unwrap();
     assert!(scan.problems.is_empty(), "{:?}", scan.problems);
     let got = &scan.series[0].volume;
     assert_eq!(got.dims(), [20, 24, 6, 3]);
-    assert_eq!(reference.dims(), [20, 24, 6, 3]);
-    for t in 0..3 {
-        let frame = |v: &Volume<f32>| {
-            let n = v.frame_len();
-            Volume::new(
-                [v.dims()[0], v.dims()[1], v.dims()[2], 1],
-                *v.affine(),
-                v.data()[t * n..(t + 1) * n].to_vec(),
-            )
-            .unwrap()
-        };
-        assert_same_in_world(&frame(&reference), &frame(got));
-    }
+    assert_frames_same_in_world(&reference, got);
     // Slice z of time point t was filled with (3·pixel + 100 z + 1000 t) mod 3000, rescaled
     // by 0.5 and −10: the first pixel of each slice says where it went.
     let first = |z: usize, t: usize| got.data()[t * got.frame_len() + z * 20 * 24];

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{gz, i16_data, H1, H2};
+use common::{gz, i16_data, python, H1, H2};
 use glam::{DMat3, DQuat, DVec3};
 use mriloop::phantom::{self, PhantomConfig};
 use mriloop::volume::{
@@ -368,22 +368,6 @@ fn voxel_data_at_an_unaligned_offset_reads_correctly() {
         };
         assert_eq!(v.data(), &expected[..], "{name}");
     }
-}
-
-/// Run a Python snippet with nibabel (`.ci/run` installs it); its stdout.
-fn python(script: &str, args: &[&std::path::Path]) -> String {
-    let out = std::process::Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .output()
-        .expect("python3 runs (.ci/run installs it with nibabel)");
-    assert!(
-        out.status.success(),
-        "python failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 #[test]

@@ -689,10 +689,7 @@ fn build_series(
     let frames = positions[0].len();
     let origin = DVec3::from_array(positions[0][0].position);
     let step = slice_step_mm(&positions, normal)?;
-    // LPS voxel→world, then RAS+ (negate x and y).
-    let linear_lps = DMat3::from_cols(row_dir * spacing[1], col_dir * spacing[0], step);
-    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
-    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
+    let affine = lps_to_ras_affine([row_dir, col_dir], spacing, step, origin);
     if affine.linear().determinant().abs() < 1e-9 {
         return Err("the slices do not span a volume (zero slice step)".into());
     }
@@ -705,22 +702,36 @@ fn build_series(
             files.push(p[t].path.clone());
         }
     }
-    let tr_ms = positions[0][0].repetition_time_ms;
-    let modality = positions[0][0].modality.clone();
-    let series_number = positions[0][0].series_number;
-    let mut volume =
+    let volume =
         Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
-    if frames > 1 {
-        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
-    }
-    Ok(DicomSeries {
-        series_uid: uid,
-        description,
-        series_number,
-        modality,
+    Ok(finish_series(
+        (uid, description),
+        &positions[0][0],
         files,
         volume,
-    })
+    ))
+}
+
+/// A series' record from its first slice's tags, its files and its volume (4D: the time step
+/// from the Repetition Time, else 1 s).
+fn finish_series(
+    (uid, description): (String, String),
+    first: &Slice,
+    files: Vec<PathBuf>,
+    mut volume: Volume<f32>,
+) -> DicomSeries {
+    if volume.dims()[3] > 1 {
+        let tr_ms = first.repetition_time_ms;
+        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
+    }
+    DicomSeries {
+        series_uid: uid,
+        description,
+        series_number: first.series_number,
+        modality: first.modality.clone(),
+        files,
+        volume,
+    }
 }
 
 /// A series of mosaic files: each file one volume (a time point, or a diffusion direction) in
@@ -746,35 +757,27 @@ fn build_mosaic_series(
     } else {
         row_dir.cross(col_dir) * first.slice_thickness.unwrap_or(1.0)
     };
-    let linear_lps = DMat3::from_cols(row_dir * first.spacing[1], col_dir * first.spacing[0], step);
-    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
-    let affine = Affine::from_linear_translation(flip * linear_lps, flip * origin);
+    let affine = lps_to_ras_affine([row_dir, col_dir], first.spacing, step, origin);
     let dims = [first.columns, first.rows, tiles, frames];
-    let (tr_ms, modality, series_number) = (
-        first.repetition_time_ms,
-        first.modality.clone(),
-        first.series_number,
-    );
     let mut files: Vec<PathBuf> = Vec::with_capacity(frames);
     let mut data = Vec::with_capacity(dims.iter().product());
-    for s in group {
+    for s in &group {
         if files.last() != Some(&s.path) {
             files.push(s.path.clone());
         }
         data.extend_from_slice(&s.values);
     }
-    let mut volume = Volume::new(dims, affine, data).map_err(|e| e.to_string())?;
-    if frames > 1 {
-        volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
-    }
-    Ok(DicomSeries {
-        series_uid: uid,
-        description,
-        series_number,
-        modality,
-        files,
-        volume,
-    })
+    let volume = Volume::new(dims, affine, data).map_err(|e| e.to_string())?;
+    Ok(finish_series((uid, description), &group[0], files, volume))
+}
+
+/// The RAS+ voxel→world affine of slices along `[row, column]` directions (LPS) with Pixel
+/// Spacing `spacing` (between rows, between columns), `step` from slice to slice and the first
+/// voxel at `origin` (LPS).
+fn lps_to_ras_affine(dirs: [DVec3; 2], spacing: [f64; 2], step: DVec3, origin: DVec3) -> Affine {
+    let linear_lps = DMat3::from_cols(dirs[0] * spacing[1], dirs[1] * spacing[0], step);
+    let flip = DMat3::from_diagonal(DVec3::new(-1.0, -1.0, 1.0));
+    Affine::from_linear_translation(flip * linear_lps, flip * origin)
 }
 
 /// Every image of a series must have the first one's size, orientation and pixel spacing.

@@ -174,3 +174,20 @@ pub fn gz(bytes: &[u8]) -> Vec<u8> {
     e.write_all(bytes).unwrap();
     e.finish().unwrap()
 }
+
+/// Run a Python snippet with `args` (`.ci/run` installs Python with nibabel, pynrrd and
+/// pydicom); its stdout. Fails the test with Python's stderr.
+pub fn python(script: &str, args: &[&std::path::Path]) -> String {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (.ci/run installs it with nibabel, pynrrd and pydicom)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
