@@ -23,19 +23,13 @@ use std::path::Path;
 /// Bytes before the voxels.
 const DATA_OFFSET: usize = 284;
 
-/// The most a deflate stream expands (its format's limit, with a margin).
-const MAX_DEFLATE_RATIO: u64 = 1032;
-
 /// Whether `path` names an MGH file (`.mgh`, `.mgz`; any case).
 pub fn is_mgh_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("mgz") || e.eq_ignore_ascii_case("mgh"))
+    super::has_extension(path, &["mgz", "mgh"])
 }
 
-fn problem(path: &Path, what: impl Into<String>) -> VolumeError {
-    VolumeError::Shape(format!("{}: {}", path.display(), what.into()))
-}
+use super::file_problem as problem;
+use super::MAX_DEFLATE_RATIO;
 
 /// The voxel types MGH stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

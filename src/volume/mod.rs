@@ -135,6 +135,22 @@ impl_voxel!(u16, Datatype::U16);
 impl_voxel!(i32, Datatype::I32);
 impl_voxel!(f32, Datatype::F32);
 
+/// The most a deflate stream expands (its format's limit, with a margin): what a compressed
+/// file's size can back.
+pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
+
+/// A problem with a file, naming it.
+pub(crate) fn file_problem(path: &std::path::Path, what: impl Into<String>) -> VolumeError {
+    VolumeError::Shape(format!("{}: {}", path.display(), what.into()))
+}
+
+/// Whether `path` ends in one of `extensions` (any case).
+pub(crate) fn has_extension(path: &std::path::Path, extensions: &[&str]) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
 /// A distinct colour for label `value` where a file gives none (ITK-SNAP-like palette).
 pub fn default_label_color(value: u8) -> [u8; 3] {
     const PALETTE: [[u8; 3]; 12] = [

@@ -20,8 +20,7 @@ use std::path::Path;
 
 /// Largest voxel payload mriloop accepts (bytes): 16 GiB.
 pub const MAX_DATA_BYTES: u64 = 16 << 30;
-/// Deflate cannot expand data by more than about 1032:1; claims beyond this ratio are false.
-const MAX_DEFLATE_RATIO: u64 = 1032;
+use super::MAX_DEFLATE_RATIO;
 /// A gzip file whose claimed size is within this ratio of its real size is decoded in one
 /// shot into a buffer of the claimed size (allocation ≤ this × the file size).
 const FAST_PATH_RATIO: u64 = 64;

@@ -24,19 +24,13 @@ use std::path::{Path, PathBuf};
 /// The longest header read.
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
-/// The most a deflate stream expands (its format's limit, with a margin).
-const MAX_DEFLATE_RATIO: u64 = 1032;
-
 /// Whether `path` names an NRRD file (`.nrrd`, `.nhdr`, `.seg.nrrd`; any case).
 pub fn is_nrrd_name(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("nrrd") || e.eq_ignore_ascii_case("nhdr"))
+    super::has_extension(path, &["nrrd", "nhdr"])
 }
 
-fn problem(path: &Path, what: impl Into<String>) -> VolumeError {
-    VolumeError::Shape(format!("{}: {}", path.display(), what.into()))
-}
+use super::file_problem as problem;
+use super::MAX_DEFLATE_RATIO;
 
 /// An NRRD header: its fields (lower-case keys) and key/value pairs (`key:=value`).
 #[derive(Debug, Clone, Default, PartialEq)]
