@@ -305,3 +305,26 @@ fn mutated_inputs_end_cleanly_in_bounded_memory_and_time() {
     println!("metric: fuzz_failures = {}", failures.len());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn fuzz_regressions_stay_fixed() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-regressions");
+    let work = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for file in walk(&dir) {
+        let reader = match file.extension().and_then(|e| e.to_str()) {
+            Some("dcm") => Reader::Dicom,
+            Some("md") => continue,
+            _ => Reader::Info,
+        };
+        let input = work
+            .path()
+            .join(format!("r{seen}"))
+            .join(file.file_name().unwrap());
+        std::fs::create_dir_all(input.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &input).unwrap();
+        run(&input, reader).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        seen += 1;
+    }
+    assert!(seen >= 8, "{seen} regression files");
+}

@@ -80,6 +80,11 @@ impl Walker<'_> {
         while self.u16_at(at, false) == Some(0x0002) {
             let (tag, vr, len, header) = self.header(at)?;
             let end = self.fits(tag, at + header, len, self.bytes.len())?;
+            if tag == Tag(0x0002, 0x0000) {
+                // The meta group's length, which the parser reads the group by.
+                let claimed = self.u32_at(at + header, false).unwrap_or(0);
+                self.fits(tag, end, claimed, self.bytes.len())?;
+            }
             if tag == Tag(0x0002, 0x0010) && vr == Some(VR::UI) {
                 syntax = String::from_utf8_lossy(&self.bytes[at + header..end])
                     .trim_end_matches(['\0', ' '])
@@ -98,19 +103,16 @@ impl Walker<'_> {
         let group = self.u16_at(at, big).ok_or_else(short)?;
         let element = self.u16_at(at + 2, big).ok_or_else(short)?;
         let tag = Tag(group, element);
-        // Explicit VR where two letters stand where the VR goes (files that say explicit but
-        // write implicit are read as pydicom and dicom-rs read them).
-        let letters = self
-            .bytes
-            .get(at + 4..at + 6)
-            .is_some_and(|c| c.iter().all(u8::is_ascii_uppercase));
-        let explicit = (self.encoding != Encoding::ImplicitLittle || group == 0x0002) && letters;
+        // The encoding the transfer syntax names, strictly, as the parser reads it: what the
+        // walk checks is what the parser will allocate.
+        let explicit = self.encoding != Encoding::ImplicitLittle || group == 0x0002;
         if group == 0xFFFE || !explicit {
             let len = self.u32_at(at + 4, big).ok_or_else(short)?;
             return Ok((tag, None, len, 8));
         }
         let code = self.bytes.get(at + 4..at + 6).ok_or_else(short)?;
-        let vr = VR::from_binary([code[0], code[1]]);
+        // An unknown VR is read as UN (a 4-byte length), as dicom-rs does.
+        let vr = Some(VR::from_binary([code[0], code[1]]).unwrap_or(VR::UN));
         let long = matches!(
             vr,
             Some(
