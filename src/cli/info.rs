@@ -24,19 +24,15 @@ pub struct InfoArgs {
 /// `mriloop info`.
 pub fn run(args: InfoArgs) -> Result<()> {
     let file = &args.file;
-    if crate::volume::mgh::is_mgh_name(file) {
-        return emit(&other_format_info(
-            file,
-            args.json,
-            "MGH (FreeSurfer; big-endian)",
-        )?);
-    }
-    if crate::volume::nrrd::is_nrrd_name(file) {
-        return emit(&other_format_info(
-            file,
-            args.json,
-            "NRRD (space turned into RAS)",
-        )?);
+    let other_format = if crate::volume::mgh::is_mgh_name(file) {
+        Some("MGH (FreeSurfer; big-endian)")
+    } else if crate::volume::nrrd::is_nrrd_name(file) {
+        Some("NRRD (space turned into RAS)")
+    } else {
+        None
+    };
+    if let Some(format) = other_format {
+        return emit(&other_format_info(file, args.json, format)?);
     }
     let h = read_header(file)?;
     let range = read_volume(file)?.range();

@@ -220,13 +220,7 @@ pub fn follow_prompts(
     prior: &[bool],
     prompts: &[Prompt],
 ) {
-    let mut kept = vec![false; target.len()];
-    let answer: &[bool] = target;
-    for region in crate::volume::regions::connected_regions(size, |i| answer[i]) {
-        if region.iter().any(|i| included[*i] > 0.0 || prior[*i]) {
-            region.into_iter().for_each(|i| kept[i] = true);
-        }
-    }
+    let kept = regions_touching(target, size, |i| included[i] > 0.0 || prior[i]);
     target.copy_from_slice(&kept);
     for prompt in prompts {
         let (voxels, include) = match prompt {
@@ -241,6 +235,18 @@ pub fn follow_prompts(
             }
         }
     }
+}
+
+/// The voxels of the objects (6-connected regions) of `mask` (a `size` grid) that hold at
+/// least one voxel where `touches` is true.
+fn regions_touching(mask: &[bool], size: [usize; 3], touches: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut kept = vec![false; mask.len()];
+    for region in crate::volume::regions::connected_regions(size, |i| mask[i]) {
+        if region.iter().any(|i| touches(*i)) {
+            region.into_iter().for_each(|i| kept[i] = true);
+        }
+    }
+    kept
 }
 
 /// Outside the prompt's first window (`first`: origin and size), a grown window only extends
@@ -261,13 +267,7 @@ pub fn only_grow_the_core(
             g >= first.0[a] && g < first.0[a] + first.1[a]
         })
     };
-    let mut kept = vec![false; window.target.len()];
-    let target = &window.target;
-    for region in crate::volume::regions::connected_regions(size, |i| target[i]) {
-        if region.iter().any(|i| in_core(*i)) {
-            region.into_iter().for_each(|i| kept[i] = true);
-        }
-    }
+    let kept = regions_touching(&window.target, size, in_core);
     for (idx, t) in window.target.iter_mut().enumerate() {
         if !in_core(idx) {
             let [i, j, k] = super::prompt::voxel_of(idx, size);

@@ -17,7 +17,7 @@
 use super::nifti_io::MAX_DATA_BYTES;
 use super::{Affine, AnyVolume, Volume, VolumeError, Voxel};
 use glam::{DMat3, DVec3};
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 /// Bytes before the voxels.
@@ -29,7 +29,7 @@ pub fn is_mgh_name(path: &Path) -> bool {
 }
 
 use super::file_problem as problem;
-use super::MAX_DEFLATE_RATIO;
+use super::{bytes_backed, read_claimed};
 
 /// The voxel types MGH stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,31 +189,30 @@ pub fn read_mgh(path: &Path) -> Result<AnyVolume, VolumeError> {
         path: path.to_path_buf(),
         source: e,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
-    let mut head = Vec::new();
     let mut magic = [0u8; 2];
-    let mut file = file;
-    let got = file.read(&mut magic).map_err(io)?;
-    let rest = std::io::Cursor::new(magic[..got].to_vec()).chain(file);
-    let gz = got == 2 && magic == [0x1f, 0x8b];
+    let gz = file.read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b];
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
     let mut reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::MultiGzDecoder::new(rest))
+        Box::new(flate2::read::MultiGzDecoder::new(file))
     } else {
-        Box::new(rest)
+        Box::new(file)
     };
     let gz_fail = |e: std::io::Error| problem(path, format!("damaged gzip stream: {e}"));
+    let mut head = Vec::new();
     (&mut reader)
         .take(DATA_OFFSET as u64)
         .read_to_end(&mut head)
         .map_err(gz_fail)?;
     let header = parse_header(path, &head)?;
     let need = header.data_bytes();
-    let backed = if gz {
-        len.saturating_mul(MAX_DEFLATE_RATIO)
+    let stored = if gz {
+        len
     } else {
         len.saturating_sub(DATA_OFFSET as u64)
     };
+    let backed = bytes_backed(stored, gz);
     if need > backed {
         return Err(problem(
             path,
@@ -223,70 +222,38 @@ pub fn read_mgh(path: &Path) -> Result<AnyVolume, VolumeError> {
             ),
         ));
     }
-    // Grow only as data arrives (a compressed file backs its claim only up to deflate's limit).
-    let mut data = Vec::with_capacity(need.min(len.saturating_mul(8)) as usize);
-    (&mut reader)
-        .take(need)
-        .read_to_end(&mut data)
-        .map_err(gz_fail)?;
-    if (data.len() as u64) < need {
-        return Err(problem(
-            path,
-            format!(
-                "truncated: {need} bytes of voxels needed, {} found",
-                data.len()
-            ),
-        ));
-    }
+    let data = read_claimed(reader, need, stored, path, gz_fail)?;
     decode(path, &header, &data)
+}
+
+/// The big-endian values of `data`, `N` bytes each, read by `from_be`.
+fn big_endian<T, const N: usize>(data: &[u8], from_be: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N)
+        .map(|c| {
+            let mut bytes = [0u8; N];
+            bytes.copy_from_slice(c);
+            from_be(bytes)
+        })
+        .collect()
 }
 
 /// The voxels of `data` (big-endian, `header`'s type) as a volume.
 fn decode(path: &Path, header: &MghHeader, data: &[u8]) -> Result<AnyVolume, VolumeError> {
-    let dims = header.dims;
-    let affine = header.affine;
+    let (dims, affine) = (header.dims, header.affine);
     let check = |e: VolumeError| problem(path, e.to_string());
     Ok(match header.kind {
         MghType::U8 => AnyVolume::U8(Volume::new(dims, affine, data.to_vec()).map_err(check)?),
         MghType::I16 => AnyVolume::I16(
-            Volume::new(
-                dims,
-                affine,
-                data.chunks_exact(2)
-                    .map(|c| i16::from_be_bytes([c[0], c[1]]))
-                    .collect(),
-            )
-            .map_err(check)?,
+            Volume::new(dims, affine, big_endian(data, i16::from_be_bytes)).map_err(check)?,
         ),
         MghType::U16 => AnyVolume::U16(
-            Volume::new(
-                dims,
-                affine,
-                data.chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect(),
-            )
-            .map_err(check)?,
+            Volume::new(dims, affine, big_endian(data, u16::from_be_bytes)).map_err(check)?,
         ),
         MghType::I32 => AnyVolume::I32(
-            Volume::new(
-                dims,
-                affine,
-                data.chunks_exact(4)
-                    .map(|c| i32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-            .map_err(check)?,
+            Volume::new(dims, affine, big_endian(data, i32::from_be_bytes)).map_err(check)?,
         ),
         MghType::F32 => AnyVolume::F32(
-            Volume::new(
-                dims,
-                affine,
-                data.chunks_exact(4)
-                    .map(|c| f32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect(),
-            )
-            .map_err(check)?,
+            Volume::new(dims, affine, big_endian(data, f32::from_be_bytes)).map_err(check)?,
         ),
     })
 }

@@ -139,6 +139,42 @@ impl_voxel!(f32, Datatype::F32);
 /// file's size can back.
 pub(crate) const MAX_DEFLATE_RATIO: u64 = 1032;
 
+/// What `stored` bytes of a file can hold once read: themselves, or — gzip — as much as
+/// deflate can expand them to.
+pub(crate) fn bytes_backed(stored: u64, gzip: bool) -> u64 {
+    if gzip {
+        stored.saturating_mul(MAX_DEFLATE_RATIO)
+    } else {
+        stored
+    }
+}
+
+/// Exactly `need` bytes from `reader` (a file of `stored` real bytes, or its decompressed
+/// stream): the buffer grows as data arrives, from what the real bytes can plausibly hold, so a
+/// false claim is never allocated; fewer bytes than `need` is an error naming `path`, as is a
+/// read failure (`fail`).
+pub(crate) fn read_claimed(
+    reader: impl std::io::Read,
+    need: u64,
+    stored: u64,
+    path: &std::path::Path,
+    fail: impl Fn(std::io::Error) -> VolumeError,
+) -> Result<Vec<u8>, VolumeError> {
+    use std::io::Read;
+    let mut data = Vec::with_capacity(need.min(stored.saturating_mul(8)) as usize);
+    reader.take(need).read_to_end(&mut data).map_err(fail)?;
+    if (data.len() as u64) < need {
+        return Err(file_problem(
+            path,
+            format!(
+                "truncated: {need} bytes of voxels needed, {} found",
+                data.len()
+            ),
+        ));
+    }
+    Ok(data)
+}
+
 /// A problem with a file, naming it.
 pub(crate) fn file_problem(path: &std::path::Path, what: impl Into<String>) -> VolumeError {
     VolumeError::Shape(format!("{}: {}", path.display(), what.into()))

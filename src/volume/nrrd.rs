@@ -30,7 +30,7 @@ pub fn is_nrrd_name(path: &Path) -> bool {
 }
 
 use super::file_problem as problem;
-use super::MAX_DEFLATE_RATIO;
+use super::{bytes_backed, read_claimed};
 
 /// An NRRD header: its fields (lower-case keys) and key/value pairs (`key:=value`).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -367,11 +367,7 @@ fn read_data(
             ))
         }
     };
-    let backed = if gz {
-        stored.saturating_mul(MAX_DEFLATE_RATIO)
-    } else {
-        stored
-    };
+    let backed = bytes_backed(stored, gz);
     if need + skip > backed {
         return Err(problem(
             path,
@@ -387,18 +383,7 @@ fn read_data(
     };
     let fail = |e: std::io::Error| problem(path, format!("damaged data: {e}"));
     std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink()).map_err(fail)?;
-    let mut data = Vec::with_capacity(need.min(stored.saturating_mul(8)) as usize);
-    reader.take(need).read_to_end(&mut data).map_err(fail)?;
-    if (data.len() as u64) < need {
-        return Err(problem(
-            path,
-            format!(
-                "truncated: {need} bytes of voxels needed, {} found",
-                data.len()
-            ),
-        ));
-    }
-    Ok(data)
+    read_claimed(reader, need, stored, path, fail)
 }
 
 /// The values of `bytes` (stored order, `big`-endian or not) as a volume in mriloop's axis
