@@ -190,13 +190,13 @@ fn build_all(scan: &mut DicomScan, slices: Vec<Slice>) {
         let key = (s.series_uid.clone(), s.rows, s.columns);
         groups.entry(key).or_default().push(s);
     }
-    let sizes_of = |uid: &str, groups: &BTreeMap<(String, usize, usize), Vec<Slice>>| {
-        groups.keys().filter(|k| k.0 == uid).count()
-    };
-    let several: Vec<bool> = groups.keys().map(|k| sizes_of(&k.0, &groups) > 1).collect();
-    for (((uid, rows, columns), group), several) in groups.into_iter().zip(several) {
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for (uid, _, _) in groups.keys() {
+        *sizes.entry(uid.clone()).or_default() += 1;
+    }
+    for ((uid, rows, columns), group) in groups {
         let mut name = series_name(&group[0], &uid);
-        if several {
+        if sizes.get(&uid).is_some_and(|n| *n > 1) {
             name = format!("{name} ({columns} × {rows})");
         }
         let first = group[0].path.clone();
