@@ -1,7 +1,8 @@
 //! DICOM import: a synthetic oblique series written with dicom-rs from a phantom volume comes
 //! back with the same values and world coordinates as the NIfTI it came from; real DICOM files
 //! (pydicom's test images, as Debian ships them) import in four transfer syntaxes (JPEG 2000 among
-//! them); a Siemens mosaic diffusion series imports as dcm2niix converts it; malformed
+//! them); a Siemens mosaic diffusion series imports as dcm2niix converts it, and diffusion
+//! series (Siemens CSA, enhanced MR Diffusion) get the `.bval` / `.bvec` dcm2niix writes; malformed
 //! and unsupported files and inconsistent series give errors naming them while the rest imports;
 //! imported series become named sequences of a project case.
 
@@ -645,6 +646,100 @@ fn an_enhanced_multi_frame_series_imports_as_dcm2niix_converts_it() {
     // by 0.5 and −10: the first pixel of each slice says where it went.
     let first = |z: usize, t: usize| got.data()[t * got.frame_len() + z * 20 * 24];
     assert_eq!(first(4, 2), 2400.0 * 0.5 - 10.0);
+}
+
+/// A `.bval` / `.bvec` pair beside `nifti`: the b-values, and each volume's gradient turned
+/// back into world space (RAS) through the NIfTI's affine, undoing FSL's x flip for a positive
+/// determinant — so two files on different voxel grids compare.
+fn fsl_gradients_in_world(nifti: &Path) -> (Vec<f64>, Vec<DVec3>) {
+    let affine = *read_volume(nifti).unwrap().affine();
+    let name = nifti.file_name().unwrap().to_string_lossy().to_string();
+    let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
+    let numbers = |ext: &str| -> Vec<Vec<f64>> {
+        let text = std::fs::read_to_string(nifti.with_file_name(format!("{stem}.{ext}")))
+            .unwrap_or_else(|e| panic!("{stem}.{ext} beside {}: {e}", nifti.display()));
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect())
+            .collect()
+    };
+    let (bval, bvec) = (numbers("bval"), numbers("bvec"));
+    assert_eq!((bval.len(), bvec.len()), (1, 3));
+    let linear = affine.linear();
+    let axes = [linear.x_axis, linear.y_axis, linear.z_axis].map(|a| a.normalize());
+    let sign = if linear.determinant() > 0.0 {
+        -1.0
+    } else {
+        1.0
+    };
+    let world = (0..bval[0].len())
+        .map(|t| sign * bvec[0][t] * axes[0] + bvec[1][t] * axes[1] + bvec[2][t] * axes[2])
+        .collect();
+    (bval[0].clone(), world)
+}
+
+/// dcm2niix and mriloop wrote the same b-values and, in world space, the same directions.
+fn assert_same_gradients(theirs: &Path, ours: &Path) {
+    let (their_b, their_g) = fsl_gradients_in_world(theirs);
+    let (our_b, our_g) = fsl_gradients_in_world(ours);
+    assert_eq!(their_b, our_b);
+    for (a, b) in their_g.iter().zip(&our_g) {
+        assert!((*a - *b).length() < 1e-4, "dcm2niix {a}, mriloop {b}");
+    }
+}
+
+#[test]
+fn diffusion_series_get_bval_and_bvec_files_as_dcm2niix_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (dir.path().join("mosaic"), dir.path().join("theirs"));
+    // Siemens: nibabel's real b = 0 and b = 1000 mosaics (CSA B_value and
+    // DiffusionGradientDirection), the b = 1000 one again as a third volume (dcm2niix writes
+    // gradients for three volumes or more).
+    let script = r#"
+import sys, os, gzip, io, numpy as np, pydicom, nibabel
+from pydicom.uid import generate_uid
+src = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data")
+out = sys.argv[1]; os.makedirs(out)
+for i, b in enumerate(["0", "1000", "1000"]):
+    d = pydicom.dcmread(io.BytesIO(gzip.open(f"{src}/siemens_dwi_{b}.dcm.gz").read()))
+    d.PixelData = ((np.arange(d.Rows * d.Columns) * 7 + i * 13) % 4000).astype("<u2").tobytes()
+    d.SOPInstanceUID = generate_uid(); d.InstanceNumber = i + 1; d.AcquisitionNumber = i + 1
+    d.save_as(f"{out}/dwi_{i}.dcm")
+"#;
+    python(script, &[&ours]);
+    // Enhanced: pydicom's file with b = 0 then three directions in MR Diffusion Sequences.
+    let enhanced = dir.path().join("enhanced");
+    std::fs::create_dir(&enhanced).unwrap();
+    let args = ["3,0,5,1,4,2", "4", "--diffusion"].map(Path::new);
+    python(
+        ENHANCED,
+        &[&enhanced.join("e.dcm"), args[0], args[1], args[2]],
+    );
+    for (case, volumes) in [(&ours, 3), (&enhanced, 4)] {
+        dcm2niix(case, &theirs, "ref");
+        let scan = scan_dir(case).unwrap();
+        assert!(scan.problems.is_empty(), "{:?}", scan.problems);
+        let series = &scan.series[0];
+        assert_eq!(series.diffusion.len(), volumes);
+        let out = dir.path().join("ours");
+        let written = dicom_import::write_series_files(&out, &[series]).unwrap();
+        assert_eq!(
+            written[0].len(),
+            3,
+            "the NIfTI, .bval and .bvec: {written:?}"
+        );
+        assert_same_gradients(&theirs.join("ref.nii"), &written[0][0]);
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::remove_dir_all(&theirs).unwrap();
+    }
+    // A series without diffusion encoding gets no gradient files.
+    let plain = dir.path().join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    python(ENHANCED, &[&plain.join("e.dcm")]);
+    let scan = scan_dir(&plain).unwrap();
+    assert!(scan.series[0].diffusion.is_empty());
+    let written = dicom_import::write_series_files(&dir.path().join("o"), &[&scan.series[0]]);
+    assert_eq!(written.unwrap()[0].len(), 1);
 }
 
 #[test]

@@ -70,7 +70,7 @@ fn seeds(work: &Path) -> Vec<Seed> {
     let made = Command::new("python3")
         .arg(data.join("make_enhanced.py"))
         .arg(&enhanced)
-        .args(["3,0,5,1,4,2", "2"])
+        .args(["3,0,5,1,4,2", "2", "--diffusion"])
         .status()
         .expect("python3 with pydicom (.ci/run installs it)");
     assert!(made.success());

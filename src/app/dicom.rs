@@ -11,7 +11,7 @@
 use super::{Command, MriloopApp};
 use crate::project::dicom_import::{form_of, sequence_names, write_case_files, write_series_files};
 use crate::project::{InputForm, SequenceFile};
-use crate::volume::dicom::{scan_dir, DicomScan};
+use crate::volume::dicom::{b_values_label, scan_dir, DicomScan};
 use std::path::PathBuf;
 use std::sync::mpsc::{channel, Receiver, TryRecvError};
 
@@ -40,7 +40,7 @@ enum Imported {
         files: Vec<SequenceFile>,
     },
     /// Written as loose NIfTI files: open them.
-    Files(Vec<PathBuf>),
+    Files(Vec<Vec<PathBuf>>),
 }
 
 /// The import dialog's state.
@@ -252,15 +252,17 @@ impl MriloopApp {
                     self.commands.push(Command::OpenCase(i));
                 }
             }
-            Ok(Imported::Files(images)) => {
+            Ok(Imported::Files(written)) => {
                 self.dialogs.info = Some(format!(
                     "Written as NIfTI: {}.",
-                    images
+                    written
                         .iter()
+                        .flatten()
                         .map(|p| p.display().to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));
+                let images = written.iter().filter_map(|f| f.first().cloned()).collect();
                 self.dicom = DicomState::default();
                 self.commands
                     .push(Command::OpenFiles { images, mask: None });
@@ -317,7 +319,15 @@ fn series_table(ui: &mut egui::Ui, d: &DicomState, scan: &DicomScan, out: &mut V
     egui::Grid::new("dicom series")
         .striped(true)
         .show(ui, |ui| {
-            for h in ["", "series", "modality", "voxels", "mm", "files"] {
+            for h in [
+                "",
+                "series",
+                "modality",
+                "voxels",
+                "mm",
+                "files",
+                "diffusion",
+            ] {
                 ui.strong(h);
             }
             ui.end_row();
@@ -337,6 +347,7 @@ fn series_table(ui: &mut egui::Ui, d: &DicomState, scan: &DicomScan, out: &mut V
                 let sp = s.volume.spacing_mm();
                 ui.label(format!("{:.2}x{:.2}x{:.2}", sp[0], sp[1], sp[2]));
                 ui.label(s.files.len().to_string());
+                ui.label(b_values_label(&s.diffusion));
                 ui.end_row();
             }
         });

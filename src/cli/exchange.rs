@@ -312,11 +312,23 @@ pub fn import_dicom(args: ImportDicomArgs) -> Result<()> {
         let added = names.join(", ");
         println!("added to case {case} of {}: {added}", manifest.display());
     } else if let Some(out) = &args.out {
-        for path in dicom_import::write_series_files(out, &picked)? {
+        for path in dicom_import::write_series_files(out, &picked)?
+            .iter()
+            .flatten()
+        {
             println!("wrote {}", path.display());
         }
     }
     Ok(())
+}
+
+/// ", diffusion: b = 0, 1000 s/mm² (N volumes)" for a diffusion series, else nothing.
+fn diffusion_summary(gradients: &[crate::volume::dicom::Gradient]) -> String {
+    if gradients.is_empty() {
+        return String::new();
+    }
+    let label = crate::volume::dicom::b_values_label(gradients);
+    format!(", diffusion: {label} ({} volumes)", gradients.len())
 }
 
 /// Print the scan: every series with its size and orientation, then what was not imported.
@@ -332,7 +344,7 @@ fn list_series(args: &ImportDicomArgs, scan: &DicomScan) {
             String::new()
         };
         println!(
-            "  {}: \"{}\" {} {nx}x{ny}x{nz}{time} voxels of {:.2}x{:.2}x{:.2} mm, {} files, {}",
+            "  {}: \"{}\" {} {nx}x{ny}x{nz}{time} voxels of {:.2}x{:.2}x{:.2} mm, {} files, {}{}",
             k + 1,
             s.description,
             s.modality,
@@ -340,7 +352,8 @@ fn list_series(args: &ImportDicomArgs, scan: &DicomScan) {
             sp[1],
             sp[2],
             s.files.len(),
-            s.volume.affine().orientation_code()
+            s.volume.affine().orientation_code(),
+            diffusion_summary(&s.diffusion)
         );
     }
     for p in &scan.problems {

@@ -8,8 +8,9 @@
 //! it is — imported series keep their own grids, which the viewer places in world space.
 
 use super::{check_case_id, invalid, Case, InputForm, Project, ProjectError, SequenceFile};
+use crate::atomic::write_atomic;
 use crate::project::SequenceName;
-use crate::volume::dicom::DicomSeries;
+use crate::volume::dicom::{fsl_text, DicomSeries};
 use std::path::{Path, PathBuf};
 
 /// The form a case of these series has: 4D if one is a time series, 2D if all are single
@@ -97,7 +98,7 @@ pub fn write_case_files(
         }
         let file = free_file_name(&dir, name.as_str());
         let rel = format!("{dir_rel}/{file}");
-        crate::volume::write_volume(&root.join(&rel), &s.volume)?;
+        write_series_volume(&root.join(&rel), s)?;
         files.push(SequenceFile { name, path: rel });
     }
     Ok(files)
@@ -123,34 +124,64 @@ pub fn add_sequences(
     index
 }
 
-/// `<stem>.nii.gz` for `name`, numbered (`<stem>_2.nii.gz`, …) past the files `dir` holds.
+/// `<stem>.nii.gz` for `name`, numbered (`<stem>_2.nii.gz`, …) past the files `dir` holds
+/// (a `.bval` / `.bvec` of that stem too: they would be written beside it).
 fn free_file_name(dir: &Path, name: &str) -> String {
-    let stem = file_stem(name);
-    let mut file = format!("{stem}.nii.gz");
+    let base = file_stem(name);
+    let mut stem = base.clone();
     let mut k = 2;
-    while dir.join(&file).exists() {
-        file = format!("{stem}_{k}.nii.gz");
+    while ["nii.gz", "bval", "bvec"]
+        .iter()
+        .any(|ext| dir.join(format!("{stem}.{ext}")).exists())
+    {
+        stem = format!("{base}_{k}");
         k += 1;
     }
-    file
+    format!("{stem}.nii.gz")
+}
+
+/// Write `series` as NIfTI `path` (`….nii.gz`) and, for a diffusion series, its b-values and
+/// directions beside it as FSL `.bval` / `.bvec` (as dcm2niix writes them), each atomically.
+/// Returns the files written.
+pub fn write_series_volume(
+    path: &Path,
+    series: &DicomSeries,
+) -> Result<Vec<PathBuf>, ProjectError> {
+    crate::volume::write_volume(path, &series.volume)?;
+    let mut written = vec![path.to_path_buf()];
+    if series.diffusion.is_empty() {
+        return Ok(written);
+    }
+    let (bval, bvec) = fsl_text(&series.diffusion, series.volume.affine());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".nii.gz").unwrap_or(&name);
+    for (ext, text) in [("bval", bval), ("bvec", bvec)] {
+        let file = path.with_file_name(format!("{stem}.{ext}"));
+        write_atomic(&file, text.as_bytes()).map_err(|e| ProjectError::Io {
+            path: file.clone(),
+            source: e,
+        })?;
+        written.push(file);
+    }
+    Ok(written)
 }
 
 /// Write each series as `<dir>/<description>.nii.gz` (numbered past existing files; nothing is
-/// overwritten); returns the files in the order of `series`.
+/// overwritten; a diffusion series' `.bval` / `.bvec` beside it); returns each series' files,
+/// the NIfTI first, in the order of `series`.
 pub fn write_series_files(
     dir: &Path,
     series: &[&DicomSeries],
-) -> Result<Vec<PathBuf>, ProjectError> {
+) -> Result<Vec<Vec<PathBuf>>, ProjectError> {
     std::fs::create_dir_all(dir).map_err(|e| ProjectError::Io {
         path: dir.to_path_buf(),
         source: e,
     })?;
     series
         .iter()
-        .map(|s| {
-            let path = dir.join(free_file_name(dir, &s.description));
-            crate::volume::write_volume(&path, &s.volume)?;
-            Ok(path)
-        })
+        .map(|s| write_series_volume(&dir.join(free_file_name(dir, &s.description)), s))
         .collect()
 }

@@ -17,6 +17,7 @@
 //! file really holds (checked against Rows × Columns before decoding); voxel `(i, j, k)` is
 //! (column, row, slice), so `i` runs along Image Orientation's row direction.
 
+mod diffusion;
 mod enhanced;
 mod prescan;
 mod validate;
@@ -27,6 +28,7 @@ use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::{open_file, DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
+pub use diffusion::{b_values_label, fsl_text, fsl_vectors, Gradient};
 use glam::{DMat3, DVec3};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,9 @@ pub struct DicomSeries {
     pub files: Vec<PathBuf>,
     /// The voxels (modality values: rescale applied), on the series' RAS+ grid.
     pub volume: Volume<f32>,
+    /// Each volume's diffusion encoding (one per time point), when every volume states one
+    /// and at least one has b > 0; else empty.
+    pub diffusion: Vec<Gradient>,
 }
 
 /// What a folder held.
@@ -134,6 +139,8 @@ struct Slice {
     instance: i64,
     slice_thickness: Option<f64>,
     repetition_time_ms: Option<f64>,
+    /// The diffusion encoding the image states (b-value, direction), if any.
+    gradient: Option<Gradient>,
     values: Vec<f32>,
 }
 
@@ -324,6 +331,7 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
     }
     let (rows, columns) = image_size(&obj)?;
     let geometry = slice_geometry(&obj)?;
+    let csa = csa_image_header(&obj);
     let values = pixel_values(&obj, rows, columns, 1)?
         .pop()
         .ok_or("no pixel values")?;
@@ -345,9 +353,10 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
             .or_else(|| opt_float(&obj, tags::SLICE_THICKNESS))
             .filter(|t| *t > 0.0),
         repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
+        gradient: diffusion::of_image(&obj, csa.as_ref()),
         values,
     };
-    match mosaic_of(&obj, rows, columns)? {
+    match mosaic_of(&obj, csa.as_ref(), rows, columns)? {
         Some((mosaic, normal)) => mosaic_slices(slice, mosaic, normal),
         None => Ok(vec![slice]),
     }
@@ -357,6 +366,7 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
 /// orientation's), or `None` for an ordinary image.
 fn mosaic_of(
     obj: &DefaultDicomObject,
+    csa: Option<&BTreeMap<String, Vec<String>>>,
     rows: usize,
     columns: usize,
 ) -> Result<Option<(Mosaic, Option<DVec3>)>, String> {
@@ -373,15 +383,15 @@ fn mosaic_of(
     if !is_mosaic {
         return Ok(None);
     }
-    let csa = csa_image_header(obj).ok_or(
+    let csa = csa.ok_or(
         "a Siemens mosaic without its CSA image header (0029,xx10) — anonymised? The slices \
          cannot be cut out of it",
     )?;
-    let images = csa_number(&csa, "NumberOfImagesInMosaic")
+    let images = csa_number(csa, "NumberOfImagesInMosaic")
         .filter(|n| *n >= 1.0 && *n <= 4096.0)
         .ok_or("a Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic")?;
     let mosaic = Mosaic::new(images as usize, rows, columns)?;
-    let normal = csa_vector(&csa, "SliceNormalVector").filter(|n| (n.length() - 1.0).abs() < 0.01);
+    let normal = csa_vector(csa, "SliceNormalVector").filter(|n| (n.length() - 1.0).abs() < 0.01);
     Ok(Some((mosaic, normal)))
 }
 
@@ -448,6 +458,7 @@ fn mosaic_slices(
             instance: mosaic_image.instance,
             slice_thickness: mosaic_image.slice_thickness,
             repetition_time_ms: mosaic_image.repetition_time_ms,
+            gradient: mosaic_image.gradient,
             values: mosaic.tile(&values, columns, k),
         })
         .collect())
@@ -704,22 +715,27 @@ fn build_series(
     }
     let volume =
         Volume::new([columns, rows, n_slices, frames], affine, data).map_err(|e| e.to_string())?;
+    let gradients = positions[0].iter().map(|s| s.gradient).collect();
     Ok(finish_series(
         (uid, description),
         &positions[0][0],
-        files,
+        (files, gradients),
         volume,
     ))
 }
 
-/// A series' record from its first slice's tags, its files and its volume (4D: the time step
-/// from the Repetition Time, else 1 s).
+/// A series' record from its first slice's tags, its files, each volume's diffusion encoding
+/// and its volume (4D: the time step from the Repetition Time, else 1 s).
 fn finish_series(
     (uid, description): (String, String),
     first: &Slice,
-    files: Vec<PathBuf>,
+    (files, gradients): (Vec<PathBuf>, Vec<Option<Gradient>>),
     mut volume: Volume<f32>,
 ) -> DicomSeries {
+    let diffusion: Option<Vec<Gradient>> = gradients.into_iter().collect();
+    let diffusion = diffusion
+        .filter(|g| g.iter().any(|g| g.b_value > 0.0))
+        .unwrap_or_default();
     if volume.dims()[3] > 1 {
         let tr_ms = first.repetition_time_ms;
         volume.set_time_step_s(tr_ms.map_or(1.0, |ms| ms / 1000.0));
@@ -731,6 +747,7 @@ fn finish_series(
         modality: first.modality.clone(),
         files,
         volume,
+        diffusion,
     }
 }
 
@@ -760,15 +777,18 @@ fn build_mosaic_series(
     let affine = lps_to_ras_affine([row_dir, col_dir], first.spacing, step, origin);
     let dims = [first.columns, first.rows, tiles, frames];
     let mut files: Vec<PathBuf> = Vec::with_capacity(frames);
+    let mut gradients = Vec::with_capacity(frames);
     let mut data = Vec::with_capacity(dims.iter().product());
     for s in &group {
         if files.last() != Some(&s.path) {
             files.push(s.path.clone());
+            gradients.push(s.gradient);
         }
         data.extend_from_slice(&s.values);
     }
     let volume = Volume::new(dims, affine, data).map_err(|e| e.to_string())?;
-    Ok(finish_series((uid, description), &group[0], files, volume))
+    let record = (files, gradients);
+    Ok(finish_series((uid, description), &group[0], record, volume))
 }
 
 /// The RAS+ voxel→world affine of slices along `[row, column]` directions (LPS) with Pixel

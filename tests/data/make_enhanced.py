@@ -1,7 +1,9 @@
 # An enhanced (multi-frame) MR file built with pydicom, geometry and values known: an oblique
 # 20 x 24 x 6 stack, NT time points (argv[3], default 3), the slices stored in ORDER (argv[2]),
 # rescale 0.5 / -10 in the shared functional groups; slice z of time t holds
-# (3 * pixel + 100 z + 1000 t) mod 3000. Used by tests/dicom.rs and tests/fuzz.rs.
+# (3 * pixel + 100 z + 1000 t) mod 3000. With --diffusion each time point is a diffusion volume:
+# b = 0 for t = 0, else b = 1000 along DIRECTIONS[t] (LPS), in each frame's MR Diffusion
+# Sequence. Used by tests/dicom.rs and tests/fuzz.rs.
 import sys, numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -42,6 +44,14 @@ for t, z in order:
     fc = Dataset(); fc.StackID = "1"; fc.InStackPositionNumber = z + 1; fc.TemporalPositionIndex = t + 1
     fc.DimensionIndexValues = [1, z + 1, t + 1]  # (stack, in-stack position, temporal position)
     fr.PlanePositionSequence = [pp]; fr.FrameContentSequence = [fc]
+    if "--diffusion" in sys.argv:
+        DIRECTIONS = [None, [0.6, 0.0, 0.8], [0.0, -0.28, 0.96], [0.48, 0.6, 0.64]]
+        dd = Dataset(); dd.DiffusionBValue = 0.0 if t == 0 else 1000.0
+        dd.DiffusionDirectionality = "NONE" if t == 0 else "DIRECTIONAL"
+        if t > 0:
+            g = Dataset(); g.DiffusionGradientOrientation = DIRECTIONS[t]
+            dd.DiffusionGradientDirectionSequence = [g]
+        fr.MRDiffusionSequence = [dd]
     frames.append(fr)
     img = (np.arange(nx * ny).reshape(ny, nx) * 3 + z * 100 + t * 1000) % 3000
     pixels.append(img.astype("<i2"))

@@ -9,8 +9,8 @@
 //! orientation is an error naming it.
 
 use super::{
-    check_orientation, float_values, image_size, opt_float, opt_text, pixel_values, tag_str,
-    DefaultDicomObject, InMemDicomObject, Slice,
+    check_orientation, diffusion, float_values, image_size, opt_float, opt_text, pixel_values,
+    tag_str, DefaultDicomObject, InMemDicomObject, Slice,
 };
 use dicom_dictionary_std::tags;
 use std::path::Path;
@@ -85,6 +85,7 @@ pub(super) fn frame_slices(
                 instance: g.temporal,
                 slice_thickness: g.thickness,
                 repetition_time_ms: opt_float(obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
+                gradient: diffusion::of_frame(group(frame, shared, tags::MR_DIFFUSION_SEQUENCE)),
                 values,
             })
         })
