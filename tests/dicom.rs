@@ -769,6 +769,45 @@ d.save_as(out, enforce_file_format=True)
 }
 
 #[test]
+fn a_mosaic_whose_csa_header_lies_or_is_gone_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // nibabel's real b = 1000 mosaic (48 tiles of 128² in a 9 × 9 grid), three ways broken:
+    // claiming 99 images (more tiles than the grid holds), its CSA header cut to 40 bytes, and
+    // its CSA header claiming 900 tags in those bytes.
+    let script = r#"
+import sys, os, gzip, io, pydicom, nibabel
+from pydicom.uid import generate_uid
+src = os.path.join(os.path.dirname(nibabel.__file__), "nicom", "tests", "data")
+out = sys.argv[1]
+def fresh():
+    d = pydicom.dcmread(io.BytesIO(gzip.open(f"{src}/siemens_dwi_1000.dcm.gz").read()))
+    d.SeriesInstanceUID = generate_uid(); d.SOPInstanceUID = generate_uid()
+    return d
+d = fresh(); csa = bytearray(d[0x0029, 0x1010].value)
+at = csa.find(b"NumberOfImagesInMosaic"); at = csa.find(b"48 ", at)
+csa[at:at + 2] = b"99"; d[0x0029, 0x1010].value = bytes(csa); d.save_as(f"{out}/claims_99.dcm")
+d = fresh(); d[0x0029, 0x1010].value = d[0x0029, 0x1010].value[:40]; d.save_as(f"{out}/cut_csa.dcm")
+d = fresh(); csa = bytearray(d[0x0029, 0x1010].value[:40]); csa[8:12] = (900).to_bytes(4, "little")
+d[0x0029, 0x1010].value = bytes(csa); d.save_as(f"{out}/claims_900_tags.dcm")
+"#;
+    python(script, &[dir.path()]);
+    let scan = scan_dir(dir.path()).unwrap();
+    assert!(scan.series.is_empty());
+    let problems: Vec<String> = scan.problems.iter().map(|p| p.to_string()).collect();
+    let about = |file: &str| {
+        problems
+            .iter()
+            .find(|p| p.contains(file))
+            .unwrap_or_else(|| panic!("{file} not named: {problems:?}"))
+            .clone()
+    };
+    assert!(about("claims_99.dcm").contains("99"), "{problems:?}");
+    for file in ["cut_csa.dcm", "claims_900_tags.dcm"] {
+        assert!(about(file).contains("CSA"), "{problems:?}");
+    }
+}
+
+#[test]
 fn a_file_declaring_a_huge_element_is_refused_before_anything_is_allocated() {
     // MR_small with its Pixel Data declaring 1.5 GB, cut to 100 bytes after the header: the
     // fuzzer's memory class (the parser used to reserve the declared length first).

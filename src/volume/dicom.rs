@@ -332,6 +332,7 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
     let (rows, columns) = image_size(&obj)?;
     let geometry = slice_geometry(&obj)?;
     let csa = csa_image_header(&obj);
+    let csa_tags = csa.as_ref().ok().and_then(Option::as_ref);
     let values = pixel_values(&obj, rows, columns, 1)?
         .pop()
         .ok_or("no pixel values")?;
@@ -353,10 +354,10 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
             .or_else(|| opt_float(&obj, tags::SLICE_THICKNESS))
             .filter(|t| *t > 0.0),
         repetition_time_ms: opt_float(&obj, tags::REPETITION_TIME).filter(|t| *t > 0.0),
-        gradient: diffusion::of_image(&obj, csa.as_ref()),
+        gradient: diffusion::of_image(&obj, csa_tags),
         values,
     };
-    match mosaic_of(&obj, csa.as_ref(), rows, columns)? {
+    match mosaic_of(&obj, csa, rows, columns)? {
         Some((mosaic, normal)) => mosaic_slices(slice, mosaic, normal),
         None => Ok(vec![slice]),
     }
@@ -366,7 +367,7 @@ fn read_slice_inner(path: &Path) -> Result<Vec<Slice>, String> {
 /// orientation's), or `None` for an ordinary image.
 fn mosaic_of(
     obj: &DefaultDicomObject,
-    csa: Option<&BTreeMap<String, Vec<String>>>,
+    csa: Result<Option<BTreeMap<String, Vec<String>>>, String>,
     rows: usize,
     columns: usize,
 ) -> Result<Option<(Mosaic, Option<DVec3>)>, String> {
@@ -383,23 +384,30 @@ fn mosaic_of(
     if !is_mosaic {
         return Ok(None);
     }
+    let csa =
+        csa.map_err(|e| format!("a Siemens mosaic whose CSA image header is malformed: {e}"))?;
     let csa = csa.ok_or(
         "a Siemens mosaic without its CSA image header (0029,xx10) — anonymised? The slices \
          cannot be cut out of it",
     )?;
-    let images = csa_number(csa, "NumberOfImagesInMosaic")
+    let images = csa_number(&csa, "NumberOfImagesInMosaic")
         .filter(|n| *n >= 1.0 && *n <= 4096.0)
         .ok_or("a Siemens mosaic whose CSA header gives no NumberOfImagesInMosaic")?;
     let mosaic = Mosaic::new(images as usize, rows, columns)?;
-    let normal = csa_vector(csa, "SliceNormalVector").filter(|n| (n.length() - 1.0).abs() < 0.01);
+    let normal = csa_vector(&csa, "SliceNormalVector").filter(|n| (n.length() - 1.0).abs() < 0.01);
     Ok(Some((mosaic, normal)))
 }
 
 /// The tags of the CSA image header (the private block `SIEMENS CSA HEADER` of group 0029,
-/// element xx10), if the file has one that parses.
+/// element xx10): `None` when the file has none, an error when it does not parse.
 fn csa_image_header(
     obj: &DefaultDicomObject,
-) -> Option<std::collections::BTreeMap<String, Vec<String>>> {
+) -> Result<Option<BTreeMap<String, Vec<String>>>, String> {
+    csa_image_bytes(obj).map(|b| parse_csa(&b)).transpose()
+}
+
+/// The bytes of the CSA image header, if the file has one.
+fn csa_image_bytes(obj: &DefaultDicomObject) -> Option<Vec<u8>> {
     let block = (0x10u16..=0xFF).find(|b| {
         obj.element_opt(dicom_core::Tag(0x0029, *b))
             .ok()
@@ -415,8 +423,7 @@ fn csa_image_header(
         .element_opt(dicom_core::Tag(0x0029, (block << 8) | 0x10))
         .ok()
         .flatten()?;
-    let bytes = element.value().to_bytes().ok()?;
-    parse_csa(&bytes).ok()
+    element.value().to_bytes().ok().map(|b| b.to_vec())
 }
 
 /// A mosaic file's tiles as slices: each cut out, placed from the corrected first position one

@@ -133,9 +133,17 @@ impl Mosaic {
     pub fn new(images: usize, rows: usize, columns: usize) -> Result<Self, String> {
         let per_side = (1..=images.max(1)).find(|s| s * s >= images).unwrap_or(1);
         let (tile_rows, tile_columns) = (rows / per_side, columns / per_side);
-        if images < 1 || tile_rows == 0 || tile_columns == 0 {
+        // Siemens writes a mosaic as whole tiles: a size the grid does not divide means the
+        // count is wrong, and the tiles would be cut across slice borders.
+        if images < 1
+            || tile_rows == 0
+            || tile_columns == 0
+            || rows % per_side != 0
+            || columns % per_side != 0
+        {
             return Err(format!(
-                "a mosaic of {images} images cannot be cut from {rows} × {columns} pixels"
+                "a mosaic of {images} images ({per_side} a side) cannot be cut from {rows} × \
+                 {columns} pixels"
             ));
         }
         Ok(Self {
