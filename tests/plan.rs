@@ -528,15 +528,15 @@ fn a_mask_label_the_label_table_does_not_name_is_refused_with_the_case_named() {
     assert!(err.contains("holds label 2") && err.contains("c0"), "{err}");
 }
 
-/// The label at the centre of each of `n` foreground patches of a case holding a 2-voxel cube
-/// of label 1 and a 6-voxel cube of label 2, with `weights`.
-fn centre_labels(weights: Vec<(u8, f64)>, n: usize) -> [usize; 3] {
+/// A 32³ case with `mask` (a flat image) and an 8³-patch sampler without spatial augmentation,
+/// every patch on foreground, labels by `weights`, objects alike with `by_object`.
+fn foreground_sampler(
+    mask: Vec<u8>,
+    weights: Vec<(u8, f64)>,
+    by_object: bool,
+) -> (mriloop::model::PatchSampler, mriloop::model::Sample) {
     use mriloop::model::data::ForegroundSampling;
     use mriloop::model::{AugmentConfig, PatchSampler, Sample};
-    let dims = [32usize, 32, 32];
-    let mut mask = vec![0u8; dims.iter().product()];
-    paint_cube(&mut mask, dims, [8, 8, 8], 2, 1);
-    paint_cube(&mut mask, dims, [16, 16, 16], 6, 2);
     let affine = Affine::from_spacing([1.0; 3]);
     let mask = Volume::new([32, 32, 32, 1], affine, mask).unwrap();
     let image = Volume::new([32, 32, 32, 1], affine, vec![1.0f32; 32 * 32 * 32]).unwrap();
@@ -545,16 +545,63 @@ fn centre_labels(weights: Vec<(u8, f64)>, n: usize) -> [usize; 3] {
         .with_flip_x(false)
         .with_rotate_deg(0.0)
         .with_zoom(0.0);
-    let mut sampler = PatchSampler::new(7, [8, 8, 8], still).with_foreground(ForegroundSampling {
+    let sampler = PatchSampler::new(7, [8, 8, 8], still).with_foreground(ForegroundSampling {
         one_in: 1,
         label_weights: weights,
+        by_object,
     });
+    (sampler, sample)
+}
+
+/// The label at the centre of each of `n` foreground patches of a case holding a 2-voxel cube
+/// of label 1 and a 6-voxel cube of label 2, with `weights`.
+fn centre_labels(weights: Vec<(u8, f64)>, n: usize) -> [usize; 3] {
+    let dims = [32usize, 32, 32];
+    let mut mask = vec![0u8; dims.iter().product()];
+    paint_cube(&mut mask, dims, [8, 8, 8], 2, 1);
+    paint_cube(&mut mask, dims, [16, 16, 16], 6, 2);
+    let (mut sampler, sample) = foreground_sampler(mask, weights, false);
     let mut counts = [0usize; 3];
     for _ in 0..n {
         let (_, labels) = sampler.patch(&sample);
         counts[labels[4 + 8 * (4 + 8 * 4)] as usize] += 1;
     }
     counts
+}
+
+#[test]
+fn objects_alike_centre_a_small_object_as_often_as_a_large_one() {
+    // Label 1 as a 6³ cube (216 voxels) and, well apart from it, a 2³ one (8 voxels): voxels
+    // alike, the small cube gets about 8 / 224 of the patches; objects alike, about half.
+    let (voxels, objects) = (
+        small_cube_patches(false, 400),
+        small_cube_patches(true, 400),
+    );
+    assert!(
+        voxels < 40,
+        "voxels alike: {voxels} of 400 in the small cube"
+    );
+    assert!(
+        (150..=250).contains(&objects),
+        "objects alike: {objects} of 400"
+    );
+}
+
+/// How many of `n` foreground patches (8³) of a 32³ case holding a 6³ cube of label 1 at
+/// (16, 16, 16) and a 2³ one at (4, 4, 4) are centred in the small one: such a patch holds
+/// at most its 8 labelled voxels, one centred in the big cube at least 4³.
+fn small_cube_patches(by_object: bool, n: usize) -> usize {
+    let dims = [32usize, 32, 32];
+    let mut mask = vec![0u8; dims.iter().product()];
+    paint_cube(&mut mask, dims, [16, 16, 16], 6, 1);
+    paint_cube(&mut mask, dims, [4, 4, 4], 2, 1);
+    let (mut sampler, sample) = foreground_sampler(mask, Vec::new(), by_object);
+    (0..n)
+        .filter(|_| {
+            let (_, labels) = sampler.patch(&sample);
+            labels.iter().filter(|l| **l == 1).count() <= 8
+        })
+        .count()
 }
 
 #[test]

@@ -33,8 +33,11 @@ pub struct Sample {
     pub class: usize,
     /// Linear indices of labelled voxels (for foreground oversampling).
     pub foreground: Vec<usize>,
-    /// The same, grouped by label value, so a rare label is picked as often as a common one.
+    /// The same, grouped by label value, so a rare label is picked as often as a common one;
+    /// within a label, grouped by object (6-connected region).
     pub foreground_by_label: Vec<(u8, Vec<usize>)>,
+    /// Per entry of `foreground_by_label`, where each object's voxels start in its list.
+    pub object_starts: Vec<Vec<usize>>,
     /// Voxels an annotator changed from the model's prediction (empty: none known); they can
     /// weigh more in the loss when fine-tuning on corrections.
     pub changed: Vec<bool>,
@@ -104,6 +107,7 @@ impl Sample {
             class: self.class,
             foreground: Vec::new(),
             foreground_by_label: Vec::new(),
+            object_starts: Vec::new(),
             changed: Vec::new(),
             affine: self.affine,
             replays: Vec::new(),
@@ -168,18 +172,11 @@ impl Sample {
             .filter(|(_, v)| **v > 0)
             .map(|(i, _)| i)
             .collect();
-        let mut by_label: Vec<(u8, Vec<usize>)> = Vec::new();
-        for &i in &foreground {
-            let l = mask_data[i];
-            match by_label.iter_mut().find(|(v, _)| *v == l) {
-                Some((_, list)) => list.push(i),
-                None => by_label.push((l, vec![i])),
-            }
-        }
-        by_label.sort_by_key(|(l, _)| *l);
+        let (by_label, object_starts) = objects_by_label(&mask_data, &foreground, dims);
         Ok(Self {
             case_id: case_id.to_string(),
             foreground_by_label: by_label,
+            object_starts,
             channels: channels_of(sequences),
             mask: mask_data,
             dims,
@@ -529,6 +526,9 @@ pub struct ForegroundSampling {
     pub one_in: usize,
     /// Per label value, its weight when choosing the label to centre on (empty: alike).
     pub label_weights: Vec<(u8, f64)>,
+    /// Within a label, pick an object (6-connected region) alike, then a voxel of it — a small
+    /// lesion as often as a large one — instead of any voxel alike.
+    pub by_object: bool,
 }
 
 impl Default for ForegroundSampling {
@@ -536,8 +536,37 @@ impl Default for ForegroundSampling {
         Self {
             one_in: 3,
             label_weights: Vec::new(),
+            by_object: false,
         }
     }
+}
+
+/// The labelled voxels (`foreground`, of `mask` on a `dims` grid) per label value in
+/// increasing order, each list grouped by object (6-connected region), and where each object
+/// starts in its list.
+fn objects_by_label(
+    mask: &[u8],
+    foreground: &[usize],
+    dims: [usize; 3],
+) -> (Vec<(u8, Vec<usize>)>, Vec<Vec<usize>>) {
+    let mut values: Vec<u8> = foreground.iter().map(|i| mask[*i]).collect();
+    values.sort_unstable();
+    values.dedup();
+    values
+        .into_iter()
+        .map(|l| {
+            let regions = crate::volume::regions::connected_regions(dims, |i| mask[i] == l);
+            let starts = regions
+                .iter()
+                .scan(0, |at, r| {
+                    let start = *at;
+                    *at += r.len();
+                    Some(start)
+                })
+                .collect();
+            ((l, regions.concat()), starts)
+        })
+        .unzip()
 }
 
 /// The first voxel of a `p`-voxel patch centred on `centre` of a `dims` grid, kept inside
@@ -623,7 +652,18 @@ impl PatchSampler {
                 self.pick_weighted(&w)
             };
             let (_, voxels) = &labels[which];
-            let f = voxels[self.rng.random_range(0..voxels.len())];
+            let starts = sample
+                .object_starts
+                .get(which)
+                .filter(|_| self.foreground.by_object);
+            let f = match starts.filter(|s| !s.is_empty()) {
+                Some(starts) => {
+                    let o = self.rng.random_range(0..starts.len());
+                    let end = starts.get(o + 1).copied().unwrap_or(voxels.len());
+                    voxels[self.rng.random_range(starts[o]..end)]
+                }
+                None => voxels[self.rng.random_range(0..voxels.len())],
+            };
             [f % nx, (f / nx) % ny, f / (nx * ny)]
         } else {
             [

@@ -646,6 +646,7 @@ impl Loader {
             foreground: super::data::ForegroundSampling {
                 one_in: config.foreground_one_in.max(1),
                 label_weights: config.label_weights.clone(),
+                by_object: t.prompt.is_some(),
             },
             class_weights: config.class_weights.clone(),
             prompt: t.prompt.clone(),

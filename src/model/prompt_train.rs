@@ -1,6 +1,7 @@
 //! Training the promptable network with a simulated user (DeepEdit's and nnInteractive's
-//! recipe): each patch is centred on a labelled voxel whose label becomes the target (0/1
-//! labels); the loader draws the user's first prompt (a point, a box, a scribble, or an
+//! recipe): each patch is centred on a labelled voxel (objects of a label alike: a small lesion
+//! as often as a large one) whose object — its 6-connected region of that label — becomes the
+//! target (0/1 labels); the loader draws the user's first prompt (a point, a box, a scribble, or an
 //! imperfect mask with a click on its largest error) into the guidance channels; before the
 //! step the training thread lets the network predict, without gradient, for a few rounds and
 //! adds the robot's corrective click at the centre of the largest error each time, feeding the
@@ -53,6 +54,26 @@ fn target_labels(labels: &[i32], target: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The 0/1 target `labels` (change bits kept) cut to one object: the 6-connected region at the
+/// patch's centre, else the largest. A click in one lesion asks for that lesion, not for its
+/// neighbours in the patch — the window keeps one object per prompt and the robot user judges
+/// one object at a time, so training on every object of the label taught the network to spill.
+fn one_object(labels: &mut [i32], patch: [usize; 3]) {
+    let centre = patch[0] / 2 + patch[0] * (patch[1] / 2 + patch[1] * (patch[2] / 2));
+    let regions = crate::volume::regions::connected_regions(patch, |i| labels[i] & 1 == 1);
+    let keep = regions
+        .iter()
+        .find(|r| r.contains(&centre))
+        .or_else(|| regions.iter().max_by_key(|r| r.len()));
+    let mut object = vec![false; labels.len()];
+    for &i in keep.into_iter().flatten() {
+        object[i] = true;
+    }
+    for (l, o) in labels.iter_mut().zip(object) {
+        *l = i32::from(o) | (*l & CHANGED_BIT);
+    }
+}
+
 /// The label a patch targets: the one at its centre, else the most frequent one in it.
 fn patch_target(labels: &[i32], patch: [usize; 3]) -> Option<i32> {
     let centre = patch[0] / 2 + patch[0] * (patch[1] / 2 + patch[1] * (patch[2] / 2));
@@ -81,7 +102,8 @@ pub fn prompt_patch(
     let p = sampler.patch;
     let (mut channels, labels) = sampler.patch(sample);
     let target = patch_target(&labels, p)?;
-    let labels = target_labels(&labels, target);
+    let mut labels = target_labels(&labels, target);
+    one_object(&mut labels, p);
     let truth: Vec<bool> = labels.iter().map(|l| l & 1 == 1).collect();
     let (prompts, prior) = initial_prompts(&truth, p, config, rng);
     let mut guidance = Guidance::empty(p);
@@ -265,4 +287,39 @@ pub fn simulate_corrections(
 pub fn rounds_for_step(step: usize, seed: u64, most: usize) -> usize {
     let mixed = (step as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
     (mixed % (most as u64 + 1)) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_is_the_object_at_the_centre_with_its_change_bits() {
+        // A 6³ patch: one object through the centre (3, 3, 3), another in a corner, both of
+        // the target label; one voxel of each marked changed.
+        let p = [6usize; 3];
+        let at = |i: usize, j: usize, k: usize| i + 6 * (j + 6 * k);
+        let mut labels = vec![0i32; 216];
+        for i in 2..5 {
+            labels[at(i, 3, 3)] = 1;
+        }
+        labels[at(0, 0, 0)] = 1;
+        labels[at(0, 1, 0)] = 1;
+        labels[at(4, 3, 3)] |= CHANGED_BIT;
+        labels[at(0, 0, 0)] |= CHANGED_BIT;
+        one_object(&mut labels, p);
+        let kept: Vec<usize> = (0..216).filter(|i| labels[*i] & 1 == 1).collect();
+        assert_eq!(kept, vec![at(2, 3, 3), at(3, 3, 3), at(4, 3, 3)]);
+        assert_eq!(labels[at(4, 3, 3)], 1 | CHANGED_BIT);
+        assert_eq!(labels[at(0, 0, 0)], CHANGED_BIT);
+        // Nothing at the centre: the largest object.
+        let mut labels = vec![0i32; 216];
+        labels[at(0, 0, 0)] = 1;
+        for k in 0..3 {
+            labels[at(5, 5, k)] = 1;
+        }
+        one_object(&mut labels, p);
+        let kept: Vec<usize> = (0..216).filter(|i| labels[*i] & 1 == 1).collect();
+        assert_eq!(kept, vec![at(5, 5, 0), at(5, 5, 1), at(5, 5, 2)]);
+    }
 }
