@@ -541,6 +541,9 @@ impl Default for ForegroundSampling {
     }
 }
 
+/// Labelled voxels per label value.
+type LabelVoxels = Vec<(u8, Vec<usize>)>;
+
 /// The labelled voxels (`foreground`, of `mask` on a `dims` grid) per label value in
 /// increasing order, each list grouped by object (6-connected region), and where each object
 /// starts in its list.
@@ -548,7 +551,7 @@ fn objects_by_label(
     mask: &[u8],
     foreground: &[usize],
     dims: [usize; 3],
-) -> (Vec<(u8, Vec<usize>)>, Vec<Vec<usize>>) {
+) -> (LabelVoxels, Vec<Vec<usize>>) {
     let mut values: Vec<u8> = foreground.iter().map(|i| mask[*i]).collect();
     values.sort_unstable();
     values.dedup();
