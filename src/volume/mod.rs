@@ -15,6 +15,7 @@ pub mod regions;
 mod reorient;
 pub mod resample;
 pub mod siemens;
+pub mod surface;
 pub mod timeseries;
 
 pub use affine::{Affine, Qform};
