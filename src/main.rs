@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mriloop::cli::bench::{print_figures, BenchArgs, BenchKind, BOLD_REFERENCE, LOOP_REFERENCE};
 use mriloop::cli::{
-    self, closed_loop, edit_script, exchange, experiment, gpu, info, plan, prompt, train,
+    self, closed_loop, edit_script, exchange, experiment, gpu, info, mesh, plan, prompt, train,
 };
 use std::path::PathBuf;
 
@@ -69,6 +69,9 @@ enum Command {
     /// the same held-out test cases; writes OUT/report.md, OUT/cases.csv and PNG plots, and
     /// prints `metric:` lines per arm
     Experiment(experiment::ExperimentArgs),
+    /// Write a case's label surfaces (the 3D view's) as an STL or PLY mesh in world mm (LPS,
+    /// as 3D Slicer assumes; `SPACE=LPS` in the header), from a project case or a label file
+    ExportMesh(mesh::ExportMeshArgs),
     /// Run a benchmark and print `bench:` lines.
     Bench(BenchArgs),
 }
@@ -112,6 +115,7 @@ fn main() -> Result<()> {
         Command::Slices(args) => exchange::slices(args),
         Command::ImportDicom(args) => exchange::import_dicom(args),
         Command::Experiment(args) => experiment::run(args),
+        Command::ExportMesh(args) => mesh::run(args),
         Command::Bench(args) if args.which.in_window() => window_bench(&args),
         Command::Bench(args) => cli::bench::run(args),
     }

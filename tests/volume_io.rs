@@ -600,3 +600,89 @@ fn a_malformed_nrrd_is_refused_by_name_without_allocating_its_claim() {
         .to_string()
         .contains("notes.nrrd"));
 }
+
+#[test]
+fn an_exported_surface_opens_in_trimesh_closed_with_the_labels_extent_in_lps_mm() {
+    // A ball of label 2 (radius 6 voxels) on an oblique, mirrored, anisotropic grid, saved as
+    // a label file and meshed by `mriloop export-mesh` as STL and PLY.
+    let dir = tempfile::tempdir().unwrap();
+    let linear = DMat3::from_quat(DQuat::from_rotation_z(0.3))
+        * DMat3::from_diagonal(DVec3::new(-0.9, 1.1, 1.4));
+    let affine = Affine::from_linear_translation(linear, DVec3::new(30.0, -12.0, 8.0));
+    let n = 24usize;
+    let data: Vec<u8> = (0..n * n * n)
+        .map(|i| {
+            let p = DVec3::new((i % n) as f64, ((i / n) % n) as f64, (i / (n * n)) as f64);
+            u8::from((p - DVec3::new(11.0, 12.0, 10.0)).length() <= 6.0) * 2
+        })
+        .collect();
+    let inside: Vec<usize> = (0..data.len()).filter(|i| data[*i] == 2).collect();
+    let mask = Volume::new([n, n, n, 1], affine, data).unwrap();
+    let file = dir.path().join("labels.nii.gz");
+    write_volume(&file, &mask).unwrap();
+    // The voxel centres' extent in LPS, grown by half a voxel's reach along each axis.
+    let lps = |p: DVec3| DVec3::new(-p.x, -p.y, p.z);
+    let centres: Vec<DVec3> = inside
+        .iter()
+        .map(|i| {
+            lps(affine.vox_to_mm(DVec3::new(
+                (i % n) as f64,
+                ((i / n) % n) as f64,
+                (i / (n * n)) as f64,
+            )))
+        })
+        .collect();
+    let lo = centres
+        .iter()
+        .fold(DVec3::splat(f64::MAX), |a, p| a.min(*p));
+    let hi = centres
+        .iter()
+        .fold(DVec3::splat(f64::MIN), |a, p| a.max(*p));
+    let half = (linear.abs() * DVec3::splat(0.5)).abs();
+    let voxel_mm3 = linear.determinant().abs() * inside.len() as f64;
+    for ext in ["stl", "ply"] {
+        let out = dir.path().join(format!("ball.{ext}"));
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_mriloop"))
+            .args(["export-mesh"])
+            .arg(&file)
+            .args(["--label", "2", "--out"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let said = python(
+            r#"
+import sys, trimesh
+m = trimesh.load(sys.argv[1])
+print(int(m.is_watertight), m.volume, *m.bounds[0], *m.bounds[1])
+"#,
+            &[&out],
+        );
+        let v: Vec<f64> = said
+            .split_whitespace()
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert_eq!(v[0], 1.0, "{ext}: trimesh finds it open");
+        assert!(
+            (v[1] / voxel_mm3 - 1.0).abs() < 0.1,
+            "{ext}: {} mm³ for {voxel_mm3}",
+            v[1]
+        );
+        let (got_lo, got_hi) = (DVec3::new(v[2], v[3], v[4]), DVec3::new(v[5], v[6], v[7]));
+        for a in 0..3 {
+            // Past the outermost centres, within their half voxel.
+            assert!(
+                got_lo[a] < lo[a] && got_lo[a] > lo[a] - half[a] - 1e-3,
+                "{ext} {got_lo} {lo}"
+            );
+            assert!(
+                got_hi[a] > hi[a] && got_hi[a] < hi[a] + half[a] + 1e-3,
+                "{ext} {got_hi} {hi}"
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub mod exchange;
 pub mod experiment;
 pub mod gpu;
 pub mod info;
+pub mod mesh;
 pub mod plan;
 pub mod prompt;
 pub mod train;

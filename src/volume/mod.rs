@@ -8,6 +8,7 @@ mod affine;
 mod bgzf;
 pub mod dicom;
 pub mod distance;
+pub mod mesh_io;
 pub mod mgh;
 pub mod nifti_io;
 pub mod nrrd;

@@ -6,8 +6,10 @@
 //! of the label lies inside it and every other voxel outside (a one-voxel lesion keeps one).
 //!
 //! Invariants: knows no GPU and no UI; blocks join without seams (the crate leaves the faces on
-//! a block's far sides to the next block); positions are world mm (RAS+, through the mask's
-//! affine), normals unit length and pointing out; a block without surface holds no mesh.
+//! a block's far sides to the next block, and a label's mesh joins the vertices two blocks
+//! make for one cube); positions are world mm (RAS+, through the mask's affine), normals unit
+//! length and pointing out, triangles counter-clockwise seen from outside whatever the
+//! affine's handedness; a block without surface holds no mesh.
 
 use super::Affine;
 use fast_surface_nets::ndshape::{ConstShape, ConstShape3u32};
@@ -63,12 +65,21 @@ impl Mesh {
     }
 }
 
+/// One block's mesh of one label, with the cube (voxel-grid cell, by its first corner) each
+/// vertex stands for: a cube on a block's far side is meshed by both blocks, and its vertex
+/// is one vertex of the whole surface.
+#[derive(Debug, Clone)]
+struct BlockMesh {
+    mesh: Mesh,
+    cubes: Vec<[i64; 3]>,
+}
+
 /// The surfaces of every label of one mask, kept per block.
 #[derive(Debug, Clone)]
 pub struct LabelSurfaces {
     dims: [usize; 3],
     affine: Affine,
-    blocks: BTreeMap<(u8, [usize; 3]), Mesh>,
+    blocks: BTreeMap<(u8, [usize; 3]), BlockMesh>,
 }
 
 impl LabelSurfaces {
@@ -113,13 +124,28 @@ impl LabelSurfaces {
         labels
     }
 
-    /// Label `label`'s whole surface.
+    /// Label `label`'s whole surface, one vertex per cube (the blocks' shared vertices joined).
     pub fn mesh(&self, label: u8) -> Mesh {
         let mut out = Mesh::default();
-        for ((l, _), mesh) in &self.blocks {
-            if *l == label {
-                out.append(mesh);
+        let mut vertex_of: std::collections::HashMap<[i64; 3], u32> = Default::default();
+        for ((l, _), block) in &self.blocks {
+            if *l != label {
+                continue;
             }
+            let here: Vec<u32> = block
+                .cubes
+                .iter()
+                .enumerate()
+                .map(|(v, cube)| {
+                    *vertex_of.entry(*cube).or_insert_with(|| {
+                        out.positions_mm.push(block.mesh.positions_mm[v]);
+                        out.normals.push(block.mesh.normals[v]);
+                        out.positions_mm.len() as u32 - 1
+                    })
+                })
+                .collect();
+            out.indices
+                .extend(block.mesh.indices.iter().map(|i| here[*i as usize]));
         }
         out
     }
@@ -141,8 +167,13 @@ impl LabelSurfaces {
             let sdf = self.field(mask, origin, label);
             surface_nets(&sdf, &Chunk {}, [0; 3], [17; 3], &mut buffer);
             if !buffer.indices.is_empty() {
+                let cubes = buffer
+                    .surface_points
+                    .iter()
+                    .map(|p| [0, 1, 2].map(|a| origin[a] - 1 + i64::from(p[a])))
+                    .collect();
                 let mesh = self.to_world(&buffer, origin);
-                self.blocks.insert((label, b), mesh);
+                self.blocks.insert((label, b), BlockMesh { mesh, cubes });
             }
         }
     }
@@ -213,10 +244,15 @@ impl LabelSurfaces {
             .iter()
             .map(|n| world_normal(normal_matrix, *n))
             .collect();
+        // A mirroring affine turns counter-clockwise triangles clockwise: turn them back.
+        let mut indices = buffer.indices.clone();
+        if linear.determinant() < 0.0 {
+            indices.chunks_exact_mut(3).for_each(|t| t.swap(1, 2));
+        }
         Mesh {
             positions_mm,
             normals,
-            indices: buffer.indices.clone(),
+            indices,
         }
     }
 }
@@ -336,6 +372,32 @@ mod tests {
             })
             .count();
         assert_eq!(outward, mesh.positions_mm.len());
+    }
+
+    #[test]
+    fn blocks_share_their_seam_vertices_and_a_mirroring_affine_keeps_the_winding() {
+        // A ball across the seams at 16, on an LAS grid (negative determinant).
+        let n = 36;
+        let mask = ball(n, [16.0, 16.0, 16.0], 7.0, 1);
+        let las = Affine::from_linear_translation(
+            DMat3::from_diagonal(DVec3::new(-1.0, 1.0, 1.0)),
+            DVec3::ZERO,
+        );
+        let mesh = LabelSurfaces::new(&mask, [n; 3], las).mesh(1);
+        // Every edge, by vertex index (no welding by position), has two triangles.
+        let mut uses: HashMap<(u32, u32), usize> = HashMap::new();
+        for t in mesh.indices.chunks(3) {
+            for (a, b) in [(t[0], t[1]), (t[1], t[2]), (t[2], t[0])] {
+                *uses.entry((a.min(b), a.max(b))).or_insert(0) += 1;
+            }
+        }
+        assert!(uses.values().all(|u| *u == 2));
+        let voxels = mask.iter().filter(|v| **v == 1).count() as f64;
+        let volume = enclosed_mm3(&mesh);
+        assert!(
+            (volume / voxels - 1.0).abs() < 0.05,
+            "{volume} mm³ for {voxels} voxels"
+        );
     }
 
     #[test]
