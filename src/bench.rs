@@ -380,6 +380,59 @@ pub fn edit(
     Ok((figures, adapter_name(&gpu)))
 }
 
+/// Label-surface upkeep on the CPU (no adapter needed): a `size`³ 1 mm mask holding a large
+/// structure (a ball of half the grid's radius) and a smaller one; a brush stroke of `repeats`
+/// round dabs of `radius_mm` dragged across the large one's border, each dab's sub-box re-meshed
+/// (`LabelSurfaces::update`) — median per dab — beside meshing the whole mask anew.
+pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
+    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
+    use crate::volume::surface::LabelSurfaces;
+    let n = size.max(32);
+    let c = n as f64 / 2.0;
+    let data: Vec<u8> = (0..n * n * n)
+        .map(|i| {
+            let p = DVec3::new((i % n) as f64, ((i / n) % n) as f64, (i / (n * n)) as f64);
+            let big = (p - DVec3::splat(c)).length() <= c / 2.0;
+            let small = (p - DVec3::new(c / 4.0, c / 4.0, c)).length() <= 6.0;
+            u8::from(big) + 2 * u8::from(small && !big)
+        })
+        .collect();
+    let Ok(mut mask) = Volume::new([n, n, n, 1], Affine::from_spacing([1.0; 3]), data) else {
+        return Vec::new();
+    };
+    let t = Instant::now();
+    let mut surfaces = LabelSurfaces::new(mask.data(), [n; 3], *mask.affine());
+    let full_ms = ms_since(t);
+    let rules = PaintRules::default();
+    let mut dab_ms = Vec::new();
+    for k in 0..repeats.max(1) {
+        // Along the big ball's edge at mid-height, a voxel further each dab.
+        let at = DVec3::new(c + c / 2.0, c - 10.0 + k as f64, c);
+        let plane = EditPlane {
+            origin_mm: at,
+            right: DVec3::NEG_X,
+            up: DVec3::Y,
+            thickness_mm: 1.0,
+        };
+        let brush = Brush {
+            shape: BrushShape::Round,
+            radius_mm,
+            space: BrushSpace::Plane(plane),
+            value: 1,
+        };
+        let t = Instant::now();
+        if let Some(d) = brush_dab(&mut mask, &brush, at, &rules, None) {
+            surfaces.update(mask.data(), d.region.min, d.region.max);
+        }
+        dab_ms.push(ms_since(t));
+    }
+    vec![
+        fig("surface_update_ms", median(dab_ms), "ms"),
+        fig(format!("surface_full_remesh_ms_{n}"), full_ms, "ms"),
+        fig("surface_triangles", surfaces.mesh(1).triangles() as f64, "triangles"),
+    ]
+}
+
 /// Training steps per second of the benchmark network on `device`: `steps` steps of a random
 /// `batch` of `patch`³ patches, after one warm-up step (kernel compilation, allocation).
 fn train_steps_per_s(

@@ -30,6 +30,9 @@ pub enum BenchKind {
     /// Latency of single prompt clicks on a --size³ case (p50, p95) and the window predicted,
     /// with --model or random weights of the default promptable configuration.
     Prompt,
+    /// Label surfaces of a --size³ mask (the 3D view's): re-meshing after each dab of a 5 mm
+    /// brush stroke, beside meshing the whole mask anew (CPU).
+    Surface,
 }
 
 impl BenchKind {
@@ -116,6 +119,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let (figures, notes) =
                 bench::prompt(size, args.repeats.max(20), args.model.as_deref())?;
             print_figures(&figures, &notes, "goal prompt_latency_ms_p95 < 250 ms on this 2-core CPU, < 50 ms on a GPU (nnInteractive: 120-200 ms per prompt on an RTX 4090)");
+            Ok(())
+        }
+        BenchKind::Surface => {
+            let figures = bench::surface(size, 5.0, args.repeats.max(20));
+            print_figures(&figures, &[], "goal surface_update_ms < 16 ms (a 60 Hz frame) for a 5 mm brush stroke on a 256³ mask");
             Ok(())
         }
         BenchKind::Loop | BenchKind::Bold => {
