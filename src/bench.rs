@@ -429,7 +429,11 @@ pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
     vec![
         fig("surface_update_ms", median(dab_ms), "ms"),
         fig(format!("surface_full_remesh_ms_{n}"), full_ms, "ms"),
-        fig("surface_triangles", surfaces.mesh(1).triangles() as f64, "triangles"),
+        fig(
+            "surface_triangles",
+            surfaces.mesh(1).triangles() as f64,
+            "triangles",
+        ),
     ]
 }
 

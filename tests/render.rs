@@ -1,6 +1,7 @@
 //! The render layer on a real wgpu device (Mesa's lavapipe where there is no GPU): every shader
 //! validates with naga; slices land where the affine says; overlays follow the label colours;
-//! window/level maps intensities; sub-box mask updates change only their region.
+//! window/level maps intensities; sub-box mask updates change only their region; a sphere's
+//! surface renders as a disc of its radius in the label's colour from three directions.
 
 use glam::{DMat3, DQuat, DVec3};
 use mriloop::render::{
@@ -367,5 +368,71 @@ fn a_blended_image_mixes_with_its_own_window_and_colour_map() {
     let v = rgb(&s.render(&plane, &st, false), bg);
     for c in v {
         assert!((f64::from(c) - 191.25).abs() <= 2.0, "{v:?}");
+    }
+}
+
+#[test]
+fn a_sphere_surface_renders_as_a_disc_of_its_radius_from_three_directions() {
+    use mriloop::render::{OrbitCamera, SurfaceMesh, SurfacePipeline, SurfaceTarget};
+    use mriloop::volume::surface::LabelSurfaces;
+    // A ball of radius 9 voxels (0.8 mm each) about the grid's centre, label 2.
+    let n = 40usize;
+    let affine = Affine::from_spacing([0.8; 3]);
+    let centre_vox = DVec3::splat(19.5);
+    let mask: Vec<u8> = (0..n * n * n)
+        .map(|i| {
+            let p = DVec3::new((i % n) as f64, ((i / n) % n) as f64, (i / (n * n)) as f64);
+            2 * u8::from((p - centre_vox).length() <= 9.0)
+        })
+        .collect();
+    let mesh = LabelSurfaces::new(&mask, [n; 3], affine).mesh(2);
+    let (lo, hi) = mesh.bounds_mm().unwrap();
+    let radius_mm = (0..3).map(|a| (hi[a] - lo[a]) / 2.0).sum::<f32>() / 3.0;
+    let centre_mm = affine.vox_to_mm(centre_vox).as_vec3().to_array();
+    let gpu = GpuContext::headless().expect("a wgpu device (install mesa-vulkan-drivers)");
+    let pipeline = SurfacePipeline::new(&gpu.device, OFFSCREEN_FORMAT);
+    let colour = [255u8, 220, 0];
+    let rgba = [1.0, 220.0 / 255.0, 0.0, 1.0];
+    let surface = SurfaceMesh::upload(&gpu.device, &pipeline, &mesh, rgba).unwrap();
+    let size = 128u32;
+    let target = SurfaceTarget::new(&gpu.device, [size, size]);
+    // 16 mm of world a half view: 4 px a mm.
+    let half_height_mm = 16.0f32;
+    let px_per_mm = size as f32 / 2.0 / half_height_mm;
+    for (yaw, pitch) in [(0.0, 0.0), (90.0, 0.0), (0.0, 89.0)] {
+        let camera = OrbitCamera::new(centre_mm, yaw, pitch, half_height_mm);
+        let background = wgpu::Color::BLACK;
+        target.render(
+            &gpu.device,
+            &gpu.queue,
+            &pipeline,
+            &[&surface],
+            (&camera, background),
+        );
+        let pixels = target.read_pixels(&gpu.device, &gpu.queue).unwrap();
+        let lit: Vec<(usize, usize)> = (0..(size * size) as usize)
+            .filter(|p| pixels[4 * p..4 * p + 3].iter().any(|c| *c > 0))
+            .map(|p| (p % size as usize, p / size as usize))
+            .collect();
+        let area_radius_px = (lit.len() as f32 / std::f32::consts::PI).sqrt();
+        let want_px = radius_mm * px_per_mm;
+        assert!(
+            (area_radius_px - want_px).abs() <= 2.0,
+            "yaw {yaw} pitch {pitch}: disc radius {area_radius_px} px, expected {want_px}"
+        );
+        // Centred, and the pixel facing the light in the label's colour.
+        let mean = |f: fn(&(usize, usize)) -> usize| {
+            lit.iter().map(f).sum::<usize>() as f32 / lit.len() as f32
+        };
+        let middle = size as f32 / 2.0 - 0.5;
+        assert!((mean(|p| p.0) - middle).abs() < 1.0 && (mean(|p| p.1) - middle).abs() < 1.0);
+        let c = 4 * ((size / 2) * size + size / 2) as usize;
+        for k in 0..3 {
+            assert!(
+                pixels[c + k].abs_diff(colour[k]) <= 8,
+                "{:?}",
+                &pixels[c..c + 4]
+            );
+        }
     }
 }

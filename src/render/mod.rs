@@ -10,6 +10,7 @@ mod flat;
 mod plane;
 mod scene;
 mod slice;
+mod surface3d;
 mod texture;
 
 pub use cache::{BlitUniform, ViewBlitPipeline, ViewCache, BLIT_SHADER_SOURCE};
@@ -20,6 +21,10 @@ pub use slice::{
     clear_pass, wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, PipelineVariant,
     SliceBindings, SlicePipeline, SliceSources, SliceStyle, SliceUniform, ViewGrids,
     OFFSCREEN_FORMAT,
+};
+pub use surface3d::{
+    OrbitCamera, SurfaceMesh, SurfacePipeline, SurfaceTarget, SurfaceUniform, DEPTH_FORMAT,
+    SURFACE_SHADER_SOURCE,
 };
 pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
 
