@@ -380,13 +380,9 @@ pub fn edit(
     Ok((figures, adapter_name(&gpu)))
 }
 
-/// Label-surface upkeep on the CPU (no adapter needed): a `size`³ 1 mm mask holding a large
-/// structure (a ball of half the grid's radius) and a smaller one; a brush stroke of `repeats`
-/// round dabs of `radius_mm` dragged across the large one's border, each dab's sub-box re-meshed
-/// (`LabelSurfaces::update`) — median per dab — beside meshing the whole mask anew.
-pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
-    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
-    use crate::volume::surface::LabelSurfaces;
+/// The surface benchmarks' `size`³ (at least 32³) 1 mm mask: a ball of half the grid's radius
+/// (label 1) and a small one beside it (label 2).
+fn surface_bench_mask(size: usize) -> Option<Volume<u8>> {
     let n = size.max(32);
     let c = n as f64 / 2.0;
     let data: Vec<u8> = (0..n * n * n)
@@ -397,9 +393,68 @@ pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
             u8::from(big) + 2 * u8::from(small && !big)
         })
         .collect();
-    let Ok(mut mask) = Volume::new([n, n, n, 1], Affine::from_spacing([1.0; 3]), data) else {
+    Volume::new([n, n, n, 1], Affine::from_spacing([1.0; 3]), data).ok()
+}
+
+/// The 3D view's frame rate on the default wgpu adapter: the surfaces of the surface
+/// benchmarks' `size`³ mask (both labels opaque, the large one again translucent as a
+/// prediction) rendered into a 960×540 view (the 2×2 layout's cell at 1080p), the camera turned
+/// 3° every frame so each frame renders anew, the GPU waited for each time. Returns the
+/// figures and the adapter's name.
+pub fn view3d(size: usize, frames: usize) -> Result<(Vec<Figure>, String), RenderError> {
+    use crate::render::{OrbitCamera, SurfaceMesh, SurfacePipeline, SurfaceTarget};
+    use crate::volume::surface::LabelSurfaces;
+    let gpu = GpuContext::headless()?;
+    let mask = surface_bench_mask(size).ok_or_else(|| RenderError::Shape("no mask".into()))?;
+    let n = mask.dims3()[0];
+    let surfaces = LabelSurfaces::new(mask.data(), [n; 3], *mask.affine());
+    let pipeline = SurfacePipeline::new(&gpu.device, OFFSCREEN_FORMAT);
+    let drawn = [
+        (1, [0.9, 0.2, 0.2, 1.0]),
+        (2, [0.2, 0.9, 0.2, 1.0]),
+        (1, [0.9, 0.9, 0.2, 0.35]),
+    ];
+    let meshes: Vec<SurfaceMesh> = drawn
+        .iter()
+        .filter_map(|(l, c)| SurfaceMesh::upload(&gpu.device, &pipeline, &surfaces.mesh(*l), *c))
+        .collect();
+    let refs: Vec<&SurfaceMesh> = meshes.iter().collect();
+    let target = SurfaceTarget::new(&gpu.device, [960, 540]);
+    let centre = [n as f32 / 2.0; 3];
+    let fps = frames_per_second(frames, |f| {
+        let camera = OrbitCamera::new(centre, 3.0 * f as f32, 20.0, 0.9 * n as f32);
+        target.render(
+            &gpu.device,
+            &gpu.queue,
+            &pipeline,
+            &refs,
+            (&camera, wgpu::Color::BLACK),
+        );
+        wait_idle(&gpu.device)
+    })?;
+    let triangles: usize = drawn
+        .iter()
+        .map(|(l, _)| surfaces.mesh(*l).triangles())
+        .sum();
+    let figures = vec![
+        fig(format!("view3d_fps_{n}"), fps, "fps"),
+        fig("view3d_triangles", triangles as f64, "triangles"),
+    ];
+    Ok((figures, adapter_name(&gpu)))
+}
+
+/// Label-surface upkeep on the CPU (no adapter needed): a `size`³ 1 mm mask holding a large
+/// structure (a ball of half the grid's radius) and a smaller one; a brush stroke of `repeats`
+/// round dabs of `radius_mm` dragged across the large one's border, each dab's sub-box re-meshed
+/// (`LabelSurfaces::update`) — median per dab — beside meshing the whole mask anew.
+pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
+    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
+    use crate::volume::surface::LabelSurfaces;
+    let Some(mut mask) = surface_bench_mask(size) else {
         return Vec::new();
     };
+    let n = mask.dims3()[0];
+    let c = n as f64 / 2.0;
     let t = Instant::now();
     let mut surfaces = LabelSurfaces::new(mask.data(), [n; 3], *mask.affine());
     let full_ms = ms_since(t);
@@ -428,7 +483,7 @@ pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
     }
     vec![
         fig("surface_update_ms", median(dab_ms), "ms"),
-        fig(format!("surface_full_remesh_ms_{n}"), full_ms, "ms"),
+        fig("surface_full_remesh_ms", full_ms, "ms"),
         fig(
             "surface_triangles",
             surfaces.mesh(1).triangles() as f64,

@@ -685,4 +685,85 @@ print(int(m.is_watertight), m.volume, *m.bounds[0], *m.bounds[1])
             );
         }
     }
+    // As a rendered view (on lavapipe here): the ball lit in its label's colour, facing the
+    // light at its middle, on black.
+    let out = dir.path().join("ball.png");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(["export-mesh"])
+        .arg(&file)
+        .args(["--from", "superior", "--size", "128", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (128, 128));
+    let colour = mriloop::project::default_color(2);
+    let lit = img.pixels().filter(|p| p.0 != [0, 0, 0]).count();
+    let facing = img
+        .pixels()
+        .filter(|p| (0..3).all(|k| p.0[k].abs_diff(colour[k]) <= 8))
+        .count();
+    assert!(
+        lit > 100 && facing > 4,
+        "{lit} lit pixels, {facing} in {colour:?}"
+    );
+}
+
+/// A 20³ mask at 2 mm with a cube of label 3 over voxels 8..12 and label 5 at voxel 2,2,2.
+fn pick_mask() -> Volume<u8> {
+    let mut m = Volume::filled([20, 20, 20, 1], Affine::from_spacing([2.0; 3]), 0u8).unwrap();
+    for k in 8..12 {
+        for j in 8..12 {
+            for i in 8..12 {
+                let n = m.linear_index(i, j, k, 0);
+                m.data_mut()[n] = 3;
+            }
+        }
+    }
+    let n = m.linear_index(2, 2, 2, 0);
+    m.data_mut()[n] = 5;
+    m
+}
+
+#[test]
+fn a_pick_ray_lands_on_the_near_face_of_a_labelled_cube() {
+    let m = pick_mask();
+    // From far along +x, through the cube's middle (voxel 10 → 20 mm).
+    let hit = mriloop::volume::pick::first_labelled_along(
+        &m,
+        DVec3::new(100.0, 20.0, 20.0),
+        -DVec3::X,
+        |_| true,
+    );
+    let hit = hit.expect("the ray crosses the cube");
+    // The cube's voxels 8..=11 end at 11.5 voxels = 23 mm.
+    assert!((hit.x - 23.0).abs() < 0.05, "{hit:?}");
+    assert!((hit.y - 20.0).abs() < 1e-9 && (hit.z - 20.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_pick_ray_skips_unwanted_labels_and_misses_give_nothing() {
+    let m = pick_mask();
+    let through_both = (DVec3::splat(-10.0), DVec3::ONE.normalize());
+    let hit =
+        mriloop::volume::pick::first_labelled_along(&m, through_both.0, through_both.1, |l| l == 5);
+    assert!(
+        hit.is_some_and(|p| (p - DVec3::splat(4.0)).length() < 2.0),
+        "{hit:?}"
+    );
+    let hit =
+        mriloop::volume::pick::first_labelled_along(&m, through_both.0, through_both.1, |l| l == 3);
+    assert!(hit.is_some_and(|p| p.x > 14.0 && p.x < 17.0), "{hit:?}");
+    assert!(
+        mriloop::volume::pick::first_labelled_along(&m, through_both.0, through_both.1, |l| l == 7)
+            .is_none()
+    );
+    let away =
+        mriloop::volume::pick::first_labelled_along(&m, DVec3::splat(-10.0), -DVec3::X, |_| true);
+    assert!(away.is_none());
 }

@@ -7,8 +7,10 @@
 //! whose case generation is stale draws nothing.
 
 use crate::render::{
-    CaseTextures, RenderError, SlicePipeline, SliceUniform, ViewBlitPipeline, ViewKey, ViewSlots,
+    CaseTextures, OrbitCamera, PlaneQuad, PlaneSource, RenderError, SlicePipeline, SliceUniform,
+    View3d, ViewBlitPipeline, ViewKey, ViewSlots,
 };
+use crate::volume::surface::Mesh;
 use egui_wgpu::{CallbackResources, CallbackTrait, ScreenDescriptor};
 
 /// GPU resources of the viewer, stored in egui-wgpu's callback resources.
@@ -17,6 +19,7 @@ pub struct ViewerGpu {
     blit: ViewBlitPipeline,
     case: Option<CaseTextures>,
     slots: ViewSlots,
+    view3d: Option<View3d>,
     generation: u64,
 }
 
@@ -28,7 +31,52 @@ impl ViewerGpu {
             blit: ViewBlitPipeline::new(device, target),
             case: None,
             slots: ViewSlots::default(),
+            view3d: None,
             generation: 0,
+        }
+    }
+
+    /// Replace the 3D view's surfaces of the mask (or, with `predicted`, of the prediction).
+    pub fn set_surfaces(
+        &mut self,
+        device: &wgpu::Device,
+        meshes: &[(Mesh, [f32; 4])],
+        predicted: bool,
+    ) {
+        let blit = &self.blit;
+        self.view3d
+            .get_or_insert_with(|| View3d::new(device, blit))
+            .set_meshes(device, meshes, predicted);
+    }
+
+    /// How many times the 3D view was rendered in `rs`'s viewer (0 without one).
+    pub fn renders_3d_in(rs: &egui_wgpu::RenderState) -> u64 {
+        rs.renderer
+            .read()
+            .callback_resources
+            .get::<Self>()
+            .and_then(|g| g.view3d.as_ref())
+            .map_or(0, View3d::renders)
+    }
+
+    /// The 3D view of `rs`'s viewer with `planes` rendered through `camera` at `size` pixels
+    /// (RGBA8); an error when no case is shown.
+    pub fn snapshot_3d_in(
+        rs: &egui_wgpu::RenderState,
+        camera: &OrbitCamera,
+        size: [u32; 2],
+        planes: &[(usize, PlaneQuad)],
+    ) -> Result<Vec<u8>, RenderError> {
+        let renderer = rs.renderer.read();
+        let Some(gpu) = renderer.callback_resources.get::<Self>() else {
+            return Err(RenderError::Shape("no case is shown in 3D".into()));
+        };
+        match gpu.view3d.as_ref() {
+            Some(view) => {
+                let planes = gpu.plane_sources(planes);
+                view.snapshot(&rs.device, &rs.queue, camera, size, &planes)
+            }
+            None => Err(RenderError::Shape("no case is shown in 3D".into())),
         }
     }
 
@@ -51,6 +99,7 @@ impl ViewerGpu {
     pub fn set_case(&mut self, textures: CaseTextures) -> u64 {
         self.case = Some(textures);
         self.slots = ViewSlots::default();
+        self.view3d = None;
         self.generation += 1;
         self.generation
     }
@@ -162,6 +211,81 @@ impl CallbackTrait for SliceCallback {
         if let Some(gpu) = resources.get::<ViewerGpu>() {
             if gpu.generation == self.generation {
                 gpu.slots.draw_cached(self.slot, &gpu.blit, pass);
+            }
+        }
+    }
+}
+
+/// The 3D view's draw for this frame.
+pub struct View3dCallback {
+    /// The case generation it was computed for.
+    pub generation: u64,
+    /// The camera.
+    pub camera: OrbitCamera,
+    /// The view's size in physical pixels.
+    pub size_px: [u32; 2],
+    /// The slice planes to show: each view slot's image on its quad.
+    pub planes: Vec<(usize, PlaneQuad)>,
+}
+
+impl ViewerGpu {
+    /// The planes' images from the slice views' caches (those not drawn yet are left out).
+    fn plane_sources<'a>(&'a self, planes: &[(usize, PlaneQuad)]) -> Vec<PlaneSource<'a>> {
+        planes
+            .iter()
+            .filter_map(|(slot, quad)| {
+                let cache = self.slots.cache(*slot)?;
+                Some(PlaneSource {
+                    quad: *quad,
+                    image: cache.texture_view(),
+                    version: cache.renders(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl CallbackTrait for View3dCallback {
+    fn prepare(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        _screen: &ScreenDescriptor,
+        encoder: &mut wgpu::CommandEncoder,
+        resources: &mut CallbackResources,
+    ) -> Vec<wgpu::CommandBuffer> {
+        let Some(gpu) = resources.get_mut::<ViewerGpu>() else {
+            return Vec::new();
+        };
+        if gpu.generation != self.generation {
+            return Vec::new();
+        }
+        if let Some(mut view) = gpu.view3d.take() {
+            let planes = gpu.plane_sources(&self.planes);
+            view.prepare(
+                (device, queue, encoder),
+                &gpu.blit,
+                &self.camera,
+                self.size_px,
+                &planes,
+            );
+            drop(planes);
+            gpu.view3d = Some(view);
+        }
+        Vec::new()
+    }
+
+    fn paint(
+        &self,
+        _info: egui::PaintCallbackInfo,
+        pass: &mut wgpu::RenderPass<'static>,
+        resources: &CallbackResources,
+    ) {
+        if let Some(gpu) = resources.get::<ViewerGpu>() {
+            if gpu.generation == self.generation {
+                if let Some(view) = gpu.view3d.as_ref() {
+                    view.draw(&gpu.blit, pass);
+                }
             }
         }
     }

@@ -79,6 +79,10 @@ pub enum Command {
     OpenFilesDialog,
     /// Ask where to save the open loose files' mask (Save As).
     SaveAsDialog,
+    /// Ask where to save the 3D view (this wide for its height) as PNG.
+    Save3dPngDialog(f32),
+    /// Save the 3D view (this wide for its height) as PNG here.
+    Save3dPng(PathBuf, f32),
     /// Sort the worklist (a second click on the same key reverses it).
     SortWorklist(SortKey),
     /// Show only cases with this status (None: all).
@@ -178,6 +182,8 @@ impl MriloopApp {
                 })
             }),
             Command::SaveAsDialog => self.ask_save_as(),
+            Command::Save3dPngDialog(aspect) => self.ask_save_3d_png(aspect),
+            Command::Save3dPng(path, aspect) => self.save_3d_png(path, aspect),
             Command::CloseAnswer(a) => self.close_answer(a),
             Command::Train(t) => self.apply_train(t),
             Command::Experiment(e) => self.apply_experiment(e),

@@ -21,15 +21,18 @@ pub mod headless;
 mod keys;
 mod panels;
 mod poll;
+mod surfaces;
 mod sync;
 pub mod timeseries;
 pub mod training;
 pub mod training_plan;
+mod view3d;
 mod views;
 pub mod window_bench;
 
 pub use bridge::{SliceCallback, ViewerGpu};
 pub use commands::{Command, SortKey, WorklistView};
+pub use view3d::View3dCell;
 pub use views::ViewCell;
 
 pub use crate::project::demo::{demo_project_copy, demo_project_dir, user_demo_dir};
@@ -106,6 +109,8 @@ pub struct MriloopApp {
     answers: Vec<Receiver<Command>>,
     project_rx: Option<Receiver<Result<Project, String>>>,
     cells: Vec<ViewCell>,
+    /// The 3D view as drawn in the last frame.
+    cell3d: Option<View3dCell>,
     render_state: Option<egui_wgpu::RenderState>,
     gpu_generation: u64,
     /// What the session changed this frame, mirrored on the GPU once (`sync`).
@@ -117,6 +122,8 @@ pub struct MriloopApp {
     training: training::TrainingState,
     experiment: experiment::ExperimentState,
     dicom: dicom::DicomState,
+    /// The 3D view's surfaces of the open case's reference and predicted masks.
+    surfaces: surfaces::SurfaceState,
 }
 
 impl MriloopApp {
@@ -161,6 +168,7 @@ impl MriloopApp {
             answers: Vec::new(),
             project_rx: None,
             cells: Vec::new(),
+            cell3d: None,
             render_state,
             gpu_generation: 0,
             changes: crate::session::Changes::default(),
@@ -171,6 +179,7 @@ impl MriloopApp {
             training: training::TrainingState::default(),
             experiment: experiment::ExperimentState::default(),
             dicom: dicom::DicomState::default(),
+            surfaces: surfaces::SurfaceState::default(),
         };
         if app.render_state.is_none() {
             app.dialogs.error =
@@ -266,6 +275,19 @@ impl MriloopApp {
         &self.cells
     }
 
+    /// The 3D view drawn in the last frame, with its rectangle and camera.
+    pub fn view3d_cell(&self) -> Option<&View3dCell> {
+        self.cell3d.as_ref()
+    }
+
+    /// How many times the 3D view's image was rendered on the GPU rather than drawn from its
+    /// cache.
+    pub fn view3d_renders(&self) -> u64 {
+        self.render_state
+            .as_ref()
+            .map_or(0, ViewerGpu::renders_3d_in)
+    }
+
     /// The case generation of the GPU textures (views draw only their own case's).
     pub(crate) fn gpu_generation(&self) -> u64 {
         self.gpu_generation
@@ -297,6 +319,7 @@ impl MriloopApp {
                 && (self.is_loading() || self.session.open_case().is_some()))
             || !self.answers.is_empty()
             || self.session.busy()
+            || self.surfaces.busy()
     }
 
     /// Ask for the next frame only when something will change without input: workers report
@@ -375,7 +398,7 @@ impl MriloopApp {
             dicom::dicom_window(ctx, self, &mut out);
         }
         panels::side_panel(ui, self, &mut out);
-        self.cells = views::central(ui, self, &mut out);
+        (self.cells, self.cell3d) = views::central(ui, self, &mut out);
         panels::error_dialog(ctx, self, &mut out);
         panels::info_dialog(ctx, self, &mut out);
         if self.dialogs.confirm_close {

@@ -18,7 +18,7 @@ pub fn menu_bar(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
         egui::MenuBar::new().ui(ui, |ui| {
             ui.menu_button("File", |ui| file_menu(ui, out));
             ui.menu_button("Edit", |ui| edit_menu(ui, app, out));
-            ui.menu_button("View", |ui| view_menu(ui, out));
+            ui.menu_button("View", |ui| view_menu(ui, app, out));
             if ui.button("Help").clicked() {
                 out.push(Command::ToggleHelp);
             }
@@ -85,8 +85,8 @@ fn edit_menu(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     }
 }
 
-/// The View menu: layouts and resetting zoom and cursor.
-fn view_menu(ui: &mut egui::Ui, out: &mut Vec<Command>) {
+/// The View menu: layouts, the 3D view and its directions, and resetting zoom and cursor.
+fn view_menu(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     if ui.button("Three views").clicked() {
         out.push(Command::View(ViewCommand::SetLayout(Layout::TriPlanar)));
     }
@@ -96,6 +96,26 @@ fn view_menu(ui: &mut egui::Ui, out: &mut Vec<Command>) {
         }
     }
     ui.separator();
+    if let Some(c) = app.open_case().map(|o| o.viewer.camera3d) {
+        if ui
+            .selectable_label(c.shown, "3D view")
+            .on_hover_text("beside the side-by-side views (the 2×2 layout always has it)")
+            .clicked()
+        {
+            out.push(Command::View(ViewCommand::Show3d(!c.shown)));
+        }
+        if ui
+            .selectable_label(c.maximised, "3D view maximised")
+            .on_hover_text("double-click the 3D view")
+            .clicked()
+        {
+            out.push(Command::View(ViewCommand::Maximise3d(!c.maximised)));
+        }
+        ui.menu_button("3D direction", |ui| {
+            super::view3d::direction_buttons(ui, out)
+        });
+        ui.separator();
+    }
     if ui.button("Reset zoom and cursor").clicked() {
         out.push(Command::View(ViewCommand::ResetView));
     }
@@ -396,6 +416,7 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
         .resizable(true)
         .show(ui, |ui| {
             egui::ScrollArea::vertical().show(ui, |ui| {
+                case_summary(ui, open);
                 class_panel(ui, app);
                 super::edit_panel::review_panel(ui, app, out);
                 ui.separator();
@@ -408,6 +429,42 @@ pub fn side_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
                 masks_section(ui, open, out);
                 super::edit_panel::labels_panel(ui, app, out);
             });
+        });
+}
+
+/// The case's size, spacing, sequences, labelled volume and the prediction's Dice.
+fn case_summary(ui: &mut egui::Ui, open: &OpenCase) {
+    let Some(first) = open.layers.first().map(|l| &l.volume) else {
+        return;
+    };
+    let [nx, ny, nz] = first.dims3();
+    let sp = first.spacing_mm();
+    let mut lines = vec![format!(
+        "{nx} × {ny} × {nz} voxels, {:.2} × {:.2} × {:.2} mm, {}",
+        sp[0],
+        sp[1],
+        sp[2],
+        first.affine().orientation_code()
+    )];
+    let names: Vec<&str> = open.layers.iter().map(|i| i.name.as_str()).collect();
+    lines.push(format!("sequences: {}", names.join(", ")));
+    if let Some(m) = &open.reference {
+        lines.push(format!(
+            "mask: {:.0} mm³ labelled",
+            super::labelled_volume_mm3(m)
+        ));
+    }
+    if let (Some(r), Some(p)) = (&open.reference, &open.predicted) {
+        if let Some(d) = super::foreground_dice(r, p) {
+            lines.push(format!("Dice predicted vs mask: {d:.3}"));
+        }
+    }
+    egui::CollapsingHeader::new(format!("Case {}", open.case_id))
+        .default_open(true)
+        .show(ui, |ui| {
+            for l in lines {
+                ui.label(RichText::new(l).small());
+            }
         });
 }
 

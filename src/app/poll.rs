@@ -16,6 +16,7 @@ impl MriloopApp {
         self.poll_answers();
         self.poll_stats();
         self.poll_loading();
+        self.poll_surfaces();
     }
 
     fn poll_project(&mut self) {

@@ -29,6 +29,17 @@ impl MriloopApp {
         } else {
             self.update_case(&changes)
         };
+        if changes.case_opened {
+            self.rebuild_surfaces();
+        } else {
+            self.update_surfaces(&changes.mask_boxes);
+            if changes.predicted {
+                self.predicted_surfaces_changed();
+            } else if changes.colours {
+                self.upload_surfaces(false);
+                self.upload_surfaces(true);
+            }
+        }
         if let Err(e) = result {
             let id = self
                 .session

@@ -5,6 +5,7 @@
 //! Page Up/Down step the hovered view.
 
 use super::bridge::SliceCallback;
+use super::view3d::View3dCell;
 use super::{Command, EditCommand, Layout, MriloopApp, OpenCase, Tool, ToolState, ViewerState};
 use crate::render::{BlendStyle, Orientation, SlicePlane, SliceStyle, ViewKey};
 use crate::session::ViewCommand;
@@ -51,9 +52,14 @@ fn orientation_name(o: Orientation) -> &'static str {
     }
 }
 
-/// Draw the central area; returns the views drawn.
-pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> Vec<ViewCell> {
+/// Draw the central area; returns the slice views and the 3D view drawn.
+pub fn central(
+    ui: &mut egui::Ui,
+    app: &MriloopApp,
+    out: &mut Vec<Command>,
+) -> (Vec<ViewCell>, Option<View3dCell>) {
     let mut cells = Vec::new();
+    let mut cell3d = None;
     // The panel colour, which the window draws as its clear colour (no egui fill: a software
     // rasteriser pays for every pixel egui fills; see `MriloopApp::new`).
     egui::CentralPanel::default()
@@ -71,20 +77,13 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
             };
             let v = &open.viewer;
             let area = ui.available_rect_before_wrap();
-            let (rows, cols, grid) = view_grid(v);
-            let cell_size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
-            if rows * cols > grid.len() {
-                let corner = Rect::from_min_size(
-                    area.min
-                        + Vec2::new(
-                            (cols - 1) as f32 * cell_size.x,
-                            (rows - 1) as f32 * cell_size.y,
-                        ),
-                    cell_size,
-                )
-                .shrink(8.0);
-                summary(ui, app, corner);
+            if v.camera3d.maximised {
+                cell3d = super::view3d::cell(ui, app, area.shrink(1.0), &[], out);
+                return;
             }
+            let (rows, cols, grid) = view_grid(v);
+            let (area, rect3d) = place_3d(v, area, rows * cols > grid.len(), [rows, cols]);
+            let cell_size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
             let header = 16.0;
             for (slot, (o, seq)) in grid.into_iter().enumerate() {
                 let (r, c) = (slot / cols, slot % cols);
@@ -110,14 +109,46 @@ pub fn central(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) -> V
                 interact(ui, app, &cell, slot, out);
                 cells.push(cell);
             }
+            // After the slice views: the 3D view shows their images of this frame.
+            if let Some(r) = rect3d {
+                cell3d = super::view3d::cell(ui, app, r, &cells, out);
+            }
         });
-    cells
+    (cells, cell3d)
+}
+
+/// Where the 3D view goes in `area` for a grid of `rows` × `cols` slice views: the free corner
+/// of the 2×2 layout, else (when shown) one more column's width at the right. Returns the area
+/// left to the slice views and the 3D view's cell.
+fn place_3d(
+    v: &ViewerState,
+    area: Rect,
+    two_by_two: bool,
+    [rows, cols]: [usize; 2],
+) -> (Rect, Option<Rect>) {
+    if two_by_two {
+        let cell_size = Vec2::new(area.width() / cols as f32, area.height() / rows as f32);
+        let corner_min = area.min
+            + Vec2::new(
+                (cols - 1) as f32 * cell_size.x,
+                (rows - 1) as f32 * cell_size.y,
+            );
+        let corner = Rect::from_min_size(corner_min, cell_size);
+        return (area, Some(corner.shrink(1.0)));
+    }
+    if !v.camera3d.shown {
+        return (area, None);
+    }
+    let width = area.width() / (cols + 1) as f32;
+    let side = Rect::from_min_max(Pos2::new(area.max.x - width, area.min.y), area.max);
+    let rest = Rect::from_min_max(area.min, Pos2::new(side.min.x, area.max.y));
+    (rest, Some(side.shrink(1.0)))
 }
 
 /// The layout's grid: rows, columns and the (orientation, sequence) of each view in reading
 /// order.
 fn view_grid(v: &ViewerState) -> (usize, usize, Vec<(Orientation, usize)>) {
-    // One sequence: the classic 2×2 (axial, sagittal / coronal, case summary); several:
+    // One sequence: the classic 2×2 (axial, sagittal / coronal, 3D); several:
     // one row of three views per sequence; a single orientation: one column each.
     match v.layout {
         Layout::TriPlanar if v.shown.len() == 1 => (
@@ -162,42 +193,6 @@ fn view_header(ui: &egui::Ui, open: &OpenCase, o: Orientation, seq: usize, outer
         ),
         egui::FontId::proportional(12.0),
         Color32::from_gray(200),
-    );
-}
-
-/// The case's summary in the free cell of the 2×2 layout.
-fn summary(ui: &mut egui::Ui, app: &MriloopApp, rect: Rect) {
-    let Some(open) = app.open_case() else { return };
-    let mut lines = vec![format!("case {}", open.case_id)];
-    let first = &open.layers[0].volume;
-    let [nx, ny, nz] = first.dims3();
-    let sp = first.spacing_mm();
-    lines.push(format!(
-        "{nx} × {ny} × {nz} voxels, {:.2} × {:.2} × {:.2} mm, {}",
-        sp[0],
-        sp[1],
-        sp[2],
-        first.affine().orientation_code()
-    ));
-    let names: Vec<&str> = open.layers.iter().map(|i| i.name.as_str()).collect();
-    lines.push(format!("sequences: {}", names.join(", ")));
-    if let Some(m) = &open.reference {
-        lines.push(format!(
-            "reference mask: {:.0} mm³ labelled",
-            super::labelled_volume_mm3(m)
-        ));
-    }
-    if let (Some(r), Some(p)) = (&open.reference, &open.predicted) {
-        if let Some(d) = super::foreground_dice(r, p) {
-            lines.push(format!("Dice predicted vs reference: {d:.3}"));
-        }
-    }
-    ui.painter().text(
-        rect.min,
-        egui::Align2::LEFT_TOP,
-        lines.join("\n"),
-        egui::FontId::proportional(13.0),
-        Color32::from_gray(180),
     );
 }
 

@@ -1,7 +1,8 @@
 //! `mriloop export-mesh`: a case's label surfaces (or a label file's) as an STL or PLY mesh in
 //! world millimetres (LPS, as 3D Slicer assumes for these formats), for a server with no window.
 //! The surfaces are the 3D view's (`volume::surface`); the PLY colours each label as the
-//! project's label table does.
+//! project's label table does. `--out FILE.png` renders them instead, as the 3D view does, on
+//! whatever graphics adapter wgpu finds (a software one such as lavapipe will do).
 
 use crate::project::default_color;
 use crate::project::Project;
@@ -26,16 +27,27 @@ pub struct ExportMeshArgs {
     /// Only this label, by name or value (default: every label, in one file).
     #[arg(long)]
     pub label: Option<String>,
-    /// The mesh file to write: `.stl` or `.ply`.
+    /// The file to write: `.stl` or `.ply` (a mesh), or `.png` (a rendered view).
     #[arg(long)]
     pub out: PathBuf,
+    /// `.png`: the direction it is seen from (anterior, posterior, left, right, superior,
+    /// inferior, "anterior left").
+    #[arg(long, default_value = "anterior left")]
+    pub from: String,
+    /// `.png`: its height in pixels (square).
+    #[arg(long, default_value_t = 1024)]
+    pub size: u32,
 }
 
 /// `mriloop export-mesh`.
 pub fn run(args: ExportMeshArgs) -> Result<()> {
-    if MeshFormat::of_path(&args.out).is_none() {
+    let png = args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if MeshFormat::of_path(&args.out).is_none() && !png {
         bail!(
-            "--out {}: write a surface as .stl or .ply",
+            "--out {}: write a surface as .stl or .ply, or a view of it as .png",
             args.out.display()
         );
     }
@@ -55,7 +67,11 @@ pub fn run(args: ExportMeshArgs) -> Result<()> {
         .iter()
         .map(|(l, m)| (m, color_of(*l, &names)))
         .collect();
-    write_mesh(&args.out, &parts)?;
+    if png {
+        render_png(&args, &mask, &parts)?;
+    } else {
+        write_mesh(&args.out, &parts)?;
+    }
     for ((l, m), (_, c)) in meshes.iter().zip(&parts) {
         let name = names
             .iter()
@@ -66,11 +82,56 @@ pub fn run(args: ExportMeshArgs) -> Result<()> {
             m.triangles()
         );
     }
+    let space = if png { "seen" } else { "LPS mm" };
     println!(
-        "wrote {} ({triangles} triangles, LPS mm)",
+        "wrote {} ({triangles} triangles, {space})",
         args.out.display()
     );
     Ok(())
+}
+
+/// Render `parts` as the 3D view shows them (orthographic, lit, the mask's world box in view)
+/// from `--from`, `--size` pixels square, and write the PNG atomically.
+fn render_png(args: &ExportMeshArgs, mask: &Volume<u8>, parts: &[(&Mesh, [u8; 3])]) -> Result<()> {
+    use crate::render::{GpuContext, SurfaceMesh, SurfacePipeline, SurfaceTarget};
+    use crate::session::{view::WorldBox, Camera3d, Direction3d};
+    let from = Direction3d::ALL
+        .into_iter()
+        .find(|d| d.name().eq_ignore_ascii_case(args.from.trim()))
+        .with_context(|| format!("--from {}: not a standard direction", args.from))?;
+    let size = args.size.clamp(16, 8192);
+    let gpu = GpuContext::headless()
+        .context("rendering a PNG needs a graphics adapter; write .stl or .ply instead")?;
+    let pipeline = SurfacePipeline::new(&gpu.device, crate::render::OFFSCREEN_FORMAT);
+    let uploaded: Vec<SurfaceMesh> = parts
+        .iter()
+        .filter_map(|(m, c)| {
+            let rgba = [c[0], c[1], c[2]].map(|v| f32::from(v) / 255.0);
+            SurfaceMesh::upload(&gpu.device, &pipeline, m, [rgba[0], rgba[1], rgba[2], 1.0])
+        })
+        .collect();
+    let refs: Vec<&SurfaceMesh> = uploaded.iter().collect();
+    let [nx, ny, nz, _] = mask.dims();
+    let world = WorldBox::of_grid(mask.affine(), [nx, ny, nz]);
+    let camera = Camera3d::from_direction(from).orbit(&world, 1.0);
+    let target = SurfaceTarget::new(&gpu.device, [size, size]);
+    target.render(
+        &gpu.device,
+        &gpu.queue,
+        &pipeline,
+        &refs,
+        (&camera, wgpu::Color::BLACK),
+    );
+    let rgba = target.read_pixels(&gpu.device, &gpu.queue)?;
+    let image = image::RgbaImage::from_raw(size, size, rgba)
+        .context("the rendered image has the wrong size")?;
+    let mut bytes = Vec::new();
+    image.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    crate::atomic::write_atomic(&args.out, &bytes)
+        .with_context(|| format!("writing {}", args.out.display()))
 }
 
 /// Label values, names and colours.

@@ -129,6 +129,36 @@ impl ViewCache {
             view_formats: &[],
         });
         let texture_view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+        let (blit_uniform, bind_group) = blit.bind(device, &texture_view);
+        Self {
+            texture_view,
+            blit_uniform,
+            bind_group,
+            size,
+            key: None,
+            renders: 0,
+        }
+    }
+
+    /// How many times this view's slice image was rendered (not drawn from the cache).
+    pub fn renders(&self) -> u64 {
+        self.renders
+    }
+
+    /// The cached slice image (e.g. for the 3D view's planes).
+    pub fn texture_view(&self) -> &wgpu::TextureView {
+        &self.texture_view
+    }
+}
+
+impl ViewBlitPipeline {
+    /// A blit uniform buffer and the bind group that draws `texture_view` with it.
+    pub fn bind(
+        &self,
+        device: &wgpu::Device,
+        texture_view: &wgpu::TextureView,
+    ) -> (wgpu::Buffer, wgpu::BindGroup) {
+        let blit = self;
         let blit_uniform = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("mriloop view blit uniform"),
             size: std::mem::size_of::<BlitUniform>() as u64,
@@ -145,7 +175,7 @@ impl ViewCache {
                 },
                 wgpu::BindGroupEntry {
                     binding: 1,
-                    resource: wgpu::BindingResource::TextureView(&texture_view),
+                    resource: wgpu::BindingResource::TextureView(texture_view),
                 },
                 wgpu::BindGroupEntry {
                     binding: 2,
@@ -153,19 +183,20 @@ impl ViewCache {
                 },
             ],
         });
-        Self {
-            texture_view,
-            blit_uniform,
-            bind_group,
-            size,
-            key: None,
-            renders: 0,
-        }
+        (blit_uniform, bind_group)
     }
 
-    /// How many times this view's slice image was rendered (not drawn from the cache).
-    pub fn renders(&self) -> u64 {
-        self.renders
+    /// Draw the texture of `bind_group` (from `bind`) into a pass whose viewport is the view's
+    /// rectangle.
+    pub fn draw(&self, bind_group: &wgpu::BindGroup, pass: &mut wgpu::RenderPass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.draw(0..3, 0..1);
+    }
+
+    /// The colour format it draws into (and its sources are made in).
+    pub fn target(&self) -> wgpu::TextureFormat {
+        self.target
     }
 }
 
@@ -231,7 +262,5 @@ pub fn prepare_cached(
 
 /// Draw a cached view into a pass whose viewport is the view's rectangle.
 pub fn draw_cached(cache: &ViewCache, blit: &ViewBlitPipeline, pass: &mut wgpu::RenderPass<'_>) {
-    pass.set_pipeline(&blit.pipeline);
-    pass.set_bind_group(0, &cache.bind_group, &[]);
-    pass.draw(0..3, 0..1);
+    blit.draw(&cache.bind_group, pass);
 }

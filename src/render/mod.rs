@@ -8,14 +8,17 @@
 mod cache;
 mod flat;
 mod plane;
+mod plane3d;
 mod scene;
 mod slice;
 mod surface3d;
 mod texture;
+mod view3d;
 
 pub use cache::{BlitUniform, ViewBlitPipeline, ViewCache, BLIT_SHADER_SOURCE};
 pub use flat::FlatPipeline;
 pub use plane::{Orientation, SlicePlane};
+pub use plane3d::{PlaneDraw, PlanePipeline, PlaneQuad, PLANE_SHADER_SOURCE};
 pub use scene::{CaseTextures, ViewKey, ViewSlots};
 pub use slice::{
     clear_pass, wait_idle, BlendStyle, Colormap, GridInfo, OffscreenTarget, PipelineVariant,
@@ -27,6 +30,7 @@ pub use surface3d::{
     SURFACE_SHADER_SOURCE,
 };
 pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
+pub use view3d::{PlaneSource, View3d};
 
 /// A wgpu device and queue, e.g. for headless rendering in tests and benchmarks.
 pub struct GpuContext {

@@ -250,6 +250,11 @@ impl ViewSlots {
         self.slots.get(&slot).map(|(_, b)| b)
     }
 
+    /// The cached slice image of `slot`, if made.
+    pub fn cache(&self, slot: usize) -> Option<&ViewCache> {
+        self.caches.get(&slot).and_then(Option::as_ref)
+    }
+
     /// The bindings of `slot`, if made.
     pub fn get(&self, slot: usize) -> Option<&SliceBindings> {
         self.slots.get(&slot).map(|(_, b)| b)

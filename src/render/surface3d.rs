@@ -7,6 +7,7 @@
 //! view is re-rendered; an empty mesh draws nothing; the camera's up and viewing direction are
 //! never parallel (pitch stays inside ±89°).
 
+use super::plane3d::{PlaneDraw, PlanePipeline};
 use super::{OffscreenTarget, RenderError};
 use crate::volume::surface::Mesh;
 use glam::{Mat4, Vec3};
@@ -66,6 +67,23 @@ impl OrbitCamera {
             yaw.cos() * pitch.cos(),
             pitch.sin(),
         )
+    }
+
+    /// The view plane's unit right and up directions in world space (as drawn on screen).
+    pub fn right_up(&self) -> (Vec3, Vec3) {
+        let forward = -self.eye_dir();
+        let right = forward.cross(Vec3::Z).normalize_or_zero();
+        (right, right.cross(forward))
+    }
+
+    /// The viewing ray through a point of the view (NDC, x right, y up, −1…1) for a view
+    /// `aspect` wide: its origin in front of everything drawn and its unit direction (world).
+    pub fn ray(&self, ndc: [f32; 2], aspect: f32) -> Option<(Vec3, Vec3)> {
+        let inverse = self.view_proj(aspect).inverse();
+        let near = inverse.project_point3(Vec3::new(ndc[0], ndc[1], 0.0));
+        let far = inverse.project_point3(Vec3::new(ndc[0], ndc[1], 1.0));
+        let dir = (far - near).normalize_or_zero();
+        (near.is_finite() && dir != Vec3::ZERO).then_some((near, dir))
     }
 
     /// World mm → clip space for a view `aspect` (width / height) wide.
@@ -254,8 +272,13 @@ pub struct SurfaceTarget {
 }
 
 impl SurfaceTarget {
-    /// A target of `size` pixels.
+    /// A target of `size` pixels in `OFFSCREEN_FORMAT`.
     pub fn new(device: &wgpu::Device, size: [u32; 2]) -> Self {
+        Self::with_format(device, size, super::OFFSCREEN_FORMAT)
+    }
+
+    /// A target of `size` pixels in colour `format` (e.g. the window's, to blit it there).
+    pub fn with_format(device: &wgpu::Device, size: [u32; 2], format: wgpu::TextureFormat) -> Self {
         let depth = device.create_texture(&wgpu::TextureDescriptor {
             label: Some("mriloop surface depth"),
             size: wgpu::Extent3d {
@@ -271,7 +294,7 @@ impl SurfaceTarget {
             view_formats: &[],
         });
         Self {
-            color: OffscreenTarget::new(device, size),
+            color: OffscreenTarget::with_format(device, size, format),
             depth: depth.create_view(&wgpu::TextureViewDescriptor::default()),
             size,
         }
@@ -286,8 +309,46 @@ impl SurfaceTarget {
         meshes: &[&SurfaceMesh],
         (camera, background): (&OrbitCamera, wgpu::Color),
     ) {
+        self.render_scene(
+            device,
+            queue,
+            (pipeline, meshes),
+            None,
+            (camera, background),
+        );
+    }
+
+    /// Clear to `background` and draw the slice `planes`, then `meshes` (opaque ones first)
+    /// through `camera`; submits.
+    pub fn render_scene(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        surfaces: (&SurfacePipeline, &[&SurfaceMesh]),
+        planes: Option<(&PlanePipeline, &[PlaneDraw])>,
+        camera_background: (&OrbitCamera, wgpu::Color),
+    ) {
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
+        self.encode_scene(&mut encoder, queue, surfaces, planes, camera_background);
+        queue.submit([encoder.finish()]);
+    }
+
+    /// `render_scene` recorded into `encoder` (after what it already holds, e.g. the slice
+    /// images the planes show); the uniforms are written through `queue`.
+    pub fn encode_scene(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        queue: &wgpu::Queue,
+        (pipeline, meshes): (&SurfacePipeline, &[&SurfaceMesh]),
+        planes: Option<(&PlanePipeline, &[PlaneDraw])>,
+        (camera, background): (&OrbitCamera, wgpu::Color),
+    ) {
         let aspect = self.size[0] as f32 / self.size[1].max(1) as f32;
-        let view_proj = camera.view_proj(aspect).to_cols_array_2d();
+        let view_proj_mat = camera.view_proj(aspect);
+        if let Some((plane_pipeline, planes)) = planes {
+            plane_pipeline.write(queue, planes, view_proj_mat);
+        }
+        let view_proj = view_proj_mat.to_cols_array_2d();
         let eye = camera.eye_dir();
         for m in meshes {
             let u = SurfaceUniform {
@@ -297,47 +358,51 @@ impl SurfaceTarget {
             };
             queue.write_buffer(&m.uniform, 0, bytemuck::bytes_of(&u));
         }
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor::default());
-        {
-            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("mriloop surfaces"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: self.color.view(),
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(background),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
-                    view: &self.depth,
-                    depth_ops: Some(wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(1.0),
-                        store: wgpu::StoreOp::Store,
-                    }),
-                    stencil_ops: None,
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: Some("mriloop surfaces"),
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: self.color.view(),
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(background),
+                    store: wgpu::StoreOp::Store,
+                },
+            })],
+            depth_stencil_attachment: Some(wgpu::RenderPassDepthStencilAttachment {
+                view: &self.depth,
+                depth_ops: Some(wgpu::Operations {
+                    load: wgpu::LoadOp::Clear(1.0),
+                    store: wgpu::StoreOp::Store,
                 }),
-                timestamp_writes: None,
-                occlusion_query_set: None,
-                multiview_mask: None,
-            });
-            for translucent in [false, true] {
-                let p = if translucent {
-                    &pipeline.translucent
-                } else {
-                    &pipeline.opaque
-                };
-                pass.set_pipeline(p);
-                for m in meshes.iter().filter(|m| (m.color[3] < 1.0) == translucent) {
-                    pass.set_bind_group(0, &m.bind_group, &[]);
-                    pass.set_vertex_buffer(0, m.vertices.slice(..));
-                    pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
-                    pass.draw_indexed(0..m.index_count, 0, 0..1);
-                }
+                stencil_ops: None,
+            }),
+            timestamp_writes: None,
+            occlusion_query_set: None,
+            multiview_mask: None,
+        });
+        if let Some((plane_pipeline, planes)) = planes {
+            plane_pipeline.draw(&mut pass, planes);
+        }
+        for translucent in [false, true] {
+            let p = if translucent {
+                &pipeline.translucent
+            } else {
+                &pipeline.opaque
+            };
+            pass.set_pipeline(p);
+            for m in meshes.iter().filter(|m| (m.color[3] < 1.0) == translucent) {
+                pass.set_bind_group(0, &m.bind_group, &[]);
+                pass.set_vertex_buffer(0, m.vertices.slice(..));
+                pass.set_index_buffer(m.indices.slice(..), wgpu::IndexFormat::Uint32);
+                pass.draw_indexed(0..m.index_count, 0, 0..1);
             }
         }
-        queue.submit([encoder.finish()]);
+    }
+
+    /// Its size in pixels.
+    pub fn size(&self) -> [u32; 2] {
+        self.size
     }
 
     /// The rendered pixels (RGBA8, rows top to bottom).

@@ -26,7 +26,7 @@ pub use edit::{CaseEdits, EditCommand, Tool, ToolState, AUTOSAVE_EVERY, AUTOSAVE
 pub use jobs::{Waker, WorkerError};
 pub use load::{CaseSource, LoadedCase, LoadedImage};
 pub use time::{TimeCommand, TimeShown, TimeView};
-pub use view::{ViewCommand, ViewerState};
+pub use view::{Camera3d, Direction3d, ViewCommand, ViewerState};
 
 use crate::edit::{Agreement, VoxelBox};
 use crate::model::runs::CasePrediction;

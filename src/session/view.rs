@@ -268,6 +268,127 @@ pub struct ViewerState {
     pub linear: bool,
     /// Mask overlays.
     pub overlay: OverlayStyle,
+    /// The 3D view's camera.
+    pub camera3d: Camera3d,
+}
+
+/// The 3D view's camera: it orbits the case's world box centre.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Camera3d {
+    /// Degrees about the superior axis (0: from anterior, looking at the face).
+    pub yaw_deg: f64,
+    /// Degrees above the axial plane (within ±89).
+    pub pitch_deg: f64,
+    /// 1 fits the world box; 2 shows half as many mm.
+    pub zoom: f64,
+    /// The orbit centre's offset from the box centre along the view's right and up (mm).
+    pub pan_mm: [f64; 2],
+    /// Whether the 3D view is shown beside the side-by-side layouts (off at first; the 2×2
+    /// layout has it always).
+    pub shown: bool,
+    /// Whether the 3D view fills the central area.
+    pub maximised: bool,
+    /// Whether the slice planes show in it with their images.
+    pub planes: bool,
+}
+
+impl Default for Camera3d {
+    fn default() -> Self {
+        Self::from_direction(Direction3d::AnteriorLeft)
+    }
+}
+
+/// The 3D view's standard directions (where the eye is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction3d {
+    /// From the front.
+    Anterior,
+    /// From behind.
+    Posterior,
+    /// From the left.
+    Left,
+    /// From the right.
+    Right,
+    /// From above.
+    Superior,
+    /// From below.
+    Inferior,
+    /// From the front left and a little above (the default).
+    AnteriorLeft,
+}
+
+impl Direction3d {
+    /// Every direction, for menus.
+    pub const ALL: [Direction3d; 7] = [
+        Self::Anterior,
+        Self::Posterior,
+        Self::Left,
+        Self::Right,
+        Self::Superior,
+        Self::Inferior,
+        Self::AnteriorLeft,
+    ];
+
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Anterior => "anterior",
+            Self::Posterior => "posterior",
+            Self::Left => "left",
+            Self::Right => "right",
+            Self::Superior => "superior",
+            Self::Inferior => "inferior",
+            Self::AnteriorLeft => "anterior left",
+        }
+    }
+}
+
+impl Camera3d {
+    /// The orbit camera for a view of aspect `width / height`: orthographic, orbiting the
+    /// centre of `world` (moved by the pan), at zoom 1 a ball of the box's longest side in view
+    /// (the box's corners may be cut off; the anatomy rarely reaches them).
+    pub fn orbit(&self, world: &WorldBox, aspect: f64) -> crate::render::OrbitCamera {
+        let radius = 0.5 * (world.max_mm - world.min_mm).max_element();
+        let aspect = if aspect.is_finite() && aspect > 0.0 {
+            aspect
+        } else {
+            1.0
+        };
+        let half_height = 1.04 * radius * (1.0 / aspect).max(1.0) / self.zoom.max(1e-3);
+        let mut camera = crate::render::OrbitCamera::new(
+            world.centre_mm().as_vec3().to_array(),
+            self.yaw_deg as f32,
+            self.pitch_deg as f32,
+            half_height as f32,
+        );
+        let (right, up) = camera.right_up();
+        let [px, py] = self.pan_mm.map(|v| v as f32);
+        let target = glam::Vec3::from_array(camera.target_mm) + right * px + up * py;
+        camera.target_mm = target.to_array();
+        camera
+    }
+
+    /// The camera looking from `d`, the whole box in view.
+    pub fn from_direction(d: Direction3d) -> Self {
+        let (yaw_deg, pitch_deg) = match d {
+            Direction3d::Anterior => (0.0, 0.0),
+            Direction3d::Posterior => (180.0, 0.0),
+            Direction3d::Left => (90.0, 0.0),
+            Direction3d::Right => (-90.0, 0.0),
+            Direction3d::Superior => (0.0, 89.0),
+            Direction3d::Inferior => (0.0, -89.0),
+            Direction3d::AnteriorLeft => (35.0, 20.0),
+        };
+        Self {
+            yaw_deg,
+            pitch_deg,
+            zoom: 1.0,
+            pan_mm: [0.0; 2],
+            shown: false,
+            maximised: false,
+            planes: true,
+        }
+    }
 }
 
 /// Most sequences shown side by side.
@@ -323,6 +444,20 @@ pub enum ViewCommand {
     SetBlend(Option<(usize, f32)>),
     /// Change the layout.
     SetLayout(Layout),
+    /// Turn the 3D view by degrees about the superior axis and up.
+    Orbit3d([f64; 2]),
+    /// Multiply the 3D view's zoom.
+    Zoom3d(f64),
+    /// Look from a standard direction (zoom kept, pan reset).
+    Look3d(Direction3d),
+    /// Move the 3D view's orbit centre by mm along the view's right and up.
+    Pan3d([f64; 2]),
+    /// Show or hide the 3D view in the side-by-side layouts.
+    Show3d(bool),
+    /// Let the 3D view fill the central area, or give the slices their place back.
+    Maximise3d(bool),
+    /// Show the slice planes in the 3D view, or not.
+    Planes3d(bool),
 }
 
 impl ViewerState {
@@ -368,6 +503,7 @@ impl ViewerState {
             layer_count,
             linear: false,
             overlay: OverlayStyle::default(),
+            camera3d: Camera3d::default(),
         }
     }
 
@@ -404,8 +540,60 @@ impl ViewerState {
                     .map(|(s, a)| (s, a.clamp(0.0, 1.0)));
             }
             ViewCommand::SetLayout(l) => self.layout = l,
+            cmd @ (ViewCommand::Orbit3d(_)
+            | ViewCommand::Zoom3d(_)
+            | ViewCommand::Look3d(_)
+            | ViewCommand::Pan3d(_)
+            | ViewCommand::Show3d(_)
+            | ViewCommand::Maximise3d(_)
+            | ViewCommand::Planes3d(_)) => self.apply_3d(&cmd),
             _ => {}
         }
+    }
+
+    /// The 3D view's commands.
+    fn apply_3d(&mut self, cmd: &ViewCommand) {
+        let c = &mut self.camera3d;
+        match *cmd {
+            ViewCommand::Orbit3d([yaw, pitch]) if yaw.is_finite() && pitch.is_finite() => {
+                c.yaw_deg = (c.yaw_deg + yaw).rem_euclid(360.0);
+                c.pitch_deg = (c.pitch_deg + pitch).clamp(-89.0, 89.0);
+            }
+            ViewCommand::Zoom3d(f) if f.is_finite() && f > 0.0 => {
+                c.zoom = (c.zoom * f).clamp(0.25, 40.0)
+            }
+            ViewCommand::Look3d(d) => {
+                *c = Camera3d {
+                    zoom: c.zoom,
+                    shown: c.shown,
+                    maximised: c.maximised,
+                    planes: c.planes,
+                    ..Camera3d::from_direction(d)
+                }
+            }
+            ViewCommand::Pan3d([x, y]) if x.is_finite() && y.is_finite() => {
+                let limit = (self.world_box.max_mm - self.world_box.min_mm).length();
+                c.pan_mm = [
+                    (c.pan_mm[0] + x).clamp(-limit, limit),
+                    (c.pan_mm[1] + y).clamp(-limit, limit),
+                ];
+            }
+            ViewCommand::Show3d(on) => {
+                c.shown = on;
+                c.maximised &= on;
+            }
+            ViewCommand::Maximise3d(on) => {
+                c.maximised = on;
+                c.shown |= on;
+            }
+            ViewCommand::Planes3d(on) => c.planes = on,
+            _ => {}
+        }
+    }
+
+    /// The 3D view's camera for a view of aspect `width / height` (see `Camera3d::orbit`).
+    pub fn orbit_camera(&self, aspect: f64) -> crate::render::OrbitCamera {
+        self.camera3d.orbit(&self.world_box, aspect)
     }
 
     /// Zoom and pan of an orientation.

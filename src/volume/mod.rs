@@ -12,6 +12,7 @@ pub mod mesh_io;
 pub mod mgh;
 pub mod nifti_io;
 pub mod nrrd;
+pub mod pick;
 pub mod regions;
 mod reorient;
 pub mod resample;
