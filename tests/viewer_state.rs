@@ -158,3 +158,55 @@ fn masks_in_other_integer_types_load_and_statistics_are_right() {
     assert_eq!(src.case_id, "T1w");
     assert_eq!(src.file_count(), 2);
 }
+
+#[test]
+fn the_3d_camera_turns_zooms_pans_and_looks_from_the_standard_directions() {
+    use mriloop::session::{Camera3d, Direction3d, ViewCommand};
+    let affine = oblique();
+    let dims = [40, 50, 12];
+    let mut s = state(affine, dims);
+    let b = WorldBox::of_grid(&affine, dims);
+    // At zoom 1 the box's longest side fits the view's height; the camera looks at its centre.
+    let cam = s.orbit_camera(1.0);
+    let longest = (b.max_mm - b.min_mm).max_element();
+    assert!((2.0 * cam.half_height_mm as f64 - 1.04 * longest).abs() < 1e-3);
+    let target = DVec3::from_array(cam.target_mm.map(f64::from));
+    assert!((target - b.centre_mm()).length() < 1e-3);
+    // Turning wraps the yaw and holds the pitch inside ±89°; non-finite input is ignored.
+    s.apply(ViewCommand::Look3d(Direction3d::Anterior));
+    s.apply(ViewCommand::Orbit3d([-30.0, 120.0]));
+    s.apply(ViewCommand::Orbit3d([f64::NAN, 1.0]));
+    assert_eq!((s.camera3d.yaw_deg, s.camera3d.pitch_deg), (330.0, 89.0));
+    // Zoom halves the half height; it stays within its limits.
+    s.apply(ViewCommand::Zoom3d(2.0));
+    let zoomed = s.orbit_camera(1.0).half_height_mm;
+    assert!((zoomed - cam.half_height_mm / 2.0).abs() < 1e-3);
+    s.apply(ViewCommand::Zoom3d(1e9));
+    assert_eq!(s.camera3d.zoom, 40.0);
+    // Panning moves the target along the view's right and up by the mm asked.
+    s.apply(ViewCommand::Look3d(Direction3d::Left));
+    s.apply(ViewCommand::Pan3d([5.0, -2.0]));
+    let c = s.orbit_camera(1.0);
+    let (right, up) = c.right_up();
+    let moved = DVec3::from_array(c.target_mm.map(f64::from)) - b.centre_mm();
+    let want = right.as_dvec3() * 5.0 - up.as_dvec3() * 2.0;
+    assert!((moved - want).length() < 1e-3, "{moved} vs {want}");
+    // Looking from a direction keeps the zoom and the view's place, resets turn and pan.
+    s.apply(ViewCommand::Maximise3d(true));
+    s.apply(ViewCommand::Look3d(Direction3d::Superior));
+    let expected = Camera3d {
+        zoom: 40.0,
+        shown: true,
+        maximised: true,
+        ..Camera3d::from_direction(Direction3d::Superior)
+    };
+    assert_eq!(s.camera3d, expected);
+    // Hiding it gives the slices their place back.
+    s.apply(ViewCommand::Show3d(false));
+    assert!(!s.camera3d.shown && !s.camera3d.maximised);
+    // RAS: looking from the left puts the eye at −x.
+    let eye = Camera3d::from_direction(Direction3d::Left)
+        .orbit(&b, 1.0)
+        .eye_dir();
+    assert!(eye.x < -0.99, "{eye}");
+}
