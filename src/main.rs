@@ -40,8 +40,11 @@ enum Command {
     /// Train the multi-task network on a project's cases (reference mask + class), validating
     /// on held-out cases after every epoch; writes OUT/best and OUT/last checkpoints.
     Train(train::TrainArgs),
-    /// Predict every case of a project with a trained model (mask, probability, class).
+    /// Predict every case of a project with a trained model (mask, probability, class), or
+    /// one shard of them (--shard I/N) for a cluster job array.
     Predict(train::PredictArgs),
+    /// Put the per-case results of sharded `predict` runs into the project's manifest.
+    MergeShards(train::MergeShardsArgs),
     /// Evaluate a model on a project's cases with reference masks: per-case and cohort Dice,
     /// volume error, class AUC (`metric:` lines), optionally as CSV.
     Eval(train::EvalArgs),
@@ -108,6 +111,7 @@ fn main() -> Result<()> {
         Command::Export(args) => exchange::export(args),
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),
+        Command::MergeShards(args) => train::merge_shards(args),
         Command::Eval(args) => train::eval(args),
         Command::EvalPrompt(args) => prompt::eval_prompt(args),
         Command::Loop(args) => closed_loop::run(args),

@@ -181,7 +181,90 @@ fn train_eval_predict_for_the_three_input_forms() {
             "{form}: the prediction is on the case's grid"
         );
         assert!(m.affine.max_abs_diff(&i.affine) < 1e-5);
+        if form == "3d" {
+            shards_match_one_run(&p, &model, dir.path());
+        }
     }
+}
+
+/// Two shards of `predict` running at once on a copy of the project (predicted by one run),
+/// then `merge-shards`: the shards leave the manifest alone, and the merged project has the
+/// same predicted masks and class probabilities as the one run.
+fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
+    use mriloop::project::Project;
+    let copy = scratch.join("sharded");
+    std::fs::create_dir_all(copy.join("cases")).unwrap();
+    std::fs::copy(one_run.join("mriloop.json"), copy.join("mriloop.json")).unwrap();
+    let reference = Project::open(one_run).unwrap();
+    for c in &reference.manifest.cases {
+        let dir = copy.join("cases").join(&c.id);
+        std::fs::create_dir_all(&dir).unwrap();
+        for s in &c.sequences {
+            std::fs::copy(reference.resolve(&s.path), copy.join(&s.path)).unwrap();
+        }
+        if let Some(r) = &c.reference_mask {
+            std::fs::copy(reference.resolve(r), copy.join(r)).unwrap();
+        }
+    }
+    // The copy starts without predictions.
+    let mut fresh = Project::open(&copy).unwrap();
+    for c in &mut fresh.manifest.cases {
+        (
+            c.predicted_mask,
+            c.predicted_probabilities,
+            c.predicted_class,
+        ) = (None, None, None);
+    }
+    fresh.save().unwrap();
+    let manifest_before = std::fs::read(copy.join("mriloop.json")).unwrap();
+    let shard = |i: usize| {
+        Command::new(env!("CARGO_BIN_EXE_mriloop"))
+            .args(["predict", copy.to_str().unwrap(), "--model"])
+            .arg(model)
+            .args(["--backend", "cpu", "--shard", &format!("{i}/2")])
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (shard(0), shard(1));
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let manifest_after = std::fs::read(copy.join("mriloop.json")).unwrap();
+    assert_eq!(
+        manifest_before, manifest_after,
+        "a shard wrote the manifest"
+    );
+    let out = mriloop(&["merge-shards", copy.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = reference.manifest.cases.len();
+    assert!(
+        text.contains(&format!("merged {n} cases; 0 without")),
+        "{text}"
+    );
+    let merged = Project::open(&copy).unwrap();
+    for (m, r) in merged.manifest.cases.iter().zip(&reference.manifest.cases) {
+        assert_eq!(m.predicted_class, r.predicted_class, "{}", m.id);
+        let read = |p: &Project, c: &mriloop::project::Case| {
+            let path = p.resolve(c.predicted_mask.as_deref().unwrap());
+            mriloop::volume::read_volume(&path)
+                .unwrap()
+                .to_f32()
+                .into_data()
+        };
+        assert_eq!(read(&merged, m), read(&reference, r), "{}", m.id);
+    }
+    // A malformed record is refused by name, and the merge says so.
+    let bad = merged.prediction_record_path(&merged.manifest.cases[0].id);
+    std::fs::write(&bad, b"{ not json").unwrap();
+    let out = mriloop(&["merge-shards", copy.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("prediction.json"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -14,6 +14,7 @@ use crate::model::plan::Plan;
 use crate::model::planned::PlanOverrides;
 use crate::model::{self, FitConfig, FitEvent, TrainEvent};
 use crate::plot::Curves;
+use crate::project::shard::Shard;
 use crate::project::Project;
 use anyhow::{bail, Context, Result};
 use burn::config::Config as _;
@@ -107,6 +108,18 @@ pub struct PredictArgs {
     /// cpu, gpu or auto.
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Only shard I of N (I from 0, e.g. a Slurm array index): the cases whose manifest index
+    /// is I modulo N; their results are written per case and `merge-shards` puts them in the
+    /// manifest, so shards running at once never race on it.
+    #[arg(long, value_parser = Shard::parse)]
+    pub shard: Option<Shard>,
+}
+
+/// Arguments of `mriloop merge-shards`.
+#[derive(clap::Args, Debug)]
+pub struct MergeShardsArgs {
+    /// The project folder.
+    pub project: PathBuf,
 }
 
 /// Arguments of `mriloop eval`.
@@ -373,11 +386,50 @@ pub fn predict(args: PredictArgs) -> Result<()> {
     let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
     let mut p = Project::open(&args.project)?;
     let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
-    let n = model::predict_project(&mut p, &net, &cfg, &device, |d, _| {
-        bar.set_position(d as u64)
-    })?;
+    let model_name = args.model.display().to_string();
+    let n = model::predict_project(
+        &mut p,
+        (&net, &cfg, &device),
+        args.shard,
+        &model_name,
+        |d, total| {
+            bar.set_length(total as u64);
+            bar.set_position(d as u64)
+        },
+    )?;
     bar.finish_and_clear();
-    println!("predicted {n} cases into {}", p.root().display());
+    match args.shard {
+        Some(s) => println!(
+            "predicted {n} cases of shard {}/{} into {} (run merge-shards when every shard is done)",
+            s.index,
+            s.count,
+            p.root().display()
+        ),
+        None => println!("predicted {n} cases into {}", p.root().display()),
+    }
+    Ok(())
+}
+
+/// `mriloop merge-shards`: every case's prediction record into the manifest.
+pub fn merge_shards(args: MergeShardsArgs) -> Result<()> {
+    let mut p = Project::open(&args.project)?;
+    let report = crate::project::shard::merge_records(&mut p)?;
+    for r in &report.refused {
+        eprintln!("refused: {r}");
+    }
+    println!(
+        "merged {} cases; {} without a prediction{}",
+        report.merged,
+        report.missing.len(),
+        if report.missing.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", report.missing.join(", "))
+        }
+    );
+    if !report.refused.is_empty() {
+        anyhow::bail!("{} prediction records refused", report.refused.len());
+    }
     Ok(())
 }
 

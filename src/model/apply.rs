@@ -10,6 +10,7 @@ use super::fit::{class_figures, dice_of};
 use super::inference::{predict_volume, Prediction};
 use super::model::MultiTaskUNet;
 use super::training::TrainingConfig;
+use crate::project::shard::{PredictionRecord, Shard};
 use crate::project::{Case, Project, ProjectError, SequenceName};
 use crate::volume::write_volume;
 use burn::prelude::*;
@@ -248,18 +249,24 @@ pub fn prompt_context(
     }
 }
 
-/// Predict every case of the project, writing `cases/<id>/predicted.nii.gz` (labels) and
-/// `predicted_prob.nii.gz` (foreground probability) and the class probabilities into the
-/// manifest, which is saved at the end. `progress(done, total)` after each case.
+/// Predict every case of the project (or of `shard` only), writing `cases/<id>/predicted.nii.gz`
+/// (labels), `predicted_prob.nii.gz` (foreground probability) and the case's prediction record
+/// (`project::shard`, naming them with the class probabilities and `model_name`). Without a
+/// shard the records are merged into the manifest, saved at the end; a shard leaves the
+/// manifest alone (`merge-shards` merges). `progress(done, total)` after each case; returns
+/// how many cases it predicted.
 pub fn predict_project(
     project: &mut Project,
-    model: &MultiTaskUNet,
-    config: &TrainingConfig,
-    device: &Device,
+    (model, config, device): (&MultiTaskUNet, &TrainingConfig, &Device),
+    shard: Option<Shard>,
+    model_name: &str,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<usize, ProjectError> {
-    let total = project.manifest.cases.len();
-    for i in 0..total {
+    let chosen: Vec<usize> = (0..project.manifest.cases.len())
+        .filter(|i| shard.is_none_or(|s| s.takes(*i)))
+        .collect();
+    let classes = project.manifest.classes.len();
+    for (k, &i) in chosen.iter().enumerate() {
         let case = project.manifest.cases[i].clone();
         let p = predict_case(project, &case, model, config, device)?;
         let dir = Project::case_dir_rel(&case.id);
@@ -267,16 +274,23 @@ pub fn predict_project(
         let prob_rel = format!("{dir}/predicted_prob.nii.gz");
         write_volume(&project.resolve(&mask_rel), &p.mask)?;
         write_volume(&project.resolve(&prob_rel), &p.foreground)?;
-        let c = &mut project.manifest.cases[i];
-        c.predicted_mask = Some(mask_rel);
-        c.predicted_probabilities = Some(prob_rel);
-        if p.class_probabilities.len() == project.manifest.classes.len() {
-            c.predicted_class = Some(p.class_probabilities);
-        }
-        progress(i + 1, total);
+        let class_probabilities = match p.class_probabilities.len() == classes {
+            true => p.class_probabilities,
+            false => Vec::new(),
+        };
+        project.write_prediction_record(&PredictionRecord {
+            case_id: case.id.clone(),
+            mask: mask_rel,
+            probabilities: prob_rel,
+            class_probabilities,
+            model: model_name.to_string(),
+        })?;
+        progress(k + 1, chosen.len());
     }
-    project.save()?;
-    Ok(total)
+    if shard.is_none() {
+        crate::project::shard::merge_records(project)?;
+    }
+    Ok(chosen.len())
 }
 
 /// One case's evaluation.

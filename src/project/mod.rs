@@ -17,6 +17,7 @@ mod labels;
 pub mod models;
 pub mod nnunet;
 pub mod prompt_log;
+pub mod shard;
 pub mod slices;
 pub mod store;
 
