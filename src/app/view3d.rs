@@ -272,7 +272,7 @@ impl MriloopApp {
         self.ask(move || {
             let written = pixels
                 .map_err(|e| e.to_string())
-                .and_then(|rgba| encode_png(&rgba, size))
+                .and_then(|rgba| crate::render::rgba_png(rgba, size))
                 .and_then(|png| {
                     crate::atomic::write_atomic(&path, &png).map_err(|e| e.to_string())
                 });
@@ -288,14 +288,3 @@ impl MriloopApp {
 
 /// Pixels high of a saved 3D view.
 const SNAPSHOT_PX: u32 = 1024;
-
-/// RGBA8 pixels as PNG bytes.
-fn encode_png(rgba: &[u8], size: [u32; 2]) -> Result<Vec<u8>, String> {
-    let image = image::RgbaImage::from_raw(size[0], size[1], rgba.to_vec())
-        .ok_or_else(|| "the rendered image has the wrong size".to_string())?;
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
-    Ok(png)
-}

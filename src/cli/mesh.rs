@@ -123,13 +123,7 @@ fn render_png(args: &ExportMeshArgs, mask: &Volume<u8>, parts: &[(&Mesh, [u8; 3]
         (&camera, wgpu::Color::BLACK),
     );
     let rgba = target.read_pixels(&gpu.device, &gpu.queue)?;
-    let image = image::RgbaImage::from_raw(size, size, rgba)
-        .context("the rendered image has the wrong size")?;
-    let mut bytes = Vec::new();
-    image.write_to(
-        &mut std::io::Cursor::new(&mut bytes),
-        image::ImageFormat::Png,
-    )?;
+    let bytes = crate::render::rgba_png(rgba, [size, size]).map_err(anyhow::Error::msg)?;
     crate::atomic::write_atomic(&args.out, &bytes)
         .with_context(|| format!("writing {}", args.out.display()))
 }

@@ -30,7 +30,7 @@ pub use surface3d::{
     SURFACE_SHADER_SOURCE,
 };
 pub use texture::{ImageTexture, LabelLut, LabelTexture, RenderError, MAX_UPLOAD_BYTES};
-pub use view3d::{PlaneSource, View3d};
+pub use view3d::{rgba_png, PlaneSource, View3d};
 
 /// A wgpu device and queue, e.g. for headless rendering in tests and benchmarks.
 pub struct GpuContext {

@@ -212,3 +212,15 @@ impl View3d {
         }
     }
 }
+
+/// RGBA8 pixels (rows top to bottom) of an image of `size` as PNG bytes, e.g. a snapshot to
+/// save.
+pub fn rgba_png(rgba: Vec<u8>, size: [u32; 2]) -> Result<Vec<u8>, String> {
+    let image = image::RgbaImage::from_raw(size[0], size[1], rgba)
+        .ok_or_else(|| "the rendered image has the wrong size".to_string())?;
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| e.to_string())?;
+    Ok(png)
+}
