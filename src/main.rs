@@ -19,6 +19,8 @@ struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once at start: the size of the largest command's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Open the review window on a project folder, or on loose NIfTI files (first = main image).

@@ -307,3 +307,117 @@ fn import_dicom_lists_series_and_problems_then_adds_them_to_a_case() {
     assert!(!run.status.success());
     assert!(String::from_utf8_lossy(&run.stderr).contains("series 1 to 1"));
 }
+
+/// The `epoch` and `step` of a run's saved state (`OUT/continue/state.json`), if written.
+fn saved_state(out: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(out.join("continue/state.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some((v["epoch"].as_u64()?, v["step"].as_u64()?))
+}
+
+/// A training run killed during its second epoch and continued with `train --continue` ends at
+/// the planned step count, repeating only the epoch it was killed in, with the weights an
+/// uninterrupted run reaches (optimiser state, step and random draws restored).
+#[test]
+fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    let ps = p.to_str().unwrap();
+    let out = mriloop(&["phantom", "--out", ps, "--cases", "4", "--grid", "24"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flags = |run: &Path| {
+        let mut v: Vec<String> = ["train", ps, "--epochs", "3", "--steps-per-epoch", "30"]
+            .map(String::from)
+            .to_vec();
+        for f in [
+            "--patch",
+            "8",
+            "--class-window",
+            "16",
+            "--base-channels",
+            "2",
+        ] {
+            v.push(f.into());
+        }
+        v.extend(["--backend".into(), "cpu".into(), "--out".into()]);
+        v.push(run.display().to_string());
+        v
+    };
+    let whole = dir.path().join("whole");
+    let run = Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(flags(&whole))
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(saved_state(&whole), Some((3, 90)));
+    // The same run, killed as soon as its first epoch is saved.
+    let killed = dir.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
+        .args(flags(&killed))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while saved_state(&killed).is_none() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "it ended before its first epoch"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = saved_state(&killed).unwrap();
+    assert!(at_kill.0 < 3, "killed after the last epoch: {at_kill:?}");
+    let out = mriloop(&[
+        "train",
+        ps,
+        "--continue",
+        killed.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = at_kill.0 + 1;
+    assert!(text.contains(&format!("epoch   {first}:")), "{text}");
+    assert!(!text.contains(&format!("epoch   {}:", at_kill.0)), "{text}");
+    assert_eq!(saved_state(&killed), Some((3, 90)), "{text}");
+    // The same weights as the uninterrupted run (training here is deterministic): the two
+    // models predict the same probabilities. (The files differ: parameter ids are random.)
+    let probabilities = |model: &Path| {
+        let m = model.to_str().unwrap();
+        let out = mriloop(&["predict", ps, "--model", m, "--backend", "cpu"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let prob = p.join("cases/phantom_000/predicted_prob.nii.gz");
+        mriloop::volume::read_volume(&prob)
+            .unwrap()
+            .to_f32()
+            .into_data()
+    };
+    let (a, b) = (
+        probabilities(&whole.join("last")),
+        probabilities(&killed.join("last")),
+    );
+    let differ = a.iter().zip(&b).filter(|(x, y)| x != y).count();
+    assert_eq!(
+        differ, 0,
+        "the continued run predicts otherwise at {differ} voxels"
+    );
+}

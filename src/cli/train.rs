@@ -81,6 +81,11 @@ pub struct TrainArgs {
     /// Start from this checkpoint's weights (fine-tune), e.g. PROJECT/model/best.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Continue the run whose output folder this is (killed or preempted) from the end of its
+    /// last finished epoch: weights, optimiser state, step, random draws and split, with its
+    /// own fit.json (other settings are ignored).
+    #[arg(long = "continue", value_name = "OUT")]
+    pub continue_run: Option<PathBuf>,
     /// Train within this many minutes (fractions allowed): a few steps and a validation are
     /// timed on the device, epochs and steps are set to fit, and the run stops on time with
     /// its best checkpoint.
@@ -146,6 +151,12 @@ pub fn train(args: TrainArgs) -> Result<()> {
     // A time budget counts from here: planning and loading are part of it.
     let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::start());
     let p = Project::open(&args.project)?;
+    if let Some(out) = &args.continue_run {
+        let path = out.join("fit.json");
+        let config =
+            FitConfig::load(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        return train_project(&p, &config, out, (&args.backend, args.plot), Run::Continued);
+    }
     let (config, planned) = fit_config(&p, &args)?;
     let out = args
         .out
@@ -154,8 +165,11 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if let Some((fp, plan)) = &planned {
         write_plan(&out, fp, plan)?;
     }
-    let budget = args.minutes.map(|m| (m, clock));
-    train_project(&p, &config, &out, &args.backend, args.plot, budget)
+    let run = match args.minutes {
+        Some(m) => Run::Budget(m, clock),
+        None => Run::Planned,
+    };
+    train_project(&p, &config, &out, (&args.backend, args.plot), run)
 }
 
 /// The fit configuration: from `--config`, else from the flags, the dataset's plan deciding
@@ -208,16 +222,24 @@ fn planned_config(p: &Project, args: &TrainArgs, plan: &Plan) -> Result<FitConfi
     Ok(model::planned::planned_config(p, &base, &choices, plan)?)
 }
 
+/// How a training run is sized.
+pub enum Run {
+    /// Its configuration's epochs and steps.
+    Planned,
+    /// Fitted to minutes, counted on a clock from 0.
+    Budget(f64, std::sync::Arc<dyn Clock>),
+    /// The run already in `out`, continued from its last finished epoch.
+    Continued,
+}
+
 /// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves
-/// into `out/curves.png`; with `budget` (minutes, and the clock they count on from 0), within
-/// that time.
+/// into `out/curves.png`; sized as `run` says.
 pub fn train_project(
     project: &Project,
     config: &FitConfig,
     out: &Path,
-    backend: &str,
-    plot: bool,
-    budget: Option<(f64, std::sync::Arc<dyn Clock>)>,
+    (backend, plot): (&str, bool),
+    run: Run,
 ) -> Result<()> {
     let (device, about) = model::choose_device(backend);
     eprintln!("training on {about}");
@@ -236,15 +258,18 @@ pub fn train_project(
     let budgeted;
     // A budgeted run's bar counts seconds to its end (it is paced by time), others count steps.
     let mut time_bar = None;
-    let config = match budget {
-        Some((m, clock)) => {
+    let continued = matches!(run, Run::Continued);
+    let config = match run {
+        Run::Budget(m, clock) => {
             time_bar = Some((clock.clone(), m * 60.0));
             budgeted = fit_to_budget(config, &val, &device, m, clock, &control)?;
             &budgeted
         }
-        None => config,
+        Run::Planned | Run::Continued => config,
     };
-    model::runs::write_run_files(out, config, &val)?;
+    if !continued {
+        model::runs::write_run_files(out, config, &val)?;
+    }
     report_split(&train, &val, config);
     let bar = match &time_bar {
         Some((_, budget_s)) => seconds_bar(*budget_s),
@@ -253,7 +278,10 @@ pub fn train_project(
     let mut curves = Curves::default();
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| model::fit(config, train, &val, &device, out, &tx, &control));
+        let worker = scope.spawn(|| {
+            let (data, watch) = ((train, &val[..]), (&tx, &control));
+            model::fit::fit_from(config, data, &device, out, watch, continued)
+        });
         let mut last_step = 0;
         relay_events(&rx, &worker, |event| {
             if let Some((clock, _)) = &time_bar {

@@ -517,14 +517,25 @@ pub fn fit(
     events: &Sender<FitEvent>,
     control: &FitControl,
 ) -> Result<FitResult, super::training::CheckpointError> {
+    fit_from(config, (train, val), device, out, (events, control), false)
+}
+
+/// `fit`, or with `continued` the same run continued from the state its last finished epoch
+/// left in `out` (`model::resume`): its weights, optimiser, step and best score.
+pub fn fit_from(
+    config: &FitConfig,
+    (train, val): (Vec<Sample>, &[Sample]),
+    device: &Device,
+    out: &std::path::Path,
+    (events, control): (&Sender<FitEvent>, &FitControl),
+    continued: bool,
+) -> Result<FitResult, super::training::CheckpointError> {
     let t = &config.training;
     let ad = device.clone().autodiff();
     ad.seed(t.seed);
-    let mut model = initial_model(config, device)?;
-    let mut optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
     let total = config.epochs * config.steps_per_epoch;
+    let (mut model, mut optim, (first_epoch, mut step), mut best) =
+        starting_point(config, device, out, continued)?;
     // The loader thread draws patches ahead of the training thread (under a deadline, as many
     // as the time allows).
     let batches = if control.has_deadline() {
@@ -532,7 +543,7 @@ pub fn fit(
     } else {
         total
     };
-    let loader = Loader::spawn(config, train, batches);
+    let loader = Loader::spawn(config, train, (step, batches), !control.has_deadline());
     let run = FitRun {
         config,
         ad: &ad,
@@ -543,16 +554,12 @@ pub fn fit(
         last_dir: out.join("last"),
         total,
     };
-    let mut best = BestTracker {
-        dir: out.join("best"),
-        score: f64::NEG_INFINITY,
-        smoothed: None,
-        since: 0,
-    };
     let mut summaries = Vec::new();
     let mut stopped_early = false;
-    let mut step = 0;
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
+        // Dropout draws from the device's generator: seeded per epoch, as the batches are, so a
+        // continued run draws what the uninterrupted one would.
+        ad.seed(epoch_seed(t.seed, epoch));
         let (m, train_loss) = run.train_epoch(model, &mut optim, &mut step)?;
         model = m;
         let Some(train_loss) = train_loss else {
@@ -561,6 +568,7 @@ pub fn fit(
             break;
         };
         let summary = run.finish_epoch(&model, val, device, epoch, train_loss, &mut best)?;
+        super::resume::save_state(out, t, (&model, &optim), &best.state(epoch, step))?;
         summaries.push(summary);
         if config.patience > 0 && best.since >= config.patience {
             stopped_early = true;
@@ -587,6 +595,38 @@ pub fn fit(
         last: last_dir,
         stopped_early,
     })
+}
+
+/// Where a fit starts: a fresh (or `resume_from`) model and optimiser at epoch 1, step 0; or,
+/// `continued`, the state its last finished epoch left in `out`.
+#[allow(clippy::type_complexity)]
+fn starting_point(
+    config: &FitConfig,
+    device: &Device,
+    out: &std::path::Path,
+    continued: bool,
+) -> Result<
+    (MultiTaskUNet, ModuleOptimizer, (usize, usize), BestTracker),
+    super::training::CheckpointError,
+> {
+    let fresh_optim = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init();
+    let mut best = BestTracker {
+        dir: out.join("best"),
+        score: f64::NEG_INFINITY,
+        smoothed: None,
+        since: 0,
+    };
+    if !continued {
+        return Ok((initial_model(config, device)?, fresh_optim, (1, 0), best));
+    }
+    let plan = (config.epochs, config.steps_per_epoch);
+    let (state, model, optim) =
+        super::resume::load_state(out, &config.training, plan, device, fresh_optim)?;
+    best.score = state.best_score.unwrap_or(f64::NEG_INFINITY);
+    (best.smoothed, best.since) = (state.smoothed, state.since);
+    Ok((model, optim, (state.epoch + 1, state.step), best))
 }
 
 /// The data loader thread: draws augmented patch (or whole-head class) batches ahead of the
@@ -624,11 +664,21 @@ struct LoaderSpec {
     class_weights: Vec<f64>,
     /// The simulated user's first prompts, for a promptable network.
     prompt: Option<super::prompt::PromptConfig>,
+    /// Batches already drawn by the run this one continues.
+    first: usize,
+    /// Steps of an epoch, each epoch's draw seeded anew (0: one stream, e.g. paced by time).
+    epoch_steps: usize,
 }
 
 impl Loader {
-    /// Start the loader thread for `total` batches drawn from `train`.
-    fn spawn(config: &FitConfig, train: Vec<Sample>, total: usize) -> Self {
+    /// Start the loader thread for the batches after the first `first` up to `total`, drawn
+    /// from `train`; with `per_epoch`, the draw is seeded anew at each epoch's first batch.
+    fn spawn(
+        config: &FitConfig,
+        train: Vec<Sample>,
+        (first, total): (usize, usize),
+        per_epoch: bool,
+    ) -> Self {
         let t = &config.training;
         let spec = LoaderSpec {
             patch: config.patch,
@@ -650,6 +700,8 @@ impl Loader {
             },
             class_weights: config.class_weights.clone(),
             prompt: t.prompt.clone(),
+            first,
+            epoch_steps: if per_epoch { config.steps_per_epoch } else { 0 },
         };
         let (tx, batches) = sync_channel::<HostBatch>(4);
         let stop = Arc::new(AtomicBool::new(false));
@@ -676,6 +728,21 @@ impl Loader {
     }
 }
 
+/// The seed of `epoch`'s random draws in a run seeded with `seed`: the run's own for the first
+/// epoch (and for epoch 0, a run not counted in epochs), one derived from it for each later one.
+fn epoch_seed(seed: u64, epoch: usize) -> u64 {
+    seed ^ (epoch.saturating_sub(1) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The patch sampler and the simulated user's random stream of `epoch` (0: the whole run's,
+/// when epochs are not counted in steps).
+fn draws(spec: &LoaderSpec, epoch: usize) -> (PatchSampler, ChaCha8Rng) {
+    let seed = epoch_seed(spec.seed, epoch);
+    let sampler = PatchSampler::new(seed, spec.patch, spec.augment.clone())
+        .with_foreground(spec.foreground.clone());
+    (sampler, ChaCha8Rng::seed_from_u64(seed ^ PROMPT_SEED))
+}
+
 /// The loader thread's body: send `spec.total` batches from `train` into `tx`, stopping early
 /// when `halt` is set, the receiver is gone or there is nothing to train on.
 fn load_batches(
@@ -684,8 +751,7 @@ fn load_batches(
     halt: &AtomicBool,
     tx: &SyncSender<HostBatch>,
 ) {
-    let mut sampler = PatchSampler::new(spec.seed, spec.patch, spec.augment.clone())
-        .with_foreground(spec.foreground.clone());
+    let (mut sampler, mut prompt_rng) = draws(spec, 0);
     let case_weights: Vec<f64> = train
         .iter()
         .map(|s| spec.class_weights.get(s.class).copied().unwrap_or(1.0))
@@ -706,11 +772,13 @@ fn load_batches(
         .prompt
         .as_ref()
         .map_or(0, |_| super::prompt::GUIDANCE_CHANNELS);
-    let mut prompt_rng = ChaCha8Rng::seed_from_u64(spec.seed ^ PROMPT_SEED);
     let replays = replay_index(train);
-    for step in 1..=spec.total {
+    for step in spec.first + 1..=spec.total {
         if halt.load(Ordering::Relaxed) || train.is_empty() {
             return;
+        }
+        if spec.epoch_steps > 0 && (step - 1) % spec.epoch_steps == 0 {
+            (sampler, prompt_rng) = draws(spec, (step - 1) / spec.epoch_steps + 1);
         }
         let class_step = spec.class_every > 0 && step % spec.class_every == 0;
         let size = if class_step {
@@ -825,6 +893,19 @@ struct BestTracker {
     smoothed: Option<f64>,
     /// Epochs since the best one.
     since: usize,
+}
+
+impl BestTracker {
+    /// The fit's state after `epoch` at `step`, to continue from.
+    fn state(&self, epoch: usize, step: usize) -> super::resume::FitState {
+        super::resume::FitState {
+            epoch,
+            step,
+            best_score: self.score.is_finite().then_some(self.score),
+            smoothed: self.smoothed,
+            since: self.since,
+        }
+    }
 }
 
 /// What the epochs of one fit share.

@@ -26,6 +26,7 @@ pub mod planned;
 pub mod prompt;
 pub mod prompt_infer;
 pub mod prompt_train;
+pub mod resume;
 pub mod runs;
 pub mod split;
 pub mod training;
