@@ -101,8 +101,10 @@ impl LabelSurfaces {
             return 0;
         }
         let first = [0, 1, 2].map(|a| lo[a].saturating_sub(REACH) / BLOCK);
+        // One block past the grid's end when its size is a multiple of `BLOCK`: a block leaves
+        // the faces on its far side to the next one, and the grid's last faces need one.
         let last = [0, 1, 2].map(|a| {
-            let end = (hi[a] + REACH).min(self.dims[a]).max(1);
+            let end = (hi[a] + REACH).min(self.dims[a] + 1).max(1);
             (end - 1) / BLOCK
         });
         let mut count = 0;
@@ -372,6 +374,27 @@ mod tests {
             })
             .count();
         assert_eq!(outward, mesh.positions_mm.len());
+    }
+
+    #[test]
+    fn a_label_touching_every_face_of_the_grid_is_closed_there_too() {
+        // Grids whose size is a multiple of the block (the far faces belong to a block past the
+        // end) and one that is not; the label fills the grid but for a margin on one side.
+        for dims in [[32, 32, 16], [20, 32, 17]] {
+            let [nx, ny, nz] = dims;
+            let mut mask = vec![1u8; nx * ny * nz];
+            mask[..nx * 3].fill(0);
+            let surfaces = LabelSurfaces::new(&mask, dims, Affine::from_spacing([1.0; 3]));
+            let mesh = surfaces.mesh(1);
+            let open = edge_uses(&mesh).values().filter(|u| **u != 2).count();
+            assert_eq!(open, 0, "{dims:?}: {open} open edges");
+            let voxels = mask.iter().filter(|v| **v == 1).count() as f64;
+            let volume = enclosed_mm3(&mesh);
+            assert!(
+                (volume / voxels - 1.0).abs() < 0.1,
+                "{dims:?}: {volume} vs {voxels}"
+            );
+        }
     }
 
     #[test]
