@@ -198,6 +198,11 @@ fn a_brush_strokes_surface_appears_undo_removes_it_and_an_idle_view_is_not_reren
         .map(|p| p.into_iter().max().unwrap_or(0))
         .max();
     assert!(brightest > Some(40), "no slice image in 3D: {brightest:?}");
+    // The ball's upper half stands out of the plane through its middle, its near side lit in
+    // its colour (were the wrong faces culled, only its far side, under the plane, would be).
+    let middle = cell3d(&h).pos_of_mm(centre_mm).unwrap() + egui::vec2(4.0, 4.0);
+    let colour = label_colour(&h, 1);
+    assert!(close(px(&img, middle), colour, 8), "{:?}", px(&img, middle));
     // From here on, the surfaces alone.
     send(&mut h, ViewCommand::Planes3d(false));
     // Idle frames draw the cached image without rendering it again.
@@ -222,7 +227,6 @@ fn a_brush_strokes_surface_appears_undo_removes_it_and_an_idle_view_is_not_reren
     );
     brush_stroke(&mut h, a, b);
     let at = cell3d(&h).pos_of_mm(a.lerp(b, 0.5)).unwrap();
-    let colour = label_colour(&h, 1);
     let after = h.render().unwrap();
     assert!(h.state().view3d_renders() > renders);
     assert!(

@@ -179,7 +179,12 @@ fn surface_pipeline(
                 write_mask: wgpu::ColorWrites::ALL,
             })],
         }),
-        primitive: wgpu::PrimitiveState::default(),
+        // Surfaces are closed and wound counter-clockwise seen from outside: their back faces
+        // are hidden behind their front ones (and a translucent one blends its near side only).
+        primitive: wgpu::PrimitiveState {
+            cull_mode: Some(wgpu::Face::Back),
+            ..Default::default()
+        },
         depth_stencil: Some(wgpu::DepthStencilState {
             format: DEPTH_FORMAT,
             depth_write_enabled: Some(!blend),
