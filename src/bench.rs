@@ -340,7 +340,7 @@ pub fn edit(
     radius_mm: f64,
     repeats: usize,
 ) -> Result<(Vec<Figure>, String), RenderError> {
-    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
+    use crate::edit::tools::{brush_dab, PaintRules};
     let gpu = GpuContext::headless()?;
     let n = size.max(16);
     let mut mask = Volume::filled([n, n, n, 1], Affine::from_spacing([1.0; 3]), 0u8)
@@ -352,18 +352,7 @@ pub fn edit(
     let mut dab_ms = Vec::new();
     for k in 0..repeats.max(1) {
         let at = DVec3::new(c + (k % 20) as f64 - 10.0, c + (k % 7) as f64, c);
-        let plane = EditPlane {
-            origin_mm: at,
-            right: DVec3::NEG_X,
-            up: DVec3::Y,
-            thickness_mm: 1.0,
-        };
-        let brush = Brush {
-            shape: BrushShape::Round,
-            radius_mm,
-            space: BrushSpace::Plane(plane),
-            value: 1 + (k % 3) as u8,
-        };
+        let brush = axial_round_brush(at, radius_mm, 1 + (k % 3) as u8);
         let t = Instant::now();
         if let Some(d) = brush_dab(&mut mask, &brush, at, &rules, None) {
             texture.update_sub_box(&gpu.queue, &mask, d.region.min, d.region.max)?;
@@ -378,6 +367,23 @@ pub fn edit(
         fig(format!("full_mask_upload_ms_{n}"), full_ms, "ms"),
     ];
     Ok((figures, adapter_name(&gpu)))
+}
+
+/// A round 2D brush of `radius_mm` painting `value` in the axial slice through `at`.
+fn axial_round_brush(at: DVec3, radius_mm: f64, value: u8) -> crate::edit::tools::Brush {
+    use crate::edit::tools::{Brush, BrushShape, BrushSpace, EditPlane};
+    let plane = EditPlane {
+        origin_mm: at,
+        right: DVec3::NEG_X,
+        up: DVec3::Y,
+        thickness_mm: 1.0,
+    };
+    Brush {
+        shape: BrushShape::Round,
+        radius_mm,
+        space: BrushSpace::Plane(plane),
+        value,
+    }
 }
 
 /// The surface benchmarks' `size`³ (at least 32³) 1 mm mask: a ball of half the grid's radius
@@ -448,7 +454,7 @@ pub fn view3d(size: usize, frames: usize) -> Result<(Vec<Figure>, String), Rende
 /// round dabs of `radius_mm` dragged across the large one's border, each dab's sub-box re-meshed
 /// (`LabelSurfaces::update`) — median per dab — beside meshing the whole mask anew.
 pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
-    use crate::edit::tools::{brush_dab, Brush, BrushShape, BrushSpace, EditPlane, PaintRules};
+    use crate::edit::tools::{brush_dab, PaintRules};
     use crate::volume::surface::LabelSurfaces;
     let Some(mut mask) = surface_bench_mask(size) else {
         return Vec::new();
@@ -463,26 +469,23 @@ pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
     for k in 0..repeats.max(1) {
         // Along the big ball's edge at mid-height, a voxel further each dab.
         let at = DVec3::new(c + c / 2.0, c - 10.0 + k as f64, c);
-        let plane = EditPlane {
-            origin_mm: at,
-            right: DVec3::NEG_X,
-            up: DVec3::Y,
-            thickness_mm: 1.0,
-        };
-        let brush = Brush {
-            shape: BrushShape::Round,
-            radius_mm,
-            space: BrushSpace::Plane(plane),
-            value: 1,
-        };
+        let brush = axial_round_brush(at, radius_mm, 1);
         let t = Instant::now();
         if let Some(d) = brush_dab(&mut mask, &brush, at, &rules, None) {
             surfaces.update(mask.data(), d.region.min, d.region.max);
         }
         dab_ms.push(ms_since(t));
     }
+    // What the window does next with each dab's blocks: join the label's mesh to upload it.
+    let mut join_ms = Vec::new();
+    for _ in 0..repeats.clamp(1, 5) {
+        let t = Instant::now();
+        std::hint::black_box(surfaces.mesh(1));
+        join_ms.push(ms_since(t));
+    }
     vec![
         fig("surface_update_ms", median(dab_ms), "ms"),
+        fig("surface_join_ms", median(join_ms), "ms"),
         fig("surface_full_remesh_ms", full_ms, "ms"),
         fig(
             "surface_triangles",
