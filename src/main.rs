@@ -45,6 +45,9 @@ enum Command {
     /// Predict every case of a project with a trained model (mask, probability, class), or
     /// one shard of them (--shard I/N) for a cluster job array.
     Predict(train::PredictArgs),
+    /// Add a checkpoint trained elsewhere (`train --out DIR`, another machine, a colleague) to
+    /// a project as a model version: copied under models/, recorded with where it came from
+    AddModel(train::AddModelArgs),
     /// Put the per-case results of sharded `predict` runs into the project's manifest.
     MergeShards(train::MergeShardsArgs),
     /// Evaluate a model on a project's cases with reference masks: per-case and cohort Dice,
@@ -113,6 +116,7 @@ fn main() -> Result<()> {
         Command::Export(args) => exchange::export(args),
         Command::Train(args) => train::train(args),
         Command::Predict(args) => train::predict(args),
+        Command::AddModel(args) => train::add_model(args),
         Command::MergeShards(args) => train::merge_shards(args),
         Command::Eval(args) => train::eval(args),
         Command::EvalPrompt(args) => prompt::eval_prompt(args),

@@ -183,16 +183,15 @@ fn train_eval_predict_for_the_three_input_forms() {
         assert!(m.affine.max_abs_diff(&i.affine) < 1e-5);
         if form == "3d" {
             shards_match_one_run(&p, &model, dir.path());
+            an_added_model_predicts_as_the_active_version(&p, &model, dir.path());
         }
     }
 }
 
-/// Two shards of `predict` running at once on a copy of the project (predicted by one run),
-/// then `merge-shards`: the shards leave the manifest alone, and the merged project has the
-/// same predicted masks and class probabilities as the one run.
-fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
+/// A copy of the project `one_run` at `copy` with its cases' files but no predictions; and
+/// the project itself, opened.
+fn fresh_copy(one_run: &Path, copy: &Path) -> mriloop::project::Project {
     use mriloop::project::Project;
-    let copy = scratch.join("sharded");
     std::fs::create_dir_all(copy.join("cases")).unwrap();
     std::fs::copy(one_run.join("mriloop.json"), copy.join("mriloop.json")).unwrap();
     let reference = Project::open(one_run).unwrap();
@@ -206,8 +205,7 @@ fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
             std::fs::copy(reference.resolve(r), copy.join(r)).unwrap();
         }
     }
-    // The copy starts without predictions.
-    let mut fresh = Project::open(&copy).unwrap();
+    let mut fresh = Project::open(copy).unwrap();
     for c in &mut fresh.manifest.cases {
         (
             c.predicted_mask,
@@ -216,6 +214,78 @@ fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
         ) = (None, None, None);
     }
     fresh.save().unwrap();
+    reference
+}
+
+/// `add-model` makes a checkpoint trained elsewhere a version of a project (copied, recorded
+/// with where it came from, active when asked); `predict` without `--model` then predicts with
+/// it, naming the version, the same masks as predicting with the folder.
+fn an_added_model_predicts_as_the_active_version(one_run: &Path, model: &Path, scratch: &Path) {
+    let copy = scratch.join("added");
+    let reference = fresh_copy(one_run, &copy);
+    let cs = copy.to_str().unwrap();
+    let out = mriloop(&["predict", cs, "--backend", "cpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no active model version"),
+        "{err}"
+    );
+    let m = model.to_str().unwrap();
+    let out = mriloop(&["add-model", cs, "--model", m, "--activate"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("added v1 (joint"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(copy.join("models/v1/best/model.bpk")).unwrap(),
+        std::fs::read(model.join("model.bpk")).unwrap()
+    );
+    let out = mriloop(&["predict", cs, "--backend", "cpu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added = mriloop::project::Project::open(&copy).unwrap();
+    let version = &added.manifest.models[0];
+    assert_eq!(added.manifest.active_model.as_deref(), Some("v1"));
+    assert_eq!(version.added_from.as_deref(), Some(m));
+    for (a, r) in added.manifest.cases.iter().zip(&reference.manifest.cases) {
+        assert_eq!(a.predicted_by.as_deref(), Some("v1"), "{}", a.id);
+        assert_eq!(a.predicted_class, r.predicted_class, "{}", a.id);
+    }
+    // A model reading a sequence the project lacks is refused by name, and nothing is added.
+    let mut lacking = mriloop::project::Project::open(&copy).unwrap();
+    lacking.manifest.sequences.pop();
+    for c in &mut lacking.manifest.cases {
+        c.sequences.pop();
+    }
+    lacking.save().unwrap();
+    let out = mriloop(&["add-model", cs, "--model", m]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("reads sequences the project does not have"),
+        "{err}"
+    );
+    assert_eq!(
+        mriloop::project::Project::open(&copy)
+            .unwrap()
+            .manifest
+            .models
+            .len(),
+        1
+    );
+}
+
+/// Two shards of `predict` running at once on a copy of the project (predicted by one run),
+/// then `merge-shards`: the shards leave the manifest alone, and the merged project has the
+/// same predicted masks and class probabilities as the one run.
+fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
+    use mriloop::project::Project;
+    let copy = scratch.join("sharded");
+    let reference = fresh_copy(one_run, &copy);
     let manifest_before = std::fs::read(copy.join("mriloop.json")).unwrap();
     let shard = |i: usize| {
         Command::new(env!("CARGO_BIN_EXE_mriloop"))

@@ -227,6 +227,7 @@ fn manifest_round_trips_and_rejects_unsafe_content() {
         outcome: mriloop::project::RunOutcome::Finished,
         learned_prompts: 0,
         promptable: false,
+        added_from: None,
     });
     m.active_model = Some("v1".into());
     let p = Project::create(dir.path(), m.clone()).unwrap();

@@ -107,9 +107,10 @@ pub struct TrainArgs {
 pub struct PredictArgs {
     /// The project folder.
     pub project: PathBuf,
-    /// A checkpoint folder (config.json + model.bpk).
+    /// A checkpoint folder (config.json + model.bpk); default: the project's active version
+    /// (its predictions then name the version).
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// cpu, gpu or auto.
     #[arg(long, default_value = "auto")]
     pub backend: String,
@@ -118,6 +119,20 @@ pub struct PredictArgs {
     /// manifest, so shards running at once never race on it.
     #[arg(long, value_parser = Shard::parse)]
     pub shard: Option<Shard>,
+}
+
+/// Arguments of `mriloop add-model`.
+#[derive(clap::Args, Debug)]
+pub struct AddModelArgs {
+    /// The project folder.
+    pub project: PathBuf,
+    /// The checkpoint folder (config.json + model.bpk), e.g. OUT/best of `train --out OUT`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Make it the project's active model (an automatic model; a promptable one is the
+    /// Prompt tool's and never the active one).
+    #[arg(long)]
+    pub activate: bool,
 }
 
 /// Arguments of `mriloop merge-shards`.
@@ -411,10 +426,13 @@ fn on_fit_event(
 pub fn predict(args: PredictArgs) -> Result<()> {
     let (device, about) = model::choose_device(&args.backend);
     eprintln!("running on {about}");
-    let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
     let mut p = Project::open(&args.project)?;
+    let (dir, model_name) = match &args.model {
+        Some(dir) => (dir.clone(), dir.display().to_string()),
+        None => active_checkpoint(&p)?,
+    };
+    let (cfg, net) = model::load_checkpoint(&dir, &device)?;
     let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
-    let model_name = args.model.display().to_string();
     let n = model::predict_project(
         &mut p,
         (&net, &cfg, &device),
@@ -435,6 +453,45 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         ),
         None => println!("predicted {n} cases into {}", p.root().display()),
     }
+    Ok(())
+}
+
+/// The project's active version's checkpoint folder and id.
+fn active_checkpoint(p: &Project) -> Result<(PathBuf, String)> {
+    let active = p.manifest.active_model.as_deref();
+    let version = p
+        .manifest
+        .models
+        .iter()
+        .find(|v| Some(v.id.as_str()) == active);
+    match version {
+        Some(v) => Ok((p.resolve(&v.checkpoint), v.id.clone())),
+        None => anyhow::bail!(
+            "{}: no active model version; give --model DIR or add one (`mriloop add-model`)",
+            p.manifest_path().display()
+        ),
+    }
+}
+
+/// `mriloop add-model`: a checkpoint trained elsewhere becomes a version of the project.
+pub fn add_model(args: AddModelArgs) -> Result<()> {
+    let mut p = Project::open(&args.project)?;
+    let v = model::versions::add_checkpoint(&mut p, &args.model, args.activate)?;
+    let role = match (
+        v.promptable,
+        p.manifest.active_model.as_deref() == Some(v.id.as_str()),
+    ) {
+        (true, _) => "promptable: the Prompt tool's model",
+        (false, true) => "the active model",
+        (false, false) => "not active",
+    };
+    println!(
+        "added {} ({}, reads {}; {role}) to {}",
+        v.id,
+        v.tasks,
+        v.sequences.join(", "),
+        p.root().display()
+    );
     Ok(())
 }
 

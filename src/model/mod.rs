@@ -30,6 +30,7 @@ pub mod resume;
 pub mod runs;
 pub mod split;
 pub mod training;
+pub mod versions;
 
 pub use apply::{
     case_channels, choose_device, dice_and_volume_error, evaluate_project, fit_config_for,

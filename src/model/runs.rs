@@ -362,6 +362,7 @@ fn run(
         outcome: RunOutcome::Finished,
         learned_prompts: train.iter().map(|s| s.replays.len()).sum(),
         promptable: config.training.prompt.is_some(),
+        added_from: None,
     };
     let _ = tx.send(RunEvent::Started {
         version: version.clone(),

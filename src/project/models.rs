@@ -69,6 +69,10 @@ pub struct ModelVersion {
     /// A promptable network (the Prompt tool's; it never becomes the active automatic model).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promptable: bool,
+    /// Where a version trained elsewhere was added from (`mriloop add-model`: the checkpoint
+    /// folder it was copied from); `None` for a run of this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_from: Option<String>,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -65,7 +65,7 @@ pub struct PredictionRecord {
     pub probabilities: String,
     /// Class probabilities, one per project class (empty without a class head match).
     pub class_probabilities: Vec<f32>,
-    /// The checkpoint that predicted it.
+    /// The checkpoint that predicted it: a version id of the project, or a folder.
     pub model: String,
 }
 
@@ -136,7 +136,10 @@ pub fn merge_records(project: &mut Project) -> Result<MergeReport, ProjectError>
         let id = project.manifest.cases[i].id.clone();
         match project.read_prediction_record(&id) {
             Ok(Some(r)) => {
+                // A prediction names its version when a version of this project made it.
+                let version = project.manifest.models.iter().any(|v| v.id == r.model);
                 let c = &mut project.manifest.cases[i];
+                c.predicted_by = version.then_some(r.model);
                 c.predicted_mask = Some(r.mask);
                 c.predicted_probabilities = Some(r.probabilities);
                 if !r.class_probabilities.is_empty() {
