@@ -2,7 +2,7 @@
 //! run end to end on a phantom project on the CPU backend (report, per-case CSV and plots).
 
 use mriloop::experiment::stats::{mean_sd, paired_permutation_test, roc_curve};
-use mriloop::experiment::{run_experiment, ExperimentPlan};
+use mriloop::experiment::{choose_test_cases, run_experiment, ExperimentPlan};
 use mriloop::phantom::{generate_project, PhantomConfig};
 use mriloop::volume::distance::{hd95_mm, squared_distance_mm2};
 use mriloop::volume::{Affine, Volume};
@@ -230,4 +230,75 @@ fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
     let csv = std::fs::read_to_string(out.join("cases.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4 * n);
     assert!(csv.starts_with("arm,seed,case,class,p_control,p_patient,dice_habenula_L"));
+}
+
+#[test]
+fn a_drawn_test_set_is_stratified_by_class_and_covers_the_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |split: &str| {
+        let text = format!(
+            r#"{{"name": "split", "seeds": [1], "test_fraction": 0.25, "test_split": "{split}",
+                "arms": [{{"name": "a", "set": {{}}}}]}}"#
+        );
+        let path = dir.path().join(format!("{split}.json"));
+        std::fs::write(&path, text).unwrap();
+        ExperimentPlan::load(&path).unwrap()
+    };
+    let (mut missed_covering, mut missed_by_class) = (0, 0);
+    for seed in 1..=8 {
+        let cfg = PhantomConfig {
+            cases: 12,
+            seed,
+            grid: 24,
+            ..PhantomConfig::default()
+        };
+        let project =
+            generate_project(&dir.path().join(format!("p{seed}")), &cfg, |_, _| {}).unwrap();
+        let labels_of = |ids: &[String]| {
+            let mut held: Vec<u8> = Vec::new();
+            for id in ids {
+                let case = project.manifest.case(id).unwrap();
+                let mask = project.load_reference_mask(case).unwrap().unwrap();
+                held.extend(mask.data().iter().copied().filter(|v| *v != 0));
+                held.sort_unstable();
+                held.dedup();
+            }
+            held
+        };
+        let all: Vec<String> = project
+            .manifest
+            .cases
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        let covered = choose_test_cases(&project, &plan("class_and_labels")).unwrap();
+        let by_class = choose_test_cases(&project, &plan("class")).unwrap();
+        let (everything, with_cover, without) =
+            (labels_of(&all), labels_of(&covered), labels_of(&by_class));
+        eprintln!("seed {seed}: test labels {with_cover:?} covering, {without:?} by class only, {everything:?} in the project");
+        missed_covering += everything.len() - with_cover.len();
+        missed_by_class += everything.len() - without.len();
+        assert_eq!(covered.len(), 3);
+        // Both classes are tested, in proportion; the same seed draws the same cases.
+        for class in &project.manifest.classes {
+            let n = |ids: &[String]| {
+                ids.iter()
+                    .filter(|id| {
+                        project.manifest.case(id).unwrap().class_label.as_ref() == Some(class)
+                    })
+                    .count()
+            };
+            assert!(n(&covered) >= 1, "{class}");
+            assert!(n(&covered).abs_diff(n(&all) / 4) <= 1, "{class}");
+        }
+        assert_eq!(
+            covered,
+            choose_test_cases(&project, &plan("class_and_labels")).unwrap()
+        );
+    }
+    eprintln!("labels left untested over 8 projects: {missed_covering} covering, {missed_by_class} by class only");
+    assert!(
+        missed_covering < missed_by_class,
+        "{missed_covering} vs {missed_by_class}"
+    );
 }

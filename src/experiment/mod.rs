@@ -171,10 +171,13 @@ pub struct ExperimentPlan {
     pub description: String,
     /// Training seeds; every arm runs once per seed.
     pub seeds: Vec<u64>,
-    /// Test cases by id; when absent, `test_fraction` of the cases per class, drawn with
-    /// `split_seed`.
+    /// Test cases by id; when absent, `test_fraction` of the cases drawn with `split_seed`,
+    /// stratified as `test_split` says.
     #[serde(default)]
     pub test_cases: Option<Vec<String>>,
+    /// How a drawn test set is stratified (default: by class, covering the labels).
+    #[serde(default)]
+    pub test_split: TestSplit,
     /// Cases neither trained, validated nor tested on (e.g. a gap between neighbouring
     /// slices of the test block and the training slices).
     #[serde(default)]
@@ -199,6 +202,20 @@ pub struct ExperimentPlan {
     pub base: ArmSettings,
     /// The arms (paired tests compare every pair).
     pub arms: Vec<Arm>,
+}
+
+/// How an experiment draws its test cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TestSplit {
+    /// The validation splitter's rule (`model::split::held_out`): the share of the labelled
+    /// cases, each class its proportional part, and within a class first the cases that bring
+    /// a label the test set lacks — so a rare label (an infarct in 3 of 40 cases) is tested.
+    #[default]
+    ClassAndLabels,
+    /// The share of each class's cases, at least one, drawn in a shuffled order (the rule of
+    /// the experiments committed before labels were covered; their plans say so).
+    Class,
 }
 
 fn default_test_fraction() -> f64 {
@@ -384,8 +401,8 @@ pub struct ExperimentResult {
     pub runs: Vec<RunResult>,
 }
 
-/// The test cases of `plan` on `project`: the listed ids, or a share of the labelled cases per
-/// class drawn with the split seed (at least one case when the share is above 0).
+/// The test cases of `plan` on `project`: the listed ids, or a share of the cases drawn with the
+/// split seed as the plan's `test_split` says.
 pub fn choose_test_cases(
     project: &Project,
     plan: &ExperimentPlan,
@@ -400,7 +417,16 @@ pub fn choose_test_cases(
         }
         return Ok(ids.clone());
     }
+    match plan.test_split {
+        TestSplit::Class => Ok(test_cases_by_class(project, plan)),
+        TestSplit::ClassAndLabels => test_cases_by_class_and_labels(project, plan),
+    }
+}
+
+/// The share of each class's labelled cases (at least one), in a shuffled order.
+fn test_cases_by_class(project: &Project, plan: &ExperimentPlan) -> Vec<String> {
     use rand::seq::SliceRandom;
+    let cases = &project.manifest.cases;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(plan.split_seed);
     let mut chosen = Vec::new();
     for class in &project.manifest.classes {
@@ -420,6 +446,52 @@ pub fn choose_test_cases(
         };
         chosen.extend(ids.into_iter().take(n));
     }
+    chosen.sort();
+    chosen
+}
+
+/// The validation splitter's rule on the cases with a reference mask (read to see which labels
+/// each holds) or a class that are not excluded: stratified by class, covering the labels.
+fn test_cases_by_class_and_labels(
+    project: &Project,
+    plan: &ExperimentPlan,
+) -> Result<Vec<String>, ExperimentError> {
+    let candidates: Vec<&crate::project::Case> = project
+        .manifest
+        .cases
+        .iter()
+        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
+        .filter(|c| !plan.exclude_cases.contains(&c.id))
+        .collect();
+    let classes: Vec<usize> = candidates
+        .iter()
+        .map(|c| {
+            let class = c.class_label.as_ref();
+            let at = project
+                .manifest
+                .classes
+                .iter()
+                .position(|k| Some(k) == class);
+            at.unwrap_or(project.manifest.classes.len())
+        })
+        .collect();
+    let mut labels = Vec::with_capacity(candidates.len());
+    for case in &candidates {
+        let mask = project.load_reference_mask(case)?;
+        let mut held: Vec<u8> = mask.map_or_else(Vec::new, |m| m.data().to_vec());
+        held.sort_unstable();
+        held.dedup();
+        held.retain(|v| *v != 0);
+        labels.push(held);
+    }
+    let held =
+        crate::model::split::held_out(&classes, &labels, plan.test_fraction, plan.split_seed);
+    let mut chosen: Vec<String> = candidates
+        .iter()
+        .zip(held)
+        .filter(|(_, h)| *h)
+        .map(|(c, _)| c.id.clone())
+        .collect();
     chosen.sort();
     Ok(chosen)
 }

@@ -17,17 +17,12 @@ use rand_chacha::ChaCha8Rng;
 /// Split samples into training and validation: `fraction` of them (rounded, at most all but
 /// one) held out, stratified by class and covering labels, fixed by `seed`.
 pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
-    let n = samples.len();
-    let n_val = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     let classes: Vec<usize> = samples.iter().map(|s| s.class).collect();
-    let quotas = class_quotas(&classes, n_val);
     let labels: Vec<Vec<u8>> = samples
         .iter()
         .map(|s| s.foreground_by_label.iter().map(|l| l.0).collect())
         .collect();
-    let held = pick_validation(&order, &classes, &labels, &quotas);
+    let held = held_out(&classes, &labels, fraction, seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (i, s) in samples.into_iter().enumerate() {
         if held[i] {
@@ -37,6 +32,18 @@ pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sam
         }
     }
     (train, val)
+}
+
+/// Which of the cases (given by their class index and the label values they hold) are held
+/// out: `fraction` of them (rounded, at most all but one), stratified by class and covering
+/// labels, fixed by `seed` — the validation split of a run, and an experiment's test split.
+pub fn held_out(classes: &[usize], labels: &[Vec<u8>], fraction: f64, seed: u64) -> Vec<bool> {
+    let n = classes.len();
+    let n_held = ((n as f64 * fraction).round() as usize).min(n.saturating_sub(1));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let quotas = class_quotas(classes, n_held);
+    pick_validation(&order, classes, labels, &quotas)
 }
 
 /// Validation cases per class index: proportional to the class's cases (the largest deficit
