@@ -302,3 +302,62 @@ fn a_drawn_test_set_is_stratified_by_class_and_covers_the_labels() {
         "{missed_covering} vs {missed_by_class}"
     );
 }
+
+#[test]
+fn an_arm_with_a_time_budget_takes_the_planners_configuration_fitted_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PhantomConfig {
+        cases: 8,
+        seed: 5,
+        grid: 24,
+        ..PhantomConfig::default()
+    };
+    let project = generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let plan_path = dir.path().join("plan.json");
+    std::fs::write(
+        &plan_path,
+        r#"{"name": "budget", "seeds": [1], "test_fraction": 0.25, "backend": "cpu",
+            "base": {"mode": "seg", "minutes": 0.1, "base_channels": 4},
+            "arms": [{"name": "planned", "set": {}}]}"#,
+    )
+    .unwrap();
+    let plan = ExperimentPlan::load(&plan_path).unwrap();
+    let out = dir.path().join("report");
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let control = mriloop::model::FitControl::default();
+    let started = std::time::Instant::now();
+    let result = run_experiment(&project, &plan, &out, &tx, &control).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    let fit: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/planned/seed1/fit.json")).unwrap(),
+    )
+    .unwrap();
+    let planned = mriloop::model::plan(
+        &mriloop::model::Fingerprint::of(&project).unwrap(),
+        mriloop::model::DeviceClass::Cpu,
+    );
+    // The planner's patch and label weights, the arm's own width, steps fitted to 6 s.
+    assert_eq!(
+        fit["patch"][0].as_u64(),
+        Some(planned.patch[0] as u64),
+        "{fit}"
+    );
+    assert!(
+        !fit["label_weights"].as_array().unwrap().is_empty(),
+        "{fit}"
+    );
+    assert_eq!(fit["training"]["model"]["base_channels"].as_u64(), Some(4));
+    let steps = fit["epochs"].as_u64().unwrap() * fit["steps_per_epoch"].as_u64().unwrap();
+    eprintln!("budgeted run: {steps} steps, experiment {took:.1} s");
+    assert!(steps >= 1);
+    assert_eq!(result.runs.len(), 1);
+    assert!(!result.runs[0].cases.is_empty());
+    // A budget that is not a positive number is refused by name.
+    std::fs::write(
+        &plan_path,
+        r#"{"name": "b", "seeds": [1], "arms": [{"name": "a", "set": {"minutes": -1}}]}"#,
+    )
+    .unwrap();
+    let e = ExperimentPlan::load(&plan_path).unwrap_err().to_string();
+    assert!(e.contains("minutes -1"), "{e}");
+}

@@ -100,6 +100,11 @@ pub struct ArmSettings {
     /// Learning rate (default 0.002).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
+    /// A time budget per run, in minutes: the arm takes the planner's configuration for the
+    /// project (patch, batch, width, foreground sampling and label weights; the settings given
+    /// here override it) with its epochs and steps fitted to the budget, as `train --minutes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes: Option<f64>,
 }
 
 impl ArmSettings {
@@ -117,6 +122,21 @@ impl ArmSettings {
             base_channels: self.base_channels.or(base.base_channels),
             spacing_mm: self.spacing_mm.or(base.spacing_mm),
             learning_rate: self.learning_rate.or(base.learning_rate),
+            minutes: self.minutes.or(base.minutes),
+        }
+    }
+
+    /// The settings given, as choices over the planner's configuration.
+    pub fn choices(&self) -> crate::model::planned::PlanOverrides {
+        crate::model::planned::PlanOverrides {
+            epochs: self.epochs,
+            steps_per_epoch: self.steps_per_epoch,
+            patch: self.patch,
+            batch: self.batch,
+            class_window: self.class_window,
+            base_channels: self.base_channels,
+            spacing_mm: self.spacing_mm,
+            class_every: self.class_every,
         }
     }
 
@@ -282,6 +302,18 @@ impl ExperimentPlan {
             || !(0.0..1.0).contains(&self.validation_fraction)
         {
             return Err("test_fraction and validation_fraction must be in [0, 1)".into());
+        }
+        for i in 0..self.arms.len() {
+            if let Some(m) = self
+                .settings(i)
+                .minutes
+                .filter(|m| !(m.is_finite() && *m > 0.0))
+            {
+                return Err(format!(
+                    "arm {:?}: minutes {m} is not a positive number",
+                    self.arms[i].name
+                ));
+            }
         }
         Ok(())
     }
@@ -517,6 +549,7 @@ pub fn run_experiment(
         test_cases: test_cases.clone(),
         device: about.clone(),
     });
+    let planner = planner_if_budgeted(project, plan)?;
     let ctx = RunContext {
         project,
         plan,
@@ -525,6 +558,7 @@ pub fn run_experiment(
         control,
         device: &device,
         test_cases: &test_cases,
+        planner: planner.as_ref(),
     };
     let mut runs = Vec::new();
     let mut names: Option<(Vec<String>, Vec<String>)> = None;
@@ -538,7 +572,11 @@ pub fn run_experiment(
             if control.is_cancelled() {
                 return Err(ExperimentError::Cancelled);
             }
-            let config = arm_config(project, &settings, seed)?;
+            let config = ctx.budgeted(
+                arm_config(project, &settings, seed, ctx.planner)?,
+                &settings,
+                &val,
+            )?;
             names.get_or_insert_with(|| label_and_class_names(&config));
             let run = ctx.run_one(runs.len(), &arm.name, seed, &config, (&train, &val))?;
             runs.push(run);
@@ -585,6 +623,8 @@ struct RunContext<'a> {
     device: &'a burn::prelude::Device,
     /// The held-out test cases.
     test_cases: &'a [String],
+    /// The planner's plan for the project, when an arm has a time budget.
+    planner: Option<&'a crate::model::Plan>,
 }
 
 impl RunContext<'_> {
@@ -597,7 +637,7 @@ impl RunContext<'_> {
         settings: &ArmSettings,
     ) -> Result<(Vec<crate::model::Sample>, Vec<crate::model::Sample>), ExperimentError> {
         let plan = self.plan;
-        let first = arm_config(self.project, settings, plan.seeds[0])?;
+        let first = arm_config(self.project, settings, plan.seeds[0], self.planner)?;
         let samples = load_samples_with(
             self.project,
             &SampleSelection::for_training(&first.training),
@@ -679,6 +719,30 @@ impl RunContext<'_> {
         })
     }
 
+    /// `config` with its epochs and steps fitted to the arm's time budget, if it has one (the
+    /// budget's clock starts here, so measuring a step is inside it).
+    fn budgeted(
+        &self,
+        config: FitConfig,
+        settings: &ArmSettings,
+        val: &[crate::model::Sample],
+    ) -> Result<FitConfig, ExperimentError> {
+        let Some(minutes) = settings.minutes else {
+            return Ok(config);
+        };
+        let clock = std::sync::Arc::new(crate::model::budget::SystemClock::start());
+        let end_s = minutes * 60.0;
+        let (config, _) = crate::model::budget::fit_to_budget(
+            &config,
+            val,
+            self.device,
+            end_s,
+            clock,
+            self.control,
+        )?;
+        Ok(config)
+    }
+
     /// Fit `config` into `dir`, relaying its events as `ExperimentEvent::Fit`; the fit's result
     /// and the training loss of every step.
     fn fit_relayed(
@@ -707,13 +771,38 @@ impl RunContext<'_> {
     }
 }
 
-/// The fit configuration of an arm's settings with `seed` on `project`.
+/// The planner's plan for `project` on the plan's device class, when an arm has a time budget.
+/// (The fingerprint reads every case, test cases too: it sets sizes and sampling weights, never
+/// what a model sees of a test case.)
+fn planner_if_budgeted(
+    project: &Project,
+    plan: &ExperimentPlan,
+) -> Result<Option<crate::model::Plan>, ExperimentError> {
+    let budgeted = (0..plan.arms.len()).any(|a| plan.settings(a).minutes.is_some());
+    if !budgeted {
+        return Ok(None);
+    }
+    let fingerprint = crate::model::Fingerprint::of(project)?;
+    let class = crate::model::apply::device_class(&plan.backend);
+    Ok(Some(crate::model::plan(&fingerprint, class)))
+}
+
+/// The fit configuration of an arm's settings with `seed` on `project`: the planner's (`plan`)
+/// with the settings as choices when the arm has a time budget, else the settings alone.
 fn arm_config(
     project: &Project,
     settings: &ArmSettings,
     seed: u64,
+    plan: Option<&crate::model::Plan>,
 ) -> Result<FitConfig, ExperimentError> {
-    let config = fit_config_for(project, &settings.options(seed))?;
+    let options = settings.options(seed);
+    let config = match (settings.minutes, plan) {
+        (Some(_), Some(plan)) => {
+            let choices = settings.choices();
+            crate::model::planned::planned_config(project, &options, &choices, plan)?
+        }
+        _ => fit_config_for(project, &options)?,
+    };
     let class_every = settings.class_every.unwrap_or(4).max(1);
     Ok(config.with_class_every(class_every))
 }
