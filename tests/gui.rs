@@ -48,7 +48,7 @@ fn wait_open(h: &mut Harness<'_, MriloopApp>) {
 }
 
 fn demo() -> Harness<'static, MriloopApp> {
-    let mut h = harness(Startup::Project(mriloop::app::demo_project_dir()));
+    let mut h = harness(Startup::Project(window::phantom_demo_dir()));
     wait_open(&mut h);
     h
 }

@@ -17,16 +17,7 @@ use std::time::Duration;
 use window::{axial, button, mask_of};
 
 fn demo_copy(dir: &Path) -> std::path::PathBuf {
-    let root = mriloop::app::demo_project_copy(&dir.join("demo")).unwrap();
-    // The copy is byte-for-byte the shipped demo.
-    let shipped = mriloop::app::demo_project_dir();
-    for f in ["mriloop.json", "cases/phantom_000/T1.nii.gz"] {
-        assert_eq!(
-            std::fs::read(root.join(f)).unwrap(),
-            std::fs::read(shipped.join(f)).unwrap()
-        );
-    }
-    root
+    window::phantom_demo_copy(dir)
 }
 
 fn open(root: &Path) -> Harness<'static, MriloopApp> {
@@ -232,7 +223,7 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
 
 /// The window on loose copies of the demo's T1 and labels, working copies under `dir/unsaved`.
 fn open_loose(dir: &Path) -> (Harness<'static, MriloopApp>, std::path::PathBuf) {
-    let shipped = mriloop::app::demo_project_dir().join("cases/phantom_000");
+    let shipped = window::phantom_demo_dir().join("cases/phantom_000");
     let (t1, labels) = (dir.join("T1.nii.gz"), dir.join("labels.nii.gz"));
     std::fs::copy(shipped.join("T1.nii.gz"), &t1).unwrap();
     std::fs::copy(shipped.join("reference.nii.gz"), &labels).unwrap();

@@ -26,7 +26,7 @@ fn slice_mm(h: &Harness<'_, MriloopApp>) -> f64 {
 #[test]
 fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let root = mriloop::app::demo_project_copy(&dir.path().join("demo")).unwrap();
+    let root = window::phantom_demo_copy(dir.path());
     let mut h = window::open_project(&root, [1280.0, 900.0]);
     let settings = TrainSettings {
         fine_tune: false,
@@ -179,7 +179,7 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
     use mriloop::model::fingerprint::Fingerprint;
     use mriloop::model::{plan, DeviceClass};
     let dir = tempfile::tempdir().unwrap();
-    let root = mriloop::app::demo_project_copy(&dir.path().join("demo")).unwrap();
+    let root = window::phantom_demo_copy(dir.path());
     let mut h = window::open_project(&root, [1280.0, 1000.0]);
     let settings = TrainSettings {
         fine_tune: false,

@@ -413,7 +413,7 @@ fn nnunet_import_reports_bad_datasets_by_file() {
 }
 
 #[test]
-fn built_in_demo_case_opens() {
+fn built_in_demo_is_real_anatomy_with_a_prediction_and_both_models() {
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
     let project = Project::open(&demo).unwrap();
     assert_eq!(project.manifest.cases.len(), 1);
@@ -423,10 +423,72 @@ fn built_in_demo_case_opens() {
     for s in &case.sequences {
         let v = read_volume(&project.resolve(&s.path)).unwrap();
         assert_eq!(v.dims()[..3], mask.dims()[..3], "{}", s.name);
+        assert_eq!(v.affine(), mask.affine(), "{}", s.name);
+    }
+    // Named atlas structures, the habenulae and the three lesion kinds.
+    let names = project.manifest.labels.names_by_value();
+    for name in [
+        "habenula_L",
+        "thalamus_R",
+        "putamen_L",
+        "hippocampus_R",
+        "tumour",
+    ] {
+        let value = names.iter().position(|n| n == name).unwrap() as u8;
+        assert!(mask.data().contains(&value), "the demo shows {name}");
     }
     for label in 1..=5 {
         assert!(mask.data().contains(&label), "the demo shows label {label}");
     }
+    // The active automatic model made the prediction and the class; the promptable one is there.
+    let active = project.manifest.active_model.as_deref().unwrap();
+    assert_eq!(case.predicted_by.as_deref(), Some(active));
+    assert_eq!(case.predicted_class.as_ref().map(Vec::len), Some(2));
+    let predicted = project
+        .load_mask(case.predicted_mask.as_deref().unwrap())
+        .unwrap();
+    assert_eq!(predicted.dims(), mask.dims());
+    let thalamus = names.iter().position(|n| n == "thalamus_L").unwrap() as u8;
+    let dice = mriloop::model::prompt_infer::dice_bool(
+        &mask
+            .data()
+            .iter()
+            .map(|v| *v == thalamus)
+            .collect::<Vec<_>>(),
+        &predicted
+            .data()
+            .iter()
+            .map(|v| *v == thalamus)
+            .collect::<Vec<_>>(),
+    );
+    eprintln!("demo prediction: thalamus_L Dice {dice:.3}");
+    assert!(
+        dice > 0.5,
+        "the shipped model finds the left thalamus: Dice {dice}"
+    );
+    let promptable: Vec<_> = project
+        .manifest
+        .models
+        .iter()
+        .filter(|v| v.promptable)
+        .collect();
+    assert_eq!(promptable.len(), 1);
+    for v in &project.manifest.models {
+        assert!(
+            project.resolve(&v.checkpoint).join("model.bpk").is_file(),
+            "{}",
+            v.id
+        );
+    }
+    // The built-in copy (what the app opens) is these files, byte for byte, with the notice.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = mriloop::project::demo::demo_project_copy(&dir.path().join("demo")).unwrap();
+    let files = tree(&demo);
+    assert_eq!(tree(&copy), files);
+    assert!(
+        files.contains_key("README.md"),
+        "the attribution travels with the data"
+    );
 }
 
 #[test]

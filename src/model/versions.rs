@@ -68,12 +68,12 @@ pub fn add_checkpoint(
     }
     let id = next_version_id(&project.manifest.models);
     let rel = format!("models/{id}");
-    copy_files(
-        dir,
-        &project.resolve(&format!("{rel}/best")),
-        CHECKPOINT_FILES,
-        true,
-    )?;
+    // The checkpoint keeps its folder's name when it is a run's (`best` or `last`).
+    let name = (dir.file_name().and_then(|n| n.to_str()))
+        .filter(|n| ["best", "last"].contains(n))
+        .unwrap_or("best");
+    let checkpoint = format!("{rel}/{name}");
+    copy_files(dir, &project.resolve(&checkpoint), CHECKPOINT_FILES, true)?;
     if let Some(run) = dir.parent() {
         copy_files(run, &project.resolve(&rel), RUN_FILES, false)?;
     }
@@ -81,7 +81,7 @@ pub fn add_checkpoint(
         id: id.clone(),
         created: utc_now(),
         parent: None,
-        checkpoint: format!("{rel}/best"),
+        checkpoint,
         tasks: match config.mode {
             TaskMode::Joint => "joint",
             TaskMode::SegmentationOnly => "seg",

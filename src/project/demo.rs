@@ -11,40 +11,37 @@ pub fn demo_project_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo")
 }
 
-/// The demo project's files, built into the binary so it runs from anywhere.
-const DEMO_FILES: &[(&str, &[u8])] = &[
-    (
-        "mriloop.json",
-        include_bytes!("../../assets/demo/mriloop.json"),
-    ),
-    (
-        "cases/phantom_000/T1.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/T1.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/T2.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/T2.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/FLAIR.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/FLAIR.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/Gd-T1.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/Gd-T1.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/DWI.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/DWI.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/ADC.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/ADC.nii.gz"),
-    ),
-    (
-        "cases/phantom_000/reference.nii.gz",
-        include_bytes!("../../assets/demo/cases/phantom_000/reference.nii.gz"),
-    ),
+/// The files of the demo folder, each with its bytes built into the binary.
+macro_rules! demo_files {
+    ($($rel:literal),* $(,)?) => {
+        &[$(($rel, include_bytes!(concat!("../../assets/demo/", $rel)))),*]
+    };
+}
+
+/// The demo project's files, built into the binary so it runs from anywhere: a Colin27-derived
+/// subject (six sequences, reference, the automatic model's prediction), the automatic model
+/// (v1, active) and the promptable model (v2), and the README with the sources' notice.
+/// `docs/demo/make-demo.sh` rebuilds them.
+const DEMO_FILES: &[(&str, &[u8])] = demo_files![
+    "mriloop.json",
+    "README.md",
+    "cases/colin27_000/T1.nii.gz",
+    "cases/colin27_000/T2.nii.gz",
+    "cases/colin27_000/FLAIR.nii.gz",
+    "cases/colin27_000/Gd-T1.nii.gz",
+    "cases/colin27_000/DWI.nii.gz",
+    "cases/colin27_000/ADC.nii.gz",
+    "cases/colin27_000/reference.nii.gz",
+    "cases/colin27_000/predicted.nii.gz",
+    "cases/colin27_000/predicted_prob.nii.gz",
+    "models/v1/fit.json",
+    "models/v1/plan.json",
+    "models/v1/last/config.json",
+    "models/v1/last/model.bpk",
+    "models/v2/fit.json",
+    "models/v2/plan.json",
+    "models/v2/best/config.json",
+    "models/v2/best/model.bpk",
 ];
 
 /// A writable copy of the demo project in `dir` (made from the built-in files if it is not
@@ -74,7 +71,9 @@ pub fn user_data_dir() -> PathBuf {
     base.join("mriloop")
 }
 
-/// Where the user's copy of the demo lives: `demo` in `user_data_dir()`.
+/// Where the user's copy of the demo lives: `demo-colin27` in `user_data_dir()` (named by the
+/// demo's content, so a copy of an earlier demo, with whatever the user did in it, stays as it
+/// was beside the new one).
 pub fn user_demo_dir() -> PathBuf {
-    user_data_dir().join("demo")
+    user_data_dir().join("demo-colin27")
 }

@@ -65,3 +65,29 @@ pub fn button(h: &Harness<'_, MriloopApp>, pos: Pos2, pressed: bool) {
         modifiers: Modifiers::NONE,
     });
 }
+
+/// The phantom project the window tests were written on (one case of `mriloop phantom --seed
+/// 5`: six sequences, the habenulae, a lesion, an infarct and a tumour; no model). The built-in
+/// demo is real anatomy with shipped models (`assets/demo`).
+pub fn phantom_demo_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/phantom_demo")
+}
+
+/// A writable copy of `phantom_demo_dir()` in `dir/phantom_demo`, byte for byte.
+pub fn phantom_demo_copy(dir: &Path) -> std::path::PathBuf {
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let dest = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy_tree(&path, &dest);
+            } else {
+                std::fs::copy(&path, &dest).unwrap();
+            }
+        }
+    }
+    let root = dir.join("phantom_demo");
+    copy_tree(&phantom_demo_dir(), &root);
+    root
+}
