@@ -7,6 +7,17 @@ use mriloop::phantom::{generate_project, PhantomConfig};
 use mriloop::volume::distance::{hd95_mm, squared_distance_mm2};
 use mriloop::volume::{Affine, Volume};
 
+/// A phantom project of `cases` small (24³) cases from `seed` at `dir`.
+fn small_project(dir: &std::path::Path, cases: usize, seed: u64) -> mriloop::project::Project {
+    let cfg = PhantomConfig {
+        cases,
+        seed,
+        grid: 24,
+        ..PhantomConfig::default()
+    };
+    generate_project(dir, &cfg, |_, _| {}).unwrap()
+}
+
 #[test]
 fn permutation_test_and_roc_match_hand_computed_values() {
     // Three positive differences: only the all-positive and all-negative patterns are as
@@ -113,13 +124,7 @@ fn bad_plans_are_refused_with_the_file_named() {
 #[test]
 fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = PhantomConfig {
-        cases: 8,
-        seed: 5,
-        grid: 24,
-        ..PhantomConfig::default()
-    };
-    let project = generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let project = small_project(&dir.path().join("p"), 8, 5);
     let plan_path = dir.path().join("plan.json");
     std::fs::write(
         &plan_path,
@@ -246,14 +251,7 @@ fn a_drawn_test_set_is_stratified_by_class_and_covers_the_labels() {
     };
     let (mut missed_covering, mut missed_by_class) = (0, 0);
     for seed in 1..=8 {
-        let cfg = PhantomConfig {
-            cases: 12,
-            seed,
-            grid: 24,
-            ..PhantomConfig::default()
-        };
-        let project =
-            generate_project(&dir.path().join(format!("p{seed}")), &cfg, |_, _| {}).unwrap();
+        let project = small_project(&dir.path().join(format!("p{seed}")), 12, seed);
         let labels_of = |ids: &[String]| {
             let mut held: Vec<u8> = Vec::new();
             for id in ids {
@@ -306,17 +304,11 @@ fn a_drawn_test_set_is_stratified_by_class_and_covers_the_labels() {
 #[test]
 fn an_arm_with_a_time_budget_takes_the_planners_configuration_fitted_to_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = PhantomConfig {
-        cases: 8,
-        seed: 5,
-        grid: 24,
-        ..PhantomConfig::default()
-    };
-    let project = generate_project(&dir.path().join("p"), &cfg, |_, _| {}).unwrap();
+    let project = small_project(&dir.path().join("p"), 8, 5);
     let plan_path = dir.path().join("plan.json");
     std::fs::write(
         &plan_path,
-        r#"{"name": "budget", "seeds": [1], "test_fraction": 0.25, "backend": "cpu",
+        r#"{"name": "budget", "seeds": [1, 2], "test_fraction": 0.25, "backend": "cpu",
             "base": {"mode": "seg", "minutes": 0.1, "base_channels": 4},
             "arms": [{"name": "planned", "set": {}}]}"#,
     )
@@ -350,8 +342,23 @@ fn an_arm_with_a_time_budget_takes_the_planners_configuration_fitted_to_it() {
     let steps = fit["epochs"].as_u64().unwrap() * fit["steps_per_epoch"].as_u64().unwrap();
     eprintln!("budgeted run: {steps} steps, experiment {took:.1} s");
     assert!(steps >= 1);
-    assert_eq!(result.runs.len(), 1);
-    assert!(!result.runs[0].cases.is_empty());
+    // Every run has its own budget (the second is not cut short by the first's deadline).
+    assert_eq!(result.runs.len(), 2);
+    for run in &result.runs {
+        eprintln!(
+            "seed {}: {} steps in {:.1} s",
+            run.seed,
+            run.loss.len(),
+            run.seconds
+        );
+        assert!(
+            run.loss.len() * 2 >= steps as usize,
+            "seed {}: {} steps",
+            run.seed,
+            run.loss.len()
+        );
+        assert!(!run.cases.is_empty());
+    }
     // A budget that is not a positive number is refused by name.
     std::fs::write(
         &plan_path,

@@ -11,7 +11,7 @@ use egui_kittest::Harness;
 use mriloop::app::{Command, EditCommand, MriloopApp, Tool, ViewCommand};
 use mriloop::volume::regions::connected_regions;
 use mriloop::volume::Volume;
-use window::{axial, mask_of};
+use window::{axial, mask_of, mask_of_app};
 
 const TUMOUR: u8 = 5;
 
@@ -183,14 +183,4 @@ fn prompt_segments_the_erased_tumour(h: &mut Harness<'static, MriloopApp>) {
     h.step();
     assert_eq!(mask_of(h), erased, "undo restores the mask bit-for-bit");
     assert_eq!(axial_pixels_of(h, colour), 0, "and the view");
-}
-
-fn mask_of_app(a: &MriloopApp) -> Vec<u8> {
-    a.open_case()
-        .unwrap()
-        .reference
-        .as_ref()
-        .unwrap()
-        .data()
-        .to_vec()
 }

@@ -145,7 +145,8 @@ impl FitControl {
         self.pause.load(Ordering::Relaxed)
     }
 
-    /// Pace the fit's `epochs` by time so that it ends by `deadline`: each epoch steps until
+    /// Pace the fit's `epochs` by time so that it ends by `deadline` (a new deadline: time is not
+    /// up, even if an earlier fit's under this control ran out of it): each epoch steps until
     /// its share of the time left (after the validations still to come, estimated at
     /// `validation_s` until one is measured) is spent, however fast the steps turn out, and the
     /// learning rate follows the time used; stepping stops when the next step and one
@@ -156,6 +157,7 @@ impl FitControl {
         validation_s: f64,
         epochs: usize,
     ) {
+        self.time_up.store(false, Ordering::Relaxed);
         if let Ok(mut d) = self.deadline.lock() {
             *d = Some(DeadlineState {
                 deadline,

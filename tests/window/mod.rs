@@ -46,8 +46,12 @@ pub fn axial(h: &Harness<'_, MriloopApp>) -> ViewCell {
 
 /// The open case's reference mask voxels.
 pub fn mask_of(h: &Harness<'_, MriloopApp>) -> Vec<u8> {
-    h.state()
-        .open_case()
+    mask_of_app(h.state())
+}
+
+/// The open case's editable mask, of the app itself (for `step_until` conditions).
+pub fn mask_of_app(a: &MriloopApp) -> Vec<u8> {
+    a.open_case()
         .unwrap()
         .reference
         .as_ref()
