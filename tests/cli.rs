@@ -256,6 +256,20 @@ fn an_added_model_predicts_as_the_active_version(one_run: &Path, model: &Path, s
         assert_eq!(a.predicted_by.as_deref(), Some("v1"), "{}", a.id);
         assert_eq!(a.predicted_class, r.predicted_class, "{}", a.id);
     }
+    // A model whose labels are not the project's is refused, naming both lists.
+    let mut renamed = mriloop::project::Project::open(&copy).unwrap();
+    let mut labels = renamed.manifest.labels.labels().to_vec();
+    labels[0].name = "hippocampus_L".into();
+    renamed.manifest.labels = mriloop::project::LabelTable::new(labels).unwrap();
+    renamed.save().unwrap();
+    let out = mriloop(&["add-model", cs, "--model", m]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("are not the project's")
+            && err.contains("hippocampus_L"),
+        "{err}"
+    );
     // A model reading a sequence the project lacks is refused by name, and nothing is added.
     let mut lacking = mriloop::project::Project::open(&copy).unwrap();
     lacking.manifest.sequences.pop();

@@ -662,12 +662,7 @@ impl MriloopApp {
 fn fit_options(s: &TrainSettings, fine_tune: bool) -> FitOptions {
     FitOptions {
         sequences: s.sequences.clone(),
-        mode: match s.mode {
-            TaskMode::Joint => "joint",
-            TaskMode::SegmentationOnly => "seg",
-            TaskMode::ClassificationOnly => "class",
-        }
-        .into(),
+        mode: s.mode.name().into(),
         learning_rate: if fine_tune { 5e-4 } else { 2e-3 },
         ..FitOptions::default()
     }

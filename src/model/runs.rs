@@ -349,12 +349,7 @@ fn run(
         created: utc_now(),
         parent: request.fine_tune_from.clone(),
         checkpoint: format!("{rel}/best"),
-        tasks: match config.training.mode {
-            TaskMode::Joint => "joint",
-            TaskMode::SegmentationOnly => "seg",
-            TaskMode::ClassificationOnly => "class",
-        }
-        .into(),
+        tasks: config.training.mode.name().into(),
         sequences: config.training.sequences.clone(),
         trained_on: train.iter().map(|s| s.case_id.clone()).collect(),
         validated_on: val.iter().map(|s| s.case_id.clone()).collect(),

@@ -25,6 +25,17 @@ pub enum TaskMode {
     ClassificationOnly,
 }
 
+impl TaskMode {
+    /// The name the CLI, the manifest and plans use: `joint`, `seg` or `class`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskMode::Joint => "joint",
+            TaskMode::SegmentationOnly => "seg",
+            TaskMode::ClassificationOnly => "class",
+        }
+    }
+}
+
 /// Training settings.
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainingConfig {

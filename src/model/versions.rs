@@ -9,7 +9,7 @@
 //! it was (at most an unreferenced `models/<version>/` folder); the source folder is only read;
 //! a model that reads a sequence the project lacks is refused, by name.
 
-use super::training::{load_checkpoint, CheckpointError, TaskMode};
+use super::training::{load_checkpoint, CheckpointError, TrainingConfig};
 use crate::project::models::{next_version_id, utc_now};
 use crate::project::{ModelVersion, Project, ProjectError, RunOutcome};
 use std::path::Path;
@@ -55,15 +55,10 @@ pub fn add_checkpoint(
     // Read on the CPU: checking the weights needs no GPU (and a server may have none).
     let device = burn::prelude::Device::flex();
     let (config, _) = load_checkpoint(dir, &device)?;
-    let missing: Vec<&String> = config
-        .sequences
-        .iter()
-        .filter(|s| !project.manifest.sequences.iter().any(|p| p.as_str() == *s))
-        .collect();
-    if !missing.is_empty() {
+    if let Some(problem) = mismatch(&config, project) {
         return Err(AddModelError::Mismatch {
             model: dir.display().to_string(),
-            problem: format!("reads sequences the project does not have: {missing:?}"),
+            problem,
         });
     }
     let id = next_version_id(&project.manifest.models);
@@ -82,12 +77,7 @@ pub fn add_checkpoint(
         created: utc_now(),
         parent: None,
         checkpoint,
-        tasks: match config.mode {
-            TaskMode::Joint => "joint",
-            TaskMode::SegmentationOnly => "seg",
-            TaskMode::ClassificationOnly => "class",
-        }
-        .into(),
+        tasks: config.mode.name().into(),
         sequences: config.sequences.clone(),
         trained_on: Vec::new(),
         validated_on: Vec::new(),
@@ -103,6 +93,33 @@ pub fn add_checkpoint(
     }
     project.save()?;
     Ok(version)
+}
+
+/// Why a model with `config` cannot serve `project`: it reads a sequence the project lacks, or
+/// (an automatic model) its labels are not the project's, value for value — its masks would
+/// name other structures. A promptable model answers "object or not" for any label.
+fn mismatch(config: &TrainingConfig, project: &Project) -> Option<String> {
+    let missing: Vec<&String> = config
+        .sequences
+        .iter()
+        .filter(|s| !project.manifest.sequences.iter().any(|p| p.as_str() == *s))
+        .collect();
+    if !missing.is_empty() {
+        return Some(format!(
+            "reads sequences the project does not have: {missing:?}"
+        ));
+    }
+    let ours = project.manifest.labels.names_by_value();
+    let segments = config.mode != super::training::TaskMode::ClassificationOnly;
+    let same = config.label_names.iter().zip(&ours).all(|(a, b)| a == b)
+        && config.label_names.len() <= ours.len().max(2);
+    if config.prompt.is_none() && segments && !same {
+        return Some(format!(
+            "its labels {:?} are not the project's {:?}",
+            config.label_names, ours
+        ));
+    }
+    None
 }
 
 /// Copy the `names` files of `from` into `to` atomically; a missing one is an error when
