@@ -232,7 +232,8 @@ fn write_overview(md: &mut String, result: &ExperimentResult, command: &str) {
     let _ = writeln!(md, "- Evaluated checkpoint: {:?}\n", plan.checkpoint);
 }
 
-/// The "Arms" section: each arm's settings over the base, steps and mean wall time per run.
+/// The "Arms" section: each arm's settings over the base, the steps its runs took (mean over
+/// seeds: a budgeted run's steps follow the clock) and mean wall time per run.
 fn write_arms_table(md: &mut String, result: &ExperimentResult) {
     let plan = &result.plan;
     let _ = writeln!(md, "## Arms\n");
@@ -245,6 +246,8 @@ fn write_arms_table(md: &mut String, result: &ExperimentResult) {
         let s = plan.settings(i);
         let runs = runs_of(result, &arm.name);
         let secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
+        let steps: Vec<f64> = runs.iter().map(|r| r.loss.len() as f64).collect();
+        let steps = mean_sd(&steps).map_or(plan.steps_per_run(i) as f64, |(m, _)| m);
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
@@ -252,7 +255,7 @@ fn write_arms_table(md: &mut String, result: &ExperimentResult) {
             serde_json::to_string(&s)
                 .unwrap_or_default()
                 .replace('|', "/"),
-            plan.steps_per_run(i),
+            steps.round(),
             mean_sd(&secs).map_or("—".into(), |(m, _)| format!("{m:.0}"))
         );
     }
