@@ -9,7 +9,6 @@ mod window;
 use egui::{Event, Modifiers, Pos2};
 use egui_kittest::Harness;
 use mriloop::app::{Command, EditCommand, MriloopApp, Tool, ViewCommand};
-use mriloop::volume::regions::connected_regions;
 use mriloop::volume::Volume;
 use window::{axial, mask_of, mask_of_app};
 
@@ -20,33 +19,9 @@ fn px(img: &image::RgbaImage, p: Pos2) -> [u8; 3] {
     [v[0], v[1], v[2]]
 }
 
-/// The voxel of `label` in `mask` with the most voxels of it within one voxel, and its place.
-fn deepest(mask: &Volume<u8>, label: u8) -> ([usize; 3], glam::DVec3) {
-    let dims = mask.dims3();
-    let at = |i: usize| {
-        [
-            i % dims[0],
-            (i / dims[0]) % dims[1],
-            i / (dims[0] * dims[1]),
-        ]
-    };
-    let regions = connected_regions(dims, |i| mask.data()[i] == label);
-    let region = regions
-        .iter()
-        .max_by_key(|r| r.len())
-        .expect("the label is there");
-    let around = |i: usize| {
-        let v = at(i);
-        region
-            .iter()
-            .filter(|j| (0..3).all(|x| at(**j)[x].abs_diff(v[x]) <= 1))
-            .count()
-    };
-    let v = at(*region.iter().max_by_key(|i| around(**i)).unwrap());
-    let mm = mask
-        .affine()
-        .vox_to_mm(glam::DVec3::from_array(v.map(|c| c as f64)));
-    (v, mm)
+/// The place of the centre of the largest region of `label` in `mask`.
+fn deepest(mask: &Volume<u8>, label: u8) -> glam::DVec3 {
+    window::largest_region_centre(mask, label).2
 }
 
 fn render_axial_at(h: &mut Harness<'_, MriloopApp>, cmds: Vec<ViewCommand>) -> [u8; 3] {
@@ -101,7 +76,7 @@ fn the_demo_opens_real_anatomy_with_its_prediction_and_a_prompt_segments_a_tumou
     let colour = h.state().labels().get(thalamus).unwrap().color;
     // The prediction is drawn where it says: the left thalamus's colour deep inside it with the
     // prediction shown (the reference hidden), grey T1 with it hidden.
-    let (_, at) = deepest(&predicted, thalamus);
+    let at = deepest(&predicted, thalamus);
     let shown = render_axial_at(
         &mut h,
         vec![
@@ -124,7 +99,7 @@ fn the_demo_opens_real_anatomy_with_its_prediction_and_a_prompt_segments_a_tumou
 /// trained for 20 minutes on a CPU — drawn in its colour); Ctrl+Z restores the mask.
 fn prompt_segments_the_erased_tumour(h: &mut Harness<'static, MriloopApp>) {
     let truth = h.state().open_case().unwrap().reference.clone().unwrap();
-    let (_, at) = deepest(&truth, TUMOUR);
+    let at = deepest(&truth, TUMOUR);
     for c in [
         EditCommand::SetLabel(TUMOUR),
         EditCommand::Replace(TUMOUR, 0),

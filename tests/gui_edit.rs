@@ -359,7 +359,6 @@ fn click(h: &mut Harness<'_, MriloopApp>, pos: Pos2, secondary: bool) {
 
 #[test]
 fn a_prompt_click_segments_a_lesion_an_exclude_click_removes_a_false_one_and_ctrl_z_undoes() {
-    use mriloop::volume::regions::connected_regions;
     let dir = tempfile::tempdir().unwrap();
     let root = demo_copy(dir.path());
     let mut h = open(&root);
@@ -367,8 +366,7 @@ fn a_prompt_click_segments_a_lesion_an_exclude_click_removes_a_false_one_and_ctr
     let mask = h.state().open_case().unwrap().reference.clone().unwrap();
     let dims = mask.dims3();
     // The largest lesion (label 3), and its voxel with the most lesion around it.
-    let lesions = connected_regions(dims, |i| truth[i] == 3);
-    let lesion = lesions.iter().max_by_key(|r| r.len()).unwrap().clone();
+    let (lesion, _, centre_mm) = window::largest_region_centre(&mask, 3);
     let at = |i: usize| {
         [
             i % dims[0],
@@ -376,17 +374,6 @@ fn a_prompt_click_segments_a_lesion_an_exclude_click_removes_a_false_one_and_ctr
             i / (dims[0] * dims[1]),
         ]
     };
-    let around = |i: usize| {
-        let v = at(i);
-        lesion
-            .iter()
-            .filter(|j| (0..3).all(|x| at(**j)[x].abs_diff(v[x]) <= 1))
-            .count()
-    };
-    let centre = at(*lesion.iter().max_by_key(|i| around(**i)).unwrap());
-    let centre_mm = mask
-        .affine()
-        .vox_to_mm(glam::DVec3::from_array(centre.map(|v| v as f64)));
     // The lesions are erased first: the prompt must find this one.
     let push =
         |h: &mut Harness<'_, MriloopApp>, c: EditCommand| h.state_mut().push(Command::Edit(c));

@@ -95,3 +95,36 @@ pub fn phantom_demo_copy(dir: &Path) -> std::path::PathBuf {
     copy_tree(&phantom_demo_dir(), &root);
     root
 }
+
+/// The largest 6-connected region of `label` in `mask`, its voxel with the most voxels of the
+/// region within one voxel (its "centre", where a person would click), and that voxel's place.
+pub fn largest_region_centre(
+    mask: &mriloop::volume::Volume<u8>,
+    label: u8,
+) -> (Vec<usize>, [usize; 3], glam::DVec3) {
+    let dims = mask.dims3();
+    let at = |i: usize| {
+        [
+            i % dims[0],
+            (i / dims[0]) % dims[1],
+            i / (dims[0] * dims[1]),
+        ]
+    };
+    let regions = mriloop::volume::regions::connected_regions(dims, |i| mask.data()[i] == label);
+    let region = regions
+        .into_iter()
+        .max_by_key(|r| r.len())
+        .expect("the label is there");
+    let around = |i: usize| {
+        let v = at(i);
+        region
+            .iter()
+            .filter(|j| (0..3).all(|x| at(**j)[x].abs_diff(v[x]) <= 1))
+            .count()
+    };
+    let centre = at(*region.iter().max_by_key(|i| around(**i)).unwrap());
+    let mm = mask
+        .affine()
+        .vox_to_mm(glam::DVec3::from_array(centre.map(|c| c as f64)));
+    (region, centre, mm)
+}
