@@ -10,6 +10,17 @@ fn mriloop(args: &[&str]) -> std::process::Output {
         .expect("mriloop runs")
 }
 
+/// Run `mriloop` with `args`, asserting it succeeds (its stderr otherwise); its stdout.
+fn mriloop_ok(args: &[&str]) -> String {
+    let out = mriloop(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn phantom_then_info_json_reports_the_stored_geometry() {
     let dir = tempfile::tempdir().unwrap();
@@ -98,14 +109,9 @@ fn train_eval_predict_for_the_three_input_forms() {
     for (form, grid) in [("3d", "24"), ("2d", "32"), ("4d", "8")] {
         let p = dir.path().join(form);
         let ps = p.to_str().unwrap();
-        let out = mriloop(&[
+        mriloop_ok(&[
             "phantom", "--out", ps, "--cases", "4", "--form", form, "--grid", grid, "--frames", "6",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let out = mriloop(&[
             "train",
             ps,
@@ -242,12 +248,7 @@ fn an_added_model_predicts_as_the_active_version(one_run: &Path, model: &Path, s
         std::fs::read(copy.join("models/v1/best/model.bpk")).unwrap(),
         std::fs::read(model.join("model.bpk")).unwrap()
     );
-    let out = mriloop(&["predict", cs, "--backend", "cpu"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mriloop_ok(&["predict", cs, "--backend", "cpu"]);
     let added = mriloop::project::Project::open(&copy).unwrap();
     let version = &added.manifest.models[0];
     assert_eq!(added.manifest.active_model.as_deref(), Some("v1"));
@@ -316,13 +317,7 @@ fn shards_match_one_run(one_run: &Path, model: &Path, scratch: &Path) {
         manifest_before, manifest_after,
         "a shard wrote the manifest"
     );
-    let out = mriloop(&["merge-shards", copy.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = mriloop_ok(&["merge-shards", copy.to_str().unwrap()]);
     let n = reference.manifest.cases.len();
     assert!(
         text.contains(&format!("merged {n} cases; 0 without")),
@@ -407,29 +402,28 @@ fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_ep
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
     let ps = p.to_str().unwrap();
-    let out = mriloop(&["phantom", "--out", ps, "--cases", "4", "--grid", "24"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    mriloop_ok(&["phantom", "--out", ps, "--cases", "4", "--grid", "24"]);
     let flags = |run: &Path| {
-        let mut v: Vec<String> = ["train", ps, "--epochs", "3", "--steps-per-epoch", "30"]
-            .map(String::from)
-            .to_vec();
-        for f in [
+        let out = run.display().to_string();
+        [
+            "train",
+            ps,
+            "--epochs",
+            "3",
+            "--steps-per-epoch",
+            "30",
             "--patch",
             "8",
             "--class-window",
             "16",
             "--base-channels",
             "2",
-        ] {
-            v.push(f.into());
-        }
-        v.extend(["--backend".into(), "cpu".into(), "--out".into()]);
-        v.push(run.display().to_string());
-        v
+            "--backend",
+            "cpu",
+            "--out",
+            &out,
+        ]
+        .map(String::from)
     };
     let whole = dir.path().join("whole");
     let run = Command::new(env!("CARGO_BIN_EXE_mriloop"))
@@ -461,7 +455,7 @@ fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_ep
     child.wait().unwrap();
     let at_kill = saved_state(&killed).unwrap();
     assert!(at_kill.0 < 3, "killed after the last epoch: {at_kill:?}");
-    let out = mriloop(&[
+    let text = mriloop_ok(&[
         "train",
         ps,
         "--continue",
@@ -469,12 +463,6 @@ fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_ep
         "--backend",
         "cpu",
     ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let first = at_kill.0 + 1;
     assert!(text.contains(&format!("epoch   {first}:")), "{text}");
     assert!(!text.contains(&format!("epoch   {}:", at_kill.0)), "{text}");
@@ -483,12 +471,7 @@ fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_ep
     // models predict the same probabilities. (The files differ: parameter ids are random.)
     let probabilities = |model: &Path| {
         let m = model.to_str().unwrap();
-        let out = mriloop(&["predict", ps, "--model", m, "--backend", "cpu"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        mriloop_ok(&["predict", ps, "--model", m, "--backend", "cpu"]);
         let prob = p.join("cases/phantom_000/predicted_prob.nii.gz");
         mriloop::volume::read_volume(&prob)
             .unwrap()
