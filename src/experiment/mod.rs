@@ -510,11 +510,9 @@ fn test_cases_by_class_and_labels(
     let mut labels = Vec::with_capacity(candidates.len());
     for case in &candidates {
         let mask = project.load_reference_mask(case)?;
-        let mut held: Vec<u8> = mask.map_or_else(Vec::new, |m| m.data().to_vec());
-        held.sort_unstable();
-        held.dedup();
-        held.retain(|v| *v != 0);
-        labels.push(held);
+        labels.push(mask.map_or_else(Vec::new, |m| {
+            crate::volume::labels_present(m.data().iter().copied())
+        }));
     }
     let held =
         crate::model::split::held_out(&classes, &labels, plan.test_fraction, plan.split_seed);

@@ -540,10 +540,7 @@ pub fn evaluate_prompted(
     let mut out = Vec::new();
     for (n, s) in samples.iter().enumerate() {
         let automatic = refine_from.and_then(|m| m.get(n));
-        let mut labels: Vec<u8> = s.mask.iter().copied().filter(|v| *v > 0).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        for label in labels {
+        for label in crate::volume::labels_present(s.mask.iter().copied()) {
             let initial: Option<Vec<bool>> =
                 automatic.map(|m| m.iter().map(|v| *v == label).collect());
             let starts: &[Start] = match initial {

@@ -190,6 +190,15 @@ pub(crate) fn has_extension(path: &std::path::Path, extensions: &[&str]) -> bool
         .is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
+/// The label values other than 0 among `values`, each once, ascending (one pass, no sort).
+pub fn labels_present(values: impl IntoIterator<Item = u8>) -> Vec<u8> {
+    let mut present = [false; 256];
+    values
+        .into_iter()
+        .for_each(|v| present[usize::from(v)] = true);
+    (1..=255u8).filter(|v| present[usize::from(*v)]).collect()
+}
+
 /// A distinct colour for label `value` where a file gives none (ITK-SNAP-like palette).
 pub fn default_label_color(value: u8) -> [u8; 3] {
     const PALETTE: [[u8; 3]; 12] = [

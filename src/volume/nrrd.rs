@@ -706,13 +706,8 @@ pub fn write_segmentation(path: &Path, labels: &Volume<u8>) -> Result<(), Volume
     } else {
         Vec::new()
     };
-    let mut present = [false; 256];
-    labels
-        .data()
-        .iter()
-        .for_each(|v| present[usize::from(*v)] = true);
-    let segs: Vec<Segment> = (1..=255u8)
-        .filter(|v| present[usize::from(*v)])
+    let segs: Vec<Segment> = super::labels_present(labels.data().iter().copied())
+        .into_iter()
         .map(|v| {
             previous
                 .iter()

@@ -157,13 +157,7 @@ impl LabelSurfaces {
         self.blocks.retain(|(_, at), _| *at != b);
         let origin = b.map(|v| (v * BLOCK) as i64);
         let region = Region::around(origin, self.dims);
-        let mut labels: Vec<u8> = region
-            .voxels()
-            .filter_map(|v| self.value(mask, v))
-            .filter(|v| *v != 0)
-            .collect();
-        labels.sort_unstable();
-        labels.dedup();
+        let labels = super::labels_present(region.voxels().filter_map(|v| self.value(mask, v)));
         let mut buffer = SurfaceNetsBuffer::default();
         for label in labels {
             let sdf = self.field(mask, origin, label);
