@@ -110,6 +110,15 @@ fn bad_plans_are_refused_with_the_file_named() {
             r#"{"name":"x","seeds":[1],"arms":[{"name":"../a"}]}"#,
             "arm name",
         ),
+        (
+            r#"{"name":"x","seeds":[1],"arms":[{"name":"a"},{"name":"a-on-b"}],
+                "also_test":[{"name":"b","project":"../b"}]}"#,
+            "clashes",
+        ),
+        (
+            r#"{"name":"x","seeds":[1],"arms":[{"name":"a","tested_on":"b"}]}"#,
+            "tested_on",
+        ),
     ];
     for (text, problem) in cases {
         std::fs::write(&path, text).unwrap();
@@ -238,6 +247,56 @@ fn a_tiny_two_arm_plan_writes_a_report_with_both_arms() {
     let csv = std::fs::read_to_string(out.join("cases.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4 * n);
     assert!(csv.starts_with("arm,seed,case,class,p_control,p_patient,dice_habenula_L"));
+}
+
+#[test]
+fn each_run_is_also_tested_on_another_project_and_reported_as_its_own_arm() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = small_project(&dir.path().join("p"), 6, 5);
+    let other = small_project(&dir.path().join("q"), 3, 6);
+    let plan: ExperimentPlan = serde_json::from_str(
+        r#"{"name": "also", "seeds": [1], "test_fraction": 0.3, "backend": "cpu",
+            "base": {"epochs": 1, "steps_per_epoch": 2, "patch": 16, "batch": 1,
+                     "class_window": 16, "base_channels": 4},
+            "arms": [{"name": "a", "set": {"mode": "seg"}}],
+            "also_test": [{"name": "other", "project": "../q"}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("report");
+    let (tx, _rx) = std::sync::mpsc::channel();
+    let control = mriloop::model::FitControl::default();
+    let result = run_experiment(&project, &plan, &out, &tx, &control).unwrap();
+    // One training, two evaluations: the experiment's test cases, then every case of the other.
+    let arms: Vec<(&str, Option<&str>)> = (result.plan.arms.iter())
+        .map(|a| (a.name.as_str(), a.tested_on.as_deref()))
+        .collect();
+    assert_eq!(arms, [("a", None), ("a-on-other", Some("other"))]);
+    assert_eq!(result.runs.len(), 2);
+    let ids = |r: &mriloop::experiment::RunResult| -> Vec<String> {
+        r.cases.iter().map(|c| c.case_id.clone()).collect()
+    };
+    assert_eq!(ids(&result.runs[0]), result.test_cases);
+    let other_ids: Vec<String> = other.manifest.cases.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(ids(&result.runs[1]), other_ids);
+    assert_eq!(result.cases_of("a-on-other"), other_ids.as_slice());
+    assert_eq!(result.runs[0].loss, result.runs[1].loss);
+    mriloop::experiment::report::write_report(&result, &out, "test", &[]).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| a-on-other | the runs above, tested on `other` |"),
+        "{md}"
+    );
+    assert!(md.contains("- Also tested on `other`"), "{md}");
+    // Different cases: no paired test between the two.
+    assert!(!md.contains("| a-on-other | a |"), "{md}");
+    // A project with other labels is refused, named.
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("q/mriloop.json")).unwrap())
+            .unwrap();
+    manifest["labels"][0]["name"] = "renamed".into();
+    std::fs::write(dir.path().join("q/mriloop.json"), manifest.to_string()).unwrap();
+    let e = run_experiment(&project, &plan, &out, &tx, &control).unwrap_err();
+    assert!(e.to_string().contains("labels or classes"), "{e}");
 }
 
 #[test]

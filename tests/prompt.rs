@@ -7,7 +7,8 @@
 use burn::prelude::*;
 use mriloop::model::fit::{fit, FitConfig, FitControl};
 use mriloop::model::prompt::{
-    box_around, corrective_click, deepest_voxel, scribble_through, Guidance, Prompt, PromptConfig,
+    box_around, corrective_click, deepest_voxel, refine_start, scribble_through, Guidance, Prompt,
+    PromptConfig,
 };
 use mriloop::model::prompt_infer::{
     evaluate_prompted, interactions_to_reach, predict_prompted, robot_figures, Start,
@@ -119,6 +120,63 @@ fn the_robot_clicks_at_the_centre_of_the_largest_error() {
     assert!(idx_vox.iter().all(|v| v[1] == 4 && v[2] == 4));
     assert_eq!(interactions_to_reach(&[0.5, 0.92, 0.95], 0.9, 3), 2);
     assert_eq!(interactions_to_reach(&[0.5, 0.6], 0.9, 10), 10);
+}
+
+#[test]
+fn a_refining_start_is_an_imperfect_mask_of_every_object_with_a_click_on_its_error() {
+    use rand::SeedableRng;
+    let dims = [16, 16, 16];
+    let n = 16 * 16 * 16;
+    let mut truth = vec![false; n];
+    cube(&mut truth, dims, [2, 2, 2], 6);
+    cube(&mut truth, dims, [10, 10, 10], 4);
+    let dice = |a: &[bool], b: &[bool]| {
+        let both = a.iter().zip(b).filter(|(x, y)| **x && **y).count();
+        let sum = a.iter().filter(|x| **x).count() + b.iter().filter(|x| **x).count();
+        2.0 * both as f64 / sum as f64
+    };
+    let (mut wrong, mut both, mut dices) = (0, 0, Vec::new());
+    for seed in 0..40 {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let (prompts, prior) = refine_start(&truth, dims, &mut rng);
+        let again = refine_start(
+            &truth,
+            dims,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+        );
+        assert_eq!(
+            (prompts.clone(), prior.clone()),
+            again,
+            "deterministic per seed"
+        );
+        // The stand-in holds the second object too, as an automatic mask of the label would
+        // (unless its part missed was that object).
+        let small =
+            (10..14).flat_map(|k| (10..14).flat_map(move |j| (10..14).map(move |i| (i, j, k))));
+        if small
+            .into_iter()
+            .any(|(i, j, k)| prior[i + 16 * (j + 16 * k)])
+        {
+            both += 1;
+        }
+        dices.push(dice(&truth, &prior));
+        // The click is on an error, on the side that fixes it.
+        if let Some(Prompt::Point { idx_vox, include }) = prompts.first() {
+            let at = idx_vox[0] + 16 * (idx_vox[1] + 16 * idx_vox[2]);
+            assert_eq!((truth[at], prior[at]), (*include, !*include), "seed {seed}");
+            wrong += 1;
+        }
+    }
+    // Imperfect, of several kinds: most are wrong somewhere, none is far off.
+    assert!(wrong >= 35, "{wrong} of 40 starts had an error to click");
+    assert!(both >= 30, "{both} of 40 stand-ins held the second object");
+    let (lo, hi) = dices
+        .iter()
+        .fold((1.0f64, 0.0f64), |(l, h), d| (l.min(*d), h.max(*d)));
+    assert!(
+        lo > 0.3 && lo < 0.8 && hi > 0.9,
+        "Dice of the stand-ins {lo:.2}..{hi:.2}"
+    );
 }
 
 /// A 24³ sample: a bright cube (label 1) and a dark one (label 2) on a textured background.

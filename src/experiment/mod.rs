@@ -167,6 +167,33 @@ pub struct Arm {
     /// What this arm changes from the plan's base.
     #[serde(default)]
     pub set: ArmSettings,
+    /// Set only in a result's plan, on the arms `ExperimentPlan::also_test` adds: the name of
+    /// the other project these are the runs of arm `set`'s original tested on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tested_on: Option<String>,
+}
+
+/// Another project whose labelled cases every run is also tested on: a second population (the
+/// subjects of another template, another site) for the same trained models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlsoTest {
+    /// Its name in the report: the runs tested on it appear as arms `<arm>-on-<name>`.
+    pub name: String,
+    /// The project folder (a relative path is taken from the experiment's project folder).
+    /// Its labels and classes must be the experiment project's.
+    pub project: PathBuf,
+}
+
+/// The cases an `AlsoTest` project was tested on, in a result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlsoTested {
+    /// The plan's name for it.
+    pub name: String,
+    /// Its folder.
+    pub project: String,
+    /// Its labelled cases, every one tested.
+    pub cases: Vec<String>,
 }
 
 /// Which checkpoint of a run is evaluated.
@@ -222,6 +249,9 @@ pub struct ExperimentPlan {
     pub base: ArmSettings,
     /// The arms (paired tests compare every pair).
     pub arms: Vec<Arm>,
+    /// Other projects every run is also tested on (all their labelled cases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also_test: Vec<AlsoTest>,
 }
 
 /// How an experiment draws its test cases.
@@ -236,6 +266,22 @@ pub enum TestSplit {
     /// The share of each class's cases, at least one, drawn in a shuffled order (the rule of
     /// the experiments committed before labels were covered; their plans say so).
     Class,
+}
+
+/// Whether `name` can name an arm (a folder): 1-64 letters, digits or `+ - _ .`, not `.`/`..`.
+fn usable_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c))
+}
+
+/// The report's name for the runs of arm `arm` tested on the `also_test` project `other`.
+pub fn tested_arm_name(arm: &str, other: &str) -> String {
+    format!("{arm}-on-{other}")
 }
 
 fn default_test_fraction() -> f64 {
@@ -281,14 +327,7 @@ impl ExperimentPlan {
             return Err("the plan has no seed".into());
         }
         for (i, a) in self.arms.iter().enumerate() {
-            let ok = !a.name.is_empty()
-                && a.name.len() <= 64
-                && a.name != "."
-                && a.name != ".."
-                && a.name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-_.".contains(c));
-            if !ok {
+            if !usable_name(&a.name) {
                 return Err(format!(
                     "arm name {:?}: use 1-64 letters, digits or + - _ .",
                     a.name
@@ -297,7 +336,14 @@ impl ExperimentPlan {
             if self.arms[..i].iter().any(|b| b.name == a.name) {
                 return Err(format!("arm name {:?} is used twice", a.name));
             }
+            if a.tested_on.is_some() {
+                return Err(format!(
+                    "arm {:?}: tested_on is written into a result by also_test, not read from a plan",
+                    a.name
+                ));
+            }
         }
+        self.check_also_test()?;
         if !(0.0..1.0).contains(&self.test_fraction)
             || !(0.0..1.0).contains(&self.validation_fraction)
         {
@@ -316,6 +362,48 @@ impl ExperimentPlan {
             }
         }
         Ok(())
+    }
+
+    /// Whether the `also_test` entries have usable, unique names whose arms clash with none.
+    fn check_also_test(&self) -> Result<(), String> {
+        for (i, t) in self.also_test.iter().enumerate() {
+            if !usable_name(&t.name) {
+                return Err(format!(
+                    "also_test name {:?}: use 1-64 letters, digits or + - _ .",
+                    t.name
+                ));
+            }
+            if self.also_test[..i].iter().any(|u| u.name == t.name) {
+                return Err(format!("also_test name {:?} is used twice", t.name));
+            }
+            let clash = self.arms.iter().find(|a| {
+                let name = tested_arm_name(&a.name, &t.name);
+                self.arms.iter().any(|b| b.name == name)
+            });
+            if let Some(a) = clash {
+                return Err(format!(
+                    "arm {:?} clashes with arm {:?} tested on {:?}",
+                    tested_arm_name(&a.name, &t.name),
+                    a.name,
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan as its result reports it: after the arms, each arm again per `also_test`
+    /// project, named `<arm>-on-<name>` and marked `tested_on` (the same runs, other cases).
+    pub fn as_run(&self) -> ExperimentPlan {
+        let mut plan = self.clone();
+        for t in &self.also_test {
+            plan.arms.extend(self.arms.iter().map(|a| Arm {
+                name: tested_arm_name(&a.name, &t.name),
+                set: a.set.clone(),
+                tested_on: Some(t.name.clone()),
+            }));
+        }
+        plan
     }
 
     /// Optimisation steps of one run of arm `i`.
@@ -413,7 +501,7 @@ impl RunResult {
 /// An experiment's outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExperimentResult {
-    /// The plan.
+    /// The plan as run (`ExperimentPlan::as_run`: with the arms its `also_test` adds).
     pub plan: ExperimentPlan,
     /// The project folder.
     pub project: String,
@@ -429,8 +517,28 @@ pub struct ExperimentResult {
     pub validation_cases: Vec<String>,
     /// The device, in words.
     pub device: String,
-    /// Every run, arm by arm and seed by seed.
+    /// Every run, arm by arm and seed by seed (a run tested on another project too appears
+    /// again, under its tested arm's name, with those cases).
     pub runs: Vec<RunResult>,
+    /// The other projects every run was also tested on.
+    pub also_tested: Vec<AlsoTested>,
+}
+
+impl ExperimentResult {
+    /// The test case ids of arm `arm`, in evaluation order: the experiment's, or those of the
+    /// other project a tested arm ran on.
+    pub fn cases_of(&self, arm: &str) -> &[String] {
+        let other = self
+            .plan
+            .arms
+            .iter()
+            .find(|a| a.name == arm)
+            .and_then(|a| a.tested_on.as_deref());
+        match other.and_then(|o| self.also_tested.iter().find(|t| t.name == o)) {
+            Some(t) => &t.cases,
+            None => &self.test_cases,
+        }
+    }
 }
 
 /// The test cases of `plan` on `project`: the listed ids, or a share of the cases drawn with the
@@ -548,6 +656,7 @@ pub fn run_experiment(
         device: about.clone(),
     });
     let planner = planner_if_budgeted(project, plan)?;
+    let also = open_also_tested(project, plan)?;
     let ctx = RunContext {
         project,
         plan,
@@ -557,6 +666,7 @@ pub fn run_experiment(
         device: &device,
         test_cases: &test_cases,
         planner: planner.as_ref(),
+        also: &also,
     };
     let mut runs = Vec::new();
     let mut names: Option<(Vec<String>, Vec<String>)> = None;
@@ -566,7 +676,7 @@ pub fn run_experiment(
         let (train, val) = ctx.arm_split(arm, &settings)?;
         let ids = |v: &[crate::model::Sample]| v.iter().map(|s| s.case_id.clone()).collect();
         split.get_or_insert_with(|| (ids(&train), ids(&val)));
-        for &seed in &plan.seeds {
+        for (s, &seed) in plan.seeds.iter().enumerate() {
             if control.is_cancelled() {
                 return Err(ExperimentError::Cancelled);
             }
@@ -576,14 +686,22 @@ pub fn run_experiment(
                 &val,
             )?;
             names.get_or_insert_with(|| label_and_class_names(&config));
-            let run = ctx.run_one(runs.len(), &arm.name, seed, &config, (&train, &val))?;
-            runs.push(run);
+            let index = a * plan.seeds.len() + s;
+            runs.extend(ctx.run_one(index, &arm.name, seed, &config, (&train, &val))?);
         }
     }
     let (label_names, class_names) = names.unwrap_or_default();
     let (training_cases, validation_cases) = split.unwrap_or_default();
+    let also_tested = also
+        .iter()
+        .map(|(name, other)| AlsoTested {
+            name: name.clone(),
+            project: other.root().display().to_string(),
+            cases: evaluated_cases(other),
+        })
+        .collect();
     Ok(ExperimentResult {
-        plan: plan.clone(),
+        plan: plan.as_run(),
         project: project.root().display().to_string(),
         label_names,
         class_names,
@@ -592,7 +710,51 @@ pub fn run_experiment(
         validation_cases,
         device: about,
         runs,
+        also_tested,
     })
+}
+
+/// The `also_test` projects of `plan`, opened (relative paths from `project`'s folder), each
+/// with its name; an error names one whose labels or classes are not `project`'s.
+fn open_also_tested(
+    project: &Project,
+    plan: &ExperimentPlan,
+) -> Result<Vec<(String, Project)>, ExperimentError> {
+    let mine = (
+        project.manifest.labels.names_by_value(),
+        &project.manifest.classes,
+    );
+    let mut out = Vec::new();
+    for t in &plan.also_test {
+        let other = Project::open(&project.root().join(&t.project))?;
+        if (
+            other.manifest.labels.names_by_value(),
+            &other.manifest.classes,
+        ) != mine
+        {
+            return Err(ExperimentError::Plan {
+                path: "plan".into(),
+                problem: format!(
+                    "also_test {:?} ({}): its labels or classes are not the project's",
+                    t.name,
+                    other.root().display()
+                ),
+            });
+        }
+        out.push((t.name.clone(), other));
+    }
+    Ok(out)
+}
+
+/// The ids of the cases `evaluate_project` evaluates on `project` (a reference or a class).
+fn evaluated_cases(project: &Project) -> Vec<String> {
+    project
+        .manifest
+        .cases
+        .iter()
+        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
+        .map(|c| c.id.clone())
+        .collect()
 }
 
 /// A configuration's foreground label names (background left out) and class names.
@@ -623,6 +785,8 @@ struct RunContext<'a> {
     test_cases: &'a [String],
     /// The planner's plan for the project, when an arm has a time budget.
     planner: Option<&'a crate::model::Plan>,
+    /// The other projects every run is also tested on, by name.
+    also: &'a [(String, Project)],
 }
 
 impl RunContext<'_> {
@@ -664,7 +828,8 @@ impl RunContext<'_> {
     }
 
     /// Run `index`: train arm `arm`'s `config` (seed `seed`) on `data` (training, validation)
-    /// into `out/runs/<arm>/seed<seed>/`, then evaluate the plan's checkpoint on the test cases.
+    /// into `out/runs/<arm>/seed<seed>/`, then evaluate the plan's checkpoint on the test cases
+    /// and on each `also_test` project (one result each, the experiment's first).
     fn run_one(
         &self,
         index: usize,
@@ -672,7 +837,7 @@ impl RunContext<'_> {
         seed: u64,
         config: &FitConfig,
         data: (&[crate::model::Sample], &[crate::model::Sample]),
-    ) -> Result<RunResult, ExperimentError> {
+    ) -> Result<Vec<RunResult>, ExperimentError> {
         let (train, val) = data;
         let started = std::time::Instant::now();
         let _ = self.events.send(ExperimentEvent::RunStarted {
@@ -694,27 +859,30 @@ impl RunContext<'_> {
             Checkpoint::Best => &result.best,
         };
         let (cfg, net) = load_checkpoint(ckpt, self.device)?;
-        let (cases, _) = evaluate_project(
-            self.project,
-            &net,
-            &cfg,
-            self.device,
-            Some(self.test_cases),
-            |_, _| {},
-        )?;
+        let evaluate = |project: &Project, only: Option<&[String]>| {
+            evaluate_project(project, &net, &cfg, self.device, only, |_, _| {}).map(|(c, _)| c)
+        };
+        let mut tested = vec![(
+            arm.to_string(),
+            evaluate(self.project, Some(self.test_cases))?,
+        )];
+        for (name, other) in self.also {
+            tested.push((tested_arm_name(arm, name), evaluate(other, None)?));
+        }
         let seconds = started.elapsed().as_secs_f64();
         let _ = self
             .events
             .send(ExperimentEvent::RunFinished { index, seconds });
-        Ok(RunResult {
-            arm: arm.to_string(),
+        let run = |(arm, cases)| RunResult {
+            arm,
             seed,
             mode: config.training.mode,
             seconds,
-            loss,
-            epochs: result.epochs,
+            loss: loss.clone(),
+            epochs: result.epochs.clone(),
             cases,
-        })
+        };
+        Ok(tested.into_iter().map(run).collect())
     }
 
     /// `config` with its epochs and steps fitted to the arm's time budget, if it has one (the

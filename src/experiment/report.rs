@@ -87,7 +87,8 @@ pub fn runs_of<'a>(result: &'a ExperimentResult, name: &str) -> Vec<&'a RunResul
     result.runs.iter().filter(|r| r.arm == name).collect()
 }
 
-/// Per test case (in `result.test_cases` order), `f` averaged over the arm's seeds.
+/// Per test case of the arm (`ExperimentResult::cases_of`, in order), `f` averaged over the
+/// arm's seeds.
 pub fn per_case_mean(
     result: &ExperimentResult,
     arm: &str,
@@ -95,7 +96,7 @@ pub fn per_case_mean(
 ) -> Vec<Option<f64>> {
     let runs = runs_of(result, arm);
     result
-        .test_cases
+        .cases_of(arm)
         .iter()
         .map(|id| {
             let v: Vec<f64> = runs
@@ -222,6 +223,17 @@ fn write_overview(md: &mut String, result: &ExperimentResult, command: &str) {
         result.training_cases.len(),
         result.validation_cases.len()
     );
+    for t in &result.also_tested {
+        let _ = writeln!(
+            md,
+            "- Also tested on `{}` (`{}`, arms `<arm>-on-{}`: the same runs), its {} cases: {}",
+            t.name,
+            t.project,
+            t.name,
+            t.cases.len(),
+            t.cases.join(", ")
+        );
+    }
     if !plan.exclude_cases.is_empty() {
         let _ = writeln!(
             md,
@@ -248,13 +260,17 @@ fn write_arms_table(md: &mut String, result: &ExperimentResult) {
         let secs: Vec<f64> = runs.iter().map(|r| r.seconds).collect();
         let steps: Vec<f64> = runs.iter().map(|r| r.loss.len() as f64).collect();
         let steps = mean_sd(&steps).map_or(plan.steps_per_run(i) as f64, |(m, _)| m);
+        let settings = match &arm.tested_on {
+            Some(other) => format!("the runs above, tested on `{other}`"),
+            None => serde_json::to_string(&s)
+                .unwrap_or_default()
+                .replace('|', "/"),
+        };
         let _ = writeln!(
             md,
             "| {} | {} | {} | {} |",
             arm.name,
-            serde_json::to_string(&s)
-                .unwrap_or_default()
-                .replace('|', "/"),
+            settings,
             steps.round(),
             mean_sd(&secs).map_or("—".into(), |(m, _)| format!("{m:.0}"))
         );
@@ -324,8 +340,8 @@ fn write_classification_table(md: &mut String, result: &ExperimentResult) {
     }
 }
 
-/// The paired tests between every pair of arms (a later arm against each earlier one), one row
-/// per figure that has a test.
+/// The paired tests between every pair of arms tested on the same cases (a later arm against
+/// each earlier one), one row per figure that has a test.
 fn write_paired_tests(md: &mut String, result: &ExperimentResult) {
     let plan = &result.plan;
     let _ = writeln!(md, "\n## Paired tests between arms\n");
@@ -336,7 +352,10 @@ fn write_paired_tests(md: &mut String, result: &ExperimentResult) {
     let _ = writeln!(md, "| arm | other | figure | cases | mean difference | p |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
     for (j, arm) in plan.arms.iter().enumerate() {
-        for base in &plan.arms[..j] {
+        // Pairs on the same cases only (an arm tested on another project pairs with its kind).
+        let same_cases =
+            |b: &&crate::experiment::Arm| result.cases_of(&b.name) == result.cases_of(&arm.name);
+        for base in plan.arms[..j].iter().filter(same_cases) {
             for (name, a, b) in paired_figures(result, &base.name, &arm.name) {
                 if let Some(t) = paired_permutation_test(&a, &b) {
                     let _ = writeln!(

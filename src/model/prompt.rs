@@ -191,8 +191,8 @@ pub struct PromptConfig {
     pub box_share: f64,
     /// Share that start from a scribble.
     pub scribble_share: f64,
-    /// Share that start from an imperfect mask to refine (an automatic prediction's stand-in),
-    /// with a corrective click on it.
+    /// Share that start from an imperfect mask of every object in the patch to refine (an
+    /// automatic prediction's stand-in), with a corrective click on it.
     pub refine_share: f64,
     /// How many times a prompt's window may grow to follow a target that touches its border.
     pub grow_limit: usize,
@@ -404,22 +404,14 @@ pub fn scribble_through(target: &[bool], dims: [usize; 3], along: usize) -> Opti
     })
 }
 
-/// What the simulated user starts a training patch with: prompts, and the mask it refines
-/// (`None`: from scratch). `target` on a `dims` grid holds at least one voxel, else nothing.
+/// What the simulated user starts a training patch from nothing with: a box, a scribble or a
+/// point on `target` (a `dims` grid); nothing when `target` is empty.
 pub fn initial_prompts(
     target: &[bool],
     dims: [usize; 3],
     config: &PromptConfig,
     rng: &mut ChaCha8Rng,
-) -> (Vec<Prompt>, Option<Vec<bool>>) {
-    if rng.random_range(0.0..1.0) < config.refine_share {
-        // An imperfect mask (the target shifted by up to two voxels a side) and a click on its
-        // largest error, as a person refining an automatic prediction would.
-        let shift = [0, 1, 2].map(|_| rng.random_range(-2i64..=2));
-        let prior = shifted(target, dims, shift);
-        let click = corrective_click(target, &prior, dims);
-        return (click.into_iter().collect(), Some(prior));
-    }
+) -> Vec<Prompt> {
     let r = rng.random_range(0.0..1.0);
     let axis = rng.random_range(0..3usize);
     let prompt = if r < config.box_share {
@@ -434,7 +426,93 @@ pub fn initial_prompts(
             include: true,
         })
     };
-    (prompt.into_iter().collect(), None)
+    prompt.into_iter().collect()
+}
+
+/// What the simulated user refining an automatic prediction starts with: a stand-in for the
+/// prediction of `truth` (every object of the label on a `dims` grid, as an automatic mask
+/// holds them all) with an automatic model's kinds of error, and a click on its largest error.
+/// Returns the click (none when the stand-in happens to be right) and the stand-in.
+pub fn refine_start(
+    truth: &[bool],
+    dims: [usize; 3],
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Prompt>, Vec<bool>) {
+    let prior = imperfect_mask(truth, dims, rng);
+    let click = corrective_click(truth, &prior, dims);
+    (click.into_iter().collect(), prior)
+}
+
+/// `truth` with an automatic model's errors: its border a voxel out or in (in only for objects
+/// a few voxels across) or kept, half the time moved by a voxel along one axis, then at random a part
+/// of it missed (a ball about one of its voxels) and a false region added (a ball anywhere),
+/// the balls up to 0.6 of the radius of a ball as large as the truth — a shifted copy alone taught the
+/// network to copy the mask it refines, and clicks on a real prediction's false regions then
+/// grew them (held-out tumours: 0.74 before the click, 0.65 after).
+fn imperfect_mask(truth: &[bool], dims: [usize; 3], rng: &mut ChaCha8Rng) -> Vec<bool> {
+    // The errors scale with the objects: a ball of the truth's volume has this radius.
+    let count = truth.iter().filter(|t| **t).count() as f64;
+    let radius_vox = (3.0 * count / (4.0 * std::f64::consts::PI)).cbrt();
+    let most_vox = (0.6 * radius_vox).max(1.5);
+    let bordered = match rng.random_range(0..3) {
+        0 => one_voxel_morphology(truth, dims, true),
+        1 if radius_vox >= 3.0 => one_voxel_morphology(truth, dims, false),
+        _ => truth.to_vec(),
+    };
+    let mut shift = [0i64; 3];
+    if rng.random_bool(0.5) {
+        shift[rng.random_range(0..3usize)] = if rng.random_bool(0.5) { 1 } else { -1 };
+    }
+    let mut mask = shifted(&bordered, dims, shift);
+    if rng.random_bool(0.5) {
+        if let Some(i) = random_voxel(truth, rng) {
+            let radius = rng.random_range(1.0..most_vox);
+            set_ball(&mut mask, dims, voxel_of(i, dims), radius, false);
+        }
+    }
+    if rng.random_bool(0.5) {
+        let centre = dims.map(|d| rng.random_range(0..d.max(1)));
+        let radius = rng.random_range(1.0..most_vox);
+        set_ball(&mut mask, dims, centre, radius, true);
+    }
+    mask
+}
+
+/// `mask` (a `dims` grid) grown (`grow`) or shrunk by one voxel: a voxel takes the other side
+/// when one of its six neighbours holds it.
+fn one_voxel_morphology(mask: &[bool], dims: [usize; 3], grow: bool) -> Vec<bool> {
+    let mut out = mask.to_vec();
+    for (idx, m) in mask.iter().enumerate() {
+        if *m == grow {
+            continue;
+        }
+        let v = voxel_of(idx, dims);
+        let flips = (0..3).any(|a| {
+            let below = v[a] > 0 && mask[idx - stride(dims, a)] == grow;
+            let above = v[a] + 1 < dims[a] && mask[idx + stride(dims, a)] == grow;
+            below || above
+        });
+        if flips {
+            out[idx] = grow;
+        }
+    }
+    out
+}
+
+/// The linear step of one voxel along `axis` on a `dims` grid.
+fn stride(dims: [usize; 3], axis: usize) -> usize {
+    dims[..axis].iter().product()
+}
+
+/// Voxels of `mask` (a `dims` grid) within `radius` voxels of `centre` set to `value`.
+fn set_ball(mask: &mut [bool], dims: [usize; 3], centre: [usize; 3], radius: f64, value: bool) {
+    let mut channel = vec![0.0f32; mask.len()];
+    ball(&mut channel, dims, centre.map(|c| c as i64), radius);
+    for (m, c) in mask.iter_mut().zip(&channel) {
+        if *c > 0.0 {
+            *m = value;
+        }
+    }
 }
 
 /// A uniformly chosen index where `mask` holds.

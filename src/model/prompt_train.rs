@@ -1,8 +1,10 @@
 //! Training the promptable network with a simulated user (DeepEdit's and nnInteractive's
 //! recipe): each patch is centred on a labelled voxel (objects of a label alike: a small lesion
 //! as often as a large one) whose object — its 6-connected region of that label — becomes the
-//! target (0/1 labels); the loader draws the user's first prompt (a point, a box, a scribble, or an
-//! imperfect mask with a click on its largest error) into the guidance channels; before the
+//! target (0/1 labels); the loader draws the user's first prompt (a point, a box or a scribble)
+//! into the guidance channels — or, refining, an automatic mask's stand-in for every object of
+//! the label in the patch (then all of them are the target) with a click on its largest error;
+//! before the
 //! step the training thread lets the network predict, without gradient, for a few rounds and
 //! adds the robot's corrective click at the centre of the largest error each time, feeding the
 //! prediction back as the current mask — then the step learns from where the user left it.
@@ -21,13 +23,14 @@ use super::data::{PatchSampler, Sample, CHANGED_BIT};
 use super::fit::FitConfig;
 use super::model::MultiTaskUNet;
 use super::prompt::{
-    corrective_click, initial_prompts, prompt_on_grid, Guidance, Prompt, PromptConfig,
-    GUIDANCE_CHANNELS,
+    corrective_click, initial_prompts, prompt_on_grid, refine_start, Guidance, Prompt,
+    PromptConfig, GUIDANCE_CHANNELS,
 };
 use super::training::TaskMode;
 use crate::project::prompt_log::{decode_bits, PromptRecord};
 use burn::prelude::*;
 use burn::tensor::TensorData;
+use rand::RngExt;
 use rand_chacha::ChaCha8Rng;
 
 /// `config` made promptable: guidance channels after the sequences, a target-or-not output,
@@ -103,9 +106,15 @@ pub fn prompt_patch(
     let (mut channels, labels) = sampler.patch(sample);
     let target = patch_target(&labels, p)?;
     let mut labels = target_labels(&labels, target);
-    one_object(&mut labels, p);
-    let truth: Vec<bool> = labels.iter().map(|l| l & 1 == 1).collect();
-    let (prompts, prior) = initial_prompts(&truth, p, config, rng);
+    let truth = |labels: &[i32]| labels.iter().map(|l| l & 1 == 1).collect::<Vec<bool>>();
+    let (prompts, prior) = if rng.random_range(0.0..1.0) < config.refine_share {
+        // Refining a mask of the whole label: the answer is every object in the patch.
+        let (prompts, prior) = refine_start(&truth(&labels), p, rng);
+        (prompts, Some(prior))
+    } else {
+        one_object(&mut labels, p);
+        (initial_prompts(&truth(&labels), p, config, rng), None)
+    };
     let mut guidance = Guidance::empty(p);
     for prompt in &prompts {
         guidance.draw(prompt, [0; 3], config.point_radius_vox);
