@@ -574,17 +574,30 @@ fn torch_steps_per_s(
     dev: &str,
     (patch, batch, steps): (usize, usize, usize),
 ) -> Result<Option<f64>, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/reference/train_torch.py");
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let args = [
-        ("--device", dev.to_string()),
         ("--patch", patch.to_string()),
         ("--batch", batch.to_string()),
         ("--steps", steps.max(1).to_string()),
-        ("--threads", threads.to_string()),
     ];
+    torch_reference("train_torch.py", dev, &args, "torch_train_steps_per_s")
+}
+
+/// The figure `key` a PyTorch reference script in `benches/reference/` prints when run on `dev`
+/// (cpu or cuda) with `args` and this machine's threads; `None` if it printed none, an error
+/// note if it could not run (no python3, no torch, no CUDA).
+fn torch_reference(
+    script: &str,
+    dev: &str,
+    args: &[(&str, String)],
+    key: &str,
+) -> Result<Option<f64>, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("benches/reference")
+        .join(script);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let out = Command::new("python3")
-        .arg(&script)
+        .arg(&path)
+        .args(["--device", dev, "--threads", &threads.to_string()])
         .args(args.iter().flat_map(|(k, v)| [*k, v.as_str()]))
         .output()
         .map_err(|e| format!("PyTorch skipped: cannot run python3: {e}"))?;
@@ -593,10 +606,86 @@ fn torch_steps_per_s(
         return Err(format!("PyTorch on {dev} skipped: {why}"));
     }
     let text = String::from_utf8_lossy(&out.stdout);
+    let prefix = format!("{key} = ");
     Ok(text
         .lines()
-        .find_map(|l| l.strip_prefix("torch_train_steps_per_s = "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse::<f64>().ok()))
+}
+
+/// The window and overlap of the shipped network's whole-volume prediction.
+const PREDICT_WINDOW: usize = 32;
+/// See [`PREDICT_WINDOW`].
+const PREDICT_OVERLAP: f32 = 0.5;
+
+/// Seconds burn takes on `device` to predict a `size`³ case of two sequences with the shipped
+/// network (random weights: the time does not depend on them), after one warm-up window.
+fn predict_seconds(
+    config: &crate::model::TrainingConfig,
+    size: usize,
+    device: burn::prelude::Device,
+) -> Result<f64, VolumeError> {
+    use crate::model::inference::segment_volume;
+    let model = config.model.init(&device);
+    let w = PREDICT_WINDOW;
+    let warm = prompt_case(w, &[], 0.0);
+    segment_volume(&model, &warm, [w; 3], [w; 3], PREDICT_OVERLAP, &device)?;
+    let channels = prompt_case(size, &[], 0.0);
+    let t = Instant::now();
+    let (mask, fg) = segment_volume(
+        &model,
+        &channels,
+        [size; 3],
+        [w; 3],
+        PREDICT_OVERLAP,
+        &device,
+    )?;
+    std::hint::black_box((mask, fg));
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Whole-volume sliding-window prediction of a `size`³ case (two sequences, the shipped network:
+/// base 8, depth 3, 3 labels; 32³ windows overlapping by half, Gaussian-weighted; arg-max labels
+/// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu; beside
+/// PyTorch with the same network, windows and weighting (`benches/reference/predict_torch.py`)
+/// on the CPU and CUDA when python3 with torch has them. Figures and notes on what was skipped.
+pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
+    use crate::model::{MultiTaskUNetConfig, TrainingConfig};
+    use burn::prelude::Device;
+    let size = size.max(PREDICT_WINDOW);
+    let config = TrainingConfig::new(MultiTaskUNetConfig::new(2, 3, 2).with_base_channels(8));
+    let name = |backend: &str| format!("predict_s_{size}_{backend}");
+    let cpu = predict_seconds(&config, size, Device::flex())?;
+    let mut figures = vec![fig(name("cpu"), cpu, "s")];
+    let mut notes = Vec::new();
+    let (device, about) = crate::model::choose_device("auto");
+    if about.starts_with("GPU") {
+        figures.push(fig(
+            name("wgpu"),
+            predict_seconds(&config, size, device)?,
+            "s",
+        ));
+    } else {
+        notes.push(format!("wgpu skipped: {about}"));
+    }
+    let args = [
+        ("--size", size.to_string()),
+        ("--window", PREDICT_WINDOW.to_string()),
+        ("--overlap", PREDICT_OVERLAP.to_string()),
+    ];
+    for dev in ["cpu", "cuda"] {
+        match torch_reference("predict_torch.py", dev, &args, "torch_predict_s") {
+            Ok(Some(v)) => {
+                figures.push(fig(name(&format!("torch_{dev}")), v, "s"));
+                if dev == "cpu" {
+                    figures.push(fig(format!("predict_time_ratio_{size}_cpu"), cpu / v, "x"));
+                }
+            }
+            Ok(None) => {}
+            Err(note) => notes.push(note),
+        }
+    }
+    Ok((figures, notes))
 }
 
 /// A synthetic `size`³ case of two normalised sequences with bright balls of radius `radius`

@@ -488,3 +488,22 @@ fn a_killed_training_run_continues_to_the_planned_steps_repeating_at_most_one_ep
         "the continued run predicts otherwise at {differ} voxels"
     );
 }
+
+#[test]
+fn bench_predict_prints_burns_figure_beside_the_reference_and_says_what_it_skipped() {
+    let out = mriloop_ok(&["bench", "predict", "--size", "32"]);
+    let figure = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("bench: {name} = ")))
+            .and_then(|v| v.strip_suffix(" s"))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    let burn = figure("predict_s_32_cpu").unwrap_or_else(|| panic!("{out}"));
+    assert!(burn > 0.0, "{out}");
+    // PyTorch's figure when python3 has torch, else a note saying why not.
+    assert!(
+        figure("predict_s_32_torch_cpu").is_some_and(|t| t > 0.0) || out.contains("note: PyTorch"),
+        "{out}"
+    );
+    assert!(out.contains("reference: goal predict_s_256_cpu"), "{out}");
+}

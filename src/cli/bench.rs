@@ -22,6 +22,9 @@ pub enum BenchKind {
     Edit,
     /// Training steps per second of the 3D network (patch = --size, batch 2), burn vs PyTorch.
     Train,
+    /// Whole-volume sliding-window prediction of a --size³ case with the shipped network,
+    /// burn vs PyTorch (same network, windows, overlap and Gaussian weighting).
+    Predict,
     /// UI frame times (p50, p99) of the review window, idle and while training on the CPU
     /// (--repeats frames each).
     Loop,
@@ -116,6 +119,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let (figures, notes) = bench::train(size, 2, args.repeats, args.software_gpu);
             let reference = format!("3D net, 2 sequences, base 8, depth 3, patch {size}³, batch 2; goal: burn on GPU >= PyTorch eager on the same GPU");
             print_figures(&figures, &notes, &reference);
+            Ok(())
+        }
+        BenchKind::Predict => {
+            let (figures, notes) = bench::predict(size)?;
+            print_figures(&figures, &notes, "goal predict_s_256_cpu <= 0.5 x predict_s_256_torch_cpu (PyTorch eager, same network, windows, overlap and weighting); the same on a GPU against torch_cuda");
             Ok(())
         }
         BenchKind::Prompt => {

@@ -1,0 +1,87 @@
+"""PyTorch reference for `mriloop bench predict`: whole-volume sliding-window prediction of a
+size^3 case with the network of train_torch.py (the same multi-task residual U-Net), the same
+windows (window^3, step window * (1 - overlap), the last window flush with the far edge), the
+same Gaussian weighting (sigma = window / 8, floored at 1e-3) and the same outputs (arg-max
+labels and the foreground probability), one window at a time, random weights and data.
+
+Usage: python3 predict_torch.py --device cpu|cuda --size 256 --window 32 --overlap 0.5 --threads 2
+Prints one line: `torch_predict_s = V` (seconds for the whole volume, after a warm-up window).
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_torch import Net  # noqa: E402
+
+
+def starts(n, window, step):
+    if n <= window:
+        return [0]
+    s = list(range(0, n - window + 1, max(step, 1)))
+    if s[-1] != n - window:
+        s.append(n - window)
+    return s
+
+
+def gaussian(window):
+    c = (window - 1) / 2
+    sigma = max(window / 8, 0.5)
+    i = torch.arange(window, dtype=torch.float32)
+    return torch.exp(-(((i - c) / sigma) ** 2) / 2).clamp(min=1e-3)
+
+
+def predict(net, x, window, overlap, labels):
+    n = x.shape[-1]
+    step = int(window * (1 - min(max(overlap, 0.0), 0.9)))
+    g = gaussian(window).to(x.device)
+    weight = g[:, None, None] * g[None, :, None] * g[None, None, :]
+    acc = torch.zeros(labels, n, n, n, device=x.device)
+    wsum = torch.zeros(n, n, n, device=x.device)
+    s = starts(n, window, step)
+    for z in s:
+        for y in s:
+            for x0 in s:
+                part = x[:, :, z:z + window, y:y + window, x0:x0 + window]
+                probs = net(part)[0].softmax(1)[0]
+                acc[:, z:z + window, y:y + window, x0:x0 + window] += probs * weight
+                wsum[z:z + window, y:y + window, x0:x0 + window] += weight
+    mean = acc / wsum
+    return mean.argmax(0).to(torch.uint8), 1 - mean[0]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--overlap", type=float, default=0.5)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--channels", type=int, default=2)
+    ap.add_argument("--base", type=int, default=8)
+    a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    torch.manual_seed(1)
+    labels = 3
+    net = Net(a.channels, labels, 2, base=a.base).to(dev).eval()
+    x = torch.randn(1, a.channels, a.size, a.size, a.size, device=dev)
+    with torch.inference_mode():
+        net(x[:, :, : a.window, : a.window, : a.window])  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        mask, fg = predict(net, x, a.window, a.overlap, labels)
+        mask.cpu()
+        fg.cpu()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+    print(f"torch_predict_s = {time.perf_counter() - t:.4f}")
+
+
+if __name__ == "__main__":
+    main()
