@@ -296,6 +296,7 @@ fn run_request(
         minutes: None,
         plan: Default::default(),
         promptable: false,
+        devices: 1,
     }
 }
 

@@ -128,6 +128,9 @@ fn train_eval_predict_for_the_three_input_forms() {
             "--backend",
             "cpu",
             "--plot",
+            // Data-parallel: each batch split across two replicas on the CPU device.
+            "--devices",
+            "2",
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -137,6 +140,8 @@ fn train_eval_predict_for_the_three_input_forms() {
         );
         assert!(text.contains("epoch   1:"), "{form}: {text}");
         assert!(p.join("model/best/model.bpk").exists() && p.join("model/curves.png").exists());
+        let fit = std::fs::read_to_string(p.join("model/fit.json")).unwrap();
+        assert!(fit.contains("\"devices\": 2"), "{form}: {fit}");
         let model = p.join("model/best");
         let out = mriloop(&[
             "eval",

@@ -205,9 +205,13 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
     h.step();
     let [px, py, pz] = expected.patch;
     h.get_by_label(&format!("{px}×{py}×{pz}, {} levels", expected.depth));
+    h.get_by_label("devices");
 
-    // The user changes three of its numbers, then takes the batch back to the plan's.
+    // The user changes three of its numbers (and the devices), then takes the batch back to the
+    // plan's.
     let mut changed = settings.clone();
+    // Data-parallel over two devices (on the CPU: two replicas on its one device).
+    changed.devices = 2;
     changed.choices = PlanOverrides {
         epochs: Some(1),
         steps_per_epoch: Some(2),
@@ -253,9 +257,20 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
         "the run did not finish: {}",
         h.state().training().status
     );
-    let project = Project::open(&root).unwrap();
+    // The manifest with the new version is saved off the UI thread: wait for it on disk.
+    let mut saved = None;
+    for _ in 0..500 {
+        h.step();
+        saved = Project::open(&root)
+            .ok()
+            .and_then(|p| p.manifest.models.last().cloned());
+        if saved.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = h.state().training().status.clone();
-    let version = project.manifest.models.last().expect(&status);
+    let version = saved.expect(&status);
     let dir = root.join("models").join(&version.id);
     let fit: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("fit.json")).unwrap()).unwrap();
@@ -263,6 +278,7 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
     assert_eq!(fit["steps_per_epoch"], 2);
     assert_eq!(fit["batch_size"], expected.batch);
     assert_eq!(fit["patch"], serde_json::json!(expected.patch));
+    assert_eq!(fit["devices"], 2);
     // The same plan, written by the same serializer (compared as text: JSON floats need not
     // parse back to the same bits).
     let used = std::fs::read_to_string(dir.join("plan.json")).unwrap();

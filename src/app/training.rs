@@ -48,6 +48,8 @@ pub struct TrainSettings {
     pub minutes: Option<f64>,
     /// Train the promptable network (the Prompt tool's), learning from recorded prompts.
     pub promptable: bool,
+    /// Data-parallel devices (GPUs 0..n; on the CPU, replicas on its one device).
+    pub devices: usize,
 }
 
 impl Default for TrainSettings {
@@ -63,6 +65,7 @@ impl Default for TrainSettings {
             reinfer_after: true,
             minutes: None,
             promptable: false,
+            devices: 1,
         }
     }
 }
@@ -348,6 +351,7 @@ impl MriloopApp {
             masks,
             minutes: s.minutes,
             promptable: s.promptable,
+            devices: s.devices,
         };
         let wake = self.wake();
         let project_root = project.root().to_path_buf();
@@ -750,6 +754,12 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
         for b in ["auto", "cpu", "gpu"] {
             ui.radio_value(&mut s.backend, b.to_string(), b);
         }
+        ui.label("devices");
+        ui.add(egui::DragValue::new(&mut s.devices).range(1..=16))
+            .on_hover_text(
+                "data-parallel training: each batch split across this many GPUs (on the CPU, \
+                 replicas on its one device), their gradients summed",
+            );
     });
     let reviewed = project
         .manifest

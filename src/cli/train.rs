@@ -74,6 +74,11 @@ pub struct TrainArgs {
     /// cpu, gpu or auto (a hardware GPU if present).
     #[arg(long, default_value = "auto")]
     pub backend: String,
+    /// Data-parallel training on this many devices: each batch split across GPUs 0..N (on the
+    /// CPU, N replicas on its one device), their gradients summed by burn's multi-device
+    /// optimiser step (default 1; the batch should hold at least N patches).
+    #[arg(long, default_value_t = 1)]
+    pub devices: usize,
     /// Also write the loss and validation curves to OUT/curves.png (drawn on the CPU; no GPU
     /// or display needed).
     #[arg(long)]
@@ -212,7 +217,7 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
         None => config,
     };
-    Ok((config, planned))
+    Ok((config.with_devices(args.devices.max(1)), planned))
 }
 
 /// The flags' settings, the plan's where a flag is not given.
@@ -257,7 +262,10 @@ pub fn train_project(
     run: Run,
 ) -> Result<()> {
     let (device, about) = model::choose_device(backend);
-    eprintln!("training on {about}");
+    match config.devices {
+        0 | 1 => eprintln!("training on {about}"),
+        n => eprintln!("training on {about}, data-parallel over {n} devices"),
+    }
     let selection = model::SampleSelection::for_training(&config.training);
     let samples = model::load_samples_with(project, &selection)?;
     if samples.len() < 2 {

@@ -12,7 +12,9 @@
 use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;
 use super::model::MultiTaskUNet;
-use super::training::{cosine_lr, save_checkpoint, train_step_at, Batch, TaskMode, TrainingConfig};
+use super::training::{
+    cosine_lr, save_checkpoint, train_step_parallel, Batch, TaskMode, TrainingConfig,
+};
 use crate::volume::Affine;
 use burn::optim::{AdamWConfig, ModuleOptimizer};
 use burn::prelude::*;
@@ -81,6 +83,11 @@ pub struct FitConfig {
     /// (class-balanced sampling; empty: every case alike).
     #[config(default = "Vec::new()")]
     pub class_weights: Vec<f64>,
+    /// Data-parallel devices: each batch is split across this many (GPUs 0..n on a GPU
+    /// backend; on the CPU, replicas on its one device) and their gradients summed (1: one
+    /// device, the same code path).
+    #[config(default = 1)]
+    pub devices: usize,
 }
 
 /// Controls of a running fit, shared with whoever started it: cancel, pause and resume take
@@ -432,6 +439,34 @@ struct HostBatch {
 }
 
 impl HostBatch {
+    /// The batch split into one part per device of `devices` (as even as the patches allow;
+    /// fewer parts when there are fewer patches), each on its device.
+    fn into_parts(self, devices: &[Device], changed_weight: f32) -> Vec<Batch> {
+        let parts = devices.len().clamp(1, self.n.max(1));
+        if parts == 1 {
+            return vec![self.into_batch(&devices[0], changed_weight)];
+        }
+        let voxels: usize = self.patch.iter().product();
+        let mut out = Vec::with_capacity(parts);
+        let mut first = 0;
+        for (p, device) in devices.iter().take(parts).enumerate() {
+            let n = self.n / parts + usize::from(p < self.n % parts);
+            let part = HostBatch {
+                class_step: self.class_step,
+                images: self.images[first * self.c * voxels..(first + n) * self.c * voxels]
+                    .to_vec(),
+                masks: self.masks[first * voxels..(first + n) * voxels].to_vec(),
+                classes: self.classes[first..first + n].to_vec(),
+                n,
+                c: self.c,
+                patch: self.patch,
+            };
+            out.push(part.into_batch(device, changed_weight));
+            first += n;
+        }
+        out
+    }
+
     fn into_batch(self, device: &Device, changed_weight: f32) -> Batch {
         let [px, py, pz] = self.patch;
         let (masks, weights) = split_labels(self.masks, changed_weight);
@@ -535,6 +570,7 @@ pub fn fit_from(
     let t = &config.training;
     let ad = device.clone().autodiff();
     ad.seed(t.seed);
+    let replicas = data_parallel_devices(device, config.devices);
     let total = config.epochs * config.steps_per_epoch;
     let (mut model, mut optim, (first_epoch, mut step), mut best) =
         starting_point(config, device, out, continued)?;
@@ -548,7 +584,7 @@ pub fn fit_from(
     let loader = Loader::spawn(config, train, (step, batches), !control.has_deadline());
     let run = FitRun {
         config,
-        ad: &ad,
+        replicas: &replicas,
         device,
         batches: &loader.batches,
         events,
@@ -910,11 +946,22 @@ impl BestTracker {
     }
 }
 
+/// The autodiff devices of a fit on `device` split across `n` (at least one): `device` alone,
+/// or the GPUs 0..n of a GPU backend, or `n` replicas on the CPU's one device.
+pub fn data_parallel_devices(device: &Device, n: usize) -> Vec<Device> {
+    if n <= 1 || *device == Device::flex() {
+        return vec![device.clone().autodiff(); n.max(1)];
+    }
+    (0..n)
+        .map(|i| Device::wgpu(burn::prelude::DeviceKind::DiscreteGpu(i)).autodiff())
+        .collect()
+}
+
 /// What the epochs of one fit share.
 struct FitRun<'a> {
     config: &'a FitConfig,
-    /// The autodiff device training runs on.
-    ad: &'a Device,
+    /// The autodiff devices a batch is split across (one: the device training runs on).
+    replicas: &'a [Device],
     /// The same device without autodiff (the simulated user's predictions).
     device: &'a Device,
     /// The loader's batches.
@@ -961,7 +1008,7 @@ impl FitRun<'_> {
             };
             let class_step = hb.class_step;
             let hb = self.with_corrections(hb, &model, *step);
-            let batch = hb.into_batch(self.ad, config.changed_weight as f32);
+            let parts = hb.into_parts(self.replicas, config.changed_weight as f32);
             let mode = step_mode(t.mode, class_step, config.class_every > 0);
             let step_config = TrainingConfig { mode, ..t.clone() };
             let lr = if config.cosine_schedule {
@@ -974,7 +1021,7 @@ impl FitRun<'_> {
             } else {
                 t.learning_rate
             };
-            let (m, loss) = train_step_at(model, optim, &batch, &step_config, lr);
+            let (m, loss) = train_step_parallel(model, optim, &parts, &step_config, lr);
             model = m;
             *step += 1;
             steps += 1;

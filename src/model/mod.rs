@@ -50,6 +50,6 @@ pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
 pub use training::{
     batch_loss, cosine_lr, load_checkpoint, save_checkpoint, soft_dice_loss, train, train_step,
-    train_step_at, voxel_cross_entropy, Batch, CheckpointError, LossTerms, TaskMode, TrainEvent,
-    TrainingConfig,
+    train_step_at, train_step_parallel, voxel_cross_entropy, Batch, CheckpointError, LossTerms,
+    TaskMode, TrainEvent, TrainingConfig,
 };

@@ -55,6 +55,8 @@ pub struct RunRequest {
     pub plan: RunPlan,
     /// Train the promptable network (learning from the cases' recorded prompts too).
     pub promptable: bool,
+    /// Data-parallel devices the batch is split across (1: one device).
+    pub devices: usize,
 }
 
 /// Where a run's settings come from.
@@ -182,6 +184,7 @@ pub fn run_config(
         config.resume_from = Some(dir.display().to_string());
     }
     config.changed_weight = request.changed_weight;
+    config.devices = request.devices.max(1);
     if request.promptable && config.training.prompt.is_none() {
         // From scratch, or an automatic version carried into a promptable network.
         config = super::prompt_train::promptable(config, Default::default());

@@ -7,7 +7,7 @@
 
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use std::path::Path;
@@ -313,6 +313,66 @@ pub fn train_step_at(
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let model = optim.step(lr, model, grads);
     (model, terms)
+}
+
+/// One data-parallel optimisation step at learning rate `lr`, burn's multi-device way (its
+/// learner's multi-device strategy): each part of the batch, on its own device, runs forward
+/// and backward on a fork of `model` there in its own thread; burn's `MultiGradientsParams`
+/// sums the parts' gradients and `ModuleOptimizer::step_multi` applies them. Each part's loss
+/// is weighted by its share of the patches, so the sum is the combined batch's gradient —
+/// exactly for the cross-entropies, nearly for soft Dice (pooled over a part's patches, not the
+/// whole batch). One part is `train_step_at` itself. The loss terms are the parts' weighted mean.
+pub fn train_step_parallel(
+    model: MultiTaskUNet,
+    optim: &mut ModuleOptimizer,
+    parts: &[Batch],
+    config: &TrainingConfig,
+    lr: f64,
+) -> (MultiTaskUNet, LossTerms) {
+    if let [one] = parts {
+        return train_step_at(model, optim, one, config, lr);
+    }
+    let total: usize = parts.iter().map(|b| b.images.dims()[0]).sum();
+    let outputs: Vec<_> = std::thread::scope(|scope| {
+        let workers: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                let device = part.images.device();
+                let replica = model.clone().fork(&device);
+                scope.spawn(move || {
+                    let share = part.images.dims()[0] as f64 / total.max(1) as f64;
+                    let (loss, terms) =
+                        batch_loss(&replica, part, config.mode, config.class_weight);
+                    let grads =
+                        GradientsParams::from_grads(loss.mul_scalar(share).backward(), &replica);
+                    (grads, device, terms, share)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    let mut grads = MultiGradientsParams::default();
+    let mut terms = LossTerms {
+        mode: config.mode,
+        total: 0.0,
+        dice: 0.0,
+        seg_ce: 0.0,
+        class_ce: 0.0,
+    };
+    for (g, device, t, share) in outputs {
+        grads.grads.push((g, device));
+        terms.total += t.total * share;
+        terms.dice += t.dice * share;
+        terms.seg_ce += t.seg_ce * share;
+        terms.class_ce += t.class_ce * share;
+    }
+    (optim.step_multi(lr, model, grads), terms)
 }
 
 /// Cosine annealing from `lr` to `lr · min_fraction` over `total` steps (step from 1), after a
