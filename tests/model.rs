@@ -489,6 +489,15 @@ fn data_parallel_steps_on_two_cpu_devices_match_one_device_on_the_combined_batch
     use mriloop::model::train_step_parallel;
     let devices = data_parallel_devices(&cpu(), 2);
     assert_eq!(devices.len(), 2);
+    // Replicas on the CPU always; on GPUs only as many as there are, else a clear refusal.
+    use mriloop::model::apply::check_data_parallel;
+    assert_eq!(check_data_parallel(&cpu(), 2), Ok(()));
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let refused = check_data_parallel(&gpu, 64).unwrap_err();
+    assert!(
+        refused.contains("on 64 devices") && refused.contains("GPU(s) found"),
+        "{refused}"
+    );
     let cfg = config(3);
     let start = cfg.model.init(&devices[0]);
     let (mut one, mut two) = (start.clone(), start.clone());

@@ -262,6 +262,7 @@ pub fn train_project(
     run: Run,
 ) -> Result<()> {
     let (device, about) = model::choose_device(backend);
+    model::apply::check_data_parallel(&device, config.devices).map_err(anyhow::Error::msg)?;
     match config.devices {
         0 | 1 => eprintln!("training on {about}"),
         n => eprintln!("training on {about}, data-parallel over {n} devices"),

@@ -48,6 +48,32 @@ pub fn choose_device(backend: &str) -> (Device, String) {
     }
 }
 
+/// Whether a fit on `device` can split its batches across `n` devices: always on the CPU (its
+/// replicas share the one device), else when wgpu finds `n` discrete GPUs (burn numbers them;
+/// counted on the backend that shows the most, as one GPU appears once per graphics API).
+pub fn check_data_parallel(device: &Device, n: usize) -> Result<(), String> {
+    if n <= 1 || *device == Device::flex() {
+        return Ok(());
+    }
+    let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    let backends = desc.backends;
+    let instance = wgpu::Instance::new(desc);
+    let mut per_backend = std::collections::HashMap::new();
+    for a in pollster::block_on(instance.enumerate_adapters(backends)) {
+        let info = a.get_info();
+        if info.device_type == wgpu::DeviceType::DiscreteGpu {
+            *per_backend.entry(info.backend).or_insert(0usize) += 1;
+        }
+    }
+    let found = per_backend.values().copied().max().unwrap_or(0);
+    match found >= n {
+        true => Ok(()),
+        false => Err(format!(
+            "data-parallel training on {n} devices: {found} discrete GPU(s) found"
+        )),
+    }
+}
+
 /// Which kind of device `backend` (`cpu`, `gpu`, `auto`) trains on, for planning.
 pub fn device_class(backend: &str) -> super::plan::DeviceClass {
     use super::plan::DeviceClass;

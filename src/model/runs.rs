@@ -331,6 +331,7 @@ fn run(
 ) -> Result<(), String> {
     let (config, plan) = run_config(project, request).map_err(|e| e.to_string())?;
     let (device, about) = super::apply::choose_device(&request.backend);
+    super::apply::check_data_parallel(&device, config.devices)?;
     let (train, val) = run_samples(project, &config, request).map_err(|e| e.to_string())?;
     let config = match request.minutes.filter(|m| m.is_finite() && *m > 0.0) {
         Some(m) => {
