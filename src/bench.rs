@@ -495,74 +495,158 @@ pub fn surface(size: usize, radius_mm: f64, repeats: usize) -> Vec<Figure> {
     ]
 }
 
-/// Training steps per second of the benchmark network on `device`: `steps` steps of a random
-/// `batch` of `patch`³ patches, after one warm-up step (kernel compilation, allocation).
-fn train_steps_per_s(
-    config: &crate::model::TrainingConfig,
-    device: burn::prelude::Device,
-    (patch, batch, steps): (usize, usize, usize),
-) -> f64 {
+/// A network and batch the training benchmark measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrainShape {
+    /// Its name in the figures.
+    pub name: &'static str,
+    /// Channels of the first level.
+    pub base: usize,
+    /// Levels below the first.
+    pub depth: usize,
+    /// Patch edge (voxels).
+    pub patch: usize,
+    /// Patches per batch.
+    pub batch: usize,
+}
+
+/// The shipped configuration: base 8, depth 3, 32³ patches, batch 2.
+pub const SMALL: TrainShape = TrainShape {
+    name: "small",
+    base: 8,
+    depth: 3,
+    patch: 32,
+    batch: 2,
+};
+
+/// An nnU-Net-sized one: base 32, 128³ patches, batch 2 (depth 4: 32…512 channels, where
+/// nnU-Net's 3d_fullres caps six stages at 320).
+pub const NNUNET: TrainShape = TrainShape {
+    name: "nnunet",
+    base: 32,
+    depth: 4,
+    patch: 128,
+    batch: 2,
+};
+
+impl TrainShape {
+    /// The network (2 sequences, 3 labels, 2 classes).
+    fn config(&self) -> crate::model::TrainingConfig {
+        use crate::model::{MultiTaskUNetConfig, TrainingConfig};
+        TrainingConfig::new(
+            MultiTaskUNetConfig::new(2, 3, 2)
+                .with_base_channels(self.base)
+                .with_depth(self.depth),
+        )
+    }
+
+    /// Floating-point operations of one training step (forward and backward: 3× the forward
+    /// multiply-adds of each patch, 2 operations each).
+    pub fn step_flops(&self) -> f64 {
+        let macs = self.config().model.forward_macs(self.patch.pow(3));
+        6.0 * macs * self.batch as f64
+    }
+}
+
+/// Training steps per second of `shape` on `device`: `steps` steps of a random batch, after
+/// one warm-up step (kernel compilation, allocation).
+fn train_steps_per_s(shape: &TrainShape, device: burn::prelude::Device, steps: usize) -> f64 {
     use crate::model::{train_step, Batch};
     use burn::prelude::*;
     use burn::tensor::{Distribution, Int};
+    let config = shape.config();
     let ad = device.autodiff();
     let mut model = config.model.init(&ad);
     let mut optim = burn::optim::AdamConfig::new().init();
-    let p = patch;
+    let (p, batch) = (shape.patch, shape.batch);
     let b = Batch {
         images: Tensor::<5>::random([batch, 2, p, p, p], Distribution::Normal(0.0, 1.0), &ad),
         masks: Tensor::<4, Int>::random([batch, p, p, p], Distribution::Uniform(0.0, 3.0), &ad),
         classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
         weights: None,
     };
-    let (m, _) = train_step(model, &mut optim, &b, config);
+    let (m, _) = train_step(model, &mut optim, &b, &config);
     model = m;
     let t = Instant::now();
     for _ in 0..steps.max(1) {
-        let (m, _) = train_step(model, &mut optim, &b, config);
+        let (m, _) = train_step(model, &mut optim, &b, &config);
         model = m;
     }
     steps.max(1) as f64 / t.elapsed().as_secs_f64()
 }
 
-/// Training speed of the 3D network (2 input sequences, 3 labels, 2 classes, base 8, depth 3) at
-/// `patch`³ and `batch`, on the CPU (burn flex) and, when a hardware GPU is present, on wgpu;
-/// beside the same architecture in PyTorch (`benches/reference/train_torch.py`) when python3 with
-/// torch is installed. Returns the figures and notes on what was skipped.
+/// The figures of `steps_per_s` on `backend` for `shape`: steps per second, the TFLOP/s they
+/// are, and with a device peak (`peak_tflops`) the model FLOPs utilisation.
+fn train_figures(
+    shape: &TrainShape,
+    backend: &str,
+    steps_per_s: f64,
+    peak_tflops: Option<f64>,
+) -> Vec<Figure> {
+    let tflops = steps_per_s * shape.step_flops() / 1e12;
+    let mut out = vec![
+        fig(
+            format!("train_steps_per_s_{backend}_{}", shape.name),
+            steps_per_s,
+            "steps/s",
+        ),
+        fig(
+            format!("train_tflops_{backend}_{}", shape.name),
+            tflops,
+            "TFLOP/s",
+        ),
+    ];
+    if let Some(peak) = peak_tflops.filter(|p| *p > 0.0) {
+        let mfu = 100.0 * tflops / peak;
+        out.push(fig(format!("train_mfu_{backend}_{}", shape.name), mfu, "%"));
+    }
+    out
+}
+
+/// Training speed of each of `shapes`, `steps` steps each: burn on the CPU (flex) and, with a
+/// hardware GPU, on wgpu (`software_gpu`: on lavapipe when there is none); beside the same
+/// network, loss and optimiser in PyTorch (`benches/reference/train_torch.py`) on the CPU and
+/// CUDA when python3 has torch. `peak_tflops`: the GPU's (or, without one, the CPU's) peak, for
+/// the utilisation figures. Returns the figures and notes on what was skipped.
 pub fn train(
-    patch: usize,
-    batch: usize,
+    shapes: &[TrainShape],
     steps: usize,
     software_gpu: bool,
+    peak_tflops: Option<f64>,
 ) -> (Vec<Figure>, Vec<String>) {
-    use crate::model::{MultiTaskUNetConfig, TrainingConfig};
     use burn::prelude::{Device, DeviceKind};
-    let config = TrainingConfig::new(MultiTaskUNetConfig::new(2, 3, 2).with_base_channels(8));
-    let sizes = (patch, batch, steps);
-    let cpu = train_steps_per_s(&config, Device::flex(), sizes);
-    let mut figures = vec![fig("train_steps_per_s_cpu", cpu, "steps/s")];
-    let mut notes = Vec::new();
     let (device, about) = crate::model::choose_device("auto");
-    if about.starts_with("GPU") {
-        let gpu = train_steps_per_s(&config, device, sizes);
-        figures.push(fig("train_steps_per_s_gpu", gpu, "steps/s"));
-    } else if software_gpu {
-        // wgpu on the software Vulkan device (lavapipe): the same burn code path as a GPU.
-        let wgpu = train_steps_per_s(&config, Device::wgpu(DeviceKind::DefaultDevice), sizes);
-        figures.push(fig("train_steps_per_s_wgpu_software", wgpu, "steps/s"));
+    let gpu = about.starts_with("GPU");
+    let (cpu_peak, gpu_peak) = if gpu {
+        (None, peak_tflops)
     } else {
+        (peak_tflops, None)
+    };
+    let mut figures = Vec::new();
+    let mut notes = Vec::new();
+    if !gpu && !software_gpu {
         notes.push(format!(
             "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes; --software-gpu measures it)"
         ));
     }
-    for (dev, name) in [
-        ("cpu", "torch_train_steps_per_s_cpu"),
-        ("cuda", "torch_train_steps_per_s_gpu"),
-    ] {
-        match torch_steps_per_s(dev, sizes) {
-            Ok(Some(v)) => figures.push(fig(name, v, "steps/s")),
-            Ok(None) => {}
-            Err(note) => notes.push(note),
+    for shape in shapes {
+        let cpu = train_steps_per_s(shape, Device::flex(), steps);
+        figures.extend(train_figures(shape, "cpu", cpu, cpu_peak));
+        if gpu {
+            let v = train_steps_per_s(shape, device.clone(), steps);
+            figures.extend(train_figures(shape, "wgpu", v, gpu_peak));
+        } else if software_gpu {
+            let v = train_steps_per_s(shape, Device::wgpu(DeviceKind::DefaultDevice), steps);
+            figures.extend(train_figures(shape, "wgpu_software", v, None));
+        }
+        for (dev, peak) in [("cpu", cpu_peak), ("cuda", gpu_peak)] {
+            match torch_steps_per_s(dev, shape, steps) {
+                Ok(Some(v)) => {
+                    figures.extend(train_figures(shape, &format!("torch_{dev}"), v, peak))
+                }
+                Ok(None) => {}
+                Err(note) => notes.push(note),
+            }
         }
     }
     (figures, notes)
@@ -570,13 +654,12 @@ pub fn train(
 
 /// PyTorch's steps per second on `dev` (cpu or cuda) with the reference script; `None` if it
 /// printed no figure, an error note if it could not run.
-fn torch_steps_per_s(
-    dev: &str,
-    (patch, batch, steps): (usize, usize, usize),
-) -> Result<Option<f64>, String> {
+fn torch_steps_per_s(dev: &str, shape: &TrainShape, steps: usize) -> Result<Option<f64>, String> {
     let args = [
-        ("--patch", patch.to_string()),
-        ("--batch", batch.to_string()),
+        ("--patch", shape.patch.to_string()),
+        ("--batch", shape.batch.to_string()),
+        ("--base", shape.base.to_string()),
+        ("--depth", shape.depth.to_string()),
         ("--steps", steps.max(1).to_string()),
     ];
     torch_reference("train_torch.py", dev, &args, "torch_train_steps_per_s")

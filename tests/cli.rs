@@ -512,3 +512,27 @@ fn bench_predict_prints_burns_figure_beside_the_reference_and_says_what_it_skipp
     );
     assert!(out.contains("reference: goal predict_s_256_cpu"), "{out}");
 }
+
+#[test]
+fn bench_train_prints_steps_flops_and_utilisation_per_network() {
+    let out = mriloop_ok(&[
+        "bench",
+        "train",
+        "--config",
+        "small",
+        "--repeats",
+        "1",
+        "--peak-tflops",
+        "1",
+    ]);
+    for name in [
+        "train_steps_per_s_cpu_small",
+        "train_tflops_cpu_small",
+        "train_mfu_cpu_small",
+    ] {
+        assert!(out.contains(&format!("bench: {name} = ")), "{name}: {out}");
+    }
+    let refused = mriloop(&["bench", "train", "--config", "huge"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("use small, nnunet or all"));
+}

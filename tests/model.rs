@@ -527,3 +527,15 @@ fn data_parallel_steps_on_two_cpu_devices_match_one_device_on_the_combined_batch
         "one device vs two: {apart} (moved {moved})"
     );
 }
+
+#[test]
+fn forward_multiply_adds_match_pytorchs_flop_counter() {
+    // torch.utils.flop_counter.FlopCounterMode on benches/reference/train_torch.py's Net(2, 3,
+    // 2, base=8, depth=3) at 32³ counts 1 015 808 256 FLOPs: 507 904 128 multiply-adds, of
+    // which 128 are the class head's (not counted here); base 32, depth 5 at 64³:
+    // 69 503 813 632 (2 048 of them the head's).
+    let small = MultiTaskUNetConfig::new(2, 3, 2);
+    assert_eq!(small.forward_macs(32 * 32 * 32), 507_904_000.0);
+    let wide = small.clone().with_base_channels(32).with_depth(5);
+    assert_eq!(wide.forward_macs(64 * 64 * 64), 69_503_811_584.0);
+}

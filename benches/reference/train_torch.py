@@ -4,7 +4,8 @@ transposed-conv up, skip concatenation, classification head on the bottleneck), 
 (soft Dice over foreground labels + voxel cross-entropy + 0.5 x class cross-entropy) and Adam,
 timed for the same number of steps on random data.
 
-Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --steps 5 --threads 2
+Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --base 8 --depth 3 --steps 5
+       --threads 2
 Prints one line: `torch_train_steps_per_s = V`.
 """
 import argparse
@@ -74,12 +75,13 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)
+    ap.add_argument("--depth", type=int, default=3)
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     torch.manual_seed(1)
-    net = Net(a.channels, 3, 2, base=a.base).to(dev)
+    net = Net(a.channels, 3, 2, base=a.base, depth=a.depth).to(dev)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     p = a.patch
     x = torch.randn(a.batch, a.channels, p, p, p, device=dev)

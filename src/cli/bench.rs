@@ -20,7 +20,8 @@ pub enum BenchKind {
     Render,
     /// Brush event to mask texture updated (5 mm radius, size³ mask), beside a full upload.
     Edit,
-    /// Training steps per second of the 3D network (patch = --size, batch 2), burn vs PyTorch.
+    /// Training steps per second of the 3D network (--config small, nnunet or all), burn vs
+    /// PyTorch, with the TFLOP/s they are and the utilisation of --peak-tflops.
     Train,
     /// Whole-volume sliding-window prediction of a --size³ case with the shipped network,
     /// burn vs PyTorch (same network, windows, overlap and Gaussian weighting).
@@ -74,6 +75,27 @@ pub struct BenchArgs {
     /// prompt: a promptable checkpoint folder (default: random weights).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// train: which networks — small (the shipped one: base 8, depth 3, 32³, batch 2), nnunet
+    /// (base 32, depth 4, 128³, batch 2) or all (default: all with a hardware GPU, else small).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// train: the device's peak TFLOP/s (the GPU's when one is present, else the CPU's), for
+    /// the model FLOPs utilisation figures (`train_mfu_…`; none without it).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+/// The training benchmark's networks for `--config` (`None`: all on a GPU, else small).
+fn train_shapes(config: Option<&str>) -> Result<Vec<bench::TrainShape>> {
+    let gpu = crate::model::choose_device("auto").1.starts_with("GPU");
+    match config {
+        Some("small") => Ok(vec![bench::SMALL]),
+        Some("nnunet") => Ok(vec![bench::NNUNET]),
+        Some("all") => Ok(vec![bench::SMALL, bench::NNUNET]),
+        None if gpu => Ok(vec![bench::SMALL, bench::NNUNET]),
+        None => Ok(vec![bench::SMALL]),
+        Some(other) => anyhow::bail!("--config {other}: use small, nnunet or all"),
+    }
 }
 
 /// The `reference:` line of `bench loop`.
@@ -116,9 +138,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchKind::Train => {
-            let (figures, notes) = bench::train(size, 2, args.repeats, args.software_gpu);
-            let reference = format!("3D net, 2 sequences, base 8, depth 3, patch {size}³, batch 2; goal: burn on GPU >= PyTorch eager on the same GPU");
-            print_figures(&figures, &notes, &reference);
+            let shapes = train_shapes(args.config.as_deref())?;
+            let (figures, notes) =
+                bench::train(&shapes, args.repeats, args.software_gpu, args.peak_tflops);
+            let reference = "3D net, 2 sequences, 3 labels; goal: burn on the GPU >= PyTorch eager on the same GPU for each network; on the CPU >= 2x PyTorch";
+            print_figures(&figures, &notes, reference);
             Ok(())
         }
         BenchKind::Predict => {

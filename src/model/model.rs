@@ -164,6 +164,30 @@ impl MultiTaskUNetConfig {
         }
     }
 
+    /// Multiply-adds of one forward pass of the segmentation path on one patch of `voxels`
+    /// voxels (convolutions only: the stem, each level's strided convolution and residual
+    /// block, the transposed convolutions, the decoder blocks with their 1×1 skips, the head);
+    /// a training step costs about three times this per patch (forward and backward).
+    pub fn forward_macs(&self, voxels: usize) -> f64 {
+        let flat = self.spatial_dims == 2;
+        let (k, shrink): (f64, f64) = if flat { (9.0, 4.0) } else { (27.0, 8.0) };
+        let ch = |l: usize| (self.base_channels << l) as f64;
+        let at = |l: usize| voxels as f64 / shrink.powi(l as i32);
+        let block = |c_in: f64, c_out: f64| {
+            let skip = if c_in == c_out { 0.0 } else { c_in * c_out };
+            c_in * c_out * k + c_out * c_out * k + skip
+        };
+        let c_in = self.in_channels as f64;
+        let mut macs = at(0) * (block(c_in, ch(0)) + ch(0) * self.num_labels as f64);
+        macs += at(0) * self.time_points as f64 * c_in;
+        for l in 1..=self.depth {
+            let down = ch(l - 1) * ch(l) * k + block(ch(l), ch(l));
+            let up = ch(l) * ch(l - 1) * shrink;
+            macs += at(l) * (down + up) + at(l - 1) * block(2.0 * ch(l - 1), ch(l - 1));
+        }
+        macs
+    }
+
     /// How much each strided axis must be divisible by: `[D, H, W]`.
     pub fn size_multiple(&self) -> [usize; 3] {
         let m = 1 << self.depth;
