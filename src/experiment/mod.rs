@@ -600,7 +600,7 @@ fn test_cases_by_class_and_labels(
         .manifest
         .cases
         .iter()
-        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
+        .filter(|c| crate::model::apply::is_evaluable(c))
         .filter(|c| !plan.exclude_cases.contains(&c.id))
         .collect();
     let classes: Vec<usize> = candidates
@@ -752,7 +752,7 @@ fn evaluated_cases(project: &Project) -> Vec<String> {
         .manifest
         .cases
         .iter()
-        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
+        .filter(|c| crate::model::apply::is_evaluable(c))
         .map(|c| c.id.clone())
         .collect()
 }

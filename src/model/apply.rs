@@ -365,6 +365,11 @@ pub struct CohortEvaluation {
     pub class_accuracy: f64,
 }
 
+/// Whether `case` can be evaluated: it has a reference mask or a class.
+pub fn is_evaluable(case: &Case) -> bool {
+    case.reference_mask.is_some() || case.class_label.is_some()
+}
+
 /// Evaluate the cases with a reference mask or a class (`only`: just these case ids, e.g.
 /// held-out ones); Dice is computed where there is a reference mask.
 pub fn evaluate_project(
@@ -380,7 +385,7 @@ pub fn evaluate_project(
         .manifest
         .cases
         .iter()
-        .filter(|c| c.reference_mask.is_some() || c.class_label.is_some())
+        .filter(|c| is_evaluable(c))
         .filter(|c| only.is_none_or(|ids| ids.contains(&c.id)))
         .collect();
     let mut out = Vec::new();
