@@ -509,9 +509,18 @@ fn data_parallel_steps_on_two_cpu_devices_match_one_device_on_the_combined_batch
         one = m;
         let (m, l2) = train_step_parallel(two, &mut optim_two, &halves, &cfg, 1e-2);
         two = m;
-        // The cross-entropies are means over patches: split in halves they are the same.
-        assert!((l1.seg_ce - l2.seg_ce).abs() < 1e-5, "{l1:?} {l2:?}");
-        assert!((l1.class_ce - l2.class_ce).abs() < 1e-5, "{l1:?} {l2:?}");
+        // The cross-entropies are means over patches: split in halves they are the same on the
+        // same weights (step 0); after a step the replicas' weights differ a little (soft Dice
+        // pools over a part's patches), and so do their losses (2e-5 seen in a debug build).
+        let tolerance = if step == 0 { 1e-5 } else { 1e-3 };
+        assert!(
+            (l1.seg_ce - l2.seg_ce).abs() < tolerance,
+            "step {step}: {l1:?} {l2:?}"
+        );
+        assert!(
+            (l1.class_ce - l2.class_ce).abs() < tolerance,
+            "step {step}: {l1:?} {l2:?}"
+        );
     }
     // Soft Dice pools over a part's patches, not the whole batch: the models differ a little,
     // far less than three steps moved them (here 1.9e-4 against 0.70; tolerance 2e-3).
