@@ -572,3 +572,35 @@ fn an_automatic_model_is_carried_into_a_promptable_one_that_starts_where_it_was(
     let e = initial_model(&wider, &device).unwrap_err().to_string();
     assert!(e.contains(&dir.path().display().to_string()), "{e}");
 }
+
+#[test]
+fn an_exclude_prompt_only_takes_voxels_away() {
+    use mriloop::model::prompt_infer::follow_prompts;
+    let size = [8usize; 3];
+    let at = |i: usize, j: usize, k: usize| i + 8 * (j + 8 * k);
+    // The current mask: a bar of 5 voxels; the network answers the exclude click by moving
+    // the bar one voxel along and two voxels up.
+    let mut prior = vec![false; 512];
+    (1..6).for_each(|i| prior[at(i, 2, 2)] = true);
+    let mut target = vec![false; 512];
+    (2..7).for_each(|i| target[at(i, 2, 2)] = true);
+    target[at(2, 3, 2)] = true;
+    target[at(2, 4, 2)] = true;
+    let included = vec![0.0f32; 512];
+    let exclude = Prompt::Point {
+        idx_vox: [5, 2, 2],
+        include: false,
+    };
+    let mut answer = target.clone();
+    follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &[exclude]);
+    let kept: Vec<usize> = (0..512).filter(|i| answer[*i]).collect();
+    assert_eq!(kept, vec![at(2, 2, 2), at(3, 2, 2), at(4, 2, 2)]);
+    // After an include prompt the same answer may grow.
+    let include = Prompt::Point {
+        idx_vox: [3, 2, 2],
+        include: true,
+    };
+    let mut answer = target.clone();
+    follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &[include]);
+    assert_eq!(answer.iter().filter(|t| **t).count(), 7);
+}

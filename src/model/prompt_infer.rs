@@ -212,7 +212,10 @@ pub fn predict_prompted(
 /// neither starts an object away from every include prompt nor keeps one there — and the
 /// voxels a person pointed at or painted take the prompt's side, the newest prompt last.
 /// Without it an exclude click beside a 30-voxel lesion answered with a 245-voxel region a
-/// centimetre away, and a click the network ignored was clicked again and again.
+/// centimetre away, and a click the network ignored was clicked again and again. When the
+/// newest prompt excludes, the answer only takes voxels away from the current mask: "not this"
+/// never grows the object (the network had answered an exclude click on an automatic mask's
+/// false region by redrawing the tumour larger).
 pub fn follow_prompts(
     target: &mut [bool],
     (origin, size): ([usize; 3], [usize; 3]),
@@ -222,6 +225,10 @@ pub fn follow_prompts(
 ) {
     let kept = regions_touching(target, size, |i| included[i] > 0.0 || prior[i]);
     target.copy_from_slice(&kept);
+    if prompts.last().is_some_and(|p| !p.include()) {
+        // "Not this": an exclude prompt takes voxels away and never adds any.
+        target.iter_mut().zip(prior).for_each(|(t, p)| *t &= *p);
+    }
     for prompt in prompts {
         let (voxels, include) = match prompt {
             Prompt::Point { idx_vox, include } => (std::slice::from_ref(idx_vox), *include),
