@@ -49,6 +49,24 @@ pub const STRUCTURES: [(u8, u8, &str); 12] = [
     (42, 17, "amygdala_R"),
 ];
 
+/// The colours of `STRUCTURES`, in order: each apart from the others and from the phantom's
+/// labels (the default palette gave the left thalamus the tumour's magenta and the amygdalae
+/// the lesion's yellow and the infarct's cyan).
+pub const STRUCTURE_COLOURS: [[u8; 3]; 12] = [
+    [0, 128, 0],
+    [110, 200, 110],
+    [135, 206, 235],
+    [30, 80, 170],
+    [255, 160, 70],
+    [190, 100, 30],
+    [20, 40, 255],
+    [120, 130, 255],
+    [200, 160, 240],
+    [128, 64, 192],
+    [255, 182, 193],
+    [219, 112, 147],
+];
+
 /// The habenulae in the template (mm; left, right): at the dorsomedial posterior thalamus, beside
 /// the third ventricle.
 pub const HABENULA_MM: [[f64; 3]; 2] = [[-3.5, -26.0, 3.5], [3.5, -26.0, 3.5]];
@@ -820,11 +838,11 @@ pub fn generate_template_4d(
 /// The label table of template subjects: the phantom's labels, then the atlas structures.
 pub fn label_table() -> crate::project::LabelTable {
     let mut labels = super::label_table().labels().to_vec();
-    for (_, value, name) in STRUCTURES {
+    for ((_, value, name), color) in STRUCTURES.into_iter().zip(STRUCTURE_COLOURS) {
         labels.push(crate::project::Label {
             value,
             name: name.to_string(),
-            color: crate::project::default_color(value),
+            color,
         });
     }
     crate::project::LabelTable::new(labels).unwrap_or_else(|_| super::label_table())
@@ -834,6 +852,22 @@ pub fn label_table() -> crate::project::LabelTable {
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn every_label_of_a_template_subject_has_its_own_colour() {
+        let colours: Vec<[f64; 3]> = label_table()
+            .labels()
+            .iter()
+            .map(|l| l.color.map(f64::from))
+            .collect();
+        assert_eq!(colours.len(), 5 + STRUCTURES.len());
+        for (i, a) in colours.iter().enumerate() {
+            for b in &colours[i + 1..] {
+                let apart = (0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f64>().sqrt();
+                assert!(apart > 60.0, "{a:?} and {b:?} are {apart:.0} apart in RGB");
+            }
+        }
+    }
 
     #[test]
     fn the_deformation_moves_points_smoothly_and_keeps_their_order() {
