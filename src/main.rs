@@ -98,7 +98,7 @@ struct OpenArgs {
     train: bool,
     /// Put the cursor at this world position (mm, `X,Y,Z` in the images' space; FSLeyes's
     /// `--worldLoc`) once the case is open.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true)]
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
     at: Option<Vec<f64>>,
 }
 

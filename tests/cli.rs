@@ -74,6 +74,19 @@ fn a_bad_file_fails_cleanly_with_its_name() {
 }
 
 #[test]
+fn a_world_position_may_start_with_a_minus_sign() {
+    // `--at -5.4,31.8,23.2` is a position, not a flag; two numbers are refused before any
+    // window opens (so this runs without a display).
+    let run = mriloop(&["open", "/nonexistent", "--at", "-5.4,31.8"]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("--at takes three numbers") && err.contains("got 2"),
+        "{err}"
+    );
+}
+
+#[test]
 fn nnunet_export_and_import_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("p");
