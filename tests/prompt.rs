@@ -578,8 +578,8 @@ fn an_exclude_prompt_only_takes_voxels_away() {
     use mriloop::model::prompt_infer::follow_prompts;
     let size = [8usize; 3];
     let at = |i: usize, j: usize, k: usize| i + 8 * (j + 8 * k);
-    // The current mask: a bar of 5 voxels; the network answers the exclude click by moving
-    // the bar one voxel along and two voxels up.
+    // The current mask: a bar of 5 voxels; the network answers the exclude click with the bar
+    // moved one voxel along and a stub of two voxels standing on it.
     let mut prior = vec![false; 512];
     (1..6).for_each(|i| prior[at(i, 2, 2)] = true);
     let mut target = vec![false; 512];
