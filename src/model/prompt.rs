@@ -432,13 +432,18 @@ pub fn initial_prompts(
 /// What the simulated user refining an automatic prediction starts with: a stand-in for the
 /// prediction of `truth` (every object of the label on a `dims` grid, as an automatic mask
 /// holds them all) with an automatic model's kinds of error, and a click on its largest error.
+/// `others` are the voxels of the grid's other labels (an automatic model confuses labels).
 /// Returns the click (none when the stand-in happens to be right) and the stand-in.
 pub fn refine_start(
     truth: &[bool],
+    others: &[bool],
     dims: [usize; 3],
     rng: &mut ChaCha8Rng,
 ) -> (Vec<Prompt>, Vec<bool>) {
-    let prior = imperfect_mask(truth, dims, rng);
+    let mut prior = imperfect_mask(truth, dims, rng);
+    if others.iter().any(|o| *o) && rng.random_bool(0.5) {
+        add_confused_object(&mut prior, others, dims, rng);
+    }
     let click = corrective_click(truth, &prior, dims);
     (click.into_iter().collect(), prior)
 }
@@ -476,6 +481,23 @@ fn imperfect_mask(truth: &[bool], dims: [usize; 3], rng: &mut ChaCha8Rng) -> Vec
         set_ball(&mut mask, dims, centre, radius, true);
     }
     mask
+}
+
+/// One object (6-connected region) of another label (`others`), chosen by a uniform voxel,
+/// added whole to `mask`: the automatic model's confusion of a neighbouring lesion with the
+/// target — on held-out phantoms a lesion called tumour, which exclude clicks on a stand-in
+/// with only ball-shaped false regions did not remove (refined tumours 0.845 after 1 click,
+/// 0.846 after 5).
+fn add_confused_object(mask: &mut [bool], others: &[bool], dims: [usize; 3], rng: &mut ChaCha8Rng) {
+    let Some(seed) = random_voxel(others, rng) else {
+        return;
+    };
+    for region in crate::volume::regions::connected_regions(dims, |i| others[i]) {
+        if region.contains(&seed) {
+            region.into_iter().for_each(|i| mask[i] = true);
+            return;
+        }
+    }
 }
 
 /// `mask` (a `dims` grid) grown (`grow`) or shrunk by one voxel: a voxel takes the other side

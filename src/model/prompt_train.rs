@@ -105,11 +105,16 @@ pub fn prompt_patch(
     let p = sampler.patch;
     let (mut channels, labels) = sampler.patch(sample);
     let target = patch_target(&labels, p)?;
+    let others: Vec<bool> = labels
+        .iter()
+        .map(|l| l & (CHANGED_BIT - 1))
+        .map(|v| v != 0 && v != target)
+        .collect();
     let mut labels = target_labels(&labels, target);
     let truth = |labels: &[i32]| labels.iter().map(|l| l & 1 == 1).collect::<Vec<bool>>();
     let (prompts, prior) = if rng.random_range(0.0..1.0) < config.refine_share {
         // Refining a mask of the whole label: the answer is every object in the patch.
-        let (prompts, prior) = refine_start(&truth(&labels), p, rng);
+        let (prompts, prior) = refine_start(&truth(&labels), &others, p, rng);
         (prompts, Some(prior))
     } else {
         one_object(&mut labels, p);
