@@ -3,7 +3,9 @@
 //! as often as a large one) whose object — its 6-connected region of that label — becomes the
 //! target (0/1 labels); the loader draws the user's first prompt (a point, a box or a scribble)
 //! into the guidance channels — or, refining, an automatic mask's stand-in for every object of
-//! the label in the patch (then all of them are the target) with a click on its largest error;
+//! the label in the patch (then all of them are the target; at times it also holds a
+//! neighbouring object of another label, as an automatic model confuses labels) with a click
+//! on its largest error;
 //! before the
 //! step the training thread lets the network predict, without gradient, for a few rounds and
 //! adds the robot's corrective click at the centre of the largest error each time, feeding the
