@@ -191,14 +191,12 @@ fn a_refining_start_sometimes_calls_another_labels_object_the_target() {
     let mut others = vec![false; n];
     cube(&mut others, dims, [8, 2, 2], 3);
     cube(&mut others, dims, [11, 11, 11], 4);
+    // Whether `prior` holds every voxel of the cube of `size` at `at`.
     let holds = |prior: &[bool], at: [usize; 3], size: usize| {
-        let held = (0..size.pow(3))
-            .filter(|v| {
-                let [i, j, k] = [v % size, v / size % size, v / (size * size)];
-                prior[at[0] + i + 16 * (at[1] + j + 16 * (at[2] + k))]
-            })
-            .count();
-        held as f64 / size.pow(3) as f64
+        (0..size.pow(3)).all(|v| {
+            let [i, j, k] = [v % size, v / size % size, v / (size * size)];
+            prior[at[0] + i + 16 * (at[1] + j + 16 * (at[2] + k))]
+        })
     };
     let (mut neighbour, mut far, mut whole) = (0, 0, true);
     for seed in 0..60 {
@@ -207,9 +205,9 @@ fn a_refining_start_sometimes_calls_another_labels_object_the_target() {
         // A confused object is taken whole (not a ball of it); a ball-shaped false region
         // may touch a part of one.
         let [a, b] = [holds(&prior, [8, 2, 2], 3), holds(&prior, [11, 11, 11], 4)];
-        neighbour += usize::from(a == 1.0);
-        far += usize::from(b == 1.0);
-        whole &= !(a == 1.0 && b == 1.0);
+        neighbour += usize::from(a);
+        far += usize::from(b);
+        whole &= !(a && b);
     }
     // About half of the starts confuse one of the two objects (each about half the time by
     // the voxel chosen), never both at once.
