@@ -25,7 +25,10 @@ pub use nifti_io::{
     read_header, read_volume, write_volume, Datatype, NiftiHeaderInfo, NiftiProblem,
 };
 pub use reorient::{reorient_to_ras, AxisMap, Reorientation};
-pub use resample::{grid_with_spacing, resample_labels_to_grid, resample_to_grid, Interpolation};
+pub use resample::{
+    grid_with_spacing, resample_labels_smooth, resample_labels_to_grid, resample_to_grid,
+    Interpolation,
+};
 
 use std::path::PathBuf;
 

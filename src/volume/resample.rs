@@ -1,9 +1,13 @@
-//! Resampling a volume onto another grid through world coordinates: trilinear for intensities,
-//! nearest voxel for labels; and the grid of a volume at another voxel spacing (same orientation
-//! and field of view), for training at a fixed spacing and mapping predictions back.
+//! Resampling a volume onto another grid through world coordinates: trilinear for intensities;
+//! for labels the nearest voxel, or the label of largest trilinear weight (each label's
+//! indicator interpolated, nnU-Net's way of resampling a segmentation: its boundary is the
+//! half-way surface between the source voxels, not a staircase of whichever source voxel lies
+//! nearest); and the grid of a volume at another voxel spacing (same orientation and field of
+//! view), for training at a fixed spacing and mapping predictions back.
 //!
 //! Invariants: every output voxel takes the value at its centre's world position; outside the
-//! source grid the value is 0; 4D volumes are resampled frame by frame.
+//! source grid the value is 0; 4D volumes are resampled frame by frame; on the source's own
+//! grid either label resampling is the identity.
 
 use super::{Affine, Volume, VolumeError};
 use glam::DVec3;
@@ -109,6 +113,71 @@ pub fn trilinear(frame: &[f32], dims: [usize; 3], p_vox: DVec3) -> f32 {
         }
     }
     v as f32
+}
+
+/// Resample a label mask onto the grid `(dims, affine)`: each output voxel takes the label
+/// whose indicator has the largest trilinear value at its centre (ties to the nearest corner's
+/// label; corners outside the source count as label 0).
+pub fn resample_labels_smooth(
+    src: &Volume<u8>,
+    dims: [usize; 3],
+    affine: Affine,
+) -> Result<Volume<u8>, VolumeError> {
+    let map = src
+        .affine()
+        .inverse()
+        .ok_or_else(|| VolumeError::Shape("the source affine is singular".into()))?
+        .compose(&affine);
+    let src_dims = src.dims3();
+    let (nt, n_src) = (src.dims()[3], src.frame_len());
+    let n = dims[0] * dims[1] * dims[2];
+    let mut out = vec![0u8; n * nt];
+    for t in 0..nt {
+        let frame = &src.data()[t * n_src..(t + 1) * n_src];
+        let dst = &mut out[t * n..(t + 1) * n];
+        for (idx, v) in dst.iter_mut().enumerate() {
+            let [i, j, k] = [
+                idx % dims[0],
+                (idx / dims[0]) % dims[1],
+                idx / (dims[0] * dims[1]),
+            ];
+            let p = map.vox_to_mm(DVec3::new(i as f64, j as f64, k as f64));
+            *v = majority_label(frame, src_dims, p);
+        }
+    }
+    Volume::new([dims[0], dims[1], dims[2], nt], affine, out)
+}
+
+/// The label of largest summed trilinear weight over the 8 source voxels around `p_vox`
+/// (outside the grid: label 0), ties to the label of the heaviest corner.
+fn majority_label(frame: &[u8], dims: [usize; 3], p_vox: DVec3) -> u8 {
+    let f = p_vox.floor();
+    let w = p_vox - f;
+    let mut corners = [(0.0f64, 0u8); 8];
+    for (c, corner) in corners.iter_mut().enumerate() {
+        let d = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
+        let wt = (0..3)
+            .map(|a| if d[a] == 1 { w[a] } else { 1.0 - w[a] })
+            .product::<f64>();
+        let at = [0, 1, 2].map(|a| f[a] as i64 + d[a] as i64);
+        let inside = (0..3).all(|a| at[a] >= 0 && at[a] < dims[a] as i64);
+        let label = match inside {
+            true => frame[at[0] as usize + dims[0] * (at[1] as usize + dims[1] * at[2] as usize)],
+            false => 0,
+        };
+        *corner = (wt, label);
+    }
+    // Heaviest corner first, so that a tie keeps its label.
+    corners.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let total = |label: u8| -> f64 { corners.iter().filter(|c| c.1 == label).map(|c| c.0).sum() };
+    let mut best = (total(corners[0].1), corners[0].1);
+    for c in &corners[1..] {
+        let t = total(c.1);
+        if t > best.0 + 1e-9 {
+            best = (t, c.1);
+        }
+    }
+    best.1
 }
 
 /// Resample a label mask onto the grid `(dims, affine)` (nearest voxel).
