@@ -644,3 +644,46 @@ fn an_exclude_prompt_only_takes_voxels_away() {
     follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &[include]);
     assert_eq!(answer.iter().filter(|t| **t).count(), 7);
 }
+
+#[test]
+fn an_exclude_click_on_an_objects_edge_trims_it_and_one_inside_takes_it_away() {
+    use mriloop::model::prompt_infer::follow_prompts;
+    let size = [9usize; 3];
+    let at = |i: usize, j: usize, k: usize| i + 9 * (j + 9 * k);
+    let mut prior = vec![false; 729];
+    cube(&mut prior, size, [2, 2, 2], 5);
+    let included = vec![0.0f32; 729];
+    let exclude_at = |v: [usize; 3]| Prompt::Point {
+        idx_vox: v,
+        include: false,
+    };
+    // The network erases the whole object after a click on its face: only that voxel goes.
+    let mut answer = vec![false; 729];
+    let edge = exclude_at([2, 4, 4]);
+    follow_prompts(
+        &mut answer,
+        ([0; 3], size),
+        &included,
+        &prior,
+        &[edge.clone()],
+    );
+    let mut expected = prior.clone();
+    expected[at(2, 4, 4)] = false;
+    assert_eq!(answer, expected);
+    // A smaller trim on the edge is the network's to make.
+    let mut answer = prior.clone();
+    (2..7).for_each(|j| answer[at(2, j, 4)] = false);
+    let trimmed = answer.clone();
+    follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &[edge]);
+    assert_eq!(answer, trimmed);
+    // A click inside the object takes all of it away when the network says so.
+    let mut answer = vec![false; 729];
+    follow_prompts(
+        &mut answer,
+        ([0; 3], size),
+        &included,
+        &prior,
+        &[exclude_at([4, 4, 4])],
+    );
+    assert!(answer.iter().all(|t| !t));
+}

@@ -11,7 +11,8 @@
 //! that raised the Dice after 5 clicks from 0.77 to 0.91 for infarcts). Inside, the answer
 //! follows the prompts: it keeps only the objects an include prompt touches or the current
 //! mask holds, and the voxel a person clicked (or painted) takes the click's side; after an
-//! exclude prompt it only takes voxels away from the current mask. The result replaces
+//! exclude prompt it only takes voxels away from the current mask, and an exclude click on an
+//! object's edge trims the edge instead of erasing the object. The result replaces
 //! the target's mask inside the window (outside, nothing changes).
 //! The robot user starts with a point at the centre of the target's largest region (or a box
 //! on its axial slice, or a click on the largest error of a mask it refines) and then clicks at
@@ -216,7 +217,8 @@ pub fn predict_prompted(
 /// centimetre away, and a click the network ignored was clicked again and again. When the
 /// newest prompt excludes, the answer only takes voxels away from the current mask: "not this"
 /// never grows the object (the network had answered an exclude click on an automatic mask's
-/// false region by redrawing the tumour larger).
+/// false region by redrawing the tumour larger), and on an object's edge it trims the edge
+/// rather than erasing the object (`an_edge_click_trims`).
 pub fn follow_prompts(
     target: &mut [bool],
     (origin, size): ([usize; 3], [usize; 3]),
@@ -230,6 +232,17 @@ pub fn follow_prompts(
         // "Not this": an exclude prompt takes voxels away and never adds any.
         target.iter_mut().zip(prior).for_each(|(t, p)| *t &= *p);
     }
+    if let Some(Prompt::Point {
+        idx_vox,
+        include: false,
+    }) = prompts.last()
+    {
+        let inside = (0..3).all(|a| idx_vox[a] >= origin[a] && idx_vox[a] < origin[a] + size[a]);
+        if inside {
+            let at = [0, 1, 2].map(|a| idx_vox[a] - origin[a]);
+            an_edge_click_trims(target, prior, size, at);
+        }
+    }
     for prompt in prompts {
         let (voxels, include) = match prompt {
             Prompt::Point { idx_vox, include } => (std::slice::from_ref(idx_vox), *include),
@@ -242,6 +255,33 @@ pub fn follow_prompts(
                 target[i + size[0] * (j + size[1] * k)] = include;
             }
         }
+    }
+}
+
+/// The largest blob one exclude click may always take away whole: a voxel and its 6 neighbours.
+const SPECK_VOXELS: usize = 7;
+
+/// An exclude click on the edge of an object of the current mask (`prior`; the clicked voxel
+/// `at` has a 6-neighbour outside it) trims the edge: when the answer `target` takes away half
+/// of that object or more, the object is kept but for the clicked voxel. A click inside an
+/// object still takes all of it away, and so does any click on a blob of at most
+/// `SPECK_VOXELS`. On held-out phantoms the network had
+/// answered an edge click on a 16-voxel lesion whose automatic mask was one voxel too large by
+/// erasing it (Dice 0.93 to 0).
+fn an_edge_click_trims(target: &mut [bool], prior: &[bool], size: [usize; 3], at: [usize; 3]) {
+    let clicked = at[0] + size[0] * (at[1] + size[1] * at[2]);
+    let on_edge = crate::volume::regions::neighbours6(clicked, size).any(|n| !prior[n]);
+    if !prior[clicked] || !on_edge {
+        return;
+    }
+    let object = crate::volume::regions::connected_regions(size, |i| prior[i])
+        .into_iter()
+        .find(|r| r.contains(&clicked))
+        .unwrap_or_default();
+    let taken = object.iter().filter(|i| !target[**i]).count();
+    if object.len() > SPECK_VOXELS && 2 * taken >= object.len() {
+        object.iter().for_each(|i| target[*i] = true);
+        target[clicked] = false;
     }
 }
 
