@@ -665,7 +665,7 @@ fn an_exclude_click_on_an_objects_edge_trims_it_and_one_inside_takes_it_away() {
         ([0; 3], size),
         &included,
         &prior,
-        &[edge.clone()],
+        std::slice::from_ref(&edge),
     );
     let mut expected = prior.clone();
     expected[at(2, 4, 4)] = false;
