@@ -687,3 +687,35 @@ fn an_exclude_click_on_an_objects_edge_trims_it_and_one_inside_takes_it_away() {
     );
     assert!(answer.iter().all(|t| !t));
 }
+
+#[test]
+fn an_exclude_click_on_a_false_speck_erases_no_object_beside_it() {
+    use mriloop::model::prompt_infer::follow_prompts;
+    let size = [12usize; 3];
+    let at = |i: usize, j: usize, k: usize| i + 12 * (j + 12 * k);
+    let mut prior = vec![false; 1728];
+    cube(&mut prior, size, [2, 2, 2], 4);
+    let speck = [9, 9, 9];
+    prior[at(9, 9, 9)] = true;
+    prior[at(9, 9, 10)] = true;
+    let click = [Prompt::Point {
+        idx_vox: speck,
+        include: false,
+    }];
+    let included = vec![0.0f32; 1728];
+    // The network answers the click on the speck by erasing everything: the object stays.
+    let mut answer = vec![false; 1728];
+    follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &click);
+    let mut expected = prior.clone();
+    expected[at(9, 9, 9)] = false;
+    expected[at(9, 9, 10)] = false;
+    assert_eq!(answer, expected);
+    // Trimming the object's border by less than half of it is still the network's to make.
+    let mut answer = prior.clone();
+    answer[at(9, 9, 9)] = false;
+    answer[at(9, 9, 10)] = false;
+    (2..6).for_each(|j| answer[at(2, j, 2)] = false);
+    let trimmed = answer.clone();
+    follow_prompts(&mut answer, ([0; 3], size), &included, &prior, &click);
+    assert_eq!(answer, trimmed);
+}
