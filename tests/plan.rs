@@ -207,6 +207,13 @@ fn an_isotropic_dataset_gets_the_plan_its_rules_imply() {
     // Rules 8 and 9: 6 cases → strong; 75 × 6 = 450 → 600 steps.
     assert_eq!(plan.augmentation, Augmentation::Strong);
     assert_eq!((plan.steps, plan.epochs), (600, 12));
+    // Rule 12: a promptable run learns one object of one label a patch: 600 steps for each of
+    // the 2 labels; applied once, and said.
+    let prompting = plan.clone().for_prompting();
+    assert_eq!((prompting.steps, prompting.epochs), (1200, 12));
+    assert!(prompting.promptable && !plan.promptable);
+    assert_eq!(prompting.clone().for_prompting().steps, 1200);
+    assert!(prompting.rationale.last().unwrap().contains("2 labels"));
     // Two patients are too few to learn and validate the class well: said.
     assert_eq!(plan.warnings.len(), 1, "{:?}", plan.warnings);
     assert!(

@@ -203,6 +203,10 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         None => {
             let fp = Fingerprint::of(p)?;
             let plan = crate::model::plan::plan(&fp, model::apply::device_class(&args.backend));
+            let plan = match args.promptable && !resumes_a_promptable_network(args) {
+                true => plan.for_prompting(),
+                false => plan,
+            };
             (planned_config(p, args, &plan)?, Some((fp, plan)))
         }
     };
@@ -218,6 +222,15 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         None => config,
     };
     Ok((config.with_devices(args.devices.max(1)), planned))
+}
+
+/// Whether `--resume` names a promptable network's checkpoint (its `config.json` has the
+/// prompt settings): fine-tuning it is no new promptable network (the plan's rule 12).
+fn resumes_a_promptable_network(args: &TrainArgs) -> bool {
+    args.resume.as_ref().is_some_and(|dir| {
+        <crate::model::TrainingConfig as burn::config::Config>::load(dir.join("config.json"))
+            .is_ok_and(|c| c.prompt.is_some())
+    })
 }
 
 /// The flags' settings, the plan's where a flag is not given.

@@ -42,6 +42,12 @@
 //!     at a coarse scale what the segmentation finds at full resolution: on a foreign dataset
 //!     whose patients have white-matter lesions it reached a held-out AUC of 0.63 in 30
 //!     minutes while the segmentation found the lesions (Dice 0.85).
+//! 12. **Promptable runs**: the automatic network learns every label of a patch in one step;
+//!     the promptable one learns one object of one label (the simulated user's target), so a
+//!     run that starts a promptable network takes rule 9's steps once per label (within
+//!     600–12 000): on `phantom --cases 24` (5 labels) rule 9's 1 800 steps left held-out
+//!     infarcts and tumours at 6.1 and 6.2 clicks to Dice 0.9, where 9 000 (30 minutes on a
+//!     2-core CPU) reached 1.1 and 1.1.
 //!
 //! Invariants: the plan is a pure function of the fingerprint and the device class; every rule
 //! that fired is said in `rationale`, every gap the data leave (a class or label in too few
@@ -143,6 +149,9 @@ pub struct Plan {
     pub steps: usize,
     /// Epochs the steps are split into.
     pub epochs: usize,
+    /// Rule 12 applied: the steps are a promptable run's.
+    #[serde(default)]
+    pub promptable: bool,
     /// Which rules decided what, in words.
     pub rationale: Vec<String>,
     /// What the data cannot support well.
@@ -197,8 +206,28 @@ pub fn plan(fp: &Fingerprint, device: DeviceClass) -> Plan {
         augmentation: augmentation_for(fp.cases.len()),
         steps,
         epochs,
+        promptable: false,
         rationale,
         warnings: data_warnings(fp, warnings),
+    }
+}
+
+impl Plan {
+    /// Rule 12: the plan of a run that starts a promptable network (applied once).
+    pub fn for_prompting(mut self) -> Plan {
+        if self.promptable {
+            return self;
+        }
+        let labels = self.label_weights.len().max(1);
+        let steps = (self.steps * labels).clamp(600, 12_000);
+        self.rationale.push(format!(
+            "steps {steps}: a promptable run learns one object of one label a patch: {} steps \
+             for each of {labels} labels (at most 12 000)",
+            self.steps
+        ));
+        self.steps = steps;
+        self.promptable = true;
+        self
     }
 }
 
