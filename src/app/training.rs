@@ -329,11 +329,21 @@ impl MriloopApp {
             })
             .into_iter()
             .collect();
+        let starts_promptable = crate::model::runs::starts_a_promptable_network(
+            &project,
+            s.promptable,
+            fine_tune_from.as_deref(),
+        );
         let plan = self
             .training
             .plan
             .ready()
-            .filter(|_| self.training.plan.backend == s.backend);
+            .filter(|_| self.training.plan.backend == s.backend)
+            .map(|p| match starts_promptable {
+                true => p.clone().for_prompting(),
+                false => p.clone(),
+            });
+        let plan = plan.as_ref();
         let (total_steps, epochs) = plan.map_or((0, 0), |p| {
             let e = s.choices.epochs(p);
             (e * s.choices.steps_per_epoch(p), e)
@@ -718,7 +728,13 @@ pub fn training_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command
                 ui.vertical(|ui| {
                     ui.set_width(300.0);
                     ui.add_enabled_ui(t.run.is_none(), |ui| {
-                        plan_form(ui, &t.plan, &mut s.choices, out);
+                        let active = project.manifest.active_model.as_deref();
+                        let promptable = crate::model::runs::starts_a_promptable_network(
+                            project,
+                            s.promptable,
+                            active.filter(|_| s.fine_tune),
+                        );
+                        plan_form(ui, &t.plan, &mut s.choices, promptable, out);
                     });
                 });
                 if s != t.settings {

@@ -99,11 +99,13 @@ impl PlanPanel {
     }
 }
 
-/// The plan's numbers, each editable into `choices`; its sampling, balance and warnings as text.
+/// The plan's numbers, each editable into `choices`; its sampling, balance and warnings as text;
+/// a run that starts a `promptable` network is shown its plan (rule 12).
 pub fn plan_form(
     ui: &mut egui::Ui,
     panel: &PlanPanel,
     choices: &mut PlanOverrides,
+    promptable: bool,
     out: &mut Vec<Command>,
 ) {
     ui.horizontal(|ui| {
@@ -127,6 +129,14 @@ pub fn plan_form(
             return;
         }
         PlanState::NotMade => return,
+    };
+    let shown;
+    let plan = match promptable {
+        true => {
+            shown = plan.clone().for_prompting();
+            &shown
+        }
+        false => plan,
     };
     egui::Grid::new("training_plan")
         .num_columns(2)

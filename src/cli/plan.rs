@@ -21,6 +21,10 @@ pub struct PlanArgs {
     /// Print the fingerprint and plan as JSON.
     #[arg(long)]
     pub json: bool,
+    /// The plan of a run that starts a promptable network (`train --promptable`: rule 12's
+    /// steps).
+    #[arg(long)]
+    pub promptable: bool,
 }
 
 /// The fingerprint and plan written as `plan.json`.
@@ -35,7 +39,10 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let project = Project::open(&args.project)?;
     let fp = Fingerprint::of(&project)?;
     let device = crate::model::apply::device_class(&args.backend);
-    let p = plan(&fp, device);
+    let p = match args.promptable {
+        true => plan(&fp, device).for_prompting(),
+        false => plan(&fp, device),
+    };
     let json = plan_json(&fp, &p)?;
     let out = project.root().join("plan.json");
     crate::atomic::write_atomic(&out, json.as_bytes())

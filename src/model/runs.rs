@@ -207,27 +207,34 @@ fn base_config(
                     super::apply::device_class(&request.backend),
                 ),
             };
-            let plan = match starts_a_promptable_network(project, request) {
-                true => plan.for_prompting(),
-                false => plan,
-            };
+            let fine_tune_from = request.fine_tune_from.as_deref();
+            let plan =
+                match starts_a_promptable_network(project, request.promptable, fine_tune_from) {
+                    true => plan.for_prompting(),
+                    false => plan,
+                };
             let config = planned_config(project, &request.options, choices, &plan)?;
             Ok((config, Some(plan)))
         }
     }
 }
 
-/// Whether the request trains a promptable network that is not one yet (from scratch, or an
-/// automatic version carried into one): the plan's rule 12 then sets its steps.
-fn starts_a_promptable_network(project: &Project, request: &RunRequest) -> bool {
-    let parent_promptable = request.fine_tune_from.as_ref().is_some_and(|id| {
+/// Whether a `promptable` run fine-tuning `fine_tune_from` (a version of `project`, or none)
+/// trains a promptable network that is not one yet (from scratch, or an automatic version
+/// carried into one): the plan's rule 12 then sets its steps.
+pub fn starts_a_promptable_network(
+    project: &Project,
+    promptable: bool,
+    fine_tune_from: Option<&str>,
+) -> bool {
+    let parent_promptable = fine_tune_from.is_some_and(|id| {
         project
             .manifest
             .models
             .iter()
-            .any(|m| &m.id == id && m.promptable)
+            .any(|m| m.id == id && m.promptable)
     });
-    request.promptable && !parent_promptable
+    promptable && !parent_promptable
 }
 
 /// Write the plan a run used as `out/plan.json`.
