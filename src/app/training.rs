@@ -305,6 +305,26 @@ impl MriloopApp {
             .map(|(i, _)| i)
     }
 
+    /// The plan a run with settings `s` fine-tuning `fine_tune_from` trains by: the panel's, for
+    /// the run's backend, made a promptable run's when it starts a promptable network.
+    fn run_plan(
+        &self,
+        project: &crate::project::Project,
+        s: &TrainSettings,
+        fine_tune_from: Option<&str>,
+    ) -> Option<crate::model::plan::Plan> {
+        let starts_promptable =
+            crate::model::runs::starts_a_promptable_network(project, s.promptable, fine_tune_from);
+        self.training
+            .plan
+            .ready()
+            .filter(|_| self.training.plan.backend == s.backend)
+            .map(|p| match starts_promptable {
+                true => p.clone().for_prompting(),
+                false => p.clone(),
+            })
+    }
+
     fn start_training(&mut self) {
         if self.training.run.is_some() {
             return;
@@ -329,20 +349,7 @@ impl MriloopApp {
             })
             .into_iter()
             .collect();
-        let starts_promptable = crate::model::runs::starts_a_promptable_network(
-            &project,
-            s.promptable,
-            fine_tune_from.as_deref(),
-        );
-        let plan = self
-            .training
-            .plan
-            .ready()
-            .filter(|_| self.training.plan.backend == s.backend)
-            .map(|p| match starts_promptable {
-                true => p.clone().for_prompting(),
-                false => p.clone(),
-            });
+        let plan = self.run_plan(&project, &s, fine_tune_from.as_deref());
         let plan = plan.as_ref();
         let (total_steps, epochs) = plan.map_or((0, 0), |p| {
             let e = s.choices.epochs(p);
