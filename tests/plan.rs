@@ -504,6 +504,36 @@ fn train_takes_what_its_flags_leave_unset_from_the_plan() {
         flagged["training"]["spacing_mm"],
         serde_json::json!([1.5, 1.5, 1.5])
     );
+    // With a fit configuration, its settings — but the schedule given as flags wins.
+    let from_config = root.join("m3");
+    let config = root.join("m1").join("fit.json");
+    let run = mriloop(&[
+        "train",
+        ps,
+        "--backend",
+        "cpu",
+        "--config",
+        config.to_str().unwrap(),
+        "--steps-per-epoch",
+        "2",
+        "--out",
+        from_config.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(from_config.join("fit.json")).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (
+            written["epochs"].as_u64(),
+            written["steps_per_epoch"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    assert_eq!(written["patch"], planned["patch"]);
 }
 
 #[test]

@@ -25,8 +25,10 @@ use std::path::{Path, PathBuf};
 pub struct TrainArgs {
     /// The project folder.
     pub project: PathBuf,
-    /// A fit configuration (JSON, as written to OUT/fit.json); flags below are ignored then.
-    /// Without it, the dataset's plan (`mriloop plan`) decides every setting not given here.
+    /// A fit configuration (JSON, as written to OUT/fit.json); flags below are ignored then,
+    /// but for the schedule (`--epochs`, `--steps-per-epoch`: to fine-tune with a model's own
+    /// configuration for a few steps). Without it, the dataset's plan (`mriloop plan`) decides
+    /// every setting not given here.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Where checkpoints go (default PROJECT/model).
@@ -196,10 +198,13 @@ pub fn train(args: TrainArgs) -> Result<()> {
 /// what they leave unset (the plan is returned to be written beside the model).
 fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Fingerprint, Plan)>)> {
     let (config, planned) = match &args.config {
-        Some(path) => (
-            FitConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-            None,
-        ),
+        Some(path) => {
+            let mut config =
+                FitConfig::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            config.epochs = args.epochs.unwrap_or(config.epochs);
+            config.steps_per_epoch = args.steps_per_epoch.unwrap_or(config.steps_per_epoch);
+            (config, None)
+        }
         None => {
             let fp = Fingerprint::of(p)?;
             let plan = crate::model::plan::plan(&fp, model::apply::device_class(&args.backend));
