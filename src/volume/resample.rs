@@ -48,6 +48,14 @@ pub enum Interpolation {
     Linear,
 }
 
+/// The map from the target grid's voxels (`target`: voxel→mm) to the source's (`source`).
+fn target_to_source(source: &Affine, target: &Affine) -> Result<Affine, VolumeError> {
+    Ok(source
+        .inverse()
+        .ok_or_else(|| VolumeError::Shape("the source affine is singular".into()))?
+        .compose(target))
+}
+
 /// Resample `src` onto the grid `(dims, affine)`.
 pub fn resample_to_grid(
     src: &Volume<f32>,
@@ -55,11 +63,7 @@ pub fn resample_to_grid(
     affine: Affine,
     interpolation: Interpolation,
 ) -> Result<Volume<f32>, VolumeError> {
-    let map = src
-        .affine()
-        .inverse()
-        .ok_or_else(|| VolumeError::Shape("the source affine is singular".into()))?
-        .compose(&affine);
+    let map = target_to_source(src.affine(), &affine)?;
     let [sx, sy, sz] = src.dims3();
     let nt = src.dims()[3];
     let n_src = src.frame_len();
@@ -123,11 +127,7 @@ pub fn resample_labels_smooth(
     dims: [usize; 3],
     affine: Affine,
 ) -> Result<Volume<u8>, VolumeError> {
-    let map = src
-        .affine()
-        .inverse()
-        .ok_or_else(|| VolumeError::Shape("the source affine is singular".into()))?
-        .compose(&affine);
+    let map = target_to_source(src.affine(), &affine)?;
     let src_dims = src.dims3();
     let (nt, n_src) = (src.dims()[3], src.frame_len());
     let n = dims[0] * dims[1] * dims[2];
