@@ -344,7 +344,9 @@ fn a_prompt_is_answered_off_the_calling_thread_and_lands_as_one_undo_step() {
         })
     };
     let c1 = edit(&mut s, point(at, true));
-    let c2 = edit(&mut s, point(at + DVec3::new(3.0, 0.0, 0.0), false));
+    // (Both include: an exclude answer may change nothing — it erases no object it does not
+    // touch, and a random network's erasures elsewhere are kept from the mask.)
+    let c2 = edit(&mut s, point(at + DVec3::new(3.0, 0.0, 0.0), true));
     assert!(
         c1.mask_boxes.is_empty() && c2.mask_boxes.is_empty(),
         "nothing on this thread"
