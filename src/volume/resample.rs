@@ -98,21 +98,29 @@ pub fn resample_to_grid(
     Volume::new([dims[0], dims[1], dims[2], nt], affine, out)
 }
 
-/// The trilinear value of one frame (`dims`, i fastest) at voxel position `p_vox`; corners
-/// outside the grid count as 0.
-pub fn trilinear(frame: &[f32], dims: [usize; 3], p_vox: DVec3) -> f32 {
+/// The 8 source voxels around voxel position `p_vox` on a grid of `dims` (i fastest): each
+/// corner's trilinear weight and its index, `None` outside the grid.
+fn trilinear_corners(dims: [usize; 3], p_vox: DVec3) -> [(f64, Option<usize>); 8] {
     let f = p_vox.floor();
     let w = p_vox - f;
-    let mut v = 0.0f64;
-    for c in 0..8 {
+    std::array::from_fn(|c| {
         let d = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
         let wt = (0..3)
             .map(|a| if d[a] == 1 { w[a] } else { 1.0 - w[a] })
             .product::<f64>();
         let at = [0, 1, 2].map(|a| f[a] as i64 + d[a] as i64);
         let inside = (0..3).all(|a| at[a] >= 0 && at[a] < dims[a] as i64);
-        if wt > 0.0 && inside {
-            let i = at[0] as usize + dims[0] * (at[1] as usize + dims[1] * at[2] as usize);
+        let index = || at[0] as usize + dims[0] * (at[1] as usize + dims[1] * at[2] as usize);
+        (wt, inside.then(index))
+    })
+}
+
+/// The trilinear value of one frame (`dims`, i fastest) at voxel position `p_vox`; corners
+/// outside the grid count as 0.
+pub fn trilinear(frame: &[f32], dims: [usize; 3], p_vox: DVec3) -> f32 {
+    let mut v = 0.0f64;
+    for (wt, index) in trilinear_corners(dims, p_vox) {
+        if let Some(i) = index.filter(|_| wt > 0.0) {
             v += wt * f64::from(frame[i]);
         }
     }
@@ -151,22 +159,8 @@ pub fn resample_labels_smooth(
 /// The label of largest summed trilinear weight over the 8 source voxels around `p_vox`
 /// (outside the grid: label 0), ties to the label of the heaviest corner.
 fn majority_label(frame: &[u8], dims: [usize; 3], p_vox: DVec3) -> u8 {
-    let f = p_vox.floor();
-    let w = p_vox - f;
-    let mut corners = [(0.0f64, 0u8); 8];
-    for (c, corner) in corners.iter_mut().enumerate() {
-        let d = [c & 1, (c >> 1) & 1, (c >> 2) & 1];
-        let wt = (0..3)
-            .map(|a| if d[a] == 1 { w[a] } else { 1.0 - w[a] })
-            .product::<f64>();
-        let at = [0, 1, 2].map(|a| f[a] as i64 + d[a] as i64);
-        let inside = (0..3).all(|a| at[a] >= 0 && at[a] < dims[a] as i64);
-        let label = match inside {
-            true => frame[at[0] as usize + dims[0] * (at[1] as usize + dims[1] * at[2] as usize)],
-            false => 0,
-        };
-        *corner = (wt, label);
-    }
+    let mut corners =
+        trilinear_corners(dims, p_vox).map(|(wt, index)| (wt, index.map_or(0, |i| frame[i])));
     // Heaviest corner first, so that a tie keeps its label.
     corners.sort_by(|a, b| b.0.total_cmp(&a.0));
     let total = |label: u8| -> f64 { corners.iter().filter(|c| c.1 == label).map(|c| c.0).sum() };
