@@ -188,8 +188,9 @@ fn predict_channels(
             device,
         )?);
     };
-    // Predict at the training spacing, then map the result back onto the case's own grid.
-    use crate::volume::{resample_labels_to_grid, resample_to_grid, Interpolation};
+    // Predict at the training spacing, then map the result back onto the case's own grid (the
+    // labels by largest summed trilinear weight: smoother than the nearest voxel).
+    use crate::volume::{resample_labels_smooth, resample_to_grid, Interpolation};
     let orig_dims = first.dims3();
     let PromptContext {
         channels: resampled,
@@ -207,7 +208,7 @@ fn predict_channels(
         device,
     )?;
     Ok(Prediction {
-        mask: resample_labels_to_grid(&p.mask, orig_dims, *first.affine())?,
+        mask: resample_labels_smooth(&p.mask, orig_dims, *first.affine())?,
         foreground: resample_to_grid(
             &p.foreground,
             orig_dims,

@@ -167,8 +167,10 @@ fn object_on_model_grid(
     out
 }
 
-/// The case voxels of `mask`'s grid inside `window` (on the model grid `ctx`): those the
-/// answer marks as the object, and the others.
+/// The case voxels of `mask`'s grid inside `window` (on the model grid `ctx`; a case voxel
+/// belongs to the window whose nearest model voxel does): those where the answer, read
+/// trilinearly (the window's edge repeated outside it), is at least one half — smoother than
+/// its nearest voxel when the grids differ — and the others.
 fn answer_on_case_grid(
     mask: &Volume<u8>,
     ctx: &PromptContext,
@@ -177,20 +179,27 @@ fn answer_on_case_grid(
     let o = window.origin_vox;
     let (min, max) = crate::edit::tools::world_box_of_voxels(&ctx.affine, o, window.dims);
     let region = crate::edit::tools::voxel_box_of_world_box(mask.affine(), mask.dims3(), min, max);
+    let target: Vec<f32> = window
+        .target
+        .iter()
+        .map(|t| f32::from(u8::from(*t)))
+        .collect();
+    let last = DVec3::from_array(window.dims.map(|d| d.saturating_sub(1) as f64));
     let (mut on, mut off) = (Vec::new(), Vec::new());
     for v in region.iter() {
         let mm = mask
             .affine()
             .vox_to_mm(DVec3::new(v[0] as f64, v[1] as f64, v[2] as f64));
-        let Some(m) = ctx.affine.mm_to_vox(mm).map(|m| m.round()) else {
+        let Some(m) = ctx.affine.mm_to_vox(mm) else {
             continue;
         };
-        let local = [m.x - o[0] as f64, m.y - o[1] as f64, m.z - o[2] as f64];
-        if (0..3).any(|a| local[a] < 0.0 || local[a] >= window.dims[a] as f64) {
+        let local = m - DVec3::from_array(o.map(|x| x as f64));
+        let near = local.round();
+        if (0..3).any(|a| near[a] < 0.0 || near[a] >= window.dims[a] as f64) {
             continue;
         }
-        let [i, j, k] = [0, 1, 2].map(|a| local[a] as usize);
-        match window.target[i + window.dims[0] * (j + window.dims[1] * k)] {
+        let at = local.clamp(DVec3::ZERO, last);
+        match crate::volume::resample::trilinear(&target, window.dims, at) >= 0.5 {
             true => on.push(v),
             false => off.push(v),
         }
@@ -472,5 +481,74 @@ impl Session {
     pub(super) fn forget_prompt_case(&mut self) {
         self.clear_prompts();
         self.prompt.context = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::Affine;
+
+    /// The voxels of a ball of `radius_mm` about `centre_mm` on a `dims`³ grid of `spacing` mm.
+    fn ball(dims: usize, spacing: f64, centre_mm: f64, radius_mm: f64) -> Vec<bool> {
+        let mut out = Vec::with_capacity(dims * dims * dims);
+        for k in 0..dims {
+            for j in 0..dims {
+                for i in 0..dims {
+                    let d = DVec3::new(i as f64, j as f64, k as f64) * spacing - centre_mm;
+                    out.push(d.length() <= radius_mm);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_answer_on_a_coarser_grid_lands_as_a_smooth_object_on_the_case_grid() {
+        let (coarse, fine) = (
+            Affine::from_spacing([2.0; 3]),
+            Affine::from_spacing([1.0; 3]),
+        );
+        let ctx = PromptContext {
+            channels: Vec::new(),
+            dims: [16; 3],
+            affine: coarse,
+        };
+        let (centre, radius) = (15.3, 6.2);
+        let window = PromptedWindow {
+            origin_vox: [0; 3],
+            dims: [16; 3],
+            target: ball(16, 2.0, centre, radius),
+        };
+        let mask = Volume::new([32, 32, 32, 1], fine, vec![0u8; 32 * 32 * 32]).unwrap();
+        let (on, off) = answer_on_case_grid(&mask, &ctx, &window);
+        assert_eq!(
+            on.len() + off.len(),
+            31 * 31 * 31,
+            "the window's case voxels"
+        );
+        let truth = ball(32, 1.0, centre, radius);
+        let index = |v: &[usize; 3]| v[0] + 32 * (v[1] + 32 * v[2]);
+        let dice = |set: &[[usize; 3]]| {
+            let hits = set.iter().filter(|v| truth[index(v)]).count();
+            let n = truth.iter().filter(|t| **t).count();
+            2.0 * hits as f64 / (set.len() + n) as f64
+        };
+        // The nearest coarse voxel of each case voxel, for comparison.
+        let nearest: Vec<[usize; 3]> = on
+            .iter()
+            .chain(&off)
+            .filter(|v| {
+                let c = v.map(|x| ((x as f64 / 2.0).round() as usize).min(15));
+                window.target[c[0] + 16 * (c[1] + 16 * c[2])]
+            })
+            .copied()
+            .collect();
+        let (smooth, near) = (dice(&on), dice(&nearest));
+        println!("Dice to the ball: trilinear {smooth:.3}, nearest {near:.3}");
+        assert!(
+            smooth > near + 0.02,
+            "trilinear {smooth:.3} vs nearest {near:.3}"
+        );
     }
 }
