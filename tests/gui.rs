@@ -256,6 +256,33 @@ fn clicking_in_the_axial_view_moves_the_other_views() {
 }
 
 #[test]
+fn ctrl_wheel_zooms_about_the_pointer() {
+    let mut h = demo();
+    let axial = cell(&h, Orientation::Axial);
+    let half_before = axial.plane.half_extent_mm[1];
+    let c = axial.plane.centre_mm;
+    let target = axial.pos_of_mm(c + axial.plane.right * 25.0 + axial.plane.up * 18.0);
+    let under_before = axial.mm_at(target);
+    h.event(Event::PointerMoved(target));
+    h.step();
+    h.event(Event::Zoom(2.0));
+    h.step();
+    h.step();
+    let axial = cell(&h, Orientation::Axial);
+    let under_after = axial.mm_at(target);
+    assert!(
+        (axial.plane.half_extent_mm[1] - half_before / 2.0).abs() < 1e-6,
+        "zoomed in twice: {} mm → {} mm",
+        half_before,
+        axial.plane.half_extent_mm[1]
+    );
+    assert!(
+        (under_after - under_before).length() < 0.5,
+        "the point under the pointer stays: {under_before} → {under_after}"
+    );
+}
+
+#[test]
 fn window_level_maps_intensities_to_grey_levels() {
     let mut h = demo();
     apply(

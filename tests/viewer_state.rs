@@ -80,6 +80,29 @@ fn every_view_fits_the_world_box_and_passes_through_the_cursor() {
 }
 
 #[test]
+fn zooming_about_a_point_keeps_that_point_under_the_pointer() {
+    let mut s = state(oblique(), [40, 50, 12]);
+    let o = Orientation::Coronal;
+    for (factor, ndc) in [(1.5, [0.6, -0.3]), (0.5, [-0.9, 0.8]), (1e6, [0.2, 0.4])] {
+        let before = s.plane(o, 1.6);
+        let at_mm = before.ndc_to_mm(ndc);
+        let off = at_mm - before.centre_mm;
+        let about_mm = [off.dot(before.right), off.dot(before.up)];
+        let zoom_before = s.view_zoom(o).zoom;
+        s.apply(mriloop::app::ViewCommand::Zoom(o, factor, about_mm));
+        let after = s.plane(o, 1.6);
+        let ndc_after = after.mm_to_ndc(at_mm);
+        assert!(
+            (0..2).all(|a| (ndc_after[a] - ndc[a]).abs() < 1e-9),
+            "x{factor}: {ndc:?} moved to {ndc_after:?}"
+        );
+        assert_ne!(s.view_zoom(o).zoom, zoom_before, "x{factor} zoomed");
+    }
+    // The last factor was held at the limit; the point stayed all the same (above).
+    assert_eq!(s.view_zoom(o).zoom, 64.0);
+}
+
+#[test]
 fn slice_steps_follow_voxel_size_and_stay_in_the_box() {
     let s0 = state(Affine::from_spacing([0.7, 0.8, 3.0]), [10, 10, 10]);
     let mut s = s0.clone();

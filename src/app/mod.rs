@@ -443,7 +443,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
         "wheel, ↑ ↓, Page Up/Down",
         "step slices in the view under the pointer",
     ),
-    ("Ctrl+wheel, middle drag", "zoom, pan"),
+    ("Ctrl+wheel, middle drag", "zoom about the pointer, pan"),
     ("right drag", "window (left-right) and level (up-down)"),
     (
         "Ctrl+S",

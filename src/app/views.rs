@@ -1,8 +1,8 @@
 //! The central area: a grid of slice views (one row per shown sequence in the tri-planar
 //! layout, one column per sequence in the single-view layout). Each view is drawn by a paint
 //! callback and turns pointer input into commands: left click/drag moves the cursor, right drag
-//! changes window/level, middle drag pans, wheel steps slices (Ctrl+wheel zooms), arrow keys and
-//! Page Up/Down step the hovered view.
+//! changes window/level, middle drag pans, wheel steps slices (Ctrl+wheel zooms about the
+//! pointer), arrow keys and Page Up/Down step the hovered view.
 
 use super::bridge::SliceCallback;
 use super::view3d::View3dCell;
@@ -277,7 +277,11 @@ fn interact(
     prompt_markers(ui, app.prompt_markers(), cell, open);
     drag_input(open, cell, &resp, mm_per_point, out);
     if resp.hovered() {
-        hover_input(ui, cell.orientation, out);
+        let about_mm = resp.hover_pos().map_or([0.0; 2], |p| {
+            let d = cell.mm_at(p) - cell.plane.centre_mm;
+            [d.dot(cell.plane.right), d.dot(cell.plane.up)]
+        });
+        hover_input(ui, cell.orientation, about_mm, out);
     }
 }
 
@@ -494,8 +498,9 @@ fn drag_input(
     }
 }
 
-/// Over a hovered view: the wheel and arrow / page keys step slices, Ctrl+wheel zooms.
-fn hover_input(ui: &egui::Ui, o: Orientation, out: &mut Vec<Command>) {
+/// Over a hovered view: the wheel and arrow / page keys step slices, Ctrl+wheel zooms about
+/// the pointer (`about_mm`: its offset from the view's centre, mm along screen right and up).
+fn hover_input(ui: &egui::Ui, o: Orientation, about_mm: [f64; 2], out: &mut Vec<Command>) {
     let (wheel, zoom, keys) = ui.input(|i| {
         let mut wheel = 0.0f32;
         for e in &i.events {
@@ -528,6 +533,6 @@ fn hover_input(ui: &egui::Ui, o: Orientation, out: &mut Vec<Command>) {
         out.push(Command::View(ViewCommand::StepSlice(o, keys)));
     }
     if (zoom - 1.0).abs() > 1e-4 {
-        out.push(Command::View(ViewCommand::Zoom(o, zoom as f64)));
+        out.push(Command::View(ViewCommand::Zoom(o, zoom as f64, about_mm)));
     }
 }

@@ -409,8 +409,9 @@ pub enum ViewCommand {
     SetCursor(DVec3),
     /// Step a view's slice.
     StepSlice(Orientation, i32),
-    /// Multiply a view's zoom.
-    Zoom(Orientation, f64),
+    /// Multiply a view's zoom about a point of it, given as its offset from the view's centre
+    /// in mm along screen right and up (the point stays where it is; `[0, 0]`: the centre).
+    Zoom(Orientation, f64, [f64; 2]),
     /// Move a view's centre by mm along screen right and up.
     Pan(Orientation, [f64; 2]),
     /// Reset zoom and pan of every view and centre the cursor.
@@ -514,7 +515,7 @@ impl ViewerState {
         match cmd {
             ViewCommand::SetCursor(p) => self.set_cursor(p),
             ViewCommand::StepSlice(o, n) => self.step_slice(o, n),
-            ViewCommand::Zoom(o, f) => self.zoom_by(o, f),
+            ViewCommand::Zoom(o, f, about_mm) => self.zoom_about(o, f, about_mm),
             ViewCommand::Pan(o, d) => {
                 let z = self.view_zoom_mut(o);
                 z.pan_mm[0] += d[0];
@@ -645,8 +646,21 @@ impl ViewerState {
 
     /// Multiply an orientation's zoom (kept within 0.25..64).
     pub fn zoom_by(&mut self, o: Orientation, factor: f64) {
+        self.zoom_about(o, factor, [0.0; 2]);
+    }
+
+    /// Multiply an orientation's zoom (kept within 0.25..64) keeping the world point at
+    /// `about_mm` (offset from the view's centre, mm along screen right and up) in its place:
+    /// the centre moves towards it by the share of the offset the zoom takes away.
+    pub fn zoom_about(&mut self, o: Orientation, factor: f64, about_mm: [f64; 2]) {
+        if !factor.is_finite() || factor <= 0.0 || !about_mm.iter().all(|v| v.is_finite()) {
+            return;
+        }
         let z = self.view_zoom_mut(o);
+        let before = z.zoom;
         z.zoom = (z.zoom * factor).clamp(0.25, 64.0);
+        let kept = 1.0 - before / z.zoom;
+        z.pan_mm = [0, 1].map(|a| z.pan_mm[a] + about_mm[a] * kept);
     }
 
     /// Show `seq` alone, or add/remove it from the side-by-side set.
