@@ -188,8 +188,20 @@ fn arm_boxes(result: &ExperimentResult, group: f64) -> Vec<Vec<(f64, [f64; 5])>>
 fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
     let group = result.plan.arms.len() as f64 + 1.0;
     let labels = &result.label_names;
+    let name_style = TextStyle::from((FONT, 17).into_font());
+    let widths_px: Vec<f64> = labels
+        .iter()
+        .map(|n| {
+            area.estimate_text_size(n, &name_style)
+                .map_or(0.0, |s| f64::from(s.0))
+        })
+        .collect();
+    // The plotting width: the area less the y-label area and both margins (below).
+    let slot_px = (f64::from(area.dim_in_pixel().0) - 62.0 - 28.0) / labels.len().max(1) as f64;
+    let rows = label_rows(&widths_px, slot_px);
+    let row_y = |row: usize| -0.05 - 0.055 * row as f64;
     let x = span([-0.5, labels.len() as f64 * group - 1.5].into_iter(), &[]);
-    let y = -0.1..1.04;
+    let y = row_y(rows - 1) - 0.05..1.04;
     let boxes = arm_boxes(result, group);
     let extents = boxes
         .iter()
@@ -215,10 +227,10 @@ fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
         .bold_line_style(RGBColor(220, 220, 220))
         .light_line_style(RGBColor(242, 242, 242))
         .draw()?;
-    let centred = TextStyle::from((FONT, 17).into_font()).pos(Pos::new(HPos::Center, VPos::Center));
+    let centred = name_style.pos(Pos::new(HPos::Center, VPos::Center));
     chart.draw_series(labels.iter().enumerate().map(|(l, name)| {
         let centre = l as f64 * group + (group - 2.0) / 2.0;
-        Text::new(name.clone(), (centre, -0.05), centred.clone())
+        Text::new(name.clone(), (centre, row_y(l % rows)), centred.clone())
     }))?;
     for (a, arm) in boxes.iter().enumerate().filter(|(_, b)| !b.is_empty()) {
         let c = rgb(colour(a));
@@ -229,6 +241,17 @@ fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 18, y + 6)], c.filled()));
     }
     legend(&mut chart, corner, boxes.iter().any(|b| !b.is_empty()))
+}
+
+/// How many rows (1 to 3) names of `widths_px`, centred `slot_px` apart, need so that no two
+/// on one row (every `rows`-th name) come closer than 8 px.
+fn label_rows(widths_px: &[f64], slot_px: f64) -> usize {
+    let fits = |rows: usize| {
+        widths_px
+            .windows(rows + 1)
+            .all(|w| (w[0] + w[rows]) / 2.0 + 8.0 <= rows as f64 * slot_px)
+    };
+    (1..3).find(|r| fits(*r)).unwrap_or(3)
 }
 
 /// ROC curves of the class (positive = the last class), each arm's seeds pooled.
@@ -253,4 +276,22 @@ fn roc_chart(area: &Area, result: &ExperimentResult) -> DrawResult {
         integer_x: false,
     };
     line_chart(area, &axes, &series)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_rows;
+
+    #[test]
+    fn label_names_take_a_second_or_third_row_only_when_they_would_touch() {
+        assert_eq!(label_rows(&[60.0; 5], 200.0), 1, "room to spare");
+        assert_eq!(
+            label_rows(&[100.0; 15], 74.0),
+            2,
+            "15 Colin27 names in 1 110 px"
+        );
+        assert_eq!(label_rows(&[140.0; 15], 60.0), 3, "no more than three rows");
+        assert_eq!(label_rows(&[300.0], 10.0), 1, "one name overlaps nothing");
+        assert_eq!(label_rows(&[], 10.0), 1);
+    }
 }
