@@ -539,6 +539,15 @@ fn slices_of_a_volume_become_a_2d_project_with_renumbered_labels() {
     let mask = p.load_reference_mask(case).unwrap().unwrap();
     assert_eq!((mask.data()[5], mask.data()[6]), (2, 1));
     assert_eq!(p.manifest.labels.names_by_value(), ["background", "b", "a"]);
+    // Renumbered labels take the colours any label of that value gets by default.
+    for l in p.manifest.labels.labels() {
+        assert_eq!(
+            l.color,
+            mriloop::project::default_color(l.value),
+            "{}",
+            l.name
+        );
+    }
     // A label volume on another grid is refused, naming it.
     let other = dir.path().join("other.nii.gz");
     write_volume(

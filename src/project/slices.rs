@@ -115,7 +115,8 @@ fn renumber_label(keep: &[(u32, String)], v: f32) -> u8 {
 }
 
 /// The new project's manifest without cases: named after the image, its one class and
-/// sequence, and the kept labels renumbered 1..n with palette colours.
+/// sequence, and the kept labels renumbered 1..n with the default label colours (as any
+/// label without one gets).
 fn slices_manifest(
     image_path: &Path,
     labels_path: &Path,
@@ -129,13 +130,6 @@ fn slices_manifest(
     ));
     manifest.classes = vec![options.class.clone()];
     manifest.sequences = vec![SequenceName::from(options.sequence.clone())];
-    let palette = [
-        [255, 64, 64],
-        [64, 160, 255],
-        [255, 220, 0],
-        [0, 230, 200],
-        [230, 0, 230],
-    ];
     manifest.labels = LabelTable::new(
         options
             .keep
@@ -144,7 +138,7 @@ fn slices_manifest(
             .map(|(i, (_, name))| Label {
                 value: i as u8 + 1,
                 name: name.clone(),
-                color: palette[i % palette.len()],
+                color: super::default_color(i as u8 + 1),
             })
             .collect(),
     )
