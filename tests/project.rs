@@ -589,7 +589,7 @@ fn colin27_subjects_keep_the_atlas_volumes_and_a_habenula_per_side_deterministic
                 case.id
             );
         }
-        for (_, value, name) in STRUCTURES {
+        for mriloop::phantom::template::Structure { value, name, .. } in STRUCTURES {
             let (got, want) = (mm3(value), template_mm3(value));
             let ratio = got / want;
             assert!(
@@ -682,7 +682,7 @@ fn mni152_subjects_carry_the_atlas_and_open_in_nibabel_with_mriloops_affine() {
         for side in [LABEL_HABENULA_L, LABEL_HABENULA_R] {
             assert!((20.0..=40.0).contains(&mm3(side)), "{}", case.id);
         }
-        for (_, value, name) in STRUCTURES {
+        for mriloop::phantom::template::Structure { value, name, .. } in STRUCTURES {
             let ratio = mm3(value) / template_mm3(value);
             assert!(
                 (0.75..=1.25).contains(&ratio),

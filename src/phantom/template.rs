@@ -33,38 +33,96 @@ use std::path::{Path, PathBuf};
 /// Where Debian's `mricron-data` installs the templates.
 pub const DEFAULT_TEMPLATE_DIR: &str = "/usr/share/mricron/templates";
 
-/// The AAL structures kept, with their label values and names.
-pub const STRUCTURES: [(u8, u8, &str); 12] = [
-    (77, 6, "thalamus_L"),
-    (78, 7, "thalamus_R"),
-    (71, 8, "caudate_L"),
-    (72, 9, "caudate_R"),
-    (73, 10, "putamen_L"),
-    (74, 11, "putamen_R"),
-    (75, 12, "pallidum_L"),
-    (76, 13, "pallidum_R"),
-    (37, 14, "hippocampus_L"),
-    (38, 15, "hippocampus_R"),
-    (41, 16, "amygdala_L"),
-    (42, 17, "amygdala_R"),
-];
+/// An AAL structure kept: its code in the AAL atlas, its label value in the subjects, its name
+/// and colour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Structure {
+    /// The structure's code in the AAL atlas.
+    pub aal_code: u8,
+    /// Its label value in the subjects.
+    pub value: u8,
+    /// Its name.
+    pub name: &'static str,
+    /// Its colour: each apart from the others and from the phantom's labels (the default
+    /// palette gave the left thalamus the tumour's magenta and the amygdalae the lesion's
+    /// yellow and the infarct's cyan).
+    pub colour: [u8; 3],
+}
 
-/// The colours of `STRUCTURES`, in order: each apart from the others and from the phantom's
-/// labels (the default palette gave the left thalamus the tumour's magenta and the amygdalae
-/// the lesion's yellow and the infarct's cyan).
-pub const STRUCTURE_COLOURS: [[u8; 3]; 12] = [
-    [0, 128, 0],
-    [110, 200, 110],
-    [135, 206, 235],
-    [30, 80, 170],
-    [255, 160, 70],
-    [190, 100, 30],
-    [20, 40, 255],
-    [120, 130, 255],
-    [200, 160, 240],
-    [128, 64, 192],
-    [255, 182, 193],
-    [219, 112, 147],
+/// The AAL structures kept.
+pub const STRUCTURES: [Structure; 12] = [
+    Structure {
+        aal_code: 77,
+        value: 6,
+        name: "thalamus_L",
+        colour: [0, 128, 0],
+    },
+    Structure {
+        aal_code: 78,
+        value: 7,
+        name: "thalamus_R",
+        colour: [110, 200, 110],
+    },
+    Structure {
+        aal_code: 71,
+        value: 8,
+        name: "caudate_L",
+        colour: [135, 206, 235],
+    },
+    Structure {
+        aal_code: 72,
+        value: 9,
+        name: "caudate_R",
+        colour: [30, 80, 170],
+    },
+    Structure {
+        aal_code: 73,
+        value: 10,
+        name: "putamen_L",
+        colour: [255, 160, 70],
+    },
+    Structure {
+        aal_code: 74,
+        value: 11,
+        name: "putamen_R",
+        colour: [190, 100, 30],
+    },
+    Structure {
+        aal_code: 75,
+        value: 12,
+        name: "pallidum_L",
+        colour: [20, 40, 255],
+    },
+    Structure {
+        aal_code: 76,
+        value: 13,
+        name: "pallidum_R",
+        colour: [120, 130, 255],
+    },
+    Structure {
+        aal_code: 37,
+        value: 14,
+        name: "hippocampus_L",
+        colour: [200, 160, 240],
+    },
+    Structure {
+        aal_code: 38,
+        value: 15,
+        name: "hippocampus_R",
+        colour: [128, 64, 192],
+    },
+    Structure {
+        aal_code: 41,
+        value: 16,
+        name: "amygdala_L",
+        colour: [255, 182, 193],
+    },
+    Structure {
+        aal_code: 42,
+        value: 17,
+        name: "amygdala_R",
+        colour: [219, 112, 147],
+    },
 ];
 
 /// The habenulae in the template (mm; left, right): at the dorsomedial posterior thalamus, beside
@@ -201,7 +259,10 @@ fn structure_labels(aal: &[f32]) -> Vec<u8> {
     aal.iter()
         .map(|v| {
             let code = v.round() as u8;
-            STRUCTURES.iter().find(|s| s.0 == code).map_or(0, |s| s.1)
+            STRUCTURES
+                .iter()
+                .find(|s| s.aal_code == code)
+                .map_or(0, |s| s.value)
         })
         .collect()
 }
@@ -411,7 +472,7 @@ fn mean_where(values: &[f32], mask: &[bool]) -> f32 {
 fn atlas_fit(atlas: &[u8], grey: &[bool], dims: [usize; 3]) -> Vec<AtlasFit> {
     STRUCTURES
         .iter()
-        .map(|(_, value, name)| {
+        .map(|Structure { value, name, .. }| {
             let voxel = |i: usize| {
                 [
                     i % dims[0],
@@ -838,11 +899,11 @@ pub fn generate_template_4d(
 /// The label table of template subjects: the phantom's labels, then the atlas structures.
 pub fn label_table() -> crate::project::LabelTable {
     let mut labels = super::label_table().labels().to_vec();
-    for ((_, value, name), color) in STRUCTURES.into_iter().zip(STRUCTURE_COLOURS) {
+    for s in STRUCTURES {
         labels.push(crate::project::Label {
-            value,
-            name: name.to_string(),
-            color,
+            value: s.value,
+            name: s.name.to_string(),
+            color: s.colour,
         });
     }
     crate::project::LabelTable::new(labels).unwrap_or_else(|_| super::label_table())
@@ -928,7 +989,7 @@ mod tests {
         let centre = DVec3::from_array(FOV_CENTRE_MM);
         let [nx, ny, _] = template.t1.dims3();
         let mut moved = 0.0f64;
-        for (_, value, name) in STRUCTURES {
+        for Structure { value, name, .. } in STRUCTURES {
             // Where the field says the structure lands in the subject's head: each template
             // voxel pulled back through the field, weighted by the volume it takes there.
             let (mut sum, mut weight) = (DVec3::ZERO, 0.0);
