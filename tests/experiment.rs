@@ -366,13 +366,15 @@ fn a_drawn_test_set_is_stratified_by_class_and_covers_the_labels() {
 #[test]
 fn an_arm_with_a_time_budget_takes_the_planners_configuration_fitted_to_it() {
     let dir = tempfile::tempdir().unwrap();
-    let project = small_project(&dir.path().join("p"), 8, 5);
+    // Seed 6: three or more cases of each class, the patients told by their lesions (rule 11).
+    let project = small_project(&dir.path().join("p"), 8, 6);
     let plan_path = dir.path().join("plan.json");
     std::fs::write(
         &plan_path,
         r#"{"name": "budget", "seeds": [1, 2], "test_fraction": 0.25, "backend": "cpu",
             "base": {"mode": "seg", "minutes": 0.1, "base_channels": 4},
-            "arms": [{"name": "planned", "set": {}}]}"#,
+            "arms": [{"name": "planned", "set": {}},
+                     {"name": "joint", "set": {"mode": "joint"}}]}"#,
     )
     .unwrap();
     let plan = ExperimentPlan::load(&plan_path).unwrap();
@@ -405,7 +407,32 @@ fn an_arm_with_a_time_budget_takes_the_planners_configuration_fitted_to_it() {
     eprintln!("budgeted run: {steps} steps, experiment {took:.1} s");
     assert!(steps >= 1);
     // Every run has its own budget (the second is not cut short by the first's deadline).
-    assert_eq!(result.runs.len(), 2);
+    assert_eq!(result.runs.len(), 4);
+    // The joint arm read the class from its mask (the plan's rule 11 for this project), and
+    // the report says so beside the arm's settings.
+    let evidence = planned
+        .class_evidence
+        .as_ref()
+        .expect("class evidence planned");
+    for run in &result.runs {
+        let expected = (run.arm == "joint").then(|| evidence.label_names.clone());
+        assert_eq!(run.class_from_mask, expected, "{}", run.arm);
+        assert_eq!(run.classifies(), run.arm == "joint", "{}", run.arm);
+    }
+    let report = mriloop::experiment::report::report_markdown(&result, "test", &[]);
+    let joint_row = report.lines().find(|l| l.starts_with("| joint |")).unwrap();
+    let planned_row = report
+        .lines()
+        .find(|l| l.starts_with("| planned |"))
+        .unwrap();
+    assert!(
+        joint_row.contains(&format!(
+            "segmentation + class from the predicted {} volume",
+            evidence.label_names.join(" + ")
+        )),
+        "{joint_row}"
+    );
+    assert!(planned_row.contains("| segmentation |"), "{planned_row}");
     for run in &result.runs {
         eprintln!(
             "seed {}: {} steps in {:.1} s",

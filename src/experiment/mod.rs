@@ -476,6 +476,9 @@ pub struct RunResult {
     pub seed: u64,
     /// Tasks trained.
     pub mode: TaskMode,
+    /// The labels whose predicted volume gave the class (plan rule 11), when the run read the
+    /// class from its mask instead of training the class head.
+    pub class_from_mask: Option<Vec<String>>,
     /// Wall time of training and evaluation (s).
     pub seconds: f64,
     /// Training loss per step.
@@ -492,9 +495,22 @@ impl RunResult {
         self.mode != TaskMode::ClassificationOnly
     }
 
-    /// Whether the run trained the classification.
+    /// Whether the run predicts the class (by its class head, or from its mask).
     pub fn classifies(&self) -> bool {
-        self.mode != TaskMode::SegmentationOnly
+        self.mode != TaskMode::SegmentationOnly || self.class_from_mask.is_some()
+    }
+
+    /// What the run trained and how it gave the class, in words.
+    pub fn tasks(&self) -> String {
+        let class = match &self.class_from_mask {
+            Some(labels) => format!("class from the predicted {} volume", labels.join(" + ")),
+            None => "class head".into(),
+        };
+        match (self.mode, &self.class_from_mask) {
+            (TaskMode::ClassificationOnly, _) => class,
+            (TaskMode::SegmentationOnly, None) => "segmentation".into(),
+            _ => format!("segmentation + {class}"),
+        }
     }
 }
 
@@ -877,6 +893,8 @@ impl RunContext<'_> {
             arm,
             seed,
             mode: config.training.mode,
+            class_from_mask: (config.training.class_evidence.as_ref())
+                .map(|e| e.label_names.clone()),
             seconds,
             loss: loss.clone(),
             epochs: result.epochs.clone(),

@@ -244,16 +244,17 @@ fn write_overview(md: &mut String, result: &ExperimentResult, command: &str) {
     let _ = writeln!(md, "- Evaluated checkpoint: {:?}\n", plan.checkpoint);
 }
 
-/// The "Arms" section: each arm's settings over the base, the steps its runs took (mean over
+/// The "Arms" section: each arm's settings over the base, what its runs trained (the plan may
+/// read the class from the mask where the settings say joint), the steps they took (mean over
 /// seeds: a budgeted run's steps follow the clock) and mean wall time per run.
 fn write_arms_table(md: &mut String, result: &ExperimentResult) {
     let plan = &result.plan;
     let _ = writeln!(md, "## Arms\n");
     let _ = writeln!(
         md,
-        "| arm | settings (over the base) | steps | mean wall time per run (s) |"
+        "| arm | settings (over the base) | trained | steps | mean wall time per run (s) |"
     );
-    let _ = writeln!(md, "|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|");
     for (i, arm) in plan.arms.iter().enumerate() {
         let s = plan.settings(i);
         let runs = runs_of(result, &arm.name);
@@ -266,11 +267,13 @@ fn write_arms_table(md: &mut String, result: &ExperimentResult) {
                 .unwrap_or_default()
                 .replace('|', "/"),
         };
+        let trained = runs.first().map_or("—".into(), |r| r.tasks());
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             arm.name,
             settings,
+            trained,
             steps.round(),
             mean_sd(&secs).map_or("—".into(), |(m, _)| format!("{m:.0}"))
         );
