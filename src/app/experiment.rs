@@ -9,7 +9,7 @@
 //! and manifest are not touched.
 
 use super::{Command, MriloopApp};
-use crate::experiment::{ExperimentEvent, ExperimentPlan, ExperimentResult};
+use crate::experiment::{revise_run_steps, ExperimentEvent, ExperimentPlan, ExperimentResult};
 use crate::model::{FitControl, FitEvent, TrainEvent};
 use crate::session::WorkerError;
 use std::path::PathBuf;
@@ -55,6 +55,10 @@ pub struct ExperimentRun {
     pub steps_done: usize,
     /// Steps of all runs.
     pub steps_total: usize,
+    /// Steps of each run: planned, revised as runs start (a budgeted run's count is known then).
+    run_steps: Vec<usize>,
+    /// Seeds per arm.
+    seeds: usize,
     /// The device, in words.
     pub device: String,
     /// The current run is being evaluated.
@@ -143,7 +147,8 @@ impl MriloopApp {
             return;
         };
         let out = report_dir(project, path);
-        let steps_total = plan.total_steps();
+        let (run_steps, seeds) = (plan.run_steps(), plan.seeds.len());
+        let steps_total = run_steps.iter().sum();
         let (tx, rx) = channel();
         let control = Arc::new(FitControl::default());
         let (project, plan, dir, ctl) =
@@ -184,6 +189,8 @@ impl MriloopApp {
                     current: None,
                     steps_done: 0,
                     steps_total,
+                    run_steps,
+                    seeds,
                     device: String::new(),
                     evaluating: false,
                 });
@@ -208,10 +215,15 @@ impl MriloopApp {
                         run.device = device;
                     }
                     ExperimentEvent::RunStarted {
-                        index, arm, seed, ..
+                        index,
+                        arm,
+                        seed,
+                        steps,
                     } => {
                         run.current = Some((index, arm, seed));
                         run.evaluating = false;
+                        revise_run_steps(&mut run.run_steps, index, steps, run.seeds);
+                        run.steps_total = run.run_steps.iter().sum();
                     }
                     ExperimentEvent::Fit(FitEvent::Train(TrainEvent::Step { .. })) => {
                         run.steps_done += 1;

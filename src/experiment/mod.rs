@@ -414,10 +414,15 @@ impl ExperimentPlan {
 
     /// Optimisation steps of the whole plan (every arm, every seed).
     pub fn total_steps(&self) -> usize {
+        self.run_steps().iter().sum()
+    }
+
+    /// Optimisation steps of each run as planned, in run order (arm by arm, seed by seed); a
+    /// budgeted arm's count is its recipe's until a run of it starts (`revise_run_steps`).
+    pub fn run_steps(&self) -> Vec<usize> {
         (0..self.arms.len())
-            .map(|a| self.steps_per_run(a))
-            .sum::<usize>()
-            * self.seeds.len()
+            .flat_map(|a| std::iter::repeat_n(self.steps_per_run(a), self.seeds.len()))
+            .collect()
     }
 
     /// The settings of arm `i` (its own over the base).
@@ -425,6 +430,16 @@ impl ExperimentPlan {
         self.arms
             .get(i)
             .map_or_else(|| self.base.clone(), |a| a.set.over(&self.base))
+    }
+}
+
+/// `run_steps` revised when run `index` starts with `steps` (fitted to its budget): that run's
+/// count, and the same for the runs of its arm still to come (`seeds` runs an arm; the same
+/// budget on the same machine takes about as many steps).
+pub fn revise_run_steps(run_steps: &mut [usize], index: usize, steps: usize, seeds: usize) {
+    let arm_end = (index / seeds.max(1) + 1) * seeds.max(1);
+    for s in run_steps.iter_mut().take(arm_end).skip(index) {
+        *s = steps;
     }
 }
 
@@ -989,4 +1004,27 @@ fn arm_config(
     };
     let class_every = settings.class_every.unwrap_or(4).max(1);
     Ok(config.with_class_every(class_every))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::revise_run_steps;
+
+    #[test]
+    fn a_started_run_revises_its_own_and_its_arms_later_step_counts_only() {
+        // Two arms × three seeds, the recipe's 1000 steps each.
+        let mut steps = vec![1000; 6];
+        revise_run_steps(&mut steps, 0, 240, 3);
+        assert_eq!(steps, [240, 240, 240, 1000, 1000, 1000]);
+        revise_run_steps(&mut steps, 1, 260, 3);
+        assert_eq!(steps, [240, 260, 260, 1000, 1000, 1000]);
+        revise_run_steps(&mut steps, 4, 90, 3);
+        assert_eq!(steps, [240, 260, 260, 1000, 90, 90]);
+        revise_run_steps(&mut steps, 9, 5, 3);
+        assert_eq!(
+            steps,
+            [240, 260, 260, 1000, 90, 90],
+            "no such run: nothing changes"
+        );
+    }
 }
