@@ -237,6 +237,53 @@ fn sliding_window_inference_returns_the_cases_exact_grid_and_affine() {
 }
 
 #[test]
+fn windows_predicted_at_once_give_what_one_at_a_time_gives() {
+    use mriloop::model::{predict_volume, ClassView};
+    use mriloop::volume::Affine;
+    let d = cpu();
+    let model = small(2).init(&d);
+    let dims = [30, 21, 11];
+    let n = dims[0] * dims[1] * dims[2];
+    let channels: Vec<Vec<f32>> = (0..2)
+        .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
+        .collect();
+    // The CPU predicts as many windows at once as its rayon pool has threads.
+    let predict_with = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let view = ClassView {
+                window: [8, 8, 8],
+                stride: [1, 1, 1],
+            };
+            let affine = Affine::from_spacing([1.0, 1.0, 1.5]);
+            predict_volume(&model, &channels, dims, affine, [8, 8, 8], view, 0.5, &d).unwrap()
+        })
+    };
+    let (one, three) = (predict_with(1), predict_with(3));
+    // The kernels may sum in another order with more threads: equal to float rounding, and a
+    // window's answer landing at another window's place would be far off.
+    let gap = (one.foreground.data().iter())
+        .zip(three.foreground.data())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap < 1e-4, "foreground probabilities {gap} apart");
+    let spread = one
+        .foreground
+        .data()
+        .iter()
+        .fold(0.0f32, |m, v| m.max((v - one.foreground.data()[0]).abs()));
+    assert!(spread > 1e-2, "a varied answer ({spread})");
+    let differ = (one.mask.data().iter())
+        .zip(three.mask.data())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(differ * 1000 <= n, "{differ} of {n} labels differ");
+}
+
+#[test]
 fn patches_are_deterministic_and_oversample_a_tiny_structure() {
     use mriloop::model::{zscore_in_head, AugmentConfig, PatchSampler, Sample};
     use mriloop::volume::{Affine, Volume};
