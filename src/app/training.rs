@@ -951,6 +951,9 @@ fn progress_bars(ui: &mut egui::Ui, t: &TrainingState) {
         ui.add(
             egui::ProgressBar::new(frac.min(1.0)).text(format!("{epoch} · {steps} · ETA {eta}")),
         );
+        if let Some(note) = first_steps_note(&run.device, run.step) {
+            ui.weak(note);
+        }
     }
     if let Some(inf) = &t.infer {
         ui.add(
@@ -960,6 +963,17 @@ fn progress_bars(ui: &mut egui::Ui, t: &TrainingState) {
             )),
         );
     }
+}
+
+/// What the panel says while a run on `device` (in words, as `choose_device` names it) waits
+/// for its first step: on a GPU the kernels are compiled and tuned first, which takes minutes
+/// the first time on a machine (measured on a software Vulkan device: 5 min 37 s, then 18 s
+/// with the caches warm), so the user knows it has not hung.
+fn first_steps_note(device: &str, step: usize) -> Option<&'static str> {
+    (step == 0 && device.starts_with("GPU")).then_some(
+        "compiling and tuning the GPU kernels: minutes on this machine's first GPU run, \
+         seconds later (they are cached)",
+    )
 }
 
 /// The model versions: outcome, parent, best validation figures; the active one marked, any
@@ -1015,4 +1029,22 @@ fn versions_table(ui: &mut egui::Ui, project: &crate::project::Project, out: &mu
                     }
                 });
         });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_steps_note;
+
+    #[test]
+    fn a_gpu_run_says_why_its_first_step_waits_and_a_cpu_run_says_nothing() {
+        assert!(first_steps_note("GPU: NVIDIA H200 (burn wgpu backend)", 0).is_some());
+        assert!(first_steps_note("GPU (burn wgpu backend)", 0).is_some());
+        assert_eq!(
+            first_steps_note("GPU (burn wgpu backend)", 1),
+            None,
+            "it has stepped"
+        );
+        assert_eq!(first_steps_note("CPU (burn flex backend)", 0), None);
+        assert_eq!(first_steps_note("", 0), None, "the device is not known yet");
+    }
 }
