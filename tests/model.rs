@@ -175,6 +175,30 @@ fn a_checkpoint_reloads_to_identical_predictions() {
     assert!((f64::from(v) - t.class_ce).abs() < 1e-5);
     let e = load_checkpoint(&dir.path().join("missing"), &d).unwrap_err();
     assert!(e.to_string().contains("config.json"), "{e}");
+    // A run's (or a version's) folder stands for its best checkpoint, else its last.
+    let run = tempfile::tempdir().unwrap();
+    save_checkpoint(
+        &run.path().join("last"),
+        &cfg.clone().with_mode(TaskMode::SegmentationOnly),
+        &model,
+    )
+    .unwrap();
+    let (from_last, _) = load_checkpoint(run.path(), &d).unwrap();
+    assert_eq!(
+        from_last.mode,
+        TaskMode::SegmentationOnly,
+        "only last/: last"
+    );
+    save_checkpoint(&run.path().join("best"), &cfg, &model).unwrap();
+    let (from_best, _) = load_checkpoint(run.path(), &d).unwrap();
+    assert_eq!(from_best, cfg, "best/ first");
+    assert_eq!(
+        mriloop::model::checkpoint_dir(run.path()),
+        run.path().join("best")
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let e = load_checkpoint(empty.path(), &d).unwrap_err().to_string();
+    assert!(e.contains("not a checkpoint") && e.contains("best/"), "{e}");
     // Fine-tuning starts from the checkpoint's weights, trainable.
     let fit = mriloop::model::FitConfig::new(cfg.clone())
         .with_resume_from(Some(dir.path().display().to_string()));

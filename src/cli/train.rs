@@ -169,9 +169,11 @@ pub struct EvalArgs {
 }
 
 /// `mriloop train`.
-pub fn train(args: TrainArgs) -> Result<()> {
+pub fn train(mut args: TrainArgs) -> Result<()> {
     // A time budget counts from here: planning and loading are part of it.
     let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock::start());
+    // `--resume` may name a run's or a version's folder: its best (else last) checkpoint.
+    args.resume = args.resume.as_deref().map(crate::model::checkpoint_dir);
     let p = Project::open(&args.project)?;
     if let Some(out) = &args.continue_run {
         let path = out.join("fit.json");
@@ -572,8 +574,10 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The case ids in the held-out list beside checkpoint `dir` (`../validation.txt`).
+/// The case ids in the held-out list beside checkpoint `dir` (`../validation.txt`; `dir` may
+/// be the run's folder, see `checkpoint_dir`).
 pub(crate) fn held_out_cases(dir: &Path) -> Result<Vec<String>> {
+    let dir = model::checkpoint_dir(dir);
     let list = dir
         .parent()
         .map(|d| d.join("validation.txt"))

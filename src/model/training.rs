@@ -475,7 +475,18 @@ pub fn save_checkpoint(
         .map_err(|e| err(&weights, e.to_string()))
 }
 
-/// Load a checkpoint saved by `save_checkpoint` onto `device` (for inference).
+/// The checkpoint folder `dir` names: `dir` itself when it holds a `config.json`, else its
+/// `best/`, else its `last/` (a training run's `--out` folder, or a model version's folder, as
+/// users type them); `dir` unchanged when none is a checkpoint (loading then says so).
+pub fn checkpoint_dir(dir: &Path) -> std::path::PathBuf {
+    [dir.to_path_buf(), dir.join("best"), dir.join("last")]
+        .into_iter()
+        .find(|d| d.join("config.json").is_file())
+        .unwrap_or_else(|| dir.to_path_buf())
+}
+
+/// Load a checkpoint saved by `save_checkpoint` onto `device` (for inference); `dir` may also
+/// be a run's or a version's folder (`checkpoint_dir`).
 pub fn load_checkpoint(
     dir: &Path,
     device: &Device,
@@ -484,6 +495,13 @@ pub fn load_checkpoint(
         path: p.display().to_string(),
         problem: e,
     };
+    let dir = &checkpoint_dir(dir);
+    if !dir.join("config.json").is_file() {
+        return Err(err(
+            dir,
+            "not a checkpoint: no config.json here, nor in best/ or last/ below it".into(),
+        ));
+    }
     let cfg_path = dir.join("config.json");
     let config = TrainingConfig::load(&cfg_path).map_err(|e| err(&cfg_path, e.to_string()))?;
     let weights = dir.join("model.bpk");

@@ -52,6 +52,8 @@ pub fn add_checkpoint(
     dir: &Path,
     activate: bool,
 ) -> Result<ModelVersion, AddModelError> {
+    // A run's folder stands for its best (else last) checkpoint.
+    let dir = &super::training::checkpoint_dir(dir);
     // Read on the CPU: checking the weights needs no GPU (and a server may have none).
     let device = burn::prelude::Device::flex();
     let (config, _) = load_checkpoint(dir, &device)?;
