@@ -817,7 +817,11 @@ pub fn prompt(
     let (device, about) = crate::model::choose_device("auto");
     let mut notes = vec![format!("device: {about}")];
     let (config, net) = match model {
-        Some(dir) => crate::model::load_checkpoint(dir, &device)?,
+        Some(dir) => {
+            let (config, net) = crate::model::load_checkpoint(dir, &device)?;
+            crate::model::check_model_kind(dir, &config, true)?;
+            (config, net)
+        }
         None => {
             let prompt = PromptConfig {
                 grow_limit: 0,

@@ -196,6 +196,27 @@ fn a_checkpoint_reloads_to_identical_predictions() {
         mriloop::model::checkpoint_dir(run.path()),
         run.path().join("best")
     );
+    // Commands that need an automatic (or a promptable) model refuse the other kind by name.
+    use mriloop::model::check_model_kind;
+    assert!(check_model_kind(run.path(), &cfg, false).is_ok());
+    let e = check_model_kind(run.path(), &cfg, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not a promptable model") && e.contains(&run.path().display().to_string()),
+        "{e}"
+    );
+    let promptable = cfg
+        .clone()
+        .with_prompt(Some(mriloop::model::prompt::PromptConfig::default()));
+    assert!(check_model_kind(run.path(), &promptable, true).is_ok());
+    let e = check_model_kind(run.path(), &promptable, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("promptable model: it segments from prompts"),
+        "{e}"
+    );
     let empty = tempfile::tempdir().unwrap();
     let e = load_checkpoint(empty.path(), &d).unwrap_err().to_string();
     assert!(e.contains("not a checkpoint") && e.contains("best/"), "{e}");

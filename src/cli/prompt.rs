@@ -57,12 +57,7 @@ pub fn eval_prompt(args: EvalPromptArgs) -> Result<()> {
     let (device, about) = model::choose_device(&args.backend);
     eprintln!("evaluating prompts on {about}");
     let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
-    if cfg.prompt.is_none() {
-        bail!(
-            "{}: not a promptable model (train one with `mriloop train PROJECT --promptable`)",
-            args.model.display()
-        );
-    }
+    model::check_model_kind(&args.model, &cfg, true)?;
     let p = Project::open(&args.project)?;
     let only = match args.held_out {
         true => Some(super::train::held_out_cases(&args.model)?),

@@ -461,6 +461,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         None => active_checkpoint(&p)?,
     };
     let (cfg, net) = model::load_checkpoint(&dir, &device)?;
+    model::check_model_kind(&dir, &cfg, false)?;
     let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
     let n = model::predict_project(
         &mut p,
@@ -552,6 +553,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     let (device, about) = model::choose_device(&args.backend);
     eprintln!("evaluating on {about}");
     let (cfg, net) = model::load_checkpoint(&args.model, &device)?;
+    model::check_model_kind(&args.model, &cfg, false)?;
     let p = Project::open(&args.project)?;
     let only = match args.held_out {
         true => Some(held_out_cases(&args.model)?),

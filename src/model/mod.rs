@@ -49,7 +49,7 @@ pub use inference::{predict_volume, ClassView, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
 pub use training::{
-    batch_loss, checkpoint_dir, cosine_lr, load_checkpoint, save_checkpoint, soft_dice_loss, train,
-    train_step, train_step_at, train_step_parallel, voxel_cross_entropy, Batch, CheckpointError,
-    LossTerms, TaskMode, TrainEvent, TrainingConfig,
+    batch_loss, check_model_kind, checkpoint_dir, cosine_lr, load_checkpoint, save_checkpoint,
+    soft_dice_loss, train, train_step, train_step_at, train_step_parallel, voxel_cross_entropy,
+    Batch, CheckpointError, LossTerms, TaskMode, TrainEvent, TrainingConfig,
 };

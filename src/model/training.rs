@@ -485,6 +485,29 @@ pub fn checkpoint_dir(dir: &Path) -> std::path::PathBuf {
         .unwrap_or_else(|| dir.to_path_buf())
 }
 
+/// Whether the checkpoint in `dir` with `config` is of the kind a command needs: promptable
+/// (`promptable`: it segments from prompts) or automatic; else an error naming the model.
+pub fn check_model_kind(
+    dir: &Path,
+    config: &TrainingConfig,
+    promptable: bool,
+) -> Result<(), CheckpointError> {
+    let problem = match (promptable, config.prompt.is_some()) {
+        (true, false) => {
+            "not a promptable model (train one with `mriloop train PROJECT --promptable`)"
+        }
+        (false, true) => {
+            "a promptable model: it segments from prompts (the Prompt tool, `mriloop \
+             eval-prompt`), not on its own; give an automatic one"
+        }
+        _ => return Ok(()),
+    };
+    Err(CheckpointError::File {
+        path: dir.display().to_string(),
+        problem: problem.into(),
+    })
+}
+
 /// Load a checkpoint saved by `save_checkpoint` onto `device` (for inference); `dir` may also
 /// be a run's or a version's folder (`checkpoint_dir`).
 pub fn load_checkpoint(
