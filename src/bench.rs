@@ -801,6 +801,40 @@ fn prompt_case(size: usize, centres: &[[usize; 3]], radius: f64) -> Vec<Vec<f32>
     vec![t1, t2]
 }
 
+/// Random weights of the plan's promptable network for a 1 mm `size`³ case on this machine's
+/// device (no window growth), and a note saying so.
+fn default_promptable_network(
+    size: usize,
+    device: &burn::prelude::Device,
+) -> (
+    crate::model::TrainingConfig,
+    crate::model::MultiTaskUNet,
+    String,
+) {
+    use crate::model::plan::{depth_for, patch_for};
+    use crate::model::prompt::PromptConfig;
+    use crate::model::{MultiTaskUNetConfig, TrainingConfig};
+    let prompt = PromptConfig {
+        grow_limit: 0,
+        ..PromptConfig::default()
+    };
+    let class = crate::model::apply::device_class("auto");
+    let window = patch_for([size; 3], [1.0; 3], false, class.max_patch_voxels());
+    let net = MultiTaskUNetConfig::new(2 + 3, 2, 2)
+        .with_depth(depth_for(window))
+        .with_base_channels(class.base_channels());
+    let config = TrainingConfig::new(net)
+        .with_window(window)
+        .with_prompt(Some(prompt));
+    let note = format!(
+        "random weights of the plan's promptable network for a 1 mm case here \
+         (window {window:?}, width {}), no window growth",
+        class.base_channels()
+    );
+    let net = config.model.init(device);
+    (config, net, note)
+}
+
 /// Latency of single include clicks on a `size`³ case (a structure of 20 voxels across at
 /// each click), `repeats` clicks at different places: the prompt's whole path (window,
 /// guidance, sliding-window prediction, growth, merge into the case's mask). With no `model`,
@@ -811,9 +845,8 @@ pub fn prompt(
     repeats: usize,
     model: Option<&Path>,
 ) -> Result<(Vec<Figure>, Vec<String>), crate::model::CheckpointError> {
-    use crate::model::prompt::{Prompt, PromptConfig};
+    use crate::model::prompt::Prompt;
     use crate::model::prompt_infer::predict_prompted;
-    use crate::model::{MultiTaskUNetConfig, TrainingConfig};
     let (device, about) = crate::model::choose_device("auto");
     let mut notes = vec![format!("device: {about}")];
     let (config, net) = match model {
@@ -823,26 +856,8 @@ pub fn prompt(
             (config, net)
         }
         None => {
-            let prompt = PromptConfig {
-                grow_limit: 0,
-                ..PromptConfig::default()
-            };
-            // What the plan gives a 1 mm case of this size on this device.
-            use crate::model::plan::{depth_for, patch_for};
-            let class = crate::model::apply::device_class("auto");
-            let window = patch_for([size; 3], [1.0; 3], false, class.max_patch_voxels());
-            let net = MultiTaskUNetConfig::new(2 + 3, 2, 2)
-                .with_depth(depth_for(window))
-                .with_base_channels(class.base_channels());
-            let config = TrainingConfig::new(net)
-                .with_window(window)
-                .with_prompt(Some(prompt));
-            notes.push(format!(
-                "random weights of the plan's promptable network for a 1 mm case here \
-                 (window {window:?}, width {}), no window growth",
-                class.base_channels()
-            ));
-            let net = config.model.init(&device);
+            let (config, net, note) = default_promptable_network(size, &device);
+            notes.push(note);
             (config, net)
         }
     };
