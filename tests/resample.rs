@@ -1,11 +1,12 @@
 //! Resampling through world coordinates: identity at the same spacing, exact label round trips,
 //! the field of view kept, linear ramps reproduced; labels by their largest trilinear weight
-//! follow the shape the source was drawn from more closely than the nearest voxel does.
+//! follow the shape the source was drawn from more closely than the nearest voxel does, and an
+//! object that rule would erase whole is kept by its nearest voxels.
 
 use glam::{DMat3, DQuat, DVec3};
 use mriloop::volume::{
-    grid_with_spacing, resample_labels_smooth, resample_labels_to_grid, resample_to_grid, Affine,
-    Interpolation, Volume,
+    grid_with_spacing, resample_labels_keeping_objects, resample_labels_smooth,
+    resample_labels_to_grid, resample_to_grid, Affine, Interpolation, Volume,
 };
 
 fn oblique(spacing: [f64; 3]) -> Affine {
@@ -135,4 +136,33 @@ fn labels_by_largest_weight_follow_a_ball_better_than_the_nearest_voxel() {
         smooth > nearest + 0.02,
         "mean Dice to the ball: largest weight {smooth:.3}, nearest {nearest:.3}"
     );
+}
+
+#[test]
+fn an_object_the_largest_weight_would_erase_is_kept_at_its_nearest_voxels() {
+    // A one-voxel lesion (label 5) beside a ball (label 3) on a 2 mm grid, read onto a 1 mm grid
+    // shifted by half a millimetre: each output voxel near the lesion sees it with weight
+    // 0.75³ ≈ 0.42 at most, so the largest weight erases it.
+    let coarse = Affine::from_spacing([2.0; 3]);
+    let mut src = ball([16, 16, 16], coarse, DVec3::splat(20.0), 6.0);
+    let lesion = 4 + 16 * (4 + 16 * 4);
+    src.data_mut()[lesion] = 5;
+    let fine = Affine::from_linear_translation(DMat3::IDENTITY, DVec3::splat(0.5));
+    let smooth = resample_labels_smooth(&src, [32; 3], fine).unwrap();
+    let kept = resample_labels_keeping_objects(&src, [32; 3], fine).unwrap();
+    let count = |v: &Volume<u8>, l: u8| v.data().iter().filter(|x| **x == l).count();
+    assert_eq!(count(&smooth, 5), 0, "the largest weight erases the lesion");
+    assert_eq!(
+        count(&kept, 5),
+        1,
+        "kept at the voxel nearest its centre (8 mm → 8.5 mm)"
+    );
+    assert_eq!(kept.get([8, 8, 8]), Some(5));
+    // Nothing else changes: the ball is what the largest weight gives.
+    let others = (smooth.data().iter())
+        .zip(kept.data())
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(others, 1);
+    assert!(count(&kept, 3) > 500);
 }

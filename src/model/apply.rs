@@ -189,8 +189,9 @@ fn predict_channels(
         )?);
     };
     // Predict at the training spacing, then map the result back onto the case's own grid (the
-    // labels by largest summed trilinear weight: smoother than the nearest voxel).
-    use crate::volume::{resample_labels_smooth, resample_to_grid, Interpolation};
+    // labels by largest summed trilinear weight: smoother than the nearest voxel; objects that
+    // rule would erase whole kept by the nearest voxel).
+    use crate::volume::{resample_labels_keeping_objects, resample_to_grid, Interpolation};
     let orig_dims = first.dims3();
     let PromptContext {
         channels: resampled,
@@ -208,7 +209,7 @@ fn predict_channels(
         device,
     )?;
     Ok(Prediction {
-        mask: resample_labels_smooth(&p.mask, orig_dims, *first.affine())?,
+        mask: resample_labels_keeping_objects(&p.mask, orig_dims, *first.affine())?,
         foreground: resample_to_grid(
             &p.foreground,
             orig_dims,

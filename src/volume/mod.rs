@@ -26,8 +26,8 @@ pub use nifti_io::{
 };
 pub use reorient::{reorient_to_ras, AxisMap, Reorientation};
 pub use resample::{
-    grid_with_spacing, resample_labels_smooth, resample_labels_to_grid, resample_to_grid,
-    Interpolation,
+    grid_with_spacing, resample_labels_keeping_objects, resample_labels_smooth,
+    resample_labels_to_grid, resample_to_grid, Interpolation,
 };
 
 use std::path::PathBuf;

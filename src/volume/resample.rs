@@ -156,6 +156,51 @@ pub fn resample_labels_smooth(
     Volume::new([dims[0], dims[1], dims[2], nt], affine, out)
 }
 
+/// `resample_labels_smooth`, except that an object (a 6-connected region of one label) the
+/// largest-weight rule erases entirely comes back at the output voxels nearest its voxels,
+/// where those are background: a lesion of a voxel or two survives the way from a coarser grid
+/// to a finer or shifted one, as it would by the nearest voxel. Only for 3D masks (a 4D one is
+/// resampled smoothly alone).
+pub fn resample_labels_keeping_objects(
+    src: &Volume<u8>,
+    dims: [usize; 3],
+    affine: Affine,
+) -> Result<Volume<u8>, VolumeError> {
+    let out = resample_labels_smooth(src, dims, affine)?;
+    if src.dims()[3] != 1 {
+        return Ok(out);
+    }
+    let to_out = target_to_source(&affine, src.affine())?;
+    let (src_dims, frame) = (src.dims3(), src.data());
+    let mut data = out.into_data();
+    let nearest_out = |s: usize| -> Option<usize> {
+        let ijk = [
+            s % src_dims[0],
+            (s / src_dims[0]) % src_dims[1],
+            s / (src_dims[0] * src_dims[1]),
+        ];
+        let p = to_out
+            .vox_to_mm(DVec3::from_array(ijk.map(|v| v as f64)))
+            .round();
+        let inside = (0..3).all(|a| p[a] >= 0.0 && p[a] < dims[a] as f64);
+        inside.then(|| p.x as usize + dims[0] * (p.y as usize + dims[1] * p.z as usize))
+    };
+    let regions =
+        super::regions::connected_regions_by(src_dims, |i| (frame[i] != 0).then(|| frame[i]));
+    for (label, region) in regions {
+        let nearest: Vec<usize> = region.iter().filter_map(|s| nearest_out(*s)).collect();
+        if nearest.iter().any(|t| data[*t] == label) {
+            continue;
+        }
+        for t in nearest {
+            if data[t] == 0 {
+                data[t] = label;
+            }
+        }
+    }
+    Volume::new([dims[0], dims[1], dims[2], 1], affine, data)
+}
+
 /// The label of largest summed trilinear weight over the 8 source voxels around `p_vox`
 /// (outside the grid: label 0), ties to the label of the heaviest corner.
 fn majority_label(frame: &[u8], dims: [usize; 3], p_vox: DVec3) -> u8 {
