@@ -2,12 +2,13 @@
 //! for labels the nearest voxel, or the label of largest trilinear weight (each label's
 //! indicator interpolated, nnU-Net's way of resampling a segmentation: its boundary is the
 //! half-way surface between the source voxels, not a staircase of whichever source voxel lies
-//! nearest); and the grid of a volume at another voxel spacing (same orientation and field of
-//! view), for training at a fixed spacing and mapping predictions back.
+//! nearest), optionally keeping an object that rule would erase whole at its nearest voxels;
+//! and the grid of a volume at another voxel spacing (same orientation and field of view), for
+//! training at a fixed spacing and mapping predictions back.
 //!
-//! Invariants: every output voxel takes the value at its centre's world position; outside the
-//! source grid the value is 0; 4D volumes are resampled frame by frame; on the source's own
-//! grid either label resampling is the identity.
+//! Invariants: every output voxel takes the value at its centre's world position (but for the
+//! voxels of a kept object); outside the source grid the value is 0; 4D volumes are resampled
+//! frame by frame; on the source's own grid every label resampling is the identity.
 
 use super::{Affine, Volume, VolumeError};
 use glam::DVec3;
