@@ -51,10 +51,8 @@ pub struct ExperimentRun {
     pub runs: usize,
     /// The current run (from 0), its arm and seed.
     pub current: Option<(usize, String, u64)>,
-    /// Steps done over all runs, and their total.
+    /// Steps done over all runs.
     pub steps_done: usize,
-    /// Steps of all runs.
-    pub steps_total: usize,
     /// Steps of each run: planned, revised as runs start (a budgeted run's count is known then).
     run_steps: Vec<usize>,
     /// Seeds per arm.
@@ -66,11 +64,16 @@ pub struct ExperimentRun {
 }
 
 impl ExperimentRun {
+    /// Steps of all runs (as far as known: see `run_steps`).
+    pub fn steps_total(&self) -> usize {
+        self.run_steps.iter().sum()
+    }
+
     /// Seconds left at the pace so far; `None` before the first step.
     pub fn eta_s(&self) -> Option<f64> {
         (self.steps_done > 0).then(|| {
             let per = self.started.elapsed().as_secs_f64() / self.steps_done as f64;
-            per * self.steps_total.saturating_sub(self.steps_done) as f64
+            per * self.steps_total().saturating_sub(self.steps_done) as f64
         })
     }
 }
@@ -148,7 +151,6 @@ impl MriloopApp {
         };
         let out = report_dir(project, path);
         let (run_steps, seeds) = (plan.run_steps(), plan.seeds.len());
-        let steps_total = run_steps.iter().sum();
         let (tx, rx) = channel();
         let control = Arc::new(FitControl::default());
         let (project, plan, dir, ctl) =
@@ -188,7 +190,6 @@ impl MriloopApp {
                     runs: 0,
                     current: None,
                     steps_done: 0,
-                    steps_total,
                     run_steps,
                     seeds,
                     device: String::new(),
@@ -223,7 +224,6 @@ impl MriloopApp {
                         run.current = Some((index, arm, seed));
                         run.evaluating = false;
                         revise_run_steps(&mut run.run_steps, index, steps, run.seeds);
-                        run.steps_total = run.run_steps.iter().sum();
                     }
                     ExperimentEvent::Fit(FitEvent::Train(TrainEvent::Step { .. })) => {
                         run.steps_done += 1;
@@ -383,7 +383,7 @@ fn plan_view(ui: &mut egui::Ui, plan: &ExperimentPlan) {
 
 /// Progress of the running experiment: run, arm, seed, step, ETA and device.
 fn run_progress(ui: &mut egui::Ui, run: &ExperimentRun) {
-    let fraction = run.steps_done as f32 / run.steps_total.max(1) as f32;
+    let fraction = run.steps_done as f32 / run.steps_total().max(1) as f32;
     let what = match &run.current {
         Some((i, arm, seed)) => format!(
             "run {}/{}: {arm}, seed {seed}{}",
@@ -398,7 +398,8 @@ fn run_progress(ui: &mut egui::Ui, run: &ExperimentRun) {
         .map_or(String::new(), |e| format!(", about {:.0} s left", e));
     ui.add(egui::ProgressBar::new(fraction).text(format!(
         "{what}; step {}/{}{eta}",
-        run.steps_done, run.steps_total
+        run.steps_done,
+        run.steps_total()
     )));
     if !run.device.is_empty() {
         ui.label(format!("on {}", run.device));

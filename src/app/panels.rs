@@ -166,7 +166,8 @@ fn panel_toggles(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>) {
     if let Some(run) = &app.experiment().run {
         ui.label(format!(
             "experiment {}/{} steps",
-            run.steps_done, run.steps_total
+            run.steps_done,
+            run.steps_total()
         ));
     }
     if let Some(run) = &app.training().run {

@@ -196,8 +196,12 @@ fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
                 .map_or(0.0, |s| f64::from(s.0))
         })
         .collect();
-    // The plotting width: the area less the y-label area and both margins (below).
-    let slot_px = (f64::from(area.dim_in_pixel().0) - 62.0 - 28.0) / labels.len().max(1) as f64;
+    // The plotting width: the area less the y-label area and both margins.
+    let plot_px = area
+        .dim_in_pixel()
+        .0
+        .saturating_sub(BOX_Y_LABEL_PX + 2 * BOX_MARGIN_PX);
+    let slot_px = f64::from(plot_px) / labels.len().max(1) as f64;
     let rows = label_rows(&widths_px, slot_px);
     let row_y = |row: usize| -0.05 - 0.055 * row as f64;
     let x = span([-0.5, labels.len() as f64 * group - 1.5].into_iter(), &[]);
@@ -213,9 +217,9 @@ fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
             "Per-case Dice on the test cases (mean over seeds)",
             (FONT, 22),
         )
-        .margin(14)
+        .margin(BOX_MARGIN_PX)
         .x_label_area_size(20)
-        .y_label_area_size(62)
+        .y_label_area_size(BOX_Y_LABEL_PX)
         .build_cartesian_2d(x, y)?;
     chart
         .configure_mesh()
@@ -242,6 +246,11 @@ fn dice_boxes(area: &Area, result: &ExperimentResult) -> DrawResult {
     }
     legend(&mut chart, corner, boxes.iter().any(|b| !b.is_empty()))
 }
+
+/// The Dice box chart's margin and y-label area (px): its plotting width places the names.
+const BOX_MARGIN_PX: u32 = 14;
+/// See [`BOX_MARGIN_PX`].
+const BOX_Y_LABEL_PX: u32 = 62;
 
 /// How many rows (1 to 3) names of `widths_px`, centred `slot_px` apart, need so that no two
 /// on one row (every `rows`-th name) come closer than 8 px.
