@@ -643,3 +643,63 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
     let wide = small.clone().with_base_channels(32).with_depth(5);
     assert_eq!(wide.forward_macs(64 * 64 * 64), 69_503_811_584.0);
 }
+
+/// The blocks' 3×3×3 convolution on the CPU (`model::conv`, its own im2col and backward pass)
+/// against burn's `Conv3d::forward`: the output and the gradients of input, weight and bias,
+/// on odd, unequal sizes (one a single voxel thick) and a batch of two.
+#[test]
+fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
+    use burn::nn::conv::Conv3dConfig;
+    use burn::nn::PaddingConfig3d;
+    use mriloop::model::conv::conv3d_forward;
+    let ad = cpu().autodiff();
+    for (c_in, c_out, size) in [(3, 5, [7, 5, 9]), (8, 4, [1, 6, 4]), (2, 2, [12, 11, 10])] {
+        let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&ad);
+        let [d, h, w] = size;
+        let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
+        let target = Tensor::<5>::random([2, c_out, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
+        let run = |fast: bool| {
+            let x = x.clone().require_grad();
+            let y = match fast {
+                true => conv3d_forward(&conv, x.clone()),
+                false => conv.forward(x.clone()),
+            };
+            let grads = (y.clone() * target.clone()).sum().backward();
+            let bias = conv
+                .bias
+                .as_ref()
+                .map(|b| b.grad(&grads).map(|g| g.into_data()));
+            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+            (
+                values(y.inner()),
+                values(x.grad(&grads).expect("x grad")),
+                values(conv.weight.grad(&grads).expect("weight grad")),
+                bias.flatten()
+                    .map(|d| d.try_into_vec::<f32>().expect("f32")),
+            )
+        };
+        let (fast, slow) = (run(true), run(false));
+        let close = |a: &[f32], b: &[f32], what: &str| {
+            assert_eq!(a.len(), b.len(), "{what}");
+            let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            let worst = a
+                .iter()
+                .zip(b)
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                worst <= 1e-5 * scale,
+                "{what} {c_in}->{c_out} {size:?}: {worst} of {scale}"
+            );
+        };
+        close(&fast.0, &slow.0, "output");
+        close(&fast.1, &slow.1, "input gradient");
+        close(&fast.2, &slow.2, "weight gradient");
+        close(
+            &fast.3.expect("fast bias"),
+            &slow.3.expect("bias"),
+            "bias gradient",
+        );
+    }
+}

@@ -3,7 +3,7 @@
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `runs` (background training runs and re-inference over a project, for the app),
+//! `conv` (the blocks' 3×3×3 convolutions on the CPU, with their own backward pass), `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
 //! `planned` (a run's configuration from the plan and the user's choices),
 //! `split` (validation cases stratified by class and covering the labels), `prompt`,
@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod budget;
+pub mod conv;
 pub mod data;
 pub mod fingerprint;
 pub mod fit;

@@ -15,6 +15,8 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
+use super::conv::conv3d_forward;
+
 /// Configuration of the multi-task residual U-Net.
 #[derive(Config, Debug, PartialEq)]
 pub struct MultiTaskUNetConfig {
@@ -80,8 +82,8 @@ impl ResidualBlock {
 
     /// `[N, C_in, D, H, W]` → `[N, C_out, D, H, W]`.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let h = relu(self.norm1.forward(self.conv1.forward(x.clone())));
-        let h = self.norm2.forward(self.conv2.forward(h));
+        let h = relu(self.norm1.forward(conv3d_forward(&self.conv1, x.clone())));
+        let h = self.norm2.forward(conv3d_forward(&self.conv2, h));
         let skip = match &self.skip {
             Some(s) => s.forward(x),
             None => x,

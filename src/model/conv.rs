@@ -1,0 +1,409 @@
+//! The U-Net's 3×3×3 convolutions (stride 1, padding 1: both convolutions of every residual
+//! block) on burn's CPU backend by a faster route than burn-flex's generic convolution, with a
+//! backward pass of their own. Other backends (wgpu) and other convolutions (strided, 1×1×1, the
+//! single-slice form's 1×3×3) keep burn's `Conv3d::forward`.
+//!
+//! The route, the same for the forward pass and both gradients: each input channel is zero-padded
+//! by one voxel, and the output is computed over the padded grid's strides, so each of the 27
+//! kernel taps reads one contiguous run of the padded input. A tile of output rows then needs
+//! 27 × C_in memory copies for its im2col matrix and one matrix product (burn-flex's gemm);
+//! outputs on the padding (the last two of each row, the last two rows of each plane) are computed
+//! and dropped. burn-flex gathers each output voxel's patch element by element, and takes the
+//! weight gradient as a convolution whose kernel is the whole output gradient, copying a batch's
+//! few elements at a time.
+//!
+//! Invariants: the results equal burn's `conv3d` and its gradients to float rounding
+//! (`tests/model.rs` compares all three); f32 only (other dtypes take burn's path); the extension
+//! is only called on the CPU backend, with or without autodiff ([`conv3d_forward`] checks).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
+use burn::nn::conv::Conv3d;
+use burn::nn::PaddingConfig3d;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+/// Columns (output positions) of one tile's im2col matrix aim at this many floats in all, so
+/// that the matrix stays in the core's cache.
+const TILE_FLOATS: usize = 1 << 18;
+/// The widest tile, in output positions.
+const TILE_MAX_COLS: usize = 4096;
+
+/// Backends with a 3×3×3, stride-1, padding-1 convolution (no bias) of their own; the defaults
+/// are burn's generic convolution and its gradients.
+#[backend_extension(Flex, Autodiff)]
+pub trait Conv3x3Backend: Backend {
+    /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D, H, W]`.
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::conv3d(x, weight, None, same_options())
+    }
+
+    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `x`, given the output's.
+    fn conv3x3_x_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::conv3d_x_backward(x, weight, grad, same_options())
+    }
+
+    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `weight`.
+    fn conv3x3_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::conv3d_weight_backward(x, weight, grad, same_options())
+    }
+}
+
+/// Stride 1, padding 1, no dilation, one group.
+fn same_options() -> ConvOptions<3> {
+    ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
+}
+
+/// `conv` applied to `x`: by [`Conv3x3Backend::conv3x3`] where `conv` is a 3×3×3, stride-1,
+/// padding-1 convolution and `x` lives on burn's CPU backend, by `Conv3d::forward` elsewhere.
+pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let fits = conv.kernel_size == [3, 3, 3]
+        && conv.stride == [1, 1, 1]
+        && conv.dilation == [1, 1, 1]
+        && conv.groups == 1
+        && conv.padding == PaddingConfig3d::Explicit(1, 1, 1)
+        && x.device().inner() == Device::flex();
+    if !fits {
+        return conv.forward(x);
+    }
+    let weight = conv.weight.val().into_dispatch();
+    let out = Tensor::<5>::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3(
+        x.into_dispatch(),
+        weight,
+    ));
+    match &conv.bias {
+        Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
+        None => out,
+    }
+}
+
+/// The backward pass of [`Conv3x3Backend::conv3x3`] under autodiff.
+#[derive(Debug)]
+struct Conv3x3Backward;
+
+impl<B: Conv3x3Backend> Backward<B, 2> for Conv3x3Backward {
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state) = ops.state;
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+        if let Some(node) = node_x {
+            let grad_x = B::conv3x3_x_grad(x.clone(), weight.clone(), grad.clone());
+            grads.register::<B>(node.id, grad_x);
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, B::conv3x3_weight_grad(x, weight, grad));
+        }
+    }
+}
+
+impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prepared = Conv3x3Backward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful();
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let out = B::conv3x3(x.into_primitive(), weight.into_primitive());
+                prep.finish((x_state, weight_state), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::conv3x3(x.into_primitive(), weight.into_primitive()))
+            }
+        }
+    }
+}
+
+impl Conv3x3Backend for Flex {
+    fn conv3x3(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight) else {
+            return Flex::conv3d(x, weight, None, same_options());
+        };
+        let x = x.to_contiguous();
+        let matrix = weight_matrix(&weight.to_contiguous(), geo.c_out, geo.c_in);
+        let out = correlate(x.storage::<f32>(), &matrix, &geo);
+        flex_f32(out, [geo.batch, geo.c_out, geo.d, geo.h, geo.w])
+    }
+
+    fn conv3x3_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight) else {
+            return Flex::conv3d_x_backward(x, weight, grad, same_options());
+        };
+        // The input's gradient is the output's correlated with the flipped kernel, channels
+        // swapped: a convolution from C_out channels to C_in.
+        let back = Geometry {
+            c_in: geo.c_out,
+            c_out: geo.c_in,
+            ..geo
+        };
+        let matrix = flipped_weight_matrix(&weight.to_contiguous(), geo.c_out, geo.c_in);
+        let out = correlate(grad.to_contiguous().storage::<f32>(), &matrix, &back);
+        flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
+    }
+
+    fn conv3x3_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight) else {
+            return Flex::conv3d_weight_backward(x, weight, grad, same_options());
+        };
+        let x = x.to_contiguous();
+        let grad = grad.to_contiguous();
+        let sum = weight_gradient(x.storage::<f32>(), grad.storage::<f32>(), &geo);
+        flex_f32(sum, [geo.c_out, geo.c_in, 3, 3, 3])
+    }
+}
+
+/// A contiguous f32 tensor of `shape` holding `values`.
+fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// The sizes of one 3×3×3 convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    d: usize,
+    h: usize,
+    w: usize,
+}
+
+/// A run of output rows of one batch item: rows are `(z, y)` pairs of the padded-stride grid,
+/// `row = z·(H+2) + y`, of which those with `y ≥ H` lie on the padding.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    item: usize,
+    first_row: usize,
+    end_row: usize,
+}
+
+impl Geometry {
+    /// The sizes of `x [N, C_in, D, H, W]` convolved with `weight [C_out, C_in, 3, 3, 3]`, both
+    /// f32; `None` for anything else.
+    fn of(x: &FlexTensor, weight: &FlexTensor) -> Option<Self> {
+        let xs = x.layout().shape();
+        let ws = weight.layout().shape();
+        let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+        let fits = f32s && xs.num_dims() == 5 && ws.num_dims() == 5 && xs[1] == ws[1];
+        let kernel3 = fits && ws[2] == 3 && ws[3] == 3 && ws[4] == 3;
+        let nonempty = kernel3 && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
+        nonempty.then(|| Self {
+            batch: xs[0],
+            c_in: xs[1],
+            c_out: ws[0],
+            d: xs[2],
+            h: xs[3],
+            w: xs[4],
+        })
+    }
+
+    fn volume(&self) -> usize {
+        self.d * self.h * self.w
+    }
+
+    /// Voxels per row and per plane of the padded grid, and in the padded volume.
+    fn padded(&self) -> (usize, usize, usize) {
+        let row = self.w + 2;
+        let plane = (self.h + 2) * row;
+        (row, plane, (self.d + 2) * plane)
+    }
+
+    /// Offsets in the padded grid of the 27 kernel taps (depth, height, width in C order).
+    fn tap_offsets(&self) -> [usize; 27] {
+        let (row, plane, _) = self.padded();
+        std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3)
+    }
+
+    /// The padded grid position of the output voxel `(z, y, x)`'s first tap, one past the last
+    /// output voxel's: output positions `0..end_col` cover every voxel, and every tap of each
+    /// lies inside the padded volume.
+    fn end_col(&self) -> usize {
+        let (row, plane, _) = self.padded();
+        (self.d - 1) * plane + (self.h - 1) * row + self.w
+    }
+
+    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (27·channels)` columns.
+    fn tiles(&self, channels: usize) -> Vec<Tile> {
+        let (row, _, _) = self.padded();
+        let cols = (TILE_FLOATS / (27 * channels)).clamp(row, TILE_MAX_COLS.max(row));
+        let rows_per_tile = (cols / row).max(1);
+        let rows = self.d * (self.h + 2);
+        (0..self.batch)
+            .flat_map(|item| {
+                (0..rows).step_by(rows_per_tile).map(move |first_row| Tile {
+                    item,
+                    first_row,
+                    end_row: (first_row + rows_per_tile).min(rows),
+                })
+            })
+            .collect()
+    }
+
+    /// The tile's first column (padded-grid position) and its number of columns.
+    fn columns(&self, tile: &Tile) -> (usize, usize) {
+        let (row, _, _) = self.padded();
+        let first = tile.first_row * row;
+        (first, (tile.end_row * row).min(self.end_col()) - first)
+    }
+}
+
+/// `planes` volumes of `d × h × w`, each zero-padded by one voxel on every side.
+fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
+    let (row, plane, padded) = geo.padded();
+    let mut out = vec![0.0f32; planes * padded];
+    out.par_chunks_mut(padded)
+        .zip(values.par_chunks(geo.volume()))
+        .for_each(|(dst, src)| {
+            for (line, run) in src.chunks(geo.w).enumerate() {
+                let (z, y) = (line / geo.h, line % geo.h);
+                let at = (z + 1) * plane + (y + 1) * row + 1;
+                dst[at..at + geo.w].copy_from_slice(run);
+            }
+        });
+    out
+}
+
+/// The im2col matrix `[channels·27, cols]` of `tile` over the padded `channels`-channel input:
+/// row `c·27 + k` is channel `c` read at tap `k` from each column's position.
+fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f32> {
+    let (_, _, volume) = geo.padded();
+    let (first, cols) = geo.columns(tile);
+    let taps = geo.tap_offsets();
+    let mut col = vec![0.0f32; channels * 27 * cols];
+    for (r, dst) in col.chunks_mut(cols).enumerate() {
+        let at = (tile.item * channels + r / 27) * volume + first + taps[r % 27];
+        dst.copy_from_slice(&padded[at..at + cols]);
+    }
+    col
+}
+
+/// `[C_out, C_in, 3, 3, 3]` as the matrix `[C_out, C_in·27]` (the same memory).
+fn weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> FlexTensor {
+    flex_f32(weight.storage::<f32>().to_vec(), [c_out, c_in * 27])
+}
+
+/// `[C_out, C_in, 3, 3, 3]` flipped in space with the channels swapped, as the matrix
+/// `[C_in, C_out·27]`: the kernel of the input's gradient.
+fn flipped_weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> FlexTensor {
+    let w = weight.storage::<f32>();
+    let mut m = vec![0.0f32; c_in * c_out * 27];
+    for (i, v) in m.iter_mut().enumerate() {
+        let (c, o, k) = (i / (c_out * 27), i / 27 % c_out, i % 27);
+        *v = w[(o * c_in + c) * 27 + 26 - k];
+    }
+    flex_f32(m, [c_in, c_out * 27])
+}
+
+/// The correlation of `x [N, C_in, D, H, W]` with the kernel `matrix [C_out, C_in·27]`
+/// (padding 1), as `[N, C_out, D, H, W]` values.
+fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
+    let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
+    let tiles = geo.tiles(geo.c_in);
+    let products: Vec<Vec<f32>> = tiles
+        .par_iter()
+        .map(|tile| {
+            let (_, cols) = geo.columns(tile);
+            let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
+            let product = Flex::float_matmul(matrix.clone(), col);
+            product.storage::<f32>().to_vec()
+        })
+        .collect();
+    let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.volume()];
+    for (tile, product) in tiles.iter().zip(&products) {
+        scatter_tile(&mut out, product, geo, tile);
+    }
+    out
+}
+
+/// The runs of `tile` that are output voxels: for each output row `(z, y)` in it, the row's
+/// offset in one channel's `[D, H, W]` volume and its first column in the tile (`W` columns
+/// each).
+fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize)> {
+    let (row, _, _) = geo.padded();
+    let (first, cols) = geo.columns(tile);
+    (tile.first_row..tile.end_row)
+        .filter_map(|r| {
+            let (z, y) = (r / (geo.h + 2), r % (geo.h + 2));
+            let start = r * row - first;
+            (y < geo.h && start + geo.w <= cols).then_some(((z * geo.h + y) * geo.w, start))
+        })
+        .collect()
+}
+
+/// Copies the voxels of `tile`'s product `[C_out, cols]` (columns on the padding dropped) into
+/// `out [N, C_out, D, H, W]`.
+fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
+    let (_, cols) = geo.columns(tile);
+    for (offset, start) in voxel_runs(geo, tile) {
+        for o in 0..geo.c_out {
+            let at = (tile.item * geo.c_out + o) * geo.volume() + offset;
+            let from = o * cols + start;
+            out[at..at + geo.w].copy_from_slice(&product[from..from + geo.w]);
+        }
+    }
+}
+
+/// `tile`'s columns of the output gradient `[N, C_out, D, H, W]` as `[C_out, cols]`, zero on
+/// the padding's columns.
+fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
+    let (_, cols) = geo.columns(tile);
+    let mut g = vec![0.0f32; geo.c_out * cols];
+    for (offset, start) in voxel_runs(geo, tile) {
+        for o in 0..geo.c_out {
+            let at = (tile.item * geo.c_out + o) * geo.volume() + offset;
+            let to = o * cols + start;
+            g[to..to + geo.w].copy_from_slice(&grad[at..at + geo.w]);
+        }
+    }
+    g
+}
+
+/// The kernel's gradient `[C_out, C_in·27]`: the output gradient of each tile times the
+/// transposed im2col matrix of the input, summed over tiles.
+fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
+    let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
+    let size = geo.c_out * geo.c_in * 27;
+    geo.tiles(geo.c_in)
+        .par_iter()
+        .map(|tile| {
+            let (_, cols) = geo.columns(tile);
+            let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
+            let g = flex_f32(gather_tile(grad, geo, tile), [geo.c_out, cols]);
+            let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
+            product.to_contiguous().storage::<f32>().to_vec()
+        })
+        .reduce(
+            || vec![0.0f32; size],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(s, v)| *s += v);
+                a
+            },
+        )
+}
