@@ -645,17 +645,19 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
 }
 
 /// The blocks' 3×3×3 convolution on the CPU (`model::conv`, its own im2col and backward pass)
-/// against burn's `Conv3d::forward`: the output and the gradients of input, weight and bias,
-/// on odd, unequal sizes (one a single voxel thick) and a batch of two.
+/// and the 1×1×1 one (a matrix product) against burn's `Conv3d::forward`: the output and the
+/// gradients of input, weight and bias, on odd, unequal sizes (one a single voxel thick) and a
+/// batch of two.
 #[test]
 fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     use burn::nn::conv::Conv3dConfig;
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;
     let ad = cpu().autodiff();
-    for (c_in, c_out, size) in [(3, 5, [7, 5, 9]), (8, 4, [1, 6, 4]), (2, 2, [12, 11, 10])] {
-        let conv = Conv3dConfig::new([c_in, c_out], [3, 3, 3])
-            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+    let shapes = [(3, 5, [7, 5, 9]), (8, 4, [1, 6, 4]), (2, 2, [12, 11, 10])];
+    for ((c_in, c_out, size), k) in shapes.into_iter().flat_map(|s| [(s, 3), (s, 1)]) {
+        let conv = Conv3dConfig::new([c_in, c_out], [k, k, k])
+            .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))
             .init(&ad);
         let [d, h, w] = size;
         let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);

@@ -1,7 +1,8 @@
 //! The U-Net's 3×3×3 convolutions (stride 1, padding 1: both convolutions of every residual
 //! block) on burn's CPU backend by a faster route than burn-flex's generic convolution, with a
-//! backward pass of their own. Other backends (wgpu) and other convolutions (strided, 1×1×1, the
-//! single-slice form's 1×3×3) keep burn's `Conv3d::forward`.
+//! backward pass of their own; its 1×1×1 convolutions (skip projections, heads) as matrix
+//! products. Other backends (wgpu) and other convolutions (strided, the single-slice form's
+//! 1×3×3) keep burn's `Conv3d::forward`.
 //!
 //! The route, the same for the forward pass and both gradients: each input channel is zero-padded
 //! by one voxel, and the output is computed over the padded grid's strides, so each of the 27
@@ -70,18 +71,26 @@ fn same_options() -> ConvOptions<3> {
     ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
 }
 
-/// `conv` applied to `x`: by [`Conv3x3Backend::conv3x3`] where `conv` is a 3×3×3, stride-1,
-/// padding-1 convolution and `x` lives on burn's CPU backend, by `Conv3d::forward` elsewhere.
+/// `conv` applied to `x`. On burn's CPU backend a 3×3×3, stride-1, padding-1 convolution runs
+/// as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a matrix product (burn-flex takes its
+/// weight gradient as a convolution with the whole output gradient for kernel, 4× slower);
+/// everything else, and every other backend, runs `Conv3d::forward`.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    let fits = conv.kernel_size == [3, 3, 3]
-        && conv.stride == [1, 1, 1]
-        && conv.dilation == [1, 1, 1]
-        && conv.groups == 1
-        && conv.padding == PaddingConfig3d::Explicit(1, 1, 1)
-        && x.device().inner() == Device::flex();
-    if !fits {
+    let plain = conv.stride == [1, 1, 1] && conv.dilation == [1, 1, 1] && conv.groups == 1;
+    if !plain || x.device().inner() != Device::flex() {
         return conv.forward(x);
     }
+    match (conv.kernel_size, &conv.padding) {
+        ([3, 3, 3], PaddingConfig3d::Explicit(1, 1, 1)) => block_conv(conv, x),
+        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0)) => {
+            pointwise_conv(conv, x)
+        }
+        _ => conv.forward(x),
+    }
+}
+
+/// A 3×3×3, stride-1, padding-1 `conv` through the backend extension, then its bias.
+fn block_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     let weight = conv.weight.val().into_dispatch();
     let out = Tensor::<5>::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3(
         x.into_dispatch(),
@@ -91,6 +100,21 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
         None => out,
     }
+}
+
+/// A 1×1×1 `conv` as `weight [C_out, C_in] × x [C_in, voxels]` for each batch item, then its bias.
+fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    let [n, c_in, d, h, w] = x.dims();
+    let weight = conv.weight.val();
+    let c_out = weight.dims()[0];
+    let out = weight
+        .reshape([1, c_out, c_in])
+        .matmul(x.reshape([n, c_in, d * h * w]));
+    let out = match &conv.bias {
+        Some(bias) => out + bias.val().reshape([1, -1, 1]),
+        None => out,
+    };
+    out.reshape([n, c_out, d, h, w])
 }
 
 /// The backward pass of [`Conv3x3Backend::conv3x3`] under autodiff.
@@ -296,10 +320,10 @@ fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f
     let (_, _, volume) = geo.padded();
     let (first, cols) = geo.columns(tile);
     let taps = geo.tap_offsets();
-    let mut col = vec![0.0f32; channels * 27 * cols];
-    for (r, dst) in col.chunks_mut(cols).enumerate() {
+    let mut col = Vec::with_capacity(channels * 27 * cols);
+    for r in 0..channels * 27 {
         let at = (tile.item * channels + r / 27) * volume + first + taps[r % 27];
-        dst.copy_from_slice(&padded[at..at + cols]);
+        col.extend_from_slice(&padded[at..at + cols]);
     }
     col
 }
@@ -326,18 +350,17 @@ fn flipped_weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> Flex
 fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let tiles = geo.tiles(geo.c_in);
-    let products: Vec<Vec<f32>> = tiles
+    let products: Vec<FlexTensor> = tiles
         .par_iter()
         .map(|tile| {
             let (_, cols) = geo.columns(tile);
             let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
-            let product = Flex::float_matmul(matrix.clone(), col);
-            product.storage::<f32>().to_vec()
+            Flex::float_matmul(matrix.clone(), col).to_contiguous()
         })
         .collect();
     let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.volume()];
     for (tile, product) in tiles.iter().zip(&products) {
-        scatter_tile(&mut out, product, geo, tile);
+        scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
     }
     out
 }

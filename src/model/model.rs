@@ -85,7 +85,7 @@ impl ResidualBlock {
         let h = relu(self.norm1.forward(conv3d_forward(&self.conv1, x.clone())));
         let h = self.norm2.forward(conv3d_forward(&self.conv2, h));
         let skip = match &self.skip {
-            Some(s) => s.forward(x),
+            Some(s) => conv3d_forward(s, x),
             None => x,
         };
         relu(h + skip)
@@ -267,7 +267,7 @@ impl MultiTaskUNet {
             let u = up.forward(h);
             h = dec.forward(Tensor::cat(vec![u, skip], 1));
         }
-        (self.seg_head.forward(h), cls)
+        (conv3d_forward(&self.seg_head, h), cls)
     }
 
     /// `x`: `[N, C, D, H, W]` → class logits `[N, num_classes]`, through the encoder only (the
@@ -280,7 +280,7 @@ impl MultiTaskUNet {
     /// The encoder: the bottleneck `[N, C·2^depth, …]` and the skips, shallowest first.
     fn encode(&self, x: Tensor<5>) -> (Tensor<5>, Vec<Tensor<5>>) {
         let x = match &self.temporal {
-            Some(t) => relu(t.forward(x)),
+            Some(t) => relu(conv3d_forward(t, x)),
             None => x,
         };
         let mut h = self.stem.forward(x);
