@@ -705,3 +705,66 @@ fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
         );
     }
 }
+
+/// The blocks' instance norm on the CPU (`model::norm`, one fused operation with its own backward
+/// pass) against burn's `InstanceNorm::forward`: output and the gradients of input, γ and β, with
+/// γ and β away from their initial 1 and 0, on channels of very different means and spreads.
+#[test]
+fn the_cpu_instance_norm_matches_burns_norm_and_its_gradients() {
+    use burn::module::Param;
+    use burn::nn::InstanceNormConfig;
+    use mriloop::model::norm::instance_norm_forward;
+    let ad = cpu().autodiff();
+    let channels = 3;
+    let mut norm = InstanceNormConfig::new(channels).init(&ad);
+    norm.gamma = Some(Param::from_tensor(Tensor::from_floats(
+        [0.5, -1.5, 2.0],
+        &ad,
+    )));
+    norm.beta = Some(Param::from_tensor(Tensor::from_floats(
+        [0.1, 3.0, -2.0],
+        &ad,
+    )));
+    let spread = Tensor::<1>::from_floats([0.01, 1.0, 40.0], &ad).reshape([1, channels, 1, 1, 1]);
+    let offset = Tensor::<1>::from_floats([5.0, -1.0, 100.0], &ad).reshape([1, channels, 1, 1, 1]);
+    let noise = Tensor::<5>::random([2, channels, 5, 4, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let x = noise * spread + offset;
+    let target = Tensor::<5>::random([2, channels, 5, 4, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let run = |fast: bool| {
+        let x = x.clone().require_grad();
+        let y = match fast {
+            true => instance_norm_forward(&norm, x.clone()),
+            false => norm.forward(x.clone()),
+        };
+        let grads = (y.clone() * target.clone()).sum().backward();
+        let param = |p: &Option<Param<Tensor<1>>>| {
+            let g = p
+                .as_ref()
+                .and_then(|p| p.grad(&grads))
+                .expect("parameter gradient");
+            g.into_data().try_into_vec::<f32>().expect("f32")
+        };
+        let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+        let grad_x = values(x.grad(&grads).expect("x grad"));
+        (
+            values(y.inner()),
+            grad_x,
+            param(&norm.gamma),
+            param(&norm.beta),
+        )
+    };
+    let (fast, slow) = (run(true), run(false));
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+        let worst = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst <= 1e-4 * scale, "{what}: {worst} of {scale}");
+    };
+    close(&fast.0, &slow.0, "output");
+    close(&fast.1, &slow.1, "input gradient");
+    close(&fast.2, &slow.2, "gamma gradient");
+    close(&fast.3, &slow.3, "beta gradient");
+}

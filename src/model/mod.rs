@@ -3,7 +3,8 @@
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `conv` (the blocks' 3×3×3 convolutions on the CPU, with their own backward pass), `runs` (background training runs and re-inference over a project, for the app),
+//! `conv` and `norm` (the blocks' convolutions and instance norms on the CPU, with their own
+//! backward passes), `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
 //! `planned` (a run's configuration from the plan and the user's choices),
 //! `split` (validation cases stratified by class and covering the labels), `prompt`,
@@ -22,6 +23,7 @@ pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
+pub mod norm;
 pub mod plan;
 pub mod planned;
 pub mod prompt;
