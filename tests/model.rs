@@ -644,10 +644,10 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
     assert_eq!(wide.forward_macs(64 * 64 * 64), 69_503_811_584.0);
 }
 
-/// The blocks' 3×3×3 convolution on the CPU (`model::conv`, its own im2col and backward pass)
-/// and the 1×1×1 one (a matrix product) against burn's `Conv3d::forward`: the output and the
-/// gradients of input, weight and bias, on odd, unequal sizes (one a single voxel thick) and a
-/// batch of two.
+/// The network's 3×3×3 convolutions on the CPU at stride 1 and 2 (`model::conv`, its own im2col
+/// and backward pass) and its 1×1×1 ones (a matrix product) against burn's `Conv3d::forward`:
+/// the output and the gradients of input, weight and bias, on odd, unequal sizes (one a single
+/// voxel thick) and a batch of two.
 #[test]
 fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     use burn::nn::conv::Conv3dConfig;
@@ -655,13 +655,20 @@ fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     use mriloop::model::conv::conv3d_forward;
     let ad = cpu().autodiff();
     let shapes = [(3, 5, [7, 5, 9]), (8, 4, [1, 6, 4]), (2, 2, [12, 11, 10])];
-    for ((c_in, c_out, size), k) in shapes.into_iter().flat_map(|s| [(s, 3), (s, 1)]) {
+    let kernels = [(3, 1), (3, 2), (1, 1)];
+    for ((c_in, c_out, size), (k, s)) in shapes.into_iter().flat_map(|s| kernels.map(|k| (s, k))) {
         let conv = Conv3dConfig::new([c_in, c_out], [k, k, k])
+            .with_stride([s, s, s])
             .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))
             .init(&ad);
         let [d, h, w] = size;
         let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
-        let target = Tensor::<5>::random([2, c_out, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
+        let out = [d, h, w].map(|n| (n - 1) / s + 1);
+        let target = Tensor::<5>::random(
+            [2, c_out, out[0], out[1], out[2]],
+            Distribution::Normal(0.0, 1.0),
+            &ad,
+        );
         let run = |fast: bool| {
             let x = x.clone().require_grad();
             let y = match fast {

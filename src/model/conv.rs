@@ -1,21 +1,25 @@
-//! The U-Net's 3×3×3 convolutions (stride 1, padding 1: both convolutions of every residual
-//! block) on burn's CPU backend by a faster route than burn-flex's generic convolution, with a
-//! backward pass of their own; its 1×1×1 convolutions (skip projections, heads) as matrix
-//! products. Other backends (wgpu) and other convolutions (strided, the single-slice form's
-//! 1×3×3) keep burn's `Conv3d::forward`.
+//! The U-Net's 3×3×3 convolutions with padding 1 (both convolutions of every residual block,
+//! stride 1, and the downsamplings, stride 2) on burn's CPU backend by a faster route than
+//! burn-flex's generic convolution, with a backward pass of their own; its 1×1×1 convolutions
+//! (skip projections, heads) as matrix products. Other backends (wgpu) and other convolutions
+//! (the single-slice form's 1×3×3) keep burn's `Conv3d::forward`.
 //!
-//! The route, the same for the forward pass and both gradients: each input channel is zero-padded
-//! by one voxel, and the output is computed over the padded grid's strides, so each of the 27
-//! kernel taps reads one contiguous run of the padded input. A tile of output rows then needs
-//! 27 × C_in memory copies for its im2col matrix and one matrix product (burn-flex's gemm);
-//! outputs on the padding (the last two of each row, the last two rows of each plane) are computed
-//! and dropped. burn-flex gathers each output voxel's patch element by element, and takes the
-//! weight gradient as a convolution whose kernel is the whole output gradient, copying a batch's
-//! few elements at a time.
+//! The route: each input channel is zero-padded by one voxel; a tile of output rows gets its
+//! im2col matrix (row `c·27 + k`: channel c read at tap k for each output voxel) by copying runs
+//! of the padded input, and one matrix product (burn-flex's gemm) with the kernel gives the tile.
+//! At stride 1 the output is computed over the padded grid's strides, so each tap of a tile is
+//! one contiguous run; outputs on the padding (the last two of each row, the last two rows of
+//! each plane) are computed and dropped. The weight gradient is the output gradient of each tile
+//! times its im2col matrix, summed; the input gradient at stride 1 is the same convolution of
+//! the output gradient with the flipped kernel, at stride 2 burn's (a transposed convolution).
+//! burn-flex gathers each output voxel's patch element by element, and takes the weight gradient
+//! as a convolution whose kernel is the whole output gradient, copying a batch's few elements at
+//! a time.
 //!
 //! Invariants: the results equal burn's `conv3d` and its gradients to float rounding
-//! (`tests/model.rs` compares all three); f32 only (other dtypes take burn's path); the extension
-//! is only called on the CPU backend, with or without autodiff ([`conv3d_forward`] checks).
+//! (`tests/model.rs` compares all three at both strides); f32 only (other dtypes take burn's
+//! path); the extension is only called on the CPU backend, with or without autodiff
+//! ([`conv3d_forward`] checks).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -38,13 +42,18 @@ const TILE_FLOATS: usize = 1 << 18;
 /// The widest tile, in output positions.
 const TILE_MAX_COLS: usize = 4096;
 
-/// Backends with a 3×3×3, stride-1, padding-1 convolution (no bias) of their own; the defaults
-/// are burn's generic convolution and its gradients.
+/// Backends with a 3×3×3, padding-1 convolution (no bias, one stride for all three axes) of
+/// their own; the defaults are burn's generic convolution and its gradients.
 #[backend_extension(Flex, Autodiff)]
 pub trait Conv3x3Backend: Backend {
-    /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D, H, W]`.
-    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::conv3d(x, weight, None, same_options())
+    /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D', H', W']`
+    /// (`D' = (D − 1) / stride + 1`).
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        Self::conv3d(x, weight, None, options(stride))
     }
 
     /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `x`, given the output's.
@@ -52,8 +61,9 @@ pub trait Conv3x3Backend: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        stride: usize,
     ) -> FloatTensor<Self> {
-        Self::conv3d_x_backward(x, weight, grad, same_options())
+        Self::conv3d_x_backward(x, weight, grad, options(stride))
     }
 
     /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `weight`.
@@ -61,40 +71,46 @@ pub trait Conv3x3Backend: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
+        stride: usize,
     ) -> FloatTensor<Self> {
-        Self::conv3d_weight_backward(x, weight, grad, same_options())
+        Self::conv3d_weight_backward(x, weight, grad, options(stride))
     }
 }
 
-/// Stride 1, padding 1, no dilation, one group.
-fn same_options() -> ConvOptions<3> {
-    ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
+/// `stride` along every axis, padding 1, no dilation, one group.
+fn options(stride: usize) -> ConvOptions<3> {
+    ConvOptions::new([stride; 3], [1, 1, 1], [1, 1, 1], 1)
 }
 
-/// `conv` applied to `x`. On burn's CPU backend a 3×3×3, stride-1, padding-1 convolution runs
-/// as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a matrix product (burn-flex takes its
+/// `conv` applied to `x`. On burn's CPU backend a 3×3×3, padding-1 convolution of stride 1 or 2
+/// runs as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a matrix product (burn-flex takes its
 /// weight gradient as a convolution with the whole output gradient for kernel, 4× slower);
 /// everything else, and every other backend, runs `Conv3d::forward`.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    let plain = conv.stride == [1, 1, 1] && conv.dilation == [1, 1, 1] && conv.groups == 1;
+    let plain = conv.dilation == [1, 1, 1] && conv.groups == 1;
     if !plain || x.device().inner() != Device::flex() {
         return conv.forward(x);
     }
-    match (conv.kernel_size, &conv.padding) {
-        ([3, 3, 3], PaddingConfig3d::Explicit(1, 1, 1)) => block_conv(conv, x),
-        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0)) => {
+    match (conv.kernel_size, &conv.padding, conv.stride) {
+        ([3, 3, 3], PaddingConfig3d::Explicit(1, 1, 1), [s, t, u])
+            if s == t && t == u && s <= 2 =>
+        {
+            block_conv(conv, x, s)
+        }
+        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0), [1, 1, 1]) => {
             pointwise_conv(conv, x)
         }
         _ => conv.forward(x),
     }
 }
 
-/// A 3×3×3, stride-1, padding-1 `conv` through the backend extension, then its bias.
-fn block_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+/// A 3×3×3, padding-1 `conv` of `stride` through the backend extension, then its bias.
+fn block_conv(conv: &Conv3d, x: Tensor<5>, stride: usize) -> Tensor<5> {
     let weight = conv.weight.val().into_dispatch();
     let out = Tensor::<5>::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3(
         x.into_dispatch(),
         weight,
+        stride,
     ));
     match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
@@ -122,7 +138,7 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 struct Conv3x3Backward;
 
 impl<B: Conv3x3Backend> Backward<B, 2> for Conv3x3Backward {
-    type State = (NodeId, NodeId);
+    type State = (NodeId, NodeId, usize);
 
     fn backward(
         self,
@@ -132,21 +148,25 @@ impl<B: Conv3x3Backend> Backward<B, 2> for Conv3x3Backward {
     ) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state) = ops.state;
+        let (x_state, weight_state, stride) = ops.state;
         let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
         let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
         if let Some(node) = node_x {
-            let grad_x = B::conv3x3_x_grad(x.clone(), weight.clone(), grad.clone());
+            let grad_x = B::conv3x3_x_grad(x.clone(), weight.clone(), grad.clone(), stride);
             grads.register::<B>(node.id, grad_x);
         }
         if let Some(node) = node_weight {
-            grads.register::<B>(node.id, B::conv3x3_weight_grad(x, weight, grad));
+            grads.register::<B>(node.id, B::conv3x3_weight_grad(x, weight, grad, stride));
         }
     }
 }
 
 impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C> {
-    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
         let prepared = Conv3x3Backward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
@@ -155,30 +175,38 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                let out = B::conv3x3(x.into_primitive(), weight.into_primitive());
-                prep.finish((x_state, weight_state), out)
+                let out = B::conv3x3(x.into_primitive(), weight.into_primitive(), stride);
+                prep.finish((x_state, weight_state, stride), out)
             }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::conv3x3(x.into_primitive(), weight.into_primitive()))
-            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(
+                x.into_primitive(),
+                weight.into_primitive(),
+                stride,
+            )),
         }
     }
 }
 
 impl Conv3x3Backend for Flex {
-    fn conv3x3(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        let Some(geo) = Geometry::of(&x, &weight) else {
-            return Flex::conv3d(x, weight, None, same_options());
+    fn conv3x3(x: FlexTensor, weight: FlexTensor, stride: usize) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight, stride) else {
+            return Flex::conv3d(x, weight, None, options(stride));
         };
         let x = x.to_contiguous();
         let matrix = weight_matrix(&weight.to_contiguous(), geo.c_out, geo.c_in);
         let out = correlate(x.storage::<f32>(), &matrix, &geo);
-        flex_f32(out, [geo.batch, geo.c_out, geo.d, geo.h, geo.w])
+        let [d, h, w] = geo.out_size();
+        flex_f32(out, [geo.batch, geo.c_out, d, h, w])
     }
 
-    fn conv3x3_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let Some(geo) = Geometry::of(&x, &weight) else {
-            return Flex::conv3d_x_backward(x, weight, grad, same_options());
+    fn conv3x3_x_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight, stride).filter(|g| g.stride == 1) else {
+            return Flex::conv3d_x_backward(x, weight, grad, options(stride));
         };
         // The input's gradient is the output's correlated with the flipped kernel, channels
         // swapped: a convolution from C_out channels to C_in.
@@ -192,9 +220,14 @@ impl Conv3x3Backend for Flex {
         flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
     }
 
-    fn conv3x3_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let Some(geo) = Geometry::of(&x, &weight) else {
-            return Flex::conv3d_weight_backward(x, weight, grad, same_options());
+    fn conv3x3_weight_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        stride: usize,
+    ) -> FlexTensor {
+        let Some(geo) = Geometry::of(&x, &weight, stride) else {
+            return Flex::conv3d_weight_backward(x, weight, grad, options(stride));
         };
         let x = x.to_contiguous();
         let grad = grad.to_contiguous();
@@ -208,7 +241,7 @@ fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// The sizes of one 3×3×3 convolution.
+/// The sizes of one 3×3×3 convolution with padding 1.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
     batch: usize,
@@ -217,10 +250,12 @@ struct Geometry {
     d: usize,
     h: usize,
     w: usize,
+    stride: usize,
 }
 
-/// A run of output rows of one batch item: rows are `(z, y)` pairs of the padded-stride grid,
-/// `row = z·(H+2) + y`, of which those with `y ≥ H` lie on the padding.
+/// A run of output rows of one batch item. At stride 1 rows are the `(z, y)` pairs of the
+/// padded-stride grid, `row = z·(H+2) + y`, of which those with `y ≥ H` lie on the padding; at
+/// stride 2 they are the output's own rows, `row = z'·H' + y'`.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     item: usize,
@@ -229,14 +264,14 @@ struct Tile {
 }
 
 impl Geometry {
-    /// The sizes of `x [N, C_in, D, H, W]` convolved with `weight [C_out, C_in, 3, 3, 3]`, both
-    /// f32; `None` for anything else.
-    fn of(x: &FlexTensor, weight: &FlexTensor) -> Option<Self> {
+    /// The sizes of `x [N, C_in, D, H, W]` convolved with `weight [C_out, C_in, 3, 3, 3]` at
+    /// `stride` 1 or 2, both f32; `None` for anything else.
+    fn of(x: &FlexTensor, weight: &FlexTensor, stride: usize) -> Option<Self> {
         let xs = x.layout().shape();
         let ws = weight.layout().shape();
         let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
-        let fits = f32s && xs.num_dims() == 5 && ws.num_dims() == 5 && xs[1] == ws[1];
-        let kernel3 = fits && ws[2] == 3 && ws[3] == 3 && ws[4] == 3;
+        let fits = f32s && (1..=2).contains(&stride) && xs.num_dims() == 5 && ws.num_dims() == 5;
+        let kernel3 = fits && xs[1] == ws[1] && ws[2] == 3 && ws[3] == 3 && ws[4] == 3;
         let nonempty = kernel3 && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
         nonempty.then(|| Self {
             batch: xs[0],
@@ -245,11 +280,18 @@ impl Geometry {
             d: xs[2],
             h: xs[3],
             w: xs[4],
+            stride,
         })
     }
 
-    fn volume(&self) -> usize {
-        self.d * self.h * self.w
+    /// The output's spatial size.
+    fn out_size(&self) -> [usize; 3] {
+        [self.d, self.h, self.w].map(|n| (n - 1) / self.stride + 1)
+    }
+
+    /// Voxels in one channel of the output.
+    fn out_volume(&self) -> usize {
+        self.out_size().iter().product()
     }
 
     /// Voxels per row and per plane of the padded grid, and in the padded volume.
@@ -265,20 +307,20 @@ impl Geometry {
         std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3)
     }
 
-    /// The padded grid position of the output voxel `(z, y, x)`'s first tap, one past the last
-    /// output voxel's: output positions `0..end_col` cover every voxel, and every tap of each
-    /// lies inside the padded volume.
-    fn end_col(&self) -> usize {
-        let (row, plane, _) = self.padded();
-        (self.d - 1) * plane + (self.h - 1) * row + self.w
+    /// Tile rows in one batch item and columns per row (see [`Tile`]).
+    fn rows(&self) -> (usize, usize) {
+        let [d, h, w] = self.out_size();
+        match self.stride {
+            1 => (self.d * (self.h + 2), self.w + 2),
+            _ => (d * h, w),
+        }
     }
 
     /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (27·channels)` columns.
     fn tiles(&self, channels: usize) -> Vec<Tile> {
-        let (row, _, _) = self.padded();
+        let (rows, row) = self.rows();
         let cols = (TILE_FLOATS / (27 * channels)).clamp(row, TILE_MAX_COLS.max(row));
         let rows_per_tile = (cols / row).max(1);
-        let rows = self.d * (self.h + 2);
         (0..self.batch)
             .flat_map(|item| {
                 (0..rows).step_by(rows_per_tile).map(move |first_row| Tile {
@@ -290,20 +332,31 @@ impl Geometry {
             .collect()
     }
 
-    /// The tile's first column (padded-grid position) and its number of columns.
+    /// The tile's first column and its number of columns. At stride 1 a column is a padded-grid
+    /// position, and the last one is the last output voxel's (so that every tap of every column
+    /// lies inside the padded volume); at stride 2 it is an output voxel.
     fn columns(&self, tile: &Tile) -> (usize, usize) {
-        let (row, _, _) = self.padded();
+        let (_, row) = self.rows();
         let first = tile.first_row * row;
-        (first, (tile.end_row * row).min(self.end_col()) - first)
+        let end = match self.stride {
+            1 => {
+                let (row, plane, _) = self.padded();
+                let last = (self.d - 1) * plane + (self.h - 1) * row + self.w;
+                (tile.end_row * row).min(last)
+            }
+            _ => tile.end_row * row,
+        };
+        (first, end - first)
     }
 }
 
 /// `planes` volumes of `d × h × w`, each zero-padded by one voxel on every side.
 fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (row, plane, padded) = geo.padded();
+    let volume = geo.d * geo.h * geo.w;
     let mut out = vec![0.0f32; planes * padded];
     out.par_chunks_mut(padded)
-        .zip(values.par_chunks(geo.volume()))
+        .zip(values.par_chunks(volume))
         .for_each(|(dst, src)| {
             for (line, run) in src.chunks(geo.w).enumerate() {
                 let (z, y) = (line / geo.h, line % geo.h);
@@ -317,13 +370,23 @@ fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
 /// The im2col matrix `[channels·27, cols]` of `tile` over the padded `channels`-channel input:
 /// row `c·27 + k` is channel `c` read at tap `k` from each column's position.
 fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f32> {
-    let (_, _, volume) = geo.padded();
+    let (row, plane, volume) = geo.padded();
     let (first, cols) = geo.columns(tile);
     let taps = geo.tap_offsets();
+    let [_, out_h, out_w] = geo.out_size();
+    let s = geo.stride;
     let mut col = Vec::with_capacity(channels * 27 * cols);
     for r in 0..channels * 27 {
-        let at = (tile.item * channels + r / 27) * volume + first + taps[r % 27];
-        col.extend_from_slice(&padded[at..at + cols]);
+        let at = (tile.item * channels + r / 27) * volume + taps[r % 27];
+        if s == 1 {
+            col.extend_from_slice(&padded[at + first..at + first + cols]);
+            continue;
+        }
+        for out_row in tile.first_row..tile.end_row {
+            let (z, y) = (out_row / out_h, out_row % out_h);
+            let start = at + s * z * plane + s * y * row;
+            col.extend((0..out_w).map(|x| padded[start + s * x]));
+        }
     }
     col
 }
@@ -346,7 +409,7 @@ fn flipped_weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> Flex
 }
 
 /// The correlation of `x [N, C_in, D, H, W]` with the kernel `matrix [C_out, C_in·27]`
-/// (padding 1), as `[N, C_out, D, H, W]` values.
+/// (padding 1, the geometry's stride), as `[N, C_out, D', H', W']` values.
 fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let tiles = geo.tiles(geo.c_in);
@@ -358,51 +421,55 @@ fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
             Flex::float_matmul(matrix.clone(), col).to_contiguous()
         })
         .collect();
-    let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.volume()];
+    let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.out_volume()];
     for (tile, product) in tiles.iter().zip(&products) {
         scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
     }
     out
 }
 
-/// The runs of `tile` that are output voxels: for each output row `(z, y)` in it, the row's
-/// offset in one channel's `[D, H, W]` volume and its first column in the tile (`W` columns
-/// each).
-fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize)> {
-    let (row, _, _) = geo.padded();
+/// The runs of `tile`'s columns that are output voxels, as (offset in one channel of the output,
+/// first column in the tile, length): at stride 1 one per output row `(z, y)` (the padding's
+/// columns left out), at stride 2 the whole tile.
+fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
     let (first, cols) = geo.columns(tile);
+    if geo.stride != 1 {
+        return vec![(first, 0, cols)];
+    }
+    let (row, _, _) = geo.padded();
     (tile.first_row..tile.end_row)
         .filter_map(|r| {
             let (z, y) = (r / (geo.h + 2), r % (geo.h + 2));
             let start = r * row - first;
-            (y < geo.h && start + geo.w <= cols).then_some(((z * geo.h + y) * geo.w, start))
+            let voxel = (y < geo.h && start + geo.w <= cols).then_some((z * geo.h + y) * geo.w);
+            voxel.map(|offset| (offset, start, geo.w))
         })
         .collect()
 }
 
 /// Copies the voxels of `tile`'s product `[C_out, cols]` (columns on the padding dropped) into
-/// `out [N, C_out, D, H, W]`.
+/// `out [N, C_out, D', H', W']`.
 fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
     let (_, cols) = geo.columns(tile);
-    for (offset, start) in voxel_runs(geo, tile) {
+    for (offset, start, len) in voxel_runs(geo, tile) {
         for o in 0..geo.c_out {
-            let at = (tile.item * geo.c_out + o) * geo.volume() + offset;
+            let at = (tile.item * geo.c_out + o) * geo.out_volume() + offset;
             let from = o * cols + start;
-            out[at..at + geo.w].copy_from_slice(&product[from..from + geo.w]);
+            out[at..at + len].copy_from_slice(&product[from..from + len]);
         }
     }
 }
 
-/// `tile`'s columns of the output gradient `[N, C_out, D, H, W]` as `[C_out, cols]`, zero on
+/// `tile`'s columns of the output gradient `[N, C_out, D', H', W']` as `[C_out, cols]`, zero on
 /// the padding's columns.
 fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
     let (_, cols) = geo.columns(tile);
     let mut g = vec![0.0f32; geo.c_out * cols];
-    for (offset, start) in voxel_runs(geo, tile) {
+    for (offset, start, len) in voxel_runs(geo, tile) {
         for o in 0..geo.c_out {
-            let at = (tile.item * geo.c_out + o) * geo.volume() + offset;
+            let at = (tile.item * geo.c_out + o) * geo.out_volume() + offset;
             let to = o * cols + start;
-            g[to..to + geo.w].copy_from_slice(&grad[at..at + geo.w]);
+            g[to..to + len].copy_from_slice(&grad[at..at + len]);
         }
     }
     g
