@@ -307,11 +307,12 @@ impl Geometry {
         std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3)
     }
 
-    /// Tile rows in one batch item and columns per row (see [`Tile`]).
+    /// Tile rows in one batch item and columns per row (see [`Tile`]); at stride 1 up to the
+    /// last output row (the last plane's two padding rows are no tile's).
     fn rows(&self) -> (usize, usize) {
         let [d, h, w] = self.out_size();
         match self.stride {
-            1 => (self.d * (self.h + 2), self.w + 2),
+            1 => ((self.d - 1) * (self.h + 2) + self.h, self.w + 2),
             _ => (d * h, w),
         }
     }
@@ -496,4 +497,61 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
                 a
             },
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// For many sizes, strides and channel counts (so tiles of one row up to whole volumes):
+    /// the tiles' output runs cover every output voxel of every batch item exactly once, every
+    /// tile has columns, and every tap of every column lies inside the padded volume.
+    #[test]
+    fn tiles_cover_each_output_voxel_once_and_read_inside_the_padding() {
+        for (d, h, w) in [
+            (1, 1, 1),
+            (1, 6, 4),
+            (5, 4, 7),
+            (7, 5, 9),
+            (3, 13, 2),
+            (9, 9, 9),
+        ] {
+            for (stride, channels) in [1, 2]
+                .into_iter()
+                .flat_map(|s| [1, 7, 64, 600].map(|c| (s, c)))
+            {
+                let geo = Geometry {
+                    batch: 2,
+                    c_in: channels,
+                    c_out: 3,
+                    d,
+                    h,
+                    w,
+                    stride,
+                };
+                let mut seen = vec![0u32; geo.batch * geo.out_volume()];
+                let (row, plane, volume) = geo.padded();
+                let [_, out_h, out_w] = geo.out_size();
+                for tile in geo.tiles(channels) {
+                    let (first, cols) = geo.columns(&tile);
+                    assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
+                    let last_tap = match stride {
+                        1 => first + cols - 1 + geo.tap_offsets()[26],
+                        _ => {
+                            let r = tile.end_row - 1;
+                            let (z, y) = (r / out_h, r % out_h);
+                            2 * z * plane + 2 * y * row + 2 * (out_w - 1) + geo.tap_offsets()[26]
+                        }
+                    };
+                    assert!(last_tap < volume, "{geo:?} {tile:?}");
+                    for (offset, start, len) in voxel_runs(&geo, &tile) {
+                        assert!(start + len <= cols, "{geo:?} {tile:?}");
+                        let at = tile.item * geo.out_volume() + offset;
+                        seen[at..at + len].iter_mut().for_each(|n| *n += 1);
+                    }
+                }
+                assert!(seen.iter().all(|&n| n == 1), "{geo:?}");
+            }
+        }
+    }
 }
