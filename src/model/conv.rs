@@ -347,7 +347,7 @@ impl Geometry {
             }
             _ => tile.end_row * row,
         };
-        (first, end - first)
+        (first, end.saturating_sub(first))
     }
 }
 
@@ -515,6 +515,7 @@ mod tests {
             (7, 5, 9),
             (3, 13, 2),
             (9, 9, 9),
+            (3, 18, 17),
         ] {
             for (stride, channels) in [1, 2]
                 .into_iter()
