@@ -413,18 +413,22 @@ fn flipped_weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> Flex
 /// (padding 1, the geometry's stride), as `[N, C_out, D', H', W']` values.
 fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
-    let tiles = geo.tiles(geo.c_in);
-    let products: Vec<FlexTensor> = tiles
-        .par_iter()
-        .map(|tile| {
-            let (_, cols) = geo.columns(tile);
-            let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
-            Flex::float_matmul(matrix.clone(), col).to_contiguous()
-        })
-        .collect();
     let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.out_volume()];
-    for (tile, product) in tiles.iter().zip(&products) {
-        scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
+    // A few tiles per thread at a time, so that the products waiting to be copied out stay a
+    // small part of the output.
+    let tiles_at_once = 4 * rayon::current_num_threads().max(1);
+    for tiles in geo.tiles(geo.c_in).chunks(tiles_at_once) {
+        let products: Vec<FlexTensor> = tiles
+            .par_iter()
+            .map(|tile| {
+                let (_, cols) = geo.columns(tile);
+                let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
+                Flex::float_matmul(matrix.clone(), col).to_contiguous()
+            })
+            .collect();
+        for (tile, product) in tiles.iter().zip(&products) {
+            scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
+        }
     }
     out
 }
