@@ -661,15 +661,25 @@ fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
         (2, 2, [12, 11, 10]),
         (40, 3, [6, 18, 17]),
     ];
-    let kernels = [(3, 1), (3, 2), (1, 1)];
-    for ((c_in, c_out, size), (k, s)) in shapes.into_iter().flat_map(|s| kernels.map(|k| (s, k))) {
-        let conv = Conv3dConfig::new([c_in, c_out], [k, k, k])
-            .with_stride([s, s, s])
-            .with_padding(PaddingConfig3d::Explicit(k / 2, k / 2, k / 2))
-            .init(&ad);
+    // (kernel depth, in-plane size, stride): the blocks', the downsamplings', the 1×1×1 ones and
+    // the single-slice form's 1×3×3 (strided in-plane only, on one slice).
+    let kernels = [(3, 3, 1), (3, 3, 2), (1, 1, 1), (1, 3, 1), (1, 3, 2)];
+    let cases = shapes.into_iter().flat_map(|s| kernels.map(|k| (s, k)));
+    for ((c_in, c_out, size), (kd, k, s)) in cases {
         let [d, h, w] = size;
+        if kd == 1 && k == 3 && s == 2 && d != 1 {
+            continue;
+        }
+        let conv = Conv3dConfig::new([c_in, c_out], [kd, k, k])
+            .with_stride([if kd == 1 { 1 } else { s }, s, s])
+            .with_padding(PaddingConfig3d::Explicit(kd / 2, k / 2, k / 2))
+            .init(&ad);
         let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
-        let out = [d, h, w].map(|n| (n - 1) / s + 1);
+        let out = [
+            if kd == 1 { d } else { (d - 1) / s + 1 },
+            (h - 1) / s + 1,
+            (w - 1) / s + 1,
+        ];
         let target = Tensor::<5>::random(
             [2, c_out, out[0], out[1], out[2]],
             Distribution::Normal(0.0, 1.0),
@@ -696,7 +706,7 @@ fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
             )
         };
         let (fast, slow) = (run(true), run(false));
-        let case = format!("{c_in}->{c_out} {k}³ stride {s} {size:?}");
+        let case = format!("{c_in}->{c_out} {kd}×{k}×{k} stride {s} {size:?}");
         assert_close(&fast.0, &slow.0, 1e-5, &format!("output {case}"));
         assert_close(&fast.1, &slow.1, 1e-5, &format!("input gradient {case}"));
         assert_close(&fast.2, &slow.2, 1e-5, &format!("weight gradient {case}"));

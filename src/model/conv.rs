@@ -1,8 +1,8 @@
 //! The U-Net's 3×3×3 convolutions with padding 1 (both convolutions of every residual block,
-//! stride 1, and the downsamplings, stride 2) on burn's CPU backend by a faster route than
-//! burn-flex's generic convolution, with a backward pass of their own; its 1×1×1 convolutions
-//! (skip projections, heads) as matrix products. Other backends (wgpu) and other convolutions
-//! (the single-slice form's 1×3×3) keep burn's `Conv3d::forward`.
+//! stride 1, and the downsamplings, stride 2; the single-slice form's 1×3×3 alike) on burn's CPU
+//! backend by a faster route than burn-flex's generic convolution, with a backward pass of their
+//! own; its 1×1×1 convolutions (skip projections, heads) as matrix products. Other backends
+//! (wgpu) and other convolutions keep burn's `Conv3d::forward`.
 //!
 //! The route: each input channel is zero-padded by one voxel; a tile of output rows gets its
 //! im2col matrix (row `c·27 + k`: channel c read at tap k for each output voxel) by copying runs
@@ -29,7 +29,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv3d;
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
@@ -42,8 +42,8 @@ const TILE_FLOATS: usize = 1 << 18;
 /// The widest tile, in output positions.
 const TILE_MAX_COLS: usize = 4096;
 
-/// Backends with a 3×3×3, padding-1 convolution (no bias, one stride for all three axes) of
-/// their own; the defaults are burn's generic convolution and its gradients.
+/// Backends with a 3×3×3 (or 1×3×3), padding-1 convolution (no bias, one stride for all three
+/// axes) of their own; the defaults are burn's generic convolution and its gradients.
 #[backend_extension(Flex, Autodiff)]
 pub trait Conv3x3Backend: Backend {
     /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D', H', W']`
@@ -53,7 +53,8 @@ pub trait Conv3x3Backend: Backend {
         weight: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
-        Self::conv3d(x, weight, None, options(stride))
+        let options = options(&weight, stride);
+        Self::conv3d(x, weight, None, options)
     }
 
     /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `x`, given the output's.
@@ -63,7 +64,8 @@ pub trait Conv3x3Backend: Backend {
         grad: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
-        Self::conv3d_x_backward(x, weight, grad, options(stride))
+        let options = options(&weight, stride);
+        Self::conv3d_x_backward(x, weight, grad, options)
     }
 
     /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `weight`.
@@ -73,13 +75,16 @@ pub trait Conv3x3Backend: Backend {
         grad: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
-        Self::conv3d_weight_backward(x, weight, grad, options(stride))
+        let options = options(&weight, stride);
+        Self::conv3d_weight_backward(x, weight, grad, options)
     }
 }
 
-/// `stride` along every axis, padding 1, no dilation, one group.
-fn options(stride: usize) -> ConvOptions<3> {
-    ConvOptions::new([stride; 3], [1, 1, 1], [1, 1, 1], 1)
+/// `stride` along every axis, padding 1 (0 along the depth of a 1×3×3 `weight`), no dilation,
+/// one group.
+fn options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<3> {
+    let pad_d = weight.shape().dims::<5>()[2] / 2;
+    ConvOptions::new([stride; 3], [pad_d, 1, 1], [1, 1, 1], 1)
 }
 
 /// `conv` applied to `x`. On burn's CPU backend a 3×3×3, padding-1 convolution of stride 1 or 2
@@ -94,6 +99,13 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     match (conv.kernel_size, &conv.padding, conv.stride) {
         ([3, 3, 3], PaddingConfig3d::Explicit(1, 1, 1), [s, t, u])
             if s == t && t == u && s <= 2 =>
+        {
+            block_conv(conv, x, s)
+        }
+        // The single-slice form's in-plane kernel: a stride along the depth axis of one slice
+        // changes nothing, so one stride serves all three axes there.
+        ([1, 3, 3], PaddingConfig3d::Explicit(0, 1, 1), [1, s, t])
+            if s == t && (s == 1 || (s == 2 && x.dims()[2] == 1)) =>
         {
             block_conv(conv, x, s)
         }
@@ -190,10 +202,11 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
 impl Conv3x3Backend for Flex {
     fn conv3x3(x: FlexTensor, weight: FlexTensor, stride: usize) -> FlexTensor {
         let Some(geo) = Geometry::of(&x, &weight, stride) else {
-            return Flex::conv3d(x, weight, None, options(stride));
+            let options = options(&weight, stride);
+            return Flex::conv3d(x, weight, None, options);
         };
         let x = x.to_contiguous();
-        let matrix = weight_matrix(&weight.to_contiguous(), geo.c_out, geo.c_in);
+        let matrix = weight_matrix(&weight.to_contiguous(), &geo);
         let out = correlate(x.storage::<f32>(), &matrix, &geo);
         let [d, h, w] = geo.out_size();
         flex_f32(out, [geo.batch, geo.c_out, d, h, w])
@@ -206,7 +219,8 @@ impl Conv3x3Backend for Flex {
         stride: usize,
     ) -> FlexTensor {
         let Some(geo) = Geometry::of(&x, &weight, stride).filter(|g| g.stride == 1) else {
-            return Flex::conv3d_x_backward(x, weight, grad, options(stride));
+            let options = options(&weight, stride);
+            return Flex::conv3d_x_backward(x, weight, grad, options);
         };
         // The input's gradient is the output's correlated with the flipped kernel, channels
         // swapped: a convolution from C_out channels to C_in.
@@ -215,7 +229,7 @@ impl Conv3x3Backend for Flex {
             c_out: geo.c_in,
             ..geo
         };
-        let matrix = flipped_weight_matrix(&weight.to_contiguous(), geo.c_out, geo.c_in);
+        let matrix = flipped_weight_matrix(&weight.to_contiguous(), &geo);
         let out = correlate(grad.to_contiguous().storage::<f32>(), &matrix, &back);
         flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
     }
@@ -227,12 +241,13 @@ impl Conv3x3Backend for Flex {
         stride: usize,
     ) -> FlexTensor {
         let Some(geo) = Geometry::of(&x, &weight, stride) else {
-            return Flex::conv3d_weight_backward(x, weight, grad, options(stride));
+            let options = options(&weight, stride);
+            return Flex::conv3d_weight_backward(x, weight, grad, options);
         };
         let x = x.to_contiguous();
         let grad = grad.to_contiguous();
         let sum = weight_gradient(x.storage::<f32>(), grad.storage::<f32>(), &geo);
-        flex_f32(sum, [geo.c_out, geo.c_in, 3, 3, 3])
+        flex_f32(sum, [geo.c_out, geo.c_in, geo.kernel_d, 3, 3])
     }
 }
 
@@ -251,6 +266,8 @@ struct Geometry {
     h: usize,
     w: usize,
     stride: usize,
+    /// The kernel's depth: 3, or 1 for the single-slice form's 1×3×3 (no depth padding).
+    kernel_d: usize,
 }
 
 /// A run of output rows of one batch item. At stride 1 rows are the `(z, y)` pairs of the
@@ -264,15 +281,17 @@ struct Tile {
 }
 
 impl Geometry {
-    /// The sizes of `x [N, C_in, D, H, W]` convolved with `weight [C_out, C_in, 3, 3, 3]` at
-    /// `stride` 1 or 2, both f32; `None` for anything else.
+    /// The sizes of `x [N, C_in, D, H, W]` convolved with `weight [C_out, C_in, 3, 3, 3]` (or
+    /// `1, 3, 3`) at `stride` 1 or 2, both f32; `None` for anything else.
     fn of(x: &FlexTensor, weight: &FlexTensor, stride: usize) -> Option<Self> {
         let xs = x.layout().shape();
         let ws = weight.layout().shape();
         let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
         let fits = f32s && (1..=2).contains(&stride) && xs.num_dims() == 5 && ws.num_dims() == 5;
-        let kernel3 = fits && xs[1] == ws[1] && ws[2] == 3 && ws[3] == 3 && ws[4] == 3;
-        let nonempty = kernel3 && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
+        let kernel3 = fits && xs[1] == ws[1] && matches!(ws[2], 1 | 3) && ws[3] == 3 && ws[4] == 3;
+        // A 1×3×3 kernel strides only in-plane: one slice deep, a depth stride changes nothing.
+        let flat_ok = ws[2] == 3 || stride == 1 || xs[2] == 1;
+        let nonempty = kernel3 && flat_ok && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
         nonempty.then(|| Self {
             batch: xs[0],
             c_in: xs[1],
@@ -281,10 +300,22 @@ impl Geometry {
             h: xs[3],
             w: xs[4],
             stride,
+            kernel_d: ws[2],
         })
     }
 
-    /// The output's spatial size.
+    /// Kernel taps: 27, or 9 for a 1×3×3 kernel.
+    fn taps(&self) -> usize {
+        9 * self.kernel_d
+    }
+
+    /// Padding along the depth axis: 1, or 0 for a 1×3×3 kernel.
+    fn pad_d(&self) -> usize {
+        self.kernel_d / 2
+    }
+
+    /// The output's spatial size (the same along the depth for both kernels: `(D + 2·pad − k) / s
+    /// + 1` is `(D − 1) / s + 1` for k = 3, pad 1 and for k = 1, pad 0).
     fn out_size(&self) -> [usize; 3] {
         [self.d, self.h, self.w].map(|n| (n - 1) / self.stride + 1)
     }
@@ -298,10 +329,11 @@ impl Geometry {
     fn padded(&self) -> (usize, usize, usize) {
         let row = self.w + 2;
         let plane = (self.h + 2) * row;
-        (row, plane, (self.d + 2) * plane)
+        (row, plane, (self.d + 2 * self.pad_d()) * plane)
     }
 
-    /// Offsets in the padded grid of the 27 kernel taps (depth, height, width in C order).
+    /// Offsets in the padded grid of the kernel taps (depth, height, width in C order; the first
+    /// nine of a 1×3×3 kernel).
     fn tap_offsets(&self) -> [usize; 27] {
         let (row, plane, _) = self.padded();
         std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3)
@@ -317,10 +349,10 @@ impl Geometry {
         }
     }
 
-    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (27·channels)` columns.
+    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (taps·channels)` columns.
     fn tiles(&self, channels: usize) -> Vec<Tile> {
         let (rows, row) = self.rows();
-        let cols = (TILE_FLOATS / (27 * channels)).clamp(row, TILE_MAX_COLS.max(row));
+        let cols = (TILE_FLOATS / (self.taps() * channels)).clamp(row, TILE_MAX_COLS.max(row));
         let rows_per_tile = (cols / row).max(1);
         (0..self.batch)
             .flat_map(|item| {
@@ -351,7 +383,8 @@ impl Geometry {
     }
 }
 
-/// `planes` volumes of `d × h × w`, each zero-padded by one voxel on every side.
+/// `planes` volumes of `d × h × w`, each zero-padded by one voxel on every side (in-plane only
+/// for a 1×3×3 kernel).
 fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (row, plane, padded) = geo.padded();
     let volume = geo.d * geo.h * geo.w;
@@ -361,24 +394,25 @@ fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
         .for_each(|(dst, src)| {
             for (line, run) in src.chunks(geo.w).enumerate() {
                 let (z, y) = (line / geo.h, line % geo.h);
-                let at = (z + 1) * plane + (y + 1) * row + 1;
+                let at = (z + geo.pad_d()) * plane + (y + 1) * row + 1;
                 dst[at..at + geo.w].copy_from_slice(run);
             }
         });
     out
 }
 
-/// The im2col matrix `[channels·27, cols]` of `tile` over the padded `channels`-channel input:
-/// row `c·27 + k` is channel `c` read at tap `k` from each column's position.
+/// The im2col matrix `[channels·taps, cols]` of `tile` over the padded `channels`-channel input:
+/// row `c·taps + k` is channel `c` read at tap `k` from each column's position.
 fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f32> {
     let (row, plane, volume) = geo.padded();
     let (first, cols) = geo.columns(tile);
     let taps = geo.tap_offsets();
     let [_, out_h, out_w] = geo.out_size();
     let s = geo.stride;
-    let mut col = Vec::with_capacity(channels * 27 * cols);
-    for r in 0..channels * 27 {
-        let at = (tile.item * channels + r / 27) * volume + taps[r % 27];
+    let n_taps = geo.taps();
+    let mut col = Vec::with_capacity(channels * n_taps * cols);
+    for r in 0..channels * n_taps {
+        let at = (tile.item * channels + r / n_taps) * volume + taps[r % n_taps];
         if s == 1 {
             col.extend_from_slice(&padded[at + first..at + first + cols]);
             continue;
@@ -392,24 +426,26 @@ fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f
     col
 }
 
-/// `[C_out, C_in, 3, 3, 3]` as the matrix `[C_out, C_in·27]` (the same memory).
-fn weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> FlexTensor {
-    flex_f32(weight.storage::<f32>().to_vec(), [c_out, c_in * 27])
+/// `[C_out, C_in, k, 3, 3]` as the matrix `[C_out, C_in·taps]` (the same memory).
+fn weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
+    let values = weight.storage::<f32>().to_vec();
+    flex_f32(values, [geo.c_out, geo.c_in * geo.taps()])
 }
 
-/// `[C_out, C_in, 3, 3, 3]` flipped in space with the channels swapped, as the matrix
-/// `[C_in, C_out·27]`: the kernel of the input's gradient.
-fn flipped_weight_matrix(weight: &FlexTensor, c_out: usize, c_in: usize) -> FlexTensor {
+/// `[C_out, C_in, k, 3, 3]` flipped in space with the channels swapped, as the matrix
+/// `[C_in, C_out·taps]`: the kernel of the input's gradient.
+fn flipped_weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
+    let (c_in, c_out, taps) = (geo.c_in, geo.c_out, geo.taps());
     let w = weight.storage::<f32>();
-    let mut m = vec![0.0f32; c_in * c_out * 27];
+    let mut m = vec![0.0f32; c_in * c_out * taps];
     for (i, v) in m.iter_mut().enumerate() {
-        let (c, o, k) = (i / (c_out * 27), i / 27 % c_out, i % 27);
-        *v = w[(o * c_in + c) * 27 + 26 - k];
+        let (c, o, k) = (i / (c_out * taps), i / taps % c_out, i % taps);
+        *v = w[(o * c_in + c) * taps + taps - 1 - k];
     }
-    flex_f32(m, [c_in, c_out * 27])
+    flex_f32(m, [c_in, c_out * taps])
 }
 
-/// The correlation of `x [N, C_in, D, H, W]` with the kernel `matrix [C_out, C_in·27]`
+/// The correlation of `x [N, C_in, D, H, W]` with the kernel `matrix [C_out, C_in·taps]`
 /// (padding 1, the geometry's stride), as `[N, C_out, D', H', W']` values.
 fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
@@ -422,7 +458,10 @@ fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
             .par_iter()
             .map(|tile| {
                 let (_, cols) = geo.columns(tile);
-                let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
+                let col = flex_f32(
+                    im2col(&padded, geo.c_in, geo, tile),
+                    [geo.c_in * geo.taps(), cols],
+                );
                 Flex::float_matmul(matrix.clone(), col).to_contiguous()
             })
             .collect();
@@ -480,16 +519,19 @@ fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
     g
 }
 
-/// The kernel's gradient `[C_out, C_in·27]`: the output gradient of each tile times the
+/// The kernel's gradient `[C_out, C_in·taps]`: the output gradient of each tile times the
 /// transposed im2col matrix of the input, summed over tiles.
 fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
-    let size = geo.c_out * geo.c_in * 27;
+    let size = geo.c_out * geo.c_in * geo.taps();
     geo.tiles(geo.c_in)
         .par_iter()
         .map(|tile| {
             let (_, cols) = geo.columns(tile);
-            let col = flex_f32(im2col(&padded, geo.c_in, geo, tile), [geo.c_in * 27, cols]);
+            let col = flex_f32(
+                im2col(&padded, geo.c_in, geo, tile),
+                [geo.c_in * geo.taps(), cols],
+            );
             let g = flex_f32(gather_tile(grad, geo, tile), [geo.c_out, cols]);
             let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
             product.to_contiguous().storage::<f32>().to_vec()
@@ -507,7 +549,8 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
 mod tests {
     use super::*;
 
-    /// For many sizes, strides and channel counts (so tiles of one row up to whole volumes):
+    /// For many sizes, strides, both kernel depths and channel counts (so tiles of one row up to
+    /// whole volumes):
     /// the tiles' output runs cover every output voxel of every batch item exactly once, every
     /// tile has columns, and every tap of every column lies inside the padded volume.
     #[test]
@@ -521,10 +564,13 @@ mod tests {
             (9, 9, 9),
             (3, 18, 17),
         ] {
-            for (stride, channels) in [1, 2]
-                .into_iter()
-                .flat_map(|s| [1, 7, 64, 600].map(|c| (s, c)))
-            {
+            let cases = [1, 2].into_iter().flat_map(|s| {
+                [(3, 1), (3, 7), (3, 64), (3, 600), (1, 7), (1, 600)].map(|(k, c)| (s, k, c))
+            });
+            for (stride, kernel_d, channels) in cases {
+                if kernel_d == 1 && stride == 2 && d != 1 {
+                    continue;
+                }
                 let geo = Geometry {
                     batch: 2,
                     c_in: channels,
@@ -533,6 +579,7 @@ mod tests {
                     h,
                     w,
                     stride,
+                    kernel_d,
                 };
                 let mut seen = vec![0u32; geo.batch * geo.out_volume()];
                 let (row, plane, volume) = geo.padded();
@@ -540,12 +587,13 @@ mod tests {
                 for tile in geo.tiles(channels) {
                     let (first, cols) = geo.columns(&tile);
                     assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
+                    let last = geo.tap_offsets()[geo.taps() - 1];
                     let last_tap = match stride {
-                        1 => first + cols - 1 + geo.tap_offsets()[26],
+                        1 => first + cols - 1 + last,
                         _ => {
                             let r = tile.end_row - 1;
                             let (z, y) = (r / out_h, r % out_h);
-                            2 * z * plane + 2 * y * row + 2 * (out_w - 1) + geo.tap_offsets()[26]
+                            2 * z * plane + 2 * y * row + 2 * (out_w - 1) + last
                         }
                     };
                     assert!(last_tap < volume, "{geo:?} {tile:?}");
