@@ -88,7 +88,8 @@ fn options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<3> {
 }
 
 /// `conv` applied to `x`. On burn's CPU backend a 3×3×3, padding-1 convolution of stride 1 or 2
-/// runs as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a matrix product (burn-flex takes its
+/// (and the single-slice form's 1×3×3) runs as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a
+/// matrix product (burn-flex takes its
 /// weight gradient as a convolution with the whole output gradient for kernel, 4× slower);
 /// everything else, and every other backend, runs `Conv3d::forward`.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
@@ -116,7 +117,8 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     }
 }
 
-/// A 3×3×3, padding-1 `conv` of `stride` through the backend extension, then its bias.
+/// A 3×3×3 (or 1×3×3), padding-1 `conv` of `stride` through the backend extension, then its
+/// bias.
 fn block_conv(conv: &Conv3d, x: Tensor<5>, stride: usize) -> Tensor<5> {
     let weight = conv.weight.val().into_dispatch();
     let out = Tensor::<5>::from_dispatch(<Dispatch as Conv3x3Backend>::conv3x3(
@@ -349,10 +351,10 @@ impl Geometry {
         }
     }
 
-    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (taps·channels)` columns.
-    fn tiles(&self, channels: usize) -> Vec<Tile> {
+    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (taps·C_in)` columns.
+    fn tiles(&self) -> Vec<Tile> {
         let (rows, row) = self.rows();
-        let cols = (TILE_FLOATS / (self.taps() * channels)).clamp(row, TILE_MAX_COLS.max(row));
+        let cols = (TILE_FLOATS / (self.taps() * self.c_in)).clamp(row, TILE_MAX_COLS.max(row));
         let rows_per_tile = (cols / row).max(1);
         (0..self.batch)
             .flat_map(|item| {
@@ -401,9 +403,10 @@ fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     out
 }
 
-/// The im2col matrix `[channels·taps, cols]` of `tile` over the padded `channels`-channel input:
-/// row `c·taps + k` is channel `c` read at tap `k` from each column's position.
-fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f32> {
+/// The im2col matrix `[C_in·taps, cols]` of `tile` over the padded input: row `c·taps + k` is
+/// channel `c` read at tap `k` from each column's position.
+fn im2col(padded: &[f32], geo: &Geometry, tile: &Tile) -> FlexTensor {
+    let channels = geo.c_in;
     let (row, plane, volume) = geo.padded();
     let (first, cols) = geo.columns(tile);
     let taps = geo.tap_offsets();
@@ -423,7 +426,7 @@ fn im2col(padded: &[f32], channels: usize, geo: &Geometry, tile: &Tile) -> Vec<f
             col.extend((0..out_w).map(|x| padded[start + s * x]));
         }
     }
-    col
+    flex_f32(col, [channels * n_taps, cols])
 }
 
 /// `[C_out, C_in, k, 3, 3]` as the matrix `[C_out, C_in·taps]` (the same memory).
@@ -453,17 +456,11 @@ fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
     // A few tiles per thread at a time, so that the products waiting to be copied out stay a
     // small part of the output.
     let tiles_at_once = 4 * rayon::current_num_threads().max(1);
-    for tiles in geo.tiles(geo.c_in).chunks(tiles_at_once) {
+    for tiles in geo.tiles().chunks(tiles_at_once) {
         let products: Vec<FlexTensor> = tiles
             .par_iter()
-            .map(|tile| {
-                let (_, cols) = geo.columns(tile);
-                let col = flex_f32(
-                    im2col(&padded, geo.c_in, geo, tile),
-                    [geo.c_in * geo.taps(), cols],
-                );
-                Flex::float_matmul(matrix.clone(), col).to_contiguous()
-            })
+            .map(|tile| Flex::float_matmul(matrix.clone(), im2col(&padded, geo, tile)))
+            .map(|product| product.to_contiguous())
             .collect();
         for (tile, product) in tiles.iter().zip(&products) {
             scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
@@ -491,16 +488,25 @@ fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
+/// The copies between `tile`'s `[C_out, cols]` matrix and the output `[N, C_out, D', H', W']`:
+/// (index in the output, index in the tile's matrix, length) for each voxel run and channel.
+fn tile_copies(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
+    let (_, cols) = geo.columns(tile);
+    let runs = voxel_runs(geo, tile);
+    (0..geo.c_out)
+        .flat_map(|o| {
+            let channel = (tile.item * geo.c_out + o) * geo.out_volume();
+            runs.iter()
+                .map(move |&(offset, start, len)| (channel + offset, o * cols + start, len))
+        })
+        .collect()
+}
+
 /// Copies the voxels of `tile`'s product `[C_out, cols]` (columns on the padding dropped) into
 /// `out [N, C_out, D', H', W']`.
 fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
-    let (_, cols) = geo.columns(tile);
-    for (offset, start, len) in voxel_runs(geo, tile) {
-        for o in 0..geo.c_out {
-            let at = (tile.item * geo.c_out + o) * geo.out_volume() + offset;
-            let from = o * cols + start;
-            out[at..at + len].copy_from_slice(&product[from..from + len]);
-        }
+    for (at, from, len) in tile_copies(geo, tile) {
+        out[at..at + len].copy_from_slice(&product[from..from + len]);
     }
 }
 
@@ -509,12 +515,8 @@ fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
 fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
     let (_, cols) = geo.columns(tile);
     let mut g = vec![0.0f32; geo.c_out * cols];
-    for (offset, start, len) in voxel_runs(geo, tile) {
-        for o in 0..geo.c_out {
-            let at = (tile.item * geo.c_out + o) * geo.out_volume() + offset;
-            let to = o * cols + start;
-            g[to..to + len].copy_from_slice(&grad[at..at + len]);
-        }
+    for (at, to, len) in tile_copies(geo, tile) {
+        g[to..to + len].copy_from_slice(&grad[at..at + len]);
     }
     g
 }
@@ -524,15 +526,12 @@ fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
 fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let size = geo.c_out * geo.c_in * geo.taps();
-    geo.tiles(geo.c_in)
+    geo.tiles()
         .par_iter()
         .map(|tile| {
             let (_, cols) = geo.columns(tile);
-            let col = flex_f32(
-                im2col(&padded, geo.c_in, geo, tile),
-                [geo.c_in * geo.taps(), cols],
-            );
             let g = flex_f32(gather_tile(grad, geo, tile), [geo.c_out, cols]);
+            let col = im2col(&padded, geo, tile);
             let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
             product.to_contiguous().storage::<f32>().to_vec()
         })
@@ -584,7 +583,7 @@ mod tests {
                 let mut seen = vec![0u32; geo.batch * geo.out_volume()];
                 let (row, plane, volume) = geo.padded();
                 let [_, out_h, out_w] = geo.out_size();
-                for tile in geo.tiles(channels) {
+                for tile in geo.tiles() {
                     let (first, cols) = geo.columns(&tile);
                     assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
                     let last = geo.tap_offsets()[geo.taps() - 1];
