@@ -289,7 +289,7 @@ impl MultiTaskUNet {
         let mut skips = Vec::with_capacity(self.downs.len());
         for (down, enc) in self.downs.iter().zip(&self.encoders) {
             skips.push(h.clone());
-            h = enc.forward(relu(down.forward(h)));
+            h = enc.forward(relu(conv3d_forward(down, h)));
         }
         (h, skips)
     }
