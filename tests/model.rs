@@ -644,12 +644,21 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
     assert_eq!(wide.forward_macs(64 * 64 * 64), 69_503_811_584.0);
 }
 
-/// The network's 3×3×3 convolutions on the CPU at stride 1 and 2 (`model::conv`, its own im2col
-/// and backward pass) and its 1×1×1 ones (a matrix product) against burn's `Conv3d::forward`:
-/// the output and the gradients of input, weight and bias, on odd, unequal sizes (one a single
-/// voxel thick) and a batch of two.
+/// The network's 3×3×3 convolutions on the CPU at stride 1 and 2 (`model::conv`: its own im2col
+/// and backward pass, and at stride 1 the direct SIMD kernels where the CPU has them) and its
+/// 1×1×1 ones (a matrix product) against burn's `Conv3d::forward`: the output and the gradients
+/// of input, weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of
+/// two, by both routes in any build.
 #[test]
 fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
+    for direct in [false, true] {
+        mriloop::model::conv::with_direct_kernels(direct, compare_block_convolutions);
+    }
+}
+
+/// [`the_cpu_block_convolution_matches_burns_convolution_and_its_gradients`] by the route this
+/// thread takes.
+fn compare_block_convolutions() {
     use burn::nn::conv::Conv3dConfig;
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;

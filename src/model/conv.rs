@@ -4,22 +4,25 @@
 //! own; its 1×1×1 convolutions (skip projections, heads) as matrix products. Other backends
 //! (wgpu) and other convolutions keep burn's `Conv3d::forward`.
 //!
-//! The route: each input channel is zero-padded by one voxel; a tile of output rows gets its
-//! im2col matrix (row `c·27 + k`: channel c read at tap k for each output voxel) by copying runs
-//! of the padded input, and one matrix product (burn-flex's gemm) with the kernel gives the tile.
-//! At stride 1 the output is computed over the padded grid's strides, so each tap of a tile is
-//! one contiguous run; outputs on the padding (the last two of each row, the last two rows of
-//! each plane) are computed and dropped. The weight gradient is the output gradient of each tile
-//! times its im2col matrix, summed; the input gradient at stride 1 is the same convolution of
+//! The route: each input channel is zero-padded by one voxel, and the output is computed in
+//! tiles of output rows. At stride 1 a tile's columns are positions on the padded grid, so each
+//! tap of a tile is one contiguous run of the padded input; outputs on the padding (the last two
+//! of each row, the last two rows of each plane) are computed and dropped. On a CPU with AVX2 or
+//! AVX-512 (optimised builds, see [`with_direct_kernels`]) the direct kernels of
+//! [`super::conv_simd`] compute a stride-1 tile and its share of the weight gradient from those
+//! runs; otherwise, and at stride 2, a tile gets its im2col matrix (row `c·27 + k`: channel c
+//! read at tap k for each column) by copying runs, and one matrix product (burn-flex's gemm)
+//! with the kernel gives the tile, the weight gradient being the output gradient of each tile
+//! times its im2col matrix, summed. The input gradient at stride 1 is the same convolution of
 //! the output gradient with the flipped kernel, at stride 2 burn's (a transposed convolution).
 //! burn-flex gathers each output voxel's patch element by element, and takes the weight gradient
 //! as a convolution whose kernel is the whole output gradient, copying a batch's few elements at
 //! a time.
 //!
 //! Invariants: the results equal burn's `conv3d` and its gradients to float rounding
-//! (`tests/model.rs` compares all three at both strides); f32 only (other dtypes take burn's
-//! path); the extension is only called on the CPU backend, with or without autodiff
-//! ([`conv3d_forward`] checks).
+//! (`tests/model.rs` compares all three at both strides, by both routes); f32 only (other
+//! dtypes take burn's path); the extension is only called on the CPU backend, with or without
+//! autodiff ([`conv3d_forward`] checks).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -35,6 +38,9 @@ use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
+use std::cell::Cell;
+
+use super::conv_simd::{self, Isa, PackedKernel, TileInput};
 
 /// Columns (output positions) of one tile's im2col matrix aim at this many floats in all, so
 /// that the matrix stays in the core's cache.
@@ -208,8 +214,8 @@ impl Conv3x3Backend for Flex {
             return Flex::conv3d(x, weight, None, options);
         };
         let x = x.to_contiguous();
-        let matrix = weight_matrix(&weight.to_contiguous(), &geo);
-        let out = correlate(x.storage::<f32>(), &matrix, &geo);
+        let kernel = Kernel::of(&weight.to_contiguous(), &geo);
+        let out = correlate(x.storage::<f32>(), &kernel, &geo);
         let [d, h, w] = geo.out_size();
         flex_f32(out, [geo.batch, geo.c_out, d, h, w])
     }
@@ -231,8 +237,8 @@ impl Conv3x3Backend for Flex {
             c_out: geo.c_in,
             ..geo
         };
-        let matrix = flipped_weight_matrix(&weight.to_contiguous(), &geo);
-        let out = correlate(grad.to_contiguous().storage::<f32>(), &matrix, &back);
+        let kernel = Kernel::flipped(&weight.to_contiguous(), &geo);
+        let out = correlate(grad.to_contiguous().storage::<f32>(), &kernel, &back);
         flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
     }
 
@@ -390,7 +396,8 @@ impl Geometry {
 fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (row, plane, padded) = geo.padded();
     let volume = geo.d * geo.h * geo.w;
-    let mut out = vec![0.0f32; planes * padded];
+    // Zeros past the last volume: the direct kernels read whole vectors past the last column.
+    let mut out = vec![0.0f32; planes * padded + Isa::SLACK];
     out.par_chunks_mut(padded)
         .zip(values.par_chunks(volume))
         .for_each(|(dst, src)| {
@@ -448,25 +455,115 @@ fn flipped_weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
     flex_f32(m, [c_in, c_out * taps])
 }
 
-/// The correlation of `x [N, C_in, D, H, W]` with the kernel `matrix [C_out, C_in·taps]`
-/// (padding 1, the geometry's stride), as `[N, C_out, D', H', W']` values.
-fn correlate(x: &[f32], matrix: &FlexTensor, geo: &Geometry) -> Vec<f32> {
+/// The kernel of [`correlate`]: the matrix `[C_out, C_in·taps]` for im2col and burn-flex's
+/// gemm and, at stride 1 on a CPU with AVX2 or AVX-512, the same packed for the direct kernel.
+struct Kernel {
+    matrix: FlexTensor,
+    packed: Option<PackedKernel>,
+}
+
+impl Kernel {
+    /// The kernel of the convolution `weight [C_out, C_in, k, 3, 3]`.
+    fn of(weight: &FlexTensor, geo: &Geometry) -> Self {
+        let w = weight.storage::<f32>();
+        let (c_in, taps) = (geo.c_in, geo.taps());
+        let at = |o, c, k| w[(o * c_in + c) * taps + k];
+        Self {
+            matrix: weight_matrix(weight, geo),
+            packed: simd_isa(geo).map(|isa| PackedKernel::new(isa, [geo.c_out, c_in, taps], at)),
+        }
+    }
+
+    /// The kernel of the input's gradient: `weight` flipped in space, channels swapped (a
+    /// convolution from C_out channels to C_in).
+    fn flipped(weight: &FlexTensor, geo: &Geometry) -> Self {
+        let w = weight.storage::<f32>();
+        let (c_in, taps) = (geo.c_in, geo.taps());
+        let at = |c, o, k| w[(o * c_in + c) * taps + taps - 1 - k];
+        Self {
+            matrix: flipped_weight_matrix(weight, geo),
+            packed: simd_isa(geo).map(|isa| PackedKernel::new(isa, [c_in, geo.c_out, taps], at)),
+        }
+    }
+}
+
+thread_local! {
+    /// Whether convolutions started on this thread may take the direct SIMD kernels: in
+    /// optimised builds. Unoptimised (debug) builds keep the matrix-product route, whose gemm
+    /// is optimised there too, where the kernels' intrinsics would run ~40× slower uninlined.
+    static DIRECT_KERNELS: Cell<bool> = const { Cell::new(!cfg!(debug_assertions)) };
+}
+
+/// Runs `f` with convolutions started on this thread taking the direct SIMD kernels (`on`,
+/// where the CPU has them) or the matrix-product route, then restores the setting (tests
+/// compare both in any build).
+pub fn with_direct_kernels<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let before = DIRECT_KERNELS.with(|d| d.replace(on));
+    let out = f();
+    DIRECT_KERNELS.with(|d| d.set(before));
+    out
+}
+
+/// The instruction set of the direct kernels for `geo`, if they serve it (stride 1) and this
+/// thread takes them.
+fn simd_isa(geo: &Geometry) -> Option<Isa> {
+    let on = DIRECT_KERNELS.with(Cell::get);
+    Isa::detect().filter(|_| on && geo.stride == 1)
+}
+
+/// The correlation of `x [N, C_in, D, H, W]` with `kernel` (`[C_out, C_in·taps]`; padding 1,
+/// the geometry's stride), as `[N, C_out, D', H', W']` values.
+fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.out_volume()];
     // A few tiles per thread at a time, so that the products waiting to be copied out stay a
     // small part of the output.
     let tiles_at_once = 4 * rayon::current_num_threads().max(1);
     for tiles in geo.tiles().chunks(tiles_at_once) {
-        let products: Vec<FlexTensor> = tiles
+        let products: Vec<Vec<f32>> = tiles
             .par_iter()
-            .map(|tile| Flex::float_matmul(matrix.clone(), im2col(&padded, geo, tile)))
-            .map(|product| product.to_contiguous())
+            .map(|tile| tile_product(&padded, kernel, geo, tile))
             .collect();
         for (tile, product) in tiles.iter().zip(&products) {
-            scatter_tile(&mut out, product.storage::<f32>(), geo, tile);
+            scatter_tile(&mut out, product, geo, tile);
         }
     }
     out
+}
+
+/// One tile's product `[C_out, cols]` (rows past `C_out` may follow): by the direct kernel
+/// where it is packed, else (or should it refuse) by im2col and gemm.
+fn tile_product(padded: &[f32], kernel: &Kernel, geo: &Geometry, tile: &Tile) -> Vec<f32> {
+    if let Some(packed) = &kernel.packed {
+        let (_, cols) = geo.columns(tile);
+        let offsets = geo.tap_offsets();
+        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
+        let mut out = vec![0.0f32; packed.rows() * cols];
+        if conv_simd::forward(packed.isa(), &input, packed, &mut out) {
+            return out;
+        }
+    }
+    let product = Flex::float_matmul(kernel.matrix.clone(), im2col(padded, geo, tile));
+    product.to_contiguous().storage::<f32>().to_vec()
+}
+
+/// `tile`'s input for the direct kernels: the padded channels of its batch item from its first
+/// column, read at `offsets`.
+fn tile_input<'a>(
+    padded: &'a [f32],
+    geo: &Geometry,
+    tile: &Tile,
+    offsets: &'a [usize],
+) -> TileInput<'a> {
+    let (_, _, volume) = geo.padded();
+    let (first, cols) = geo.columns(tile);
+    TileInput {
+        x: &padded[tile.item * geo.c_in * volume + first..],
+        stride: volume,
+        channels: geo.c_in,
+        offsets,
+        cols,
+    }
 }
 
 /// The runs of `tile`'s columns that are output voxels, as (offset in one channel of the output,
@@ -510,31 +607,26 @@ fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
     }
 }
 
-/// `tile`'s columns of the output gradient `[N, C_out, D', H', W']` as `[C_out, cols]`, zero on
-/// the padding's columns.
-fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile) -> Vec<f32> {
+/// `tile`'s columns of the output gradient `[N, C_out, D', H', W']` as `[C_out, stride]`
+/// (`stride` ≥ cols), zero on the padding's columns and past `cols`.
+fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile, stride: usize) -> Vec<f32> {
     let (_, cols) = geo.columns(tile);
-    let mut g = vec![0.0f32; geo.c_out * cols];
-    for (at, to, len) in tile_copies(geo, tile) {
+    let mut g = vec![0.0f32; geo.c_out * stride];
+    for (at, from, len) in tile_copies(geo, tile) {
+        let to = from / cols * stride + from % cols;
         g[to..to + len].copy_from_slice(&grad[at..at + len]);
     }
     g
 }
 
-/// The kernel's gradient `[C_out, C_in·taps]`: the output gradient of each tile times the
-/// transposed im2col matrix of the input, summed over tiles.
+/// The kernel's gradient `[C_out, C_in·taps]`: each tile's share, summed over tiles.
 fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let size = geo.c_out * geo.c_in * geo.taps();
+    let isa = simd_isa(geo);
     geo.tiles()
         .par_iter()
-        .map(|tile| {
-            let (_, cols) = geo.columns(tile);
-            let g = flex_f32(gather_tile(grad, geo, tile), [geo.c_out, cols]);
-            let col = im2col(&padded, geo, tile);
-            let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
-            product.to_contiguous().storage::<f32>().to_vec()
-        })
+        .map(|tile| tile_weight_gradient(&padded, grad, geo, tile, isa))
         .reduce(
             || vec![0.0f32; size],
             |mut a, b| {
@@ -542,6 +634,32 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
                 a
             },
         )
+}
+
+/// `tile`'s share of the kernel gradient: by the direct kernel of `isa` if given, else (or should it refuse) as the tile's output gradient times the transposed im2col
+/// matrix of the input.
+fn tile_weight_gradient(
+    padded: &[f32],
+    grad: &[f32],
+    geo: &Geometry,
+    tile: &Tile,
+    isa: Option<Isa>,
+) -> Vec<f32> {
+    let (_, cols) = geo.columns(tile);
+    if let Some(isa) = isa {
+        let stride = cols.div_ceil(isa.lanes()) * isa.lanes();
+        let g = gather_tile(grad, geo, tile, stride);
+        let offsets = geo.tap_offsets();
+        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
+        let mut sum = vec![0.0f32; geo.c_out * geo.c_in * geo.taps()];
+        if conv_simd::weight_grad(isa, &input, &g, geo.c_out, &mut sum) {
+            return sum;
+        }
+    }
+    let g = flex_f32(gather_tile(grad, geo, tile, cols), [geo.c_out, cols]);
+    let col = im2col(padded, geo, tile);
+    let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
+    product.to_contiguous().storage::<f32>().to_vec()
 }
 
 #[cfg(test)]

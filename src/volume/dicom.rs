@@ -768,7 +768,7 @@ fn build_mosaic_series(
 ) -> Result<DicomSeries, String> {
     group.sort_by(|a, b| (a.instance, &a.path, a.tile).cmp(&(b.instance, &b.path, b.tile)));
     let tiles = group.iter().filter(|s| s.path == group[0].path).count();
-    if group.len() % tiles != 0 {
+    if !group.len().is_multiple_of(tiles) {
         return Err("the mosaic files hold different numbers of slices".into());
     }
     let frames = group.len() / tiles;

@@ -927,7 +927,7 @@ fn inflate_backed(
     let size = header.datatype.size_bytes() as u64;
     let (pre, whole) = (
         header.vox_offset.div_ceil(size),
-        header.vox_offset % size == 0,
+        header.vox_offset.is_multiple_of(size),
     );
     let mut stored = Stored::zeroed(header.datatype, n + pre as usize);
     let mut d = libdeflater::Decompressor::new();

@@ -138,8 +138,8 @@ impl Mosaic {
         if images < 1
             || tile_rows == 0
             || tile_columns == 0
-            || rows % per_side != 0
-            || columns % per_side != 0
+            || !rows.is_multiple_of(per_side)
+            || !columns.is_multiple_of(per_side)
         {
             return Err(format!(
                 "a mosaic of {images} images ({per_side} a side) cannot be cut from {rows} × \
