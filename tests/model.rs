@@ -724,6 +724,59 @@ fn compare_block_convolutions() {
     }
 }
 
+/// The network's upsampling on the CPU (`model::upconv`: a 2×2×2, stride-2 transposed
+/// convolution — and the single-slice form's 1×2×2 — as matrix products, with its own backward
+/// pass) against burn's `ConvTranspose3d::forward`: the output and the gradients of input,
+/// weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of two.
+#[test]
+fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
+    use burn::nn::conv::ConvTranspose3dConfig;
+    use mriloop::model::upconv::upconv_forward;
+    let ad = cpu().autodiff();
+    let shapes = [(3, 5, [3, 5, 7]), (16, 8, [1, 4, 6]), (2, 1, [5, 1, 3])];
+    for ((c_in, c_out, [d, h, w]), kd) in shapes.into_iter().flat_map(|s| [(s, 2), (s, 1)]) {
+        let up = ConvTranspose3dConfig::new([c_in, c_out], [kd, 2, 2])
+            .with_stride([kd, 2, 2])
+            .init(&ad);
+        let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
+        let out = [2, c_out, kd * d, 2 * h, 2 * w];
+        let target = Tensor::<5>::random(out, Distribution::Normal(0.0, 1.0), &ad);
+        let run = |fast: bool| {
+            let x = x.clone().require_grad();
+            let y = match fast {
+                true => upconv_forward(&up, x.clone()),
+                false => up.forward(x.clone()),
+            };
+            let grads = (y.clone() * target.clone()).sum().backward();
+            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+            let bias = up
+                .bias
+                .as_ref()
+                .and_then(|b| b.grad(&grads))
+                .expect("bias grad");
+            [
+                values(y.inner()),
+                values(x.grad(&grads).expect("x grad")),
+                values(up.weight.grad(&grads).expect("weight grad")),
+                bias.into_data().try_into_vec::<f32>().expect("f32"),
+            ]
+        };
+        let (fast, slow) = (run(true), run(false));
+        let case = format!("{c_in}->{c_out} {kd}×2×2 [{d}, {h}, {w}]");
+        for (i, what) in [
+            "output",
+            "input gradient",
+            "weight gradient",
+            "bias gradient",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_close(&fast[i], &slow[i], 1e-5, &format!("{what} {case}"));
+        }
+    }
+}
+
 /// The blocks' instance norm on the CPU (`model::norm`, one fused operation with its own backward
 /// pass) against burn's `InstanceNorm::forward`: output and the gradients of input, γ and β, with
 /// γ and β away from their initial 1 and 0, on channels of very different means and spreads.

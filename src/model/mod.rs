@@ -34,6 +34,7 @@ pub mod resume;
 pub mod runs;
 pub mod split;
 pub mod training;
+pub mod upconv;
 pub mod versions;
 
 pub use apply::{

@@ -17,6 +17,7 @@ use burn::tensor::activation::relu;
 
 use super::conv::conv3d_forward;
 use super::norm::instance_norm_forward;
+use super::upconv::upconv_forward;
 
 /// Configuration of the multi-task residual U-Net.
 #[derive(Config, Debug, PartialEq)]
@@ -266,7 +267,7 @@ impl MultiTaskUNet {
         let cls = self.classify(h.clone());
         for (up, dec) in self.ups.iter().zip(&self.decoders) {
             let skip = skips.pop().unwrap_or_else(|| h.clone());
-            let u = up.forward(h);
+            let u = upconv_forward(up, h);
             h = dec.forward(Tensor::cat(vec![u, skip], 1));
         }
         (conv3d_forward(&self.seg_head, h), cls)

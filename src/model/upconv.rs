@@ -1,0 +1,326 @@
+//! The U-Net's upsampling — a transposed convolution with a 2×2×2 kernel at stride 2 — on
+//! burn's CPU backend as matrix products, with a backward pass of its own. Each input voxel
+//! feeds its own 2×2×2 block of the output, so the operation is one product per batch item,
+//! `P = Wᵀ [C_out·8, C_in] × X [C_in, voxels]`, whose row `(o, a, b, c)` is output channel o at
+//! block offset (a, b, c): [`interleave`] writes it into place. Backward: the output gradient
+//! de-interleaved to `G [C_out·8, voxels]`; the input's gradient is `W × G`, the kernel's
+//! `Σ_items X × Gᵀ`. burn-flex computes both gradients as generic convolutions, 2–4× slower.
+//! The single-slice form's 1×2×2 upsampling (in-plane only) runs the same with 4 offsets.
+//!
+//! Invariants: the results equal burn's `conv_transpose3d` and its gradients to float rounding
+//! (`tests/model.rs` compares them); f32 only, no padding, dilation 1, one group (anything else
+//! takes burn's path); called only on the CPU backend ([`upconv_forward`] checks).
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::flex::FlexTensor;
+use burn::backend::ops::{ConvTransposeOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::nn::conv::ConvTranspose3d;
+use burn::prelude::*;
+use burn::tensor::{DType, TensorData};
+use rayon::prelude::*;
+
+/// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
+/// bias) of their own; the defaults are burn's generic transposed convolution and gradients.
+#[backend_extension(Flex, Autodiff)]
+pub trait UpConvBackend: Backend {
+    /// `x [N, C_in, D, H, W]` and `weight [C_in, C_out, k, 2, 2]` (k = 2 or 1) →
+    /// `[N, C_out, k·D, 2H, 2W]`.
+    fn upconv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let options = up_options(&weight);
+        Self::conv_transpose3d(x, weight, None, options)
+    }
+
+    /// The gradient of [`UpConvBackend::upconv`] with respect to `x`, given the output's.
+    fn upconv_x_grad(weight: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let options = up_options(&weight);
+        Self::conv_transpose3d_x_backward(weight, grad, options)
+    }
+
+    /// The gradient of [`UpConvBackend::upconv`] with respect to `weight`.
+    fn upconv_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let options = up_options(&weight);
+        Self::conv_transpose3d_weight_backward(x, weight, grad, options)
+    }
+}
+
+/// Stride = kernel (`weight [C_in, C_out, k, 2, 2]`), no padding, dilation 1, one group.
+fn up_options<T: TensorMetadata>(weight: &T) -> ConvTransposeOptions<3> {
+    let [_, _, kd, kh, kw] = weight.shape().dims::<5>();
+    ConvTransposeOptions::new([kd, kh, kw], [0; 3], [0; 3], [1; 3], 1)
+}
+
+/// `up` applied to `x`. On burn's CPU backend an upsampling (kernel = stride, 2×2×2 or 1×2×2,
+/// no padding, dilation 1, one group) runs as [`UpConvBackend::upconv`]; everything else, and
+/// every other backend, runs `ConvTranspose3d::forward`.
+pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    let k = up.kernel_size;
+    let plain = up.dilation == [1, 1, 1]
+        && up.groups == 1
+        && up.padding == [0; 3]
+        && up.padding_out == [0; 3]
+        && up.stride == k
+        && matches!(k, [2, 2, 2] | [1, 2, 2]);
+    if !plain || x.device().inner() != Device::flex() {
+        return up.forward(x);
+    }
+    let weight = up.weight.val().into_dispatch();
+    let out = Tensor::<5>::from_dispatch(<Dispatch as UpConvBackend>::upconv(
+        x.into_dispatch(),
+        weight,
+    ));
+    match &up.bias {
+        Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
+        None => out,
+    }
+}
+
+/// The backward pass of [`UpConvBackend::upconv`] under autodiff.
+#[derive(Debug)]
+struct UpConvBackward;
+
+impl<B: UpConvBackend> Backward<B, 2> for UpConvBackward {
+    type State = (NodeId, NodeId);
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 2>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x_state, weight_state) = ops.state;
+        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, B::upconv_x_grad(weight.clone(), grad.clone()));
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, B::upconv_weight_grad(x, weight, grad));
+        }
+    }
+}
+
+impl<B: UpConvBackend, C: CheckpointStrategy> UpConvBackend for Autodiff<B, C> {
+    fn upconv(x: FloatTensor<Self>, weight: FloatTensor<Self>) -> FloatTensor<Self> {
+        let prepared = UpConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful();
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let x_state = prep.checkpoint(&x);
+                let weight_state = prep.checkpoint(&weight);
+                let out = B::upconv(x.into_primitive(), weight.into_primitive());
+                prep.finish((x_state, weight_state), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::upconv(x.into_primitive(), weight.into_primitive()))
+            }
+        }
+    }
+}
+
+impl UpConvBackend for Flex {
+    fn upconv(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
+        let Some(geo) = UpGeometry::of(&x, &weight) else {
+            let options = up_options(&weight);
+            return Flex::conv_transpose3d(x, weight, None, options);
+        };
+        // Wᵀ [1, C_out·8, C_in] × X [N, C_in, V] = P [N, C_out·8, V].
+        let w = Flex::float_swap_dims(geo.weight_matrix(weight), 1, 2);
+        let p = Flex::float_matmul(w, geo.items(x)).to_contiguous();
+        let out = interleave(p.storage::<f32>(), &geo);
+        let [d, h, w] = geo.out_size();
+        flex_f32(out, [geo.batch, geo.c_out, d, h, w])
+    }
+
+    fn upconv_x_grad(weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some(geo) = UpGeometry::of_grad(&weight, &grad) else {
+            let options = up_options(&weight);
+            return Flex::conv_transpose3d_x_backward(weight, grad, options);
+        };
+        // W [1, C_in, C_out·8] × G [N, C_out·8, V] = [N, C_in, V].
+        let g = deinterleave(grad.to_contiguous().storage::<f32>(), &geo);
+        let g = flex_f32(g, [geo.batch, geo.c_out * geo.offsets(), geo.voxels()]);
+        let x_grad = Flex::float_matmul(geo.weight_matrix(weight), g);
+        Flex::float_reshape(
+            x_grad,
+            Shape::new([geo.batch, geo.c_in, geo.d, geo.h, geo.w]),
+        )
+    }
+
+    fn upconv_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some(geo) = UpGeometry::of(&x, &weight) else {
+            let options = up_options(&weight);
+            return Flex::conv_transpose3d_weight_backward(x, weight, grad, options);
+        };
+        // Σ_items X [C_in, V] × Gᵀ [V, C_out·8] = [C_in, C_out·8].
+        let g = deinterleave(grad.to_contiguous().storage::<f32>(), &geo);
+        let g = flex_f32(g, [geo.batch, geo.c_out * geo.offsets(), geo.voxels()]);
+        let per_item = Flex::float_matmul(geo.items(x), Flex::float_swap_dims(g, 1, 2));
+        let sum = Flex::float_sum_dim(per_item, 0);
+        let [_, _, kd, kh, kw] = weight.shape().dims::<5>();
+        Flex::float_reshape(sum, Shape::new([geo.c_in, geo.c_out, kd, kh, kw]))
+    }
+}
+
+/// A contiguous f32 tensor of `shape` holding `values`.
+fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// The sizes of one upsampling: the input's, and the kernel's depth (2, or 1 in-plane only).
+#[derive(Clone, Copy, Debug)]
+struct UpGeometry {
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    d: usize,
+    h: usize,
+    w: usize,
+    kernel_d: usize,
+}
+
+impl UpGeometry {
+    /// The sizes of `x [N, C_in, D, H, W]` upsampled with `weight [C_in, C_out, k, 2, 2]`, both
+    /// f32 and non-empty; `None` for anything else.
+    fn of(x: &FlexTensor, weight: &FlexTensor) -> Option<Self> {
+        let xs = x.layout().shape();
+        let ws = weight.layout().shape();
+        let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+        let fits = f32s && xs.num_dims() == 5 && ws.num_dims() == 5 && xs[1] == ws[0];
+        let kernel = fits && matches!(ws[2], 1 | 2) && ws[3] == 2 && ws[4] == 2;
+        let nonempty = kernel && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
+        nonempty.then(|| Self {
+            batch: xs[0],
+            c_in: xs[1],
+            c_out: ws[1],
+            d: xs[2],
+            h: xs[3],
+            w: xs[4],
+            kernel_d: ws[2],
+        })
+    }
+
+    /// The sizes from `weight [C_in, C_out, k, 2, 2]` and the output's gradient
+    /// `[N, C_out, k·D, 2H, 2W]`, both f32 and non-empty; `None` for anything else.
+    fn of_grad(weight: &FlexTensor, grad: &FlexTensor) -> Option<Self> {
+        let gs = grad.layout().shape();
+        let ws = weight.layout().shape();
+        let f32s = grad.dtype() == DType::F32 && weight.dtype() == DType::F32;
+        let fits = f32s && gs.num_dims() == 5 && ws.num_dims() == 5 && gs[1] == ws[1];
+        let kernel = fits && matches!(ws[2], 1 | 2) && ws[3] == 2 && ws[4] == 2;
+        let even = kernel
+            && gs[2].is_multiple_of(ws[2])
+            && gs[3].is_multiple_of(2)
+            && gs[4].is_multiple_of(2);
+        let nonempty = even && (0..5).all(|i| gs[i] > 0 && ws[i] > 0);
+        nonempty.then(|| Self {
+            batch: gs[0],
+            c_in: ws[0],
+            c_out: ws[1],
+            d: gs[2] / ws[2],
+            h: gs[3] / 2,
+            w: gs[4] / 2,
+            kernel_d: ws[2],
+        })
+    }
+
+    /// Block offsets per input voxel: 8, or 4 in-plane.
+    fn offsets(&self) -> usize {
+        4 * self.kernel_d
+    }
+
+    /// Voxels in one channel of the input.
+    fn voxels(&self) -> usize {
+        self.d * self.h * self.w
+    }
+
+    /// The output's spatial size.
+    fn out_size(&self) -> [usize; 3] {
+        [self.kernel_d * self.d, 2 * self.h, 2 * self.w]
+    }
+
+    /// `weight [C_in, C_out, k, 2, 2]` as the matrix `[1, C_in, C_out·offsets]` (its memory).
+    fn weight_matrix(&self, weight: FlexTensor) -> FlexTensor {
+        let shape = Shape::new([1, self.c_in, self.c_out * self.offsets()]);
+        Flex::float_reshape(weight.to_contiguous(), shape)
+    }
+
+    /// `x [N, C_in, D, H, W]` as `[N, C_in, voxels]`.
+    fn items(&self, x: FlexTensor) -> FlexTensor {
+        let shape = Shape::new([self.batch, self.c_in, self.voxels()]);
+        Flex::float_reshape(x.to_contiguous(), shape)
+    }
+
+    /// For row `(z', y')` of one output channel: the rows of its two width offsets in that
+    /// channel's products `[offsets, V]`, and where in them the row's input voxels start.
+    fn source_rows(&self, row: usize) -> ([usize; 2], usize) {
+        let oh = 2 * self.h;
+        let (y2, z2) = (row % oh, row / oh);
+        let (a, z) = match self.kernel_d {
+            2 => (z2 % 2, z2 / 2),
+            _ => (0, z2),
+        };
+        let (b, y) = (y2 % 2, y2 / 2);
+        let first = (a * 2 + b) * 2 * self.voxels();
+        ([first, first + self.voxels()], (z * self.h + y) * self.w)
+    }
+}
+
+/// The products `P [N, C_out·offsets, V]` (row `(o, a, b, c)`) written into the output
+/// `[N, C_out, k·D, 2H, 2W]`: output voxel `(k·z + a, 2y + b, 2x + c)` of channel o is input
+/// voxel `(z, y, x)` of row `(o, a, b, c)`.
+fn interleave(p: &[f32], geo: &UpGeometry) -> Vec<f32> {
+    let (w, channel) = (geo.w, geo.offsets() * geo.voxels());
+    let mut out = vec![0.0f32; p.len()];
+    out.par_chunks_mut(channel)
+        .zip(p.par_chunks(channel))
+        .for_each(|(out, p)| {
+            for (row, dst) in out.chunks_exact_mut(2 * w).enumerate() {
+                let ([even, odd], at) = geo.source_rows(row);
+                let (even, odd) = (&p[even + at..even + at + w], &p[odd + at..odd + at + w]);
+                let dst = &mut dst[..2 * w];
+                for x in 0..w {
+                    dst[2 * x] = even[x];
+                    dst[2 * x + 1] = odd[x];
+                }
+            }
+        });
+    out
+}
+
+/// The inverse of [`interleave`]: the output's gradient `[N, C_out, k·D, 2H, 2W]` as
+/// `[N, C_out·offsets, V]`.
+fn deinterleave(grad: &[f32], geo: &UpGeometry) -> Vec<f32> {
+    let (w, channel) = (geo.w, geo.offsets() * geo.voxels());
+    let mut g = vec![0.0f32; grad.len()];
+    g.par_chunks_mut(channel)
+        .zip(grad.par_chunks(channel))
+        .for_each(|(g, grad)| {
+            for (row, src) in grad.chunks_exact(2 * w).enumerate() {
+                let ([even, odd], at) = geo.source_rows(row);
+                let src = &src[..2 * w];
+                let even = &mut g[even + at..even + at + w];
+                for x in 0..w {
+                    even[x] = src[2 * x];
+                }
+                let odd = &mut g[odd + at..odd + at + w];
+                for x in 0..w {
+                    odd[x] = src[2 * x + 1];
+                }
+            }
+        });
+    g
+}
