@@ -38,7 +38,7 @@ use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use super::conv_simd::{self, Isa, PackedKernel, TileInput};
 
@@ -214,7 +214,7 @@ impl Conv3x3Backend for Flex {
             return Flex::conv3d(x, weight, None, options);
         };
         let x = x.to_contiguous();
-        let kernel = Kernel::of(&weight.to_contiguous(), &geo);
+        let kernel = Kernel::new(weight, &geo, false);
         let out = correlate(x.storage::<f32>(), &kernel, &geo);
         let [d, h, w] = geo.out_size();
         flex_f32(out, [geo.batch, geo.c_out, d, h, w])
@@ -237,7 +237,7 @@ impl Conv3x3Backend for Flex {
             c_out: geo.c_in,
             ..geo
         };
-        let kernel = Kernel::flipped(&weight.to_contiguous(), &geo);
+        let kernel = Kernel::new(weight, &geo, true);
         let out = correlate(grad.to_contiguous().storage::<f32>(), &kernel, &back);
         flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
     }
@@ -455,34 +455,49 @@ fn flipped_weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
     flex_f32(m, [c_in, c_out * taps])
 }
 
-/// The kernel of [`correlate`]: the matrix `[C_out, C_in·taps]` for im2col and burn-flex's
-/// gemm and, at stride 1 on a CPU with AVX2 or AVX-512, the same packed for the direct kernel.
+/// The kernel of [`correlate`]: at stride 1 on a CPU with AVX2 or AVX-512, packed for the
+/// direct kernel; otherwise the matrix `[C_out, C_in·taps]` for im2col and burn-flex's gemm
+/// (built from the weight, should the direct kernel refuse a tile).
 struct Kernel {
-    matrix: FlexTensor,
+    weight: FlexTensor,
+    flipped: bool,
+    matrix: Option<FlexTensor>,
     packed: Option<PackedKernel>,
 }
 
 impl Kernel {
-    /// The kernel of the convolution `weight [C_out, C_in, k, 3, 3]`.
-    fn of(weight: &FlexTensor, geo: &Geometry) -> Self {
+    /// The kernel of the convolution `weight [C_out, C_in, k, 3, 3]`, or with `flipped` that
+    /// of its input's gradient: flipped in space, channels swapped (C_out channels to C_in).
+    fn new(weight: FlexTensor, geo: &Geometry, flipped: bool) -> Self {
+        let weight = weight.to_contiguous();
         let w = weight.storage::<f32>();
         let (c_in, taps) = (geo.c_in, geo.taps());
-        let at = |o, c, k| w[(o * c_in + c) * taps + k];
-        Self {
-            matrix: weight_matrix(weight, geo),
-            packed: simd_isa(geo).map(|isa| PackedKernel::new(isa, [geo.c_out, c_in, taps], at)),
+        let packed = simd_isa(geo).map(|isa| match flipped {
+            true => PackedKernel::new(isa, [c_in, geo.c_out, taps], |c, o, k| {
+                w[(o * c_in + c) * taps + taps - 1 - k]
+            }),
+            false => PackedKernel::new(isa, [geo.c_out, c_in, taps], |o, c, k| {
+                w[(o * c_in + c) * taps + k]
+            }),
+        });
+        let mut kernel = Self {
+            weight,
+            flipped,
+            matrix: None,
+            packed,
+        };
+        if kernel.packed.is_none() {
+            kernel.matrix = Some(kernel.matrix(geo));
         }
+        kernel
     }
 
-    /// The kernel of the input's gradient: `weight` flipped in space, channels swapped (a
-    /// convolution from C_out channels to C_in).
-    fn flipped(weight: &FlexTensor, geo: &Geometry) -> Self {
-        let w = weight.storage::<f32>();
-        let (c_in, taps) = (geo.c_in, geo.taps());
-        let at = |c, o, k| w[(o * c_in + c) * taps + taps - 1 - k];
-        Self {
-            matrix: flipped_weight_matrix(weight, geo),
-            packed: simd_isa(geo).map(|isa| PackedKernel::new(isa, [c_in, geo.c_out, taps], at)),
+    /// The matrix for im2col and gemm.
+    fn matrix(&self, geo: &Geometry) -> FlexTensor {
+        match (&self.matrix, self.flipped) {
+            (Some(matrix), _) => matrix.clone(),
+            (None, false) => weight_matrix(&self.weight, geo),
+            (None, true) => flipped_weight_matrix(&self.weight, geo),
         }
     }
 }
@@ -512,39 +527,97 @@ fn simd_isa(geo: &Geometry) -> Option<Isa> {
 }
 
 /// The correlation of `x [N, C_in, D, H, W]` with `kernel` (`[C_out, C_in·taps]`; padding 1,
-/// the geometry's stride), as `[N, C_out, D', H', W']` values.
+/// the geometry's stride), as `[N, C_out, D', H', W']` values. Tiles run in parallel, each
+/// writing its own runs of the output ([`tile_regions`]) from a product reused per thread.
 fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.out_volume()];
-    // A few tiles per thread at a time, so that the products waiting to be copied out stay a
-    // small part of the output.
-    let tiles_at_once = 4 * rayon::current_num_threads().max(1);
-    for tiles in geo.tiles().chunks(tiles_at_once) {
-        let products: Vec<Vec<f32>> = tiles
-            .par_iter()
-            .map(|tile| tile_product(&padded, kernel, geo, tile))
-            .collect();
-        for (tile, product) in tiles.iter().zip(&products) {
-            scatter_tile(&mut out, product, geo, tile);
-        }
-    }
+    let tiles = geo.tiles();
+    let mut regions = tile_regions(&mut out, geo, &tiles);
+    tiles
+        .par_iter()
+        .zip(regions.par_iter_mut())
+        .for_each(|(tile, region)| {
+            PRODUCT.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut product) => tile_into(&padded, kernel, geo, tile, &mut product, region),
+                Err(_) => tile_into(&padded, kernel, geo, tile, &mut Vec::new(), region),
+            })
+        });
     out
 }
 
-/// One tile's product `[C_out, cols]` (rows past `C_out` may follow): by the direct kernel
-/// where it is packed, else (or should it refuse) by im2col and gemm.
-fn tile_product(padded: &[f32], kernel: &Kernel, geo: &Geometry, tile: &Tile) -> Vec<f32> {
-    if let Some(packed) = &kernel.packed {
-        let (_, cols) = geo.columns(tile);
-        let offsets = geo.tap_offsets();
-        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
-        let mut out = vec![0.0f32; packed.rows() * cols];
-        if conv_simd::forward(packed.isa(), &input, packed, &mut out) {
-            return out;
+thread_local! {
+    /// A thread's tile product, kept between tiles (the direct kernel overwrites what it uses).
+    static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Computes `tile`'s product `[C_out, cols]` in `product` (grown as needed) and copies its
+/// output voxels into `region`, the tile's run of each output channel.
+fn tile_into(
+    padded: &[f32],
+    kernel: &Kernel,
+    geo: &Geometry,
+    tile: &Tile,
+    product: &mut Vec<f32>,
+    region: &mut [&mut [f32]],
+) {
+    let product = tile_product(padded, kernel, geo, tile, product);
+    let runs = voxel_runs(geo, tile);
+    let (_, cols) = geo.columns(tile);
+    let first = runs.first().map_or(0, |r| r.0);
+    for (o, channel) in region.iter_mut().enumerate() {
+        for &(offset, start, len) in &runs {
+            let at = offset - first;
+            channel[at..at + len].copy_from_slice(&product[o * cols + start..][..len]);
         }
     }
-    let product = Flex::float_matmul(kernel.matrix.clone(), im2col(padded, geo, tile));
-    product.to_contiguous().storage::<f32>().to_vec()
+}
+
+/// The output `[N, C_out, D', H', W']` cut into each tile's run of each channel (a tile's
+/// voxels are one run per channel; a batch item's tiles follow each other).
+fn tile_regions<'a>(out: &'a mut [f32], geo: &Geometry, tiles: &[Tile]) -> Vec<Vec<&'a mut [f32]>> {
+    let lengths: Vec<usize> = tiles
+        .iter()
+        .map(|tile| voxel_runs(geo, tile).iter().map(|r| r.2).sum())
+        .collect();
+    let mut regions: Vec<Vec<&mut [f32]>> = tiles.iter().map(|_| Vec::new()).collect();
+    for (index, channel) in out.chunks_mut(geo.out_volume()).enumerate() {
+        let item = index / geo.c_out;
+        let mut rest = channel;
+        for (t, _) in tiles.iter().enumerate().filter(|(_, t)| t.item == item) {
+            let (run, tail) = std::mem::take(&mut rest).split_at_mut(lengths[t]);
+            regions[t].push(run);
+            rest = tail;
+        }
+    }
+    regions
+}
+
+/// One tile's product `[C_out, cols]` (rows past `C_out` may follow): by the direct kernel
+/// into `scratch` where the kernel is packed, else (or should it refuse) by im2col and gemm.
+fn tile_product<'a>(
+    padded: &[f32],
+    kernel: &Kernel,
+    geo: &Geometry,
+    tile: &Tile,
+    scratch: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let (_, cols) = geo.columns(tile);
+    if let Some(packed) = &kernel.packed {
+        let offsets = geo.tap_offsets();
+        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
+        let size = packed.rows() * cols;
+        if scratch.len() < size {
+            scratch.resize(size, 0.0);
+        }
+        if conv_simd::forward(packed.isa(), &input, packed, &mut scratch[..size]) {
+            return &scratch[..size];
+        }
+    }
+    let matrix = kernel.matrix(geo);
+    let product = Flex::float_matmul(matrix, im2col(padded, geo, tile)).to_contiguous();
+    *scratch = product.storage::<f32>().to_vec();
+    &scratch[..]
 }
 
 /// `tile`'s input for the direct kernels: the padded channels of its batch item from its first
@@ -597,14 +670,6 @@ fn tile_copies(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
                 .map(move |&(offset, start, len)| (channel + offset, o * cols + start, len))
         })
         .collect()
-}
-
-/// Copies the voxels of `tile`'s product `[C_out, cols]` (columns on the padding dropped) into
-/// `out [N, C_out, D', H', W']`.
-fn scatter_tile(out: &mut [f32], product: &[f32], geo: &Geometry, tile: &Tile) {
-    for (at, from, len) in tile_copies(geo, tile) {
-        out[at..at + len].copy_from_slice(&product[from..from + len]);
-    }
 }
 
 /// `tile`'s columns of the output gradient `[N, C_out, D', H', W']` as `[C_out, stride]`
@@ -668,8 +733,10 @@ mod tests {
 
     /// For many sizes, strides, both kernel depths and channel counts (so tiles of one row up to
     /// whole volumes):
-    /// the tiles' output runs cover every output voxel of every batch item exactly once, every
-    /// tile has columns, and every tap of every column lies inside the padded volume.
+    /// the tiles' output runs cover every output voxel of every batch item exactly once, each
+    /// tile's runs follow each other and the last tile's (one run per channel, as
+    /// `tile_regions` cuts the output), every tile has columns, and every tap of every column
+    /// lies inside the padded volume.
     #[test]
     fn tiles_cover_each_output_voxel_once_and_read_inside_the_padding() {
         for (d, h, w) in [
@@ -701,6 +768,8 @@ mod tests {
                 let mut seen = vec![0u32; geo.batch * geo.out_volume()];
                 let (row, plane, volume) = geo.padded();
                 let [_, out_h, out_w] = geo.out_size();
+                // Where the next tile's run starts in each item's channels (`tile_regions`).
+                let mut next = vec![0usize; geo.batch];
                 for tile in geo.tiles() {
                     let (first, cols) = geo.columns(&tile);
                     assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
@@ -716,6 +785,8 @@ mod tests {
                     assert!(last_tap < volume, "{geo:?} {tile:?}");
                     for (offset, start, len) in voxel_runs(&geo, &tile) {
                         assert!(start + len <= cols, "{geo:?} {tile:?}");
+                        assert_eq!(offset, next[tile.item], "{geo:?} {tile:?}: one run");
+                        next[tile.item] = offset + len;
                         let at = tile.item * geo.out_volume() + offset;
                         seen[at..at + len].iter_mut().for_each(|n| *n += 1);
                     }
