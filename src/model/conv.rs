@@ -357,10 +357,27 @@ impl Geometry {
         }
     }
 
-    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (taps·C_in)` columns.
+    /// Every batch item's output rows, in tiles of about `TILE_FLOATS / (taps·C_in)` columns
+    /// (an im2col matrix that stays in the core's cache).
     fn tiles(&self) -> Vec<Tile> {
-        let (rows, row) = self.rows();
+        let (_, row) = self.rows();
         let cols = (TILE_FLOATS / (self.taps() * self.c_in)).clamp(row, TILE_MAX_COLS.max(row));
+        self.tiles_of(cols)
+    }
+
+    /// Every batch item's output rows in tiles of up to `TILE_MAX_COLS` columns, but no more
+    /// columns than make `parts` tiles in all (at least one row each): the direct
+    /// weight-gradient kernel's, which needs no im2col matrix and sums each tile's share of the
+    /// whole kernel gradient (fewer, longer tiles: fewer sums; yet enough for the threads).
+    fn tiles_in(&self, parts: usize) -> Vec<Tile> {
+        let (rows, row) = self.rows();
+        let even = (self.batch * rows).div_ceil(parts.max(1)) * row;
+        self.tiles_of(even.min(TILE_MAX_COLS))
+    }
+
+    /// Every batch item's output rows, in tiles of about `cols` columns (at least one row).
+    fn tiles_of(&self, cols: usize) -> Vec<Tile> {
+        let (rows, row) = self.rows();
         let rows_per_tile = (cols / row).max(1);
         (0..self.batch)
             .flat_map(|item| {
@@ -689,7 +706,11 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
     let size = geo.c_out * geo.c_in * geo.taps();
     let isa = simd_isa(geo);
-    geo.tiles()
+    let tiles = match isa {
+        Some(_) => geo.tiles_in(rayon::current_num_threads()),
+        None => geo.tiles(),
+    };
+    tiles
         .par_iter()
         .map(|tile| tile_weight_gradient(&padded, grad, geo, tile, isa))
         .reduce(
@@ -765,34 +786,48 @@ mod tests {
                     stride,
                     kernel_d,
                 };
-                let mut seen = vec![0u32; geo.batch * geo.out_volume()];
-                let (row, plane, volume) = geo.padded();
-                let [_, out_h, out_w] = geo.out_size();
-                // Where the next tile's run starts in each item's channels (`tile_regions`).
-                let mut next = vec![0usize; geo.batch];
-                for tile in geo.tiles() {
-                    let (first, cols) = geo.columns(&tile);
-                    assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
-                    let last = geo.tap_offsets()[geo.taps() - 1];
-                    let last_tap = match stride {
-                        1 => first + cols - 1 + last,
-                        _ => {
-                            let r = tile.end_row - 1;
-                            let (z, y) = (r / out_h, r % out_h);
-                            2 * z * plane + 2 * y * row + 2 * (out_w - 1) + last
-                        }
-                    };
-                    assert!(last_tap < volume, "{geo:?} {tile:?}");
-                    for (offset, start, len) in voxel_runs(&geo, &tile) {
-                        assert!(start + len <= cols, "{geo:?} {tile:?}");
-                        assert_eq!(offset, next[tile.item], "{geo:?} {tile:?}: one run");
-                        next[tile.item] = offset + len;
-                        let at = tile.item * geo.out_volume() + offset;
-                        seen[at..at + len].iter_mut().for_each(|n| *n += 1);
-                    }
+                let tilings = [
+                    geo.tiles(),
+                    geo.tiles_in(1),
+                    geo.tiles_in(4),
+                    geo.tiles_in(7),
+                ];
+                for tiles in tilings {
+                    check_tiling(&geo, &tiles);
                 }
-                assert!(seen.iter().all(|&n| n == 1), "{geo:?}");
             }
         }
+    }
+
+    /// See [`tiles_cover_each_output_voxel_once_and_read_inside_the_padding`].
+    fn check_tiling(geo: &Geometry, tiles: &[Tile]) {
+        let stride = geo.stride;
+        let mut seen = vec![0u32; geo.batch * geo.out_volume()];
+        let (row, plane, volume) = geo.padded();
+        let [_, out_h, out_w] = geo.out_size();
+        // Where the next tile's run starts in each item's channels (`tile_regions`).
+        let mut next = vec![0usize; geo.batch];
+        for tile in tiles {
+            let (first, cols) = geo.columns(tile);
+            assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
+            let last = geo.tap_offsets()[geo.taps() - 1];
+            let last_tap = match stride {
+                1 => first + cols - 1 + last,
+                _ => {
+                    let r = tile.end_row - 1;
+                    let (z, y) = (r / out_h, r % out_h);
+                    2 * z * plane + 2 * y * row + 2 * (out_w - 1) + last
+                }
+            };
+            assert!(last_tap < volume, "{geo:?} {tile:?}");
+            for (offset, start, len) in voxel_runs(geo, tile) {
+                assert!(start + len <= cols, "{geo:?} {tile:?}");
+                assert_eq!(offset, next[tile.item], "{geo:?} {tile:?}: one run");
+                next[tile.item] = offset + len;
+                let at = tile.item * geo.out_volume() + offset;
+                seen[at..at + len].iter_mut().for_each(|n| *n += 1);
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "{geo:?}");
     }
 }

@@ -78,6 +78,7 @@ impl Isa {
     }
 
     /// (output, input) channels per gradient block.
+    /// (Both the blocks of taps in runs of three and of single taps divide these.)
     fn grad_blocks(self) -> (usize, usize) {
         match self {
             Isa::Avx512 => (4, 4),
@@ -216,11 +217,14 @@ pub fn weight_grad(
             false => &zeros[..],
         })
         .collect();
+    let runs_of_three =
+        taps % 3 == 0 && (input.offsets.chunks(3)).all(|r| r[1] == r[0] + 1 && r[2] == r[0] + 2);
     let rows = GradRows {
         g: &g_rows,
         x: &x_rows,
         offsets: input.offsets,
         vectors: reach / lanes,
+        runs_of_three,
     };
     let mut blocks = vec![0.0f32; g_rows.len() * x_rows.len() * taps];
     // SAFETY: every gradient row holds ≥ `reach` floats and every input row ≥ `reach + far`
@@ -250,6 +254,8 @@ struct GradRows<'a> {
     x: &'a [&'a [f32]],
     offsets: &'a [usize],
     vectors: usize,
+    /// The taps come in runs of three consecutive offsets (a kernel row's).
+    runs_of_three: bool,
 }
 
 /// The operations the kernels need from one vector instruction set.
@@ -362,13 +368,23 @@ unsafe fn forward_avx2(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn grad_avx512(rows: &GradRows, blocks: &mut [f32]) {
-    unsafe { grad_kernel::<Avx512, 4, 4>(rows, blocks) }
+    unsafe {
+        match rows.runs_of_three {
+            true => grad_kernel::<Avx512, 4, 2, 3>(rows, blocks),
+            false => grad_kernel::<Avx512, 4, 4, 1>(rows, blocks),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn grad_avx2(rows: &GradRows, blocks: &mut [f32]) {
-    unsafe { grad_kernel::<Avx2, 2, 4>(rows, blocks) }
+    unsafe {
+        match rows.runs_of_three {
+            true => grad_kernel::<Avx2, 2, 2, 3>(rows, blocks),
+            false => grad_kernel::<Avx2, 2, 4, 1>(rows, blocks),
+        }
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -428,37 +444,46 @@ unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
 }
 
 /// `blocks [C_out', C_in', taps]`: for each tap and channel pair, `Σ_p g[o][p] · x[c][p +
-/// offsets[k]]` over `vectors · N` columns, `CO × CI` pairs at a time.
+/// offsets[k]]` over `vectors · N` columns, `CO × CI` channel pairs at a time, and `S` taps at
+/// once where the taps come in runs of `S` consecutive offsets (a kernel row's three taps read
+/// one input row shifted by one: loaded from memory once, then from the core's cache).
 ///
 /// Safety: every `g` row holds `vectors · N` floats, every `x` row that many past the largest
-/// offset; the row counts are multiples of `CO` and `CI`; `blocks` holds all pairs × taps.
+/// offset; the row counts are multiples of `CO` and `CI`; the taps are runs of `S` consecutive
+/// offsets; `blocks` holds all pairs × taps.
 #[inline(always)]
-unsafe fn grad_kernel<L: Lanes, const CO: usize, const CI: usize>(
+unsafe fn grad_kernel<L: Lanes, const CO: usize, const CI: usize, const S: usize>(
     rows: &GradRows,
     blocks: &mut [f32],
 ) {
     let taps = rows.offsets.len();
     let c_in = rows.x.len();
-    for (k, &offset) in rows.offsets.iter().enumerate() {
+    for (run, &offset) in rows.offsets.iter().step_by(S).enumerate() {
         for ob in (0..rows.g.len()).step_by(CO) {
             let g: [*const f32; CO] = std::array::from_fn(|o| rows.g[ob + o].as_ptr());
             for cb in (0..c_in).step_by(CI) {
                 let x: [*const f32; CI] =
                     std::array::from_fn(|c| unsafe { rows.x[cb + c].as_ptr().add(offset) });
-                let mut acc = [[unsafe { L::zero() }; CI]; CO];
+                let mut acc = [[[unsafe { L::zero() }; S]; CI]; CO];
                 for v in 0..rows.vectors {
                     let at = v * L::N;
                     let gv: [L::V; CO] = std::array::from_fn(|o| unsafe { L::load(g[o].add(at)) });
-                    let xv: [L::V; CI] = std::array::from_fn(|c| unsafe { L::load(x[c].add(at)) });
-                    for o in 0..CO {
-                        for c in 0..CI {
-                            acc[o][c] = unsafe { L::fma(gv[o], xv[c], acc[o][c]) };
+                    for c in 0..CI {
+                        let xv: [L::V; S] =
+                            std::array::from_fn(|t| unsafe { L::load(x[c].add(at + t)) });
+                        for o in 0..CO {
+                            for t in 0..S {
+                                acc[o][c][t] = unsafe { L::fma(gv[o], xv[t], acc[o][c][t]) };
+                            }
                         }
                     }
                 }
                 for (o, acc_o) in acc.iter().enumerate() {
-                    for (c, &a) in acc_o.iter().enumerate() {
-                        blocks[((ob + o) * c_in + cb + c) * taps + k] = unsafe { L::sum(a) };
+                    for (c, acc_c) in acc_o.iter().enumerate() {
+                        for (t, &a) in acc_c.iter().enumerate() {
+                            let k = run * S + t;
+                            blocks[((ob + o) * c_in + cb + c) * taps + k] = unsafe { L::sum(a) };
+                        }
                     }
                 }
             }
@@ -477,12 +502,17 @@ mod tests {
     }
 
     /// Both kernels, on every instruction set this CPU has, against plain loops: channel counts
-    /// off the blocks (1, 3, 5, 9), column counts off the vectors, taps at scattered offsets.
+    /// off the blocks (1, 3, 5, 9), column counts off the vectors, taps at scattered offsets and
+    /// in runs of three.
     #[test]
     fn the_kernels_match_plain_loops_on_every_instruction_set_here() {
-        let offsets = [0usize, 1, 2, 7, 11, 40, 41, 63, 90];
+        let scattered = [0usize, 1, 2, 7, 11, 40, 41, 63, 90];
+        let runs = [0usize, 1, 2, 10, 11, 12, 88, 89, 90];
+        let sizes = [(1, 1, 5), (3, 5, 47), (9, 8, 100), (5, 9, 16)];
         for isa in Isa::available() {
-            for (c_in, c_out, cols) in [(1, 1, 5), (3, 5, 47), (9, 8, 100), (5, 9, 16)] {
+            for ((c_in, c_out, cols), offsets) in
+                sizes.into_iter().flat_map(|s| [(s, scattered), (s, runs)])
+            {
                 let stride = cols + 90 + Isa::SLACK + 3;
                 let x: Vec<f32> = (0..c_in * stride).map(value).collect();
                 let input = TileInput {
