@@ -39,6 +39,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
+use std::mem::MaybeUninit;
 
 use super::conv_simd::{self, Isa, PackedKernel, TileInput};
 
@@ -409,22 +410,80 @@ impl Geometry {
 }
 
 /// `planes` volumes of `d × h × w`, each zero-padded by one voxel on every side (in-plane only
-/// for a 1×3×3 kernel).
+/// for a 1×3×3 kernel), then zeros for the direct kernels' reads past the last column. Each
+/// value is written once (no zeroing of the whole buffer first).
 fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (row, plane, padded) = geo.padded();
     let volume = geo.d * geo.h * geo.w;
-    // Zeros past the last volume: the direct kernels read whole vectors past the last column.
-    let mut out = vec![0.0f32; planes * padded + Isa::SLACK];
-    out.par_chunks_mut(padded)
-        .zip(values.par_chunks(volume))
-        .for_each(|(dst, src)| {
-            for (line, run) in src.chunks(geo.w).enumerate() {
-                let (z, y) = (line / geo.h, line % geo.h);
-                let at = (z + geo.pad_d()) * plane + (y + 1) * row + 1;
-                dst[at..at + geo.w].copy_from_slice(run);
-            }
-        });
+    written(planes * padded + Isa::SLACK, |out| {
+        out.par_chunks_mut(padded)
+            .zip(values.par_chunks(volume))
+            .for_each(|(dst, src)| {
+                let mut dst = Cursor::new(dst);
+                dst.zeros(geo.pad_d() * plane);
+                for slab in src.chunks(geo.h * geo.w) {
+                    dst.zeros(row);
+                    for run in slab.chunks(geo.w) {
+                        dst.zeros(1);
+                        dst.copy(run);
+                        dst.zeros(1);
+                    }
+                    dst.zeros(row);
+                }
+                dst.finish();
+            });
+        // The slack (and any volume without values: none) is zeros.
+        let whole = planes.min(values.len() / volume.max(1)) * padded;
+        Cursor::new(&mut out[whole..]).finish();
+    })
+}
+
+/// A `Vec` of `len` floats whose storage `fill` writes. `fill` must write every element: the
+/// callers write through [`Cursor`]s that cover their slices by construction (`finish`
+/// zero-fills what is left).
+fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out = Vec::with_capacity(len);
+    fill(&mut out.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements (see above), within the capacity reserved.
+    unsafe { out.set_len(len) };
     out
+}
+
+/// Writes a slice of uninitialised floats front to back; [`Cursor::finish`] writes zeros over
+/// the rest, so a finished cursor has written every element.
+struct Cursor<'a> {
+    dst: &'a mut [MaybeUninit<f32>],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(dst: &'a mut [MaybeUninit<f32>]) -> Self {
+        Self { dst, at: 0 }
+    }
+
+    /// Writes `n` zeros.
+    fn zeros(&mut self, n: usize) {
+        let dst = &mut self.dst[self.at..self.at + n];
+        // SAFETY: `dst` is `n` valid elements; the all-zero bytes are the float 0.0 (a memset,
+        // fast in unoptimised builds too).
+        unsafe { std::ptr::write_bytes(dst.as_mut_ptr(), 0, n) };
+        self.at += n;
+    }
+
+    /// Writes `src`.
+    fn copy(&mut self, src: &[f32]) {
+        let dst = &mut self.dst[self.at..self.at + src.len()];
+        // SAFETY: `dst` holds `src.len()` elements laid out as floats (`MaybeUninit<f32>` has
+        // f32's layout) and cannot overlap `src` (it is borrowed mutably); a memcpy.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
+        self.at += src.len();
+    }
+
+    /// Zeros over the rest.
+    fn finish(mut self) {
+        let rest = self.dst.len() - self.at;
+        self.zeros(rest);
+    }
 }
 
 /// The im2col matrix `[C_in·taps, cols]` of `tile` over the padded input: row `c·taps + k` is
@@ -548,19 +607,22 @@ fn simd_isa(geo: &Geometry) -> Option<Isa> {
 /// writing its own runs of the output ([`tile_regions`]) from a product reused per thread.
 fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
     let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
-    let mut out = vec![0.0f32; geo.batch * geo.c_out * geo.out_volume()];
-    let tiles = geo.tiles();
-    let mut regions = tile_regions(&mut out, geo, &tiles);
-    tiles
-        .par_iter()
-        .zip(regions.par_iter_mut())
-        .for_each(|(tile, region)| {
-            PRODUCT.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut product) => tile_into(&padded, kernel, geo, tile, &mut product, region),
-                Err(_) => tile_into(&padded, kernel, geo, tile, &mut Vec::new(), region),
-            })
-        });
-    out
+    let tiles = match kernel.packed {
+        Some(_) => geo.tiles_in(4 * rayon::current_num_threads()),
+        None => geo.tiles(),
+    };
+    written(geo.batch * geo.c_out * geo.out_volume(), |out| {
+        let mut regions = tile_regions(out, geo, &tiles);
+        tiles
+            .par_iter()
+            .zip(regions.par_iter_mut())
+            .for_each(|(tile, region)| {
+                PRODUCT.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut product) => tile_into(&padded, kernel, geo, tile, &mut product, region),
+                    Err(_) => tile_into(&padded, kernel, geo, tile, &mut Vec::new(), region),
+                })
+            });
+    })
 }
 
 thread_local! {
@@ -568,36 +630,41 @@ thread_local! {
     static PRODUCT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Computes `tile`'s product `[C_out, cols]` in `product` (grown as needed) and copies its
-/// output voxels into `region`, the tile's run of each output channel.
+/// Computes `tile`'s product `[C_out, cols]` in `product` (grown as needed) and writes its
+/// output voxels, run after run, over `region`, the tile's run of each output channel.
 fn tile_into(
     padded: &[f32],
     kernel: &Kernel,
     geo: &Geometry,
     tile: &Tile,
     product: &mut Vec<f32>,
-    region: &mut [&mut [f32]],
+    region: &mut [&mut [MaybeUninit<f32>]],
 ) {
     let product = tile_product(padded, kernel, geo, tile, product);
     let runs = voxel_runs(geo, tile);
     let (_, cols) = geo.columns(tile);
-    let first = runs.first().map_or(0, |r| r.0);
     for (o, channel) in region.iter_mut().enumerate() {
-        for &(offset, start, len) in &runs {
-            let at = offset - first;
-            channel[at..at + len].copy_from_slice(&product[o * cols + start..][..len]);
+        let mut dst = Cursor::new(channel);
+        for &(_, start, len) in &runs {
+            dst.copy(&product[o * cols + start..][..len]);
         }
+        dst.finish();
     }
 }
 
 /// The output `[N, C_out, D', H', W']` cut into each tile's run of each channel (a tile's
-/// voxels are one run per channel; a batch item's tiles follow each other).
-fn tile_regions<'a>(out: &'a mut [f32], geo: &Geometry, tiles: &[Tile]) -> Vec<Vec<&'a mut [f32]>> {
+/// voxels are one run per channel, its runs following each other; a batch item's tiles follow
+/// each other: the tiling test checks both). Anything no tile covers is zeroed here.
+fn tile_regions<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    geo: &Geometry,
+    tiles: &[Tile],
+) -> Vec<Vec<&'a mut [MaybeUninit<f32>]>> {
     let lengths: Vec<usize> = tiles
         .iter()
         .map(|tile| voxel_runs(geo, tile).iter().map(|r| r.2).sum())
         .collect();
-    let mut regions: Vec<Vec<&mut [f32]>> = tiles.iter().map(|_| Vec::new()).collect();
+    let mut regions: Vec<Vec<&mut [MaybeUninit<f32>]>> = tiles.iter().map(|_| Vec::new()).collect();
     for (index, channel) in out.chunks_mut(geo.out_volume()).enumerate() {
         let item = index / geo.c_out;
         let mut rest = channel;
@@ -606,6 +673,7 @@ fn tile_regions<'a>(out: &'a mut [f32], geo: &Geometry, tiles: &[Tile]) -> Vec<V
             regions[t].push(run);
             rest = tail;
         }
+        Cursor::new(rest).finish();
     }
     regions
 }

@@ -217,8 +217,8 @@ pub fn weight_grad(
             false => &zeros[..],
         })
         .collect();
-    let runs_of_three =
-        taps % 3 == 0 && (input.offsets.chunks(3)).all(|r| r[1] == r[0] + 1 && r[2] == r[0] + 2);
+    let runs_of_three = taps.is_multiple_of(3)
+        && (input.offsets.chunks(3)).all(|r| r[1] == r[0] + 1 && r[2] == r[0] + 2);
     let rows = GradRows {
         g: &g_rows,
         x: &x_rows,
