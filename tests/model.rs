@@ -663,12 +663,14 @@ fn compare_block_convolutions() {
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;
     let ad = cpu().autodiff();
-    // The last has several tiles per batch item at both strides.
+    // The fourth has several tiles per batch item at both strides; the last is large enough
+    // (an output of 8³ and more) for the direct route's phased stride 2.
     let shapes = [
         (3, 5, [7, 5, 9]),
         (8, 4, [1, 6, 4]),
         (2, 2, [12, 11, 10]),
         (40, 3, [6, 18, 17]),
+        (2, 3, [16, 17, 15]),
     ];
     // (kernel depth, in-plane size, stride): the blocks', the downsamplings', the 1×1×1 ones and
     // the single-slice form's 1×3×3 (strided in-plane only, on one slice).

@@ -10,7 +10,9 @@
 //! of each row, the last two rows of each plane) are computed and dropped. On a CPU with AVX2 or
 //! AVX-512 (optimised builds, see [`with_direct_kernels`]) the direct kernels of
 //! [`super::conv_simd`] compute a stride-1 tile and its share of the weight gradient from those
-//! runs; otherwise, and at stride 2, a tile gets its im2col matrix (row `c·27 + k`: channel c
+//! runs; a 3×3×3 stride-2 convolution takes them too, over the padded input split into its 8
+//! parity phases (in which each tap is a phase shifted by 0 or 1 voxel: a stride-1 problem).
+//! Otherwise (and for the single-slice form's stride 2) a tile gets its im2col matrix (row `c·27 + k`: channel c
 //! read at tap k for each column) by copying runs, and one matrix product (burn-flex's gemm)
 //! with the kernel gives the tile, the weight gradient being the output gradient of each tile
 //! times its im2col matrix, summed. The input gradient at stride 1 is the same convolution of
@@ -277,11 +279,16 @@ struct Geometry {
     stride: usize,
     /// The kernel's depth: 3, or 1 for the single-slice form's 1×3×3 (no depth padding).
     kernel_d: usize,
+    /// A stride-2 3×3×3 convolution on the direct kernels' route: the padded input is split
+    /// into its 8 parity phases ([`phase_volumes`]), in which the convolution is a stride-1
+    /// one over the phase grid (see [`Geometry::grid`]).
+    phased: bool,
 }
 
-/// A run of output rows of one batch item. At stride 1 rows are the `(z, y)` pairs of the
-/// padded-stride grid, `row = z·(H+2) + y`, of which those with `y ≥ H` lie on the padding; at
-/// stride 2 they are the output's own rows, `row = z'·H' + y'`.
+/// A run of output rows of one batch item. At stride 1 (and phased stride 2) rows are the
+/// `(z, y)` pairs of the grid ([`Geometry::grid`]), `row = z·(H+2) + y` (phased: `z·(H'+1) +
+/// y`), of which those with `y ≥ H` (`H'`) lie on the padding; at unphased stride 2 they are the
+/// output's own rows, `row = z'·H' + y'`.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     item: usize,
@@ -310,6 +317,12 @@ impl Geometry {
             w: xs[4],
             stride,
             kernel_d: ws[2],
+            // The phase grid's extra row, column and plane cost under half the work from an
+            // output of 8³ up; below it the im2col route is faster.
+            phased: stride == 2
+                && ws[2] == 3
+                && (2..5).all(|i| xs[i].div_ceil(2) >= 8)
+                && direct_kernels().is_some(),
         })
     }
 
@@ -341,20 +354,49 @@ impl Geometry {
         (row, plane, (self.d + 2 * self.pad_d()) * plane)
     }
 
-    /// Offsets in the padded grid of the kernel taps (depth, height, width in C order; the first
-    /// nine of a 1×3×3 kernel).
+    /// Offsets in the grid's channel of the kernel taps (depth, height, width in C order; the
+    /// first nine of a 1×3×3 kernel). Phased: tap `(a, b, c)` reads phase `(a, b, c) mod 2`
+    /// shifted by `(a, b, c) div 2`.
     fn tap_offsets(&self) -> [usize; 27] {
-        let (row, plane, _) = self.padded();
-        std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3)
+        let (row, plane, volume) = self.grid();
+        match self.phased {
+            false => std::array::from_fn(|k| (k / 9) * plane + (k / 3 % 3) * row + k % 3),
+            true => std::array::from_fn(|k| {
+                let (a, b, c) = (k / 9, k / 3 % 3, k % 3);
+                let phase = (a % 2) * 4 + (b % 2) * 2 + c % 2;
+                phase * (volume / 8) + (a / 2) * plane + (b / 2) * row + c / 2
+            }),
+        }
     }
 
-    /// Tile rows in one batch item and columns per row (see [`Tile`]); at stride 1 up to the
-    /// last output row (the last plane's two padding rows are no tile's).
+    /// The grid the direct kernels and stride-1 tiles compute over: voxels per row, per plane
+    /// and per channel. Stride 1: the padded volume. Phased: one phase of the padded volume,
+    /// `(D'+1)·(H'+1)·(W'+1)`, eight of them per channel. (Unphased stride 2 has none: its
+    /// tiles' columns are output voxels.)
+    fn grid(&self) -> (usize, usize, usize) {
+        match self.phased {
+            false => self.padded(),
+            true => {
+                let [d, h, w] = self.out_size();
+                let plane = (h + 1) * (w + 1);
+                (w + 1, plane, 8 * (d + 1) * plane)
+            }
+        }
+    }
+
+    /// Whether tiles compute over [`Geometry::grid`] (stride 1, or phased).
+    fn on_grid(&self) -> bool {
+        self.stride == 1 || self.phased
+    }
+
+    /// Tile rows in one batch item and columns per row (see [`Tile`]); on the grid up to the
+    /// last output row (the last plane's padding rows are no tile's).
     fn rows(&self) -> (usize, usize) {
         let [d, h, w] = self.out_size();
-        match self.stride {
-            1 => ((self.d - 1) * (self.h + 2) + self.h, self.w + 2),
-            _ => (d * h, w),
+        let (row, plane, _) = self.grid();
+        match self.on_grid() {
+            true => ((d - 1) * (plane / row) + h, row),
+            false => (d * h, w),
         }
     }
 
@@ -391,19 +433,20 @@ impl Geometry {
             .collect()
     }
 
-    /// The tile's first column and its number of columns. At stride 1 a column is a padded-grid
+    /// The tile's first column and its number of columns. On the grid a column is a grid
     /// position, and the last one is the last output voxel's (so that every tap of every column
-    /// lies inside the padded volume); at stride 2 it is an output voxel.
+    /// lies inside the channel's grid); at unphased stride 2 it is an output voxel.
     fn columns(&self, tile: &Tile) -> (usize, usize) {
         let (_, row) = self.rows();
         let first = tile.first_row * row;
-        let end = match self.stride {
-            1 => {
-                let (row, plane, _) = self.padded();
-                let last = (self.d - 1) * plane + (self.h - 1) * row + self.w;
+        let end = match self.on_grid() {
+            true => {
+                let [d, h, w] = self.out_size();
+                let (row, plane, _) = self.grid();
+                let last = (d - 1) * plane + (h - 1) * row + w;
                 (tile.end_row * row).min(last)
             }
-            _ => tile.end_row * row,
+            false => tile.end_row * row,
         };
         (first, end.saturating_sub(first))
     }
@@ -434,6 +477,55 @@ fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
             });
         // The slack (and any volume without values: none) is zeros.
         let whole = planes.min(values.len() / volume.max(1)) * padded;
+        Cursor::new(&mut out[whole..]).finish();
+    })
+}
+
+/// The input `[N, C_in, D, H, W]` as the kernels read it: padded ([`pad_volumes`]), or
+/// phased ([`phase_volumes`]).
+fn kernel_input(x: &[f32], geo: &Geometry) -> Vec<f32> {
+    match geo.phased {
+        false => pad_volumes(x, geo.batch * geo.c_in, geo),
+        true => phase_volumes(x, geo.batch * geo.c_in, geo),
+    }
+}
+
+/// `planes` volumes of `d × h × w`, each as the 8 parity phases of its padded volume: phase
+/// `(a, b, c)` holds padded voxel `(2z + a, 2y + b, 2x + c)` at `(z, y, x)` of the phase grid
+/// `(D'+1) × (H'+1) × (W'+1)` (zero outside the volume), then zeros for the kernels' reads past
+/// the last column.
+fn phase_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
+    let (_, _, channel) = geo.grid();
+    let [d, h, w] = geo.out_size();
+    let volume = geo.d * geo.h * geo.w;
+    let at = |i: usize, n: usize| i.checked_sub(1).filter(|&i| i < n);
+    written(planes * channel + Isa::SLACK, |out| {
+        out.par_chunks_mut(channel)
+            .zip(values.par_chunks(volume))
+            .for_each(|(dst, src)| {
+                let mut dst = Cursor::new(dst);
+                let mut run = Vec::with_capacity(w + 1);
+                for phase in 0..8 {
+                    let (a, b, c) = (phase / 4, phase / 2 % 2, phase % 2);
+                    for z in 0..=d {
+                        for y in 0..=h {
+                            let line = at(2 * z + a, geo.d).zip(at(2 * y + b, geo.h));
+                            let Some(line) = line.map(|(z, y)| &src[(z * geo.h + y) * geo.w..])
+                            else {
+                                dst.zeros(w + 1);
+                                continue;
+                            };
+                            run.clear();
+                            run.extend(
+                                (0..=w).map(|x| at(2 * x + c, geo.w).map_or(0.0, |x| line[x])),
+                            );
+                            dst.copy(&run);
+                        }
+                    }
+                }
+                dst.finish();
+            });
+        let whole = planes.min(values.len() / volume.max(1)) * channel;
         Cursor::new(&mut out[whole..]).finish();
     })
 }
@@ -595,18 +687,22 @@ pub fn with_direct_kernels<T>(on: bool, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// The instruction set of the direct kernels for `geo`, if they serve it (stride 1) and this
-/// thread takes them.
+/// The instruction set of the direct kernels, if this thread takes them and the CPU has one.
+fn direct_kernels() -> Option<Isa> {
+    Isa::detect().filter(|_| DIRECT_KERNELS.with(Cell::get))
+}
+
+/// The instruction set of the direct kernels for `geo`, if they serve it (stride 1, or a
+/// phased stride 2) and this thread takes them.
 fn simd_isa(geo: &Geometry) -> Option<Isa> {
-    let on = DIRECT_KERNELS.with(Cell::get);
-    Isa::detect().filter(|_| on && geo.stride == 1)
+    direct_kernels().filter(|_| geo.stride == 1 || geo.phased)
 }
 
 /// The correlation of `x [N, C_in, D, H, W]` with `kernel` (`[C_out, C_in·taps]`; padding 1,
 /// the geometry's stride), as `[N, C_out, D', H', W']` values. Tiles run in parallel, each
 /// writing its own runs of the output ([`tile_regions`]) from a product reused per thread.
 fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
-    let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
+    let padded = kernel_input(x, geo);
     let tiles = match kernel.packed {
         Some(_) => geo.tiles_in(4 * rayon::current_num_threads()),
         None => geo.tiles(),
@@ -713,7 +809,7 @@ fn tile_input<'a>(
     tile: &Tile,
     offsets: &'a [usize],
 ) -> TileInput<'a> {
-    let (_, _, volume) = geo.padded();
+    let (_, _, volume) = geo.grid();
     let (first, cols) = geo.columns(tile);
     TileInput {
         x: &padded[tile.item * geo.c_in * volume + first..],
@@ -729,16 +825,18 @@ fn tile_input<'a>(
 /// columns left out), at stride 2 the whole tile.
 fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
     let (first, cols) = geo.columns(tile);
-    if geo.stride != 1 {
+    if !geo.on_grid() {
         return vec![(first, 0, cols)];
     }
-    let (row, _, _) = geo.padded();
+    let [_, h, w] = geo.out_size();
+    let (row, plane, _) = geo.grid();
+    let rows_per_plane = plane / row;
     (tile.first_row..tile.end_row)
         .filter_map(|r| {
-            let (z, y) = (r / (geo.h + 2), r % (geo.h + 2));
+            let (z, y) = (r / rows_per_plane, r % rows_per_plane);
             let start = r * row - first;
-            let voxel = (y < geo.h && start + geo.w <= cols).then_some((z * geo.h + y) * geo.w);
-            voxel.map(|offset| (offset, start, geo.w))
+            let voxel = (y < h && start + w <= cols).then_some((z * h + y) * w);
+            voxel.map(|offset| (offset, start, w))
         })
         .collect()
 }
@@ -771,7 +869,7 @@ fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile, stride: usize) -> Vec<
 
 /// The kernel's gradient `[C_out, C_in·taps]`: each tile's share, summed over tiles.
 fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
-    let padded = pad_volumes(x, geo.batch * geo.c_in, geo);
+    let padded = kernel_input(x, geo);
     let size = geo.c_out * geo.c_in * geo.taps();
     let isa = simd_isa(geo);
     let tiles = match isa {
@@ -820,8 +918,8 @@ fn tile_weight_gradient(
 mod tests {
     use super::*;
 
-    /// For many sizes, strides, both kernel depths and channel counts (so tiles of one row up to
-    /// whole volumes):
+    /// For many sizes, strides (stride 2 phased and not), both kernel depths and channel counts
+    /// (so tiles of one row up to whole volumes):
     /// the tiles' output runs cover every output voxel of every batch item exactly once, each
     /// tile's runs follow each other and the last tile's (one run per channel, as
     /// `tile_regions` cuts the output), every tile has columns, and every tap of every column
@@ -840,8 +938,10 @@ mod tests {
             let cases = [1, 2].into_iter().flat_map(|s| {
                 [(3, 1), (3, 7), (3, 64), (3, 600), (1, 7), (1, 600)].map(|(k, c)| (s, k, c))
             });
-            for (stride, kernel_d, channels) in cases {
-                if kernel_d == 1 && stride == 2 && d != 1 {
+            let cases = cases.flat_map(|c| [(c, false), (c, true)]);
+            for ((stride, kernel_d, channels), phased) in cases {
+                let flat_strided = kernel_d == 1 && stride == 2 && d != 1;
+                if flat_strided || (phased && (stride, kernel_d) != (2, 3)) {
                     continue;
                 }
                 let geo = Geometry {
@@ -853,6 +953,7 @@ mod tests {
                     w,
                     stride,
                     kernel_d,
+                    phased,
                 };
                 let tilings = [
                     geo.tiles(),
@@ -869,19 +970,20 @@ mod tests {
 
     /// See [`tiles_cover_each_output_voxel_once_and_read_inside_the_padding`].
     fn check_tiling(geo: &Geometry, tiles: &[Tile]) {
-        let stride = geo.stride;
         let mut seen = vec![0u32; geo.batch * geo.out_volume()];
-        let (row, plane, volume) = geo.padded();
+        let (row, plane, _) = geo.padded();
+        let (_, _, volume) = geo.grid();
         let [_, out_h, out_w] = geo.out_size();
         // Where the next tile's run starts in each item's channels (`tile_regions`).
         let mut next = vec![0usize; geo.batch];
         for tile in tiles {
             let (first, cols) = geo.columns(tile);
             assert!(cols > 0 && cols <= volume, "{geo:?} {tile:?}");
-            let last = geo.tap_offsets()[geo.taps() - 1];
-            let last_tap = match stride {
-                1 => first + cols - 1 + last,
-                _ => {
+            let taps = &geo.tap_offsets()[..geo.taps()];
+            let last = taps.iter().copied().max().unwrap_or(0);
+            let last_tap = match geo.on_grid() {
+                true => first + cols - 1 + last,
+                false => {
                     let r = tile.end_row - 1;
                     let (z, y) = (r / out_h, r % out_h);
                     2 * z * plane + 2 * y * row + 2 * (out_w - 1) + last
