@@ -504,7 +504,6 @@ fn phase_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
             .zip(values.par_chunks(volume))
             .for_each(|(dst, src)| {
                 let mut dst = Cursor::new(dst);
-                let mut run = Vec::with_capacity(w + 1);
                 for phase in 0..8 {
                     let (a, b, c) = (phase / 4, phase / 2 % 2, phase % 2);
                     for z in 0..=d {
@@ -515,11 +514,13 @@ fn phase_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
                                 dst.zeros(w + 1);
                                 continue;
                             };
-                            run.clear();
-                            run.extend(
-                                (0..=w).map(|x| at(2 * x + c, geo.w).map_or(0.0, |x| line[x])),
-                            );
-                            dst.copy(&run);
+                            // Column x holds voxel 2x + c − 1: phase 0 starts on the padding.
+                            let lead = 1 - c;
+                            let values = line[..geo.w].iter().skip(lead).step_by(2);
+                            let n = values.len();
+                            dst.zeros(lead);
+                            dst.write_all(values.copied());
+                            dst.zeros(w + 1 - lead - n);
                         }
                     }
                 }
@@ -569,6 +570,15 @@ impl<'a> Cursor<'a> {
         // f32's layout) and cannot overlap `src` (it is borrowed mutably); a memcpy.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr().cast(), src.len()) };
         self.at += src.len();
+    }
+
+    /// Writes the values `values` yields.
+    fn write_all(&mut self, values: impl ExactSizeIterator<Item = f32>) {
+        let n = values.len();
+        for (d, v) in self.dst[self.at..self.at + n].iter_mut().zip(values) {
+            d.write(v);
+        }
+        self.at += n;
     }
 
     /// Zeros over the rest.
