@@ -371,8 +371,8 @@ impl Geometry {
 
     /// The grid the direct kernels and stride-1 tiles compute over: voxels per row, per plane
     /// and per channel. Stride 1: the padded volume. Phased: one phase of the padded volume,
-    /// `(D'+1)·(H'+1)·(W'+1)`, eight of them per channel. (Unphased stride 2 has none: its
-    /// tiles' columns are output voxels.)
+    /// `(D'+1)·(H'+1)·(W'+1)`, eight of them per channel. (Unphased stride 2: the padded
+    /// volume, though its tiles' columns are output voxels.)
     fn grid(&self) -> (usize, usize, usize) {
         match self.phased {
             false => self.padded(),
@@ -588,11 +588,12 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// The im2col matrix `[C_in·taps, cols]` of `tile` over the padded input: row `c·taps + k` is
-/// channel `c` read at tap `k` from each column's position.
+/// The im2col matrix `[C_in·taps, cols]` of `tile` over the kernel input ([`kernel_input`]):
+/// row `c·taps + k` is channel `c` read at tap `k` from each column's position.
 fn im2col(padded: &[f32], geo: &Geometry, tile: &Tile) -> FlexTensor {
     let channels = geo.c_in;
-    let (row, plane, volume) = geo.padded();
+    let (row, plane, _) = geo.padded();
+    let (_, _, volume) = geo.grid();
     let (first, cols) = geo.columns(tile);
     let taps = geo.tap_offsets();
     let [_, out_h, out_w] = geo.out_size();
@@ -601,7 +602,8 @@ fn im2col(padded: &[f32], geo: &Geometry, tile: &Tile) -> FlexTensor {
     let mut col = Vec::with_capacity(channels * n_taps * cols);
     for r in 0..channels * n_taps {
         let at = (tile.item * channels + r / n_taps) * volume + taps[r % n_taps];
-        if s == 1 {
+        // On the grid (stride 1, phased stride 2) each tap of a tile is one run.
+        if geo.on_grid() {
             col.extend_from_slice(&padded[at + first..at + first + cols]);
             continue;
         }
@@ -633,9 +635,9 @@ fn flipped_weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
     flex_f32(m, [c_in, c_out * taps])
 }
 
-/// The kernel of [`correlate`]: at stride 1 on a CPU with AVX2 or AVX-512, packed for the
-/// direct kernel; otherwise the matrix `[C_out, C_in·taps]` for im2col and burn-flex's gemm
-/// (built from the weight, should the direct kernel refuse a tile).
+/// The kernel of [`correlate`]: on the direct kernels' route (stride 1 or phased stride 2, a
+/// CPU with AVX2 or AVX-512), packed for them; otherwise the matrix `[C_out, C_in·taps]` for
+/// im2col and burn-flex's gemm (built from the weight, should a direct kernel refuse a tile).
 struct Kernel {
     weight: FlexTensor,
     flipped: bool,
@@ -974,6 +976,51 @@ mod tests {
                 for tiles in tilings {
                     check_tiling(&geo, &tiles);
                 }
+            }
+        }
+    }
+
+    /// A phased stride-2 tile (odd and even sizes, an output over 8³) by the direct kernel and
+    /// by im2col and gemm over the same phases (the route a refused tile would take) agree.
+    #[test]
+    fn phased_tiles_by_im2col_match_the_direct_kernel() {
+        let Some(isa) = Isa::detect() else { return };
+        let geo = Geometry {
+            batch: 2,
+            c_in: 3,
+            c_out: 5,
+            d: 16,
+            h: 17,
+            w: 15,
+            stride: 2,
+            kernel_d: 3,
+            phased: true,
+        };
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+        let x: Vec<f32> = (0..2 * 3 * 16 * 17 * 15).map(value).collect();
+        let w: Vec<f32> = (0..5 * 3 * 27).map(|i| value(i * 13 + 5)).collect();
+        let weight = flex_f32(w.clone(), [5, 3, 3, 3, 3]);
+        let packed = PackedKernel::new(isa, [5, 3, 27], |o, c, k| w[(o * 3 + c) * 27 + k]);
+        let direct = Kernel {
+            weight: weight.clone(),
+            flipped: false,
+            matrix: None,
+            packed: Some(packed),
+        };
+        let gemm = Kernel {
+            matrix: Some(weight_matrix(&weight, &geo)),
+            weight,
+            flipped: false,
+            packed: None,
+        };
+        let input = kernel_input(&x, &geo);
+        for tile in geo.tiles() {
+            let (_, cols) = geo.columns(&tile);
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let by_kernel = &tile_product(&input, &direct, &geo, &tile, &mut a)[..5 * cols];
+            let by_gemm = &tile_product(&input, &gemm, &geo, &tile, &mut b)[..5 * cols];
+            for (p, q) in by_kernel.iter().zip(by_gemm) {
+                assert!((p - q).abs() < 1e-4, "{tile:?}: {p} vs {q}");
             }
         }
     }
