@@ -306,7 +306,7 @@ impl Geometry {
         let fits = f32s && (1..=2).contains(&stride) && xs.num_dims() == 5 && ws.num_dims() == 5;
         let kernel3 = fits && xs[1] == ws[1] && matches!(ws[2], 1 | 3) && ws[3] == 3 && ws[4] == 3;
         // A 1×3×3 kernel strides only in-plane: one slice deep, a depth stride changes nothing.
-        let flat_ok = ws[2] == 3 || stride == 1 || xs[2] == 1;
+        let flat_ok = kernel3 && (ws[2] == 3 || stride == 1 || xs[2] == 1);
         let nonempty = kernel3 && flat_ok && (0..5).all(|i| xs[i] > 0 && ws[i] > 0);
         nonempty.then(|| Self {
             batch: xs[0],
@@ -640,6 +640,8 @@ fn flipped_weight_matrix(weight: &FlexTensor, geo: &Geometry) -> FlexTensor {
 /// im2col and burn-flex's gemm (built from the weight, should a direct kernel refuse a tile).
 struct Kernel {
     weight: FlexTensor,
+    /// The convolution's geometry (not the input gradient's, whose channels are swapped).
+    geo: Geometry,
     flipped: bool,
     matrix: Option<FlexTensor>,
     packed: Option<PackedKernel>,
@@ -662,22 +664,23 @@ impl Kernel {
         });
         let mut kernel = Self {
             weight,
+            geo: *geo,
             flipped,
             matrix: None,
             packed,
         };
         if kernel.packed.is_none() {
-            kernel.matrix = Some(kernel.matrix(geo));
+            kernel.matrix = Some(kernel.matrix());
         }
         kernel
     }
 
-    /// The matrix for im2col and gemm.
-    fn matrix(&self, geo: &Geometry) -> FlexTensor {
+    /// The matrix for im2col and gemm: `[C_out, C_in·taps]`, flipped `[C_in, C_out·taps]`.
+    fn matrix(&self) -> FlexTensor {
         match (&self.matrix, self.flipped) {
             (Some(matrix), _) => matrix.clone(),
-            (None, false) => weight_matrix(&self.weight, geo),
-            (None, true) => flipped_weight_matrix(&self.weight, geo),
+            (None, false) => weight_matrix(&self.weight, &self.geo),
+            (None, true) => flipped_weight_matrix(&self.weight, &self.geo),
         }
     }
 }
@@ -807,7 +810,7 @@ fn tile_product<'a>(
             return &scratch[..size];
         }
     }
-    let matrix = kernel.matrix(geo);
+    let matrix = kernel.matrix();
     let product = Flex::float_matmul(matrix, im2col(padded, geo, tile)).to_contiguous();
     *scratch = product.storage::<f32>().to_vec();
     &scratch[..]
@@ -980,6 +983,31 @@ mod tests {
         }
     }
 
+    /// The input gradient's kernel, packed for the direct kernel or not, falls back on the
+    /// flipped matrix `[C_in, C_out·taps]` of the convolution's own geometry.
+    #[test]
+    fn the_input_gradients_fallback_matrix_is_the_flipped_kernel() {
+        let geo = Geometry {
+            batch: 1,
+            c_in: 3,
+            c_out: 5,
+            d: 4,
+            h: 4,
+            w: 4,
+            stride: 1,
+            kernel_d: 3,
+            phased: false,
+        };
+        let weight = flex_f32((0..5 * 3 * 27).map(|i| i as f32).collect(), [5, 3, 3, 3, 3]);
+        let want = flipped_weight_matrix(&weight, &geo);
+        for direct in [false, true] {
+            let kernel = with_direct_kernels(direct, || Kernel::new(weight.clone(), &geo, true));
+            let matrix = kernel.matrix().to_contiguous();
+            assert_eq!(matrix.shape().dims::<2>(), [3, 5 * 27]);
+            assert_eq!(matrix.storage::<f32>(), want.storage::<f32>());
+        }
+    }
+
     /// A phased stride-2 tile (odd and even sizes, an output over 8³) by the direct kernel and
     /// by im2col and gemm over the same phases (the route a refused tile would take) agree.
     #[test]
@@ -1003,6 +1031,7 @@ mod tests {
         let packed = PackedKernel::new(isa, [5, 3, 27], |o, c, k| w[(o * 3 + c) * 27 + k]);
         let direct = Kernel {
             weight: weight.clone(),
+            geo,
             flipped: false,
             matrix: None,
             packed: Some(packed),
@@ -1010,6 +1039,7 @@ mod tests {
         let gemm = Kernel {
             matrix: Some(weight_matrix(&weight, &geo)),
             weight,
+            geo,
             flipped: false,
             packed: None,
         };

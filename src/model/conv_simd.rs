@@ -44,7 +44,16 @@ impl Isa {
         None
     }
 
+    /// Whether this CPU has the set (kernels of a set it lacks never run).
+    fn here(self) -> bool {
+        match Isa::detect() {
+            Some(best) => self == best || self == Isa::Avx2,
+            None => false,
+        }
+    }
+
     /// Every set this CPU has (for tests that compare them).
+    #[cfg(test)]
     pub fn available() -> Vec<Isa> {
         match Isa::detect() {
             Some(Isa::Avx512) => vec![Isa::Avx512, Isa::Avx2],
@@ -152,7 +161,15 @@ impl TileInput<'_> {
     /// Whether every channel holds `reach` columns past each tap's offset.
     fn holds(&self, reach: usize) -> bool {
         let far = self.offsets.iter().max().copied().unwrap_or(0);
-        self.channels == 0 || (self.channels - 1) * self.stride + far + reach <= self.x.len()
+        let last = self
+            .channels
+            .checked_sub(1)
+            .map(|c| c.checked_mul(self.stride));
+        let end = last.map(|at| at.and_then(|at| at.checked_add(far)?.checked_add(reach)));
+        match end {
+            None => true,
+            Some(end) => end.is_some_and(|end| end <= self.x.len()),
+        }
     }
 }
 
@@ -162,7 +179,8 @@ impl TileInput<'_> {
 pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) -> bool {
     let step = isa.forward_step();
     let reach = input.cols.div_ceil(step) * step;
-    let fits = input.holds(reach)
+    let fits = isa.here()
+        && input.holds(reach)
         && kernel.isa == isa
         && kernel.c_in == input.channels
         && kernel.taps == input.offsets.len()
@@ -196,8 +214,10 @@ pub fn weight_grad(
     let reach = input.cols.div_ceil(lanes) * lanes;
     let g_stride = grad.len().checked_div(c_out).unwrap_or(0);
     let taps = input.offsets.len();
-    let fits =
-        input.holds(reach) && g_stride >= reach && sum.len() >= c_out * input.channels * taps;
+    let fits = isa.here()
+        && input.holds(reach)
+        && g_stride >= reach
+        && sum.len() >= c_out * input.channels * taps;
     if !fits || input.cols == 0 || c_out == 0 {
         return false;
     }
@@ -381,7 +401,7 @@ unsafe fn grad_avx512(rows: &GradRows, blocks: &mut [f32]) {
 unsafe fn grad_avx2(rows: &GradRows, blocks: &mut [f32]) {
     unsafe {
         match rows.runs_of_three {
-            true => grad_kernel::<Avx2, 2, 2, 3>(rows, blocks),
+            true => grad_kernel::<Avx2, 2, 1, 3>(rows, blocks),
             false => grad_kernel::<Avx2, 2, 4, 1>(rows, blocks),
         }
     }
@@ -570,7 +590,7 @@ mod tests {
         }
     }
 
-    /// Short buffers are refused, with nothing written.
+    /// Short buffers (and reaches past the address space) are refused, with nothing written.
     #[test]
     fn short_buffers_are_refused() {
         let Some(isa) = Isa::detect() else { return };
@@ -590,6 +610,16 @@ mod tests {
         let grad = vec![1.0f32; 16];
         let mut sum = vec![0.0f32; 4];
         assert!(!weight_grad(isa, &input, &grad, 1, &mut sum));
+        assert!(sum.iter().all(|&v| v == 0.0));
+        // A channel stride whose reach overflows is refused, not wrapped around.
+        // (Three channels: (3 − 1)·stride wraps to 0.)
+        let wrapping = TileInput {
+            stride: usize::MAX / 2 + 1,
+            channels: 3,
+            ..input
+        };
+        let mut sum = vec![0.0f32; 6];
+        assert!(!weight_grad(isa, &wrapping, &grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
     }
 }

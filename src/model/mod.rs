@@ -16,7 +16,7 @@
 pub mod apply;
 pub mod budget;
 pub mod conv;
-pub mod conv_simd;
+pub(crate) mod conv_simd;
 pub mod data;
 pub mod fingerprint;
 pub mod fit;
