@@ -263,7 +263,7 @@ impl Conv3x3Backend for Flex {
 }
 
 /// A contiguous f32 tensor of `shape` holding `values`.
-fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+pub(super) fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

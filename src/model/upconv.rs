@@ -22,8 +22,10 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::ConvTranspose3d;
 use burn::prelude::*;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::DType;
 use rayon::prelude::*;
+
+use super::conv::flex_f32;
 
 /// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
 /// bias) of their own; the defaults are burn's generic transposed convolution and gradients.
@@ -151,9 +153,7 @@ impl UpConvBackend for Flex {
             return Flex::conv_transpose3d_x_backward(weight, grad, options);
         };
         // W [1, C_in, C_out·8] × G [N, C_out·8, V] = [N, C_in, V].
-        let g = deinterleave(grad.to_contiguous().storage::<f32>(), &geo);
-        let g = flex_f32(g, [geo.batch, geo.c_out * geo.offsets(), geo.voxels()]);
-        let x_grad = Flex::float_matmul(geo.weight_matrix(weight), g);
+        let x_grad = Flex::float_matmul(geo.weight_matrix(weight), geo.grad_rows(grad));
         Flex::float_reshape(
             x_grad,
             Shape::new([geo.batch, geo.c_in, geo.d, geo.h, geo.w]),
@@ -166,18 +166,12 @@ impl UpConvBackend for Flex {
             return Flex::conv_transpose3d_weight_backward(x, weight, grad, options);
         };
         // Σ_items X [C_in, V] × Gᵀ [V, C_out·8] = [C_in, C_out·8].
-        let g = deinterleave(grad.to_contiguous().storage::<f32>(), &geo);
-        let g = flex_f32(g, [geo.batch, geo.c_out * geo.offsets(), geo.voxels()]);
-        let per_item = Flex::float_matmul(geo.items(x), Flex::float_swap_dims(g, 1, 2));
+        let g = Flex::float_swap_dims(geo.grad_rows(grad), 1, 2);
+        let per_item = Flex::float_matmul(geo.items(x), g);
         let sum = Flex::float_sum_dim(per_item, 0);
         let [_, _, kd, kh, kw] = weight.shape().dims::<5>();
         Flex::float_reshape(sum, Shape::new([geo.c_in, geo.c_out, kd, kh, kw]))
     }
-}
-
-/// A contiguous f32 tensor of `shape` holding `values`.
-fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// The sizes of one upsampling: the input's, and the kernel's depth (2, or 1 in-plane only).
@@ -256,6 +250,13 @@ impl UpGeometry {
     fn weight_matrix(&self, weight: FlexTensor) -> FlexTensor {
         let shape = Shape::new([1, self.c_in, self.c_out * self.offsets()]);
         Flex::float_reshape(weight.to_contiguous(), shape)
+    }
+
+    /// The output's gradient `[N, C_out, k·D, 2H, 2W]` de-interleaved to
+    /// `[N, C_out·offsets, voxels]` (row `(o, a, b, c)`).
+    fn grad_rows(&self, grad: FlexTensor) -> FlexTensor {
+        let g = deinterleave(grad.to_contiguous().storage::<f32>(), self);
+        flex_f32(g, [self.batch, self.c_out * self.offsets(), self.voxels()])
     }
 
     /// `x [N, C_in, D, H, W]` as `[N, C_in, voxels]`.
