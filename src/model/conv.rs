@@ -12,8 +12,9 @@
 //! [`super::conv_simd`] compute a stride-1 tile and its share of the weight gradient from those
 //! runs; a 3×3×3 stride-2 convolution takes them too, over the padded input split into its 8
 //! parity phases (in which each tap is a phase shifted by 0 or 1 voxel: a stride-1 problem).
-//! Otherwise (and for the single-slice form's stride 2) a tile gets its im2col matrix (row `c·27 + k`: channel c
-//! read at tap k for each column) by copying runs, and one matrix product (burn-flex's gemm)
+//! Otherwise (and for the single-slice form's stride 2) a tile gets its im2col matrix (row
+//! `c·27 + k`: channel c read at tap k for each column) by copying runs, and one matrix product
+//! (burn-flex's gemm)
 //! with the kernel gives the tile, the weight gradient being the output gradient of each tile
 //! times its im2col matrix, summed. The input gradient at stride 1 is the same convolution of
 //! the output gradient with the flipped kernel, at stride 2 burn's (a transposed convolution).
@@ -457,26 +458,41 @@ impl Geometry {
 /// value is written once (no zeroing of the whole buffer first).
 fn pad_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (row, plane, padded) = geo.padded();
+    volumes_written(values, planes, padded, geo, |dst, src| {
+        dst.zeros(geo.pad_d() * plane);
+        for slab in src.chunks(geo.h * geo.w) {
+            dst.zeros(row);
+            for run in slab.chunks(geo.w) {
+                dst.zeros(1);
+                dst.copy(run);
+                dst.zeros(1);
+            }
+            dst.zeros(row);
+        }
+    })
+}
+
+/// `planes` volumes of `d × h × w` (`values`), each written by `fill` (given the volume) into
+/// its own `size` floats, in parallel, then zeros for the kernels' reads past the last column
+/// ([`Isa::SLACK`]); whatever `fill` leaves of a volume's floats is zeroed.
+fn volumes_written(
+    values: &[f32],
+    planes: usize,
+    size: usize,
+    geo: &Geometry,
+    fill: impl Fn(&mut Cursor, &[f32]) + Sync,
+) -> Vec<f32> {
     let volume = geo.d * geo.h * geo.w;
-    written(planes * padded + Isa::SLACK, |out| {
-        out.par_chunks_mut(padded)
+    written(planes * size + Isa::SLACK, |out| {
+        out.par_chunks_mut(size)
             .zip(values.par_chunks(volume))
             .for_each(|(dst, src)| {
                 let mut dst = Cursor::new(dst);
-                dst.zeros(geo.pad_d() * plane);
-                for slab in src.chunks(geo.h * geo.w) {
-                    dst.zeros(row);
-                    for run in slab.chunks(geo.w) {
-                        dst.zeros(1);
-                        dst.copy(run);
-                        dst.zeros(1);
-                    }
-                    dst.zeros(row);
-                }
+                fill(&mut dst, src);
                 dst.finish();
             });
         // The slack (and any volume without values: none) is zeros.
-        let whole = planes.min(values.len() / volume.max(1)) * padded;
+        let whole = planes.min(values.len() / volume.max(1)) * size;
         Cursor::new(&mut out[whole..]).finish();
     })
 }
@@ -497,37 +513,27 @@ fn kernel_input(x: &[f32], geo: &Geometry) -> Vec<f32> {
 fn phase_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
     let (_, _, channel) = geo.grid();
     let [d, h, w] = geo.out_size();
-    let volume = geo.d * geo.h * geo.w;
     let at = |i: usize, n: usize| i.checked_sub(1).filter(|&i| i < n);
-    written(planes * channel + Isa::SLACK, |out| {
-        out.par_chunks_mut(channel)
-            .zip(values.par_chunks(volume))
-            .for_each(|(dst, src)| {
-                let mut dst = Cursor::new(dst);
-                for phase in 0..8 {
-                    let (a, b, c) = (phase / 4, phase / 2 % 2, phase % 2);
-                    for z in 0..=d {
-                        for y in 0..=h {
-                            let line = at(2 * z + a, geo.d).zip(at(2 * y + b, geo.h));
-                            let Some(line) = line.map(|(z, y)| &src[(z * geo.h + y) * geo.w..])
-                            else {
-                                dst.zeros(w + 1);
-                                continue;
-                            };
-                            // Column x holds voxel 2x + c − 1: phase 0 starts on the padding.
-                            let lead = 1 - c;
-                            let values = line[..geo.w].iter().skip(lead).step_by(2);
-                            let n = values.len();
-                            dst.zeros(lead);
-                            dst.write_all(values.copied());
-                            dst.zeros(w + 1 - lead - n);
-                        }
-                    }
+    volumes_written(values, planes, channel, geo, |dst, src| {
+        for phase in 0..8 {
+            let (a, b, c) = (phase / 4, phase / 2 % 2, phase % 2);
+            for z in 0..=d {
+                for y in 0..=h {
+                    let line = at(2 * z + a, geo.d).zip(at(2 * y + b, geo.h));
+                    let Some(line) = line.map(|(z, y)| &src[(z * geo.h + y) * geo.w..]) else {
+                        dst.zeros(w + 1);
+                        continue;
+                    };
+                    // Column x holds voxel 2x + c − 1: phase 0 starts on the padding.
+                    let lead = 1 - c;
+                    let values = line[..geo.w].iter().skip(lead).step_by(2);
+                    let n = values.len();
+                    dst.zeros(lead);
+                    dst.write_all(values.copied());
+                    dst.zeros(w + 1 - lead - n);
                 }
-                dst.finish();
-            });
-        let whole = planes.min(values.len() / volume.max(1)) * channel;
-        Cursor::new(&mut out[whole..]).finish();
+            }
+        }
     })
 }
 
@@ -836,8 +842,8 @@ fn tile_input<'a>(
 }
 
 /// The runs of `tile`'s columns that are output voxels, as (offset in one channel of the output,
-/// first column in the tile, length): at stride 1 one per output row `(z, y)` (the padding's
-/// columns left out), at stride 2 the whole tile.
+/// first column in the tile, length): on the grid one per output row `(z, y)` (the padding's
+/// columns left out), at unphased stride 2 the whole tile.
 fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
     let (first, cols) = geo.columns(tile);
     if !geo.on_grid() {
@@ -856,28 +862,16 @@ fn voxel_runs(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
         .collect()
 }
 
-/// The copies between `tile`'s `[C_out, cols]` matrix and the output `[N, C_out, D', H', W']`:
-/// (index in the output, index in the tile's matrix, length) for each voxel run and channel.
-fn tile_copies(geo: &Geometry, tile: &Tile) -> Vec<(usize, usize, usize)> {
-    let (_, cols) = geo.columns(tile);
-    let runs = voxel_runs(geo, tile);
-    (0..geo.c_out)
-        .flat_map(|o| {
-            let channel = (tile.item * geo.c_out + o) * geo.out_volume();
-            runs.iter()
-                .map(move |&(offset, start, len)| (channel + offset, o * cols + start, len))
-        })
-        .collect()
-}
-
 /// `tile`'s columns of the output gradient `[N, C_out, D', H', W']` as `[C_out, stride]`
 /// (`stride` ≥ cols), zero on the padding's columns and past `cols`.
 fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile, stride: usize) -> Vec<f32> {
-    let (_, cols) = geo.columns(tile);
+    let runs = voxel_runs(geo, tile);
     let mut g = vec![0.0f32; geo.c_out * stride];
-    for (at, from, len) in tile_copies(geo, tile) {
-        let to = from / cols * stride + from % cols;
-        g[to..to + len].copy_from_slice(&grad[at..at + len]);
+    for (o, row) in g.chunks_exact_mut(stride).enumerate() {
+        let channel = (tile.item * geo.c_out + o) * geo.out_volume();
+        for &(offset, start, len) in &runs {
+            row[start..start + len].copy_from_slice(&grad[channel + offset..][..len]);
+        }
     }
     g
 }
@@ -903,8 +897,9 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
         )
 }
 
-/// `tile`'s share of the kernel gradient: by the direct kernel of `isa` if given, else (or should it refuse) as the tile's output gradient times the transposed im2col
-/// matrix of the input.
+/// `tile`'s share of the kernel gradient: by the direct kernel of `isa` if given, else (or
+/// should it refuse) as the tile's output gradient times the transposed im2col matrix of the
+/// input.
 fn tile_weight_gradient(
     padded: &[f32],
     grad: &[f32],

@@ -65,16 +65,16 @@ impl Isa {
     /// Output channels per forward block.
     fn out_block(self) -> usize {
         match self {
-            Isa::Avx512 => 8,
-            Isa::Avx2 => 4,
+            Isa::Avx512 => AVX512_FORWARD.0,
+            Isa::Avx2 => AVX2_FORWARD.0,
         }
     }
 
     /// Columns per forward step (vectors × lanes).
     fn forward_step(self) -> usize {
         match self {
-            Isa::Avx512 => 3 * 16,
-            Isa::Avx2 => 3 * 8,
+            Isa::Avx512 => AVX512_FORWARD.1 * self.lanes(),
+            Isa::Avx2 => AVX2_FORWARD.1 * self.lanes(),
         }
     }
 
@@ -86,12 +86,12 @@ impl Isa {
         }
     }
 
-    /// (output, input) channels per gradient block.
-    /// (Both the blocks of taps in runs of three and of single taps divide these.)
+    /// (output, input) channels per gradient block (the single-tap kernel's; the three-tap
+    /// kernel's input block divides it).
     fn grad_blocks(self) -> (usize, usize) {
         match self {
-            Isa::Avx512 => (4, 4),
-            Isa::Avx2 => (2, 4),
+            Isa::Avx512 => AVX512_GRAD,
+            Isa::Avx2 => AVX2_GRAD,
         }
     }
 
@@ -99,6 +99,24 @@ impl Isa {
     /// forward step or a gradient vector beyond the last column.
     pub const SLACK: usize = 64;
 }
+
+// The kernels' register blocks, read both by the kernels' instantiations below and by the
+// padding of channel counts (`Isa::out_block`, `forward_step`, `grad_blocks`), which must agree.
+/// Forward: output channels × vectors of columns (AVX-512: 24 accumulators of 32 registers).
+const AVX512_FORWARD: (usize, usize) = (8, 3);
+/// Forward: output channels × vectors of columns (AVX2: 12 accumulators of 16 registers).
+const AVX2_FORWARD: (usize, usize) = (4, 3);
+/// Gradient, single taps: output × input channels.
+const AVX512_GRAD: (usize, usize) = (4, 4);
+/// Gradient, single taps: output × input channels.
+const AVX2_GRAD: (usize, usize) = (2, 4);
+/// Gradient, taps in runs of three: input channels (output channels as the single taps').
+const AVX512_GRAD_RUNS: usize = 2;
+/// Gradient, taps in runs of three: input channels (2 × 1 × 3 fits AVX2's 16 registers).
+const AVX2_GRAD_RUNS: usize = 1;
+const _: () = assert!(
+    AVX512_GRAD.1.is_multiple_of(AVX512_GRAD_RUNS) && AVX2_GRAD.1.is_multiple_of(AVX2_GRAD_RUNS)
+);
 
 /// A kernel `[C_out, C_in, taps]` laid out for the forward kernel: `[C_in][taps][C_out']`, with
 /// `C_out'` the output channels rounded up to the block (the extra weights zero).
@@ -376,13 +394,15 @@ impl Lanes for Avx2 {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_avx512(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) {
-    unsafe { forward_kernel::<Avx512, 8, 3>(input, kernel, out) }
+    unsafe {
+        forward_kernel::<Avx512, { AVX512_FORWARD.0 }, { AVX512_FORWARD.1 }>(input, kernel, out)
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_avx2(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) {
-    unsafe { forward_kernel::<Avx2, 4, 3>(input, kernel, out) }
+    unsafe { forward_kernel::<Avx2, { AVX2_FORWARD.0 }, { AVX2_FORWARD.1 }>(input, kernel, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -390,8 +410,8 @@ unsafe fn forward_avx2(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]
 unsafe fn grad_avx512(rows: &GradRows, blocks: &mut [f32]) {
     unsafe {
         match rows.runs_of_three {
-            true => grad_kernel::<Avx512, 4, 2, 3>(rows, blocks),
-            false => grad_kernel::<Avx512, 4, 4, 1>(rows, blocks),
+            true => grad_kernel::<Avx512, { AVX512_GRAD.0 }, AVX512_GRAD_RUNS, 3>(rows, blocks),
+            false => grad_kernel::<Avx512, { AVX512_GRAD.0 }, { AVX512_GRAD.1 }, 1>(rows, blocks),
         }
     }
 }
@@ -401,8 +421,8 @@ unsafe fn grad_avx512(rows: &GradRows, blocks: &mut [f32]) {
 unsafe fn grad_avx2(rows: &GradRows, blocks: &mut [f32]) {
     unsafe {
         match rows.runs_of_three {
-            true => grad_kernel::<Avx2, 2, 1, 3>(rows, blocks),
-            false => grad_kernel::<Avx2, 2, 4, 1>(rows, blocks),
+            true => grad_kernel::<Avx2, { AVX2_GRAD.0 }, AVX2_GRAD_RUNS, 3>(rows, blocks),
+            false => grad_kernel::<Avx2, { AVX2_GRAD.0 }, { AVX2_GRAD.1 }, 1>(rows, blocks),
         }
     }
 }
