@@ -645,7 +645,7 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
 }
 
 /// The network's 3×3×3 convolutions on the CPU at stride 1 and 2 (`model::conv`: its own im2col
-/// and backward pass, and at stride 1 the direct SIMD kernels where the CPU has them) and its
+/// and backward pass, and the direct SIMD kernels where the CPU has them) and its
 /// 1×1×1 ones (a matrix product) against burn's `Conv3d::forward`: the output and the gradients
 /// of input, weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of
 /// two, by both routes in any build.
