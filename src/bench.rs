@@ -6,6 +6,7 @@
 //! Invariants: nothing here imports the window (`src/app/`); every figure is a median (or a
 //! percentile) of repeated runs after a warm-up; GPU timings wait for the GPU to be idle.
 
+use crate::model::Precision;
 use crate::phantom;
 use crate::render::{
     wait_idle, CaseTextures, Colormap, FlatPipeline, GpuContext, OffscreenTarget, Orientation,
@@ -548,16 +549,22 @@ impl TrainShape {
     }
 }
 
-/// Training steps per second of `shape` on `device`: `steps` steps of a random batch, after
-/// one warm-up step (kernel compilation, allocation).
-fn train_steps_per_s(shape: &TrainShape, device: burn::prelude::Device, steps: usize) -> f64 {
+/// Training steps per second of `shape` on `device` in `precision`: `steps` steps of a random
+/// batch, after one warm-up step (kernel compilation, allocation).
+fn train_steps_per_s(
+    shape: &TrainShape,
+    device: burn::prelude::Device,
+    steps: usize,
+    precision: Precision,
+) -> f64 {
     use crate::model::{train_step, Batch};
     use burn::prelude::*;
     use burn::tensor::{Distribution, Int};
-    let config = shape.config();
+    let config = shape.config().with_precision(precision);
     let ad = device.autodiff();
     let mut model = config.model.init(&ad);
     let mut optim = burn::optim::AdamConfig::new().init();
+    let mut loss_scale = precision.initial_loss_scale();
     let (p, batch) = (shape.patch, shape.batch);
     let b = Batch {
         images: Tensor::<5>::random([batch, 2, p, p, p], Distribution::Normal(0.0, 1.0), &ad),
@@ -565,11 +572,11 @@ fn train_steps_per_s(shape: &TrainShape, device: burn::prelude::Device, steps: u
         classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
         weights: None,
     };
-    let (m, _) = train_step(model, &mut optim, &b, &config);
+    let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
     model = m;
     let t = Instant::now();
     for _ in 0..steps.max(1) {
-        let (m, _) = train_step(model, &mut optim, &b, &config);
+        let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
         model = m;
     }
     steps.max(1) as f64 / t.elapsed().as_secs_f64()
@@ -603,64 +610,94 @@ fn train_figures(
     out
 }
 
-/// Training speed of each of `shapes`, `steps` steps each: burn on the CPU (flex) and, with a
-/// hardware GPU, on wgpu (`software_gpu`: on lavapipe when there is none); beside the same
-/// network, loss and optimiser in PyTorch (`benches/reference/train_torch.py`) on the CPU and
-/// CUDA when python3 has torch. `peak_tflops`: the GPU's (or, without one, the CPU's) peak, for
-/// the utilisation figures. Returns the figures and notes on what was skipped.
-pub fn train(
-    shapes: &[TrainShape],
-    steps: usize,
-    software_gpu: bool,
-    peak_tflops: Option<f64>,
-) -> (Vec<Figure>, Vec<String>) {
+/// What `bench train` measures beside the networks.
+#[derive(Debug, Clone)]
+pub struct TrainBench {
+    /// Timed steps per measurement (after one warm-up step).
+    pub steps: usize,
+    /// Also wgpu on a software Vulkan device (lavapipe) when there is no hardware GPU.
+    pub software_gpu: bool,
+    /// The GPU's (without one, the CPU's) peak TFLOP/s, for the utilisation figures.
+    pub peak_tflops: Option<f64>,
+    /// The precisions each backend trains in (f16/bf16: mixed precision; PyTorch's autocast).
+    pub precisions: Vec<Precision>,
+}
+
+/// The backend's figure name in `precision`: `cpu` in f32, `cpu_f16` in f16.
+fn with_precision(backend: &str, precision: Precision) -> String {
+    match precision {
+        Precision::F32 => backend.to_string(),
+        p => format!("{backend}_{}", p.name()),
+    }
+}
+
+/// Training speed of each of `shapes` in each of the bench's precisions: burn on the CPU (flex)
+/// and, with a hardware GPU, on wgpu (`software_gpu`: on lavapipe when there is none); beside
+/// the same network, loss and optimiser in PyTorch (`benches/reference/train_torch.py`, with
+/// autocast and its gradient scaler in f16/bf16) on the CPU and CUDA when python3 has torch. A
+/// precision a device lacks is skipped with a note. Returns the figures and notes on what was
+/// skipped.
+pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<String>) {
     use burn::prelude::{Device, DeviceKind};
     let (device, about) = crate::model::choose_device("auto");
     let gpu = about.starts_with("GPU");
-    let (cpu_peak, gpu_peak) = if gpu {
-        (None, peak_tflops)
-    } else {
-        (peak_tflops, None)
+    let (cpu_peak, gpu_peak) = match gpu {
+        true => (None, bench.peak_tflops),
+        false => (bench.peak_tflops, None),
     };
-    let mut figures = Vec::new();
+    let mut burn_devices = vec![("cpu", Device::flex(), cpu_peak)];
     let mut notes = Vec::new();
-    if !gpu && !software_gpu {
+    if gpu {
+        burn_devices.push(("wgpu", device, gpu_peak));
+    } else if bench.software_gpu {
+        let lavapipe = Device::wgpu(DeviceKind::DefaultDevice);
+        burn_devices.push(("wgpu_software", lavapipe, None));
+    } else {
         notes.push(format!(
             "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes; --software-gpu measures it)"
         ));
     }
+    let mut figures = Vec::new();
     for shape in shapes {
-        let cpu = train_steps_per_s(shape, Device::flex(), steps);
-        figures.extend(train_figures(shape, "cpu", cpu, cpu_peak));
-        if gpu {
-            let v = train_steps_per_s(shape, device.clone(), steps);
-            figures.extend(train_figures(shape, "wgpu", v, gpu_peak));
-        } else if software_gpu {
-            let v = train_steps_per_s(shape, Device::wgpu(DeviceKind::DefaultDevice), steps);
-            figures.extend(train_figures(shape, "wgpu_software", v, None));
-        }
-        for (dev, peak) in [("cpu", cpu_peak), ("cuda", gpu_peak)] {
-            match torch_steps_per_s(dev, shape, steps) {
-                Ok(Some(v)) => {
-                    figures.extend(train_figures(shape, &format!("torch_{dev}"), v, peak))
+        for &precision in &bench.precisions {
+            for (name, device, peak) in &burn_devices {
+                let backend = with_precision(name, precision);
+                if let Err(e) = precision.check(device) {
+                    notes.push(format!("{backend} skipped: {e}"));
+                    continue;
                 }
-                Ok(None) => {}
-                Err(note) => notes.push(note),
+                let v = train_steps_per_s(shape, device.clone(), bench.steps, precision);
+                figures.extend(train_figures(shape, &backend, v, *peak));
+            }
+            for (dev, peak) in [("cpu", cpu_peak), ("cuda", gpu_peak)] {
+                let backend = with_precision(&format!("torch_{dev}"), precision);
+                match torch_steps_per_s(dev, shape, bench.steps, precision) {
+                    Ok(Some(v)) => figures.extend(train_figures(shape, &backend, v, peak)),
+                    Ok(None) => {}
+                    Err(note) if notes.contains(&note) => {}
+                    Err(note) => notes.push(note),
+                }
             }
         }
     }
     (figures, notes)
 }
 
-/// PyTorch's steps per second on `dev` (cpu or cuda) with the reference script; `None` if it
-/// printed no figure, an error note if it could not run.
-fn torch_steps_per_s(dev: &str, shape: &TrainShape, steps: usize) -> Result<Option<f64>, String> {
+/// PyTorch's steps per second on `dev` (cpu or cuda) in `precision` with the reference script;
+/// `None` if it printed no figure, an error note if it could not run.
+fn torch_steps_per_s(
+    dev: &str,
+    shape: &TrainShape,
+    steps: usize,
+    precision: Precision,
+) -> Result<Option<f64>, String> {
     let args = [
         ("--patch", shape.patch.to_string()),
         ("--batch", shape.batch.to_string()),
         ("--base", shape.base.to_string()),
         ("--depth", shape.depth.to_string()),
         ("--steps", steps.max(1).to_string()),
+        ("--precision", precision.name().to_string()),
     ];
     torch_reference("train_torch.py", dev, &args, "torch_train_steps_per_s")
 }

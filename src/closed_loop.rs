@@ -297,6 +297,7 @@ fn run_request(
         plan: Default::default(),
         promptable: false,
         devices: 1,
+        precision: Default::default(),
     }
 }
 

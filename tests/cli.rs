@@ -119,12 +119,26 @@ fn nnunet_export_and_import_from_the_command_line() {
 #[test]
 fn train_eval_predict_for_the_three_input_forms() {
     let dir = tempfile::tempdir().unwrap();
-    for (form, grid) in [("3d", "24"), ("2d", "32"), ("4d", "8")] {
+    // Mixed precision on two of the forms (slower on the CPU, but the same code path as on a
+    // GPU): bf16, and f16 with its loss scale across two data-parallel replicas.
+    for (form, grid, precision) in [
+        ("3d", "24", "f32"),
+        ("2d", "32", "bf16"),
+        ("4d", "8", "f16"),
+    ] {
         let p = dir.path().join(form);
         let ps = p.to_str().unwrap();
         mriloop_ok(&[
             "phantom", "--out", ps, "--cases", "4", "--form", form, "--grid", grid, "--frames", "6",
         ]);
+        if form == "3d" {
+            let out = mriloop(&["train", ps, "--backend", "cpu", "--precision", "f8"]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("unknown precision 'f8'"),
+                "{err}"
+            );
+        }
         let out = mriloop(&[
             "train",
             ps,
@@ -144,6 +158,8 @@ fn train_eval_predict_for_the_three_input_forms() {
             // Data-parallel: each batch split across two replicas on the CPU device.
             "--devices",
             "2",
+            "--precision",
+            precision,
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -155,6 +171,10 @@ fn train_eval_predict_for_the_three_input_forms() {
         assert!(p.join("model/best/model.bpk").exists() && p.join("model/curves.png").exists());
         let fit = std::fs::read_to_string(p.join("model/fit.json")).unwrap();
         assert!(fit.contains("\"devices\": 2"), "{form}: {fit}");
+        let mixed = format!("\"precision\": \"{precision}\"");
+        assert!(fit.contains(&mixed), "{form}: {fit}");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(said.contains(&format!("in {precision}")), "{form}: {said}");
         let model = p.join("model/best");
         let out = mriloop(&[
             "eval",
@@ -537,14 +557,24 @@ fn bench_train_prints_steps_flops_and_utilisation_per_network() {
         "1",
         "--peak-tflops",
         "1",
+        "--precision",
+        "f32,bf16",
     ]);
+    // Each precision under its own name (mixed precision: the backend's name + the type).
     for name in [
         "train_steps_per_s_cpu_small",
         "train_tflops_cpu_small",
         "train_mfu_cpu_small",
+        "train_steps_per_s_cpu_bf16_small",
+        "train_mfu_cpu_bf16_small",
     ] {
         assert!(out.contains(&format!("bench: {name} = ")), "{name}: {out}");
     }
+    // PyTorch in both, with autocast, when python3 has torch; else a note says why not.
+    let torch = ["torch_cpu_small", "torch_cpu_bf16_small"]
+        .iter()
+        .all(|b| out.contains(&format!("bench: train_steps_per_s_{b} = ")));
+    assert!(torch || out.contains("note: PyTorch"), "{out}");
     let refused = mriloop(&["bench", "train", "--config", "huge"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("use small, nnunet or all"));

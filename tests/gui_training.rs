@@ -14,7 +14,7 @@ use egui_kittest::Harness;
 use mriloop::app::training::{TrainCommand, TrainSettings};
 use mriloop::app::{Command, MriloopApp, Tool, ViewCommand};
 use mriloop::model::planned::PlanOverrides;
-use mriloop::model::TaskMode;
+use mriloop::model::{Precision, TaskMode};
 use mriloop::project::{Project, RunOutcome};
 use mriloop::render::Orientation;
 use std::time::Duration;
@@ -237,8 +237,14 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
         (Some(1), Some(2))
     );
 
+    // Mixed precision, picked in the panel (bf16: the CPU backend has it).
+    h.get_by_label("bf16").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().training().settings.precision, Precision::Bf16);
+
     // The run trains what the panel shows: the user's epochs and steps, the plan's patch and
-    // batch, and the plan written beside the model.
+    // batch, its precision, and the plan written beside the model.
     h.get_by_label("Start training").click();
     h.step();
     h.step();
@@ -279,6 +285,7 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
     assert_eq!(fit["batch_size"], expected.batch);
     assert_eq!(fit["patch"], serde_json::json!(expected.patch));
     assert_eq!(fit["devices"], 2);
+    assert_eq!(fit["training"]["precision"], "bf16");
     // The same plan, written by the same serializer (compared as text: JSON floats need not
     // parse back to the same bits).
     let used = std::fs::read_to_string(dir.join("plan.json")).unwrap();

@@ -869,6 +869,7 @@ fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
         plan: Default::default(),
         promptable: false,
         devices: 1,
+        precision: Default::default(),
     };
     let handle = start_run(p.clone(), request, || {});
     let (mut planned, mut finished) = (None, None);

@@ -2,10 +2,12 @@
 blocks conv-instance norm-ReLU x2 with a 1x1x1 skip where channels change, strided-conv down,
 transposed-conv up, skip concatenation, classification head on the bottleneck), the same loss
 (soft Dice over foreground labels + voxel cross-entropy + 0.5 x class cross-entropy) and Adam,
-timed for the same number of steps on random data.
+timed for the same number of steps on random data. With --precision f16 or bf16: automatic mixed
+precision (torch.autocast around forward and loss; in f16 the GradScaler), as mriloop's
+mixed-precision steps (f32 weights and optimiser).
 
 Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --base 8 --depth 3 --steps 5
-       --threads 2
+       --threads 2 [--precision f32|f16|bf16]
 Prints one line: `torch_train_steps_per_s = V`.
 """
 import argparse
@@ -76,6 +78,7 @@ def main():
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)
     ap.add_argument("--depth", type=int, default=3)
+    ap.add_argument("--precision", choices=["f32", "f16", "bf16"], default="f32")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -88,12 +91,17 @@ def main():
     mask = torch.randint(0, 3, (a.batch, p, p, p), device=dev)
     y = torch.randint(0, 2, (a.batch,), device=dev)
 
+    half = {"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision)
+    scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "f16")
+
     def step():
         opt.zero_grad()
-        seg, cls = net(x)
-        loss = loss_fn(seg, cls, mask, y)
-        loss.backward()
-        opt.step()
+        with torch.autocast(dev.type, dtype=half or torch.float32, enabled=half is not None):
+            seg, cls = net(x)
+            loss = loss_fn(seg.float(), cls.float(), mask, y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss.item()
 
     step()  # warm-up

@@ -17,7 +17,7 @@ use crate::model::runs::{
     register_version, start_reinfer, start_run, unreviewed_case_ids, InferEvent, InferHandle,
     RunEvent, RunHandle, RunPlan, RunRequest,
 };
-use crate::model::{FitEvent, FitOptions, TaskMode, TrainEvent};
+use crate::model::{FitEvent, FitOptions, Precision, TaskMode, TrainEvent};
 use crate::project::{ReviewStatus, RunOutcome};
 use crate::session::{Input, WorkerError};
 use std::path::PathBuf;
@@ -50,6 +50,8 @@ pub struct TrainSettings {
     pub promptable: bool,
     /// Data-parallel devices (GPUs 0..n; on the CPU, replicas on its one device).
     pub devices: usize,
+    /// The precision the steps compute in (f16/bf16: mixed precision, for GPUs).
+    pub precision: Precision,
 }
 
 impl Default for TrainSettings {
@@ -66,6 +68,7 @@ impl Default for TrainSettings {
             minutes: None,
             promptable: false,
             devices: 1,
+            precision: Precision::F32,
         }
     }
 }
@@ -369,6 +372,7 @@ impl MriloopApp {
             minutes: s.minutes,
             promptable: s.promptable,
             devices: s.devices,
+            precision: s.precision,
         };
         let wake = self.wake();
         let project_root = project.root().to_path_buf();
@@ -783,6 +787,15 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
                 "data-parallel training: each batch split across this many GPUs (on the CPU, \
                  replicas on its one device), their gradients summed",
             );
+    });
+    ui.horizontal(|ui| {
+        ui.label("precision");
+        for p in [Precision::F32, Precision::F16, Precision::Bf16] {
+            ui.radio_value(&mut s.precision, p, p.name()).on_hover_text(
+                "f16 / bf16: mixed precision — convolutions in half precision on f32 weights \
+                 (for GPUs; slower than f32 on the CPU); refused where the device lacks the type",
+            );
+        }
     });
     let reviewed = project
         .manifest

@@ -83,6 +83,10 @@ pub struct BenchArgs {
     /// the model FLOPs utilisation figures (`train_mfu_…`; none without it).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// train: the precisions to train in, comma-separated: f32, f16, bf16 (f16/bf16: mixed
+    /// precision, beside PyTorch's autocast), e.g. `f32,f16`.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 /// The training benchmark's networks for `--config` (`None`: all on a GPU, else small).
@@ -139,8 +143,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         BenchKind::Train => {
             let shapes = train_shapes(args.config.as_deref())?;
-            let (figures, notes) =
-                bench::train(&shapes, args.repeats, args.software_gpu, args.peak_tflops);
+            let precisions = args
+                .precision
+                .split(',')
+                .map(|p| crate::model::Precision::parse(p.trim()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let setup = bench::TrainBench {
+                steps: args.repeats,
+                software_gpu: args.software_gpu,
+                peak_tflops: args.peak_tflops,
+                precisions,
+            };
+            let (figures, notes) = bench::train(&shapes, &setup);
             let reference = "3D net, 2 sequences, 3 labels; goal: burn on the GPU >= PyTorch eager on the same GPU for each network; on the CPU >= 2x PyTorch";
             print_figures(&figures, &notes, reference);
             Ok(())

@@ -81,6 +81,11 @@ pub struct TrainArgs {
     /// optimiser step (default 1; the batch should hold at least N patches).
     #[arg(long, default_value_t = 1)]
     pub devices: usize,
+    /// f32, or mixed precision: f16 (with a dynamic loss scale) or bf16 — the convolutions in
+    /// half precision on f32 weights, norms and losses in f32. For GPUs: burn's CPU backend
+    /// has no half-precision kernels and runs them slower than f32.
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
     /// Also write the loss and validation curves to OUT/curves.png (drawn on the CPU; no GPU
     /// or display needed).
     #[arg(long)]
@@ -228,7 +233,9 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         Some(dir) => config.with_resume_from(Some(dir.display().to_string())),
         None => config,
     };
-    Ok((config.with_devices(args.devices.max(1)), planned))
+    let mut config = config.with_devices(args.devices.max(1));
+    config.training.precision = model::Precision::parse(&args.precision)?;
+    Ok((config, planned))
 }
 
 /// Whether `--resume` names a promptable network's checkpoint (its `config.json` has the
@@ -272,6 +279,26 @@ pub enum Run {
     Continued,
 }
 
+/// The device `backend` names, once it can train `config` (its data-parallel devices and
+/// precision), said on stderr.
+fn training_device(backend: &str, config: &FitConfig) -> Result<burn::prelude::Device> {
+    let (device, about) = model::choose_device(backend);
+    model::apply::check_data_parallel(&device, config.devices).map_err(anyhow::Error::msg)?;
+    let precision = config.training.precision;
+    precision.check(&device)?;
+    let name = precision.name();
+    match config.devices {
+        0 | 1 => eprintln!("training on {about} in {name}"),
+        n => eprintln!("training on {about} in {name}, data-parallel over {n} devices"),
+    }
+    if precision != model::Precision::F32 && device == burn::prelude::Device::flex() {
+        eprintln!(
+            "note: {name} on the CPU is slower than f32 (burn's CPU backend has no half-precision kernels)"
+        );
+    }
+    Ok(device)
+}
+
 /// Train on `project`'s cases with `config`, checkpoints into `out`; with `plot`, the curves
 /// into `out/curves.png`; sized as `run` says.
 pub fn train_project(
@@ -281,12 +308,7 @@ pub fn train_project(
     (backend, plot): (&str, bool),
     run: Run,
 ) -> Result<()> {
-    let (device, about) = model::choose_device(backend);
-    model::apply::check_data_parallel(&device, config.devices).map_err(anyhow::Error::msg)?;
-    match config.devices {
-        0 | 1 => eprintln!("training on {about}"),
-        n => eprintln!("training on {about}, data-parallel over {n} devices"),
-    }
+    let device = training_device(backend, config)?;
     let selection = model::SampleSelection::for_training(&config.training);
     let samples = model::load_samples_with(project, &selection)?;
     if samples.len() < 2 {

@@ -104,13 +104,21 @@ pub fn measure(
     let ad = device.clone().autodiff();
     let mut model = initial_model(config, device)?;
     let mut optim = AdamWConfig::new().init();
+    let mut loss_scale = t.precision.initial_loss_scale();
     let batch = blank_batch(config, &ad);
     let mut started = 0.0;
     for k in 0..4 {
         if k == 1 {
             started = clock.now_s();
         }
-        model = train_step_at(model, &mut optim, &batch, t, t.learning_rate).0;
+        model = train_step_at(
+            model,
+            (&mut optim, &mut loss_scale),
+            &batch,
+            t,
+            t.learning_rate,
+        )
+        .0;
     }
     let step_s =
         (clock.now_s() - started) / 3.0 + correction_s(config, &model.valid(), device, clock);

@@ -572,7 +572,7 @@ pub fn fit_from(
     ad.seed(t.seed);
     let replicas = data_parallel_devices(device, config.devices);
     let total = config.epochs * config.steps_per_epoch;
-    let (mut model, mut optim, (first_epoch, mut step), mut best) =
+    let (mut model, (mut optim, mut loss_scale), (first_epoch, mut step), mut best) =
         starting_point(config, device, out, continued)?;
     // The loader thread draws patches ahead of the training thread (under a deadline, as many
     // as the time allows).
@@ -598,7 +598,7 @@ pub fn fit_from(
         // Dropout draws from the device's generator: seeded per epoch, as the batches are, so a
         // continued run draws what the uninterrupted one would.
         ad.seed(epoch_seed(t.seed, epoch));
-        let (m, train_loss) = run.train_epoch(model, &mut optim, &mut step)?;
+        let (m, train_loss) = run.train_epoch(model, (&mut optim, &mut loss_scale), &mut step)?;
         model = m;
         let Some(train_loss) = train_loss else {
             // Cancelled or out of batches; running out of time is the plan's end, not a stop.
@@ -606,7 +606,8 @@ pub fn fit_from(
             break;
         };
         let summary = run.finish_epoch(&model, val, device, epoch, train_loss, &mut best)?;
-        super::resume::save_state(out, t, (&model, &optim), &best.state(epoch, step))?;
+        let state = best.state(epoch, step, loss_scale);
+        super::resume::save_state(out, t, (&model, &optim), &state)?;
         summaries.push(summary);
         if config.patience > 0 && best.since >= config.patience {
             stopped_early = true;
@@ -635,6 +636,9 @@ pub fn fit_from(
     })
 }
 
+/// A run's optimiser and its f16 loss scale (`None` in f32 and bf16).
+type Optimiser = (ModuleOptimizer, Option<super::precision::LossScale>);
+
 /// Where a fit starts: a fresh (or `resume_from`) model and optimiser at epoch 1, step 0; or,
 /// `continued`, the state its last finished epoch left in `out`.
 #[allow(clippy::type_complexity)]
@@ -643,10 +647,8 @@ fn starting_point(
     device: &Device,
     out: &std::path::Path,
     continued: bool,
-) -> Result<
-    (MultiTaskUNet, ModuleOptimizer, (usize, usize), BestTracker),
-    super::training::CheckpointError,
-> {
+) -> Result<(MultiTaskUNet, Optimiser, (usize, usize), BestTracker), super::training::CheckpointError>
+{
     let fresh_optim = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init();
@@ -656,15 +658,24 @@ fn starting_point(
         smoothed: None,
         since: 0,
     };
+    let initial_scale = config.training.precision.initial_loss_scale();
     if !continued {
-        return Ok((initial_model(config, device)?, fresh_optim, (1, 0), best));
+        let optimiser = (fresh_optim, initial_scale);
+        return Ok((initial_model(config, device)?, optimiser, (1, 0), best));
     }
     let plan = (config.epochs, config.steps_per_epoch);
     let (state, model, optim) =
         super::resume::load_state(out, &config.training, plan, device, fresh_optim)?;
     best.score = state.best_score.unwrap_or(f64::NEG_INFINITY);
     (best.smoothed, best.since) = (state.smoothed, state.since);
-    Ok((model, optim, (state.epoch + 1, state.step), best))
+    // A state written before the scale was kept starts from the precision's first scale.
+    let loss_scale = state.loss_scale.or(initial_scale);
+    Ok((
+        model,
+        (optim, loss_scale),
+        (state.epoch + 1, state.step),
+        best,
+    ))
 }
 
 /// The data loader thread: draws augmented patch (or whole-head class) batches ahead of the
@@ -934,14 +945,20 @@ struct BestTracker {
 }
 
 impl BestTracker {
-    /// The fit's state after `epoch` at `step`, to continue from.
-    fn state(&self, epoch: usize, step: usize) -> super::resume::FitState {
+    /// The fit's state after `epoch` at `step` with its f16 `loss_scale`, to continue from.
+    fn state(
+        &self,
+        epoch: usize,
+        step: usize,
+        loss_scale: Option<super::precision::LossScale>,
+    ) -> super::resume::FitState {
         super::resume::FitState {
             epoch,
             step,
             best_score: self.score.is_finite().then_some(self.score),
             smoothed: self.smoothed,
             since: self.since,
+            loss_scale,
         }
     }
 }
@@ -981,7 +998,10 @@ impl FitRun<'_> {
     fn train_epoch(
         &self,
         mut model: MultiTaskUNet,
-        optim: &mut ModuleOptimizer,
+        (optim, loss_scale): (
+            &mut ModuleOptimizer,
+            &mut Option<super::precision::LossScale>,
+        ),
         step: &mut usize,
     ) -> Result<(MultiTaskUNet, Option<f64>), super::training::CheckpointError> {
         let (config, t) = (self.config, &self.config.training);
@@ -1021,7 +1041,8 @@ impl FitRun<'_> {
             } else {
                 t.learning_rate
             };
-            let (m, loss) = train_step_parallel(model, optim, &parts, &step_config, lr);
+            let optimiser = (&mut *optim, &mut *loss_scale);
+            let (m, loss) = train_step_parallel(model, optimiser, &parts, &step_config, lr);
             model = m;
             *step += 1;
             steps += 1;

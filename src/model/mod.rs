@@ -6,7 +6,8 @@
 //! `conv` and `norm` (the blocks' convolutions and instance norms on the CPU, with their own
 //! backward passes), `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
-//! `planned` (a run's configuration from the plan and the user's choices),
+//! `planned` (a run's configuration from the plan and the user's choices), `precision`
+//! (mixed-precision steps: f16/bf16 convolutions on f32 weights, the f16 loss scale),
 //! `split` (validation cases stratified by class and covering the labels), `prompt`,
 //! `prompt_train` and `prompt_infer` (the promptable network's guidance channels, its training
 //! with a simulated user, prompted prediction on a local window and the robot user's sessions).
@@ -27,6 +28,7 @@ pub mod model;
 pub mod norm;
 pub mod plan;
 pub mod planned;
+pub mod precision;
 pub mod prompt;
 pub mod prompt_infer;
 pub mod prompt_train;
@@ -53,6 +55,7 @@ pub use fit::{
 pub use inference::{predict_volume, ClassView, Prediction};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
+pub use precision::{LossScale, Precision, PrecisionError};
 pub use training::{
     batch_loss, check_model_kind, checkpoint_dir, cosine_lr, load_checkpoint, save_checkpoint,
     soft_dice_loss, train, train_step, train_step_at, train_step_parallel, voxel_cross_entropy,

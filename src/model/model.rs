@@ -297,6 +297,8 @@ impl MultiTaskUNet {
 
     /// Class logits from the bottleneck: average (and max) pooled, dropout, linear.
     fn classify(&self, bottleneck: Tensor<5>) -> Tensor<2> {
+        // In f32 whatever the step computes in (a mixed-precision step's features are half).
+        let bottleneck = super::precision::cast_to(bottleneck, burn::tensor::FloatDType::F32);
         let pooled = self.pool.forward(bottleneck.clone());
         let [n, c, _, _, _] = pooled.dims();
         let mut feat = pooled.reshape([n, c]);

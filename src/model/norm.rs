@@ -42,6 +42,12 @@ pub trait InstanceNormBackend: Backend {
 /// `norm` applied to `x`: the fused operation for an affine norm of f32 values on burn's CPU
 /// backend, `InstanceNorm::forward` otherwise.
 pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
+    if super::precision::is_half(&x) {
+        // Statistics in f32 (autocast's rule for normalisations), the result in x's type.
+        let dtype = super::precision::float_dtype_of(&x);
+        let out = instance_norm_forward(norm, x.cast(burn::tensor::FloatDType::F32));
+        return out.cast(dtype);
+    }
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
         return norm.forward(x);
     };

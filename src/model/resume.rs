@@ -35,6 +35,9 @@ pub struct FitState {
     pub smoothed: Option<f64>,
     /// Epochs since the best one.
     pub since: usize,
+    /// The f16 loss scale reached (`None` in f32 and bf16, and in states written before it).
+    #[serde(default)]
+    pub loss_scale: Option<super::precision::LossScale>,
 }
 
 fn err(path: &Path, problem: impl ToString) -> CheckpointError {

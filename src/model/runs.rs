@@ -57,6 +57,8 @@ pub struct RunRequest {
     pub promptable: bool,
     /// Data-parallel devices the batch is split across (1: one device).
     pub devices: usize,
+    /// The precision the steps compute in (mixed precision: f16 or bf16).
+    pub precision: super::precision::Precision,
 }
 
 /// Where a run's settings come from.
@@ -353,9 +355,14 @@ fn run(
     tx: &Sender<RunEvent>,
     wake: Arc<impl Fn() + Send + Sync + 'static>,
 ) -> Result<(), String> {
-    let (config, plan) = run_config(project, request).map_err(|e| e.to_string())?;
+    let (mut config, plan) = run_config(project, request).map_err(|e| e.to_string())?;
     let (device, about) = super::apply::choose_device(&request.backend);
     super::apply::check_data_parallel(&device, config.devices)?;
+    request
+        .precision
+        .check(&device)
+        .map_err(|e| e.to_string())?;
+    config.training.precision = request.precision;
     let (train, val) = run_samples(project, &config, request).map_err(|e| e.to_string())?;
     let config = match request.minutes.filter(|m| m.is_finite() && *m > 0.0) {
         Some(m) => {

@@ -6,6 +6,7 @@
 //! Checkpoints are written with their config beside them.
 
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
+use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
@@ -88,6 +89,10 @@ pub struct TrainingConfig {
     /// current mask) and it answers target-or-not for the prompted label (`None`: automatic).
     #[config(default = "None")]
     pub prompt: Option<super::prompt::PromptConfig>,
+    /// The precision a training step computes in: f32, or mixed precision (f16 or bf16
+    /// convolutions on f32 weights, `model::precision`).
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
 }
 
 /// The class read from the mask: in the training data (nearly) every case of one class holds
@@ -245,12 +250,13 @@ pub fn voxel_cross_entropy(
     (nll * weights).sum() / total
 }
 
-/// The weighted loss of a batch and its terms.
+/// The weighted loss of a batch and its terms, the network run in `precision` (the losses in
+/// f32).
 pub fn batch_loss(
     model: &MultiTaskUNet,
     batch: &Batch,
-    mode: TaskMode,
-    class_weight: f64,
+    (mode, class_weight): (TaskMode, f64),
+    precision: Precision,
 ) -> (Tensor<1>, LossTerms) {
     let device = batch.images.device();
     let class_ce_of = |cls: Tensor<2>| {
@@ -261,7 +267,7 @@ pub fn batch_loss(
     let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
     if mode == TaskMode::ClassificationOnly {
         // The decoder's output would be thrown away: the encoder alone.
-        let class_ce = class_ce_of(model.forward_class(batch.images.clone()));
+        let class_ce = class_ce_of(model.forward_class(precision.cast_input(batch.images.clone())));
         let terms = LossTerms {
             mode,
             total: value(&class_ce),
@@ -271,7 +277,8 @@ pub fn batch_loss(
         };
         return (class_ce, terms);
     }
-    let (seg, cls) = model.forward(batch.images.clone());
+    let (seg, cls) = model.forward(precision.cast_input(batch.images.clone()));
+    let seg = cast_to(seg, burn::tensor::FloatDType::F32);
     let dice = soft_dice_loss(seg.clone(), batch.masks.clone());
     let seg_ce = voxel_cross_entropy(seg, batch.masks.clone(), batch.weights.clone());
     let class_ce = class_ce_of(cls);
@@ -291,28 +298,53 @@ pub fn batch_loss(
 }
 
 /// One optimisation step on a batch at the config's learning rate; returns the updated model
-/// and the loss terms.
+/// and the loss terms. `loss_scale`: the run's f16 loss scale (`Precision::initial_loss_scale`;
+/// `None` in f32 and bf16), updated by the step.
 pub fn train_step(
     model: MultiTaskUNet,
-    optim: &mut ModuleOptimizer,
+    (optim, loss_scale): (&mut ModuleOptimizer, &mut Option<LossScale>),
     batch: &Batch,
     config: &TrainingConfig,
 ) -> (MultiTaskUNet, LossTerms) {
-    train_step_at(model, optim, batch, config, config.learning_rate)
+    train_step_at(
+        model,
+        (optim, loss_scale),
+        batch,
+        config,
+        config.learning_rate,
+    )
 }
 
 /// One optimisation step at learning rate `lr` (a schedule's value).
 pub fn train_step_at(
     model: MultiTaskUNet,
-    optim: &mut ModuleOptimizer,
+    optimiser: (&mut ModuleOptimizer, &mut Option<LossScale>),
     batch: &Batch,
     config: &TrainingConfig,
     lr: f64,
 ) -> (MultiTaskUNet, LossTerms) {
-    let (loss, terms) = batch_loss(&model, batch, config.mode, config.class_weight);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let model = optim.step(lr, model, grads);
-    (model, terms)
+    train_step_parallel(model, optimiser, std::slice::from_ref(batch), config, lr)
+}
+
+/// The gradients of `model`'s loss on `part`, weighted by `share` and divided by the loss
+/// `scale` it was multiplied by; whether they are finite (always, unscaled).
+fn part_gradients(
+    model: &MultiTaskUNet,
+    part: &Batch,
+    config: &TrainingConfig,
+    share: f64,
+    scale: Option<f32>,
+) -> (GradientsParams, LossTerms, bool) {
+    let task = (config.mode, config.class_weight);
+    let (loss, terms) = batch_loss(model, part, task, config.precision);
+    let factor = share * f64::from(scale.unwrap_or(1.0));
+    let loss = match factor == 1.0 {
+        true => loss,
+        false => loss.mul_scalar(factor),
+    };
+    let mut grads = GradientsParams::from_grads(loss.backward(), model);
+    let finite = scale.is_none_or(|s| unscale_gradients(&mut grads, model, s));
+    (grads, terms, finite)
 }
 
 /// One data-parallel optimisation step at learning rate `lr`, burn's multi-device way (its
@@ -321,16 +353,24 @@ pub fn train_step_at(
 /// sums the parts' gradients and `ModuleOptimizer::step_multi` applies them. Each part's loss
 /// is weighted by its share of the patches, so the sum is the combined batch's gradient —
 /// exactly for the cross-entropies, nearly for soft Dice (pooled over a part's patches, not the
-/// whole batch). One part is `train_step_at` itself. The loss terms are the parts' weighted mean.
+/// whole batch). One part runs on `model` itself, on the calling thread. The loss terms are the
+/// parts' weighted mean. With an f16 loss scale, a step whose gradients overflowed is skipped
+/// (the model and optimiser returned as they were) and the scale updated.
 pub fn train_step_parallel(
     model: MultiTaskUNet,
-    optim: &mut ModuleOptimizer,
+    (optim, loss_scale): (&mut ModuleOptimizer, &mut Option<LossScale>),
     parts: &[Batch],
     config: &TrainingConfig,
     lr: f64,
 ) -> (MultiTaskUNet, LossTerms) {
+    let scale = loss_scale.map(|s| s.scale);
     if let [one] = parts {
-        return train_step_at(model, optim, one, config, lr);
+        let (grads, terms, finite) = part_gradients(&model, one, config, 1.0, scale);
+        *loss_scale = loss_scale.map(|s| s.after(finite));
+        return match finite {
+            true => (optim.step(lr, model, grads), terms),
+            false => (model, terms),
+        };
     }
     let total: usize = parts.iter().map(|b| b.images.dims()[0]).sum();
     let outputs: Vec<_> = std::thread::scope(|scope| {
@@ -341,11 +381,9 @@ pub fn train_step_parallel(
                 let replica = model.clone().fork(&device);
                 scope.spawn(move || {
                     let share = part.images.dims()[0] as f64 / total.max(1) as f64;
-                    let (loss, terms) =
-                        batch_loss(&replica, part, config.mode, config.class_weight);
-                    let grads =
-                        GradientsParams::from_grads(loss.mul_scalar(share).backward(), &replica);
-                    (grads, device, terms, share)
+                    let (grads, terms, finite) =
+                        part_gradients(&replica, part, config, share, scale);
+                    (grads, device, terms, share, finite)
                 })
             })
             .collect();
@@ -365,14 +403,20 @@ pub fn train_step_parallel(
         seg_ce: 0.0,
         class_ce: 0.0,
     };
-    for (g, device, t, share) in outputs {
+    let mut finite = true;
+    for (g, device, t, share, part_finite) in outputs {
         grads.grads.push((g, device));
         terms.total += t.total * share;
         terms.dice += t.dice * share;
         terms.seg_ce += t.seg_ce * share;
         terms.class_ce += t.class_ce * share;
+        finite &= part_finite;
     }
-    (optim.step_multi(lr, model, grads), terms)
+    *loss_scale = loss_scale.map(|s| s.after(finite));
+    match finite {
+        true => (optim.step_multi(lr, model, grads), terms),
+        false => (model, terms),
+    }
 }
 
 /// Cosine annealing from `lr` to `lr · min_fraction` over `total` steps (step from 1), after a
@@ -423,13 +467,14 @@ pub fn train(
     ad.seed(config.seed);
     let mut model = config.model.init(&ad);
     let mut optim = AdamConfig::new().init();
+    let mut loss_scale = config.precision.initial_loss_scale();
     let mut done = 0;
     for step in 1..=config.steps {
         if stop.load(Ordering::Relaxed) {
             break;
         }
         let batch = batches(step);
-        let (m, loss) = train_step(model, &mut optim, &batch, config);
+        let (m, loss) = train_step(model, (&mut optim, &mut loss_scale), &batch, config);
         model = m;
         done = step;
         let _ = events.send(TrainEvent::Step { step, loss });
