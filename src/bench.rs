@@ -640,14 +640,15 @@ fn with_precision(backend: &str, precision: Precision) -> String {
 pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<String>) {
     use burn::prelude::{Device, DeviceKind};
     let (device, about) = crate::model::choose_device("auto");
-    let gpu = about.starts_with("GPU");
+    let cuda = crate::model::apply::cuda_devices().into_iter().next();
+    let gpu = about.starts_with("GPU") || cuda.is_some();
     let (cpu_peak, gpu_peak) = match gpu {
         true => (None, bench.peak_tflops),
         false => (bench.peak_tflops, None),
     };
     let mut burn_devices = vec![("cpu", Device::flex(), cpu_peak)];
     let mut notes = Vec::new();
-    if gpu {
+    if about.starts_with("GPU") {
         burn_devices.push(("wgpu", device, gpu_peak));
     } else if bench.software_gpu {
         let lavapipe = Device::wgpu(DeviceKind::DefaultDevice);
@@ -656,6 +657,10 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
         notes.push(format!(
             "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes; --software-gpu measures it)"
         ));
+    }
+    match cuda {
+        Some(device) => burn_devices.push(("cuda", device, gpu_peak)),
+        None => notes.push(cuda_skipped()),
     }
     let mut figures = Vec::new();
     for shape in shapes {
@@ -681,6 +686,17 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
         }
     }
     (figures, notes)
+}
+
+/// Why burn's CUDA backend was not measured.
+fn cuda_skipped() -> String {
+    match crate::model::choose_device("cuda")
+        .1
+        .split_once("--backend cuda: ")
+    {
+        Some((_, why)) => format!("burn cuda skipped: {why}"),
+        None => "burn cuda skipped: no CUDA GPU found (no NVIDIA driver)".into(),
+    }
 }
 
 /// PyTorch's steps per second on `dev` (cpu or cuda) in `precision` with the reference script;
@@ -787,6 +803,14 @@ pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
         ));
     } else {
         notes.push(format!("wgpu skipped: {about}"));
+    }
+    match crate::model::apply::cuda_devices().into_iter().next() {
+        Some(cuda) => figures.push(fig(
+            name("cuda"),
+            predict_seconds(&config, size, cuda)?,
+            "s",
+        )),
+        None => notes.push(cuda_skipped()),
     }
     let args = [
         ("--size", size.to_string()),

@@ -25,8 +25,56 @@ fn hardware_gpu() -> Option<wgpu::AdapterInfo> {
         .filter(|i| i.device_type != wgpu::DeviceType::Cpu)
 }
 
-/// The compute device: `cpu` (burn's flex backend), `gpu` (wgpu), or `auto` (a real GPU if one is
-/// present, else the CPU). Returns the device and a sentence saying which and why.
+/// burn's CUDA backend, in a build with the `cuda` feature.
+#[cfg(feature = "cuda")]
+mod cuda {
+    use burn::prelude::Device;
+
+    /// The first CUDA GPU.
+    pub fn device() -> Result<Device, String> {
+        Ok(Device::cuda(0))
+    }
+
+    /// The CUDA GPUs burn finds (none without an NVIDIA driver: cudarc panics when it cannot
+    /// load the driver; caught here).
+    pub fn devices() -> Vec<Device> {
+        std::panic::catch_unwind(|| Device::enumerate(burn::tensor::DeviceType::Cuda).to_vec())
+            .unwrap_or_default()
+    }
+}
+
+/// burn's CUDA backend, absent from this build.
+#[cfg(not(feature = "cuda"))]
+mod cuda {
+    use burn::prelude::Device;
+
+    /// Why there is no CUDA GPU.
+    pub fn device() -> Result<Device, String> {
+        Err(
+            "this build has no CUDA backend (build it with `cargo build --release --features cuda`)"
+                .into(),
+        )
+    }
+
+    /// None.
+    pub fn devices() -> Vec<Device> {
+        Vec::new()
+    }
+}
+
+/// The GPUs burn's CUDA backend finds (none in a build without it or without a driver).
+pub fn cuda_devices() -> Vec<Device> {
+    cuda::devices()
+}
+
+/// Whether `device` is one of burn's CUDA devices.
+pub fn is_cuda(device: &Device) -> bool {
+    cuda::device().is_ok_and(|cuda| device.clone().inner() == cuda)
+}
+
+/// The compute device: `cpu` (burn's flex backend), `gpu` (wgpu), `cuda` (burn's CUDA backend,
+/// in a build with the `cuda` feature; otherwise `auto`, saying why), or `auto` (a real GPU if
+/// one is present, else the CPU). Returns the device and a sentence saying which and why.
 pub fn choose_device(backend: &str) -> (Device, String) {
     match backend {
         "cpu" => (Device::flex(), "CPU (burn flex backend)".into()),
@@ -34,6 +82,13 @@ pub fn choose_device(backend: &str) -> (Device, String) {
             Device::wgpu(DeviceKind::DefaultDevice),
             "GPU (burn wgpu backend)".into(),
         ),
+        "cuda" => match cuda::device() {
+            Ok(device) => (device, "GPU (burn CUDA backend)".into()),
+            Err(why) => {
+                let (device, about) = choose_device("auto");
+                (device, format!("{about}; --backend cuda: {why}"))
+            }
+        },
         _ => match hardware_gpu() {
             Some(info) => (
                 Device::wgpu(DeviceKind::DefaultDevice),
@@ -54,6 +109,15 @@ pub fn choose_device(backend: &str) -> (Device, String) {
 pub fn check_data_parallel(device: &Device, n: usize) -> Result<(), String> {
     if n <= 1 || *device == Device::flex() {
         return Ok(());
+    }
+    if is_cuda(device) {
+        let found = cuda::devices().len();
+        return match found >= n {
+            true => Ok(()),
+            false => Err(format!(
+                "data-parallel training on {n} devices: {found} CUDA GPU(s) found"
+            )),
+        };
     }
     let desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     let backends = desc.backends;
@@ -80,6 +144,7 @@ pub fn device_class(backend: &str) -> super::plan::DeviceClass {
     match backend {
         "cpu" => DeviceClass::Cpu,
         "gpu" => DeviceClass::Gpu,
+        "cuda" if cuda::device().is_ok() => DeviceClass::Gpu,
         _ if hardware_gpu().is_some() => DeviceClass::Gpu,
         _ => DeviceClass::Cpu,
     }
@@ -636,4 +701,26 @@ fn time_points_4d(project: &Project, sequences: &[String]) -> Result<usize, Proj
         .sequence(&SequenceName::from(first.clone()))
         .ok_or_else(|| bad(format!("case {} has no sequence {first}", case.id)))?;
     Ok(crate::volume::read_header(&project.resolve(&file.path))?.dims[3] * sequences.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_is_chosen_only_where_built_and_a_build_without_it_says_why() {
+        let (device, about) = choose_device("cuda");
+        if cfg!(feature = "cuda") {
+            assert_eq!(about, "GPU (burn CUDA backend)");
+            assert!(is_cuda(&device));
+            return;
+        }
+        // Without the backend: the automatic choice, and the reason beside it.
+        let (auto, auto_about) = choose_device("auto");
+        assert_eq!(device, auto);
+        assert!(about.starts_with(&auto_about), "{about}");
+        assert!(about.contains("--features cuda"), "{about}");
+        assert!(cuda_devices().is_empty() && !is_cuda(&device));
+        assert_eq!(device_class("cuda"), device_class("auto"));
+    }
 }

@@ -964,10 +964,15 @@ impl BestTracker {
 }
 
 /// The autodiff devices of a fit on `device` split across `n` (at least one): `device` alone,
-/// or the GPUs 0..n of a GPU backend, or `n` replicas on the CPU's one device.
+/// or the GPUs 0..n of a GPU backend (wgpu's discrete GPUs, or burn's CUDA devices), or `n`
+/// replicas on the CPU's one device.
 pub fn data_parallel_devices(device: &Device, n: usize) -> Vec<Device> {
     if n <= 1 || *device == Device::flex() {
         return vec![device.clone().autodiff(); n.max(1)];
+    }
+    if super::apply::is_cuda(device) {
+        let cuda = super::apply::cuda_devices();
+        return cuda.into_iter().take(n).map(Device::autodiff).collect();
     }
     (0..n)
         .map(|i| Device::wgpu(burn::prelude::DeviceKind::DiscreteGpu(i)).autodiff())
