@@ -640,7 +640,7 @@ fn with_precision(backend: &str, precision: Precision) -> String {
 pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<String>) {
     use burn::prelude::{Device, DeviceKind};
     let (device, about) = crate::model::choose_device("auto");
-    let cuda = crate::model::apply::cuda_devices().into_iter().next();
+    let cuda = crate::model::apply::cuda_devices(1).into_iter().next();
     let gpu = about.starts_with("GPU") || cuda.is_some();
     let (cpu_peak, gpu_peak) = match gpu {
         true => (None, bench.peak_tflops),
@@ -668,7 +668,7 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
             for (name, device, peak) in &burn_devices {
                 let backend = with_precision(name, precision);
                 if let Err(e) = precision.check(device) {
-                    notes.push(format!("{backend} skipped: {e}"));
+                    note_once(&mut notes, format!("{backend} skipped: {e}"));
                     continue;
                 }
                 let v = train_steps_per_s(shape, device.clone(), bench.steps, precision);
@@ -679,13 +679,19 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
                 match torch_steps_per_s(dev, shape, bench.steps, precision) {
                     Ok(Some(v)) => figures.extend(train_figures(shape, &backend, v, peak)),
                     Ok(None) => {}
-                    Err(note) if notes.contains(&note) => {}
-                    Err(note) => notes.push(note),
+                    Err(note) => note_once(&mut notes, note),
                 }
             }
         }
     }
     (figures, notes)
+}
+
+/// `note` added to `notes` unless it is there already (a skip repeats for every network).
+fn note_once(notes: &mut Vec<String>, note: String) {
+    if !notes.contains(&note) {
+        notes.push(note);
+    }
 }
 
 /// Why burn's CUDA backend was not measured.
@@ -804,7 +810,7 @@ pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
     } else {
         notes.push(format!("wgpu skipped: {about}"));
     }
-    match crate::model::apply::cuda_devices().into_iter().next() {
+    match crate::model::apply::cuda_devices(1).into_iter().next() {
         Some(cuda) => figures.push(fig(
             name("cuda"),
             predict_seconds(&config, size, cuda)?,

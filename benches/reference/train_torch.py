@@ -11,6 +11,7 @@ Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --base 8 --
 Prints one line: `torch_train_steps_per_s = V`.
 """
 import argparse
+import contextlib
 import time
 
 import torch
@@ -92,16 +93,25 @@ def main():
     y = torch.randint(0, 2, (a.batch,), device=dev)
 
     half = {"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision)
-    scaler = torch.amp.GradScaler(dev.type, enabled=a.precision == "f16")
+    scaler = torch.amp.GradScaler(dev.type) if a.precision == "f16" else None
+
+    def autocast():
+        if half is None:
+            return contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=half)
 
     def step():
         opt.zero_grad()
-        with torch.autocast(dev.type, dtype=half or torch.float32, enabled=half is not None):
+        with autocast():
             seg, cls = net(x)
             loss = loss_fn(seg.float(), cls.float(), mask, y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         return loss.item()
 
     step()  # warm-up

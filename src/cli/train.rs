@@ -83,9 +83,10 @@ pub struct TrainArgs {
     pub devices: usize,
     /// f32, or mixed precision: f16 (with a dynamic loss scale) or bf16 — the convolutions in
     /// half precision on f32 weights, norms and losses in f32. For GPUs: burn's CPU backend
-    /// has no half-precision kernels and runs them slower than f32.
-    #[arg(long, default_value = "f32")]
-    pub precision: String,
+    /// has no half-precision kernels and runs them slower than f32. Default: f32, or the
+    /// --config file's.
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Also write the loss and validation curves to OUT/curves.png (drawn on the CPU; no GPU
     /// or display needed).
     #[arg(long)]
@@ -234,7 +235,9 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         None => config,
     };
     let mut config = config.with_devices(args.devices.max(1));
-    config.training.precision = model::Precision::parse(&args.precision)?;
+    if let Some(name) = &args.precision {
+        config.training.precision = model::Precision::parse(name)?;
+    }
     Ok((config, planned))
 }
 

@@ -30,16 +30,24 @@ fn hardware_gpu() -> Option<wgpu::AdapterInfo> {
 mod cuda {
     use burn::prelude::Device;
 
-    /// The first CUDA GPU.
+    /// The first CUDA GPU, when there is one.
     pub fn device() -> Result<Device, String> {
-        Ok(Device::cuda(0))
+        match count() {
+            0 => Err("no CUDA GPU found (no NVIDIA driver, or no GPU it drives)".into()),
+            _ => Ok(Device::cuda(0)),
+        }
     }
 
-    /// The CUDA GPUs burn finds (none without an NVIDIA driver: cudarc panics when it cannot
-    /// load the driver; caught here).
-    pub fn devices() -> Vec<Device> {
-        std::panic::catch_unwind(|| Device::enumerate(burn::tensor::DeviceType::Cuda).to_vec())
-            .unwrap_or_default()
+    /// The CUDA GPUs 0..n, as many as there are.
+    pub fn devices(n: usize) -> Vec<Device> {
+        (0..n.min(count())).map(Device::cuda).collect()
+    }
+
+    /// How many CUDA GPUs burn finds (none without an NVIDIA driver: cudarc panics when it
+    /// cannot load the driver; caught here).
+    fn count() -> usize {
+        std::panic::catch_unwind(|| Device::enumerate(burn::tensor::DeviceType::Cuda).len())
+            .unwrap_or(0)
     }
 }
 
@@ -48,7 +56,7 @@ mod cuda {
 mod cuda {
     use burn::prelude::Device;
 
-    /// Why there is no CUDA GPU.
+    /// Why there is no CUDA GPU here.
     pub fn device() -> Result<Device, String> {
         Err(
             "this build has no CUDA backend (build it with `cargo build --release --features cuda`)"
@@ -57,14 +65,15 @@ mod cuda {
     }
 
     /// None.
-    pub fn devices() -> Vec<Device> {
+    pub fn devices(_n: usize) -> Vec<Device> {
         Vec::new()
     }
 }
 
-/// The GPUs burn's CUDA backend finds (none in a build without it or without a driver).
-pub fn cuda_devices() -> Vec<Device> {
-    cuda::devices()
+/// burn's CUDA GPUs 0..n, as many as there are (none in a build without the backend or
+/// without a driver).
+pub fn cuda_devices(n: usize) -> Vec<Device> {
+    cuda::devices(n)
 }
 
 /// Whether `device` is one of burn's CUDA devices.
@@ -111,7 +120,7 @@ pub fn check_data_parallel(device: &Device, n: usize) -> Result<(), String> {
         return Ok(());
     }
     if is_cuda(device) {
-        let found = cuda::devices().len();
+        let found = cuda::devices(n).len();
         return match found >= n {
             true => Ok(()),
             false => Err(format!(
@@ -710,17 +719,18 @@ mod tests {
     #[test]
     fn cuda_is_chosen_only_where_built_and_a_build_without_it_says_why() {
         let (device, about) = choose_device("cuda");
-        if cfg!(feature = "cuda") {
+        if !cuda_devices(1).is_empty() {
             assert_eq!(about, "GPU (burn CUDA backend)");
             assert!(is_cuda(&device));
             return;
         }
-        // Without the backend: the automatic choice, and the reason beside it.
+        // Without the backend (or a CUDA GPU): the automatic choice, and the reason beside it.
         let (auto, auto_about) = choose_device("auto");
         assert_eq!(device, auto);
         assert!(about.starts_with(&auto_about), "{about}");
-        assert!(about.contains("--features cuda"), "{about}");
-        assert!(cuda_devices().is_empty() && !is_cuda(&device));
+        let why = ["--features cuda", "no CUDA GPU found"];
+        assert!(why.iter().any(|w| about.contains(w)), "{about}");
+        assert!(cuda_devices(2).is_empty() && !is_cuda(&device));
         assert_eq!(device_class("cuda"), device_class("auto"));
     }
 }

@@ -668,8 +668,12 @@ fn starting_point(
         super::resume::load_state(out, &config.training, plan, device, fresh_optim)?;
     best.score = state.best_score.unwrap_or(f64::NEG_INFINITY);
     (best.smoothed, best.since) = (state.smoothed, state.since);
-    // A state written before the scale was kept starts from the precision's first scale.
-    let loss_scale = state.loss_scale.or(initial_scale);
+    // The scale an f16 run reached; a state written before the scale was kept, or holding one
+    // no run could go on with (an infinity, say), starts from the precision's first scale.
+    let loss_scale = match (state.loss_scale, initial_scale) {
+        (Some(saved), Some(_)) if saved.is_usable() => Some(saved),
+        (_, initial) => initial,
+    };
     Ok((
         model,
         (optim, loss_scale),
@@ -971,8 +975,8 @@ pub fn data_parallel_devices(device: &Device, n: usize) -> Vec<Device> {
         return vec![device.clone().autodiff(); n.max(1)];
     }
     if super::apply::is_cuda(device) {
-        let cuda = super::apply::cuda_devices();
-        return cuda.into_iter().take(n).map(Device::autodiff).collect();
+        let cuda = super::apply::cuda_devices(n);
+        return cuda.into_iter().map(Device::autodiff).collect();
     }
     (0..n)
         .map(|i| Device::wgpu(burn::prelude::DeviceKind::DiscreteGpu(i)).autodiff())

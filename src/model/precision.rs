@@ -22,7 +22,7 @@ use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{DType, FloatDType};
 
 /// The precision a training step computes in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Everything in f32 (the default).
@@ -102,6 +102,17 @@ impl Precision {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Precision {
+    /// Its name; f32 when absent (a configuration written before mixed precision has no such
+    /// field, and serde asks a missing field for an option) or null.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            None => Ok(Precision::F32),
+            Some(name) => Precision::parse(&name).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 /// `x` in `dtype` (unchanged when it already is).
 pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: FloatDType) -> Tensor<D> {
     match x.dtype() == DType::from(dtype) {
@@ -161,9 +172,6 @@ pub fn conv_transpose3d_in_dtype_of_input(up: &ConvTranspose3d, x: Tensor<5>) ->
 /// Steps in a row without overflow after which the loss scale doubles.
 pub const GROWTH_INTERVAL: u32 = 2000;
 
-/// The largest loss scale (2^24: past it the scaled f32 loss itself loses its last bits).
-const MAX_SCALE: f32 = 16_777_216.0;
-
 /// The dynamic loss scale of an f16 run and its count of good steps.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossScale {
@@ -184,18 +192,28 @@ impl Default for LossScale {
 }
 
 impl LossScale {
+    /// The smallest scale (2^-24, f16's smallest step): a run of overflows (a batch that is
+    /// NaN whatever the scale) cannot drive it to zero, where every step would look finite.
+    pub const MIN: f32 = 5.960_464_5e-8;
+
+    /// Whether this is a scale a run can go on with (read back from a file, say): finite and
+    /// not below `MIN`.
+    pub fn is_usable(&self) -> bool {
+        self.scale.is_finite() && self.scale >= Self::MIN
+    }
+
     /// The scale after a step whose gradients were `finite` or not: halved on overflow (never
-    /// below 2^-24, f16's smallest step), doubled after `GROWTH_INTERVAL` good steps.
+    /// below `MIN`), doubled after `GROWTH_INTERVAL` good steps (without a cap, as PyTorch's).
     pub fn after(self, finite: bool) -> Self {
         if !finite {
             return LossScale {
-                scale: (self.scale * 0.5).max(f32::powi(2.0, -24)),
+                scale: (self.scale * 0.5).max(Self::MIN),
                 good_steps: 0,
             };
         }
         match self.good_steps + 1 >= GROWTH_INTERVAL {
             true => LossScale {
-                scale: (self.scale * 2.0).min(MAX_SCALE),
+                scale: self.scale * 2.0,
                 good_steps: 0,
             },
             false => LossScale {
@@ -265,11 +283,49 @@ mod tests {
         };
         low = low.after(false);
         assert_eq!(low.scale, f32::powi(2.0, -24));
-        let high = LossScale {
-            scale: MAX_SCALE,
-            good_steps: GROWTH_INTERVAL - 1,
-        };
-        assert_eq!(high.after(true).scale, MAX_SCALE);
+        assert!(low.is_usable());
+        for broken in [f32::INFINITY, f32::NAN, 0.0] {
+            let s = LossScale {
+                scale: broken,
+                good_steps: 0,
+            };
+            assert!(!s.is_usable(), "{broken}");
+        }
+    }
+
+    #[test]
+    fn a_configuration_without_a_precision_reads_as_f32() {
+        #[derive(serde::Deserialize)]
+        struct Written {
+            #[allow(dead_code)]
+            steps: usize,
+            precision: Precision,
+        }
+        let read = |json: &str| serde_json::from_str::<Written>(json).map(|w| w.precision);
+        assert_eq!(read(r#"{"steps": 3}"#).unwrap(), Precision::F32);
+        assert_eq!(
+            read(r#"{"steps": 3, "precision": null}"#).unwrap(),
+            Precision::F32
+        );
+        assert_eq!(
+            read(r#"{"steps": 3, "precision": "f16"}"#).unwrap(),
+            Precision::F16
+        );
+        let e = read(r#"{"steps": 3, "precision": "f8"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown precision 'f8'"), "{e}");
+        let json = serde_json::to_string(&Precision::Bf16).unwrap();
+        assert_eq!(json, "\"bf16\"");
+        // The shipped checkpoints, written before mixed precision, load as f32 runs.
+        for path in [
+            "assets/demo/models/v1/last/config.json",
+            "assets/models/prompt_phantom/config.json",
+        ] {
+            let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("precision"), "{path} is not an old one");
+            let config: crate::model::TrainingConfig = serde_json::from_str(&text).unwrap();
+            assert_eq!(config.precision, Precision::F32, "{path}");
+        }
     }
 
     #[test]
