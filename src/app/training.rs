@@ -36,7 +36,7 @@ pub struct TrainSettings {
     pub sequences: Vec<String>,
     /// Tasks.
     pub mode: TaskMode,
-    /// `auto`, `cpu` or `gpu`.
+    /// `auto`, `cpu`, `gpu` (wgpu) or, in a build with the `cuda` feature, `cuda`.
     pub backend: String,
     /// Train only on reviewed cases.
     pub only_reviewed: bool,
@@ -778,7 +778,9 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
     sequences_row(ui, project, s);
     ui.horizontal(|ui| {
         ui.label("backend");
-        for b in ["auto", "cpu", "gpu"] {
+        // burn's CUDA backend only where this build has it (`--features cuda`).
+        let cuda = cfg!(feature = "cuda").then_some("cuda");
+        for b in ["auto", "cpu", "gpu"].into_iter().chain(cuda) {
             ui.radio_value(&mut s.backend, b.to_string(), b);
         }
         ui.label("devices");
