@@ -640,8 +640,8 @@ fn with_precision(backend: &str, precision: Precision) -> String {
 pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<String>) {
     use burn::prelude::{Device, DeviceKind};
     let (device, about) = crate::model::choose_device("auto");
-    let cuda = crate::model::apply::cuda_devices(1).into_iter().next();
-    let gpu = about.starts_with("GPU") || cuda.is_some();
+    let cuda = crate::model::apply::cuda_device();
+    let gpu = about.starts_with("GPU") || cuda.is_ok();
     let (cpu_peak, gpu_peak) = match gpu {
         true => (None, bench.peak_tflops),
         false => (bench.peak_tflops, None),
@@ -659,8 +659,8 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
         ));
     }
     match cuda {
-        Some(device) => burn_devices.push(("cuda", device, gpu_peak)),
-        None => notes.push(cuda_skipped()),
+        Ok(device) => burn_devices.push(("cuda", device, gpu_peak)),
+        Err(why) => notes.push(format!("burn cuda skipped: {why}")),
     }
     let mut figures = Vec::new();
     for shape in shapes {
@@ -691,17 +691,6 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
 fn note_once(notes: &mut Vec<String>, note: String) {
     if !notes.contains(&note) {
         notes.push(note);
-    }
-}
-
-/// Why burn's CUDA backend was not measured.
-fn cuda_skipped() -> String {
-    match crate::model::choose_device("cuda")
-        .1
-        .split_once("--backend cuda: ")
-    {
-        Some((_, why)) => format!("burn cuda skipped: {why}"),
-        None => "burn cuda skipped: no CUDA GPU found (no NVIDIA driver)".into(),
     }
 }
 
@@ -810,13 +799,13 @@ pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
     } else {
         notes.push(format!("wgpu skipped: {about}"));
     }
-    match crate::model::apply::cuda_devices(1).into_iter().next() {
-        Some(cuda) => figures.push(fig(
+    match crate::model::apply::cuda_device() {
+        Ok(cuda) => figures.push(fig(
             name("cuda"),
             predict_seconds(&config, size, cuda)?,
             "s",
         )),
-        None => notes.push(cuda_skipped()),
+        Err(why) => notes.push(format!("burn cuda skipped: {why}")),
     }
     let args = [
         ("--size", size.to_string()),

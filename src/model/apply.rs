@@ -76,6 +76,11 @@ pub fn cuda_devices(n: usize) -> Vec<Device> {
     cuda::devices(n)
 }
 
+/// burn's first CUDA GPU, or why there is none (no backend in this build, or no GPU).
+pub fn cuda_device() -> Result<Device, String> {
+    cuda::device()
+}
+
 /// Whether `device` is one of burn's CUDA devices.
 pub fn is_cuda(device: &Device) -> bool {
     cuda::device().is_ok_and(|cuda| device.clone().inner() == cuda)
