@@ -103,6 +103,7 @@ struct OpenArgs {
 }
 
 fn main() -> Result<()> {
+    mriloop::model::heap::keep_freed_tensor_memory();
     let Some(command) = Cli::parse().command else {
         return open_window(OpenArgs::default());
     };

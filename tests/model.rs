@@ -820,6 +820,53 @@ fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
     }
 }
 
+/// The convolutions' bias on the CPU (`model::bias`, added in place with its own backward pass)
+/// against burn's broadcast add: output and the gradients of input and bias, on a 5D and a 3D
+/// tensor; an input still held elsewhere is left as it was (the in-place add copies it first).
+#[test]
+fn the_cpu_channel_bias_matches_burns_broadcast_add_and_leaves_a_shared_input_alone() {
+    use mriloop::model::bias::add_channel_bias;
+    let ad = cpu().autodiff();
+    let bias = Tensor::<1>::from_floats([0.5, -1.5, 2.0], &ad).require_grad();
+    let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().expect("f32");
+    for shape in [vec![2, 3, 5, 4, 7], vec![2, 3, 35]] {
+        let n: usize = shape.iter().product();
+        let x = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &ad);
+        let target = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &ad);
+        let before = values(x.clone().inner());
+        let run = |fast: bool| {
+            let x = x.clone().require_grad();
+            let y =
+                match (fast, shape.len()) {
+                    (true, 5) => add_channel_bias(x.clone().reshape([2, 3, 5, 4, 7]), bias.clone())
+                        .reshape([n]),
+                    (true, _) => {
+                        add_channel_bias(x.clone().reshape([2, 3, 35]), bias.clone()).reshape([n])
+                    }
+                    (false, 5) => (x.clone().reshape([2, 3, 5, 4, 7])
+                        + bias.clone().reshape([1, 3, 1, 1, 1]))
+                    .reshape([n]),
+                    (false, _) => (x.clone().reshape([2, 3, 35]) + bias.clone().reshape([1, 3, 1]))
+                        .reshape([n]),
+                };
+            let grads = (y.clone() * target.clone()).sum().backward();
+            [
+                values(y.inner()),
+                values(x.grad(&grads).expect("x grad")),
+                values(bias.grad(&grads).expect("bias grad")),
+            ]
+        };
+        let (fast, slow) = (run(true), run(false));
+        for (i, what) in ["output", "input gradient", "bias gradient"]
+            .iter()
+            .enumerate()
+        {
+            assert_close(&fast[i], &slow[i], 1e-5, &format!("{what} {shape:?}"));
+        }
+        assert_eq!(values(x.inner()), before, "the input was changed in place");
+    }
+}
+
 /// The blocks' instance norm on the CPU (`model::norm`, one fused operation with its own backward
 /// pass) against burn's `InstanceNorm::forward`: output and the gradients of input, γ and β, with
 /// γ and β away from their initial 1 and 0, on channels of very different means and spreads.

@@ -140,7 +140,7 @@ fn block_conv(conv: &Conv3d, x: Tensor<5>, stride: usize) -> Tensor<5> {
         stride,
     ));
     match &conv.bias {
-        Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
+        Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
     }
 }
@@ -154,7 +154,7 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         .reshape([1, c_out, c_in])
         .matmul(x.reshape([n, c_in, d * h * w]));
     let out = match &conv.bias {
-        Some(bias) => out + bias.val().reshape([1, -1, 1]),
+        Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
     };
     out.reshape([n, c_out, d, h, w])
@@ -543,7 +543,7 @@ fn phase_volumes(values: &[f32], planes: usize, geo: &Geometry) -> Vec<f32> {
 /// A `Vec` of `len` floats whose storage `fill` writes. `fill` must write every element: the
 /// callers write through [`Cursor`]s that cover their slices by construction (`finish`
 /// zero-fills what is left).
-fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+pub(super) fn written(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
     let mut out = Vec::with_capacity(len);
     fill(&mut out.spare_capacity_mut()[..len]);
     // SAFETY: `fill` wrote all `len` elements (see above), within the capacity reserved.

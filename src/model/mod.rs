@@ -15,12 +15,14 @@
 //! GPU.
 
 pub mod apply;
+pub mod bias;
 pub mod budget;
 pub mod conv;
 pub(crate) mod conv_simd;
 pub mod data;
 pub mod fingerprint;
 pub mod fit;
+pub mod heap;
 pub mod inference;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]

@@ -25,6 +25,9 @@ use burn::nn::InstanceNorm;
 use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+use super::conv::written;
 
 /// Backends with a fused instance normalisation (affine).
 #[backend_extension(Flex, Autodiff)]
@@ -75,18 +78,19 @@ impl InstanceNormBackend for Flex {
         let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
         let (gamma, beta) = (gamma.storage::<f32>(), beta.storage::<f32>());
         let voxels = shape.num_elements() / (shape[0] * shape[1]).max(1);
-        let mut out = vec![0.0f32; shape.num_elements()];
-        out.par_chunks_mut(voxels.max(1))
-            .zip(x.storage::<f32>().par_chunks(voxels.max(1)))
-            .enumerate()
-            .for_each(|(plane, (y, x))| {
-                let c = plane % gamma.len();
-                let stats = Stats::of(x, epsilon);
-                let scale = gamma[c] / stats.sd;
-                for (y, &v) in y.iter_mut().zip(x) {
-                    *y = (v - stats.mean) * scale + beta[c];
-                }
-            });
+        let out = written(shape.num_elements(), |out| {
+            out.par_chunks_mut(voxels.max(1))
+                .zip(x.storage::<f32>().par_chunks(voxels.max(1)))
+                .enumerate()
+                .for_each(|(plane, (y, x))| {
+                    let c = plane % gamma.len();
+                    let stats = Stats::of(x, epsilon);
+                    let scale = gamma[c] / stats.sd;
+                    for (y, &v) in y.iter_mut().zip(x) {
+                        y.write((v - stats.mean) * scale + beta[c]);
+                    }
+                });
+        });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 }
@@ -113,7 +117,7 @@ impl Stats {
 /// Σ f(a_i, b_i) over the shorter of `a` and `b`, in eight independent partial sums (which the
 /// compiler can keep in vector registers; one running sum is a chain of dependent additions).
 #[inline(always)]
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
     const LANES: usize = 8;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
@@ -149,14 +153,18 @@ fn instance_norm_grads(
     );
     let gamma_values = gamma.storage::<f32>();
     let voxels = (shape.num_elements() / (shape[0] * channels).max(1)).max(1);
-    let mut grad_x = vec![0.0f32; shape.num_elements()];
-    let sums: Vec<(f64, f64)> = grad_x
-        .par_chunks_mut(voxels)
-        .zip(x.storage::<f32>().par_chunks(voxels))
-        .zip(grad.storage::<f32>().par_chunks(voxels))
-        .enumerate()
-        .map(|(plane, ((dx, x), g))| plane_grad(dx, x, g, gamma_values[plane % channels], epsilon))
-        .collect();
+    let mut sums: Vec<(f64, f64)> = Vec::new();
+    let grad_x = written(shape.num_elements(), |grad_x| {
+        sums = grad_x
+            .par_chunks_mut(voxels)
+            .zip(x.storage::<f32>().par_chunks(voxels))
+            .zip(grad.storage::<f32>().par_chunks(voxels))
+            .enumerate()
+            .map(|(plane, ((dx, x), g))| {
+                plane_grad(dx, x, g, gamma_values[plane % channels], epsilon)
+            })
+            .collect();
+    });
     let mut grad_gamma = vec![0.0f32; channels];
     let mut grad_beta = vec![0.0f32; channels];
     for (plane, (sum_g, sum_gx)) in sums.iter().enumerate() {
@@ -170,8 +178,14 @@ fn instance_norm_grads(
     ]
 }
 
-/// One plane's input gradient into `dx`; returns Σ g and Σ g·x̂ (β's and γ's gradient shares).
-fn plane_grad(dx: &mut [f32], x: &[f32], g: &[f32], gamma: f32, epsilon: f64) -> (f64, f64) {
+/// One plane's input gradient written over `dx`; returns Σ g and Σ g·x̂ (β's and γ's gradient shares).
+fn plane_grad(
+    dx: &mut [MaybeUninit<f32>],
+    x: &[f32],
+    g: &[f32],
+    gamma: f32,
+    epsilon: f64,
+) -> (f64, f64) {
     let stats = Stats::of(x, epsilon);
     let normalised = |v: f32| (v - stats.mean) / stats.sd;
     let sum_g = lane_sum(g, g, |v, _| v as f64);
@@ -180,7 +194,7 @@ fn plane_grad(dx: &mut [f32], x: &[f32], g: &[f32], gamma: f32, epsilon: f64) ->
     let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
     let scale = gamma / stats.sd;
     for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(x) {
-        *d = scale * (gv - mean_g - normalised(xv) * mean_gx);
+        d.write(scale * (gv - mean_g - normalised(xv) * mean_gx));
     }
     (sum_g, sum_gx)
 }

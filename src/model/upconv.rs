@@ -25,7 +25,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::conv::flex_f32;
+use super::conv::{flex_f32, written};
 
 /// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
 /// bias) of their own; the defaults are burn's generic transposed convolution and gradients.
@@ -84,7 +84,7 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         weight,
     ));
     match &up.bias {
-        Some(bias) => out + bias.val().reshape([1, -1, 1, 1, 1]),
+        Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
     }
 }
@@ -288,43 +288,45 @@ impl UpGeometry {
 /// voxel `(z, y, x)` of row `(o, a, b, c)`.
 fn interleave(p: &[f32], geo: &UpGeometry) -> Vec<f32> {
     let (w, channel) = (geo.w, geo.offsets() * geo.voxels());
-    let mut out = vec![0.0f32; p.len()];
-    out.par_chunks_mut(channel)
-        .zip(p.par_chunks(channel))
-        .for_each(|(out, p)| {
-            for (row, dst) in out.chunks_exact_mut(2 * w).enumerate() {
-                let ([even, odd], at) = geo.source_rows(row);
-                let (even, odd) = (&p[even + at..even + at + w], &p[odd + at..odd + at + w]);
-                let dst = &mut dst[..2 * w];
-                for x in 0..w {
-                    dst[2 * x] = even[x];
-                    dst[2 * x + 1] = odd[x];
+    // Every output row is two source rows interleaved: all of `out` is written.
+    written(p.len(), |out| {
+        out.par_chunks_mut(channel)
+            .zip(p.par_chunks(channel))
+            .for_each(|(out, p)| {
+                for (row, dst) in out.chunks_exact_mut(2 * w).enumerate() {
+                    let ([even, odd], at) = geo.source_rows(row);
+                    let (even, odd) = (&p[even + at..even + at + w], &p[odd + at..odd + at + w]);
+                    let dst = &mut dst[..2 * w];
+                    for x in 0..w {
+                        dst[2 * x].write(even[x]);
+                        dst[2 * x + 1].write(odd[x]);
+                    }
                 }
-            }
-        });
-    out
+            });
+    })
 }
 
 /// The inverse of [`interleave`]: the output's gradient `[N, C_out, k·D, 2H, 2W]` as
 /// `[N, C_out·offsets, V]`.
 fn deinterleave(grad: &[f32], geo: &UpGeometry) -> Vec<f32> {
     let (w, channel) = (geo.w, geo.offsets() * geo.voxels());
-    let mut g = vec![0.0f32; grad.len()];
-    g.par_chunks_mut(channel)
-        .zip(grad.par_chunks(channel))
-        .for_each(|(g, grad)| {
-            for (row, src) in grad.chunks_exact(2 * w).enumerate() {
-                let ([even, odd], at) = geo.source_rows(row);
-                let src = &src[..2 * w];
-                let even = &mut g[even + at..even + at + w];
-                for x in 0..w {
-                    even[x] = src[2 * x];
+    // The source rows of all output rows cover each channel's rows once: all of `g` is written.
+    written(grad.len(), |g| {
+        g.par_chunks_mut(channel)
+            .zip(grad.par_chunks(channel))
+            .for_each(|(g, grad)| {
+                for (row, src) in grad.chunks_exact(2 * w).enumerate() {
+                    let ([even, odd], at) = geo.source_rows(row);
+                    let src = &src[..2 * w];
+                    let even = &mut g[even + at..even + at + w];
+                    for x in 0..w {
+                        even[x].write(src[2 * x]);
+                    }
+                    let odd = &mut g[odd + at..odd + at + w];
+                    for x in 0..w {
+                        odd[x].write(src[2 * x + 1]);
+                    }
                 }
-                let odd = &mut g[odd + at..odd + at + w];
-                for x in 0..w {
-                    odd[x] = src[2 * x + 1];
-                }
-            }
-        });
-    g
+            });
+    })
 }
