@@ -145,19 +145,18 @@ fn block_conv(conv: &Conv3d, x: Tensor<5>, stride: usize) -> Tensor<5> {
     }
 }
 
-/// A 1×1×1 `conv` as `weight [C_out, C_in] × x [C_in, voxels]` for each batch item, then its bias.
+/// A 1×1×1 `conv` through [`super::pointwise::PointwiseBackend`], then its bias.
 fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    let [n, c_in, d, h, w] = x.dims();
-    let weight = conv.weight.val();
-    let c_out = weight.dims()[0];
-    let out = weight
-        .reshape([1, c_out, c_in])
-        .matmul(x.reshape([n, c_in, d * h * w]));
-    let out = match &conv.bias {
+    use super::pointwise::PointwiseBackend;
+    let weight = conv.weight.val().into_dispatch();
+    let out = Tensor::<5>::from_dispatch(<Dispatch as PointwiseBackend>::pointwise(
+        x.into_dispatch(),
+        weight,
+    ));
+    match &conv.bias {
         Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
-    };
-    out.reshape([n, c_out, d, h, w])
+    }
 }
 
 /// The backward pass of [`Conv3x3Backend::conv3x3`] under autodiff.

@@ -3,8 +3,9 @@
 //! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
 //! validation by case, best/last checkpoints, early stop), `inference` (sliding window
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `conv` and `norm` (the blocks' convolutions and instance norms on the CPU, with their own
-//! backward passes), `runs` (background training runs and re-inference over a project, for the app),
+//! `conv`, `pointwise`, `upconv`, `norm` and `bias` (the network's convolutions, upsamplings,
+//! instance norms and biases on the CPU, with their own backward passes; `product` their matrix
+//! products), `heap` (the allocator kept from handing tensor buffers back every step), `runs` (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
 //! `planned` (a run's configuration from the plan and the user's choices), `precision`
 //! (mixed-precision steps: f16/bf16 convolutions on f32 weights, the f16 loss scale),
@@ -30,7 +31,9 @@ pub mod model;
 pub mod norm;
 pub mod plan;
 pub mod planned;
+pub mod pointwise;
 pub mod precision;
+mod product;
 pub mod prompt;
 pub mod prompt_infer;
 pub mod prompt_train;

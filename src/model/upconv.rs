@@ -17,7 +17,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ConvTransposeOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ConvTransposeOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::ConvTranspose3d;
@@ -26,6 +26,7 @@ use burn::tensor::DType;
 use rayon::prelude::*;
 
 use super::conv::{flex_f32, written};
+use super::product::{per_item, sum_over_voxels, Matrix};
 
 /// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
 /// bias) of their own; the defaults are burn's generic transposed convolution and gradients.
@@ -142,10 +143,15 @@ impl UpConvBackend for Flex {
             let options = up_options(&weight);
             return Flex::conv_transpose3d(x, weight, None, options);
         };
-        // Wᵀ [1, C_out·8, C_in] × X [N, C_in, V] = P [N, C_out·8, V].
-        let w = Flex::float_swap_dims(geo.weight_matrix(weight), 1, 2);
-        let p = Flex::float_matmul(w, geo.items(x)).to_contiguous();
-        let out = interleave(p.storage::<f32>(), &geo);
+        // Wᵀ [C_out·8, C_in] × X [N, C_in, V] = P [N, C_out·8, V].
+        let (weight, x) = (weight.to_contiguous(), x.to_contiguous());
+        let p = per_item(
+            geo.weight_matrix(weight.storage::<f32>()).t(),
+            x.storage::<f32>(),
+            geo.batch,
+            geo.voxels(),
+        );
+        let out = interleave(&p, &geo);
         let [d, h, w] = geo.out_size();
         flex_f32(out, [geo.batch, geo.c_out, d, h, w])
     }
@@ -155,12 +161,16 @@ impl UpConvBackend for Flex {
             let options = up_options(&weight);
             return Flex::conv_transpose3d_x_backward(weight, grad, options);
         };
-        // W [1, C_in, C_out·8] × G [N, C_out·8, V] = [N, C_in, V].
-        let x_grad = Flex::float_matmul(geo.weight_matrix(weight), geo.grad_rows(grad));
-        Flex::float_reshape(
-            x_grad,
-            Shape::new([geo.batch, geo.c_in, geo.d, geo.h, geo.w]),
-        )
+        // W [C_in, C_out·8] × G [N, C_out·8, V] = [N, C_in, V].
+        let weight = weight.to_contiguous();
+        let g = geo.grad_rows(grad);
+        let x_grad = per_item(
+            geo.weight_matrix(weight.storage::<f32>()),
+            &g,
+            geo.batch,
+            geo.voxels(),
+        );
+        flex_f32(x_grad, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
     }
 
     fn upconv_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -169,11 +179,11 @@ impl UpConvBackend for Flex {
             return Flex::conv_transpose3d_weight_backward(x, weight, grad, options);
         };
         // Σ_items X [C_in, V] × Gᵀ [V, C_out·8] = [C_in, C_out·8].
-        let g = Flex::float_swap_dims(geo.grad_rows(grad), 1, 2);
-        let per_item = Flex::float_matmul(geo.items(x), g);
-        let sum = Flex::float_sum_dim(per_item, 0);
+        let (x, g) = (x.to_contiguous(), geo.grad_rows(grad));
+        let rows = (geo.c_in, geo.c_out * geo.offsets());
+        let sum = sum_over_voxels(x.storage::<f32>(), &g, geo.batch, rows);
         let [_, _, kd, kh, kw] = weight.shape().dims::<5>();
-        Flex::float_reshape(sum, Shape::new([geo.c_in, geo.c_out, kd, kh, kw]))
+        flex_f32(sum, [geo.c_in, geo.c_out, kd, kh, kw])
     }
 }
 
@@ -249,23 +259,16 @@ impl UpGeometry {
         [self.kernel_d * self.d, 2 * self.h, 2 * self.w]
     }
 
-    /// `weight [C_in, C_out, k, 2, 2]` as the matrix `[1, C_in, C_out·offsets]` (its memory).
-    fn weight_matrix(&self, weight: FlexTensor) -> FlexTensor {
-        let shape = Shape::new([1, self.c_in, self.c_out * self.offsets()]);
-        Flex::float_reshape(weight.to_contiguous(), shape)
+    /// `weight [C_in, C_out, k, 2, 2]` (contiguous) as the matrix `[C_in, C_out·offsets]`.
+    fn weight_matrix<'a>(&self, weight: &'a [f32]) -> Matrix<'a> {
+        let cols = self.c_out * self.offsets();
+        Matrix::rows(weight, self.c_in, cols, cols)
     }
 
     /// The output's gradient `[N, C_out, k·D, 2H, 2W]` de-interleaved to
     /// `[N, C_out·offsets, voxels]` (row `(o, a, b, c)`).
-    fn grad_rows(&self, grad: FlexTensor) -> FlexTensor {
-        let g = deinterleave(grad.to_contiguous().storage::<f32>(), self);
-        flex_f32(g, [self.batch, self.c_out * self.offsets(), self.voxels()])
-    }
-
-    /// `x [N, C_in, D, H, W]` as `[N, C_in, voxels]`.
-    fn items(&self, x: FlexTensor) -> FlexTensor {
-        let shape = Shape::new([self.batch, self.c_in, self.voxels()]);
-        Flex::float_reshape(x.to_contiguous(), shape)
+    fn grad_rows(&self, grad: FlexTensor) -> Vec<f32> {
+        deinterleave(grad.to_contiguous().storage::<f32>(), self)
     }
 
     /// For row `(z', y')` of one output channel: the rows of its two width offsets in that
