@@ -5,7 +5,8 @@
 //! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
 //! `conv`, `pointwise`, `upconv`, `norm` and `bias` (the network's convolutions, upsamplings,
 //! instance norms and biases on the CPU, with their own backward passes; `product` their matrix
-//! products), `heap` (the allocator kept from handing tensor buffers back every step), `runs` (background training runs and re-inference over a project, for the app),
+//! products), `heap` (the allocator kept from handing tensor buffers back every step), `runs`
+//! (background training runs and re-inference over a project, for the app),
 //! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
 //! `planned` (a run's configuration from the plan and the user's choices), `precision`
 //! (mixed-precision steps: f16/bf16 convolutions on f32 weights, the f16 loss scale),

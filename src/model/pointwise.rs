@@ -6,8 +6,9 @@
 //! output was zeroed and copied before being written, on one core.
 //!
 //! Invariants: equal to burn's `conv3d` with a 1×1×1 kernel and its gradients to float
-//! rounding (`tests/model.rs`); f32 only, stride 1, no padding, dilation 1, one group;
-//! called only on the CPU backend ([`super::conv::conv3d_forward`] checks).
+//! rounding (`tests/model.rs`); f32 and non-empty (anything else takes burn's convolution),
+//! stride 1, no padding, dilation 1, one group; called only on the CPU backend
+//! ([`super::conv::conv3d_forward`] checks).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -15,7 +16,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ConvOptions;
+use burn::backend::ops::{ConvOptions, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Flex};
 use burn::tensor::DType;
@@ -56,21 +57,20 @@ fn unit_options() -> ConvOptions<3> {
     ConvOptions::new([1; 3], [0; 3], [1; 3], 1)
 }
 
-/// The sizes of `t [N, C, D, H, W]` (f32, five axes): `(N, C, [D, H, W])`.
-fn sizes(t: &FlexTensor) -> (usize, usize, [usize; 3]) {
+/// The sizes `(N, C, [D, H, W])` of `t [N, C, D, H, W]` when it and `weight` are f32 and `t`
+/// is non-empty; `None` for anything else (burn's convolution takes those).
+fn sizes(t: &FlexTensor, weight: &FlexTensor) -> Option<(usize, usize, [usize; 3])> {
     let s = t.layout().shape();
-    assert!(
-        t.dtype() == DType::F32 && s.num_dims() == 5,
-        "pointwise convolution of a {:?} tensor of {} axes",
-        t.dtype(),
-        s.num_dims()
-    );
-    (s[0], s[1], [s[2], s[3], s[4]])
+    let f32s = t.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    let fits = f32s && s.num_dims() == 5 && (0..5).all(|i| s[i] > 0);
+    fits.then(|| (s[0], s[1], [s[2], s[3], s[4]]))
 }
 
 impl PointwiseBackend for Flex {
     fn pointwise(x: FlexTensor, weight: FlexTensor) -> FlexTensor {
-        let (n, c_in, [d, h, w]) = sizes(&x);
+        let Some((n, c_in, [d, h, w])) = sizes(&x, &weight) else {
+            return Flex::conv3d(x, weight, None, unit_options());
+        };
         let c_out = weight.layout().shape()[0];
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
         let weight = Matrix::rows(weight.storage::<f32>(), c_out, c_in, c_in);
@@ -78,8 +78,10 @@ impl PointwiseBackend for Flex {
         flex_f32(out, [n, c_out, d, h, w])
     }
 
-    fn pointwise_x_grad(_x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (n, c_out, [d, h, w]) = sizes(&grad);
+    fn pointwise_x_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some((n, c_out, [d, h, w])) = sizes(&grad, &weight) else {
+            return Flex::conv3d_x_backward(x, weight, grad, unit_options());
+        };
         let c_in = weight.layout().shape()[1];
         let (grad, weight) = (grad.to_contiguous(), weight.to_contiguous());
         let weight_t = Matrix::rows(weight.storage::<f32>(), c_out, c_in, c_in).t();
@@ -87,8 +89,10 @@ impl PointwiseBackend for Flex {
         flex_f32(x_grad, [n, c_in, d, h, w])
     }
 
-    fn pointwise_weight_grad(x: FlexTensor, _weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (n, c_in, _) = sizes(&x);
+    fn pointwise_weight_grad(x: FlexTensor, weight: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let Some((n, c_in, _)) = sizes(&x, &weight) else {
+            return Flex::conv3d_weight_backward(x, weight, grad, unit_options());
+        };
         let c_out = grad.layout().shape()[1];
         let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
         let (x, grad) = (x.storage::<f32>(), grad.storage::<f32>());
