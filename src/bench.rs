@@ -572,14 +572,17 @@ fn train_steps_per_s(
         classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
         weights: None,
     };
-    let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
-    model = m;
-    let t = Instant::now();
-    for _ in 0..steps.max(1) {
+    // As `fit` trains: on a worker of the pool the kernels run on (`model::pool`).
+    crate::model::pool::on_worker(|| {
         let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
         model = m;
-    }
-    steps.max(1) as f64 / t.elapsed().as_secs_f64()
+        let t = Instant::now();
+        for _ in 0..steps.max(1) {
+            let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
+            model = m;
+        }
+        steps.max(1) as f64 / t.elapsed().as_secs_f64()
+    })
 }
 
 /// The figures of `steps_per_s` on `backend` for `shape`: steps per second, the TFLOP/s they

@@ -867,6 +867,56 @@ fn the_cpu_channel_bias_matches_burns_broadcast_add_and_leaves_a_shared_input_al
     }
 }
 
+/// The segmentation losses on the CPU (`model::loss`, one fused operation with its own backward
+/// pass) against the composed soft Dice and cross-entropy: both values and the logits' gradient
+/// of a weighted sum of them, without and with voxel weights, with a foreground label absent
+/// from the reference, and with no foreground at all (Dice loss 0).
+#[test]
+fn the_cpu_fused_segmentation_losses_match_the_composed_ones_and_their_gradients() {
+    use mriloop::model::{segmentation_losses, soft_dice_loss, voxel_cross_entropy};
+    let ad = cpu().autodiff();
+    let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().expect("f32");
+    let [n, k, d, h, w] = [2, 4, 3, 5, 6];
+    let logits = Tensor::<5>::random([n, k, d, h, w], Distribution::Normal(0.0, 2.0), &ad);
+    // Labels 0, 1 and 3 (2 absent), or background only.
+    let labels: Vec<i64> = (0..n * d * h * w).map(|i| [0, 1, 3, 0, 0][i % 5]).collect();
+    let background = vec![0i64; labels.len()];
+    let weights = Tensor::<4>::random([n, d, h, w], Distribution::Uniform(0.1, 3.0), &ad);
+    for (case, labels) in [("labels", &labels), ("background", &background)] {
+        let masks = Tensor::<4, Int>::from_data(TensorData::new(labels.clone(), [n, d, h, w]), &ad);
+        for weights in [None, Some(weights.clone())] {
+            let what = format!("{case}, weighted {}", weights.is_some());
+            let run = |fused: bool| {
+                let z = logits.clone().require_grad();
+                let (dice, ce) = match fused {
+                    true => segmentation_losses(z.clone(), masks.clone(), weights.clone()),
+                    false => (
+                        soft_dice_loss(z.clone(), masks.clone()),
+                        voxel_cross_entropy(z.clone(), masks.clone(), weights.clone()),
+                    ),
+                };
+                let grads = (dice.clone().mul_scalar(0.7) + ce.clone().mul_scalar(1.3)).backward();
+                let grad = z
+                    .grad(&grads)
+                    .expect("logits grad")
+                    .reshape([n * k * d * h * w]);
+                [values(dice.inner()), values(ce.inner()), values(grad)]
+            };
+            let (fused, composed) = (run(true), run(false));
+            for (i, term) in ["Dice loss", "cross-entropy", "logits gradient"]
+                .iter()
+                .enumerate()
+            {
+                assert_close(&fused[i], &composed[i], 1e-5, &format!("{term} ({what})"));
+            }
+            if case == "background" {
+                assert_eq!(fused[0], [0.0], "no foreground: no Dice loss");
+            }
+            assert!(fused[0][0] >= 0.0 && fused[1][0] > 0.0, "{what}: {fused:?}");
+        }
+    }
+}
+
 /// The blocks' instance norm on the CPU (`model::norm`, one fused operation with its own backward
 /// pass) against burn's `InstanceNorm::forward`: output and the gradients of input, γ and β, with
 /// γ and β away from their initial 1 and 0, on channels of very different means and spreads.

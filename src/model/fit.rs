@@ -558,8 +558,21 @@ pub fn fit(
 }
 
 /// `fit`, or with `continued` the same run continued from the state its last finished epoch
-/// left in `out` (`model::resume`): its weights, optimiser, step and best score.
+/// left in `out` (`model::resume`): its weights, optimiser, step and best score. Runs on a
+/// worker of the rayon pool (`model::pool`).
 pub fn fit_from(
+    config: &FitConfig,
+    data: (Vec<Sample>, &[Sample]),
+    device: &Device,
+    out: &std::path::Path,
+    watch: (&Sender<FitEvent>, &FitControl),
+    continued: bool,
+) -> Result<FitResult, super::training::CheckpointError> {
+    super::pool::on_worker(|| fit_here(config, data, device, out, watch, continued))
+}
+
+/// [`fit_from`] on the calling thread.
+fn fit_here(
     config: &FitConfig,
     (train, val): (Vec<Sample>, &[Sample]),
     device: &Device,

@@ -1,20 +1,21 @@
 //! The multi-task network in burn, following burn's own example layout: `model` (the residual
 //! U-Net with its classification head), `data` (samples from a project, augmented patches),
-//! `training` (losses, steps, the training loop and checkpoints), `fit` (epochs on a project with
-//! validation by case, best/last checkpoints, early stop), `inference` (sliding window
-//! over whole volumes), `apply` (predicting and evaluating a project, choosing the device),
-//! `conv`, `pointwise`, `upconv`, `norm` and `bias` (the network's convolutions, upsamplings,
-//! instance norms and biases on the CPU, with their own backward passes; `product` their matrix
-//! products), `heap` (the allocator kept from handing tensor buffers back every step), `runs`
-//! (background training runs and re-inference over a project, for the app),
-//! `fingerprint` and `plan` (what a dataset is like, and the training recipe its numbers imply),
-//! `planned` (a run's configuration from the plan and the user's choices), `precision`
-//! (mixed-precision steps: f16/bf16 convolutions on f32 weights, the f16 loss scale),
-//! `split` (validation cases stratified by class and covering the labels), `prompt`,
-//! `prompt_train` and `prompt_infer` (the promptable network's guidance channels, its training
-//! with a simulated user, prompted prediction on a local window and the robot user's sessions).
-//! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on the
-//! GPU.
+//! `training` (losses, steps, the training loop and checkpoints), `loss` (the segmentation
+//! losses, fused on the CPU), `fit` (epochs on a project with validation by case, best/last
+//! checkpoints, early stop), `inference` (sliding window over whole volumes), `apply`
+//! (predicting and evaluating a project, choosing the device), `conv`, `pointwise`, `upconv`,
+//! `norm` and `bias` (the network's convolutions, upsamplings, instance norms and biases on the
+//! CPU, with their own backward passes; `product` their matrix products), `heap` (the
+//! allocator kept from handing tensor buffers back every step), `pool` (training loops on a
+//! worker of the rayon pool their kernels use), `runs` (background training runs and
+//! re-inference over a project, for the app), `fingerprint` and `plan` (what a dataset is like,
+//! and the training recipe its numbers imply), `planned` (a run's configuration from the plan
+//! and the user's choices), `precision` (mixed-precision steps: f16/bf16 convolutions on f32
+//! weights, the f16 loss scale), `split` (validation cases stratified by class and covering the
+//! labels), `prompt`, `prompt_train` and `prompt_infer` (the promptable network's guidance
+//! channels, its training with a simulated user, prompted prediction on a local window and the
+//! robot user's sessions). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on
+//! the CPU, or `wgpu` on the GPU.
 
 pub mod apply;
 pub mod bias;
@@ -26,6 +27,7 @@ pub mod fingerprint;
 pub mod fit;
 pub mod heap;
 pub mod inference;
+pub mod loss;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;
@@ -33,6 +35,7 @@ pub mod norm;
 pub mod plan;
 pub mod planned;
 pub mod pointwise;
+pub mod pool;
 pub mod precision;
 mod product;
 pub mod prompt;
@@ -59,11 +62,12 @@ pub use fit::{
     FitConfig, FitControl, FitEvent, FitResult, Metrics,
 };
 pub use inference::{predict_volume, ClassView, Prediction};
+pub use loss::{segmentation_losses, soft_dice_loss, voxel_cross_entropy};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
 pub use precision::{LossScale, Precision, PrecisionError};
 pub use training::{
     batch_loss, check_model_kind, checkpoint_dir, cosine_lr, load_checkpoint, save_checkpoint,
-    soft_dice_loss, train, train_step, train_step_at, train_step_parallel, voxel_cross_entropy,
-    Batch, CheckpointError, LossTerms, TaskMode, TrainEvent, TrainingConfig,
+    train, train_step, train_step_at, train_step_parallel, Batch, CheckpointError, LossTerms,
+    TaskMode, TrainEvent, TrainingConfig,
 };

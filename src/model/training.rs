@@ -5,12 +5,12 @@
 //! Invariants: the loop never prints; it sends `TrainEvent`s and checks its stop flag every step.
 //! Checkpoints are written with their config beside them.
 
+use super::loss::segmentation_losses;
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
 use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -204,52 +204,6 @@ pub struct LossTerms {
     pub class_ce: f64,
 }
 
-/// Soft Dice loss over the foreground labels (1..K) present in the batch's reference:
-/// 1 − their mean soft Dice (0 when none is present; the cross-entropy then penalises false
-/// positives). Averaging only present labels keeps a rare structure that is absent from most
-/// batches from pushing its predictions to zero everywhere.
-/// `logits`: `[N, K, D, H, W]`; `masks`: `[N, D, H, W]`.
-pub fn soft_dice_loss(logits: Tensor<5>, masks: Tensor<4, Int>) -> Tensor<1> {
-    let [_, k, _, _, _] = logits.dims();
-    let probs = softmax(logits, 1);
-    let onehot: Tensor<5> = masks.one_hot::<5>(k).float().permute([0, 4, 1, 2, 3]);
-    let inter = (probs.clone() * onehot.clone()).sum_dims(&[0, 2, 3, 4]);
-    let truth = onehot.sum_dims(&[0, 2, 3, 4]);
-    let denom = probs.sum_dims(&[0, 2, 3, 4]) + truth.clone();
-    let dice = inter.mul_scalar(2.0).add_scalar(1e-5) / denom.add_scalar(1e-5);
-    let present = truth.greater_elem(0.5).float();
-    let fg = |t: Tensor<5>| t.slice([0..1, 1..k, 0..1, 0..1, 0..1]);
-    let (dice, present) = (fg(dice), fg(present));
-    let count = present.clone().sum().clamp_min(1.0);
-    let mean = (dice * present.clone()).sum() / count;
-    // 1 − mean Dice over present labels; 0 when no foreground label is present.
-    present.max().mul(mean.neg().add_scalar(1.0))
-}
-
-/// Voxel-wise cross-entropy, weighted per voxel when `weights` is given (normalised by the
-/// weights' sum). `logits`: `[N, K, D, H, W]`; `masks`, `weights`: `[N, D, H, W]`.
-pub fn voxel_cross_entropy(
-    logits: Tensor<5>,
-    masks: Tensor<4, Int>,
-    weights: Option<Tensor<4>>,
-) -> Tensor<1> {
-    let [n, k, d, h, w] = logits.dims();
-    let device = logits.device();
-    let Some(weights) = weights else {
-        let flat = logits.permute([0, 2, 3, 4, 1]).reshape([n * d * h * w, k]);
-        return CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(flat, masks.reshape([n * d * h * w]));
-    };
-    let onehot: Tensor<5> = masks.one_hot::<5>(k).float().permute([0, 4, 1, 2, 3]);
-    let nll: Tensor<4> = (log_softmax(logits, 1) * onehot)
-        .sum_dim(1)
-        .squeeze_dim(1)
-        .neg();
-    let total = weights.clone().sum().clamp_min(1e-6);
-    (nll * weights).sum() / total
-}
-
 /// The weighted loss of a batch and its terms, the network run in `precision` (the losses in
 /// f32).
 pub fn batch_loss(
@@ -279,8 +233,7 @@ pub fn batch_loss(
     }
     let (seg, cls) = model.forward(precision.cast_input(batch.images.clone()));
     let seg = cast_to(seg, burn::tensor::FloatDType::F32);
-    let dice = soft_dice_loss(seg.clone(), batch.masks.clone());
-    let seg_ce = voxel_cross_entropy(seg, batch.masks.clone(), batch.weights.clone());
+    let (dice, seg_ce) = segmentation_losses(seg, batch.masks.clone(), batch.weights.clone());
     let class_ce = class_ce_of(cls);
     let terms = LossTerms {
         mode,
