@@ -809,7 +809,8 @@ fn tile_product<'a>(
     let (_, cols) = geo.columns(tile);
     if let Some(packed) = &kernel.packed {
         let offsets = geo.tap_offsets();
-        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
+        let starts = tile_vectors(geo, tile, packed.isa());
+        let input = tile_input(padded, geo, tile, (&offsets[..geo.taps()], &starts));
         let size = packed.rows() * cols;
         if scratch.len() < size {
             scratch.resize(size, 0.0);
@@ -825,12 +826,12 @@ fn tile_product<'a>(
 }
 
 /// `tile`'s input for the direct kernels: the padded channels of its batch item from its first
-/// column, read at `offsets`.
+/// column, read at `offsets`, in vectors from `starts`.
 fn tile_input<'a>(
     padded: &'a [f32],
     geo: &Geometry,
     tile: &Tile,
-    offsets: &'a [usize],
+    (offsets, starts): (&'a [usize], &'a [usize]),
 ) -> TileInput<'a> {
     let (_, _, volume) = geo.grid();
     let (first, cols) = geo.columns(tile);
@@ -840,7 +841,16 @@ fn tile_input<'a>(
         channels: geo.c_in,
         offsets,
         cols,
+        starts,
     }
+}
+
+/// The direct kernels' vectors of `tile` on `isa`: over its output rows' columns only.
+fn tile_vectors(geo: &Geometry, tile: &Tile, isa: Isa) -> Vec<usize> {
+    let runs = voxel_runs(geo, tile)
+        .into_iter()
+        .map(|(_, start, len)| (start, len));
+    conv_simd::vector_starts(runs, isa.lanes())
 }
 
 /// The runs of `tile`'s columns that are output voxels, as (offset in one channel of the output,
@@ -911,10 +921,11 @@ fn tile_weight_gradient(
 ) -> Vec<f32> {
     let (_, cols) = geo.columns(tile);
     if let Some(isa) = isa {
-        let stride = cols.div_ceil(isa.lanes()) * isa.lanes();
+        let starts = tile_vectors(geo, tile, isa);
+        let stride = starts.last().map_or(cols, |&s| (s + isa.lanes()).max(cols));
         let g = gather_tile(grad, geo, tile, stride);
         let offsets = geo.tap_offsets();
-        let input = tile_input(padded, geo, tile, &offsets[..geo.taps()]);
+        let input = tile_input(padded, geo, tile, (&offsets[..geo.taps()], &starts));
         let mut sum = vec![0.0f32; geo.c_out * geo.c_in * geo.taps()];
         if conv_simd::weight_grad(isa, &input, &g, geo.c_out, &mut sum) {
             return sum;

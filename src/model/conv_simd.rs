@@ -2,7 +2,10 @@
 //! tile's output `[C_out, cols]` straight from the padded input (no im2col matrix, no matrix
 //! packing), and one tile's share of the kernel gradient. Columns are positions on the padded
 //! grid, as in `conv.rs`: tap k of column p reads each padded input channel at
-//! `p + offsets[k]`, so every tap of a run of columns is one contiguous, unaligned load.
+//! `p + offsets[k]`, so every tap of a run of columns is one contiguous, unaligned load. The
+//! kernels compute whole vectors placed over the output rows' columns ([`vector_starts`]), not
+//! over the padding between them: on the 4³–32³ grids of the U-Net's levels the padding is 13 %
+//! to 125 % more columns.
 //!
 //! Register blocking. Forward: `CB` output channels × `NV` vectors of columns stay in registers;
 //! for each input channel and tap, `NV` vectors of input are loaded once and multiplied by `CB`
@@ -70,14 +73,6 @@ impl Isa {
         }
     }
 
-    /// Columns per forward step (vectors × lanes).
-    fn forward_step(self) -> usize {
-        match self {
-            Isa::Avx512 => AVX512_FORWARD.1 * self.lanes(),
-            Isa::Avx2 => AVX2_FORWARD.1 * self.lanes(),
-        }
-    }
-
     /// Lanes of one vector.
     pub fn lanes(self) -> usize {
         match self {
@@ -101,7 +96,7 @@ impl Isa {
 }
 
 // The kernels' register blocks, read both by the kernels' instantiations below and by the
-// padding of channel counts (`Isa::out_block`, `forward_step`, `grad_blocks`), which must agree.
+// padding of channel counts (`Isa::out_block`, `grad_blocks`), which must agree.
 /// Forward: output channels × vectors of columns (AVX-512: 24 accumulators of 32 registers).
 const AVX512_FORWARD: (usize, usize) = (8, 3);
 /// Forward: output channels × vectors of columns (AVX2: 12 accumulators of 16 registers).
@@ -173,6 +168,40 @@ pub struct TileInput<'a> {
     pub channels: usize,
     pub offsets: &'a [usize],
     pub cols: usize,
+    /// The first columns of the vectors the kernels compute ([`vector_starts`]): increasing,
+    /// each at least a vector after the one before, all below `cols`. Columns no vector covers
+    /// are neither written (forward) nor summed (gradient): the padding between output rows.
+    pub starts: &'a [usize],
+}
+
+/// The first columns of vectors of `lanes` columns that cover every column of `runs` (`(first
+/// column, length)`, in increasing order), none overlapping another: a vector starts at a run's
+/// first column not yet covered and the next follows it, so short runs close together share
+/// vectors and the gaps between them (a grid's padding rows) are skipped.
+pub fn vector_starts(runs: impl IntoIterator<Item = (usize, usize)>, lanes: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut covered = 0;
+    for (first, len) in runs {
+        let mut at = first.max(covered);
+        while at < first + len {
+            starts.push(at);
+            at += lanes;
+        }
+        covered = covered.max(at);
+    }
+    starts
+}
+
+/// The last column a kernel reads of each channel (before the taps' offsets) plus one, if
+/// `starts` are as [`TileInput::starts`] demands for `cols`; `None` otherwise.
+fn starts_reach(starts: &[usize], cols: usize, lanes: usize) -> Option<usize> {
+    let spaced = starts
+        .windows(2)
+        .all(|w| w[1] >= w[0].saturating_add(lanes));
+    let last = *starts.last()?;
+    (spaced && last < cols)
+        .then(|| last.checked_add(lanes))
+        .flatten()
 }
 
 impl TileInput<'_> {
@@ -195,8 +224,9 @@ impl TileInput<'_> {
 /// [`PackedKernel::rows`], its rows past the real channels are left zero). `false` (nothing
 /// written) if a buffer is short or the kernel does not match the input.
 pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) -> bool {
-    let step = isa.forward_step();
-    let reach = input.cols.div_ceil(step) * step;
+    let Some(reach) = starts_reach(input.starts, input.cols, isa.lanes()) else {
+        return false;
+    };
     let fits = isa.here()
         && input.holds(reach)
         && kernel.isa == isa
@@ -206,8 +236,8 @@ pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f3
     if !fits || input.cols == 0 {
         return false;
     }
-    // SAFETY: `holds(reach)` bounds every read (column + tap offset < reach + far in each
-    // channel), the packed kernel holds `C_in·taps·C_out'` weights with `C_out'` a multiple of
+    // SAFETY: `holds(reach)` bounds every read (vector start + lanes + tap offset ≤ reach +
+    // far in each channel), the packed kernel holds `C_in·taps·C_out'` weights with `C_out'` a multiple of
     // the block, and the kernel stores only inside `out`'s first `C_out'` rows of `cols`.
     unsafe {
         match isa {
@@ -219,8 +249,9 @@ pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f3
 }
 
 /// Adds the tile's share of the kernel gradient to `sum [C_out, C_in, taps]`: for each tap k,
-/// `Σ_p grad[o][p] · x[c][p + offsets[k]]`. `grad` is `[C_out, stride]` with `stride` ≥ cols
-/// rounded up to a vector and zeros past `cols`. `false` (nothing added) if a buffer is short.
+/// `Σ_p grad[o][p] · x[c][p + offsets[k]]` over the columns of the input's vectors. `grad` is
+/// `[C_out, stride]` with `stride` ≥ the last vector start plus a vector, and zeros on the
+/// vectors' columns that are no output's. `false` (nothing added) if a buffer is short.
 pub fn weight_grad(
     isa: Isa,
     input: &TileInput,
@@ -229,7 +260,9 @@ pub fn weight_grad(
     sum: &mut [f32],
 ) -> bool {
     let lanes = isa.lanes();
-    let reach = input.cols.div_ceil(lanes) * lanes;
+    let Some(reach) = starts_reach(input.starts, input.cols, lanes) else {
+        return false;
+    };
     let g_stride = grad.len().checked_div(c_out).unwrap_or(0);
     let taps = input.offsets.len();
     let fits = isa.here()
@@ -261,12 +294,12 @@ pub fn weight_grad(
         g: &g_rows,
         x: &x_rows,
         offsets: input.offsets,
-        vectors: reach / lanes,
+        starts: input.starts,
         runs_of_three,
     };
     let mut blocks = vec![0.0f32; g_rows.len() * x_rows.len() * taps];
     // SAFETY: every gradient row holds ≥ `reach` floats and every input row ≥ `reach + far`
-    // (checked above; the zero rows are that long), the kernel reads `vectors · lanes = reach`
+    // (checked above; the zero rows are that long), the kernel reads up to `reach`
     // columns of each, and writes only `blocks` (all channel pairs × taps).
     unsafe {
         match isa {
@@ -291,7 +324,8 @@ struct GradRows<'a> {
     g: &'a [&'a [f32]],
     x: &'a [&'a [f32]],
     offsets: &'a [usize],
-    vectors: usize,
+    /// The first columns of the vectors summed over.
+    starts: &'a [usize],
     /// The taps come in runs of three consecutive offsets (a kernel row's).
     runs_of_three: bool,
 }
@@ -436,29 +470,32 @@ unsafe fn grad_avx512(_: &GradRows, _: &mut [f32]) {}
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn grad_avx2(_: &GradRows, _: &mut [f32]) {}
 
-/// `out [C_out', cols] = Σ_c Σ_k kernel[c][k][o] · x[c][p + offsets[k]]`, `CB` output channels
-/// × `NV` vectors of columns at a time.
+/// `out [C_out', cols] = Σ_c Σ_k kernel[c][k][o] · x[c][p + offsets[k]]` on the columns of
+/// the input's vectors, `CB` output channels × `NV` vectors at a time (a last group short of
+/// `NV` vectors computes its last vector again, and stores it once).
 ///
-/// Safety: `input` holds `cols` rounded up to `NV · N` columns past every tap of every channel,
-/// `out` holds `C_out' · cols` floats, `C_out'` is a multiple of `CB`.
+/// Safety: `input` holds the last vector start plus `N` columns past every tap of every
+/// channel, every start is below `cols`, `out` holds `C_out' · cols` floats, `C_out'` is a
+/// multiple of `CB`.
 #[inline(always)]
 unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
     input: &TileInput,
     kernel: &PackedKernel,
     out: &mut [f32],
 ) {
-    let (cols, step) = (input.cols, L::N * NV);
+    let cols = input.cols;
     let row = kernel.taps * kernel.c_out_padded;
     let (x, w, o) = (input.x.as_ptr(), kernel.values.as_ptr(), out.as_mut_ptr());
-    for p in (0..cols).step_by(step) {
+    for group in input.starts.chunks(NV) {
+        let at: [usize; NV] = std::array::from_fn(|j| group[j.min(group.len() - 1)]);
         for block in (0..kernel.c_out_padded).step_by(CB) {
             let mut acc = [[unsafe { L::zero() }; NV]; CB];
             for c in 0..kernel.c_in {
-                let xc = unsafe { x.add(c * input.stride + p) };
+                let xc = unsafe { x.add(c * input.stride) };
                 let wc = unsafe { w.add(c * row + block) };
                 for (k, &offset) in input.offsets.iter().enumerate() {
                     let v: [L::V; NV] =
-                        std::array::from_fn(|j| unsafe { L::load(xc.add(offset + j * L::N)) });
+                        std::array::from_fn(|j| unsafe { L::load(xc.add(at[j] + offset)) });
                     let wk = unsafe { wc.add(k * kernel.c_out_padded) };
                     for (b, acc_b) in acc.iter_mut().enumerate() {
                         let s = unsafe { L::splat(*wk.add(b)) };
@@ -469,13 +506,11 @@ unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
                 }
             }
             for (b, acc_b) in acc.iter().enumerate() {
-                let ob = unsafe { o.add((block + b) * cols + p) };
-                for (j, &v) in acc_b.iter().enumerate() {
-                    let at = p + j * L::N;
-                    if at + L::N <= cols {
-                        unsafe { L::store(ob.add(j * L::N), v) };
-                    } else if at < cols {
-                        unsafe { L::store_first(ob.add(j * L::N), v, cols - at) };
+                let ob = unsafe { o.add((block + b) * cols) };
+                for (&v, &start) in acc_b.iter().zip(group) {
+                    match start + L::N <= cols {
+                        true => unsafe { L::store(ob.add(start), v) },
+                        false => unsafe { L::store_first(ob.add(start), v, cols - start) },
                     }
                 }
             }
@@ -484,11 +519,11 @@ unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
 }
 
 /// `blocks [C_out', C_in', taps]`: for each tap and channel pair, `Σ_p g[o][p] · x[c][p +
-/// offsets[k]]` over `vectors · N` columns, `CO × CI` channel pairs at a time, and `S` taps at
+/// offsets[k]]` over the columns of the vectors from `starts`, `CO × CI` channel pairs at a time, and `S` taps at
 /// once where the taps come in runs of `S` consecutive offsets (a kernel row's three taps read
 /// one input row shifted by one: loaded from memory once, then from the core's cache).
 ///
-/// Safety: every `g` row holds `vectors · N` floats, every `x` row that many past the largest
+/// Safety: every `g` row holds the last start plus `N` floats, every `x` row that many past the largest
 /// offset; the row counts are multiples of `CO` and `CI`; the taps are runs of `S` consecutive
 /// offsets; `blocks` holds all pairs × taps.
 #[inline(always)]
@@ -505,8 +540,7 @@ unsafe fn grad_kernel<L: Lanes, const CO: usize, const CI: usize, const S: usize
                 let x: [*const f32; CI] =
                     std::array::from_fn(|c| unsafe { rows.x[cb + c].as_ptr().add(offset) });
                 let mut acc = [[[unsafe { L::zero() }; S]; CI]; CO];
-                for v in 0..rows.vectors {
-                    let at = v * L::N;
+                for &at in rows.starts {
                     let gv: [L::V; CO] = std::array::from_fn(|o| unsafe { L::load(g[o].add(at)) });
                     for c in 0..CI {
                         let xv: [L::V; S] =
@@ -541,9 +575,17 @@ mod tests {
         ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
+    /// Runs of 7 columns every 10 (a grid's rows and their padding), up to `cols`.
+    fn rows_with_gaps(cols: usize) -> Vec<(usize, usize)> {
+        (0..cols)
+            .step_by(10)
+            .map(|s| (s, 7.min(cols - s)))
+            .collect()
+    }
+
     /// Both kernels, on every instruction set this CPU has, against plain loops: channel counts
     /// off the blocks (1, 3, 5, 9), column counts off the vectors, taps at scattered offsets and
-    /// in runs of three.
+    /// in runs of three, over all columns and over rows with gaps between them.
     #[test]
     fn the_kernels_match_plain_loops_on_every_instruction_set_here() {
         let scattered = [0usize, 1, 2, 7, 11, 40, 41, 63, 90];
@@ -553,59 +595,80 @@ mod tests {
             for ((c_in, c_out, cols), offsets) in
                 sizes.into_iter().flat_map(|s| [(s, scattered), (s, runs)])
             {
-                let stride = cols + 90 + Isa::SLACK + 3;
-                let x: Vec<f32> = (0..c_in * stride).map(value).collect();
-                let input = TileInput {
-                    x: &x,
-                    stride,
-                    channels: c_in,
-                    offsets: &offsets,
-                    cols,
-                };
-                let taps = offsets.len();
-                let w = |o: usize, c: usize, k: usize| value(1000 + (o * c_in + c) * taps + k);
-                let kernel = PackedKernel::new(isa, [c_out, c_in, taps], w);
-                let mut out = vec![f32::NAN; kernel.rows() * cols];
-                assert!(forward(isa, &input, &kernel, &mut out));
-                let g_stride = cols.div_ceil(isa.lanes()) * isa.lanes();
-                let grad: Vec<f32> = (0..c_out * g_stride)
-                    .map(|i| {
-                        if i % g_stride < cols {
-                            value(5000 + i)
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                let mut sum = vec![0.5f32; c_out * c_in * taps];
-                assert!(weight_grad(isa, &input, &grad, c_out, &mut sum));
-                for o in 0..c_out {
-                    for p in 0..cols {
-                        let want: f32 = (0..c_in * taps)
-                            .map(|i| {
-                                w(o, i / taps, i % taps)
-                                    * x[i / taps * stride + p + offsets[i % taps]]
-                            })
-                            .sum();
-                        let got = out[o * cols + p];
-                        assert!(
-                            (got - want).abs() < 1e-4,
-                            "{isa:?} forward {o} {p}: {got} vs {want}"
-                        );
-                    }
-                    for i in 0..c_in * taps {
-                        let (c, k) = (i / taps, i % taps);
-                        let want: f32 = 0.5
-                            + (0..cols)
-                                .map(|p| grad[o * g_stride + p] * x[c * stride + p + offsets[k]])
-                                .sum::<f32>();
-                        let got = sum[o * c_in * taps + i];
-                        assert!(
-                            (got - want).abs() < 1e-3,
-                            "{isa:?} grad {o} {i}: {got} vs {want}"
-                        );
-                    }
+                for columns in [vec![(0, cols)], rows_with_gaps(cols)] {
+                    check_kernels(isa, [c_in, c_out, cols], &offsets, &columns);
                 }
+            }
+        }
+    }
+
+    /// Both kernels on `columns` (runs) of `cols`, against plain loops.
+    fn check_kernels(
+        isa: Isa,
+        [c_in, c_out, cols]: [usize; 3],
+        offsets: &[usize],
+        columns: &[(usize, usize)],
+    ) {
+        let covered = |p: usize| columns.iter().any(|&(s, n)| (s..s + n).contains(&p));
+        let starts = vector_starts(columns.iter().copied(), isa.lanes());
+        for p in 0..cols {
+            let vectors = starts
+                .iter()
+                .filter(|&&s| (s..s + isa.lanes()).contains(&p))
+                .count();
+            assert!(
+                vectors <= 1 && (vectors == 1 || !covered(p)),
+                "{columns:?} {starts:?} {p}"
+            );
+        }
+        let stride = cols + 90 + Isa::SLACK + 3;
+        let x: Vec<f32> = (0..c_in * stride).map(value).collect();
+        let input = TileInput {
+            x: &x,
+            stride,
+            channels: c_in,
+            offsets,
+            cols,
+            starts: &starts,
+        };
+        let taps = offsets.len();
+        let w = |o: usize, c: usize, k: usize| value(1000 + (o * c_in + c) * taps + k);
+        let kernel = PackedKernel::new(isa, [c_out, c_in, taps], w);
+        let mut out = vec![f32::NAN; kernel.rows() * cols];
+        assert!(forward(isa, &input, &kernel, &mut out));
+        let g_stride = (starts.last().copied().unwrap_or(0) + isa.lanes()).max(cols);
+        let grad: Vec<f32> = (0..c_out * g_stride)
+            .map(|i| match covered(i % g_stride) && i % g_stride < cols {
+                true => value(5000 + i),
+                false => 0.0,
+            })
+            .collect();
+        let mut sum = vec![0.5f32; c_out * c_in * taps];
+        assert!(weight_grad(isa, &input, &grad, c_out, &mut sum));
+        for o in 0..c_out {
+            for p in (0..cols).filter(|&p| covered(p)) {
+                let want: f32 = (0..c_in * taps)
+                    .map(|i| {
+                        w(o, i / taps, i % taps) * x[i / taps * stride + p + offsets[i % taps]]
+                    })
+                    .sum();
+                let got = out[o * cols + p];
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{isa:?} forward {o} {p}: {got} vs {want}"
+                );
+            }
+            for i in 0..c_in * taps {
+                let (c, k) = (i / taps, i % taps);
+                let want: f32 = 0.5
+                    + (0..cols)
+                        .map(|p| grad[o * g_stride + p] * x[c * stride + p + offsets[k]])
+                        .sum::<f32>();
+                let got = sum[o * c_in * taps + i];
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "{isa:?} grad {o} {i}: {got} vs {want}"
+                );
             }
         }
     }
@@ -622,6 +685,7 @@ mod tests {
             channels: 2,
             offsets: &offsets,
             cols: 8,
+            starts: &[0],
         };
         let kernel = PackedKernel::new(isa, [1, 2, 2], |_, _, _| 1.0);
         let mut out = vec![7.0f32; kernel.rows() * 8];
@@ -641,5 +705,20 @@ mod tests {
         let mut sum = vec![0.0f32; 6];
         assert!(!weight_grad(isa, &wrapping, &grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
+        // Overlapping vectors, a vector past the columns, or none, are refused.
+        let long = vec![1.0f32; 400];
+        let mut out = vec![7.0f32; kernel.rows() * 8];
+        for starts in [&[0usize, 4][..], &[8], &[]] {
+            let bad = TileInput {
+                x: &long,
+                stride: 200,
+                starts,
+                ..input
+            };
+            assert!(!forward(isa, &bad, &kernel, &mut out), "{starts:?}");
+            let mut sum = vec![0.0f32; 4];
+            assert!(!weight_grad(isa, &bad, &grad, 1, &mut sum), "{starts:?}");
+        }
+        assert!(out.iter().all(|&v| v == 7.0));
     }
 }
