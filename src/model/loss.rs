@@ -196,9 +196,16 @@ impl Evaluation {
         let z = logits.storage::<f32>();
         let mut probs = vec![0.0f32; n * v * k];
         let sums: Vec<Sums> = probs
-            .par_chunks_mut(CHUNK * k.max(1))
+            .par_chunks_mut((v * k).max(1))
             .enumerate()
-            .map(|(c, p)| chunk_softmax(z, [n, k, v], c * CHUNK, p, targets))
+            .flat_map(|(item, probs)| {
+                let z = &z[item * k * v..];
+                let first = item * v;
+                probs
+                    .par_chunks_mut((CHUNK * k).max(1))
+                    .enumerate()
+                    .map(move |(c, p)| chunk_softmax((z, [k, v]), (first, c * CHUNK), p, targets))
+            })
             .collect();
         let mut total = vec![0.0f64; 3 * k + 2];
         for s in &sums {
@@ -256,69 +263,85 @@ impl Evaluation {
         FlexTensor::from_data(TensorData::new(values, [2]))
     }
 
-    /// ∂L/∂z `[N, K, …]` for the losses' gradients `g = [g_dice, g_ce]`.
+    /// ∂L/∂z `[N, K, …]` for the losses' gradients `g = [g_dice, g_ce]`: in parallel over
+    /// chunks of each item's voxels, each writing its run of every label's plane.
     fn logits_grad(&self, g: [f64; 2]) -> FlexTensor {
         let [n, k, v] = self.shape;
-        let a_scale: Vec<f32> = self.dice_scale.iter().map(|s| (g[0] * s) as f32).collect();
-        let dice: Vec<f32> = self.dice.iter().map(|&d| d as f32).collect();
-        let ce = (g[1] * self.ce_scale) as f32;
+        let terms = GradTerms {
+            dice_scale: self.dice_scale.iter().map(|s| (g[0] * s) as f32).collect(),
+            dice: self.dice.iter().map(|&d| d as f32).collect(),
+            ce: (g[1] * self.ce_scale) as f32,
+        };
         let mut out = vec![0.0f32; n * k * v];
-        out.par_chunks_mut(v.max(1))
-            .enumerate()
-            .for_each(|(plane, dst)| {
-                let (item, label) = (plane / k, plane % k);
-                dst.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
-                    let first = item * v + c * CHUNK;
-                    let coefficients = (&a_scale[..], &dice[..], ce);
-                    self.plane_grad(label, first, coefficients, dst);
-                });
-            });
+        let mut planes: Vec<_> = out
+            .chunks_mut(v.max(1))
+            .map(|p| p.chunks_mut(CHUNK))
+            .collect();
+        let chunks = v.div_ceil(CHUNK);
+        let mut groups = Vec::with_capacity(n * chunks);
+        for item in 0..n {
+            for c in 0..chunks {
+                let runs: Vec<&mut [f32]> = planes[item * k..(item + 1) * k]
+                    .iter_mut()
+                    .filter_map(Iterator::next)
+                    .collect();
+                groups.push((item * v + c * CHUNK, runs));
+            }
+        }
+        groups
+            .into_par_iter()
+            .for_each(|(first, mut runs)| self.chunk_grad(&terms, first, &mut runs));
         FlexTensor::from_data(TensorData::new(out, self.dims.clone()))
     }
 
-    /// Label `label`'s gradient over the voxels from `first` (`dst.len()` of them).
-    fn plane_grad(
-        &self,
-        label: usize,
-        first: usize,
-        (a_scale, dice, ce): (&[f32], &[f32], f32),
-        dst: &mut [f32],
-    ) {
+    /// The gradient of the voxels from `first` (global index), label k's over `runs[k]`.
+    fn chunk_grad(&self, terms: &GradTerms, first: usize, runs: &mut [&mut [f32]]) {
         let k = self.shape[1];
-        let dice_term = |l: usize, y: bool| a_scale[l] * (if y { 2.0 } else { 0.0 } - dice[l]);
-        for (j, d) in dst.iter_mut().enumerate() {
+        let len = runs.first().map_or(0, |r| r.len());
+        let mut a = vec![0.0f32; k];
+        for j in 0..len {
             let i = first + j;
             let p = &self.probs[i * k..(i + 1) * k];
-            let y = self.targets.labels[i];
-            let s: f32 = (0..k).map(|l| p[l] * dice_term(l, y == l as u32)).sum();
-            let hit = y == label as u32;
-            let one = if hit { 1.0 } else { 0.0 };
-            let w = self.targets.weight(i);
-            let ce_term = if y == NO_LABEL {
-                0.0
-            } else {
-                ce * w * (p[label] - one)
+            let y = self.targets.labels[i] as usize;
+            let mut s = 0.0f32;
+            for l in 0..k {
+                let truth = if l == y { 2.0 } else { 0.0 };
+                a[l] = terms.dice_scale[l] * (truth - terms.dice[l]);
+                s += p[l] * a[l];
+            }
+            let ce = match y < k {
+                true => terms.ce * self.targets.weight(i),
+                false => 0.0,
             };
-            *d = p[label] * (dice_term(label, hit) - s) + ce_term;
+            for (l, run) in runs.iter_mut().enumerate() {
+                let one = if l == y { 1.0 } else { 0.0 };
+                run[j] = p[l] * (a[l] - s) + ce * (p[l] - one);
+            }
         }
     }
 }
 
-/// softmax of the voxels from `first` (as many as `probs` holds) into `probs`, and their sums
-/// ([`Sums`]).
+/// What the backward pass multiplies by, in f32: g_dice·∂L_dice/∂dice scale and dice per
+/// label, and g_ce / Σ w.
+struct GradTerms {
+    dice_scale: Vec<f32>,
+    dice: Vec<f32>,
+    ce: f32,
+}
+
+/// softmax of one item's voxels from `at` (as many as `probs` holds; `z`: the item's logits
+/// `[K, V]`) into `probs`, and their sums ([`Sums`]); `first`: the item's first voxel overall.
 fn chunk_softmax(
-    z: &[f32],
-    [_, k, v]: [usize; 3],
-    first: usize,
+    (z, [k, v]): (&[f32], [usize; 2]),
+    (first, at): (usize, usize),
     probs: &mut [f32],
     targets: &Targets,
 ) -> Sums {
     let mut sums = vec![0.0f64; 3 * k + 2];
     let mut e = vec![0.0f32; k];
     for (j, p) in probs.chunks_mut(k.max(1)).enumerate() {
-        let i = first + j;
-        let (item, at) = (i / v, i % v);
-        let logit = |l: usize| z[(item * k + l) * v + at];
+        let (voxel, i) = (at + j, first + at + j);
+        let logit = |l: usize| z[l * v + voxel];
         let max = (0..k).map(logit).fold(f32::NEG_INFINITY, f32::max);
         (0..k).for_each(|l| e[l] = (logit(l) - max).exp());
         let total: f32 = e.iter().sum();
