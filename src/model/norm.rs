@@ -2,7 +2,8 @@
 //! backward pass. burn's `InstanceNorm` composes it from eight tensor operations (mean, subtract,
 //! square, mean, add, square root, divide, affine), each a pass over the activations forward
 //! and more backward; here the forward pass reads the input three times and writes once, the
-//! backward pass reads input and gradient three times and writes once.
+//! backward pass, with the statistics the forward pass kept, reads input and gradient twice and
+//! writes once.
 //!
 //! For each batch item n and channel c over the voxels v: μ and σ² the mean and (biased)
 //! variance, x̂ = (x − μ)/√(σ² + ε), y = γ_c·x̂ + β_c. Backward, with g = ∂L/∂y:
@@ -26,6 +27,7 @@ use burn::prelude::*;
 use burn::tensor::{DType, TensorData};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use super::conv::written;
 
@@ -73,26 +75,40 @@ impl InstanceNormBackend for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> FlexTensor {
-        let shape = x.layout().shape().clone();
-        let x = x.to_contiguous();
-        let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
-        let (gamma, beta) = (gamma.storage::<f32>(), beta.storage::<f32>());
-        let voxels = shape.num_elements() / (shape[0] * shape[1]).max(1);
-        let out = written(shape.num_elements(), |out| {
-            out.par_chunks_mut(voxels.max(1))
-                .zip(x.storage::<f32>().par_chunks(voxels.max(1)))
-                .enumerate()
-                .for_each(|(plane, (y, x))| {
-                    let c = plane % gamma.len();
-                    let stats = Stats::of(x, epsilon);
-                    let scale = gamma[c] / stats.sd;
-                    for (y, &v) in y.iter_mut().zip(x) {
-                        y.write((v - stats.mean) * scale + beta[c]);
-                    }
-                });
-        });
-        FlexTensor::from_data(TensorData::new(out, shape))
+        normalise(x, gamma, beta, epsilon).0
     }
+}
+
+/// The fused norm's output, and each plane's (item's and channel's) statistics.
+fn normalise(
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    epsilon: f64,
+) -> (FlexTensor, Vec<Stats>) {
+    let shape = x.layout().shape().clone();
+    let x = x.to_contiguous();
+    let (gamma, beta) = (gamma.to_contiguous(), beta.to_contiguous());
+    let (gamma, beta) = (gamma.storage::<f32>(), beta.storage::<f32>());
+    let voxels = shape.num_elements() / (shape[0] * shape[1]).max(1);
+    let mut stats = Vec::new();
+    let out = written(shape.num_elements(), |out| {
+        stats = out
+            .par_chunks_mut(voxels.max(1))
+            .zip(x.storage::<f32>().par_chunks(voxels.max(1)))
+            .enumerate()
+            .map(|(plane, (y, x))| {
+                let c = plane % gamma.len();
+                let stats = Stats::of(x, epsilon);
+                let scale = gamma[c] / stats.sd;
+                for (y, &v) in y.iter_mut().zip(x) {
+                    y.write((v - stats.mean) * scale + beta[c]);
+                }
+                stats
+            })
+            .collect();
+    });
+    (FlexTensor::from_data(TensorData::new(out, shape)), stats)
 }
 
 /// One item's and channel's mean and standard deviation (with ε).
@@ -136,13 +152,13 @@ pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64
     partial.iter().sum::<f64>() + rest
 }
 
-/// The gradients of input, γ and β of the fused norm, given the input, γ and the output's
-/// gradient.
+/// The gradients of input, γ and β of the fused norm, given the input, each plane's statistics
+/// (the forward pass's), γ and the output's gradient.
 fn instance_norm_grads(
     x: &FlexTensor,
+    stats: &[Stats],
     gamma: &FlexTensor,
     grad: &FlexTensor,
-    epsilon: f64,
 ) -> [FlexTensor; 3] {
     let shape = x.layout().shape().clone();
     let channels = shape[1];
@@ -161,7 +177,11 @@ fn instance_norm_grads(
             .zip(grad.storage::<f32>().par_chunks(voxels))
             .enumerate()
             .map(|(plane, ((dx, x), g))| {
-                plane_grad(dx, x, g, gamma_values[plane % channels], epsilon)
+                let stats = stats
+                    .get(plane)
+                    .copied()
+                    .unwrap_or(Stats { mean: 0.0, sd: 1.0 });
+                plane_grad(dx, (x, stats), g, gamma_values[plane % channels])
             })
             .collect();
     });
@@ -178,18 +198,16 @@ fn instance_norm_grads(
     ]
 }
 
-/// One plane's input gradient written over `dx`; returns Σ g and Σ g·x̂ (β's and γ's gradient shares).
+/// One plane's input gradient written over `dx`; returns Σ g and Σ g·x̂ (β's and γ's gradient
+/// shares).
 fn plane_grad(
     dx: &mut [MaybeUninit<f32>],
-    x: &[f32],
+    (x, stats): (&[f32], Stats),
     g: &[f32],
     gamma: f32,
-    epsilon: f64,
 ) -> (f64, f64) {
-    let stats = Stats::of(x, epsilon);
     let normalised = |v: f32| (v - stats.mean) / stats.sd;
-    let sum_g = lane_sum(g, g, |v, _| v as f64);
-    let sum_gx = lane_sum(g, x, |gv, xv| gv as f64 * normalised(xv) as f64);
+    let (sum_g, sum_gx) = two_sums(g, x, normalised);
     let n = x.len().max(1) as f64;
     let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
     let scale = gamma / stats.sd;
@@ -199,12 +217,37 @@ fn plane_grad(
     (sum_g, sum_gx)
 }
 
+/// Σ g and Σ g·x̂ in one pass, in eight independent partial sums each (as [`lane_sum`]).
+fn two_sums(g: &[f32], x: &[f32], normalised: impl Fn(f32) -> f32) -> (f64, f64) {
+    const LANES: usize = 8;
+    let n = g.len().min(x.len());
+    let (g, x) = (&g[..n], &x[..n]);
+    let (mut sum_g, mut sum_gx) = ([0.0f64; LANES], [0.0f64; LANES]);
+    for (cg, cx) in g.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
+        for lane in 0..LANES {
+            sum_g[lane] += cg[lane] as f64;
+            sum_gx[lane] += cg[lane] as f64 * normalised(cx[lane]) as f64;
+        }
+    }
+    let tail = n - n % LANES;
+    let (mut rest_g, mut rest_gx) = (0.0, 0.0);
+    for (&gv, &xv) in g[tail..].iter().zip(&x[tail..]) {
+        rest_g += gv as f64;
+        rest_gx += gv as f64 * normalised(xv) as f64;
+    }
+    (
+        sum_g.iter().sum::<f64>() + rest_g,
+        sum_gx.iter().sum::<f64>() + rest_gx,
+    )
+}
+
 /// The backward pass of the fused norm under autodiff.
 #[derive(Debug)]
 struct InstanceNormBackward;
 
 impl Backward<Flex, 3> for InstanceNormBackward {
-    type State = (NodeId, NodeId, f64);
+    /// Input and γ, and each plane's statistics from the forward pass.
+    type State = (NodeId, NodeId, Arc<Vec<Stats>>);
 
     fn backward(
         self,
@@ -214,10 +257,10 @@ impl Backward<Flex, 3> for InstanceNormBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, gamma_state, epsilon) = ops.state;
+        let (x_state, gamma_state, stats) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
-        let [grad_x, grad_gamma, grad_beta] = instance_norm_grads(&x, &gamma, &grad, epsilon);
+        let [grad_x, grad_gamma, grad_beta] = instance_norm_grads(&x, &stats, &gamma, &grad);
         for (node, g) in [
             (node_x, grad_x),
             (node_gamma, grad_gamma),
@@ -245,13 +288,13 @@ impl<C: CheckpointStrategy> InstanceNormBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let gamma_state = prep.checkpoint(&gamma);
-                let out = Flex::instance_norm(
+                let (out, stats) = normalise(
                     x.into_primitive(),
                     gamma.into_primitive(),
                     beta.into_primitive(),
                     epsilon,
                 );
-                prep.finish((x_state, gamma_state, epsilon), out)
+                prep.finish((x_state, gamma_state, Arc::new(stats)), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::instance_norm(
                 x.into_primitive(),
