@@ -770,7 +770,8 @@ fn compare_block_convolutions() {
 /// The network's upsampling on the CPU (`model::upconv`: a 2×2×2, stride-2 transposed
 /// convolution — and the single-slice form's 1×2×2 — as matrix products, with its own backward
 /// pass) against burn's `ConvTranspose3d::forward`: the output and the gradients of input,
-/// weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of two.
+/// weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of two, the
+/// output going into a concatenation.
 #[test]
 fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
     use burn::nn::conv::ConvTranspose3dConfig;
@@ -782,7 +783,10 @@ fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
             .with_stride([kd, 2, 2])
             .init(&ad);
         let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
-        let out = [2, c_out, kd * d, 2 * h, 2 * w];
+        // The output goes into a concatenation, as in the decoder: its gradient arrives as a
+        // part of the concatenation's (narrowed along the channels, not contiguous).
+        let side = Tensor::<5>::random([2, 2, kd * d, 2 * h, 2 * w], Distribution::Default, &ad);
+        let out = [2, c_out + 2, kd * d, 2 * h, 2 * w];
         let target = Tensor::<5>::random(out, Distribution::Normal(0.0, 1.0), &ad);
         let run = |fast: bool| {
             let x = x.clone().require_grad();
@@ -790,7 +794,8 @@ fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
                 true => upconv_forward(&up, x.clone()),
                 false => up.forward(x.clone()),
             };
-            let grads = (y.clone() * target.clone()).sum().backward();
+            let joined = Tensor::cat(vec![side.clone(), y.clone()], 1);
+            let grads = (joined * target.clone()).sum().backward();
             let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
             let bias = up
                 .bias

@@ -270,6 +270,39 @@ pub(super) fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> F
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// The planes of an f32 tensor `[N, C, …]` (item n's channel c at `n·C + c`) as slices of its
+/// storage, when each plane is contiguous there: a contiguous tensor, or one narrowed along its
+/// channels as a concatenation's gradient is (read in place instead of copied whole on one
+/// core). `None` otherwise.
+pub(super) fn planes(t: &FlexTensor) -> Option<Vec<&[f32]>> {
+    let layout = t.layout();
+    let dims = layout.shape().to_vec();
+    let strides = layout.strides();
+    if dims.len() < 2 || strides.len() != dims.len() || t.dtype() != DType::F32 {
+        return None;
+    }
+    let plane: usize = dims[2..].iter().product();
+    let mut expected = 1isize;
+    for i in (2..dims.len()).rev() {
+        if dims[i] > 1 && strides[i] != expected {
+            return None;
+        }
+        expected = expected.checked_mul(isize::try_from(dims[i]).ok()?)?;
+    }
+    let [s0, s1] = [0, 1].map(|i| usize::try_from(strides[i]).ok());
+    let (s0, s1) = (s0?, s1?);
+    let storage = t.storage::<f32>();
+    (0..dims[0] * dims[1])
+        .map(|i| {
+            let start = (i / dims[1])
+                .checked_mul(s0)?
+                .checked_add((i % dims[1]).checked_mul(s1)?)?
+                .checked_add(layout.start_offset())?;
+            storage.get(start..start.checked_add(plane)?)
+        })
+        .collect()
+}
+
 /// The sizes of one 3×3×3 convolution with padding 1.
 #[derive(Clone, Copy, Debug)]
 struct Geometry {
@@ -940,6 +973,24 @@ fn tile_weight_gradient(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tensor's planes in place: a contiguous one's and one narrowed along its channels
+    /// (a concatenation's gradient) are its values plane by plane; a transposed one has none.
+    #[test]
+    fn planes_are_read_in_place_when_each_is_contiguous() {
+        let values: Vec<f32> = (0..2 * 5 * 6).map(|v| v as f32).collect();
+        let t = flex_f32(values.clone(), [2, 5, 2, 3]);
+        let whole = planes(&t).expect("contiguous");
+        assert_eq!(whole, values.chunks(6).collect::<Vec<_>>());
+        let narrowed = t.narrow(1, 1, 3);
+        let want: Vec<&[f32]> = [1, 2, 3, 6, 7, 8]
+            .iter()
+            .map(|&p| &values[p * 6..][..6])
+            .collect();
+        assert_eq!(planes(&narrowed).expect("narrowed"), want);
+        assert!(planes(&t.transpose(2, 3)).is_none());
+        assert!(planes(&t.transpose(0, 1)).is_some_and(|p| p[1] == &values[5 * 6..][..6]));
+    }
 
     /// For many sizes, strides (stride 2 phased and not), both kernel depths and channel counts
     /// (so tiles of one row up to whole volumes):

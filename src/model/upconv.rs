@@ -25,7 +25,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::conv::{flex_f32, written};
+use super::conv::{flex_f32, planes, written};
 use super::product::{per_item, sum_over_voxels, Matrix};
 
 /// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
@@ -268,7 +268,13 @@ impl UpGeometry {
     /// The output's gradient `[N, C_out, k·D, 2H, 2W]` de-interleaved to
     /// `[N, C_out·offsets, voxels]` (row `(o, a, b, c)`).
     fn grad_rows(&self, grad: FlexTensor) -> Vec<f32> {
-        deinterleave(grad.to_contiguous().storage::<f32>(), self)
+        if let Some(planes) = planes(&grad) {
+            return deinterleave(&planes, self);
+        }
+        let grad = grad.to_contiguous();
+        let channel = self.offsets() * self.voxels();
+        let planes: Vec<&[f32]> = grad.storage::<f32>().chunks(channel.max(1)).collect();
+        deinterleave(&planes, self)
     }
 
     /// For row `(z', y')` of one output channel: the rows of its two width offsets in that
@@ -309,15 +315,20 @@ fn interleave(p: &[f32], geo: &UpGeometry) -> Vec<f32> {
     })
 }
 
-/// The inverse of [`interleave`]: the output's gradient `[N, C_out, k·D, 2H, 2W]` as
-/// `[N, C_out·offsets, V]`.
-fn deinterleave(grad: &[f32], geo: &UpGeometry) -> Vec<f32> {
+/// The inverse of [`interleave`]: the output's gradient `[N, C_out, k·D, 2H, 2W]`, given as its
+/// planes, as `[N, C_out·offsets, V]`.
+fn deinterleave(grad: &[&[f32]], geo: &UpGeometry) -> Vec<f32> {
     let (w, channel) = (geo.w, geo.offsets() * geo.voxels());
     // The source rows of all output rows cover each channel's rows once: all of `g` is written.
-    written(grad.len(), |g| {
-        g.par_chunks_mut(channel)
-            .zip(grad.par_chunks(channel))
+    written(grad.len() * channel, |g| {
+        g.par_chunks_mut(channel.max(1))
+            .zip(grad.par_iter())
             .for_each(|(g, grad)| {
+                if grad.len() != g.len() {
+                    // Not the geometry's plane (never from autodiff): no gradient.
+                    g.iter_mut().for_each(|v| _ = v.write(0.0));
+                    return;
+                }
                 for (row, src) in grad.chunks_exact(2 * w).enumerate() {
                     let ([even, odd], at) = geo.source_rows(row);
                     let src = &src[..2 * w];
