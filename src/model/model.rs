@@ -16,7 +16,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::conv::conv3d_forward;
-use super::norm::{instance_norm_forward, instance_norm_relu_forward};
+use super::norm::instance_norm_forward;
 use super::upconv::upconv_forward;
 
 /// Configuration of the multi-task residual U-Net.
@@ -85,7 +85,7 @@ impl ResidualBlock {
     /// `[N, C_in, D, H, W]` → `[N, C_out, D, H, W]`.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let h = conv3d_forward(&self.conv1, x.clone());
-        let h = instance_norm_relu_forward(&self.norm1, h);
+        let h = relu(instance_norm_forward(&self.norm1, h));
         let h = instance_norm_forward(&self.norm2, conv3d_forward(&self.conv2, h));
         let skip = match &self.skip {
             Some(s) => conv3d_forward(s, x),

@@ -8,10 +8,7 @@
 //! For each batch item n and channel c over the voxels v: μ and σ² the mean and (biased)
 //! variance, x̂ = (x − μ)/√(σ² + ε), y = γ_c·x̂ + β_c. Backward, with g = ∂L/∂y:
 //! ∂L/∂β_c = Σ_{n,v} g, ∂L/∂γ_c = Σ_{n,v} g·x̂, ∂L/∂x = γ_c/√(σ² + ε) · (g − mean_v g −
-//! x̂·mean_v(g·x̂)). Fused with the ReLU that follows a block's first norm
-//! ([`instance_norm_relu_forward`]), the output is max(y, 0) and g is 0 where y ≤ 0 (y recomputed
-//! from the kept statistics and β): the activation's own pass and allocation, forward and back,
-//! are saved.
+//! x̂·mean_v(g·x̂)).
 //!
 //! Invariants: equal to burn's `InstanceNorm::forward` and its gradients to float rounding
 //! (`tests/model.rs`); statistics are summed in f64; called only on the CPU backend for an affine
@@ -38,53 +35,36 @@ use super::conv::written;
 #[backend_extension(Flex, Autodiff)]
 pub trait InstanceNormBackend: Backend {
     /// `x [N, C, …]` normalised over each item's and channel's voxels, then `γ_c·x̂ + β_c`
-    /// (`gamma`, `beta`: `[C]`), then with `relu` max(·, 0).
+    /// (`gamma`, `beta`: `[C]`).
     fn instance_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
     ) -> FloatTensor<Self>;
 }
 
 /// `norm` applied to `x`: the fused operation for an affine norm of f32 values on burn's CPU
 /// backend, `InstanceNorm::forward` otherwise.
 pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
-    norm_forward(norm, x, false)
-}
-
-/// `relu(norm(x))` as one fused operation where [`instance_norm_forward`] fuses the norm (the
-/// activation's pass and its backward pass saved), composed otherwise.
-pub fn instance_norm_relu_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
-    norm_forward(norm, x, true)
-}
-
-/// The norm, with `relu` followed by a ReLU.
-fn norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>, relu: bool) -> Tensor<D> {
-    let burns = |x: Tensor<D>| match relu {
-        true => burn::tensor::activation::relu(norm.forward(x)),
-        false => norm.forward(x),
-    };
     if super::precision::is_half(&x) {
         // Statistics in f32 (autocast's rule for normalisations), the result in x's type.
         let dtype = super::precision::float_dtype_of(&x);
-        let out = norm_forward(norm, x.cast(burn::tensor::FloatDType::F32), relu);
+        let out = instance_norm_forward(norm, x.cast(burn::tensor::FloatDType::F32));
         return out.cast(dtype);
     }
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
-        return burns(x);
+        return norm.forward(x);
     };
     let fits = D >= 3 && x.dtype() == DType::F32 && x.device().inner() == Device::flex();
     if !fits || x.dims()[1] != norm.num_channels {
-        return burns(x);
+        return norm.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as InstanceNormBackend>::instance_norm(
         x.into_dispatch(),
         gamma.val().into_dispatch(),
         beta.val().into_dispatch(),
         norm.epsilon,
-        relu,
     ))
 }
 
@@ -94,19 +74,17 @@ impl InstanceNormBackend for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
-        relu: bool,
     ) -> FlexTensor {
-        normalise(x, gamma, beta, (epsilon, relu)).0
+        normalise(x, gamma, beta, epsilon).0
     }
 }
 
-/// The fused norm's output (with `relu`, max(·, 0)), and each plane's (item's and channel's)
-/// statistics.
+/// The fused norm's output, and each plane's (item's and channel's) statistics.
 fn normalise(
     x: FlexTensor,
     gamma: FlexTensor,
     beta: FlexTensor,
-    (epsilon, relu): (f64, bool),
+    epsilon: f64,
 ) -> (FlexTensor, Vec<Stats>) {
     let shape = x.layout().shape().clone();
     let x = x.to_contiguous();
@@ -124,9 +102,7 @@ fn normalise(
                 let stats = Stats::of(x, epsilon);
                 let scale = gamma[c] / stats.sd;
                 for (y, &v) in y.iter_mut().zip(x) {
-                    let out = (v - stats.mean) * scale + beta[c];
-                    // As burn's ReLU: 0 where the norm is ≤ 0 (NaN stays NaN).
-                    y.write(if relu && out <= 0.0 { 0.0 } else { out });
+                    y.write((v - stats.mean) * scale + beta[c]);
                 }
                 stats
             })
@@ -176,19 +152,11 @@ pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64
     partial.iter().sum::<f64>() + rest
 }
 
-/// What the forward pass keeps for the backward pass: each plane's statistics, and with a ReLU
-/// the β it added (to tell where the output was cut to 0).
-#[derive(Debug)]
-struct Saved {
-    stats: Vec<Stats>,
-    relu_beta: Option<Vec<f32>>,
-}
-
-/// The gradients of input, γ and β of the fused norm, given the input, what the forward pass
-/// kept, γ and the output's gradient.
+/// The gradients of input, γ and β of the fused norm, given the input, each plane's statistics
+/// (the forward pass's), γ and the output's gradient.
 fn instance_norm_grads(
     x: &FlexTensor,
-    saved: &Saved,
+    stats: &[Stats],
     gamma: &FlexTensor,
     grad: &FlexTensor,
 ) -> [FlexTensor; 3] {
@@ -209,11 +177,11 @@ fn instance_norm_grads(
             .zip(grad.storage::<f32>().par_chunks(voxels))
             .enumerate()
             .map(|(plane, ((dx, x), g))| {
-                let stats =
-                    (saved.stats.get(plane).copied()).unwrap_or(Stats { mean: 0.0, sd: 1.0 });
-                let beta =
-                    (saved.relu_beta.as_ref()).and_then(|b| b.get(plane % channels).copied());
-                plane_grad(dx, (x, stats), g, (gamma_values[plane % channels], beta))
+                let stats = stats
+                    .get(plane)
+                    .copied()
+                    .unwrap_or(Stats { mean: 0.0, sd: 1.0 });
+                plane_grad(dx, (x, stats), g, gamma_values[plane % channels])
             })
             .collect();
     });
@@ -231,53 +199,41 @@ fn instance_norm_grads(
 }
 
 /// One plane's input gradient written over `dx`; returns Σ g and Σ g·x̂ (β's and γ's gradient
-/// shares). With `beta` (a ReLU followed), g is 0 where the norm's output was ≤ 0.
+/// shares).
 fn plane_grad(
     dx: &mut [MaybeUninit<f32>],
     (x, stats): (&[f32], Stats),
     g: &[f32],
-    (gamma, beta): (f32, Option<f32>),
+    gamma: f32,
 ) -> (f64, f64) {
     let normalised = |v: f32| (v - stats.mean) / stats.sd;
-    let scale = gamma / stats.sd;
-    let gate = |gv: f32, xv: f32| match beta {
-        Some(b) if (xv - stats.mean) * scale + b <= 0.0 => 0.0,
-        _ => gv,
-    };
-    let (sum_g, sum_gx) = two_sums(g, x, normalised, gate);
+    let (sum_g, sum_gx) = two_sums(g, x, normalised);
     let n = x.len().max(1) as f64;
     let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
+    let scale = gamma / stats.sd;
     for ((d, &gv), &xv) in dx.iter_mut().zip(g).zip(x) {
-        d.write(scale * (gate(gv, xv) - mean_g - normalised(xv) * mean_gx));
+        d.write(scale * (gv - mean_g - normalised(xv) * mean_gx));
     }
     (sum_g, sum_gx)
 }
 
-/// Σ g and Σ g·x̂ in one pass (g through `gate`), in eight independent partial sums each (as
-/// [`lane_sum`]).
-fn two_sums(
-    g: &[f32],
-    x: &[f32],
-    normalised: impl Fn(f32) -> f32,
-    gate: impl Fn(f32, f32) -> f32,
-) -> (f64, f64) {
+/// Σ g and Σ g·x̂ in one pass, in eight independent partial sums each (as [`lane_sum`]).
+fn two_sums(g: &[f32], x: &[f32], normalised: impl Fn(f32) -> f32) -> (f64, f64) {
     const LANES: usize = 8;
     let n = g.len().min(x.len());
     let (g, x) = (&g[..n], &x[..n]);
     let (mut sum_g, mut sum_gx) = ([0.0f64; LANES], [0.0f64; LANES]);
     for (cg, cx) in g.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
         for lane in 0..LANES {
-            let gv = gate(cg[lane], cx[lane]) as f64;
-            sum_g[lane] += gv;
-            sum_gx[lane] += gv * normalised(cx[lane]) as f64;
+            sum_g[lane] += cg[lane] as f64;
+            sum_gx[lane] += cg[lane] as f64 * normalised(cx[lane]) as f64;
         }
     }
     let tail = n - n % LANES;
     let (mut rest_g, mut rest_gx) = (0.0, 0.0);
     for (&gv, &xv) in g[tail..].iter().zip(&x[tail..]) {
-        let gv = gate(gv, xv) as f64;
-        rest_g += gv;
-        rest_gx += gv * normalised(xv) as f64;
+        rest_g += gv as f64;
+        rest_gx += gv as f64 * normalised(xv) as f64;
     }
     (
         sum_g.iter().sum::<f64>() + rest_g,
@@ -290,8 +246,8 @@ fn two_sums(
 struct InstanceNormBackward;
 
 impl Backward<Flex, 3> for InstanceNormBackward {
-    /// Input and γ, and what the forward pass kept.
-    type State = (NodeId, NodeId, Arc<Saved>);
+    /// Input and γ, and each plane's statistics from the forward pass.
+    type State = (NodeId, NodeId, Arc<Vec<Stats>>);
 
     fn backward(
         self,
@@ -301,10 +257,10 @@ impl Backward<Flex, 3> for InstanceNormBackward {
     ) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x_state, gamma_state, saved) = ops.state;
+        let (x_state, gamma_state, stats) = ops.state;
         let x = checkpointer.retrieve_node_output::<FlexTensor>(x_state);
         let gamma = checkpointer.retrieve_node_output::<FlexTensor>(gamma_state);
-        let [grad_x, grad_gamma, grad_beta] = instance_norm_grads(&x, &saved, &gamma, &grad);
+        let [grad_x, grad_gamma, grad_beta] = instance_norm_grads(&x, &stats, &gamma, &grad);
         for (node, g) in [
             (node_x, grad_x),
             (node_gamma, grad_gamma),
@@ -323,7 +279,6 @@ impl<C: CheckpointStrategy> InstanceNormBackend for Autodiff<Flex, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
-        relu: bool,
     ) -> FloatTensor<Self> {
         let prepared = InstanceNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
@@ -333,23 +288,19 @@ impl<C: CheckpointStrategy> InstanceNormBackend for Autodiff<Flex, C> {
             OpsKind::Tracked(mut prep) => {
                 let x_state = prep.checkpoint(&x);
                 let gamma_state = prep.checkpoint(&gamma);
-                let beta = beta.into_primitive();
-                let relu_beta = relu.then(|| beta.to_contiguous().storage::<f32>().to_vec());
                 let (out, stats) = normalise(
                     x.into_primitive(),
                     gamma.into_primitive(),
-                    beta,
-                    (epsilon, relu),
+                    beta.into_primitive(),
+                    epsilon,
                 );
-                let saved = Saved { stats, relu_beta };
-                prep.finish((x_state, gamma_state, Arc::new(saved)), out)
+                prep.finish((x_state, gamma_state, Arc::new(stats)), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(Flex::instance_norm(
                 x.into_primitive(),
                 gamma.into_primitive(),
                 beta.into_primitive(),
                 epsilon,
-                relu,
             )),
         }
     }
