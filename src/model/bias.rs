@@ -73,15 +73,12 @@ impl ChannelBiasBackend for Flex {
 fn channel_sums(grad: &FlexTensor) -> FlexTensor {
     let shape = grad.layout().shape().clone();
     let channels = shape[1];
-    let voxels = (shape.num_elements() / (shape[0] * channels).max(1)).max(1);
-    let sum = |plane: &[f32]| super::norm::lane_sum(plane, plane, |v, _| v as f64);
-    let plane_sums: Vec<f64> = match super::conv::planes(grad) {
-        Some(planes) => planes.par_iter().map(|p| sum(p)).collect(),
-        None => {
-            let grad = grad.to_contiguous();
-            grad.storage::<f32>().par_chunks(voxels).map(sum).collect()
-        }
-    };
+    let plane_sums: Vec<f64> = super::conv::with_planes(grad, |planes| {
+        planes
+            .par_iter()
+            .map(|plane| super::norm::lane_sum(plane, plane, |v, _| v as f64))
+            .collect()
+    });
     let mut sums = vec![0.0f64; channels];
     for (plane, s) in plane_sums.iter().enumerate() {
         sums[plane % channels] += s;

@@ -270,11 +270,23 @@ pub(super) fn flex_f32<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> F
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// `f` of the planes of an f32 tensor `[N, C, …]` (item n's channel c at `n·C + c`): read in
+/// place where each is contiguous in the storage ([`planes`]), from a contiguous copy otherwise.
+pub(super) fn with_planes<R>(t: &FlexTensor, f: impl FnOnce(&[&[f32]]) -> R) -> R {
+    if let Some(planes) = planes(t) {
+        return f(&planes);
+    }
+    let copy = t.to_contiguous();
+    let plane: usize = copy.layout().shape().iter().skip(2).product();
+    let planes: Vec<&[f32]> = copy.storage::<f32>().chunks(plane.max(1)).collect();
+    f(&planes)
+}
+
 /// The planes of an f32 tensor `[N, C, …]` (item n's channel c at `n·C + c`) as slices of its
 /// storage, when each plane is contiguous there: a contiguous tensor, or one narrowed along its
 /// channels as a concatenation's gradient is (read in place instead of copied whole on one
 /// core). `None` otherwise.
-pub(super) fn planes(t: &FlexTensor) -> Option<Vec<&[f32]>> {
+fn planes(t: &FlexTensor) -> Option<Vec<&[f32]>> {
     let layout = t.layout();
     let dims = layout.shape().to_vec();
     let strides = layout.strides();

@@ -25,7 +25,7 @@ use burn::prelude::*;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
-use super::conv::{flex_f32, planes, written};
+use super::conv::{flex_f32, with_planes, written};
 use super::product::{per_item, sum_over_voxels, Matrix};
 
 /// Backends with an upsampling transposed convolution (kernel = stride, 2×2×2 or 1×2×2, no
@@ -268,13 +268,7 @@ impl UpGeometry {
     /// The output's gradient `[N, C_out, k·D, 2H, 2W]` de-interleaved to
     /// `[N, C_out·offsets, voxels]` (row `(o, a, b, c)`).
     fn grad_rows(&self, grad: FlexTensor) -> Vec<f32> {
-        if let Some(planes) = planes(&grad) {
-            return deinterleave(&planes, self);
-        }
-        let grad = grad.to_contiguous();
-        let channel = self.offsets() * self.voxels();
-        let planes: Vec<&[f32]> = grad.storage::<f32>().chunks(channel.max(1)).collect();
-        deinterleave(&planes, self)
+        with_planes(&grad, |planes| deinterleave(planes, self))
     }
 
     /// For row `(z', y')` of one output channel: the rows of its two width offsets in that
