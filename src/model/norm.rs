@@ -134,22 +134,31 @@ impl Stats {
 /// compiler can keep in vector registers; one running sum is a chain of dependent additions).
 #[inline(always)]
 pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let [sum] = lane_sums(a, b, |p, q| [f(p, q)]);
+    sum
+}
+
+/// [`lane_sum`] of `S` terms at once: the `S` sums of f(a_i, b_i)'s components, in one pass.
+#[inline(always)]
+fn lane_sums<const S: usize>(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> [f64; S]) -> [f64; S] {
     const LANES: usize = 8;
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
-    let mut partial = [0.0f64; LANES];
+    let mut partial = [[0.0f64; LANES]; S];
     for (ca, cb) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for lane in 0..LANES {
-            partial[lane] += f(ca[lane], cb[lane]);
+            let terms = f(ca[lane], cb[lane]);
+            for (sum, term) in partial.iter_mut().zip(terms) {
+                sum[lane] += term;
+            }
         }
     }
     let tail = n - n % LANES;
-    let rest: f64 = a[tail..]
-        .iter()
-        .zip(&b[tail..])
-        .map(|(&p, &q)| f(p, q))
-        .sum();
-    partial.iter().sum::<f64>() + rest
+    let mut rest = [0.0f64; S];
+    for (&p, &q) in a[tail..].iter().zip(&b[tail..]) {
+        rest.iter_mut().zip(f(p, q)).for_each(|(r, t)| *r += t);
+    }
+    std::array::from_fn(|i| partial[i].iter().sum::<f64>() + rest[i])
 }
 
 /// The gradients of input, γ and β of the fused norm, given the input, each plane's statistics
@@ -207,7 +216,10 @@ fn plane_grad(
     gamma: f32,
 ) -> (f64, f64) {
     let normalised = |v: f32| (v - stats.mean) / stats.sd;
-    let (sum_g, sum_gx) = two_sums(g, x, normalised);
+    let [sum_g, sum_gx] = lane_sums(g, x, |gv, xv| {
+        let gv = gv as f64;
+        [gv, gv * normalised(xv) as f64]
+    });
     let n = x.len().max(1) as f64;
     let (mean_g, mean_gx) = ((sum_g / n) as f32, (sum_gx / n) as f32);
     let scale = gamma / stats.sd;
@@ -215,30 +227,6 @@ fn plane_grad(
         d.write(scale * (gv - mean_g - normalised(xv) * mean_gx));
     }
     (sum_g, sum_gx)
-}
-
-/// Σ g and Σ g·x̂ in one pass, in eight independent partial sums each (as [`lane_sum`]).
-fn two_sums(g: &[f32], x: &[f32], normalised: impl Fn(f32) -> f32) -> (f64, f64) {
-    const LANES: usize = 8;
-    let n = g.len().min(x.len());
-    let (g, x) = (&g[..n], &x[..n]);
-    let (mut sum_g, mut sum_gx) = ([0.0f64; LANES], [0.0f64; LANES]);
-    for (cg, cx) in g.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            sum_g[lane] += cg[lane] as f64;
-            sum_gx[lane] += cg[lane] as f64 * normalised(cx[lane]) as f64;
-        }
-    }
-    let tail = n - n % LANES;
-    let (mut rest_g, mut rest_gx) = (0.0, 0.0);
-    for (&gv, &xv) in g[tail..].iter().zip(&x[tail..]) {
-        rest_g += gv as f64;
-        rest_gx += gv as f64 * normalised(xv) as f64;
-    }
-    (
-        sum_g.iter().sum::<f64>() + rest_g,
-        sum_gx.iter().sum::<f64>() + rest_gx,
-    )
 }
 
 /// The backward pass of the fused norm under autodiff.
