@@ -18,6 +18,10 @@
 //! with the kernel gives the tile, the weight gradient being the output gradient of each tile
 //! times its im2col matrix, summed. The input gradient at stride 1 is the same convolution of
 //! the output gradient with the flipped kernel, at stride 2 burn's (a transposed convolution).
+//! Under autodiff the forward pass keeps its padded (or phased) input instead of x, which the
+//! weight gradient reads again; at stride 1 the backward pass pads the output gradient once, for
+//! the input gradient, and the weight gradient reads that padded copy in place (its padding
+//! holds the zeros a tile's gathered copy otherwise has).
 //! burn-flex gathers each output voxel's patch element by element, and takes the weight gradient
 //! as a convolution whose kernel is the whole output gradient, copying a batch's few elements at
 //! a time.
@@ -33,7 +37,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv3d;
@@ -44,7 +48,7 @@ use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
 
-use super::conv_simd::{self, Isa, PackedKernel, TileInput};
+use super::conv_simd::{self, GradInput, Isa, PackedKernel, TileInput};
 
 /// Columns (output positions) of one tile's im2col matrix aim at this many floats in all, so
 /// that the matrix stays in the core's cache.
@@ -67,26 +71,35 @@ pub trait Conv3x3Backend: Backend {
         Self::conv3d(x, weight, None, options)
     }
 
-    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `x`, given the output's.
-    fn conv3x3_x_grad(
+    /// [`Conv3x3Backend::conv3x3`] for a backward pass: the output, and what the backward
+    /// pass reads of `x` (the default: `x` itself; burn's CPU backend: the padded copy its
+    /// kernels read, which the weight gradient reads again).
+    fn conv3x3_keeping(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
         stride: usize,
-    ) -> FloatTensor<Self> {
-        let options = options(&weight, stride);
-        Self::conv3d_x_backward(x, weight, grad, options)
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        (Self::conv3x3(x.clone(), weight, stride), x)
     }
 
-    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `weight`.
-    fn conv3x3_weight_grad(
-        x: FloatTensor<Self>,
+    /// The gradients of [`Conv3x3Backend::conv3x3`] with respect to `x [x_dims]` and `weight`
+    /// (each where `wanted`), given the output's and what
+    /// [`Conv3x3Backend::conv3x3_keeping`] kept of `x`.
+    fn conv3x3_grads(
+        kept: FloatTensor<Self>,
+        x_dims: [usize; 5],
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         stride: usize,
-    ) -> FloatTensor<Self> {
-        let options = options(&weight, stride);
-        Self::conv3d_weight_backward(x, weight, grad, options)
+        wanted: [bool; 2],
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        let (x, options) = (kept, options(&weight, stride));
+        debug_assert_eq!(x.shape().dims::<5>(), x_dims, "the default keeps x");
+        let x_grad = wanted[0].then(|| {
+            Self::conv3d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
+        });
+        let weight_grad = wanted[1].then(|| Self::conv3d_weight_backward(x, weight, grad, options));
+        (x_grad, weight_grad)
     }
 }
 
@@ -164,7 +177,8 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 struct Conv3x3Backward;
 
 impl<B: Conv3x3Backend> Backward<B, 2> for Conv3x3Backward {
-    type State = (NodeId, NodeId, usize);
+    /// What the forward pass kept of x, x's sizes, the weight, the stride.
+    type State = (B::FloatTensorPrimitive, [usize; 5], NodeId, usize);
 
     fn backward(
         self,
@@ -174,15 +188,15 @@ impl<B: Conv3x3Backend> Backward<B, 2> for Conv3x3Backward {
     ) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state, stride) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
+        let (kept, x_dims, weight_state, stride) = ops.state;
         let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-        if let Some(node) = node_x {
-            let grad_x = B::conv3x3_x_grad(x.clone(), weight.clone(), grad.clone(), stride);
-            grads.register::<B>(node.id, grad_x);
+        let wanted = [node_x.is_some(), node_weight.is_some()];
+        let (x_grad, weight_grad) = B::conv3x3_grads(kept, x_dims, weight, grad, stride, wanted);
+        if let (Some(node), Some(x_grad)) = (node_x, x_grad) {
+            grads.register::<B>(node.id, x_grad);
         }
-        if let Some(node) = node_weight {
-            grads.register::<B>(node.id, B::conv3x3_weight_grad(x, weight, grad, stride));
+        if let (Some(node), Some(weight_grad)) = (node_weight, weight_grad) {
+            grads.register::<B>(node.id, weight_grad);
         }
     }
 }
@@ -199,10 +213,11 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
             .stateful();
         match prepared {
             OpsKind::Tracked(mut prep) => {
-                let x_state = prep.checkpoint(&x);
                 let weight_state = prep.checkpoint(&weight);
-                let out = B::conv3x3(x.into_primitive(), weight.into_primitive(), stride);
-                prep.finish((x_state, weight_state, stride), out)
+                let x_dims = x.shape().dims::<5>();
+                let (out, kept) =
+                    B::conv3x3_keeping(x.into_primitive(), weight.into_primitive(), stride);
+                prep.finish((kept, x_dims, weight_state, stride), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(
                 x.into_primitive(),
@@ -215,54 +230,122 @@ impl<B: Conv3x3Backend, C: CheckpointStrategy> Conv3x3Backend for Autodiff<B, C>
 
 impl Conv3x3Backend for Flex {
     fn conv3x3(x: FlexTensor, weight: FlexTensor, stride: usize) -> FlexTensor {
+        Self::conv3x3_keeping(x, weight, stride).0
+    }
+
+    fn conv3x3_keeping(
+        x: FlexTensor,
+        weight: FlexTensor,
+        stride: usize,
+    ) -> (FlexTensor, FlexTensor) {
         let Some(geo) = Geometry::of(&x, &weight, stride) else {
             let options = options(&weight, stride);
-            return Flex::conv3d(x, weight, None, options);
+            return (Flex::conv3d(x.clone(), weight, None, options), x);
         };
-        let x = x.to_contiguous();
-        let kernel = Kernel::new(weight, &geo, false);
-        let out = correlate(x.storage::<f32>(), &kernel, &geo);
+        let input = kernel_input(x.to_contiguous().storage::<f32>(), &geo);
+        let out = correlate(&input, &Kernel::new(weight, &geo, false), &geo);
         let [d, h, w] = geo.out_size();
-        flex_f32(out, [geo.batch, geo.c_out, d, h, w])
+        let out = flex_f32(out, [geo.batch, geo.c_out, d, h, w]);
+        (out, kept_tensor(input, geo.phased))
     }
 
-    fn conv3x3_x_grad(
-        x: FlexTensor,
+    fn conv3x3_grads(
+        kept: FlexTensor,
+        x_dims: [usize; 5],
         weight: FlexTensor,
         grad: FlexTensor,
         stride: usize,
-    ) -> FlexTensor {
-        let Some(geo) = Geometry::of(&x, &weight, stride).filter(|g| g.stride == 1) else {
+        wanted: [bool; 2],
+    ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+        let geo = kept_layout(&kept).and_then(|phased| {
+            let geo = Geometry::of_dims(x_dims, &weight, stride)?;
+            Some(Geometry { phased, ..geo })
+        });
+        let Some(geo) = geo else {
+            // The fallback route kept x itself.
             let options = options(&weight, stride);
-            return Flex::conv3d_x_backward(x, weight, grad, options);
+            let x_grad = wanted[0].then(|| {
+                Flex::conv3d_x_backward(kept.clone(), weight.clone(), grad.clone(), options.clone())
+            });
+            let weight_grad =
+                wanted[1].then(|| Flex::conv3d_weight_backward(kept, weight, grad, options));
+            return (x_grad, weight_grad);
         };
-        // The input's gradient is the output's correlated with the flipped kernel, channels
-        // swapped: a convolution from C_out channels to C_in.
-        let back = Geometry {
-            c_in: geo.c_out,
-            c_out: geo.c_in,
-            ..geo
-        };
-        let kernel = Kernel::new(weight, &geo, true);
-        let out = correlate(grad.to_contiguous().storage::<f32>(), &kernel, &back);
-        flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
+        let grad_values = grad.to_contiguous();
+        let plain = grad_values.storage::<f32>();
+        // At stride 1 the input gradient pads the output's, which the weight gradient then
+        // reads in place.
+        let padded =
+            (wanted[0] && geo.stride == 1).then(|| pad_volumes(plain, geo.batch * geo.c_out, &geo));
+        let x_grad = wanted[0].then(|| match &padded {
+            Some(padded) => input_gradient(padded, weight.clone(), &geo),
+            None => transposed_x_grad(x_dims, weight.clone(), grad.clone(), stride),
+        });
+        let weight_grad = wanted[1].then(|| {
+            let input = kept.storage::<f32>();
+            let grad = OutputGrad {
+                plain,
+                padded: padded.as_deref(),
+            };
+            let sum = weight_gradient(input, grad, &geo);
+            flex_f32(sum, [geo.c_out, geo.c_in, geo.kernel_d, 3, 3])
+        });
+        (x_grad, weight_grad)
     }
+}
 
-    fn conv3x3_weight_grad(
-        x: FlexTensor,
-        weight: FlexTensor,
-        grad: FlexTensor,
-        stride: usize,
-    ) -> FlexTensor {
-        let Some(geo) = Geometry::of(&x, &weight, stride) else {
-            let options = options(&weight, stride);
-            return Flex::conv3d_weight_backward(x, weight, grad, options);
-        };
-        let x = x.to_contiguous();
-        let grad = grad.to_contiguous();
-        let sum = weight_gradient(x.storage::<f32>(), grad.storage::<f32>(), &geo);
-        flex_f32(sum, [geo.c_out, geo.c_in, geo.kernel_d, 3, 3])
+/// What [`Conv3x3Backend::conv3x3_keeping`] keeps of x on the direct route: the kernels' input
+/// ([`kernel_input`]) as a tensor whose rank tells its layout (`[len]` padded, `[1, len]`
+/// phased; the fallback route keeps x itself, of rank 5).
+fn kept_tensor(values: Vec<f32>, phased: bool) -> FlexTensor {
+    let len = values.len();
+    match phased {
+        false => flex_f32(values, [len]),
+        true => flex_f32(values, [1, len]),
     }
+}
+
+/// Whether a kept tensor ([`kept_tensor`]) holds phased volumes; `None` if it is x itself.
+fn kept_layout(kept: &FlexTensor) -> Option<bool> {
+    match kept.layout().shape().num_dims() {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    }
+}
+
+/// The input's gradient at stride 1, from the output's padded gradient `[N, C_out, padded
+/// volume]`: the output's gradient correlated with the flipped kernel, channels swapped (a
+/// convolution from C_out channels to C_in).
+fn input_gradient(padded_grad: &[f32], weight: FlexTensor, geo: &Geometry) -> FlexTensor {
+    let back = Geometry {
+        c_in: geo.c_out,
+        c_out: geo.c_in,
+        ..*geo
+    };
+    let kernel = Kernel::new(weight, geo, true);
+    let out = correlate(padded_grad, &kernel, &back);
+    flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
+}
+
+/// The input's gradient of a strided convolution: burn's transposed convolution of the
+/// output's gradient, padded out to x's sizes (what burn's `conv3d_x_backward` does, reading
+/// nothing of x but its sizes).
+fn transposed_x_grad(
+    x_dims: [usize; 5],
+    weight: FlexTensor,
+    grad: FlexTensor,
+    stride: usize,
+) -> FlexTensor {
+    let padding = options(&weight, stride).padding_begin();
+    let kernel = weight.layout().shape();
+    let out = grad.layout().shape();
+    let padding_out: [usize; 3] = std::array::from_fn(|i| {
+        let covered = (out[2 + i] - 1) * stride + kernel[2 + i];
+        x_dims[2 + i].saturating_sub(covered.saturating_sub(2 * padding[i]))
+    });
+    let options = ConvTransposeOptions::new([stride; 3], padding, padding_out, [1; 3], 1);
+    Flex::conv_transpose3d(grad, weight, None, options)
 }
 
 /// A contiguous f32 tensor of `shape` holding `values`.
@@ -349,9 +432,14 @@ impl Geometry {
     /// `1, 3, 3`) at `stride` 1 or 2, both f32; `None` for anything else.
     fn of(x: &FlexTensor, weight: &FlexTensor, stride: usize) -> Option<Self> {
         let xs = x.layout().shape();
+        let five = x.dtype() == DType::F32 && xs.num_dims() == 5;
+        five.then(|| Self::of_dims(std::array::from_fn(|i| xs[i]), weight, stride))?
+    }
+
+    /// [`Geometry::of`] an f32 x of `x_dims`.
+    fn of_dims(xs: [usize; 5], weight: &FlexTensor, stride: usize) -> Option<Self> {
         let ws = weight.layout().shape();
-        let f32s = x.dtype() == DType::F32 && weight.dtype() == DType::F32;
-        let fits = f32s && (1..=2).contains(&stride) && xs.num_dims() == 5 && ws.num_dims() == 5;
+        let fits = weight.dtype() == DType::F32 && (1..=2).contains(&stride) && ws.num_dims() == 5;
         let kernel3 = fits && xs[1] == ws[1] && matches!(ws[2], 1 | 3) && ws[3] == 3 && ws[4] == 3;
         // A 1×3×3 kernel strides only in-plane: one slice deep, a depth stride changes nothing.
         let flat_ok = kernel3 && (ws[2] == 3 || stride == 1 || xs[2] == 1);
@@ -551,6 +639,13 @@ fn kernel_input(x: &[f32], geo: &Geometry) -> Vec<f32> {
         false => pad_volumes(x, geo.batch * geo.c_in, geo),
         true => phase_volumes(x, geo.batch * geo.c_in, geo),
     }
+}
+
+/// The length of [`kernel_input`]'s values for `geo`: the batch's input channels, each one
+/// grid ([`Geometry::grid`]), then the kernels' slack.
+fn kernel_input_len(geo: &Geometry) -> usize {
+    let (_, _, channel) = geo.grid();
+    geo.batch * geo.c_in * channel + Isa::SLACK
 }
 
 /// `planes` volumes of `d × h × w`, each as the 8 parity phases of its padded volume: phase
@@ -766,11 +861,16 @@ fn simd_isa(geo: &Geometry) -> Option<Isa> {
     direct_kernels().filter(|_| geo.stride == 1 || geo.phased)
 }
 
-/// The correlation of `x [N, C_in, D, H, W]` with `kernel` (`[C_out, C_in·taps]`; padding 1,
-/// the geometry's stride), as `[N, C_out, D', H', W']` values. Tiles run in parallel, each
-/// writing its own runs of the output ([`tile_regions`]) from a product reused per thread.
-fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
-    let padded = kernel_input(x, geo);
+/// The correlation of x with `kernel` (`[C_out, C_in·taps]`; padding 1, the geometry's
+/// stride), from x's kernel input `input` ([`kernel_input`]), as `[N, C_out, D', H', W']`
+/// values. Tiles run in parallel, each writing its own runs of the output ([`tile_regions`])
+/// from a product reused per thread.
+fn correlate(input: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
+    assert_eq!(
+        input.len(),
+        kernel_input_len(geo),
+        "kernel input of the wrong size"
+    );
     let tiles = match kernel.packed {
         Some(_) => geo.tiles_in(4 * rayon::current_num_threads()),
         None => geo.tiles(),
@@ -782,8 +882,8 @@ fn correlate(x: &[f32], kernel: &Kernel, geo: &Geometry) -> Vec<f32> {
             .zip(regions.par_iter_mut())
             .for_each(|(tile, region)| {
                 PRODUCT.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut product) => tile_into(&padded, kernel, geo, tile, &mut product, region),
-                    Err(_) => tile_into(&padded, kernel, geo, tile, &mut Vec::new(), region),
+                    Ok(mut product) => tile_into(input, kernel, geo, tile, &mut product, region),
+                    Err(_) => tile_into(input, kernel, geo, tile, &mut Vec::new(), region),
                 })
             });
     })
@@ -933,9 +1033,22 @@ fn gather_tile(grad: &[f32], geo: &Geometry, tile: &Tile, stride: usize) -> Vec<
     g
 }
 
-/// The kernel's gradient `[C_out, C_in·taps]`: each tile's share, summed over tiles.
-fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
-    let padded = kernel_input(x, geo);
+/// The output's gradient as the kernel gradient reads it: `[N, C_out, D', H', W']`, and at
+/// stride 1 possibly also its padded copy (the input gradient's), read in place.
+#[derive(Clone, Copy)]
+struct OutputGrad<'a> {
+    plain: &'a [f32],
+    padded: Option<&'a [f32]>,
+}
+
+/// The kernel's gradient `[C_out, C_in·taps]` from x's kernel input ([`kernel_input`]): each
+/// tile's share, summed over tiles.
+fn weight_gradient(input: &[f32], grad: OutputGrad, geo: &Geometry) -> Vec<f32> {
+    assert_eq!(
+        input.len(),
+        kernel_input_len(geo),
+        "kernel input of the wrong size"
+    );
     let size = geo.c_out * geo.c_in * geo.taps();
     let isa = simd_isa(geo);
     let tiles = match isa {
@@ -944,7 +1057,7 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
     };
     tiles
         .par_iter()
-        .map(|tile| tile_weight_gradient(&padded, grad, geo, tile, isa))
+        .map(|tile| tile_weight_gradient(input, grad, geo, tile, isa))
         .reduce(
             || vec![0.0f32; size],
             |mut a, b| {
@@ -958,8 +1071,8 @@ fn weight_gradient(x: &[f32], grad: &[f32], geo: &Geometry) -> Vec<f32> {
 /// should it refuse) as the tile's output gradient times the transposed im2col matrix of the
 /// input.
 fn tile_weight_gradient(
-    padded: &[f32],
-    grad: &[f32],
+    input: &[f32],
+    grad: OutputGrad,
     geo: &Geometry,
     tile: &Tile,
     isa: Option<Isa>,
@@ -967,19 +1080,57 @@ fn tile_weight_gradient(
     let (_, cols) = geo.columns(tile);
     if let Some(isa) = isa {
         let starts = tile_vectors(geo, tile, isa);
-        let stride = starts.last().map_or(cols, |&s| (s + isa.lanes()).max(cols));
-        let g = gather_tile(grad, geo, tile, stride);
         let offsets = geo.tap_offsets();
-        let input = tile_input(padded, geo, tile, (&offsets[..geo.taps()], &starts));
+        let tile_in = tile_input(input, geo, tile, (&offsets[..geo.taps()], &starts));
         let mut sum = vec![0.0f32; geo.c_out * geo.c_in * geo.taps()];
-        if conv_simd::weight_grad(isa, &input, &g, geo.c_out, &mut sum) {
+        let in_place = grad
+            .padded
+            .and_then(|p| padded_rows(p, geo, tile, &starts, isa));
+        let done = match in_place {
+            Some(rows) => conv_simd::weight_grad(isa, &tile_in, rows, geo.c_out, &mut sum),
+            None => {
+                let stride = starts.last().map_or(cols, |&s| (s + isa.lanes()).max(cols));
+                let g = gather_tile(grad.plain, geo, tile, stride);
+                let rows = GradInput { values: &g, stride };
+                conv_simd::weight_grad(isa, &tile_in, rows, geo.c_out, &mut sum)
+            }
+        };
+        if done {
             return sum;
         }
     }
-    let g = flex_f32(gather_tile(grad, geo, tile, cols), [geo.c_out, cols]);
-    let col = im2col(padded, geo, tile);
+    let g = flex_f32(gather_tile(grad.plain, geo, tile, cols), [geo.c_out, cols]);
+    let col = im2col(input, geo, tile);
     let product = Flex::float_matmul(g, Flex::float_swap_dims(col, 0, 1));
     product.to_contiguous().storage::<f32>().to_vec()
+}
+
+/// `tile`'s output gradient read in place from the padded gradient `[N, C_out, padded volume]`
+/// (stride 1): the tile's column p, grid position `first + p = z·plane + y·row + x`, is output
+/// voxel (z, y, x), which the padded gradient holds one voxel further along each padded axis;
+/// the padding's columns read its zeros. `None` where the last vector reaches past the tile
+/// onto another tile's output voxels (a gathered copy holds zeros there).
+fn padded_rows<'a>(
+    padded: &'a [f32],
+    geo: &Geometry,
+    tile: &Tile,
+    starts: &[usize],
+    isa: Isa,
+) -> Option<GradInput<'a>> {
+    let (row, plane, volume) = geo.padded();
+    let (first, cols) = geo.columns(tile);
+    let reach = starts.last()? + isa.lanes();
+    let [d, h, w] = geo.out_size();
+    let on_output = |p: usize| p / plane < d && p % plane / row < h && p % row < w;
+    let clear = geo.stride == 1 && !(first + cols..first + reach).any(on_output);
+    let at = tile.item * geo.c_out * volume + first + geo.pad_d() * plane + row + 1;
+    clear
+        .then(|| padded.get(at..))
+        .flatten()
+        .map(|values| GradInput {
+            values,
+            stride: volume,
+        })
 }
 
 #[cfg(test)]
@@ -1124,6 +1275,65 @@ mod tests {
                 assert!((p - q).abs() < 1e-4, "{tile:?}: {p} vs {q}");
             }
         }
+    }
+
+    /// The kernel gradient reading the padded output gradient in place equals the one reading
+    /// gathered copies, exactly, where tiles split a batch item (7 threads: 7 tiles) so that a
+    /// tile's last vector may reach onto the next tile's voxels (then it gathers), and on the
+    /// single-slice form's grid.
+    #[test]
+    fn the_weight_gradient_reads_the_padded_output_gradient_in_place_as_a_copy() {
+        let Some(isa) = direct_kernels() else { return };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(7).build();
+        let pool = pool.expect("a thread pool");
+        let value = |i: usize| ((i * 7919) % 1000) as f32 / 500.0 - 1.0;
+        let sizes = [
+            ([5, 6, 4], 3),
+            ([3, 7, 9], 3),
+            ([4, 5, 16], 3),
+            ([2, 6, 9], 1),
+            ([3, 6, 7], 3),
+        ];
+        let (mut in_place_tiles, mut gathered_tiles) = (0, 0);
+        for ([d, h, w], kernel_d) in sizes {
+            let geo = Geometry {
+                batch: 2,
+                c_in: 3,
+                c_out: 5,
+                d,
+                h,
+                w,
+                stride: 1,
+                kernel_d,
+                phased: false,
+            };
+            let x: Vec<f32> = (0..2 * 3 * d * h * w).map(value).collect();
+            let g: Vec<f32> = (0..2 * 5 * d * h * w).map(|i| value(3 * i + 1)).collect();
+            let input = kernel_input(&x, &geo);
+            let padded = pad_volumes(&g, 2 * 5, &geo);
+            for t in geo.tiles_in(7) {
+                let starts = tile_vectors(&geo, &t, isa);
+                match padded_rows(&padded, &geo, &t, &starts, isa) {
+                    Some(_) => in_place_tiles += 1,
+                    None => gathered_tiles += 1,
+                }
+            }
+            let plain = OutputGrad {
+                plain: &g,
+                padded: None,
+            };
+            let in_place = OutputGrad {
+                padded: Some(&padded),
+                ..plain
+            };
+            let [a, b] =
+                [plain, in_place].map(|grad| pool.install(|| weight_gradient(&input, grad, &geo)));
+            assert_eq!(a, b, "{geo:?}");
+        }
+        assert!(
+            in_place_tiles > 0 && gathered_tiles > 0,
+            "{in_place_tiles} {gathered_tiles}"
+        );
     }
 
     /// See [`tiles_cover_each_output_voxel_once_and_read_inside_the_padding`].

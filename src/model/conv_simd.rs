@@ -248,14 +248,31 @@ pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f3
     true
 }
 
+/// The output gradient one tile's kernel gradient reads: channel o's column p at
+/// `values[o·stride + p]`, zero on the vectors' columns that are no output's (a gathered copy,
+/// or a padded gradient read in place).
+#[derive(Clone, Copy, Debug)]
+pub struct GradInput<'a> {
+    pub values: &'a [f32],
+    pub stride: usize,
+}
+
+impl GradInput<'_> {
+    /// Whether `c_out` rows of `reach` columns lie inside the values, none overlapping the next.
+    fn holds(&self, c_out: usize, reach: usize) -> bool {
+        let last = (c_out.checked_sub(1)).and_then(|o| o.checked_mul(self.stride));
+        let end = last.and_then(|at| at.checked_add(reach));
+        self.stride >= reach && end.is_some_and(|end| end <= self.values.len())
+    }
+}
+
 /// Adds the tile's share of the kernel gradient to `sum [C_out, C_in, taps]`: for each tap k,
-/// `Σ_p grad[o][p] · x[c][p + offsets[k]]` over the columns of the input's vectors. `grad` is
-/// `[C_out, stride]` with `stride` ≥ the last vector start plus a vector, and zeros on the
-/// vectors' columns that are no output's. `false` (nothing added) if a buffer is short.
+/// `Σ_p grad[o][p] · x[c][p + offsets[k]]` over the columns of the input's vectors. `false`
+/// (nothing added) if a buffer is short.
 pub fn weight_grad(
     isa: Isa,
     input: &TileInput,
-    grad: &[f32],
+    grad: GradInput,
     c_out: usize,
     sum: &mut [f32],
 ) -> bool {
@@ -263,11 +280,10 @@ pub fn weight_grad(
     let Some(reach) = starts_reach(input.starts, input.cols, lanes) else {
         return false;
     };
-    let g_stride = grad.len().checked_div(c_out).unwrap_or(0);
     let taps = input.offsets.len();
     let fits = isa.here()
         && input.holds(reach)
-        && g_stride >= reach
+        && grad.holds(c_out, reach)
         && sum.len() >= c_out * input.channels * taps;
     if !fits || input.cols == 0 || c_out == 0 {
         return false;
@@ -279,7 +295,7 @@ pub fn weight_grad(
     let zeros = vec![0.0f32; if padded_rows { reach + far } else { 0 }];
     let g_rows: Vec<&[f32]> = (0..c_out.div_ceil(co) * co)
         .map(|o| match o < c_out {
-            true => &grad[o * g_stride..],
+            true => &grad.values[o * grad.stride..],
             false => &zeros[..],
         })
         .collect();
@@ -645,7 +661,11 @@ mod tests {
             })
             .collect();
         let mut sum = vec![0.5f32; c_out * c_in * taps];
-        assert!(weight_grad(isa, &input, &grad, c_out, &mut sum));
+        let rows = GradInput {
+            values: &grad,
+            stride: g_stride,
+        };
+        assert!(weight_grad(isa, &input, rows, c_out, &mut sum));
         for o in 0..c_out {
             for p in (0..cols).filter(|&p| covered(p)) {
                 let want: f32 = (0..c_in * taps)
@@ -693,9 +713,34 @@ mod tests {
         assert!(!forward(isa, &input, &kernel, &mut out));
         assert!(out.iter().all(|&v| v == 7.0));
         let grad = vec![1.0f32; 16];
+        let grad = GradInput {
+            values: &grad,
+            stride: 16,
+        };
         let mut sum = vec![0.0f32; 4];
-        assert!(!weight_grad(isa, &input, &grad, 1, &mut sum));
+        assert!(!weight_grad(isa, &input, grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
+        // Gradient rows: a second row short of a vector, rows closer than a vector.
+        let long = vec![1.0f32; 400];
+        let fine = TileInput {
+            x: &long,
+            stride: 200,
+            ..input
+        };
+        let lanes = isa.lanes();
+        let two = vec![1.0f32; 2 * lanes - 1];
+        for (values, stride) in [(&two[..], lanes), (&long[..], lanes - 1)] {
+            let mut sum = vec![0.0f32; 8];
+            let grad = GradInput { values, stride };
+            assert!(!weight_grad(isa, &fine, grad, 2, &mut sum), "{stride}");
+            assert!(sum.iter().all(|&v| v == 0.0));
+        }
+        let mut sum = vec![0.0f32; 8];
+        let grad = GradInput {
+            values: &long,
+            stride: lanes,
+        };
+        assert!(weight_grad(isa, &fine, grad, 2, &mut sum));
         // A channel stride whose reach overflows is refused, not wrapped around.
         // (Three channels: (3 − 1)·stride wraps to 0.)
         let wrapping = TileInput {
@@ -704,7 +749,7 @@ mod tests {
             ..input
         };
         let mut sum = vec![0.0f32; 6];
-        assert!(!weight_grad(isa, &wrapping, &grad, 1, &mut sum));
+        assert!(!weight_grad(isa, &wrapping, grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
         // Overlapping vectors, a vector past the columns, or none, are refused.
         let long = vec![1.0f32; 400];
@@ -718,7 +763,7 @@ mod tests {
             };
             assert!(!forward(isa, &bad, &kernel, &mut out), "{starts:?}");
             let mut sum = vec![0.0f32; 4];
-            assert!(!weight_grad(isa, &bad, &grad, 1, &mut sum), "{starts:?}");
+            assert!(!weight_grad(isa, &bad, grad, 1, &mut sum), "{starts:?}");
         }
         assert!(out.iter().all(|&v| v == 7.0));
     }
