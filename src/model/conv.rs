@@ -279,7 +279,8 @@ impl Conv3x3Backend for Flex {
             (wanted[0] && geo.stride == 1).then(|| pad_volumes(plain, geo.batch * geo.c_out, &geo));
         let x_grad = wanted[0].then(|| match &padded {
             Some(padded) => input_gradient(padded, weight.clone(), &geo),
-            None => transposed_x_grad(x_dims, weight.clone(), grad.clone(), stride),
+            None => strided_x_grad(plain, &weight, &geo)
+                .unwrap_or_else(|| transposed_x_grad(x_dims, weight.clone(), grad.clone(), stride)),
         });
         let weight_grad = wanted[1].then(|| {
             let input = kept.storage::<f32>();
@@ -326,6 +327,23 @@ fn input_gradient(padded_grad: &[f32], weight: FlexTensor, geo: &Geometry) -> Fl
     let kernel = Kernel::new(weight, geo, true);
     let out = correlate(padded_grad, &kernel, &back);
     flex_f32(out, [geo.batch, geo.c_in, geo.d, geo.h, geo.w])
+}
+
+/// The input's gradient of a stride-2 3×3×3 convolution by the direct kernels
+/// ([`super::strided_grad`]) from the output's gradient `grad` (contiguous values); `None`
+/// where they do not serve it (no direct kernels here, the single-slice form's kernel).
+fn strided_x_grad(grad: &[f32], weight: &FlexTensor, geo: &Geometry) -> Option<FlexTensor> {
+    use super::strided_grad::{input_gradient, StridedGrad};
+    let isa = direct_kernels().filter(|_| geo.stride == 2 && geo.kernel_d == 3)?;
+    let strided = StridedGrad {
+        batch: geo.batch,
+        c_in: geo.c_in,
+        c_out: geo.c_out,
+        size: [geo.d, geo.h, geo.w],
+    };
+    let weight = weight.to_contiguous();
+    let x_grad = input_gradient(isa, grad, weight.storage::<f32>(), &strided)?;
+    Some(flex_f32(x_grad, [geo.batch, geo.c_in, geo.d, geo.h, geo.w]))
 }
 
 /// The input's gradient of a strided convolution: burn's transposed convolution of the

@@ -44,6 +44,7 @@ pub mod prompt_train;
 pub mod resume;
 pub mod runs;
 pub mod split;
+mod strided_grad;
 pub mod training;
 pub mod upconv;
 pub mod versions;
