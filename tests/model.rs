@@ -771,13 +771,27 @@ fn compare_block_convolutions() {
 /// convolution — and the single-slice form's 1×2×2 — as matrix products, with its own backward
 /// pass) against burn's `ConvTranspose3d::forward`: the output and the gradients of input,
 /// weight and bias, on odd, unequal sizes (one a single voxel thick) and a batch of two, the
-/// output going into a concatenation.
+/// output going into a concatenation; with and without the direct kernels (the weight
+/// gradient's sums over voxels), in any build.
 #[test]
 fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
+    for direct in [false, true] {
+        mriloop::model::conv::with_direct_kernels(direct, compare_upsamplings);
+    }
+}
+
+/// [`the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients`] by the route
+/// this thread takes.
+fn compare_upsamplings() {
     use burn::nn::conv::ConvTranspose3dConfig;
     use mriloop::model::upconv::upconv_forward;
     let ad = cpu().autodiff();
-    let shapes = [(3, 5, [3, 5, 7]), (16, 8, [1, 4, 6]), (2, 1, [5, 1, 3])];
+    let shapes = [
+        (3, 5, [3, 5, 7]),
+        (16, 8, [1, 4, 6]),
+        (2, 1, [5, 1, 3]),
+        (4, 3, [4, 4, 8]),
+    ];
     for ((c_in, c_out, [d, h, w]), kd) in shapes.into_iter().flat_map(|s| [(s, 2), (s, 1)]) {
         let up = ConvTranspose3dConfig::new([c_in, c_out], [kd, 2, 2])
             .with_stride([kd, 2, 2])

@@ -869,7 +869,7 @@ pub fn with_direct_kernels<T>(on: bool, f: impl FnOnce() -> T) -> T {
 }
 
 /// The instruction set of the direct kernels, if this thread takes them and the CPU has one.
-fn direct_kernels() -> Option<Isa> {
+pub(super) fn direct_kernels() -> Option<Isa> {
     Isa::detect().filter(|_| DIRECT_KERNELS.with(Cell::get))
 }
 

@@ -7,11 +7,14 @@
 //! Invariants: every function checks that the slices it is given hold the matrices it reads
 //! and writes (a panic names the mismatch: a caller's bug, never a file's); outputs are fully
 //! written; sums over voxels are taken in f32 per range of [`VOXEL_RANGE`] voxels, then the
-//! ranges summed in f32.
+//! ranges summed in f32. Sums over voxels take the direct gradient kernel of
+//! [`super::conv_simd`] where the convolutions do (gemm packed the strided transposed side
+//! first: most of the product's time at these channel counts).
 
 use rayon::prelude::*;
 
-use super::conv::written;
+use super::conv::{direct_kernels, written};
+use super::conv_simd::{self, GradInput, Isa, TileInput};
 
 /// Voxels per range of a product summed over voxels (each range one task).
 const VOXEL_RANGE: usize = 4096;
@@ -120,7 +123,8 @@ pub(super) fn per_item(w: Matrix, x: &[f32], items: usize, voxels: usize) -> Vec
 }
 
 /// `Σ_items a_i [p, voxels] × b_iᵀ [voxels, q]` = `[p, q]`, for `a [items, p, voxels]` and
-/// `b [items, q, voxels]`: ranges of voxels in parallel, each its own product, then summed.
+/// `b [items, q, voxels]`: ranges of voxels in parallel, each its own product (by the direct
+/// gradient kernel where this thread takes the direct kernels, else gemm), then summed.
 pub(super) fn sum_over_voxels(
     a: &[f32],
     b: &[f32],
@@ -133,15 +137,19 @@ pub(super) fn sum_over_voxels(
     let ranges: Vec<(usize, usize)> = (0..items)
         .flat_map(|item| (0..voxels).step_by(VOXEL_RANGE).map(move |v| (item, v)))
         .collect();
+    let isa = direct_kernels();
     ranges
         .par_iter()
         .map(|&(item, start)| {
             let len = VOXEL_RANGE.min(voxels - start);
             let a = Matrix::rows(&a[item * p * voxels + start..], p, len, voxels);
-            let b = Matrix::rows(&b[item * q * voxels + start..], q, len, voxels).t();
-            let mut part = vec![0.0f32; p * q];
-            gemm_into(part.as_mut_ptr(), part.len(), a, b);
-            part
+            let b = Matrix::rows(&b[item * q * voxels + start..], q, len, voxels);
+            let direct = isa.and_then(|isa| range_by_kernel(isa, a, b));
+            direct.unwrap_or_else(|| {
+                let mut part = vec![0.0f32; p * q];
+                gemm_into(part.as_mut_ptr(), part.len(), a, b.t());
+                part
+            })
         })
         .reduce(
             || vec![0.0f32; p * q],
@@ -150,4 +158,38 @@ pub(super) fn sum_over_voxels(
                 sum
             },
         )
+}
+
+/// `a [p, len] × bᵀ [len, q]` (rows of unit column stride) by the direct gradient kernel (as
+/// one tap at offset 0) over whole vectors, the last `len mod lanes` columns summed plainly;
+/// `None` if the kernel refuses.
+fn range_by_kernel(isa: Isa, a: Matrix, b: Matrix) -> Option<Vec<f32>> {
+    let (p, q, len) = (a.rows, b.rows, a.cols);
+    let body = len / isa.lanes() * isa.lanes();
+    let unit = a.col_stride == 1 && b.col_stride == 1 && b.cols == len && body > 0;
+    let starts: Vec<usize> = (0..body).step_by(isa.lanes()).collect();
+    let input = TileInput {
+        x: b.values,
+        stride: b.row_stride,
+        channels: q,
+        offsets: &[0],
+        cols: body,
+        starts: &starts,
+    };
+    let grad = GradInput {
+        values: a.values,
+        stride: a.row_stride,
+    };
+    let mut sum = vec![0.0f32; p * q];
+    if !(unit && conv_simd::weight_grad(isa, &input, grad, p, &mut sum)) {
+        return None;
+    }
+    for (i, s) in sum.iter_mut().enumerate() {
+        let (a_row, b_row) = (
+            &a.values[i / q * a.row_stride..],
+            &b.values[i % q * b.row_stride..],
+        );
+        *s += (body..len).map(|v| a_row[v] * b_row[v]).sum::<f32>();
+    }
+    Some(sum)
 }
