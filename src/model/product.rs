@@ -7,14 +7,15 @@
 //! Invariants: every function checks that the slices it is given hold the matrices it reads
 //! and writes (a panic names the mismatch: a caller's bug, never a file's); outputs are fully
 //! written; sums over voxels are taken in f32 per range of [`VOXEL_RANGE`] voxels, then the
-//! ranges summed in f32. Sums over voxels take the direct gradient kernel of
-//! [`super::conv_simd`] where the convolutions do (gemm packed the strided transposed side
-//! first: most of the product's time at these channel counts).
+//! ranges summed in f32. Where the convolutions take the direct kernels of
+//! [`super::conv_simd`], so do these products (as one tap at offset 0): at these channel counts
+//! gemm spent most of its time packing, above all the strided transposed side of a sum.
 
 use rayon::prelude::*;
 
 use super::conv::{direct_kernels, written};
-use super::conv_simd::{self, GradInput, Isa, TileInput};
+use super::conv_simd::{self, GradInput, Isa, PackedKernel, TileInput};
+use std::mem::MaybeUninit;
 
 /// Voxels per range of a product summed over voxels (each range one task).
 const VOXEL_RANGE: usize = 4096;
@@ -47,6 +48,11 @@ impl<'a> Matrix<'a> {
             "matrix {rows}×{cols} past its values"
         );
         m
+    }
+
+    /// Element `(r, c)`.
+    fn at(&self, r: usize, c: usize) -> f32 {
+        self.values[r * self.row_stride + c * self.col_stride]
     }
 
     /// The same values read as the transposed matrix.
@@ -110,16 +116,80 @@ fn gemm_into(out: *mut f32, out_len: usize, a: Matrix, b: Matrix) {
     }
 }
 
-/// `w [m, k]` times each item of `x [items, k, voxels]`: `[items, m, voxels]`.
+/// `w [m, k]` times each item of `x [items, k, voxels]`: `[items, m, voxels]` (by the direct
+/// kernel where this thread takes the direct kernels, else gemm).
 pub(super) fn per_item(w: Matrix, x: &[f32], items: usize, voxels: usize) -> Vec<f32> {
     let (m, k) = (w.rows, w.cols);
     assert_eq!(x.len(), items * k * voxels, "items of the wrong size");
+    let isa = direct_kernels().filter(|_| items * voxels * m > 0);
+    if let Some(isa) = isa {
+        return per_item_by_kernel(isa, w, x, items, voxels);
+    }
     written(items * m * voxels, |out| {
         for (item, out) in out.chunks_exact_mut(m * voxels).enumerate() {
             let x = Matrix::rows(&x[item * k * voxels..], k, voxels, voxels);
             gemm_into(out.as_mut_ptr().cast(), out.len(), w, x);
         }
     })
+}
+
+/// [`per_item`] by the direct forward kernel (one tap at offset 0): ranges of
+/// [`VOXEL_RANGE`] voxels of each item in parallel, each writing its run of every output
+/// channel. `items`, `voxels` and `w`'s rows are not zero.
+fn per_item_by_kernel(isa: Isa, w: Matrix, x: &[f32], items: usize, voxels: usize) -> Vec<f32> {
+    let (m, k) = (w.rows, w.cols);
+    let kernel = PackedKernel::new(isa, [m, k, 1], |o, c, _| w.at(o, c));
+    let ranges = voxels.div_ceil(VOXEL_RANGE);
+    written(items * m * voxels, |out| {
+        let mut regions: Vec<Vec<&mut [MaybeUninit<f32>]>> =
+            (0..items * ranges).map(|_| Vec::with_capacity(m)).collect();
+        for (row, values) in out.chunks_mut(voxels).enumerate() {
+            for (r, run) in values.chunks_mut(VOXEL_RANGE).enumerate() {
+                regions[row / m * ranges + r].push(run);
+            }
+        }
+        regions.par_iter_mut().enumerate().for_each(|(t, runs)| {
+            let (item, start) = (t / ranges, t % ranges * VOXEL_RANGE);
+            let x = &x[item * k * voxels + start..];
+            range_product(isa, &kernel, w, (x, voxels), runs);
+        });
+    })
+}
+
+/// One range's product written over `runs` (one per output channel, each the range's
+/// length), `x` holding the range's first column of each of `w`'s input channels, `voxels`
+/// apart: the direct kernel over whole vectors (should it refuse, plain sums), the last
+/// columns short of a vector plainly.
+fn range_product(
+    isa: Isa,
+    kernel: &PackedKernel,
+    w: Matrix,
+    (x, voxels): (&[f32], usize),
+    runs: &mut [&mut [MaybeUninit<f32>]],
+) {
+    let len = runs.first().map_or(0, |r| r.len());
+    let body = len / isa.lanes() * isa.lanes();
+    let starts: Vec<usize> = (0..body).step_by(isa.lanes()).collect();
+    let input = TileInput {
+        x,
+        stride: voxels,
+        channels: w.cols,
+        offsets: &[0],
+        cols: body,
+        starts: &starts,
+    };
+    let mut product = vec![0.0f32; kernel.rows() * body];
+    let by_kernel = body > 0 && conv_simd::forward(isa, &input, kernel, &mut product);
+    let plain_from = if by_kernel { body } else { 0 };
+    for (o, run) in runs.iter_mut().enumerate() {
+        let (head, tail) = run.split_at_mut(plain_from);
+        for (dst, &v) in head.iter_mut().zip(&product[o * body..]) {
+            dst.write(v);
+        }
+        for (v, dst) in (plain_from..).zip(tail) {
+            dst.write((0..w.cols).map(|c| w.at(o, c) * x[c * voxels + v]).sum());
+        }
+    }
 }
 
 /// `Σ_items a_i [p, voxels] × b_iᵀ [voxels, q]` = `[p, q]`, for `a [items, p, voxels]` and
