@@ -704,14 +704,17 @@ fn compare_block_convolutions() {
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;
     let ad = cpu().autodiff();
-    // The fourth has several tiles per batch item at both strides; the last is large enough
-    // (an output of 8³ and more) for the direct route's phased stride 2.
+    // The fourth has several tiles per batch item at both strides; the fifth is large enough
+    // (an output of 8³ and more) for the direct route's phased stride 2; the last has rows of
+    // whole vectors at both strides (32 and 16 wide) and 8 channels, which the direct kernel
+    // stores straight into the output.
     let shapes = [
         (3, 5, [7, 5, 9]),
         (8, 4, [1, 6, 4]),
         (2, 2, [12, 11, 10]),
         (40, 3, [6, 18, 17]),
         (2, 3, [16, 17, 15]),
+        (8, 8, [16, 16, 32]),
     ];
     // (kernel depth, in-plane size, stride): the blocks', the downsamplings', the 1×1×1 ones and
     // the single-slice form's 1×3×3 (strided in-plane only, on one slice).

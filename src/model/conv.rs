@@ -922,6 +922,9 @@ fn tile_into(
     product: &mut Vec<f32>,
     region: &mut [&mut [MaybeUninit<f32>]],
 ) {
+    if store_direct(padded, kernel, geo, tile, region) {
+        return;
+    }
     let product = tile_product(padded, kernel, geo, tile, product);
     let runs = voxel_runs(geo, tile);
     let (_, cols) = geo.columns(tile);
@@ -932,6 +935,40 @@ fn tile_into(
         }
         dst.finish();
     }
+}
+
+/// Writes `tile`'s output straight over `region` by the direct kernel where every output row
+/// of the tile is whole vectors (rows a multiple of the lanes long, as at 16³ and 32³) and the
+/// kernel has no rows past the real channels; `false` (nothing written) otherwise.
+fn store_direct(
+    padded: &[f32],
+    kernel: &Kernel,
+    geo: &Geometry,
+    tile: &Tile,
+    region: &mut [&mut [MaybeUninit<f32>]],
+) -> bool {
+    let Some(packed) = &kernel.packed else {
+        return false;
+    };
+    let lanes = packed.isa().lanes();
+    let runs = voxel_runs(geo, tile);
+    let whole = geo.on_grid()
+        && packed.rows() == region.len()
+        && runs.iter().all(|r| r.2.is_multiple_of(lanes));
+    if !whole {
+        return false;
+    }
+    let base = runs.first().map_or(0, |r| r.0);
+    let (mut starts, mut at) = (Vec::new(), Vec::new());
+    for &(offset, start, len) in &runs {
+        for v in (0..len).step_by(lanes) {
+            starts.push(start + v);
+            at.push(offset - base + v);
+        }
+    }
+    let offsets = geo.tap_offsets();
+    let input = tile_input(padded, geo, tile, (&offsets[..geo.taps()], &starts));
+    conv_simd::forward_into_runs(packed.isa(), &input, packed, region, &at)
 }
 
 /// The output `[N, C_out, D', H', W']` cut into each tile's run of each channel (a tile's

@@ -20,6 +20,8 @@
 //! a multiple of the block are padded (zero weights, zero rows), and only real channels are
 //! written out.
 
+use std::mem::MaybeUninit;
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -220,10 +222,63 @@ impl TileInput<'_> {
     }
 }
 
+/// Where the forward kernel stores: output channel o's row from `rows[o]`, `len` floats each,
+/// vector j at `at[j]` in every row (one reaching past `len` stores its first lanes only).
+struct OutRows<'a> {
+    rows: Vec<*mut f32>,
+    len: usize,
+    at: &'a [usize],
+}
+
 /// The tile's output `out [C_out', cols]` (row o at `o·cols`; `C_out'` is
 /// [`PackedKernel::rows`], its rows past the real channels are left zero). `false` (nothing
 /// written) if a buffer is short or the kernel does not match the input.
 pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) -> bool {
+    let cols = input.cols;
+    if out.len() < kernel.c_out_padded * cols {
+        return false;
+    }
+    let base = out.as_mut_ptr();
+    // SAFETY (of the pointers): row o starts at o·cols, inside `out` (checked above).
+    let rows = (0..kernel.c_out_padded).map(|o| base.wrapping_add(o * cols));
+    let out = OutRows {
+        rows: rows.collect(),
+        len: cols,
+        at: input.starts,
+    };
+    run_forward(isa, input, kernel, &out)
+}
+
+/// The tile's output stored straight into `runs`, one per output channel (all of
+/// [`PackedKernel::rows`], each of one length), vector j at `at[j]` of each run: where a tile's
+/// output voxels are whole vectors (rows a multiple of the lanes long), no copy of the tile's
+/// product. `false` (nothing written) if the runs or positions do not match, or as [`forward`].
+pub fn forward_into_runs(
+    isa: Isa,
+    input: &TileInput,
+    kernel: &PackedKernel,
+    runs: &mut [&mut [MaybeUninit<f32>]],
+    at: &[usize],
+) -> bool {
+    let len = runs.first().map_or(0, |r| r.len());
+    let fits = runs.len() == kernel.c_out_padded
+        && runs.iter().all(|r| r.len() == len)
+        && at.len() == input.starts.len()
+        && at.iter().all(|&a| a < len);
+    if !fits {
+        return false;
+    }
+    let out = OutRows {
+        rows: runs.iter_mut().map(|r| r.as_mut_ptr().cast()).collect(),
+        len,
+        at,
+    };
+    run_forward(isa, input, kernel, &out)
+}
+
+/// [`forward_kernel`] on `isa` after checking the input and kernel (`out` checked by the
+/// callers).
+fn run_forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &OutRows) -> bool {
     let Some(reach) = starts_reach(input.starts, input.cols, isa.lanes()) else {
         return false;
     };
@@ -232,13 +287,16 @@ pub fn forward(isa: Isa, input: &TileInput, kernel: &PackedKernel, out: &mut [f3
         && kernel.isa == isa
         && kernel.c_in == input.channels
         && kernel.taps == input.offsets.len()
-        && out.len() >= kernel.c_out_padded * input.cols;
+        && out.rows.len() == kernel.c_out_padded
+        && out.at.len() == input.starts.len()
+        && out.at.iter().all(|&a| a < out.len);
     if !fits || input.cols == 0 {
         return false;
     }
     // SAFETY: `holds(reach)` bounds every read (vector start + lanes + tap offset ≤ reach +
-    // far in each channel), the packed kernel holds `C_in·taps·C_out'` weights with `C_out'` a multiple of
-    // the block, and the kernel stores only inside `out`'s first `C_out'` rows of `cols`.
+    // far in each channel), the packed kernel holds `C_in·taps·C_out'` weights with `C_out'` a
+    // multiple of the block, and the kernel stores only inside the `C_out'` rows of `out.len`
+    // floats (positions below `len`, the last lanes cut at `len`).
     unsafe {
         match isa {
             Isa::Avx512 => forward_avx512(input, kernel, out),
@@ -444,7 +502,7 @@ impl Lanes for Avx2 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_avx512(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) {
+unsafe fn forward_avx512(input: &TileInput, kernel: &PackedKernel, out: &OutRows) {
     unsafe {
         forward_kernel::<Avx512, { AVX512_FORWARD.0 }, { AVX512_FORWARD.1 }>(input, kernel, out)
     }
@@ -452,7 +510,7 @@ unsafe fn forward_avx512(input: &TileInput, kernel: &PackedKernel, out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_avx2(input: &TileInput, kernel: &PackedKernel, out: &mut [f32]) {
+unsafe fn forward_avx2(input: &TileInput, kernel: &PackedKernel, out: &OutRows) {
     unsafe { forward_kernel::<Avx2, { AVX2_FORWARD.0 }, { AVX2_FORWARD.1 }>(input, kernel, out) }
 }
 
@@ -479,32 +537,32 @@ unsafe fn grad_avx2(rows: &GradRows, blocks: &mut [f32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_avx512(_: &TileInput, _: &PackedKernel, _: &mut [f32]) {}
+unsafe fn forward_avx512(_: &TileInput, _: &PackedKernel, _: &OutRows) {}
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_avx2(_: &TileInput, _: &PackedKernel, _: &mut [f32]) {}
+unsafe fn forward_avx2(_: &TileInput, _: &PackedKernel, _: &OutRows) {}
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn grad_avx512(_: &GradRows, _: &mut [f32]) {}
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn grad_avx2(_: &GradRows, _: &mut [f32]) {}
 
-/// `out [C_out', cols] = Σ_c Σ_k kernel[c][k][o] · x[c][p + offsets[k]]` on the columns of
-/// the input's vectors, `CB` output channels × `NV` vectors at a time (a last group short of
-/// `NV` vectors computes its last vector again, and stores it once).
+/// Row o of `out` = `Σ_c Σ_k kernel[c][k][o] · x[c][p + offsets[k]]` on the columns of the
+/// input's vectors, vector j stored at `out.at[j]`, `CB` output channels × `NV` vectors at a
+/// time (a last group short of `NV` vectors computes its last vector again, and stores it
+/// once).
 ///
 /// Safety: `input` holds the last vector start plus `N` columns past every tap of every
-/// channel, every start is below `cols`, `out` holds `C_out' · cols` floats, `C_out'` is a
-/// multiple of `CB`.
+/// channel, every start is below `cols`; `out` has `C_out'` rows of `out.len` writable floats
+/// and a position below `out.len` per start; `C_out'` is a multiple of `CB`.
 #[inline(always)]
 unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
     input: &TileInput,
     kernel: &PackedKernel,
-    out: &mut [f32],
+    out: &OutRows,
 ) {
-    let cols = input.cols;
     let row = kernel.taps * kernel.c_out_padded;
-    let (x, w, o) = (input.x.as_ptr(), kernel.values.as_ptr(), out.as_mut_ptr());
-    for group in input.starts.chunks(NV) {
-        let at: [usize; NV] = std::array::from_fn(|j| group[j.min(group.len() - 1)]);
+    let (x, w) = (input.x.as_ptr(), kernel.values.as_ptr());
+    for (group, at) in input.starts.chunks(NV).zip(out.at.chunks(NV)) {
+        let from: [usize; NV] = std::array::from_fn(|j| group[j.min(group.len() - 1)]);
         for block in (0..kernel.c_out_padded).step_by(CB) {
             let mut acc = [[unsafe { L::zero() }; NV]; CB];
             for c in 0..kernel.c_in {
@@ -512,7 +570,7 @@ unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
                 let wc = unsafe { w.add(c * row + block) };
                 for (k, &offset) in input.offsets.iter().enumerate() {
                     let v: [L::V; NV] =
-                        std::array::from_fn(|j| unsafe { L::load(xc.add(at[j] + offset)) });
+                        std::array::from_fn(|j| unsafe { L::load(xc.add(from[j] + offset)) });
                     let wk = unsafe { wc.add(k * kernel.c_out_padded) };
                     for (b, acc_b) in acc.iter_mut().enumerate() {
                         let s = unsafe { L::splat(*wk.add(b)) };
@@ -523,11 +581,11 @@ unsafe fn forward_kernel<L: Lanes, const CB: usize, const NV: usize>(
                 }
             }
             for (b, acc_b) in acc.iter().enumerate() {
-                let ob = unsafe { o.add((block + b) * cols) };
-                for (&v, &start) in acc_b.iter().zip(group) {
-                    match start + L::N <= cols {
-                        true => unsafe { L::store(ob.add(start), v) },
-                        false => unsafe { L::store_first(ob.add(start), v, cols - start) },
+                let ob = out.rows[block + b];
+                for (&v, &at) in acc_b.iter().zip(at) {
+                    match at + L::N <= out.len {
+                        true => unsafe { L::store(ob.add(at), v) },
+                        false => unsafe { L::store_first(ob.add(at), v, out.len - at) },
                     }
                 }
             }
@@ -694,6 +752,11 @@ mod tests {
         }
     }
 
+    /// Two channels of 200 ones.
+    fn long_x() -> Vec<f32> {
+        vec![1.0f32; 400]
+    }
+
     /// Short buffers (and reaches past the address space) are refused, with nothing written.
     #[test]
     fn short_buffers_are_refused() {
@@ -720,6 +783,25 @@ mod tests {
         let mut sum = vec![0.0f32; 4];
         assert!(!weight_grad(isa, &input, grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
+        // Runs: one per kernel row of one length, a position inside them for each vector.
+        let fine = TileInput {
+            x: &long_x(),
+            stride: 200,
+            ..input
+        };
+        let rows = kernel.rows();
+        let mut values = vec![MaybeUninit::new(7.0f32); rows * 8];
+        let cases: [(usize, &[usize]); 3] = [(rows - 1, &[0]), (rows, &[8]), (rows, &[0, 1])];
+        for (count, at) in cases {
+            let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).take(count).collect();
+            assert!(
+                !forward_into_runs(isa, &fine, &kernel, &mut runs, at),
+                "{count} {at:?}"
+            );
+        }
+        assert!(values.iter().all(|v| unsafe { v.assume_init() } == 7.0));
+        let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).collect();
+        assert!(forward_into_runs(isa, &fine, &kernel, &mut runs, &[0]));
         // Gradient rows: a second row short of a vector, rows closer than a vector.
         let long = vec![1.0f32; 400];
         let fine = TileInput {
