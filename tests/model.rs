@@ -889,6 +889,74 @@ fn the_cpu_channel_bias_matches_burns_broadcast_add_and_leaves_a_shared_input_al
     }
 }
 
+/// The network's ReLUs on the CPU (`model::relu`: `relu(x)` and `relu(a + b)` as operations of
+/// their own, in parallel) against burn's: outputs and gradients on values with zeros, negatives
+/// and a NaN (which burn's lets through, forward and back), over more than one parallel chunk;
+/// with inputs held elsewhere too (their values must not change) and fresh ones (written in
+/// place).
+#[test]
+fn the_cpu_relus_match_burns_and_their_gradients() {
+    use mriloop::model::relu::{add_relu, relu};
+    let ad = cpu().autodiff();
+    let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+    let shape = [2, 3, 9, 40, 50];
+    let len: usize = shape.iter().product();
+    let with_nan = |seed: usize| {
+        let v: Vec<f32> = (0..len)
+            .map(|i| match (i * 7 + seed) % 11 {
+                _ if i == 1234 => f32::NAN,
+                0 => 0.0,
+                r => r as f32 - 5.5,
+            })
+            .collect();
+        Tensor::<5>::from_data(TensorData::new(v, shape), &ad)
+    };
+    let (a, b) = (with_nan(0), with_nan(3));
+    let target = Tensor::<5>::random(shape, Distribution::Normal(0.0, 1.0), &ad);
+    let run = |own: bool, fresh: bool| {
+        let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
+        // A fresh input (the product's output, no other handle) or a shared one.
+        let (x, y) = match fresh {
+            true => (a.clone().mul_scalar(1.0), b.clone().mul_scalar(1.0)),
+            false => (a.clone(), b.clone()),
+        };
+        let (one, sum) = match own {
+            true => (relu(x.clone()), add_relu(x.clone(), y.clone())),
+            false => (
+                burn::tensor::activation::relu(x.clone()),
+                burn::tensor::activation::relu(x.clone() + y.clone()),
+            ),
+        };
+        let loss = (one.clone() * target.clone()).sum() + (sum.clone() * target.clone()).sum();
+        let grads = loss.backward();
+        let grad = |t: &Tensor<5>| values(t.grad(&grads).expect("grad"));
+        [values(one.inner()), values(sum.inner()), grad(&a), grad(&b)]
+    };
+    for fresh in [false, true] {
+        let (own, burns) = (run(true, fresh), run(false, fresh));
+        for (i, what) in ["relu", "relu(a + b)", "gradient of a", "gradient of b"]
+            .iter()
+            .enumerate()
+        {
+            let same = own[i]
+                .iter()
+                .zip(&burns[i])
+                .all(|(p, q)| (p.is_nan() && q.is_nan()) || (p - q).abs() <= 1e-6);
+            assert!(same, "{what} (fresh input {fresh})");
+        }
+        assert!(own[0].iter().any(|v| v.is_nan()), "NaN goes through");
+    }
+    let before: Vec<f32> = values(a.clone());
+    let _ = relu(a.clone());
+    let _ = add_relu(a.clone(), b.clone());
+    let after = values(a);
+    let kept = before
+        .iter()
+        .zip(&after)
+        .all(|(p, q)| p == q || (p.is_nan() && q.is_nan()));
+    assert!(kept, "a shared input was changed in place");
+}
+
 /// The segmentation losses on the CPU (`model::loss`, one fused operation with its own backward
 /// pass) against the composed soft Dice and cross-entropy: both values and the logits' gradient
 /// of a weighted sum of them, without and with voxel weights, with a foreground label absent

@@ -41,6 +41,7 @@ mod product;
 pub mod prompt;
 pub mod prompt_infer;
 pub mod prompt_train;
+pub mod relu;
 pub mod resume;
 pub mod runs;
 pub mod split;

@@ -13,10 +13,10 @@ use burn::nn::{
     Dropout, DropoutConfig, InstanceNorm, InstanceNormConfig, Linear, LinearConfig, PaddingConfig3d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 
 use super::conv::conv3d_forward;
 use super::norm::instance_norm_forward;
+use super::relu::{add_relu, relu};
 use super::upconv::upconv_forward;
 
 /// Configuration of the multi-task residual U-Net.
@@ -91,7 +91,7 @@ impl ResidualBlock {
             Some(s) => conv3d_forward(s, x),
             None => x,
         };
-        relu(h + skip)
+        add_relu(h, skip)
     }
 }
 
