@@ -752,11 +752,6 @@ mod tests {
         }
     }
 
-    /// Two channels of 200 ones.
-    fn long_x() -> Vec<f32> {
-        vec![1.0f32; 400]
-    }
-
     /// Short buffers (and reaches past the address space) are refused, with nothing written.
     #[test]
     fn short_buffers_are_refused() {
@@ -783,46 +778,6 @@ mod tests {
         let mut sum = vec![0.0f32; 4];
         assert!(!weight_grad(isa, &input, grad, 1, &mut sum));
         assert!(sum.iter().all(|&v| v == 0.0));
-        // Runs: one per kernel row of one length, a position inside them for each vector.
-        let fine = TileInput {
-            x: &long_x(),
-            stride: 200,
-            ..input
-        };
-        let rows = kernel.rows();
-        let mut values = vec![MaybeUninit::new(7.0f32); rows * 8];
-        let cases: [(usize, &[usize]); 3] = [(rows - 1, &[0]), (rows, &[8]), (rows, &[0, 1])];
-        for (count, at) in cases {
-            let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).take(count).collect();
-            assert!(
-                !forward_into_runs(isa, &fine, &kernel, &mut runs, at),
-                "{count} {at:?}"
-            );
-        }
-        assert!(values.iter().all(|v| unsafe { v.assume_init() } == 7.0));
-        let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).collect();
-        assert!(forward_into_runs(isa, &fine, &kernel, &mut runs, &[0]));
-        // Gradient rows: a second row short of a vector, rows closer than a vector.
-        let long = vec![1.0f32; 400];
-        let fine = TileInput {
-            x: &long,
-            stride: 200,
-            ..input
-        };
-        let lanes = isa.lanes();
-        let two = vec![1.0f32; 2 * lanes - 1];
-        for (values, stride) in [(&two[..], lanes), (&long[..], lanes - 1)] {
-            let mut sum = vec![0.0f32; 8];
-            let grad = GradInput { values, stride };
-            assert!(!weight_grad(isa, &fine, grad, 2, &mut sum), "{stride}");
-            assert!(sum.iter().all(|&v| v == 0.0));
-        }
-        let mut sum = vec![0.0f32; 8];
-        let grad = GradInput {
-            values: &long,
-            stride: lanes,
-        };
-        assert!(weight_grad(isa, &fine, grad, 2, &mut sum));
         // A channel stride whose reach overflows is refused, not wrapped around.
         // (Three channels: (3 − 1)·stride wraps to 0.)
         let wrapping = TileInput {
@@ -848,5 +803,50 @@ mod tests {
             assert!(!weight_grad(isa, &bad, grad, 1, &mut sum), "{starts:?}");
         }
         assert!(out.iter().all(|&v| v == 7.0));
+    }
+
+    /// The stores into runs need one run per kernel row, of one length, and a position inside
+    /// them for each vector; the gradient rows a vector each, none closer than a vector.
+    #[test]
+    fn runs_and_gradient_rows_are_checked() {
+        let Some(isa) = Isa::detect() else { return };
+        let (offsets, long) = ([0usize, 5], vec![1.0f32; 400]);
+        let fine = TileInput {
+            x: &long,
+            stride: 200,
+            channels: 2,
+            offsets: &offsets,
+            cols: 8,
+            starts: &[0],
+        };
+        let kernel = PackedKernel::new(isa, [1, 2, 2], |_, _, _| 1.0);
+        let rows = kernel.rows();
+        let mut values = vec![MaybeUninit::new(7.0f32); rows * 8];
+        let cases: [(usize, &[usize]); 3] = [(rows - 1, &[0]), (rows, &[8]), (rows, &[0, 1])];
+        for (count, at) in cases {
+            let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).take(count).collect();
+            assert!(
+                !forward_into_runs(isa, &fine, &kernel, &mut runs, at),
+                "{count} {at:?}"
+            );
+        }
+        // SAFETY: every value was initialised (7.0) and is read as written.
+        assert!(values.iter().all(|v| unsafe { v.assume_init() } == 7.0));
+        let mut runs: Vec<&mut [MaybeUninit<f32>]> = values.chunks_mut(8).collect();
+        assert!(forward_into_runs(isa, &fine, &kernel, &mut runs, &[0]));
+        let lanes = isa.lanes();
+        let two = vec![1.0f32; 2 * lanes - 1];
+        for (values, stride) in [(&two[..], lanes), (&long[..], lanes - 1)] {
+            let mut sum = vec![0.0f32; 8];
+            let grad = GradInput { values, stride };
+            assert!(!weight_grad(isa, &fine, grad, 2, &mut sum), "{stride}");
+            assert!(sum.iter().all(|&v| v == 0.0));
+        }
+        let mut sum = vec![0.0f32; 8];
+        let grad = GradInput {
+            values: &long,
+            stride: lanes,
+        };
+        assert!(weight_grad(isa, &fine, grad, 2, &mut sum));
     }
 }
