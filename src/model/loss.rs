@@ -109,11 +109,21 @@ pub fn segmentation_losses(
         return (dice, voxel_cross_entropy(logits, masks, weights));
     }
     let targets = Targets::of(masks, weights, logits.dims()[1]);
-    let both: Tensor<1> =
-        Tensor::from_dispatch(<Dispatch as SegmentationLossBackend>::segmentation_losses(
-            logits.into_dispatch(),
-            &targets,
-        ));
+    fused_losses(logits, &LossInput::Targets(targets))
+}
+
+/// `(soft Dice loss, cross-entropy)` of a part of a batch whose f32 logits on burn's CPU
+/// backend were already evaluated with the whole batch's coefficients: the whole batch's
+/// losses, and backward the gradient of this part's logits (`PartLosses`).
+pub fn evaluated_losses(logits: Tensor<5>, evaluation: Evaluation) -> (Tensor<1>, Tensor<1>) {
+    fused_losses(logits, &LossInput::Evaluated(Arc::new(evaluation)))
+}
+
+/// The fused operation's two losses.
+fn fused_losses(logits: Tensor<5>, input: &LossInput) -> (Tensor<1>, Tensor<1>) {
+    let both: Tensor<1> = Tensor::from_dispatch(
+        <Dispatch as SegmentationLossBackend>::segmentation_losses(logits.into_dispatch(), input),
+    );
     (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1))
 }
 
@@ -131,7 +141,7 @@ const NO_LABEL: u32 = u32::MAX;
 
 impl Targets {
     /// The masks' labels (of `labels` logits) and the weights, read to the host.
-    fn of(masks: Tensor<4, Int>, weights: Option<Tensor<4>>, labels: usize) -> Self {
+    pub fn of(masks: Tensor<4, Int>, weights: Option<Tensor<4>>, labels: usize) -> Self {
         let label = |v: i64| match usize::try_from(v) {
             Ok(l) if l < labels => l as u32,
             _ => NO_LABEL,
@@ -150,16 +160,36 @@ impl Targets {
     }
 }
 
+/// What the fused operation evaluates the logits with: the reference (the losses of these
+/// logits alone), or an evaluation prepared from them beforehand (a part of a batch whose
+/// coefficients come from the whole batch's sums: [`PartLosses`]).
+#[derive(Clone, Debug)]
+pub enum LossInput {
+    /// Evaluate the logits against these targets.
+    Targets(Targets),
+    /// Already evaluated.
+    Evaluated(Arc<Evaluation>),
+}
+
+impl LossInput {
+    fn evaluate(&self, logits: &FlexTensor) -> Arc<Evaluation> {
+        match self {
+            Self::Targets(targets) => Arc::new(Evaluation::of(logits, targets)),
+            Self::Evaluated(evaluation) => evaluation.clone(),
+        }
+    }
+}
+
 /// Backends with the fused segmentation losses.
 #[backend_extension(Flex, Autodiff)]
 pub trait SegmentationLossBackend: Backend {
-    /// `[soft Dice loss, cross-entropy]` of `logits [N, K, D, H, W]` against `targets`.
-    fn segmentation_losses(logits: FloatTensor<Self>, targets: &Targets) -> FloatTensor<Self>;
+    /// `[soft Dice loss, cross-entropy]` of `logits [N, K, D, H, W]` against `input`.
+    fn segmentation_losses(logits: FloatTensor<Self>, input: &LossInput) -> FloatTensor<Self>;
 }
 
 impl SegmentationLossBackend for Flex {
-    fn segmentation_losses(logits: FlexTensor, targets: &Targets) -> FlexTensor {
-        Evaluation::of(&logits, targets).losses()
+    fn segmentation_losses(logits: FlexTensor, input: &LossInput) -> FlexTensor {
+        input.evaluate(&logits).losses()
     }
 }
 
@@ -167,9 +197,10 @@ impl SegmentationLossBackend for Flex {
 /// Σ w·(−log p_y) and Σ w.
 type Sums = Vec<f64>;
 
-/// The fused forward pass: the probabilities and what the losses and their gradient need.
+/// The fused forward pass over the items of (a part of) a batch: the probabilities, kept for
+/// the backward pass, and the part's sums.
 #[derive(Debug)]
-struct Evaluation {
+pub struct PartLosses {
     /// `[N, K, V]` of the logits.
     shape: [usize; 3],
     /// The logits' full shape (the gradient's).
@@ -177,6 +208,74 @@ struct Evaluation {
     /// softmax(z), voxel-major: voxel i's label k at `i·K + k`.
     probs: Vec<f32>,
     targets: Targets,
+    /// The part's [`Sums`].
+    sums: Sums,
+}
+
+impl PartLosses {
+    /// Softmax and sums of the f32 logits `z` (contiguous, shape `dims`: `[N, K, …]`).
+    pub fn of(z: &[f32], dims: Vec<usize>, targets: Targets) -> Self {
+        let (n, k) = (dims[0], dims[1]);
+        let v = dims[2..].iter().product::<usize>();
+        let mut probs = vec![0.0f32; n * v * k];
+        let chunk_sums: Vec<Sums> = probs
+            .par_chunks_mut((v * k).max(1))
+            .enumerate()
+            .flat_map(|(item, probs)| {
+                let z = &z[item * k * v..];
+                let first = item * v;
+                let targets = &targets;
+                probs
+                    .par_chunks_mut((CHUNK * k).max(1))
+                    .enumerate()
+                    .map(move |(c, p)| chunk_softmax((z, [k, v]), (first, c * CHUNK), p, targets))
+            })
+            .collect();
+        let mut sums = vec![0.0f64; 3 * k + 2];
+        for s in &chunk_sums {
+            sums.iter_mut().zip(s).for_each(|(t, s)| *t += s);
+        }
+        Self {
+            shape: [n, k, v],
+            dims,
+            probs,
+            targets,
+            sums,
+        }
+    }
+
+    /// The part's sums: add those of every part of a batch for [`LossCoefficients::of`].
+    pub fn sums(&self) -> &[f64] {
+        &self.sums
+    }
+
+    /// The logits' labels (K).
+    pub fn labels(&self) -> usize {
+        self.shape[1]
+    }
+
+    /// Voxels of the part (items × voxels per item).
+    pub fn voxels(&self) -> usize {
+        self.shape[0] * self.shape[2]
+    }
+
+    /// Whether the cross-entropy is weighted per voxel.
+    pub fn weighted(&self) -> bool {
+        self.targets.weights.is_some()
+    }
+
+    /// This part evaluated with `coefficients` (its own, or the whole batch's).
+    pub fn evaluated(self, coefficients: LossCoefficients) -> Evaluation {
+        Evaluation {
+            part: self,
+            coefficients,
+        }
+    }
+}
+
+/// The losses of a batch and what its logits' gradient multiplies by, from the batch's sums.
+#[derive(Debug, Clone)]
+pub struct LossCoefficients {
     /// Per label: dice_k.
     dice: Vec<f64>,
     /// Per label: ∂L_dice/∂p_k = `dice_scale[k]·(2·y_k − dice_k)`.
@@ -187,42 +286,11 @@ struct Evaluation {
     ce_scale: f64,
 }
 
-impl Evaluation {
-    fn of(logits: &FlexTensor, targets: &Targets) -> Self {
-        let dims: Vec<usize> = logits.layout().shape().to_vec();
-        let (n, k) = (dims[0], dims[1]);
-        let v = dims[2..].iter().product::<usize>();
-        let logits = logits.to_contiguous();
-        let z = logits.storage::<f32>();
-        let mut probs = vec![0.0f32; n * v * k];
-        let sums: Vec<Sums> = probs
-            .par_chunks_mut((v * k).max(1))
-            .enumerate()
-            .flat_map(|(item, probs)| {
-                let z = &z[item * k * v..];
-                let first = item * v;
-                probs
-                    .par_chunks_mut((CHUNK * k).max(1))
-                    .enumerate()
-                    .map(move |(c, p)| chunk_softmax((z, [k, v]), (first, c * CHUNK), p, targets))
-            })
-            .collect();
-        let mut total = vec![0.0f64; 3 * k + 2];
-        for s in &sums {
-            total.iter_mut().zip(s).for_each(|(t, s)| *t += s);
-        }
-        Self::from_sums([n, k, v], dims, probs, targets.clone(), &total)
-    }
-
-    /// The losses and gradient coefficients from the reduced `sums`.
-    fn from_sums(
-        shape: [usize; 3],
-        dims: Vec<usize>,
-        probs: Vec<f32>,
-        targets: Targets,
-        sums: &[f64],
-    ) -> Self {
-        let k = shape[1];
+impl LossCoefficients {
+    /// From the batch's `sums` over `labels` labels and `voxels` voxels, the cross-entropy
+    /// `weighted` per voxel or not.
+    pub fn of(sums: &[f64], labels: usize, voxels: usize, weighted: bool) -> Self {
+        let k = labels;
         let (inter, rest) = sums.split_at(k);
         let (psum, rest) = rest.split_at(k);
         let (truth, ce) = rest.split_at(k);
@@ -241,36 +309,53 @@ impl Evaluation {
                 false => 0.0,
             })
             .collect();
-        let weight_sum = match targets.weights {
-            Some(_) => ce[1].max(MIN_WEIGHT_SUM),
-            None => (shape[0] * shape[2]).max(1) as f64,
+        let weight_sum = match weighted {
+            true => ce[1].max(MIN_WEIGHT_SUM),
+            false => voxels.max(1) as f64,
         };
         Self {
-            shape,
-            dims,
-            probs,
-            targets,
             dice,
             dice_scale,
             values: [dice_loss, ce[0] / weight_sum],
             ce_scale: 1.0 / weight_sum,
         }
     }
+}
+
+/// A part's probabilities with the coefficients of the batch it belongs to: the losses and,
+/// backward, the part's logits' gradient.
+#[derive(Debug)]
+pub struct Evaluation {
+    part: PartLosses,
+    coefficients: LossCoefficients,
+}
+
+impl Evaluation {
+    /// The losses of `logits` (a whole batch) against `targets`.
+    fn of(logits: &FlexTensor, targets: &Targets) -> Self {
+        let dims: Vec<usize> = logits.layout().shape().to_vec();
+        let logits = logits.to_contiguous();
+        let part = PartLosses::of(logits.storage::<f32>(), dims, targets.clone());
+        let coefficients =
+            LossCoefficients::of(&part.sums, part.shape[1], part.voxels(), part.weighted());
+        part.evaluated(coefficients)
+    }
 
     /// `[Dice loss, cross-entropy]`.
     fn losses(&self) -> FlexTensor {
-        let values = self.values.map(|v| v as f32).to_vec();
+        let values = self.coefficients.values.map(|v| v as f32).to_vec();
         FlexTensor::from_data(TensorData::new(values, [2]))
     }
 
     /// ∂L/∂z `[N, K, …]` for the losses' gradients `g = [g_dice, g_ce]`: in parallel over
     /// chunks of each item's voxels, each writing its run of every label's plane.
     fn logits_grad(&self, g: [f64; 2]) -> FlexTensor {
-        let [n, k, v] = self.shape;
+        let [n, k, v] = self.part.shape;
+        let c = &self.coefficients;
         let terms = GradTerms {
-            dice_scale: self.dice_scale.iter().map(|s| (g[0] * s) as f32).collect(),
-            dice: self.dice.iter().map(|&d| d as f32).collect(),
-            ce: (g[1] * self.ce_scale) as f32,
+            dice_scale: c.dice_scale.iter().map(|s| (g[0] * s) as f32).collect(),
+            dice: c.dice.iter().map(|&d| d as f32).collect(),
+            ce: (g[1] * c.ce_scale) as f32,
         };
         let mut out = vec![0.0f32; n * k * v];
         let mut planes: Vec<_> = out
@@ -290,11 +375,13 @@ impl Evaluation {
         }
         groups
             .into_par_iter()
-            .for_each(|(first, mut runs)| self.chunk_grad(&terms, first, &mut runs));
-        FlexTensor::from_data(TensorData::new(out, self.dims.clone()))
+            .for_each(|(first, mut runs)| self.part.chunk_grad(&terms, first, &mut runs));
+        FlexTensor::from_data(TensorData::new(out, self.part.dims.clone()))
     }
+}
 
-    /// The gradient of the voxels from `first` (global index), label k's over `runs[k]`.
+impl PartLosses {
+    /// The gradient of the voxels from `first` (index in the part), label k's over `runs[k]`.
     fn chunk_grad(&self, terms: &GradTerms, first: usize, runs: &mut [&mut [f32]]) {
         let k = self.shape[1];
         let len = runs.first().map_or(0, |r| r.len());
@@ -381,15 +468,15 @@ impl Backward<Flex, 1> for SegmentationLossBackward {
 }
 
 impl<C: CheckpointStrategy> SegmentationLossBackend for Autodiff<Flex, C> {
-    fn segmentation_losses(logits: FloatTensor<Self>, targets: &Targets) -> FloatTensor<Self> {
+    fn segmentation_losses(logits: FloatTensor<Self>, input: &LossInput) -> FloatTensor<Self> {
         let prepared = SegmentationLossBackward
             .prepare::<C>([logits.node()])
             .compute_bound()
             .stateful();
-        let evaluation = Evaluation::of(&logits.into_primitive(), targets);
+        let evaluation = input.evaluate(&logits.into_primitive());
         let losses = evaluation.losses();
         match prepared {
-            OpsKind::Tracked(prep) => prep.finish(Arc::new(evaluation), losses),
+            OpsKind::Tracked(prep) => prep.finish(evaluation, losses),
             OpsKind::UnTracked(prep) => prep.finish(losses),
         }
     }

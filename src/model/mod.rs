@@ -7,7 +7,8 @@
 //! `norm` and `bias` (the network's convolutions, upsamplings, instance norms and biases on the
 //! CPU, with their own backward passes; `product` their matrix products), `heap` (the
 //! allocator kept from handing tensor buffers back every step), `pool` (training loops on a
-//! worker of the rayon pool their kernels use), `runs` (background training runs and
+//! worker of the rayon pool their kernels use), `split_step` (a CPU step with the batch's items
+//! split across the cores, exactly), `runs` (background training runs and
 //! re-inference over a project, for the app), `fingerprint` and `plan` (what a dataset is like,
 //! and the training recipe its numbers imply), `planned` (a run's configuration from the plan
 //! and the user's choices), `precision` (mixed-precision steps: f16/bf16 convolutions on f32
@@ -45,6 +46,7 @@ pub mod relu;
 pub mod resume;
 pub mod runs;
 pub mod split;
+mod split_step;
 mod strided_grad;
 pub mod training;
 pub mod upconv;

@@ -318,6 +318,14 @@ pub fn train_step_parallel(
 ) -> (MultiTaskUNet, LossTerms) {
     let scale = loss_scale.map(|s| s.scale);
     if let [one] = parts {
+        let split = scale
+            .is_none()
+            .then(|| super::split_step::split_of(one, config));
+        if let Some(split) = split.flatten() {
+            return super::split_step::split_step(model, optim, (one, config, lr), split);
+        }
+    }
+    if let [one] = parts {
         let (grads, terms, finite) = part_gradients(&model, one, config, 1.0, scale);
         *loss_scale = loss_scale.map(|s| s.after(finite));
         return match finite {
