@@ -624,6 +624,10 @@ pub struct TrainBench {
     pub peak_tflops: Option<f64>,
     /// The precisions each backend trains in (f16/bf16: mixed precision; PyTorch's autocast).
     pub precisions: Vec<Precision>,
+    /// Rounds of every backend in turn (burn, then PyTorch, again): each figure is the median
+    /// of its rounds, so that a machine whose speed drifts over a run (a shared virtual
+    /// machine's) slows both sides alike.
+    pub rounds: usize,
 }
 
 /// The backend's figure name in `precision`: `cpu` in f32, `cpu_f16` in f16.
@@ -668,26 +672,59 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
     let mut figures = Vec::new();
     for shape in shapes {
         for &precision in &bench.precisions {
-            for (name, device, peak) in &burn_devices {
-                let backend = with_precision(name, precision);
-                if let Err(e) = precision.check(device) {
-                    note_once(&mut notes, format!("{backend} skipped: {e}"));
-                    continue;
+            let mut rounds: Vec<(String, Option<f64>, Vec<f64>)> = Vec::new();
+            for _ in 0..bench.rounds.max(1) {
+                let peaks = (cpu_peak, gpu_peak);
+                let round = train_round(shape, precision, &burn_devices, peaks, bench, &mut notes);
+                for (backend, peak, v) in round {
+                    match rounds.iter_mut().find(|r| r.0 == backend) {
+                        Some(r) => r.2.push(v),
+                        None => rounds.push((backend, peak, vec![v])),
+                    }
                 }
-                let v = train_steps_per_s(shape, device.clone(), bench.steps, precision);
-                figures.extend(train_figures(shape, &backend, v, *peak));
             }
-            for (dev, peak) in [("cpu", cpu_peak), ("cuda", gpu_peak)] {
-                let backend = with_precision(&format!("torch_{dev}"), precision);
-                match torch_steps_per_s(dev, shape, bench.steps, precision) {
-                    Ok(Some(v)) => figures.extend(train_figures(shape, &backend, v, peak)),
-                    Ok(None) => {}
-                    Err(note) => note_once(&mut notes, note),
+            for (backend, peak, values) in rounds {
+                if values.len() > 1 {
+                    let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+                    let each = each.join(", ");
+                    notes.push(format!("{backend} {}: rounds {each} steps/s", shape.name));
                 }
+                figures.extend(train_figures(shape, &backend, median(values), peak));
             }
         }
     }
     (figures, notes)
+}
+
+/// One round of `shape` in `precision`: each burn device's steps per second, then PyTorch's on
+/// the CPU and CUDA (their peak TFLOP/s: `torch_peaks`), as `(backend, its peak TFLOP/s, steps/s)`; what was skipped in `notes`.
+fn train_round(
+    shape: &TrainShape,
+    precision: Precision,
+    burn_devices: &[(&str, burn::prelude::Device, Option<f64>)],
+    torch_peaks: (Option<f64>, Option<f64>),
+    bench: &TrainBench,
+    notes: &mut Vec<String>,
+) -> Vec<(String, Option<f64>, f64)> {
+    let mut out = Vec::new();
+    for (name, device, peak) in burn_devices {
+        let backend = with_precision(name, precision);
+        if let Err(e) = precision.check(device) {
+            note_once(notes, format!("{backend} skipped: {e}"));
+            continue;
+        }
+        let v = train_steps_per_s(shape, device.clone(), bench.steps, precision);
+        out.push((backend, *peak, v));
+    }
+    for (dev, peak) in [("cpu", torch_peaks.0), ("cuda", torch_peaks.1)] {
+        let backend = with_precision(&format!("torch_{dev}"), precision);
+        match torch_steps_per_s(dev, shape, bench.steps, precision) {
+            Ok(Some(v)) => out.push((backend, peak, v)),
+            Ok(None) => {}
+            Err(note) => note_once(notes, note),
+        }
+    }
+    out
 }
 
 /// `note` added to `notes` unless it is there already (a skip repeats for every network).

@@ -561,7 +561,12 @@ fn bench_train_prints_steps_flops_and_utilisation_per_network() {
         "1",
         "--precision",
         "f32,bf16",
+        "--rounds",
+        "2",
     ]);
+    // Two rounds of each backend in turn: each figure their median, the rounds in a note.
+    assert!(out.contains("note: cpu small: rounds "), "{out}");
+    assert!(out.contains("note: cpu_bf16 small: rounds "), "{out}");
     // Each precision under its own name (mixed precision: the backend's name + the type).
     for name in [
         "train_steps_per_s_cpu_small",

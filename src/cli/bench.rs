@@ -87,6 +87,10 @@ pub struct BenchArgs {
     /// precision, beside PyTorch's autocast), e.g. `f32,f16`.
     #[arg(long, default_value = "f32")]
     pub precision: String,
+    /// train: rounds of every backend in turn (burn, PyTorch, burn, …); each figure is the
+    /// median of its rounds, so a machine whose speed drifts slows both sides alike.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
 }
 
 /// The training benchmark's networks for `--config` (`None`: all on a GPU, else small).
@@ -153,6 +157,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 software_gpu: args.software_gpu,
                 peak_tflops: args.peak_tflops,
                 precisions,
+                rounds: args.rounds,
             };
             let (figures, notes) = bench::train(&shapes, &setup);
             let reference = "3D net, 2 sequences, 3 labels; goal: burn on the GPU >= PyTorch eager on the same GPU for each network; on the CPU >= 2x PyTorch";
