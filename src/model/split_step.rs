@@ -14,6 +14,11 @@
 //! weighted by the part's share of them. The parts' parameter gradients sum (burn's
 //! `MultiGradientsParams`) to the unsplit batch's gradient.
 //!
+//! The training thread hands each phase (forward, then backward) to the parts' pools and waits
+//! on a channel: waiting as a rayon worker spins with `sched_yield` and took the cores from the
+//! parts. The parts' dropout masks are drawn concurrently, so with dropout their order (not
+//! their distribution) varies from run to run.
+//!
 //! Invariants: used only where it is exact and pays ([`split_of`]: burn's CPU backend, f32, a
 //! task with segmentation, no loss scale, at least two items and two threads); the parts run at
 //! once, each on a pool of `threads / parts` threads that the calling thread keeps between
