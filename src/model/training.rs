@@ -307,7 +307,8 @@ fn part_gradients(
 /// is weighted by its share of the patches, so the sum is the combined batch's gradient —
 /// exactly for the cross-entropies, nearly for soft Dice (pooled over a part's patches, not the
 /// whole batch). One part runs on `model` itself, on the calling thread. The loss terms are the
-/// parts' weighted mean. With an f16 loss scale, a step whose gradients overflowed is skipped
+/// parts' weighted mean. One part on the CPU in f32 splits by item across the cores, exactly
+/// (`split_step`). With an f16 loss scale, a step whose gradients overflowed is skipped
 /// (the model and optimiser returned as they were) and the scale updated.
 pub fn train_step_parallel(
     model: MultiTaskUNet,
