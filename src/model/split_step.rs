@@ -102,13 +102,7 @@ pub(crate) fn split_step(
         forward.gradients(&coefficients, items, task)
     });
     let mut grads = MultiGradientsParams::default();
-    let mut terms = LossTerms {
-        mode: config.mode,
-        total: 0.0,
-        dice: 0.0,
-        seg_ce: 0.0,
-        class_ce: 0.0,
-    };
+    let mut terms = LossTerms::zero(config.mode);
     for (part_grads, [dice, seg_ce, class_ce]) in outputs {
         grads.grads.push((part_grads, device.clone()));
         (terms.dice, terms.seg_ce) = (dice, seg_ce);

@@ -204,6 +204,19 @@ pub struct LossTerms {
     pub class_ce: f64,
 }
 
+impl LossTerms {
+    /// All terms 0, for `mode` (a sum to add parts' terms to).
+    pub fn zero(mode: TaskMode) -> Self {
+        Self {
+            mode,
+            total: 0.0,
+            dice: 0.0,
+            seg_ce: 0.0,
+            class_ce: 0.0,
+        }
+    }
+}
+
 /// The weighted loss of a batch and its terms, the network run in `precision` (the losses in
 /// f32).
 pub fn batch_loss(
@@ -358,13 +371,7 @@ pub fn train_step_parallel(
             .collect()
     });
     let mut grads = MultiGradientsParams::default();
-    let mut terms = LossTerms {
-        mode: config.mode,
-        total: 0.0,
-        dice: 0.0,
-        seg_ce: 0.0,
-        class_ce: 0.0,
-    };
+    let mut terms = LossTerms::zero(config.mode);
     let mut finite = true;
     for (g, device, t, share, part_finite) in outputs {
         grads.grads.push((g, device));
