@@ -22,8 +22,8 @@
 //! Invariants: used only where it is exact and pays ([`split_of`]: burn's CPU backend, f32, a
 //! task with segmentation, no loss scale, at least two items and two threads); the parts run at
 //! once, each on a pool of `threads / parts` threads that the calling thread keeps between
-//! steps; loss terms and updated weights equal the unsplit step's to float rounding
-//! (`tests/model.rs`).
+//! steps; loss terms and parameter gradients equal the unsplit step's to float rounding (the
+//! test below).
 
 use super::loss::{evaluated_losses, LossCoefficients, PartLosses, Targets};
 use super::training::{Batch, LossTerms, TaskMode, TrainingConfig};
