@@ -673,8 +673,8 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
     for shape in shapes {
         for &precision in &bench.precisions {
             let mut rounds: Vec<(String, Option<f64>, Vec<f64>)> = Vec::new();
+            let peaks = (cpu_peak, gpu_peak);
             for _ in 0..bench.rounds.max(1) {
-                let peaks = (cpu_peak, gpu_peak);
                 let round = train_round(shape, precision, &burn_devices, peaks, bench, &mut notes);
                 for (backend, peak, v) in round {
                     match rounds.iter_mut().find(|r| r.0 == backend) {
@@ -697,7 +697,8 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
 }
 
 /// One round of `shape` in `precision`: each burn device's steps per second, then PyTorch's on
-/// the CPU and CUDA (their peak TFLOP/s: `torch_peaks`), as `(backend, its peak TFLOP/s, steps/s)`; what was skipped in `notes`.
+/// the CPU and CUDA (their peak TFLOP/s: `torch_peaks`), as `(backend, its peak TFLOP/s,
+/// steps/s)`; what was skipped in `notes`.
 fn train_round(
     shape: &TrainShape,
     precision: Precision,

@@ -232,9 +232,7 @@ impl PartLosses {
             })
             .collect();
         let mut sums = vec![0.0f64; 3 * k + 2];
-        for s in &chunk_sums {
-            sums.iter_mut().zip(s).for_each(|(t, s)| *t += s);
-        }
+        chunk_sums.iter().for_each(|s| add_sums(&mut sums, s));
         Self {
             shape: [n, k, v],
             dims,
@@ -242,26 +240,6 @@ impl PartLosses {
             targets,
             sums,
         }
-    }
-
-    /// The part's sums: add those of every part of a batch for [`LossCoefficients::of`].
-    pub fn sums(&self) -> &[f64] {
-        &self.sums
-    }
-
-    /// The logits' labels (K).
-    pub fn labels(&self) -> usize {
-        self.shape[1]
-    }
-
-    /// Voxels of the part (items × voxels per item).
-    pub fn voxels(&self) -> usize {
-        self.shape[0] * self.shape[2]
-    }
-
-    /// Whether the cross-entropy is weighted per voxel.
-    pub fn weighted(&self) -> bool {
-        self.targets.weights.is_some()
     }
 
     /// This part evaluated with `coefficients` (its own, or the whole batch's).
@@ -286,10 +264,29 @@ pub struct LossCoefficients {
     ce_scale: f64,
 }
 
+/// `s` added into `total` (sums of one shape: [`Sums`]).
+fn add_sums(total: &mut [f64], s: &[f64]) {
+    total.iter_mut().zip(s).for_each(|(t, s)| *t += s);
+}
+
 impl LossCoefficients {
+    /// The coefficients of the batch the `parts` make up (at least one; all of one batch's
+    /// labels, weighted alike): from their sums added, over all their voxels.
+    pub fn of_parts<'a>(parts: impl IntoIterator<Item = &'a PartLosses>) -> Self {
+        let (mut sums, mut voxels, mut labels, mut weighted) = (Vec::new(), 0, 0, false);
+        for part in parts {
+            sums.resize(part.sums.len(), 0.0);
+            add_sums(&mut sums, &part.sums);
+            voxels += part.shape[0] * part.shape[2];
+            labels = part.shape[1];
+            weighted = part.targets.weights.is_some();
+        }
+        Self::of(&sums, labels, voxels, weighted)
+    }
+
     /// From the batch's `sums` over `labels` labels and `voxels` voxels, the cross-entropy
     /// `weighted` per voxel or not.
-    pub fn of(sums: &[f64], labels: usize, voxels: usize, weighted: bool) -> Self {
+    fn of(sums: &[f64], labels: usize, voxels: usize, weighted: bool) -> Self {
         let k = labels;
         let (inter, rest) = sums.split_at(k);
         let (psum, rest) = rest.split_at(k);
@@ -336,8 +333,7 @@ impl Evaluation {
         let dims: Vec<usize> = logits.layout().shape().to_vec();
         let logits = logits.to_contiguous();
         let part = PartLosses::of(logits.storage::<f32>(), dims, targets.clone());
-        let coefficients =
-            LossCoefficients::of(&part.sums, part.shape[1], part.voxels(), part.weighted());
+        let coefficients = LossCoefficients::of_parts([&part]);
         part.evaluated(coefficients)
     }
 

@@ -26,9 +26,8 @@
 //! test below).
 
 use super::loss::{evaluated_losses, LossCoefficients, PartLosses, Targets};
-use super::training::{Batch, LossTerms, TaskMode, TrainingConfig};
+use super::training::{class_cross_entropy, task_loss, Batch, LossTerms, TaskMode, TrainingConfig};
 use super::{MultiTaskUNet, Precision};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::Int;
@@ -87,16 +86,7 @@ pub(crate) fn split_step(
     let forwards = on_pools(&pools, inputs, |(replica, part)| {
         PartForward::of(replica, part)
     });
-    let mut sums = vec![0.0; forwards.first().map_or(0, |f| f.losses.sums().len())];
-    for f in &forwards {
-        sums.iter_mut()
-            .zip(f.losses.sums())
-            .for_each(|(t, s)| *t += s);
-    }
-    let voxels = forwards.iter().map(|f| f.losses.voxels()).sum();
-    let weighted = batch.weights.is_some();
-    let labels = forwards.first().map_or(0, |f| f.losses.labels());
-    let coefficients = LossCoefficients::of(&sums, labels, voxels, weighted);
+    let coefficients = LossCoefficients::of_parts(forwards.iter().map(|f| &f.losses));
     let task = (config.mode, config.class_weight);
     let outputs = on_pools(&pools, forwards, move |forward: PartForward| {
         forward.gradients(&coefficients, items, task)
@@ -173,21 +163,15 @@ impl PartForward {
         self,
         coefficients: &LossCoefficients,
         items: usize,
-        (mode, class_weight): (TaskMode, f64),
+        task: (TaskMode, f64),
     ) -> (GradientsParams, [f64; 3]) {
         let share = self.cls.dims()[0] as f64 / items.max(1) as f64;
         let evaluation = self.losses.evaluated(coefficients.clone());
         let (dice, seg_ce) = evaluated_losses(self.seg, evaluation);
-        let class_ce = CrossEntropyLossConfig::new()
-            .init(&self.cls.device())
-            .forward(self.cls, self.classes)
-            .mul_scalar(share);
+        let class_ce = class_cross_entropy(self.cls, self.classes).mul_scalar(share);
         let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
         let values = [value(&dice), value(&seg_ce), value(&class_ce)];
-        let loss = match mode {
-            TaskMode::Joint => dice + seg_ce + class_ce.mul_scalar(class_weight),
-            TaskMode::SegmentationOnly | TaskMode::ClassificationOnly => dice + seg_ce,
-        };
+        let loss = task_loss(task, dice, seg_ce, class_ce);
         let grads = GradientsParams::from_grads(loss.backward(), &self.replica);
         (grads, values)
     }

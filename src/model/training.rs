@@ -225,12 +225,7 @@ pub fn batch_loss(
     (mode, class_weight): (TaskMode, f64),
     precision: Precision,
 ) -> (Tensor<1>, LossTerms) {
-    let device = batch.images.device();
-    let class_ce_of = |cls: Tensor<2>| {
-        CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(cls, batch.classes.clone())
-    };
+    let class_ce_of = |cls: Tensor<2>| class_cross_entropy(cls, batch.classes.clone());
     let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
     if mode == TaskMode::ClassificationOnly {
         // The decoder's output would be thrown away: the encoder alone.
@@ -255,12 +250,30 @@ pub fn batch_loss(
         seg_ce: value(&seg_ce),
         class_ce: value(&class_ce),
     };
-    let total = match mode {
-        TaskMode::Joint => dice + seg_ce + class_ce.mul_scalar(class_weight),
-        TaskMode::SegmentationOnly | TaskMode::ClassificationOnly => dice + seg_ce,
-    };
+    let total = task_loss((mode, class_weight), dice, seg_ce, class_ce);
     let t = value(&total);
     (total, LossTerms { total: t, ..terms })
+}
+
+/// The class cross-entropy of logits `cls [N, C]` against `classes [N]`: the mean over items.
+pub(crate) fn class_cross_entropy(cls: Tensor<2>, classes: Tensor<1, Int>) -> Tensor<1> {
+    CrossEntropyLossConfig::new()
+        .init(&cls.device())
+        .forward(cls, classes)
+}
+
+/// The loss a step of `mode` trains on: the segmentation losses, plus the class cross-entropy
+/// weighted by `class_weight` when training both tasks.
+pub(crate) fn task_loss(
+    (mode, class_weight): (TaskMode, f64),
+    dice: Tensor<1>,
+    seg_ce: Tensor<1>,
+    class_ce: Tensor<1>,
+) -> Tensor<1> {
+    match mode {
+        TaskMode::Joint => dice + seg_ce + class_ce.mul_scalar(class_weight),
+        TaskMode::SegmentationOnly | TaskMode::ClassificationOnly => dice + seg_ce,
+    }
 }
 
 /// One optimisation step on a batch at the config's learning rate; returns the updated model
@@ -338,8 +351,6 @@ pub fn train_step_parallel(
         if let Some(split) = split.flatten() {
             return super::split_step::split_step(model, optim, (one, config, lr), split);
         }
-    }
-    if let [one] = parts {
         let (grads, terms, finite) = part_gradients(&model, one, config, 1.0, scale);
         *loss_scale = loss_scale.map(|s| s.after(finite));
         return match finite {
