@@ -628,6 +628,43 @@ pub struct TrainBench {
     /// of its rounds, so that a machine whose speed drifts over a run (a shared virtual
     /// machine's) slows both sides alike.
     pub rounds: usize,
+    /// Which backends to measure.
+    pub backends: Backends,
+}
+
+/// The backends a benchmark measures: `cpu`, `wgpu`, `cuda` (burn's), `torch_cpu` and
+/// `torch_cuda` (PyTorch's reference); all that are present unless a list names some (a GPU
+/// machine's prepared run leaves out the CPU figures, which take minutes there).
+#[derive(Debug, Clone, Default)]
+pub struct Backends(Option<Vec<String>>);
+
+impl Backends {
+    /// The names a list may hold.
+    pub const NAMES: [&'static str; 5] = ["cpu", "wgpu", "cuda", "torch_cpu", "torch_cuda"];
+
+    /// Every backend that is present.
+    pub fn all() -> Self {
+        Self(None)
+    }
+
+    /// The backends of a comma-separated `list`; an error names an unknown one.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let names: Vec<String> = list.split(',').map(|n| n.trim().to_string()).collect();
+        match names.iter().find(|n| !Self::NAMES.contains(&n.as_str())) {
+            Some(bad) => Err(format!(
+                "unknown backend {bad:?}: use {}",
+                Self::NAMES.join(", ")
+            )),
+            None => Ok(Self(Some(names))),
+        }
+    }
+
+    /// Whether `name` (its f32 name: `wgpu`, `torch_cuda`) is measured.
+    pub fn wants(&self, name: &str) -> bool {
+        self.0
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name))
+    }
 }
 
 /// The backend's figure name in `precision`: `cpu` in f32, `cpu_f16` in f16.
@@ -660,15 +697,22 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
     } else if bench.software_gpu {
         let lavapipe = Device::wgpu(DeviceKind::DefaultDevice);
         burn_devices.push(("wgpu_software", lavapipe, None));
-    } else {
+    } else if bench.backends.wants("wgpu") {
         notes.push(format!(
             "wgpu skipped: {about} (on lavapipe the first step alone compiles shaders for minutes; --software-gpu measures it)"
         ));
     }
     match cuda {
         Ok(device) => burn_devices.push(("cuda", device, gpu_peak)),
-        Err(why) => notes.push(format!("burn cuda skipped: {why}")),
+        Err(why) if bench.backends.wants("cuda") => notes.push(format!("burn cuda skipped: {why}")),
+        Err(_) => {}
     }
+    // lavapipe's `wgpu_software` is wgpu's.
+    burn_devices.retain(|(name, ..)| {
+        bench
+            .backends
+            .wants(name.strip_suffix("_software").unwrap_or(name))
+    });
     let mut figures = Vec::new();
     for shape in shapes {
         for &precision in &bench.precisions {
@@ -718,6 +762,9 @@ fn train_round(
         out.push((backend, *peak, v));
     }
     for (dev, peak) in [("cpu", torch_peaks.0), ("cuda", torch_peaks.1)] {
+        if !bench.backends.wants(&format!("torch_{dev}")) {
+            continue;
+        }
         let backend = with_precision(&format!("torch_{dev}"), precision);
         match torch_steps_per_s(dev, shape, bench.steps, precision) {
             Ok(Some(v)) => out.push((backend, peak, v)),
@@ -821,26 +868,34 @@ fn predict_seconds(
 /// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu; beside
 /// PyTorch with the same network, windows and weighting (`benches/reference/predict_torch.py`)
 /// on the CPU and CUDA when python3 with torch has them. Figures and notes on what was skipped.
-pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
+pub fn predict(
+    size: usize,
+    backends: &Backends,
+) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
     use crate::model::{MultiTaskUNetConfig, TrainingConfig};
     use burn::prelude::Device;
     let size = size.max(PREDICT_WINDOW);
     let config = TrainingConfig::new(MultiTaskUNetConfig::new(2, 3, 2).with_base_channels(8));
     let name = |backend: &str| format!("predict_s_{size}_{backend}");
-    let cpu = predict_seconds(&config, size, Device::flex())?;
-    let mut figures = vec![fig(name("cpu"), cpu, "s")];
+    let mut figures = Vec::new();
     let mut notes = Vec::new();
+    let cpu = match backends.wants("cpu") {
+        true => Some(predict_seconds(&config, size, Device::flex())?),
+        false => None,
+    };
+    figures.extend(cpu.map(|s| fig(name("cpu"), s, "s")));
     let (device, about) = crate::model::choose_device("auto");
-    if about.starts_with("GPU") {
-        figures.push(fig(
+    match about.starts_with("GPU") {
+        _ if !backends.wants("wgpu") => {}
+        true => figures.push(fig(
             name("wgpu"),
             predict_seconds(&config, size, device)?,
             "s",
-        ));
-    } else {
-        notes.push(format!("wgpu skipped: {about}"));
+        )),
+        false => notes.push(format!("wgpu skipped: {about}")),
     }
     match crate::model::apply::cuda_device() {
+        _ if !backends.wants("cuda") => {}
         Ok(cuda) => figures.push(fig(
             name("cuda"),
             predict_seconds(&config, size, cuda)?,
@@ -853,11 +908,14 @@ pub fn predict(size: usize) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
         ("--window", PREDICT_WINDOW.to_string()),
         ("--overlap", PREDICT_OVERLAP.to_string()),
     ];
-    for dev in ["cpu", "cuda"] {
+    for dev in ["cpu", "cuda"]
+        .into_iter()
+        .filter(|d| backends.wants(&format!("torch_{d}")))
+    {
         match torch_reference("predict_torch.py", dev, &args, "torch_predict_s") {
             Ok(Some(v)) => {
                 figures.push(fig(name(&format!("torch_{dev}")), v, "s"));
-                if dev == "cpu" {
+                if let (Some(cpu), "cpu") = (cpu, dev) {
                     figures.push(fig(format!("predict_time_ratio_{size}_cpu"), cpu / v, "x"));
                 }
             }

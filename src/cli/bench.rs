@@ -91,6 +91,23 @@ pub struct BenchArgs {
     /// median of its rounds, so a machine whose speed drifts slows both sides alike.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// train, predict: only these backends, comma-separated: cpu, wgpu, cuda (burn's),
+    /// torch_cpu, torch_cuda (PyTorch's), e.g. `wgpu,torch_cuda` on a GPU machine (default:
+    /// every one present).
+    #[arg(long)]
+    pub backends: Option<String>,
+}
+
+impl BenchArgs {
+    /// The backends `--backends` names (all present without it).
+    fn backends(&self) -> Result<bench::Backends> {
+        match &self.backends {
+            Some(list) => {
+                bench::Backends::parse(list).map_err(|e| anyhow::anyhow!("--backends: {e}"))
+            }
+            None => Ok(bench::Backends::all()),
+        }
+    }
 }
 
 /// The training benchmark's networks for `--config` (`None`: all on a GPU, else small).
@@ -158,6 +175,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 peak_tflops: args.peak_tflops,
                 precisions,
                 rounds: args.rounds,
+                backends: args.backends()?,
             };
             let (figures, notes) = bench::train(&shapes, &setup);
             let reference = "3D net, 2 sequences, 3 labels; goal: burn on the GPU >= PyTorch eager on the same GPU for each network; on the CPU >= 2x PyTorch";
@@ -165,7 +183,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchKind::Predict => {
-            let (figures, notes) = bench::predict(size)?;
+            let (figures, notes) = bench::predict(size, &args.backends()?)?;
             print_figures(&figures, &notes, "goal predict_s_256_cpu <= 0.5 x predict_s_256_torch_cpu (PyTorch eager, same network, windows, overlap and weighting); the same on a GPU against torch_cuda");
             Ok(())
         }

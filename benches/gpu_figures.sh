@@ -1,0 +1,41 @@
+#!/bin/bash
+# Issue 22's GPU figures in one prepared run on a one-GPU machine whose python3 has PyTorch
+# with CUDA (no Rust toolchain there): burn's wgpu backend beside PyTorch CUDA on the same GPU,
+# for `bench train` (small and nnunet) and `bench predict --size 256`. The CPU figures are left
+# out (they take minutes on a server's CPU and are measured on the 2-core machine).
+#
+# Carried in .dev/ (ignored by git): the release binary, stripped and xz-compressed
+# (mriloop.xz), and the Vulkan loader's Debian package (libvulkan1_*.deb; the driver brings its
+# own ICD). Run from the repository root; logs go to $OUT (default /tmp/gpu_figures).
+set -u
+out=${OUT:-/tmp/gpu_figures}
+mkdir -p "$out"
+for deb in .dev/*.deb; do dpkg -x "$deb" /; done
+ldconfig
+if [ -z "$(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null)" ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+# The binary finds benches/reference at the path it was built in.
+mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
+xz -dc .dev/mriloop.xz >/tmp/mriloop && chmod +x /tmp/mriloop
+export RUST_BACKTRACE=0 XDG_RUNTIME_DIR=/tmp
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$out/gpu.log"
+python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))' | tee -a "$out/gpu.log"
+m=/tmp/mriloop
+# H200 SXM: 67 TFLOP/s of plain f32 arithmetic (datasheet); PyTorch's convolutions use TF32.
+peak=67
+run() { # NAME SECONDS ARGS...: one benchmark, its log kept even if it is stopped.
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: mriloop $*" | tee "$out/$name.log"
+    local t0=$SECONDS
+    timeout "$limit" "$m" "$@" 2>&1 | tee -a "$out/$name.log"
+    echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$out/$name.log"
+}
+run train_small 170 bench train --config small --backends wgpu,torch_cuda --precision f32,f16 \
+    --repeats 40 --rounds 2 --peak-tflops $peak
+run predict_256 120 bench predict --size 256 --backends wgpu,torch_cuda
+run train_nnunet 200 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \
+    --rounds 1 --peak-tflops $peak
+echo "==== summary"
+grep -h "^bench:\|^note:\|^== .*exit" "$out"/train_small.log "$out"/predict_256.log "$out"/train_nnunet.log
