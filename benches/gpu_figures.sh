@@ -5,16 +5,16 @@
 # out (they take minutes on a server's CPU and are measured on the 2-core machine).
 #
 # Carried in .dev/ (ignored by git): the release binary, stripped and xz-compressed
-# (mriloop.xz), and the Vulkan loader's Debian package (libvulkan1_*.deb; the driver brings its
-# own ICD). Run from the repository root; logs go to $OUT (default /tmp/gpu_figures).
+# (mriloop.xz), and the Debian packages of the Vulkan loader and glvnd (libvulkan1, libglvnd0,
+# libglx0, libgl1, libegl1, libopengl0, libgles2: NVIDIA's Vulkan driver lives in its GLX library,
+# which cannot create an instance without glvnd). Run from the repository root; logs go to $OUT (default /tmp/gpu_figures).
 set -u
 out=${OUT:-/tmp/gpu_figures}
 mkdir -p "$out"
 for deb in .dev/*.deb; do dpkg -x "$deb" /; done
 ldconfig
-if [ -z "$(ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d 2>/dev/null)" ]; then
-    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f $icd ] && export VK_DRIVER_FILES=$icd
 # The binary finds benches/reference at the path it was built in.
 mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
 xz -dc .dev/mriloop.xz >/tmp/mriloop && chmod +x /tmp/mriloop
@@ -22,6 +22,12 @@ export RUST_BACKTRACE=0 XDG_RUNTIME_DIR=/tmp
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$out/gpu.log"
 python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))' | tee -a "$out/gpu.log"
 m=/tmp/mriloop
+# Stop early (with the Vulkan loader's errors) if wgpu finds no GPU.
+if VK_LOADER_DEBUG=error,warn $m bench predict --size 32 --backends wgpu 2>&1 | tee "$out/vulkan.log" |
+    grep -q "wgpu skipped"; then
+    cat "$out/vulkan.log"
+    exit 1
+fi
 # H200 SXM: 67 TFLOP/s of plain f32 arithmetic (datasheet); PyTorch's convolutions use TF32.
 peak=67
 run() { # NAME SECONDS ARGS...: one benchmark, its log kept even if it is stopped.
