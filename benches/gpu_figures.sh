@@ -17,6 +17,10 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 [ -f $icd ] && export VK_DRIVER_FILES=$icd
 # The binary finds benches/reference at the path it was built in.
 mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
+if [ -f .dev/gpu_caches.tgz ]; then # kernel caches of an earlier run (see the end)
+    tar xzf .dev/gpu_caches.tgz target/environment
+    mkdir -p "$HOME" && tar xzf .dev/gpu_caches.tgz -C "$HOME" .cache
+fi
 xz -dc .dev/mriloop.xz >/tmp/mriloop && chmod +x /tmp/mriloop
 export RUST_BACKTRACE=0 XDG_RUNTIME_DIR=/tmp
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$out/gpu.log"
@@ -38,10 +42,15 @@ run() { # NAME SECONDS ARGS...: one benchmark, its log kept even if it is stoppe
     timeout "$limit" "$m" "$@" 2>&1 | tee -a "$out/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
-run train_small 170 bench train --config small --backends wgpu,torch_cuda --precision f32,f16 \
-    --repeats 40 --rounds 2 --peak-tflops $peak
-run predict_256 120 bench predict --size 256 --backends wgpu,torch_cuda
-run train_nnunet 200 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \
+run train_small 150 bench train --config small --backends wgpu,torch_cuda --repeats 200 --rounds 2 \
+    --peak-tflops $peak
+run predict_256 100 bench predict --size 256 --backends wgpu,torch_cuda
+run train_small_f16 100 bench train --config small --backends wgpu,torch_cuda --precision f16 \
+    --repeats 100 --rounds 1
+run train_nnunet 150 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \
     --rounds 1 --peak-tflops $peak
+# The kernel caches, to carry to the next machine (.dev/gpu_caches.tgz) so its first steps do
+# not compile and tune for minutes.
+tar czf "$out/gpu_caches.tgz" target/environment -C "$HOME" .cache 2>/dev/null
 echo "==== summary"
-grep -h "^bench:\|^note:\|^== .*exit" "$out"/train_small.log "$out"/predict_256.log "$out"/train_nnunet.log
+grep -h "^bench:\|^note:\|^== .*exit\|^error" "$out"/train_*.log "$out"/predict_256.log

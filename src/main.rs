@@ -105,8 +105,17 @@ struct OpenArgs {
 fn main() -> Result<()> {
     mriloop::model::heap::keep_freed_tensor_memory();
     let Some(command) = Cli::parse().command else {
+        mriloop::model::device_failure::install(mriloop::model::device_failure::OnFailure::Record);
         return open_window(OpenArgs::default());
     };
+    // A headless command whose GPU device thread fails ends with an error instead of waiting
+    // forever; the window records the failure and goes on.
+    use mriloop::model::device_failure::{install, OnFailure};
+    match &command {
+        Command::Open(_) => install(OnFailure::Record),
+        Command::Bench(args) if args.which.in_window() => install(OnFailure::Record),
+        _ => install(OnFailure::Exit),
+    }
     match command {
         Command::Open(args) => open_window(args),
         Command::Phantom(args) => exchange::phantom(args),

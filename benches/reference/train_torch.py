@@ -114,7 +114,12 @@ def main():
             scaler.update()
         return loss.item()
 
-    step()  # warm-up
+    # Warm-up as mriloop's bench: 3 steps (Adam's first differs), on a GPU at least 3 s.
+    t = time.perf_counter()
+    done = 0
+    while done < 3 or (dev.type == "cuda" and time.perf_counter() - t < 3.0):
+        step()
+        done += 1
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()

@@ -15,7 +15,8 @@
 //! weights, the f16 loss scale), `split` (validation cases stratified by class and covering the
 //! labels), `prompt`, `prompt_train` and `prompt_infer` (the promptable network's guidance
 //! channels, its training with a simulated user, prompted prediction on a local window and the
-//! robot user's sessions). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on
+//! robot user's sessions), `device_failure` (a panic on burn's GPU device threads recorded, and
+//! a headless command ended with it, instead of a silent hang). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on
 //! the CPU, or `wgpu` on the GPU.
 
 pub mod apply;
@@ -24,6 +25,7 @@ pub mod budget;
 pub mod conv;
 pub(crate) mod conv_simd;
 pub mod data;
+pub mod device_failure;
 pub mod fingerprint;
 pub mod fit;
 pub mod heap;

@@ -1,0 +1,105 @@
+//! A failure on burn's GPU device threads, made visible instead of a silent hang.
+//!
+//! burn (through cubecl) runs each device's work on service threads of its own, named
+//! `DSU-…`/`DSD-…`. A task that panics there is caught and only logged, and whatever waits for
+//! its results waits forever: on an H200, a 128³ training step's matrix product asked Vulkan for
+//! more workgroups than it allows, panicked inside burn's autotuning, and the step never
+//! returned. [`install`] chains a panic hook that records the first such failure
+//! ([`failure`]) and, for a headless command ([`OnFailure::Exit`]), ends the process with an
+//! error naming it.
+//!
+//! Invariants: the hook that was there before still runs for every panic; only panics on the
+//! device threads are recorded; the hook is installed once per process (later calls keep the
+//! first action).
+
+use std::sync::{Once, OnceLock};
+
+/// What the hook does when a device thread panics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Record it for [`failure`] (the window: the user's work goes on).
+    Record,
+    /// Record it, print an error naming it and exit with status 3 (a headless command, which
+    /// could only wait forever).
+    Exit,
+}
+
+/// Exit status of a headless command whose GPU device thread failed.
+pub const EXIT_STATUS: i32 = 3;
+
+static FAILURE: OnceLock<String> = OnceLock::new();
+static INSTALL: Once = Once::new();
+
+/// The first failure recorded on a device thread: the thread's name and the panic's message.
+pub fn failure() -> Option<&'static str> {
+    FAILURE.get().map(String::as_str)
+}
+
+/// Whether `thread` is one of burn's device service threads.
+fn is_device_thread(thread: &str) -> bool {
+    thread.starts_with("DSU-") || thread.starts_with("DSD-")
+}
+
+/// Install the hook (once per process; later calls do nothing).
+pub fn install(on_failure: OnFailure) {
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let current = std::thread::current();
+            let Some(thread) = current.name().filter(|n| is_device_thread(n)) else {
+                return;
+            };
+            let message = panic_message(info.payload());
+            let _ = FAILURE.set(format!("{thread}: {message}"));
+            if on_failure == OnFailure::Exit {
+                eprintln!(
+                    "error: the GPU backend failed on its device thread {thread} and this command \
+                     cannot finish: {message}\nRun it on the CPU (--backend cpu), or with \
+                     smaller patches or batches."
+                );
+                std::process::exit(EXIT_STATUS);
+            }
+        }));
+    });
+}
+
+/// A panic payload's message (a `&str` or `String` payload; otherwise a placeholder).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => s.trim().to_string(),
+        (_, Some(s)) => s.trim().to_string(),
+        _ => "a panic without a message".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn panic_on(name: &str, message: &'static str) {
+        let thread = std::thread::Builder::new().name(name.to_string());
+        let joined = thread.spawn(move || panic!("{message}")).unwrap().join();
+        assert!(joined.is_err());
+    }
+
+    #[test]
+    fn a_panic_on_a_device_thread_is_recorded_and_others_are_not() {
+        install(OnFailure::Record);
+        panic_on("worker-7", "not the device's");
+        assert_eq!(failure(), None);
+        panic_on("DSD-4-0", "Cube count too big (131072, 108, 1)");
+        assert_eq!(
+            failure(),
+            Some("DSD-4-0: Cube count too big (131072, 108, 1)")
+        );
+        panic_on("DSU-4-0", "a later one");
+        assert_eq!(
+            failure(),
+            Some("DSD-4-0: Cube count too big (131072, 108, 1)")
+        );
+    }
+}
