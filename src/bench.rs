@@ -883,7 +883,9 @@ fn predict_seconds(
 /// base 8, depth 3, 3 labels; 32³ windows overlapping by half, Gaussian-weighted; arg-max labels
 /// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu; beside
 /// PyTorch with the same network, windows and weighting (`benches/reference/predict_torch.py`)
-/// on the CPU and CUDA when python3 with torch has them. Figures and notes on what was skipped.
+/// on the CPU and CUDA when python3 with torch has them, stacking as many windows per forward
+/// pass as burn does there (one on the CPU; on a GPU `gpu_windows_per_pass`). Figures and
+/// notes on what was skipped.
 pub fn predict(
     size: usize,
     backends: &Backends,
@@ -924,10 +926,15 @@ pub fn predict(
         ("--window", PREDICT_WINDOW.to_string()),
         ("--overlap", PREDICT_OVERLAP.to_string()),
     ];
+    // PyTorch stacks as many windows per forward pass as burn does on that device.
+    let gpu_batch = crate::model::inference::gpu_windows_per_pass([PREDICT_WINDOW; 3]);
     for dev in ["cpu", "cuda"]
         .into_iter()
         .filter(|d| backends.wants(&format!("torch_{d}")))
     {
+        let batch = if dev == "cuda" { gpu_batch } else { 1 };
+        let mut args = args.to_vec();
+        args.push(("--window-batch", batch.to_string()));
         match torch_reference("predict_torch.py", dev, &args, "torch_predict_s") {
             Ok(Some(v)) => {
                 figures.push(fig(name(&format!("torch_{dev}")), v, "s"));

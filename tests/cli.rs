@@ -549,6 +549,44 @@ fn bench_predict_prints_burns_figure_beside_the_reference_and_says_what_it_skipp
 }
 
 #[test]
+fn bench_backends_measures_only_the_named_ones() {
+    // burn's CPU alone: no PyTorch figure and no note about PyTorch or the GPU (the
+    // `reference:` line names them all).
+    let out = mriloop_ok(&["bench", "predict", "--size", "32", "--backends", "cpu"]);
+    assert!(out.contains("bench: predict_s_32_cpu = "), "{out}");
+    let measured = |out: &str| {
+        out.lines()
+            .filter(|l| l.starts_with("bench:") || l.starts_with("note:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    for absent in ["torch", "PyTorch", "wgpu", "cuda"] {
+        assert!(!measured(&out).contains(absent), "{absent}: {out}");
+    }
+    let out = mriloop_ok(&[
+        "bench",
+        "train",
+        "--config",
+        "small",
+        "--repeats",
+        "1",
+        "--rounds",
+        "1",
+        "--backends",
+        "cpu",
+    ]);
+    assert!(
+        out.contains("bench: train_steps_per_s_cpu_small = "),
+        "{out}"
+    );
+    assert!(!out.contains("torch"), "{out}");
+    let refused = mriloop(&["bench", "train", "--backends", "cpu,gpu"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("unknown backend \"gpu\""), "{err}");
+}
+
+#[test]
 fn bench_train_prints_steps_flops_and_utilisation_per_network() {
     let out = mriloop_ok(&[
         "bench",

@@ -2,9 +2,11 @@
 size^3 case with the network of train_torch.py (the same multi-task residual U-Net), the same
 windows (window^3, step window * (1 - overlap), the last window flush with the far edge), the
 same Gaussian weighting (sigma = window / 8, floored at 1e-3) and the same outputs (arg-max
-labels and the foreground probability), one window at a time, random weights and data.
+labels and the foreground probability), --window-batch windows per forward pass (1: one at a
+time, as nnU-Net's predictor), random weights and data.
 
 Usage: python3 predict_torch.py --device cpu|cuda --size 256 --window 32 --overlap 0.5 --threads 2
+       [--window-batch 16]
 Prints one line: `torch_predict_s = V` (seconds for the whole volume, after a warm-up window).
 """
 import argparse
@@ -34,7 +36,7 @@ def gaussian(window):
     return torch.exp(-(((i - c) / sigma) ** 2) / 2).clamp(min=1e-3)
 
 
-def predict(net, x, window, overlap, labels):
+def predict(net, x, window, overlap, labels, window_batch=1):
     n = x.shape[-1]
     step = int(window * (1 - min(max(overlap, 0.0), 0.9)))
     g = gaussian(window).to(x.device)
@@ -42,13 +44,14 @@ def predict(net, x, window, overlap, labels):
     acc = torch.zeros(labels, n, n, n, device=x.device)
     wsum = torch.zeros(n, n, n, device=x.device)
     s = starts(n, window, step)
-    for z in s:
-        for y in s:
-            for x0 in s:
-                part = x[:, :, z:z + window, y:y + window, x0:x0 + window]
-                probs = net(part)[0].softmax(1)[0]
-                acc[:, z:z + window, y:y + window, x0:x0 + window] += probs * weight
-                wsum[z:z + window, y:y + window, x0:x0 + window] += weight
+    origins = [(z, y, x0) for z in s for y in s for x0 in s]
+    for first in range(0, len(origins), max(window_batch, 1)):
+        chunk = origins[first:first + max(window_batch, 1)]
+        parts = [x[:, :, z:z + window, y:y + window, x0:x0 + window] for z, y, x0 in chunk]
+        probs = net(torch.cat(parts))[0].softmax(1)
+        for p, (z, y, x0) in zip(probs, chunk):
+            acc[:, z:z + window, y:y + window, x0:x0 + window] += p * weight
+            wsum[z:z + window, y:y + window, x0:x0 + window] += weight
     mean = acc / wsum
     return mean.argmax(0).to(torch.uint8), 1 - mean[0]
 
@@ -62,6 +65,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)
+    ap.add_argument("--window-batch", type=int, default=1)
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -75,7 +79,7 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        mask, fg = predict(net, x, a.window, a.overlap, labels)
+        mask, fg = predict(net, x, a.window, a.overlap, labels, a.window_batch)
         mask.cpu()
         fg.cpu()
         if dev.type == "cuda":

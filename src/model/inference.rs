@@ -6,8 +6,9 @@
 //!
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
 //! zero-padded; windows never read outside the volume; working memory beyond the output is
-//! bounded by the window (a ring of z-planes, and at most 4 windows in flight on the CPU), not
-//! by the volume; windows predicted at once land as if predicted one by one, in order.
+//! bounded by the window (a ring of z-planes, and at most 4 windows in flight on the CPU, one
+//! pass of up to 16 stacked windows on a GPU), not by the volume; windows predicted at once
+//! land as if predicted one by one, in order.
 
 use super::model::MultiTaskUNet;
 use crate::volume::{Affine, Volume, VolumeError};
@@ -47,19 +48,37 @@ fn gaussian(window: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The voxels of a `[wx, wy, wz]` box at `origin` (may stick out: zero-filled), as one
-/// `[1, C, wz, wy, wx]` tensor.
+/// The voxels of a `[wx, wy, wz]` box at each of `origins` (may stick out: zero-filled), as one
+/// `[origins, C, wz, wy, wx]` tensor.
 fn window_tensor(
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    origins: &[[i64; 3]],
+    window: [usize; 3],
+    device: &Device,
+) -> Tensor<5> {
+    let [wx, wy, wz] = window;
+    let c = channels.len();
+    let mut input = vec![0f32; origins.len() * c * wx * wy * wz];
+    let chunk = (c * wx * wy * wz).max(1);
+    for (item, &origin) in input.chunks_mut(chunk).zip(origins) {
+        fill_window(item, channels, dims, origin, window);
+    }
+    let shape = [origins.len(), c, wz, wy, wx];
+    Tensor::<5>::from_data(TensorData::new(input, shape), device)
+}
+
+/// Copy the box of `window` voxels at `origin` of every channel into `item` (`[C, wz, wy, wx]`,
+/// zero where the box sticks out of the grid `dims`).
+fn fill_window(
+    item: &mut [f32],
     channels: &[Vec<f32>],
     dims: [usize; 3],
     origin: [i64; 3],
     window: [usize; 3],
-    device: &Device,
-) -> Tensor<5> {
+) {
     let [nx, ny, nz] = dims;
     let [wx, wy, wz] = window;
-    let c = channels.len();
-    let mut input = vec![0f32; c * wx * wy * wz];
     for (ci, ch) in channels.iter().enumerate() {
         for k in 0..wz {
             let z = origin[2] + k as i64;
@@ -77,12 +96,11 @@ fn window_tensor(
                         continue;
                     }
                     let src = x as usize + nx * (y as usize + ny * z as usize);
-                    input[((ci * wz + k) * wy + j) * wx + i] = ch[src];
+                    item[((ci * wz + k) * wy + j) * wx + i] = ch[src];
                 }
             }
         }
     }
-    Tensor::<5>::from_data(TensorData::new(input, [1, c, wz, wy, wx]), device)
 }
 
 /// What the class head looks at: a centre crop of `window` voxels of the volume averaged over
@@ -116,7 +134,7 @@ pub fn classify_volume(
     };
     let window = view.window;
     let origin = [0, 1, 2].map(|a| dims[a] as i64 / 2 - window[a] as i64 / 2);
-    let x = window_tensor(&coarse, dims, origin, window, device);
+    let x = window_tensor(&coarse, dims, &[origin], window, device);
     softmax(model.forward_class(x), 1)
         .try_into_vec_as::<f32>()
         .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
@@ -155,6 +173,20 @@ pub fn segment_volume(
     overlap: f32,
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
+    let batching = Batching::for_device(device, window);
+    segment_volume_in(model, channels, dims, (window, overlap), batching, device)
+}
+
+/// [`segment_volume`] with the windows of `tiling` (size, overlap) predicted as `batching` says.
+fn segment_volume_in(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    tiling: ([usize; 3], f32),
+    batching: Batching,
+    device: &Device,
+) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
+    let (window, overlap) = tiling;
     let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
@@ -180,13 +212,15 @@ pub fn segment_volume(
                     .map(move |x0| [x0, y0, z0])
             })
             .collect();
-        for chunk in origins.chunks(windows_in_flight(device)) {
-            let results: Vec<Result<Vec<f32>, VolumeError>> = chunk
-                .par_iter()
-                .map(|&o| predict_window(model, channels, dims, o, window, device))
+        for chunk in origins.chunks(batching.passes * batching.windows) {
+            let passes: Vec<Result<Vec<Vec<f32>>, VolumeError>> = chunk
+                .par_chunks(batching.windows)
+                .map(|pass| predict_windows(model, channels, dims, pass, window, device))
                 .collect();
-            for (probs, &origin_vox) in results.into_iter().zip(chunk) {
-                ring.add_window(&probs?, origin_vox, window, &g);
+            for (probs, pass) in passes.into_iter().zip(chunk.chunks(batching.windows)) {
+                for (probs, &origin_vox) in probs?.iter().zip(pass) {
+                    ring.add_window(probs, origin_vox, window, &g);
+                }
             }
         }
     }
@@ -197,36 +231,74 @@ pub fn segment_volume(
     Ok((mask, fg))
 }
 
-/// How many windows to predict at once: on the CPU one per thread of the current rayon pool,
-/// at most `MAX_WINDOWS_IN_FLIGHT` (the CPU backend leaves parts of a forward pass to one
-/// core; two windows in flight on two cores took `bench predict --size 96` from 4.8 to 3.7 s);
-/// on a GPU one (it queues them anyway).
-fn windows_in_flight(device: &Device) -> usize {
-    match *device == Device::flex() {
-        true => rayon::current_num_threads().clamp(1, MAX_WINDOWS_IN_FLIGHT),
-        false => 1,
+/// How windows are predicted: `passes` forward passes at once, each of `windows` windows
+/// stacked into one batch (instance norms are per item, so a batch predicts each window as
+/// alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batching {
+    /// Forward passes at once (threads of the rayon pool).
+    passes: usize,
+    /// Windows per forward pass.
+    windows: usize,
+}
+
+impl Batching {
+    /// On the CPU one window per pass and one pass per thread of the current rayon pool, at
+    /// most [`MAX_WINDOWS_IN_FLIGHT`] (the CPU backend leaves parts of a forward pass to one
+    /// core; two windows in flight on two cores took `bench predict --size 96` from 4.8 to
+    /// 3.7 s). On a GPU one pass at a time of as many windows as fit [`GPU_PASS_VOXELS`], at
+    /// most [`MAX_GPU_WINDOWS`]: a window alone is a few hundred small kernels and a read-back,
+    /// too little work for a GPU (one 32³ window at a time, an H200 took 21.2 s for a 256³
+    /// case, PyTorch 12.4 s).
+    fn for_device(device: &Device, window: [usize; 3]) -> Self {
+        match *device == Device::flex() {
+            true => Self {
+                passes: rayon::current_num_threads().clamp(1, MAX_WINDOWS_IN_FLIGHT),
+                windows: 1,
+            },
+            false => Self {
+                passes: 1,
+                windows: gpu_windows_per_pass(window),
+            },
+        }
     }
+}
+
+/// Windows of `window` voxels stacked into one forward pass on a GPU (see [`Batching`]).
+pub fn gpu_windows_per_pass(window: [usize; 3]) -> usize {
+    (GPU_PASS_VOXELS / window.iter().product::<usize>().max(1)).clamp(1, MAX_GPU_WINDOWS)
 }
 
 /// The most windows predicted at once on the CPU: each holds its own activations (a few
 /// hundred MB for a 96³ window of a GPU-planned network).
 const MAX_WINDOWS_IN_FLIGHT: usize = 4;
 
-/// Segmentation probabilities of the window of `window` voxels at `origin_vox` (voxel indices
-/// of its first corner), laid out `[label][k][j][i]`, i fastest.
-fn predict_window(
+/// Voxels of the windows stacked into one GPU forward pass (sixteen 32³ windows; one window
+/// of 80³ or more goes alone).
+const GPU_PASS_VOXELS: usize = 16 * 32 * 32 * 32;
+
+/// The most windows in one GPU forward pass.
+const MAX_GPU_WINDOWS: usize = 16;
+
+/// Segmentation probabilities of the windows of `window` voxels at `origins_vox` (voxel indices
+/// of their first corners), predicted in one forward pass; each laid out `[label][k][j][i]`, i
+/// fastest.
+fn predict_windows(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
     dims: [usize; 3],
-    origin_vox: [usize; 3],
+    origins_vox: &[[usize; 3]],
     window: [usize; 3],
     device: &Device,
-) -> Result<Vec<f32>, VolumeError> {
-    let x = window_tensor(channels, dims, origin_vox.map(|v| v as i64), window, device);
+) -> Result<Vec<Vec<f32>>, VolumeError> {
+    let origins: Vec<[i64; 3]> = origins_vox.iter().map(|o| o.map(|v| v as i64)).collect();
+    let x = window_tensor(channels, dims, &origins, window, device);
     let (seg, _) = model.forward(x);
-    softmax(seg, 1)
+    let probs = softmax(seg, 1)
         .try_into_vec_as::<f32>()
-        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
+        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))?;
+    let each = probs.len() / origins.len().max(1);
+    Ok(probs.chunks(each.max(1)).map(<[f32]>::to_vec).collect())
 }
 
 /// Gaussian-weighted sums of window predictions over a ring of `depth` z-planes of the grid:
@@ -310,5 +382,77 @@ impl PlaneRing {
                 a[ring + v] = 0.0;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MultiTaskUNetConfig;
+
+    #[test]
+    fn windows_stacked_in_one_pass_predict_as_one_by_one() {
+        let device = Device::flex();
+        let model = MultiTaskUNetConfig::new(2, 3, 2)
+            .with_base_channels(4)
+            .with_depth(2)
+            .init(&device);
+        // A grid whose edges cut windows short (zero-padded) and an uneven last pass (7 = 3+3+1
+        // windows per z-plane row of passes).
+        let dims = [30, 22, 26];
+        let n = dims.iter().product::<usize>();
+        let channels: Vec<Vec<f32>> = (0..2)
+            .map(|c| {
+                (0..n)
+                    .map(|i| ((i * (7 + c)) % 23) as f32 / 11.0 - 1.0)
+                    .collect()
+            })
+            .collect();
+        let tiling = ([16, 16, 16], 0.5);
+        let one = Batching {
+            passes: 1,
+            windows: 1,
+        };
+        let stacked = Batching {
+            passes: 2,
+            windows: 3,
+        };
+        let (mask_one, fg_one) =
+            segment_volume_in(&model, &channels, dims, tiling, one, &device).unwrap();
+        let (mask_stacked, fg_stacked) =
+            segment_volume_in(&model, &channels, dims, tiling, stacked, &device).unwrap();
+        let worst = fg_one
+            .iter()
+            .zip(&fg_stacked)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "foreground probabilities differ by {worst}");
+        let differing = mask_one
+            .iter()
+            .zip(&mask_stacked)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(differing * 10_000 <= n, "{differing} of {n} labels differ");
+        // The weights are random but not degenerate: the prediction varies over the volume.
+        let spread =
+            fg_one.iter().fold(0f32, |m, v| m.max(*v)) - fg_one.iter().fold(1f32, |m, v| m.min(*v));
+        assert!(spread > 1e-3, "a flat prediction proves nothing ({spread})");
+    }
+
+    #[test]
+    fn a_gpu_stacks_small_windows_and_a_cpu_spreads_them_over_threads() {
+        let cpu = Batching::for_device(&Device::flex(), [32; 3]);
+        assert_eq!(cpu.windows, 1);
+        assert!(cpu.passes >= 1 && cpu.passes <= MAX_WINDOWS_IN_FLIGHT);
+        let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+        assert_eq!(
+            Batching::for_device(&gpu, [32; 3]),
+            Batching {
+                passes: 1,
+                windows: 16
+            }
+        );
+        assert_eq!(Batching::for_device(&gpu, [64; 3]).windows, 2);
+        assert_eq!(Batching::for_device(&gpu, [96; 3]).windows, 1);
     }
 }
