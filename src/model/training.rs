@@ -217,42 +217,73 @@ impl LossTerms {
     }
 }
 
+/// A step's loss terms still on its device, `[total, dice, seg_ce, class_ce]` in one tensor:
+/// read with one transfer once the step's backward pass and update are queued (on a GPU, four
+/// reads before the backward pass made the host wait for the forward pass four times, and
+/// queue the backward pass only then).
+pub(crate) struct PendingTerms {
+    mode: TaskMode,
+    values: Tensor<1>,
+}
+
+impl PendingTerms {
+    /// The host values (waits for the device; NaN if it cannot be read).
+    pub(crate) fn read(self) -> LossTerms {
+        let v: Vec<f32> = self.values.try_into_vec_as::<f32>().unwrap_or_default();
+        let at = |i: usize| v.get(i).map_or(f64::NAN, |x| f64::from(*x));
+        LossTerms {
+            mode: self.mode,
+            total: at(0),
+            dice: at(1),
+            seg_ce: at(2),
+            class_ce: at(3),
+        }
+    }
+}
+
 /// The weighted loss of a batch and its terms, the network run in `precision` (the losses in
 /// f32).
 pub fn batch_loss(
     model: &MultiTaskUNet,
     batch: &Batch,
-    (mode, class_weight): (TaskMode, f64),
+    task: (TaskMode, f64),
     precision: Precision,
 ) -> (Tensor<1>, LossTerms) {
+    let (loss, terms) = batch_loss_pending(model, batch, task, precision);
+    (loss, terms.read())
+}
+
+/// [`batch_loss`] with its terms left on the device.
+pub(crate) fn batch_loss_pending(
+    model: &MultiTaskUNet,
+    batch: &Batch,
+    (mode, class_weight): (TaskMode, f64),
+    precision: Precision,
+) -> (Tensor<1>, PendingTerms) {
     let class_ce_of = |cls: Tensor<2>| class_cross_entropy(cls, batch.classes.clone());
-    let value = |t: &Tensor<1>| f64::from(t.clone().into_scalar::<f32>());
+    let pending = |parts: [&Tensor<1>; 4]| PendingTerms {
+        mode,
+        values: Tensor::cat(parts.iter().map(|t| (*t).clone().detach()).collect(), 0),
+    };
     if mode == TaskMode::ClassificationOnly {
         // The decoder's output would be thrown away: the encoder alone.
         let class_ce = class_ce_of(model.forward_class(precision.cast_input(batch.images.clone())));
-        let terms = LossTerms {
-            mode,
-            total: value(&class_ce),
-            dice: 0.0,
-            seg_ce: 0.0,
-            class_ce: value(&class_ce),
-        };
+        let zero = class_ce.zeros_like();
+        let terms = pending([&class_ce, &zero, &zero, &class_ce]);
         return (class_ce, terms);
     }
     let (seg, cls) = model.forward(precision.cast_input(batch.images.clone()));
     let seg = cast_to(seg, burn::tensor::FloatDType::F32);
     let (dice, seg_ce) = segmentation_losses(seg, batch.masks.clone(), batch.weights.clone());
     let class_ce = class_ce_of(cls);
-    let terms = LossTerms {
-        mode,
-        total: 0.0,
-        dice: value(&dice),
-        seg_ce: value(&seg_ce),
-        class_ce: value(&class_ce),
-    };
-    let total = task_loss((mode, class_weight), dice, seg_ce, class_ce);
-    let t = value(&total);
-    (total, LossTerms { total: t, ..terms })
+    let total = task_loss(
+        (mode, class_weight),
+        dice.clone(),
+        seg_ce.clone(),
+        class_ce.clone(),
+    );
+    let terms = pending([&total, &dice, &seg_ce, &class_ce]);
+    (total, terms)
 }
 
 /// The class cross-entropy of logits `cls [N, C]` against `classes [N]`: the mean over items.
@@ -313,9 +344,9 @@ fn part_gradients(
     config: &TrainingConfig,
     share: f64,
     scale: Option<f32>,
-) -> (GradientsParams, LossTerms, bool) {
+) -> (GradientsParams, PendingTerms, bool) {
     let task = (config.mode, config.class_weight);
-    let (loss, terms) = batch_loss(model, part, task, config.precision);
+    let (loss, terms) = batch_loss_pending(model, part, task, config.precision);
     let factor = share * f64::from(scale.unwrap_or(1.0));
     let loss = match factor == 1.0 {
         true => loss,
@@ -353,10 +384,11 @@ pub fn train_step_parallel(
         }
         let (grads, terms, finite) = part_gradients(&model, one, config, 1.0, scale);
         *loss_scale = loss_scale.map(|s| s.after(finite));
-        return match finite {
-            true => (optim.step(lr, model, grads), terms),
-            false => (model, terms),
+        let model = match finite {
+            true => optim.step(lr, model, grads),
+            false => model,
         };
+        return (model, terms.read());
     }
     let total: usize = parts.iter().map(|b| b.images.dims()[0]).sum();
     let outputs: Vec<_> = std::thread::scope(|scope| {
@@ -369,7 +401,7 @@ pub fn train_step_parallel(
                     let share = part.images.dims()[0] as f64 / total.max(1) as f64;
                     let (grads, terms, finite) =
                         part_gradients(&replica, part, config, share, scale);
-                    (grads, device, terms, share, finite)
+                    (grads, device, terms.read(), share, finite)
                 })
             })
             .collect();
