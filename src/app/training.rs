@@ -134,6 +134,9 @@ pub struct ActiveRun {
     pub label_names: Vec<String>,
     /// When a run with a time budget ends (it is paced to end then).
     pub deadline: Option<Instant>,
+    /// Failures on burn's device threads before it started (`model::device_failure`): one
+    /// after it means the run waits forever, so it is reported failed.
+    pub device_failures_at_start: u64,
 }
 
 impl ActiveRun {
@@ -396,6 +399,7 @@ impl MriloopApp {
             epoch: 0,
             epochs,
             label_names: Vec::new(),
+            device_failures_at_start: crate::model::device_failure::failures(),
             deadline: s
                 .minutes
                 .filter(|m| m.is_finite() && *m > 0.0)
@@ -526,6 +530,9 @@ impl MriloopApp {
                         break;
                     }
                 }
+            }
+            if finished.is_none() {
+                finished = device_failed(run.device_failures_at_start).map(Err);
             }
         }
         finished
@@ -1044,6 +1051,19 @@ fn versions_table(ui: &mut egui::Ui, project: &crate::project::Project, out: &mu
                     }
                 });
         });
+}
+
+/// The training run's failure if burn's device threads failed since `count`
+/// (`model::device_failure`): the run's thread waits for them forever and sends nothing more.
+fn device_failed(count: u64) -> Option<WorkerError> {
+    let failure = crate::model::device_failure::failure_since(count)?;
+    Some(WorkerError::Failed {
+        worker: "the training run".into(),
+        message: format!(
+            "the GPU backend failed ({failure}) and the run cannot go on; train on the CPU, or \
+             with smaller patches or batches"
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -4,15 +4,16 @@
 //! `DSU-…`/`DSD-…`. A task that panics there is caught and only logged, and whatever waits for
 //! its results waits forever: on an H200, a 128³ training step's matrix product asked Vulkan for
 //! more workgroups than it allows, panicked inside burn's autotuning, and the step never
-//! returned. [`install`] chains a panic hook that records the first such failure
-//! ([`failure`]) and, for a headless command ([`OnFailure::Exit`]), ends the process with an
-//! error naming it.
+//! returned. [`install`] chains a panic hook that counts such failures and keeps the last one
+//! ([`failures`], [`failure_since`]: the window ends a run that was going when one came) and,
+//! for a headless command ([`OnFailure::Exit`]), ends the process with an error naming it.
 //!
 //! Invariants: the hook that was there before still runs for every panic; only panics on the
-//! device threads are recorded; the hook is installed once per process (later calls keep the
-//! first action).
+//! device threads are counted; the count only grows; the hook is installed once per process
+//! (later calls keep the first action).
 
-use std::sync::{Once, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
 
 /// What the hook does when a device thread panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,12 +28,34 @@ pub enum OnFailure {
 /// Exit status of a headless command whose GPU device thread failed.
 pub const EXIT_STATUS: i32 = 3;
 
-static FAILURE: OnceLock<String> = OnceLock::new();
+static COUNT: AtomicU64 = AtomicU64::new(0);
+static LAST: Mutex<Option<String>> = Mutex::new(None);
 static INSTALL: Once = Once::new();
 
-/// The first failure recorded on a device thread: the thread's name and the panic's message.
-pub fn failure() -> Option<&'static str> {
-    FAILURE.get().map(String::as_str)
+/// How many device-thread failures were recorded so far (a run notes it when it starts).
+pub fn failures() -> u64 {
+    COUNT.load(Ordering::Acquire)
+}
+
+/// The last failure (the thread's name and the panic's message) if any came after `count`
+/// ([`failures`] when the caller started).
+pub fn failure_since(count: u64) -> Option<String> {
+    if failures() <= count {
+        return None;
+    }
+    let last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    last.clone()
+}
+
+/// Record a failure on `thread`.
+fn record(thread: &str, message: &str) {
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    *last = Some(format!("{thread}: {message}"));
+    COUNT.fetch_add(1, Ordering::Release);
 }
 
 /// Whether `thread` is one of burn's device service threads.
@@ -51,7 +74,7 @@ pub fn install(on_failure: OnFailure) {
                 return;
             };
             let message = panic_message(info.payload());
-            let _ = FAILURE.set(format!("{thread}: {message}"));
+            record(thread, &message);
             if on_failure == OnFailure::Exit {
                 eprintln!(
                     "error: the GPU backend failed on its device thread {thread} and this command \
@@ -89,17 +112,20 @@ mod tests {
     #[test]
     fn a_panic_on_a_device_thread_is_recorded_and_others_are_not() {
         install(OnFailure::Record);
+        let start = failures();
         panic_on("worker-7", "not the device's");
-        assert_eq!(failure(), None);
+        assert_eq!(failure_since(start), None);
         panic_on("DSD-4-0", "Cube count too big (131072, 108, 1)");
-        assert_eq!(
-            failure(),
-            Some("DSD-4-0: Cube count too big (131072, 108, 1)")
-        );
+        let first = failure_since(start);
+        let expected = "DSD-4-0: Cube count too big (131072, 108, 1)";
+        assert_eq!(first.as_deref(), Some(expected));
+        // A run started after it sees nothing until the next one.
+        let later = failures();
+        assert_eq!(failure_since(later), None);
         panic_on("DSU-4-0", "a later one");
         assert_eq!(
-            failure(),
-            Some("DSD-4-0: Cube count too big (131072, 108, 1)")
+            failure_since(later).as_deref(),
+            Some("DSU-4-0: a later one")
         );
     }
 }
