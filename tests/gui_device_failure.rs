@@ -7,11 +7,9 @@
 
 mod window;
 
-use mriloop::app::training::{TrainCommand, TrainSettings};
+use mriloop::app::training::TrainCommand;
 use mriloop::app::Command;
 use mriloop::model::device_failure::{install, OnFailure};
-use mriloop::model::planned::PlanOverrides;
-use mriloop::model::TaskMode;
 
 #[test]
 fn a_device_thread_failure_ends_the_run_and_tells_the_user() {
@@ -19,24 +17,7 @@ fn a_device_thread_failure_ends_the_run_and_tells_the_user() {
     let dir = tempfile::tempdir().unwrap();
     let root = window::phantom_demo_copy(dir.path());
     let mut h = window::open_project(&root, [1280.0, 900.0]);
-    let settings = TrainSettings {
-        fine_tune: false,
-        choices: PlanOverrides {
-            epochs: Some(1),
-            steps_per_epoch: Some(400),
-            patch: Some(16),
-            batch: Some(1),
-            class_window: Some(32),
-            base_channels: Some(4),
-            ..PlanOverrides::default()
-        },
-        sequences: vec!["T1".into(), "T2".into()],
-        mode: TaskMode::SegmentationOnly,
-        backend: "cpu".into(),
-        only_reviewed: false,
-        reinfer_after: false,
-        ..TrainSettings::default()
-    };
+    let settings = window::short_cpu_run();
     h.state_mut()
         .push(Command::Train(TrainCommand::Settings(settings)));
     h.state_mut().push(Command::Train(TrainCommand::Start));

@@ -28,25 +28,7 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let root = window::phantom_demo_copy(dir.path());
     let mut h = window::open_project(&root, [1280.0, 900.0]);
-    let settings = TrainSettings {
-        fine_tune: false,
-        choices: PlanOverrides {
-            epochs: Some(1),
-            steps_per_epoch: Some(400),
-            patch: Some(16),
-            batch: Some(1),
-            class_window: Some(32),
-            base_channels: Some(4),
-            spacing_mm: None,
-            class_every: None,
-        },
-        sequences: vec!["T1".into(), "T2".into()],
-        mode: TaskMode::SegmentationOnly,
-        backend: "cpu".into(),
-        only_reviewed: false,
-        reinfer_after: false,
-        ..TrainSettings::default()
-    };
+    let settings = window::short_cpu_run();
     h.state_mut()
         .push(Command::Train(TrainCommand::Settings(settings)));
     h.state_mut()

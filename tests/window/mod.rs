@@ -128,3 +128,28 @@ pub fn largest_region_centre(
         .vox_to_mm(glam::DVec3::from_array(centre.map(|c| c as f64)));
     (region, centre, mm)
 }
+
+/// A short segmentation run on the CPU from the training panel: one epoch of 400 steps of 16³
+/// patches of T1 and T2, batch 1, base 4 (the run goes on while a test looks at the window).
+pub fn short_cpu_run() -> mriloop::app::training::TrainSettings {
+    use mriloop::model::planned::PlanOverrides;
+    mriloop::app::training::TrainSettings {
+        fine_tune: false,
+        choices: PlanOverrides {
+            epochs: Some(1),
+            steps_per_epoch: Some(400),
+            patch: Some(16),
+            batch: Some(1),
+            class_window: Some(32),
+            base_channels: Some(4),
+            spacing_mm: None,
+            class_every: None,
+        },
+        sequences: vec!["T1".into(), "T2".into()],
+        mode: mriloop::model::TaskMode::SegmentationOnly,
+        backend: "cpu".into(),
+        only_reviewed: false,
+        reinfer_after: false,
+        ..Default::default()
+    }
+}
