@@ -854,7 +854,8 @@ const PREDICT_WINDOW: usize = 32;
 const PREDICT_OVERLAP: f32 = 0.5;
 
 /// Seconds burn takes on `device` to predict a `size`³ case of two sequences with the shipped
-/// network (random weights: the time does not depend on them), after one warm-up window.
+/// network (random weights: the time does not depend on them), after warming up on a single
+/// window and on a case of full passes (a GPU's stacked windows are other shapes to compile).
 fn predict_seconds(
     config: &crate::model::TrainingConfig,
     size: usize,
@@ -863,8 +864,12 @@ fn predict_seconds(
     use crate::model::inference::segment_volume;
     let model = config.model.init(&device);
     let w = PREDICT_WINDOW;
-    let warm = prompt_case(w, &[], 0.0);
-    segment_volume(&model, &warm, [w; 3], [w; 3], PREDICT_OVERLAP, &device)?;
+    // 2.5 windows a side: 4 × 4 windows per z-plane row overlapping by half.
+    for warm_size in [w, w * 5 / 2] {
+        let warm = prompt_case(warm_size, &[], 0.0);
+        let dims = [warm_size; 3];
+        segment_volume(&model, &warm, dims, [w; 3], PREDICT_OVERLAP, &device)?;
+    }
     let channels = prompt_case(size, &[], 0.0);
     let t = Instant::now();
     let (mask, fg) = segment_volume(

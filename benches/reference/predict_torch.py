@@ -7,7 +7,7 @@ time, as nnU-Net's predictor), random weights and data.
 
 Usage: python3 predict_torch.py --device cpu|cuda --size 256 --window 32 --overlap 0.5 --threads 2
        [--window-batch 16]
-Prints one line: `torch_predict_s = V` (seconds for the whole volume, after a warm-up window).
+Prints one line: `torch_predict_s = V` (seconds for the whole volume, after warm-up passes).
 """
 import argparse
 import os
@@ -75,7 +75,9 @@ def main():
     net = Net(a.channels, labels, 2, base=a.base).to(dev).eval()
     x = torch.randn(1, a.channels, a.size, a.size, a.size, device=dev)
     with torch.inference_mode():
-        net(x[:, :, : a.window, : a.window, : a.window])  # warm-up
+        first = x[:, :, : a.window, : a.window, : a.window]
+        net(first)  # warm-up: one window, and a full pass of stacked ones
+        net(torch.cat([first] * max(a.window_batch, 1)))
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
