@@ -7,7 +7,12 @@
 # Carried in .dev/ (ignored by git): the release binary, stripped and xz-compressed
 # (mriloop.xz), and the Debian packages of the Vulkan loader and glvnd (libvulkan1, libglvnd0,
 # libglx0, libgl1, libegl1, libopengl0, libgles2: NVIDIA's Vulkan driver lives in its GLX library,
-# which cannot create an instance without glvnd). Run from the repository root; logs go to $OUT (default /tmp/gpu_figures).
+# which cannot create an instance without glvnd), and optionally gpu_caches.tgz (the kernel
+# caches an earlier run saved). Run from the repository root; logs go to $OUT (default
+# /tmp/gpu_figures). To prepare .dev on the (Debian, x86-64) build machine:
+#   cargo build --release && mkdir -p .dev && strip -o /tmp/mriloop target/release/mriloop
+#   xz -9e -c /tmp/mriloop > .dev/mriloop.xz     # ~36 MB: the repository and .dev travel together
+#   (cd .dev && apt-get download libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2)
 set -u
 out=${OUT:-/tmp/gpu_figures}
 mkdir -p "$out"
