@@ -14,6 +14,7 @@ use crate::project::shard::{PredictionRecord, Shard};
 use crate::project::{Case, Project, ProjectError, SequenceName};
 use crate::volume::write_volume;
 use burn::prelude::*;
+use std::path::Path;
 
 /// The first hardware GPU wgpu finds (software rasterisers such as lavapipe do not count).
 fn hardware_gpu() -> Option<wgpu::AdapterInfo> {
@@ -110,10 +111,32 @@ pub fn choose_device(backend: &str) -> (Device, String) {
             ),
             None => (
                 Device::flex(),
-                "CPU (burn flex backend): no hardware GPU found (software Vulkan is too slow to train on)"
-                    .into(),
+                format!(
+                    "CPU (burn flex backend): no hardware GPU found (software Vulkan is too slow \
+                     to train on){}",
+                    vulkan_hint(Path::new(NVIDIA_DEVICE))
+                ),
             ),
         },
+    }
+}
+
+/// The device node of an NVIDIA driver's first GPU.
+const NVIDIA_DEVICE: &str = "/dev/nvidia0";
+
+/// Why a GPU that the driver shows (its device node `nvidia_device` exists) may be missing
+/// from Vulkan's list, or nothing. On an H200 server wgpu found no GPU until the Vulkan loader
+/// and glvnd were installed: NVIDIA's Vulkan driver lives in its GLX library, which cannot
+/// create an instance without glvnd.
+fn vulkan_hint(nvidia_device: &Path) -> String {
+    match nvidia_device.exists() {
+        true => format!(
+            "; {} exists, so an NVIDIA GPU is there but Vulkan has no driver for it: install \
+             the Vulkan loader and glvnd (Debian/Ubuntu: libvulkan1 libglvnd0 libglx0 \
+             libegl1); VK_LOADER_DEBUG=error shows why",
+            nvidia_device.display()
+        ),
+        false => String::new(),
     }
 }
 
@@ -720,6 +743,17 @@ fn time_points_4d(project: &Project, sequences: &[String]) -> Result<usize, Proj
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_the_driver_shows_but_vulkan_does_not_gets_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("nvidia0");
+        assert_eq!(vulkan_hint(&node), "");
+        std::fs::write(&node, b"").unwrap();
+        let hint = vulkan_hint(&node);
+        assert!(hint.contains("an NVIDIA GPU is there"), "{hint}");
+        assert!(hint.contains("libvulkan1 libglvnd0"), "{hint}");
+    }
 
     #[test]
     fn cuda_is_chosen_only_where_built_and_a_build_without_it_says_why() {
