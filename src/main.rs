@@ -104,18 +104,11 @@ struct OpenArgs {
 
 fn main() -> Result<()> {
     mriloop::model::heap::keep_freed_tensor_memory();
-    let Some(command) = Cli::parse().command else {
-        mriloop::model::device_failure::install(mriloop::model::device_failure::OnFailure::Record);
+    let command = Cli::parse().command;
+    mriloop::model::device_failure::install(on_device_failure(command.as_ref()));
+    let Some(command) = command else {
         return open_window(OpenArgs::default());
     };
-    // A headless command whose GPU device thread fails ends with an error instead of waiting
-    // forever; the window records the failure and goes on.
-    use mriloop::model::device_failure::{install, OnFailure};
-    match &command {
-        Command::Open(_) => install(OnFailure::Record),
-        Command::Bench(args) if args.which.in_window() => install(OnFailure::Record),
-        _ => install(OnFailure::Exit),
-    }
     match command {
         Command::Open(args) => open_window(args),
         Command::Phantom(args) => exchange::phantom(args),
@@ -138,6 +131,18 @@ fn main() -> Result<()> {
         Command::ExportMesh(args) => mesh::run(args),
         Command::Bench(args) if args.which.in_window() => window_bench(&args),
         Command::Bench(args) => cli::bench::run(args),
+    }
+}
+
+/// What a failure on burn's GPU device threads does: a headless command ends with an error
+/// instead of waiting forever; the window (no command, `open`, the window benchmarks) records
+/// it and goes on.
+fn on_device_failure(command: Option<&Command>) -> mriloop::model::device_failure::OnFailure {
+    use mriloop::model::device_failure::OnFailure;
+    match command {
+        None | Some(Command::Open(_)) => OnFailure::Record,
+        Some(Command::Bench(args)) if args.which.in_window() => OnFailure::Record,
+        Some(_) => OnFailure::Exit,
     }
 }
 

@@ -213,12 +213,14 @@ fn segment_volume_in(
             })
             .collect();
         for chunk in origins.chunks(batching.passes * batching.windows) {
-            let passes: Vec<Result<Vec<Vec<f32>>, VolumeError>> = chunk
+            let passes: Vec<Result<Vec<f32>, VolumeError>> = chunk
                 .par_chunks(batching.windows)
                 .map(|pass| predict_windows(model, channels, dims, pass, window, device))
                 .collect();
             for (probs, pass) in passes.into_iter().zip(chunk.chunks(batching.windows)) {
-                for (probs, &origin_vox) in probs?.iter().zip(pass) {
+                let probs = probs?;
+                let each = (probs.len() / pass.len()).max(1);
+                for (probs, &origin_vox) in probs.chunks(each).zip(pass) {
                     ring.add_window(probs, origin_vox, window, &g);
                 }
             }
@@ -281,8 +283,8 @@ const GPU_PASS_VOXELS: usize = 16 * 32 * 32 * 32;
 const MAX_GPU_WINDOWS: usize = 16;
 
 /// Segmentation probabilities of the windows of `window` voxels at `origins_vox` (voxel indices
-/// of their first corners), predicted in one forward pass; each laid out `[label][k][j][i]`, i
-/// fastest.
+/// of their first corners), predicted in one forward pass: one after the other, each laid out
+/// `[label][k][j][i]`, i fastest.
 fn predict_windows(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
@@ -290,15 +292,13 @@ fn predict_windows(
     origins_vox: &[[usize; 3]],
     window: [usize; 3],
     device: &Device,
-) -> Result<Vec<Vec<f32>>, VolumeError> {
+) -> Result<Vec<f32>, VolumeError> {
     let origins: Vec<[i64; 3]> = origins_vox.iter().map(|o| o.map(|v| v as i64)).collect();
     let x = window_tensor(channels, dims, &origins, window, device);
     let (seg, _) = model.forward(x);
-    let probs = softmax(seg, 1)
+    softmax(seg, 1)
         .try_into_vec_as::<f32>()
-        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))?;
-    let each = probs.len() / origins.len().max(1);
-    Ok(probs.chunks(each.max(1)).map(<[f32]>::to_vec).collect())
+        .map_err(|e| VolumeError::Shape(format!("reading a prediction back: {e:?}")))
 }
 
 /// Gaussian-weighted sums of window predictions over a ring of `depth` z-planes of the grid:
