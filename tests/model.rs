@@ -1238,3 +1238,42 @@ fn an_f16_step_whose_gradients_overflow_is_skipped_and_halves_the_scale() {
     assert_eq!(gap, 0.0);
     assert!(moved > 0.0, "a finite step trains");
 }
+
+/// On a GPU a convolution over more voxels than one dispatch may hold runs in pieces
+/// (`model::pieces`). Through wgpu on lavapipe (planes 8 lanes wide: at most 524 280 voxels a
+/// call), a 3×3×3 convolution of two 128³ items — 4.2 M voxels, the nnU-Net-sized step that
+/// failed on an H200 — and its backward pass panicked on burn's device thread ("Cube count too
+/// big (524288, 4, 1)"); in pieces no device thread fails and the output and input gradient
+/// equal the CPU's.
+#[test]
+fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
+    use burn::nn::conv::Conv3dConfig;
+    use burn::nn::PaddingConfig3d;
+    use mriloop::model::conv::conv3d_forward;
+    use mriloop::model::device_failure::{failures, install, OnFailure};
+    install(OnFailure::Record);
+    let before = failures();
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let budget = mriloop::model::pieces::gpu_voxel_budget(&gpu).expect("a GPU's budget");
+    let dims = [2, 1, 128, 128, 128];
+    assert!(
+        2 * 128usize.pow(3) > budget,
+        "budget {budget}: the test would not cut"
+    );
+    let conv = Conv3dConfig::new([1, 4], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .init(&cpu().autodiff());
+    let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
+    let run = |device: &Device| {
+        let conv = conv.clone().to_device(device);
+        let x = x.clone().to_device(device).require_grad();
+        let y = conv3d_forward(&conv, x.clone());
+        let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
+        let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+        (values(y.inner()), values(x.grad(&grads).expect("x grad")))
+    };
+    let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
+    assert_eq!(failures(), before, "a device thread failed");
+    assert_close(&on_gpu.0, &on_cpu.0, 1e-4, "output");
+    assert_close(&on_gpu.1, &on_cpu.1, 1e-4, "input gradient");
+}

@@ -116,6 +116,9 @@ fn options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<3> {
 /// weight gradient as a convolution with the whole output gradient for kernel, 4× slower);
 /// everything else, and every other backend, runs `Conv3d::forward`.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    if let Some(budget) = super::pieces::conv3d_cut_budget(conv, &x) {
+        return super::pieces::conv3d_in_pieces(conv, x, budget);
+    }
     if super::precision::is_half(&x) {
         return super::precision::conv3d_in_dtype_of_input(conv, x);
     }

@@ -16,7 +16,8 @@
 //! labels), `prompt`, `prompt_train` and `prompt_infer` (the promptable network's guidance
 //! channels, its training with a simulated user, prompted prediction on a local window and the
 //! robot user's sessions), `device_failure` (a panic on burn's GPU device threads recorded, and
-//! a headless command ended with it, instead of a silent hang). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on
+//! a headless command ended with it, instead of a silent hang), `pieces` (a GPU convolution
+//! over more voxels than one dispatch may hold, run on groups of items and depth slabs). Tensors live on a runtime-chosen `Device`: burn's `flex` backend on
 //! the CPU, or `wgpu` on the GPU.
 
 pub mod apply;
@@ -35,6 +36,7 @@ pub mod loss;
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod norm;
+pub mod pieces;
 pub mod plan;
 pub mod planned;
 pub mod pointwise;

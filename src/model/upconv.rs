@@ -66,6 +66,9 @@ fn up_options<T: TensorMetadata>(weight: &T) -> ConvTransposeOptions<3> {
 /// no padding, dilation 1, one group) runs as [`UpConvBackend::upconv`]; everything else, and
 /// every other backend, runs `ConvTranspose3d::forward`.
 pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    if let Some(budget) = super::pieces::upconv_cut_budget(up, &x) {
+        return super::pieces::upconv_in_pieces(up, x, budget);
+    }
     if super::precision::is_half(&x) {
         return super::precision::conv_transpose3d_in_dtype_of_input(up, x);
     }
