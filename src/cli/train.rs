@@ -362,7 +362,8 @@ pub fn train_project(
         worker.join()
     });
     bar.finish_and_clear();
-    let result = crate::worker::joined("the training run", result)??;
+    let advise = crate::model::device_failure::with_memory_advice;
+    let result = crate::worker::joined("the training run", result).map_err(advise)??;
     if plot {
         let png = out.join("curves.png");
         crate::plot::write_training_png(&curves, [1400, 500], &png)?;

@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 
+use crate::worker::WorkerError;
+
 /// What the hook does when a device thread panics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
@@ -87,6 +89,40 @@ pub fn install(on_failure: OnFailure) {
     });
 }
 
+/// `failure` with what to do first when its message says the GPU refused an allocation:
+/// burn's "can't allocate buffer of size: N" (a buffer over the largest the device binds, or its
+/// memory full: lavapipe refused a 256 MiB one in a 2 × 128³ step) reaches the run as a panic on
+/// the thread that reads a result, in burn's words only.
+pub fn with_memory_advice(failure: WorkerError) -> WorkerError {
+    let advise = |message: String| match refused_allocation(&message) {
+        Some(bytes) => format!(
+            "the GPU could not allocate a buffer of {} MiB (more than it can hold in one \
+             buffer, or than its free memory): use smaller patches or batches, or the CPU \
+             (--backend cpu). {message}",
+            bytes.div_ceil(1 << 20)
+        ),
+        None => message,
+    };
+    match failure {
+        WorkerError::Panicked { worker, message } => WorkerError::Panicked {
+            worker,
+            message: advise(message),
+        },
+        WorkerError::Failed { worker, message } => WorkerError::Failed {
+            worker,
+            message: advise(message),
+        },
+        other => other,
+    }
+}
+
+/// The size in bytes of the allocation burn says the GPU refused, if `message` says so.
+fn refused_allocation(message: &str) -> Option<u64> {
+    let rest = message.split("can't allocate buffer of size: ").nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
 /// A panic payload's message (a `&str` or `String` payload; otherwise a placeholder).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     match (
@@ -107,6 +143,33 @@ mod tests {
         let thread = std::thread::Builder::new().name(name.to_string());
         let joined = thread.spawn(move || panic!("{message}")).unwrap().join();
         assert!(joined.is_err());
+    }
+
+    #[test]
+    fn a_refused_gpu_allocation_says_what_to_do_and_keeps_burns_words() {
+        // As a lavapipe run at 2 × 128³ ended (the message's first lines).
+        let burn = "Error while reading data: use `try_into_data` instead to catch the error at \
+                    runtime: An error happened during execution\nCaused by:\n  An IO error \
+                    happened\nCaused by:\n  can't allocate buffer of size: 268435456\nNo \
+                    backtrace available";
+        let failure = WorkerError::Panicked {
+            worker: "the training run".into(),
+            message: burn.into(),
+        };
+        let told = with_memory_advice(failure).to_string();
+        assert!(
+            told.starts_with(
+                "the training run stopped unexpectedly: the GPU could not allocate \
+                              a buffer of 256 MiB"
+            ),
+            "{told}"
+        );
+        assert!(told.contains("smaller patches or batches") && told.ends_with(burn));
+        let other = WorkerError::Failed {
+            worker: "the training run".into(),
+            message: "no cases".into(),
+        };
+        assert_eq!(with_memory_advice(other.clone()), other);
     }
 
     #[test]

@@ -335,7 +335,7 @@ pub fn start_run(
                 }),
                 Err(panicked) => Some(panicked),
             };
-            if let Some(e) = failure {
+            if let Some(e) = failure.map(super::device_failure::with_memory_advice) {
                 let _ = tx.send(RunEvent::Failed(e));
             }
             wake();
