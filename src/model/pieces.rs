@@ -433,6 +433,29 @@ mod tests {
         );
     }
 
+    /// A half-precision input (a mixed-precision step on a GPU): the pieces run in its type, with
+    /// the weights cast to it, as the whole convolution does (`precision`).
+    #[test]
+    fn half_precision_pieces_equal_the_whole_half_precision_convolution() {
+        use burn::tensor::FloatDType;
+        let device = Device::flex();
+        let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&device);
+        let x = Tensor::<5>::random([2, 2, 9, 6, 5], Distribution::Normal(0.0, 1.0), &device)
+            .cast(FloatDType::F16);
+        let pieces = conv3d_in_pieces(&conv, x.clone(), 200);
+        let whole = super::super::precision::conv3d_in_dtype_of_input(&conv, x);
+        assert_eq!(pieces.dtype(), whole.dtype());
+        let as_f32 = |t: Tensor<5>| values(t.cast(FloatDType::F32));
+        let (pieces, whole) = (as_f32(pieces), as_f32(whole));
+        let worst = pieces
+            .iter()
+            .zip(&whole)
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(worst <= 1e-2, "{worst}");
+    }
+
     #[test]
     fn upsamplings_in_pieces_equal_the_whole_upsampling_and_its_gradients() {
         let device = Device::flex().autodiff();
