@@ -3,6 +3,9 @@
 # with CUDA (no Rust toolchain there): burn's wgpu backend beside PyTorch CUDA on the same GPU,
 # for `bench train` (small and nnunet) and `bench predict --size 256`. The CPU figures are left
 # out (they take minutes on a server's CPU and are measured on the 2-core machine).
+# `gpu_figures.sh profile` instead profiles burn's wgpu training step (small): kernel launches
+# per step (cubecl's execution log over 20 and 220 timed steps, the difference over 200) and
+# each kernel's time, run one at a time (cubecl's "medium" profile), ~4 min.
 #
 # Carried in .dev/ (ignored by git): the release binary, stripped and xz-compressed
 # (mriloop.xz), and the Debian packages of the Vulkan loader and glvnd (libvulkan1, libglvnd0,
@@ -47,6 +50,35 @@ run() { # NAME SECONDS ARGS...: one benchmark, its log kept even if it is stoppe
     timeout "$limit" "$m" "$@" 2>&1 | tee -a "$out/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0)) s" | tee -a "$out/$name.log"
 }
+# Each kernel burn launches in a training step of the small network, logged by cubecl (a
+# cubecl.toml in the working directory, removed after): how many a step, and their times.
+profile_log() { # LEVEL FILE: cubecl's profiling log at LEVEL into FILE
+    printf '[profiling.logger]\nlevel = "%s"\nfile = "%s"\nappend = false\n' "$1" "$2" >cubecl.toml
+}
+if [ "${1:-}" = profile ]; then
+    for steps in 20 220; do
+        profile_log minimal "$out/launches_$steps.log"
+        run launches_$steps 150 bench train --config small --backends wgpu --repeats $steps --rounds 1
+    done
+    profile_log medium "$out/kernel_times.log"
+    run kernel_times 150 bench train --config small --backends wgpu --repeats 40 --rounds 1
+    rm -f cubecl.toml
+    a=$(grep -c '^Executing' "$out/launches_20.log")
+    b=$(grep -c '^Executing' "$out/launches_220.log")
+    echo "launches per step: $(((b - a) / 200)) ($a and $b in all)" | tee "$out/launches.txt"
+    tail -n 3000 "$out/launches_220.log" | sed 's/_[0-9a-f]\{6,\}$//' | sort | uniq -c |
+        sort -rn | tee -a "$out/launches.txt"
+    # Kernel time by kernel over the last 10 steps' launches (units as cubecl prints them).
+    tail -n $(((b - a) / 20)) "$out/kernel_times.log" | awk -F'|' '{
+        t = $2; gsub(/ /, "", t); v = t + 0
+        if (t ~ /ns$/) v /= 1000; else if (t ~ /µs$/) v += 0; else if (t ~ /ms$/) v *= 1000; else if (t ~ /s$/) v *= 1e6
+        name = $3 (NF > 3 ? "|" $4 : ""); gsub(/_[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]+ *$/, "", name); gsub(/^ +| +$/, "", name)
+        us[name] += v; n[name]++; total += v }
+        END { for (k in us) printf "%10.0f us %6d  %s\n", us[k], n[k], k; printf "%10.0f us total\n", total }' |
+        sort -rn | tee "$out/kernel_times.txt"
+    gzip -f "$out"/launches_*.log "$out/kernel_times.log"
+    exit 0
+fi
 run train_small 150 bench train --config small --backends wgpu,torch_cuda --repeats 200 --rounds 2 \
     --peak-tflops $peak
 run predict_256 100 bench predict --size 256 --backends wgpu,torch_cuda
