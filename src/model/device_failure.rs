@@ -75,7 +75,9 @@ pub fn install(on_failure: OnFailure) {
             let Some(thread) = current.name().filter(|n| is_device_thread(n)) else {
                 return;
             };
-            let message = panic_message(info.payload());
+            let message = crate::worker::panic_message(info.payload())
+                .trim()
+                .to_string();
             record(thread, &message);
             if on_failure == OnFailure::Exit {
                 eprintln!(
@@ -121,18 +123,6 @@ fn refused_allocation(message: &str) -> Option<u64> {
     let rest = message.split("can't allocate buffer of size: ").nth(1)?;
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
-}
-
-/// A panic payload's message (a `&str` or `String` payload; otherwise a placeholder).
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    match (
-        payload.downcast_ref::<&str>(),
-        payload.downcast_ref::<String>(),
-    ) {
-        (Some(s), _) => s.trim().to_string(),
-        (_, Some(s)) => s.trim().to_string(),
-        _ => "a panic without a message".to_string(),
-    }
 }
 
 #[cfg(test)]

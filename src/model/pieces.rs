@@ -57,6 +57,11 @@ fn voxels(dims: [usize; 5]) -> usize {
     dims[0] * dims[2] * dims[3] * dims[4]
 }
 
+/// Voxels one item reads or writes, whichever is more, for a layer from `x_dims` to `out_dims`.
+fn item_voxels(x_dims: [usize; 5], out_dims: [usize; 5]) -> usize {
+    voxels(x_dims).max(voxels(out_dims)) / x_dims[0].max(1)
+}
+
 /// The depth mapping of a plain convolution: kernel, stride and front padding along depth.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct DepthMap {
@@ -244,7 +249,6 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
     let apply = |x: Tensor<5>, depth_padding| {
         conv3d(x, weight.clone(), bias.clone(), options(depth_padding))
     };
-    let one_item = |dims: [usize; 5]| voxels([1, dims[1], dims[2], dims[3], dims[4]]);
     let cut = Cut {
         map: DepthMap {
             kernel: conv.kernel_size[0],
@@ -254,7 +258,7 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
         units: out_dims[2],
         in_plane: x_dims[3] * x_dims[4],
         out_plane_per_unit: out_dims[3] * out_dims[4],
-        item_voxels: one_item(x_dims).max(one_item(out_dims)),
+        item_voxels: item_voxels(x_dims, out_dims),
         whole: &|x| apply(x, padding[0]),
         piece: &|x| apply(x, 0),
     };
@@ -315,7 +319,7 @@ pub fn upconv_in_pieces(up: &ConvTranspose3d, x: Tensor<5>, budget: usize) -> Te
         units: x_dims[2],
         in_plane: x_dims[3] * x_dims[4],
         out_plane_per_unit: up.stride[0] * out_plane,
-        item_voxels: (x_dims[2] * x_dims[3] * x_dims[4]).max(out_dims[2] * out_plane),
+        item_voxels: item_voxels(x_dims, out_dims),
         whole: &apply,
         piece: &apply,
     };
