@@ -693,33 +693,66 @@ fn forward_multiply_adds_match_pytorchs_flop_counter() {
 #[test]
 fn the_cpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     for direct in [false, true] {
-        mriloop::model::conv::with_direct_kernels(direct, compare_block_convolutions);
+        let ad = cpu().autodiff();
+        let compare = || compare_block_convolutions(&ad, &BLOCK_SHAPES, &BLOCK_KERNELS);
+        mriloop::model::conv::with_direct_kernels(direct, compare);
     }
 }
 
-/// [`the_cpu_block_convolution_matches_burns_convolution_and_its_gradients`] by the route this
-/// thread takes.
-fn compare_block_convolutions() {
+/// `(c_in, c_out, [d, h, w])` of the block-convolution comparisons. The fourth has several
+/// tiles per batch item at both strides; the fifth is large enough (an output of 8³ and more)
+/// for the CPU's direct route's phased stride 2; the last has rows of whole vectors at both
+/// strides (32 and 16 wide) and 8 channels, which the direct kernel stores straight into the
+/// output.
+const BLOCK_SHAPES: [(usize, usize, [usize; 3]); 6] = [
+    (3, 5, [7, 5, 9]),
+    (8, 4, [1, 6, 4]),
+    (2, 2, [12, 11, 10]),
+    (40, 3, [6, 18, 17]),
+    (2, 3, [16, 17, 15]),
+    (8, 8, [16, 16, 32]),
+];
+
+/// (kernel depth, in-plane size, stride): the blocks', the downsamplings', the 1×1×1 ones and
+/// the single-slice form's 1×3×3 (strided in-plane only, on one slice).
+const BLOCK_KERNELS: [(usize, usize, usize); 5] =
+    [(3, 3, 1), (3, 3, 2), (1, 1, 1), (1, 3, 1), (1, 3, 2)];
+
+/// On burn's GPU backend (wgpu, here on lavapipe) the block convolutions take the weight
+/// gradient of `model::conv_gpu` (one kernel of its own, then a sum): output and gradients equal
+/// burn's `Conv3d::forward` and its gradients on the same device, for the same shapes and kernels
+/// as on the CPU (odd, unequal sizes; channel counts that are and are not multiples of the
+/// kernel's block of four output channels; strides 1 and 2; 1×3×3).
+#[test]
+fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let before = mriloop::model::conv_gpu::kernel_launches();
+    // Fewer cases than on the CPU: each new shape compiles and tunes burn's kernels on lavapipe.
+    let shapes = [BLOCK_SHAPES[0], BLOCK_SHAPES[1], (5, 6, [6, 9, 8])];
+    compare_block_convolutions(&gpu, &shapes, &BLOCK_KERNELS);
+    let launched = mriloop::model::conv_gpu::kernel_launches() - before;
+    // One weight gradient per 3×3 case: 3×3×3 at strides 1 and 2 and 1×3×3 at stride 1 for each
+    // shape, 1×3×3 at stride 2 for the one-slice shape.
+    assert_eq!(
+        launched,
+        3 * 3 + 1,
+        "weight gradients by model::conv_gpu's kernel"
+    );
+}
+
+/// [`the_cpu_block_convolution_matches_burns_convolution_and_its_gradients`] on `ad` (an
+/// autodiff device), by the route this thread takes.
+fn compare_block_convolutions(
+    ad: &Device,
+    shapes: &[(usize, usize, [usize; 3])],
+    kernels: &[(usize, usize, usize)],
+) {
     use burn::nn::conv::Conv3dConfig;
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;
-    let ad = cpu().autodiff();
-    // The fourth has several tiles per batch item at both strides; the fifth is large enough
-    // (an output of 8³ and more) for the direct route's phased stride 2; the last has rows of
-    // whole vectors at both strides (32 and 16 wide) and 8 channels, which the direct kernel
-    // stores straight into the output.
-    let shapes = [
-        (3, 5, [7, 5, 9]),
-        (8, 4, [1, 6, 4]),
-        (2, 2, [12, 11, 10]),
-        (40, 3, [6, 18, 17]),
-        (2, 3, [16, 17, 15]),
-        (8, 8, [16, 16, 32]),
-    ];
-    // (kernel depth, in-plane size, stride): the blocks', the downsamplings', the 1×1×1 ones and
-    // the single-slice form's 1×3×3 (strided in-plane only, on one slice).
-    let kernels = [(3, 3, 1), (3, 3, 2), (1, 1, 1), (1, 3, 1), (1, 3, 2)];
-    let cases = shapes.into_iter().flat_map(|s| kernels.map(|k| (s, k)));
+    let cases = shapes
+        .iter()
+        .flat_map(|s| kernels.iter().map(move |k| (*s, *k)));
     for ((c_in, c_out, size), (kd, k, s)) in cases {
         let [d, h, w] = size;
         if kd == 1 && k == 3 && s == 2 && d != 1 {
@@ -728,8 +761,8 @@ fn compare_block_convolutions() {
         let conv = Conv3dConfig::new([c_in, c_out], [kd, k, k])
             .with_stride([if kd == 1 { 1 } else { s }, s, s])
             .with_padding(PaddingConfig3d::Explicit(kd / 2, k / 2, k / 2))
-            .init(&ad);
-        let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), &ad);
+            .init(ad);
+        let x = Tensor::<5>::random([2, c_in, d, h, w], Distribution::Normal(0.0, 1.0), ad);
         let out = [
             if kd == 1 { d } else { (d - 1) / s + 1 },
             (h - 1) / s + 1,
@@ -738,7 +771,7 @@ fn compare_block_convolutions() {
         let target = Tensor::<5>::random(
             [2, c_out, out[0], out[1], out[2]],
             Distribution::Normal(0.0, 1.0),
-            &ad,
+            ad,
         );
         let run = |fast: bool| {
             let x = x.clone().require_grad();

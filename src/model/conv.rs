@@ -1,8 +1,10 @@
 //! The U-Net's 3×3×3 convolutions with padding 1 (both convolutions of every residual block,
 //! stride 1, and the downsamplings, stride 2; the single-slice form's 1×3×3 alike) on burn's CPU
 //! backend by a faster route than burn-flex's generic convolution, with a backward pass of their
-//! own; its 1×1×1 convolutions (skip projections, heads) as matrix products. Other backends
-//! (wgpu) and other convolutions keep burn's `Conv3d::forward`.
+//! own; its 1×1×1 convolutions (skip projections, heads) as matrix products. On burn's GPU
+//! backend (wgpu) the same 3×3 convolutions go through the same extension to burn's convolution
+//! and input gradient, and the weight gradient of [`super::conv_gpu`]; other convolutions keep
+//! burn's `Conv3d::forward`.
 //!
 //! The route: each input channel is zero-padded by one voxel, and the output is computed in
 //! tiles of output rows. At stride 1 a tile's columns are positions on the padded grid, so each
@@ -28,8 +30,8 @@
 //!
 //! Invariants: the results equal burn's `conv3d` and its gradients to float rounding
 //! (`tests/model.rs` compares all three at both strides, by both routes); f32 only (other
-//! dtypes take burn's path); the extension is only called on the CPU backend, with or without
-//! autodiff ([`conv3d_forward`] checks).
+//! dtypes take burn's path); the extension is only called on the CPU and GPU backends, with or
+//! without autodiff ([`conv3d_forward`] checks).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -39,7 +41,9 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
+use burn::backend::{
+    backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata,
+};
 use burn::nn::conv::Conv3d;
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
@@ -58,10 +62,11 @@ const TILE_MAX_COLS: usize = 4096;
 
 /// Backends with a 3×3×3 (or 1×3×3), padding-1 convolution (no bias, one stride for all three
 /// axes) of their own; the defaults are burn's generic convolution and its gradients.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube, Fusion, Autodiff)]
 pub trait Conv3x3Backend: Backend {
     /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D', H', W']`
     /// (`D' = (D − 1) / stride + 1`).
+    #[fusion(default)]
     fn conv3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -74,6 +79,7 @@ pub trait Conv3x3Backend: Backend {
     /// [`Conv3x3Backend::conv3x3`] for a backward pass: the output, and what the backward
     /// pass reads of `x` (the default: `x` itself; burn's CPU backend: the padded copy its
     /// kernels read, which the weight gradient reads again).
+    #[fusion(default)]
     fn conv3x3_keeping(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -85,6 +91,7 @@ pub trait Conv3x3Backend: Backend {
     /// The gradients of [`Conv3x3Backend::conv3x3`] with respect to `x [x_dims]` and `weight`
     /// (each where `wanted`), given the output's and what
     /// [`Conv3x3Backend::conv3x3_keeping`] kept of `x`.
+    #[fusion(default)]
     fn conv3x3_grads(
         kept: FloatTensor<Self>,
         x_dims: [usize; 5],
@@ -98,16 +105,44 @@ pub trait Conv3x3Backend: Backend {
         let x_grad = wanted[0].then(|| {
             Self::conv3d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
         });
-        let weight_grad = wanted[1].then(|| Self::conv3d_weight_backward(x, weight, grad, options));
+        let weight_grad = wanted[1].then(|| Self::conv3x3_weight_grad(x, weight, grad, stride));
         (x_grad, weight_grad)
+    }
+
+    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to its `weight`, given `x` and
+    /// the output's gradient (the default: burn's; the GPU's: [`super::conv_gpu`]).
+    #[fusion(dtype = weight, shape = weight)]
+    fn conv3x3_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let options = options(&weight, stride);
+        Self::conv3d_weight_backward(x, weight, grad, options)
     }
 }
 
-/// `stride` along every axis, padding 1 (0 along the depth of a 1×3×3 `weight`), no dilation,
-/// one group.
+/// burn's GPU backend: burn's convolution and input gradient, the weight gradient of
+/// [`super::conv_gpu`] (one kernel where burn's takes ~30 launches and 27 copies of x).
+impl Conv3x3Backend for burn_cubecl::CubeBackend {
+    fn conv3x3_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        super::conv_gpu::weight_gradient(x, weight, grad, stride)
+    }
+}
+
+/// `stride` along every axis (in-plane only for a 1×3×3 `weight`, whose strided form runs on
+/// one slice, where a depth stride changes nothing — and burn's GPU input gradient errs with
+/// one), padding 1 (0 along the depth of a 1×3×3 `weight`), no dilation, one group.
 fn options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<3> {
     let pad_d = weight.shape().dims::<5>()[2] / 2;
-    ConvOptions::new([stride; 3], [pad_d, 1, 1], [1, 1, 1], 1)
+    let stride_d = if pad_d == 0 { 1 } else { stride };
+    ConvOptions::new([stride_d, stride, stride], [pad_d, 1, 1], [1, 1, 1], 1)
 }
 
 /// `conv` applied to `x`. On burn's CPU backend a 3×3×3, padding-1 convolution of stride 1 or 2
@@ -123,7 +158,8 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         return super::precision::conv3d_in_dtype_of_input(conv, x);
     }
     let plain = conv.dilation == [1, 1, 1] && conv.groups == 1;
-    if !plain || x.device().inner() != Device::flex() {
+    let on_cpu = x.device().inner() == Device::flex();
+    if !plain || !(on_cpu || on_gpu_f32(&x)) {
         return conv.forward(x);
     }
     match (conv.kernel_size, &conv.padding, conv.stride) {
@@ -139,11 +175,20 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         {
             block_conv(conv, x, s)
         }
-        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0), [1, 1, 1]) => {
+        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0), [1, 1, 1])
+            if on_cpu =>
+        {
             pointwise_conv(conv, x)
         }
         _ => conv.forward(x),
     }
+}
+
+/// Whether `x` is an f32 tensor on burn's GPU backend (whose weight gradient is
+/// [`super::conv_gpu`]'s).
+fn on_gpu_f32(x: &Tensor<5>) -> bool {
+    let on_gpu = matches!(x.device().inner().as_dispatch(), DispatchDevice::Cube(_));
+    on_gpu && x.dtype() == DType::F32
 }
 
 /// A 3×3×3 (or 1×3×3), padding-1 `conv` of `stride` through the backend extension, then its

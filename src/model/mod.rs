@@ -25,6 +25,7 @@ pub mod apply;
 pub mod bias;
 pub mod budget;
 pub mod conv;
+pub mod conv_gpu;
 pub(crate) mod conv_simd;
 pub mod data;
 pub mod device_failure;
