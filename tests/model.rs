@@ -1045,25 +1045,51 @@ fn the_cpu_fused_segmentation_losses_match_the_composed_ones_and_their_gradients
 /// γ and β away from their initial 1 and 0, on channels of very different means and spreads.
 #[test]
 fn the_cpu_instance_norm_and_burns_match_the_exact_norm_and_its_gradients() {
+    compare_instance_norms(&cpu().autodiff(), [5, 4, 7]);
+}
+
+/// On burn's GPU backend (wgpu, here on lavapipe) the norm takes `model::norm_gpu`'s kernels:
+/// output and gradients equal the exact (f64) norm's, as on the CPU (to 1e-4 of the largest).
+#[test]
+fn the_gpu_instance_norm_matches_the_exact_norm_and_its_gradients() {
+    let before = mriloop::model::norm_gpu::kernel_launches();
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    // Planes smaller and larger than a workgroup (256 threads), neither a multiple of it.
+    compare_instance_norms(&gpu, [5, 4, 7]);
+    compare_instance_norms(&gpu, [9, 10, 11]);
+    let launched = mriloop::model::norm_gpu::kernel_launches() - before;
+    assert_eq!(launched, 4, "norm_gpu's forward and backward kernels");
+}
+
+/// [`the_cpu_instance_norm_and_burns_match_the_exact_norm_and_its_gradients`] on `ad` (an
+/// autodiff device), on two items × three channels of `size` voxels.
+fn compare_instance_norms(ad: &Device, size: [usize; 3]) {
     use burn::module::Param;
     use burn::nn::InstanceNormConfig;
     use mriloop::model::norm::instance_norm_forward;
-    let ad = cpu().autodiff();
     let channels = 3;
-    let mut norm = InstanceNormConfig::new(channels).init(&ad);
+    let mut norm = InstanceNormConfig::new(channels).init(ad);
     norm.gamma = Some(Param::from_tensor(Tensor::from_floats(
         [0.5, -1.5, 2.0],
-        &ad,
+        ad,
     )));
     norm.beta = Some(Param::from_tensor(Tensor::from_floats(
         [0.1, 3.0, -2.0],
-        &ad,
+        ad,
     )));
-    let spread = Tensor::<1>::from_floats([0.01, 1.0, 40.0], &ad).reshape([1, channels, 1, 1, 1]);
-    let offset = Tensor::<1>::from_floats([5.0, -1.0, 100.0], &ad).reshape([1, channels, 1, 1, 1]);
-    let noise = Tensor::<5>::random([2, channels, 5, 4, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let spread = Tensor::<1>::from_floats([0.01, 1.0, 40.0], ad).reshape([1, channels, 1, 1, 1]);
+    let offset = Tensor::<1>::from_floats([5.0, -1.0, 100.0], ad).reshape([1, channels, 1, 1, 1]);
+    let noise = Tensor::<5>::random(
+        [2, channels, size[0], size[1], size[2]],
+        Distribution::Normal(0.0, 1.0),
+        ad,
+    );
     let x = noise * spread + offset;
-    let target = Tensor::<5>::random([2, channels, 5, 4, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let target = Tensor::<5>::random(
+        [2, channels, size[0], size[1], size[2]],
+        Distribution::Normal(0.0, 1.0),
+        ad,
+    );
     let run = |fast: bool| {
         let x = x.clone().require_grad();
         let y = match fast {
@@ -1096,7 +1122,7 @@ fn the_cpu_instance_norm_and_burns_match_the_exact_norm_and_its_gradients() {
         &host(x.clone().inner()),
         &host(target.clone().inner()),
         ([0.5, -1.5, 2.0], [0.1, 3.0, -2.0]),
-        (2 * channels, 5 * 4 * 7),
+        (2 * channels, size.iter().product()),
     );
     for (got, tolerance) in [(&fast, 1e-4), (&slow, 5e-4)] {
         assert_close(&got.0, &exact.0, tolerance, "output");

@@ -41,9 +41,7 @@ use burn::backend::autodiff::NodeId;
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ConvOptions, ConvTransposeOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{
-    backend_extension, Autodiff, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata,
-};
+use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex, TensorMetadata};
 use burn::nn::conv::Conv3d;
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
@@ -187,8 +185,7 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 /// Whether `x` is an f32 tensor on burn's GPU backend (whose weight gradient is
 /// [`super::conv_gpu`]'s).
 fn on_gpu_f32(x: &Tensor<5>) -> bool {
-    let on_gpu = matches!(x.device().inner().as_dispatch(), DispatchDevice::Cube(_));
-    on_gpu && x.dtype() == DType::F32
+    super::conv_gpu::on_gpu(&x.device()) && x.dtype() == DType::F32
 }
 
 /// A 3×3×3 (or 1×3×3), padding-1 `conv` of `stride` through the backend extension, then its

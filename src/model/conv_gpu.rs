@@ -19,7 +19,7 @@
 //! multiplied by a selected zero).
 
 use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
-use burn::backend::TensorMetadata;
+use burn::backend::{DispatchDevice, TensorMetadata};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -181,6 +181,14 @@ fn weight_grad_partials(
             }
         }
     }
+}
+
+/// Whether `device` is one of burn's GPU (cubecl) devices.
+pub fn on_gpu(device: &burn::prelude::Device) -> bool {
+    matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::Cube(_)
+    )
 }
 
 /// The geometry of a weight gradient this kernel computes, or `None` (burn's then): f32, rank

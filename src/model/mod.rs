@@ -38,6 +38,7 @@ pub mod loss;
 #[allow(clippy::module_inception)]
 pub mod model;
 pub mod norm;
+pub mod norm_gpu;
 pub mod pieces;
 pub mod plan;
 pub mod planned;

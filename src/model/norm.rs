@@ -45,7 +45,7 @@ pub trait InstanceNormBackend: Backend {
 }
 
 /// `norm` applied to `x`: the fused operation for an affine norm of f32 values on burn's CPU
-/// backend, `InstanceNorm::forward` otherwise.
+/// backend, [`super::norm_gpu`]'s on its GPU backend, `InstanceNorm::forward` otherwise.
 pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
     if super::precision::is_half(&x) {
         // Statistics in f32 (autocast's rule for normalisations), the result in x's type.
@@ -56,8 +56,18 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
         return norm.forward(x);
     };
-    let fits = D >= 3 && x.dtype() == DType::F32 && x.device().inner() == Device::flex();
-    if !fits || x.dims()[1] != norm.num_channels {
+    let plain = D >= 3 && x.dtype() == DType::F32 && x.dims()[1] == norm.num_channels;
+    if plain && x.shape().num_elements() > 0 && super::conv_gpu::on_gpu(&x.device()) {
+        use super::norm_gpu::InstanceNormGpuBackend;
+        let (y, _stats) = <Dispatch as InstanceNormGpuBackend>::instance_norm_keeping(
+            x.into_dispatch(),
+            gamma.val().into_dispatch(),
+            beta.val().into_dispatch(),
+            norm.epsilon,
+        );
+        return Tensor::from_dispatch(y);
+    }
+    if !plain || x.device().inner() != Device::flex() {
         return norm.forward(x);
     }
     Tensor::from_dispatch(<Dispatch as InstanceNormBackend>::instance_norm(
