@@ -104,7 +104,7 @@ fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     for level in 0..8usize {
         let half = comptime!(WORKGROUP >> (level + 1));
         if unit < half {
-            shared[unit] = shared[unit] + shared[unit + half];
+            shared[unit] += shared[unit + half];
         }
         sync_cube();
     }
@@ -126,7 +126,7 @@ fn norm_forward(
     channels: usize,
     epsilon: f32,
 ) {
-    let plane = CUBE_POS as usize;
+    let plane = CUBE_POS;
     let unit = UNIT_POS as usize;
     let base = plane * voxels;
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
@@ -168,7 +168,7 @@ fn norm_backward(
     channels: usize,
     planes: usize,
 ) {
-    let plane = CUBE_POS as usize;
+    let plane = CUBE_POS;
     let unit = UNIT_POS as usize;
     let base = plane * voxels;
     let mean = stats[plane * 2];
