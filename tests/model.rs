@@ -719,24 +719,33 @@ const BLOCK_KERNELS: [(usize, usize, usize); 5] =
     [(3, 3, 1), (3, 3, 2), (1, 1, 1), (1, 3, 1), (1, 3, 2)];
 
 /// On burn's GPU backend (wgpu, here on lavapipe) the block convolutions take the weight
-/// gradient of `model::conv_gpu` (one kernel of its own, then a sum): output and gradients equal
+/// gradient of `model::conv_gpu` (one kernel of its own, then a sum) and, being small, the
+/// forward pass and input gradient of `model::conv_gpu_direct`: output and gradients equal
 /// burn's `Conv3d::forward` and its gradients on the same device, for the same shapes and kernels
 /// as on the CPU (odd, unequal sizes; channel counts that are and are not multiples of the
-/// kernel's block of four output channels; strides 1 and 2; 1×3×3).
+/// kernels' blocks of four channels; strides 1 and 2; 1×3×3).
 #[test]
 fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
+    use mriloop::model::{conv_gpu, conv_gpu_direct};
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
-    let before = mriloop::model::conv_gpu::kernel_launches();
+    let before = (
+        conv_gpu::kernel_launches(),
+        conv_gpu_direct::kernel_launches(),
+    );
     // Fewer cases than on the CPU: each new shape compiles and tunes burn's kernels on lavapipe.
     let shapes = [BLOCK_SHAPES[0], BLOCK_SHAPES[1], (5, 6, [6, 9, 8])];
     compare_block_convolutions(&gpu, &shapes, &BLOCK_KERNELS);
-    let launched = mriloop::model::conv_gpu::kernel_launches() - before;
-    // One weight gradient per 3×3 case: 3×3×3 at strides 1 and 2 and 1×3×3 at stride 1 for each
-    // shape, 1×3×3 at stride 2 for the one-slice shape.
+    // Each 3×3 case (3×3×3 at strides 1 and 2 and 1×3×3 at stride 1 for each shape, 1×3×3 at
+    // stride 2 for the one-slice shape): one weight gradient by conv_gpu, one forward pass and
+    // one input gradient by conv_gpu_direct.
+    let cases = 3 * 3 + 1;
+    let weight_grads = conv_gpu::kernel_launches() - before.0;
+    assert_eq!(weight_grads, cases, "weight gradients by conv_gpu's kernel");
+    let direct = conv_gpu_direct::kernel_launches() - before.1;
     assert_eq!(
-        launched,
-        3 * 3 + 1,
-        "weight gradients by model::conv_gpu's kernel"
+        direct,
+        2 * cases,
+        "forward passes and input gradients by conv_gpu_direct"
     );
 }
 

@@ -64,7 +64,7 @@ const TILE_MAX_COLS: usize = 4096;
 pub trait Conv3x3Backend: Backend {
     /// `x [N, C_in, D, H, W]` and `weight [C_out, C_in, 3, 3, 3]` → `[N, C_out, D', H', W']`
     /// (`D' = (D − 1) / stride + 1`).
-    #[fusion(default)]
+    #[fusion(dtype = x, shape = conv3x3_out_shape(x, weight, stride))]
     fn conv3x3(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -98,13 +98,26 @@ pub trait Conv3x3Backend: Backend {
         stride: usize,
         wanted: [bool; 2],
     ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
-        let (x, options) = (kept, options(&weight, stride));
+        let x = kept;
         debug_assert_eq!(x.shape().dims::<5>(), x_dims, "the default keeps x");
-        let x_grad = wanted[0].then(|| {
-            Self::conv3d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone())
-        });
+        let x_grad = wanted[0]
+            .then(|| Self::conv3x3_input_grad(x.clone(), weight.clone(), grad.clone(), stride));
         let weight_grad = wanted[1].then(|| Self::conv3x3_weight_grad(x, weight, grad, stride));
         (x_grad, weight_grad)
+    }
+
+    /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to `x` (read for its sizes),
+    /// given the output's gradient (the default: burn's; the GPU's: [`super::conv_gpu_direct`]
+    /// for small convolutions).
+    #[fusion(dtype = x, shape = x)]
+    fn conv3x3_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let options = options(&weight, stride);
+        Self::conv3d_x_backward(x, weight, grad, options)
     }
 
     /// The gradient of [`Conv3x3Backend::conv3x3`] with respect to its `weight`, given `x` and
@@ -121,9 +134,37 @@ pub trait Conv3x3Backend: Backend {
     }
 }
 
-/// burn's GPU backend: burn's convolution and input gradient, the weight gradient of
-/// [`super::conv_gpu`] (one kernel where burn's takes ~30 launches and 27 copies of x).
+/// burn's GPU backend: small convolutions and their input gradients by the direct kernels of
+/// [`super::conv_gpu_direct`] (one launch each, in the network's layout), larger ones by
+/// burn's; every weight gradient by [`super::conv_gpu`] (one kernel where burn's takes ~30
+/// launches and 27 copies of x).
 impl Conv3x3Backend for burn_cubecl::CubeBackend {
+    fn conv3x3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        super::conv_gpu_direct::forward(x, weight, stride).unwrap_or_else(|(x, weight)| {
+            let options = options(&weight, stride);
+            Self::conv3d(x, weight, None, options)
+        })
+    }
+
+    fn conv3x3_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        stride: usize,
+    ) -> FloatTensor<Self> {
+        let x_dims = x.shape().dims::<5>();
+        super::conv_gpu_direct::input_gradient(weight, grad, x_dims, stride).unwrap_or_else(
+            |(weight, grad)| {
+                let options = options(&weight, stride);
+                Self::conv3d_x_backward(x, weight, grad, options)
+            },
+        )
+    }
+
     fn conv3x3_weight_grad(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -132,6 +173,22 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
     ) -> FloatTensor<Self> {
         super::conv_gpu::weight_gradient(x, weight, grad, stride)
     }
+}
+
+/// The output sizes of [`Conv3x3Backend::conv3x3`] of an input of sizes `x` by a kernel of
+/// sizes `weight` at `stride` (for burn's fusion).
+fn conv3x3_out_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
+    let (xs, ws) = (x.dims::<5>(), weight.dims::<5>());
+    let pad_d = ws[2] / 2;
+    let stride_d = if pad_d == 0 { 1 } else { *stride };
+    let out = |size: usize, k: usize, pad: usize, s: usize| (size + 2 * pad - k) / s + 1;
+    Shape::new([
+        xs[0],
+        ws[0],
+        out(xs[2], ws[2], pad_d, stride_d),
+        out(xs[3], ws[3], 1, *stride),
+        out(xs[4], ws[4], 1, *stride),
+    ])
 }
 
 /// `stride` along every axis (in-plane only for a 1×3×3 `weight`, whose strided form runs on

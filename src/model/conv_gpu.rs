@@ -52,14 +52,14 @@ pub fn kernel_launches() -> usize {
 /// `[n, c_out, od, oh, ow]`, the kernel's depth (3, or 1 for the in-plane kernel) and the
 /// stride (all three axes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct WgradGeometry {
-    n: usize,
-    c_in: usize,
-    c_out: usize,
-    in_size: [usize; 3],
-    out_size: [usize; 3],
-    kernel_d: usize,
-    stride: usize,
+pub(super) struct WgradGeometry {
+    pub(super) n: usize,
+    pub(super) c_in: usize,
+    pub(super) c_out: usize,
+    pub(super) in_size: [usize; 3],
+    pub(super) out_size: [usize; 3],
+    pub(super) kernel_d: usize,
+    pub(super) stride: usize,
 }
 
 impl WgradGeometry {
@@ -191,8 +191,8 @@ pub fn on_gpu(device: &burn::prelude::Device) -> bool {
     )
 }
 
-/// The geometry of a weight gradient this kernel computes, or `None` (burn's then): f32, rank
-/// 5, a 3×3×3 or 1×3×3 kernel, the output gradient's sizes those of the convolution's output.
+/// The geometry of a weight gradient this kernel computes, or `None` (burn's then): f32, the
+/// output gradient's sizes those of the convolution's output ([`geometry_of`]).
 fn geometry(
     x: &CubeTensor,
     weight: &CubeTensor,
@@ -202,14 +202,29 @@ fn geometry(
     let dtypes_f32 = [x.dtype, weight.dtype, grad.dtype]
         .iter()
         .all(|d| *d == DType::F32);
-    let (xs, ws, gs) = (x.shape(), weight.shape(), grad.shape());
-    if !dtypes_f32 || xs.num_dims() != 5 || ws.num_dims() != 5 || gs.num_dims() != 5 {
+    let gs = grad.shape();
+    let geo = geometry_of(&x.shape(), &weight.shape(), stride)?;
+    let out = [
+        geo.n,
+        geo.c_out,
+        geo.out_size[0],
+        geo.out_size[1],
+        geo.out_size[2],
+    ];
+    (dtypes_f32 && gs.dims() == out).then_some(geo)
+}
+
+/// The geometry of a padding-1 convolution of an input of sizes `xs` by a kernel of sizes `ws`
+/// at `stride`, or `None` for anything but rank 5, a 3×3×3 or 1×3×3 kernel (the latter
+/// strided only on one slice), stride 1 or 2 and matching channels.
+pub(super) fn geometry_of(xs: &Shape, ws: &Shape, stride: usize) -> Option<WgradGeometry> {
+    if xs.num_dims() != 5 || ws.num_dims() != 5 {
         return None;
     }
-    let (xs, ws, gs) = (xs.dims::<5>(), ws.dims::<5>(), gs.dims::<5>());
+    let (xs, ws) = (xs.dims::<5>(), ws.dims::<5>());
     let kernel_d = ws[2];
     let plain = (kernel_d == 3 || kernel_d == 1) && ws[3] == 3 && ws[4] == 3;
-    if !plain || !(1..=2).contains(&stride) || ws[1] != xs[1] || gs[1] != ws[0] || gs[0] != xs[0] {
+    if !plain || !(1..=2).contains(&stride) || ws[1] != xs[1] {
         return None;
     }
     // The in-plane kernel's depth stride is 1 (a strided one runs on one slice, where the
@@ -222,7 +237,7 @@ fn geometry(
     let strides = [if kernel_d == 1 { 1 } else { stride }, stride, stride];
     let out_size: [usize; 3] =
         std::array::from_fn(|a| (xs[2 + a] + 2 * pads[a] - kernel[a]) / strides[a] + 1);
-    (out_size == [gs[2], gs[3], gs[4]]).then_some(WgradGeometry {
+    Some(WgradGeometry {
         n: xs[0],
         c_in: xs[1],
         c_out: ws[0],

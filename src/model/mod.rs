@@ -26,6 +26,7 @@ pub mod bias;
 pub mod budget;
 pub mod conv;
 pub mod conv_gpu;
+pub mod conv_gpu_direct;
 pub(crate) mod conv_simd;
 pub mod data;
 pub mod device_failure;

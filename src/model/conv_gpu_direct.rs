@@ -1,0 +1,296 @@
+//! The forward pass and input gradient of the U-Net's small 3×3×3 (and 1×3×3), padding-1
+//! convolutions on burn's GPU backend as one kernel each, reading and writing the network's
+//! own layout `[N, C, D, H, W]`.
+//!
+//! burn's GPU convolutions work channels-last: each one copies its input (and weight) into
+//! that layout and its output back, and takes the input gradient as a matrix product and a
+//! col2im, so a small convolution costs four or five launches forward and as many backward —
+//! and a small network's GPU step is bound by its launches. Here a thread owns one voxel ×
+//! `CHANNEL_BLOCK` channels (output channels forward, input channels backward) and sums over
+//! the other channels and the taps directly. Direct sums do not tile through shared memory as
+//! burn's tuned products do, so convolutions of more than [`DIRECT_MAX_MULTIPLY_ADDS`] keep
+//! burn's route.
+//!
+//! Invariants: equal to burn's `conv3d` and `conv3d_x_backward` to float rounding
+//! (`tests/model.rs`, on lavapipe); f32 only (the caller checks); every read is inside its
+//! tensor (out-of-volume taps read element 0 and are replaced by a selected zero; channels past
+//! the last are clamped to it and not written).
+
+use burn::backend::TensorMetadata;
+use burn::tensor::{DType, Shape};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::conv_gpu::{geometry_of, WgradGeometry};
+
+/// Channels one thread accumulates.
+const CHANNEL_BLOCK: usize = 4;
+/// The largest convolution (voxels × input × output channels × taps) taken directly; larger
+/// ones are bound by arithmetic, not launches, and keep burn's tuned route.
+pub const DIRECT_MAX_MULTIPLY_ADDS: usize = 1 << 31;
+/// Threads per workgroup.
+const WORKGROUP: u32 = 256;
+
+/// Launches of this module's kernels in this process (what tests read to know which route the
+/// GPU's convolutions took).
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many convolutions and input gradients this module's kernels have computed.
+pub fn kernel_launches() -> usize {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// Forward: thread = (item n, output-channel block, output voxel), voxels fastest.
+#[cube(launch_unchecked)]
+fn conv_forward_direct(
+    x: &[f32],
+    weight: &[f32],
+    y: &mut [f32],
+    c_in: usize,
+    c_out: usize,
+    in_size: Sequence<usize>,
+    out_size: Sequence<usize>,
+    blocks: usize,
+    threads: usize,
+    #[comptime] kernel_d: usize,
+    #[comptime] stride: usize,
+    #[comptime] block: usize,
+) {
+    if ABSOLUTE_POS >= threads {
+        terminate!();
+    }
+    let (d, h, w) = (in_size[0], in_size[1], in_size[2]);
+    let (oh, ow) = (out_size[1], out_size[2]);
+    let out_volume = out_size[0] * oh * ow;
+    let v = ABSOLUTE_POS % out_volume;
+    let n = ABSOLUTE_POS / out_volume / blocks;
+    let co0 = (ABSOLUTE_POS / out_volume % blocks) * block;
+    let (xo, yo, zo) = (v % ow, (v / ow) % oh, v / (ow * oh));
+    let pad_d = kernel_d / 2;
+    let taps = kernel_d * 9;
+    let mut acc = Array::<f32>::new(block);
+    #[unroll]
+    for c in 0..block {
+        acc[c] = 0.0;
+    }
+    for ci in 0..c_in {
+        let x_volume = (n * c_in + ci) * d * h * w;
+        #[unroll]
+        for kz in 0..kernel_d {
+            let z_pad = zo * stride + kz;
+            let z_inside = z_pad >= pad_d && z_pad < d + pad_d;
+            #[unroll]
+            for kh in 0..3usize {
+                #[unroll]
+                for kw in 0..3usize {
+                    let (y_pad, x_pad) = (yo * stride + kh, xo * stride + kw);
+                    let inside = z_inside && y_pad >= 1 && y_pad <= h && x_pad >= 1 && x_pad <= w;
+                    let at = x_volume + ((z_pad - pad_d) * h + y_pad - 1) * w + x_pad - 1;
+                    let value = select(inside, x[select(inside, at, 0)], 0.0);
+                    let tap = kz * 9 + kh * 3 + kw;
+                    #[unroll]
+                    for c in 0..block {
+                        let co = select(co0 + c < c_out, co0 + c, c_out - 1);
+                        acc[c] += value * weight[(co * c_in + ci) * taps + tap];
+                    }
+                }
+            }
+        }
+    }
+    #[unroll]
+    for c in 0..block {
+        if co0 + c < c_out {
+            y[(n * c_out + co0 + c) * out_volume + v] = acc[c];
+        }
+    }
+}
+
+/// Whether padded coordinate `at` (input coordinate + padding) reached tap `k`'s output
+/// position at `stride`, and which: `(at − k) / stride`, an output coordinate below `out`.
+#[cube]
+fn tap_source(at: usize, k: usize, out: usize, #[comptime] stride: usize) -> (bool, usize) {
+    let shifted = at - k;
+    let o = shifted / stride;
+    (at >= k && shifted % stride == 0 && o < out, o)
+}
+
+/// Input gradient: thread = (item n, input-channel block, input voxel), voxels fastest.
+#[cube(launch_unchecked)]
+fn conv_input_grad_direct(
+    grad: &[f32],
+    weight: &[f32],
+    dx: &mut [f32],
+    c_in: usize,
+    c_out: usize,
+    in_size: Sequence<usize>,
+    out_size: Sequence<usize>,
+    blocks: usize,
+    threads: usize,
+    #[comptime] kernel_d: usize,
+    #[comptime] stride: usize,
+    #[comptime] block: usize,
+) {
+    if ABSOLUTE_POS >= threads {
+        terminate!();
+    }
+    let (h, w) = (in_size[1], in_size[2]);
+    let (od, oh, ow) = (out_size[0], out_size[1], out_size[2]);
+    let in_volume = in_size[0] * h * w;
+    let v = ABSOLUTE_POS % in_volume;
+    let n = ABSOLUTE_POS / in_volume / blocks;
+    let ci0 = (ABSOLUTE_POS / in_volume % blocks) * block;
+    let (xi, yi, zi) = (v % w, (v / w) % h, v / (w * h));
+    let pad_d = kernel_d / 2;
+    let taps = kernel_d * 9;
+    let mut acc = Array::<f32>::new(block);
+    #[unroll]
+    for c in 0..block {
+        acc[c] = 0.0;
+    }
+    for co in 0..c_out {
+        let g_volume = (n * c_out + co) * od * oh * ow;
+        #[unroll]
+        for kz in 0..kernel_d {
+            let (z_ok, zo) = tap_source(zi + pad_d, kz, od, stride);
+            #[unroll]
+            for kh in 0..3usize {
+                let (y_ok, yo) = tap_source(yi + 1, kh, oh, stride);
+                #[unroll]
+                for kw in 0..3usize {
+                    let (x_ok, xo) = tap_source(xi + 1, kw, ow, stride);
+                    let inside = z_ok && y_ok && x_ok;
+                    let at = g_volume + (zo * oh + yo) * ow + xo;
+                    let g = select(inside, grad[select(inside, at, 0)], 0.0);
+                    let tap = kz * 9 + kh * 3 + kw;
+                    #[unroll]
+                    for c in 0..block {
+                        let ci = select(ci0 + c < c_in, ci0 + c, c_in - 1);
+                        acc[c] += g * weight[(co * c_in + ci) * taps + tap];
+                    }
+                }
+            }
+        }
+    }
+    #[unroll]
+    for c in 0..block {
+        if ci0 + c < c_in {
+            dx[(n * c_in + ci0 + c) * in_volume + v] = acc[c];
+        }
+    }
+}
+
+/// The geometry of a convolution this module takes: f32 and plain ([`geometry_of`]), not
+/// empty, at most [`DIRECT_MAX_MULTIPLY_ADDS`].
+fn direct_geometry(xs: &Shape, weight: &CubeTensor, stride: usize) -> Option<WgradGeometry> {
+    let geo = geometry_of(xs, &weight.shape(), stride)?;
+    let voxels = geo.n * geo.out_size.iter().product::<usize>();
+    let work = voxels * geo.c_in * geo.c_out * geo.kernel_d * 9;
+    let fits = weight.dtype == DType::F32 && work > 0 && work <= DIRECT_MAX_MULTIPLY_ADDS;
+    fits.then_some(geo)
+}
+
+/// The sizes' sequence argument of a launch.
+fn sizes(values: [usize; 3]) -> SequenceArg<usize> {
+    let mut sequence = SequenceArg::new();
+    values.into_iter().for_each(|v| sequence.push(v));
+    sequence
+}
+
+/// The convolution of `x [N, C_in, D, H, W]` by `weight [C_out, C_in, kd, 3, 3]` at `stride`
+/// (padding 1; 0 along the depth of a 1×3×3 kernel), or `Err((x, weight))` where this module
+/// does not take it (burn's then).
+pub fn forward(
+    x: CubeTensor,
+    weight: CubeTensor,
+    stride: usize,
+) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+    let Some(geo) = direct_geometry(&x.shape(), &weight, stride).filter(|_| x.dtype == DType::F32)
+    else {
+        return Err((x, weight));
+    };
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let [od, oh, ow] = geo.out_size;
+    let out_shape = Shape::new([geo.n, geo.c_out, od, oh, ow]);
+    let y = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, DType::F32);
+    let blocks = geo.c_out.div_ceil(CHANNEL_BLOCK);
+    let threads = geo.n * blocks * od * oh * ow;
+    let client = x.client.clone();
+    let cube_dim = CubeDim::new_1d(WORKGROUP);
+    let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+    // SAFETY: x, weight and y are contiguous with the sizes passed; threads past `threads` stop
+    // at once; out-of-volume reads go to element 0 and channels past the last to the last.
+    unsafe {
+        conv_forward_direct::launch_unchecked(
+            &client,
+            cube_count,
+            cube_dim,
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            y.clone().into_buffer_arg(),
+            geo.c_in,
+            geo.c_out,
+            sizes(geo.in_size),
+            sizes(geo.out_size),
+            blocks,
+            threads,
+            geo.kernel_d,
+            geo.stride,
+            CHANNEL_BLOCK,
+        );
+    }
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    Ok(y)
+}
+
+/// The gradient with respect to `x` (of sizes `x_dims`) of [`forward`], given the output's
+/// gradient `grad`, or `Err((weight, grad))` where this module does not take it (burn's then).
+pub fn input_gradient(
+    weight: CubeTensor,
+    grad: CubeTensor,
+    x_dims: [usize; 5],
+    stride: usize,
+) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
+    let geo = direct_geometry(&Shape::new(x_dims), &weight, stride);
+    let out = geo.map(|g| [g.n, g.c_out, g.out_size[0], g.out_size[1], g.out_size[2]]);
+    let Some(geo) = geo.filter(|_| grad.dtype == DType::F32 && out == Some(grad.shape().dims()))
+    else {
+        return Err((weight, grad));
+    };
+    let (grad, weight) = (into_contiguous(grad), into_contiguous(weight));
+    let dx = empty_device_dtype(
+        grad.client.clone(),
+        grad.device.clone(),
+        Shape::new(x_dims),
+        DType::F32,
+    );
+    let blocks = geo.c_in.div_ceil(CHANNEL_BLOCK);
+    let threads = geo.n * blocks * geo.in_size.iter().product::<usize>();
+    let client = grad.client.clone();
+    let cube_dim = CubeDim::new_1d(WORKGROUP);
+    let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+    // SAFETY: as in `forward`, with grad and dx in the places of y and x.
+    unsafe {
+        conv_input_grad_direct::launch_unchecked(
+            &client,
+            cube_count,
+            cube_dim,
+            grad.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            dx.clone().into_buffer_arg(),
+            geo.c_in,
+            geo.c_out,
+            sizes(geo.in_size),
+            sizes(geo.out_size),
+            blocks,
+            threads,
+            geo.kernel_d,
+            geo.stride,
+            CHANNEL_BLOCK,
+        );
+    }
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    Ok(dx)
+}
