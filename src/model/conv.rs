@@ -144,7 +144,7 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         weight: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
-        super::conv_gpu_direct::forward(x, weight, stride).unwrap_or_else(|(x, weight)| {
+        super::conv_gpu_direct::forward(&x, &weight, stride).unwrap_or_else(|| {
             let options = options(&weight, stride);
             Self::conv3d(x, weight, None, options)
         })
@@ -157,8 +157,8 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         stride: usize,
     ) -> FloatTensor<Self> {
         let x_dims = x.shape().dims::<5>();
-        super::conv_gpu_direct::input_gradient(weight, grad, x_dims, stride).unwrap_or_else(
-            |(weight, grad)| {
+        super::conv_gpu_direct::input_gradient(&weight, &grad, x_dims, stride).unwrap_or_else(
+            || {
                 let options = options(&weight, stride);
                 Self::conv3d_x_backward(x, weight, grad, options)
             },

@@ -114,7 +114,7 @@ fn conv_forward_direct(
 fn tap_source(at: usize, k: usize, out: usize, #[comptime] stride: usize) -> (bool, usize) {
     let shifted = at - k;
     let o = shifted / stride;
-    (at >= k && shifted % stride == 0 && o < out, o)
+    (at >= k && o * stride == shifted && o < out, o)
 }
 
 /// Input gradient: thread = (item n, input-channel block, input voxel), voxels fastest.
@@ -200,18 +200,11 @@ fn sizes(values: [usize; 3]) -> SequenceArg<usize> {
 }
 
 /// The convolution of `x [N, C_in, D, H, W]` by `weight [C_out, C_in, kd, 3, 3]` at `stride`
-/// (padding 1; 0 along the depth of a 1×3×3 kernel), or `Err((x, weight))` where this module
-/// does not take it (burn's then).
-pub fn forward(
-    x: CubeTensor,
-    weight: CubeTensor,
-    stride: usize,
-) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
-    let Some(geo) = direct_geometry(&x.shape(), &weight, stride).filter(|_| x.dtype == DType::F32)
-    else {
-        return Err((x, weight));
-    };
-    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+/// (padding 1; 0 along the depth of a 1×3×3 kernel), or `None` where this module does not take
+/// it (burn's then).
+pub fn forward(x: &CubeTensor, weight: &CubeTensor, stride: usize) -> Option<CubeTensor> {
+    let geo = direct_geometry(&x.shape(), weight, stride).filter(|_| x.dtype == DType::F32)?;
+    let (x, weight) = (into_contiguous(x.clone()), into_contiguous(weight.clone()));
     let [od, oh, ow] = geo.out_size;
     let out_shape = Shape::new([geo.n, geo.c_out, od, oh, ow]);
     let y = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, DType::F32);
@@ -242,24 +235,32 @@ pub fn forward(
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
-    Ok(y)
+    Some(y)
 }
 
 /// The gradient with respect to `x` (of sizes `x_dims`) of [`forward`], given the output's
-/// gradient `grad`, or `Err((weight, grad))` where this module does not take it (burn's then).
+/// gradient `grad`, or `None` where this module does not take it (burn's then).
 pub fn input_gradient(
-    weight: CubeTensor,
-    grad: CubeTensor,
+    weight: &CubeTensor,
+    grad: &CubeTensor,
     x_dims: [usize; 5],
     stride: usize,
-) -> Result<CubeTensor, (CubeTensor, CubeTensor)> {
-    let geo = direct_geometry(&Shape::new(x_dims), &weight, stride);
-    let out = geo.map(|g| [g.n, g.c_out, g.out_size[0], g.out_size[1], g.out_size[2]]);
-    let Some(geo) = geo.filter(|_| grad.dtype == DType::F32 && out == Some(grad.shape().dims()))
-    else {
-        return Err((weight, grad));
-    };
-    let (grad, weight) = (into_contiguous(grad), into_contiguous(weight));
+) -> Option<CubeTensor> {
+    let geo = direct_geometry(&Shape::new(x_dims), weight, stride)?;
+    let out = [
+        geo.n,
+        geo.c_out,
+        geo.out_size[0],
+        geo.out_size[1],
+        geo.out_size[2],
+    ];
+    if grad.dtype != DType::F32 || grad.shape().dims::<5>() != out {
+        return None;
+    }
+    let (grad, weight) = (
+        into_contiguous(grad.clone()),
+        into_contiguous(weight.clone()),
+    );
     let dx = empty_device_dtype(
         grad.client.clone(),
         grad.device.clone(),
@@ -292,5 +293,5 @@ pub fn input_gradient(
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
-    Ok(dx)
+    Some(dx)
 }
