@@ -1345,3 +1345,86 @@ fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
     assert_close(&on_gpu.0, &on_cpu.0, 1e-4, "output");
     assert_close(&on_gpu.1, &on_cpu.1, 1e-4, "input gradient");
 }
+
+/// Every float parameter's sizes and gradient (flattened; `None` if it has none), in visiting
+/// order, under `grads`.
+struct ParamGrads<'a> {
+    grads: &'a burn::optim::GradientsParams,
+    values: Vec<Option<(Vec<usize>, Vec<f32>)>>,
+}
+
+impl burn::module::ModuleVisitor for ParamGrads<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+        let values = self.grads.get::<D>(param.id).map(|grad| {
+            let values = grad.into_data().try_into_vec::<f32>().expect("f32");
+            (param.dims().to_vec(), values)
+        });
+        self.values.push(values);
+    }
+}
+
+/// A whole training step of the network on burn's GPU backend (wgpu, here on lavapipe) — its
+/// convolutions, upsamplings, norms and heads through `model::conv_gpu`, `conv_gpu_direct` and
+/// `norm_gpu` together with burn's own kernels — gives the CPU's loss, outputs and the gradient
+/// of every parameter (to 1e-3 of each one's largest), for the 3D and the single-slice forms.
+#[test]
+fn a_training_step_on_the_gpu_gives_the_cpus_loss_and_gradients() {
+    use burn::module::Module;
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    // The tiny task's 12³ batch, whole (3D) and its first slice (the single-slice form).
+    let whole = batch(0, &cpu());
+    let [n, _, s, _, _] = whole.images.dims();
+    let slice = Batch {
+        images: whole.images.clone().slice([0..n, 0..1, 0..1, 0..s, 0..s]),
+        masks: whole.masks.clone().slice([0..n, 0..1, 0..s, 0..s]),
+        classes: whole.classes.clone(),
+        weights: None,
+    };
+    let cases = [
+        (config(1).model, whole),
+        (config(1).model.with_spatial_dims(2), slice),
+    ];
+    for (cfg, cpu_batch) in cases {
+        let model = cfg.init(&cpu().autodiff());
+        let step = |device: &Device| {
+            let model = model.clone().fork(device);
+            let b = Batch {
+                images: cpu_batch.images.clone().to_device(device),
+                masks: cpu_batch.masks.clone().to_device(device),
+                classes: cpu_batch.classes.clone().to_device(device),
+                weights: None,
+            };
+            let (loss, _) = batch_loss(&model, &b, (TaskMode::Joint, 0.5), Precision::F32);
+            let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+            let mut visitor = ParamGrads {
+                grads: &grads,
+                values: Vec::new(),
+            };
+            model.visit(&mut visitor);
+            (loss.into_scalar::<f32>(), visitor.values)
+        };
+        let (on_gpu, on_cpu) = (step(&gpu), step(&cpu().autodiff()));
+        let dims = cpu_batch.images.dims();
+        let loss_gap = (on_gpu.0 - on_cpu.0).abs();
+        assert!(
+            loss_gap <= 1e-4 * on_cpu.0.abs().max(1.0),
+            "loss {} vs {} ({dims:?})",
+            on_gpu.0,
+            on_cpu.0
+        );
+        assert_eq!(on_gpu.1.len(), on_cpu.1.len());
+        let with_grads = on_cpu.1.iter().filter(|g| g.is_some()).count();
+        assert!(with_grads >= 20, "{with_grads} parameters with gradients");
+        for (i, (g, c)) in on_gpu.1.iter().zip(&on_cpu.1).enumerate() {
+            let what = format!("parameter {i} of {dims:?}: {:?}", c.as_ref().map(|c| &c.0));
+            match (g, c) {
+                (Some(g), Some(c)) => assert_close(&g.1, &c.1, 1e-3, &what),
+                _ => assert_eq!(
+                    g.is_some(),
+                    c.is_some(),
+                    "{what}: a gradient on one side only"
+                ),
+            }
+        }
+    }
+}
