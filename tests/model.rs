@@ -14,6 +14,13 @@ fn cpu() -> Device {
     Device::flex()
 }
 
+/// Held by each test that runs on the GPU (lavapipe here), so that the GPU kernels' launch
+/// counts a test reads are its own (the tests of a binary run in parallel).
+fn gpu_alone() -> std::sync::MutexGuard<'static, ()> {
+    static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GPU.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn small(in_channels: usize) -> MultiTaskUNetConfig {
     MultiTaskUNetConfig::new(in_channels, 3, 2)
         .with_base_channels(4)
@@ -726,6 +733,7 @@ const BLOCK_KERNELS: [(usize, usize, usize); 5] =
 /// kernels' blocks of four channels; strides 1 and 2; 1×3×3).
 #[test]
 fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
+    let _gpu = gpu_alone();
     use mriloop::model::{conv_gpu, conv_gpu_direct};
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     let before = (
@@ -1061,6 +1069,7 @@ fn the_cpu_instance_norm_and_burns_match_the_exact_norm_and_its_gradients() {
 /// output and gradients equal the exact (f64) norm's, as on the CPU (to 1e-4 of the largest).
 #[test]
 fn the_gpu_instance_norm_matches_the_exact_norm_and_its_gradients() {
+    let _gpu = gpu_alone();
     let before = mriloop::model::norm_gpu::kernel_launches();
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     // Planes smaller and larger than a workgroup (256 threads), neither a multiple of it.
@@ -1315,6 +1324,7 @@ fn an_f16_step_whose_gradients_overflow_is_skipped_and_halves_the_scale() {
 /// equal the CPU's.
 #[test]
 fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
+    let _gpu = gpu_alone();
     use burn::nn::conv::Conv3dConfig;
     use burn::nn::PaddingConfig3d;
     use mriloop::model::conv::conv3d_forward;
@@ -1369,6 +1379,7 @@ impl burn::module::ModuleVisitor for ParamGrads<'_> {
 /// of every parameter (to 1e-3 of each one's largest), for the 3D and the single-slice forms.
 #[test]
 fn a_training_step_on_the_gpu_gives_the_cpus_loss_and_gradients() {
+    let _gpu = gpu_alone();
     use burn::module::Module;
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     // The tiny task's 12³ batch, whole (3D) and its first slice (the single-slice form).

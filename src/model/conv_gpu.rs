@@ -132,8 +132,6 @@ fn weight_grad_partials(
     for i in 0..co_block * 9 {
         acc[i] = 0.0;
     }
-    let mut gv = Array::<f32>::new(co_block);
-
     let first = chunk * rows_per_chunk;
     let past = select(first + rows_per_chunk < rows, first + rows_per_chunk, rows);
     for row in first..past {
@@ -144,37 +142,101 @@ fn weight_grad_partials(
         if z_pad >= pad_d && z_pad < d + pad_d {
             let x_plane = (n * c_in + ci) * in_volume + (z_pad - pad_d) * h * w;
             let g_row = n * c_out * out_volume + (zo * oh + yo) * ow;
-            for xo in 0..ow {
+            let g_at = g_row + co0 * out_volume;
+            let sizes = (h, w, ow, out_volume);
+            accumulate_row(
+                x,
+                grad,
+                &mut acc,
+                x_plane,
+                g_at,
+                c_out - co0,
+                yo,
+                sizes,
+                stride,
+                co_block,
+            );
+        }
+    }
+    // This thread's nine taps of each of its output channels, at row `chunk` of `partial`.
+    let first_tap = (chunk * c_out + co0) * c_in + ci;
+    store_taps(
+        partial,
+        &acc,
+        first_tap,
+        c_in,
+        c_out - co0,
+        kernel_d * 9,
+        kz * 9,
+        co_block,
+    );
+}
+
+/// Adds one output row's share to `acc[c·9 + kh·3 + kw]`: for each output column xo, the
+/// gradient of each of the `block` channels c below `channels_left` (at `g_at + c·out_volume
+/// + xo`) times the input at tap (kh, kw) of row `yo` of the input plane at `x_plane` (zero off
+/// the plane). `sizes`: the input's height and width, the output's width and volume.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_row(
+    x: &[f32],
+    grad: &[f32],
+    acc: &mut Array<f32>,
+    x_plane: usize,
+    g_at: usize,
+    channels_left: usize,
+    yo: usize,
+    sizes: (usize, usize, usize, usize),
+    #[comptime] stride: usize,
+    #[comptime] block: usize,
+) {
+    let (h, w, ow, out_volume) = sizes;
+    let mut gv = Array::<f32>::new(block);
+    for xo in 0..ow {
+        #[unroll]
+        for c in 0..block {
+            let inside = c < channels_left;
+            gv[c] = select(
+                inside,
+                grad[select(inside, g_at + c * out_volume + xo, 0)],
+                0.0,
+            );
+        }
+        #[unroll]
+        for kh in 0..3usize {
+            #[unroll]
+            for kw in 0..3usize {
+                let (y_pad, x_pad) = (yo * stride + kh, xo * stride + kw);
+                let inside = y_pad >= 1 && y_pad <= h && x_pad >= 1 && x_pad <= w;
+                let at = select(inside, x_plane + (y_pad - 1) * w + x_pad - 1, 0);
+                let v = select(inside, x[at], 0.0);
                 #[unroll]
-                for c in 0..co_block {
-                    let inside = co0 + c < c_out;
-                    let at = select(inside, g_row + (co0 + c) * out_volume + xo, 0);
-                    gv[c] = select(inside, grad[at], 0.0);
-                }
-                #[unroll]
-                for kh in 0..3usize {
-                    #[unroll]
-                    for kw in 0..3usize {
-                        let y_pad = yo * stride + kh;
-                        let x_pad = xo * stride + kw;
-                        let inside = y_pad >= 1 && y_pad <= h && x_pad >= 1 && x_pad <= w;
-                        let at = select(inside, x_plane + (y_pad - 1) * w + x_pad - 1, 0);
-                        let v = select(inside, x[at], 0.0);
-                        #[unroll]
-                        for c in 0..co_block {
-                            acc[c * 9 + kh * 3 + kw] += gv[c] * v;
-                        }
-                    }
+                for c in 0..block {
+                    acc[c * 9 + kh * 3 + kw] += gv[c] * v;
                 }
             }
         }
     }
+}
 
-    let taps = kernel_d * 9;
+/// `partial[(first + c·c_in)·taps + tap0 + t] = acc[c·9 + t]` for the nine taps t of each of
+/// the `block` channels c below `channels_left`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn store_taps(
+    partial: &mut [f32],
+    acc: &Array<f32>,
+    first: usize,
+    c_in: usize,
+    channels_left: usize,
+    taps: usize,
+    tap0: usize,
+    #[comptime] block: usize,
+) {
     #[unroll]
-    for c in 0..co_block {
-        if co0 + c < c_out {
-            let base = ((chunk * c_out + co0 + c) * c_in + ci) * taps + kz * 9;
+    for c in 0..block {
+        if c < channels_left {
+            let base = (first + c * c_in) * taps + tap0;
             #[unroll]
             for t in 0..9usize {
                 partial[base + t] = acc[c * 9 + t];
