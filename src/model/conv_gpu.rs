@@ -73,6 +73,12 @@ impl WgradGeometry {
         self.n * self.out_size[0] * self.out_size[1]
     }
 
+    /// The convolution's output sizes `[n, c_out, od, oh, ow]`.
+    pub(super) fn out_dims(&self) -> [usize; 5] {
+        let [od, oh, ow] = self.out_size;
+        [self.n, self.c_out, od, oh, ow]
+    }
+
     /// Elements of the weight gradient.
     fn weights(&self) -> usize {
         self.c_out * self.c_in * self.kernel_d * 9
@@ -245,6 +251,16 @@ fn store_taps(
     }
 }
 
+/// The workgroups of [`WORKGROUP`] threads for a launch of `threads` threads (spread over two
+/// grid axes when one would hold too many; threads past `threads` stop at once).
+pub(super) fn launch_grid(client: &Client, threads: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new_1d(WORKGROUP);
+    (
+        cubecl::calculate_cube_count_elemwise(client, threads, cube_dim),
+        cube_dim,
+    )
+}
+
 /// Whether `device` is one of burn's GPU (cubecl) devices.
 pub fn on_gpu(device: &burn::prelude::Device) -> bool {
     matches!(
@@ -266,14 +282,7 @@ fn geometry(
         .all(|d| *d == DType::F32);
     let gs = grad.shape();
     let geo = geometry_of(&x.shape(), &weight.shape(), stride)?;
-    let out = [
-        geo.n,
-        geo.c_out,
-        geo.out_size[0],
-        geo.out_size[1],
-        geo.out_size[2],
-    ];
-    (dtypes_f32 && gs.dims() == out).then_some(geo)
+    (dtypes_f32 && gs.dims() == geo.out_dims()).then_some(geo)
 }
 
 /// The geometry of a padding-1 convolution of an input of sizes `xs` by a kernel of sizes `ws`
@@ -335,8 +344,7 @@ pub fn weight_gradient(
         Shape::new([chunks, geo.weights()]),
         DType::F32,
     );
-    let cube_dim = CubeDim::new_1d(WORKGROUP);
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+    let (cube_count, cube_dim) = launch_grid(&client, threads);
     let [d, h, w] = geo.in_size;
     let [od, oh, ow] = geo.out_size;
     // SAFETY: every index the kernel reads or writes is inside its buffer: x and grad are

@@ -24,15 +24,13 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::conv_gpu::{geometry_of, WgradGeometry};
+use super::conv_gpu::{geometry_of, launch_grid, WgradGeometry};
 
 /// Channels one thread accumulates.
 const CHANNEL_BLOCK: usize = 4;
 /// The largest convolution (voxels × input × output channels × taps) taken directly; larger
 /// ones are bound by arithmetic, not launches, and keep burn's tuned route.
 pub const DIRECT_MAX_MULTIPLY_ADDS: usize = 1 << 31;
-/// Threads per workgroup.
-const WORKGROUP: u32 = 256;
 
 /// Launches of this module's kernels in this process (what tests read to know which route the
 /// GPU's convolutions took).
@@ -41,6 +39,63 @@ static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
 /// How many convolutions and input gradients this module's kernels have computed.
 pub fn kernel_launches() -> usize {
     LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// This thread's place: `(voxel, item, first channel)` for threads ordered (item, channel
+/// block of `block`, voxel of `volume`), voxels fastest.
+#[cube]
+fn thread_place(volume: usize, blocks: usize, #[comptime] block: usize) -> (usize, usize, usize) {
+    let v = ABSOLUTE_POS % volume;
+    let n = ABSOLUTE_POS / volume / blocks;
+    (v, n, (ABSOLUTE_POS / volume % blocks) * block)
+}
+
+/// `block` zeros, one accumulator per channel of a thread.
+#[cube]
+fn zeros(#[comptime] block: usize) -> Array<f32> {
+    let mut acc = Array::<f32>::new(block);
+    #[unroll]
+    for c in 0..block {
+        acc[c] = 0.0;
+    }
+    acc
+}
+
+/// `acc[c] += value · weight[at + c·step]` for the `block` channels c, those at or past
+/// `channels_left` reading the last channel's weight (their sums are never stored).
+#[cube]
+fn add_weighted(
+    acc: &mut Array<f32>,
+    value: f32,
+    weight: &[f32],
+    at: usize,
+    channels_left: usize,
+    step: usize,
+    #[comptime] block: usize,
+) {
+    #[unroll]
+    for c in 0..block {
+        let c_read = select(c < channels_left, c, channels_left - 1);
+        acc[c] += value * weight[at + c_read * step];
+    }
+}
+
+/// `out[at + c·volume] = acc[c]` for the `block` channels c below `channels_left`.
+#[cube]
+fn store_channels(
+    out: &mut [f32],
+    acc: &Array<f32>,
+    at: usize,
+    channels_left: usize,
+    volume: usize,
+    #[comptime] block: usize,
+) {
+    #[unroll]
+    for c in 0..block {
+        if c < channels_left {
+            out[at + c * volume] = acc[c];
+        }
+    }
 }
 
 /// Forward: thread = (item n, output-channel block, output voxel), voxels fastest.
@@ -65,17 +120,10 @@ fn conv_forward_direct(
     let (d, h, w) = (in_size[0], in_size[1], in_size[2]);
     let (oh, ow) = (out_size[1], out_size[2]);
     let out_volume = out_size[0] * oh * ow;
-    let v = ABSOLUTE_POS % out_volume;
-    let n = ABSOLUTE_POS / out_volume / blocks;
-    let co0 = (ABSOLUTE_POS / out_volume % blocks) * block;
+    let (v, n, co0) = thread_place(out_volume, blocks, block);
     let (xo, yo, zo) = (v % ow, (v / ow) % oh, v / (ow * oh));
-    let pad_d = kernel_d / 2;
-    let taps = kernel_d * 9;
-    let mut acc = Array::<f32>::new(block);
-    #[unroll]
-    for c in 0..block {
-        acc[c] = 0.0;
-    }
+    let (pad_d, taps) = (kernel_d / 2, kernel_d * 9);
+    let mut acc = zeros(block);
     for ci in 0..c_in {
         let x_volume = (n * c_in + ci) * d * h * w;
         #[unroll]
@@ -91,21 +139,20 @@ fn conv_forward_direct(
                     let at = x_volume + ((z_pad - pad_d) * h + y_pad - 1) * w + x_pad - 1;
                     let value = select(inside, x[select(inside, at, 0)], 0.0);
                     let tap = kz * 9 + kh * 3 + kw;
-                    #[unroll]
-                    for c in 0..block {
-                        let co = select(co0 + c < c_out, co0 + c, c_out - 1);
-                        acc[c] += value * weight[(co * c_in + ci) * taps + tap];
-                    }
+                    let at = (co0 * c_in + ci) * taps + tap;
+                    add_weighted(&mut acc, value, weight, at, c_out - co0, c_in * taps, block);
                 }
             }
         }
     }
-    #[unroll]
-    for c in 0..block {
-        if co0 + c < c_out {
-            y[(n * c_out + co0 + c) * out_volume + v] = acc[c];
-        }
-    }
+    store_channels(
+        y,
+        &acc,
+        (n * c_out + co0) * out_volume + v,
+        c_out - co0,
+        out_volume,
+        block,
+    );
 }
 
 /// Whether padded coordinate `at` (input coordinate + padding) reached tap `k`'s output
@@ -139,17 +186,10 @@ fn conv_input_grad_direct(
     let (h, w) = (in_size[1], in_size[2]);
     let (od, oh, ow) = (out_size[0], out_size[1], out_size[2]);
     let in_volume = in_size[0] * h * w;
-    let v = ABSOLUTE_POS % in_volume;
-    let n = ABSOLUTE_POS / in_volume / blocks;
-    let ci0 = (ABSOLUTE_POS / in_volume % blocks) * block;
+    let (v, n, ci0) = thread_place(in_volume, blocks, block);
     let (xi, yi, zi) = (v % w, (v / w) % h, v / (w * h));
-    let pad_d = kernel_d / 2;
-    let taps = kernel_d * 9;
-    let mut acc = Array::<f32>::new(block);
-    #[unroll]
-    for c in 0..block {
-        acc[c] = 0.0;
-    }
+    let (pad_d, taps) = (kernel_d / 2, kernel_d * 9);
+    let mut acc = zeros(block);
     for co in 0..c_out {
         let g_volume = (n * c_out + co) * od * oh * ow;
         #[unroll]
@@ -165,21 +205,20 @@ fn conv_input_grad_direct(
                     let at = g_volume + (zo * oh + yo) * ow + xo;
                     let g = select(inside, grad[select(inside, at, 0)], 0.0);
                     let tap = kz * 9 + kh * 3 + kw;
-                    #[unroll]
-                    for c in 0..block {
-                        let ci = select(ci0 + c < c_in, ci0 + c, c_in - 1);
-                        acc[c] += g * weight[(co * c_in + ci) * taps + tap];
-                    }
+                    let at = (co * c_in + ci0) * taps + tap;
+                    add_weighted(&mut acc, g, weight, at, c_in - ci0, taps, block);
                 }
             }
         }
     }
-    #[unroll]
-    for c in 0..block {
-        if ci0 + c < c_in {
-            dx[(n * c_in + ci0 + c) * in_volume + v] = acc[c];
-        }
-    }
+    store_channels(
+        dx,
+        &acc,
+        (n * c_in + ci0) * in_volume + v,
+        c_in - ci0,
+        in_volume,
+        block,
+    );
 }
 
 /// The geometry of a convolution this module takes: f32 and plain ([`geometry_of`]), not
@@ -205,14 +244,12 @@ fn sizes(values: [usize; 3]) -> SequenceArg<usize> {
 pub fn forward(x: &CubeTensor, weight: &CubeTensor, stride: usize) -> Option<CubeTensor> {
     let geo = direct_geometry(&x.shape(), weight, stride).filter(|_| x.dtype == DType::F32)?;
     let (x, weight) = (into_contiguous(x.clone()), into_contiguous(weight.clone()));
-    let [od, oh, ow] = geo.out_size;
-    let out_shape = Shape::new([geo.n, geo.c_out, od, oh, ow]);
+    let out_shape = Shape::new(geo.out_dims());
     let y = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, DType::F32);
     let blocks = geo.c_out.div_ceil(CHANNEL_BLOCK);
-    let threads = geo.n * blocks * od * oh * ow;
+    let threads = geo.n * blocks * geo.out_size.iter().product::<usize>();
     let client = x.client.clone();
-    let cube_dim = CubeDim::new_1d(WORKGROUP);
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+    let (cube_count, cube_dim) = launch_grid(&client, threads);
     // SAFETY: x, weight and y are contiguous with the sizes passed; threads past `threads` stop
     // at once; out-of-volume reads go to element 0 and channels past the last to the last.
     unsafe {
@@ -247,14 +284,7 @@ pub fn input_gradient(
     stride: usize,
 ) -> Option<CubeTensor> {
     let geo = direct_geometry(&Shape::new(x_dims), weight, stride)?;
-    let out = [
-        geo.n,
-        geo.c_out,
-        geo.out_size[0],
-        geo.out_size[1],
-        geo.out_size[2],
-    ];
-    if grad.dtype != DType::F32 || grad.shape().dims::<5>() != out {
+    if grad.dtype != DType::F32 || grad.shape().dims::<5>() != geo.out_dims() {
         return None;
     }
     let (grad, weight) = (
@@ -270,8 +300,7 @@ pub fn input_gradient(
     let blocks = geo.c_in.div_ceil(CHANNEL_BLOCK);
     let threads = geo.n * blocks * geo.in_size.iter().product::<usize>();
     let client = grad.client.clone();
-    let cube_dim = CubeDim::new_1d(WORKGROUP);
-    let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+    let (cube_count, cube_dim) = launch_grid(&client, threads);
     // SAFETY: as in `forward`, with grad and dx in the places of y and x.
     unsafe {
         conv_input_grad_direct::launch_unchecked(
