@@ -57,7 +57,12 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
         return norm.forward(x);
     };
     let plain = D >= 3 && x.dtype() == DType::F32 && x.dims()[1] == norm.num_channels;
-    if plain && x.shape().num_elements() > 0 && super::conv_gpu::on_gpu(&x.device()) {
+    // One GPU workgroup per plane, on one grid axis (at most 65 535 workgroups).
+    let gpu_fits = plain
+        && x.shape().num_elements() > 0
+        && x.dims()[0] * x.dims()[1] <= u16::MAX as usize
+        && super::conv_gpu::on_gpu(&x.device());
+    if gpu_fits {
         use super::norm_gpu::InstanceNormGpuBackend;
         let (y, _stats) = <Dispatch as InstanceNormGpuBackend>::instance_norm_keeping(
             x.into_dispatch(),
