@@ -56,6 +56,9 @@ profile_log() { # LEVEL FILE: cubecl's profiling log at LEVEL into FILE
     printf '[profiling.logger]\nlevel = "%s"\nfile = "%s"\nappend = false\n' "$1" "$2" >cubecl.toml
 }
 if [ "${1:-}" = profile ]; then
+    # A first run fills the kernel caches: a run that still tunes launches extra kernels in its
+    # setup, which would skew the difference below (seen on lavapipe: 400 instead of 445).
+    run warm_caches 150 bench train --config small --backends wgpu --repeats 5 --rounds 1
     for steps in 20 220; do
         profile_log minimal "$out/launches_$steps.log"
         run launches_$steps 150 bench train --config small --backends wgpu --repeats $steps --rounds 1
