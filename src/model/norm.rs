@@ -59,6 +59,8 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
     let plain = D >= 3 && x.dtype() == DType::F32 && x.dims()[1] == norm.num_channels;
     // One GPU workgroup per plane, on one grid axis (at most 65 535 workgroups).
     let gpu_fits = plain
+        && gamma.dtype() == DType::F32
+        && beta.dtype() == DType::F32
         && x.shape().num_elements() > 0
         && x.dims()[0] * x.dims()[1] <= u16::MAX as usize
         && super::conv_gpu::on_gpu(&x.device());

@@ -34,6 +34,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads per workgroup (one workgroup per plane); a power of two, for the tree sums.
 const WORKGROUP: usize = 256;
+/// Levels of [`workgroup_sum`]'s tree: log2 of [`WORKGROUP`].
+const TREE_LEVELS: usize = WORKGROUP.trailing_zeros() as usize;
+const _: () = assert!(
+    WORKGROUP.is_power_of_two(),
+    "the tree sums need a power of two"
+);
 
 /// Launches of this module's kernels in this process (what tests read to know the GPU's norms
 /// took this route).
@@ -101,7 +107,7 @@ fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     shared[unit] = value;
     sync_cube();
     #[unroll]
-    for level in 0..8usize {
+    for level in 0..TREE_LEVELS {
         let half = comptime!(WORKGROUP >> (level + 1));
         if unit < half {
             shared[unit] += shared[unit + half];
