@@ -171,7 +171,10 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         grad: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
-        super::conv_gpu::weight_gradient(x, weight, grad, stride)
+        super::conv_gpu::weight_gradient(&x, &weight, &grad, stride).unwrap_or_else(|| {
+            let options = options(&weight, stride);
+            Self::conv3d_weight_backward(x, weight, grad, options)
+        })
     }
 }
 
@@ -179,23 +182,31 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
 /// sizes `weight` at `stride` (for burn's fusion).
 fn conv3x3_out_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
     let (xs, ws) = (x.dims::<5>(), weight.dims::<5>());
-    let pad_d = ws[2] / 2;
-    let stride_d = if pad_d == 0 { 1 } else { *stride };
-    let out = |size: usize, k: usize, pad: usize, s: usize| (size + 2 * pad - k) / s + 1;
-    Shape::new([
-        xs[0],
-        ws[0],
-        out(xs[2], ws[2], pad_d, stride_d),
-        out(xs[3], ws[3], 1, *stride),
-        out(xs[4], ws[4], 1, *stride),
-    ])
+    let [d, h, w] = conv3x3_out_size([xs[2], xs[3], xs[4]], ws[2], *stride);
+    Shape::new([xs[0], ws[0], d, h, w])
+}
+
+/// The output's `[D', H', W']` of a padding-1 convolution of an input of `in_size` by a
+/// `kernel_d`×3×3 kernel at `stride` (in-plane only for a 1×3×3 kernel, as in [`options`]).
+pub(super) fn conv3x3_out_size(in_size: [usize; 3], kernel_d: usize, stride: usize) -> [usize; 3] {
+    let options = options_for(kernel_d, stride);
+    let kernel = [kernel_d, 3, 3];
+    std::array::from_fn(|a| {
+        let (before, after) = options.padding[a];
+        (in_size[a] + before + after - kernel[a]) / options.stride[a] + 1
+    })
 }
 
 /// `stride` along every axis (in-plane only for a 1×3×3 `weight`, whose strided form runs on
 /// one slice, where a depth stride changes nothing — and burn's GPU input gradient errs with
 /// one), padding 1 (0 along the depth of a 1×3×3 `weight`), no dilation, one group.
 fn options<T: TensorMetadata>(weight: &T, stride: usize) -> ConvOptions<3> {
-    let pad_d = weight.shape().dims::<5>()[2] / 2;
+    options_for(weight.shape().dims::<5>()[2], stride)
+}
+
+/// [`options`] for a kernel `kernel_d` deep.
+fn options_for(kernel_d: usize, stride: usize) -> ConvOptions<3> {
+    let pad_d = kernel_d / 2;
     let stride_d = if pad_d == 0 { 1 } else { stride };
     ConvOptions::new([stride_d, stride, stride], [pad_d, 1, 1], [1, 1, 1], 1)
 }

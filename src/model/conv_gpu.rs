@@ -18,7 +18,7 @@
 //! to burn's); every read is inside its tensor (out-of-volume taps read element 0 and are
 //! multiplied by a selected zero).
 
-use burn::backend::ops::{ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::{DispatchDevice, TensorMetadata};
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -303,11 +303,7 @@ pub(super) fn geometry_of(xs: &Shape, ws: &Shape, stride: usize) -> Option<Wgrad
     if kernel_d == 1 && stride != 1 && xs[2] != 1 {
         return None;
     }
-    let pads = [kernel_d / 2, 1, 1];
-    let kernel = [kernel_d, 3, 3];
-    let strides = [if kernel_d == 1 { 1 } else { stride }, stride, stride];
-    let out_size: [usize; 3] =
-        std::array::from_fn(|a| (xs[2 + a] + 2 * pads[a] - kernel[a]) / strides[a] + 1);
+    let out_size = super::conv::conv3x3_out_size([xs[2], xs[3], xs[4]], kernel_d, stride);
     Some(WgradGeometry {
         n: xs[0],
         c_in: xs[1],
@@ -321,19 +317,15 @@ pub(super) fn geometry_of(xs: &Shape, ws: &Shape, stride: usize) -> Option<Wgrad
 
 /// The weight gradient `[c_out, c_in, kd, 3, 3]` of a padding-1 convolution of `x` by a kernel
 /// shaped like `weight`, at `stride`, given the output gradient `grad`: this module's kernel
-/// and one sum where [`geometry`] allows, burn's `conv3d_weight_backward` otherwise.
+/// and one sum where [`geometry`] allows, `None` otherwise (burn's then).
 pub fn weight_gradient(
-    x: CubeTensor,
-    weight: CubeTensor,
-    grad: CubeTensor,
+    x: &CubeTensor,
+    weight: &CubeTensor,
+    grad: &CubeTensor,
     stride: usize,
-) -> CubeTensor {
-    let Some(geo) = geometry(&x, &weight, &grad, stride) else {
-        let pad_d = weight.shape().dims::<5>()[2] / 2;
-        let stride_d = if pad_d == 0 { 1 } else { stride };
-        let options = ConvOptions::new([stride_d, stride, stride], [pad_d, 1, 1], [1, 1, 1], 1);
-        return CubeBackend::conv3d_weight_backward(x, weight, grad, options);
-    };
+) -> Option<CubeTensor> {
+    let geo = geometry(x, weight, grad, stride)?;
+    let (x, grad) = (x.clone(), grad.clone());
     let (x, grad) = (into_contiguous(x), into_contiguous(grad));
     let (chunks, rows_per_chunk) = geo.chunks();
     let threads = chunks * geo.threads_per_chunk();
@@ -381,7 +373,7 @@ pub fn weight_gradient(
         _ => CubeBackend::float_sum_dim(partial, 0),
     };
     let shape = Shape::new([geo.c_out, geo.c_in, geo.kernel_d, 3, 3]);
-    CubeBackend::float_reshape(summed, shape)
+    Some(CubeBackend::float_reshape(summed, shape))
 }
 
 #[cfg(test)]
