@@ -5,14 +5,18 @@
 //!
 //! One workgroup per plane (batch item n × channel c): forward it sums the plane's voxels (a
 //! tree in shared memory), then their squared deviations from the mean, and writes
-//! `y = γ_c·(x − μ)/√(σ² + ε) + β_c` and the plane's `(μ, 1/√(σ² + ε))`; backward, with those
+//! `y = γ_c·(x − μ)/√(σ² + ε) + β_c` and the plane's `(s, μ − s, 1/√(σ² + ε))`, s the plane's
+//! first voxel: the sums are of `x − s` (exact in f32 where x and s are within a factor of two,
+//! Sterbenz) and the deviations `(x − s) − (μ − s)`, so a plane of small spread about a large
+//! mean (0.01 about 5) keeps its precision, which `x − μ` with μ rounded to f32 loses (~1e-4 of
+//! x̂, measured in `tests/model.rs`); backward, with those
 //! statistics and the output's gradient g, it sums g and g·x̂, writes
 //! `∂L/∂x = γ_c/√(σ² + ε)·(g − mean g − x̂·mean(g·x̂))` and the plane's two sums, which one
 //! reduction over the batch turns into ∂L/∂β and ∂L/∂γ (the formulas of [`super::norm`]).
 //!
 //! Invariants: equal to burn's `InstanceNorm::forward` and its gradients to float rounding
 //! (`tests/model.rs`, on lavapipe); f32 only, affine norms only, statistics summed in f32
-//! (two passes: mean, then deviations); [`super::norm::instance_norm_forward`] routes nothing
+//! (two passes: mean, then deviations, both about the first voxel); [`super::norm::instance_norm_forward`] routes nothing
 //! else here.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -41,6 +45,9 @@ const _: () = assert!(
     "the tree sums need a power of two"
 );
 
+/// Statistics kept per plane: its first voxel s, its mean less s, its inverse deviation.
+const STATS: usize = 3;
+
 /// Launches of this module's kernels in this process (what tests read to know the GPU's norms
 /// took this route).
 static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
@@ -55,7 +62,7 @@ pub fn kernel_launches() -> usize {
 #[backend_extension(Cube, Fusion, Autodiff)]
 pub trait InstanceNormGpuBackend: Backend {
     /// `x [N, C, …]` normalised over each plane's voxels, then `γ_c·x̂ + β_c` (`gamma`, `beta`:
-    /// `[C]`); also each plane's `(μ, 1/√(σ² + ε))`, `[N·C·2]`.
+    /// `[C]`); also each plane's `(s, μ − s, 1/√(σ² + ε))` (s its first voxel), `[N·C·3]`.
     #[fusion(meta = forward_specs)]
     fn instance_norm_keeping(
         x: FloatTensor<Self>,
@@ -85,7 +92,7 @@ fn forward_specs(
     let planes = x.shape.iter().take(2).product::<usize>();
     (
         x.clone(),
-        TensorSpec::new(Shape::new([planes * 2]), x.dtype),
+        TensorSpec::new(Shape::new([planes * STATS]), x.dtype),
     )
 }
 
@@ -119,8 +126,8 @@ fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     total
 }
 
-/// Forward: workgroup `CUBE_POS` normalises plane `CUBE_POS` (`voxels` long) of `x` into `y`
-/// and writes its mean and inverse deviation to `stats`.
+/// Forward: workgroup `CUBE_POS` normalises plane `CUBE_POS` (`voxels` long, at least one) of
+/// `x` into `y` and writes its first voxel s, mean less s and inverse deviation to `stats`.
 #[cube(launch_unchecked)]
 fn norm_forward(
     x: &[f32],
@@ -136,27 +143,29 @@ fn norm_forward(
     let unit = UNIT_POS as usize;
     let base = plane * voxels;
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
+    let shift = x[base];
     let mut sum = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        sum += x[base + i];
+        sum += x[base + i] - shift;
     }
     let mean = workgroup_sum(&mut shared, sum) / f32::cast_from(voxels);
     let mut squares = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        let d = x[base + i] - mean;
+        let d = (x[base + i] - shift) - mean;
         squares += d * d;
     }
     let variance = workgroup_sum(&mut shared, squares) / f32::cast_from(voxels);
     let inverse_sd = 1.0f32 / f32::sqrt(variance + epsilon);
     let c = plane % channels;
     let scale = gamma[c] * inverse_sd;
-    let shift = beta[c];
+    let offset = beta[c];
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        y[base + i] = (x[base + i] - mean) * scale + shift;
+        y[base + i] = ((x[base + i] - shift) - mean) * scale + offset;
     }
     if unit == 0 {
-        stats[plane * 2] = mean;
-        stats[plane * 2 + 1] = inverse_sd;
+        stats[plane * 3] = shift;
+        stats[plane * 3 + 1] = mean;
+        stats[plane * 3 + 2] = inverse_sd;
     }
 }
 
@@ -177,15 +186,16 @@ fn norm_backward(
     let plane = CUBE_POS;
     let unit = UNIT_POS as usize;
     let base = plane * voxels;
-    let mean = stats[plane * 2];
-    let inverse_sd = stats[plane * 2 + 1];
+    let shift = stats[plane * 3];
+    let mean = stats[plane * 3 + 1];
+    let inverse_sd = stats[plane * 3 + 2];
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
     let mut sum_g = 0.0f32;
     let mut sum_gx = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
         let g = grad[base + i];
         sum_g += g;
-        sum_gx += g * (x[base + i] - mean) * inverse_sd;
+        sum_gx += g * ((x[base + i] - shift) - mean) * inverse_sd;
     }
     let sum_g = workgroup_sum(&mut shared, sum_g);
     let sum_gx = workgroup_sum(&mut shared, sum_gx);
@@ -193,7 +203,7 @@ fn norm_backward(
     let (mean_g, mean_gx) = (sum_g / count, sum_gx / count);
     let scale = gamma[plane % channels] * inverse_sd;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        let normalised = (x[base + i] - mean) * inverse_sd;
+        let normalised = ((x[base + i] - shift) - mean) * inverse_sd;
         dx[base + i] = scale * (grad[base + i] - mean_g - normalised * mean_gx);
     }
     if unit == 0 {
@@ -229,10 +239,11 @@ impl InstanceNormGpuBackend for CubeBackend {
         );
         let (planes, voxels, channels) = planes_of(&x);
         let y = empty_like(&x, x.shape());
-        let stats = empty_like(&x, Shape::new([planes * 2]));
+        let stats = empty_like(&x, Shape::new([planes * STATS]));
         let client = x.client.clone();
-        // SAFETY: x and y hold `planes × voxels` f32s, gamma and beta `channels`, stats
-        // `2 × planes`; workgroup p touches plane p only, each thread indices below `voxels`.
+        // SAFETY: x and y hold `planes × voxels` f32s (voxels ≥ 1: `norm.rs` routes no empty
+        // tensor here), gamma and beta `channels`, stats `3 × planes`; workgroup p touches
+        // plane p only, each thread indices below `voxels`.
         unsafe {
             norm_forward::launch_unchecked(
                 &client,
