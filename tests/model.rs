@@ -1065,6 +1065,53 @@ fn the_cpu_instance_norm_and_burns_match_the_exact_norm_and_its_gradients() {
     compare_instance_norms(&cpu().autodiff(), [5, 4, 7]);
 }
 
+/// A residual block's convolutions go into their norms without their biases
+/// (`conv3d_forward_before_norm`): with biases far from zero the normalised output and the
+/// weight's gradient are the biased convolution's, and the bias gets no gradient (its exact
+/// one is zero: here burn's is ~1e-6 of the weight's).
+#[test]
+fn a_bias_before_an_instance_norm_changes_nothing_and_gets_no_gradient() {
+    use burn::module::Param;
+    use burn::nn::conv::Conv3dConfig;
+    use burn::nn::{InstanceNormConfig, PaddingConfig3d};
+    use mriloop::model::conv::{conv3d_forward, conv3d_forward_before_norm};
+    use mriloop::model::norm::instance_norm_forward;
+    let ad = cpu().autodiff();
+    let mut conv = Conv3dConfig::new([3, 4], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .init(&ad);
+    conv.bias = Some(Param::from_tensor(Tensor::from_floats(
+        [3.0, -2.0, 0.5, 7.0],
+        &ad,
+    )));
+    let norm = InstanceNormConfig::new(4).init(&ad);
+    let x = Tensor::<5>::random([2, 3, 5, 6, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let target = Tensor::<5>::random([2, 4, 5, 6, 7], Distribution::Normal(0.0, 1.0), &ad);
+    let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+    let run = |before_norm: bool| {
+        let h = match before_norm {
+            true => conv3d_forward_before_norm(&conv, x.clone()),
+            false => conv3d_forward(&conv, x.clone()),
+        };
+        let y = instance_norm_forward(&norm, h);
+        let grads = (y.clone() * target.clone()).sum().backward();
+        let weight = conv.weight.grad(&grads).expect("weight gradient");
+        let bias = conv.bias.as_ref().and_then(|b| b.grad(&grads));
+        let bias = bias.map(|g| g.into_data().try_into_vec::<f32>().expect("f32"));
+        (values(y.inner()), values(weight), bias)
+    };
+    let ((y, weight, bias), (y_biased, weight_biased, bias_biased)) = (run(true), run(false));
+    assert_close(&y, &y_biased, 1e-5, "output");
+    assert_close(&weight, &weight_biased, 1e-5, "weight gradient");
+    assert_eq!(bias, None, "the left-out bias has a gradient");
+    let largest = weight_biased.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let bias_biased = bias_biased.expect("the biased convolution's bias gradient");
+    assert!(
+        bias_biased.iter().all(|g| g.abs() <= 1e-4 * largest),
+        "a bias before a norm has a gradient: {bias_biased:?} (weight's up to {largest})"
+    );
+}
+
 /// On burn's GPU backend (wgpu, here on lavapipe) the norm takes `model::norm_gpu`'s kernels:
 /// output and gradients equal the exact (f64) norm's, as on the CPU (to 1e-4 of the largest).
 #[test]

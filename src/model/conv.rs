@@ -250,6 +250,22 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     }
 }
 
+/// `conv` applied to `x` without its bias, for a convolution whose output goes straight into a
+/// per-plane normalisation: an instance norm subtracts each item's and channel's mean, which
+/// takes a per-channel constant with it, so the output is the same to float rounding and the
+/// bias's exact gradient is zero. Left out are the bias's broadcast add forward, and backward
+/// its reduction and its optimiser update (on a GPU step, launches). The bias stays a
+/// parameter (a checkpoint keeps its shape; a network whose blocks change keeps working) and
+/// gets no gradient, so an optimiser leaves it as it is.
+pub fn conv3d_forward_before_norm(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    if conv.bias.is_none() {
+        return conv3d_forward(conv, x);
+    }
+    let mut unbiased = conv.clone();
+    unbiased.bias = None;
+    conv3d_forward(&unbiased, x)
+}
+
 /// Whether `x` is an f32 tensor on burn's GPU backend (whose weight gradient is
 /// [`super::conv_gpu`]'s).
 fn on_gpu_f32(x: &Tensor<5>) -> bool {

@@ -14,7 +14,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use super::conv::conv3d_forward;
+use super::conv::{conv3d_forward, conv3d_forward_before_norm};
 use super::norm::instance_norm_forward;
 use super::relu::{add_relu, relu};
 use super::upconv::upconv_forward;
@@ -84,9 +84,10 @@ impl ResidualBlock {
 
     /// `[N, C_in, D, H, W]` → `[N, C_out, D, H, W]`.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
-        let h = conv3d_forward(&self.conv1, x.clone());
+        // Each convolution goes straight into a norm, which cancels its bias.
+        let h = conv3d_forward_before_norm(&self.conv1, x.clone());
         let h = relu(instance_norm_forward(&self.norm1, h));
-        let h = instance_norm_forward(&self.norm2, conv3d_forward(&self.conv2, h));
+        let h = instance_norm_forward(&self.norm2, conv3d_forward_before_norm(&self.conv2, h));
         let skip = match &self.skip {
             Some(s) => conv3d_forward(s, x),
             None => x,
