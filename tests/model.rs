@@ -1013,8 +1013,26 @@ fn the_cpu_relus_match_burns_and_their_gradients() {
 /// from the reference, and with no foreground at all (Dice loss 0).
 #[test]
 fn the_cpu_fused_segmentation_losses_match_the_composed_ones_and_their_gradients() {
+    compare_segmentation_losses(&cpu().autodiff());
+}
+
+/// On burn's GPU backend (wgpu, here on lavapipe) the losses take `model::loss_gpu`'s kernels
+/// (two forward, one backward) and equal the composed ones on the same device, as on the CPU.
+#[test]
+fn the_gpu_fused_segmentation_losses_match_the_composed_ones_and_their_gradients() {
+    let _gpu = gpu_alone();
+    let before = mriloop::model::loss_gpu::kernel_launches();
+    compare_segmentation_losses(&Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff());
+    let launched = mriloop::model::loss_gpu::kernel_launches() - before;
+    assert_eq!(launched, 4 * 3, "loss_gpu's kernels, for four cases");
+}
+
+/// The fused losses against the composed ones on `ad` (an autodiff device): the Dice loss, the
+/// cross-entropy and the logits' gradient, with and without weights, with labels present and
+/// absent and with background alone.
+fn compare_segmentation_losses(ad: &Device) {
     use mriloop::model::{segmentation_losses, soft_dice_loss, voxel_cross_entropy};
-    let ad = cpu().autodiff();
+    let ad = ad.clone();
     let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().expect("f32");
     let [n, k, d, h, w] = [2, 4, 3, 5, 6];
     let logits = Tensor::<5>::random([n, k, d, h, w], Distribution::Normal(0.0, 2.0), &ad);

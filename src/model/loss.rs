@@ -2,7 +2,7 @@
 //! cross-entropy (weighted per voxel when the batch has weights). [`soft_dice_loss`] and
 //! [`voxel_cross_entropy`] compose them from burn's tensor operations on any backend; on burn's
 //! CPU backend [`segmentation_losses`] computes both as one operation with its own backward
-//! pass. Composed, they take some forty tensor operations (two softmaxes, a one-hot scatter,
+//! pass (on its GPU backend, [`super::loss_gpu`]'s kernels). Composed, they take some forty tensor operations (two softmaxes, a one-hot scatter,
 //! permuted copies, reductions over non-contiguous axes and the backward of each), most of them
 //! on one core: about a twentieth of a 32³ training step on a 2-core machine, while the other
 //! core waited. Fused, the forward pass reads the logits once (the probabilities, kept for the
@@ -19,7 +19,8 @@
 //!
 //! Invariants: equal to the composed losses and their gradients to float rounding
 //! (`tests/model.rs`); sums in f64; only f32 logits on the CPU backend take the fused operation
-//! ([`segmentation_losses`] checks); a label outside `0..K` is no structure (in no Dice term
+//! (f32 logits of at most `loss_gpu::MAX_LABELS` labels the GPU's; [`segmentation_losses`]
+//! checks); a label outside `0..K` is no structure (in no Dice term
 //! and no cross-entropy term), where the composed losses would fail.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -99,17 +100,50 @@ pub fn segmentation_losses(
     masks: Tensor<4, Int>,
     weights: Option<Tensor<4>>,
 ) -> (Tensor<1>, Tensor<1>) {
-    let [n, _, d, h, w] = logits.dims();
+    let [n, k, d, h, w] = logits.dims();
     let fits = logits.dtype() == DType::F32
-        && logits.device().inner() == Device::flex()
         && masks.dims() == [n, d, h, w]
-        && weights.as_ref().is_none_or(|t| t.dims() == [n, d, h, w]);
-    if !fits {
+        && weights
+            .as_ref()
+            .is_none_or(|t| t.dims() == [n, d, h, w] && t.dtype() == DType::F32);
+    let voxels = n * d * h * w;
+    let gpu_fits = fits
+        && (1..=super::loss_gpu::MAX_LABELS).contains(&k)
+        && voxels > 0
+        && super::loss_gpu::runs_for(voxels) <= u16::MAX as usize
+        && super::conv_gpu::on_gpu(&logits.device());
+    if gpu_fits {
+        return gpu_losses(logits, masks, weights);
+    }
+    if !fits || logits.device().inner() != Device::flex() {
         let dice = soft_dice_loss(logits.clone(), masks.clone());
         return (dice, voxel_cross_entropy(logits, masks, weights));
     }
     let targets = Targets::of(masks, weights, logits.dims()[1]);
     fused_losses(logits, &LossInput::Targets(targets))
+}
+
+/// The losses as [`segmentation_losses`] on burn's GPU backend: [`super::loss_gpu`]'s kernels,
+/// the labels as f32 values there.
+fn gpu_losses(
+    logits: Tensor<5>,
+    masks: Tensor<4, Int>,
+    weights: Option<Tensor<4>>,
+) -> (Tensor<1>, Tensor<1>) {
+    use super::loss_gpu::SegmentationLossGpuBackend;
+    let labels = masks.float().cast(burn::tensor::FloatDType::F32);
+    let weighted = weights.is_some();
+    // Unweighted, the kernels read no weights: the labels stand in for them.
+    let weights = weights.unwrap_or_else(|| labels.clone());
+    let (both, _coefficients) =
+        <Dispatch as SegmentationLossGpuBackend>::segmentation_losses_keeping(
+            logits.into_dispatch(),
+            labels.into_dispatch(),
+            weights.into_dispatch(),
+            weighted,
+        );
+    let both: Tensor<1> = Tensor::from_dispatch(both);
+    (both.clone().narrow(0, 0, 1), both.narrow(0, 1, 1))
 }
 
 /// `(soft Dice loss, cross-entropy)` of a part of a batch whose f32 logits on burn's CPU

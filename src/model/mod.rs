@@ -35,6 +35,7 @@ pub mod fit;
 pub mod heap;
 pub mod inference;
 pub mod loss;
+pub mod loss_gpu;
 // `model.rs` inside `model/` is burn's example layout, which this project follows.
 #[allow(clippy::module_inception)]
 pub mod model;

@@ -221,7 +221,7 @@ fn planes_of(x: &CubeTensor) -> (usize, usize, usize) {
 }
 
 /// A new f32 tensor of `shape` on `like`'s device.
-fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
+pub(super) fn empty_like(like: &CubeTensor, shape: Shape) -> CubeTensor {
     empty_device_dtype(like.client.clone(), like.device.clone(), shape, DType::F32)
 }
 
