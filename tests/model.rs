@@ -734,11 +734,12 @@ const BLOCK_KERNELS: [(usize, usize, usize); 5] =
 #[test]
 fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     let _gpu = gpu_alone();
-    use mriloop::model::{conv_gpu, conv_gpu_direct};
+    use mriloop::model::{conv_gpu, conv_gpu_direct, pointwise_gpu};
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     let before = (
         conv_gpu::kernel_launches(),
         conv_gpu_direct::kernel_launches(),
+        pointwise_gpu::kernel_launches(),
     );
     // Fewer cases than on the CPU: each new shape compiles and tunes burn's kernels on lavapipe.
     let shapes = [BLOCK_SHAPES[0], BLOCK_SHAPES[1], (5, 6, [6, 9, 8])];
@@ -754,6 +755,13 @@ fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
         direct,
         2 * cases,
         "forward passes and input gradients by conv_gpu_direct"
+    );
+    // Each 1×1×1 case (one a shape): a forward pass and the two gradient kernels.
+    let pointwise = pointwise_gpu::kernel_launches() - before.2;
+    assert_eq!(
+        pointwise,
+        3 * shapes.len(),
+        "1×1×1 convolutions by pointwise_gpu"
     );
 }
 

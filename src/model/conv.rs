@@ -211,11 +211,12 @@ fn options_for(kernel_d: usize, stride: usize) -> ConvOptions<3> {
     ConvOptions::new([stride_d, stride, stride], [pad_d, 1, 1], [1, 1, 1], 1)
 }
 
-/// `conv` applied to `x`. On burn's CPU backend a 3×3×3, padding-1 convolution of stride 1 or 2
-/// (and the single-slice form's 1×3×3) runs as [`Conv3x3Backend::conv3x3`] and a 1×1×1 one as a
-/// matrix product (burn-flex takes its
-/// weight gradient as a convolution with the whole output gradient for kernel, 4× slower);
-/// everything else, and every other backend, runs `Conv3d::forward`.
+/// `conv` applied to `x`. On burn's CPU backend and (f32) on its GPU backend a 3×3×3, padding-1
+/// convolution of stride 1 or 2 (and the single-slice form's 1×3×3) runs as
+/// [`Conv3x3Backend::conv3x3`]; a 1×1×1 one on the CPU as a matrix product (burn-flex takes its
+/// weight gradient as a convolution with the whole output gradient for kernel, 4× slower), on
+/// the GPU with its bias through `pointwise_gpu`; everything else, and every other backend,
+/// runs `Conv3d::forward`.
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::conv3d_cut_budget(conv, &x) {
         return super::pieces::conv3d_in_pieces(conv, x, budget);
@@ -245,6 +246,9 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
             if on_cpu =>
         {
             pointwise_conv(conv, x)
+        }
+        ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0), [1, 1, 1]) => {
+            pointwise_gpu_conv(conv, x)
         }
         _ => conv.forward(x),
     }
@@ -299,6 +303,25 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
     }
+}
+
+/// A 1×1×1 `conv` with a bias on burn's GPU backend through
+/// [`super::pointwise_gpu::PointwiseGpuBackend`] where it fits, `Conv3d::forward` otherwise.
+fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    use super::pointwise_gpu::{fits, PointwiseGpuBackend};
+    let weight = conv.weight.val();
+    let Some(bias) = conv.bias.as_ref().map(|b| b.val()) else {
+        return conv.forward(x);
+    };
+    let f32s = weight.dtype() == DType::F32 && bias.dtype() == DType::F32;
+    if !f32s || !fits(x.dims(), weight.dims()[0]) {
+        return conv.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as PointwiseGpuBackend>::pointwise_biased(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// The backward pass of [`Conv3x3Backend::conv3x3`] under autodiff.

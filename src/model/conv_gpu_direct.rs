@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::conv_gpu::{geometry_of, launch_grid, WgradGeometry};
 
 /// Channels one thread accumulates.
-const CHANNEL_BLOCK: usize = 4;
+pub(super) const CHANNEL_BLOCK: usize = 4;
 /// The largest convolution (voxels × input × output channels × taps) taken directly; larger
 /// ones are bound by arithmetic, not launches, and keep burn's tuned route.
 pub const DIRECT_MAX_MULTIPLY_ADDS: usize = 1 << 31;
@@ -44,7 +44,11 @@ pub fn kernel_launches() -> usize {
 /// This thread's place: `(voxel, item, first channel)` for threads ordered (item, channel
 /// block of `block`, voxel of `volume`), voxels fastest.
 #[cube]
-fn thread_place(volume: usize, blocks: usize, #[comptime] block: usize) -> (usize, usize, usize) {
+pub(super) fn thread_place(
+    volume: usize,
+    blocks: usize,
+    #[comptime] block: usize,
+) -> (usize, usize, usize) {
     let v = ABSOLUTE_POS % volume;
     let n = ABSOLUTE_POS / volume / blocks;
     (v, n, (ABSOLUTE_POS / volume % blocks) * block)
@@ -52,7 +56,7 @@ fn thread_place(volume: usize, blocks: usize, #[comptime] block: usize) -> (usiz
 
 /// `block` zeros, one accumulator per channel of a thread.
 #[cube]
-fn zeros(#[comptime] block: usize) -> Array<f32> {
+pub(super) fn zeros(#[comptime] block: usize) -> Array<f32> {
     let mut acc = Array::<f32>::new(block);
     #[unroll]
     for c in 0..block {
@@ -64,7 +68,7 @@ fn zeros(#[comptime] block: usize) -> Array<f32> {
 /// `acc[c] += value · weight[at + c·step]` for the `block` channels c, those at or past
 /// `channels_left` reading the last channel's weight (their sums are never stored).
 #[cube]
-fn add_weighted(
+pub(super) fn add_weighted(
     acc: &mut Array<f32>,
     value: f32,
     weight: &[f32],
@@ -82,7 +86,7 @@ fn add_weighted(
 
 /// `out[at + c·volume] = acc[c]` for the `block` channels c below `channels_left`.
 #[cube]
-fn store_channels(
+pub(super) fn store_channels(
     out: &mut [f32],
     acc: &Array<f32>,
     at: usize,

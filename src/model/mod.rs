@@ -45,6 +45,7 @@ pub mod pieces;
 pub mod plan;
 pub mod planned;
 pub mod pointwise;
+pub mod pointwise_gpu;
 pub mod pool;
 pub mod precision;
 mod product;

@@ -37,7 +37,7 @@ use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads per workgroup (one workgroup per plane); a power of two, for the tree sums.
-const WORKGROUP: usize = 256;
+pub(super) const WORKGROUP: usize = 256;
 /// Levels of [`workgroup_sum`]'s tree: log2 of [`WORKGROUP`].
 const TREE_LEVELS: usize = WORKGROUP.trailing_zeros() as usize;
 const _: () = assert!(
@@ -109,7 +109,7 @@ fn backward_specs(
 /// Sums `values` (one per thread, `WORKGROUP` of them) over the workgroup in shared memory;
 /// every thread gets the total.
 #[cube]
-fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
+pub(super) fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     let unit = UNIT_POS as usize;
     shared[unit] = value;
     sync_cube();
