@@ -293,6 +293,63 @@ fn sliding_window_inference_returns_the_cases_exact_grid_and_affine() {
     assert!((p.class_probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-4);
 }
 
+/// A whole volume predicted on burn's GPU backend (wgpu, here on lavapipe; windows stacked into
+/// one pass, every layer through the kernels of `model::conv_gpu_direct`, `norm_gpu`,
+/// `pointwise_gpu` and `upconv_gpu`) gives the CPU's foreground probabilities and class.
+#[test]
+fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
+    let _gpu = gpu_alone();
+    use burn::module::Module;
+    use mriloop::model::ClassView;
+    use mriloop::model::{conv_gpu_direct, norm_gpu, pointwise_gpu, predict_volume, upconv_gpu};
+    use mriloop::volume::Affine;
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let model = small(2).init(&cpu());
+    let dims = [21, 17, 11];
+    let n = dims[0] * dims[1] * dims[2];
+    let channels: Vec<Vec<f32>> = (0..2)
+        .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
+        .collect();
+    let launches = || {
+        [
+            conv_gpu_direct::kernel_launches(),
+            norm_gpu::kernel_launches(),
+            pointwise_gpu::kernel_launches(),
+            upconv_gpu::kernel_launches(),
+        ]
+    };
+    let before = launches();
+    let predict = |model: &mriloop::model::MultiTaskUNet, device: &Device| {
+        let view = ClassView {
+            window: [8, 8, 8],
+            stride: [1, 1, 1],
+        };
+        let affine = Affine::from_spacing([1.0, 1.0, 1.5]);
+        predict_volume(model, &channels, dims, affine, [8, 8, 8], view, 0.5, device)
+            .expect("prediction")
+    };
+    let on_gpu = predict(&model.clone().to_device(&gpu), &gpu);
+    let after = launches();
+    let on_cpu = predict(&model, &cpu());
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert!(b > a, "route {i} of the GPU's forward pass not taken");
+    }
+    let gap = (on_gpu.foreground.data().iter())
+        .zip(on_cpu.foreground.data())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap < 1e-4, "foreground probabilities {gap} apart");
+    let class_gap = (on_gpu.class_probabilities.iter())
+        .zip(&on_cpu.class_probabilities)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(class_gap < 1e-4, "class probabilities {class_gap} apart");
+    let spread = on_cpu.foreground.data().iter().fold(0.0f32, |m, v| {
+        m.max((v - on_cpu.foreground.data()[0]).abs())
+    });
+    assert!(spread > 1e-2, "a varied answer ({spread})");
+}
+
 #[test]
 fn windows_predicted_at_once_give_what_one_at_a_time_gives() {
     use mriloop::model::{predict_volume, ClassView};
@@ -837,23 +894,44 @@ fn compare_block_convolutions(
 #[test]
 fn the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
     for direct in [false, true] {
-        mriloop::model::conv::with_direct_kernels(direct, compare_upsamplings);
+        mriloop::model::conv::with_direct_kernels(direct, || {
+            compare_upsamplings(&cpu().autodiff(), &UPSAMPLING_SHAPES)
+        });
     }
 }
 
-/// [`the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients`] by the route
-/// this thread takes.
-fn compare_upsamplings() {
+/// Upsamplings compared: `(C_in, C_out, [D, H, W])`.
+const UPSAMPLING_SHAPES: [(usize, usize, [usize; 3]); 4] = [
+    (3, 5, [3, 5, 7]),
+    (16, 8, [1, 4, 6]),
+    (2, 1, [5, 1, 3]),
+    (4, 3, [4, 4, 8]),
+];
+
+/// On burn's GPU backend (wgpu, here on lavapipe) the upsampling takes `model::upconv_gpu`'s
+/// kernels (one forward, two backward) and equals burn's transposed convolution, as on the CPU.
+#[test]
+fn the_gpu_upsampling_matches_burns_transposed_convolution_and_its_gradients() {
+    let _gpu = gpu_alone();
+    let before = mriloop::model::upconv_gpu::kernel_launches();
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    // Fewer cases than on the CPU: each new shape compiles burn's kernels on lavapipe.
+    compare_upsamplings(&gpu, &UPSAMPLING_SHAPES[..2]);
+    let launched = mriloop::model::upconv_gpu::kernel_launches() - before;
+    assert_eq!(
+        launched,
+        3 * 2 * 2,
+        "upconv_gpu's kernels: two kernel depths, two shapes"
+    );
+}
+
+/// [`the_cpu_upsampling_matches_burns_transposed_convolution_and_its_gradients`] on `ad` (an
+/// autodiff device), by the route this thread takes.
+fn compare_upsamplings(ad: &Device, shapes: &[(usize, usize, [usize; 3])]) {
     use burn::nn::conv::ConvTranspose3dConfig;
     use mriloop::model::upconv::upconv_forward;
-    let ad = cpu().autodiff();
-    let shapes = [
-        (3, 5, [3, 5, 7]),
-        (16, 8, [1, 4, 6]),
-        (2, 1, [5, 1, 3]),
-        (4, 3, [4, 4, 8]),
-    ];
-    for ((c_in, c_out, [d, h, w]), kd) in shapes.into_iter().flat_map(|s| [(s, 2), (s, 1)]) {
+    let ad = ad.clone();
+    for ((c_in, c_out, [d, h, w]), kd) in shapes.iter().flat_map(|s| [(*s, 2), (*s, 1)]) {
         let up = ConvTranspose3dConfig::new([c_in, c_out], [kd, 2, 2])
             .with_stride([kd, 2, 2])
             .init(&ad);

@@ -60,6 +60,7 @@ mod split_step;
 mod strided_grad;
 pub mod training;
 pub mod upconv;
+pub mod upconv_gpu;
 pub mod versions;
 
 pub use apply::{

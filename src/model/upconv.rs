@@ -9,7 +9,8 @@
 //!
 //! Invariants: the results equal burn's `conv_transpose3d` and its gradients to float rounding
 //! (`tests/model.rs` compares them); f32 only, no padding, dilation 1, one group (anything else
-//! takes burn's path); called only on the CPU backend ([`upconv_forward`] checks).
+//! takes burn's path); called only on the CPU backend ([`upconv_forward`] checks; on the GPU
+//! backend it routes to [`super::upconv_gpu`]).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -79,6 +80,9 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         && up.padding_out == [0; 3]
         && up.stride == k
         && matches!(k, [2, 2, 2] | [1, 2, 2]);
+    if plain && super::conv_gpu::on_gpu(&x.device()) {
+        return upsample_on_gpu(up, x);
+    }
     if !plain || x.device().inner() != Device::flex() {
         return up.forward(x);
     }
@@ -91,6 +95,26 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         Some(bias) => super::bias::add_channel_bias(out, bias.val()),
         None => out,
     }
+}
+
+/// A plain upsampling `up` with a bias of f32 `x` on burn's GPU backend through
+/// [`super::upconv_gpu::UpsampleGpuBackend`] where it fits, `ConvTranspose3d::forward`
+/// otherwise.
+fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    use super::upconv_gpu::{fits, UpsampleGpuBackend};
+    let weight = up.weight.val();
+    let Some(bias) = up.bias.as_ref().map(|b| b.val()) else {
+        return up.forward(x);
+    };
+    let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
+    if !f32s || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
+        return up.forward(x);
+    }
+    Tensor::from_dispatch(<Dispatch as UpsampleGpuBackend>::upsample_biased(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
 }
 
 /// The backward pass of [`UpConvBackend::upconv`] under autodiff.
