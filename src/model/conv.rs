@@ -306,9 +306,10 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 }
 
 /// A 1×1×1 `conv` with a bias on burn's GPU backend through
-/// [`super::pointwise_gpu::PointwiseGpuBackend`] where it fits, `Conv3d::forward` otherwise.
+/// [`super::biased_gpu::BiasedLayerGpuBackend`] (`pointwise_gpu`'s kernels) where it fits, `Conv3d::forward` otherwise.
 fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    use super::pointwise_gpu::{fits, PointwiseGpuBackend};
+    use super::biased_gpu::{BiasedLayer, BiasedLayerGpuBackend};
+    use super::pointwise_gpu::fits;
     let weight = conv.weight.val();
     let Some(bias) = conv.bias.as_ref().map(|b| b.val()) else {
         return conv.forward(x);
@@ -317,10 +318,11 @@ fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if !f32s || !fits(x.dims(), weight.dims()[0]) {
         return conv.forward(x);
     }
-    Tensor::from_dispatch(<Dispatch as PointwiseGpuBackend>::pointwise_biased(
+    Tensor::from_dispatch(<Dispatch as BiasedLayerGpuBackend>::biased_layer(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+        BiasedLayer::Pointwise,
     ))
 }
 

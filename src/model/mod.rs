@@ -23,6 +23,7 @@
 
 pub mod apply;
 pub mod bias;
+pub mod biased_gpu;
 pub mod budget;
 pub mod conv;
 pub mod conv_gpu;

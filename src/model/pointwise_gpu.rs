@@ -1,30 +1,23 @@
 //! The U-Net's 1×1×1 convolutions with their bias (the residual blocks' skip projections, the
-//! segmentation head) on burn's GPU backend as one operation with its own backward pass, three
-//! kernels of our own in the network's `[N, C, D, H, W]` layout: forward, a thread per voxel ×
-//! [`CHANNEL_BLOCK`] output channels sums over the input channels and adds the bias; backward,
-//! a thread per voxel × input-channel block gives the input gradient, and a workgroup per
-//! (output channel, input channel or bias) sums the product of output gradient and input (or
-//! the output gradient alone) over the items and voxels. burn's route copies to and from
-//! channels-last around a matrix product forward and takes about eight launches backward (a
-//! matrix product and copies, a convolution for the weight, a reduction for the bias) — a small
-//! network's GPU step is bound by its launches.
+//! segmentation head) on burn's GPU backend as one operation with its own backward pass
+//! ([`super::biased_gpu`]'s extension), three kernels of our own in the network's
+//! `[N, C, D, H, W]` layout: forward, a thread per voxel × [`CHANNEL_BLOCK`] output channels
+//! sums over the input channels and adds the bias; backward, a thread per voxel × input-channel
+//! block gives the input gradient, and a workgroup per (output channel, input channel or bias)
+//! sums the product of output gradient and input (or the output gradient alone) over the items
+//! and voxels. burn's route copies to and from channels-last around a matrix product forward
+//! and takes about eight launches backward (a matrix product and copies, a convolution for the
+//! weight, a reduction for the bias) — a small network's GPU step is bound by its launches.
 //!
 //! Invariants: equal to burn's `Conv3d::forward` and its gradients to float rounding
 //! (`tests/model.rs`, on lavapipe); f32 only; [`fits`] says which convolutions come here
 //! (`model::conv` routes only those, and only with a bias).
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, TensorMetadata};
+use burn::backend::TensorMetadata;
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -52,41 +45,11 @@ pub fn fits(x_dims: [usize; 5], c_out: usize) -> bool {
     work > 0 && work <= DIRECT_MAX_MULTIPLY_ADDS && pairs <= u16::MAX as usize
 }
 
-/// Backends with a fused biased 1×1×1 convolution (burn's GPU backend).
-#[backend_extension(Cube, Fusion, Autodiff)]
-pub trait PointwiseGpuBackend: Backend {
-    /// `x [N, C_in, …]` by `weight [C_out, C_in, 1, 1, 1]`, plus `bias [C_out]`.
-    #[fusion(meta = forward_spec)]
-    fn pointwise_biased(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
-
-    /// The gradients of x, the weight and the bias, given the output's gradient `grad`.
-    #[fusion(meta = grads_specs)]
-    fn pointwise_biased_grads(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-}
-
-/// The output's size and type, for burn's fusion.
-fn forward_spec(x: &TensorSpec, weight: &TensorSpec, _bias: &TensorSpec) -> TensorSpec {
+/// The output's size and type for `x` and `weight`'s, for burn's fusion.
+pub(super) fn out_spec(x: &TensorSpec, weight: &TensorSpec) -> TensorSpec {
     let mut dims = x.shape.clone();
     dims[1] = weight.shape[0];
     TensorSpec::new(dims, x.dtype)
-}
-
-/// The three gradients' sizes and types, for burn's fusion.
-fn grads_specs(
-    x: &TensorSpec,
-    weight: &TensorSpec,
-    _grad: &TensorSpec,
-) -> (TensorSpec, TensorSpec, TensorSpec) {
-    let bias = TensorSpec::new(Shape::new([weight.shape[0]]), weight.dtype);
-    (x.clone(), weight.clone(), bias)
 }
 
 /// Forward: thread = (item n, output-channel block, voxel), voxels fastest.
@@ -194,161 +157,89 @@ fn sizes_of(x: &CubeTensor, weight: &CubeTensor) -> (usize, usize, usize, usize)
     (n, c_in, weight.shape()[0], volume)
 }
 
-impl PointwiseGpuBackend for CubeBackend {
-    fn pointwise_biased(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
-        let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
-        let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
-        let mut dims = x.shape();
-        dims[1] = c_out;
-        let y = empty_like(&x, dims);
-        let blocks = c_out.div_ceil(CHANNEL_BLOCK);
-        let threads = n * blocks * volume;
-        let client = x.client.clone();
-        let (count, dim) = launch_grid(&client, threads);
-        // SAFETY: x `[N, C_in, V]`, weight `[C_out, C_in]`, bias `[C_out]` and y `[N, C_out, V]`
-        // are contiguous; threads past `threads` stop at once; channels past the last read the
-        // last and are not written.
-        unsafe {
-            pointwise_forward::launch_unchecked(
-                &client,
-                count,
-                dim,
-                x.into_buffer_arg(),
-                weight.into_buffer_arg(),
-                bias.into_buffer_arg(),
-                y.clone().into_buffer_arg(),
-                c_in,
-                c_out,
-                volume,
-                blocks,
-                threads,
-                CHANNEL_BLOCK,
-            );
-        }
-        LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        y
+/// `x [N, C_in, …]` by `weight [C_out, C_in, 1, 1, 1]`, plus `bias [C_out]`.
+pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
+    let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
+    let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
+    let mut dims = x.shape();
+    dims[1] = c_out;
+    let y = empty_like(&x, dims);
+    let blocks = c_out.div_ceil(CHANNEL_BLOCK);
+    let threads = n * blocks * volume;
+    let client = x.client.clone();
+    let (count, dim) = launch_grid(&client, threads);
+    // SAFETY: x `[N, C_in, V]`, weight `[C_out, C_in]`, bias `[C_out]` and y `[N, C_out, V]`
+    // are contiguous; threads past `threads` stop at once; channels past the last read the
+    // last and are not written.
+    unsafe {
+        pointwise_forward::launch_unchecked(
+            &client,
+            count,
+            dim,
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            y.clone().into_buffer_arg(),
+            c_in,
+            c_out,
+            volume,
+            blocks,
+            threads,
+            CHANNEL_BLOCK,
+        );
     }
-
-    fn pointwise_biased_grads(
-        x: CubeTensor,
-        weight: CubeTensor,
-        grad: CubeTensor,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
-        let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
-        let dx = empty_like(&x, x.shape());
-        let dw = empty_like(&weight, weight.shape());
-        let db = empty_like(&weight, Shape::new([c_out]));
-        let blocks = c_in.div_ceil(CHANNEL_BLOCK);
-        let threads = n * blocks * volume;
-        let client = x.client.clone();
-        let (count, dim) = launch_grid(&client, threads);
-        let pairs = (c_out * (c_in + 1)) as u32;
-        // SAFETY: as in the forward pass, with grad `[N, C_out, V]` and dx `[N, C_in, V]`;
-        // workgroup (co, ci) reads channel co of grad and ci of x (none for the bias) and
-        // writes one value of dw or db (`fits`: the pairs on one grid axis).
-        unsafe {
-            pointwise_input_grad::launch_unchecked(
-                &client,
-                count,
-                dim,
-                grad.clone().into_buffer_arg(),
-                weight.into_buffer_arg(),
-                dx.clone().into_buffer_arg(),
-                c_in,
-                c_out,
-                volume,
-                blocks,
-                threads,
-                CHANNEL_BLOCK,
-            );
-            pointwise_weight_grad::launch_unchecked(
-                &client,
-                CubeCount::Static(pairs, 1, 1),
-                CubeDim::new_1d(WORKGROUP as u32),
-                x.into_buffer_arg(),
-                grad.into_buffer_arg(),
-                dw.clone().into_buffer_arg(),
-                db.clone().into_buffer_arg(),
-                c_in,
-                c_out,
-                volume,
-                n,
-            );
-        }
-        LAUNCHES.fetch_add(2, Ordering::Relaxed);
-        (dx, dw, db)
-    }
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    y
 }
 
-/// The backward pass of the fused convolution under autodiff.
-#[derive(Debug)]
-struct PointwiseGpuBackward;
-
-impl<B: PointwiseGpuBackend> Backward<B, 3> for PointwiseGpuBackward {
-    /// The input and the weight.
-    type State = (NodeId, NodeId);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-        let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-        let (dx, dw, db) = B::pointwise_biased_grads(x, weight, grad);
-        for (node, g) in [(node_x, dx), (node_weight, dw), (node_bias, db)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+/// The gradients of [`forward`]'s x, weight and bias, given the output's gradient `grad`.
+pub(super) fn grads(
+    x: CubeTensor,
+    weight: CubeTensor,
+    grad: CubeTensor,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
+    let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
+    let dx = empty_like(&x, x.shape());
+    let dw = empty_like(&weight, weight.shape());
+    let db = empty_like(&weight, Shape::new([c_out]));
+    let blocks = c_in.div_ceil(CHANNEL_BLOCK);
+    let threads = n * blocks * volume;
+    let client = x.client.clone();
+    let (count, dim) = launch_grid(&client, threads);
+    let pairs = (c_out * (c_in + 1)) as u32;
+    // SAFETY: as in the forward pass, with grad `[N, C_out, V]` and dx `[N, C_in, V]`;
+    // workgroup (co, ci) reads channel co of grad and ci of x (none for the bias) and
+    // writes one value of dw or db (`fits`: the pairs on one grid axis).
+    unsafe {
+        pointwise_input_grad::launch_unchecked(
+            &client,
+            count,
+            dim,
+            grad.clone().into_buffer_arg(),
+            weight.into_buffer_arg(),
+            dx.clone().into_buffer_arg(),
+            c_in,
+            c_out,
+            volume,
+            blocks,
+            threads,
+            CHANNEL_BLOCK,
+        );
+        pointwise_weight_grad::launch_unchecked(
+            &client,
+            CubeCount::Static(pairs, 1, 1),
+            CubeDim::new_1d(WORKGROUP as u32),
+            x.into_buffer_arg(),
+            grad.into_buffer_arg(),
+            dw.clone().into_buffer_arg(),
+            db.clone().into_buffer_arg(),
+            c_in,
+            c_out,
+            volume,
+            n,
+        );
     }
-}
-
-impl<B: PointwiseGpuBackend, C: CheckpointStrategy> PointwiseGpuBackend for Autodiff<B, C> {
-    fn pointwise_biased(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let prepared = PointwiseGpuBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
-                let y = B::pointwise_biased(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::pointwise_biased(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-            )),
-        }
-    }
-
-    /// Not differentiated (the forward pass's backward step calls the inner backend's).
-    fn pointwise_biased_grads(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [x, weight, grad] = [x, weight, grad].map(Self::inner);
-        let (dx, dw, db) = B::pointwise_biased_grads(x, weight, grad);
-        (
-            Self::from_inner(dx),
-            Self::from_inner(dw),
-            Self::from_inner(db),
-        )
-    }
+    LAUNCHES.fetch_add(2, Ordering::Relaxed);
+    (dx, dw, db)
 }

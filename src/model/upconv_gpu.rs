@@ -1,30 +1,24 @@
 //! The U-Net's upsampling (a transposed convolution with a 2×2×2 kernel at stride 2, or 1×2×2
 //! in the single-slice form) with its bias on burn's GPU backend as one operation with its own
-//! backward pass, three kernels of our own in the network's `[N, C, D, H, W]` layout. Each
-//! input voxel feeds its own block of the output, one kernel tap per output voxel: forward a
-//! thread per output voxel × [`CHANNEL_BLOCK`] output channels sums its input voxel's channels
-//! by its tap's weights and adds the bias; backward a thread per input voxel × input-channel
-//! block sums its block's output gradient by the taps' weights, and a workgroup per (output
-//! channel, input channel × tap, or bias) sums the weight's (bias's) gradient over the items
-//! and voxels. burn's route is a transposed convolution forward and two convolutions, copies
-//! and a reduction backward — a small network's GPU step is bound by its launches.
+//! backward pass ([`super::biased_gpu`]'s extension), three kernels of our own in the
+//! network's `[N, C, D, H, W]` layout. Each input voxel feeds its own block of the output, one
+//! kernel tap per output voxel: forward a thread per output voxel × [`CHANNEL_BLOCK`] output
+//! channels sums its input voxel's channels by its tap's weights and adds the bias; backward a
+//! thread per input voxel × input-channel block sums its block's output gradient by the taps'
+//! weights, and a workgroup per (output channel, input channel × tap, or bias) sums the
+//! weight's (bias's) gradient over the items and voxels. burn's route is a transposed
+//! convolution forward and two convolutions, copies and a reduction backward — a small
+//! network's GPU step is bound by its launches.
 //!
 //! Invariants: equal to burn's `conv_transpose3d` and its gradients to float rounding
 //! (`tests/model.rs`, on lavapipe); f32 only; [`fits`] says which upsamplings come here
 //! (`model::upconv` routes only those, and only with a bias).
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::NodeId;
 use burn::backend::fusion::custom::TensorSpec;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, TensorMetadata};
+use burn::backend::TensorMetadata;
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -53,27 +47,6 @@ pub fn fits(x_dims: [usize; 5], c_out: usize, kernel_d: usize) -> bool {
     work > 0 && work <= DIRECT_MAX_MULTIPLY_ADDS && groups <= u16::MAX as usize
 }
 
-/// Backends with a fused biased upsampling (burn's GPU backend).
-#[backend_extension(Cube, Fusion, Autodiff)]
-pub trait UpsampleGpuBackend: Backend {
-    /// `x [N, C_in, D, H, W]` upsampled by `weight [C_in, C_out, kd, 2, 2]` at stride
-    /// `(kd, 2, 2)`, plus `bias [C_out]`: `[N, C_out, kd·D, 2·H, 2·W]`.
-    #[fusion(meta = forward_spec)]
-    fn upsample_biased(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-    ) -> FloatTensor<Self>;
-
-    /// The gradients of x, the weight and the bias, given the output's gradient `grad`.
-    #[fusion(meta = grads_specs)]
-    fn upsample_biased_grads(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
-}
-
 /// The output's sizes for `x` and `weight`'s.
 fn out_dims(x: &Shape, weight: &Shape) -> Shape {
     let mut dims = x.clone();
@@ -84,19 +57,9 @@ fn out_dims(x: &Shape, weight: &Shape) -> Shape {
     dims
 }
 
-/// The output's size and type, for burn's fusion.
-fn forward_spec(x: &TensorSpec, weight: &TensorSpec, _bias: &TensorSpec) -> TensorSpec {
+/// The output's size and type for `x` and `weight`'s, for burn's fusion.
+pub(super) fn out_spec(x: &TensorSpec, weight: &TensorSpec) -> TensorSpec {
     TensorSpec::new(out_dims(&x.shape, &weight.shape), x.dtype)
-}
-
-/// The three gradients' sizes and types, for burn's fusion.
-fn grads_specs(
-    x: &TensorSpec,
-    weight: &TensorSpec,
-    _grad: &TensorSpec,
-) -> (TensorSpec, TensorSpec, TensorSpec) {
-    let bias = TensorSpec::new(Shape::new([weight.shape[1]]), weight.dtype);
-    (x.clone(), weight.clone(), bias)
 }
 
 /// Output voxel `(zo, yo, xo)`'s input voxel index (in a volume of `in_size`) and tap.
@@ -254,159 +217,88 @@ fn sizes_of(x: &CubeTensor, weight: &CubeTensor) -> (usize, [usize; 2], [usize; 
     (xs[0], [xs[1], ws[1]], [xs[2], xs[3], xs[4]], ws[2])
 }
 
-impl UpsampleGpuBackend for CubeBackend {
-    fn upsample_biased(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
-        let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
-        let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
-        let y = empty_like(&x, out_dims(&x.shape(), &weight.shape()));
-        let blocks = c_out.div_ceil(CHANNEL_BLOCK);
-        let threads = n * blocks * in_size.iter().product::<usize>() * kernel_d * 4;
-        let client = x.client.clone();
-        let (count, dim) = launch_grid(&client, threads);
-        // SAFETY: x `[N, C_in, D, H, W]`, weight `[C_in, C_out, kd, 2, 2]`, bias `[C_out]` and
-        // y `[N, C_out, kd·D, 2H, 2W]` are contiguous; threads past `threads` stop at once;
-        // channels past the last read the last and are not written.
-        unsafe {
-            upsample_forward::launch_unchecked(
-                &client,
-                count,
-                dim,
-                x.into_buffer_arg(),
-                weight.into_buffer_arg(),
-                bias.into_buffer_arg(),
-                y.clone().into_buffer_arg(),
-                sequence(&[c_in, c_out]),
-                sequence(&in_size),
-                blocks,
-                threads,
-                kernel_d,
-                CHANNEL_BLOCK,
-            );
-        }
-        LAUNCHES.fetch_add(1, Ordering::Relaxed);
-        y
+/// `x [N, C_in, D, H, W]` upsampled by `weight [C_in, C_out, kd, 2, 2]` at stride `(kd, 2, 2)`,
+/// plus `bias [C_out]`: `[N, C_out, kd·D, 2·H, 2·W]`.
+pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
+    let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
+    let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
+    let y = empty_like(&x, out_dims(&x.shape(), &weight.shape()));
+    let blocks = c_out.div_ceil(CHANNEL_BLOCK);
+    let threads = n * blocks * in_size.iter().product::<usize>() * kernel_d * 4;
+    let client = x.client.clone();
+    let (count, dim) = launch_grid(&client, threads);
+    // SAFETY: x `[N, C_in, D, H, W]`, weight `[C_in, C_out, kd, 2, 2]`, bias `[C_out]` and
+    // y `[N, C_out, kd·D, 2H, 2W]` are contiguous; threads past `threads` stop at once;
+    // channels past the last read the last and are not written.
+    unsafe {
+        upsample_forward::launch_unchecked(
+            &client,
+            count,
+            dim,
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            bias.into_buffer_arg(),
+            y.clone().into_buffer_arg(),
+            sequence(&[c_in, c_out]),
+            sequence(&in_size),
+            blocks,
+            threads,
+            kernel_d,
+            CHANNEL_BLOCK,
+        );
     }
-
-    fn upsample_biased_grads(
-        x: CubeTensor,
-        weight: CubeTensor,
-        grad: CubeTensor,
-    ) -> (CubeTensor, CubeTensor, CubeTensor) {
-        let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
-        let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
-        let dx = empty_like(&x, x.shape());
-        let dw = empty_like(&weight, weight.shape());
-        let db = empty_like(&weight, Shape::new([c_out]));
-        let blocks = c_in.div_ceil(CHANNEL_BLOCK);
-        let threads = n * blocks * in_size.iter().product::<usize>();
-        let client = x.client.clone();
-        let (count, dim) = launch_grid(&client, threads);
-        let groups = (c_out * (c_in * kernel_d * 4 + 1)) as u32;
-        // SAFETY: as in the forward pass, with grad `[N, C_out, …]` and dx `[N, C_in, …]`;
-        // workgroup (co, r) reads channel co of grad (and one of x) and writes one value of dw
-        // or db (`fits`: the workgroups on one grid axis).
-        unsafe {
-            upsample_input_grad::launch_unchecked(
-                &client,
-                count,
-                dim,
-                grad.clone().into_buffer_arg(),
-                weight.into_buffer_arg(),
-                dx.clone().into_buffer_arg(),
-                sequence(&[c_in, c_out]),
-                sequence(&in_size),
-                blocks,
-                threads,
-                kernel_d,
-                CHANNEL_BLOCK,
-            );
-            upsample_weight_grad::launch_unchecked(
-                &client,
-                CubeCount::Static(groups, 1, 1),
-                CubeDim::new_1d(WORKGROUP as u32),
-                x.into_buffer_arg(),
-                grad.into_buffer_arg(),
-                dw.clone().into_buffer_arg(),
-                db.clone().into_buffer_arg(),
-                sequence(&[c_in, c_out]),
-                sequence(&in_size),
-                n,
-                kernel_d,
-            );
-        }
-        LAUNCHES.fetch_add(2, Ordering::Relaxed);
-        (dx, dw, db)
-    }
+    LAUNCHES.fetch_add(1, Ordering::Relaxed);
+    y
 }
 
-/// The backward pass of the fused upsampling under autodiff.
-#[derive(Debug)]
-struct UpsampleGpuBackward;
-
-impl<B: UpsampleGpuBackend> Backward<B, 3> for UpsampleGpuBackward {
-    /// The input and the weight.
-    type State = (NodeId, NodeId);
-
-    fn backward(
-        self,
-        ops: Ops<Self::State, 3>,
-        grads: &mut Gradients,
-        checkpointer: &mut Checkpointer,
-    ) {
-        let [node_x, node_weight, node_bias] = ops.parents;
-        let grad = grads.consume::<B>(&ops.node);
-        let (x_state, weight_state) = ops.state;
-        let x = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(x_state);
-        let weight = checkpointer.retrieve_node_output::<B::FloatTensorPrimitive>(weight_state);
-        let (dx, dw, db) = B::upsample_biased_grads(x, weight, grad);
-        for (node, g) in [(node_x, dx), (node_weight, dw), (node_bias, db)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, g);
-            }
-        }
+/// The gradients of [`forward`]'s x, weight and bias, given the output's gradient `grad`.
+pub(super) fn grads(
+    x: CubeTensor,
+    weight: CubeTensor,
+    grad: CubeTensor,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
+    let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
+    let dx = empty_like(&x, x.shape());
+    let dw = empty_like(&weight, weight.shape());
+    let db = empty_like(&weight, Shape::new([c_out]));
+    let blocks = c_in.div_ceil(CHANNEL_BLOCK);
+    let threads = n * blocks * in_size.iter().product::<usize>();
+    let client = x.client.clone();
+    let (count, dim) = launch_grid(&client, threads);
+    let groups = (c_out * (c_in * kernel_d * 4 + 1)) as u32;
+    // SAFETY: as in the forward pass, with grad `[N, C_out, …]` and dx `[N, C_in, …]`;
+    // workgroup (co, r) reads channel co of grad (and one of x) and writes one value of dw
+    // or db (`fits`: the workgroups on one grid axis).
+    unsafe {
+        upsample_input_grad::launch_unchecked(
+            &client,
+            count,
+            dim,
+            grad.clone().into_buffer_arg(),
+            weight.into_buffer_arg(),
+            dx.clone().into_buffer_arg(),
+            sequence(&[c_in, c_out]),
+            sequence(&in_size),
+            blocks,
+            threads,
+            kernel_d,
+            CHANNEL_BLOCK,
+        );
+        upsample_weight_grad::launch_unchecked(
+            &client,
+            CubeCount::Static(groups, 1, 1),
+            CubeDim::new_1d(WORKGROUP as u32),
+            x.into_buffer_arg(),
+            grad.into_buffer_arg(),
+            dw.clone().into_buffer_arg(),
+            db.clone().into_buffer_arg(),
+            sequence(&[c_in, c_out]),
+            sequence(&in_size),
+            n,
+            kernel_d,
+        );
     }
-}
-
-impl<B: UpsampleGpuBackend, C: CheckpointStrategy> UpsampleGpuBackend for Autodiff<B, C> {
-    fn upsample_biased(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let prepared = UpsampleGpuBackward
-            .prepare::<C>([x.node(), weight.node(), bias.node()])
-            .compute_bound()
-            .stateful();
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let state = (prep.checkpoint(&x), prep.checkpoint(&weight));
-                let y = B::upsample_biased(
-                    x.into_primitive(),
-                    weight.into_primitive(),
-                    bias.into_primitive(),
-                );
-                prep.finish(state, y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::upsample_biased(
-                x.into_primitive(),
-                weight.into_primitive(),
-                bias.into_primitive(),
-            )),
-        }
-    }
-
-    /// Not differentiated (the forward pass's backward step calls the inner backend's).
-    fn upsample_biased_grads(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        let [x, weight, grad] = [x, weight, grad].map(Self::inner);
-        let (dx, dw, db) = B::upsample_biased_grads(x, weight, grad);
-        (
-            Self::from_inner(dx),
-            Self::from_inner(dw),
-            Self::from_inner(db),
-        )
-    }
+    LAUNCHES.fetch_add(2, Ordering::Relaxed);
+    (dx, dw, db)
 }
