@@ -69,6 +69,11 @@ if [ "${1:-}" = profile ]; then
     a=$(grep -c '^Executing' "$out/launches_20.log")
     b=$(grep -c '^Executing' "$out/launches_220.log")
     echo "launches per step: $(((b - a) / 200)) ($a and $b in all)" | tee "$out/launches.txt"
+    # The same, step by step: the launches from one loss kernel to the next (how many steps had
+    # each count), which a run's setup cannot skew.
+    grep -n 'LossPartials' "$out/launches_220.log" | cut -d: -f1 |
+        awk 'NR > 1 { print $1 - prev } { prev = $1 }' | sort -n | uniq -c |
+        sed 's/^/steps with launches: /' | tee -a "$out/launches.txt"
     tail -n 3000 "$out/launches_220.log" | sed 's/_[0-9a-f]\{6,\}$//' | sort | uniq -c |
         sort -rn | tee -a "$out/launches.txt"
     # Kernel time by kernel over the last 10 steps' launches (units as cubecl prints them).
