@@ -53,9 +53,18 @@ fn fine_tuning_on_corrections_raises_held_out_dice() {
         r.foreground_before,
         r.foreground_after
     );
-    // The tiny structure the annotators corrected is found better too.
-    let hb = r.labels.iter().position(|n| n == "habenula_L").unwrap();
-    assert!(r.dice_after[hb].unwrap() > r.dice_before[hb].unwrap());
+    // The tiny structure the annotators corrected, the habenula, is found better too: both
+    // sides together, as which side so short a fine-tune finds first is down to float rounding
+    // (a change exact up to rounding once took the sides from 0.61 and 0.39 to 0 and 0.53).
+    let habenula = |dice: &[Option<f64>]| -> f64 {
+        let sides = ["habenula_L", "habenula_R"].map(|side| {
+            let l = r.labels.iter().position(|n| n == side).unwrap();
+            dice[l].unwrap()
+        });
+        sides.iter().sum::<f64>() / 2.0
+    };
+    let (before, after) = (habenula(&r.dice_before), habenula(&r.dice_after));
+    assert!(after > before + 0.05, "habenula Dice {before} -> {after}");
     // Provenance: two versions, the second fine-tuned from the first and active; each held-out
     // prediction records the version that made it; corrected cases are reviewed.
     let p = Project::open(&dir.path().join("project")).unwrap();

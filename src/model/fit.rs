@@ -5,9 +5,10 @@
 //! same channel of `TrainEvent`s as `train`, plus `Epoch` summaries; never prints.
 //!
 //! Invariants: the validation cases are never trained on; the split is by case and fixed by the
-//! seed; the best checkpoint is the one with the highest smoothed validation score (a moving
-//! average of mean foreground Dice plus class AUC, each weighted by the tasks trained); with
-//! class evidence (plan rule 11) the validated class is read from the predicted mask.
+//! seed; the best checkpoint is the one with the highest smoothed validation score, the later on
+//! a tie (a moving average of mean foreground Dice plus class AUC, each weighted by the tasks
+//! trained); with class evidence (plan rule 11) the validated class is read from the predicted
+//! mask.
 
 use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;
@@ -1122,7 +1123,7 @@ impl FitRun<'_> {
         }
         let score = smoothed_score(best.smoothed, validation_score(t.mode, &validation));
         best.smoothed = Some(score);
-        let is_best = score > best.score;
+        let is_best = is_new_best(score, best.score);
         save_checkpoint(&self.last_dir, t, model)?;
         if is_best {
             best.score = score;
@@ -1155,6 +1156,14 @@ fn step_mode(mode: TaskMode, class_step: bool, class_steps: bool) -> TaskMode {
         (TaskMode::Joint, false, true) => TaskMode::SegmentationOnly,
         (m, _, _) => m,
     }
+}
+
+/// Whether an epoch whose smoothed validation score is `score` is the best so far (`best`): at
+/// least as good. A tie goes to the later, longer-trained epoch: while the validation cases
+/// cannot tell epochs apart (every Dice still zero early in a fine-tune on tiny structures),
+/// a strict comparison would keep the first epoch's checkpoint however training went on.
+fn is_new_best(score: f64, best: f64) -> bool {
+    score >= best
 }
 
 /// Weight of the previous epochs in the smoothed validation score.
@@ -1217,5 +1226,24 @@ mod tests {
             loader_running(|| std::panic::panic_any(7u8)).finish(),
             Err("the data loader stopped unexpectedly".to_string())
         );
+    }
+
+    #[test]
+    fn a_tied_validation_score_takes_the_later_checkpoint() {
+        // Three fine-tuning epochs whose validation Dice is still zero on every label: the
+        // last, longest-trained one is the best, not the first.
+        let mut best = f64::NEG_INFINITY;
+        let mut chosen = 0;
+        for (epoch, raw) in [0.0, 0.0, 0.0].into_iter().enumerate() {
+            let score = smoothed_score((epoch > 0).then_some(best), raw);
+            if is_new_best(score, best) {
+                (best, chosen) = (score, epoch + 1);
+            }
+        }
+        assert_eq!(chosen, 3);
+        // A real drop does not.
+        assert!(!is_new_best(smoothed_score(Some(0.4), 0.2), 0.4));
+        assert!(is_new_best(smoothed_score(Some(0.4), 0.6), 0.4));
+        assert!(!is_new_best(f64::NAN, 0.4));
     }
 }
