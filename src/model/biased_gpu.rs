@@ -14,7 +14,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend};
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch};
+use burn::prelude::Tensor;
 use burn::tensor::Shape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
@@ -37,6 +38,22 @@ impl BiasedLayer {
             Self::Upsample => weight[1],
         }
     }
+}
+
+/// `layer` of `x` by `weight`, plus `bias`, on burn's GPU backend (f32 tensors that the layer's
+/// kernels fit): the one way the layer modules reach [`BiasedLayerGpuBackend`].
+pub fn biased_layer(
+    layer: BiasedLayer,
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Tensor<1>,
+) -> Tensor<5> {
+    Tensor::from_dispatch(<Dispatch as BiasedLayerGpuBackend>::biased_layer(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        layer,
+    ))
 }
 
 /// Backends with the fused biased layers (burn's GPU backend).

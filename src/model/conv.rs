@@ -305,10 +305,10 @@ fn pointwise_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     }
 }
 
-/// A 1×1×1 `conv` with a bias on burn's GPU backend through
-/// [`super::biased_gpu::BiasedLayerGpuBackend`] (`pointwise_gpu`'s kernels) where it fits, `Conv3d::forward` otherwise.
+/// A 1×1×1 `conv` with a bias on burn's GPU backend through [`super::biased_gpu`]
+/// (`pointwise_gpu`'s kernels) where it fits, `Conv3d::forward` otherwise.
 fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
-    use super::biased_gpu::{BiasedLayer, BiasedLayerGpuBackend};
+    use super::biased_gpu::{biased_layer, BiasedLayer};
     use super::pointwise_gpu::fits;
     let weight = conv.weight.val();
     let Some(bias) = conv.bias.as_ref().map(|b| b.val()) else {
@@ -318,12 +318,7 @@ fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if !f32s || !fits(x.dims(), weight.dims()[0]) {
         return conv.forward(x);
     }
-    Tensor::from_dispatch(<Dispatch as BiasedLayerGpuBackend>::biased_layer(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-        BiasedLayer::Pointwise,
-    ))
+    biased_layer(BiasedLayer::Pointwise, x, weight, bias)
 }
 
 /// The backward pass of [`Conv3x3Backend::conv3x3`] under autodiff.

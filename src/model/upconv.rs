@@ -98,10 +98,10 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
 }
 
 /// A plain upsampling `up` with a bias of f32 `x` on burn's GPU backend through
-/// [`super::biased_gpu::BiasedLayerGpuBackend`] (`upconv_gpu`'s kernels) where it fits, `ConvTranspose3d::forward`
+/// [`super::biased_gpu`] (`upconv_gpu`'s kernels) where it fits, `ConvTranspose3d::forward`
 /// otherwise.
 fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
-    use super::biased_gpu::{BiasedLayer, BiasedLayerGpuBackend};
+    use super::biased_gpu::{biased_layer, BiasedLayer};
     use super::upconv_gpu::fits;
     let weight = up.weight.val();
     let Some(bias) = up.bias.as_ref().map(|b| b.val()) else {
@@ -111,12 +111,7 @@ fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     if !f32s || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
         return up.forward(x);
     }
-    Tensor::from_dispatch(<Dispatch as BiasedLayerGpuBackend>::biased_layer(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        bias.into_dispatch(),
-        BiasedLayer::Upsample,
-    ))
+    biased_layer(BiasedLayer::Upsample, x, weight, bias)
 }
 
 /// The backward pass of [`UpConvBackend::upconv`] under autodiff.
