@@ -855,7 +855,8 @@ const PREDICT_OVERLAP: f32 = 0.5;
 
 /// Seconds burn takes on `device` to predict a `size`³ case of two sequences with the shipped
 /// network (random weights: the time does not depend on them), after warming up on a single
-/// window and on a case of full passes (a GPU's stacked windows are other shapes to compile).
+/// window and on the case's first window-deep slab (a GPU's stacked windows and slabs are the
+/// shapes to compile).
 fn predict_seconds(
     config: &crate::model::TrainingConfig,
     size: usize,
@@ -864,13 +865,14 @@ fn predict_seconds(
     use crate::model::inference::segment_volume;
     let model = config.model.init(&device);
     let w = PREDICT_WINDOW;
-    // 2.5 windows a side: 4 × 4 windows per z-plane row overlapping by half.
-    for warm_size in [w, w * 5 / 2] {
-        let warm = prompt_case(warm_size, &[], 0.0);
-        let dims = [warm_size; 3];
+    let channels = prompt_case(size, &[], 0.0);
+    let window = prompt_case(w, &[], 0.0);
+    let first_slab: Vec<Vec<f32>> = (channels.iter())
+        .map(|c| c[..size * size * w].to_vec())
+        .collect();
+    for (warm, dims) in [(window, [w; 3]), (first_slab, [size, size, w])] {
         segment_volume(&model, &warm, dims, [w; 3], PREDICT_OVERLAP, &device)?;
     }
-    let channels = prompt_case(size, &[], 0.0);
     let t = Instant::now();
     let (mask, fg) = segment_volume(
         &model,

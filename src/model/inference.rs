@@ -6,9 +6,10 @@
 //!
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
 //! zero-padded; windows never read outside the volume; working memory beyond the output is
-//! bounded by the window (a ring of z-planes, and at most 4 windows in flight on the CPU, one
-//! pass of up to 16 stacked windows on a GPU), not by the volume; windows predicted at once
-//! land as if predicted one by one, in order.
+//! bounded by the window (on the CPU a ring of z-planes and at most 4 windows in flight; on a
+//! GPU, `window_slab`: window-deep slabs of input and sums on the device, passes of up to 16
+//! stacked windows), not by the volume; windows predicted at once land as if predicted one by
+//! one, in order.
 
 use super::model::MultiTaskUNet;
 use crate::volume::{Affine, Volume, VolumeError};
@@ -29,7 +30,7 @@ pub struct Prediction {
 }
 
 /// Window start positions along an axis of length `n` (covering it, last one flush with the end).
-fn starts(n: usize, window: usize, step: usize) -> Vec<usize> {
+pub(super) fn starts(n: usize, window: usize, step: usize) -> Vec<usize> {
     if n <= window {
         return vec![0];
     }
@@ -40,7 +41,9 @@ fn starts(n: usize, window: usize, step: usize) -> Vec<usize> {
     s
 }
 
-fn gaussian(window: usize) -> Vec<f32> {
+/// A window's weights along one axis: a Gaussian of σ = window / 8 about its centre, floored
+/// at 1e-3.
+pub(super) fn gaussian(window: usize) -> Vec<f32> {
     let c = (window as f32 - 1.0) / 2.0;
     let sigma = (window as f32 / 8.0).max(0.5);
     (0..window)
@@ -164,7 +167,9 @@ pub fn predict_volume(
 }
 
 /// The segmentation alone of a volume given as channels on the grid `dims` (see
-/// `predict_volume`): arg-max labels and foreground probability per voxel.
+/// `predict_volume`): arg-max labels and foreground probability per voxel. On the CPU the
+/// windows' probabilities are summed on the host (a ring of z-planes); on a GPU they are summed
+/// on the device and only finished planes come back (`window_slab`).
 pub fn segment_volume(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
@@ -173,23 +178,39 @@ pub fn segment_volume(
     overlap: f32,
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
-    let batching = Batching::for_device(device, window);
-    segment_volume_in(model, channels, dims, (window, overlap), batching, device)
+    let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
+    match *device == Device::flex() {
+        true => segment_on_host(
+            model,
+            channels,
+            dims,
+            (window, step),
+            Batching::on_cpu(),
+            device,
+        ),
+        false => super::window_slab::segment_on_device(
+            model,
+            channels,
+            dims,
+            (window, step),
+            gpu_windows_per_pass(window),
+            device,
+        ),
+    }
 }
 
-/// [`segment_volume`] with the windows of `tiling` (size, overlap) predicted as `batching` says.
-fn segment_volume_in(
+/// [`segment_volume`] with windows of `window` voxels starting every `step` voxels, predicted
+/// as `batching` says and summed on the host.
+pub(super) fn segment_on_host(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
     dims: [usize; 3],
-    tiling: ([usize; 3], f32),
+    (window, step): ([usize; 3], [usize; 3]),
     batching: Batching,
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
-    let (window, overlap) = tiling;
     let [nx, ny, nz] = dims;
     let n = nx * ny * nz;
-    let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     let g = window.map(gaussian);
     let [wx, wy, wz] = window;
     // Accumulators hold only the planes a window can still reach: a ring of `depth` z-planes.
@@ -233,40 +254,34 @@ fn segment_volume_in(
     Ok((mask, fg))
 }
 
-/// How windows are predicted: `passes` forward passes at once, each of `windows` windows
-/// stacked into one batch (instance norms are per item, so a batch predicts each window as
-/// alone).
+/// How windows are predicted on the host path: `passes` forward passes at once, each of
+/// `windows` windows stacked into one batch (instance norms are per item, so a batch predicts
+/// each window as alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Batching {
+pub(super) struct Batching {
     /// Forward passes at once (threads of the rayon pool).
-    passes: usize,
+    pub(super) passes: usize,
     /// Windows per forward pass.
-    windows: usize,
+    pub(super) windows: usize,
 }
 
 impl Batching {
     /// On the CPU one window per pass and one pass per thread of the current rayon pool, at
     /// most [`MAX_WINDOWS_IN_FLIGHT`] (the CPU backend leaves parts of a forward pass to one
     /// core; two windows in flight on two cores took `bench predict --size 96` from 4.8 to
-    /// 3.7 s). On a GPU one pass at a time of as many windows as fit [`GPU_PASS_VOXELS`], at
-    /// most [`MAX_GPU_WINDOWS`]: a window alone is a few hundred small kernels and a read-back,
-    /// too little work for a GPU (one 32³ window at a time, an H200 took 21.2 s for a 256³
-    /// case, PyTorch 12.4 s).
-    fn for_device(device: &Device, window: [usize; 3]) -> Self {
-        match *device == Device::flex() {
-            true => Self {
-                passes: rayon::current_num_threads().clamp(1, MAX_WINDOWS_IN_FLIGHT),
-                windows: 1,
-            },
-            false => Self {
-                passes: 1,
-                windows: gpu_windows_per_pass(window),
-            },
+    /// 3.7 s).
+    fn on_cpu() -> Self {
+        Self {
+            passes: rayon::current_num_threads().clamp(1, MAX_WINDOWS_IN_FLIGHT),
+            windows: 1,
         }
     }
 }
 
-/// Windows of `window` voxels stacked into one forward pass on a GPU (see [`Batching`]).
+/// Windows of `window` voxels stacked into one forward pass on a GPU: as many as fit
+/// [`GPU_PASS_VOXELS`], at most [`MAX_GPU_WINDOWS`]. A window alone is a few hundred small
+/// kernels, too little work for a GPU (one 32³ window at a time, an H200 took 21.2 s for a
+/// 256³ case, PyTorch 12.4 s).
 pub fn gpu_windows_per_pass(window: [usize; 3]) -> usize {
     (GPU_PASS_VOXELS / window.iter().product::<usize>().max(1)).clamp(1, MAX_GPU_WINDOWS)
 }
@@ -408,7 +423,7 @@ mod tests {
                     .collect()
             })
             .collect();
-        let tiling = ([16, 16, 16], 0.5);
+        let tiling = ([16, 16, 16], [8, 8, 8]);
         let one = Batching {
             passes: 1,
             windows: 1,
@@ -418,9 +433,9 @@ mod tests {
             windows: 3,
         };
         let (mask_one, fg_one) =
-            segment_volume_in(&model, &channels, dims, tiling, one, &device).unwrap();
+            segment_on_host(&model, &channels, dims, tiling, one, &device).unwrap();
         let (mask_stacked, fg_stacked) =
-            segment_volume_in(&model, &channels, dims, tiling, stacked, &device).unwrap();
+            segment_on_host(&model, &channels, dims, tiling, stacked, &device).unwrap();
         let worst = fg_one
             .iter()
             .zip(&fg_stacked)
@@ -441,18 +456,11 @@ mod tests {
 
     #[test]
     fn a_gpu_stacks_small_windows_and_a_cpu_spreads_them_over_threads() {
-        let cpu = Batching::for_device(&Device::flex(), [32; 3]);
+        let cpu = Batching::on_cpu();
         assert_eq!(cpu.windows, 1);
         assert!(cpu.passes >= 1 && cpu.passes <= MAX_WINDOWS_IN_FLIGHT);
-        let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
-        assert_eq!(
-            Batching::for_device(&gpu, [32; 3]),
-            Batching {
-                passes: 1,
-                windows: 16
-            }
-        );
-        assert_eq!(Batching::for_device(&gpu, [64; 3]).windows, 2);
-        assert_eq!(Batching::for_device(&gpu, [96; 3]).windows, 1);
+        assert_eq!(gpu_windows_per_pass([32; 3]), 16);
+        assert_eq!(gpu_windows_per_pass([64; 3]), 2);
+        assert_eq!(gpu_windows_per_pass([96; 3]), 1);
     }
 }
