@@ -5,7 +5,8 @@
 # out (they take minutes on a server's CPU and are measured on the 2-core machine).
 # `gpu_figures.sh profile` instead profiles burn's wgpu training step (small): kernel launches
 # per step (cubecl's execution log over 20 and 220 timed steps, the difference over 200) and
-# each kernel's time, run one at a time (cubecl's "medium" profile), ~4 min.
+# each kernel's time, run one at a time (cubecl's "medium" profile), and steps per second with
+# 8, 128 and 1024 kernels per GPU submission (cubecl's default: 32), ~6 min.
 #
 # Carried in .dev/ (ignored by git): the release binary, stripped and xz-compressed
 # (mriloop.xz), and the Debian packages of the Vulkan loader and glvnd (libvulkan1, libglvnd0,
@@ -66,6 +67,12 @@ if [ "${1:-}" = profile ]; then
     profile_log medium "$out/kernel_times.log"
     run kernel_times 150 bench train --config small --backends wgpu --repeats 40 --rounds 1
     rm -f cubecl.toml
+    # Kernels per GPU submission (cubecl's default 32): if the step is bound by the host's
+    # recording and submitting, fewer submissions show here.
+    for tasks in 8 128 1024; do
+        CUBECL_WGPU_MAX_TASKS=$tasks run tasks_$tasks 60 bench train --config small \
+            --backends wgpu --repeats 200 --rounds 1
+    done
     a=$(grep -c '^Executing' "$out/launches_20.log")
     b=$(grep -c '^Executing' "$out/launches_220.log")
     echo "launches per step: $(((b - a) / 200)) ($a and $b in all)" | tee "$out/launches.txt"

@@ -264,9 +264,14 @@ mod tests {
             .with_base_channels(4)
             .with_depth(2)
             .init(&device);
-        // Edges that cut windows short, an uneven last pass, and a grid thinner than the
-        // window along y (zero-padded).
-        for (dims, step) in [([30, 22, 26], [8, 8, 8]), ([20, 12, 40], [16, 16, 12])] {
+        // Edges that cut windows short, an uneven last pass, and grids thinner than the
+        // window along y and along z (zero-padded).
+        let cases = [
+            ([30, 22, 26], [8, 8, 8]),
+            ([20, 12, 40], [16, 16, 12]),
+            ([18, 40, 9], [8, 16, 8]),
+        ];
+        for (dims, step) in cases {
             let channels = channels(dims);
             let window = [16, 16, 16];
             let one = Batching {
