@@ -301,53 +301,68 @@ fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
     let _gpu = gpu_alone();
     use burn::module::Module;
     use mriloop::model::ClassView;
-    use mriloop::model::{conv_gpu_direct, norm_gpu, pointwise_gpu, predict_volume, upconv_gpu};
+    use mriloop::model::{
+        conv_gpu_direct, norm_gpu, pointwise_gpu, predict_volume, upconv_gpu, window_slab_gpu,
+    };
     use mriloop::volume::Affine;
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
     let model = small(2).init(&cpu());
-    let dims = [21, 17, 11];
-    let n = dims[0] * dims[1] * dims[2];
-    let channels: Vec<Vec<f32>> = (0..2)
-        .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
-        .collect();
+    let on_device = model.clone().to_device(&gpu);
     let launches = || {
         [
             conv_gpu_direct::kernel_launches(),
             norm_gpu::kernel_launches(),
             pointwise_gpu::kernel_launches(),
             upconv_gpu::kernel_launches(),
+            window_slab_gpu::kernel_launches(),
         ]
     };
-    let before = launches();
-    let predict = |model: &mriloop::model::MultiTaskUNet, device: &Device| {
-        let view = ClassView {
-            window: [8, 8, 8],
-            stride: [1, 1, 1],
+    // 8³ windows: passes of 10 spanning two rows of windows; then a grid thinner than the
+    // window along x (zero-padded on both routes).
+    for dims in [[21, 17, 11], [6, 17, 11]] {
+        let n = dims[0] * dims[1] * dims[2];
+        let channels: Vec<Vec<f32>> = (0..2)
+            .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
+            .collect();
+        let predict = |model: &mriloop::model::MultiTaskUNet, device: &Device| {
+            let view = ClassView {
+                window: [8, 8, 8],
+                stride: [1, 1, 1],
+            };
+            let affine = Affine::from_spacing([1.0, 1.0, 1.5]);
+            predict_volume(model, &channels, dims, affine, [8, 8, 8], view, 0.5, device)
+                .expect("prediction")
         };
-        let affine = Affine::from_spacing([1.0, 1.0, 1.5]);
-        predict_volume(model, &channels, dims, affine, [8, 8, 8], view, 0.5, device)
-            .expect("prediction")
-    };
-    let on_gpu = predict(&model.clone().to_device(&gpu), &gpu);
-    let after = launches();
-    let on_cpu = predict(&model, &cpu());
-    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
-        assert!(b > a, "route {i} of the GPU's forward pass not taken");
+        let before = launches();
+        let on_gpu = predict(&on_device, &gpu);
+        let after = launches();
+        let on_cpu = predict(&model, &cpu());
+        for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+            assert!(b > a, "route {i} of the GPU's prediction not taken");
+        }
+        let gap = (on_gpu.foreground.data().iter())
+            .zip(on_cpu.foreground.data())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(gap < 1e-4, "{dims:?}: foreground probabilities {gap} apart");
+        let labels_apart = (on_gpu.mask.data().iter())
+            .zip(on_cpu.mask.data())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!(
+            labels_apart * 1000 <= n,
+            "{dims:?}: {labels_apart} labels differ"
+        );
+        let class_gap = (on_gpu.class_probabilities.iter())
+            .zip(&on_cpu.class_probabilities)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(class_gap < 1e-4, "class probabilities {class_gap} apart");
+        let spread = on_cpu.foreground.data().iter().fold(0.0f32, |m, v| {
+            m.max((v - on_cpu.foreground.data()[0]).abs())
+        });
+        assert!(spread > 1e-2, "a varied answer ({spread})");
     }
-    let gap = (on_gpu.foreground.data().iter())
-        .zip(on_cpu.foreground.data())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(gap < 1e-4, "foreground probabilities {gap} apart");
-    let class_gap = (on_gpu.class_probabilities.iter())
-        .zip(&on_cpu.class_probabilities)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(class_gap < 1e-4, "class probabilities {class_gap} apart");
-    let spread = on_cpu.foreground.data().iter().fold(0.0f32, |m, v| {
-        m.max((v - on_cpu.foreground.data()[0]).abs())
-    });
-    assert!(spread > 1e-2, "a varied answer ({spread})");
 }
 
 #[test]

@@ -236,7 +236,7 @@ fn direct_geometry(xs: &Shape, weight: &CubeTensor, stride: usize) -> Option<Wgr
 }
 
 /// The sizes' sequence argument of a launch.
-fn sizes(values: [usize; 3]) -> SequenceArg<usize> {
+pub(super) fn sizes<const N: usize>(values: [usize; N]) -> SequenceArg<usize> {
     let mut sequence = SequenceArg::new();
     values.into_iter().for_each(|v| sequence.push(v));
     sequence

@@ -64,6 +64,7 @@ pub mod upconv;
 pub mod upconv_gpu;
 pub mod versions;
 mod window_slab;
+pub mod window_slab_gpu;
 
 pub use apply::{
     case_channels, choose_device, dice_and_volume_error, evaluate_project, fit_config_for,

@@ -3,7 +3,9 @@
 //! predicted in stacked passes, their Gaussian-weighted probabilities summed into a device slab
 //! of the same depth, and only finished planes come back (arg-max labels and background sums).
 //! No window is read back and the host sums nothing, so the host keeps queueing kernels while
-//! the device runs them (as PyTorch's predictor does on a GPU).
+//! the device runs them (as PyTorch's predictor does on a GPU). On burn's GPU backend one
+//! kernel stacks a pass's windows and one adds them back ([`super::window_slab_gpu`]); on
+//! other devices burn's slices do it (a launch or two per window).
 //!
 //! Invariants: the windows, weights and outputs of `inference`'s host ring, up to float
 //! rounding; device memory beyond the network's activations is two slabs (input and sums) of
@@ -14,6 +16,7 @@
 
 use super::inference::{gaussian, starts};
 use super::model::MultiTaskUNet;
+use super::window_slab_gpu::{add_windows, cut_windows};
 use crate::volume::VolumeError;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -44,17 +47,9 @@ pub(super) fn segment_on_device(
         slab.advance_to(z0)?;
         let input = input_slab(channels, dims, z0, slab.padded, device);
         for pass in origins.chunks(per_pass) {
-            let windows = pass
-                .iter()
-                .map(|&[x0, y0]| {
-                    let [wx, wy, wz] = window;
-                    input
-                        .clone()
-                        .slice([0..1, 0..channels.len(), 0..wz, y0..y0 + wy, x0..x0 + wx])
-                })
-                .collect();
-            let (seg, _) = model.forward(Tensor::cat(windows, 0));
-            slab.add_pass(softmax(seg, 1), pass);
+            let placed = Pass::new(pass, window, slab.on_gpu, device);
+            let (seg, _) = model.forward(placed.cut(input.clone(), channels.len()));
+            slab.add_pass(softmax(seg, 1), &placed);
         }
     }
     slab.advance_to(dims[2])?;
@@ -87,6 +82,50 @@ fn input_slab(
     Tensor::<5>::from_data(TensorData::new(data, shape), device)
 }
 
+/// One forward pass's windows: their origins `[x0, y0]` (in order), the box they cover
+/// `[x_lo, y_lo, x_hi, y_hi]`, and on a GPU the origins on the device (for the slab kernels of
+/// [`super::window_slab_gpu`]; elsewhere burn's slices do the work).
+struct Pass<'a> {
+    origins: &'a [[usize; 2]],
+    window: [usize; 3],
+    bounds: [usize; 4],
+    on_device: Option<Tensor<1>>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(origins: &'a [[usize; 2]], window: [usize; 3], on_gpu: bool, device: &Device) -> Self {
+        let low = |a: usize| origins.iter().map(|o| o[a]).min().unwrap_or(0);
+        let high = |a: usize| origins.iter().map(|o| o[a] + window[a]).max().unwrap_or(0);
+        let on_device = on_gpu.then(|| {
+            let flat: Vec<f32> = origins.iter().flat_map(|o| o.map(|v| v as f32)).collect();
+            let n = flat.len();
+            Tensor::<1>::from_data(TensorData::new(flat, [n]), device)
+        });
+        Self {
+            origins,
+            window,
+            bounds: [low(0), low(1), high(0), high(1)],
+            on_device,
+        }
+    }
+
+    /// The windows of `input` (`[1, C, wz, py, px]`), stacked `[windows, C, wz, wy, wx]`.
+    fn cut(&self, input: Tensor<5>, channels: usize) -> Tensor<5> {
+        let [wx, wy, wz] = self.window;
+        if let Some(at) = &self.on_device {
+            return cut_windows(input, at.clone(), self.window);
+        }
+        let windows = (self.origins.iter())
+            .map(|&[x0, y0]| {
+                input
+                    .clone()
+                    .slice([0..1, 0..channels, 0..wz, y0..y0 + wy, x0..x0 + wx])
+            })
+            .collect();
+        Tensor::cat(windows, 0)
+    }
+}
+
 /// Gaussian-weighted probability sums over a slab of window-deep z-planes, on the device, and
 /// the finished planes' labels and foreground probabilities on the host.
 struct SumSlab {
@@ -98,6 +137,8 @@ struct SumSlab {
     padded: [usize; 3],
     /// A window's weights `[1, 1, wz, wy, wx]`.
     weights: Tensor<5>,
+    /// Whether the slab is on one of burn's GPU devices (its own kernels cut and add windows).
+    on_gpu: bool,
     /// Per axis, each grid position's sum of the weights of the windows covering it.
     weight_sums: [Vec<f32>; 3],
     /// `[labels, wz, py, px]` sums (none until the first pass names the labels).
@@ -137,22 +178,29 @@ impl SumSlab {
             first_z: 0,
             mask: vec![0; n],
             foreground: vec![0.0; n],
+            on_gpu: super::conv_gpu::on_gpu(device),
             device: device.clone(),
         }
     }
 
-    /// Add one pass's probabilities (`[windows, labels, wz, wy, wx]`) of the windows at
-    /// `origins` (`[x0, y0]` of each, in order) to the slab.
-    fn add_pass(&mut self, probs: Tensor<5>, origins: &[[usize; 2]]) {
+    /// Add one pass's probabilities (`[windows, labels, wz, wy, wx]`) of the windows of `pass`
+    /// to the slab.
+    fn add_pass(&mut self, probs: Tensor<5>, pass: &Pass) {
         let [wx, wy, wz] = self.window;
         let labels = probs.dims()[1];
-        let weighted = probs * self.weights.clone();
         let [px, py, _] = self.padded;
         let mut sums = self
             .sums
             .take()
             .unwrap_or_else(|| Tensor::zeros([labels, wz, py, px], &self.device));
-        for (b, &[x0, y0]) in origins.iter().enumerate() {
+        if let Some(at) = &pass.on_device {
+            let weights = self.weights.clone().reshape([wx * wy * wz]);
+            let sums = add_windows(sums, probs, weights, at.clone(), pass.bounds);
+            self.sums = Some(sums);
+            return;
+        }
+        let weighted = probs * self.weights.clone();
+        for (b, &[x0, y0]) in pass.origins.iter().enumerate() {
             let one: Tensor<4> = weighted
                 .clone()
                 .narrow(0, b, 1)
