@@ -17,7 +17,9 @@
 //! channels, its training with a simulated user, prompted prediction on a local window and the
 //! robot user's sessions), `device_failure` (a panic on burn's GPU device threads recorded, and
 //! a headless command ended with it, instead of a silent hang), `pieces` (a GPU convolution
-//! over more voxels than one dispatch may hold, run on groups of items and depth slabs).
+//! over more voxels than one dispatch may hold, run on groups of items and depth slabs),
+//! `window_slab` and `window_slab_gpu` (sliding-window prediction summed on a GPU, with its two
+//! slab kernels).
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on
 //! the GPU.
 
