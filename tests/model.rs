@@ -317,7 +317,7 @@ fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
             window_slab_gpu::kernel_launches(),
         ]
     };
-    // 8³ windows: passes of 10 spanning two rows of windows; then a grid thinner than the
+    // 8³ windows: one pass of 20 spanning four rows of windows; then a grid thinner than the
     // window along x (zero-padded on both routes).
     for dims in [[21, 17, 11], [6, 17, 11]] {
         let n = dims[0] * dims[1] * dims[2];

@@ -7,7 +7,7 @@
 //! Invariants: the output has the input's dims and affine; a volume smaller than the window is
 //! zero-padded; windows never read outside the volume; working memory beyond the output is
 //! bounded by the window (on the CPU a ring of z-planes and at most 4 windows in flight; on a
-//! GPU, `window_slab`: window-deep slabs of input and sums on the device, passes of up to 16
+//! GPU, `window_slab`: window-deep slabs of input and sums on the device, passes of up to 32
 //! stacked windows), not by the volume; windows predicted at once land as if predicted one by
 //! one, in order.
 
@@ -290,12 +290,15 @@ pub fn gpu_windows_per_pass(window: [usize; 3]) -> usize {
 /// hundred MB for a 96³ window of a GPU-planned network).
 const MAX_WINDOWS_IN_FLIGHT: usize = 4;
 
-/// Voxels of the windows stacked into one GPU forward pass (sixteen 32³ windows; one window
-/// of 80³ or more goes alone).
-const GPU_PASS_VOXELS: usize = 16 * 32 * 32 * 32;
+/// Voxels of the windows stacked into one GPU forward pass (32 windows of 32³, 4 of 64³; one
+/// window of 81³ or more goes alone). A pass's launches are the same for any batch, and a
+/// small network's prediction on a GPU is bound by its launches (and its coarse levels by
+/// threads: 16 windows of 32³ give its 4³ level 1 024 voxels a channel); the activations of
+/// the largest pass are a few hundred MB for a GPU-planned network.
+const GPU_PASS_VOXELS: usize = 32 * 32 * 32 * 32;
 
 /// The most windows in one GPU forward pass.
-const MAX_GPU_WINDOWS: usize = 16;
+const MAX_GPU_WINDOWS: usize = 32;
 
 /// Segmentation probabilities of the windows of `window` voxels at `origins_vox` (voxel indices
 /// of their first corners), predicted in one forward pass: one after the other, each laid out
@@ -459,8 +462,9 @@ mod tests {
         let cpu = Batching::on_cpu();
         assert_eq!(cpu.windows, 1);
         assert!(cpu.passes >= 1 && cpu.passes <= MAX_WINDOWS_IN_FLIGHT);
-        assert_eq!(gpu_windows_per_pass([32; 3]), 16);
-        assert_eq!(gpu_windows_per_pass([64; 3]), 2);
+        assert_eq!(gpu_windows_per_pass([32; 3]), 32);
+        assert_eq!(gpu_windows_per_pass([64; 3]), 4);
         assert_eq!(gpu_windows_per_pass([96; 3]), 1);
+        assert_eq!(gpu_windows_per_pass([4; 3]), 32);
     }
 }
