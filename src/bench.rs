@@ -888,7 +888,8 @@ fn predict_seconds(
 
 /// Whole-volume sliding-window prediction of a `size`³ case (two sequences, the shipped network:
 /// base 8, depth 3, 3 labels; 32³ windows overlapping by half, Gaussian-weighted; arg-max labels
-/// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu; beside
+/// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu
+/// (`software_gpu`: on lavapipe when there is none); beside
 /// PyTorch with the same network, windows and weighting (`benches/reference/predict_torch.py`)
 /// on the CPU and CUDA when python3 with torch has them, stacking as many windows per forward
 /// pass as burn does there (one on the CPU; on a GPU `gpu_windows_per_pass`). Figures and
@@ -896,6 +897,7 @@ fn predict_seconds(
 pub fn predict(
     size: usize,
     backends: &Backends,
+    software_gpu: bool,
 ) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
     use crate::model::{MultiTaskUNetConfig, TrainingConfig};
     use burn::prelude::Device;
@@ -917,7 +919,14 @@ pub fn predict(
             predict_seconds(&config, size, device)?,
             "s",
         )),
-        false => notes.push(format!("wgpu skipped: {about}")),
+        false if software_gpu => {
+            let lavapipe = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+            let seconds = predict_seconds(&config, size, lavapipe)?;
+            figures.push(fig(name("wgpu_software"), seconds, "s"));
+        }
+        false => notes.push(format!(
+            "wgpu skipped: {about} (--software-gpu measures lavapipe's)"
+        )),
     }
     match crate::model::apply::cuda_device() {
         _ if !backends.wants("cuda") => {}

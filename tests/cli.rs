@@ -549,6 +549,31 @@ fn bench_predict_prints_burns_figure_beside_the_reference_and_says_what_it_skipp
 }
 
 #[test]
+fn bench_predict_on_lavapipe_times_the_gpu_route() {
+    // 48³: two rows of four 32³ windows, summed on the device by the slab kernels.
+    let args = ["bench", "predict", "--size", "48", "--backends", "wgpu"];
+    let out = mriloop_ok(&[&args[..], &["--software-gpu"]].concat());
+    let figure = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("bench: {name} = ")))
+            .and_then(|v| v.strip_suffix(" s"))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert!(
+        !out.contains("predict_s_48_cpu"),
+        "only wgpu was asked for: {out}"
+    );
+    // A machine with a hardware GPU times that instead.
+    if figure("predict_s_48_wgpu").is_some_and(|s| s > 0.0) {
+        return;
+    }
+    let seconds = figure("predict_s_48_wgpu_software");
+    assert!(seconds.is_some_and(|s| s > 0.0), "{out}");
+    let without = mriloop_ok(&args);
+    assert!(without.contains("note: wgpu skipped"), "{without}");
+}
+
+#[test]
 fn bench_backends_measures_only_the_named_ones() {
     // burn's CPU alone: no PyTorch figure and no note about PyTorch or the GPU (the
     // `reference:` line names them all).

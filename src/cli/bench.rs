@@ -65,8 +65,8 @@ pub struct BenchArgs {
     /// generated file in a temporary folder, removed afterwards.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// train: also measure wgpu on a software Vulkan device (lavapipe) when no hardware GPU
-    /// is present (its first step compiles shaders for minutes).
+    /// train, predict: also measure wgpu on a software Vulkan device (lavapipe) when no
+    /// hardware GPU is present (a training run's first step compiles shaders for minutes).
     #[arg(long)]
     pub software_gpu: bool,
     /// bold: time points of the BOLD run.
@@ -183,7 +183,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchKind::Predict => {
-            let (figures, notes) = bench::predict(size, &args.backends()?)?;
+            let (figures, notes) = bench::predict(size, &args.backends()?, args.software_gpu)?;
             print_figures(&figures, &notes, "goal predict_s_256_cpu <= 0.5 x predict_s_256_torch_cpu (PyTorch eager, same network, windows, overlap and weighting); the same on a GPU against torch_cuda");
             Ok(())
         }
