@@ -135,8 +135,9 @@ fn cut_kernel(
 }
 
 /// Thread = one sum `[l, k, y, x]` of the box `[x_lo, x_lo + box_x) × [y_lo, y_lo + box_y)`
-/// (`placement`: `[px, py, x_lo, y_lo, box_x, box_y]`) of the sums `[L, wz, py, px]`: adds `probs[b, l, k, y − y0, x − x0] · weights[k, y − y0, x − x0]` of
-/// each window b that holds (x, y).
+/// (`placement`: `[px, py, x_lo, y_lo, box_x, box_y]`) of the sums `[L, wz, py, px]`: adds
+/// `probs[b, l, k, y − y0, x − x0] · weights[k, y − y0, x − x0]` of each window b that holds
+/// (x, y).
 #[cube(launch_unchecked)]
 fn add_kernel(
     sums: &mut [f32],
