@@ -317,9 +317,9 @@ fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
             window_slab_gpu::kernel_launches(),
         ]
     };
-    // 8³ windows: one pass of 20 spanning four rows of windows; then a grid thinner than the
-    // window along x (zero-padded on both routes).
-    for dims in [[21, 17, 11], [6, 17, 11]] {
+    // 8³ windows: one pass of 20 spanning four rows of windows; a grid thinner than the
+    // window along x (zero-padded on both routes); windows that do not overlap.
+    for (dims, overlap) in [([21, 17, 11], 0.5), ([6, 17, 11], 0.5), ([21, 17, 11], 0.0)] {
         let n = dims[0] * dims[1] * dims[2];
         let channels: Vec<Vec<f32>> = (0..2)
             .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
@@ -330,8 +330,17 @@ fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
                 stride: [1, 1, 1],
             };
             let affine = Affine::from_spacing([1.0, 1.0, 1.5]);
-            predict_volume(model, &channels, dims, affine, [8, 8, 8], view, 0.5, device)
-                .expect("prediction")
+            predict_volume(
+                model,
+                &channels,
+                dims,
+                affine,
+                [8, 8, 8],
+                view,
+                overlap,
+                device,
+            )
+            .expect("prediction")
         };
         let before = launches();
         let on_gpu = predict(&on_device, &gpu);

@@ -20,7 +20,7 @@ use super::window_slab_gpu::{add_windows, cut_windows};
 use crate::volume::VolumeError;
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::TensorData;
+use burn::tensor::{FloatDType, TensorData};
 
 /// The segmentation of `channels` (`[C][nx·ny·nz]`, i fastest) on the grid `dims` with windows
 /// of `window` voxels `[wx, wy, wz]` starting every `step` voxels, `windows_per_pass` windows
@@ -195,6 +195,8 @@ impl SumSlab {
             .unwrap_or_else(|| Tensor::zeros([labels, wz, py, px], &self.device));
         if let Some(at) = &pass.on_device {
             let weights = self.weights.clone().reshape([wx * wy * wz]);
+            // The kernels read f32 (a no-op for the f32 network prediction runs).
+            let probs = probs.cast(FloatDType::F32);
             let sums = add_windows(sums, probs, weights, at.clone(), pass.bounds);
             self.sums = Some(sums);
             return;
