@@ -44,8 +44,10 @@ pub(super) fn segment_on_device(
     let passes = origins.len().div_ceil(windows_per_pass.max(1));
     let per_pass = origins.len().div_ceil(passes.max(1)).max(1);
     for &z0 in &axis_starts[2] {
-        slab.advance_to(z0)?;
+        // The next slab's input is filled while the device still runs the last row's passes;
+        // finishing planes reads back and waits for them.
         let input = input_slab(channels, dims, z0, slab.padded, device);
+        slab.advance_to(z0)?;
         for pass in origins.chunks(per_pass) {
             let placed = Pass::new(pass, window, slab.on_gpu, device);
             let (seg, _) = model.forward(placed.cut(input.clone(), channels.len()));
