@@ -39,8 +39,8 @@ pub(super) fn segment_on_device(
         .iter()
         .flat_map(|&y0| axis_starts[0].iter().map(move |&x0| [x0, y0]))
         .collect();
-    // Passes of equal size (225 windows a row in passes of at most 16: 15 of 15, not 14 of 16
-    // and one of 1), so one stacked shape serves the whole volume.
+    // Passes as even as the row allows, so no pass is a sliver (225 windows a row in passes
+    // of at most 32: 7 of 29 and one of 22, not 7 of 32 and one of 1; at most 16: 15 of 15).
     let passes = origins.len().div_ceil(windows_per_pass.max(1));
     let per_pass = origins.len().div_ceil(passes.max(1)).max(1);
     for &z0 in &axis_starts[2] {
