@@ -43,15 +43,18 @@ pub(super) fn segment_on_device(
     // of at most 32: 7 of 29 and one of 22, not 7 of 32 and one of 1; at most 16: 15 of 15).
     let passes = origins.len().div_ceil(windows_per_pass.max(1));
     let per_pass = origins.len().div_ceil(passes.max(1)).max(1);
+    // Every row of windows has the same passes (their origins go up to a GPU once).
+    let row: Vec<Pass> = (origins.chunks(per_pass))
+        .map(|pass| Pass::new(pass, window, slab.on_gpu, device))
+        .collect();
     for &z0 in &axis_starts[2] {
         // The next slab's input is filled while the device still runs the last row's passes;
         // finishing planes reads back and waits for them.
         let input = input_slab(channels, dims, z0, slab.padded, device);
         slab.advance_to(z0)?;
-        for pass in origins.chunks(per_pass) {
-            let placed = Pass::new(pass, window, slab.on_gpu, device);
-            let (seg, _) = model.forward(placed.cut(input.clone(), channels.len()));
-            slab.add_pass(softmax(seg, 1), &placed);
+        for pass in &row {
+            let (seg, _) = model.forward(pass.cut(input.clone(), channels.len()));
+            slab.add_pass(softmax(seg, 1), pass);
         }
     }
     slab.advance_to(dims[2])?;
