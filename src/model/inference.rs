@@ -179,8 +179,8 @@ pub fn segment_volume(
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
-    match *device == Device::flex() {
-        true => segment_on_host(
+    match super::conv_gpu::on_gpu(device) {
+        false => segment_on_host(
             model,
             channels,
             dims,
@@ -188,7 +188,7 @@ pub fn segment_volume(
             Batching::on_cpu(),
             device,
         ),
-        false => super::window_slab::segment_on_device(
+        true => super::window_slab::segment_on_device(
             model,
             channels,
             dims,
@@ -404,28 +404,39 @@ impl PlaneRing {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::model::MultiTaskUNetConfig;
 
-    #[test]
-    fn windows_stacked_in_one_pass_predict_as_one_by_one() {
-        let device = Device::flex();
-        let model = MultiTaskUNetConfig::new(2, 3, 2)
+    /// A small network of random weights (2 sequences, 3 labels) for prediction tests.
+    pub(in crate::model) fn tiny_model(device: &Device) -> MultiTaskUNet {
+        MultiTaskUNetConfig::new(2, 3, 2)
             .with_base_channels(4)
             .with_depth(2)
-            .init(&device);
-        // A grid whose edges cut windows short (zero-padded) and an uneven last pass (7 = 3+3+1
-        // windows per z-plane row of passes).
-        let dims = [30, 22, 26];
+            .init(device)
+    }
+
+    /// Two deterministic, varied channels on the grid `dims`.
+    pub(in crate::model) fn test_channels(dims: [usize; 3]) -> Vec<Vec<f32>> {
         let n = dims.iter().product::<usize>();
-        let channels: Vec<Vec<f32>> = (0..2)
+        (0..2)
             .map(|c| {
                 (0..n)
                     .map(|i| ((i * (7 + c)) % 23) as f32 / 11.0 - 1.0)
                     .collect()
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn windows_stacked_in_one_pass_predict_as_one_by_one() {
+        let device = Device::flex();
+        let model = tiny_model(&device);
+        // A grid whose edges cut windows short (zero-padded) and an uneven last pass (7 = 3+3+1
+        // windows per z-plane row of passes).
+        let dims = [30, 22, 26];
+        let n = dims.iter().product::<usize>();
+        let channels = test_channels(dims);
         let tiling = ([16, 16, 16], [8, 8, 8]);
         let one = Batching {
             passes: 1,

@@ -53,7 +53,7 @@ pub(super) fn segment_on_device(
         let input = input_slab(channels, dims, z0, slab.padded, device);
         slab.advance_to(z0)?;
         for pass in &row {
-            let (seg, _) = model.forward(pass.cut(input.clone(), channels.len()));
+            let (seg, _) = model.forward(pass.cut(input.clone()));
             slab.add_pass(softmax(seg, 1), pass);
         }
     }
@@ -115,8 +115,9 @@ impl<'a> Pass<'a> {
     }
 
     /// The windows of `input` (`[1, C, wz, py, px]`), stacked `[windows, C, wz, wy, wx]`.
-    fn cut(&self, input: Tensor<5>, channels: usize) -> Tensor<5> {
+    fn cut(&self, input: Tensor<5>) -> Tensor<5> {
         let [wx, wy, wz] = self.window;
+        let channels = input.dims()[1];
         if let Some(at) = &self.on_device {
             return cut_windows(input, at.clone(), self.window);
         }
@@ -298,27 +299,13 @@ fn axis_weight_sums(n: usize, axis_starts: &[usize], g: &[f32]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::inference::tests::{test_channels, tiny_model};
     use crate::model::inference::{segment_on_host, Batching};
-    use crate::model::MultiTaskUNetConfig;
-
-    fn channels(dims: [usize; 3]) -> Vec<Vec<f32>> {
-        let n = dims.iter().product::<usize>();
-        (0..2)
-            .map(|c| {
-                (0..n)
-                    .map(|i| ((i * (7 + c)) % 23) as f32 / 11.0 - 1.0)
-                    .collect()
-            })
-            .collect()
-    }
 
     #[test]
     fn sums_on_the_device_predict_as_the_host_ring() {
         let device = Device::flex();
-        let model = MultiTaskUNetConfig::new(2, 3, 2)
-            .with_base_channels(4)
-            .with_depth(2)
-            .init(&device);
+        let model = tiny_model(&device);
         // Edges that cut windows short, an uneven last pass, and grids thinner than the
         // window along y and along z (zero-padded).
         let cases = [
@@ -327,7 +314,7 @@ mod tests {
             ([18, 40, 9], [8, 16, 8]),
         ];
         for (dims, step) in cases {
-            let channels = channels(dims);
+            let channels = test_channels(dims);
             let window = [16, 16, 16];
             let one = Batching {
                 passes: 1,
