@@ -408,8 +408,11 @@ pub(super) mod tests {
     use super::*;
     use crate::model::MultiTaskUNetConfig;
 
-    /// A small network of random weights (2 sequences, 3 labels) for prediction tests.
+    /// A small network of seeded random weights (2 sequences, 3 labels) for prediction tests:
+    /// unseeded, about one start in twelve predicted one label everywhere on
+    /// [`test_channels`] (another test drawing at the same moment can still move the draw).
     pub(in crate::model) fn tiny_model(device: &Device) -> MultiTaskUNet {
+        device.seed(7);
         MultiTaskUNetConfig::new(2, 3, 2)
             .with_base_channels(4)
             .with_depth(2)
