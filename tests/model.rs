@@ -846,6 +846,137 @@ fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     );
 }
 
+/// A mixed-precision step on a GPU: the block convolutions (strides 1 and 2), the 1×1×1
+/// convolutions and the upsamplings take half-precision features with their f32 weights through
+/// mriloop's kernels (no copy of the weights in half precision, none of burn's routes). In f16
+/// (and bf16 where the device has it) the output and the input gradient are the f32 layer's on
+/// the same values, rounded once to the half type; the weight and bias gradients come out in
+/// f32, equal to the f32 layer's to f32 rounding.
+#[test]
+fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
+    use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
+    use burn::nn::PaddingConfig3d;
+    use burn::tensor::{DType, FloatDType};
+    use mriloop::model::conv::conv3d_forward;
+    use mriloop::model::upconv::upconv_forward;
+    use mriloop::model::{conv_gpu, conv_gpu_direct, pointwise_gpu, upconv_gpu};
+    let _gpu = gpu_alone();
+    let ad = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let counts = || {
+        [
+            conv_gpu::kernel_launches(),
+            conv_gpu_direct::kernel_launches(),
+            pointwise_gpu::kernel_launches(),
+            upconv_gpu::kernel_launches(),
+        ]
+    };
+    let halves = [(FloatDType::F16, 1e-3), (FloatDType::BF16, 8e-3)];
+    let halves: Vec<_> = halves
+        .into_iter()
+        .filter(|(t, _)| ad.supports_dtype(DType::from(*t)))
+        .collect();
+    assert!(!halves.is_empty(), "lavapipe computes in f16");
+    let conv = |kernel: usize, stride: usize| {
+        Conv3dConfig::new([5, 6], [kernel; 3])
+            .with_stride([stride; 3])
+            .with_padding(PaddingConfig3d::Explicit(
+                kernel / 2,
+                kernel / 2,
+                kernel / 2,
+            ))
+            .init(&ad)
+    };
+    let convs = [conv(3, 1), conv(3, 2), conv(1, 1)];
+    let up = ConvTranspose3dConfig::new([5, 6], [2, 2, 2])
+        .with_stride([2, 2, 2])
+        .init(&ad);
+    type Layer<'a> = Box<dyn Fn(Tensor<5>, bool) -> Tensor<5> + 'a>;
+    let mut layers: Vec<(String, Layer, Vec<&burn::module::Param<Tensor<5>>>, _)> = Vec::new();
+    for c in &convs {
+        let name = format!("convolution {:?} stride {:?}", c.kernel_size, c.stride);
+        let run: Layer = Box::new(move |x, ours| match ours {
+            true => conv3d_forward(c, x),
+            false => c.forward(x),
+        });
+        layers.push((name, run, vec![&c.weight], c.bias.as_ref()));
+    }
+    let run_up: Layer = Box::new(|x, ours| match ours {
+        true => upconv_forward(&up, x),
+        false => up.forward(x),
+    });
+    layers.push((
+        "upsampling".into(),
+        run_up,
+        vec![&up.weight],
+        up.bias.as_ref(),
+    ));
+    let before = counts();
+    for (dtype, tolerance) in &halves {
+        let exact = |t: Tensor<5>| t.cast(*dtype).cast(FloatDType::F32);
+        let x = exact(Tensor::random(
+            [2, 5, 7, 6, 9],
+            Distribution::Normal(0.0, 1.0),
+            &ad,
+        ));
+        for (name, layer, weights, bias) in &layers {
+            let run = |half: bool| {
+                let x = match half {
+                    true => x.clone().cast(*dtype).require_grad(),
+                    false => x.clone().require_grad(),
+                };
+                let y = layer(x.clone(), half);
+                assert_eq!(y.dtype(), x.dtype(), "{name}: y in x's type");
+                let y = y.cast(FloatDType::F32);
+                // Multiples of 1/32 (exact in f16 and bf16), the same on both sides.
+                let dims = y.dims();
+                let values: Vec<f32> = (0..dims.iter().product::<usize>())
+                    .map(|i| ((i * 7919) % 61) as f32 / 32.0 - 0.9375)
+                    .collect();
+                let target = Tensor::<5>::from_data(TensorData::new(values, dims), &ad);
+                let grads = (y.clone() * target).sum().backward();
+                let f32s = |t: Tensor<5>| {
+                    let data = t.cast(FloatDType::F32).into_data();
+                    data.try_into_vec::<f32>()
+                };
+                let dw = weights[0].grad(&grads).expect("weight gradient");
+                assert_eq!(dw.dtype(), DType::F32, "{name}: the weight gradient");
+                let db = bias.and_then(|b| b.grad(&grads)).expect("bias gradient");
+                [
+                    f32s(y.inner()).expect("y"),
+                    f32s(x.grad(&grads).expect("x grad")).expect("dx"),
+                    dw.into_data().try_into_vec::<f32>().expect("dw"),
+                    db.into_data().try_into_vec::<f32>().expect("db"),
+                ]
+            };
+            let (half, full) = (run(true), run(false));
+            let case = format!("{name} in {dtype:?}");
+            assert_close(&half[0], &full[0], *tolerance, &format!("output, {case}"));
+            assert_close(
+                &half[1],
+                &full[1],
+                *tolerance,
+                &format!("input gradient, {case}"),
+            );
+            assert_close(
+                &half[2],
+                &full[2],
+                1e-5,
+                &format!("weight gradient, {case}"),
+            );
+            assert_close(&half[3], &full[3], 1e-5, &format!("bias gradient, {case}"));
+        }
+    }
+    // Each half-precision case by mriloop's kernels: per 3×3×3 convolution one weight gradient
+    // and two direct kernels, per 1×1×1 convolution and upsampling three kernels.
+    let launched: Vec<usize> = counts().iter().zip(before).map(|(a, b)| a - b).collect();
+    let n = halves.len();
+    assert_eq!(
+        launched,
+        vec![2 * n, 4 * n, 3 * n, 3 * n],
+        "launches by kernel"
+    );
+}
+
 /// [`the_cpu_block_convolution_matches_burns_convolution_and_its_gradients`] on `ad` (an
 /// autodiff device), by the route this thread takes.
 fn compare_block_convolutions(

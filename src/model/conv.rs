@@ -137,7 +137,9 @@ pub trait Conv3x3Backend: Backend {
 /// burn's GPU backend: small convolutions and their input gradients by the direct kernels of
 /// [`super::conv_gpu_direct`] (one launch each, in the network's layout), larger ones by
 /// burn's; every weight gradient by [`super::conv_gpu`] (one kernel where burn's takes ~30
-/// launches and 27 copies of x).
+/// launches and 27 copies of x). x may be f16 or bf16 (a mixed-precision step) with an f32
+/// weight: the kernels read both, sum in f32, and give x's type forward and backward and the
+/// weight gradient in f32; burn's route meets the weight cast to x's type.
 impl Conv3x3Backend for burn_cubecl::CubeBackend {
     fn conv3x3(
         x: FloatTensor<Self>,
@@ -146,6 +148,7 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
     ) -> FloatTensor<Self> {
         super::conv_gpu_direct::forward(&x, &weight, stride).unwrap_or_else(|| {
             let options = options(&weight, stride);
+            let weight = in_type(weight, x.dtype);
             Self::conv3d(x, weight, None, options)
         })
     }
@@ -160,6 +163,7 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         super::conv_gpu_direct::input_gradient(&weight, &grad, x_dims, stride).unwrap_or_else(
             || {
                 let options = options(&weight, stride);
+                let weight = in_type(weight, x.dtype);
                 Self::conv3d_x_backward(x, weight, grad, options)
             },
         )
@@ -173,9 +177,27 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
     ) -> FloatTensor<Self> {
         super::conv_gpu::weight_gradient(&x, &weight, &grad, stride).unwrap_or_else(|| {
             let options = options(&weight, stride);
-            Self::conv3d_weight_backward(x, weight, grad, options)
+            let weight_dtype = weight.dtype;
+            let weight = in_type(weight, x.dtype);
+            in_type(
+                Self::conv3d_weight_backward(x, weight, grad, options),
+                weight_dtype,
+            )
         })
     }
+}
+
+/// `t` in float type `dtype` (a mixed-precision step's f32 weights meet half-precision features:
+/// this module's kernels read both, burn's convolutions take one type).
+fn in_type(t: burn_cubecl::tensor::CubeTensor, dtype: DType) -> burn_cubecl::tensor::CubeTensor {
+    use burn::tensor::FloatDType;
+    let float = match dtype {
+        _ if t.dtype == dtype => return t,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        _ => FloatDType::F32,
+    };
+    burn_cubecl::CubeBackend::float_cast(t, float)
 }
 
 /// The output sizes of [`Conv3x3Backend::conv3x3`] of an input of sizes `x` by a kernel of
@@ -221,13 +243,14 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::conv3d_cut_budget(conv, &x) {
         return super::pieces::conv3d_in_pieces(conv, x, budget);
     }
-    if super::precision::is_half(&x) {
+    let on_gpu = on_gpu_features(&x);
+    if super::precision::is_half(&x) && !on_gpu {
         return super::precision::conv3d_in_dtype_of_input(conv, x);
     }
     let plain = conv.dilation == [1, 1, 1] && conv.groups == 1;
     let on_cpu = x.device().inner() == Device::flex();
-    if !plain || !(on_cpu || on_gpu_f32(&x)) {
-        return conv.forward(x);
+    if !plain || !(on_cpu || on_gpu) {
+        return conv_as_burns(conv, x);
     }
     match (conv.kernel_size, &conv.padding, conv.stride) {
         ([3, 3, 3], PaddingConfig3d::Explicit(1, 1, 1), [s, t, u])
@@ -250,7 +273,16 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         ([1, 1, 1], PaddingConfig3d::Valid | PaddingConfig3d::Explicit(0, 0, 0), [1, 1, 1]) => {
             pointwise_gpu_conv(conv, x)
         }
-        _ => conv.forward(x),
+        _ => conv_as_burns(conv, x),
+    }
+}
+
+/// `conv` applied to `x` by burn's convolution: `Conv3d::forward`, or for a half-precision `x`
+/// with the weights cast to its type ([`super::precision::conv3d_in_dtype_of_input`]).
+fn conv_as_burns(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
+    match super::precision::is_half(&x) {
+        true => super::precision::conv3d_in_dtype_of_input(conv, x),
+        false => conv.forward(x),
     }
 }
 
@@ -270,10 +302,16 @@ pub fn conv3d_forward_before_norm(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     conv3d_forward(&unbiased, x)
 }
 
-/// Whether `x` is an f32 tensor on burn's GPU backend (whose weight gradient is
-/// [`super::conv_gpu`]'s).
-fn on_gpu_f32(x: &Tensor<5>) -> bool {
-    super::conv_gpu::on_gpu(&x.device()) && x.dtype() == DType::F32
+/// Whether `x` is on burn's GPU backend in a type this module's GPU kernels read and write
+/// (f32, or f16 and bf16 in a mixed-precision step: the weights stay f32 and the sums f32).
+fn on_gpu_features(x: &Tensor<5>) -> bool {
+    super::conv_gpu::on_gpu(&x.device())
+        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// `bias` (f32) in the float type of `out`, to be added to it.
+fn bias_like(bias: Tensor<1>, out: &Tensor<5>) -> Tensor<1> {
+    super::precision::cast_to(bias, super::precision::float_dtype_of(out))
 }
 
 /// A 3×3×3 (or 1×3×3), padding-1 `conv` of `stride` through the backend extension, then its
@@ -286,7 +324,10 @@ fn block_conv(conv: &Conv3d, x: Tensor<5>, stride: usize) -> Tensor<5> {
         stride,
     ));
     match &conv.bias {
-        Some(bias) => super::bias::add_channel_bias(out, bias.val()),
+        Some(bias) => {
+            let bias = bias_like(bias.val(), &out);
+            super::bias::add_channel_bias(out, bias)
+        }
         None => out,
     }
 }
@@ -312,11 +353,12 @@ fn pointwise_gpu_conv(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     use super::pointwise_gpu::fits;
     let weight = conv.weight.val();
     let Some(bias) = conv.bias.as_ref().map(|b| b.val()) else {
-        return conv.forward(x);
+        return conv_as_burns(conv, x);
     };
+    // x f32, f16 or bf16 (the caller's `on_gpu_features`).
     let f32s = weight.dtype() == DType::F32 && bias.dtype() == DType::F32;
     if !f32s || !fits(x.dims(), weight.dims()[0]) {
-        return conv.forward(x);
+        return conv_as_burns(conv, x);
     }
     biased_layer(BiasedLayer::Pointwise, x, weight, bias)
 }

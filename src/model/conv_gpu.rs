@@ -26,6 +26,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
+
+use super::conv_gpu_direct::feature_elem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Output channels one thread accumulates (its gradient values are loaded once for all nine
@@ -101,9 +103,9 @@ impl WgradGeometry {
 /// × the nine in-plane taps, summed over output rows `chunk × rows_per_chunk ..` (clipped to
 /// `rows`); writes `partial[chunk, co, ci, kz, kh, kw]`. `per_chunk` threads share a chunk.
 #[cube(launch_unchecked)]
-fn weight_grad_partials(
-    x: &[f32],
-    grad: &[f32],
+fn weight_grad_partials<F: Float>(
+    x: &[F],
+    grad: &[F],
     partial: &mut [f32],
     c_in: usize,
     c_out: usize,
@@ -120,6 +122,7 @@ fn weight_grad_partials(
     #[comptime] kernel_d: usize,
     #[comptime] stride: usize,
     #[comptime] co_block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -184,9 +187,9 @@ fn weight_grad_partials(
 /// the plane). `sizes`: the input's height and width, the output's width and volume.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn accumulate_row(
-    x: &[f32],
-    grad: &[f32],
+fn accumulate_row<F: Float>(
+    x: &[F],
+    grad: &[F],
     acc: &mut Array<f32>,
     x_plane: usize,
     g_at: usize,
@@ -204,7 +207,7 @@ fn accumulate_row(
             let inside = c < channels_left;
             gv[c] = select(
                 inside,
-                grad[select(inside, g_at + c * out_volume + xo, 0)],
+                f32::cast_from(grad[select(inside, g_at + c * out_volume + xo, 0)]),
                 0.0,
             );
         }
@@ -215,7 +218,7 @@ fn accumulate_row(
                 let (y_pad, x_pad) = (yo * stride + kh, xo * stride + kw);
                 let inside = y_pad >= 1 && y_pad <= h && x_pad >= 1 && x_pad <= w;
                 let at = select(inside, x_plane + (y_pad - 1) * w + x_pad - 1, 0);
-                let v = select(inside, x[at], 0.0);
+                let v = select(inside, f32::cast_from(x[at]), 0.0);
                 #[unroll]
                 for c in 0..block {
                     acc[c * 9 + kh * 3 + kw] += gv[c] * v;
@@ -269,20 +272,19 @@ pub fn on_gpu(device: &burn::prelude::Device) -> bool {
     )
 }
 
-/// The geometry of a weight gradient this kernel computes, or `None` (burn's then): f32, the
-/// output gradient's sizes those of the convolution's output ([`geometry_of`]).
+/// The geometry of a weight gradient this kernel computes, or `None` (burn's then): x and the
+/// output gradient of one float type (f32, f16 or bf16), the weight f32, the output gradient's
+/// sizes those of the convolution's output ([`geometry_of`]).
 fn geometry(
     x: &CubeTensor,
     weight: &CubeTensor,
     grad: &CubeTensor,
     stride: usize,
 ) -> Option<WgradGeometry> {
-    let dtypes_f32 = [x.dtype, weight.dtype, grad.dtype]
-        .iter()
-        .all(|d| *d == DType::F32);
+    let features = x.dtype == grad.dtype && feature_elem(x.dtype).is_some();
     let gs = grad.shape();
     let geo = geometry_of(&x.shape(), &weight.shape(), stride)?;
-    (dtypes_f32 && gs.dims() == geo.out_dims()).then_some(geo)
+    (features && weight.dtype == DType::F32 && gs.dims() == geo.out_dims()).then_some(geo)
 }
 
 /// The geometry of a padding-1 convolution of an input of sizes `xs` by a kernel of sizes `ws`
@@ -325,6 +327,7 @@ pub fn weight_gradient(
     stride: usize,
 ) -> Option<CubeTensor> {
     let geo = geometry(x, weight, grad, stride)?;
+    let elem = feature_elem(x.dtype)?;
     let (x, grad) = (x.clone(), grad.clone());
     let (x, grad) = (into_contiguous(x), into_contiguous(grad));
     let (chunks, rows_per_chunk) = geo.chunks();
@@ -365,6 +368,7 @@ pub fn weight_gradient(
             geo.kernel_d,
             geo.stride,
             CO_BLOCK,
+            elem,
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);

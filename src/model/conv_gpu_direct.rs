@@ -21,6 +21,7 @@ use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use cubecl::ir::FloatKind;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -84,10 +85,11 @@ pub(super) fn add_weighted(
     }
 }
 
-/// `out[at + c·volume] = acc[c]` for the `block` channels c below `channels_left`.
+/// `out[at + c·volume] = acc[c]` (rounded to `F`) for the `block` channels c below
+/// `channels_left`.
 #[cube]
-pub(super) fn store_channels(
-    out: &mut [f32],
+pub(super) fn store_channels<F: Float>(
+    out: &mut [F],
     acc: &Array<f32>,
     at: usize,
     channels_left: usize,
@@ -97,17 +99,18 @@ pub(super) fn store_channels(
     #[unroll]
     for c in 0..block {
         if c < channels_left {
-            out[at + c * volume] = acc[c];
+            out[at + c * volume] = F::cast_from(acc[c]);
         }
     }
 }
 
-/// Forward: thread = (item n, output-channel block, output voxel), voxels fastest.
+/// Forward: thread = (item n, output-channel block, output voxel), voxels fastest; x and y of
+/// float type `F`, the weights f32, the sums f32.
 #[cube(launch_unchecked)]
-fn conv_forward_direct(
-    x: &[f32],
+fn conv_forward_direct<F: Float>(
+    x: &[F],
     weight: &[f32],
-    y: &mut [f32],
+    y: &mut [F],
     c_in: usize,
     c_out: usize,
     in_size: Sequence<usize>,
@@ -117,6 +120,7 @@ fn conv_forward_direct(
     #[comptime] kernel_d: usize,
     #[comptime] stride: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -141,7 +145,7 @@ fn conv_forward_direct(
                     let (y_pad, x_pad) = (yo * stride + kh, xo * stride + kw);
                     let inside = z_inside && y_pad >= 1 && y_pad <= h && x_pad >= 1 && x_pad <= w;
                     let at = x_volume + ((z_pad - pad_d) * h + y_pad - 1) * w + x_pad - 1;
-                    let value = select(inside, x[select(inside, at, 0)], 0.0);
+                    let value = select(inside, f32::cast_from(x[select(inside, at, 0)]), 0.0);
                     let tap = kz * 9 + kh * 3 + kw;
                     let at = (co0 * c_in + ci) * taps + tap;
                     add_weighted(&mut acc, value, weight, at, c_out - co0, c_in * taps, block);
@@ -168,12 +172,13 @@ fn tap_source(at: usize, k: usize, out: usize, #[comptime] stride: usize) -> (bo
     (at >= k && o * stride == shifted && o < out, o)
 }
 
-/// Input gradient: thread = (item n, input-channel block, input voxel), voxels fastest.
+/// Input gradient: thread = (item n, input-channel block, input voxel), voxels fastest; grad
+/// and dx of float type `F`, the weights f32, the sums f32.
 #[cube(launch_unchecked)]
-fn conv_input_grad_direct(
-    grad: &[f32],
+fn conv_input_grad_direct<F: Float>(
+    grad: &[F],
     weight: &[f32],
-    dx: &mut [f32],
+    dx: &mut [F],
     c_in: usize,
     c_out: usize,
     in_size: Sequence<usize>,
@@ -183,6 +188,7 @@ fn conv_input_grad_direct(
     #[comptime] kernel_d: usize,
     #[comptime] stride: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -207,7 +213,7 @@ fn conv_input_grad_direct(
                     let (x_ok, xo) = tap_source(xi + 1, kw, ow, stride);
                     let inside = z_ok && y_ok && x_ok;
                     let at = g_volume + (zo * oh + yo) * ow + xo;
-                    let g = select(inside, grad[select(inside, at, 0)], 0.0);
+                    let g = select(inside, f32::cast_from(grad[select(inside, at, 0)]), 0.0);
                     let tap = kz * 9 + kh * 3 + kw;
                     let at = (co * c_in + ci0) * taps + tap;
                     add_weighted(&mut acc, g, weight, at, c_in - ci0, taps, block);
@@ -235,6 +241,23 @@ fn direct_geometry(xs: &Shape, weight: &CubeTensor, stride: usize) -> Option<Wgr
     fits.then_some(geo)
 }
 
+/// The element type the kernels generic over a float type `F` are launched with for features
+/// of `dtype` (f32, f16 or bf16), or `None` for any other type.
+pub(super) fn feature_elem(dtype: DType) -> Option<ElemType> {
+    let kind = match dtype {
+        DType::F32 => FloatKind::F32,
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return None,
+    };
+    Some(ElemType::Float(kind))
+}
+
+/// [`feature_elem`] for a layer whose `fits` admitted only those types (f32 for any other).
+pub(super) fn kernel_elem(dtype: DType) -> ElemType {
+    feature_elem(dtype).unwrap_or(ElemType::Float(FloatKind::F32))
+}
+
 /// The sizes' sequence argument of a launch.
 pub(super) fn sizes<const N: usize>(values: [usize; N]) -> SequenceArg<usize> {
     let mut sequence = SequenceArg::new();
@@ -246,10 +269,11 @@ pub(super) fn sizes<const N: usize>(values: [usize; N]) -> SequenceArg<usize> {
 /// (padding 1; 0 along the depth of a 1×3×3 kernel), or `None` where this module does not take
 /// it (burn's then).
 pub fn forward(x: &CubeTensor, weight: &CubeTensor, stride: usize) -> Option<CubeTensor> {
-    let geo = direct_geometry(&x.shape(), weight, stride).filter(|_| x.dtype == DType::F32)?;
+    let geo = direct_geometry(&x.shape(), weight, stride)?;
+    let elem = feature_elem(x.dtype)?;
     let (x, weight) = (into_contiguous(x.clone()), into_contiguous(weight.clone()));
     let out_shape = Shape::new(geo.out_dims());
-    let y = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, DType::F32);
+    let y = empty_device_dtype(x.client.clone(), x.device.clone(), out_shape, x.dtype);
     let blocks = geo.c_out.div_ceil(CHANNEL_BLOCK);
     let threads = geo.n * blocks * geo.out_size.iter().product::<usize>();
     let client = x.client.clone();
@@ -273,6 +297,7 @@ pub fn forward(x: &CubeTensor, weight: &CubeTensor, stride: usize) -> Option<Cub
             geo.kernel_d,
             geo.stride,
             CHANNEL_BLOCK,
+            elem,
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -288,7 +313,8 @@ pub fn input_gradient(
     stride: usize,
 ) -> Option<CubeTensor> {
     let geo = direct_geometry(&Shape::new(x_dims), weight, stride)?;
-    if grad.dtype != DType::F32 || grad.shape().dims::<5>() != geo.out_dims() {
+    let elem = feature_elem(grad.dtype)?;
+    if grad.shape().dims::<5>() != geo.out_dims() {
         return None;
     }
     let (grad, weight) = (
@@ -299,7 +325,7 @@ pub fn input_gradient(
         grad.client.clone(),
         grad.device.clone(),
         Shape::new(x_dims),
-        DType::F32,
+        grad.dtype,
     );
     let blocks = geo.c_in.div_ceil(CHANNEL_BLOCK);
     let threads = geo.n * blocks * geo.in_size.iter().product::<usize>();
@@ -323,6 +349,7 @@ pub fn input_gradient(
             geo.kernel_d,
             geo.stride,
             CHANNEL_BLOCK,
+            elem,
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);

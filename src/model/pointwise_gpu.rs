@@ -17,13 +17,15 @@ use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::TensorMetadata;
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::conv_gpu::launch_grid;
 use super::conv_gpu_direct::{
-    add_weighted, store_channels, thread_place, zeros, CHANNEL_BLOCK, DIRECT_MAX_MULTIPLY_ADDS,
+    add_weighted, kernel_elem, store_channels, thread_place, zeros, CHANNEL_BLOCK,
+    DIRECT_MAX_MULTIPLY_ADDS,
 };
 use super::norm_gpu::{empty_like, workgroup_sum, WORKGROUP};
 
@@ -54,17 +56,18 @@ pub(super) fn out_spec(x: &TensorSpec, weight: &TensorSpec) -> TensorSpec {
 
 /// Forward: thread = (item n, output-channel block, voxel), voxels fastest.
 #[cube(launch_unchecked)]
-fn pointwise_forward(
-    x: &[f32],
+fn pointwise_forward<F: Float>(
+    x: &[F],
     weight: &[f32],
     bias: &[f32],
-    y: &mut [f32],
+    y: &mut [F],
     c_in: usize,
     c_out: usize,
     volume: usize,
     blocks: usize,
     threads: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -73,7 +76,7 @@ fn pointwise_forward(
     let mut acc = zeros(block);
     add_weighted(&mut acc, 1.0, bias, co0, c_out - co0, 1, block);
     for ci in 0..c_in {
-        let value = x[(n * c_in + ci) * volume + v];
+        let value = f32::cast_from(x[(n * c_in + ci) * volume + v]);
         add_weighted(
             &mut acc,
             value,
@@ -90,16 +93,17 @@ fn pointwise_forward(
 
 /// Input gradient: thread = (item n, input-channel block, voxel), voxels fastest.
 #[cube(launch_unchecked)]
-fn pointwise_input_grad(
-    grad: &[f32],
+fn pointwise_input_grad<F: Float>(
+    grad: &[F],
     weight: &[f32],
-    dx: &mut [f32],
+    dx: &mut [F],
     c_in: usize,
     c_out: usize,
     volume: usize,
     blocks: usize,
     threads: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -107,7 +111,7 @@ fn pointwise_input_grad(
     let (v, n, ci0) = thread_place(volume, blocks, block);
     let mut acc = zeros(block);
     for co in 0..c_out {
-        let g = grad[(n * c_out + co) * volume + v];
+        let g = f32::cast_from(grad[(n * c_out + co) * volume + v]);
         add_weighted(&mut acc, g, weight, co * c_in + ci0, c_in - ci0, 1, block);
     }
     let at = (n * c_in + ci0) * volume + v;
@@ -118,15 +122,16 @@ fn pointwise_input_grad(
 /// `0..=C_in`) sums `g[n, co, v] · x[n, ci, v]` (ci = C_in: `g` alone, the bias's) over the
 /// `items` items and the voxels.
 #[cube(launch_unchecked)]
-fn pointwise_weight_grad(
-    x: &[f32],
-    grad: &[f32],
+fn pointwise_weight_grad<F: Float>(
+    x: &[F],
+    grad: &[F],
     dw: &mut [f32],
     db: &mut [f32],
     c_in: usize,
     c_out: usize,
     volume: usize,
     items: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     let (co, ci) = (CUBE_POS / (c_in + 1), CUBE_POS % (c_in + 1));
     let unit = UNIT_POS as usize;
@@ -135,8 +140,9 @@ fn pointwise_weight_grad(
     let mut sum = 0.0f32;
     for m in range_stepped(unit, items * volume, WORKGROUP) {
         let (n, v) = (m / volume, m % volume);
-        let value = select(is_weight, x[(n * c_in + ci_read) * volume + v], 1.0);
-        sum += grad[(n * c_out + co) * volume + v] * value;
+        let x_value = f32::cast_from(x[(n * c_in + ci_read) * volume + v]);
+        let value = select(is_weight, x_value, 1.0);
+        sum += f32::cast_from(grad[(n * c_out + co) * volume + v]) * value;
     }
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
     let total = workgroup_sum(&mut shared, sum);
@@ -161,9 +167,10 @@ fn sizes_of(x: &CubeTensor, weight: &CubeTensor) -> (usize, usize, usize, usize)
 pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
     let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
     let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
+    let elem = kernel_elem(x.dtype);
     let mut dims = x.shape();
     dims[1] = c_out;
-    let y = empty_like(&x, dims);
+    let y = empty_device_dtype(x.client.clone(), x.device.clone(), dims, x.dtype);
     let blocks = c_out.div_ceil(CHANNEL_BLOCK);
     let threads = n * blocks * volume;
     let client = x.client.clone();
@@ -186,6 +193,7 @@ pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> Cu
             blocks,
             threads,
             CHANNEL_BLOCK,
+            elem,
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +208,8 @@ pub(super) fn grads(
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
     let (n, c_in, c_out, volume) = sizes_of(&x, &weight);
-    let dx = empty_like(&x, x.shape());
+    let elem = kernel_elem(x.dtype);
+    let dx = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
     let dw = empty_like(&weight, weight.shape());
     let db = empty_like(&weight, Shape::new([c_out]));
     let blocks = c_in.div_ceil(CHANNEL_BLOCK);
@@ -225,6 +234,7 @@ pub(super) fn grads(
             blocks,
             threads,
             CHANNEL_BLOCK,
+            elem,
         );
         pointwise_weight_grad::launch_unchecked(
             &client,
@@ -238,6 +248,7 @@ pub(super) fn grads(
             c_out,
             volume,
             n,
+            elem,
         );
     }
     LAUNCHES.fetch_add(2, Ordering::Relaxed);

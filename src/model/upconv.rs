@@ -70,9 +70,6 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::upconv_cut_budget(up, &x) {
         return super::pieces::upconv_in_pieces(up, x, budget);
     }
-    if super::precision::is_half(&x) {
-        return super::precision::conv_transpose3d_in_dtype_of_input(up, x);
-    }
     let k = up.kernel_size;
     let plain = up.dilation == [1, 1, 1]
         && up.groups == 1
@@ -80,8 +77,12 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         && up.padding_out == [0; 3]
         && up.stride == k
         && matches!(k, [2, 2, 2] | [1, 2, 2]);
-    if plain && super::conv_gpu::on_gpu(&x.device()) {
+    let on_gpu = super::conv_gpu::on_gpu(&x.device());
+    if plain && on_gpu {
         return upsample_on_gpu(up, x);
+    }
+    if super::precision::is_half(&x) {
+        return super::precision::conv_transpose3d_in_dtype_of_input(up, x);
     }
     if !plain || x.device().inner() != Device::flex() {
         return up.forward(x);
@@ -97,19 +98,24 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     }
 }
 
-/// A plain upsampling `up` with a bias of f32 `x` on burn's GPU backend through
-/// [`super::biased_gpu`] (`upconv_gpu`'s kernels) where it fits, `ConvTranspose3d::forward`
-/// otherwise.
+/// A plain upsampling `up` with a bias of `x` (f32, or f16 or bf16 in a mixed-precision step,
+/// the weights f32) on burn's GPU backend through [`super::biased_gpu`] (`upconv_gpu`'s
+/// kernels) where it fits, burn's transposed convolution otherwise.
 fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     use super::biased_gpu::{biased_layer, BiasedLayer};
     use super::upconv_gpu::fits;
     let weight = up.weight.val();
-    let Some(bias) = up.bias.as_ref().map(|b| b.val()) else {
-        return up.forward(x);
+    let burns = |x: Tensor<5>| match super::precision::is_half(&x) {
+        true => super::precision::conv_transpose3d_in_dtype_of_input(up, x),
+        false => up.forward(x),
     };
-    let f32s = [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3];
-    if !f32s || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
-        return up.forward(x);
+    let Some(bias) = up.bias.as_ref().map(|b| b.val()) else {
+        return burns(x);
+    };
+    let f32s = [weight.dtype(), bias.dtype()] == [DType::F32; 2];
+    let features = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    if !f32s || !features || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
+        return burns(x);
     }
     biased_layer(BiasedLayer::Upsample, x, weight, bias)
 }

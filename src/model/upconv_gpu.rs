@@ -18,13 +18,15 @@ use burn::backend::fusion::custom::TensorSpec;
 use burn::backend::TensorMetadata;
 use burn::tensor::Shape;
 use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::conv_gpu::launch_grid;
 use super::conv_gpu_direct::{
-    add_weighted, store_channels, thread_place, zeros, CHANNEL_BLOCK, DIRECT_MAX_MULTIPLY_ADDS,
+    add_weighted, kernel_elem, store_channels, thread_place, zeros, CHANNEL_BLOCK,
+    DIRECT_MAX_MULTIPLY_ADDS,
 };
 use super::norm_gpu::{empty_like, workgroup_sum, WORKGROUP};
 
@@ -92,17 +94,18 @@ fn target_of(
 
 /// Forward: thread = (item n, output-channel block, output voxel), voxels fastest.
 #[cube(launch_unchecked)]
-fn upsample_forward(
-    x: &[f32],
+fn upsample_forward<F: Float>(
+    x: &[F],
     weight: &[f32],
     bias: &[f32],
-    y: &mut [f32],
+    y: &mut [F],
     channels: Sequence<usize>,
     in_size: Sequence<usize>,
     blocks: usize,
     threads: usize,
     #[comptime] kernel_d: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -116,7 +119,7 @@ fn upsample_forward(
     let mut acc = zeros(block);
     add_weighted(&mut acc, 1.0, bias, co0, c_out - co0, 1, block);
     for ci in 0..c_in {
-        let value = x[(n * c_in + ci) * in_volume + v_in];
+        let value = f32::cast_from(x[(n * c_in + ci) * in_volume + v_in]);
         let at = (ci * c_out + co0) * taps + tap;
         add_weighted(&mut acc, value, weight, at, c_out - co0, taps, block);
     }
@@ -126,16 +129,17 @@ fn upsample_forward(
 
 /// Input gradient: thread = (item n, input-channel block, input voxel), voxels fastest.
 #[cube(launch_unchecked)]
-fn upsample_input_grad(
-    grad: &[f32],
+fn upsample_input_grad<F: Float>(
+    grad: &[F],
     weight: &[f32],
-    dx: &mut [f32],
+    dx: &mut [F],
     channels: Sequence<usize>,
     in_size: Sequence<usize>,
     blocks: usize,
     threads: usize,
     #[comptime] kernel_d: usize,
     #[comptime] block: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     if ABSOLUTE_POS >= threads {
         terminate!();
@@ -150,7 +154,7 @@ fn upsample_input_grad(
         let g_volume = (n * c_out + co) * out_volume;
         #[unroll]
         for tap in 0..taps {
-            let g = grad[g_volume + target_of(v, tap, &in_size, kernel_d)];
+            let g = f32::cast_from(grad[g_volume + target_of(v, tap, &in_size, kernel_d)]);
             let at = (ci0 * c_out + co) * taps + tap;
             add_weighted(&mut acc, g, weight, at, c_in - ci0, c_out * taps, block);
         }
@@ -163,15 +167,16 @@ fn upsample_input_grad(
 /// `0..=C_in·taps`): for r = ci·taps + tap the sum of `x[n, ci, v] · g[n, co, tap's output
 /// voxel of v]` over the items and input voxels, for r = C_in·taps the sum of `g[n, co, ·]`.
 #[cube(launch_unchecked)]
-fn upsample_weight_grad(
-    x: &[f32],
-    grad: &[f32],
+fn upsample_weight_grad<F: Float>(
+    x: &[F],
+    grad: &[F],
     dw: &mut [f32],
     db: &mut [f32],
     channels: Sequence<usize>,
     in_size: Sequence<usize>,
     items: usize,
     #[comptime] kernel_d: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     let (c_in, c_out) = (channels[0], channels[1]);
     let in_volume = in_size[0] * in_size[1] * in_size[2];
@@ -185,12 +190,12 @@ fn upsample_weight_grad(
         for m in range_stepped(unit, items * in_volume, WORKGROUP) {
             let (n, v) = (m / in_volume, m % in_volume);
             let g = grad[(n * c_out + co) * out_volume + target_of(v, tap, &in_size, kernel_d)];
-            sum += x[(n * c_in + ci) * in_volume + v] * g;
+            sum += f32::cast_from(x[(n * c_in + ci) * in_volume + v]) * f32::cast_from(g);
         }
     } else {
         for m in range_stepped(unit, items * out_volume, WORKGROUP) {
             let (n, v) = (m / out_volume, m % out_volume);
-            sum += grad[(n * c_out + co) * out_volume + v];
+            sum += f32::cast_from(grad[(n * c_out + co) * out_volume + v]);
         }
     }
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
@@ -222,7 +227,9 @@ fn sizes_of(x: &CubeTensor, weight: &CubeTensor) -> (usize, [usize; 2], [usize; 
 pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> CubeTensor {
     let [x, weight, bias] = [x, weight, bias].map(into_contiguous);
     let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
-    let y = empty_like(&x, out_dims(&x.shape(), &weight.shape()));
+    let elem = kernel_elem(x.dtype);
+    let y_dims = out_dims(&x.shape(), &weight.shape());
+    let y = empty_device_dtype(x.client.clone(), x.device.clone(), y_dims, x.dtype);
     let blocks = c_out.div_ceil(CHANNEL_BLOCK);
     let threads = n * blocks * in_size.iter().product::<usize>() * kernel_d * 4;
     let client = x.client.clone();
@@ -245,6 +252,7 @@ pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> Cu
             threads,
             kernel_d,
             CHANNEL_BLOCK,
+            elem,
         );
     }
     LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +267,8 @@ pub(super) fn grads(
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
     let [x, weight, grad] = [x, weight, grad].map(into_contiguous);
     let (n, [c_in, c_out], in_size, kernel_d) = sizes_of(&x, &weight);
-    let dx = empty_like(&x, x.shape());
+    let elem = kernel_elem(x.dtype);
+    let dx = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
     let dw = empty_like(&weight, weight.shape());
     let db = empty_like(&weight, Shape::new([c_out]));
     let blocks = c_in.div_ceil(CHANNEL_BLOCK);
@@ -284,6 +293,7 @@ pub(super) fn grads(
             threads,
             kernel_d,
             CHANNEL_BLOCK,
+            elem,
         );
         upsample_weight_grad::launch_unchecked(
             &client,
@@ -297,6 +307,7 @@ pub(super) fn grads(
             sequence(&in_size),
             n,
             kernel_d,
+            elem,
         );
     }
     LAUNCHES.fetch_add(2, Ordering::Relaxed);
