@@ -847,19 +847,22 @@ fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
 }
 
 /// A mixed-precision step on a GPU: the block convolutions (strides 1 and 2), the 1×1×1
-/// convolutions and the upsamplings take half-precision features with their f32 weights through
-/// mriloop's kernels (no copy of the weights in half precision, none of burn's routes). In f16
-/// (and bf16 where the device has it) the output and the input gradient are the f32 layer's on
-/// the same values, rounded once to the half type; the weight and bias gradients come out in
-/// f32, equal to the f32 layer's to f32 rounding.
+/// convolutions, the upsamplings and the instance norms take half-precision features with their
+/// f32 parameters through mriloop's kernels (no copy of the weights in half precision, no casts
+/// around the norms, none of burn's routes). In f16 (and bf16 where the device has it) the
+/// output and the input gradient are the f32 layer's on the same values, rounded once to the
+/// half type; the parameters' gradients come out in f32, equal to the f32 layer's to f32
+/// rounding.
 #[test]
 fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
+    use burn::module::Param;
     use burn::nn::conv::{Conv3dConfig, ConvTranspose3dConfig};
-    use burn::nn::PaddingConfig3d;
+    use burn::nn::{InstanceNormConfig, PaddingConfig3d};
     use burn::tensor::{DType, FloatDType};
     use mriloop::model::conv::conv3d_forward;
+    use mriloop::model::norm::instance_norm_forward;
     use mriloop::model::upconv::upconv_forward;
-    use mriloop::model::{conv_gpu, conv_gpu_direct, pointwise_gpu, upconv_gpu};
+    use mriloop::model::{conv_gpu, conv_gpu_direct, norm_gpu, pointwise_gpu, upconv_gpu};
     let _gpu = gpu_alone();
     let ad = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     let counts = || {
@@ -868,6 +871,7 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
             conv_gpu_direct::kernel_launches(),
             pointwise_gpu::kernel_launches(),
             upconv_gpu::kernel_launches(),
+            norm_gpu::kernel_launches(),
         ]
     };
     let halves = [(FloatDType::F16, 1e-3), (FloatDType::BF16, 8e-3)];
@@ -890,26 +894,49 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
     let up = ConvTranspose3dConfig::new([5, 6], [2, 2, 2])
         .with_stride([2, 2, 2])
         .init(&ad);
-    type Layer<'a> = Box<dyn Fn(Tensor<5>, bool) -> Tensor<5> + 'a>;
-    let mut layers: Vec<(String, Layer, Vec<&burn::module::Param<Tensor<5>>>, _)> = Vec::new();
+    let mut norm = InstanceNormConfig::new(5).init(&ad);
+    norm.gamma = Some(Param::from_tensor(Tensor::from_floats(
+        [0.5, -1.5, 2.0, 1.0, 0.3],
+        &ad,
+    )));
+    norm.beta = Some(Param::from_tensor(Tensor::from_floats(
+        [0.1, 3.0, -2.0, 0.0, 1.0],
+        &ad,
+    )));
+    // (name, the layer by mriloop's route or (false) the f32 reference, its two parameters'
+    // gradients as f32 values, checking they are f32).
+    type Run<'a> = Box<dyn Fn(Tensor<5>, bool) -> Tensor<5> + 'a>;
+    type ParamGrads<'a> = Box<dyn Fn(&burn::tensor::Gradients) -> [Vec<f32>; 2] + 'a>;
+    let mut layers: Vec<(String, Run, ParamGrads)> = Vec::new();
     for c in &convs {
         let name = format!("convolution {:?} stride {:?}", c.kernel_size, c.stride);
-        let run: Layer = Box::new(move |x, ours| match ours {
+        let run: Run = Box::new(move |x, ours| match ours {
             true => conv3d_forward(c, x),
             false => c.forward(x),
         });
-        layers.push((name, run, vec![&c.weight], c.bias.as_ref()));
+        let grads: ParamGrads = Box::new(move |g| {
+            let b = c.bias.as_ref().expect("bias");
+            [f32_grad(&c.weight, g), f32_grad(b, g)]
+        });
+        layers.push((name, run, grads));
     }
-    let run_up: Layer = Box::new(|x, ours| match ours {
+    let run: Run = Box::new(|x, ours| match ours {
         true => upconv_forward(&up, x),
         false => up.forward(x),
     });
-    layers.push((
-        "upsampling".into(),
-        run_up,
-        vec![&up.weight],
-        up.bias.as_ref(),
-    ));
+    let grads: ParamGrads = Box::new(|g| {
+        let b = up.bias.as_ref().expect("bias");
+        [f32_grad(&up.weight, g), f32_grad(b, g)]
+    });
+    layers.push(("upsampling".into(), run, grads));
+    // The reference is mriloop's f32 norm (burn's strays by ~2e-4 on its own: see
+    // `compare_instance_norms`).
+    let run: Run = Box::new(|x, _| instance_norm_forward(&norm, x));
+    let grads: ParamGrads = Box::new(|g| {
+        let [gamma, beta] = [&norm.gamma, &norm.beta].map(|p| p.as_ref().expect("affine"));
+        [f32_grad(gamma, g), f32_grad(beta, g)]
+    });
+    layers.push(("instance norm".into(), run, grads));
     let before = counts();
     for (dtype, tolerance) in &halves {
         let exact = |t: Tensor<5>| t.cast(*dtype).cast(FloatDType::F32);
@@ -918,7 +945,7 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
             Distribution::Normal(0.0, 1.0),
             &ad,
         ));
-        for (name, layer, weights, bias) in &layers {
+        for (name, layer, param_grads) in &layers {
             let run = |half: bool| {
                 let x = match half {
                     true => x.clone().cast(*dtype).require_grad(),
@@ -936,16 +963,14 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
                 let grads = (y.clone() * target).sum().backward();
                 let f32s = |t: Tensor<5>| {
                     let data = t.cast(FloatDType::F32).into_data();
-                    data.try_into_vec::<f32>()
+                    data.try_into_vec::<f32>().expect("f32")
                 };
-                let dw = weights[0].grad(&grads).expect("weight gradient");
-                assert_eq!(dw.dtype(), DType::F32, "{name}: the weight gradient");
-                let db = bias.and_then(|b| b.grad(&grads)).expect("bias gradient");
+                let [dw, db] = param_grads(&grads);
                 [
-                    f32s(y.inner()).expect("y"),
-                    f32s(x.grad(&grads).expect("x grad")).expect("dx"),
-                    dw.into_data().try_into_vec::<f32>().expect("dw"),
-                    db.into_data().try_into_vec::<f32>().expect("db"),
+                    f32s(y.inner()),
+                    f32s(x.grad(&grads).expect("x grad")),
+                    dw,
+                    db,
                 ]
             };
             let (half, full) = (run(true), run(false));
@@ -967,14 +992,29 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
         }
     }
     // Each half-precision case by mriloop's kernels: per 3×3×3 convolution one weight gradient
-    // and two direct kernels, per 1×1×1 convolution and upsampling three kernels.
+    // and two direct kernels, per 1×1×1 convolution and upsampling three kernels, per norm two.
+    // (The f32 norms run the norm kernels too: two more a case.)
     let launched: Vec<usize> = counts().iter().zip(before).map(|(a, b)| a - b).collect();
     let n = halves.len();
     assert_eq!(
         launched,
-        vec![2 * n, 4 * n, 3 * n, 3 * n],
+        vec![2 * n, 4 * n, 3 * n, 3 * n, 4 * n],
         "launches by kernel"
     );
+}
+
+/// The gradient of `param` in `grads`, which must be f32, as values.
+fn f32_grad<const D: usize>(
+    param: &burn::module::Param<Tensor<D>>,
+    grads: &burn::tensor::Gradients,
+) -> Vec<f32> {
+    let g = param.grad(grads).expect("parameter gradient");
+    assert_eq!(
+        g.dtype(),
+        burn::tensor::DType::F32,
+        "a parameter's gradient"
+    );
+    g.into_data().try_into_vec::<f32>().expect("f32")
 }
 
 /// [`the_cpu_block_convolution_matches_burns_convolution_and_its_gradients`] on `ad` (an

@@ -45,20 +45,18 @@ pub trait InstanceNormBackend: Backend {
 }
 
 /// `norm` applied to `x`: the fused operation for an affine norm of f32 values on burn's CPU
-/// backend, [`super::norm_gpu`]'s on its GPU backend, `InstanceNorm::forward` otherwise.
+/// backend, [`super::norm_gpu`]'s on its GPU backend (f32, f16 or bf16 values),
+/// `InstanceNorm::forward` otherwise (in f32 for half-precision values).
 pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
-    if super::precision::is_half(&x) {
-        // Statistics in f32 (autocast's rule for normalisations), the result in x's type.
-        let dtype = super::precision::float_dtype_of(&x);
-        let out = instance_norm_forward(norm, x.cast(burn::tensor::FloatDType::F32));
-        return out.cast(dtype);
-    }
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
-        return norm.forward(x);
+        return in_f32_unless_f32(norm, x);
     };
-    let plain = D >= 3 && x.dtype() == DType::F32 && x.dims()[1] == norm.num_channels;
-    // One GPU workgroup per plane, on one grid axis (at most 65 535 workgroups).
-    let gpu_fits = plain
+    let features = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    // One GPU workgroup per plane, on one grid axis (at most 65 535 workgroups); features in
+    // f32, or f16 or bf16 read into f32 sums by the kernels (a mixed-precision step).
+    let gpu_fits = D >= 3
+        && features
+        && x.dims()[1] == norm.num_channels
         && gamma.dtype() == DType::F32
         && beta.dtype() == DType::F32
         && x.shape().num_elements() > 0
@@ -74,6 +72,10 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
         );
         return Tensor::from_dispatch(y);
     }
+    if super::precision::is_half(&x) {
+        return in_f32_unless_f32(norm, x);
+    }
+    let plain = D >= 3 && x.dtype() == DType::F32 && x.dims()[1] == norm.num_channels;
     if !plain || x.device().inner() != Device::flex() {
         return norm.forward(x);
     }
@@ -83,6 +85,17 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
         beta.val().into_dispatch(),
         norm.epsilon,
     ))
+}
+
+/// `norm` of a half-precision `x` computed in f32 (autocast's rule for normalisations; the
+/// result in x's type) where no kernel reads its type; `InstanceNorm::forward` of any other.
+fn in_f32_unless_f32<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) -> Tensor<D> {
+    if !super::precision::is_half(&x) {
+        return norm.forward(x);
+    }
+    let dtype = super::precision::float_dtype_of(&x);
+    let out = instance_norm_forward(norm, x.cast(burn::tensor::FloatDType::F32));
+    out.cast(dtype)
 }
 
 impl InstanceNormBackend for Flex {

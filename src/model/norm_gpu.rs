@@ -14,8 +14,13 @@
 //! `∂L/∂x = γ_c/√(σ² + ε)·(g − mean g − x̂·mean(g·x̂))` and the plane's two sums, which one
 //! reduction over the batch turns into ∂L/∂β and ∂L/∂γ (the formulas of [`super::norm`]).
 //!
+//! In a mixed-precision step x, y and their gradients are f16 or bf16, read into f32 (γ, β,
+//! the statistics and the sums stay f32, as autocast keeps normalisations in f32), so the
+//! norm needs no casts around it.
+//!
 //! Invariants: equal to burn's `InstanceNorm::forward` and its gradients to float rounding
-//! (`tests/model.rs`, on lavapipe); f32 only, affine norms only, statistics summed in f32
+//! (`tests/model.rs`, on lavapipe); features f32, f16 or bf16, γ and β f32; affine norms only,
+//! statistics summed in f32
 //! (two passes: mean, then deviations, both about the first voxel); [`super::norm::instance_norm_forward`] routes nothing
 //! else here.
 
@@ -34,6 +39,8 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
+
+use super::conv_gpu_direct::kernel_elem;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads per workgroup (one workgroup per plane); a power of two, for the tree sums.
@@ -92,7 +99,7 @@ fn forward_specs(
     let planes = x.shape.iter().take(2).product::<usize>();
     (
         x.clone(),
-        TensorSpec::new(Shape::new([planes * STATS]), x.dtype),
+        TensorSpec::new(Shape::new([planes * STATS]), DType::F32),
     )
 }
 
@@ -129,29 +136,30 @@ pub(super) fn workgroup_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
 /// Forward: workgroup `CUBE_POS` normalises plane `CUBE_POS` (`voxels` long, at least one) of
 /// `x` into `y` and writes its first voxel s, mean less s and inverse deviation to `stats`.
 #[cube(launch_unchecked)]
-fn norm_forward(
-    x: &[f32],
+fn norm_forward<F: Float>(
+    x: &[F],
     gamma: &[f32],
     beta: &[f32],
-    y: &mut [f32],
+    y: &mut [F],
     stats: &mut [f32],
     voxels: usize,
     channels: usize,
     epsilon: f32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let plane = CUBE_POS;
     let unit = UNIT_POS as usize;
     let base = plane * voxels;
     let mut shared = Shared::<[f32]>::new_slice(WORKGROUP);
-    let shift = x[base];
+    let shift = f32::cast_from(x[base]);
     let mut sum = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        sum += x[base + i] - shift;
+        sum += f32::cast_from(x[base + i]) - shift;
     }
     let mean = workgroup_sum(&mut shared, sum) / f32::cast_from(voxels);
     let mut squares = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        let d = (x[base + i] - shift) - mean;
+        let d = (f32::cast_from(x[base + i]) - shift) - mean;
         squares += d * d;
     }
     let variance = workgroup_sum(&mut shared, squares) / f32::cast_from(voxels);
@@ -160,7 +168,8 @@ fn norm_forward(
     let scale = gamma[c] * inverse_sd;
     let offset = beta[c];
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        y[base + i] = ((x[base + i] - shift) - mean) * scale + offset;
+        let value = (f32::cast_from(x[base + i]) - shift) - mean;
+        y[base + i] = F::cast_from(value * scale + offset);
     }
     if unit == 0 {
         stats[plane * 3] = shift;
@@ -172,16 +181,17 @@ fn norm_forward(
 /// Backward: workgroup `CUBE_POS` writes plane `CUBE_POS`'s input gradient into `dx` and its
 /// Σ g·x̂ and Σ g into `sums[0, n, c]` and `sums[1, n, c]`.
 #[cube(launch_unchecked)]
-fn norm_backward(
-    x: &[f32],
+fn norm_backward<F: Float>(
+    x: &[F],
     stats: &[f32],
     gamma: &[f32],
-    grad: &[f32],
-    dx: &mut [f32],
+    grad: &[F],
+    dx: &mut [F],
     sums: &mut [f32],
     voxels: usize,
     channels: usize,
     planes: usize,
+    #[define(F)] _dtype: ElemType,
 ) {
     let plane = CUBE_POS;
     let unit = UNIT_POS as usize;
@@ -193,9 +203,9 @@ fn norm_backward(
     let mut sum_g = 0.0f32;
     let mut sum_gx = 0.0f32;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        let g = grad[base + i];
+        let g = f32::cast_from(grad[base + i]);
         sum_g += g;
-        sum_gx += g * ((x[base + i] - shift) - mean) * inverse_sd;
+        sum_gx += g * ((f32::cast_from(x[base + i]) - shift) - mean) * inverse_sd;
     }
     let sum_g = workgroup_sum(&mut shared, sum_g);
     let sum_gx = workgroup_sum(&mut shared, sum_gx);
@@ -203,8 +213,9 @@ fn norm_backward(
     let (mean_g, mean_gx) = (sum_g / count, sum_gx / count);
     let scale = gamma[plane % channels] * inverse_sd;
     for i in range_stepped(unit, voxels, WORKGROUP) {
-        let normalised = ((x[base + i] - shift) - mean) * inverse_sd;
-        dx[base + i] = scale * (grad[base + i] - mean_g - normalised * mean_gx);
+        let normalised = ((f32::cast_from(x[base + i]) - shift) - mean) * inverse_sd;
+        let g = f32::cast_from(grad[base + i]);
+        dx[base + i] = F::cast_from(scale * (g - mean_g - normalised * mean_gx));
     }
     if unit == 0 {
         sums[plane] = sum_gx;
@@ -238,10 +249,11 @@ impl InstanceNormGpuBackend for CubeBackend {
             into_contiguous(beta),
         );
         let (planes, voxels, channels) = planes_of(&x);
-        let y = empty_like(&x, x.shape());
+        let elem = kernel_elem(x.dtype);
+        let y = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
         let stats = empty_like(&x, Shape::new([planes * STATS]));
         let client = x.client.clone();
-        // SAFETY: x and y hold `planes × voxels` f32s (voxels ≥ 1: `norm.rs` routes no empty
+        // SAFETY: x and y hold `planes × voxels` values (voxels ≥ 1: `norm.rs` routes no empty
         // tensor here), gamma and beta `channels`, stats `3 × planes`; workgroup p touches
         // plane p only, each thread indices below `voxels`.
         unsafe {
@@ -257,6 +269,7 @@ impl InstanceNormGpuBackend for CubeBackend {
                 voxels,
                 channels,
                 epsilon as f32,
+                elem,
             );
         }
         LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +289,8 @@ impl InstanceNormGpuBackend for CubeBackend {
         );
         let (planes, voxels, channels) = planes_of(&x);
         let items = planes / channels.max(1);
-        let dx = empty_like(&x, x.shape());
+        let elem = kernel_elem(x.dtype);
+        let dx = empty_device_dtype(x.client.clone(), x.device.clone(), x.shape(), x.dtype);
         let sums = empty_like(&x, Shape::new([2, items, channels]));
         let client = x.client.clone();
         // SAFETY: as in the forward pass; sums holds `2 × planes` f32s.
@@ -294,6 +308,7 @@ impl InstanceNormGpuBackend for CubeBackend {
                 voxels,
                 channels,
                 planes,
+                elem,
             );
         }
         LAUNCHES.fetch_add(1, Ordering::Relaxed);
