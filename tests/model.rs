@@ -1785,3 +1785,63 @@ fn a_training_step_on_the_gpu_gives_the_cpus_loss_and_gradients() {
         }
     }
 }
+
+/// A mixed-precision (f16) training step on the GPU runs every convolution, upsampling and norm
+/// on mriloop's kernels, as the f32 step does (each kernel as often: none falls back to burn's
+/// route, whose convolutions take ~30 launches each), gives the f32 step's loss to f16's
+/// rounding, and every parameter's gradient in f32 (the f32 weights are never copied to half
+/// precision), near the f32 step's.
+#[test]
+fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
+    let _gpu = gpu_alone();
+    use burn::module::Module;
+    use mriloop::model::{conv_gpu, conv_gpu_direct, norm_gpu, pointwise_gpu, upconv_gpu};
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let counts = || {
+        [
+            conv_gpu::kernel_launches(),
+            conv_gpu_direct::kernel_launches(),
+            pointwise_gpu::kernel_launches(),
+            upconv_gpu::kernel_launches(),
+            norm_gpu::kernel_launches(),
+        ]
+    };
+    let cpu_batch = batch(0, &cpu());
+    let model = config(1).model.init(&cpu().autodiff());
+    let step = |precision: Precision| {
+        let model = model.clone().fork(&gpu);
+        let b = Batch {
+            images: cpu_batch.images.clone().to_device(&gpu),
+            masks: cpu_batch.masks.clone().to_device(&gpu),
+            classes: cpu_batch.classes.clone().to_device(&gpu),
+            weights: None,
+        };
+        let before = counts();
+        let (loss, _) = batch_loss(&model, &b, (TaskMode::Joint, 0.5), precision);
+        let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
+        let mut visitor = ParamGrads {
+            grads: &grads,
+            values: Vec::new(),
+        };
+        model.visit(&mut visitor);
+        let loss = loss.into_scalar::<f32>();
+        // Counted once the values are read: burn's fusion runs the kernels lazily.
+        let launched: Vec<usize> = counts().iter().zip(before).map(|(a, b)| a - b).collect();
+        (loss, visitor.values, launched)
+    };
+    let (full, half) = (step(Precision::F32), step(Precision::F16));
+    assert!(full.2.iter().all(|n| *n > 0), "{:?}", full.2);
+    assert_eq!(half.2, full.2, "launches of each kernel, f16 against f32");
+    let gap = (half.0 - full.0).abs();
+    assert!(gap > 0.0, "computed in half precision");
+    assert!(gap <= 1e-2 * full.0.abs(), "loss {} vs {}", half.0, full.0);
+    assert_eq!(half.1.len(), full.1.len());
+    for (i, (h, f)) in half.1.iter().zip(&full.1).enumerate() {
+        let what = format!("parameter {i}: {:?}", f.as_ref().map(|f| &f.0));
+        match (h, f) {
+            // f32 values (`ParamGrads` reads them as f32), near f32's.
+            (Some(h), Some(f)) => assert_close(&h.1, &f.1, 3e-2, &what),
+            _ => assert_eq!(h.is_some(), f.is_some(), "{what}: one side only"),
+        }
+    }
+}

@@ -40,8 +40,8 @@ impl BiasedLayer {
     }
 }
 
-/// `layer` of `x` by `weight`, plus `bias`, on burn's GPU backend (f32 tensors that the layer's
-/// kernels fit): the one way the layer modules reach [`BiasedLayerGpuBackend`].
+/// `layer` of `x` by `weight`, plus `bias`, on burn's GPU backend (x f32, f16 or bf16, weight and
+/// bias f32, sizes that the layer's kernels fit): the one way the layer modules reach [`BiasedLayerGpuBackend`].
 pub fn biased_layer(
     layer: BiasedLayer,
     x: Tensor<5>,

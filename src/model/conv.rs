@@ -29,8 +29,9 @@
 //! a time.
 //!
 //! Invariants: the results equal burn's `conv3d` and its gradients to float rounding
-//! (`tests/model.rs` compares all three at both strides, by both routes); f32 only (other
-//! dtypes take burn's path); the extension is only called on the CPU and GPU backends, with or
+//! (`tests/model.rs` compares all three at both strides, by both routes); f32 on the CPU (other
+//! dtypes take burn's path); on the GPU f32, or f16/bf16 features with f32 weights (a
+//! mixed-precision step: the kernels sum in f32, the weight gradient comes out f32); the extension is only called on the CPU and GPU backends, with or
 //! without autodiff ([`conv3d_forward`] checks).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;

@@ -13,8 +13,9 @@
 //!
 //! Invariants: the result equals burn's `conv3d_weight_backward` to float rounding (the sum
 //! runs in another order; `tests/model.rs` compares the whole training gradient with the CPU's,
-//! and this module's tests compare it with burn's on wgpu); f32 only and one stride for all
-//! three axes (the caller, [`super::conv`], routes nothing else here; anything else falls back
+//! and this module's tests compare it with burn's on wgpu); x and the output gradient f32, f16
+//! or bf16 (a mixed-precision step), the weight and its gradient f32, the sums f32; one stride
+//! for all three axes (the caller, [`super::conv`], routes nothing else here; anything else falls back
 //! to burn's); every read is inside its tensor (out-of-volume taps read element 0 and are
 //! multiplied by a selected zero).
 

@@ -12,7 +12,8 @@
 //! burn's route.
 //!
 //! Invariants: equal to burn's `conv3d` and `conv3d_x_backward` to float rounding
-//! (`tests/model.rs`, on lavapipe); f32 only (the caller checks); every read is inside its
+//! (`tests/model.rs`, on lavapipe); features (x, y and their gradients) f32, f16 or bf16, the
+//! weights f32, the sums f32 (the caller checks); every read is inside its
 //! tensor (out-of-volume taps read element 0 and are replaced by a selected zero; channels past
 //! the last are clamped to it and not written).
 

@@ -10,7 +10,8 @@
 //! weight, a reduction for the bias) — a small network's GPU step is bound by its launches.
 //!
 //! Invariants: equal to burn's `Conv3d::forward` and its gradients to float rounding
-//! (`tests/model.rs`, on lavapipe); f32 only; [`fits`] says which convolutions come here
+//! (`tests/model.rs`, on lavapipe); features f32, f16 or bf16, weight, bias, their gradients
+//! and the sums f32; [`fits`] says which convolutions come here
 //! (`model::conv` routes only those, and only with a bias).
 
 use burn::backend::fusion::custom::TensorSpec;

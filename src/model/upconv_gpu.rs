@@ -11,7 +11,8 @@
 //! network's GPU step is bound by its launches.
 //!
 //! Invariants: equal to burn's `conv_transpose3d` and its gradients to float rounding
-//! (`tests/model.rs`, on lavapipe); f32 only; [`fits`] says which upsamplings come here
+//! (`tests/model.rs`, on lavapipe); features f32, f16 or bf16, weight, bias, their gradients
+//! and the sums f32; [`fits`] says which upsamplings come here
 //! (`model::upconv` routes only those, and only with a bias).
 
 use burn::backend::fusion::custom::TensorSpec;
