@@ -11,6 +11,7 @@ use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
+use burn::tensor::Transaction;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -217,20 +218,26 @@ impl LossTerms {
     }
 }
 
-/// A step's loss terms still on its device, `[total, dice, seg_ce, class_ce]` in one tensor:
-/// read with one transfer once the step's backward pass and update are queued (on a GPU, four
+/// A step's loss terms still on its device, `[total, dice, seg_ce, class_ce]`: read together
+/// in one transaction once the step's backward pass and update are queued (on a GPU, four
 /// reads before the backward pass made the host wait for the forward pass four times, and
-/// queue the backward pass only then).
+/// queue the backward pass only then; one tensor concatenated from the four took a fill and a
+/// copy each).
 pub(crate) struct PendingTerms {
     mode: TaskMode,
-    values: Tensor<1>,
+    values: [Tensor<1>; 4],
 }
 
 impl PendingTerms {
-    /// The host values (waits for the device; NaN if it cannot be read).
+    /// The host values (waits for the device; NaN where one cannot be read).
     pub(crate) fn read(self) -> LossTerms {
-        let v: Vec<f32> = self.values.try_into_vec_as::<f32>().unwrap_or_default();
-        let at = |i: usize| v.get(i).map_or(f64::NAN, |x| f64::from(*x));
+        let transaction =
+            (self.values.into_iter()).fold(Transaction::default(), |t, value| t.register(value));
+        let read = transaction.try_execute().unwrap_or_default();
+        let at = |i: usize| {
+            let first = read.get(i).and_then(|d| d.iter::<f32>().next());
+            first.map_or(f64::NAN, f64::from)
+        };
         LossTerms {
             mode: self.mode,
             total: at(0),
@@ -263,7 +270,7 @@ pub(crate) fn batch_loss_pending(
     let class_ce_of = |cls: Tensor<2>| class_cross_entropy(cls, batch.classes.clone());
     let pending = |parts: [&Tensor<1>; 4]| PendingTerms {
         mode,
-        values: Tensor::cat(parts.iter().map(|t| (*t).clone().detach()).collect(), 0),
+        values: parts.map(|t| t.clone().detach()),
     };
     if mode == TaskMode::ClassificationOnly {
         // The decoder's output would be thrown away: the encoder alone.
