@@ -122,6 +122,8 @@ impl BiasedLayerGpuBackend for CubeBackend {
         grad: CubeTensor,
         layer: BiasedLayer,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        // The output's gradient in the output's (x's) type, as the kernels read it.
+        let grad = super::conv_gpu_direct::in_type(grad, x.dtype);
         match layer {
             BiasedLayer::Pointwise => super::pointwise_gpu::grads(x, weight, grad),
             BiasedLayer::Upsample => super::upconv_gpu::grads(x, weight, grad),

@@ -51,6 +51,7 @@ use rayon::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
 
+use super::conv_gpu_direct::in_type;
 use super::conv_simd::{self, GradInput, Isa, PackedKernel, TileInput};
 
 /// Columns (output positions) of one tile's im2col matrix aim at this many floats in all, so
@@ -161,6 +162,8 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         stride: usize,
     ) -> FloatTensor<Self> {
         let x_dims = x.shape().dims::<5>();
+        // The output's gradient in the output's (x's) type, as the kernels read it.
+        let grad = in_type(grad, x.dtype);
         super::conv_gpu_direct::input_gradient(&weight, &grad, x_dims, stride).unwrap_or_else(
             || {
                 let options = options(&weight, stride);
@@ -176,6 +179,7 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
         grad: FloatTensor<Self>,
         stride: usize,
     ) -> FloatTensor<Self> {
+        let grad = in_type(grad, x.dtype);
         super::conv_gpu::weight_gradient(&x, &weight, &grad, stride).unwrap_or_else(|| {
             let options = options(&weight, stride);
             let weight_dtype = weight.dtype;
@@ -186,19 +190,6 @@ impl Conv3x3Backend for burn_cubecl::CubeBackend {
             )
         })
     }
-}
-
-/// `t` in float type `dtype` (a mixed-precision step's f32 weights meet half-precision features:
-/// this module's kernels read both, burn's convolutions take one type).
-fn in_type(t: burn_cubecl::tensor::CubeTensor, dtype: DType) -> burn_cubecl::tensor::CubeTensor {
-    use burn::tensor::FloatDType;
-    let float = match dtype {
-        _ if t.dtype == dtype => return t,
-        DType::F16 => FloatDType::F16,
-        DType::BF16 => FloatDType::BF16,
-        _ => FloatDType::F32,
-    };
-    burn_cubecl::CubeBackend::float_cast(t, float)
 }
 
 /// The output sizes of [`Conv3x3Backend::conv3x3`] of an input of sizes `x` by a kernel of
@@ -234,12 +225,14 @@ fn options_for(kernel_d: usize, stride: usize) -> ConvOptions<3> {
     ConvOptions::new([stride_d, stride, stride], [pad_d, 1, 1], [1, 1, 1], 1)
 }
 
-/// `conv` applied to `x`. On burn's CPU backend and (f32) on its GPU backend a 3×3×3, padding-1
-/// convolution of stride 1 or 2 (and the single-slice form's 1×3×3) runs as
-/// [`Conv3x3Backend::conv3x3`]; a 1×1×1 one on the CPU as a matrix product (burn-flex takes its
-/// weight gradient as a convolution with the whole output gradient for kernel, 4× slower), on
-/// the GPU with its bias through `pointwise_gpu`; everything else, and every other backend,
-/// runs `Conv3d::forward`.
+/// `conv` applied to `x`. On burn's CPU backend (f32) and on its GPU backend (f32, or f16 and
+/// bf16 features with the f32 weights) a 3×3×3, padding-1 convolution of stride 1 or 2 (and the
+/// single-slice form's 1×3×3) runs as [`Conv3x3Backend::conv3x3`] (its bias, where it has one,
+/// added in x's type: in half precision its gradient is summed by burn in half precision, as
+/// autocast's is); a 1×1×1 one on the CPU as a matrix product (burn-flex takes its weight
+/// gradient as a convolution with the whole output gradient for kernel, 4× slower), on the GPU
+/// with its bias through `pointwise_gpu`; everything else, and every other backend, runs burn's
+/// convolution (in half precision with the weights cast to x's type).
 pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::conv3d_cut_budget(conv, &x) {
         return super::pieces::conv3d_in_pieces(conv, x, budget);

@@ -17,6 +17,7 @@
 //! tensor (out-of-volume taps read element 0 and are replaced by a selected zero; channels past
 //! the last are clamped to it and not written).
 
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::TensorMetadata;
 use burn::tensor::{DType, Shape};
 use burn_cubecl::kernel::into_contiguous;
@@ -232,8 +233,8 @@ fn conv_input_grad_direct<F: Float>(
     );
 }
 
-/// The geometry of a convolution this module takes: f32 and plain ([`geometry_of`]), not
-/// empty, at most [`DIRECT_MAX_MULTIPLY_ADDS`].
+/// The geometry of a convolution this module takes: an f32 weight, plain ([`geometry_of`]), not
+/// empty, at most [`DIRECT_MAX_MULTIPLY_ADDS`] (the features' type is the caller's check).
 fn direct_geometry(xs: &Shape, weight: &CubeTensor, stride: usize) -> Option<WgradGeometry> {
     let geo = geometry_of(xs, &weight.shape(), stride)?;
     let voxels = geo.n * geo.out_size.iter().product::<usize>();
@@ -254,9 +255,27 @@ pub(super) fn feature_elem(dtype: DType) -> Option<ElemType> {
     Some(ElemType::Float(kind))
 }
 
-/// [`feature_elem`] for a layer whose `fits` admitted only those types (f32 for any other).
+/// [`feature_elem`] for a layer whose `fits` (or router) admitted only those types.
 pub(super) fn kernel_elem(dtype: DType) -> ElemType {
+    debug_assert!(
+        feature_elem(dtype).is_some(),
+        "{dtype:?} routed to a kernel"
+    );
     feature_elem(dtype).unwrap_or(ElemType::Float(FloatKind::F32))
+}
+
+/// `t` in float type `dtype`, unchanged (no launch) when it already is: a mixed-precision step's
+/// f32 weights meet half-precision features in burn's convolutions, which take one type, and
+/// an output gradient is read in its output's type.
+pub(super) fn in_type(t: CubeTensor, dtype: DType) -> CubeTensor {
+    use burn::tensor::FloatDType;
+    let float = match dtype {
+        _ if t.dtype == dtype => return t,
+        DType::F16 => FloatDType::F16,
+        DType::BF16 => FloatDType::BF16,
+        _ => FloatDType::F32,
+    };
+    burn_cubecl::CubeBackend::float_cast(t, float)
 }
 
 /// The sizes' sequence argument of a launch.

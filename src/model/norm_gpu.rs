@@ -40,7 +40,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeBackend;
 use cubecl::prelude::*;
 
-use super::conv_gpu_direct::kernel_elem;
+use super::conv_gpu_direct::{in_type, kernel_elem};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Threads per workgroup (one workgroup per plane); a power of two, for the tree sums.
@@ -282,6 +282,8 @@ impl InstanceNormGpuBackend for CubeBackend {
         gamma: CubeTensor,
         grad: CubeTensor,
     ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        // The output's gradient in the output's (x's) type, as the kernel reads it.
+        let grad = in_type(grad, x.dtype);
         let (x, grad, gamma) = (
             into_contiguous(x),
             into_contiguous(grad),

@@ -249,7 +249,8 @@ impl ModuleVisitor for Sums<'_> {
         if let Some(g) = self.grads.get::<D>(param.id) {
             // A sum along one axis: one reduction (a whole-tensor sum may take burn's
             // atomic route, a fill and a reduction).
-            let sum = g.reshape([1, -1]).sum_dim(1).reshape([1]);
+            let elements = g.shape().num_elements();
+            let sum = g.reshape([1, elements]).sum_dim(1).reshape([1]);
             self.sums.push(cast_to(sum, FloatDType::F32));
         }
     }

@@ -63,9 +63,11 @@ fn up_options<T: TensorMetadata>(weight: &T) -> ConvTransposeOptions<3> {
     ConvTransposeOptions::new([kd, kh, kw], [0; 3], [0; 3], [1; 3], 1)
 }
 
-/// `up` applied to `x`. On burn's CPU backend an upsampling (kernel = stride, 2×2×2 or 1×2×2,
-/// no padding, dilation 1, one group) runs as [`UpConvBackend::upconv`]; everything else, and
-/// every other backend, runs `ConvTranspose3d::forward`.
+/// `up` applied to `x`. An upsampling (kernel = stride, 2×2×2 or 1×2×2, no padding, dilation 1,
+/// one group) runs on burn's CPU backend (f32) as [`UpConvBackend::upconv`], on its GPU backend
+/// (f32, or f16 and bf16 features with the f32 weights) through `upconv_gpu`; everything else,
+/// and every other backend, runs burn's transposed convolution (in half precision with the
+/// weights cast to x's type).
 pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::upconv_cut_budget(up, &x) {
         return super::pieces::upconv_in_pieces(up, x, budget);
