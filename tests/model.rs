@@ -1867,3 +1867,58 @@ fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
         "the gradients' norms {norms:.4} apart"
     );
 }
+
+/// The class cross-entropy on the GPU (`model::class_loss_gpu`: one kernel forward, one
+/// backward) equals burn's `CrossEntropyLoss` and its gradient on the same device, for a batch
+/// of one and of five items (more than one item per class, logits far apart), and takes the
+/// kernels' route.
+#[test]
+fn the_gpu_class_loss_matches_burns_cross_entropy_and_its_gradient() {
+    use burn::nn::loss::CrossEntropyLossConfig;
+    use mriloop::model::class_loss_gpu::{class_cross_entropy, kernel_launches};
+    let _gpu = gpu_alone();
+    let ad = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let before = kernel_launches();
+    let cases: [(Vec<f32>, Vec<i64>); 2] = [
+        (vec![0.3, -1.2, 2.0], vec![2]),
+        (
+            vec![
+                1.0, 2.0, -3.0, 0.5, 0.5, 0.5, 8.0, -8.0, 0.0, -1.0, 4.0, 2.0, 0.2, 0.1, -0.4,
+            ],
+            vec![0, 2, 1, 1, 0],
+        ),
+    ];
+    for (values, classes) in cases {
+        let n = classes.len();
+        let logits = Tensor::<2>::from_data(TensorData::new(values, [n, 3]), &ad);
+        let classes = Tensor::<1, Int>::from_data(TensorData::new(classes, [n]), &ad);
+        let run = |ours: bool| {
+            let x = logits.clone().require_grad();
+            let loss = match ours {
+                true => class_cross_entropy(x.clone(), classes.clone()),
+                false => CrossEntropyLossConfig::new()
+                    .init(&ad)
+                    .forward(x.clone(), classes.clone()),
+            };
+            // A gradient of the loss other than 1, as the joint loss weights it.
+            let grads = loss.clone().mul_scalar(0.7).backward();
+            let dx = x.grad(&grads).expect("logits gradient");
+            let values = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().expect("f32");
+            (loss.into_scalar::<f32>(), values(dx.inner()))
+        };
+        let (ours, burns) = (run(true), run(false));
+        let gap = (ours.0 - burns.0).abs();
+        assert!(
+            gap <= 1e-5 * burns.0.abs().max(1.0),
+            "{} vs {}",
+            ours.0,
+            burns.0
+        );
+        assert_close(&ours.1, &burns.1, 1e-5, &format!("gradient, {n} items"));
+    }
+    assert_eq!(
+        kernel_launches() - before,
+        4,
+        "forward and backward, two cases"
+    );
+}

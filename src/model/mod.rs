@@ -27,6 +27,7 @@ pub mod apply;
 pub mod bias;
 pub mod biased_gpu;
 pub mod budget;
+pub mod class_loss_gpu;
 pub mod conv;
 pub mod conv_gpu;
 pub mod conv_gpu_direct;

@@ -8,7 +8,6 @@
 use super::loss::segmentation_losses;
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
 use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::Transaction;
@@ -293,11 +292,10 @@ pub(crate) fn batch_loss_pending(
     (total, terms)
 }
 
-/// The class cross-entropy of logits `cls [N, C]` against `classes [N]`: the mean over items.
+/// The class cross-entropy of logits `cls [N, C]` against `classes [N]`: the mean over items
+/// (on a GPU one kernel each way, `class_loss_gpu`).
 pub(crate) fn class_cross_entropy(cls: Tensor<2>, classes: Tensor<1, Int>) -> Tensor<1> {
-    CrossEntropyLossConfig::new()
-        .init(&cls.device())
-        .forward(cls, classes)
+    super::class_loss_gpu::class_cross_entropy(cls, classes)
 }
 
 /// The loss a step of `mode` trains on: the segmentation losses, plus the class cross-entropy
