@@ -846,6 +846,20 @@ fn the_gpu_block_convolution_matches_burns_convolution_and_its_gradients() {
     );
 }
 
+/// Launches so far of mriloop's GPU layer kernels: the block convolutions' weight gradients,
+/// their direct forward and input-gradient kernels, the 1×1×1 convolutions, the upsamplings
+/// and the instance norms (burn's fusion runs them lazily: read after the values).
+fn layer_kernel_launches() -> [usize; 5] {
+    use mriloop::model::{conv_gpu, conv_gpu_direct, norm_gpu, pointwise_gpu, upconv_gpu};
+    [
+        conv_gpu::kernel_launches(),
+        conv_gpu_direct::kernel_launches(),
+        pointwise_gpu::kernel_launches(),
+        upconv_gpu::kernel_launches(),
+        norm_gpu::kernel_launches(),
+    ]
+}
+
 /// A mixed-precision step on a GPU: the block convolutions (strides 1 and 2), the 1×1×1
 /// convolutions, the upsamplings and the instance norms take half-precision features with their
 /// f32 parameters through mriloop's kernels (no copy of the weights in half precision, no casts
@@ -862,18 +876,8 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
     use mriloop::model::conv::conv3d_forward;
     use mriloop::model::norm::instance_norm_forward;
     use mriloop::model::upconv::upconv_forward;
-    use mriloop::model::{conv_gpu, conv_gpu_direct, norm_gpu, pointwise_gpu, upconv_gpu};
     let _gpu = gpu_alone();
     let ad = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
-    let counts = || {
-        [
-            conv_gpu::kernel_launches(),
-            conv_gpu_direct::kernel_launches(),
-            pointwise_gpu::kernel_launches(),
-            upconv_gpu::kernel_launches(),
-            norm_gpu::kernel_launches(),
-        ]
-    };
     let halves = [(FloatDType::F16, 1e-3), (FloatDType::BF16, 8e-3)];
     let halves: Vec<_> = halves
         .into_iter()
@@ -937,7 +941,7 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
         [f32_grad(gamma, g), f32_grad(beta, g)]
     });
     layers.push(("instance norm".into(), run, grads));
-    let before = counts();
+    let before = layer_kernel_launches();
     for (dtype, tolerance) in &halves {
         let exact = |t: Tensor<5>| t.cast(*dtype).cast(FloatDType::F32);
         let x = exact(Tensor::random(
@@ -994,7 +998,11 @@ fn the_gpu_kernels_take_half_precision_features_with_f32_weights() {
     // Each half-precision case by mriloop's kernels: per 3×3×3 convolution one weight gradient
     // and two direct kernels, per 1×1×1 convolution and upsampling three kernels, per norm two.
     // (The f32 norms run the norm kernels too: two more a case.)
-    let launched: Vec<usize> = counts().iter().zip(before).map(|(a, b)| a - b).collect();
+    let launched: Vec<usize> = layer_kernel_launches()
+        .iter()
+        .zip(before)
+        .map(|(a, b)| a - b)
+        .collect();
     let n = halves.len();
     assert_eq!(
         launched,
@@ -1795,17 +1803,7 @@ fn a_training_step_on_the_gpu_gives_the_cpus_loss_and_gradients() {
 fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
     let _gpu = gpu_alone();
     use burn::module::Module;
-    use mriloop::model::{conv_gpu, conv_gpu_direct, norm_gpu, pointwise_gpu, upconv_gpu};
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
-    let counts = || {
-        [
-            conv_gpu::kernel_launches(),
-            conv_gpu_direct::kernel_launches(),
-            pointwise_gpu::kernel_launches(),
-            upconv_gpu::kernel_launches(),
-            norm_gpu::kernel_launches(),
-        ]
-    };
     let cpu_batch = batch(0, &cpu());
     let model = config(1).model.init(&cpu().autodiff());
     let step = |precision: Precision| {
@@ -1816,7 +1814,7 @@ fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
             classes: cpu_batch.classes.clone().to_device(&gpu),
             weights: None,
         };
-        let before = counts();
+        let before = layer_kernel_launches();
         let (loss, _) = batch_loss(&model, &b, (TaskMode::Joint, 0.5), precision);
         let grads = burn::optim::GradientsParams::from_grads(loss.backward(), &model);
         let mut visitor = ParamGrads {
@@ -1826,7 +1824,11 @@ fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
         model.visit(&mut visitor);
         let loss = loss.into_scalar::<f32>();
         // Counted once the values are read: burn's fusion runs the kernels lazily.
-        let launched: Vec<usize> = counts().iter().zip(before).map(|(a, b)| a - b).collect();
+        let launched: Vec<usize> = layer_kernel_launches()
+            .iter()
+            .zip(before)
+            .map(|(a, b)| a - b)
+            .collect();
         (loss, visitor.values, launched)
     };
     let (full, half) = (step(Precision::F32), step(Precision::F16));
