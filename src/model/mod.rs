@@ -19,7 +19,10 @@
 //! a headless command ended with it, instead of a silent hang), `pieces` (a GPU convolution
 //! over more voxels than one dispatch may hold, run on groups of items and depth slabs),
 //! `window_slab` and `window_slab_gpu` (sliding-window prediction summed on a GPU, with its two
-//! slab kernels).
+//! slab kernels); the GPU's own kernels of the training step: `conv_gpu`, `conv_gpu_direct`,
+//! `pointwise_gpu`, `upconv_gpu` (through `biased_gpu`), `norm_gpu` (f32, or half-precision
+//! features on f32 weights), `loss_gpu` and `class_loss_gpu` (the segmentation and class
+//! losses).
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on
 //! the GPU.
 
