@@ -1,7 +1,8 @@
 #!/bin/bash
 # Issue 22's GPU figures in one prepared run on a one-GPU machine whose python3 has PyTorch
 # with CUDA (no Rust toolchain there): burn's wgpu backend beside PyTorch CUDA on the same GPU,
-# for `bench train` (small and nnunet) and `bench predict --size 256`. The CPU figures are left
+# for `bench train` (small and nnunet) and `bench predict --size 256` (f32 and f16: PyTorch under
+# autocast). The CPU figures are left
 # out (they take minutes on a server's CPU and are measured on the 2-core machine).
 # `gpu_figures.sh profile` instead profiles burn's wgpu training step (small): kernel launches
 # per step (cubecl's execution log over 20 and 220 timed steps, the difference over 200) and
@@ -96,7 +97,7 @@ if [ "${1:-}" = profile ]; then
 fi
 run train_small 150 bench train --config small --backends wgpu,torch_cuda --repeats 200 --rounds 2 \
     --peak-tflops $peak
-run predict_256 100 bench predict --size 256 --backends wgpu,torch_cuda
+run predict_256 130 bench predict --size 256 --backends wgpu,torch_cuda --precision f32,f16
 run train_small_f16 100 bench train --config small --backends wgpu,torch_cuda --precision f16 \
     --repeats 100 --rounds 1
 run train_nnunet 150 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \

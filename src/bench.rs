@@ -861,43 +861,39 @@ fn predict_seconds(
     config: &crate::model::TrainingConfig,
     size: usize,
     device: burn::prelude::Device,
+    precision: Precision,
 ) -> Result<f64, VolumeError> {
-    use crate::model::inference::segment_volume;
+    use crate::model::inference::segment_volume_in;
     let model = config.model.init(&device);
     let w = PREDICT_WINDOW;
+    let geometry = ([w; 3], PREDICT_OVERLAP);
     let channels = prompt_case(size, &[], 0.0);
     let window = prompt_case(w, &[], 0.0);
     let first_slab: Vec<Vec<f32>> = (channels.iter())
         .map(|c| c[..size * size * w].to_vec())
         .collect();
     for (warm, dims) in [(window, [w; 3]), (first_slab, [size, size, w])] {
-        segment_volume(&model, &warm, dims, [w; 3], PREDICT_OVERLAP, &device)?;
+        segment_volume_in(&model, &warm, dims, geometry, &device, precision)?;
     }
     let t = Instant::now();
-    let (mask, fg) = segment_volume(
-        &model,
-        &channels,
-        [size; 3],
-        [w; 3],
-        PREDICT_OVERLAP,
-        &device,
-    )?;
+    let (mask, fg) = segment_volume_in(&model, &channels, [size; 3], geometry, &device, precision)?;
     std::hint::black_box((mask, fg));
     Ok(t.elapsed().as_secs_f64())
 }
 
 /// Whole-volume sliding-window prediction of a `size`³ case (two sequences, the shipped network:
 /// base 8, depth 3, 3 labels; 32³ windows overlapping by half, Gaussian-weighted; arg-max labels
-/// and foreground probability): burn on the CPU and, with a hardware GPU, on wgpu
-/// (`software_gpu`: on lavapipe when there is none); beside
-/// PyTorch with the same network, windows and weighting (`benches/reference/predict_torch.py`)
-/// on the CPU and CUDA when python3 with torch has them, stacking as many windows per forward
-/// pass as burn does there (one on the CPU; on a GPU `gpu_windows_per_pass`). Figures and
-/// notes on what was skipped.
+/// and foreground probability): burn on the CPU (f32) and, with a hardware GPU, on wgpu
+/// (`software_gpu`: on lavapipe when there is none) in each of `precisions`; beside PyTorch with
+/// the same network, windows and weighting (`benches/reference/predict_torch.py`) on the CPU
+/// (f32) and on CUDA in each of `precisions` (f16/bf16: under autocast) when python3 with torch
+/// has them, stacking as many windows per forward pass as burn does there (one on the CPU; on a
+/// GPU `gpu_windows_per_pass`). Figures and notes on what was skipped.
 pub fn predict(
     size: usize,
     backends: &Backends,
     software_gpu: bool,
+    precisions: &[Precision],
 ) -> Result<(Vec<Figure>, Vec<String>), VolumeError> {
     use crate::model::{MultiTaskUNetConfig, TrainingConfig};
     use burn::prelude::Device;
@@ -907,36 +903,64 @@ pub fn predict(
     let mut figures = Vec::new();
     let mut notes = Vec::new();
     let cpu = match backends.wants("cpu") {
-        true => Some(predict_seconds(&config, size, Device::flex())?),
+        true => Some(predict_seconds(
+            &config,
+            size,
+            Device::flex(),
+            Precision::F32,
+        )?),
         false => None,
     };
     figures.extend(cpu.map(|s| fig(name("cpu"), s, "s")));
     let (device, about) = crate::model::choose_device("auto");
-    match about.starts_with("GPU") {
-        _ if !backends.wants("wgpu") => {}
-        true => figures.push(fig(
-            name("wgpu"),
-            predict_seconds(&config, size, device)?,
-            "s",
+    let gpu = match about.starts_with("GPU") {
+        _ if !backends.wants("wgpu") => None,
+        true => Some(("wgpu", device)),
+        false if software_gpu => Some((
+            "wgpu_software",
+            Device::wgpu(burn::prelude::DeviceKind::DefaultDevice),
         )),
-        false if software_gpu => {
-            let lavapipe = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
-            let seconds = predict_seconds(&config, size, lavapipe)?;
-            figures.push(fig(name("wgpu_software"), seconds, "s"));
+        false => {
+            notes.push(format!(
+                "wgpu skipped: {about} (--software-gpu measures lavapipe's)"
+            ));
+            None
         }
-        false => notes.push(format!(
-            "wgpu skipped: {about} (--software-gpu measures lavapipe's)"
-        )),
+    };
+    let cuda = match crate::model::apply::cuda_device() {
+        _ if !backends.wants("cuda") => None,
+        Ok(cuda) => Some(("cuda", cuda)),
+        Err(why) => {
+            notes.push(format!("burn cuda skipped: {why}"));
+            None
+        }
+    };
+    for (backend, device) in gpu.into_iter().chain(cuda) {
+        for &precision in precisions {
+            if let Err(e) = precision.check(&device) {
+                notes.push(format!("{backend} {} skipped: {e}", precision.name()));
+                continue;
+            }
+            let seconds = predict_seconds(&config, size, device.clone(), precision)?;
+            figures.push(fig(name(&with_precision(backend, precision)), seconds, "s"));
+        }
     }
-    match crate::model::apply::cuda_device() {
-        _ if !backends.wants("cuda") => {}
-        Ok(cuda) => figures.push(fig(
-            name("cuda"),
-            predict_seconds(&config, size, cuda)?,
-            "s",
-        )),
-        Err(why) => notes.push(format!("burn cuda skipped: {why}")),
-    }
+    let torch = torch_predict(size, backends, precisions, cpu, &mut notes);
+    figures.extend(torch);
+    Ok((figures, notes))
+}
+
+/// PyTorch's side of [`predict`]: on the CPU in f32 (with the ratio to burn's `cpu` seconds),
+/// on CUDA in each of `precisions`.
+fn torch_predict(
+    size: usize,
+    backends: &Backends,
+    precisions: &[Precision],
+    cpu: Option<f64>,
+    notes: &mut Vec<String>,
+) -> Vec<Figure> {
+    let name = |backend: &str| format!("predict_s_{size}_{backend}");
+    let mut figures = Vec::new();
     let args = [
         ("--size", size.to_string()),
         ("--window", PREDICT_WINDOW.to_string()),
@@ -944,25 +968,28 @@ pub fn predict(
     ];
     // PyTorch stacks as many windows per forward pass as burn does on that device.
     let gpu_batch = crate::model::inference::gpu_windows_per_pass([PREDICT_WINDOW; 3]);
-    for dev in ["cpu", "cuda"]
+    let runs = [("cpu", Precision::F32)]
         .into_iter()
-        .filter(|d| backends.wants(&format!("torch_{d}")))
-    {
+        .chain(precisions.iter().map(|p| ("cuda", *p)));
+    for (dev, precision) in runs.filter(|(d, _)| backends.wants(&format!("torch_{d}"))) {
         let batch = if dev == "cuda" { gpu_batch } else { 1 };
         let mut args = args.to_vec();
         args.push(("--window-batch", batch.to_string()));
+        args.push(("--precision", precision.name().to_string()));
         match torch_reference("predict_torch.py", dev, &args, "torch_predict_s") {
             Ok(Some(v)) => {
-                figures.push(fig(name(&format!("torch_{dev}")), v, "s"));
+                let backend = with_precision(&format!("torch_{dev}"), precision);
+                figures.push(fig(name(&backend), v, "s"));
                 if let (Some(cpu), "cpu") = (cpu, dev) {
                     figures.push(fig(format!("predict_time_ratio_{size}_cpu"), cpu / v, "x"));
                 }
             }
             Ok(None) => {}
+            Err(note) if notes.contains(&note) => {}
             Err(note) => notes.push(note),
         }
     }
-    Ok((figures, notes))
+    figures
 }
 
 /// A synthetic `size`³ case of two normalised sequences with bright balls of radius `radius`

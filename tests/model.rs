@@ -374,6 +374,62 @@ fn a_volume_predicted_on_the_gpu_gives_the_cpus_prediction() {
     }
 }
 
+/// Prediction on the GPU in f16 (`segment_volume_in`: each pass's input in half, its features
+/// in half through mriloop's kernels, the sums in f32, as autocast's inference) gives the f32
+/// prediction to half precision's rounding: foreground probabilities within 1e-2, all but a few
+/// labels (near-ties) the same; on the CPU the precision changes nothing.
+#[test]
+fn a_volume_predicted_in_f16_on_the_gpu_gives_the_f32_prediction() {
+    let _gpu = gpu_alone();
+    use burn::module::Module;
+    use mriloop::model::inference::segment_volume_in;
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let model = small(2).init(&cpu());
+    let on_device = model.clone().to_device(&gpu);
+    let dims = [21, 17, 11];
+    let n = dims.iter().product::<usize>();
+    let channels: Vec<Vec<f32>> = (0..2)
+        .map(|c| (0..n).map(|i| ((i * (c + 5)) % 23) as f32 / 23.0).collect())
+        .collect();
+    let segment = |model: &mriloop::model::MultiTaskUNet, device: &Device, precision| {
+        segment_volume_in(model, &channels, dims, ([8; 3], 0.5), device, precision)
+            .expect("prediction")
+    };
+    let launched = |precision| {
+        let before = layer_kernel_launches();
+        let result = segment(&on_device, &gpu, precision);
+        let after = layer_kernel_launches();
+        let counts: Vec<usize> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        (result, counts)
+    };
+    let ((half, in_half), (full, in_full)) = (launched(Precision::F16), launched(Precision::F32));
+    // The direct convolutions, the 1×1×1 ones, the upsamplings and the norms, as often in f16
+    // as in f32 (none falls back to burn's route; a forward pass has no weight gradient).
+    assert_eq!(in_half, in_full, "launches of each kernel, f16 against f32");
+    assert!(in_full[1..].iter().all(|n| *n > 0), "{in_full:?}");
+    let gap = (half.1.iter().zip(&full.1))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap > 0.0, "computed in half precision");
+    assert!(gap < 1e-2, "foreground probabilities {gap} apart");
+    let labels_apart = half.0.iter().zip(&full.0).filter(|(a, b)| a != b).count();
+    assert!(
+        labels_apart * 100 <= n,
+        "{labels_apart} of {n} labels differ"
+    );
+    let spread = full
+        .1
+        .iter()
+        .fold(0.0f32, |m, v| m.max((v - full.1[0]).abs()));
+    assert!(spread > 1e-2, "a varied answer ({spread})");
+    let on_cpu = segment(&model, &cpu(), Precision::F16);
+    assert_eq!(
+        on_cpu,
+        segment(&model, &cpu(), Precision::F32),
+        "the CPU computes in f32"
+    );
+}
+
 #[test]
 fn windows_predicted_at_once_give_what_one_at_a_time_gives() {
     use mriloop::model::{predict_volume, ClassView};

@@ -3,13 +3,15 @@ size^3 case with the network of train_torch.py (the same multi-task residual U-N
 windows (window^3, step window * (1 - overlap), the last window flush with the far edge), the
 same Gaussian weighting (sigma = window / 8, floored at 1e-3) and the same outputs (arg-max
 labels and the foreground probability), --window-batch windows per forward pass (1: one at a
-time, as nnU-Net's predictor), random weights and data.
+time, as nnU-Net's predictor), random weights and data; --precision f16|bf16 runs the network
+under autocast (as nnU-Net's GPU predictor does), the sums in f32.
 
 Usage: python3 predict_torch.py --device cpu|cuda --size 256 --window 32 --overlap 0.5 --threads 2
-       [--window-batch 16]
+       [--window-batch 16] [--precision f32|f16|bf16]
 Prints one line: `torch_predict_s = V` (seconds for the whole volume, after warm-up passes).
 """
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -66,6 +68,7 @@ def main():
     ap.add_argument("--channels", type=int, default=2)
     ap.add_argument("--base", type=int, default=8)
     ap.add_argument("--window-batch", type=int, default=1)
+    ap.add_argument("--precision", default="f32", choices=["f32", "f16", "bf16"])
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -74,7 +77,10 @@ def main():
     labels = 3
     net = Net(a.channels, labels, 2, base=a.base).to(dev).eval()
     x = torch.randn(1, a.channels, a.size, a.size, a.size, device=dev)
-    with torch.inference_mode():
+    half = {"f16": torch.float16, "bf16": torch.bfloat16}.get(a.precision)
+    autocast = (torch.autocast(dev.type, dtype=half) if half is not None
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
         first = x[:, :, : a.window, : a.window, : a.window]
         net(first)  # warm-up: one window, and a full pass of stacked ones
         net(torch.cat([first] * max(a.window_batch, 1)))

@@ -84,7 +84,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub peak_tflops: Option<f64>,
     /// train: the precisions to train in, comma-separated: f32, f16, bf16 (f16/bf16: mixed
-    /// precision, beside PyTorch's autocast), e.g. `f32,f16`.
+    /// precision, beside PyTorch's autocast), e.g. `f32,f16`; predict: the precisions the GPU
+    /// backends predict in (the CPU's in f32).
     #[arg(long, default_value = "f32")]
     pub precision: String,
     /// train: rounds of every backend in turn (burn, PyTorch, burn, …); each figure is the
@@ -107,6 +108,16 @@ impl BenchArgs {
             }
             None => Ok(bench::Backends::all()),
         }
+    }
+
+    /// The precisions `--precision` names.
+    fn precisions(&self) -> Result<Vec<crate::model::Precision>> {
+        let parse = |p: &str| crate::model::Precision::parse(p.trim());
+        Ok(self
+            .precision
+            .split(',')
+            .map(parse)
+            .collect::<Result<_, _>>()?)
     }
 }
 
@@ -164,11 +175,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         BenchKind::Train => {
             let shapes = train_shapes(args.config.as_deref())?;
-            let precisions = args
-                .precision
-                .split(',')
-                .map(|p| crate::model::Precision::parse(p.trim()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let precisions = args.precisions()?;
             let setup = bench::TrainBench {
                 steps: args.repeats,
                 software_gpu: args.software_gpu,
@@ -183,7 +190,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchKind::Predict => {
-            let (figures, notes) = bench::predict(size, &args.backends()?, args.software_gpu)?;
+            let (figures, notes) = bench::predict(
+                size,
+                &args.backends()?,
+                args.software_gpu,
+                &args.precisions()?,
+            )?;
             print_figures(&figures, &notes, "goal predict_s_256_cpu <= 0.5 x predict_s_256_torch_cpu (PyTorch eager, same network, windows, overlap and weighting); the same on a GPU against torch_cuda");
             Ok(())
         }

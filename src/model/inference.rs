@@ -12,6 +12,7 @@
 //! one, in order.
 
 use super::model::MultiTaskUNet;
+use super::precision::Precision;
 use crate::volume::{Affine, Volume, VolumeError};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -178,6 +179,23 @@ pub fn segment_volume(
     overlap: f32,
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
+    let geometry = (window, overlap);
+    segment_volume_in(model, channels, dims, geometry, device, Precision::F32)
+}
+
+/// [`segment_volume`] (windows of `window` voxels overlapping by `overlap`) with the network run
+/// in `precision` on a GPU: in f16 or bf16 each pass's input is cast to it, its features stay in
+/// it through mriloop's kernels (on the f32 weights), and its outputs are summed in f32, as
+/// autocast's inference (nnU-Net's GPU predictor's). On the CPU, which has no fast half-precision
+/// kernels, the network runs in f32 whatever `precision` says.
+pub fn segment_volume_in(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    dims: [usize; 3],
+    (window, overlap): ([usize; 3], f32),
+    device: &Device,
+    precision: Precision,
+) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
     let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
     match super::conv_gpu::on_gpu(device) {
         false => segment_on_host(
@@ -193,7 +211,7 @@ pub fn segment_volume(
             channels,
             dims,
             (window, step),
-            gpu_windows_per_pass(window),
+            (gpu_windows_per_pass(window), precision),
             device,
         ),
     }

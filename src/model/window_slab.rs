@@ -16,6 +16,7 @@
 
 use super::inference::{gaussian, starts};
 use super::model::MultiTaskUNet;
+use super::precision::Precision;
 use super::window_slab_gpu::{add_windows, cut_windows};
 use crate::volume::VolumeError;
 use burn::prelude::*;
@@ -30,7 +31,7 @@ pub(super) fn segment_on_device(
     channels: &[Vec<f32>],
     dims: [usize; 3],
     (window, step): ([usize; 3], [usize; 3]),
-    windows_per_pass: usize,
+    (windows_per_pass, precision): (usize, Precision),
     device: &Device,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
     let axis_starts = [0, 1, 2].map(|a| starts(dims[a], window[a], step[a]));
@@ -53,7 +54,8 @@ pub(super) fn segment_on_device(
         let input = input_slab(channels, dims, z0, slab.padded, device);
         slab.advance_to(z0)?;
         for pass in &row {
-            let (seg, _) = model.forward(pass.cut(input.clone()));
+            let (seg, _) = model.forward(precision.cast_input(pass.cut(input.clone())));
+            let seg = super::precision::cast_to(seg, FloatDType::F32);
             slab.add_pass(softmax(seg, 1), pass);
         }
     }
@@ -322,8 +324,15 @@ mod tests {
             };
             let (mask_ring, fg_ring) =
                 segment_on_host(&model, &channels, dims, (window, step), one, &device).unwrap();
-            let (mask, fg) =
-                segment_on_device(&model, &channels, dims, (window, step), 3, &device).unwrap();
+            let (mask, fg) = segment_on_device(
+                &model,
+                &channels,
+                dims,
+                (window, step),
+                (3, Precision::F32),
+                &device,
+            )
+            .unwrap();
             let worst = fg_ring
                 .iter()
                 .zip(&fg)
