@@ -95,12 +95,14 @@ if [ "${1:-}" = profile ]; then
     gzip -f "$out"/launches_*.log "$out/kernel_times.log"
     exit 0
 fi
-run train_small 150 bench train --config small --backends wgpu,torch_cuda --repeats 200 --rounds 2 \
+# At most 500 s of benchmarks (130 + 130 + 100 + 140), so the whole run, setup included, fits a
+# 560 s device call.
+run train_small 130 bench train --config small --backends wgpu,torch_cuda --repeats 200 --rounds 2 \
     --peak-tflops $peak
 run predict_256 130 bench predict --size 256 --backends wgpu,torch_cuda --precision f32,f16
 run train_small_f16 100 bench train --config small --backends wgpu,torch_cuda --precision f16 \
     --repeats 100 --rounds 1
-run train_nnunet 150 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \
+run train_nnunet 140 bench train --config nnunet --backends wgpu,torch_cuda --repeats 10 \
     --rounds 1 --peak-tflops $peak
 # The kernel caches, to carry to the next machine (.dev/gpu_caches.tgz) so its first steps do
 # not compile and tune for minutes.
