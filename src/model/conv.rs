@@ -299,8 +299,7 @@ pub fn conv3d_forward_before_norm(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
 /// Whether `x` is on burn's GPU backend in a type this module's GPU kernels read and write
 /// (f32, or f16 and bf16 in a mixed-precision step: the weights stay f32 and the sums f32).
 fn on_gpu_features(x: &Tensor<5>) -> bool {
-    super::conv_gpu::on_gpu(&x.device())
-        && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16)
+    super::conv_gpu::on_gpu(&x.device()) && super::conv_gpu_direct::is_feature_type(x.dtype())
 }
 
 /// `bias` (f32) in the float type of `out`, to be added to it.

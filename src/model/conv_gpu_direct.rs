@@ -255,6 +255,12 @@ pub(super) fn feature_elem(dtype: DType) -> Option<ElemType> {
     Some(ElemType::Float(kind))
 }
 
+/// Whether the kernels generic over a float type read and write features of `dtype` (those
+/// [`feature_elem`] names: f32, f16, bf16): what the layers' routers check.
+pub fn is_feature_type(dtype: DType) -> bool {
+    feature_elem(dtype).is_some()
+}
+
 /// [`feature_elem`] for a layer whose `fits` (or router) admitted only those types.
 pub(super) fn kernel_elem(dtype: DType) -> ElemType {
     debug_assert!(

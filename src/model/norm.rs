@@ -51,7 +51,7 @@ pub fn instance_norm_forward<const D: usize>(norm: &InstanceNorm, x: Tensor<D>) 
     let (Some(gamma), Some(beta)) = (&norm.gamma, &norm.beta) else {
         return in_f32_unless_f32(norm, x);
     };
-    let features = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    let features = super::conv_gpu_direct::is_feature_type(x.dtype());
     // One GPU workgroup per plane, on one grid axis (at most 65 535 workgroups); features in
     // f32, or f16 or bf16 read into f32 sums by the kernels (a mixed-precision step).
     let gpu_fits = D >= 3

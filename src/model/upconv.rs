@@ -115,7 +115,7 @@ fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         return burns(x);
     };
     let f32s = [weight.dtype(), bias.dtype()] == [DType::F32; 2];
-    let features = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
+    let features = super::conv_gpu_direct::is_feature_type(x.dtype());
     if !f32s || !features || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
         return burns(x);
     }

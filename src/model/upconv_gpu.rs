@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::conv_gpu::launch_grid;
 use super::conv_gpu_direct::{
-    add_weighted, kernel_elem, store_channels, thread_place, zeros, CHANNEL_BLOCK,
+    add_weighted, kernel_elem, sizes, store_channels, thread_place, zeros, CHANNEL_BLOCK,
     DIRECT_MAX_MULTIPLY_ADDS,
 };
 use super::norm_gpu::{empty_like, workgroup_sum, WORKGROUP};
@@ -210,13 +210,6 @@ fn upsample_weight_grad<F: Float>(
     }
 }
 
-/// A launch's sequence argument of `values`.
-fn sequence(values: &[usize]) -> SequenceArg<usize> {
-    let mut sequence = SequenceArg::new();
-    values.iter().for_each(|v| sequence.push(*v));
-    sequence
-}
-
 /// `(items, [C_in, C_out], [D, H, W] of the input, kernel depth)` of `x` and `weight`.
 fn sizes_of(x: &CubeTensor, weight: &CubeTensor) -> (usize, [usize; 2], [usize; 3], usize) {
     let (xs, ws) = (x.shape(), weight.shape());
@@ -247,8 +240,8 @@ pub(super) fn forward(x: CubeTensor, weight: CubeTensor, bias: CubeTensor) -> Cu
             weight.into_buffer_arg(),
             bias.into_buffer_arg(),
             y.clone().into_buffer_arg(),
-            sequence(&[c_in, c_out]),
-            sequence(&in_size),
+            sizes([c_in, c_out]),
+            sizes(in_size),
             blocks,
             threads,
             kernel_d,
@@ -288,8 +281,8 @@ pub(super) fn grads(
             grad.clone().into_buffer_arg(),
             weight.into_buffer_arg(),
             dx.clone().into_buffer_arg(),
-            sequence(&[c_in, c_out]),
-            sequence(&in_size),
+            sizes([c_in, c_out]),
+            sizes(in_size),
             blocks,
             threads,
             kernel_d,
@@ -304,8 +297,8 @@ pub(super) fn grads(
             grad.into_buffer_arg(),
             dw.clone().into_buffer_arg(),
             db.clone().into_buffer_arg(),
-            sequence(&[c_in, c_out]),
-            sequence(&in_size),
+            sizes([c_in, c_out]),
+            sizes(in_size),
             n,
             kernel_d,
             elem,
