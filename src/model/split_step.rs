@@ -25,8 +25,9 @@
 //! steps; loss terms and parameter gradients equal the unsplit step's to float rounding (the
 //! test below).
 
+use super::class_loss_gpu::class_cross_entropy;
 use super::loss::{evaluated_losses, LossCoefficients, PartLosses, Targets};
-use super::training::{class_cross_entropy, task_loss, Batch, LossTerms, TaskMode, TrainingConfig};
+use super::training::{task_loss, Batch, LossTerms, TaskMode, TrainingConfig};
 use super::{MultiTaskUNet, Precision};
 use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;

@@ -5,6 +5,7 @@
 //! Invariants: the loop never prints; it sends `TrainEvent`s and checks its stop flag every step.
 //! Checkpoints are written with their config beside them.
 
+use super::class_loss_gpu::class_cross_entropy;
 use super::loss::segmentation_losses;
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
 use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
@@ -290,12 +291,6 @@ pub(crate) fn batch_loss_pending(
     );
     let terms = pending([&total, &dice, &seg_ce, &class_ce]);
     (total, terms)
-}
-
-/// The class cross-entropy of logits `cls [N, C]` against `classes [N]`: the mean over items
-/// (on a GPU one kernel each way, `class_loss_gpu`).
-pub(crate) fn class_cross_entropy(cls: Tensor<2>, classes: Tensor<1, Int>) -> Tensor<1> {
-    super::class_loss_gpu::class_cross_entropy(cls, classes)
 }
 
 /// The loss a step of `mode` trains on: the segmentation losses, plus the class cross-entropy
