@@ -570,7 +570,7 @@ fn train_steps_per_s(
     let gpu = device != Device::flex();
     let ad = device.autodiff();
     let mut model = config.model.init(&ad);
-    let mut optim = burn::optim::AdamConfig::new().init();
+    let mut optim = crate::model::adam_gpu::adam();
     let mut loss_scale = precision.initial_loss_scale();
     let (p, batch) = (shape.patch, shape.batch);
     let b = Batch {

@@ -1985,3 +1985,158 @@ fn the_gpu_class_loss_matches_burns_cross_entropy_and_its_gradient() {
         "forward and backward, two cases"
     );
 }
+
+/// Deterministic values about 0 (no draw from the test binary's shared CPU random stream).
+fn wavy(n: usize, phase: f32, amplitude: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| amplitude * ((i as f32 * 0.731 + phase).sin() + 0.3 * (i as f32 * 2.9).cos()))
+        .collect()
+}
+
+#[test]
+fn the_gpu_adam_update_is_burns_adam_and_adamw_in_one_launch_a_parameter() {
+    use burn::optim::{AdamConfig, AdamWConfig, AdamWState, LearningRate, Optimizer};
+    use mriloop::model::adam_gpu::{kernel_launches, FusedAdam};
+    let _gpu = gpu_alone();
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let values = |t: &Tensor<2>| t.clone().into_data().try_to_vec::<f32>().expect("f32");
+    // Steps of a schedule (the learning rate changes), gradients of mixed sizes and signs.
+    let steps: Vec<(LearningRate, Vec<f32>)> = (0..4)
+        .map(|k| {
+            (
+                1e-2 / (k + 1) as f64,
+                wavy(6 * 37, k as f32, 10f32.powi(k - 2)),
+            )
+        })
+        .collect();
+    let run = |device: &Device, ours: bool, decay: Option<f32>| {
+        let mut param =
+            Tensor::<2>::from_data(TensorData::new(wavy(6 * 37, 9.0, 1.0), [6, 37]), device);
+        let mut state: Option<AdamWState<2>> = None;
+        let mut trace = vec![];
+        for (lr, grad) in &steps {
+            let grad = Tensor::<2>::from_data(TensorData::new(grad.clone(), [6, 37]), device);
+            (param, state) = match (ours, decay) {
+                (true, None) => FusedAdam::adam().step(*lr, param, grad, state),
+                (true, Some(l)) => FusedAdam::adam_w(l).step(*lr, param, grad, state),
+                (false, Some(l)) => AdamWConfig::new()
+                    .with_weight_decay(l)
+                    .build()
+                    .step(*lr, param, grad, state),
+                (false, None) => {
+                    let old = state.map(|s| burn::optim::AdamState::new(s.momentum));
+                    let (p, s) = AdamConfig::new().build().step(*lr, param, grad, old);
+                    (p, s.map(|s| AdamWState::new(s.momentum)))
+                }
+            };
+            let momentum = &state.as_ref().expect("a state after a step").momentum;
+            let moments = [&momentum.moment_1, &momentum.moment_2].map(values);
+            trace.push((values(&param), moments, momentum.time));
+        }
+        trace
+    };
+    for decay in [None, Some(0.05)] {
+        let before = kernel_launches();
+        let ours = run(&gpu, true, decay);
+        assert_eq!(kernel_launches() - before, steps.len(), "one launch a step");
+        let burns = run(&gpu, false, decay);
+        assert_eq!(
+            kernel_launches() - before,
+            steps.len(),
+            "burn's took no kernel of ours"
+        );
+        for (k, (o, b)) in ours.iter().zip(&burns).enumerate() {
+            let what = format!("{decay:?}, step {}", k + 1);
+            assert_close(&o.0, &b.0, 1e-6, &format!("parameter, {what}"));
+            assert_close(&o.1[0], &b.1[0], 1e-6, &format!("first moment, {what}"));
+            assert_close(&o.1[1], &b.1[1], 1e-6, &format!("second moment, {what}"));
+            assert_eq!(o.2, b.2, "step count, {what}");
+        }
+        // The parameter moved on every step (a wrong update would not match burn's anyway).
+        assert!(ours.windows(2).all(|w| w[0].0 != w[1].0));
+        // On the CPU it is burn's optimiser itself: the same bits, no kernel.
+        let (cpu_ours, cpu_burns) = (run(&cpu(), true, decay), run(&cpu(), false, decay));
+        assert_eq!(kernel_launches() - before, steps.len());
+        assert!(
+            cpu_ours == cpu_burns,
+            "{decay:?}: the CPU takes burn's optimiser"
+        );
+    }
+}
+
+/// Every float parameter's values, in visiting order.
+fn parameter_values(model: &mriloop::model::MultiTaskUNet) -> Vec<Vec<f32>> {
+    use burn::module::Module;
+    struct Values(Vec<Vec<f32>>);
+    impl burn::module::ModuleVisitor for Values {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            let data = param.val().into_data().try_into_vec::<f32>();
+            self.0.push(data.expect("f32"));
+        }
+    }
+    let mut values = Values(vec![]);
+    model.visit(&mut values);
+    values.0
+}
+
+/// Training steps on the GPU with mriloop's Adam (`model::adam_gpu`, what `fit`, `train` and
+/// `bench train` step with) reach burn's Adam's parameters, one update kernel per parameter and
+/// step; a state burn's AdamW saved continues under mriloop's AdamW as under burn's (so a run
+/// saved before continues).
+#[test]
+fn gpu_training_steps_with_the_fused_adam_reach_burns_adams_parameters() {
+    use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer};
+    use mriloop::model::{adam_gpu, train_step, MultiTaskUNet};
+    let _gpu = gpu_alone();
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let cfg = config(2);
+    let start = cfg.model.init(&gpu);
+    let b = batch(0, &cpu());
+    let b = Batch {
+        images: b.images.to_device(&gpu),
+        masks: b.masks.to_device(&gpu),
+        classes: b.classes.to_device(&gpu),
+        weights: None,
+    };
+    let run = |mut model: MultiTaskUNet, mut optim: ModuleOptimizer, steps: usize| {
+        let mut scale = None;
+        for _ in 0..steps {
+            (model, _) = train_step(model, (&mut optim, &mut scale), &b, &cfg);
+        }
+        (model, optim)
+    };
+    // Compares the parameters; how many moved (those with a gradient: the convolution biases
+    // before a norm have none).
+    let compare = |ours: &MultiTaskUNet, burns: &MultiTaskUNet, what: &str| {
+        let (ours, burns) = (parameter_values(ours), parameter_values(burns));
+        let initial = parameter_values(&start);
+        let mut moved = 0;
+        for (k, ((o, b), s)) in ours.iter().zip(&burns).zip(&initial).enumerate() {
+            assert_close(o, b, 1e-5, &format!("{what}: parameter {k}"));
+            assert_eq!(o != s, b != s, "{what}: parameter {k} moved in one only");
+            moved += usize::from(o != s);
+        }
+        moved
+    };
+    let before = adam_gpu::kernel_launches();
+    let (ours, _) = run(start.clone(), adam_gpu::adam(), 2);
+    let launches = adam_gpu::kernel_launches() - before;
+    let (burns, _) = run(start.clone(), AdamConfig::new().init(), 2);
+    let moved = compare(&ours, &burns, "Adam, two steps");
+    assert!(moved >= 40, "{moved} parameters moved");
+    assert_eq!(launches, 2 * moved, "one launch a parameter and step");
+    // AdamW: two steps of burn's, saved; a third by each from the saved state.
+    let (model, saved) = run(start.clone(), AdamWConfig::new().init(), 2);
+    let bytes = saved.into_bytes().expect("saved state");
+    let (burns, _) = run(model.clone(), saved, 1);
+    let loaded = adam_gpu::adam_w(1e-4)
+        .from_bytes(bytes)
+        .expect("burn's state loads");
+    let before = adam_gpu::kernel_launches();
+    let (ours, _) = run(model, loaded, 1);
+    let launches = adam_gpu::kernel_launches() - before;
+    assert_eq!(
+        launches,
+        compare(&ours, &burns, "AdamW, the third step from a saved state")
+    );
+}

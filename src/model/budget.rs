@@ -18,7 +18,6 @@
 use super::data::Sample;
 use super::fit::{initial_model, validate, FitConfig};
 use super::training::{train_step_at, Batch, CheckpointError};
-use burn::optim::AdamWConfig;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use std::sync::Arc;
@@ -103,7 +102,7 @@ pub fn measure(
     let t = &config.training;
     let ad = device.clone().autodiff();
     let mut model = initial_model(config, device)?;
-    let mut optim = AdamWConfig::new().init();
+    let mut optim = super::adam_gpu::adam_w(config.weight_decay as f32);
     let mut loss_scale = t.precision.initial_loss_scale();
     let batch = blank_batch(config, &ad);
     let mut started = 0.0;

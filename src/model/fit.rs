@@ -17,7 +17,7 @@ use super::training::{
     cosine_lr, save_checkpoint, train_step_parallel, Batch, TaskMode, TrainingConfig,
 };
 use crate::volume::Affine;
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
 use rand::SeedableRng;
@@ -663,9 +663,7 @@ fn starting_point(
     continued: bool,
 ) -> Result<(MultiTaskUNet, Optimiser, (usize, usize), BestTracker), super::training::CheckpointError>
 {
-    let fresh_optim = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init();
+    let fresh_optim = super::adam_gpu::adam_w(config.weight_decay as f32);
     let mut best = BestTracker {
         dir: out.join("best"),
         score: f64::NEG_INFINITY,

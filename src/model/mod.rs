@@ -26,6 +26,7 @@
 //! Tensors live on a runtime-chosen `Device`: burn's `flex` backend on the CPU, or `wgpu` on
 //! the GPU.
 
+pub mod adam_gpu;
 pub mod apply;
 pub mod bias;
 pub mod biased_gpu;

@@ -9,7 +9,7 @@ use super::class_loss_gpu::class_cross_entropy;
 use super::loss::segmentation_losses;
 use super::model::{MultiTaskUNet, MultiTaskUNetConfig};
 use super::precision::{cast_to, unscale_gradients, LossScale, Precision};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, MultiGradientsParams};
+use burn::optim::{GradientsParams, ModuleOptimizer, MultiGradientsParams};
 use burn::prelude::*;
 use burn::tensor::Transaction;
 use std::path::Path;
@@ -478,7 +478,7 @@ pub fn train(
     let ad = device.clone().autodiff();
     ad.seed(config.seed);
     let mut model = config.model.init(&ad);
-    let mut optim = AdamConfig::new().init();
+    let mut optim = super::adam_gpu::adam();
     let mut loss_scale = config.precision.initial_loss_scale();
     let mut done = 0;
     for step in 1..=config.steps {

@@ -1,0 +1,353 @@
+//! Adam and AdamW (burn's, same constants and state) with each parameter's update as one GPU
+//! kernel: the moments, the bias corrections, the weight decay and the step in one pass over
+//! the parameter, where burn's optimisers compose it from 13 (Adam) to 15 (AdamW) tensor
+//! operations. burn's fusion groups those into few launches, but the host still records every
+//! operation, and at the small network's 80 parameter tensors that was ~1 100 operations a
+//! step, more than the forward and backward passes together: on a GPU a small network's step
+//! is bound by what the host records (see the README's GPU figures).
+//!
+//! [`adam`] and [`adam_w`] give burn `ModuleOptimizer`s (the same type the rest of the crate
+//! steps, saves and resumes). A parameter that is not f32 on burn's GPU backend, and every
+//! parameter on the CPU, takes burn's own optimiser, unchanged.
+//!
+//! Invariants: the state is burn's `AdamWState` (the first and second moments and the step
+//! count, keyed as burn's AdamW keys them), so a state saved by either route loads in the
+//! other and in burn's `AdamW`; the kernel's update equals burn's to float rounding
+//! (`tests/model.rs`, on lavapipe); one launch per parameter and step.
+
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::fusion::custom::TensorSpec;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::TensorMetadata;
+use burn::backend::{backend_extension, Autodiff, AutodiffBackend, Backend, Dispatch};
+use burn::optim::{
+    Adam, AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState,
+    LearningRate, ModuleOptimizer, Optimizer,
+};
+use burn::prelude::{Device, Tensor};
+use burn::tensor::DType;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::CubeBackend;
+use cubecl::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::norm_gpu::empty_like;
+
+/// β₁, β₂ and ε: burn's defaults, which mriloop has always trained with.
+const BETA_1: f32 = 0.9;
+const BETA_2: f32 = 0.999;
+const EPSILON: f32 = 1e-5;
+
+/// Launches of this module's kernel in this process (what tests read to know a step took it).
+static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times this module's kernel has run in this process.
+pub fn kernel_launches() -> usize {
+    LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// Adam (no weight decay): burn's `AdamConfig::new()`, one kernel a parameter on a GPU.
+pub fn adam() -> ModuleOptimizer {
+    ModuleOptimizer::from(FusedAdam::adam())
+}
+
+/// AdamW with decoupled weight decay `weight_decay`: burn's
+/// `AdamWConfig::new().with_weight_decay(weight_decay)`, one kernel a parameter on a GPU.
+pub fn adam_w(weight_decay: f32) -> ModuleOptimizer {
+    ModuleOptimizer::from(FusedAdam::adam_w(weight_decay))
+}
+
+/// Which of burn's two a [`FusedAdam`] is.
+enum Decay {
+    /// Adam: the update `m̂ / (√v̂ + ε)` as burn's Adam computes it.
+    Coupled(AdamConfig),
+    /// AdamW with its weight decay: the parameter first scaled by `1 − lr·λ`.
+    Decoupled(AdamWConfig, f32),
+}
+
+/// burn's optimiser to fall back on.
+#[derive(Clone)]
+enum Fallback {
+    Adam(Adam),
+    AdamW(AdamW),
+}
+
+/// Adam or AdamW whose GPU step is [`AdamGpuBackend::adam_update`].
+#[derive(Clone)]
+pub struct FusedAdam {
+    fallback: Fallback,
+    /// AdamW's λ (0 for Adam).
+    weight_decay: f32,
+}
+
+impl FusedAdam {
+    /// As [`adam`], for one tensor at a time (burn's `Optimizer::step`).
+    pub fn adam() -> Self {
+        Self::new(Decay::Coupled(AdamConfig::new()))
+    }
+
+    /// As [`adam_w`], for one tensor at a time.
+    pub fn adam_w(weight_decay: f32) -> Self {
+        let config = AdamWConfig::new().with_weight_decay(weight_decay);
+        Self::new(Decay::Decoupled(config, weight_decay))
+    }
+
+    fn new(decay: Decay) -> Self {
+        let (fallback, weight_decay) = match decay {
+            Decay::Coupled(config) => {
+                let config = config.with_beta_1(BETA_1).with_beta_2(BETA_2);
+                (Fallback::Adam(config.with_epsilon(EPSILON).build()), 0.0)
+            }
+            Decay::Decoupled(config, lambda) => {
+                let config = config.with_beta_1(BETA_1).with_beta_2(BETA_2);
+                (
+                    Fallback::AdamW(config.with_epsilon(EPSILON).build()),
+                    lambda,
+                )
+            }
+        };
+        Self {
+            fallback,
+            weight_decay,
+        }
+    }
+
+    /// burn's own step.
+    fn fallback_step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        (tensor, grad): (Tensor<D>, Tensor<D>),
+        state: Option<AdamWState<D>>,
+    ) -> (Tensor<D>, Option<AdamWState<D>>) {
+        match &self.fallback {
+            Fallback::Adam(adam) => {
+                let state = state.map(|s| AdamState::new(s.momentum));
+                let (tensor, state) = adam.step(lr, tensor, grad, state);
+                (tensor, state.map(|s| AdamWState::new(s.momentum)))
+            }
+            Fallback::AdamW(adam_w) => adam_w.step(lr, tensor, grad, state),
+        }
+    }
+
+    /// The kernel's scalars for step `time` (from 1) at `lr`.
+    fn coefficients(&self, lr: LearningRate, time: usize) -> Coefficients {
+        let t = i32::try_from(time).unwrap_or(i32::MAX);
+        let (correction_1, correction_2) = (1.0 - BETA_1.powi(t), 1.0 - BETA_2.powi(t));
+        let (scale_m, scale_v, epsilon, keep) = match self.fallback {
+            Fallback::Adam(_) => {
+                let root = correction_2.sqrt();
+                (root / correction_1, 1.0, EPSILON * root, 1.0)
+            }
+            Fallback::AdamW(_) => {
+                let keep = 1.0 - lr * f64::from(self.weight_decay);
+                (1.0 / correction_1, 1.0 / correction_2, EPSILON, keep as f32)
+            }
+        };
+        Coefficients {
+            moments: [BETA_1, 1.0 - BETA_1, BETA_2, 1.0 - BETA_2],
+            scale_m,
+            scale_v,
+            epsilon,
+            keep,
+            lr: lr as f32,
+        }
+    }
+}
+
+/// The scalars of one parameter's update: `m ← a₁·m + b₁·g`, `v ← a₂·v + b₂·g²`, then
+/// `p ← p·keep − lr · m·scale_m / (√(v·scale_v) + epsilon)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coefficients {
+    /// `[a₁, b₁, a₂, b₂]`.
+    pub moments: [f32; 4],
+    /// The bias corrections: `m̂ = m·scale_m`, `v̂ = v·scale_v`.
+    pub scale_m: f32,
+    pub scale_v: f32,
+    /// Added to `√v̂`.
+    pub epsilon: f32,
+    /// The decoupled weight decay's factor `1 − lr·λ` (1 for Adam).
+    pub keep: f32,
+    /// The learning rate.
+    pub lr: f32,
+}
+
+impl Optimizer for FusedAdam {
+    type State<const D: usize> = AdamWState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let on_gpu = super::conv_gpu::on_gpu(&tensor.device());
+        let moments_f32 = state.as_ref().is_none_or(|s| {
+            s.momentum.moment_1.dtype() == DType::F32 && s.momentum.max_moment_2.is_none()
+        });
+        let fits = on_gpu
+            && moments_f32
+            && tensor.dtype() == DType::F32
+            && grad.dtype() == DType::F32
+            && tensor.dims() == grad.dims();
+        if !fits {
+            return self.fallback_step(lr, (tensor, grad), state);
+        }
+        let time = state.as_ref().map_or(1, |s| s.momentum.time + 1);
+        let mut c = self.coefficients(lr, time);
+        // The first step has no moments: a₁ = a₂ = 0 reads none (the gradient stands in).
+        let (moment_1, moment_2) = match state {
+            Some(s) => (s.momentum.moment_1, s.momentum.moment_2),
+            None => {
+                (c.moments[0], c.moments[2]) = (0.0, 0.0);
+                (grad.clone(), grad.clone())
+            }
+        };
+        let [tensor, grad, moment_1, moment_2] =
+            [tensor, grad, moment_1, moment_2].map(Tensor::into_dispatch);
+        let (tensor, moment_1, moment_2) =
+            <Dispatch as AdamGpuBackend>::adam_update(tensor, grad, moment_1, moment_2, c);
+        let momentum = AdaptiveMomentumState::new(
+            time,
+            Tensor::from_dispatch(moment_1),
+            Tensor::from_dispatch(moment_2),
+        );
+        (
+            Tensor::from_dispatch(tensor),
+            Some(AdamWState::new(momentum)),
+        )
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &Device) -> Self::State<D> {
+        AdamW::to_device(state, device)
+    }
+}
+
+/// Backends with the one-pass Adam update (burn's GPU backend).
+#[backend_extension(Cube, Fusion, Autodiff)]
+pub trait AdamGpuBackend: Backend {
+    /// The updated parameter and first and second moments from the parameter, its gradient
+    /// and the moments (f32, one shape), as `coefficients` says.
+    #[fusion(meta = update_specs)]
+    fn adam_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        coefficients: Coefficients,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// The three outputs' sizes and types (the parameter's), for burn's fusion.
+fn update_specs(
+    param: &TensorSpec,
+    _grad: &TensorSpec,
+    _moment_1: &TensorSpec,
+    _moment_2: &TensorSpec,
+    _coefficients: &Coefficients,
+) -> (TensorSpec, TensorSpec, TensorSpec) {
+    (param.clone(), param.clone(), param.clone())
+}
+
+/// A thread per element; the scalars as [`Coefficients`] names them.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+fn adam_update_kernel(
+    param: &[f32],
+    grad: &[f32],
+    moment_1: &[f32],
+    moment_2: &[f32],
+    param_out: &mut [f32],
+    moment_1_out: &mut [f32],
+    moment_2_out: &mut [f32],
+    elements: usize,
+    a_1: f32,
+    b_1: f32,
+    a_2: f32,
+    b_2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    epsilon: f32,
+    keep: f32,
+    lr: f32,
+) {
+    if ABSOLUTE_POS >= elements {
+        terminate!();
+    }
+    let i = ABSOLUTE_POS;
+    let g = grad[i];
+    let m = moment_1[i] * a_1 + g * b_1;
+    let v = moment_2[i] * a_2 + (g * g) * b_2;
+    let step = (m * scale_m) / (f32::sqrt(v * scale_v) + epsilon);
+    moment_1_out[i] = m;
+    moment_2_out[i] = v;
+    param_out[i] = param[i] * keep - step * lr;
+}
+
+impl AdamGpuBackend for CubeBackend {
+    fn adam_update(
+        param: CubeTensor,
+        grad: CubeTensor,
+        moment_1: CubeTensor,
+        moment_2: CubeTensor,
+        c: Coefficients,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let [param, grad, moment_1, moment_2] =
+            [param, grad, moment_1, moment_2].map(into_contiguous);
+        let elements = param.shape().num_elements();
+        let outputs = [(); 3].map(|_| empty_like(&param, param.shape()));
+        let client = param.client.clone();
+        let (count, dim) = super::conv_gpu::launch_grid(&client, elements);
+        let [a_1, b_1, a_2, b_2] = c.moments;
+        // SAFETY: the router sends four contiguous f32 tensors of one shape, `elements` values
+        // each, and the outputs are as large; threads past `elements` stop at once.
+        unsafe {
+            adam_update_kernel::launch_unchecked(
+                &client,
+                count,
+                dim,
+                param.into_buffer_arg(),
+                grad.into_buffer_arg(),
+                moment_1.into_buffer_arg(),
+                moment_2.into_buffer_arg(),
+                outputs[0].clone().into_buffer_arg(),
+                outputs[1].clone().into_buffer_arg(),
+                outputs[2].clone().into_buffer_arg(),
+                elements,
+                a_1,
+                b_1,
+                a_2,
+                b_2,
+                c.scale_m,
+                c.scale_v,
+                c.epsilon,
+                c.keep,
+                c.lr,
+            );
+        }
+        LAUNCHES.fetch_add(1, Ordering::Relaxed);
+        let [param, moment_1, moment_2] = outputs;
+        (param, moment_1, moment_2)
+    }
+}
+
+/// Not differentiated: an optimiser updates the inner backend's tensors.
+impl<B: AdamGpuBackend, C: CheckpointStrategy> AdamGpuBackend for Autodiff<B, C> {
+    fn adam_update(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        coefficients: Coefficients,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [param, grad, moment_1, moment_2] = [param, grad, moment_1, moment_2].map(Self::inner);
+        let (param, moment_1, moment_2) =
+            B::adam_update(param, grad, moment_1, moment_2, coefficients);
+        (
+            Self::from_inner(param),
+            Self::from_inner(moment_1),
+            Self::from_inner(moment_2),
+        )
+    }
+}
