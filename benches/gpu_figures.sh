@@ -4,6 +4,7 @@
 # for `bench train` (small and nnunet) and `bench predict --size 256` (f32 and f16: PyTorch under
 # autocast). The CPU figures are left
 # out (they take minutes on a server's CPU and are measured on the 2-core machine).
+# `gpu_figures.sh spirv`: the same benchmarks (burn's side) with the SPIR-V build (below).
 # `gpu_figures.sh profile` instead profiles burn's wgpu training step (small): kernel launches
 # per step (cubecl's execution log over 20 and 220 timed steps, the difference over 200) and
 # each kernel's time, run one at a time (cubecl's "medium" profile), and steps per second with
@@ -18,6 +19,10 @@
 #   cargo build --release && mkdir -p .dev && strip -o /tmp/mriloop target/release/mriloop
 #   xz -9e -c /tmp/mriloop > .dev/mriloop.xz     # ~36 MB: the repository and .dev travel together
 #   (cd .dev && apt-get download libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2)
+#   # for `spirv` (a second build, ~35 MB more):
+#   cargo build --release --features spirv --target-dir target/spirv
+#   strip -o /tmp/mriloop-spirv target/spirv/release/mriloop
+#   xz -9e -c /tmp/mriloop-spirv > .dev/mriloop-spirv.xz
 set -u
 out=${OUT:-/tmp/gpu_figures}
 mkdir -p "$out"
@@ -31,7 +36,12 @@ if [ -f .dev/gpu_caches.tgz ]; then # kernel caches of an earlier run (see the e
     tar xzf .dev/gpu_caches.tgz target/environment
     mkdir -p "$HOME" && tar xzf .dev/gpu_caches.tgz -C "$HOME" .cache
 fi
-xz -dc .dev/mriloop.xz >/tmp/mriloop && chmod +x /tmp/mriloop
+# `gpu_figures.sh spirv` runs the build with cubecl's SPIR-V compiler (`--features spirv`,
+# .dev/mriloop-spirv.xz) instead: tensor cores (cooperative matrices) for half-precision
+# products, which WGSL cannot reach.
+binary=.dev/mriloop.xz
+[ "${1:-}" = spirv ] && binary=.dev/mriloop-spirv.xz
+xz -dc $binary >/tmp/mriloop && chmod +x /tmp/mriloop
 export RUST_BACKTRACE=0 XDG_RUNTIME_DIR=/tmp
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$out/gpu.log"
 python3 -c 'import torch; print("torch", torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))' | tee -a "$out/gpu.log"
@@ -93,6 +103,18 @@ if [ "${1:-}" = profile ]; then
         END { for (k in us) printf "%10.0f us %6d  %s\n", us[k], n[k], k; printf "%10.0f us total\n", total }' |
         sort -rn | tee "$out/kernel_times.txt"
     gzip -f "$out"/launches_*.log "$out/kernel_times.log"
+    exit 0
+fi
+if [ "${1:-}" = spirv ]; then
+    # burn's side only (PyTorch's figures are the default run's, on the same GPU): the same
+    # benchmarks, within 500 s.
+    run spirv_train_small 130 bench train --config small --backends wgpu --repeats 200 \
+        --rounds 1 --precision f32,f16 --peak-tflops $peak
+    run spirv_predict_256 130 bench predict --size 256 --backends wgpu --precision f32,f16
+    run spirv_train_nnunet 240 bench train --config nnunet --backends wgpu --repeats 10 \
+        --rounds 1 --precision f32,f16 --peak-tflops $peak
+    echo "==== summary (SPIR-V build)"
+    grep -h "^bench:\|^note:\|^== .*exit\|^error" "$out"/spirv_*.log
     exit 0
 fi
 # At most 500 s of benchmarks (130 + 130 + 100 + 140), so the whole run, setup included, fits a

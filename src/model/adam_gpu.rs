@@ -184,14 +184,14 @@ impl Optimizer for FusedAdam {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let on_gpu = super::conv_gpu::on_gpu(&tensor.device());
-        let moments_f32 = state.as_ref().is_none_or(|s| {
-            s.momentum.moment_1.dtype() == DType::F32 && s.momentum.max_moment_2.is_none()
+        // The kernel reads all four as f32 values of the parameter's shape (a state loaded from
+        // a file is checked too: burn's route rejects a mismatch, the kernel would read past it).
+        let like_param = |t: &Tensor<D>| t.dtype() == DType::F32 && t.dims() == tensor.dims();
+        let moments_fit = state.as_ref().is_none_or(|s| {
+            let m = &s.momentum;
+            like_param(&m.moment_1) && like_param(&m.moment_2) && m.max_moment_2.is_none()
         });
-        let fits = on_gpu
-            && moments_f32
-            && tensor.dtype() == DType::F32
-            && grad.dtype() == DType::F32
-            && tensor.dims() == grad.dims();
+        let fits = on_gpu && moments_fit && like_param(&tensor) && like_param(&grad);
         if !fits {
             return self.fallback_step(lr, (tensor, grad), state);
         }
