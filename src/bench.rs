@@ -556,13 +556,14 @@ const GPU_WARM_UP: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Training steps per second of `shape` on `device` in `precision`: `steps` steps of a random
 /// batch, after [`WARM_UP_STEPS`] untimed ones (on a GPU, for at least [`GPU_WARM_UP`]: kernel
-/// compilation, tuning, allocation).
+/// compilation, tuning, allocation). On a GPU also the median time the host took to record a
+/// step (`model::training::train_step_pending`, until the loss is read), in ms.
 fn train_steps_per_s(
     shape: &TrainShape,
     device: burn::prelude::Device,
     steps: usize,
     precision: Precision,
-) -> f64 {
+) -> (f64, Option<f64>) {
     use crate::model::{train_step, Batch};
     use burn::prelude::*;
     use burn::tensor::{Distribution, Int};
@@ -579,26 +580,46 @@ fn train_steps_per_s(
         classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
         weights: None,
     };
+    // One step; on a GPU (where nothing splits across cores) recorded, then read, and the
+    // recording's time kept.
+    let mut recorded_ms = Vec::new();
+    let mut step = |model, recorded_ms: &mut Vec<f64>| match gpu {
+        true => {
+            let t = Instant::now();
+            let lr = config.learning_rate;
+            let (model, terms) = crate::model::training::train_step_pending(
+                model,
+                (&mut optim, &mut loss_scale),
+                &b,
+                &config,
+                lr,
+            );
+            recorded_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            terms.read();
+            model
+        }
+        false => train_step(model, (&mut optim, &mut loss_scale), &b, &config).0,
+    };
     // As `fit` trains: on a worker of the pool the kernels run on (`model::pool`).
-    crate::model::pool::on_worker(|| {
+    let steps_per_s = crate::model::pool::on_worker(|| {
         // Warm-up: the optimiser's first steps take other paths than later ones, and a GPU
         // compiles and tunes kernels over its first seconds (a 5-step figure on an H200 was
         // 4.1 steps/s, a 400-step one 20.9).
         let t = Instant::now();
         for done in 0.. {
-            let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
-            model = m;
+            model = step(model, &mut Vec::new());
             if done + 1 >= WARM_UP_STEPS && (!gpu || t.elapsed() >= GPU_WARM_UP) {
                 break;
             }
         }
         let t = Instant::now();
         for _ in 0..steps.max(1) {
-            let (m, _) = train_step(model, (&mut optim, &mut loss_scale), &b, &config);
-            model = m;
+            model = step(model, &mut recorded_ms);
         }
         steps.max(1) as f64 / t.elapsed().as_secs_f64()
-    })
+    });
+    let recorded = (!recorded_ms.is_empty()).then(|| median(recorded_ms));
+    (steps_per_s, recorded)
 }
 
 /// The figures of `steps_per_s` on `backend` for `shape`: steps per second, the TFLOP/s they
@@ -732,33 +753,72 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
     let mut figures = Vec::new();
     for shape in shapes {
         for &precision in &bench.precisions {
-            let mut rounds: Vec<(String, Option<f64>, Vec<f64>)> = Vec::new();
+            let mut rounds: Vec<BackendRounds> = Vec::new();
             let peaks = (cpu_peak, gpu_peak);
             for _ in 0..bench.rounds.max(1) {
                 let round = train_round(shape, precision, &burn_devices, peaks, bench, &mut notes);
-                for (backend, peak, v) in round {
-                    match rounds.iter_mut().find(|r| r.0 == backend) {
-                        Some(r) => r.2.push(v),
-                        None => rounds.push((backend, peak, vec![v])),
-                    }
+                for RoundFigure(backend, peak, v, recorded_ms) in round {
+                    let at = match rounds.iter().position(|r| r.backend == backend) {
+                        Some(at) => at,
+                        None => {
+                            rounds.push(BackendRounds::new(backend, peak));
+                            rounds.len() - 1
+                        }
+                    };
+                    rounds[at].steps_per_s.push(v);
+                    rounds[at].recorded_ms.extend(recorded_ms);
                 }
             }
-            for (backend, peak, values) in rounds {
-                if values.len() > 1 {
-                    let each: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
-                    let each = each.join(", ");
-                    notes.push(format!("{backend} {}: rounds {each} steps/s", shape.name));
-                }
-                figures.extend(train_figures(shape, &backend, median(values), peak));
+            for backend in rounds {
+                figures.extend(backend.figures(shape, &mut notes));
             }
         }
     }
     (figures, notes)
 }
 
-/// One round of `shape` in `precision`: each burn device's steps per second, then PyTorch's on
-/// the CPU and CUDA (their peak TFLOP/s: `torch_peaks`), as `(backend, its peak TFLOP/s,
-/// steps/s)`; what was skipped in `notes`.
+/// A backend's figures over the rounds.
+struct BackendRounds {
+    backend: String,
+    peak: Option<f64>,
+    steps_per_s: Vec<f64>,
+    recorded_ms: Vec<f64>,
+}
+
+impl BackendRounds {
+    fn new(backend: String, peak: Option<f64>) -> Self {
+        Self {
+            backend,
+            peak,
+            steps_per_s: Vec::new(),
+            recorded_ms: Vec::new(),
+        }
+    }
+
+    /// The medians' figures (the rounds' steps per second in a note when there were several).
+    fn figures(self, shape: &TrainShape, notes: &mut Vec<String>) -> Vec<Figure> {
+        let backend = &self.backend;
+        if self.steps_per_s.len() > 1 {
+            let each: Vec<String> = self.steps_per_s.iter().map(|v| format!("{v:.2}")).collect();
+            let each = each.join(", ");
+            notes.push(format!("{backend} {}: rounds {each} steps/s", shape.name));
+        }
+        let mut figures = train_figures(shape, backend, median(self.steps_per_s), self.peak);
+        if !self.recorded_ms.is_empty() {
+            let name = format!("train_record_ms_{backend}_{}", shape.name);
+            figures.push(fig(name, median(self.recorded_ms), "ms"));
+        }
+        figures
+    }
+}
+
+/// A backend's figure in one round: its name, its peak TFLOP/s, steps per second, and on a GPU
+/// the host's time to record a step (ms).
+struct RoundFigure(String, Option<f64>, f64, Option<f64>);
+
+/// One round of `shape` in `precision`: each burn device's steps per second (and on a GPU the
+/// host's time to record a step), then PyTorch's on the CPU and CUDA (their peak TFLOP/s:
+/// `torch_peaks`); what was skipped in `notes`.
 fn train_round(
     shape: &TrainShape,
     precision: Precision,
@@ -766,7 +826,7 @@ fn train_round(
     torch_peaks: (Option<f64>, Option<f64>),
     bench: &TrainBench,
     notes: &mut Vec<String>,
-) -> Vec<(String, Option<f64>, f64)> {
+) -> Vec<RoundFigure> {
     let mut out = Vec::new();
     for (name, device, peak) in burn_devices {
         let backend = with_precision(name, precision);
@@ -774,8 +834,8 @@ fn train_round(
             note_once(notes, format!("{backend} skipped: {e}"));
             continue;
         }
-        let v = train_steps_per_s(shape, device.clone(), bench.steps, precision);
-        out.push((backend, *peak, v));
+        let (v, recorded_ms) = train_steps_per_s(shape, device.clone(), bench.steps, precision);
+        out.push(RoundFigure(backend, *peak, v, recorded_ms));
     }
     for (dev, peak) in [("cpu", torch_peaks.0), ("cuda", torch_peaks.1)] {
         if !bench.backends.wants(&format!("torch_{dev}")) {
@@ -783,7 +843,7 @@ fn train_round(
         }
         let backend = with_precision(&format!("torch_{dev}"), precision);
         match torch_steps_per_s(dev, shape, bench.steps, precision) {
-            Ok(Some(v)) => out.push((backend, peak, v)),
+            Ok(Some(v)) => out.push(RoundFigure(backend, peak, v, None)),
             Ok(None) => {}
             Err(note) => note_once(notes, note),
         }

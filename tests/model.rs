@@ -2140,3 +2140,36 @@ fn gpu_training_steps_with_the_fused_adam_reach_burns_adams_parameters() {
         compare(&ours, &burns, "AdamW, the third step from a saved state")
     );
 }
+
+/// `bench train` on a GPU (lavapipe here) also reports the host's time to record a step,
+/// within the step's time; the CPU, which runs each operation as it comes, has no such figure.
+#[test]
+fn bench_train_reports_the_hosts_recording_time_of_a_gpu_step() {
+    use mriloop::bench::{train, Backends, TrainBench, TrainShape};
+    let _gpu = gpu_alone();
+    let tiny = TrainShape {
+        name: "tiny",
+        base: 4,
+        depth: 2,
+        patch: 8,
+        batch: 2,
+    };
+    let bench = TrainBench {
+        steps: 3,
+        software_gpu: true,
+        peak_tflops: None,
+        precisions: vec![Precision::F32],
+        rounds: 1,
+        backends: Backends::parse("cpu,wgpu").expect("backends"),
+    };
+    let (figures, notes) = train(&[tiny], &bench);
+    let value = |name: &str| figures.iter().find(|f| f.name == name).map(|f| f.value);
+    let steps_per_s = value("train_steps_per_s_wgpu_software_tiny").expect("wgpu steps");
+    let recorded_ms = value("train_record_ms_wgpu_software_tiny").expect("recording time");
+    assert!(
+        recorded_ms > 0.0 && recorded_ms <= 1e3 / steps_per_s * 1.5,
+        "{recorded_ms} ms to record, {steps_per_s} steps/s; {notes:?}"
+    );
+    assert!(value("train_steps_per_s_cpu_tiny").is_some());
+    assert!(value("train_record_ms_cpu_tiny").is_none());
+}

@@ -3,9 +3,10 @@
 //! the parameter, where burn's optimisers compose it from 13 (Adam) to 15 (AdamW) tensor
 //! operations. burn's fusion groups those into few launches, but the host records every
 //! operation (and the drop of every intermediate): at the small network's 66 trained
-//! parameters ~1 700 operations a step, which took ~16 of the ~55 ms a step took to record on
-//! the 2-core build machine (see the README's GPU figures); a small network's GPU step is
-//! bound by its launches and their recording, not by arithmetic.
+//! parameters ~1 700 operations a step, 11.5 of the ~25 ms the host took to record a step on
+//! the 2-core build machine when its threads were not starved (this kernel: 4.4 ms; the
+//! README's GPU figures); a small network's GPU step is bound by its launches and their
+//! recording, not by arithmetic.
 //!
 //! [`adam`] and [`adam_w`] give burn `ModuleOptimizer`s (the same type the rest of the crate
 //! steps, saves and resumes). A parameter that is not f32 on burn's GPU backend, and every

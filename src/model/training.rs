@@ -382,12 +382,7 @@ pub fn train_step_parallel(
         if let Some(split) = split.flatten() {
             return super::split_step::split_step(model, optim, (one, config, lr), split);
         }
-        let (grads, terms, finite) = part_gradients(&model, one, config, 1.0, scale);
-        *loss_scale = loss_scale.map(|s| s.after(finite));
-        let model = match finite {
-            true => optim.step(lr, model, grads),
-            false => model,
-        };
+        let (model, terms) = train_step_pending(model, (optim, loss_scale), one, config, lr);
         return (model, terms.read());
     }
     let total: usize = parts.iter().map(|b| b.images.dims()[0]).sum();
@@ -429,6 +424,28 @@ pub fn train_step_parallel(
         true => (optim.step_multi(lr, model, grads), terms),
         false => (model, terms),
     }
+}
+
+/// One optimisation step on `batch` in one part (no split across the CPU's cores), its loss
+/// terms left on the device. On a GPU the time until it returns is the host's recording of the
+/// step (forward, backward, optimiser; with an f16 loss scale also the wait for the backward
+/// pass, whose gradients' finiteness is read before the optimiser), which `bench train`
+/// reports beside the steps per second.
+pub(crate) fn train_step_pending(
+    model: MultiTaskUNet,
+    (optim, loss_scale): (&mut ModuleOptimizer, &mut Option<LossScale>),
+    batch: &Batch,
+    config: &TrainingConfig,
+    lr: f64,
+) -> (MultiTaskUNet, PendingTerms) {
+    let scale = loss_scale.map(|s| s.scale);
+    let (grads, terms, finite) = part_gradients(&model, batch, config, 1.0, scale);
+    *loss_scale = loss_scale.map(|s| s.after(finite));
+    let model = match finite {
+        true => optim.step(lr, model, grads),
+        false => model,
+    };
+    (model, terms)
 }
 
 /// Cosine annealing from `lr` to `lr · min_fraction` over `total` steps (step from 1), after a
