@@ -757,16 +757,16 @@ pub fn train(shapes: &[TrainShape], bench: &TrainBench) -> (Vec<Figure>, Vec<Str
             let peaks = (cpu_peak, gpu_peak);
             for _ in 0..bench.rounds.max(1) {
                 let round = train_round(shape, precision, &burn_devices, peaks, bench, &mut notes);
-                for RoundFigure(backend, peak, v, recorded_ms) in round {
-                    let at = match rounds.iter().position(|r| r.backend == backend) {
+                for figure in round {
+                    let at = match rounds.iter().position(|r| r.backend == figure.backend) {
                         Some(at) => at,
                         None => {
-                            rounds.push(BackendRounds::new(backend, peak));
+                            rounds.push(BackendRounds::new(figure.backend, figure.peak));
                             rounds.len() - 1
                         }
                     };
-                    rounds[at].steps_per_s.push(v);
-                    rounds[at].recorded_ms.extend(recorded_ms);
+                    rounds[at].steps_per_s.push(figure.steps_per_s);
+                    rounds[at].recorded_ms.extend(figure.recorded_ms);
                 }
             }
             for backend in rounds {
@@ -812,9 +812,15 @@ impl BackendRounds {
     }
 }
 
-/// A backend's figure in one round: its name, its peak TFLOP/s, steps per second, and on a GPU
-/// the host's time to record a step (ms).
-struct RoundFigure(String, Option<f64>, f64, Option<f64>);
+/// A backend's figures in one round.
+struct RoundFigure {
+    backend: String,
+    /// Its device's peak TFLOP/s.
+    peak: Option<f64>,
+    steps_per_s: f64,
+    /// On a GPU, the host's time to record a step (ms).
+    recorded_ms: Option<f64>,
+}
 
 /// One round of `shape` in `precision`: each burn device's steps per second (and on a GPU the
 /// host's time to record a step), then PyTorch's on the CPU and CUDA (their peak TFLOP/s:
@@ -835,7 +841,12 @@ fn train_round(
             continue;
         }
         let (v, recorded_ms) = train_steps_per_s(shape, device.clone(), bench.steps, precision);
-        out.push(RoundFigure(backend, *peak, v, recorded_ms));
+        out.push(RoundFigure {
+            backend,
+            peak: *peak,
+            steps_per_s: v,
+            recorded_ms,
+        });
     }
     for (dev, peak) in [("cpu", torch_peaks.0), ("cuda", torch_peaks.1)] {
         if !bench.backends.wants(&format!("torch_{dev}")) {
@@ -843,7 +854,12 @@ fn train_round(
         }
         let backend = with_precision(&format!("torch_{dev}"), precision);
         match torch_steps_per_s(dev, shape, bench.steps, precision) {
-            Ok(Some(v)) => out.push(RoundFigure(backend, peak, v, None)),
+            Ok(Some(v)) => out.push(RoundFigure {
+                backend,
+                peak,
+                steps_per_s: v,
+                recorded_ms: None,
+            }),
             Ok(None) => {}
             Err(note) => note_once(notes, note),
         }

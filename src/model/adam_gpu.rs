@@ -60,18 +60,12 @@ pub fn adam_w(weight_decay: f32) -> ModuleOptimizer {
     ModuleOptimizer::from(FusedAdam::adam_w(weight_decay))
 }
 
-/// Which of burn's two a [`FusedAdam`] is.
-enum Decay {
-    /// Adam: the update `m̂ / (√v̂ + ε)` as burn's Adam computes it.
-    Coupled(AdamConfig),
-    /// AdamW with its weight decay: the parameter first scaled by `1 − lr·λ`.
-    Decoupled(AdamWConfig, f32),
-}
-
-/// burn's optimiser to fall back on.
+/// burn's optimiser to fall back on, which also says which update the kernel makes.
 #[derive(Clone)]
 enum Fallback {
+    /// Adam, no weight decay: `m̂ / (√v̂ + ε)` as burn's Adam computes it.
     Adam(Adam),
+    /// AdamW: the parameter also scaled by `1 − lr·λ` (λ: [`FusedAdam::weight_decay`]).
     AdamW(AdamW),
 }
 
@@ -86,31 +80,19 @@ pub struct FusedAdam {
 impl FusedAdam {
     /// As [`adam`], for one tensor at a time (burn's `Optimizer::step`).
     pub fn adam() -> Self {
-        Self::new(Decay::Coupled(AdamConfig::new()))
+        let config = AdamConfig::new().with_beta_1(BETA_1).with_beta_2(BETA_2);
+        Self {
+            fallback: Fallback::Adam(config.with_epsilon(EPSILON).build()),
+            weight_decay: 0.0,
+        }
     }
 
     /// As [`adam_w`], for one tensor at a time.
     pub fn adam_w(weight_decay: f32) -> Self {
-        let config = AdamWConfig::new().with_weight_decay(weight_decay);
-        Self::new(Decay::Decoupled(config, weight_decay))
-    }
-
-    fn new(decay: Decay) -> Self {
-        let (fallback, weight_decay) = match decay {
-            Decay::Coupled(config) => {
-                let config = config.with_beta_1(BETA_1).with_beta_2(BETA_2);
-                (Fallback::Adam(config.with_epsilon(EPSILON).build()), 0.0)
-            }
-            Decay::Decoupled(config, lambda) => {
-                let config = config.with_beta_1(BETA_1).with_beta_2(BETA_2);
-                (
-                    Fallback::AdamW(config.with_epsilon(EPSILON).build()),
-                    lambda,
-                )
-            }
-        };
+        let config = AdamWConfig::new().with_beta_1(BETA_1).with_beta_2(BETA_2);
+        let config = config.with_epsilon(EPSILON).with_weight_decay(weight_decay);
         Self {
-            fallback,
+            fallback: Fallback::AdamW(config.build()),
             weight_decay,
         }
     }
@@ -160,18 +142,18 @@ impl FusedAdam {
 /// The scalars of one parameter's update: `m ← a₁·m + b₁·g`, `v ← a₂·v + b₂·g²`, then
 /// `p ← p·keep − lr · m·scale_m / (√(v·scale_v) + epsilon)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Coefficients {
+pub(crate) struct Coefficients {
     /// `[a₁, b₁, a₂, b₂]`.
-    pub moments: [f32; 4],
+    moments: [f32; 4],
     /// The bias corrections: `m̂ = m·scale_m`, `v̂ = v·scale_v`.
-    pub scale_m: f32,
-    pub scale_v: f32,
+    scale_m: f32,
+    scale_v: f32,
     /// Added to `√v̂`.
-    pub epsilon: f32,
+    epsilon: f32,
     /// The decoupled weight decay's factor `1 − lr·λ` (1 for Adam).
-    pub keep: f32,
+    keep: f32,
     /// The learning rate.
-    pub lr: f32,
+    lr: f32,
 }
 
 impl Optimizer for FusedAdam {
@@ -226,9 +208,10 @@ impl Optimizer for FusedAdam {
     }
 }
 
-/// Backends with the one-pass Adam update (burn's GPU backend).
+/// Backends with the one-pass Adam update (burn's GPU backend). Crate-private: its GPU
+/// implementation trusts [`FusedAdam::step`]'s checks of the four tensors.
 #[backend_extension(Cube, Fusion, Autodiff)]
-pub trait AdamGpuBackend: Backend {
+pub(crate) trait AdamGpuBackend: Backend {
     /// The updated parameter and first and second moments from the parameter, its gradient
     /// and the moments (f32, one shape), as `coefficients` says.
     #[fusion(meta = update_specs)]
@@ -302,8 +285,9 @@ impl AdamGpuBackend for CubeBackend {
         let client = param.client.clone();
         let (count, dim) = super::conv_gpu::launch_grid(&client, elements);
         let [a_1, b_1, a_2, b_2] = c.moments;
-        // SAFETY: the router sends four contiguous f32 tensors of one shape, `elements` values
-        // each, and the outputs are as large; threads past `elements` stop at once.
+        // SAFETY: the only caller, `FusedAdam::step`, sends four f32 tensors of one shape
+        // (made contiguous above), `elements` values each, and the outputs are as large;
+        // threads past `elements` stop at once.
         unsafe {
             adam_update_kernel::launch_unchecked(
                 &client,
