@@ -19,7 +19,8 @@
 #   cargo build --release && mkdir -p .dev && strip -o /tmp/mriloop target/release/mriloop
 #   xz -9e -c /tmp/mriloop > .dev/mriloop.xz     # ~36 MB: the repository and .dev travel together
 #   (cd .dev && apt-get download libvulkan1 libglvnd0 libglx0 libgl1 libegl1 libopengl0 libgles2)
-#   # for `spirv` (a second build, ~35 MB more):
+#   # for `spirv`, a second build, carried in a later call in place of mriloop.xz (both
+#   # together outgrow what a device call carries, 64 MiB):
 #   cargo build --release --features spirv --target-dir target/spirv
 #   strip -o /tmp/mriloop-spirv target/spirv/release/mriloop
 #   xz -9e -c /tmp/mriloop-spirv > .dev/mriloop-spirv.xz
