@@ -580,26 +580,29 @@ fn train_steps_per_s(
         classes: Tensor::<1, Int>::random([batch], Distribution::Uniform(0.0, 2.0), &ad),
         weights: None,
     };
-    // One step; on a GPU (where nothing splits across cores) recorded, then read, and the
-    // recording's time kept.
-    let mut recorded_ms = Vec::new();
-    let mut step = |model, recorded_ms: &mut Vec<f64>| match gpu {
+    // One step, and on a GPU (where nothing splits across cores) the time until it was
+    // recorded, before its loss is read.
+    let mut step = |model| match gpu {
         true => {
             let t = Instant::now();
-            let lr = config.learning_rate;
+            let optimiser = (&mut optim, &mut loss_scale);
             let (model, terms) = crate::model::training::train_step_pending(
                 model,
-                (&mut optim, &mut loss_scale),
+                optimiser,
                 &b,
                 &config,
-                lr,
+                config.learning_rate,
             );
-            recorded_ms.push(t.elapsed().as_secs_f64() * 1e3);
+            let recorded_ms = t.elapsed().as_secs_f64() * 1e3;
             terms.read();
-            model
+            (model, Some(recorded_ms))
         }
-        false => train_step(model, (&mut optim, &mut loss_scale), &b, &config).0,
+        false => (
+            train_step(model, (&mut optim, &mut loss_scale), &b, &config).0,
+            None,
+        ),
     };
+    let mut recorded_ms = Vec::new();
     // As `fit` trains: on a worker of the pool the kernels run on (`model::pool`).
     let steps_per_s = crate::model::pool::on_worker(|| {
         // Warm-up: the optimiser's first steps take other paths than later ones, and a GPU
@@ -607,14 +610,16 @@ fn train_steps_per_s(
         // 4.1 steps/s, a 400-step one 20.9).
         let t = Instant::now();
         for done in 0.. {
-            model = step(model, &mut Vec::new());
+            model = step(model).0;
             if done + 1 >= WARM_UP_STEPS && (!gpu || t.elapsed() >= GPU_WARM_UP) {
                 break;
             }
         }
         let t = Instant::now();
         for _ in 0..steps.max(1) {
-            model = step(model, &mut recorded_ms);
+            let recorded;
+            (model, recorded) = step(model);
+            recorded_ms.extend(recorded);
         }
         steps.max(1) as f64 / t.elapsed().as_secs_f64()
     });

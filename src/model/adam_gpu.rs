@@ -65,16 +65,14 @@ pub fn adam_w(weight_decay: f32) -> ModuleOptimizer {
 enum Fallback {
     /// Adam, no weight decay: `m̂ / (√v̂ + ε)` as burn's Adam computes it.
     Adam(Adam),
-    /// AdamW: the parameter also scaled by `1 − lr·λ` (λ: [`FusedAdam::weight_decay`]).
-    AdamW(AdamW),
+    /// AdamW with its λ: the parameter also scaled by `1 − lr·λ`.
+    AdamW(AdamW, f32),
 }
 
 /// Adam or AdamW whose GPU step is [`AdamGpuBackend::adam_update`].
 #[derive(Clone)]
 pub struct FusedAdam {
     fallback: Fallback,
-    /// AdamW's λ (0 for Adam).
-    weight_decay: f32,
 }
 
 impl FusedAdam {
@@ -83,7 +81,6 @@ impl FusedAdam {
         let config = AdamConfig::new().with_beta_1(BETA_1).with_beta_2(BETA_2);
         Self {
             fallback: Fallback::Adam(config.with_epsilon(EPSILON).build()),
-            weight_decay: 0.0,
         }
     }
 
@@ -92,8 +89,7 @@ impl FusedAdam {
         let config = AdamWConfig::new().with_beta_1(BETA_1).with_beta_2(BETA_2);
         let config = config.with_epsilon(EPSILON).with_weight_decay(weight_decay);
         Self {
-            fallback: Fallback::AdamW(config.build()),
-            weight_decay,
+            fallback: Fallback::AdamW(config.build(), weight_decay),
         }
     }
 
@@ -110,7 +106,7 @@ impl FusedAdam {
                 let (tensor, state) = adam.step(lr, tensor, grad, state);
                 (tensor, state.map(|s| AdamWState::new(s.momentum)))
             }
-            Fallback::AdamW(adam_w) => adam_w.step(lr, tensor, grad, state),
+            Fallback::AdamW(adam_w, _) => adam_w.step(lr, tensor, grad, state),
         }
     }
 
@@ -123,8 +119,8 @@ impl FusedAdam {
                 let root = correction_2.sqrt();
                 (root / correction_1, 1.0, EPSILON * root, 1.0)
             }
-            Fallback::AdamW(_) => {
-                let keep = 1.0 - lr * f64::from(self.weight_decay);
+            Fallback::AdamW(_, weight_decay) => {
+                let keep = 1.0 - lr * f64::from(weight_decay);
                 (1.0 / correction_1, 1.0 / correction_2, EPSILON, keep as f32)
             }
         };
