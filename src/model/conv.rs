@@ -238,11 +238,9 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
         return super::pieces::conv3d_in_pieces(conv, x, budget);
     }
     let on_gpu = on_gpu_features(&x);
-    if super::precision::is_half(&x) && !on_gpu {
-        return super::precision::conv3d_in_dtype_of_input(conv, x);
-    }
     let plain = conv.dilation == [1, 1, 1] && conv.groups == 1;
-    let on_cpu = x.device().inner() == Device::flex();
+    // The CPU's kernels read f32 only.
+    let on_cpu = x.device().inner() == Device::flex() && !super::precision::is_half(&x);
     if !plain || !(on_cpu || on_gpu) {
         return conv_as_burns(conv, x);
     }

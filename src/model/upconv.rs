@@ -79,15 +79,12 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
         && up.padding_out == [0; 3]
         && up.stride == k
         && matches!(k, [2, 2, 2] | [1, 2, 2]);
-    let on_gpu = super::conv_gpu::on_gpu(&x.device());
-    if plain && on_gpu {
+    if plain && super::conv_gpu::on_gpu(&x.device()) {
         return upsample_on_gpu(up, x);
     }
-    if super::precision::is_half(&x) {
-        return super::precision::conv_transpose3d_in_dtype_of_input(up, x);
-    }
-    if !plain || x.device().inner() != Device::flex() {
-        return up.forward(x);
+    let on_cpu = x.device().inner() == Device::flex();
+    if !plain || !on_cpu || super::precision::is_half(&x) {
+        return upconv_as_burns(up, x);
     }
     let weight = up.weight.val().into_dispatch();
     let out = Tensor::<5>::from_dispatch(<Dispatch as UpConvBackend>::upconv(
@@ -100,6 +97,16 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     }
 }
 
+/// `up` applied to `x` by burn's transposed convolution: `ConvTranspose3d::forward`, or for a
+/// half-precision `x` with the weights cast to its type
+/// ([`super::precision::conv_transpose3d_in_dtype_of_input`]).
+fn upconv_as_burns(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
+    match super::precision::is_half(&x) {
+        true => super::precision::conv_transpose3d_in_dtype_of_input(up, x),
+        false => up.forward(x),
+    }
+}
+
 /// A plain upsampling `up` with a bias of `x` (f32, or f16 or bf16 in a mixed-precision step,
 /// the weights f32) on burn's GPU backend through [`super::biased_gpu`] (`upconv_gpu`'s
 /// kernels) where it fits, burn's transposed convolution otherwise.
@@ -107,17 +114,13 @@ fn upsample_on_gpu(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     use super::biased_gpu::{biased_layer, BiasedLayer};
     use super::upconv_gpu::fits;
     let weight = up.weight.val();
-    let burns = |x: Tensor<5>| match super::precision::is_half(&x) {
-        true => super::precision::conv_transpose3d_in_dtype_of_input(up, x),
-        false => up.forward(x),
-    };
     let Some(bias) = up.bias.as_ref().map(|b| b.val()) else {
-        return burns(x);
+        return upconv_as_burns(up, x);
     };
     let f32s = [weight.dtype(), bias.dtype()] == [DType::F32; 2];
     let features = super::conv_gpu_direct::is_feature_type(x.dtype());
     if !f32s || !features || !fits(x.dims(), weight.dims()[1], up.kernel_size[0]) {
-        return burns(x);
+        return upconv_as_burns(up, x);
     }
     biased_layer(BiasedLayer::Upsample, x, weight, bias)
 }
