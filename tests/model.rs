@@ -1931,6 +1931,82 @@ fn a_mixed_precision_step_on_the_gpu_takes_the_f32_steps_kernels() {
     );
 }
 
+/// The f16 gradient scaler's unscaling on the GPU (`model::unscale_gpu`): one kernel a gradient
+/// divides it by the scale, as burn's multiplication does (to f32 rounding: the scale is a power
+/// of two), and its sums find an overflow; the gradients of a loss scaled by 1024 come back as
+/// the unscaled loss's.
+#[test]
+fn unscaling_on_the_gpu_is_one_kernel_a_gradient_and_finds_an_overflow() {
+    let _gpu = gpu_alone();
+    use mriloop::model::precision::unscale_gradients;
+    use mriloop::model::unscale_gpu::{kernel_launches, unscale_and_sum};
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let model = config(1).model.init(&gpu);
+    let b = batch(0, &cpu());
+    let x = b.images.to_device(&gpu);
+    let grads_of = |factor: f32| {
+        let (seg, cls) = model.forward(x.clone());
+        let loss = (seg.sum() + cls.sum()).mul_scalar(factor);
+        burn::optim::GradientsParams::from_grads(loss.backward(), &model)
+    };
+    let values = |grads: &burn::optim::GradientsParams| {
+        let mut visitor = ParamGrads {
+            grads,
+            values: Vec::new(),
+        };
+        burn::module::Module::visit(&model, &mut visitor);
+        visitor.values
+    };
+    let plain = values(&grads_of(1.0));
+    let mut scaled = grads_of(1024.0);
+    let before = kernel_launches();
+    assert!(unscale_gradients(&mut scaled, &model, 1024.0));
+    let gradients = plain.iter().flatten().count();
+    assert!(gradients > 10, "{gradients} gradients");
+    assert_eq!(
+        kernel_launches() - before,
+        gradients,
+        "one launch a gradient"
+    );
+    let unscaled = values(&scaled);
+    assert_eq!(unscaled.len(), plain.len());
+    for (i, (u, p)) in unscaled.iter().zip(&plain).enumerate() {
+        let (Some(u), Some(p)) = (u, p) else {
+            assert_eq!(u.is_some(), p.is_some(), "parameter {i}: one side only");
+            continue;
+        };
+        let largest = p.1.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let gap =
+            u.1.iter()
+                .zip(&p.1)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            gap <= 1e-5 * largest.max(1e-6),
+            "parameter {i}: {gap} of {largest}"
+        );
+    }
+    let mut overflowed = grads_of(f32::INFINITY);
+    assert!(!unscale_gradients(&mut overflowed, &model, 1.0));
+    // One value anywhere (here one no thread reads first) makes the sum non-finite.
+    let inner = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let values: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 - 3.0).collect();
+    let sum_of = |values: &[f32]| {
+        let t = Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), &inner);
+        let (unscaled, sum) = unscale_and_sum(t, 0.5);
+        let unscaled = unscaled.into_data().try_into_vec::<f32>().expect("f32");
+        (unscaled, sum.into_scalar::<f32>())
+    };
+    let (halves, sum) = sum_of(&values);
+    let expected: Vec<f32> = values.iter().map(|v| v * 0.5).collect();
+    assert_eq!(halves, expected);
+    assert_eq!(sum, expected.iter().sum::<f32>());
+    for bad in [f32::INFINITY, f32::NAN] {
+        let mut values = values.clone();
+        values[777] = bad;
+        assert!(!sum_of(&values).1.is_finite(), "{bad} at 777");
+    }
+}
+
 /// The class cross-entropy on the GPU (`model::class_loss_gpu`: one kernel forward, one
 /// backward) equals burn's `CrossEntropyLoss` and its gradient on the same device, for a batch
 /// of one and of five items (more than one item per class, logits far apart), and takes the

@@ -67,6 +67,7 @@ pub mod split;
 mod split_step;
 mod strided_grad;
 pub mod training;
+pub mod unscale_gpu;
 pub mod upconv;
 pub mod upconv_gpu;
 pub mod versions;

@@ -224,56 +224,40 @@ impl LossScale {
     }
 }
 
-/// Divides every gradient a visited parameter has by the scale.
+/// Divides every gradient a visited parameter has by the scale, keeping the sum of each divided
+/// gradient in f32.
 struct Unscale<'a> {
     grads: &'a mut GradientsParams,
     inverse: f32,
+    sums: Vec<Tensor<1>>,
 }
 
 impl ModuleVisitor for Unscale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.remove::<D>(param.id) {
-            self.grads.register(param.id, g.mul_scalar(self.inverse));
-        }
-    }
-}
-
-/// The sum of every gradient a visited parameter has, in f32.
-struct Sums<'a> {
-    grads: &'a GradientsParams,
-    sums: Vec<Tensor<1>>,
-}
-
-impl ModuleVisitor for Sums<'_> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(g) = self.grads.get::<D>(param.id) {
-            // A sum along one axis: one reduction (a whole-tensor sum may take burn's
-            // atomic route, a fill and a reduction).
-            let elements = g.shape().num_elements();
-            let sum = g.reshape([1, elements]).sum_dim(1).reshape([1]);
-            self.sums.push(cast_to(sum, FloatDType::F32));
-        }
+        let Some(g) = self.grads.remove::<D>(param.id) else {
+            return;
+        };
+        let (unscaled, sum) = super::unscale_gpu::unscale_and_sum(g, self.inverse);
+        self.sums.push(cast_to(sum, FloatDType::F32));
+        self.grads.register(param.id, unscaled);
     }
 }
 
 /// Divide `grads` (of `model`'s parameters) by `scale`; whether every gradient is finite (one
 /// read from the device: the sum of all their sums, which an infinity or a NaN anywhere makes
-/// non-finite). The multiplications come first, then one reduction per gradient, then the adds
-/// of the sums, which burn's fusion runs as a few kernels on a GPU (a whole-tensor sum after
-/// each multiplication and the sums concatenated took ~220 launches of an f16 step's 1 232 on
-/// lavapipe; this way ~130 of 403: the multiplications of differently shaped gradients stay
-/// one kernel each).
+/// non-finite). On a GPU each f32 gradient's division and sum are one kernel
+/// (`model::unscale_gpu`), and burn's fusion adds the sums in a few; elsewhere a multiplication
+/// and one reduction a gradient (on lavapipe an f16 step's launches went from 1 232, with a
+/// whole-tensor sum after each multiplication and the sums concatenated, to 403 this way, and
+/// to 359 with the kernel).
 pub fn unscale_gradients(grads: &mut GradientsParams, model: &MultiTaskUNet, scale: f32) -> bool {
-    model.visit(&mut Unscale {
+    let mut unscale = Unscale {
         grads,
         inverse: 1.0 / scale,
-    });
-    let mut sums = Sums {
-        grads,
         sums: Vec::new(),
     };
-    model.visit(&mut sums);
-    let Some(total) = sums.sums.into_iter().reduce(|a, b| a + b) else {
+    model.visit(&mut unscale);
+    let Some(total) = unscale.sums.into_iter().reduce(|a, b| a + b) else {
         return true;
     };
     total.into_scalar::<f32>().is_finite()
