@@ -581,7 +581,7 @@ fn train_steps_per_s(
         weights: None,
     };
     // One step, and on a GPU (where nothing splits across cores) the time until it was
-    // recorded, before its loss is read.
+    // recorded; its loss is read as `fit` reads it, while the next step is queued.
     let mut step = |model| match gpu {
         true => {
             let t = Instant::now();
@@ -594,32 +594,42 @@ fn train_steps_per_s(
                 config.learning_rate,
             );
             let recorded_ms = t.elapsed().as_secs_f64() * 1e3;
-            terms.read();
-            (model, Some(recorded_ms))
+            (model, Some(recorded_ms), Some(terms.start()))
         }
-        false => (
-            train_step(model, (&mut optim, &mut loss_scale), &b, &config).0,
-            None,
-        ),
+        false => {
+            let optimiser = (&mut optim, &mut loss_scale);
+            (train_step(model, optimiser, &b, &config).0, None, None)
+        }
     };
     let mut recorded_ms = Vec::new();
     // As `fit` trains: on a worker of the pool the kernels run on (`model::pool`).
     let steps_per_s = crate::model::pool::on_worker(|| {
+        let mut reading = None;
         // Warm-up: the optimiser's first steps take other paths than later ones, and a GPU
         // compiles and tunes kernels over its first seconds (a 5-step figure on an H200 was
         // 4.1 steps/s, a 400-step one 20.9).
         let t = Instant::now();
         for done in 0.. {
-            model = step(model).0;
+            let terms;
+            (model, _, terms) = step(model);
+            if let Some(previous) = std::mem::replace(&mut reading, terms) {
+                previous.finish();
+            }
             if done + 1 >= WARM_UP_STEPS && (!gpu || t.elapsed() >= GPU_WARM_UP) {
                 break;
             }
         }
         let t = Instant::now();
         for _ in 0..steps.max(1) {
-            let recorded;
-            (model, recorded) = step(model);
+            let (recorded, terms);
+            (model, recorded, terms) = step(model);
+            if let Some(previous) = std::mem::replace(&mut reading, terms) {
+                previous.finish();
+            }
             recorded_ms.extend(recorded);
+        }
+        if let Some(last) = reading {
+            last.finish();
         }
         steps.max(1) as f64 / t.elapsed().as_secs_f64()
     });

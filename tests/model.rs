@@ -1746,27 +1746,41 @@ fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
     let before = failures();
     let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
     let budget = mriloop::model::pieces::gpu_voxel_budget(&gpu).expect("a GPU's budget");
-    let dims = [2, 1, 128, 128, 128];
-    assert!(
-        2 * 128usize.pow(3) > budget,
-        "budget {budget}: the test would not cut"
-    );
-    let conv = Conv3dConfig::new([1, 4], [3, 3, 3])
-        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-        .init(&cpu().autodiff());
-    let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
-    let run = |device: &Device| {
-        let conv = conv.clone().to_device(device);
-        let x = x.clone().to_device(device).require_grad();
-        let y = conv3d_forward(&conv, x.clone());
-        let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
-        let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
-        (values(y.inner()), values(x.grad(&grads).expect("x grad")))
-    };
-    let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
-    assert_eq!(failures(), before, "a device thread failed");
-    assert_close(&on_gpu.0, &on_cpu.0, 1e-4, "output");
-    assert_close(&on_gpu.1, &on_cpu.1, 1e-4, "input gradient");
+    // One item over the budget (cut in depth slabs, at strides 1 and 2), and two items that
+    // fit one at a time (cut in item groups).
+    for (dims, stride) in [
+        ([2, 1, 128, 128, 128], 1),
+        ([1, 1, 128, 128, 128], 2),
+        ([2, 4, 64, 64, 64], 1),
+    ] {
+        let [n, c, d, h, w] = dims;
+        assert!(
+            n * d * h * w > budget,
+            "budget {budget}: {dims:?} would not be cut"
+        );
+        let conv = Conv3dConfig::new([c, 4], [3, 3, 3])
+            .with_stride([stride; 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init(&cpu().autodiff());
+        let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
+        let run = |device: &Device| {
+            let conv = burn::module::Module::fork(conv.clone(), device);
+            let x = x.clone().to_device(device).require_grad();
+            let y = conv3d_forward(&conv, x.clone());
+            let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
+            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+            let x_grad = values(x.grad(&grads).expect("x grad"));
+            let params = burn::optim::GradientsParams::from_grads(grads, &conv);
+            let w_grad = values(params.get::<5>(conv.weight.id).expect("weight grad"));
+            (values(y.inner()), x_grad, w_grad)
+        };
+        let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
+        assert_eq!(failures(), before, "a device thread failed");
+        let what = |part: &str| format!("{dims:?} stride {stride}: {part}");
+        assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &what("output"));
+        assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &what("input gradient"));
+        assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &what("weight gradient"));
+    }
 }
 
 /// Every float parameter's sizes and gradient (flattened; `None` if it has none), in visiting
@@ -1851,6 +1865,75 @@ fn a_training_step_on_the_gpu_gives_the_cpus_loss_and_gradients() {
             }
         }
     }
+}
+
+/// A 16³ case: noise about 1, a bright 5³ cube (label 1) at `at`.
+fn cube_sample(id: &str, at: usize) -> mriloop::model::Sample {
+    use mriloop::volume::{Affine, Volume};
+    let s = 16;
+    let (mut image, mut mask) = (vec![0f32; s * s * s], vec![0u8; s * s * s]);
+    for (i, (v, m)) in image.iter_mut().zip(&mut mask).enumerate() {
+        let [x, y, z] = [i % s, (i / s) % s, i / (s * s)];
+        let inside = [x, y, z].iter().all(|c| (at..at + 5).contains(c));
+        *v = 1.0 + 0.2 * ((i * 7919) % 13) as f32 / 13.0 + if inside { 2.0 } else { 0.0 };
+        *m = u8::from(inside);
+    }
+    let affine = Affine::from_spacing([1.0; 3]);
+    let image = Volume::new([s, s, s, 1], affine, image).unwrap();
+    let mask = Volume::new([s, s, s, 1], affine, mask).unwrap();
+    mriloop::model::Sample::new(id, &[image], &mask, 0).unwrap()
+}
+
+/// `fit` on the GPU reads each step's loss while the next step is queued (the host records a
+/// step while the device runs the one before); it still reports every step once, in order,
+/// with that step's own loss: the CPU's fit from the same weights on the same patches reports
+/// the same losses, step by step (to the GPU's rounding, far below a step's change).
+#[test]
+fn fit_on_the_gpu_reports_each_steps_own_loss_read_behind_the_next_step() {
+    let _gpu = gpu_alone();
+    use mriloop::model::fit::{fit, FitConfig, FitControl, FitEvent};
+    use mriloop::model::TrainEvent;
+    let start = tempfile::tempdir().unwrap();
+    let training = config(1).with_learning_rate(3e-2);
+    let weights = training.model.init(&cpu());
+    mriloop::model::save_checkpoint(start.path(), &training, &weights).unwrap();
+    let fit_config = FitConfig::new(training)
+        .with_epochs(1)
+        .with_steps_per_epoch(5)
+        .with_patch([8, 8, 8])
+        .with_resume_from(Some(start.path().display().to_string()));
+    let losses = |device: Device| {
+        let out = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let train = vec![cube_sample("a", 3), cube_sample("b", 8)];
+        let val = vec![cube_sample("v", 5)];
+        let control = FitControl::default();
+        fit(&fit_config, train, &val, &device, out.path(), &tx, &control).unwrap();
+        drop(tx);
+        let steps: Vec<(usize, f64)> = rx
+            .iter()
+            .filter_map(|e| match e {
+                FitEvent::Train(TrainEvent::Step { step, loss }) => Some((step, loss.total)),
+                _ => None,
+            })
+            .collect();
+        steps
+    };
+    let on_cpu = losses(cpu());
+    let on_gpu = losses(Device::wgpu(burn::prelude::DeviceKind::DefaultDevice));
+    let numbers: Vec<usize> = on_gpu.iter().map(|(step, _)| *step).collect();
+    assert_eq!(numbers, [1, 2, 3, 4, 5], "every step once, in order");
+    for (k, ((_, gpu), (_, cpu))) in on_gpu.iter().zip(&on_cpu).enumerate() {
+        assert!(
+            (gpu - cpu).abs() <= 2e-3 * cpu.abs(),
+            "step {}: {gpu} vs {cpu}",
+            k + 1
+        );
+    }
+    // A loss read a step late would be its neighbour's, which differs by far more (the class
+    // step, the third, trains another loss).
+    let apart = |pair: &[(usize, f64)]| (pair[0].1 - pair[1].1).abs() > 2e-2 * pair[0].1.abs();
+    assert!(on_cpu.windows(2).any(apart), "{on_cpu:?}");
 }
 
 /// A mixed-precision (f16) training step on the GPU runs every convolution, upsampling and norm

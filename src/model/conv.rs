@@ -237,6 +237,12 @@ pub fn conv3d_forward(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::conv3d_cut_budget(conv, &x) {
         return super::pieces::conv3d_in_pieces(conv, x, budget);
     }
+    conv3d_whole(conv, x)
+}
+
+/// [`conv3d_forward`] in one piece, whatever its size (what each of `model::pieces`' pieces
+/// runs).
+pub(super) fn conv3d_whole(conv: &Conv3d, x: Tensor<5>) -> Tensor<5> {
     let on_gpu = on_gpu_features(&x);
     let plain = conv.dilation == [1, 1, 1] && conv.groups == 1;
     // The CPU's kernels read f32 only.

@@ -14,7 +14,7 @@ use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
 use super::inference::predict_volume;
 use super::model::MultiTaskUNet;
 use super::training::{
-    cosine_lr, save_checkpoint, train_step_parallel, Batch, TaskMode, TrainingConfig,
+    cosine_lr, save_checkpoint, train_step_reading, Batch, TaskMode, TermsReading, TrainingConfig,
 };
 use crate::volume::Affine;
 use burn::optim::ModuleOptimizer;
@@ -1015,7 +1015,10 @@ struct FitRun<'a> {
 impl FitRun<'_> {
     /// Train one epoch of `steps_per_epoch` steps, counting `step` across epochs. Returns the
     /// model and the epoch's mean training loss, or `None` for the loss when the fit must stop:
-    /// cancelled (the last checkpoint then written) or the loader ended.
+    /// cancelled (the last checkpoint then written) or the loader ended. Each step's loss is
+    /// read while the next step is queued (on a GPU the host records a step while the device
+    /// runs the one before, instead of waiting for it), so its event follows one step later;
+    /// every step's event is sent before this returns.
     fn train_epoch(
         &self,
         mut model: MultiTaskUNet,
@@ -1026,56 +1029,71 @@ impl FitRun<'_> {
         step: &mut usize,
     ) -> Result<(MultiTaskUNet, Option<f64>), super::training::CheckpointError> {
         let (config, t) = (self.config, &self.config.training);
-        let mut loss_sum = 0.0;
-        let mut steps = 0;
+        let (mut loss_sum, mut steps) = (0.0, 0);
+        let mut reading: Option<(usize, TermsReading)> = None;
         // Under a deadline the epoch ends by time, not by count.
         let paced = self.control.has_deadline();
-        while paced || steps < config.steps_per_epoch {
+        let stop = loop {
+            if !paced && steps >= config.steps_per_epoch {
+                break false;
+            }
             self.control.wait_while_paused();
             if self.control.is_cancelled() {
+                self.report_step(reading.take());
                 save_checkpoint(&self.last_dir, t, &model)?;
                 return Ok((model, None));
             }
             match self.control.step_verdict(steps) {
                 StepVerdict::Go => {}
-                StepVerdict::EndEpoch => break,
+                StepVerdict::EndEpoch => break false,
                 // Out of time: the steps so far end with this epoch's validation; with none
                 // this epoch, the previous epoch's checkpoints stand.
-                StepVerdict::TimeUp if steps == 0 => return Ok((model, None)),
-                StepVerdict::TimeUp => break,
+                StepVerdict::TimeUp => break steps == 0,
             }
             let Ok(hb) = self.batches.recv() else {
-                return Ok((model, None));
+                break true;
             };
             let class_step = hb.class_step;
             let hb = self.with_corrections(hb, &model, *step);
             let parts = hb.into_parts(self.replicas, config.changed_weight as f32);
             let mode = step_mode(t.mode, class_step, config.class_every > 0);
             let step_config = TrainingConfig { mode, ..t.clone() };
-            let lr = if config.cosine_schedule {
-                // Paced by a deadline, the schedule follows the time used.
-                let at = match self.control.time_progress() {
-                    Some(p) => ((p * self.total as f64).round() as usize).max(1),
-                    None => *step + 1,
-                };
-                cosine_lr(t.learning_rate, at, self.total, self.total / 50, 0.02)
-            } else {
-                t.learning_rate
-            };
+            let lr = self.learning_rate(*step);
             let optimiser = (&mut *optim, &mut *loss_scale);
-            let (m, loss) = train_step_parallel(model, optimiser, &parts, &step_config, lr);
+            let (m, terms) = train_step_reading(model, optimiser, &parts, &step_config, lr);
             model = m;
             *step += 1;
             steps += 1;
-            loss_sum += loss.total;
-            let _ = self
-                .events
-                .send(FitEvent::Train(super::training::TrainEvent::Step {
-                    step: *step,
-                    loss,
-                }));
+            loss_sum += self.report_step(reading.replace((*step, terms)));
+        };
+        loss_sum += self.report_step(reading);
+        Ok((model, (!stop).then(|| loss_sum / steps.max(1) as f64)))
+    }
+
+    /// The learning rate of the step after `step`: cosine-annealed when configured (paced by
+    /// a deadline, along the time used), else the configured one.
+    fn learning_rate(&self, step: usize) -> f64 {
+        let t = &self.config.training;
+        if !self.config.cosine_schedule {
+            return t.learning_rate;
         }
-        Ok((model, Some(loss_sum / steps.max(1) as f64)))
+        let at = match self.control.time_progress() {
+            Some(p) => ((p * self.total as f64).round() as usize).max(1),
+            None => step + 1,
+        };
+        cosine_lr(t.learning_rate, at, self.total, self.total / 50, 0.02)
+    }
+
+    /// Waits for a step's loss terms, sends its event; its total loss (0 without a step).
+    fn report_step(&self, reading: Option<(usize, TermsReading)>) -> f64 {
+        let Some((step, terms)) = reading else {
+            return 0.0;
+        };
+        let loss = terms.finish();
+        let total = loss.total;
+        let event = super::training::TrainEvent::Step { step, loss };
+        let _ = self.events.send(FitEvent::Train(event));
+        total
     }
 
     /// A promptable run's host batch after the simulated user's corrective clicks (the

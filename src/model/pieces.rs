@@ -23,8 +23,6 @@ use burn::backend::DispatchDevice;
 use burn::nn::conv::{Conv3d, ConvTranspose3d};
 use burn::nn::PaddingConfig3d;
 use burn::prelude::*;
-use burn::tensor::module::{conv3d, conv_transpose3d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 
 use super::precision::float_dtype_of;
 
@@ -239,16 +237,8 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
     let (Some(padding), Some(out_dims)) = (padding, out_dims) else {
         return conv.forward(x);
     };
-    let dtype = float_dtype_of(&x);
-    let weight = conv.weight.val().cast(dtype);
-    let bias = conv.bias.as_ref().map(|b| b.val().cast(dtype));
-    let options = |depth_padding| {
-        let padding = [depth_padding, padding[1], padding[2]];
-        ConvOptions::new(conv.stride, padding, conv.dilation, conv.groups)
-    };
-    let apply = |x: Tensor<5>, depth_padding| {
-        conv3d(x, weight.clone(), bias.clone(), options(depth_padding))
-    };
+    let whole = |x: Tensor<5>| super::conv::conv3d_whole(conv, x);
+    let piece = |rows: Tensor<5>| slab_conv(conv, padding[0], rows);
     let cut = Cut {
         map: DepthMap {
             kernel: conv.kernel_size[0],
@@ -259,10 +249,34 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
         in_plane: x_dims[3] * x_dims[4],
         out_plane_per_unit: out_dims[3] * out_dims[4],
         item_voxels: item_voxels(x_dims, out_dims),
-        whole: &|x| apply(x, padding[0]),
-        piece: &|x| apply(x, 0),
+        whole: &whole,
+        piece: &piece,
     };
     in_pieces(x, &cut, budget)
+}
+
+/// `conv` over one slab's input `rows`, whose depth padding (the halo and the volume's zero
+/// rows) is already there: the rows the convolution without depth padding gives, through the
+/// crate's own route (`conv3d_whole`, which pads `depth_padding` rows p at each end itself).
+/// With e = s·⌈p/s⌉ − p zero rows put in front (s the depth stride), its output row
+/// j = k + ⌈p/s⌉ reads the given rows from s·j − p = s·k + e, the unpadded one's row k;
+/// the rows before read padding and are left out. (burn's own GPU convolution is not used:
+/// on lavapipe its weight gradient of a 2 × 32³ input was off by a third of its largest value,
+/// `tests/model.rs`.)
+fn slab_conv(conv: &Conv3d, depth_padding: usize, rows: Tensor<5>) -> Tensor<5> {
+    let (kernel, stride) = (conv.kernel_size[0], conv.stride[0].max(1));
+    let [items, channels, given, height, width] = rows.dims();
+    let wanted = given.saturating_sub(kernel) / stride + 1;
+    let skip = depth_padding.div_ceil(stride);
+    let front = stride * skip - depth_padding;
+    let rows = match front {
+        0 => rows,
+        _ => {
+            let zeros = Tensor::<5>::zeros([items, channels, front, height, width], &rows.device());
+            Tensor::cat(vec![zeros.cast(float_dtype_of(&rows)), rows], 2)
+        }
+    };
+    super::conv::conv3d_whole(conv, rows).narrow(2, skip, wanted)
 }
 
 /// Whether `up` is an upsampling these pieces handle: kernel = stride, no padding, dilation 1.
@@ -304,11 +318,7 @@ pub fn upconv_in_pieces(up: &ConvTranspose3d, x: Tensor<5>, budget: usize) -> Te
     }
     let x_dims = x.dims();
     let out_dims = upsampled_dims(up, x_dims);
-    let dtype = float_dtype_of(&x);
-    let weight = up.weight.val().cast(dtype);
-    let bias = up.bias.as_ref().map(|b| b.val().cast(dtype));
-    let options = ConvTransposeOptions::new(up.stride, [0; 3], [0; 3], [1; 3], up.groups);
-    let apply = |x: Tensor<5>| conv_transpose3d(x, weight.clone(), bias.clone(), options.clone());
+    let apply = |x: Tensor<5>| super::upconv::upconv_whole(up, x);
     let out_plane = out_dims[3] * out_dims[4];
     let cut = Cut {
         map: DepthMap {

@@ -231,19 +231,78 @@ pub(crate) struct PendingTerms {
 impl PendingTerms {
     /// The host values (waits for the device; NaN where one cannot be read).
     pub(crate) fn read(self) -> LossTerms {
+        self.start().finish()
+    }
+
+    /// Starts the read: the device copies the four values out once the work queued before
+    /// them is done, while the host goes on (queues the next step); [`TermsReading::finish`]
+    /// waits for them. On a GPU this is what lets the host record a step while the device
+    /// runs the one before; on the CPU the values are there at once.
+    pub(crate) fn start(self) -> TermsReading {
         let transaction =
             (self.values.into_iter()).fold(Transaction::default(), |t, value| t.register(value));
-        let read = transaction.try_execute().unwrap_or_default();
-        let at = |i: usize| {
-            let first = read.get(i).and_then(|d| d.iter::<f32>().next());
-            first.map_or(f64::NAN, f64::from)
-        };
-        LossTerms {
-            mode: self.mode,
-            total: at(0),
-            dice: at(1),
-            seg_ce: at(2),
-            class_ce: at(3),
+        let mut read = Box::pin(transaction.execute_async());
+        // One poll queues the copy (burn's fusion runs what it holds, cubecl submits it and
+        // the copy, and a thread of its own polls the device); only the wait is left.
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        match std::future::Future::poll(read.as_mut(), &mut context) {
+            std::task::Poll::Ready(values) => TermsReading::Done(terms_of(self.mode, values)),
+            std::task::Poll::Pending => TermsReading::Reading {
+                mode: self.mode,
+                read,
+            },
+        }
+    }
+}
+
+/// The values a transaction of `[total, dice, seg_ce, class_ce]` read, as terms of `mode` (NaN
+/// where one could not be read).
+fn terms_of(
+    mode: TaskMode,
+    read: Result<Vec<burn::tensor::TensorData>, burn::tensor::ExecutionError>,
+) -> LossTerms {
+    let read = read.unwrap_or_default();
+    let at = |i: usize| {
+        let first = read.get(i).and_then(|d| d.iter::<f32>().next());
+        first.map_or(f64::NAN, f64::from)
+    };
+    LossTerms {
+        mode,
+        total: at(0),
+        dice: at(1),
+        seg_ce: at(2),
+        class_ce: at(3),
+    }
+}
+
+/// The values a transaction reads, once the device has them.
+type TransactionRead = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+            Output = Result<Vec<burn::tensor::TensorData>, burn::tensor::ExecutionError>,
+        >,
+    >,
+>;
+
+/// A step's loss terms on their way to the host: read already, or a read under way.
+pub(crate) enum TermsReading {
+    /// On the host.
+    Done(LossTerms),
+    /// Copied out by the device when it gets there.
+    Reading {
+        /// The terms' task mode.
+        mode: TaskMode,
+        /// The read.
+        read: TransactionRead,
+    },
+}
+
+impl TermsReading {
+    /// The host values (waits for the device if it has not copied them yet).
+    pub(crate) fn finish(self) -> LossTerms {
+        match self {
+            TermsReading::Done(terms) => terms,
+            TermsReading::Reading { mode, read } => terms_of(mode, pollster::block_on(read)),
         }
     }
 }
@@ -369,21 +428,37 @@ fn part_gradients(
 /// (the model and optimiser returned as they were) and the scale updated.
 pub fn train_step_parallel(
     model: MultiTaskUNet,
-    (optim, loss_scale): (&mut ModuleOptimizer, &mut Option<LossScale>),
+    optimiser: (&mut ModuleOptimizer, &mut Option<LossScale>),
     parts: &[Batch],
     config: &TrainingConfig,
     lr: f64,
 ) -> (MultiTaskUNet, LossTerms) {
+    let (model, terms) = train_step_reading(model, optimiser, parts, config, lr);
+    (model, terms.finish())
+}
+
+/// [`train_step_parallel`] with the loss terms of a one-part step on a GPU still being read
+/// when it returns (see [`PendingTerms::start`]): the caller queues the next step before it
+/// waits for them.
+pub(crate) fn train_step_reading(
+    model: MultiTaskUNet,
+    (optim, loss_scale): (&mut ModuleOptimizer, &mut Option<LossScale>),
+    parts: &[Batch],
+    config: &TrainingConfig,
+    lr: f64,
+) -> (MultiTaskUNet, TermsReading) {
     let scale = loss_scale.map(|s| s.scale);
     if let [one] = parts {
         let split = scale
             .is_none()
             .then(|| super::split_step::split_of(one, config));
         if let Some(split) = split.flatten() {
-            return super::split_step::split_step(model, optim, (one, config, lr), split);
+            let (model, terms) =
+                super::split_step::split_step(model, optim, (one, config, lr), split);
+            return (model, TermsReading::Done(terms));
         }
         let (model, terms) = train_step_pending(model, (optim, loss_scale), one, config, lr);
-        return (model, terms.read());
+        return (model, terms.start());
     }
     let total: usize = parts.iter().map(|b| b.images.dims()[0]).sum();
     let outputs: Vec<_> = std::thread::scope(|scope| {
@@ -420,10 +495,11 @@ pub fn train_step_parallel(
         finite &= part_finite;
     }
     *loss_scale = loss_scale.map(|s| s.after(finite));
-    match finite {
-        true => (optim.step_multi(lr, model, grads), terms),
-        false => (model, terms),
-    }
+    let model = match finite {
+        true => optim.step_multi(lr, model, grads),
+        false => model,
+    };
+    (model, TermsReading::Done(terms))
 }
 
 /// One optimisation step on `batch` in one part (no split across the CPU's cores), its loss

@@ -72,6 +72,12 @@ pub fn upconv_forward(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     if let Some(budget) = super::pieces::upconv_cut_budget(up, &x) {
         return super::pieces::upconv_in_pieces(up, x, budget);
     }
+    upconv_whole(up, x)
+}
+
+/// [`upconv_forward`] in one piece, whatever its size (what each of `model::pieces`' pieces
+/// runs).
+pub(super) fn upconv_whole(up: &ConvTranspose3d, x: Tensor<5>) -> Tensor<5> {
     let k = up.kernel_size;
     let plain = up.dilation == [1, 1, 1]
         && up.groups == 1
