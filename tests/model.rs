@@ -1507,17 +1507,18 @@ fn compare_instance_norms(ad: &Device, size: [usize; 3]) {
     )));
     let spread = Tensor::<1>::from_floats([0.01, 1.0, 40.0], ad).reshape([1, channels, 1, 1, 1]);
     let offset = Tensor::<1>::from_floats([5.0, -1.0, 100.0], ad).reshape([1, channels, 1, 1, 1]);
-    let noise = Tensor::<5>::random(
-        [2, channels, size[0], size[1], size[2]],
-        Distribution::Normal(0.0, 1.0),
-        ad,
-    );
-    let x = noise * spread + offset;
-    let target = Tensor::<5>::random(
-        [2, channels, size[0], size[1], size[2]],
-        Distribution::Normal(0.0, 1.0),
-        ad,
-    );
+    // Fixed values (a random draw would depend on what the binary's other tests drew before:
+    // one draw in a full run put burn's own norm past its tolerance below).
+    let dims = [2, channels, size[0], size[1], size[2]];
+    let fixed = |salt: f32| {
+        let count: usize = dims.iter().product();
+        let values: Vec<f32> = (0..count)
+            .map(|i| ((i as f32 * 12.9898 + salt).sin() * 43_758.547).fract() * 3.4 - 1.7)
+            .collect();
+        Tensor::<5>::from_data(TensorData::new(values, dims), ad)
+    };
+    let x = fixed(0.0) * spread + offset;
+    let target = fixed(78.233);
     let run = |fast: bool| {
         let x = x.clone().require_grad();
         let y = match fast {
