@@ -612,9 +612,7 @@ fn train_steps_per_s(
         for done in 0.. {
             let terms;
             (model, _, terms) = step(model);
-            if let Some(previous) = std::mem::replace(&mut reading, terms) {
-                previous.finish();
-            }
+            finish_replaced(&mut reading, terms);
             if done + 1 >= WARM_UP_STEPS && (!gpu || t.elapsed() >= GPU_WARM_UP) {
                 break;
             }
@@ -623,18 +621,25 @@ fn train_steps_per_s(
         for _ in 0..steps.max(1) {
             let (recorded, terms);
             (model, recorded, terms) = step(model);
-            if let Some(previous) = std::mem::replace(&mut reading, terms) {
-                previous.finish();
-            }
+            finish_replaced(&mut reading, terms);
             recorded_ms.extend(recorded);
         }
-        if let Some(last) = reading {
-            last.finish();
-        }
+        finish_replaced(&mut reading, None);
         steps.max(1) as f64 / t.elapsed().as_secs_f64()
     });
     let recorded = (!recorded_ms.is_empty()).then(|| median(recorded_ms));
     (steps_per_s, recorded)
+}
+
+/// Waits for the loss read in `slot` (the step before's, as `fit` waits for it once the next
+/// step is queued) and puts `next` there.
+fn finish_replaced(
+    slot: &mut Option<crate::model::training::TermsReading>,
+    next: Option<crate::model::training::TermsReading>,
+) {
+    if let Some(previous) = std::mem::replace(slot, next) {
+        previous.finish();
+    }
 }
 
 /// The figures of `steps_per_s` on `backend` for `shape`: steps per second, the TFLOP/s they
