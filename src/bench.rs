@@ -617,6 +617,7 @@ fn train_steps_per_s(
                 break;
             }
         }
+        finish_replaced(&mut reading, None);
         let t = Instant::now();
         for _ in 0..steps.max(1) {
             let (recorded, terms);

@@ -4,10 +4,13 @@ transposed-conv up, skip concatenation, classification head on the bottleneck), 
 (soft Dice over foreground labels + voxel cross-entropy + 0.5 x class cross-entropy) and Adam,
 timed for the same number of steps on random data. With --precision f16 or bf16: automatic mixed
 precision (torch.autocast around forward and loss; in f16 the GradScaler), as mriloop's
-mixed-precision steps (f32 weights and optimiser).
+mixed-precision steps (f32 weights and optimiser). Each step's loss is read as mriloop's `fit`
+reads it, once the next step is queued (on CUDA a non-blocking copy to pinned memory and an
+event, waited for one step later), so that on a GPU the host queues a step while the device
+runs the one before; --read-now reads it at once (`loss.item()` each step, as nnU-Net's loop).
 
 Usage: python3 train_torch.py --device cpu|cuda --patch 32 --batch 2 --base 8 --depth 3 --steps 5
-       --threads 2 [--precision f32|f16|bf16]
+       --threads 2 [--precision f32|f16|bf16] [--read-now]
 Prints one line: `torch_train_steps_per_s = V`.
 """
 import argparse
@@ -80,6 +83,7 @@ def main():
     ap.add_argument("--base", type=int, default=8)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--precision", choices=["f32", "f16", "bf16"], default="f32")
+    ap.add_argument("--read-now", action="store_true")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -112,19 +116,40 @@ def main():
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        return loss.item()
+        return read_later(loss)
+
+    def read_later(loss):
+        """A function that returns the step's loss, its copy to the host queued now."""
+        if dev.type != "cuda" or a.read_now:
+            value = loss.item()
+            return lambda: value
+        host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+        host.copy_(loss.detach(), non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+        return lambda: (copied.synchronize(), host.item())[1]
+
+    def steps(count, pending):
+        """`count` steps, each waiting for the loss of the step before; the last one's read."""
+        for _ in range(count):
+            queued = step()
+            if pending is not None:
+                pending()
+            pending = queued
+        return pending
 
     # Warm-up as mriloop's bench: 3 steps (Adam's first differs), on a GPU at least 3 s.
     t = time.perf_counter()
     done = 0
+    pending = None
     while done < 3 or (dev.type == "cuda" and time.perf_counter() - t < 3.0):
-        step()
+        pending = steps(1, pending)
         done += 1
+    pending()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     t = time.perf_counter()
-    for _ in range(a.steps):
-        step()
+    steps(a.steps, None)()
     if dev.type == "cuda":
         torch.cuda.synchronize()
     print(f"torch_train_steps_per_s = {a.steps / (time.perf_counter() - t):.4f}")
