@@ -430,6 +430,60 @@ fn a_volume_predicted_in_f16_on_the_gpu_gives_the_f32_prediction() {
     );
 }
 
+/// A case predicted with a model trained in f16 predicts in f16 on a GPU (`predict_case` follows
+/// the config's precision, as `mriloop predict` does unless `--precision` says otherwise): its
+/// foreground within half precision's rounding of the f32 prediction but not bit for bit; on
+/// the CPU the same model predicts what an f32 one does.
+#[test]
+fn a_case_predicts_in_the_precision_its_model_was_trained_in_on_a_gpu() {
+    let _gpu = gpu_alone();
+    use burn::module::Module;
+    use mriloop::model::{predict_case, Precision};
+    use mriloop::phantom::{generate_project, PhantomConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let phantom = PhantomConfig {
+        cases: 1,
+        grid: 20,
+        ..PhantomConfig::default()
+    };
+    let project = generate_project(dir.path(), &phantom, |_, _| {}).unwrap();
+    let sequences: Vec<String> = (project.manifest.sequences.iter())
+        .map(|q| q.as_str().to_string())
+        .collect();
+    let labels = project.manifest.labels.labels().len() + 1;
+    let net = MultiTaskUNetConfig::new(sequences.len(), labels, 2)
+        .with_base_channels(4)
+        .with_depth(2);
+    let f32_config = TrainingConfig::new(net)
+        .with_window([8, 8, 8])
+        .with_sequences(sequences);
+    let f16_config = f32_config.clone().with_precision(Precision::F16);
+    let model = f32_config.model.init(&cpu());
+    let case = &project.manifest.cases[0];
+    let predict = |config: &TrainingConfig, device: &Device| {
+        let model = model.clone().to_device(device);
+        let p = predict_case(&project, case, &model, config, device).expect("prediction");
+        (p.mask.data().to_vec(), p.foreground.data().to_vec())
+    };
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
+    let (half, full) = (predict(&f16_config, &gpu), predict(&f32_config, &gpu));
+    let gap = (half.1.iter().zip(&full.1))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(gap > 0.0, "the f16 model predicted in half precision");
+    assert!(gap < 1e-2, "foreground probabilities {gap} apart");
+    let labels_apart = half.0.iter().zip(&full.0).filter(|(a, b)| a != b).count();
+    assert!(
+        labels_apart * 100 <= half.0.len(),
+        "{labels_apart} labels differ"
+    );
+    assert_eq!(
+        predict(&f16_config, &cpu()),
+        predict(&f32_config, &cpu()),
+        "the CPU predicts in f32"
+    );
+}
+
 #[test]
 fn windows_predicted_at_once_give_what_one_at_a_time_gives() {
     use mriloop::model::{predict_volume, ClassView};
@@ -1778,6 +1832,45 @@ fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
         let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
         assert_eq!(failures(), before, "a device thread failed");
         let what = |part: &str| format!("{dims:?} stride {stride}: {part}");
+        assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &what("output"));
+        assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &what("input gradient"));
+        assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &what("weight gradient"));
+    }
+}
+
+/// An upsampling too large for one GPU dispatch runs in pieces (an item alone in depth slabs,
+/// and items one at a time) through mriloop's own kernels: its output and its input and weight
+/// gradients are the CPU's.
+#[test]
+fn an_upsampling_too_large_for_one_gpu_dispatch_runs_in_pieces() {
+    let _gpu = gpu_alone();
+    use burn::nn::conv::ConvTranspose3dConfig;
+    use mriloop::model::upconv::upconv_forward;
+    let gpu = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice).autodiff();
+    let budget = mriloop::model::pieces::gpu_voxel_budget(&gpu).expect("a GPU's budget");
+    for dims in [[1, 4, 48, 48, 48], [2, 4, 40, 40, 40]] {
+        let [n, c, d, h, w] = dims;
+        assert!(
+            8 * n * d * h * w > budget,
+            "budget {budget}: {dims:?} would not be cut"
+        );
+        let up = ConvTranspose3dConfig::new([c, 4], [2, 2, 2])
+            .with_stride([2, 2, 2])
+            .init(&cpu().autodiff());
+        let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
+        let run = |device: &Device| {
+            let up = burn::module::Module::fork(up.clone(), device);
+            let x = x.clone().to_device(device).require_grad();
+            let y = upconv_forward(&up, x.clone());
+            let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
+            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+            let x_grad = values(x.grad(&grads).expect("x grad"));
+            let params = burn::optim::GradientsParams::from_grads(grads, &up);
+            let w_grad = values(params.get::<5>(up.weight.id).expect("weight grad"));
+            (values(y.inner()), x_grad, w_grad)
+        };
+        let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
+        let what = |part: &str| format!("{dims:?}: {part}");
         assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &what("output"));
         assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &what("input gradient"));
         assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &what("weight gradient"));

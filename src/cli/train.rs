@@ -132,6 +132,11 @@ pub struct PredictArgs {
     /// manifest, so shards running at once never race on it.
     #[arg(long, value_parser = Shard::parse)]
     pub shard: Option<Shard>,
+    /// f32, f16 or bf16: the precision the network's windows run in on a GPU (f16/bf16: each
+    /// pass's features in half precision on the f32 weights, the windows' probabilities summed
+    /// in f32). Default: the precision the model was trained in. The CPU predicts in f32.
+    #[arg(long)]
+    pub precision: Option<String>,
 }
 
 /// Arguments of `mriloop add-model`.
@@ -486,8 +491,15 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         Some(dir) => (dir.clone(), dir.display().to_string()),
         None => active_checkpoint(&p)?,
     };
-    let (cfg, net) = model::load_checkpoint(&dir, &device)?;
+    let (mut cfg, net) = model::load_checkpoint(&dir, &device)?;
     model::check_model_kind(&dir, &cfg, false)?;
+    if let Some(name) = &args.precision {
+        cfg.precision = model::Precision::parse(name)?;
+        if model::conv_gpu::on_gpu(&device) {
+            cfg.precision.check(&device)?;
+        }
+    }
+    say_prediction_precision(cfg.precision, &device);
     let bar = indicatif::ProgressBar::new(p.manifest.cases.len() as u64);
     let n = model::predict_project(
         &mut p,
@@ -510,6 +522,19 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         None => println!("predicted {n} cases into {}", p.root().display()),
     }
     Ok(())
+}
+
+/// Say on stderr the precision the windows run in: half precision only on a GPU.
+fn say_prediction_precision(precision: model::Precision, device: &burn::prelude::Device) {
+    let name = precision.name();
+    match (precision, model::conv_gpu::on_gpu(device)) {
+        (model::Precision::F32, _) => {}
+        (_, true) if precision.check(device).is_err() => {
+            eprintln!("note: this GPU has no {name}: predicting in f32")
+        }
+        (_, true) => eprintln!("predicting in {name} (mixed precision)"),
+        (_, false) => eprintln!("note: the CPU predicts in f32 ({name} is for GPUs)"),
+    }
 }
 
 /// The project's active version's checkpoint folder and id.

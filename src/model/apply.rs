@@ -7,7 +7,7 @@
 
 use super::data::channels_of;
 use super::fit::{class_figures, dice_of};
-use super::inference::{predict_volume, Prediction};
+use super::inference::{predict_volume_in, Prediction};
 use super::model::MultiTaskUNet;
 use super::training::TrainingConfig;
 use crate::project::shard::{PredictionRecord, Shard};
@@ -237,7 +237,9 @@ pub fn case_channels(
     Ok((channels, first, reorientation))
 }
 
-/// Predict one case on its own grid, layout and affine.
+/// Predict one case on its own grid, layout and affine, the network in `config.precision` on a
+/// GPU (a model trained in mixed precision predicts in it, as nnU-Net's predictor under
+/// autocast; f32 on the CPU).
 pub fn predict_case(
     project: &Project,
     case: &Case,
@@ -279,14 +281,12 @@ fn predict_channels(
     device: &Device,
 ) -> Result<Prediction, ProjectError> {
     let Some(spacing) = config.spacing_mm else {
-        return Ok(predict_volume(
+        return Ok(predict_volume_in(
             model,
             channels,
-            first.dims3(),
-            *first.affine(),
-            config.window,
+            (first.dims3(), *first.affine()),
+            (config.window, 0.5, config.precision),
             config.class_view(),
-            0.5,
             device,
         )?);
     };
@@ -300,14 +300,12 @@ fn predict_channels(
         dims,
         affine,
     } = on_spacing(channels, first, spacing)?;
-    let p = predict_volume(
+    let p = predict_volume_in(
         model,
         &resampled,
-        dims,
-        affine,
-        config.window,
+        (dims, affine),
+        (config.window, 0.5, config.precision),
         config.class_view(),
-        0.5,
         device,
     )?;
     Ok(Prediction {

@@ -158,8 +158,30 @@ pub fn predict_volume(
     overlap: f32,
     device: &Device,
 ) -> Result<Prediction, VolumeError> {
+    let geometry = (window, overlap, Precision::F32);
+    predict_volume_in(
+        model,
+        channels,
+        (dims, affine),
+        geometry,
+        class_view,
+        device,
+    )
+}
+
+/// [`predict_volume`] with the segmentation's network run in `precision` on a GPU
+/// ([`segment_volume_in`]; the class view's single pass stays f32).
+pub fn predict_volume_in(
+    model: &MultiTaskUNet,
+    channels: &[Vec<f32>],
+    (dims, affine): ([usize; 3], Affine),
+    (window, overlap, precision): ([usize; 3], f32, Precision),
+    class_view: ClassView,
+    device: &Device,
+) -> Result<Prediction, VolumeError> {
     let [nx, ny, nz] = dims;
-    let (mask, fg) = segment_volume(model, channels, dims, window, overlap, device)?;
+    let geometry = (window, overlap);
+    let (mask, fg) = segment_volume_in(model, channels, dims, geometry, device, precision)?;
     Ok(Prediction {
         mask: Volume::new([nx, ny, nz, 1], affine, mask)?,
         foreground: Volume::new([nx, ny, nz, 1], affine, fg)?,
@@ -187,7 +209,7 @@ pub fn segment_volume(
 /// in `precision` on a GPU: in f16 or bf16 each pass's input is cast to it, its features stay in
 /// it through mriloop's kernels (on the f32 weights), and its outputs are summed in f32, as
 /// autocast's inference (nnU-Net's GPU predictor's). On the CPU, which has no fast half-precision
-/// kernels, the network runs in f32 whatever `precision` says.
+/// kernels, and on a GPU without `precision`'s type, the network runs in f32.
 pub fn segment_volume_in(
     model: &MultiTaskUNet,
     channels: &[Vec<f32>],
@@ -211,7 +233,13 @@ pub fn segment_volume_in(
             channels,
             dims,
             (window, step),
-            (gpu_windows_per_pass(window), precision),
+            (
+                gpu_windows_per_pass(window),
+                match precision.check(device) {
+                    Ok(()) => precision,
+                    Err(_) => Precision::F32,
+                },
+            ),
             device,
         ),
     }

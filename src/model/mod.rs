@@ -87,7 +87,7 @@ pub use fit::{
     auc, class_figures, dice_of, fit, initial_model, split_by_case, validate, EpochSummary,
     FitConfig, FitControl, FitEvent, FitResult, Metrics,
 };
-pub use inference::{predict_volume, ClassView, Prediction};
+pub use inference::{predict_volume, predict_volume_in, ClassView, Prediction};
 pub use loss::{segmentation_losses, soft_dice_loss, voxel_cross_entropy};
 pub use model::{MultiTaskUNet, MultiTaskUNetConfig, ResidualBlock};
 pub use plan::{plan, DeviceClass, Plan};
