@@ -11,7 +11,7 @@
 //! mask.
 
 use super::data::{split_labels, AugmentConfig, PatchSampler, Sample};
-use super::inference::predict_volume;
+use super::inference::predict_volume_in;
 use super::model::MultiTaskUNet;
 use super::training::{
     cosine_lr, save_checkpoint, train_step_reading, Batch, TaskMode, TermsReading, TrainingConfig,
@@ -342,7 +342,8 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(wins / (pos.len() * neg.len()) as f64)
 }
 
-/// Validate: predict every sample whole (the config's windows) and compare.
+/// Validate: predict every sample whole (the config's windows, in the config's precision on a
+/// GPU, as autocast's validation) and compare.
 pub fn validate(
     model: &MultiTaskUNet,
     samples: &[Sample],
@@ -356,14 +357,12 @@ pub fn validate(
     let mut probs: Vec<Vec<f32>> = Vec::new();
     let mut truth = Vec::new();
     for s in samples {
-        let Ok(p) = predict_volume(
+        let Ok(p) = predict_volume_in(
             model,
             &s.channels,
-            s.dims,
-            Affine::identity(),
-            config.window,
+            (s.dims, Affine::identity()),
+            (config.window, 0.5, config.precision),
             config.class_view(),
-            0.5,
             device,
         ) else {
             continue;
