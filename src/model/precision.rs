@@ -41,7 +41,7 @@ pub enum PrecisionError {
     #[error("unknown precision '{0}' (f32, f16 or bf16)")]
     Unknown(String),
     /// The device's backend has no arithmetic in that type.
-    #[error("{precision} is not supported on {device}: train in f32 there")]
+    #[error("{precision} is not supported on {device}: use f32 there")]
     Unsupported {
         /// The precision asked for.
         precision: &'static str,
