@@ -1036,6 +1036,10 @@ impl FitRun<'_> {
             if !paced && steps >= config.steps_per_epoch {
                 break false;
             }
+            if self.control.is_paused() {
+                // The step before the pause is shown while paused, not after.
+                loss_sum += self.report_step(reading.take());
+            }
             self.control.wait_while_paused();
             if self.control.is_cancelled() {
                 self.report_step(reading.take());

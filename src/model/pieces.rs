@@ -76,11 +76,31 @@ impl DepthMap {
         let end = ((out.end - 1) * self.stride + self.kernel) as isize - self.padding as isize;
         start..end
     }
+
+    /// The output rows before a slab's own, ⌈p/s⌉: rows a slab's convolution computes from
+    /// the zero rows of its padding and [`slab_conv`] drops.
+    fn skipped_rows(&self) -> usize {
+        self.padding.div_ceil(self.stride.max(1))
+    }
+
+    /// The zero rows [`slab_conv`] puts in front of a slab's input, s·⌈p/s⌉ − p, so that the
+    /// convolution's own padding lines up with the slab's halo.
+    fn front_rows(&self) -> usize {
+        self.stride.max(1) * self.skipped_rows() - self.padding
+    }
+
+    /// The rows a slab's convolution computes beyond the slab's own output: ⌈p/s⌉ in front
+    /// and ⌊p/s⌋ behind (its padding of p rows at each end of the given rows and the front
+    /// rows; none for an unpadded map).
+    fn extra_out_rows(&self) -> usize {
+        self.skipped_rows() + self.padding / self.stride.max(1)
+    }
 }
 
 /// Output depth ranges, as even as possible, covering `0..out_depth`, each reading at most
-/// `budget` input voxels (`in_plane` per input row, halo included) and writing at most `budget`
-/// output voxels (`out_plane` per row). `None` when not even one output row fits.
+/// `budget` input voxels (`in_plane` per input row, halo and [`DepthMap::front_rows`]
+/// included) and writing at most `budget` output voxels (`out_plane` per row, the rows a
+/// slab's convolution computes and drops included). `None` when not even one output row fits.
 fn depth_slabs(
     out_depth: usize,
     in_plane: usize,
@@ -88,9 +108,9 @@ fn depth_slabs(
     map: DepthMap,
     budget: usize,
 ) -> Option<Vec<Range<usize>>> {
-    let by_out = budget / out_plane.max(1);
+    let by_out = (budget / out_plane.max(1)).saturating_sub(map.extra_out_rows());
     let in_rows = budget / in_plane.max(1);
-    let by_in = in_rows.checked_sub(map.kernel)? / map.stride.max(1) + 1;
+    let by_in = in_rows.checked_sub(map.kernel + map.front_rows())? / map.stride.max(1) + 1;
     let rows = by_out.min(by_in);
     if rows == 0 || out_depth == 0 {
         return None;
@@ -237,14 +257,15 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
     let (Some(padding), Some(out_dims)) = (padding, out_dims) else {
         return conv.forward(x);
     };
+    let map = DepthMap {
+        kernel: conv.kernel_size[0],
+        stride: conv.stride[0],
+        padding: padding[0],
+    };
     let whole = |x: Tensor<5>| super::conv::conv3d_whole(conv, x);
-    let piece = |rows: Tensor<5>| slab_conv(conv, padding[0], rows);
+    let piece = |rows: Tensor<5>| slab_conv(conv, map, rows);
     let cut = Cut {
-        map: DepthMap {
-            kernel: conv.kernel_size[0],
-            stride: conv.stride[0],
-            padding: padding[0],
-        },
+        map,
         units: out_dims[2],
         in_plane: x_dims[3] * x_dims[4],
         out_plane_per_unit: out_dims[3] * out_dims[4],
@@ -257,18 +278,17 @@ pub fn conv3d_in_pieces(conv: &Conv3d, x: Tensor<5>, budget: usize) -> Tensor<5>
 
 /// `conv` over one slab's input `rows`, whose depth padding (the halo and the volume's zero
 /// rows) is already there: the rows the convolution without depth padding gives, through the
-/// crate's own route (`conv3d_whole`, which pads `depth_padding` rows p at each end itself).
+/// crate's own route (`conv3d_whole`, which pads `map.padding` rows p at each end itself).
 /// With e = s·⌈p/s⌉ − p zero rows put in front (s the depth stride), its output row
 /// j = k + ⌈p/s⌉ reads the given rows from s·j − p = s·k + e, the unpadded one's row k;
-/// the rows before read padding and are left out. (burn's own GPU convolution is not used:
+/// the ⌈p/s⌉ rows before and ⌊p/s⌋ after read padding and are left out ([`depth_slabs`]
+/// counts them against the budget). (burn's own GPU convolution is not used:
 /// on lavapipe its weight gradient of a 2 × 32³ input was off by a third of its largest value,
 /// `tests/model.rs`.)
-fn slab_conv(conv: &Conv3d, depth_padding: usize, rows: Tensor<5>) -> Tensor<5> {
-    let (kernel, stride) = (conv.kernel_size[0], conv.stride[0].max(1));
+fn slab_conv(conv: &Conv3d, map: DepthMap, rows: Tensor<5>) -> Tensor<5> {
     let [items, channels, given, height, width] = rows.dims();
-    let wanted = given.saturating_sub(kernel) / stride + 1;
-    let skip = depth_padding.div_ceil(stride);
-    let front = stride * skip - depth_padding;
+    let wanted = given.saturating_sub(map.kernel) / map.stride.max(1) + 1;
+    let (skip, front) = (map.skipped_rows(), map.front_rows());
     let rows = match front {
         0 => rows,
         _ => {
@@ -390,16 +410,30 @@ mod tests {
             assert_eq!(pair[0].end, pair[1].start);
         }
         for slab in &slabs {
+            // What the slab's convolution is given (the front zero row included) and computes.
             let rows = map.input_rows(slab);
-            assert!(
-                (rows.end - rows.start) as usize * 40 <= 300,
-                "{slab:?} {rows:?}"
-            );
-            assert!(slab.len() * 10 <= 300);
+            let given = (rows.end - rows.start) as usize + map.front_rows();
+            assert!(given * 40 <= 300, "{slab:?} {rows:?}");
+            assert!((slab.len() + map.extra_out_rows()) * 10 <= 300);
         }
-        // 7 input rows fit: 3 output rows a slab (reading 7), 7 slabs, lengths differing by one.
-        assert_eq!(slabs.len(), 7);
-        assert!(slabs.iter().all(|s| s.len() == 2 || s.len() == 3));
+        // 7 input rows fit, one of them the zero row in front: 2 output rows a slab (reading 5
+        // and the front row), 10 slabs.
+        assert_eq!(
+            (map.front_rows(), map.skipped_rows(), map.extra_out_rows()),
+            (1, 1, 1)
+        );
+        assert_eq!(slabs.len(), 10);
+        assert!(slabs.iter().all(|s| s.len() == 2));
+        // Stride 1, padding 1: no front row, two output rows computed and dropped.
+        let map1 = DepthMap { stride: 1, ..map };
+        assert_eq!((map1.front_rows(), map1.extra_out_rows()), (0, 2));
+        let slabs1 = depth_slabs(20, 40, 60, map1, 300).expect("slabs");
+        // 5 output rows by the output's budget less the 2 dropped: 3 a slab.
+        assert!(
+            slabs1.iter().all(|s| s.len() == 3 || s.len() == 2),
+            "{slabs1:?}"
+        );
+        assert!(slabs1.iter().all(|s| (s.len() + 2) * 60 <= 300));
         assert_eq!(depth_slabs(20, 200, 10, map, 300), None);
         assert_eq!(item_groups(5, 10, 25), vec![0..2, 2..4, 4..5]);
         assert_eq!(item_groups(2, 100, 25), vec![0..1, 1..2]);
