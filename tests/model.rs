@@ -1818,23 +1818,13 @@ fn a_convolution_too_large_for_one_gpu_dispatch_runs_in_pieces() {
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
             .init(&cpu().autodiff());
         let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
-        let run = |device: &Device| {
+        let layer = |device: &Device, x| {
             let conv = burn::module::Module::fork(conv.clone(), device);
-            let x = x.clone().to_device(device).require_grad();
-            let y = conv3d_forward(&conv, x.clone());
-            let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
-            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
-            let x_grad = values(x.grad(&grads).expect("x grad"));
-            let params = burn::optim::GradientsParams::from_grads(grads, &conv);
-            let w_grad = values(params.get::<5>(conv.weight.id).expect("weight grad"));
-            (values(y.inner()), x_grad, w_grad)
+            (conv3d_forward(&conv, x), conv.weight.val())
         };
-        let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
+        let what = format!("{dims:?} stride {stride}");
+        assert_layer_on_gpu_is_the_cpus(&x, &gpu, layer, &what);
         assert_eq!(failures(), before, "a device thread failed");
-        let what = |part: &str| format!("{dims:?} stride {stride}: {part}");
-        assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &what("output"));
-        assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &what("input gradient"));
-        assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &what("weight gradient"));
     }
 }
 
@@ -1858,23 +1848,37 @@ fn an_upsampling_too_large_for_one_gpu_dispatch_runs_in_pieces() {
             .with_stride([2, 2, 2])
             .init(&cpu().autodiff());
         let x = Tensor::<5>::random(dims, Distribution::Normal(0.0, 1.0), &cpu().autodiff());
-        let run = |device: &Device| {
+        let layer = |device: &Device, x| {
             let up = burn::module::Module::fork(up.clone(), device);
-            let x = x.clone().to_device(device).require_grad();
-            let y = upconv_forward(&up, x.clone());
-            let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
-            let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
-            let x_grad = values(x.grad(&grads).expect("x grad"));
-            let params = burn::optim::GradientsParams::from_grads(grads, &up);
-            let w_grad = values(params.get::<5>(up.weight.id).expect("weight grad"));
-            (values(y.inner()), x_grad, w_grad)
+            (upconv_forward(&up, x), up.weight.val())
         };
-        let (on_gpu, on_cpu) = (run(&gpu), run(&cpu().autodiff()));
-        let what = |part: &str| format!("{dims:?}: {part}");
-        assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &what("output"));
-        assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &what("input gradient"));
-        assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &what("weight gradient"));
+        assert_layer_on_gpu_is_the_cpus(&x, &gpu, layer, &format!("{dims:?}"));
     }
+}
+
+/// A layer run on the GPU and on the CPU over `x` under the loss ½·Σy²: output, input gradient
+/// and weight gradient the same to 1e-4 of their largest values. `layer(device, x)` forks the
+/// layer to `device` and gives its output and its weight there.
+fn assert_layer_on_gpu_is_the_cpus(
+    x: &Tensor<5>,
+    gpu: &Device,
+    layer: impl Fn(&Device, Tensor<5>) -> (Tensor<5>, Tensor<5>),
+    what: &str,
+) {
+    let run = |device: &Device| {
+        let x = x.clone().to_device(device).require_grad();
+        let (y, weight) = layer(device, x.clone());
+        let grads = (y.clone() * y.clone()).sum().div_scalar(2.0).backward();
+        let values = |t: Tensor<5>| t.into_data().try_into_vec::<f32>().expect("f32");
+        let x_grad = values(x.grad(&grads).expect("x grad"));
+        let w_grad = values(weight.grad(&grads).expect("weight grad"));
+        (values(y.inner()), x_grad, w_grad)
+    };
+    let (on_gpu, on_cpu) = (run(gpu), run(&cpu().autodiff()));
+    let part = |name: &str| format!("{what}: {name}");
+    assert_close(&on_gpu.0, &on_cpu.0, 1e-4, &part("output"));
+    assert_close(&on_gpu.1, &on_cpu.1, 1e-4, &part("input gradient"));
+    assert_close(&on_gpu.2, &on_cpu.2, 1e-4, &part("weight gradient"));
 }
 
 /// Every float parameter's sizes and gradient (flattened; `None` if it has none), in visiting
