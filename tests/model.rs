@@ -2168,23 +2168,29 @@ fn unscaling_on_the_gpu_is_one_kernel_a_gradient_and_finds_an_overflow() {
     }
     let mut overflowed = grads_of(f32::INFINITY);
     assert!(!unscale_gradients(&mut overflowed, &model, 1.0));
-    // One value anywhere (here one no thread reads first) makes the sum non-finite.
+    // One value anywhere (here ones no thread reads first, past a whole round of the
+    // workgroups) makes the sum non-finite; the partial sums add up to the sum.
     let inner = Device::wgpu(burn::prelude::DeviceKind::DefaultDevice);
-    let values: Vec<f32> = (0..1000).map(|i| (i % 7) as f32 - 3.0).collect();
+    let values: Vec<f32> = (0..40_000).map(|i| (i % 7) as f32 - 3.0).collect();
     let sum_of = |values: &[f32]| {
         let t = Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), &inner);
-        let (unscaled, sum) = unscale_and_sum(t, 0.5);
+        let (unscaled, sums) = unscale_and_sum(t, 0.5);
+        assert_eq!(sums.dims(), [mriloop::model::unscale_gpu::PARTS]);
         let unscaled = unscaled.into_data().try_into_vec::<f32>().expect("f32");
-        (unscaled, sum.into_scalar::<f32>())
+        (unscaled, sums.sum().into_scalar::<f32>())
     };
     let (halves, sum) = sum_of(&values);
     let expected: Vec<f32> = values.iter().map(|v| v * 0.5).collect();
     assert_eq!(halves, expected);
     assert_eq!(sum, expected.iter().sum::<f32>());
-    for bad in [f32::INFINITY, f32::NAN] {
+    for (bad, at) in [
+        (f32::INFINITY, 777),
+        (f32::NAN, 33_333),
+        (f32::NEG_INFINITY, 39_999),
+    ] {
         let mut values = values.clone();
-        values[777] = bad;
-        assert!(!sum_of(&values).1.is_finite(), "{bad} at 777");
+        values[at] = bad;
+        assert!(!sum_of(&values).1.is_finite(), "{bad} at {at}");
     }
 }
 

@@ -245,8 +245,9 @@ impl ModuleVisitor for Unscale<'_> {
 
 /// Divide `grads` (of `model`'s parameters) by `scale`; whether every gradient is finite (one
 /// read from the device: the sum of all their sums, which an infinity or a NaN anywhere makes
-/// non-finite). On a GPU each f32 gradient's division and sum are one kernel
-/// (`model::unscale_gpu`), and burn's fusion adds the sums in a few; elsewhere a multiplication
+/// non-finite). On a GPU each f32 gradient's division and partial sums are one kernel
+/// (`model::unscale_gpu`), and burn's fusion adds the partial sums in a few, then one
+/// reduction; elsewhere a multiplication
 /// and one reduction a gradient (on lavapipe an f16 step's launches went from 1 232, with a
 /// whole-tensor sum after each multiplication and the sums concatenated, to 403 this way, and
 /// to 359 with the kernel).
@@ -260,7 +261,7 @@ pub fn unscale_gradients(grads: &mut GradientsParams, model: &MultiTaskUNet, sca
     let Some(total) = unscale.sums.into_iter().reduce(|a, b| a + b) else {
         return true;
     };
-    total.into_scalar::<f32>().is_finite()
+    total.sum().into_scalar::<f32>().is_finite()
 }
 
 #[cfg(test)]
