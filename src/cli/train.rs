@@ -529,7 +529,7 @@ fn say_prediction_precision(precision: model::Precision, device: &burn::prelude:
     let name = precision.name();
     match (precision, model::conv_gpu::on_gpu(device)) {
         (model::Precision::F32, _) => {}
-        (_, true) if precision.check(device).is_err() => {
+        (_, true) if precision.or_f32_on(device) != precision => {
             eprintln!("note: this GPU has no {name}: predicting in f32")
         }
         (_, true) => eprintln!("predicting in {name} (mixed precision)"),

@@ -233,13 +233,7 @@ pub fn segment_volume_in(
             channels,
             dims,
             (window, step),
-            (
-                gpu_windows_per_pass(window),
-                match precision.check(device) {
-                    Ok(()) => precision,
-                    Err(_) => Precision::F32,
-                },
-            ),
+            (gpu_windows_per_pass(window), precision.or_f32_on(device)),
             device,
         ),
     }

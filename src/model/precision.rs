@@ -91,6 +91,15 @@ impl Precision {
         }
     }
 
+    /// This precision where `device` computes in it, else f32 (a model trained in half
+    /// precision predicting on a device without the type).
+    pub fn or_f32_on(self, device: &Device) -> Self {
+        match self.check(device) {
+            Ok(()) => self,
+            Err(_) => Precision::F32,
+        }
+    }
+
     /// `x` cast to the compute precision (itself in f32).
     pub fn cast_input<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         cast_to(x, self.dtype())
@@ -247,10 +256,9 @@ impl ModuleVisitor for Unscale<'_> {
 /// read from the device: the sum of all their sums, which an infinity or a NaN anywhere makes
 /// non-finite). On a GPU each f32 gradient's division and partial sums are one kernel
 /// (`model::unscale_gpu`), and burn's fusion adds the partial sums in a few, then one
-/// reduction; elsewhere a multiplication
-/// and one reduction a gradient (on lavapipe an f16 step's launches went from 1 232, with a
-/// whole-tensor sum after each multiplication and the sums concatenated, to 403 this way, and
-/// to 359 with the kernel).
+/// reduction; elsewhere a multiplication and one reduction a gradient (on lavapipe an f16
+/// step's launches went from 1 232, with a whole-tensor sum after each multiplication and the
+/// sums concatenated, to 403 this way, and to 360 with the kernel).
 pub fn unscale_gradients(grads: &mut GradientsParams, model: &MultiTaskUNet, scale: f32) -> bool {
     let mut unscale = Unscale {
         grads,

@@ -1,9 +1,9 @@
 //! The f16 gradient scaler's unscaling on a GPU as one kernel a gradient: each value divided by
 //! the loss scale and, in the same pass, [`PARTS`] partial sums of the divided values (whose
 //! total an infinity or a NaN anywhere makes non-finite: the step's overflow check, as
-//! `precision::unscale_gradients` reads it). burn's composition is a multiplication and a reduction a gradient (two launches,
-//! and ~6 operations for the host to record, with their drops): ~110 of an f16 step's 403
-//! launches for the small network's 66 gradients.
+//! `precision::unscale_gradients` reads it). burn's composition is a multiplication and a
+//! reduction a gradient (two launches, and ~6 operations for the host to record, with their
+//! drops): ~110 of an f16 step's 403 launches for the small network's 66 gradients.
 //!
 //! Invariants: the kernel takes f32 gradients of any shape (made contiguous) and gives the
 //! divided gradient in the same shape and `[PARTS]` partial sums (every gradient the same
