@@ -114,6 +114,78 @@ fn nnunet_export_and_import_from_the_command_line() {
     assert!(p2.join("mriloop.json").exists());
 }
 
+/// An nnU-Net dataset has no case classes (no `classes.csv`): imported, it trains with the
+/// defaults (a joint run) as segmentation only and says so; asking for the class is refused
+/// naming what the cases lack; the model evaluates by Dice.
+#[test]
+fn a_dataset_without_classes_trains_the_segmentation_with_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let (p, ds, p2) = (
+        dir.path().join("p"),
+        dir.path().join("ds"),
+        dir.path().join("p2"),
+    );
+    mriloop_ok(&["phantom", "--out", &s(&p), "--cases", "4", "--grid", "16"]);
+    mriloop_ok(&["export", &s(&p), "--out", &s(&ds)]);
+    // What nnU-Net itself writes: no `classes.csv`, no class list in `dataset.json`.
+    std::fs::remove_file(ds.join("classes.csv")).unwrap();
+    let json = ds.join("dataset.json");
+    let mut dataset: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    dataset.as_object_mut().unwrap().remove("mriloop_classes");
+    std::fs::write(&json, dataset.to_string()).unwrap();
+    mriloop_ok(&["import", &s(&ds), "--out", &s(&p2)]);
+    assert!(mriloop_ok(&["plan", &s(&p2)]).contains("classes: none (training segments only)"));
+    let small = [
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--patch",
+        "8",
+        "--base-channels",
+        "2",
+    ];
+    let project = s(&p2);
+    let train = |extra: &[&str]| {
+        let args = [
+            &["train", project.as_str(), "--backend", "cpu"],
+            &small[..],
+            extra,
+        ]
+        .concat();
+        mriloop(&args)
+    };
+    let out = train(&[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("note: no case has a class: training the segmentation only"),
+        "{said}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("epoch   1:") && !text.contains("class accuracy"),
+        "{text}"
+    );
+    let fit = std::fs::read_to_string(p2.join("model/fit.json")).unwrap();
+    assert!(fit.contains("\"mode\": \"SegmentationOnly\""), "{fit}");
+    let out = train(&["--mode", "class", "--out", &s(&dir.path().join("class"))]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("at least two cases with a class; found 0"),
+        "{said}"
+    );
+    let model = s(&p2.join("model/best"));
+    let text = mriloop_ok(&["eval", &s(&p2), "--model", &model, "--backend", "cpu"]);
+    assert!(text.contains("metric: dice_habenula_L = "), "{text}");
+    assert!(
+        !text.contains("class_accuracy"),
+        "no case has a class: {text}"
+    );
+}
+
 /// Train, evaluate and predict from the command line on tiny projects of each input form
 /// (3D multi-sequence, 2D slices, 4D series): checkpoints, curves, `metric:` lines, predictions.
 #[test]

@@ -668,6 +668,35 @@ fn ids(set: &[mriloop::model::Sample]) -> Vec<String> {
     set.iter().map(|s| s.case_id.clone()).collect()
 }
 
+/// Cases without a class (a segmentation-only run on a dataset that has none, or only some)
+/// split as a stratum of their own beside the classes.
+#[test]
+fn cases_without_a_class_are_a_stratum_of_their_own() {
+    use mriloop::model::split::split_by_case;
+    for seed in 0..10 {
+        let samples: Vec<_> = (0..8)
+            .map(|i| {
+                let mut s = sample(&format!("c{i}"), 0, &[1]);
+                s.class = (i < 4).then_some(0);
+                s
+            })
+            .collect();
+        let (train, val) = split_by_case(samples, 0.25, seed);
+        assert_eq!((train.len(), val.len()), (6, 2));
+        assert!(val.iter().any(|s| s.class.is_none()), "seed {seed}");
+        assert!(val.iter().any(|s| s.class == Some(0)), "seed {seed}");
+        let none: Vec<_> = (0..4)
+            .map(|i| {
+                let mut s = sample(&format!("n{i}"), 0, &[1]);
+                s.class = None;
+                s
+            })
+            .collect();
+        let (train, val) = split_by_case(none, 0.25, seed);
+        assert_eq!((train.len(), val.len()), (3, 1));
+    }
+}
+
 #[test]
 fn validation_is_stratified_by_class_and_covers_the_labels() {
     use mriloop::model::split::{class_quotas, split_by_case, validation_gaps};
@@ -698,7 +727,7 @@ fn validation_is_stratified_by_class_and_covers_the_labels() {
         let mut all = [ids(&train), ids(&val)].concat();
         all.sort();
         assert_eq!(all, (0..12).map(|i| format!("c{i:02}")).collect::<Vec<_>>());
-        assert!(val.iter().any(|s| s.class == 0) && val.iter().any(|s| s.class == 1));
+        assert!(val.iter().any(|s| s.class == Some(0)) && val.iter().any(|s| s.class == Some(1)));
         let label3 = |set: &[mriloop::model::Sample]| {
             set.iter()
                 .any(|s| s.foreground_by_label.iter().any(|l| l.0 == 3))
@@ -849,6 +878,43 @@ fn one_lucky_epoch_does_not_choose_the_checkpoint() {
     let best = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) + 1;
     assert_eq!(best(&raw), 2);
     assert_eq!(best(&smoothed), 6);
+}
+
+/// The window's training run on a project whose cases have no class (as an nnU-Net dataset
+/// imports): its default joint request trains the segmentation only and ends with a version.
+#[test]
+fn a_window_run_on_a_project_without_classes_trains_the_segmentation() {
+    use mriloop::model::runs::{start_run, RunEvent, RunRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = project(&dir.path().join("p"), &alternating([16, 16, 16]));
+    p.manifest.classes.clear();
+    p.manifest
+        .cases
+        .iter_mut()
+        .for_each(|c| c.class_label = None);
+    p.save().unwrap();
+    let request = RunRequest {
+        options: tiny_options(1, 1),
+        backend: "cpu".into(),
+        fine_tune_from: None,
+        only_reviewed: false,
+        changed_weight: 1.0,
+        masks: Vec::new(),
+        minutes: None,
+        plan: Default::default(),
+        promptable: false,
+        devices: 1,
+        precision: Default::default(),
+    };
+    let handle = start_run(p.clone(), request, || {});
+    let finished = handle.events.iter().find_map(|e| match e {
+        RunEvent::Finished(v) => Some(v),
+        RunEvent::Failed(e) => panic!("{e}"),
+        _ => None,
+    });
+    let v = finished.expect("the run finishes");
+    let fit = std::fs::read_to_string(p.resolve(&format!("models/{}/fit.json", v.id))).unwrap();
+    assert!(fit.contains("\"mode\": \"SegmentationOnly\""), "{fit}");
 }
 
 #[test]

@@ -78,8 +78,13 @@ pub fn describe(fp: &Fingerprint, p: &Plan) -> String {
         );
     }
     let classes: Vec<String> = fp.classes.iter().map(|(c, n)| format!("{c} {n}")).collect();
-    t += &format!("  classes: {}\n", classes.join(", "));
+    let no_class = fp.classes.iter().all(|(_, n)| *n == 0);
+    t += &match no_class {
+        true => "  classes: none (training segments only)\n".to_string(),
+        false => format!("  classes: {}\n", classes.join(", ")),
+    };
     let class = match &p.class_evidence {
+        None if no_class => "no class steps".to_string(),
         Some(e) => format!(
             "class from the predicted {} volume",
             e.label_names.join(" + ")

@@ -225,7 +225,9 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
                 true => plan.for_prompting(),
                 false => plan,
             };
-            (planned_config(p, args, &plan)?, Some((fp, plan)))
+            let config = planned_config(p, args, &plan)?;
+            note_tasks(&args.mode, &config.training);
+            (config, Some((fp, plan)))
         }
     };
     let mut config = match args.promptable && config.training.prompt.is_none() {
@@ -244,6 +246,23 @@ fn fit_config(p: &Project, args: &TrainArgs) -> Result<(FitConfig, Option<(Finge
         config.training.precision = model::Precision::parse(name)?;
     }
     Ok((config, planned))
+}
+
+/// Say on stderr why a joint run (the default) trains one task: the project lacks the other's
+/// references (the plan's own choice, reading the class from the mask, it says itself).
+fn note_tasks(asked: &str, training: &model::TrainingConfig) {
+    if asked != "joint" || training.class_evidence.is_some() {
+        return;
+    }
+    match training.mode {
+        model::TaskMode::SegmentationOnly => {
+            eprintln!("note: no case has a class: training the segmentation only")
+        }
+        model::TaskMode::ClassificationOnly => {
+            eprintln!("note: no case has a reference mask: training the classification only")
+        }
+        model::TaskMode::Joint => {}
+    }
 }
 
 /// Whether `--resume` names a promptable network's checkpoint (its `config.json` has the
@@ -321,8 +340,9 @@ pub fn train_project(
     let samples = model::load_samples_with(project, &selection)?;
     if samples.len() < 2 {
         bail!(
-            "{}: training needs at least two cases with a reference mask and a class; found {}",
+            "{}: training needs at least two cases with {}; found {}",
             project.manifest_path().display(),
+            config.training.mode.case_needs(),
             samples.len()
         );
     }
@@ -460,9 +480,16 @@ fn on_fit_event(
             let dice =
                 curves.push_epoch(*last_step, &e.validation, |l| config.training.label_name(l));
             let auc = e.validation.class_auc;
-            let class = match config.training.prompt {
+            let t = &config.training;
+            let class = match t.prompt {
                 // A promptable network's Dice is after the robot's clicks; it has no class.
                 Some(_) => format!(" after {} clicks", model::prompt_infer::VALIDATION_CLICKS),
+                // Segmentation only, the class not read from the mask either: no class figure.
+                None if t.mode == model::TaskMode::SegmentationOnly
+                    && t.class_evidence.is_none() =>
+                {
+                    String::new()
+                }
                 None => format!(
                     "; class accuracy {:.3}, AUC {}",
                     e.validation.class_accuracy,
@@ -666,7 +693,8 @@ fn eval_csv(cases: &[model::CaseEvaluation], name: &dyn Fn(usize) -> String) -> 
     rows.join("\n") + "\n"
 }
 
-/// The cohort's `metric:` lines: Dice and mean HD95 per label, class AUC and accuracy.
+/// The cohort's `metric:` lines: Dice and mean HD95 per label, class AUC and accuracy (where
+/// cases have a class).
 fn print_eval_metrics(
     cases: &[model::CaseEvaluation],
     cohort: &model::CohortEvaluation,
@@ -685,7 +713,10 @@ fn print_eval_metrics(
     if let Some(a) = cohort.class_auc {
         println!("metric: class_auc = {a:.4}");
     }
-    println!("metric: class_accuracy = {:.4}", cohort.class_accuracy);
+    // Accuracy over no case is no figure (a project without classes, e.g. an nnU-Net dataset).
+    if cases.iter().any(|c| c.class.is_some()) {
+        println!("metric: class_accuracy = {:.4}", cohort.class_accuracy);
+    }
 }
 
 /// The plan a run used, printed and written as `OUT/plan.json` (with its fingerprint).

@@ -667,19 +667,23 @@ fn input_sequences(
     }
 }
 
-/// The task from the `mode` option (`joint`, `seg` or `class`); classification only when no
-/// case has a reference mask.
+/// The task from the `mode` option (`joint`, `seg` or `class`): classification only when no
+/// case has a reference mask, and a joint run segmentation only when no case has one of the
+/// project's classes (an nnU-Net dataset has none).
 fn task_mode(project: &Project, mode: &str) -> Result<super::training::TaskMode, ProjectError> {
-    let any_mask = project
-        .manifest
-        .cases
-        .iter()
-        .any(|c| c.reference_mask.is_some());
-    Ok(match (mode, any_mask) {
-        (_, false) | ("class", _) => super::training::TaskMode::ClassificationOnly,
-        ("seg", _) => super::training::TaskMode::SegmentationOnly,
-        ("joint", _) => super::training::TaskMode::Joint,
-        (m, _) => {
+    use super::training::TaskMode;
+    let manifest = &project.manifest;
+    let any_mask = manifest.cases.iter().any(|c| c.reference_mask.is_some());
+    let any_class = manifest.cases.iter().any(|c| {
+        c.class_label
+            .as_ref()
+            .is_some_and(|l| manifest.classes.contains(l))
+    });
+    Ok(match (mode, any_mask, any_class) {
+        ("joint" | "seg" | "class", false, _) | ("class", _, _) => TaskMode::ClassificationOnly,
+        ("seg", _, _) | ("joint", _, false) => TaskMode::SegmentationOnly,
+        ("joint", _, true) => TaskMode::Joint,
+        (m, _, _) => {
             return Err(invalid_manifest(
                 project,
                 format!("mode must be joint, seg or class, not {m}"),

@@ -29,8 +29,9 @@ pub struct Sample {
     pub mask: Vec<u8>,
     /// Grid size `[nx, ny, nz]`.
     pub dims: [usize; 3],
-    /// Class index in the project's class list.
-    pub class: usize,
+    /// Class index in the project's class list (`None`: the case has none, which only a
+    /// segmentation-only run takes).
+    pub class: Option<usize>,
     /// Linear indices of labelled voxels (for foreground oversampling).
     pub foreground: Vec<usize>,
     /// The same, grouped by label value, so a rare label is picked as often as a common one;
@@ -151,7 +152,8 @@ pub fn channels_of(sequences: &[Volume<f32>]) -> Vec<Vec<f32>> {
 }
 
 impl Sample {
-    /// Build from volumes on one grid (a 4D sequence gives one channel per frame).
+    /// Build from volumes on one grid (a 4D sequence gives one channel per frame), of class
+    /// index `class`.
     pub fn new(
         case_id: &str,
         sequences: &[Volume<f32>],
@@ -180,7 +182,7 @@ impl Sample {
             channels: channels_of(sequences),
             mask: mask_data,
             dims,
-            class,
+            class: Some(class),
             foreground,
             changed: Vec::new(),
             affine: *mask.affine(),
@@ -255,6 +257,9 @@ pub struct SampleSelection {
     pub label_count: usize,
     /// Read each case's prompt log into its sample's replays (promptable training).
     pub prompt_logs: bool,
+    /// Take cases without a class too (segmentation-only training, e.g. an nnU-Net dataset,
+    /// which has no case classes).
+    pub class_optional: bool,
 }
 
 impl SampleSelection {
@@ -276,13 +281,20 @@ impl SampleSelection {
                 None => config.model.num_labels,
             },
             prompt_logs: config.prompt.is_some(),
+            class_optional: config.mode == super::training::TaskMode::SegmentationOnly,
             ..Self::default()
         }
     }
 }
 
-/// Load the project's cases that have a class label and (with `require_mask`) a reference
-/// mask, with the selection's sequences (in that order) as channels. Without `require_mask`,
+/// The class index a batch carries for `s`. A case without a class carries 0: only
+/// segmentation-only training takes such cases, and its loss leaves the class term out.
+pub(crate) fn class_target(s: &Sample) -> i32 {
+    s.class.map_or(0, |c| c as i32)
+}
+
+/// Load the project's cases that have a class label (unless `class_optional`) and (with
+/// `require_mask`) a reference mask, with the selection's sequences (in that order) as channels. Without `require_mask`,
 /// a case with no mask gets an empty one (classification-only training, e.g. the 4D form).
 pub fn load_samples_with(
     project: &Project,
@@ -297,14 +309,14 @@ pub fn load_samples_with(
     Ok(out)
 }
 
-/// Whether `case` becomes a sample: its class index and the reference mask the selection gives
-/// for it (if any), or `None` when the selection leaves it out or it lacks a usable label or
-/// a required mask.
+/// Whether `case` becomes a sample: its class index (if it has one) and the reference mask the
+/// selection gives for it (if any), or `None` when the selection leaves it out or it lacks a
+/// required class or mask.
 fn usable_case(
     project: &Project,
     selection: &SampleSelection,
     case: &crate::project::Case,
-) -> Option<(usize, Option<Volume<u8>>)> {
+) -> Option<(Option<usize>, Option<Volume<u8>>)> {
     if selection
         .only
         .as_ref()
@@ -317,11 +329,16 @@ fn usable_case(
         .iter()
         .find(|(id, _)| *id == case.id)
         .map(|(_, m)| m.clone());
-    let label = case.class_label.as_ref()?;
     if selection.require_mask && case.reference_mask.is_none() && given.is_none() {
         return None;
     }
-    let class = project.manifest.classes.iter().position(|c| c == label)?;
+    let class = case
+        .class_label
+        .as_ref()
+        .and_then(|label| project.manifest.classes.iter().position(|c| c == label));
+    if class.is_none() && !selection.class_optional {
+        return None;
+    }
     Some((class, given))
 }
 
@@ -369,12 +386,13 @@ fn load_sample(
         mask,
         predicted,
     } = to_training_grid(selection, volumes)?;
-    let mut sample = Sample::new(&case.id, &vols, &mask, class).map_err(|e| {
+    let mut sample = Sample::new(&case.id, &vols, &mask, 0).map_err(|e| {
         crate::project::ProjectError::Invalid {
             path: project.manifest_path(),
             problem: e,
         }
     })?;
+    sample.class = class;
     if let Some(p) = predicted.filter(|p| p.dims3() == mask.dims3()) {
         sample.mark_changed(&p.data()[..p.frame_len()]);
     }
@@ -793,7 +811,7 @@ impl PatchSampler {
             let (ch, lab) = self.patch(s);
             ch.into_iter().for_each(|x| images.extend(x));
             masks.extend(split_labels(lab, 1.0).0);
-            classes.push(s.class as i32);
+            classes.push(class_target(s));
         }
         let n = classes.len();
         // Patches are i fastest; tensors are [N, C, D=z, H=y, W=x], which is the same order.

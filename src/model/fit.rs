@@ -373,12 +373,15 @@ pub fn validate(
                 acc.1 += 1;
             }
         }
+        let Some(class) = s.class else {
+            continue;
+        };
         let voxel_mm3 = config
             .spacing_mm
             .map(|[x, y, z]| x * y * z)
             .filter(|v| *v > 0.0);
         probs.push(config.class_probabilities(p.class_probabilities, p.mask.data(), voxel_mm3));
-        truth.push(s.class);
+        truth.push(class);
     }
     let classes = probs.first().map_or(0, Vec::len);
     let prob_refs: Vec<&[f32]> = probs.iter().map(Vec::as_slice).collect();
@@ -818,7 +821,11 @@ fn load_batches(
     let (mut sampler, mut prompt_rng) = draws(spec, 0);
     let case_weights: Vec<f64> = train
         .iter()
-        .map(|s| spec.class_weights.get(s.class).copied().unwrap_or(1.0))
+        .map(|s| {
+            s.class
+                .and_then(|c| spec.class_weights.get(c).copied())
+                .unwrap_or(1.0)
+        })
         .collect();
     let c = train.first().map_or(1, |s| s.channels.len());
     // Class crops see the whole head on the coarse grid.
@@ -871,7 +878,7 @@ fn load_batches(
             };
             ch.into_iter().for_each(|x| images.extend(x));
             masks.extend(lab);
-            classes.push(s.class as i32);
+            classes.push(super::data::class_target(s));
         }
         let hb = HostBatch {
             class_step,

@@ -139,14 +139,13 @@ impl RunHandle {
     }
 }
 
-/// The cases a run with `only_reviewed` would train on: reviewed ones with a class and (for
-/// segmentation tasks) a reference mask.
+/// The cases a run with `only_reviewed` may train on: the reviewed ones, or all. Which of them
+/// it takes depends on its tasks (a class, a reference mask: `SampleSelection::for_training`).
 pub fn training_case_ids(manifest: &Manifest, only_reviewed: bool) -> Vec<String> {
     manifest
         .cases
         .iter()
         .filter(|c| !only_reviewed || c.review == ReviewStatus::Reviewed)
-        .filter(|c| c.class_label.is_some())
         .map(|c| c.id.clone())
         .collect()
 }
@@ -267,10 +266,11 @@ pub fn run_samples(
     if samples.is_empty() {
         return Err(ProjectError::Invalid {
             path: project.manifest_path(),
-            problem: if request.only_reviewed {
-                "no reviewed case with a class (and a mask) to train on: review a case first".into()
-            } else {
-                "no case with a class (and a mask) to train on".into()
+            problem: match (request.only_reviewed, config.training.mode.case_needs()) {
+                (true, needs) => {
+                    format!("no reviewed case with {needs} to train on: review a case first")
+                }
+                (false, needs) => format!("no case with {needs} to train on"),
             },
         });
     }

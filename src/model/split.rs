@@ -17,7 +17,13 @@ use rand_chacha::ChaCha8Rng;
 /// Split samples into training and validation: `fraction` of them (rounded, at most all but
 /// one) held out, stratified by class and covering labels, fixed by `seed`.
 pub fn split_by_case(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
-    let classes: Vec<usize> = samples.iter().map(|s| s.class).collect();
+    // Cases without a class (a segmentation-only run's) form a stratum of their own.
+    let unknown = samples
+        .iter()
+        .filter_map(|s| s.class)
+        .max()
+        .map_or(0, |c| c + 1);
+    let classes: Vec<usize> = samples.iter().map(|s| s.class.unwrap_or(unknown)).collect();
     let labels: Vec<Vec<u8>> = samples
         .iter()
         .map(|s| s.foreground_by_label.iter().map(|l| l.0).collect())
@@ -123,7 +129,7 @@ pub fn validation_gaps(
     label_name: impl Fn(u8) -> String,
 ) -> Vec<String> {
     let mut gaps = Vec::new();
-    let classes_in = |set: &[Sample], c: usize| set.iter().any(|s| s.class == c);
+    let classes_in = |set: &[Sample], c: usize| set.iter().any(|s| s.class == Some(c));
     for (c, name) in class_names.iter().enumerate() {
         if classes_in(train, c) && !classes_in(val, c) {
             gaps.push(format!(

@@ -36,6 +36,15 @@ impl TaskMode {
             TaskMode::ClassificationOnly => "class",
         }
     }
+
+    /// What a case needs to be trained on in this mode, in words.
+    pub fn case_needs(self) -> &'static str {
+        match self {
+            TaskMode::Joint => "a reference mask and a class",
+            TaskMode::SegmentationOnly => "a reference mask",
+            TaskMode::ClassificationOnly => "a class",
+        }
+    }
 }
 
 /// Training settings.
