@@ -21,28 +21,31 @@ pub fn review_panel(ui: &mut egui::Ui, app: &MriloopApp, out: &mut Vec<Command>)
     let Some(case) = project.manifest.cases.get(i) else {
         return;
     };
-    ui.horizontal(|ui| {
-        let current = case.class_label.as_deref().unwrap_or("not set");
-        egui::ComboBox::new("class", "reference class (keys 1–9)")
-            .selected_text(current)
-            .show_ui(ui, |ui| {
-                if ui
-                    .selectable_label(case.class_label.is_none(), "not set")
-                    .clicked()
-                {
-                    edit(out, EditCommand::SetClass(None));
-                }
-                for (k, c) in project.manifest.classes.iter().enumerate() {
-                    let text = format!("{} {c}", k + 1);
+    // No class list (an nnU-Net dataset's project): nothing to choose.
+    if !project.manifest.classes.is_empty() {
+        ui.horizontal(|ui| {
+            let current = case.class_label.as_deref().unwrap_or("not set");
+            egui::ComboBox::new("class", "reference class (keys 1–9)")
+                .selected_text(current)
+                .show_ui(ui, |ui| {
                     if ui
-                        .selectable_label(case.class_label.as_deref() == Some(c), text)
+                        .selectable_label(case.class_label.is_none(), "not set")
                         .clicked()
                     {
-                        edit(out, EditCommand::SetClass(Some(c.clone())));
+                        edit(out, EditCommand::SetClass(None));
                     }
-                }
-            });
-    });
+                    for (k, c) in project.manifest.classes.iter().enumerate() {
+                        let text = format!("{} {c}", k + 1);
+                        if ui
+                            .selectable_label(case.class_label.as_deref() == Some(c), text)
+                            .clicked()
+                        {
+                            edit(out, EditCommand::SetClass(Some(c.clone())));
+                        }
+                    }
+                });
+        });
+    }
     ui.horizontal_wrapped(|ui| {
         ui.label("status:");
         for (s, name) in [

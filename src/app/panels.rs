@@ -623,6 +623,11 @@ fn class_panel(ui: &mut egui::Ui, app: &MriloopApp) {
     let Some(case) = project.manifest.cases.get(i) else {
         return;
     };
+    if project.manifest.classes.is_empty() {
+        // An nnU-Net dataset's project: the network segments only.
+        ui.label("this project has no case classes: segmentation only");
+        return;
+    }
     ui.label(format!(
         "reference: {}",
         case.class_label.as_deref().unwrap_or("not set")
