@@ -385,3 +385,45 @@ fn a_prompt_is_answered_off_the_calling_thread_and_lands_as_one_undo_step() {
     edit(&mut s, EditCommand::ClearPrompts);
     assert!(s.prompts().markers().is_empty());
 }
+
+/// A real atlas opened on its own (MRIcron's Colin27 T1 and AAL from Debian's `mricron-data`,
+/// which `.ci/run` installs): the names in `aal.nii.txt` beside it name the labels, said in a
+/// notice; without a table beside it the labels are numbered.
+#[test]
+fn an_atlas_opened_on_its_own_takes_its_label_names_from_the_table_beside_it() {
+    let templates = Path::new("/usr/share/mricron/templates");
+    let (t1, aal) = (templates.join("ch2.nii.gz"), templates.join("aal.nii.gz"));
+    assert!(aal.is_file(), "mricron-data is installed by .ci/run");
+    let dir = tempfile::tempdir().unwrap();
+    let loose_root = dir.path().join("unsaved");
+    let source =
+        mriloop::session::CaseSource::from_files(std::slice::from_ref(&t1), Some(aal.clone()))
+            .with_working_copy(&loose_root);
+    let case = mriloop::session::script::load_now(&source).unwrap();
+    let mut s = Session::new(loose_root, mriloop::session::jobs::no_wake());
+    let said = s
+        .apply(Input::CaseLoaded {
+            case: Box::new(case),
+            index: None,
+            source,
+        })
+        .messages;
+    assert_eq!(s.labels().labels().len(), 116);
+    assert_eq!(s.labels().name_of(1), "Precentral_L");
+    assert_eq!(s.labels().name_of(116), "Vermis_10");
+    let from = format!(
+        "116 label names from {}",
+        templates.join("aal.nii.txt").display()
+    );
+    assert!(said.contains(&Message::Notice(from)), "{said:?}");
+    // The same labels copied where no table lies beside them: numbered.
+    let copy = dir.path().join("atlas.nii.gz");
+    std::fs::copy(&aal, &copy).unwrap();
+    let s = open_session(&ScriptTarget::Files {
+        images: vec![t1],
+        mask: Some(copy),
+        loose_root: dir.path().join("unsaved"),
+    })
+    .unwrap();
+    assert_eq!(s.labels().name_of(1), "label 1");
+}

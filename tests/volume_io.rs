@@ -534,6 +534,15 @@ nrrd.write(f"{out}/two.seg.nrrd", layers, seg, custom_field_map={})
         "the later layer wins an overlap"
     );
     assert_eq!(segs[0].color, [51, 102, 255]);
+    // Opened on its own, its segments name the merged map's values (the window's label table).
+    let (_, table) = mriloop::project::label_table_beside(&dir.path().join("two.seg.nrrd"))
+        .expect("a segmentation names its labels")
+        .unwrap();
+    assert_eq!(
+        (table.name_of(1), table.name_of(2)),
+        ("left thalamus".into(), "lesion".into())
+    );
+    assert_eq!(table.get(1).map(|l| l.color), Some([51, 102, 255]));
     // Saved back over the user's file (as a Save does): one layer, the segments' names kept,
     // and pynrrd reads it on the same grid with the same values.
     let saved = dir.path().join("two.seg.nrrd");

@@ -781,7 +781,11 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
         ] {
             ui.radio_value(&mut s.mode, m, name);
         }
-        let any_class = project.manifest.cases.iter().any(|c| c.class_label.is_some());
+        let any_class = project
+            .manifest
+            .cases
+            .iter()
+            .any(|c| c.class_label.is_some());
         if s.mode == TaskMode::Joint && !any_class {
             ui.weak("(no case has a class: the segmentation only)");
         }

@@ -13,6 +13,7 @@
 pub mod demo;
 pub mod dicom_import;
 pub mod journal;
+mod label_files;
 mod labels;
 pub mod models;
 pub mod nnunet;
@@ -21,6 +22,7 @@ pub mod shard;
 pub mod slices;
 pub mod store;
 
+pub use label_files::label_table_beside;
 pub use labels::{default_color, Label, LabelTable};
 pub use models::{EpochRecord, ModelVersion, RunOutcome};
 

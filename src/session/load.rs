@@ -29,6 +29,9 @@ pub struct CaseSource {
     /// Loose files: the folder of their working copy (`mask.nii.gz`, the state autosaved since
     /// the user's last Save, and the journal); never the user's own folder.
     pub working_copy: Option<PathBuf>,
+    /// Loose files: read the label names kept beside the label file
+    /// ([`crate::project::label_table_beside`]); a project's are in its manifest.
+    pub label_names_beside: bool,
 }
 
 impl CaseSource {
@@ -45,6 +48,7 @@ impl CaseSource {
             predicted: case.predicted_mask.as_deref().map(|p| project.resolve(p)),
             journal: Some(crate::project::journal::journal_path(project, &case.id)),
             working_copy: None,
+            label_names_beside: false,
         }
     }
 
@@ -72,6 +76,7 @@ impl CaseSource {
             predicted: None,
             journal: None,
             working_copy: None,
+            label_names_beside: true,
         }
     }
 
@@ -138,6 +143,9 @@ pub struct LoadedCase {
     /// Edits recovered from the journal (already applied to the reference mask; record edits
     /// are for the caller to apply to the case).
     pub recovered: Option<Recovered>,
+    /// Loose files: the label names found beside the label file (where), or why they could
+    /// not be read.
+    pub label_names: Option<Result<(PathBuf, crate::project::LabelTable), String>>,
 }
 
 /// What the journal held when the case was opened.
@@ -245,6 +253,10 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
         None => empty_mask_like(&images[0].volume)?,
     };
     let recovered = replay_journal(source.journal.as_deref(), &mut reference)?;
+    let label_names = match (&source.reference, source.label_names_beside) {
+        (Some(file), true) => crate::project::label_table_beside(file),
+        _ => None,
+    };
     Ok(LoadedCase {
         case_id: source.case_id.clone(),
         images,
@@ -253,6 +265,7 @@ fn load(source: &CaseSource, tx: &Sender<LoadMessage>) -> Result<LoadedCase, Str
         from_working_copy,
         predicted,
         recovered,
+        label_names,
     })
 }
 

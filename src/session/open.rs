@@ -57,6 +57,9 @@ impl Session {
             self.labels = crate::project::LabelTable::default();
             self.pending.project = true;
         }
+        if case_index.is_none() {
+            self.loose_label_names(loaded.label_names.take());
+        }
         // A label table recovered from the journal is in force before the colours go up.
         if let (Some(rec), Some(p)) = (&loaded.recovered, self.project.as_mut()) {
             for e in &rec.edits {
@@ -102,6 +105,30 @@ impl Session {
             time,
         });
         self.pending.case_opened = true;
+    }
+
+    /// Loose files: the label names found beside the label file name its labels (said in a
+    /// message); without them, or when they cannot be read (said too), the labels are
+    /// `label N` in the default colours.
+    fn loose_label_names(
+        &mut self,
+        found: Option<Result<(std::path::PathBuf, crate::project::LabelTable), String>>,
+    ) {
+        self.labels = crate::project::LabelTable::default();
+        match found {
+            Some(Ok((file, table))) => {
+                let n = table.labels().len();
+                self.labels = table;
+                self.message(Message::Notice(format!(
+                    "{n} label names from {}",
+                    file.display()
+                )));
+            }
+            Some(Err(e)) => self.message(Message::Info(format!(
+                "label names not read ({e}); the labels are numbered"
+            ))),
+            None => {}
+        }
     }
 
     /// The form of project case `index`, if any.

@@ -695,14 +695,18 @@ fn as_one_layer(mut segs: Vec<Segment>) -> Vec<Segment> {
     segs
 }
 
+/// The segments of the segmentation at `path` (its header alone), valued as
+/// [`read_segmentation`] maps them into one label map.
+pub fn segmentation_segments(path: &Path) -> Result<Vec<Segment>, VolumeError> {
+    Ok(as_one_layer(segments(&read_nrrd_header(path)?)))
+}
+
 /// Write a label map as a Slicer segmentation: one segment per value present, named and
 /// coloured as the segments of the file already at `path` (the one the user opened) where it
 /// has that value, else `Segment_N` in a default colour.
 pub fn write_segmentation(path: &Path, labels: &Volume<u8>) -> Result<(), VolumeError> {
     let previous = if path.is_file() {
-        read_nrrd_header(path)
-            .map(|h| as_one_layer(segments(&h)))
-            .unwrap_or_default()
+        segmentation_segments(path).unwrap_or_default()
     } else {
         Vec::new()
     };
