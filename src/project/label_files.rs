@@ -18,7 +18,10 @@ pub const MAX_TABLE_BYTES: u64 = 4 << 20;
 /// none; the error names the file and the problem.
 pub fn label_table_beside(mask: &Path) -> Option<Result<(PathBuf, LabelTable), String>> {
     if crate::volume::nrrd::is_segmentation_name(mask) {
-        return Some(segmentation_table(mask).map(|t| (mask.to_path_buf(), t)));
+        return match segmentation_table(mask) {
+            Ok(t) if t.labels().is_empty() => None,
+            read => Some(read.map(|t| (mask.to_path_buf(), t))),
+        };
     }
     let table = table_candidates(mask).into_iter().find(|p| p.is_file())?;
     let read = read_table_text(&table).and_then(|text| {
