@@ -303,7 +303,12 @@ pub fn cohort_window(ctx: &egui::Context, app: &MriloopApp, out: &mut Vec<Comman
                         v.iter().sum::<f64>() / v.len().max(1) as f64
                     ));
                     ui.label(s.class_auc.map_or("—".into(), |a| format!("{a:.3}")));
-                    ui.label(format!("{:.2}", s.class_accuracy));
+                    // No case with a class (a project without classes): no accuracy.
+                    let classified: usize = s.confusion.iter().flatten().sum();
+                    ui.label(match classified {
+                        0 => "—".to_string(),
+                        _ => format!("{:.2}", s.class_accuracy),
+                    });
                     ui.label(format!("{:?}", s.confusion));
                     ui.end_row();
                 }

@@ -845,9 +845,10 @@ impl RunContext<'_> {
             return Err(ExperimentError::Plan {
                 path: "plan".into(),
                 problem: format!(
-                    "arm {}: {} training cases with a reference and a class besides the test cases; at least 2 are needed",
+                    "arm {}: {} training cases with {} besides the test cases; at least 2 are needed",
                     arm.name,
-                    pool.len()
+                    pool.len(),
+                    first.training.mode.case_needs()
                 ),
             });
         }

@@ -1,5 +1,5 @@
-//! Training data from a mriloop project: each usable case (a reference mask and a class label)
-//! becomes a `Sample` (its sequences as channels, z-scored inside the head, and its mask), and
+//! Training data from a mriloop project: each usable case (what its run trains on: a reference
+//! mask, a class label, or both) becomes a `Sample` (its sequences as channels, z-scored inside the head, and its mask), and
 //! `PatchSampler` draws random patches with foreground oversampling (a third of patches by
 //! default are centred on a labelled voxel, as nnU-Net does, so a tiny structure is seen; the
 //! plan may raise the share and weight small labels, `ForegroundSampling`) and augmentation
@@ -294,8 +294,9 @@ pub(crate) fn class_target(s: &Sample) -> i32 {
 }
 
 /// Load the project's cases that have a class label (unless `class_optional`) and (with
-/// `require_mask`) a reference mask, with the selection's sequences (in that order) as channels. Without `require_mask`,
-/// a case with no mask gets an empty one (classification-only training, e.g. the 4D form).
+/// `require_mask`) a reference mask, with the selection's sequences (in that order) as
+/// channels. Without `require_mask`, a case with no mask gets an empty one
+/// (classification-only training, e.g. the 4D form).
 pub fn load_samples_with(
     project: &Project,
     selection: &SampleSelection,

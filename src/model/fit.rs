@@ -810,6 +810,19 @@ fn draws(spec: &LoaderSpec, epoch: usize) -> (PatchSampler, ChaCha8Rng) {
     (sampler, ChaCha8Rng::seed_from_u64(seed ^ PROMPT_SEED))
 }
 
+/// Each training case's draw weight: its class's (1 for a case without a class, or a class
+/// without a weight).
+fn case_weights(spec: &LoaderSpec, train: &[Sample]) -> Vec<f64> {
+    train
+        .iter()
+        .map(|s| {
+            s.class
+                .and_then(|c| spec.class_weights.get(c).copied())
+                .unwrap_or(1.0)
+        })
+        .collect()
+}
+
 /// The loader thread's body: send `spec.total` batches from `train` into `tx`, stopping early
 /// when `halt` is set, the receiver is gone or there is nothing to train on.
 fn load_batches(
@@ -819,14 +832,7 @@ fn load_batches(
     tx: &SyncSender<HostBatch>,
 ) {
     let (mut sampler, mut prompt_rng) = draws(spec, 0);
-    let case_weights: Vec<f64> = train
-        .iter()
-        .map(|s| {
-            s.class
-                .and_then(|c| spec.class_weights.get(c).copied())
-                .unwrap_or(1.0)
-        })
-        .collect();
+    let case_weights = case_weights(spec, train);
     let c = train.first().map_or(1, |s| s.channels.len());
     // Class crops see the whole head on the coarse grid.
     let coarse: Vec<Sample>;

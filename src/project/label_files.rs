@@ -4,9 +4,11 @@
 //! any of the formats the tools users know write: ITK-SNAP's label description file, FreeSurfer's
 //! and 3D Slicer's colour tables (`IDX NAME R G B A`), or a plain `IDX NAME …` list.
 //!
-//! Invariants: a table file is untrusted — larger than [`MAX_TABLE_BYTES`] it is refused
-//! unread, a malformed line is refused naming its number; indices 0 (the background) and above
-//! 255 (no uint8 mask holds them) are skipped; a label without a colour gets the default one.
+//! Invariants: a table file is untrusted — larger than [`MAX_TABLE_BYTES`] it is refused (read
+//! no further), a malformed line is refused naming its number; index 0 (the background) is
+//! skipped, and so are indices above 255 (no uint8 mask holds them) in a colour table or list
+//! (an ITK-SNAP file holding one is refused, as its import is); a label without a colour gets
+//! the default one.
 
 use super::labels::{default_color, Label, LabelTable};
 use std::path::{Path, PathBuf};
@@ -44,19 +46,23 @@ fn table_candidates(mask: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// A table file's text, refused unread above [`MAX_TABLE_BYTES`].
+/// A table file's text (a UTF-8 byte-order mark dropped), refused past [`MAX_TABLE_BYTES`]
+/// (read no further than one byte beyond).
 fn read_table_text(path: &Path) -> Result<String, String> {
-    let size = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
-    if size > MAX_TABLE_BYTES {
+    use std::io::Read;
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TABLE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(fail)?;
+    if bytes.len() as u64 > MAX_TABLE_BYTES {
         return Err(format!(
-            "{}: {size} bytes, more than a label table's {MAX_TABLE_BYTES}",
+            "{}: more than a label table's {MAX_TABLE_BYTES} bytes",
             path.display()
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    let text = String::from_utf8_lossy(&bytes);
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(&text).to_string())
 }
 
 /// A Slicer segmentation's segments as a table (valued as the merged label map is).
@@ -165,7 +171,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mask = dir.path().join("aal.nii.gz");
         assert!(label_table_beside(&mask).is_none());
-        std::fs::write(dir.path().join("aal.txt"), "5 Frontal_Sup_L 2101\n").unwrap();
+        // A byte-order mark (as Windows editors write) is no part of the first index.
+        std::fs::write(dir.path().join("aal.txt"), "\u{feff}5 Frontal_Sup_L 2101\n").unwrap();
         let (at, t) = label_table_beside(&mask).unwrap().unwrap();
         assert_eq!(
             (at, t.name_of(5)),
