@@ -180,6 +180,18 @@ fn masks_in_other_integer_types_load_and_statistics_are_right() {
     let src = CaseSource::from_files(&[dir.path().join("T1w.nii.gz")], Some(path));
     assert_eq!(src.case_id, "T1w");
     assert_eq!(src.file_count(), 2);
+    // Every format's extension goes from the case and sequence names.
+    for (file, stem) in [
+        ("ch2.hdr", "ch2"),
+        ("ch2.IMG.gz", "ch2"),
+        ("orig.mgz", "orig"),
+        ("Seg.seg.nrrd", "Seg"),
+        ("dwi.nhdr", "dwi"),
+        ("notes.txt", "notes.txt"),
+    ] {
+        let src = CaseSource::from_files(&[dir.path().join(file)], None);
+        assert_eq!(src.case_id, stem, "{file}");
+    }
 }
 
 #[test]

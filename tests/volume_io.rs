@@ -776,3 +776,101 @@ fn a_pick_ray_skips_unwanted_labels_and_misses_give_nothing() {
         mriloop::volume::pick::first_labelled_along(&m, DVec3::splat(-10.0), -DVec3::X, |_| true);
     assert!(away.is_none());
 }
+
+/// NIfTI `.hdr`/`.img` pairs as nibabel writes them (SPM's and FSL's `NIFTI_PAIR` layout):
+/// NIfTI-1 float oblique, a big-endian scaled short NIfTI-2 pair, a gzipped pair (named by its
+/// `.img.gz`) read with nibabel's shape, affine and values; a mask saved over a pair and as a
+/// new one reads back in nibabel; an Analyze header, a pair missing its image and a truncated
+/// image are refused by name.
+#[test]
+fn nifti_pairs_written_by_nibabel_read_as_nibabel_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = r#"
+import sys, json, numpy as np, nibabel as nib
+out = sys.argv[1]
+a = np.array([[0.9, -0.2, 0.1, -40.5], [0.15, 1.1, -0.3, 12.25], [-0.05, 0.25, 1.4, 7.0], [0, 0, 0, 1]])
+idx = np.arange(5 * 6 * 7).reshape((5, 6, 7), order="F")
+nib.save(nib.Nifti1Pair((idx * 0.5).astype(np.float32), a), f"{out}/f.hdr")
+s = nib.Nifti2Pair((idx - 100).astype(np.int16), a)
+s.header.set_data_dtype(">i2")
+s.header.set_slope_inter(2.0, -3.0)
+nib.save(s, f"{out}/s.hdr")
+nib.save(nib.Nifti1Pair((idx % 7).astype(np.uint8), a), f"{out}/m.hdr.gz")
+nib.save(nib.AnalyzeImage(idx.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])), f"{out}/old.hdr")
+print(json.dumps({k: {"affine": nib.load(f"{out}/{k}").affine.tolist(),
+                      "values": np.asarray(nib.load(f"{out}/{k}").get_fdata()).ravel(order="F").tolist()}
+                  for k in ["f.hdr", "s.hdr", "m.img.gz"]}))
+"#;
+    let theirs: serde_json::Value = serde_json::from_str(&python(script, &[dir.path()])).unwrap();
+    for name in ["f.hdr", "s.hdr", "m.img.gz"] {
+        let v = read_volume(&dir.path().join(name)).unwrap().to_f32();
+        assert_eq!(v.dims(), [5, 6, 7, 1], "{name}");
+        let affine: Vec<Vec<f64>> = serde_json::from_value(theirs[name]["affine"].clone()).unwrap();
+        let rows = v.affine().rows();
+        assert!(
+            (0..3).all(|r| (0..4).all(|c| (rows[r][c] - affine[r][c]).abs() < 1e-4)),
+            "{name}: {rows:?} vs {affine:?}"
+        );
+        let values: Vec<f64> = serde_json::from_value(theirs[name]["values"].clone()).unwrap();
+        assert!(
+            v.data()
+                .iter()
+                .zip(&values)
+                .all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6),
+            "{name}"
+        );
+        assert_eq!(
+            read_header(&dir.path().join(name)).unwrap().dims,
+            [5, 6, 7, 1]
+        );
+    }
+    // The gzipped pair's mask reads as a label map, named by its header too; saved over it (as
+    // a Save does) and as a new pair, nibabel reads each back with our values on our grid.
+    let mut mask = read_volume(&dir.path().join("m.hdr.gz"))
+        .unwrap()
+        .into_u8()
+        .unwrap();
+    assert_eq!(mask.data()[4], 4);
+    mask.data_mut()[4] = 9;
+    write_volume(&dir.path().join("m.hdr.gz"), &mask).unwrap();
+    write_volume(&dir.path().join("new.img"), &mask).unwrap();
+    let check = r#"
+import sys, json, numpy as np, nibabel as nib
+out = []
+for f in sys.argv[1:]:
+    m = nib.load(f)
+    out.append({"kind": type(m).__name__, "affine": m.affine.tolist(),
+                "values": np.asarray(m.dataobj).ravel(order="F").tolist()})
+print(json.dumps(out))
+"#;
+    let (saved, new) = (dir.path().join("m.img.gz"), dir.path().join("new.hdr"));
+    let back: serde_json::Value = serde_json::from_str(&python(check, &[&saved, &new])).unwrap();
+    for b in back.as_array().unwrap() {
+        assert_eq!(b["kind"], "Nifti1Pair");
+        let values: Vec<u8> = serde_json::from_value(b["values"].clone()).unwrap();
+        assert_eq!(values, mask.data());
+        let affine: Vec<Vec<f64>> = serde_json::from_value(b["affine"].clone()).unwrap();
+        let rows = mask.affine().rows();
+        assert!((0..3).all(|r| (0..4).all(|c| (rows[r][c] - affine[r][c]).abs() < 1e-4)));
+    }
+    assert!(!dir.path().join("m.hdr").exists() && !dir.path().join("new.img.gz").exists());
+    let e = read_volume(&dir.path().join("old.hdr"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("old.hdr") && e.contains("Analyze 7.5"), "{e}");
+    std::fs::remove_file(dir.path().join("f.img")).unwrap();
+    let e = read_volume(&dir.path().join("f.hdr"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("f.hdr") && e.contains("f.img is not beside it"),
+        "{e}"
+    );
+    let img = dir.path().join("s.img");
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(&img, &bytes[..bytes.len() / 2]).unwrap();
+    let e = read_volume(&dir.path().join("s.hdr"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.hdr") && e.contains("truncated data"), "{e}");
+}

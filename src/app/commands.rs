@@ -171,7 +171,7 @@ impl MriloopApp {
                     .set_title("Open images (a label file is recognised by its name)")
                     .add_filter(
                         "NIfTI, MGH, NRRD",
-                        &["nii", "gz", "mgz", "mgh", "nrrd", "nhdr"],
+                        &["nii", "gz", "hdr", "img", "mgz", "mgh", "nrrd", "nhdr"],
                     )
                     .pick_files()?;
                 let (masks, images): (Vec<PathBuf>, Vec<PathBuf>) =
@@ -236,7 +236,7 @@ impl MriloopApp {
                 .set_title("Save the mask as")
                 .add_filter(
                     "NIfTI, MGH, NRRD",
-                    &["nii", "gz", "mgz", "mgh", "nrrd", "nhdr"],
+                    &["nii", "gz", "hdr", "img", "mgz", "mgh", "nrrd", "nhdr"],
                 );
             if let Some(dir) = loose.mask_path.parent() {
                 dialog = dialog.set_directory(dir);

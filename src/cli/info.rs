@@ -104,6 +104,7 @@ fn json(file: &Path, h: &NiftiHeaderInfo, range: Option<(f32, f32)>) -> Result<S
     let v = serde_json::json!({
         "file": file.display().to_string(),
         "nifti_version": h.version,
+        "nifti_pair": h.pair,
         "dims": dims(h),
         "spacing": h.affine.spacing_mm(),
         "affine": h.affine.rows(),
@@ -123,7 +124,12 @@ fn text(file: &Path, h: &NiftiHeaderInfo, range: Option<(f32, f32)>) -> Result<S
     let mut out = String::new();
     writeln!(out, "file:        {}", file.display())?;
     let endian = if h.big_endian { "big" } else { "little" };
-    writeln!(out, "format:      NIfTI-{} ({endian}-endian)", h.version)?;
+    let pair = if h.pair { " .hdr/.img pair" } else { "" };
+    writeln!(
+        out,
+        "format:      NIfTI-{}{pair} ({endian}-endian)",
+        h.version
+    )?;
     let d: Vec<String> = dims(h).iter().map(|d| d.to_string()).collect();
     writeln!(out, "dims:        {}", d.join(" × "))?;
     let s = h.affine.spacing_mm();

@@ -59,9 +59,7 @@ impl CaseSource {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| p.display().to_string());
-            name.trim_end_matches(".gz")
-                .trim_end_matches(".nii")
-                .to_string()
+            crate::volume::volume_stem(&name).to_string()
         };
         Self {
             case_id: images

@@ -50,7 +50,7 @@ fn mask_beside(image: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let stem = name.trim_end_matches(".gz").trim_end_matches(".nii");
+    let stem = crate::volume::volume_stem(&name);
     image.with_file_name(format!("{stem}_mask.nii.gz"))
 }
 
@@ -62,6 +62,8 @@ pub fn working_copy_name(file: &Path) -> String {
     for b in abs.to_string_lossy().bytes() {
         hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
     }
+    // The key of working copies already on disk: keep it as it was (only `.nii` and `.gz`
+    // stripped), or an earlier session's unsaved edits would not be found again.
     let stem: String = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

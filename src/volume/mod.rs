@@ -11,6 +11,7 @@ pub mod distance;
 pub mod mesh_io;
 pub mod mgh;
 pub mod nifti_io;
+mod nifti_pair;
 pub mod nrrd;
 pub mod pick;
 pub mod regions;
@@ -184,6 +185,27 @@ pub(crate) fn read_claimed(
 /// A problem with a file, naming it.
 pub(crate) fn file_problem(path: &std::path::Path, what: impl Into<String>) -> VolumeError {
     VolumeError::Shape(format!("{}: {}", path.display(), what.into()))
+}
+
+/// A volume file's name without its format's extension (and `.gz`), any case: `T1.nii.gz` →
+/// `T1`, `ch2.hdr` → `ch2`, `seg.seg.nrrd` → `seg`; other names unchanged.
+pub fn volume_stem(name: &str) -> &str {
+    let lower = name.to_ascii_lowercase();
+    let bare = lower.strip_suffix(".gz").unwrap_or(&lower);
+    let known = [
+        ".seg.nrrd",
+        ".nii",
+        ".hdr",
+        ".img",
+        ".mgz",
+        ".mgh",
+        ".nrrd",
+        ".nhdr",
+    ];
+    match known.iter().find(|e| bare.ends_with(*e)) {
+        Some(e) => &name[..bare.len() - e.len()],
+        None => &name[..bare.len()],
+    }
 }
 
 /// Whether `path` ends in one of `extensions` (any case).

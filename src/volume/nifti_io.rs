@@ -8,8 +8,10 @@
 //! stream whose size cannot be trusted grows its buffer only as data actually arrives.
 //! Every error names the file and the problem; nothing here panics on bad input.
 //!
-//! Writes are always NIfTI-1, little-endian, single-file, atomic (see `crate::atomic`), gzip
-//! compressed when the name ends in `.gz`. A volume still in its file layout is written with the
+//! A `.hdr`/`.img` pair is read and written through `nifti_pair`, with the same checks.
+//!
+//! Writes are always NIfTI-1, little-endian, atomic (see `crate::atomic`), gzip compressed
+//! when the name ends in `.gz`; single-file unless the name is a pair's. A volume still in its file layout is written with the
 //! qform/sform it was read with, bit-for-bit.
 
 use super::{Affine, AnyVolume, StoredGeometry, Volume, VolumeError, Voxel};
@@ -24,6 +26,16 @@ use super::MAX_DEFLATE_RATIO;
 /// A gzip file whose claimed size is within this ratio of its real size is decoded in one
 /// shot into a buffer of the claimed size (allocation ≤ this × the file size).
 const FAST_PATH_RATIO: u64 = 64;
+
+/// Where a header's voxels are: after it in one file (`.nii`), or in a separate `.img` (a
+/// `.hdr`/`.img` pair, where `vox_offset` counts from the `.img`'s start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// `.nii` / `.nii.gz`: magic `n+1` / `n+2`.
+    Single,
+    /// `.hdr` + `.img` (either gzipped): magic `ni1` / `ni2`.
+    Pair,
+}
 
 const NIFTI1_HEADER_BYTES: usize = 348;
 const NIFTI2_HEADER_BYTES: usize = 540;
@@ -150,8 +162,12 @@ pub enum NiftiProblem {
     },
     /// The magic string is wrong.
     BadMagic(String),
-    /// A `.hdr`/`.img` pair: mriloop reads single-file NIfTI only.
+    /// Pair magic (`ni1`/`ni2`) in a single file: its voxels are in a separate `.img`.
     HeaderPair,
+    /// An Analyze 7.5 header (a `.hdr` without NIfTI magic): its orientation is ambiguous.
+    Analyze,
+    /// A `.hdr`/`.img` pair with one of its two files missing.
+    PairPartnerMissing(String),
     /// `dim[0]` outside 1..=7.
     DimCountOutOfRange(i64),
     /// A dimension is zero or negative.
@@ -234,8 +250,15 @@ impl fmt::Display for NiftiProblem {
             Self::BadMagic(m) => write!(f, "wrong magic {m:?} (expected \"n+1\" or \"n+2\")"),
             Self::HeaderPair => write!(
                 f,
-                "this is the header of a .hdr/.img pair; mriloop reads single-file NIfTI (.nii, .nii.gz)"
+                "a .hdr/.img pair's header (magic ni1/ni2) in a single file: open the .hdr beside its .img"
             ),
+            Self::Analyze => write!(
+                f,
+                "an Analyze 7.5 header (no NIfTI magic), whose left and right are ambiguous: convert it to NIfTI first (nibabel, or FSL's fslchfiletype)"
+            ),
+            Self::PairPartnerMissing(want) => {
+                write!(f, "half of a .hdr/.img pair: {want} is not beside it")
+            }
             Self::DimCountOutOfRange(n) => write!(f, "dim[0] = {n} is out of range (1..=7)"),
             Self::BadDim { axis, value } => write!(f, "dim[{axis}] = {value} is not a positive size"),
             Self::TooManyDims(n) => write!(f, "{n}-D data: mriloop reads 3D and 4D volumes"),
@@ -276,6 +299,8 @@ impl fmt::Display for NiftiProblem {
 pub struct NiftiHeaderInfo {
     /// 1 or 2.
     pub version: u8,
+    /// Whether it is a `.hdr`/`.img` pair's header (the voxels in the `.img`).
+    pub pair: bool,
     /// Whether the file is big-endian.
     pub big_endian: bool,
     /// `dim[0]`: number of dimensions (1..=7, dims past 4 all 1).
@@ -335,26 +360,30 @@ impl NiftiHeaderInfo {
     }
 }
 
-fn nifti_err(path: &Path, problem: NiftiProblem) -> VolumeError {
+pub(super) fn nifti_err(path: &Path, problem: NiftiProblem) -> VolumeError {
     VolumeError::Nifti {
         path: path.to_path_buf(),
         problem,
     }
 }
 
-fn io_err(path: &Path, source: io::Error) -> VolumeError {
+pub(super) fn io_err(path: &Path, source: io::Error) -> VolumeError {
     VolumeError::Io {
         path: path.to_path_buf(),
         source,
     }
 }
 
-fn is_gzip(bytes: &[u8]) -> bool {
+pub(super) fn is_gzip(bytes: &[u8]) -> bool {
     bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b
 }
 
-/// Read and validate only the header of a `.nii` or `.nii.gz` file.
+/// Read and validate only the header of a `.nii` or `.nii.gz` file (or of a `.hdr`/`.img`
+/// pair, named by either file).
 pub fn read_header(path: &Path) -> Result<NiftiHeaderInfo, VolumeError> {
+    if let Some(pair) = super::nifti_pair::pair_of(path)? {
+        return pair.read_header();
+    }
     let mut file = File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
     let mut head = Vec::with_capacity(NIFTI2_HEADER_BYTES);
@@ -365,14 +394,14 @@ pub fn read_header(path: &Path) -> Result<NiftiHeaderInfo, VolumeError> {
     if is_gzip(&head) {
         let mut file = File::open(path).map_err(|e| io_err(path, e))?;
         let hdr = gz_header_bytes(path, &mut file)?;
-        parse_header(path, &hdr, len, true)
+        parse_header(path, &hdr, (len, true), Layout::Single)
     } else {
-        parse_header(path, &head, len, false)
+        parse_header(path, &head, (len, false), Layout::Single)
     }
 }
 
 /// Decompress the first header-sized bytes of a gzip stream.
-fn gz_header_bytes(path: &Path, reader: impl Read) -> Result<Vec<u8>, VolumeError> {
+pub(super) fn gz_header_bytes(path: &Path, reader: impl Read) -> Result<Vec<u8>, VolumeError> {
     let mut out = Vec::with_capacity(NIFTI2_HEADER_BYTES);
     flate2::read::MultiGzDecoder::new(reader)
         .take(NIFTI2_HEADER_BYTES as u64)
@@ -382,12 +411,13 @@ fn gz_header_bytes(path: &Path, reader: impl Read) -> Result<Vec<u8>, VolumeErro
 }
 
 /// Parse and validate a header from the first bytes of the (decompressed) stream.
-/// `file_len` is the size on disk; `gz` says whether it is compressed.
-fn parse_header(
+/// `file_len` is the size on disk of the file holding the voxels; `gz` says whether it is
+/// compressed.
+pub(super) fn parse_header(
     path: &Path,
     bytes: &[u8],
-    file_len: u64,
-    gz: bool,
+    (file_len, gz): (u64, bool),
+    layout: Layout,
 ) -> Result<NiftiHeaderInfo, VolumeError> {
     let fail = |p| nifti_err(path, p);
     if file_len == 0 {
@@ -421,11 +451,11 @@ fn parse_header(
         }));
     }
     let raw = if version == 1 {
-        RawHeader::parse_v1(path, &bytes[..need], big_endian)?
+        RawHeader::parse_v1(path, &bytes[..need], big_endian, layout)?
     } else {
         RawHeader::parse_v2(&bytes[..need], big_endian)?
     };
-    raw.validate(path, version, big_endian, file_len, gz)
+    raw.validate(path, (version, big_endian, layout), file_len, gz)
 }
 
 /// Header fields in a version-independent form, before validation.
@@ -479,17 +509,24 @@ impl Fields<'_> {
 impl RawHeader {
     /// NIfTI-1: the `nifti` crate parses the 348 bytes; `dim[0]` is checked first because the
     /// crate infers byte order from it.
-    fn parse_v1(path: &Path, bytes: &[u8], big: bool) -> Result<Self, VolumeError> {
+    fn parse_v1(path: &Path, bytes: &[u8], big: bool, layout: Layout) -> Result<Self, VolumeError> {
         let fields = Fields { b: bytes, big };
         let dim0 = fields.i16(40) as i64;
         if !(1..=7).contains(&dim0) {
             return Err(nifti_err(path, NiftiProblem::DimCountOutOfRange(dim0)));
         }
         let magic_raw = &bytes[344..348];
-        if magic_raw == b"ni1\0" {
-            return Err(nifti_err(path, NiftiProblem::HeaderPair));
-        }
-        if magic_raw != b"n+1\0" {
+        let expected: &[u8] = match layout {
+            Layout::Single if magic_raw == b"ni1\0" => {
+                return Err(nifti_err(path, NiftiProblem::HeaderPair))
+            }
+            Layout::Pair if magic_raw == [0; 4] => {
+                return Err(nifti_err(path, NiftiProblem::Analyze))
+            }
+            Layout::Single => b"n+1\0",
+            Layout::Pair => b"ni1\0",
+        };
+        if magic_raw != expected {
             return Err(nifti_err(
                 path,
                 NiftiProblem::BadMagic(
@@ -562,19 +599,24 @@ impl RawHeader {
     fn validate(
         self,
         path: &Path,
-        version: u8,
-        big_endian: bool,
+        (version, big_endian, layout): (u8, bool, Layout),
         file_len: u64,
         gz: bool,
     ) -> Result<NiftiHeaderInfo, VolumeError> {
         let fail = |p| nifti_err(path, p);
         if version == 2 {
-            self.check_magic_v2().map_err(fail)?;
+            self.check_magic_v2(layout).map_err(fail)?;
         }
         let (ndim, dims) = self.checked_dims().map_err(fail)?;
         let datatype = self.checked_datatype().map_err(fail)?;
+        // A pair's voxels start in their own file: any whole offset from 0.
+        let header_len = match (layout, version) {
+            (Layout::Pair, _) => 0.0,
+            (Layout::Single, 1) => 348.0,
+            (Layout::Single, _) => 540.0,
+        };
         let vox_offset = self
-            .checked_vox_offset(version, dims, datatype, file_len, gz)
+            .checked_vox_offset(header_len, dims, datatype, file_len, gz)
             .map_err(fail)?;
         if !self.scl_slope.is_finite() || !self.scl_inter.is_finite() {
             return Err(fail(NiftiProblem::NonFiniteScaling {
@@ -590,6 +632,7 @@ impl RawHeader {
             .unwrap_or(self.descrip.len());
         Ok(NiftiHeaderInfo {
             version,
+            pair: layout == Layout::Pair,
             big_endian,
             ndim,
             dims,
@@ -605,12 +648,16 @@ impl RawHeader {
         })
     }
 
-    /// NIfTI-2 single-file magic (`n+2\0\r\n\x1a\n`); a header/image pair is refused.
-    fn check_magic_v2(&self) -> Result<(), NiftiProblem> {
-        if &self.magic[..4] == b"ni2\0" {
+    /// NIfTI-2 magic: `n+2\0\r\n\x1a\n` in a single file, `ni2…` in a pair's header.
+    fn check_magic_v2(&self, layout: Layout) -> Result<(), NiftiProblem> {
+        if layout == Layout::Single && &self.magic[..4] == b"ni2\0" {
             return Err(NiftiProblem::HeaderPair);
         }
-        if &self.magic != b"n+2\0\r\n\x1a\n" {
+        let expected = match layout {
+            Layout::Single => b"n+2\0\r\n\x1a\n",
+            Layout::Pair => b"ni2\0\r\n\x1a\n",
+        };
+        if &self.magic != expected {
             let shown = String::from_utf8_lossy(&self.magic[..3]).into_owned();
             return Err(NiftiProblem::BadMagic(shown));
         }
@@ -657,12 +704,12 @@ impl RawHeader {
         Ok(datatype)
     }
 
-    /// The voxel data's byte offset: a whole offset past the header, with the claimed data
-    /// (at most `MAX_DATA_BYTES`) fitting in the file of `file_len` bytes (a gzip file: within
-    /// deflate's largest ratio).
+    /// The voxel data's byte offset: a whole offset past the header (`header_len`: 0 in a
+    /// pair's `.img`), with the claimed data (at most `MAX_DATA_BYTES`) fitting in the file of
+    /// `file_len` bytes (a gzip file: within deflate's largest ratio).
     fn checked_vox_offset(
         &self,
-        version: u8,
+        header_len: f64,
         dims: [usize; 4],
         datatype: Datatype,
         file_len: u64,
@@ -677,7 +724,6 @@ impl RawHeader {
         if data_bytes > MAX_DATA_BYTES {
             return Err(NiftiProblem::TooLarge { bytes: data_bytes });
         }
-        let header_len = if version == 1 { 348.0 } else { 540.0 };
         let vo = self.vox_offset;
         if !vo.is_finite() || vo < header_len || vo.fract() != 0.0 || vo > MAX_DATA_BYTES as f64 {
             return Err(NiftiProblem::BadVoxOffset(format!(
@@ -778,7 +824,7 @@ pub fn read_volume(path: &Path) -> Result<AnyVolume, VolumeError> {
 }
 
 /// Voxel values as stored in the file (file byte order), one variant per stored type.
-enum Stored {
+pub(super) enum Stored {
     U8(Vec<u8>),
     I8(Vec<i8>),
     I16(Vec<i16>),
@@ -848,28 +894,60 @@ impl Stored {
     }
 }
 
-/// Read the header and the stored voxel values.
+/// Read the header and the stored voxel values (of a single file, or of a pair named by
+/// either of its files).
 fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
+    if let Some(pair) = super::nifti_pair::pair_of(path)? {
+        return pair.read_stored();
+    }
     let mut file = File::open(path).map_err(|e| io_err(path, e))?;
     let len = file.metadata().map_err(|e| io_err(path, e))?.len();
-    let mut head = Vec::with_capacity(NIFTI2_HEADER_BYTES);
-    (&mut file)
-        .take(NIFTI2_HEADER_BYTES as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| io_err(path, e))?;
+    let head = first_bytes(path, &mut file)?;
     if !is_gzip(&head) {
-        let header = parse_header(path, &head, len, false)?;
-        let n = header.dims.iter().product::<usize>();
-        // Validated: vox_offset + data ≤ file length, so this allocation is backed by the file.
-        let mut stored = Stored::zeroed(header.datatype, n);
-        use std::io::{Seek, SeekFrom};
-        file.seek(SeekFrom::Start(header.vox_offset))
-            .map_err(|e| io_err(path, e))?;
-        file.read_exact(stored.bytes_mut())
-            .map_err(|e| io_err(path, e))?;
+        let header = parse_header(path, &head, (len, false), Layout::Single)?;
+        let stored = read_plain_data(path, &mut file, &header)?;
         return Ok((header, stored));
     }
-    // Gzip: the compressed file is read whole (its size is real, not claimed).
+    let compressed = read_rest(path, &mut file, head, len)?;
+    let hdr_bytes = gz_header_bytes(path, compressed.as_slice())?;
+    let header = parse_header(path, &hdr_bytes, (len, true), Layout::Single)?;
+    let stored = inflate_data(path, &compressed, &header, len)?;
+    Ok((header, stored))
+}
+
+/// The first header-sized bytes of `file` (fewer if it is shorter).
+pub(super) fn first_bytes(path: &Path, file: &mut File) -> Result<Vec<u8>, VolumeError> {
+    let mut head = Vec::with_capacity(NIFTI2_HEADER_BYTES);
+    file.take(NIFTI2_HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| io_err(path, e))?;
+    Ok(head)
+}
+
+/// The voxels of an uncompressed file at the header's `vox_offset`.
+pub(super) fn read_plain_data(
+    path: &Path,
+    file: &mut File,
+    header: &NiftiHeaderInfo,
+) -> Result<Stored, VolumeError> {
+    use std::io::{Seek, SeekFrom};
+    let n = header.dims.iter().product::<usize>();
+    // Validated: vox_offset + data ≤ file length, so this allocation is backed by the file.
+    let mut stored = Stored::zeroed(header.datatype, n);
+    file.seek(SeekFrom::Start(header.vox_offset))
+        .map_err(|e| io_err(path, e))?;
+    file.read_exact(stored.bytes_mut())
+        .map_err(|e| io_err(path, e))?;
+    Ok(stored)
+}
+
+/// A gzip file read whole (`head`: its bytes read so far; `len`: its real size, not a claim).
+pub(super) fn read_rest(
+    path: &Path,
+    file: &mut File,
+    head: Vec<u8>,
+    len: u64,
+) -> Result<Vec<u8>, VolumeError> {
     let mut compressed = head;
     // The file's real size (not a header claim) sizes the buffer: one read, no regrowth.
     compressed.reserve_exact(
@@ -879,16 +957,24 @@ fn read_stored(path: &Path) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
     );
     file.read_to_end(&mut compressed)
         .map_err(|e| io_err(path, e))?;
-    let hdr_bytes = gz_header_bytes(path, compressed.as_slice())?;
-    let header = parse_header(path, &hdr_bytes, len, true)?;
+    Ok(compressed)
+}
+
+/// The voxels of the gzip stream `compressed` (`len` bytes on disk) at the header's
+/// `vox_offset`: one of the fast paths where the real size backs the claim, else streaming.
+pub(super) fn inflate_data(
+    path: &Path,
+    compressed: &[u8],
+    header: &NiftiHeaderInfo,
+    len: u64,
+) -> Result<Stored, VolumeError> {
     let total = header.vox_offset + header.data_bytes();
     if total <= len.saturating_mul(FAST_PATH_RATIO) {
-        if let Some(stored) = inflate_backed(path, &compressed, &header)? {
-            return Ok((header, stored));
+        if let Some(stored) = inflate_backed(path, compressed, header)? {
+            return Ok(stored);
         }
     }
-    let stored = inflate_streaming(path, &compressed, &header, len)?;
-    Ok((header, stored))
+    inflate_streaming(path, compressed, header, len)
 }
 
 /// The fast paths for a gzip file whose claimed size its real size backs: a BGZF stream (on
@@ -1128,6 +1214,9 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
         for c in data.chunks_exact(std::mem::size_of::<T>()) {
             bytes.extend(c.iter().rev());
         }
+    }
+    if let Some(pair) = super::nifti_pair::pair_to_write(path) {
+        return pair.write(bytes);
     }
     let out = if is_gz_name(path) {
         super::bgzf::compress(&bytes).map_err(|e| io_err(path, io::Error::other(e)))?
