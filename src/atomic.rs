@@ -59,6 +59,41 @@ pub fn write_atomic_with(
     result
 }
 
+/// Replace several files together, as far as a file system allows: every temporary is written
+/// and synced before any rename, so a failure while writing (a full disk, a folder where a
+/// file should be) changes none of them; then they are renamed in order, so only a crash
+/// between two renames leaves the earlier files new and the later ones old.
+pub fn write_atomic_group(files: &[(&Path, &[u8])]) -> io::Result<()> {
+    let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let result = (|| {
+        for (path, bytes) in files {
+            let target = save_target(path);
+            if target.is_dir() {
+                return Err(io::Error::other(format!(
+                    "{} is a folder",
+                    target.display()
+                )));
+            }
+            let tmp = temp_path(&target);
+            staged.push((tmp.clone(), target));
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+        }
+        for (tmp, target) in &staged {
+            fs::rename(tmp, target)?;
+            sync_parent(target);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for (tmp, _) in &staged {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+    result
+}
+
 /// Atomically copy `from` to `to` (same guarantees as `write_atomic`).
 pub fn copy_atomic(from: &Path, to: &Path) -> io::Result<()> {
     let mut src = File::open(from)?;

@@ -872,5 +872,23 @@ print(json.dumps(out))
     let e = read_volume(&dir.path().join("s.hdr"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("s.hdr") && e.contains("truncated data"), "{e}");
+    assert!(e.contains("s.img") && e.contains("truncated data"), "{e}");
+    // An upper-case pair keeps its case; a save that cannot write both files changes neither.
+    write_volume(&dir.path().join("UP.HDR"), &mask).unwrap();
+    assert!(dir.path().join("UP.IMG").is_file() && !dir.path().join("UP.img").exists());
+    let up = read_volume(&dir.path().join("UP.IMG"))
+        .unwrap()
+        .into_u8()
+        .unwrap();
+    assert_eq!(up.data(), mask.data());
+    std::fs::create_dir(dir.path().join("blocked.hdr")).unwrap();
+    std::fs::write(dir.path().join("blocked.img"), b"the user's bytes").unwrap();
+    let e = write_volume(&dir.path().join("blocked.img"), &mask)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("blocked.hdr") && e.contains("folder"), "{e}");
+    assert_eq!(
+        std::fs::read(dir.path().join("blocked.img")).unwrap(),
+        b"the user's bytes"
+    );
 }

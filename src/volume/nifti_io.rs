@@ -236,6 +236,20 @@ pub enum NiftiProblem {
     BadAffine(String),
 }
 
+impl NiftiProblem {
+    /// Whether the problem is the voxel file's (too short, or empty, for the header's claim):
+    /// in a pair, the `.img`'s.
+    pub fn is_about_the_data_file(&self) -> bool {
+        matches!(
+            self,
+            Self::Empty
+                | Self::VoxOffsetPastEnd { .. }
+                | Self::TruncatedData { .. }
+                | Self::ImplausibleCompression { .. }
+        )
+    }
+}
+
 impl fmt::Display for NiftiProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -247,7 +261,10 @@ impl fmt::Display for NiftiProblem {
                 f,
                 "not a NIfTI file: sizeof_hdr is {sizeof_hdr} (expected 348 for NIfTI-1 or 540 for NIfTI-2, in either byte order)"
             ),
-            Self::BadMagic(m) => write!(f, "wrong magic {m:?} (expected \"n+1\" or \"n+2\")"),
+            Self::BadMagic(m) => write!(
+                f,
+                "wrong magic {m:?} (expected \"n+1\" or \"n+2\" in a .nii, \"ni1\" or \"ni2\" in a pair's .hdr)"
+            ),
             Self::HeaderPair => write!(
                 f,
                 "a .hdr/.img pair's header (magic ni1/ni2) in a single file: open the .hdr beside its .img"
@@ -726,8 +743,12 @@ impl RawHeader {
         }
         let vo = self.vox_offset;
         if !vo.is_finite() || vo < header_len || vo.fract() != 0.0 || vo > MAX_DATA_BYTES as f64 {
+            let past = match header_len > 0.0 {
+                true => format!(" past the {header_len}-byte header"),
+                false => String::new(),
+            };
             return Err(NiftiProblem::BadVoxOffset(format!(
-                "{vo} (must be a whole byte offset past the {header_len}-byte header)"
+                "{vo} (must be a whole byte offset{past})"
             )));
         }
         let vox_offset = vo as u64;
@@ -1215,7 +1236,7 @@ pub fn write_volume<T: Voxel>(path: &Path, vol: &Volume<T>) -> Result<(), Volume
             bytes.extend(c.iter().rev());
         }
     }
-    if let Some(pair) = super::nifti_pair::pair_to_write(path) {
+    if let Some(pair) = super::nifti_pair::pair_to_write(path)? {
         return pair.write(bytes);
     }
     let out = if is_gz_name(path) {

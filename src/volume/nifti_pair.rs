@@ -4,9 +4,10 @@
 //! as one volume through `nifti_io`'s checks — the header's claims validated against the
 //! `.img`'s real size before any voxel buffer is allocated.
 //!
-//! A save to a pair's name writes a NIfTI-1 pair: the `.img` first, then the `.hdr`, each
-//! atomically (a crash between the two leaves the new voxels under the old header, which for a
-//! mask saved over itself describes them still).
+//! A save to a pair's name writes a NIfTI-1 pair: both files are written and synced in full
+//! before either is renamed over its old one, so a failure (disk full, a folder in the way)
+//! changes neither; only a crash between the two renames leaves the new voxels under the old
+//! header (for a mask saved over itself, one that describes them still).
 //!
 //! Invariants: an Analyze 7.5 header (no NIfTI magic) is refused, its left–right being
 //! ambiguous; a pair missing one of its files is
@@ -35,50 +36,84 @@ pub(super) struct Pair {
     img: PathBuf,
 }
 
-/// `path`'s name split as a pair's: the stem as written, and the partner's extension
-/// (`img` for a header, `hdr` for an image; `.gz` or not); `None` for any other name.
-fn pair_name(path: &Path) -> Option<(&str, &'static str)> {
-    let name = path.file_name()?.to_str()?;
-    let lower = name.to_ascii_lowercase();
+/// A pair file's name: the stem as written, the partner's extension (`img` for a header,
+/// `hdr` for an image) and whether the name's extension is upper case (`X.HDR`: `X.IMG`).
+struct PairName {
+    stem: String,
+    partner_ext: &'static str,
+    upper: bool,
+}
+
+/// `path`'s name read as a pair file's (`.hdr`, `.hdr.gz`, `.img`, `.img.gz`, any case);
+/// `None` for any other name, an error for a pair's name that is not UTF-8 (its partner could
+/// not be named).
+fn pair_name(path: &Path) -> Result<Option<PairName>, VolumeError> {
+    let Some(os_name) = path.file_name() else {
+        return Ok(None);
+    };
+    let lossy = os_name.to_string_lossy();
+    let lower = lossy.to_ascii_lowercase();
     let bare_len = lower.strip_suffix(".gz").map_or(lower.len(), str::len);
     let partner_ext = match lower[..bare_len].rsplit_once('.') {
         Some((_, "hdr")) => "img",
         Some((_, "img")) => "hdr",
-        _ => return None,
+        _ => return Ok(None),
     };
-    Some((&name[..bare_len - 4], partner_ext))
+    let Some(name) = os_name.to_str() else {
+        let problem =
+            NiftiProblem::PairPartnerMissing("its partner (a name that is not UTF-8)".into());
+        return Err(nifti_err(path, problem));
+    };
+    let ext = &name[bare_len - 3..bare_len];
+    Ok(Some(PairName {
+        stem: name[..bare_len - 4].to_string(),
+        partner_ext,
+        upper: ext.chars().all(|c| c.is_ascii_uppercase()),
+    }))
 }
 
-/// Where the partner of `path` may be: `STEM.EXT`, then `STEM.EXT.gz`.
-fn partner_candidates(path: &Path, stem: &str, ext: &str) -> [PathBuf; 2] {
-    [ext.to_string(), format!("{ext}.gz")].map(|e| path.with_file_name(format!("{stem}.{e}")))
+impl PairName {
+    /// Where the partner of `path` may be, the name's own case first: `STEM.EXT`,
+    /// `STEM.EXT.gz`, then the other case's two.
+    fn candidates(&self, path: &Path) -> [PathBuf; 4] {
+        let (lower, upper) = (self.partner_ext, self.partner_ext.to_ascii_uppercase());
+        let (first, second) = match self.upper {
+            true => (upper.clone(), lower.to_string()),
+            false => (lower.to_string(), upper),
+        };
+        let gz = |e: &str| format!("{e}.gz");
+        [first.clone(), gz(&first), second.clone(), gz(&second)]
+            .map(|e| path.with_file_name(format!("{}.{e}", self.stem)))
+    }
 }
 
 /// The pair `path` names (`.hdr`, `.hdr.gz`, `.img`, `.img.gz`, any case), with its partner
 /// found beside it; `None` for any other name.
 pub(super) fn pair_of(path: &Path) -> Result<Option<Pair>, VolumeError> {
-    let Some((stem, partner_ext)) = pair_name(path) else {
+    let Some(name) = pair_name(path)? else {
         return Ok(None);
     };
-    let candidates = partner_candidates(path, stem, partner_ext);
+    let candidates = name.candidates(path);
     let Some(partner) = candidates.iter().find(|p| p.is_file()).cloned() else {
         let want = candidates[0].display().to_string();
         return Err(nifti_err(path, NiftiProblem::PairPartnerMissing(want)));
     };
-    Ok(Some(Pair::of(path, partner, partner_ext)))
+    Ok(Some(Pair::of(path, partner, name.partner_ext)))
 }
 
-/// The pair a save to `path` writes: its partner as found beside it, else named like it
-/// (gzipped when `path` is); `None` for a name that is no pair's.
-pub(super) fn pair_to_write(path: &Path) -> Option<Pair> {
-    let (stem, partner_ext) = pair_name(path)?;
-    let [plain, gz] = partner_candidates(path, stem, partner_ext);
-    let partner = match (plain.is_file(), gz.is_file(), is_gz_name(path)) {
-        (true, _, _) => plain,
-        (false, true, _) | (false, false, true) => gz,
-        (false, false, false) => plain,
+/// The pair a save to `path` writes: its partner as found beside it, else named like it (in
+/// its case, gzipped when `path` is); `None` for a name that is no pair's.
+pub(super) fn pair_to_write(path: &Path) -> Result<Option<Pair>, VolumeError> {
+    let Some(name) = pair_name(path)? else {
+        return Ok(None);
     };
-    Some(Pair::of(path, partner, partner_ext))
+    let [plain, gz, ..] = name.candidates(path);
+    let partner = name
+        .candidates(path)
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or(if is_gz_name(path) { gz } else { plain });
+    Ok(Some(Pair::of(path, partner, name.partner_ext)))
 }
 
 fn is_gz_name(path: &Path) -> bool {
@@ -102,27 +137,33 @@ impl Pair {
     }
 
     /// Write a single-file NIfTI-1 image (`single`: its 352-byte header, then the voxels) as
-    /// this pair: the voxels into the `.img`, then the header (magic `ni1`, `vox_offset` 0)
-    /// into the `.hdr`, each atomically and gzipped where its name says.
+    /// this pair: the voxels into the `.img` and the header (magic `ni1`, `vox_offset` 0) into
+    /// the `.hdr`, gzipped where a name says, both written in full before either replaces its
+    /// file (`crate::atomic::write_atomic_group`).
     pub(super) fn write(&self, mut single: Vec<u8>) -> Result<(), VolumeError> {
         let voxels = single.split_off(SINGLE_VOX_OFFSET.min(single.len()));
         single.truncate(348);
-        single[108..112].copy_from_slice(&0f32.to_le_bytes());
-        single[344..348].copy_from_slice(b"ni1\0");
-        write_maybe_gz(&self.img, &voxels)?;
-        write_maybe_gz(&self.hdr, &single)
+        if single.len() == 348 {
+            single[108..112].copy_from_slice(&0f32.to_le_bytes());
+            single[344..348].copy_from_slice(b"ni1\0");
+        }
+        let img = compressed_if_gz(&self.img, voxels)?;
+        let hdr = compressed_if_gz(&self.hdr, single)?;
+        crate::atomic::write_atomic_group(&[(&self.img, &img), (&self.hdr, &hdr)])
+            .map_err(|e| io_err(&self.hdr, e))
     }
 
     /// The header, checked against the `.img`'s size.
     pub(super) fn read_header(&self) -> Result<NiftiHeaderInfo, VolumeError> {
-        let (_, head, len) = self.open_img()?;
-        self.header(len, is_gzip(&head))
+        let (_, _, len) = self.open_img()?;
+        self.header(len, is_gz_name(&self.img))
     }
 
     /// The header and the stored voxels.
     pub(super) fn read_stored(&self) -> Result<(NiftiHeaderInfo, Stored), VolumeError> {
         let (mut file, head, len) = self.open_img()?;
-        let gz = is_gzip(&head);
+        // A pair's .img starts with voxels, which may begin 1f 8b: its name says gzip.
+        let gz = is_gz_name(&self.img);
         let header = self.header(len, gz)?;
         let stored = match gz {
             false => read_plain_data(&self.img, &mut file, &header)?,
@@ -158,20 +199,24 @@ impl Pair {
             true => gz_header_bytes(&self.hdr, bytes.as_slice())?,
             false => bytes,
         };
-        parse_header(&self.hdr, &head, (img_len, img_gz), Layout::Pair)
+        parse_header(&self.hdr, &head, (img_len, img_gz), Layout::Pair).map_err(|e| self.blame(e))
+    }
+
+    /// A header check that found the `.img` too short for the header's claim names the `.img`.
+    fn blame(&self, e: VolumeError) -> VolumeError {
+        match e {
+            VolumeError::Nifti { problem, .. } if problem.is_about_the_data_file() => {
+                nifti_err(&self.img, problem)
+            }
+            other => other,
+        }
     }
 }
 
-/// Write `bytes` to `path` atomically, BGZF-compressed when its name ends in `.gz`.
-fn write_maybe_gz(path: &Path, bytes: &[u8]) -> Result<(), VolumeError> {
-    let owned;
-    let out = match is_gz_name(path) {
-        true => {
-            owned =
-                super::bgzf::compress(bytes).map_err(|e| io_err(path, std::io::Error::other(e)))?;
-            &owned[..]
-        }
-        false => bytes,
-    };
-    crate::atomic::write_atomic(path, out).map_err(|e| io_err(path, e))
+/// `bytes` as a file named `path` holds them: BGZF-compressed when its name ends in `.gz`.
+fn compressed_if_gz(path: &Path, bytes: Vec<u8>) -> Result<Vec<u8>, VolumeError> {
+    match is_gz_name(path) {
+        true => super::bgzf::compress(&bytes).map_err(|e| io_err(path, std::io::Error::other(e))),
+        false => Ok(bytes),
+    }
 }
