@@ -273,3 +273,29 @@ fn the_panel_shows_the_datasets_plan_and_a_run_takes_the_users_changes() {
     let used = std::fs::read_to_string(dir.join("plan.json")).unwrap();
     assert_eq!(used, serde_json::to_string_pretty(&expected).unwrap());
 }
+
+/// A project whose cases have no class (an nnU-Net dataset's): the Class section says so and
+/// offers no class to choose, and the training panel says its joint run trains the
+/// segmentation only.
+#[test]
+fn a_project_without_classes_says_it_segments_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = window::phantom_demo_copy(dir.path());
+    let mut project = Project::open(&root).unwrap();
+    project.manifest.classes.clear();
+    project
+        .manifest
+        .cases
+        .iter_mut()
+        .for_each(|c| c.class_label = None);
+    project.save().unwrap();
+    let mut h = window::open_project(&root, [1280.0, 1000.0]);
+    h.step();
+    h.get_by_label("this project has no case classes: segmentation only");
+    assert!(h.query_by_label("reference class (keys 1–9)").is_none());
+    h.state_mut()
+        .push(Command::Train(TrainCommand::TogglePanel));
+    h.step();
+    h.step();
+    h.get_by_label("(no case has a class: the segmentation only)");
+}
