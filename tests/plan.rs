@@ -880,11 +880,32 @@ fn one_lucky_epoch_does_not_choose_the_checkpoint() {
     assert_eq!(best(&smoothed), 6);
 }
 
+/// A window training run on the CPU of all the cases, with `options`, sized by `minutes` or
+/// by the options' schedule.
+fn cpu_run(
+    options: mriloop::model::FitOptions,
+    minutes: Option<f64>,
+) -> mriloop::model::runs::RunRequest {
+    mriloop::model::runs::RunRequest {
+        options,
+        backend: "cpu".into(),
+        fine_tune_from: None,
+        only_reviewed: false,
+        changed_weight: 1.0,
+        masks: Vec::new(),
+        minutes,
+        plan: Default::default(),
+        promptable: false,
+        devices: 1,
+        precision: Default::default(),
+    }
+}
+
 /// The window's training run on a project whose cases have no class (as an nnU-Net dataset
 /// imports): its default joint request trains the segmentation only and ends with a version.
 #[test]
 fn a_window_run_on_a_project_without_classes_trains_the_segmentation() {
-    use mriloop::model::runs::{start_run, RunEvent, RunRequest};
+    use mriloop::model::runs::{start_run, RunEvent};
     let dir = tempfile::tempdir().unwrap();
     let mut p = project(&dir.path().join("p"), &alternating([16, 16, 16]));
     p.manifest.classes.clear();
@@ -893,19 +914,7 @@ fn a_window_run_on_a_project_without_classes_trains_the_segmentation() {
         .iter_mut()
         .for_each(|c| c.class_label = None);
     p.save().unwrap();
-    let request = RunRequest {
-        options: tiny_options(1, 1),
-        backend: "cpu".into(),
-        fine_tune_from: None,
-        only_reviewed: false,
-        changed_weight: 1.0,
-        masks: Vec::new(),
-        minutes: None,
-        plan: Default::default(),
-        promptable: false,
-        devices: 1,
-        precision: Default::default(),
-    };
+    let request = cpu_run(tiny_options(1, 1), None);
     let handle = start_run(p.clone(), request, || {});
     let finished = handle.events.iter().find_map(|e| match e {
         RunEvent::Finished(v) => Some(v),
@@ -919,24 +928,12 @@ fn a_window_run_on_a_project_without_classes_trains_the_segmentation() {
 
 #[test]
 fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
-    use mriloop::model::runs::{start_run, RunEvent, RunRequest};
+    use mriloop::model::runs::{start_run, RunEvent};
     use mriloop::project::RunOutcome;
     let dir = tempfile::tempdir().unwrap();
     let specs = alternating([16, 16, 16]);
     let p = project(&dir.path().join("p"), &specs);
-    let request = RunRequest {
-        options: tiny_options(4, 1),
-        backend: "cpu".into(),
-        fine_tune_from: None,
-        only_reviewed: false,
-        changed_weight: 1.0,
-        masks: Vec::new(),
-        minutes: Some(0.25),
-        plan: Default::default(),
-        promptable: false,
-        devices: 1,
-        precision: Default::default(),
-    };
+    let request = cpu_run(tiny_options(4, 1), Some(0.25));
     let handle = start_run(p.clone(), request, || {});
     let (mut planned, mut finished) = (None, None);
     for e in handle.events.iter() {

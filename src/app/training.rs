@@ -781,13 +781,7 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
         ] {
             ui.radio_value(&mut s.mode, m, name);
         }
-        let m = &project.manifest;
-        let any_class = m.cases.iter().any(|c| {
-            c.class_label
-                .as_ref()
-                .is_some_and(|l| m.classes.contains(l))
-        });
-        if s.mode == TaskMode::Joint && !any_class {
+        if s.mode == TaskMode::Joint && !project.manifest.has_classified_case() {
             ui.weak("(no case has a class: the segmentation only)");
         }
     });

@@ -674,11 +674,7 @@ fn task_mode(project: &Project, mode: &str) -> Result<super::training::TaskMode,
     use super::training::TaskMode;
     let manifest = &project.manifest;
     let any_mask = manifest.cases.iter().any(|c| c.reference_mask.is_some());
-    let any_class = manifest.cases.iter().any(|c| {
-        c.class_label
-            .as_ref()
-            .is_some_and(|l| manifest.classes.contains(l))
-    });
+    let any_class = manifest.has_classified_case();
     Ok(match (mode, any_mask, any_class) {
         ("joint" | "seg" | "class", false, _) | ("class", _, _) => TaskMode::ClassificationOnly,
         ("seg", _, _) | ("joint", _, false) => TaskMode::SegmentationOnly,

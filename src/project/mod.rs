@@ -331,6 +331,16 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Whether any case has one of the project's classes (an nnU-Net dataset's cases have
+    /// none: a joint run then trains the segmentation only).
+    pub fn has_classified_case(&self) -> bool {
+        self.cases.iter().any(|c| {
+            c.class_label
+                .as_ref()
+                .is_some_and(|l| self.classes.contains(l))
+        })
+    }
+
     /// The input form of the project (its first case's; 3D volumes when it has none).
     pub fn input_form(&self) -> InputForm {
         self.cases.first().map(|c| c.form).unwrap_or_default()
