@@ -370,6 +370,65 @@ fn nnunet_import_export_round_trip() {
     );
 }
 
+/// Rewrite the NIfTI label file `path` with nibabel as `dtype` (after adding `add` to voxel 0).
+fn nibabel_relabel(path: &Path, dtype: &str, add: f64) {
+    let script = "import sys, nibabel as nib, numpy as np
+img = nib.load(sys.argv[1])
+a = np.asarray(img.dataobj).astype(np.float64)
+a.flat[0] += float(sys.argv[3])
+out = nib.Nifti1Image(a.astype(sys.argv[2]), img.affine)
+out.set_data_dtype(sys.argv[2])
+nib.save(out, sys.argv[1])";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .args([dtype, &add.to_string()])
+        .output()
+        .expect("python3 runs (.ci/run installs it with nibabel)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn nnunet_labels_in_any_whole_number_type_import_as_label_masks() {
+    let dir = tempfile::tempdir().unwrap();
+    let project =
+        phantom::generate_project(&dir.path().join("p"), &small(4, 3), |_, _| {}).unwrap();
+    let ds = dir.path().join("Dataset002_Types");
+    nnunet::export_nnunet(&project, &ds).unwrap();
+    // Label files as nibabel-based pipelines, ITK-SNAP and FreeSurfer write them.
+    let types = ["int16", "uint16", "int32", "float64"];
+    for (case, dtype) in project.manifest.cases.iter().zip(types) {
+        nibabel_relabel(&ds.join(format!("labelsTr/{}.nii.gz", case.id)), dtype, 0.0);
+    }
+    let imported = nnunet::import_nnunet(&ds, &dir.path().join("q")).unwrap();
+    for (a, b) in imported.manifest.cases.iter().zip(&project.manifest.cases) {
+        let read = imported.load_mask(a.reference_mask.as_deref().unwrap());
+        let want = project.load_mask(b.reference_mask.as_deref().unwrap());
+        let (read, want) = (read.unwrap(), want.unwrap());
+        assert_eq!(read.dims(), want.dims(), "case {}", a.id);
+        assert!(read.data() == want.data(), "case {}: other labels", a.id);
+    }
+    // A label no uint8 mask holds (FreeSurfer's cortical parcels are 1000 and above), or a
+    // fraction, is refused at import with the file and the value.
+    for (dtype, add, said) in [("int16", 1000.0, "1000"), ("float32", 0.5, "0.5")] {
+        let file = ds.join(format!("labelsTr/{}.nii.gz", project.manifest.cases[0].id));
+        nibabel_relabel(&file, dtype, add);
+        let target = dir.path().join(format!("bad_{dtype}"));
+        let e = nnunet::import_nnunet(&ds, &target).unwrap_err().to_string();
+        assert!(
+            e.contains(&*file.to_string_lossy())
+                && e.contains("whole numbers 0–255")
+                && e.contains(said),
+            "{e}"
+        );
+        nibabel_relabel(&file, "uint8", -add);
+    }
+}
+
 #[test]
 fn nnunet_import_reports_bad_datasets_by_file() {
     let dir = tempfile::tempdir().unwrap();

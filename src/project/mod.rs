@@ -579,15 +579,12 @@ impl Project {
             .transpose()
     }
 
-    /// Load a label mask; it must be stored as uint8.
+    /// Load a label mask: uint8, or whole numbers 0..=255 in another type.
     pub fn load_mask(&self, rel: &str) -> Result<Volume<u8>, ProjectError> {
         let path = self.resolve(rel);
-        volume::read_volume(&path)?.into_u8().map_err(|t| {
-            invalid(
-                &path,
-                format!("a label mask must be uint8, this file is {}", t.name()),
-            )
-        })
+        volume::read_volume(&path)?
+            .into_label_mask()
+            .map_err(|e| invalid(&path, e.to_string()))
     }
 }
 

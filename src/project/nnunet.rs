@@ -480,6 +480,10 @@ fn import_case(
             ));
         }
         check_same_grid(&mut grid, &src)?;
+        // Refuse at import, by the file's name, a label that no mask can hold.
+        volume::read_volume(&src)?
+            .into_label_mask()
+            .map_err(|e| invalid(&src, e.to_string()))?;
         let rel = format!("{rel_dir}/reference.nii.gz");
         copy_nifti(&src, &project_dir.join(&rel))?;
         case.reference_mask = Some(rel);

@@ -8,7 +8,7 @@
 
 use crate::project::{Case, Project, SequenceName};
 use crate::volume::timeseries::{temporal_summary, TemporalSummary};
-use crate::volume::{read_volume, AnyVolume, Volume};
+use crate::volume::{read_volume, Volume};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -173,27 +173,12 @@ pub enum LoadMessage {
     Failed(String),
 }
 
-/// Read a label mask: uint8, or integer values 0..=255 in another integer or float type.
+/// Read a label mask: uint8, or whole numbers 0..=255 in another type (its first frame).
 pub fn read_mask(path: &Path) -> Result<Volume<u8>, String> {
     let any = read_volume(path).map_err(|e| e.to_string())?;
-    match any {
-        AnyVolume::U8(v) => Ok(first_frame(v)),
-        other => {
-            let f = other.to_f32();
-            if f.data()
-                .iter()
-                .all(|v| v.fract() == 0.0 && (0.0..=255.0).contains(v))
-            {
-                Ok(first_frame(f.map(|v| v as u8)))
-            } else {
-                Err(format!(
-                    "{}: a label mask must hold whole numbers 0–255; this {} file does not",
-                    path.display(),
-                    other.datatype().name()
-                ))
-            }
-        }
-    }
+    any.into_label_mask()
+        .map(first_frame)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn first_frame<T: Copy>(v: Volume<T>) -> Volume<T> {

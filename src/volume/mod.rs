@@ -493,4 +493,36 @@ impl AnyVolume {
             other => Err(other.datatype()),
         }
     }
+
+    /// Take as a label mask: uint8 as it is, any other type when every value is a whole
+    /// number 0..=255 (ITK-SNAP saves segmentations as uint16, FreeSurfer as int32, many
+    /// pipelines as int16 or float), else the first value that is not.
+    pub fn into_label_mask(self) -> Result<Volume<u8>, NotALabelMask> {
+        if let AnyVolume::U8(v) = self {
+            return Ok(v);
+        }
+        each_volume!(self, v => whole_labels(&v)).map_err(|value| NotALabelMask { value })
+    }
+}
+
+/// A volume that cannot be a label mask: a value that is not a whole number 0..=255.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("a label mask must hold whole numbers 0–255, and this file holds {value}")]
+pub struct NotALabelMask {
+    /// The first value that is not a label.
+    pub value: f32,
+}
+
+/// `volume` as u8 labels, or the first value that is not a whole number 0..=255.
+fn whole_labels<T: Voxel>(volume: &Volume<T>) -> Result<Volume<u8>, f32> {
+    let is_label = |x: f32| x.fract() == 0.0 && (0.0..=255.0).contains(&x);
+    if let Some(bad) = volume
+        .data()
+        .iter()
+        .map(|x| x.to_f32())
+        .find(|x| !is_label(*x))
+    {
+        return Err(bad);
+    }
+    Ok(volume.map(|x| x.to_f32() as u8))
 }

@@ -650,12 +650,9 @@ pub fn read_nrrd_header(path: &Path) -> Result<NrrdHeader, VolumeError> {
 pub fn read_segmentation(path: &Path) -> Result<(Volume<u8>, Vec<Segment>), VolumeError> {
     let (volume, header) = read_nrrd_with_header(path)?;
     let mut segs = segments(&header);
-    let labels = volume.into_u8().map_err(|t| {
-        problem(
-            path,
-            format!("a segmentation of {t:?} voxels (label maps are uint8)"),
-        )
-    })?;
+    let labels = volume
+        .into_label_mask()
+        .map_err(|e| problem(path, format!("a segmentation: {e}")))?;
     let [nx, ny, nz, layers] = labels.dims();
     if layers == 1 {
         return Ok((labels, segs));
