@@ -4,7 +4,7 @@
 //! Siemens mosaic, enhanced multi-frame), MGZ, NRRD and a project manifest. Mutations: byte
 //! flips, header fields set to extremes, truncation, junk appended, and the gzip'd seeds
 //! mutated inside and re-compressed. Every input must end with an exit code (no signal) within
-//! 10 s, print no panic, and peak under `MAX_RSS_KB` (GNU time measures it; the seeds hold at
+//! 10 s of CPU time, print no panic, and peak under `MAX_RSS_KB` (GNU time measures it; the seeds hold at
 //! most 3 MB as float32). `MRILOOP_FUZZ=N` sets the number of inputs (default 600, about 30 s
 //! here); a failing input is kept under the target dir's `fuzz-failures/` to join the corpus.
 
@@ -205,8 +205,10 @@ fn run(input: &Path, reader: Reader) -> Result<u64, String> {
     run_bounded(&args, MAX_RSS_KB)
 }
 
-/// Run `mriloop ARGS` under a 10 s limit: `Err` for a timeout, a signal, a panic or a peak
-/// RSS over `max_kb`; else the peak (kB).
+/// Run `mriloop ARGS` under a limit of 10 s of CPU time (and 120 s of wall time, for a reader
+/// that waits on nothing; a loaded machine slows the wall clock, not the CPU time a reader
+/// uses): `Err` for a limit reached, a signal, a panic or a peak RSS over `max_kb`; else the
+/// peak (kB).
 fn run_bounded(args: &[&std::ffi::OsStr], max_kb: u64) -> Result<u64, String> {
     run_with_output(args, max_kb).map(|(kb, _)| kb)
 }
@@ -214,11 +216,13 @@ fn run_bounded(args: &[&std::ffi::OsStr], max_kb: u64) -> Result<u64, String> {
 /// `run_bounded`, also handing back what the command printed on stdout.
 fn run_with_output(args: &[&std::ffi::OsStr], max_kb: u64) -> Result<(u64, String), String> {
     let exe = env!("CARGO_BIN_EXE_mriloop");
-    let mut cmd = Command::new("timeout");
+    let mut cmd = Command::new("prlimit");
     cmd.args([
+        "--cpu=10:11",
+        "timeout",
         "-s",
         "KILL",
-        "10",
+        "120",
         "/usr/bin/time",
         "-f",
         "maxrss_kb %M",
@@ -231,7 +235,10 @@ fn run_with_output(args: &[&std::ffi::OsStr], max_kb: u64) -> Result<(u64, Strin
         .map_err(|e| e.to_string())?;
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.code() == Some(137) || out.status.code() == Some(124) {
-        return Err("timed out (10 s)".into());
+        return Err("timed out (120 s)".into());
+    }
+    if err.contains("terminated by signal 24") || err.contains("terminated by signal 9") {
+        return Err(format!("used 10 s of CPU time: {err}"));
     }
     if err.contains("terminated by signal") {
         return Err(format!("killed by a signal: {err}"));

@@ -87,17 +87,10 @@ fn painting_changes_mask_and_pixels_and_ctrl_z_restores_them() {
     let img = h.render().unwrap();
     assert_eq!(px(&img, mid), colour, "the painted label shows on screen");
     assert_ne!(px(&before_img, mid), colour);
-    // The edit is in the journal (written off the UI thread within moments).
+    // The edit is in the journal (written off the UI thread; wait for that thread).
     let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
-    let mut records = 0;
-    for _ in 0..200 {
-        records = journal::read_journal(&jpath).unwrap().edits.len();
-        if records > 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(records, 1);
+    h.state().session().flush();
+    assert_eq!(journal::read_journal(&jpath).unwrap().edits.len(), 1);
     // Ctrl+Z restores mask and pixels.
     h.key_press_modifiers(Modifiers::COMMAND, egui::Key::Z);
     h.step();
@@ -153,6 +146,7 @@ fn a_class_key_updates_the_worklist_and_a_save_writes_the_files() {
     let mask = h.state().open_case().unwrap().reference.clone().unwrap();
     let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
     for _ in 0..300 {
+        h.state().session().flush();
         if !jpath.exists() {
             break;
         }
@@ -196,12 +190,8 @@ fn unsaved_edits_are_recovered_when_the_case_is_opened_again() {
         h.step();
         h.step();
         let jpath = journal::journal_path(h.state().project().unwrap(), "phantom_000");
-        for _ in 0..300 {
-            if journal::read_journal(&jpath).unwrap().edits.len() == 3 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        h.state().session().flush();
+        assert_eq!(journal::read_journal(&jpath).unwrap().edits.len(), 3);
         let m = h.state().open_case().unwrap().reference.clone().unwrap();
         // The harness is dropped without saving, as a crash would leave it.
         std::mem::forget(h);

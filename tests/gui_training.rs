@@ -101,10 +101,24 @@ fn training_from_the_panel_keeps_the_ui_live_and_cancel_keeps_a_checkpoint() {
 
     // Pause: at most the step in flight finishes, then nothing until Resume.
     h.get_by_label("Pause").click();
-    for _ in 0..40 {
-        h.step();
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    let parked = window::step_until(&mut h, |a| {
+        a.training()
+            .run
+            .as_ref()
+            .is_some_and(|r| r.handle.control.is_parked())
+    });
+    assert!(parked, "the run did not come to rest after Pause");
+    // The window has the event of the step that was in flight (relayed by another thread).
+    let caught_up = window::step_until(&mut h, |a| {
+        a.training()
+            .run
+            .as_ref()
+            .is_some_and(|r| r.step == r.handle.control.last_step_sent())
+    });
+    assert!(
+        caught_up,
+        "the window never showed the last step before the pause"
+    );
     assert!(h
         .state()
         .training()

@@ -928,13 +928,15 @@ fn a_window_run_on_a_project_without_classes_trains_the_segmentation() {
 
 #[test]
 fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
-    use mriloop::model::runs::{start_run, RunEvent};
+    use mriloop::model::runs::{start_run_on, RunEvent};
     use mriloop::project::RunOutcome;
     let dir = tempfile::tempdir().unwrap();
     let specs = alternating([16, 16, 16]);
     let p = project(&dir.path().join("p"), &specs);
     let request = cpu_run(tiny_options(4, 1), Some(0.25));
-    let handle = start_run(p.clone(), request, || {});
+    // The 15 s budget on a clock that moves 1 s per reading: the same plan on any machine.
+    let clock = std::sync::Arc::new(TickingClock(std::sync::atomic::AtomicU64::new(0)));
+    let handle = start_run_on(p.clone(), request, clock, || {});
     let (mut planned, mut finished) = (None, None);
     for e in handle.events.iter() {
         match e {
@@ -956,6 +958,7 @@ fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
         fit["steps_per_epoch"].as_u64().unwrap(),
     );
     assert_eq!(planned as u64, epochs * steps);
+    eprintln!("planned {planned} steps");
     assert!(planned > 4, "planned {planned} steps");
     assert!(!v.epochs.is_empty());
 }

@@ -40,7 +40,8 @@ fn expected_after(project: &Project, n: usize, seed: u64) -> (Volume<u8>, String
 }
 
 /// Run `mriloop ARGS --steps 1000 --seed SEED --pause-ms 2`, kill it with SIGKILL once it has
-/// committed `kill_after` steps; returns the last step it said was committed.
+/// committed `kill_after` steps; returns the last step it said was committed (read to the end
+/// of its output, so steps it committed while the kill was on its way count too).
 fn kill_edit_script(args: &[String], seed: u64, kill_after: usize) -> usize {
     let mut child = Command::new(env!("CARGO_BIN_EXE_mriloop"))
         .args(args)
@@ -57,15 +58,16 @@ fn kill_edit_script(args: &[String], seed: u64, kill_after: usize) -> usize {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut last = 0;
+    let mut killed = false;
     for line in BufReader::new(stdout).lines() {
-        last = line
-            .unwrap()
-            .trim_start_matches("committed ")
-            .parse::<usize>()
-            .unwrap();
-        if last >= kill_after {
+        let Ok(line) = line else { break };
+        let Ok(n) = line.trim_start_matches("committed ").parse::<usize>() else {
+            break; // a line cut by the kill
+        };
+        last = n;
+        if last >= kill_after && !killed {
             child.kill().unwrap();
-            break;
+            killed = true;
         }
     }
     let _ = child.wait();

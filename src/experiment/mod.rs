@@ -17,6 +17,7 @@ pub mod report;
 pub mod stats;
 
 use crate::model::apply::{choose_device, evaluate_project, fit_config_for, CaseEvaluation};
+use crate::model::budget::{Clock, SystemClock};
 use crate::model::data::{load_samples_with, SampleSelection};
 use crate::model::fit::{
     fit, split_by_case, EpochSummary, FitConfig, FitControl, FitEvent, FitResult,
@@ -28,6 +29,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
 /// Largest plan file read (a plan is a few hundred bytes; anything larger is not one).
 const MAX_PLAN_BYTES: u64 = 1 << 20;
@@ -674,6 +676,19 @@ pub fn run_experiment(
     events: &Sender<ExperimentEvent>,
     control: &FitControl,
 ) -> Result<ExperimentResult, ExperimentError> {
+    let system_clock = || -> Arc<dyn Clock> { Arc::new(SystemClock::start()) };
+    run_experiment_on(project, plan, out, (events, control), &system_clock)
+}
+
+/// `run_experiment` with each budgeted run's time read on a clock of `new_clock` (made when
+/// the run starts: its budget's clock).
+pub fn run_experiment_on(
+    project: &Project,
+    plan: &ExperimentPlan,
+    out: &Path,
+    (events, control): (&Sender<ExperimentEvent>, &FitControl),
+    new_clock: &dyn Fn() -> Arc<dyn Clock>,
+) -> Result<ExperimentResult, ExperimentError> {
     plan.check().map_err(|problem| ExperimentError::Plan {
         path: "plan".into(),
         problem,
@@ -698,6 +713,7 @@ pub fn run_experiment(
         test_cases: &test_cases,
         planner: planner.as_ref(),
         also: &also,
+        new_clock,
     };
     let mut runs = Vec::new();
     let mut names: Option<(Vec<String>, Vec<String>)> = None;
@@ -818,6 +834,8 @@ struct RunContext<'a> {
     planner: Option<&'a crate::model::Plan>,
     /// The other projects every run is also tested on, by name.
     also: &'a [(String, Project)],
+    /// A budgeted run's clock, made when the run starts.
+    new_clock: &'a dyn Fn() -> Arc<dyn Clock>,
 }
 
 impl RunContext<'_> {
@@ -930,7 +948,7 @@ impl RunContext<'_> {
         let Some(minutes) = settings.minutes else {
             return Ok(config);
         };
-        let clock = std::sync::Arc::new(crate::model::budget::SystemClock::start());
+        let clock = (self.new_clock)();
         let end_s = minutes * 60.0;
         let (config, _) = crate::model::budget::fit_to_budget(
             &config,

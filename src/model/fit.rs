@@ -101,6 +101,10 @@ pub struct FitControl {
     deadline: std::sync::Mutex<Option<DeadlineState>>,
     /// Set when the deadline ended the steps.
     time_up: AtomicBool,
+    /// Set while the fit waits in a pause (no step in flight).
+    parked: AtomicBool,
+    /// The last step whose loss the fit has sent (0: none yet).
+    last_step_sent: std::sync::atomic::AtomicUsize,
 }
 
 /// A deadline with what the run has measured against it.
@@ -255,8 +259,21 @@ impl FitControl {
     /// Block while paused (and not cancelled).
     fn wait_while_paused(&self) {
         while self.is_paused() && !self.is_cancelled() {
+            self.parked.store(true, Ordering::Relaxed);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether the fit is waiting in a pause: the step that was in flight when the pause was
+    /// asked for has ended, and no other begins until it is resumed.
+    pub fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// The last step whose loss event the fit has sent (0 before the first).
+    pub fn last_step_sent(&self) -> usize {
+        self.last_step_sent.load(Ordering::Relaxed)
     }
 }
 
@@ -1109,6 +1126,7 @@ impl FitRun<'_> {
         let total = loss.total;
         let event = super::training::TrainEvent::Step { step, loss };
         let _ = self.events.send(FitEvent::Train(event));
+        self.control.last_step_sent.store(step, Ordering::Relaxed);
         total
     }
 

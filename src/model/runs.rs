@@ -313,14 +313,23 @@ pub fn start_run(
     request: RunRequest,
     wake: impl Fn() + Send + Sync + 'static,
 ) -> RunHandle {
+    let clock = Arc::new(super::budget::SystemClock::start());
+    start_run_on(project, request, clock, wake)
+}
+
+/// `start_run` with a time budget read on `clock`.
+pub fn start_run_on(
+    project: Project,
+    request: RunRequest,
+    clock: Arc<dyn super::budget::Clock>,
+    wake: impl Fn() + Send + Sync + 'static,
+) -> RunHandle {
     let control = Arc::new(FitControl::default());
     let (tx, rx) = channel();
     let ctl = control.clone();
     let thread = std::thread::Builder::new()
         .name("mriloop-train".into())
         .spawn(move || {
-            let clock: Arc<dyn super::budget::Clock> =
-                Arc::new(super::budget::SystemClock::start());
             let wake = Arc::new(wake);
             let result = crate::background::run_in_background(|| {
                 crate::worker::catch_worker("the training run", || {
