@@ -73,6 +73,10 @@ enum Command {
     /// the chosen ones to a project case as named sequences (--project, --case), or write them as
     /// NIfTI files (--out). Files and series that cannot be imported are listed with the reason.
     ImportDicom(exchange::ImportDicomArgs),
+    /// Add a case to a project (made if new) from your own files: co-registered images
+    /// (--image T1=FILE, repeated), a reference mask, a prediction made elsewhere and a class;
+    /// the files are copied into the project, never changed
+    AddCase(exchange::AddCaseArgs),
     /// Run an experiment: the plan's arms × seeds trained with the same budget, each evaluated on
     /// the same held-out test cases; writes OUT/report.md, OUT/cases.csv and PNG plots, and
     /// prints `metric:` lines per arm
@@ -127,6 +131,7 @@ fn main() -> Result<()> {
         Command::EditScript(args) => edit_script::run(args),
         Command::Slices(args) => exchange::slices(args),
         Command::ImportDicom(args) => exchange::import_dicom(args),
+        Command::AddCase(args) => exchange::add_case_cmd(args),
         Command::Experiment(args) => experiment::run(args),
         Command::ExportMesh(args) => mesh::run(args),
         Command::Bench(args) if args.which.in_window() => window_bench(&args),

@@ -738,3 +738,127 @@ fn bench_train_prints_steps_flops_and_utilisation_per_network() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("use small, nnunet or all"));
 }
+
+/// A user's own files become a project case with `add-case`: MRIcron's Colin27 T1 and AAL
+/// atlas (Debian's `mricron-data`), the atlas rewritten as int16 with nibabel the way many
+/// pipelines save labels. The files are copied, never changed; the labels take their names from
+/// the atlas's text table beside it and their voxels are nibabel's; what does not fit is
+/// refused by name.
+#[test]
+fn add_case_makes_a_project_case_from_the_users_own_files() {
+    let templates = Path::new("/usr/share/mricron/templates");
+    let (t1, bet) = (
+        templates.join("ch2.nii.gz"),
+        templates.join("ch2bet.nii.gz"),
+    );
+    assert!(t1.is_file(), "mricron-data is installed by .ci/run");
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("atlas.nii.gz");
+    let counts = python(&format!(
+        "import nibabel as nib, numpy as np
+img = nib.load({:?})
+a = np.asarray(img.dataobj).astype(np.int16)
+out = nib.Nifti1Image(a, img.affine, img.header)
+out.set_data_dtype(np.int16)
+nib.save(out, {:?})
+print(int((a == 1).sum()), int((a == 116).sum()), len(np.unique(a)) - 1)",
+        templates.join("aal.nii.gz"),
+        labels
+    ));
+    std::fs::copy(
+        templates.join("aal.nii.txt"),
+        dir.path().join("atlas.nii.txt"),
+    )
+    .unwrap();
+    let before = std::fs::read(&labels).unwrap();
+    let p = dir.path().join("p");
+    let ps = p.to_str().unwrap();
+    let image = |name: &str, path: &Path| format!("--image={name}={}", path.display());
+    let text = mriloop_ok(&[
+        "add-case",
+        ps,
+        "--case",
+        "colin27",
+        &image("T1", &t1),
+        &image("T1-brain", &bet),
+        "--mask",
+        labels.to_str().unwrap(),
+        "--class",
+        "healthy",
+    ]);
+    assert!(text.contains("new label 1: Precentral_L"), "{text}");
+    assert_eq!(std::fs::read(&labels).unwrap(), before, "the user's file");
+    let project = mriloop::project::Project::open(&p).unwrap();
+    let m = &project.manifest;
+    let sequences: Vec<&str> = m.sequences.iter().map(|s| s.as_str()).collect();
+    assert_eq!(sequences, ["T1", "T1-brain"]);
+    assert_eq!(m.classes, ["healthy"]);
+    assert_eq!(m.labels.get(116).unwrap().name, "Vermis_10");
+    let case = &m.cases[0];
+    assert_eq!(case.class_label.as_deref(), Some("healthy"));
+    assert_eq!(
+        std::fs::read(project.resolve(&case.sequences[0].path)).unwrap(),
+        std::fs::read(&t1).unwrap(),
+        "a .nii.gz is copied byte for byte"
+    );
+    let mask = project.load_reference_mask(case).unwrap().unwrap();
+    let count = |v: u8| mask.data().iter().filter(|x| **x == v).count();
+    let ours = format!("{} {} {}", count(1), count(116), m.labels.labels().len());
+    assert_eq!(ours, counts.trim(), "label voxels as nibabel reads them");
+
+    // Refused, by file: a mask on another grid (MNI's 182 × 218 × 182, not Colin's 181 × 217
+    // × 181); a sequence the case has; a malformed --image.
+    let jhu = templates.join("JHU-WhiteMatter-labels-1mm.nii.gz");
+    let refused = |args: &[&str], said: &[&str]| {
+        let out = mriloop(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(said.iter().all(|s| err.contains(s)), "{args:?}: {err}");
+    };
+    let (t1_arg, bet_arg) = (image("T1", &t1), image("T1", &bet));
+    let jhu = jhu.to_str().unwrap();
+    refused(
+        &["add-case", ps, "--case", "other", &t1_arg, "--mask", jhu],
+        &["JHU-WhiteMatter-labels-1mm", "co-registered"],
+    );
+    refused(
+        &["add-case", ps, "--case", "colin27", &bet_arg],
+        &["already has a T1 image"],
+    );
+    refused(
+        &["add-case", ps, "--case", "x", "--image", "T1"],
+        &["SEQUENCE=FILE"],
+    );
+    assert_eq!(
+        mriloop::project::Project::open(&p).unwrap().manifest,
+        project.manifest,
+        "a refused case changes nothing"
+    );
+    // A prediction made elsewhere joins the case, to review.
+    let labels_path = labels.to_str().unwrap();
+    mriloop_ok(&[
+        "add-case",
+        ps,
+        "--case",
+        "colin27",
+        "--prediction",
+        labels_path,
+    ]);
+    let project = mriloop::project::Project::open(&p).unwrap();
+    let case = &project.manifest.cases[0];
+    assert!(case.predicted_mask.is_some() && case.predicted_by.is_none());
+    // The project trains as it is: its plan reads every case.
+    let text = mriloop_ok(&["plan", ps]);
+    assert!(text.contains("written:"), "{text}");
+}
+
+/// Run a Python snippet (nibabel; .ci/run installs it); its stdout.
+fn python(code: &str) -> String {
+    let out = Command::new("python3").args(["-c", code]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

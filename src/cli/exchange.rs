@@ -1,13 +1,15 @@
 //! Commands that make or convert projects: `phantom` (synthetic cases), `import` / `export`
 //! (nnU-Net v2 raw datasets), `slices` (a 2D project from a 3D image and its labels) and
-//! `import-dicom` (list a DICOM folder's series, add them to a case or write them as NIfTI).
+//! `import-dicom` (list a DICOM folder's series, add them to a case or write them as NIfTI) and
+//! `add-case` (a case from the user's own image and mask files).
 //!
 //! Invariants: flags are checked before anything is written; each command prints what it wrote
 //! and where; a DICOM series or file that cannot be imported is listed with the reason, and
 //! choosing none of the importable ones is an error.
 
 use crate::phantom::template::{Template, TemplateKind, TemplateSource};
-use crate::project::{dicom_import, nnunet, slices, InputForm, Manifest, Project};
+use crate::project::add_case::{add_case, NewCase};
+use crate::project::{dicom_import, nnunet, slices, InputForm, Manifest, Project, SequenceName};
 use crate::volume::dicom::{scan_dir, DicomScan};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -318,6 +320,63 @@ pub fn import_dicom(args: ImportDicomArgs) -> Result<()> {
         {
             println!("wrote {}", path.display());
         }
+    }
+    Ok(())
+}
+
+/// Arguments of `mriloop add-case`.
+#[derive(clap::Args, Debug)]
+pub struct AddCaseArgs {
+    /// The project (created if the folder holds none).
+    pub project: PathBuf,
+    /// The case id (a new case, or one to add images to).
+    #[arg(long)]
+    pub case: String,
+    /// An image as SEQUENCE=FILE (T1, T2, FLAIR, DWI, ADC, Gd-T1, BOLD or a name of your own;
+    /// NIfTI, NIfTI pair, MGZ or NRRD), repeated for each co-registered sequence.
+    #[arg(long = "image", value_name = "SEQUENCE=FILE", value_parser = parse_image)]
+    pub images: Vec<(SequenceName, PathBuf)>,
+    /// The reference label mask (ground truth or a corrected segmentation).
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// A label mask a network predicted elsewhere, to review in the window.
+    #[arg(long)]
+    pub prediction: Option<PathBuf>,
+    /// The case's class (added to the project's classes if new).
+    #[arg(long)]
+    pub class: Option<String>,
+}
+
+/// `SEQUENCE=FILE` as a sequence name and a path.
+fn parse_image(text: &str) -> Result<(SequenceName, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((SequenceName::from(name.to_string()), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "{text:?}: give SEQUENCE=FILE, e.g. T1=sub-01_T1w.nii.gz"
+        )),
+    }
+}
+
+/// `mriloop add-case`: copy the files into the project as a case and say what was written.
+pub fn add_case_cmd(args: AddCaseArgs) -> Result<()> {
+    let new = NewCase {
+        id: args.case,
+        images: args.images,
+        mask: args.mask,
+        prediction: args.prediction,
+        class: args.class,
+    };
+    let mut p = open_or_create(&args.project)?;
+    let added = add_case(&mut p, &new)?;
+    let verb = if added.created { "added" } else { "added to" };
+    println!("{verb} case {} of {}", new.id, p.manifest_path().display());
+    for file in &added.files {
+        println!("  wrote {}", p.resolve(file).display());
+    }
+    for (value, name) in &added.new_labels {
+        println!("  new label {value}: {name}");
     }
     Ok(())
 }

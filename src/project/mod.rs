@@ -10,6 +10,7 @@
 //! manifest is relative and stays inside the project folder; class labels are among the project's
 //! classes; predicted class probabilities have one finite entry per class. Every save is atomic.
 
+pub mod add_case;
 pub mod demo;
 pub mod dicom_import;
 pub mod journal;

@@ -39,7 +39,7 @@ fn mkdir(p: &Path) -> Result<(), ProjectError> {
 
 /// Copy a NIfTI file to `dst` (a `.nii.gz` path): bytes as they are when the source is already
 /// gzip-compressed NIfTI, else read and written anew (geometry kept).
-fn copy_nifti(src: &Path, dst: &Path) -> Result<(), ProjectError> {
+pub(super) fn copy_nifti(src: &Path, dst: &Path) -> Result<(), ProjectError> {
     let name = src.to_string_lossy().to_ascii_lowercase();
     if name.ends_with(".nii.gz") {
         // Validate before copying so a bad file is reported by its own name.
