@@ -113,6 +113,9 @@ fn main() -> Result<()> {
     let Some(command) = command else {
         return open_window(OpenArgs::default());
     };
+    if !matches!(command, Command::Open(_)) {
+        mriloop::cli::prepare_headless_process();
+    }
     match command {
         Command::Open(args) => open_window(args),
         Command::Phantom(args) => exchange::phantom(args),

@@ -862,3 +862,35 @@ fn python(code: &str) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Output piped into a reader that has gone (`mriloop … | head`) ends the command quietly, as
+/// `ls` or `grep` end, not with a panic; and a command that looks for a GPU on a machine with no
+/// Wayland session (no XDG_RUNTIME_DIR, as under Slurm) prints no libwayland error.
+#[test]
+fn headless_commands_end_quietly_on_a_closed_pipe_and_print_no_display_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p");
+    let ps = p.to_str().unwrap();
+    mriloop_ok(&["phantom", "--out", ps, "--cases", "2", "--grid", "24"]);
+    let exe = env!("CARGO_BIN_EXE_mriloop");
+    // `true` reads nothing and is gone before mriloop has copied the image.
+    let t1 = p.join("cases/phantom_000/T1.nii.gz");
+    let (q, t1) = (dir.path().join("q"), t1.display());
+    let command = format!(
+        "'{exe}' add-case '{}' --case a --image T1='{t1}' | true",
+        q.display()
+    );
+    let out = Command::new("sh").args(["-c", &command]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("Broken pipe"), "{err}");
+    let out = Command::new(exe)
+        .args(["plan", ps, "--backend", "auto"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}

@@ -25,6 +25,32 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
+/// Settings of the process for the headless commands (not the window), made before any other
+/// thread starts:
+/// - End quietly, as `grep` or `ls` do, when what it prints goes to a pipe whose reader has
+///   gone (`mriloop plan P | head`): the default SIGPIPE action, which Rust's runtime turns off
+///   (a closed pipe then makes `println!` panic). The window keeps the runtime's choice, so a
+///   closed display socket is an error it reports.
+/// - With no Wayland session (no `XDG_RUNTIME_DIR`, as under Slurm or cron), Mesa's Vulkan
+///   device-select layer, which only orders GPUs for a display, is left out
+///   (`NODEVICE_SELECT=1`): looking for a Wayland display it prints libwayland's "error:
+///   XDG_RUNTIME_DIR is invalid or not set" under every command that looks for a GPU.
+pub fn prepare_headless_process() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default is async-signal-safe; done at the
+    // start of `main`, before any thread writes to a pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let no_wayland = std::env::var_os("XDG_RUNTIME_DIR").is_none_or(|d| d.is_empty())
+        && std::env::var_os("WAYLAND_DISPLAY").is_none();
+    if no_wayland && std::env::var_os("NODEVICE_SELECT").is_none() {
+        // Single-threaded still (the start of `main`), so no other thread reads the
+        // environment meanwhile.
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 /// Hand each event from `rx` to `on` until `worker` has finished (or dropped its sender) and
 /// nothing is left to receive.
 pub fn relay_events<E, T>(
