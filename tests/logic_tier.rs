@@ -416,6 +416,30 @@ fn an_atlas_opened_on_its_own_takes_its_label_names_from_the_table_beside_it() {
         templates.join("aal.nii.txt").display()
     );
     assert!(said.contains(&Message::Notice(from)), "{said:?}");
+    // Saved as a Slicer segmentation, the labels keep the names the user sees (one renamed
+    // here), as pynrrd reads them.
+    edit(
+        &mut s,
+        EditCommand::RenameLabel(2, "precentral right".into()),
+    );
+    let seg = dir.path().join("aal.seg.nrrd");
+    edit(&mut s, EditCommand::SaveAs(seg.clone()));
+    s.flush();
+    let names = python(&format!(
+        "import nrrd
+h = nrrd.read_header({:?})
+seg = {{int(h[f'Segment{{i}}_LabelValue']): h[f'Segment{{i}}_Name'] for i in range(200) if f'Segment{{i}}_Name' in h}}
+print(len(seg), seg[1], '|', seg[2], '|', seg[116])",
+        seg
+    ));
+    assert_eq!(
+        names.trim(),
+        "116 Precentral_L | precentral right | Vermis_10"
+    );
+    assert!(
+        templates.join("aal.nii.gz").is_file(),
+        "the user's atlas is where it was"
+    );
     // The same labels copied where no table lies beside them: numbered.
     let copy = dir.path().join("atlas.nii.gz");
     std::fs::copy(&aal, &copy).unwrap();
@@ -426,4 +450,18 @@ fn an_atlas_opened_on_its_own_takes_its_label_names_from_the_table_beside_it() {
     })
     .unwrap();
     assert_eq!(s.labels().name_of(1), "label 1");
+}
+
+/// Run a Python snippet (pynrrd, nibabel; .ci/run installs them); its stdout.
+fn python(code: &str) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", code])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

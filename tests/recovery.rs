@@ -192,6 +192,7 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
         project: Some(p.clone()),
         mask: Some((mask_path.clone(), mask.clone())),
         remove_after: Vec::new(),
+        segment_names: Vec::new(),
     });
     assert_eq!(store.poll(), vec![StoreEvent::Saved]);
     assert!(!jpath.exists(), "the journal is emptied after a save");
@@ -210,6 +211,7 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
         project: Some(p.clone()),
         mask: Some((nowhere, mask.clone())),
         remove_after: Vec::new(),
+        segment_names: Vec::new(),
     });
     let events = store.close();
     assert!(
@@ -236,6 +238,7 @@ fn saving_empties_the_journal_and_a_failed_save_keeps_the_old_files() {
             project: Some(p.clone()),
             mask: Some((mask_path.clone(), mask.clone())),
             remove_after: Vec::new(),
+            segment_names: Vec::new(),
         });
         let events = store.close();
         let msg = events

@@ -60,6 +60,9 @@ pub struct SaveJob {
     pub mask: Option<(PathBuf, Volume<u8>)>,
     /// Files made obsolete by this save, removed after it succeeded.
     pub remove_after: Vec<PathBuf>,
+    /// The labels' names and colours, for a mask saved as a Slicer segmentation (`.seg.nrrd`);
+    /// other formats hold no names.
+    pub segment_names: Vec<crate::volume::nrrd::Segment>,
 }
 
 enum StoreMsg {
@@ -124,7 +127,12 @@ impl Worker {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("{}: cannot make the folder: {e}", dir.display()))?;
             }
-            write_volume(path, mask).map_err(|e| e.to_string())?;
+            let written = if crate::volume::nrrd::is_segmentation_name(path) {
+                crate::volume::nrrd::write_segmentation_named(path, mask, &job.segment_names)
+            } else {
+                write_volume(path, mask)
+            };
+            written.map_err(|e| e.to_string())?;
         }
         if let Some(project) = &job.project {
             project.save().map_err(|e| e.to_string())?;

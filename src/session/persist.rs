@@ -100,6 +100,7 @@ impl Session {
                 project: None,
                 mask: mask.map(|m| (loose.work_dir.join(WORKING_MASK), m)),
                 remove_after: Vec::new(),
+                segment_names: Vec::new(),
             },
             (None, Some(mut project)) => {
                 let mask = match (&open.edits.reference_rel, mask) {
@@ -122,6 +123,7 @@ impl Session {
                     project: Some(project),
                     mask,
                     remove_after: Vec::new(),
+                    segment_names: Vec::new(),
                 }
             }
             (None, None) => return,
@@ -138,6 +140,7 @@ impl Session {
     /// files write their mask into the user's file and drop the working copy.
     pub(super) fn save_for_user(&mut self, save_as: Option<PathBuf>) {
         self.end_stroke();
+        let segment_names = self.segments_of_labels();
         let Some(open) = self.open.as_mut() else {
             return;
         };
@@ -156,12 +159,27 @@ impl Session {
             project: None,
             mask: Some((target.clone(), mask)),
             remove_after: vec![loose.work_dir.join(WORKING_MASK)],
+            segment_names,
         });
         open.edits.dirty = false;
         open.edits.mask_dirty = false;
         open.edits.unsaved_for_user = false;
         open.edits.last_save = Instant::now();
         self.save_notice = Some(format!("saved {}", target.display()));
+    }
+
+    /// The labels as the user sees them (names, colours), as segments of a `.seg.nrrd`.
+    fn segments_of_labels(&self) -> Vec<crate::volume::nrrd::Segment> {
+        self.labels()
+            .labels()
+            .iter()
+            .map(|l| crate::volume::nrrd::Segment {
+                name: l.name.clone(),
+                color: l.color,
+                label_value: l.value,
+                layer: 0,
+            })
+            .collect()
     }
 
     /// Read the stores' reports: failures reach the user and keep the edits marked unsaved.

@@ -702,6 +702,16 @@ pub fn segmentation_segments(path: &Path) -> Result<Vec<Segment>, VolumeError> {
 /// coloured as the segments of the file already at `path` (the one the user opened) where it
 /// has that value, else `Segment_N` in a default colour.
 pub fn write_segmentation(path: &Path, labels: &Volume<u8>) -> Result<(), VolumeError> {
+    write_segmentation_named(path, labels, &[])
+}
+
+/// `write_segmentation` with the segments of `named` (by label value) first: the names and
+/// colours the user sees, wherever the labels came from.
+pub fn write_segmentation_named(
+    path: &Path,
+    labels: &Volume<u8>,
+    named: &[Segment],
+) -> Result<(), VolumeError> {
     let previous = if path.is_file() {
         segmentation_segments(path).unwrap_or_default()
     } else {
@@ -710,9 +720,11 @@ pub fn write_segmentation(path: &Path, labels: &Volume<u8>) -> Result<(), Volume
     let segs: Vec<Segment> = super::labels_present(labels.data().iter().copied())
         .into_iter()
         .map(|v| {
-            previous
+            let of_value = |s: &&Segment| s.label_value == v && s.layer == 0;
+            named
                 .iter()
-                .find(|s| s.label_value == v && s.layer == 0)
+                .find(of_value)
+                .or_else(|| previous.iter().find(of_value))
                 .cloned()
                 .unwrap_or(Segment {
                     name: format!("Segment_{v}"),
