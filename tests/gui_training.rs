@@ -15,7 +15,7 @@ use mriloop::app::training::{TrainCommand, TrainSettings};
 use mriloop::app::{Command, MriloopApp, Tool, ViewCommand};
 use mriloop::model::planned::PlanOverrides;
 use mriloop::model::{Precision, TaskMode};
-use mriloop::project::{Project, RunOutcome};
+use mriloop::project::{Project, ReviewStatus, RunOutcome};
 use mriloop::render::Orientation;
 use std::time::Duration;
 
@@ -297,11 +297,10 @@ fn a_project_without_classes_says_it_segments_only() {
     let root = window::phantom_demo_copy(dir.path());
     let mut project = Project::open(&root).unwrap();
     project.manifest.classes.clear();
-    project
-        .manifest
-        .cases
-        .iter_mut()
-        .for_each(|c| c.class_label = None);
+    project.manifest.cases.iter_mut().for_each(|c| {
+        c.class_label = None;
+        c.review = ReviewStatus::Unreviewed;
+    });
     project.save().unwrap();
     let mut h = window::open_project(&root, [1280.0, 1000.0]);
     h.step();
@@ -312,4 +311,7 @@ fn a_project_without_classes_says_it_segments_only() {
     h.step();
     h.step();
     h.get_by_label("(no case has a class: the segmentation only)");
+    // None of its cases is reviewed (a dataset imported with its ground truth): a run trains
+    // on every case with a reference mask.
+    assert!(!h.state().training().settings.only_reviewed);
 }

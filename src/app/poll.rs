@@ -34,7 +34,7 @@ impl MriloopApp {
         match result {
             Ok(p) => {
                 let first = Self::first_case_of(&p);
-                self.training_project_switched();
+                self.training_project_switched(&p);
                 self.input(Input::ProjectOpened(Box::new(p)));
                 if let Some(i) = first {
                     self.commands.push(Command::OpenCase(i));

@@ -677,7 +677,14 @@ impl MriloopApp {
     }
 
     /// Forget re-inference of the previous project (a new one was opened).
-    pub(super) fn training_project_switched(&mut self) {
+    pub(super) fn training_project_switched(&mut self, project: &crate::project::Project) {
+        // A project whose reference masks nobody has reviewed here (an imported dataset, cases
+        // added with their ground truth) trains on them all; one with reviewed cases, on those.
+        self.training.settings.only_reviewed = project
+            .manifest
+            .cases
+            .iter()
+            .any(|c| c.review == ReviewStatus::Reviewed);
         if let Some(inf) = self.training.infer.take() {
             inf.handle
                 .cancel
@@ -818,6 +825,10 @@ fn settings_form(ui: &mut egui::Ui, project: &crate::project::Project, s: &mut T
     ui.checkbox(
         &mut s.only_reviewed,
         format!("only reviewed cases ({reviewed})"),
+    )
+    .on_hover_text(
+        "ticked when the project opens if any case is reviewed; else every case with a \
+         reference mask trains (an imported dataset's ground truth)",
     );
     ui.horizontal(|ui| {
         ui.label("weight of corrected voxels");
