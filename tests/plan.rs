@@ -962,3 +962,41 @@ fn a_run_with_a_budget_plans_its_steps_and_finishes_with_a_version() {
     assert!(planned > 4, "planned {planned} steps");
     assert!(!v.epochs.is_empty());
 }
+
+/// A budget that one validation would mostly fill is refused before training, saying the
+/// minutes it needs; the validation is timed on a crop of a few windows, never on a whole case
+/// (a whole 181 × 217 × 181 case took longer than a 2-minute budget on this CPU).
+#[test]
+fn a_budget_a_validation_would_fill_is_refused_with_the_minutes_it_needs() {
+    use mriloop::model::budget::fit_to_budget;
+    use mriloop::model::{self};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let p = project(&dir.path().join("p"), &alternating([40, 40, 40]));
+    let config = model::fit_config_for(&p, &tiny_options(3, 5)).unwrap();
+    assert_eq!(config.training.window, [8, 8, 8]);
+    let selection = model::SampleSelection::for_training(&config.training);
+    let samples = model::load_samples_with(&p, &selection).unwrap();
+    let (_, val) = model::split_by_case(samples, 0.25, 1);
+    assert_eq!(val.len(), 1);
+    // Windows of 8 voxels every 4: 9³ = 729 cover a 40³ case, 2³ = 8 its 12³ crop. On a clock
+    // that moves 1 s per reading the crop takes 1 s: a validation is reckoned at 729 / 8 = 91 s.
+    // Read 5 times by then, a 120 s budget has 115 s left: less than twice 91 s.
+    let device = burn::prelude::Device::flex();
+    let ticking = || Arc::new(TickingClock(std::sync::atomic::AtomicU64::new(0)));
+    let control = model::FitControl::default();
+    let e = fit_to_budget(&config, &val, &device, 120.0, ticking(), &control)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("takes about 91 s") && e.contains("of the 115 s left"),
+        "{e}"
+    );
+    assert!(e.contains("give at least 4 minutes"), "{e}");
+    assert!(!control.has_deadline());
+    // Ten minutes: planned, the validation reckoned as measured.
+    let (planned, said) =
+        fit_to_budget(&config, &val, &device, 600.0, ticking(), &control).unwrap();
+    assert!(said.contains("a validation 91.1 s"), "{said}");
+    assert!(planned.epochs >= 1 && control.has_deadline());
+}

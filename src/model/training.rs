@@ -611,6 +611,9 @@ pub enum CheckpointError {
         /// What went wrong.
         problem: String,
     },
+    /// A time budget too short for the run to train and validate at all.
+    #[error("{0}")]
+    BudgetTooShort(String),
 }
 
 /// Save a checkpoint: `config.json` and `model.bpk` in `dir`.
