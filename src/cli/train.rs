@@ -394,6 +394,13 @@ pub fn train_project(
         crate::plot::write_training_png(&curves, [1400, 500], &png)?;
         println!("curves: {}", png.display());
     }
+    if !result.best.join("model.bpk").is_file() {
+        anyhow::bail!(
+            "no epoch ended within the run, so no checkpoint was written to {} (give it more \
+             time or steps)",
+            out.display()
+        );
+    }
     println!(
         "trained {} epochs; best checkpoint {}, last {}",
         result.epochs.len(),
