@@ -834,6 +834,20 @@ print(int((a == 1).sum()), int((a == 116).sum()), len(np.unique(a)) - 1)",
         project.manifest,
         "a refused case changes nothing"
     );
+    // A BIDS file names its sequence itself.
+    let bids = dir.path().join("sub-02_T1w.nii.gz");
+    std::fs::copy(&t1, &bids).unwrap();
+    let text = mriloop_ok(&[
+        "add-case",
+        ps,
+        "--case",
+        "sub-02",
+        "--image",
+        bids.to_str().unwrap(),
+    ]);
+    assert!(text.contains("added case sub-02"), "{text}");
+    let project = mriloop::project::Project::open(&p).unwrap();
+    assert_eq!(project.manifest.cases[1].sequences[0].name.as_str(), "T1");
     // A prediction made elsewhere joins the case, to review.
     let labels_path = labels.to_str().unwrap();
     mriloop_ok(&[

@@ -801,3 +801,27 @@ fn thick_slice_acquisitions_average_the_thin_slices_they_cover_in_place() {
     }
     assert!((f.affine().spacing_mm()[2] - 4.0).abs() < 1e-3);
 }
+
+#[test]
+fn bids_file_names_name_their_sequence() {
+    let named = |f: &str| SequenceName::from_bids_name(f).map(|s| s.as_str().to_string());
+    assert_eq!(named("sub-01_T1w.nii.gz").as_deref(), Some("T1"));
+    assert_eq!(named("sub-01_ses-2_run-1_T2w.nii").as_deref(), Some("T2"));
+    assert_eq!(
+        named("sub-01_ce-gadolinium_T1w.nii.gz").as_deref(),
+        Some("Gd-T1")
+    );
+    assert_eq!(
+        named("sub-01_acq-3d_FLAIR.nii.gz").as_deref(),
+        Some("FLAIR")
+    );
+    assert_eq!(named("sub-01_dir-AP_dwi.nii.gz").as_deref(), Some("DWI"));
+    assert_eq!(
+        named("sub-01_task-rest_bold.nii.gz").as_deref(),
+        Some("BOLD")
+    );
+    // Not BIDS, or a suffix that is not an image of these: no guess.
+    assert_eq!(named("T1.nii.gz"), None);
+    assert_eq!(named("sub-01_desc-brain_mask.nii.gz"), None);
+    assert_eq!(named("ch2.nii.gz"), None);
+}

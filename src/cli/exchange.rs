@@ -333,7 +333,8 @@ pub struct AddCaseArgs {
     #[arg(long)]
     pub case: String,
     /// An image as SEQUENCE=FILE (T1, T2, FLAIR, DWI, ADC, Gd-T1, BOLD or a name of your own;
-    /// NIfTI, NIfTI pair, MGZ or NRRD), repeated for each co-registered sequence.
+    /// NIfTI, NIfTI pair, MGZ or NRRD), repeated for each co-registered sequence; a BIDS file
+    /// alone (sub-01_T1w.nii.gz, …_FLAIR, …_ce-gad_T1w) names its sequence.
     #[arg(long = "image", value_name = "SEQUENCE=FILE", value_parser = parse_image)]
     pub images: Vec<(SequenceName, PathBuf)>,
     /// The reference label mask (ground truth or a corrected segmentation).
@@ -347,14 +348,21 @@ pub struct AddCaseArgs {
     pub class: Option<String>,
 }
 
-/// `SEQUENCE=FILE` as a sequence name and a path.
+/// `SEQUENCE=FILE` as a sequence name and a path; a BIDS file name alone (`…_T1w.nii.gz`)
+/// names its sequence.
 fn parse_image(text: &str) -> Result<(SequenceName, PathBuf), String> {
-    match text.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((SequenceName::from(name.to_string()), PathBuf::from(file)))
+    if let Some((name, file)) = text.split_once('=') {
+        if !name.is_empty() && !file.is_empty() {
+            return Ok((SequenceName::from(name.to_string()), PathBuf::from(file)));
         }
-        _ => Err(format!(
-            "{text:?}: give SEQUENCE=FILE, e.g. T1=sub-01_T1w.nii.gz"
+    }
+    let path = PathBuf::from(text);
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    match file_name.as_deref().and_then(SequenceName::from_bids_name) {
+        Some(name) => Ok((name, path)),
+        None => Err(format!(
+            "{text:?}: give SEQUENCE=FILE, e.g. T1=scan.nii.gz (a BIDS name such as \
+             sub-01_T1w.nii.gz names its sequence itself)"
         )),
     }
 }

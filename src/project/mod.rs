@@ -115,6 +115,25 @@ impl SequenceName {
     }
 }
 
+impl SequenceName {
+    /// The sequence a BIDS file name says (`sub-01_T1w.nii.gz` → T1; `…_ce-gad…_T1w` → Gd-T1;
+    /// `_T2w`, `_FLAIR`, `_dwi`, `_bold`), or `None` for a name without one of those suffixes.
+    pub fn from_bids_name(file_name: &str) -> Option<Self> {
+        let stem = crate::volume::volume_stem(file_name);
+        let (entities, suffix) = stem.rsplit_once('_')?;
+        let contrast = entities.split('_').any(|e| e.starts_with("ce-"));
+        Some(match suffix {
+            "T1w" if contrast => Self::GdT1,
+            "T1w" => Self::T1,
+            "T2w" => Self::T2,
+            "FLAIR" => Self::Flair,
+            "dwi" => Self::Dwi,
+            "bold" => Self::Bold,
+            _ => return None,
+        })
+    }
+}
+
 impl From<String> for SequenceName {
     fn from(s: String) -> Self {
         match s.to_ascii_uppercase().replace(['_', ' '], "-").as_str() {
