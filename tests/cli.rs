@@ -829,6 +829,14 @@ print(int((a == 1).sum()), int((a == 116).sum()), len(np.unique(a)) - 1)",
         &["add-case", ps, "--case", "x", "--image", "T1"],
         &["SEQUENCE=FILE"],
     );
+    // Refused into a new folder: no project is left there.
+    let fresh = dir.path().join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    refused(
+        &["add-case", fresh_s, "--case", "x", &t1_arg, "--mask", jhu],
+        &["co-registered"],
+    );
+    assert!(!fresh.exists(), "a refused case left {}", fresh.display());
     assert_eq!(
         mriloop::project::Project::open(&p).unwrap().manifest,
         project.manifest,

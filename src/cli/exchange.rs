@@ -376,8 +376,26 @@ pub fn add_case_cmd(args: AddCaseArgs) -> Result<()> {
         prediction: args.prediction,
         class: args.class,
     };
-    let mut p = open_or_create(&args.project)?;
-    let added = add_case(&mut p, &new)?;
+    let root = &args.project;
+    let manifest = root.join(crate::project::MANIFEST_FILE);
+    let (made_folder, made_project) = (!root.exists(), !manifest.exists());
+    let made_cases = !root.join("cases").exists();
+    let mut p = open_or_create(root)?;
+    let added = match add_case(&mut p, &new) {
+        Ok(added) => added,
+        Err(e) => {
+            // A project made for this case goes again: a refused case leaves nothing behind.
+            if made_folder {
+                let _ = std::fs::remove_dir_all(root);
+            } else if made_project {
+                let _ = std::fs::remove_file(&manifest);
+                if made_cases {
+                    let _ = std::fs::remove_dir_all(root.join("cases"));
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let verb = if added.created { "added" } else { "added to" };
     println!("{verb} case {} of {}", new.id, p.manifest_path().display());
     for file in &added.files {
