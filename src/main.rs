@@ -113,7 +113,12 @@ fn main() -> Result<()> {
     let Some(command) = command else {
         return open_window(OpenArgs::default());
     };
-    if !matches!(command, Command::Open(_)) {
+    let opens_a_window = match &command {
+        Command::Open(_) => true,
+        Command::Bench(args) => args.which.in_window(),
+        _ => false,
+    };
+    if !opens_a_window {
         mriloop::cli::prepare_headless_process();
     }
     match command {
