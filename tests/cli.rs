@@ -1,5 +1,7 @@
 //! The `mriloop` command line, run as a user would.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -754,17 +756,16 @@ fn add_case_makes_a_project_case_from_the_users_own_files() {
     assert!(t1.is_file(), "mricron-data is installed by .ci/run");
     let dir = tempfile::tempdir().unwrap();
     let labels = dir.path().join("atlas.nii.gz");
-    let counts = python(&format!(
-        "import nibabel as nib, numpy as np
-img = nib.load({:?})
+    let counts = common::python(
+        "import sys, nibabel as nib, numpy as np
+img = nib.load(sys.argv[1])
 a = np.asarray(img.dataobj).astype(np.int16)
 out = nib.Nifti1Image(a, img.affine, img.header)
 out.set_data_dtype(np.int16)
-nib.save(out, {:?})
+nib.save(out, sys.argv[2])
 print(int((a == 1).sum()), int((a == 116).sum()), len(np.unique(a)) - 1)",
-        templates.join("aal.nii.gz"),
-        labels
-    ));
+        &[templates.join("aal.nii.gz"), labels.clone()],
+    );
     std::fs::copy(
         templates.join("aal.nii.txt"),
         dir.path().join("atlas.nii.txt"),
@@ -872,17 +873,6 @@ print(int((a == 1).sum()), int((a == 116).sum()), len(np.unique(a)) - 1)",
     // The project trains as it is: its plan reads every case.
     let text = mriloop_ok(&["plan", ps]);
     assert!(text.contains("written:"), "{text}");
-}
-
-/// Run a Python snippet (nibabel; .ci/run installs it); its stdout.
-fn python(code: &str) -> String {
-    let out = Command::new("python3").args(["-c", code]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Output piped into a reader that has gone (`mriloop … | head`) ends the command quietly, as

@@ -4,6 +4,8 @@
 //! worker's panic becomes a typed error; loose files are journaled into a working copy and the
 //! user's file (a symbolic link here) changes only on Save, written through the link.
 
+mod common;
+
 use glam::DVec3;
 use mriloop::edit::Agreement;
 use mriloop::model::runs::CasePrediction;
@@ -425,13 +427,13 @@ fn an_atlas_opened_on_its_own_takes_its_label_names_from_the_table_beside_it() {
     let seg = dir.path().join("aal.seg.nrrd");
     edit(&mut s, EditCommand::SaveAs(seg.clone()));
     s.flush();
-    let names = python(&format!(
-        "import nrrd
-h = nrrd.read_header({:?})
-seg = {{int(h[f'Segment{{i}}_LabelValue']): h[f'Segment{{i}}_Name'] for i in range(200) if f'Segment{{i}}_Name' in h}}
+    let names = common::python(
+        "import sys, nrrd
+h = nrrd.read_header(sys.argv[1])
+seg = {int(h[f'Segment{i}_LabelValue']): h[f'Segment{i}_Name'] for i in range(200) if f'Segment{i}_Name' in h}
 print(len(seg), seg[1], '|', seg[2], '|', seg[116])",
-        seg
-    ));
+        &[&seg],
+    );
     assert_eq!(
         names.trim(),
         "116 Precentral_L | precentral right | Vermis_10"
@@ -450,18 +452,4 @@ print(len(seg), seg[1], '|', seg[2], '|', seg[116])",
     })
     .unwrap();
     assert_eq!(s.labels().name_of(1), "label 1");
-}
-
-/// Run a Python snippet (pynrrd, nibabel; .ci/run installs them); its stdout.
-fn python(code: &str) -> String {
-    let out = std::process::Command::new("python3")
-        .args(["-c", code])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

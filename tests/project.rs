@@ -1,5 +1,7 @@
 //! Projects, the phantom generator and nnU-Net exchange.
 
+mod common;
+
 use mriloop::phantom::{self, PhantomConfig, LABEL_HABENULA_L, LABEL_HABENULA_R};
 use mriloop::project::{
     nnunet, Case, InputForm, LabelTable, Manifest, Project, ProjectError, SequenceName,
@@ -379,17 +381,8 @@ a.flat[0] += float(sys.argv[3])
 out = nib.Nifti1Image(a.astype(sys.argv[2]), img.affine)
 out.set_data_dtype(sys.argv[2])
 nib.save(out, sys.argv[1])";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(path)
-        .args([dtype, &add.to_string()])
-        .output()
-        .expect("python3 runs (.ci/run installs it with nibabel)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let path = path.to_str().unwrap();
+    common::python(script, &[path, dtype, &add.to_string()]);
 }
 
 #[test]

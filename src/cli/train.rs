@@ -394,6 +394,12 @@ pub fn train_project(
         crate::plot::write_training_png(&curves, [1400, 500], &png)?;
         println!("curves: {}", png.display());
     }
+    report_trained(&result, out)
+}
+
+/// Say what a run trained and where its checkpoints are; an error when no epoch ended (no
+/// checkpoint was written).
+fn report_trained(result: &model::FitResult, out: &Path) -> Result<()> {
     if !result.best.join("model.bpk").is_file() {
         anyhow::bail!(
             "no epoch ended within the run, so no checkpoint was written to {} (give it more \

@@ -177,7 +177,7 @@ pub fn gz(bytes: &[u8]) -> Vec<u8> {
 
 /// Run a Python snippet with `args` (`.ci/run` installs Python with nibabel, pynrrd and
 /// pydicom); its stdout. Fails the test with Python's stderr.
-pub fn python(script: &str, args: &[&std::path::Path]) -> String {
+pub fn python(script: &str, args: &[impl AsRef<std::ffi::OsStr>]) -> String {
     let out = std::process::Command::new("python3")
         .arg("-c")
         .arg(script)
