@@ -16,7 +16,8 @@
 //! validation, so a test clock that advances per reading gives a deterministic run.
 
 use super::data::Sample;
-use super::fit::{initial_model, validate, FitConfig};
+use super::fit::{initial_model, validate, FitConfig, VALIDATION_OVERLAP};
+use super::inference::{window_count, window_steps};
 use super::training::{train_step_at, Batch, CheckpointError};
 use burn::prelude::*;
 use burn::tensor::{Int, TensorData};
@@ -131,25 +132,21 @@ pub fn measure(
     let before = clock.now_s();
     validate(&model.valid(), std::slice::from_ref(&crop), t, device);
     let crop_s = clock.now_s() - before;
-    let all: usize = val.iter().map(|s| windows_of(s.dims, t.window)).sum();
-    let per_window_s = crop_s / windows_of(crop.dims, t.window).max(1) as f64;
+    let windows = |dims| window_count(dims, t.window, VALIDATION_OVERLAP);
+    let all: usize = val.iter().map(|s| windows(s.dims)).sum();
+    let per_window_s = crop_s / windows(crop.dims).max(1) as f64;
     Ok((step_s, per_window_s * all as f64))
 }
 
-/// The sliding windows (half overlapping, as validation predicts) that cover a `dims` grid.
-fn windows_of(dims: [usize; 3], window: [usize; 3]) -> usize {
-    (0..3)
-        .map(|a| super::inference::starts(dims[a], window[a], (window[a] / 2).max(1)).len())
-        .product()
-}
-
-/// `sample` cropped about its centre to two half-overlapping windows per axis (or all of an
-/// axis shorter than that): a validation's cost per window, timed on a few of them.
+/// `sample` cropped about its centre to two of validation's overlapping windows per axis (or
+/// all of an axis shorter than that): a validation's cost per window, timed on a few of them.
 fn crop_of_windows(sample: &Sample, window: [usize; 3]) -> Sample {
+    let step = window_steps(window, VALIDATION_OVERLAP);
     let size: [usize; 3] =
-        std::array::from_fn(|a| (window[a] + (window[a] / 2).max(1)).min(sample.dims[a]));
+        std::array::from_fn(|a| (window[a] + step[a].max(1)).min(sample.dims[a]));
     let lo: [usize; 3] = std::array::from_fn(|a| (sample.dims[a] - size[a]) / 2);
     Sample {
+        case_id: sample.case_id.clone(),
         channels: sample
             .channels
             .iter()
@@ -157,12 +154,13 @@ fn crop_of_windows(sample: &Sample, window: [usize; 3]) -> Sample {
             .collect(),
         mask: crop_box(&sample.mask, sample.dims, lo, size),
         dims: size,
+        class: sample.class,
         foreground: Vec::new(),
         foreground_by_label: Vec::new(),
         object_starts: Vec::new(),
         changed: Vec::new(),
+        affine: sample.affine,
         replays: Vec::new(),
-        ..sample.clone()
     }
 }
 

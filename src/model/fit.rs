@@ -359,6 +359,9 @@ pub fn auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(wins / (pos.len() * neg.len()) as f64)
 }
 
+/// How much a validation's windows overlap.
+pub(super) const VALIDATION_OVERLAP: f32 = 0.5;
+
 /// Validate: predict every sample whole (the config's windows, in the config's precision on a
 /// GPU, as autocast's validation) and compare.
 pub fn validate(
@@ -378,7 +381,7 @@ pub fn validate(
             model,
             &s.channels,
             (s.dims, Affine::identity()),
-            (config.window, 0.5, config.precision),
+            (config.window, VALIDATION_OVERLAP, config.precision),
             config.class_view(),
             device,
         ) else {

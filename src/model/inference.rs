@@ -42,6 +42,19 @@ pub(super) fn starts(n: usize, window: usize, step: usize) -> Vec<usize> {
     s
 }
 
+/// How far apart windows of `window` voxels overlapping by `overlap` start, per axis.
+pub(super) fn window_steps(window: [usize; 3], overlap: f32) -> [usize; 3] {
+    window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize)
+}
+
+/// The windows of `window` voxels overlapping by `overlap` that cover a `dims` grid.
+pub(super) fn window_count(dims: [usize; 3], window: [usize; 3], overlap: f32) -> usize {
+    let step = window_steps(window, overlap);
+    (0..3)
+        .map(|a| starts(dims[a], window[a], step[a]).len())
+        .product()
+}
+
 /// A window's weights along one axis: a Gaussian of σ = window / 8 about its centre, floored
 /// at 1e-3.
 pub(super) fn gaussian(window: usize) -> Vec<f32> {
@@ -218,7 +231,7 @@ pub fn segment_volume_in(
     device: &Device,
     precision: Precision,
 ) -> Result<(Vec<u8>, Vec<f32>), VolumeError> {
-    let step = window.map(|w| ((w as f32) * (1.0 - overlap.clamp(0.0, 0.9))).floor() as usize);
+    let step = window_steps(window, overlap);
     match super::conv_gpu::on_gpu(device) {
         false => segment_on_host(
             model,

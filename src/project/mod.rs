@@ -113,9 +113,7 @@ impl SequenceName {
             Self::Other(s) => s,
         }
     }
-}
 
-impl SequenceName {
     /// The sequence a BIDS file name says (`sub-01_T1w.nii.gz` → T1; `…_ce-gad…_T1w` → Gd-T1;
     /// `_T2w`, `_FLAIR`, `_dwi`, `_bold`), or `None` for a name without one of those suffixes.
     pub fn from_bids_name(file_name: &str) -> Option<Self> {
